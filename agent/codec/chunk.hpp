@@ -1,0 +1,82 @@
+// The chunk container: a run of consecutive views compressed on its own, self-describing and
+// checksummed. Any chunk decodes alone. Byte layout: docs/wire-format.md.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/common/error.hpp"
+#include "drivers/detector.hpp"
+
+namespace ctagent::codec {
+
+inline constexpr std::uint16_t kFormatMajor = 1;
+inline constexpr std::uint16_t kFormatMinor = 0;
+
+enum class Filter : std::uint8_t {
+  kNone = 0,
+  kShuffle = 1,  // byte-shuffle: all low bytes, then all high bytes (per sample size)
+};
+const char* ToString(Filter filter);
+Expected<Filter> FilterFromString(const std::string& name);
+
+enum class Codec : std::uint8_t { kZstd = 1 };
+
+struct ViewRecord {
+  std::uint64_t sequence = 0;
+  double gantry_angle_deg = 0;
+  double table_position_mm = 0;
+  std::int64_t timestamp_us = 0;
+  std::uint32_t status_flags = 0;
+};
+
+struct ChunkInfo {
+  std::uint16_t format_major = kFormatMajor;
+  std::uint16_t format_minor = kFormatMinor;
+  std::string scan_uid;
+  std::uint32_t chunk_index = 0;
+  std::uint32_t rows = 0;
+  std::uint32_t channels = 0;
+  drivers::SampleType sample_type = drivers::SampleType::kUint16;
+  Filter filter = Filter::kShuffle;
+  Codec codec = Codec::kZstd;
+  int zstd_level = 3;
+  std::vector<ViewRecord> views;        // view_count = views.size()
+  nlohmann::json descriptor = nlohmann::json::object();  // scan geometry and protocol (JSON)
+  std::uint64_t raw_length = 0;         // bytes of samples
+  std::uint64_t compressed_length = 0;  // bytes of the zstd frame
+  std::string raw_sha256;               // hex, of the samples
+  std::string compressed_sha256;        // hex, of the zstd frame
+  std::uint64_t header_length = 0;      // bytes before the payload
+
+  std::uint64_t FirstView() const { return views.empty() ? 0 : views.front().sequence; }
+};
+
+struct EncodeOptions {
+  Filter filter = Filter::kShuffle;
+  int zstd_level = 3;
+};
+
+// Builds a chunk from `samples` (views.size() * rows * channels samples). `info` supplies the
+// identity, shape, view records and descriptor; lengths and checksums are filled in.
+Expected<std::vector<std::uint8_t>> EncodeChunk(ChunkInfo info, std::span<const std::uint8_t> samples,
+                                                const EncodeOptions& options);
+
+// Parses and checks the header (magic, version, lengths, header checksum) without touching
+// the payload. Never reads past `bytes`.
+Expected<ChunkInfo> ParseChunkHeader(std::span<const std::uint8_t> bytes);
+
+struct DecodedChunk {
+  ChunkInfo info;
+  std::vector<std::uint8_t> samples;
+};
+
+// Full decode: header, payload checksum, decompression (refusing more than `max_raw_bytes`),
+// filter inversion, raw checksum. Every failure is kCorrupt or kUnsupported with a reason.
+Expected<DecodedChunk> DecodeChunk(std::span<const std::uint8_t> bytes, std::uint64_t max_raw_bytes = 1ull << 30);
+
+}  // namespace ctagent::codec

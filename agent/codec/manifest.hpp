@@ -1,0 +1,49 @@
+// The scan manifest (JSON), written when a scan ends and uploaded last (tus metadata
+// kind=manifest). The imaging center treats a scan as complete when its manifest has arrived and
+// every chunk it lists is complete and matches its SHA-256. Schema: docs/wire-format.md.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/common/error.hpp"
+#include "drivers/detector.hpp"
+
+namespace ctagent::codec {
+
+inline constexpr int kManifestVersion = 1;
+
+struct ManifestChunk {
+  std::uint32_t index = 0;
+  std::uint64_t first_view = 0;
+  std::uint32_t view_count = 0;
+  std::uint64_t raw_bytes = 0;
+  std::uint64_t compressed_bytes = 0;
+  std::string raw_sha256;  // of the decoded samples
+  std::string sha256;      // of the chunk file as uploaded (header + payload)
+};
+
+struct Manifest {
+  std::string scan_uid;
+  std::string study_uid;
+  std::string patient_id;     // the identity the cloud may see (pseudonymous in demos)
+  std::string patient_name;
+  std::string study_description;
+  std::string terminal_id;
+  std::string acquisition_start_utc;  // ISO 8601
+  std::string acquisition_end_utc;
+  drivers::ScanProtocol protocol;
+  std::uint64_t views_acquired = 0;
+  bool complete = true;         // false: the scan stopped early (reason says why)
+  std::string incomplete_reason;
+  std::vector<ManifestChunk> chunks;
+};
+
+nlohmann::json ToJson(const Manifest& manifest);
+// Validates types and required fields; the error names the JSON path.
+Expected<Manifest> ManifestFromJson(const nlohmann::json& j);
+
+}  // namespace ctagent::codec

@@ -1,0 +1,71 @@
+#include "agent/common/sha256.hpp"
+
+#include <openssl/evp.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <stdexcept>
+#include <vector>
+
+namespace ctagent {
+
+struct Sha256::Impl {
+  EVP_MD_CTX* ctx = nullptr;
+};
+
+Sha256::Sha256() : impl_(std::make_unique<Impl>()) {
+  impl_->ctx = EVP_MD_CTX_new();
+  if (impl_->ctx == nullptr || EVP_DigestInit_ex(impl_->ctx, EVP_sha256(), nullptr) != 1) {
+    throw std::runtime_error("OpenSSL could not initialise SHA-256");
+  }
+}
+
+Sha256::~Sha256() { EVP_MD_CTX_free(impl_->ctx); }
+
+void Sha256::Update(std::span<const std::uint8_t> bytes) {
+  EVP_DigestUpdate(impl_->ctx, bytes.data(), bytes.size());
+}
+
+std::string Sha256::FinalHex() {
+  std::array<unsigned char, EVP_MAX_MD_SIZE> digest{};
+  unsigned int length = 0;
+  EVP_DigestFinal_ex(impl_->ctx, digest.data(), &length);
+  EVP_DigestInit_ex(impl_->ctx, EVP_sha256(), nullptr);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  hex.reserve(length * 2);
+  for (unsigned int i = 0; i < length; ++i) {
+    hex.push_back(kHex[digest[i] >> 4]);
+    hex.push_back(kHex[digest[i] & 0x0f]);
+  }
+  return hex;
+}
+
+std::string Sha256Hex(std::span<const std::uint8_t> bytes) {
+  Sha256 hash;
+  hash.Update(bytes);
+  return hash.FinalHex();
+}
+
+Expected<std::string> Sha256HexOfFile(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return MakeError(ErrorKind::kIo, "cannot open " + path.string() + " to compute its SHA-256");
+  }
+  Sha256 hash;
+  std::vector<char> buffer(1 << 20);
+  while (in) {
+    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    const auto got = in.gcount();
+    if (got > 0) {
+      hash.Update({reinterpret_cast<const std::uint8_t*>(buffer.data()), static_cast<std::size_t>(got)});
+    }
+  }
+  if (in.bad()) {
+    return MakeError(ErrorKind::kIo, "read error in " + path.string() + " while computing its SHA-256");
+  }
+  return hash.FinalHex();
+}
+
+}  // namespace ctagent

@@ -1,0 +1,54 @@
+// Results path: validate DICOM instances pulled back from the imaging center (DCMTK), keep
+// them under the spool, and deliver them to the scanner console by C-STORE.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <set>
+#include <span>
+#include <string>
+
+#include "agent/common/error.hpp"
+
+namespace ctagent::results {
+
+struct InstanceInfo {
+  std::string sop_class_uid;
+  std::string sop_instance_uid;
+  std::string study_uid;
+  std::string series_uid;
+  std::string modality;
+  std::uint16_t rows = 0;
+  std::uint16_t columns = 0;
+};
+
+// The SOP classes the agent accepts from the cloud: CT Image Storage, Enhanced CT, Secondary
+// Capture (key images), Comprehensive/Enhanced/Basic Text SR (AI report).
+const std::set<std::string>& DefaultAllowedSopClasses();
+
+// Parses DICOM Part 10 bytes with DCMTK and checks: it parses, has the SOP class, SOP instance,
+// study and series UIDs, belongs to `expected_study_uid`, has an allowed SOP class, and for
+// images sane dimensions and pixel data of the declared size. Errors are kCorrupt or
+// kProtocol and say which check failed.
+Expected<InstanceInfo> ValidateInstance(std::span<const std::uint8_t> part10, const std::string& expected_study_uid,
+                                        const std::set<std::string>& allowed_sop_classes);
+Expected<InstanceInfo> ValidateInstanceFile(const std::filesystem::path& path, const std::string& expected_study_uid,
+                                            const std::set<std::string>& allowed_sop_classes);
+
+struct ConsoleNode {
+  std::string host;
+  std::uint16_t port = 104;
+  std::string called_ae;   // the console's AE title
+  std::string calling_ae;  // ours
+  std::uint32_t timeout_s = 30;
+};
+
+// Sends Part 10 files to the console by C-STORE over one association. Returns an error
+// unless every file was acknowledged with a success (or warning) status; the message names
+// the file and the DIMSE status.
+Status SendToConsole(const ConsoleNode& node, const std::vector<std::filesystem::path>& files);
+
+// DICOM connectivity check (C-ECHO), for the field technician's diagnostics.
+Status EchoConsole(const ConsoleNode& node);
+
+}  // namespace ctagent::results

@@ -1,0 +1,103 @@
+// The agent's configuration: one JSON file, validated on load against a schema table
+// (config/schema.cpp). Every error names the file, the JSON path, what was expected and what
+// was found. Unknown keys are errors. Relative paths are resolved against the config file's
+// directory.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/common/error.hpp"
+#include "drivers/detector.hpp"
+
+namespace ctagent::config {
+
+struct DriverConfig {
+  std::string name = "sim";          // built-in driver name
+  nlohmann::json options = nlohmann::json::object();  // passed to the driver as-is
+};
+
+struct CodecConfig {
+  int zstd_level = 3;
+  std::string filter = "shuffle";    // "none" | "shuffle"
+  std::uint32_t views_per_chunk = 64;
+  std::uint32_t threads = 2;         // compression workers
+};
+
+struct SpoolConfig {
+  std::filesystem::path directory;   // required
+  std::uint64_t max_bytes = 64ull << 30;
+  std::uint64_t min_free_bytes = 1ull << 30;
+};
+
+struct TlsConfig {
+  std::filesystem::path ca_file;          // empty: the system's CA store
+  std::filesystem::path client_cert_file; // mTLS, optional (with client_key_file)
+  std::filesystem::path client_key_file;
+};
+
+struct CloudConfig {
+  std::string upload_url;            // tus creation endpoint, https://...
+  std::string dicomweb_url;          // DICOMweb root, https://.../dicom-web
+  std::string username;              // HTTP basic auth for DICOMweb (optional)
+  std::filesystem::path password_file;  // file holding the password (never inline in config)
+  TlsConfig tls;
+  bool allow_plain_http = false;     // development only; loudly logged
+  std::uint32_t parallel_uploads = 2;
+  std::uint64_t patch_bytes = 4ull << 20;  // bytes per PATCH request
+  std::uint32_t connect_timeout_s = 10;
+  std::uint32_t stall_timeout_s = 30;  // abort a request that moves no byte for this long
+};
+
+struct ResultsConfig {
+  bool enabled = true;
+  std::uint32_t poll_interval_ms = 1000;  // first poll interval; backs off to max
+  std::uint32_t poll_max_interval_ms = 15000;
+  std::uint32_t timeout_s = 900;           // give up waiting (results stay fetchable later)
+  std::uint64_t max_instance_bytes = 64ull << 20;
+};
+
+struct ConsoleConfig {
+  bool enabled = true;
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 11112;
+  std::string called_ae = "CONSOLE";
+  std::string calling_ae = "CTAGENT";
+};
+
+struct StudyConfig {
+  // The identity the cloud may see. A real deployment takes these from the worklist; the
+  // demo uses pseudonyms. Never logged.
+  std::string patient_id = "ANON";
+  std::string patient_name = "ANONYMOUS";
+  std::string study_uid;            // empty: minted per scan
+  std::string study_description = "CT CHEST";
+};
+
+struct AgentConfig {
+  std::filesystem::path source_file;  // where it was loaded from
+  std::string terminal_id = "ct-terminal";
+  std::string log_level = "info";
+  DriverConfig driver;
+  drivers::ScanProtocol protocol;     // the "scan" object
+  StudyConfig study;
+  CodecConfig codec;
+  SpoolConfig spool;
+  CloudConfig cloud;
+  ResultsConfig results;
+  ConsoleConfig console;
+};
+
+// Loads and validates. Error messages look like:
+//   config/demo.json: /cloud/parallel_uploads: expected an integer from 1 to 16, found "four"
+Expected<AgentConfig> LoadConfig(const std::filesystem::path& path);
+Expected<AgentConfig> ParseConfig(const std::string& text, const std::filesystem::path& source_for_messages);
+
+// The schema as Markdown (a table per section), for docs/configuration.md.
+std::string SchemaMarkdown();
+
+}  // namespace ctagent::config

@@ -1,0 +1,97 @@
+// The detector hardware abstraction layer as the agent sees it (C++ side).
+// A driver opens a detector, is armed with a scan protocol, and delivers views in order.
+// NextView() blocks, so the agent always calls it from a dedicated acquisition thread,
+// never from the I/O event loop.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/common/error.hpp"
+
+namespace ctagent::drivers {
+
+enum class SampleType : std::uint8_t { kUint16 = 1, kFloat32 = 2 };
+
+std::size_t SampleSize(SampleType type);
+const char* ToString(SampleType type);
+
+// Scan geometry. `parallel`: rays of one view are parallel, channel c sits at
+// (c - (channels-1)/2) * channel_pitch_mm from the rotation axis; views cover 180 degrees per
+// "rotation". `fan`: reserved for the full-geometry simulator (issue: detector HAL).
+enum class GeometryKind : std::uint8_t { kParallel = 1 };
+
+struct ScanProtocol {
+  GeometryKind geometry = GeometryKind::kParallel;
+  std::uint32_t views_per_rotation = 360;  // views over one rotation (180 deg for parallel beam)
+  std::uint32_t rotations = 1;
+  std::uint32_t rows = 4;                  // detector rows (slices)
+  std::uint32_t channels = 256;            // detector channels per row
+  double channel_pitch_mm = 1.6;           // at isocenter
+  double row_pitch_mm = 5.0;               // slice thickness at isocenter [mm]
+  double rotation_time_s = 1.0;            // wall time of one rotation when paced in real time
+  double table_start_mm = 0.0;             // table position of the first view [mm]
+  double table_speed_mm_per_rotation = 0;  // 0: axial
+  double dose_fraction = 1.0;              // 1, 0.2, 0.1 ... of the standard dose
+  double unattenuated_counts = 60000;      // mean counts of an unattenuated ray at full dose
+  SampleType sample_type = SampleType::kUint16;
+  std::uint64_t seed = 1;                  // noise seed: a given seed gives identical views
+  bool real_time = false;                  // pace views at the protocol's view rate
+
+  std::uint64_t TotalViews() const { return std::uint64_t{views_per_rotation} * rotations; }
+  std::uint64_t BytesPerView() const { return std::uint64_t{rows} * channels * SampleSize(sample_type); }
+  std::uint64_t RawBytes() const { return TotalViews() * BytesPerView(); }
+  double ViewRateHz() const { return views_per_rotation / rotation_time_s; }
+};
+
+nlohmann::json ToJson(const ScanProtocol& protocol);
+Expected<ScanProtocol> ProtocolFromJson(const nlohmann::json& j);
+
+// Per-view status flags.
+enum ViewFlags : std::uint32_t {
+  kViewOk = 0,
+  kViewSaturated = 1u << 0,   // at least one sample hit the ADC ceiling
+  kViewDeadChannel = 1u << 1, // at least one channel is known dead
+};
+
+struct View {
+  std::uint64_t sequence = 0;        // 0-based, consecutive within a scan
+  double gantry_angle_deg = 0;       // [deg]
+  double table_position_mm = 0;      // [mm]
+  std::int64_t timestamp_us = 0;     // [us] since the scan started
+  std::uint32_t status_flags = kViewOk;
+  // rows * channels samples, row-major (row 0's channels first), in the protocol's sample
+  // type, host byte order (little-endian on every supported target).
+  std::vector<std::uint8_t> samples;
+};
+
+struct DetectorInfo {
+  std::string name;
+  std::string model;
+  std::uint32_t max_rows = 0;
+  std::uint32_t max_channels = 0;
+  double max_view_rate_hz = 0;
+};
+
+class Detector {
+ public:
+  virtual ~Detector() = default;
+
+  virtual DetectorInfo Info() const = 0;
+  // Checks the protocol against the detector's capabilities and prepares a scan.
+  virtual Status Arm(const ScanProtocol& protocol) = 0;
+  // Blocks until the next view is ready. Returns std::nullopt after the last view.
+  virtual Expected<std::optional<View>> NextView() = 0;
+  // Stops a running scan; a blocked NextView() returns kCancelled. Safe from another thread.
+  virtual void Abort() = 0;
+};
+
+// Creates a built-in driver by name ("sim"). `options` is the driver's own config object.
+Expected<std::unique_ptr<Detector>> MakeDetector(const std::string& name, const nlohmann::json& options);
+
+}  // namespace ctagent::drivers

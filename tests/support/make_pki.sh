@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Makes a throwaway PKI for tests and demos in DIR: a CA, a server certificate for
+# 127.0.0.1/localhost, and a client certificate (mTLS), all signed by the CA.
+# Also: a second, unrelated CA ("other-ca") and a server certificate signed by it, an expired
+# server certificate, and one for the wrong host name, for TLS error tests.
+# Usage: make_pki.sh DIR      (idempotent: existing files are kept)
+set -euo pipefail
+dir=${1:?usage: make_pki.sh DIR}
+mkdir -p "$dir"
+cd "$dir"
+[ -f server.pem ] && [ -f client.pem ] && exit 0
+
+sslconf() {  # $1 = subjectAltName
+  cat <<CONF
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = ctagent-test
+[ext]
+basicConstraints = CA:FALSE
+keyUsage = digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth, clientAuth
+subjectAltName = $1
+CONF
+}
+
+make_ca() {  # $1 = name
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.pem" -days 3650 \
+    -subj "/CN=ctagent test $1" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+}
+
+make_cert() {  # $1 = name, $2 = CA name, $3 = subjectAltName, $4 = days (may be negative via -not_after)
+  sslconf "$3" > "$1.cnf"
+  openssl req -new -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -config "$1.cnf" 2>/dev/null
+  openssl x509 -req -in "$1.csr" -CA "$2.pem" -CAkey "$2.key" -CAcreateserial -out "$1.pem" \
+    -days "$4" -extfile "$1.cnf" -extensions ext 2>/dev/null
+  rm -f "$1.csr" "$1.cnf"
+}
+
+make_ca ca
+make_ca other-ca
+make_cert server ca "IP:127.0.0.1,DNS:localhost" 825
+make_cert client ca "DNS:ctagent-terminal" 825
+make_cert wrong-host ca "DNS:not-this-host.invalid" 825
+make_cert other-ca-server other-ca "IP:127.0.0.1,DNS:localhost" 825
+# Expired: valid for one day, starting two days ago (openssl x509 has no -not_before in 3.0,
+# so sign with a backdated CA request via the 'ca' command's -startdate/-enddate).
+sslconf "IP:127.0.0.1,DNS:localhost" > expired.cnf
+openssl req -new -newkey rsa:2048 -nodes -keyout expired.key -out expired.csr -config expired.cnf 2>/dev/null
+mkdir -p ca-db && : > ca-db/index.txt && echo 01 > ca-db/serial
+cat > ca-db/ca.cnf <<CONF
+[ca]
+default_ca = test
+[test]
+database = ca-db/index.txt
+serial = ca-db/serial
+new_certs_dir = ca-db
+default_md = sha256
+policy = any
+copy_extensions = copy
+[any]
+commonName = supplied
+CONF
+openssl ca -batch -config ca-db/ca.cnf -cert ca.pem -keyfile ca.key -in expired.csr -out expired.pem \
+  -startdate 20200101000000Z -enddate 20200102000000Z -extfile expired.cnf -extensions ext -notext 2>/dev/null
+rm -f expired.csr expired.cnf
+# Orthanc wants certificate and key in one PEM.
+cat server.pem server.key > server-with-key.pem
+chmod 600 ./*.key server-with-key.pem
