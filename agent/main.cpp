@@ -1,1 +1,379 @@
-int main() { return 0; }
+// ctagent: the scanner-side terminal agent of a cloud CT system.
+// Exceptions are caught here and only here; everything below returns errors as values.
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <iostream>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "agent/cli.hpp"
+#include "agent/common/log.hpp"
+#include "agent/core/agent.hpp"
+#include "config/config.hpp"
+
+#ifndef CTAGENT_VERSION
+#define CTAGENT_VERSION "0.0.0"
+#endif
+
+namespace ctagent {
+namespace {
+
+constexpr const char* kMainHelp = R"(ctagent )" CTAGENT_VERSION R"( - scanner-side terminal agent for cloud CT
+
+Usage: ctagent <command> [options]
+
+Commands:
+  scan --config FILE     arm the configured detector, run one scan, upload it, fetch and
+                         deliver its images; prints a summary
+  run --config FILE      the daemon: resume every unfinished scan in the spool and keep
+                         retrying until stopped (SIGTERM/SIGINT)
+  status --config FILE   list the scans in the spool and where each one stands
+  config check FILE      validate a configuration file
+  chunk inspect|verify|decode FILE...
+                         look inside chunk files (see `ctagent chunk --help`)
+  --version              print the version
+  --help                 this text; `ctagent <command> --help` for a command
+
+Exit status: 0 success, 1 the work could not be completed (the reason is printed),
+2 bad usage or configuration.
+)";
+
+constexpr const char* kScanHelp = R"(Usage: ctagent scan --config FILE [--no-results] [--quiet]
+
+Arms the configured driver with the configured protocol (config "scan"), acquires one scan, and
+carries it through compression, the durable spool and the upload, then waits for the images and
+the report from the imaging center and sends them to the console.
+
+  --config FILE   the agent configuration (JSON)
+  --no-results    stop after the upload (do not wait for images)
+  --quiet         no progress display
+Every accepted view is on disk before it is reported; if the upload or the results cannot be
+completed now, the data stays in the spool and `ctagent run` continues it.
+)";
+
+constexpr const char* kRunHelp = R"(Usage: ctagent run --config FILE [--once]
+
+The daemon. Resumes every unfinished scan in the spool (uploads, results, delivery), then
+checks again every 30 s until stopped with SIGTERM or SIGINT.
+  --once   resume what is pending once, then exit
+)";
+
+constexpr const char* kStatusHelp = R"(Usage: ctagent status --config FILE
+
+Lists every scan in the spool with its state, chunk upload progress and results.
+)";
+
+constexpr const char* kConfigHelp = R"(Usage: ctagent config check FILE
+
+Validates FILE and prints "FILE: OK" or one line per problem naming the file, the JSON path,
+what was expected and what was found.
+)";
+
+struct Args {
+  std::vector<std::string> items;
+  bool Has(const std::string& flag) const {
+    for (const auto& a : items) {
+      if (a == flag) return true;
+    }
+    return false;
+  }
+  std::string Value(const std::string& flag) const {
+    for (std::size_t i = 0; i + 1 < items.size(); ++i) {
+      if (items[i] == flag) return items[i + 1];
+    }
+    return "";
+  }
+};
+
+int Usage(const std::string& problem, const char* help) {
+  std::fprintf(stderr, "ctagent: %s\n\n%s", problem.c_str(), help);
+  return 2;
+}
+
+Expected<config::AgentConfig> LoadOrExplain(const Args& args, const char* help, int* exit_code) {
+  const std::string path = args.Value("--config");
+  if (path.empty()) {
+    *exit_code = Usage("--config FILE is required", help);
+    return MakeError(ErrorKind::kInvalidInput, "");
+  }
+  auto cfg = config::LoadConfig(path);
+  if (!cfg) {
+    std::fprintf(stderr, "ctagent: %s\n", cfg.error().message().c_str());
+    *exit_code = 2;
+    return cfg;
+  }
+  log::Level level;
+  if (log::ParseLevel(cfg->log_level, &level)) log::SetLevel(level);
+  if (cfg->cloud.allow_plain_http) {
+    log::Warn("config", "cloud.allow_plain_http is on: uploads and results may travel UNENCRYPTED. "
+                        "Development use only; never on a clinical network.");
+  }
+  return cfg;
+}
+
+// Stops the agent on SIGINT/SIGTERM: the signals are blocked in every thread and taken here.
+class SignalWatcher {
+ public:
+  explicit SignalWatcher(core::Agent& agent) : agent_(agent) {
+    thread_ = std::thread([this] {
+      sigset_t set;
+      sigemptyset(&set);
+      sigaddset(&set, SIGINT);
+      sigaddset(&set, SIGTERM);
+      sigaddset(&set, SIGUSR1);  // used only to wake this thread at exit
+      int sig = 0;
+      while (sigwait(&set, &sig) == 0) {
+        if (done_) return;
+        log::Warn("agent", std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") +
+                               "; stopping (everything accepted stays safe in the spool)");
+        stopped_ = true;
+        agent_.RequestStop();
+        cv_.notify_all();
+      }
+    });
+  }
+  ~SignalWatcher() {
+    done_ = true;
+    pthread_kill(thread_.native_handle(), SIGUSR1);
+    thread_.join();
+  }
+  bool stopped() const { return stopped_; }
+  // Sleeps up to `d`, returning early when a stop signal arrives.
+  void SleepFor(std::chrono::seconds d) {
+    std::unique_lock lock(mutex_);
+    cv_.wait_for(lock, d, [this] { return stopped_.load(); });
+  }
+
+ private:
+  core::Agent& agent_;
+  std::thread thread_;
+  std::atomic<bool> done_{false};
+  std::atomic<bool> stopped_{false};
+  std::mutex mutex_;
+  std::condition_variable cv_;
+};
+
+void BlockStopSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+// A one-line progress display on stderr: redrawn in place on a terminal, a line every few
+// seconds otherwise (logs, CI).
+class ProgressDisplay {
+ public:
+  explicit ProgressDisplay(const core::Progress& p) : progress_(p), tty_(isatty(STDERR_FILENO) != 0) {
+    thread_ = std::thread([this] {
+      const auto period = tty_ ? std::chrono::milliseconds(250) : std::chrono::milliseconds(5000);
+      std::unique_lock lock(mutex_);
+      while (!cv_.wait_for(lock, period, [this] { return done_; })) Draw();
+    });
+  }
+  ~ProgressDisplay() {
+    {
+      std::lock_guard lock(mutex_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+    Draw();
+    if (tty_) std::fputc('\n', stderr);
+  }
+
+ private:
+  void Draw() {
+    static const char* kPhases[] = {"acquiring", "uploading", "waiting for images", "delivering", "done"};
+    const int phase = std::clamp(progress_.phase.load(), 0, 4);
+    const auto total = progress_.views_total.load();
+    const auto views = progress_.views_acquired.load();
+    std::fprintf(stderr, "%s[%-18s] views %llu/%llu (%3.0f%%)  chunks stored %u, uploaded %u%s",
+                 tty_ ? "\r" : "", kPhases[phase], static_cast<unsigned long long>(views),
+                 static_cast<unsigned long long>(total), total ? 100.0 * static_cast<double>(views) / static_cast<double>(total) : 0.0,
+                 progress_.chunks_stored.load(), progress_.chunks_uploaded.load(), tty_ ? "   " : "\n");
+    std::fflush(stderr);
+  }
+
+  const core::Progress& progress_;
+  bool tty_;
+  bool done_ = false;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::thread thread_;
+};
+
+std::string Mib(std::uint64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f MiB", static_cast<double>(bytes) / (1024.0 * 1024.0));
+  return buf;
+}
+
+void PrintSummary(const core::ScanSummary& s) {
+  const double ratio = s.compressed_bytes ? static_cast<double>(s.raw_bytes) / static_cast<double>(s.compressed_bytes) : 0.0;
+  const double mbps = s.upload_seconds > 0 ? static_cast<double>(s.uploaded_bytes) * 8.0 / 1e6 / s.upload_seconds : 0.0;
+  std::printf("Scan summary\n");
+  std::printf("  scan id            %s\n", s.scan_uid.c_str());
+  std::printf("  study              %s\n", s.study_uid.c_str());
+  std::printf("  state              %s\n", s.state.c_str());
+  std::printf("  views              %llu in %u chunks (acquired in %.1f s)\n", static_cast<unsigned long long>(s.views),
+              s.chunks, s.acquisition_seconds);
+  std::printf("  raw bytes          %llu (%s)\n", static_cast<unsigned long long>(s.raw_bytes), Mib(s.raw_bytes).c_str());
+  std::printf("  compressed bytes   %llu (%s), ratio %.2f:1\n", static_cast<unsigned long long>(s.compressed_bytes),
+              Mib(s.compressed_bytes).c_str(), ratio);
+  std::printf("  upload             %s in %.1f s (%.1f Mbit/s)\n", Mib(s.uploaded_bytes).c_str(), s.upload_seconds, mbps);
+  std::printf("  images received    %u\n", s.results_received);
+  std::printf("  images delivered   %u (to the console)\n", s.results_delivered);
+  if (!s.results_dir.empty()) std::printf("  images are in      %s\n", s.results_dir.c_str());
+  if (!s.problem.empty()) std::printf("  PROBLEM            %s\n", s.problem.c_str());
+  std::fflush(stdout);
+}
+
+int CmdScan(const Args& args) {
+  if (args.Has("--help")) return std::printf("%s", kScanHelp), 0;
+  int code = 0;
+  auto cfg = LoadOrExplain(args, kScanHelp, &code);
+  if (!cfg) return code;
+  if (args.Has("--no-results")) cfg->results.enabled = false;
+  PosixFileStore files;
+  core::Agent agent(*cfg, files);
+  if (auto st = agent.Open(); !st) {
+    std::fprintf(stderr, "ctagent: %s\n", st.error().message().c_str());
+    return 1;
+  }
+  SignalWatcher signals(agent);
+  core::Progress progress;
+  Expected<core::ScanSummary> summary = MakeError(ErrorKind::kInternal, "not run");
+  {
+    std::unique_ptr<ProgressDisplay> display;
+    if (!args.Has("--quiet")) display = std::make_unique<ProgressDisplay>(progress);
+    summary = agent.RunScan(&progress);
+  }
+  if (!summary) {
+    std::fprintf(stderr, "ctagent: scan not started: %s\n", summary.error().message().c_str());
+    return 1;
+  }
+  PrintSummary(*summary);
+  return summary->problem.empty() ? 0 : 1;
+}
+
+int CmdRun(const Args& args) {
+  if (args.Has("--help")) return std::printf("%s", kRunHelp), 0;
+  int code = 0;
+  auto cfg = LoadOrExplain(args, kRunHelp, &code);
+  if (!cfg) return code;
+  PosixFileStore files;
+  core::Agent agent(*cfg, files);
+  if (auto st = agent.Open(); !st) {
+    std::fprintf(stderr, "ctagent: %s\n", st.error().message().c_str());
+    return 1;
+  }
+  SignalWatcher signals(agent);
+  log::Info("agent", "ctagent " CTAGENT_VERSION " running; spool " + cfg->spool.directory.string());
+  int problems = 0;
+  // Bounded in time by the operator's signal; each pass is bounded by the retry policy.
+  while (!signals.stopped()) {
+    problems = 0;
+    for (const auto& s : agent.ResumeAll()) {
+      if (!s.problem.empty()) {
+        ++problems;
+        log::Warn("agent", "scan " + s.scan_uid + ": " + s.problem);
+      } else {
+        log::Info("agent", "scan " + s.scan_uid + ": " + s.state);
+      }
+    }
+    if (args.Has("--once")) break;
+    signals.SleepFor(std::chrono::seconds(30));
+  }
+  return problems == 0 ? 0 : 1;
+}
+
+int CmdStatus(const Args& args) {
+  if (args.Has("--help")) return std::printf("%s", kStatusHelp), 0;
+  int code = 0;
+  auto cfg = LoadOrExplain(args, kStatusHelp, &code);
+  if (!cfg) return code;
+  PosixFileStore files;
+  core::Agent agent(*cfg, files);
+  if (auto st = agent.Open(); !st) {
+    std::fprintf(stderr, "ctagent: %s\n", st.error().message().c_str());
+    return 1;
+  }
+  const auto space = agent.spool().Space();
+  std::printf("spool %s: %s used of %s budget, %s free on the file system\n", cfg->spool.directory.c_str(),
+              Mib(space.used_bytes).c_str(), Mib(cfg->spool.max_bytes).c_str(), Mib(space.filesystem_free_bytes).c_str());
+  const auto scans = agent.spool().AllScans();
+  if (scans.empty()) std::printf("no scans in the spool\n");
+  for (const auto& r : scans) {
+    std::size_t uploaded = 0;
+    std::uint64_t pending_bytes = 0;
+    for (const auto& c : r.chunks) {
+      if (c.upload.complete) {
+        ++uploaded;
+      } else {
+        pending_bytes += c.chunk.compressed_bytes - std::min(c.chunk.compressed_bytes, c.upload.confirmed_offset);
+      }
+    }
+    std::printf("%s  %-16s  created %s  chunks %zu/%zu uploaded (%s to go)  manifest %s  results %zu\n",
+                r.scan_uid.c_str(), spool::ToString(r.state), r.created_utc.c_str(), uploaded, r.chunks.size(),
+                Mib(pending_bytes).c_str(), r.manifest_upload.complete ? "sent" : (r.manifest_written ? "written" : "-"),
+                r.results.size());
+    if (!r.failure_reason.empty()) std::printf("    reason: %s\n", r.failure_reason.c_str());
+  }
+  return 0;
+}
+
+int CmdConfig(const Args& args) {
+  if (args.Has("--help") || args.items.empty()) {
+    std::printf("%s", kConfigHelp);
+    return args.items.empty() ? 2 : 0;
+  }
+  if (args.items[0] != "check" || args.items.size() != 2) return Usage("expected: config check FILE", kConfigHelp);
+  auto cfg = config::LoadConfig(args.items[1]);
+  if (!cfg) {
+    std::fprintf(stderr, "%s\n", cfg.error().message().c_str());
+    return 2;
+  }
+  std::printf("%s: OK\n", args.items[1].c_str());
+  return 0;
+}
+
+int Main(int argc, char** argv) {
+  BlockStopSignals();
+  if (argc < 2) return Usage("no command given", kMainHelp);
+  const std::string command = argv[1];
+  Args args;
+  for (int i = 2; i < argc; ++i) args.items.emplace_back(argv[i]);
+  if (command == "--version" || command == "version") return std::printf("ctagent %s\n", CTAGENT_VERSION), 0;
+  if (command == "--help" || command == "help" || command == "-h") return std::printf("%s", kMainHelp), 0;
+  if (command == "scan") return CmdScan(args);
+  if (command == "run") return CmdRun(args);
+  if (command == "status") return CmdStatus(args);
+  if (command == "config") return CmdConfig(args);
+  if (command == "chunk") return cli::CmdChunk(args.items);
+  return Usage("unknown command \"" + command + "\"", kMainHelp);
+}
+
+}  // namespace
+}  // namespace ctagent
+
+int main(int argc, char** argv) {
+  try {
+    return ctagent::Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ctagent: internal error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,1 +1,361 @@
-// placeholder: being written
+#include "agent/codec/chunk.hpp"
+
+#include <zstd.h>
+
+#include <array>
+#include <bit>
+#include <cstring>
+#include <limits>
+
+#include "agent/common/sha256.hpp"
+
+namespace ctagent::codec {
+namespace {
+
+static_assert(std::endian::native == std::endian::little,
+              "the chunk format is little-endian; big-endian hosts need byte swapping here");
+
+constexpr std::array<std::uint8_t, 8> kMagic = {'C', 'T', 'A', 'G', 'C', 'H', 'N', 'K'};
+constexpr std::size_t kFixedHeaderBytes = 224;   // up to and including the scan UID field
+constexpr std::size_t kViewRecordBytes = 40;
+constexpr std::size_t kScanUidBytes = 64;
+constexpr std::size_t kHeaderHashOffset = 128;
+constexpr std::size_t kMaxViewsPerChunk = 1u << 16;
+constexpr std::size_t kMaxDescriptorBytes = 1u << 16;
+
+// Field offsets (docs/wire-format.md).
+enum Offset : std::size_t {
+  kOffMagic = 0,
+  kOffMajor = 8,
+  kOffMinor = 10,
+  kOffHeaderLength = 12,
+  kOffChunkIndex = 16,
+  kOffViewCount = 20,
+  kOffFirstView = 24,
+  kOffRows = 32,
+  kOffChannels = 36,
+  kOffSampleType = 40,
+  kOffFilter = 41,
+  kOffCodec = 42,
+  kOffZstdLevel = 43,
+  kOffDescriptorLength = 44,
+  kOffRawLength = 48,
+  kOffCompressedLength = 56,
+  kOffRawSha = 64,
+  kOffCompressedSha = 96,
+  kOffHeaderSha = kHeaderHashOffset,
+  kOffScanUid = 160,
+};
+
+template <typename T>
+void Put(std::vector<std::uint8_t>& out, std::size_t offset, T value) {
+  std::memcpy(out.data() + offset, &value, sizeof(T));
+}
+
+template <typename T>
+T Get(std::span<const std::uint8_t> in, std::size_t offset) {
+  T value;
+  std::memcpy(&value, in.data() + offset, sizeof(T));
+  return value;
+}
+
+bool HexToBytes(const std::string& hex, std::uint8_t* out, std::size_t n) {
+  if (hex.size() != 2 * n) return false;
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  for (std::size_t i = 0; i < n; ++i) {
+    const int hi = nibble(hex[2 * i]);
+    const int lo = nibble(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    out[i] = static_cast<std::uint8_t>(hi * 16 + lo);
+  }
+  return true;
+}
+
+std::string BytesToHex(const std::uint8_t* bytes, std::size_t n) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string s;
+  s.reserve(2 * n);
+  for (std::size_t i = 0; i < n; ++i) {
+    s.push_back(kHex[bytes[i] >> 4]);
+    s.push_back(kHex[bytes[i] & 0x0f]);
+  }
+  return s;
+}
+
+// Header hash: SHA-256 over the header with the hash field itself zeroed.
+std::string HeaderHash(std::span<const std::uint8_t> header) {
+  Sha256 hash;
+  hash.Update(header.subspan(0, kOffHeaderSha));
+  const std::array<std::uint8_t, 32> zeros{};
+  hash.Update(zeros);
+  hash.Update(header.subspan(kOffHeaderSha + 32));
+  return hash.FinalHex();
+}
+
+// Byte shuffle: for samples of `width` bytes, byte k of every sample is stored contiguously.
+// Detector counts vary slowly, so high bytes become long runs that zstd compresses well.
+void Shuffle(std::span<const std::uint8_t> in, std::span<std::uint8_t> out, std::size_t width) {
+  const std::size_t count = in.size() / width;
+  for (std::size_t i = 0; i < count; ++i) {
+    for (std::size_t k = 0; k < width; ++k) out[k * count + i] = in[i * width + k];
+  }
+}
+
+void Unshuffle(std::span<const std::uint8_t> in, std::span<std::uint8_t> out, std::size_t width) {
+  const std::size_t count = in.size() / width;
+  for (std::size_t i = 0; i < count; ++i) {
+    for (std::size_t k = 0; k < width; ++k) out[i * width + k] = in[k * count + i];
+  }
+}
+
+Unexpected Corrupt(const std::string& what) { return MakeError(ErrorKind::kCorrupt, "corrupt chunk: " + what); }
+
+}  // namespace
+
+const char* ToString(Filter filter) {
+  switch (filter) {
+    case Filter::kNone: return "none";
+    case Filter::kShuffle: return "shuffle";
+  }
+  return "unknown";
+}
+
+Expected<Filter> FilterFromString(const std::string& name) {
+  if (name == "none") return Filter::kNone;
+  if (name == "shuffle") return Filter::kShuffle;
+  return MakeError(ErrorKind::kInvalidInput, "unknown filter \"" + name + "\" (known: none, shuffle)");
+}
+
+Expected<std::vector<std::uint8_t>> EncodeChunk(ChunkInfo info, std::span<const std::uint8_t> samples,
+                                                const EncodeOptions& options) {
+  const std::size_t width = drivers::SampleSize(info.sample_type);
+  const std::uint64_t view_count = info.views.size();
+  if (view_count == 0 || view_count > kMaxViewsPerChunk) {
+    return MakeError(ErrorKind::kInvalidInput, "a chunk holds 1 to " + std::to_string(kMaxViewsPerChunk) +
+                                                   " views, not " + std::to_string(view_count));
+  }
+  if (info.rows == 0 || info.channels == 0) {
+    return MakeError(ErrorKind::kInvalidInput, "a chunk needs at least one row and one channel");
+  }
+  const std::uint64_t expected = view_count * info.rows * info.channels * width;
+  if (samples.size() != expected) {
+    return MakeError(ErrorKind::kInvalidInput, "chunk " + std::to_string(info.chunk_index) + " of scan " +
+                                                   info.scan_uid + ": got " + std::to_string(samples.size()) +
+                                                   " sample bytes, expected " + std::to_string(expected));
+  }
+  if (info.scan_uid.empty() || info.scan_uid.size() > kScanUidBytes) {
+    return MakeError(ErrorKind::kInvalidInput, "scan UID must be 1 to 64 characters");
+  }
+  for (std::size_t i = 1; i < info.views.size(); ++i) {
+    if (info.views[i].sequence != info.views[i - 1].sequence + 1) {
+      return MakeError(ErrorKind::kInvalidInput, "chunk views must be consecutive: view " +
+                                                     std::to_string(info.views[i].sequence) + " follows " +
+                                                     std::to_string(info.views[i - 1].sequence));
+    }
+  }
+  info.filter = options.filter;
+  info.codec = Codec::kZstd;
+  info.zstd_level = options.zstd_level;
+  info.format_major = kFormatMajor;
+  info.format_minor = kFormatMinor;
+  info.raw_length = samples.size();
+  info.raw_sha256 = Sha256Hex(samples);
+
+  // Filter, then compress into a standard zstd frame (with content size and checksum).
+  std::vector<std::uint8_t> filtered;
+  std::span<const std::uint8_t> to_compress = samples;
+  if (options.filter == Filter::kShuffle && width > 1) {
+    filtered.resize(samples.size());
+    Shuffle(samples, filtered, width);
+    to_compress = filtered;
+  }
+  const std::string descriptor = info.descriptor.dump();
+  if (descriptor.size() > kMaxDescriptorBytes) {
+    return MakeError(ErrorKind::kInvalidInput, "chunk descriptor is larger than 64 KiB");
+  }
+  const std::size_t header_length = kFixedHeaderBytes + kViewRecordBytes * view_count + descriptor.size();
+  const std::size_t bound = ZSTD_compressBound(to_compress.size());
+  std::vector<std::uint8_t> out(header_length + bound);
+
+  ZSTD_CCtx* cctx = ZSTD_createCCtx();
+  if (cctx == nullptr) return MakeError(ErrorKind::kInternal, "zstd could not allocate a compression context");
+  ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, options.zstd_level);
+  ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);
+  ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1);
+  const std::size_t csize =
+      ZSTD_compress2(cctx, out.data() + header_length, bound, to_compress.data(), to_compress.size());
+  ZSTD_freeCCtx(cctx);
+  if (ZSTD_isError(csize)) {
+    return MakeError(ErrorKind::kInternal, std::string("zstd compression failed: ") + ZSTD_getErrorName(csize));
+  }
+  out.resize(header_length + csize);
+  const std::span<const std::uint8_t> payload(out.data() + header_length, csize);
+  info.compressed_length = csize;
+  info.compressed_sha256 = Sha256Hex(payload);
+  info.header_length = header_length;
+
+  std::memcpy(out.data() + kOffMagic, kMagic.data(), kMagic.size());
+  Put<std::uint16_t>(out, kOffMajor, info.format_major);
+  Put<std::uint16_t>(out, kOffMinor, info.format_minor);
+  Put<std::uint32_t>(out, kOffHeaderLength, static_cast<std::uint32_t>(header_length));
+  Put<std::uint32_t>(out, kOffChunkIndex, info.chunk_index);
+  Put<std::uint32_t>(out, kOffViewCount, static_cast<std::uint32_t>(view_count));
+  Put<std::uint64_t>(out, kOffFirstView, info.FirstView());
+  Put<std::uint32_t>(out, kOffRows, info.rows);
+  Put<std::uint32_t>(out, kOffChannels, info.channels);
+  Put<std::uint8_t>(out, kOffSampleType, static_cast<std::uint8_t>(info.sample_type));
+  Put<std::uint8_t>(out, kOffFilter, static_cast<std::uint8_t>(info.filter));
+  Put<std::uint8_t>(out, kOffCodec, static_cast<std::uint8_t>(info.codec));
+  Put<std::int8_t>(out, kOffZstdLevel, static_cast<std::int8_t>(info.zstd_level));
+  Put<std::uint32_t>(out, kOffDescriptorLength, static_cast<std::uint32_t>(descriptor.size()));
+  Put<std::uint64_t>(out, kOffRawLength, info.raw_length);
+  Put<std::uint64_t>(out, kOffCompressedLength, info.compressed_length);
+  HexToBytes(info.raw_sha256, out.data() + kOffRawSha, 32);
+  HexToBytes(info.compressed_sha256, out.data() + kOffCompressedSha, 32);
+  std::memset(out.data() + kOffScanUid, 0, kScanUidBytes);
+  std::memcpy(out.data() + kOffScanUid, info.scan_uid.data(), info.scan_uid.size());
+  std::size_t pos = kFixedHeaderBytes;
+  for (const ViewRecord& v : info.views) {
+    Put<std::uint64_t>(out, pos, v.sequence);
+    Put<double>(out, pos + 8, v.gantry_angle_deg);
+    Put<double>(out, pos + 16, v.table_position_mm);
+    Put<std::int64_t>(out, pos + 24, v.timestamp_us);
+    Put<std::uint32_t>(out, pos + 32, v.status_flags);
+    Put<std::uint32_t>(out, pos + 36, 0);
+    pos += kViewRecordBytes;
+  }
+  std::memcpy(out.data() + pos, descriptor.data(), descriptor.size());
+  const std::string header_hash = HeaderHash({out.data(), header_length});
+  HexToBytes(header_hash, out.data() + kOffHeaderSha, 32);
+  return out;
+}
+
+Expected<ChunkInfo> ParseChunkHeader(std::span<const std::uint8_t> bytes) {
+  if (bytes.size() < kFixedHeaderBytes) {
+    return Corrupt("only " + std::to_string(bytes.size()) + " bytes, shorter than the " +
+                   std::to_string(kFixedHeaderBytes) + "-byte fixed header");
+  }
+  if (std::memcmp(bytes.data(), kMagic.data(), kMagic.size()) != 0) {
+    return Corrupt("wrong magic (not a ctagent chunk file)");
+  }
+  ChunkInfo info;
+  info.format_major = Get<std::uint16_t>(bytes, kOffMajor);
+  info.format_minor = Get<std::uint16_t>(bytes, kOffMinor);
+  if (info.format_major != kFormatMajor) {
+    return MakeError(ErrorKind::kUnsupported,
+                     "chunk format version " + std::to_string(info.format_major) + "." +
+                         std::to_string(info.format_minor) + " is not supported by this build (reads " +
+                         std::to_string(kFormatMajor) + ".x); update the decoder");
+  }
+  // A newer minor version may append fields; header_length tells where the payload starts.
+  const std::uint32_t header_length = Get<std::uint32_t>(bytes, kOffHeaderLength);
+  const std::uint32_t view_count = Get<std::uint32_t>(bytes, kOffViewCount);
+  const std::uint32_t descriptor_length = Get<std::uint32_t>(bytes, kOffDescriptorLength);
+  if (view_count == 0 || view_count > kMaxViewsPerChunk) {
+    return Corrupt("view count " + std::to_string(view_count) + " is outside 1.." + std::to_string(kMaxViewsPerChunk));
+  }
+  if (descriptor_length > kMaxDescriptorBytes) return Corrupt("descriptor length " + std::to_string(descriptor_length) + " is too large");
+  const std::uint64_t min_header = kFixedHeaderBytes + std::uint64_t{kViewRecordBytes} * view_count + descriptor_length;
+  if (header_length < min_header || header_length > bytes.size()) {
+    return Corrupt("header length " + std::to_string(header_length) + " does not fit (needs at least " +
+                   std::to_string(min_header) + ", file has " + std::to_string(bytes.size()) + " bytes)");
+  }
+  const auto header = bytes.subspan(0, header_length);
+  if (HeaderHash(header) != BytesToHex(bytes.data() + kOffHeaderSha, 32)) {
+    return Corrupt("header checksum mismatch");
+  }
+  info.header_length = header_length;
+  info.chunk_index = Get<std::uint32_t>(bytes, kOffChunkIndex);
+  info.rows = Get<std::uint32_t>(bytes, kOffRows);
+  info.channels = Get<std::uint32_t>(bytes, kOffChannels);
+  const auto sample_type = Get<std::uint8_t>(bytes, kOffSampleType);
+  const auto filter = Get<std::uint8_t>(bytes, kOffFilter);
+  const auto codec = Get<std::uint8_t>(bytes, kOffCodec);
+  if (sample_type != static_cast<std::uint8_t>(drivers::SampleType::kUint16) &&
+      sample_type != static_cast<std::uint8_t>(drivers::SampleType::kFloat32)) {
+    return MakeError(ErrorKind::kUnsupported, "unknown sample type code " + std::to_string(sample_type));
+  }
+  if (filter > static_cast<std::uint8_t>(Filter::kShuffle)) {
+    return MakeError(ErrorKind::kUnsupported, "unknown filter code " + std::to_string(filter));
+  }
+  if (codec != static_cast<std::uint8_t>(Codec::kZstd)) {
+    return MakeError(ErrorKind::kUnsupported, "unknown codec code " + std::to_string(codec));
+  }
+  info.sample_type = static_cast<drivers::SampleType>(sample_type);
+  info.filter = static_cast<Filter>(filter);
+  info.codec = Codec::kZstd;
+  info.zstd_level = Get<std::int8_t>(bytes, kOffZstdLevel);
+  info.raw_length = Get<std::uint64_t>(bytes, kOffRawLength);
+  info.compressed_length = Get<std::uint64_t>(bytes, kOffCompressedLength);
+  info.raw_sha256 = BytesToHex(bytes.data() + kOffRawSha, 32);
+  info.compressed_sha256 = BytesToHex(bytes.data() + kOffCompressedSha, 32);
+  if (info.rows == 0 || info.channels == 0 || info.rows > 4096 || info.channels > 65536) {
+    return Corrupt("implausible shape " + std::to_string(info.rows) + " rows x " + std::to_string(info.channels) + " channels");
+  }
+  const std::uint64_t expected_raw =
+      std::uint64_t{view_count} * info.rows * info.channels * drivers::SampleSize(info.sample_type);
+  if (info.raw_length != expected_raw) {
+    return Corrupt("raw length " + std::to_string(info.raw_length) + " does not match " + std::to_string(view_count) +
+                   " views x " + std::to_string(info.rows) + " rows x " + std::to_string(info.channels) + " channels");
+  }
+  if (info.compressed_length != bytes.size() - header_length) {
+    return Corrupt("compressed length " + std::to_string(info.compressed_length) + " but " +
+                   std::to_string(bytes.size() - header_length) + " payload bytes present (truncated or padded)");
+  }
+  const char* uid = reinterpret_cast<const char*>(bytes.data() + kOffScanUid);
+  info.scan_uid.assign(uid, strnlen(uid, kScanUidBytes));
+  std::size_t pos = kFixedHeaderBytes;
+  info.views.resize(view_count);
+  for (ViewRecord& v : info.views) {
+    v.sequence = Get<std::uint64_t>(bytes, pos);
+    v.gantry_angle_deg = Get<double>(bytes, pos + 8);
+    v.table_position_mm = Get<double>(bytes, pos + 16);
+    v.timestamp_us = Get<std::int64_t>(bytes, pos + 24);
+    v.status_flags = Get<std::uint32_t>(bytes, pos + 32);
+    pos += kViewRecordBytes;
+  }
+  if (info.views.front().sequence != Get<std::uint64_t>(bytes, kOffFirstView)) {
+    return Corrupt("first view field disagrees with the view table");
+  }
+  const std::string descriptor(reinterpret_cast<const char*>(bytes.data() + pos), descriptor_length);
+  info.descriptor = nlohmann::json::parse(descriptor, nullptr, /*allow_exceptions=*/false);
+  if (info.descriptor.is_discarded()) return Corrupt("descriptor is not valid JSON");
+  return info;
+}
+
+Expected<DecodedChunk> DecodeChunk(std::span<const std::uint8_t> bytes, std::uint64_t max_raw_bytes) {
+  auto info = ParseChunkHeader(bytes);
+  if (!info) return MakeError(info.error());
+  if (info->raw_length > max_raw_bytes) {
+    return Corrupt("raw length " + std::to_string(info->raw_length) + " exceeds the limit of " +
+                   std::to_string(max_raw_bytes) + " bytes");
+  }
+  const auto payload = bytes.subspan(info->header_length);
+  if (Sha256Hex(payload) != info->compressed_sha256) return Corrupt("payload checksum mismatch");
+  const unsigned long long frame_size = ZSTD_getFrameContentSize(payload.data(), payload.size());
+  if (frame_size == ZSTD_CONTENTSIZE_ERROR || frame_size == ZSTD_CONTENTSIZE_UNKNOWN ||
+      frame_size != info->raw_length) {
+    return Corrupt("zstd frame does not declare the expected content size");
+  }
+  std::vector<std::uint8_t> decompressed(static_cast<std::size_t>(info->raw_length));
+  const std::size_t got = ZSTD_decompress(decompressed.data(), decompressed.size(), payload.data(), payload.size());
+  if (ZSTD_isError(got)) return Corrupt(std::string("zstd: ") + ZSTD_getErrorName(got));
+  if (got != info->raw_length) return Corrupt("zstd produced " + std::to_string(got) + " bytes, expected " + std::to_string(info->raw_length));
+  DecodedChunk out;
+  const std::size_t width = drivers::SampleSize(info->sample_type);
+  if (info->filter == Filter::kShuffle && width > 1) {
+    out.samples.resize(decompressed.size());
+    Unshuffle(decompressed, out.samples, width);
+  } else {
+    out.samples = std::move(decompressed);
+  }
+  if (Sha256Hex(out.samples) != info->raw_sha256) return Corrupt("raw checksum mismatch after decoding");
+  out.info = std::move(*info);
+  return out;
+}
+
+}  // namespace ctagent::codec

@@ -1,1 +1,105 @@
-// placeholder: being written
+#include "agent/codec/manifest.hpp"
+
+namespace ctagent::codec {
+namespace {
+
+// Reads a required member of the expected JSON type, naming the path on failure.
+template <typename T>
+Status Read(const nlohmann::json& obj, const std::string& key, const std::string& path, T* out) {
+  const auto it = obj.find(key);
+  if (it == obj.end()) return MakeError(ErrorKind::kInvalidInput, "manifest " + path + "/" + key + ": missing");
+  try {
+    *out = it->get<T>();
+  } catch (const nlohmann::json::exception&) {
+    return MakeError(ErrorKind::kInvalidInput, "manifest " + path + "/" + key + ": wrong type (found " +
+                                                   std::string(it->type_name()) + ")");
+  }
+  return Ok();
+}
+
+}  // namespace
+
+nlohmann::json ToJson(const Manifest& m) {
+  nlohmann::json chunks = nlohmann::json::array();
+  for (const auto& c : m.chunks) {
+    chunks.push_back({{"index", c.index},
+                      {"first_view", c.first_view},
+                      {"view_count", c.view_count},
+                      {"raw_bytes", c.raw_bytes},
+                      {"compressed_bytes", c.compressed_bytes},
+                      {"raw_sha256", c.raw_sha256},
+                      {"sha256", c.sha256}});
+  }
+  return {{"format", "ctagent-manifest"},
+          {"version", kManifestVersion},
+          {"scan_uid", m.scan_uid},
+          {"study_uid", m.study_uid},
+          {"patient", {{"id", m.patient_id}, {"name", m.patient_name}}},
+          {"study_description", m.study_description},
+          {"terminal_id", m.terminal_id},
+          {"acquisition", {{"start_utc", m.acquisition_start_utc},
+                           {"end_utc", m.acquisition_end_utc},
+                           {"views", m.views_acquired},
+                           {"complete", m.complete},
+                           {"incomplete_reason", m.incomplete_reason}}},
+          {"protocol", drivers::ToJson(m.protocol)},
+          {"chunks", chunks}};
+}
+
+Expected<Manifest> ManifestFromJson(const nlohmann::json& j) {
+  if (!j.is_object()) return MakeError(ErrorKind::kInvalidInput, "manifest: not a JSON object");
+  Manifest m;
+  std::string format;
+  int version = 0;
+  if (auto s = Read(j, "format", "", &format); !s) return MakeError(s.error());
+  if (format != "ctagent-manifest") return MakeError(ErrorKind::kInvalidInput, "manifest /format: not \"ctagent-manifest\"");
+  if (auto s = Read(j, "version", "", &version); !s) return MakeError(s.error());
+  if (version != kManifestVersion) {
+    return MakeError(ErrorKind::kUnsupported, "manifest version " + std::to_string(version) + " is not supported");
+  }
+  nlohmann::json patient, acquisition, protocol, chunks;
+  for (auto [key, out] : {std::pair{"patient", &patient}, std::pair{"acquisition", &acquisition},
+                          std::pair{"protocol", &protocol}, std::pair{"chunks", &chunks}}) {
+    if (auto s = Read(j, key, "", out); !s) return MakeError(s.error());
+  }
+  Status st = Ok();
+  auto chain = [&st](Status s) {
+    if (st && !s) st = s;
+  };
+  chain(Read(j, "scan_uid", "", &m.scan_uid));
+  chain(Read(j, "study_uid", "", &m.study_uid));
+  chain(Read(j, "study_description", "", &m.study_description));
+  chain(Read(j, "terminal_id", "", &m.terminal_id));
+  chain(Read(patient, "id", "/patient", &m.patient_id));
+  chain(Read(patient, "name", "/patient", &m.patient_name));
+  chain(Read(acquisition, "start_utc", "/acquisition", &m.acquisition_start_utc));
+  chain(Read(acquisition, "end_utc", "/acquisition", &m.acquisition_end_utc));
+  chain(Read(acquisition, "views", "/acquisition", &m.views_acquired));
+  chain(Read(acquisition, "complete", "/acquisition", &m.complete));
+  chain(Read(acquisition, "incomplete_reason", "/acquisition", &m.incomplete_reason));
+  if (!st) return MakeError(st.error());
+  auto proto = drivers::ProtocolFromJson(protocol);
+  if (!proto) return MakeError(proto.error().WithContext("manifest /protocol"));
+  m.protocol = *proto;
+  if (!chunks.is_array()) return MakeError(ErrorKind::kInvalidInput, "manifest /chunks: not an array");
+  for (std::size_t i = 0; i < chunks.size(); ++i) {
+    const std::string path = "/chunks/" + std::to_string(i);
+    ManifestChunk c;
+    chain(Read(chunks[i], "index", path, &c.index));
+    chain(Read(chunks[i], "first_view", path, &c.first_view));
+    chain(Read(chunks[i], "view_count", path, &c.view_count));
+    chain(Read(chunks[i], "raw_bytes", path, &c.raw_bytes));
+    chain(Read(chunks[i], "compressed_bytes", path, &c.compressed_bytes));
+    chain(Read(chunks[i], "raw_sha256", path, &c.raw_sha256));
+    chain(Read(chunks[i], "sha256", path, &c.sha256));
+    if (!st) return MakeError(st.error());
+    if (c.index != i) {
+      return MakeError(ErrorKind::kInvalidInput, "manifest " + path + "/index: expected " + std::to_string(i) +
+                                                     ", found " + std::to_string(c.index));
+    }
+    m.chunks.push_back(std::move(c));
+  }
+  return m;
+}
+
+}  // namespace ctagent::codec

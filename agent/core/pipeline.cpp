@@ -1,1 +1,458 @@
-// placeholder: being written
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
+
+#include <chrono>
+#include <ctime>
+#include <optional>
+#include <semaphore>
+#include <thread>
+
+#include "agent/codec/chunk.hpp"
+#include "agent/codec/manifest.hpp"
+#include "agent/common/log.hpp"
+#include "agent/common/sha256.hpp"
+#include "agent/common/uid.hpp"
+#include "agent/core/agent.hpp"
+#include "agent/core/results_fetch.hpp"
+#include "agent/core/uploader.hpp"
+#include "drivers/detector.hpp"
+
+namespace ctagent::core {
+namespace {
+
+std::string UtcNow() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+double SecondsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+// One scan's journey on one event loop. Handlers named On* run on the io_context only, so the
+// members they touch need no locks; the acquisition thread and the pools talk to them by post.
+struct Agent::Run {
+  boost::asio::io_context io;  // declared first: destroyed last, after the pools joined
+  config::AgentConfig config;
+  spool::Spool& spool;
+  Progress* progress;
+  std::unique_ptr<Uploader> uploader;
+  std::unique_ptr<ResultsFetcher> results;
+  std::optional<boost::asio::thread_pool> codec_pool;
+
+  std::string scan_uid;
+  std::string study_uid;
+  std::vector<codec::ManifestChunk> stored_chunks;
+  std::uint32_t chunks_expected = 0;
+  std::uint32_t chunks_uploaded = 0;
+  std::uint32_t chunks_failed = 0;
+  bool acquisition_done = false;
+  bool manifest_written = false;
+  std::uint64_t views = 0;
+  std::string incomplete_reason;
+  Status acquisition_failure = Ok();  // the spool could not store what the driver gave
+  Status upload_failure = Ok();       // the data is safe; the upload stopped for now
+  Status results_failure = Ok();
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point upload_started{};
+  double acquisition_seconds = 0;
+  double upload_seconds = 0;
+
+  Run(config::AgentConfig cfg, spool::Spool& s, Progress* p) : config(std::move(cfg)), spool(s), progress(p) {}
+
+  void SetPhase(int phase) {
+    if (progress) progress->phase = phase;
+  }
+
+  void Stop() { io.stop(); }
+
+  void OnChunkStored(Expected<codec::ManifestChunk> chunk) {
+    if (!chunk) {
+      if (acquisition_failure) acquisition_failure = MakeError(chunk.error());
+      return;
+    }
+    stored_chunks.push_back(*chunk);
+    if (progress) ++progress->chunks_stored;
+    StartChunkUpload(chunk->index);
+  }
+
+  void StartChunkUpload(std::uint32_t index) {
+    if (upload_started == std::chrono::steady_clock::time_point{}) upload_started = std::chrono::steady_clock::now();
+    uploader->UploadChunk(scan_uid, index, [this](Status st) {
+      if (!st) {
+        if (upload_failure) upload_failure = st;
+        ++chunks_failed;
+      } else {
+        ++chunks_uploaded;
+        if (progress) ++progress->chunks_uploaded;
+      }
+      MaybeUploadManifest();
+    });
+  }
+
+  void OnAcquisitionDone(std::uint32_t chunks_submitted) {
+    acquisition_done = true;
+    chunks_expected = chunks_submitted;
+    acquisition_seconds = SecondsSince(started);
+    SetPhase(1);
+    MaybeWriteManifest();
+  }
+
+  // Called whenever a chunk lands: once acquisition has ended and every chunk is on disk, the
+  // manifest is written (closing the scan in the spool).
+  void MaybeWriteManifest() {
+    if (!acquisition_done || manifest_written || stored_chunks.size() < chunks_expected) return;
+    if (!acquisition_failure) {
+      Stop();
+      return;
+    }
+    auto record = spool.Get(scan_uid);
+    if (!record) {
+      acquisition_failure = MakeError(record.error());
+      Stop();
+      return;
+    }
+    auto manifest = codec::ManifestFromJson(record->manifest_base);
+    if (!manifest) {
+      acquisition_failure = MakeError(manifest.error());
+      Stop();
+      return;
+    }
+    std::sort(stored_chunks.begin(), stored_chunks.end(),
+              [](const auto& a, const auto& b) { return a.index < b.index; });
+    manifest->chunks = stored_chunks;
+    manifest->views_acquired = views;
+    manifest->acquisition_end_utc = UtcNow();
+    manifest->complete = incomplete_reason.empty();
+    manifest->incomplete_reason = incomplete_reason;
+    if (auto st = spool.FinishAcquisition(scan_uid, *manifest); !st) {
+      acquisition_failure = st;
+      Stop();
+      return;
+    }
+    manifest_written = true;
+    MaybeUploadManifest();
+  }
+
+  void MaybeUploadManifest() {
+    if (!manifest_written) {
+      MaybeWriteManifest();
+      return;
+    }
+    if (chunks_uploaded + chunks_failed < chunks_expected) return;  // uploads still running
+    if (chunks_failed > 0) {
+      Stop();  // the data stays in the spool; the next run resumes these uploads
+      return;
+    }
+    uploader->UploadManifest(scan_uid, [this](Status st) {
+      upload_seconds = SecondsSince(upload_started);
+      if (!st) {
+        upload_failure = st;
+        Stop();
+        return;
+      }
+      (void)spool.Update(scan_uid, [](spool::ScanRecord& r) {
+        if (r.state == spool::ScanState::kAcquired) r.state = spool::ScanState::kUploaded;
+      });
+      FetchResults();
+    });
+  }
+
+  void FetchResults() {
+    if (!config.results.enabled || !results) {
+      Stop();
+      return;
+    }
+    SetPhase(2);
+    results->FetchAndDeliver(scan_uid, study_uid, [this](Status st) {
+      results_failure = st;
+      SetPhase(4);
+      Stop();
+    });
+  }
+};
+
+Agent::Agent(config::AgentConfig config, FileStore& files) : config_(std::move(config)), files_(files) {}
+Agent::~Agent() = default;
+
+Status Agent::Open() {
+  spool::SpoolOptions options{config_.spool.directory, config_.spool.max_bytes, config_.spool.min_free_bytes};
+  auto spool = spool::Spool::Open(options, files_);
+  if (!spool) return MakeError(spool.error());
+  spool_ = std::move(*spool);
+  return Ok();
+}
+
+void Agent::RequestStop() {
+  stop_requested_ = true;
+  std::lock_guard lock(stop_mutex_);
+  if (stop_hook_) stop_hook_();
+}
+
+Expected<ScanSummary> Agent::RunScan(Progress* progress) {
+  const drivers::ScanProtocol& protocol = config_.protocol;
+  auto detector = drivers::MakeDetector(config_.driver.name, config_.driver.options);
+  if (!detector) return MakeError(detector.error().WithContext("driver \"" + config_.driver.name + "\""));
+  auto filter = codec::FilterFromString(config_.codec.filter);
+  if (!filter) return MakeError(filter.error());
+
+  auto run = std::make_unique<Run>(config_, *spool_, progress);
+  run->scan_uid = MintDicomUid();
+  run->study_uid = config_.study.study_uid.empty() ? MintDicomUid() : config_.study.study_uid;
+
+  codec::Manifest base;
+  base.scan_uid = run->scan_uid;
+  base.study_uid = run->study_uid;
+  base.patient_id = config_.study.patient_id;
+  base.patient_name = config_.study.patient_name;
+  base.study_description = config_.study.study_description;
+  base.terminal_id = config_.terminal_id;
+  base.acquisition_start_utc = UtcNow();
+  base.protocol = protocol;
+
+  // Space first: a scan that cannot be stored is refused before the detector is armed.
+  spool::ScanRecord record;
+  record.scan_uid = run->scan_uid;
+  record.study_uid = run->study_uid;
+  record.created_utc = base.acquisition_start_utc;
+  record.manifest_base = codec::ToJson(base);
+  const std::uint64_t reserve = protocol.RawBytes() + protocol.RawBytes() / 64 + (1 << 20);
+  if (auto st = spool_->BeginScan(record, reserve); !st) return MakeError(st.error());
+  if (auto st = (*detector)->Arm(protocol); !st) {
+    (void)spool_->Update(run->scan_uid, [&](spool::ScanRecord& r) {
+      r.state = spool::ScanState::kFailed;
+      r.failure_reason = "the driver refused to arm: " + st.error().message();
+      r.reserved_bytes = 0;
+    });
+    return MakeError(st.error().WithContext("arming the detector"));
+  }
+  log::Info("scan", "scan " + run->scan_uid + " armed: " + std::to_string(protocol.TotalViews()) + " views of " +
+                        std::to_string(protocol.rows) + " x " + std::to_string(protocol.channels) + " samples, dose " +
+                        std::to_string(protocol.dose_fraction));
+  if (progress) progress->views_total = protocol.TotalViews();
+
+  run->uploader = std::make_unique<Uploader>(run->io, *spool_, config_.cloud);
+  if (config_.results.enabled) {
+    auto fetcher = ResultsFetcher::Create(run->io, *spool_, config_);
+    if (!fetcher) return MakeError(fetcher.error());
+    run->results = std::move(*fetcher);
+  }
+  run->codec_pool.emplace(config_.codec.threads);
+  {
+    std::lock_guard lock(stop_mutex_);
+    Run* raw = run.get();
+    drivers::Detector* det = detector->get();
+    stop_hook_ = [raw, det] {
+      det->Abort();
+      boost::asio::post(raw->io, [raw] { raw->Stop(); });
+    };
+  }
+
+  // Acquisition thread: the only caller of the driver's blocking NextView(). Chunks go to the
+  // codec pool through a bounded number of slots, so memory stays bounded.
+  const codec::EncodeOptions encode{*filter, config_.codec.zstd_level};
+  const std::uint32_t slots_count = config_.codec.threads + 2;
+  std::counting_semaphore<64> slots(static_cast<std::ptrdiff_t>(std::min<std::uint32_t>(slots_count, 64)));
+  std::thread acquisition([&, run_ptr = run.get(), det = detector->get()] {
+    Run& r = *run_ptr;
+    codec::ChunkInfo info;
+    info.scan_uid = r.scan_uid;
+    info.rows = protocol.rows;
+    info.channels = protocol.channels;
+    info.sample_type = protocol.sample_type;
+    info.descriptor = drivers::ToJson(protocol);
+    std::vector<std::uint8_t> samples;
+    std::uint32_t index = 0;
+    std::uint64_t views = 0;
+    std::string incomplete;
+    auto submit = [&] {
+      if (info.views.empty()) return;
+      slots.acquire();
+      auto chunk_info = std::make_shared<codec::ChunkInfo>(info);
+      chunk_info->chunk_index = index++;
+      auto chunk_samples = std::make_shared<std::vector<std::uint8_t>>(std::move(samples));
+      samples.clear();
+      info.views.clear();
+      boost::asio::post(*r.codec_pool, [&r, &slots, encode, chunk_info, chunk_samples] {
+        Expected<codec::ManifestChunk> result = MakeError(ErrorKind::kInternal, "not run");
+        auto bytes = codec::EncodeChunk(*chunk_info, *chunk_samples, encode);
+        if (!bytes) {
+          result = MakeError(bytes.error());
+        } else {
+          codec::ManifestChunk mc;
+          mc.index = chunk_info->chunk_index;
+          mc.first_view = chunk_info->FirstView();
+          mc.view_count = static_cast<std::uint32_t>(chunk_info->views.size());
+          mc.raw_bytes = chunk_samples->size();
+          mc.compressed_bytes = bytes->size();
+          mc.raw_sha256 = Sha256Hex(*chunk_samples);
+          mc.sha256 = Sha256Hex(*bytes);
+          auto st = r.spool.AddChunk(r.scan_uid, mc, *bytes);
+          result = st ? Expected<codec::ManifestChunk>(mc) : Expected<codec::ManifestChunk>(MakeError(st.error()));
+        }
+        slots.release();
+        boost::asio::post(r.io, [&r, result] {
+          r.OnChunkStored(result);
+          r.MaybeWriteManifest();
+        });
+      });
+    };
+    while (true) {
+      auto view = det->NextView();
+      if (!view) {
+        incomplete = "the driver stopped with an error after " + std::to_string(views) +
+                     " views: " + view.error().message();
+        log::Error("scan", "scan " + r.scan_uid + ": " + incomplete);
+        break;
+      }
+      if (!view->has_value()) break;
+      drivers::View& v = **view;
+      if (v.samples.size() != protocol.BytesPerView()) {
+        incomplete = "the driver delivered a view of " + std::to_string(v.samples.size()) + " bytes, expected " +
+                     std::to_string(protocol.BytesPerView());
+        det->Abort();
+        break;
+      }
+      info.views.push_back({v.sequence, v.gantry_angle_deg, v.table_position_mm, v.timestamp_us, v.status_flags});
+      samples.insert(samples.end(), v.samples.begin(), v.samples.end());
+      ++views;
+      if (r.progress) r.progress->views_acquired = views;
+      if (info.views.size() >= config_.codec.views_per_chunk) submit();
+    }
+    submit();
+    boost::asio::post(r.io, [&r, index, views, incomplete] {
+      r.views = views;
+      r.incomplete_reason = incomplete;
+      r.OnAcquisitionDone(index);
+    });
+  });
+
+  auto guard = boost::asio::make_work_guard(run->io);
+  run->io.run();
+  // Whatever ended the loop, stop acquisition and let every worker finish before the Run goes.
+  if (!run->acquisition_done) (*detector)->Abort();
+  acquisition.join();
+  run->codec_pool->join();
+  run->uploader->Stop();
+  if (run->results) run->results->Stop();
+  {
+    std::lock_guard lock(stop_mutex_);
+    stop_hook_ = nullptr;
+  }
+  return Finish(*run);
+}
+
+Expected<ScanSummary> Agent::Finish(Run& run) {
+  ScanSummary s;
+  s.scan_uid = run.scan_uid;
+  s.study_uid = run.study_uid;
+  s.acquisition_seconds = run.acquisition_seconds;
+  s.upload_seconds = run.upload_seconds;
+  s.uploaded_bytes = run.uploader->counters().bytes_sent;
+  if (run.results) {
+    s.results_received = run.results->counters().instances_received;
+    s.results_delivered = run.results->counters().instances_delivered;
+  }
+  auto record = spool_->Get(run.scan_uid);
+  if (record) {
+    s.views = record->views_acquired;
+    s.chunks = static_cast<std::uint32_t>(record->chunks.size());
+    for (const auto& c : record->chunks) {
+      s.raw_bytes += c.chunk.raw_bytes;
+      s.compressed_bytes += c.chunk.compressed_bytes;
+    }
+    s.state = spool::ToString(record->state);
+    if (!record->results.empty()) s.results_dir = spool_->ResultPath(run.scan_uid, "x").parent_path();
+  }
+  if (!run.acquisition_failure) {
+    s.problem = "acquisition: " + run.acquisition_failure.error().message();
+  } else if (!run.incomplete_reason.empty()) {
+    s.problem = "scan incomplete: " + run.incomplete_reason;
+  } else if (!run.upload_failure) {
+    s.problem = "upload pending (data safe in the spool): " + run.upload_failure.error().message();
+  } else if (!run.results_failure) {
+    s.problem = "results: " + run.results_failure.error().message();
+  } else if (stop_requested_ && s.state != "delivered" && !(s.state == "uploaded" && !config_.results.enabled)) {
+    s.problem = "stopped on request before the scan finished; it resumes on the next start";
+  }
+  return s;
+}
+
+std::vector<ScanSummary> Agent::ResumeAll(Progress* progress) {
+  std::vector<ScanSummary> summaries;
+  for (const spool::ScanRecord& record : spool_->AllScans()) {
+    if (stop_requested_) break;
+    if (record.state == spool::ScanState::kDelivered || record.state == spool::ScanState::kFailed) continue;
+    if (record.state == spool::ScanState::kResultsReceived && !config_.console.enabled) continue;
+    if (record.state == spool::ScanState::kUploaded && !config_.results.enabled) continue;
+    log::Info("resume", "scan " + record.scan_uid + " is " + spool::ToString(record.state) + "; continuing it");
+    auto run = std::make_unique<Run>(config_, *spool_, progress);
+    run->scan_uid = record.scan_uid;
+    run->study_uid = record.study_uid;
+    run->uploader = std::make_unique<Uploader>(run->io, *spool_, config_.cloud);
+    if (config_.results.enabled) {
+      auto fetcher = ResultsFetcher::Create(run->io, *spool_, config_);
+      if (!fetcher) {
+        ScanSummary s;
+        s.scan_uid = record.scan_uid;
+        s.problem = fetcher.error().message();
+        summaries.push_back(s);
+        continue;
+      }
+      run->results = std::move(*fetcher);
+    }
+    for (const auto& c : record.chunks) {
+      run->stored_chunks.push_back(c.chunk);
+      run->views += c.chunk.view_count;
+    }
+    run->chunks_expected = static_cast<std::uint32_t>(record.chunks.size());
+    run->acquisition_done = true;
+    run->manifest_written = record.manifest_written;
+    if (record.state == spool::ScanState::kAcquiring) {
+      // The agent stopped during acquisition: what reached the spool is kept and sent, and the
+      // manifest says the scan is incomplete and why.
+      run->incomplete_reason = "the agent stopped during acquisition; " + std::to_string(run->views) +
+                               " views were stored before it stopped";
+    }
+    {
+      std::lock_guard lock(stop_mutex_);
+      Run* raw = run.get();
+      stop_hook_ = [raw] { boost::asio::post(raw->io, [raw] { raw->Stop(); }); };
+    }
+    boost::asio::post(run->io, [r = run.get(), &record] {
+      if (record.state == spool::ScanState::kUploaded || record.state == spool::ScanState::kResultsReceived) {
+        r->FetchResults();
+        return;
+      }
+      r->SetPhase(1);
+      for (const auto& c : record.chunks) {
+        if (c.upload.complete) {
+          ++r->chunks_uploaded;
+        } else {
+          r->StartChunkUpload(c.chunk.index);
+        }
+      }
+      r->MaybeUploadManifest();
+    });
+    auto guard = boost::asio::make_work_guard(run->io);
+    run->io.run();
+    run->uploader->Stop();
+    if (run->results) run->results->Stop();
+    {
+      std::lock_guard lock(stop_mutex_);
+      stop_hook_ = nullptr;
+    }
+    if (auto s = Finish(*run)) summaries.push_back(*s);
+  }
+  return summaries;
+}
+
+}  // namespace ctagent::core

@@ -20,6 +20,9 @@ struct InstanceInfo {
   std::string modality;
   std::uint16_t rows = 0;
   std::uint16_t columns = 0;
+  // (0020,1002) Images in Acquisition: how many instances the series will hold when complete
+  // (the reference imaging center sets it; 0 when absent).
+  std::uint32_t images_in_acquisition = 0;
 };
 
 // The SOP classes the agent accepts from the cloud: CT Image Storage, Enhanced CT, Secondary

@@ -1,0 +1,12 @@
+// Command-line subcommands implemented outside main.cpp.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace ctagent::cli {
+
+// `ctagent chunk inspect|verify|decode FILE...`
+int CmdChunk(const std::vector<std::string>& args);
+
+}  // namespace ctagent::cli

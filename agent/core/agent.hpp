@@ -1,0 +1,82 @@
+// The agent: runs scans through the pipeline
+//   driver -> chunker -> codec pool -> spool -> uploader -> results -> console
+// on one Boost.Asio event loop, with the driver on its own acquisition thread and compression
+// on a bounded pool. It also resumes every unfinished scan found in the spool.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <mutex>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "agent/common/durable_file.hpp"
+#include "agent/spool/spool.hpp"
+#include "config/config.hpp"
+
+namespace ctagent::core {
+
+struct ScanSummary {
+  std::string scan_uid;
+  std::string study_uid;
+  std::uint64_t views = 0;
+  std::uint32_t chunks = 0;
+  std::uint64_t raw_bytes = 0;
+  std::uint64_t compressed_bytes = 0;
+  double acquisition_seconds = 0;
+  double upload_seconds = 0;         // from the first upload to the manifest's confirmation
+  std::uint64_t uploaded_bytes = 0;  // bytes the server confirmed in this run
+  std::uint32_t results_received = 0;
+  std::uint32_t results_delivered = 0;
+  std::filesystem::path results_dir;
+  std::string state;                 // spool::ScanState as text
+  std::string problem;               // empty when everything finished
+};
+
+// Live figures for a progress display, read from another thread.
+struct Progress {
+  std::atomic<std::uint64_t> views_acquired{0};
+  std::atomic<std::uint64_t> views_total{0};
+  std::atomic<std::uint32_t> chunks_stored{0};
+  std::atomic<std::uint32_t> chunks_uploaded{0};
+  std::atomic<std::uint64_t> bytes_uploaded{0};
+  std::atomic<std::uint32_t> results_received{0};
+  std::atomic<int> phase{0};  // 0 acquiring, 1 uploading, 2 waiting for results, 3 delivering, 4 done
+};
+
+class Agent {
+ public:
+  Agent(config::AgentConfig config, FileStore& files);
+  ~Agent();
+
+  Status Open();
+
+  // Arms the configured driver with the configured protocol, acquires one scan, and carries it
+  // as far as it can: spool, upload, results, console. The raw data is safe in the spool as
+  // soon as each chunk is written, whatever happens later.
+  Expected<ScanSummary> RunScan(Progress* progress = nullptr);
+
+  // Continues every unfinished scan in the spool (uploads, results, delivery).
+  std::vector<ScanSummary> ResumeAll(Progress* progress = nullptr);
+
+  // Stops the event loop from a signal handler's thread.
+  void RequestStop();
+
+  spool::Spool& spool() { return *spool_; }
+
+ private:
+  struct Run;
+  Expected<ScanSummary> Finish(Run& run);
+
+  config::AgentConfig config_;
+  FileStore& files_;
+  std::unique_ptr<spool::Spool> spool_;
+  std::atomic<bool> stop_requested_{false};
+  std::function<void()> stop_hook_;
+  std::mutex stop_mutex_;
+};
+
+}  // namespace ctagent::core

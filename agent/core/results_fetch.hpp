@@ -1,0 +1,63 @@
+// Results path: poll the imaging center's DICOMweb (QIDO-RS) for the scan's study with
+// backoff, retrieve new instances (WADO-RS), validate each with DCMTK, store it durably in the
+// spool, and deliver the set to the console by C-STORE.
+#pragma once
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/thread_pool.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "agent/results/results.hpp"
+#include "agent/spool/spool.hpp"
+#include "config/config.hpp"
+#include "transport/http.hpp"
+
+namespace ctagent::core {
+
+struct ResultsCounters {
+  std::atomic<std::uint32_t> instances_received{0};
+  std::atomic<std::uint32_t> instances_delivered{0};
+};
+
+class ResultsFetcher {
+ public:
+  using Done = std::function<void(Status)>;
+
+  // Fails (kInvalidInput) when the DICOMweb password file cannot be read.
+  static Expected<std::unique_ptr<ResultsFetcher>> Create(boost::asio::io_context& io, spool::Spool& spool,
+                                                          const config::AgentConfig& config);
+  ~ResultsFetcher();
+
+  // Polls until a complete series arrived (or results.timeout_s passed), then delivers it to
+  // the console if enabled. `done` runs on the io_context.
+  void FetchAndDeliver(const std::string& scan_uid, const std::string& study_uid, Done done);
+
+  const ResultsCounters& counters() const { return counters_; }
+  void Stop();
+
+ private:
+  struct Job;
+  ResultsFetcher(boost::asio::io_context& io, spool::Spool& spool, const config::AgentConfig& config,
+                 transport::HttpOptions http_options);
+  void Poll(std::shared_ptr<Job> job);
+  void Deliver(std::shared_ptr<Job> job);
+  // Blocking: one QIDO/WADO round. True when a complete series is stored locally.
+  Expected<bool> PollOnce(Job& job);
+
+  boost::asio::io_context& io_;
+  spool::Spool& spool_;
+  config::ResultsConfig results_;
+  config::ConsoleConfig console_;
+  std::string dicomweb_url_;
+  transport::HttpOptions http_options_;
+  boost::asio::thread_pool worker_{1};
+  ResultsCounters counters_;
+  std::atomic<bool> stopping_{false};
+};
+
+}  // namespace ctagent::core
