@@ -1,0 +1,216 @@
+// Chunk container: bit-exact round trips and rejection of damaged input.
+#include <catch2/catch.hpp>
+
+#include <cstring>
+#include <random>
+
+#include "agent/codec/chunk.hpp"
+#include "agent/codec/manifest.hpp"
+#include "agent/common/sha256.hpp"
+
+using namespace ctagent;
+using codec::ChunkInfo;
+using drivers::SampleType;
+
+namespace {
+
+ChunkInfo MakeInfo(std::uint32_t views, std::uint32_t rows, std::uint32_t channels, SampleType type,
+                   std::uint64_t first_view = 100) {
+  ChunkInfo info;
+  info.scan_uid = "2.25.123456789";
+  info.chunk_index = 7;
+  info.rows = rows;
+  info.channels = channels;
+  info.sample_type = type;
+  info.descriptor = {{"geometry", "parallel"}, {"channels", channels}};
+  for (std::uint32_t v = 0; v < views; ++v) {
+    info.views.push_back({first_view + v, 0.25 * v, 12.5, 1000 * static_cast<std::int64_t>(v), v % 3 == 0 ? 1u : 0u});
+  }
+  return info;
+}
+
+std::vector<std::uint8_t> Samples(std::size_t bytes, std::mt19937_64& rng, int kind) {
+  std::vector<std::uint8_t> s(bytes);
+  if (kind == 1) return s;  // all zero
+  if (kind == 2) {
+    std::fill(s.begin(), s.end(), 0xff);  // all max
+    return s;
+  }
+  // Detector-like: slowly varying 16-bit counts with noise, as little-endian bytes.
+  std::normal_distribution<double> noise(0, 30);
+  for (std::size_t i = 0; i + 1 < bytes; i += 2) {
+    const double v = 20000 + 15000 * std::sin(static_cast<double>(i) * 0.001) + noise(rng);
+    const auto c = static_cast<std::uint16_t>(std::clamp(v, 0.0, 65535.0));
+    s[i] = static_cast<std::uint8_t>(c & 0xff);
+    s[i + 1] = static_cast<std::uint8_t>(c >> 8);
+  }
+  if (bytes % 2) s.back() = static_cast<std::uint8_t>(rng());
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("chunks round-trip bit-exactly for every filter, sample type and shape", "[codec]") {
+  std::mt19937_64 rng(42);
+  const codec::Filter filters[] = {codec::Filter::kNone, codec::Filter::kShuffle};
+  const SampleType types[] = {SampleType::kUint16, SampleType::kFloat32};
+  struct Shape {
+    std::uint32_t views, rows, channels;
+  };
+  const Shape shapes[] = {{1, 1, 1}, {1, 16, 513}, {3, 1, 7}, {64, 4, 256}, {17, 3, 101}};
+  for (auto filter : filters) {
+    for (auto type : types) {
+      for (const auto& shape : shapes) {
+        for (int kind = 0; kind < 3; ++kind) {
+          const auto info = MakeInfo(shape.views, shape.rows, shape.channels, type);
+          const auto samples =
+              Samples(std::size_t{shape.views} * shape.rows * shape.channels * drivers::SampleSize(type), rng, kind);
+          auto encoded = codec::EncodeChunk(info, samples, {filter, 3});
+          REQUIRE(encoded);
+          auto decoded = codec::DecodeChunk(*encoded);
+          REQUIRE(decoded);
+          CHECK(decoded->samples == samples);
+          CHECK(decoded->info.raw_sha256 == Sha256Hex(samples));
+          CHECK(decoded->info.scan_uid == info.scan_uid);
+          CHECK(decoded->info.chunk_index == 7);
+          CHECK(decoded->info.filter == filter);
+          CHECK(decoded->info.sample_type == type);
+          REQUIRE(decoded->info.views.size() == shape.views);
+          CHECK(decoded->info.views.back().sequence == 100 + shape.views - 1);
+          CHECK(decoded->info.views.back().gantry_angle_deg == Approx(0.25 * (shape.views - 1)));
+          CHECK(decoded->info.descriptor["channels"] == shape.channels);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("random shapes and values round-trip (property test)", "[codec]") {
+  std::mt19937_64 rng(7);
+  for (int i = 0; i < 60; ++i) {
+    const auto views = static_cast<std::uint32_t>(1 + rng() % 40);
+    const auto rows = static_cast<std::uint32_t>(1 + rng() % 8);
+    const auto channels = static_cast<std::uint32_t>(1 + rng() % 300);
+    const auto type = (rng() % 2) ? SampleType::kUint16 : SampleType::kFloat32;
+    std::vector<std::uint8_t> samples(std::size_t{views} * rows * channels * drivers::SampleSize(type));
+    for (auto& b : samples) b = static_cast<std::uint8_t>(rng());
+    const auto filter = (rng() % 2) ? codec::Filter::kShuffle : codec::Filter::kNone;
+    auto encoded = codec::EncodeChunk(MakeInfo(views, rows, channels, type, rng() % 100000), samples,
+                                      {filter, static_cast<int>(1 + rng() % 9)});
+    REQUIRE(encoded);
+    auto decoded = codec::DecodeChunk(*encoded);
+    REQUIRE(decoded);
+    REQUIRE(decoded->samples == samples);
+  }
+}
+
+TEST_CASE("shuffle compresses detector-like counts better than no filter", "[codec]") {
+  std::mt19937_64 rng(1);
+  const auto info = MakeInfo(64, 4, 256, SampleType::kUint16);
+  const auto samples = Samples(64 * 4 * 256 * 2, rng, 0);
+  auto plain = codec::EncodeChunk(info, samples, {codec::Filter::kNone, 3});
+  auto shuffled = codec::EncodeChunk(info, samples, {codec::Filter::kShuffle, 3});
+  REQUIRE(plain);
+  REQUIRE(shuffled);
+  CHECK(shuffled->size() < plain->size());
+}
+
+TEST_CASE("damaged chunks are rejected with a reason, never decoded", "[codec]") {
+  std::mt19937_64 rng(3);
+  const auto info = MakeInfo(8, 2, 64, SampleType::kUint16);
+  const auto samples = Samples(8 * 2 * 64 * 2, rng, 0);
+  auto good = codec::EncodeChunk(info, samples, {codec::Filter::kShuffle, 3});
+  REQUIRE(good);
+  const auto header_length = codec::ParseChunkHeader(*good)->header_length;
+
+  SECTION("every single flipped bit is detected") {
+    // Flip one bit at a spread of positions across header, view table, descriptor and payload.
+    for (std::size_t pos = 0; pos < good->size(); pos += 7) {
+      auto bad = *good;
+      bad[pos] ^= 0x10;
+      auto decoded = codec::DecodeChunk(bad);
+      INFO("flipped byte " << pos);
+      REQUIRE_FALSE(decoded);
+      CHECK((decoded.error().kind() == ErrorKind::kCorrupt || decoded.error().kind() == ErrorKind::kUnsupported));
+    }
+  }
+  SECTION("truncation anywhere") {
+    for (std::size_t len : {std::size_t{0}, std::size_t{10}, std::size_t{223}, std::size_t{header_length - 1},
+                            std::size_t{header_length}, good->size() - 1}) {
+      auto decoded = codec::DecodeChunk(std::span<const std::uint8_t>(good->data(), len));
+      INFO("length " << len);
+      REQUIRE_FALSE(decoded);
+      CHECK(decoded.error().kind() == ErrorKind::kCorrupt);
+    }
+  }
+  SECTION("trailing garbage") {
+    auto bad = *good;
+    bad.push_back(0);
+    auto decoded = codec::DecodeChunk(bad);
+    REQUIRE_FALSE(decoded);
+    CHECK_THAT(decoded.error().message(), Catch::Contains("truncated or padded"));
+  }
+  SECTION("wrong magic") {
+    auto bad = *good;
+    bad[0] = 'X';
+    auto decoded = codec::DecodeChunk(bad);
+    REQUIRE_FALSE(decoded);
+    CHECK_THAT(decoded.error().message(), Catch::Contains("wrong magic"));
+  }
+  SECTION("an unknown major version is refused as unsupported") {
+    auto bad = *good;
+    bad[8] = 2;
+    auto decoded = codec::DecodeChunk(bad);
+    REQUIRE_FALSE(decoded);
+    CHECK(decoded.error().kind() == ErrorKind::kUnsupported);
+    CHECK_THAT(decoded.error().message(), Catch::Contains("version 2.0"));
+  }
+  SECTION("a raw length beyond the caller's limit is refused before allocating") {
+    auto decoded = codec::DecodeChunk(*good, 100);
+    REQUIRE_FALSE(decoded);
+    CHECK_THAT(decoded.error().message(), Catch::Contains("exceeds the limit"));
+  }
+  SECTION("random garbage") {
+    for (int i = 0; i < 200; ++i) {
+      std::vector<std::uint8_t> junk(rng() % 2048);
+      for (auto& b : junk) b = static_cast<std::uint8_t>(rng());
+      if (junk.size() >= 8 && i % 2) std::memcpy(junk.data(), "CTAGCHNK", 8);
+      REQUIRE_FALSE(codec::DecodeChunk(junk));
+    }
+  }
+}
+
+TEST_CASE("encoding refuses inconsistent input", "[codec]") {
+  auto info = MakeInfo(4, 2, 8, SampleType::kUint16);
+  std::vector<std::uint8_t> samples(4 * 2 * 8 * 2 - 1);
+  auto r = codec::EncodeChunk(info, samples, {});
+  REQUIRE_FALSE(r);
+  CHECK(r.error().kind() == ErrorKind::kInvalidInput);
+  info.views[2].sequence = 999;
+  samples.resize(4 * 2 * 8 * 2);
+  r = codec::EncodeChunk(info, samples, {});
+  REQUIRE_FALSE(r);
+  CHECK_THAT(r.error().message(), Catch::Contains("consecutive"));
+}
+
+TEST_CASE("manifest JSON round-trips and names the path of a bad field", "[codec]") {
+  codec::Manifest m;
+  m.scan_uid = "2.25.1";
+  m.study_uid = "2.25.2";
+  m.patient_id = "P";
+  m.patient_name = "N";
+  m.views_acquired = 720;
+  m.chunks.push_back({0, 0, 64, 131072, 5000, std::string(64, 'a'), std::string(64, 'b')});
+  m.chunks.push_back({1, 64, 64, 131072, 5100, std::string(64, 'c'), std::string(64, 'd')});
+  auto j = codec::ToJson(m);
+  auto back = codec::ManifestFromJson(j);
+  REQUIRE(back);
+  CHECK(back->chunks.size() == 2);
+  CHECK(back->chunks[1].first_view == 64);
+  CHECK(codec::ToJson(*back) == j);
+
+  j["chunks"][1]["view_count"] = "sixty-four";
+  auto bad = codec::ManifestFromJson(j);
+  REQUIRE_FALSE(bad);
+  CHECK_THAT(bad.error().message(), Catch::Contains("/chunks/1/view_count"));
+}
