@@ -1,0 +1,282 @@
+// One simulated scan carried end to end against the real peers, all on loopback:
+//   ctagent (sim driver) -> tus server over HTTPS -> reconstruction worker -> Orthanc (DICOMweb)
+//   -> ctagent (QIDO/WADO, validation) -> storescp as the scanner console.
+// Asserts that every chunk the server holds decodes to exactly the bytes the driver produced,
+// and that the console received a CT series of the scan's study whose CT numbers in the
+// phantom's regions are within the stated tolerance of the phantom's values.
+#include <catch2/catch.hpp>
+
+#include <dcmtk/dcmdata/dctk.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "agent/codec/chunk.hpp"
+#include "agent/codec/manifest.hpp"
+#include "agent/common/durable_file.hpp"
+#include "agent/common/sha256.hpp"
+#include "config/config.hpp"
+#include "drivers/detector.hpp"
+#include "drivers/sim/phantom.hpp"
+#include "tests/support/process.hpp"
+
+using namespace ctagent;
+namespace fs = std::filesystem;
+
+namespace {
+
+// Tolerance on the mean CT number of each region of interest [HU]. The reconstruction is plain
+// FBP of a noisy scan; the region means are within a few HU in practice, the bound leaves room
+// for partial-volume at region edges and noise at this dose.
+constexpr double kHuTolerance = 40.0;
+
+std::map<std::string, std::string> ReadEnvFile(const fs::path& path) {
+  std::map<std::string, std::string> env;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto eq = line.find('=');
+    if (eq == std::string::npos || line.starts_with("#")) continue;
+    std::string value = line.substr(eq + 1);
+    if (value.size() >= 2 && (value.front() == '"' || value.front() == '\'')) value = value.substr(1, value.size() - 2);
+    env[line.substr(0, eq)] = value;
+  }
+  return env;
+}
+
+struct ImagingCenter {
+  fs::path run_dir;
+  std::map<std::string, std::string> env;
+  ~ImagingCenter() {
+    const std::string cmd = std::string("'") + CTAGENT_SOURCE_DIR + "/cloud/imaging-center.sh' stop '" +
+                            run_dir.string() + "' >/dev/null 2>&1";
+    (void)std::system(cmd.c_str());
+  }
+};
+
+std::unique_ptr<ImagingCenter> StartImagingCenter(const fs::path& run_dir) {
+  auto center = std::make_unique<ImagingCenter>();
+  center->run_dir = run_dir;
+  const auto tus_port = test::FreeLoopbackPort();
+  auto orthanc_port = test::FreeLoopbackPort();
+  while (orthanc_port == tus_port) orthanc_port = test::FreeLoopbackPort();
+  ::setenv("CTCLOUD_WORKER", (fs::path(CTAGENT_BINARY_DIR) / "cloud/worker/ctcloud-worker").c_str(), 1);
+  const std::string cmd = std::string("'") + CTAGENT_SOURCE_DIR + "/cloud/imaging-center.sh' start '" +
+                          run_dir.string() + "' --tus-port " + std::to_string(tus_port) + " --orthanc-port " +
+                          std::to_string(orthanc_port) + " > '" + (run_dir.string() + "-start.log") + "' 2>&1";
+  const int rc = std::system(cmd.c_str());
+  INFO(test::ReadText(run_dir.string() + "-start.log"));
+  REQUIRE(rc == 0);
+  center->env = ReadEnvFile(run_dir / "center.env");
+  REQUIRE(center->env.count("TUS_URL"));
+  REQUIRE(center->env.count("DICOMWEB_URL"));
+  return center;
+}
+
+// Finds the uploads in the tus file store: data file DIR/<id>, info DIR/<id>.json.
+struct StoredUpload {
+  fs::path data;
+  nlohmann::json metadata;
+  std::uint64_t size = 0;
+};
+
+std::vector<StoredUpload> ListUploads(const fs::path& store) {
+  std::vector<StoredUpload> uploads;
+  for (const auto& entry : fs::directory_iterator(store)) {
+    if (entry.path().extension() != ".json") continue;
+    auto info = nlohmann::json::parse(test::ReadText(entry.path()), nullptr, false);
+    if (info.is_discarded()) continue;
+    StoredUpload u;
+    u.data = entry.path().parent_path() / entry.path().stem();
+    u.metadata = info.value("metadata", nlohmann::json::object());
+    u.size = info.value("size", std::uint64_t{0});
+    uploads.push_back(std::move(u));
+  }
+  return uploads;
+}
+
+std::vector<std::uint8_t> ReadBytes(const fs::path& path) {
+  const std::string text = test::ReadText(path);
+  return {text.begin(), text.end()};
+}
+
+struct RoiStats {
+  double mean = 0;
+  double stddev = 0;
+  int pixels = 0;
+};
+
+}  // namespace
+
+TEST_CASE("a simulated scan travels to the imaging center and its images come back to the console", "[e2e]") {
+  test::TempDir work("e2e");
+  const fs::path logs = work.path() / "logs";
+  fs::create_directories(logs);
+  auto center = StartImagingCenter(work.path() / "center");
+
+  // The console: DCMTK's storescp on a free port.
+  const fs::path console_dir = work.path() / "console";
+  fs::create_directories(console_dir);
+  const auto console_port = test::FreeLoopbackPort();
+  test::ChildProcess console({"storescp", "--aetitle", "CONSOLE", "--output-directory", console_dir.string(),
+                              std::to_string(console_port)},
+                             logs / "storescp.log");
+  REQUIRE(test::WaitFor([&] { return test::PortAcceptsConnections(console_port); }, std::chrono::seconds(20)));
+
+  // The agent's configuration: a small fast scan so the test stays quick under sanitizers.
+  nlohmann::json cfg = {
+      {"terminal_id", "e2e-terminal"},
+      {"log_level", "info"},
+      {"driver", {{"name", "sim"}, {"options", nlohmann::json::object()}}},
+      {"scan",
+       {{"geometry", "parallel"}, {"views_per_rotation", 360}, {"rotations", 1}, {"rows", 4}, {"channels", 256},
+        {"channel_pitch_mm", 1.6}, {"row_pitch_mm", 5.0}, {"rotation_time_s", 0.5}, {"dose_fraction", 1.0},
+        {"unattenuated_counts", 60000}, {"sample_type", "uint16"}, {"seed", 77}, {"real_time", false}}},
+      {"study", {{"patient_id", "E2E-1"}, {"patient_name", "E2E^TEST"}, {"study_description", "E2E"}}},
+      {"codec", {{"zstd_level", 3}, {"filter", "shuffle"}, {"views_per_chunk", 32}, {"threads", 2}}},
+      {"spool", {{"directory", (work.path() / "spool").string()}, {"max_bytes", "1 GiB"}, {"min_free_bytes", 0}}},
+      {"cloud",
+       {{"upload_url", center->env["TUS_URL"]},
+        {"dicomweb_url", center->env["DICOMWEB_URL"]},
+        {"username", center->env["AGENT_USER"]},
+        {"password_file", center->env["AGENT_PASSWORD_FILE"]},
+        {"tls", {{"ca_file", center->env["CA_FILE"]}}},
+        {"parallel_uploads", 2},
+        {"patch_bytes", 65536}}},
+      {"results", {{"enabled", true}, {"poll_interval_ms", 300}, {"poll_max_interval_ms", 2000}, {"timeout_s", 240}}},
+      {"console",
+       {{"enabled", true}, {"host", "127.0.0.1"}, {"port", console_port}, {"called_ae", "CONSOLE"},
+        {"calling_ae", "CTAGENT"}}}};
+  const fs::path cfg_path = work.path() / "agent.json";
+  std::ofstream(cfg_path) << cfg.dump(2);
+  auto config = config::LoadConfig(cfg_path);
+  REQUIRE(config);
+
+  test::ChildProcess agent({(fs::path(CTAGENT_BINARY_DIR) / "agent/ctagent").string(), "scan", "--config",
+                            cfg_path.string(), "--quiet"},
+                           logs / "agent.log");
+  const int agent_rc = agent.Wait(std::chrono::seconds(600));
+  const std::string agent_log = test::ReadText(logs / "agent.log");
+  INFO("agent output:\n" << agent_log);
+  INFO("worker log:\n" << test::ReadText(work.path() / "center/logs/worker.log"));
+  REQUIRE(agent_rc == 0);
+  CHECK_THAT(agent_log, Catch::Contains("images delivered"));
+
+  // --- 1. Every chunk the server holds decodes to exactly the bytes the driver produced. ---
+  const auto uploads = ListUploads(center->env["TUS_STORE"]);
+  const StoredUpload* manifest_upload = nullptr;
+  for (const auto& u : uploads) {
+    if (u.metadata.value("kind", "") == "manifest") manifest_upload = &u;
+  }
+  REQUIRE(manifest_upload != nullptr);
+  auto manifest = codec::ManifestFromJson(nlohmann::json::parse(test::ReadText(manifest_upload->data)));
+  REQUIRE(manifest);
+  CHECK(manifest->complete);
+  CHECK(manifest->views_acquired == 360);
+  REQUIRE(manifest->chunks.size() == 12);
+
+  // Regenerate the views with the same driver and seed, independently of the agent.
+  auto detector = drivers::MakeDetector("sim", nlohmann::json::object());
+  REQUIRE(detector);
+  REQUIRE((*detector)->Arm(config->protocol));
+  std::vector<std::vector<std::uint8_t>> driver_views;
+  while (true) {
+    auto v = (*detector)->NextView();
+    REQUIRE(v);
+    if (!v->has_value()) break;
+    driver_views.push_back(std::move((*v)->samples));
+  }
+  REQUIRE(driver_views.size() == 360);
+
+  std::set<std::uint32_t> seen;
+  for (const auto& u : uploads) {
+    if (u.metadata.value("kind", "") != "chunk") continue;
+    const auto bytes = ReadBytes(u.data);
+    REQUIRE(bytes.size() == u.size);  // the upload is complete on the server
+    auto decoded = codec::DecodeChunk(bytes);
+    REQUIRE(decoded);
+    const auto& info = decoded->info;
+    CHECK(info.scan_uid == manifest->scan_uid);
+    Sha256 expected;
+    for (const auto& view : info.views) expected.Update(driver_views.at(view.sequence));
+    INFO("chunk " << info.chunk_index);
+    CHECK(Sha256Hex(decoded->samples) == expected.FinalHex());
+    CHECK(Sha256Hex(bytes) == manifest->chunks.at(info.chunk_index).sha256);
+    seen.insert(info.chunk_index);
+  }
+  CHECK(seen.size() == manifest->chunks.size());
+
+  // --- 2. The console received the reconstructed series of the scan's study. ---
+  std::vector<fs::path> received;
+  for (const auto& entry : fs::recursive_directory_iterator(console_dir)) {
+    if (entry.is_regular_file()) received.push_back(entry.path());
+  }
+  REQUIRE(received.size() == 4);  // one slice per detector row
+
+  const auto& rois = drivers::sim::ChestPhantomRois();
+  std::set<std::string> sop_uids;
+  for (const auto& path : received) {
+    INFO("received file " << path);
+    DcmFileFormat file;
+    REQUIRE(file.loadFile(path.c_str()).good());
+    DcmDataset* ds = file.getDataset();
+    OFString value;
+    REQUIRE(ds->findAndGetOFString(DCM_SOPClassUID, value).good());
+    CHECK(std::string(value.c_str()) == UID_CTImageStorage);
+    REQUIRE(ds->findAndGetOFString(DCM_StudyInstanceUID, value).good());
+    CHECK(std::string(value.c_str()) == manifest->study_uid);
+    REQUIRE(ds->findAndGetOFString(DCM_SOPInstanceUID, value).good());
+    sop_uids.insert(value.c_str());
+    Uint16 rows = 0, cols = 0;
+    REQUIRE(ds->findAndGetUint16(DCM_Rows, rows).good());
+    REQUIRE(ds->findAndGetUint16(DCM_Columns, cols).good());
+    Float64 dx = 0, dy = 0, slope = 1, intercept = 0;
+    REQUIRE(ds->findAndGetFloat64(DCM_PixelSpacing, dy, 0).good());
+    REQUIRE(ds->findAndGetFloat64(DCM_PixelSpacing, dx, 1).good());
+    ds->findAndGetFloat64(DCM_RescaleSlope, slope);
+    ds->findAndGetFloat64(DCM_RescaleIntercept, intercept);
+    Uint16 pixel_representation = 0;
+    ds->findAndGetUint16(DCM_PixelRepresentation, pixel_representation);
+    const Uint16* pixels = nullptr;
+    unsigned long count = 0;
+    REQUIRE(ds->findAndGetUint16Array(DCM_PixelData, pixels, &count).good());
+    REQUIRE(count == static_cast<unsigned long>(rows) * cols);
+
+    // Image geometry: centred on the rotation axis, row 0 anterior (+y in phantom coordinates),
+    // columns along +x.
+    for (const auto& roi : rois) {
+      RoiStats s;
+      double sum = 0, sum2 = 0;
+      for (int r = 0; r < rows; ++r) {
+        for (int c = 0; c < cols; ++c) {
+          const double x = (c - (cols - 1) / 2.0) * dx;
+          const double y = ((rows - 1) / 2.0 - r) * dy;
+          if (std::hypot(x - roi.center_x_mm, y - roi.center_y_mm) > roi.radius_mm) continue;
+          const Uint16 raw = pixels[static_cast<std::size_t>(r) * cols + static_cast<std::size_t>(c)];
+          const double stored = pixel_representation ? static_cast<double>(static_cast<Sint16>(raw)) : raw;
+          const double hu = stored * slope + intercept;
+          sum += hu;
+          sum2 += hu * hu;
+          ++s.pixels;
+        }
+      }
+      REQUIRE(s.pixels > 10);
+      s.mean = sum / s.pixels;
+      s.stddev = std::sqrt(std::max(0.0, sum2 / s.pixels - s.mean * s.mean));
+      INFO("ROI " << roi.name << ": mean " << s.mean << " HU, sd " << s.stddev << " over " << s.pixels
+                  << " pixels, expected " << roi.expected_hu << " +- " << kHuTolerance);
+      CHECK(std::abs(s.mean - roi.expected_hu) <= kHuTolerance);
+    }
+  }
+  CHECK(sop_uids.size() == received.size());
+
+  // --- 3. The agent kept the validated results in its spool too. ---
+  std::size_t spooled = 0;
+  for (const auto& entry : fs::recursive_directory_iterator(work.path() / "spool")) {
+    if (entry.path().extension() == ".dcm") ++spooled;
+  }
+  CHECK(spooled == received.size());
+}
