@@ -1,1 +1,250 @@
-// placeholder: being written
+// Validation of DICOM instances pulled back from the imaging center, before they are kept in
+// the spool or forwarded to the console. DCMTK parses; the checks here decide what we accept.
+#include <vector>  // results.hpp uses std::vector without including it
+
+#include "agent/results/results.hpp"
+
+#include <dcmtk/config/osconfig.h>  // must come before any other DCMTK header
+#include <dcmtk/dcmdata/dcdeftag.h>
+#include <dcmtk/dcmdata/dcdict.h>
+#include <dcmtk/dcmdata/dcfilefo.h>
+#include <dcmtk/dcmdata/dcistrmb.h>
+#include <dcmtk/dcmdata/dcuid.h>
+#include <dcmtk/dcmdata/dcxfer.h>
+#include <dcmtk/oflog/logger.h>
+#include <dcmtk/oflog/loglevel.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <string_view>
+#include <system_error>
+
+#include "agent/common/log.hpp"
+
+namespace ctagent::results {
+namespace {
+
+constexpr std::uintmax_t kMaxInstanceFileBytes = std::uintmax_t{1} << 30;  // 1 GiB
+constexpr std::size_t kPreambleBytes = 128;
+constexpr std::uint16_t kMaxImageDimension = 8192;
+constexpr long kMaxFrames = 100000;
+
+// DCMTK logs through its own log4cplus copy; our errors already carry what it would say, so
+// it stays quiet unless the agent runs at debug level.
+void QuietDcmtkLogging() {
+  dcmtk::log4cplus::Logger::getRoot().setLogLevel(log::GetLevel() == log::Level::kDebug
+                                                      ? dcmtk::log4cplus::DEBUG_LOG_LEVEL
+                                                      : dcmtk::log4cplus::OFF_LOG_LEVEL);
+}
+
+std::string SopClassName(const std::string& uid) {
+  const char* name = dcmFindNameOfUID(uid.c_str(), nullptr);
+  return name != nullptr ? std::string(name) + " (" + uid + ")" : uid;
+}
+
+// Reads a string attribute; empty when absent or empty.
+std::string GetString(DcmDataset& dataset, const DcmTagKey& tag) {
+  OFString value;
+  if (dataset.findAndGetOFString(tag, value).bad()) return {};
+  return std::string(value.c_str());
+}
+
+// Reads an unsigned short attribute; false when absent.
+bool GetUint16(DcmDataset& dataset, const DcmTagKey& tag, std::uint16_t* out) {
+  Uint16 value = 0;
+  if (dataset.findAndGetUint16(tag, value).bad()) return false;
+  *out = value;
+  return true;
+}
+
+// An IS (integer string) attribute such as Number of Frames; `fallback` when absent.
+long GetIntegerString(DcmDataset& dataset, const DcmTagKey& tag, long fallback) {
+  Sint32 value = 0;
+  if (dataset.findAndGetSint32(tag, value).bad()) return fallback;
+  return value;
+}
+
+std::string InstanceLabel(const std::string& sop_instance_uid) {
+  return sop_instance_uid.empty() ? std::string("instance (SOP instance UID unknown)")
+                                  : "instance " + sop_instance_uid;
+}
+
+// Image checks: dimensions a CT console can display and pixel data of exactly the size the
+// header declares, so a truncated or mis-declared image never reaches the console.
+Status CheckImage(DcmDataset& dataset, const std::string& label, InstanceInfo& info) {
+  std::uint16_t rows = 0;
+  std::uint16_t columns = 0;
+  std::uint16_t bits_allocated = 0;
+  std::uint16_t samples_per_pixel = 1;
+  if (!GetUint16(dataset, DCM_Rows, &rows)) {
+    return MakeError(ErrorKind::kCorrupt, label + ": image has no Rows (0028,0010)");
+  }
+  if (!GetUint16(dataset, DCM_Columns, &columns)) {
+    return MakeError(ErrorKind::kCorrupt, label + ": image has no Columns (0028,0011)");
+  }
+  if (rows < 1 || rows > kMaxImageDimension || columns < 1 || columns > kMaxImageDimension) {
+    return MakeError(ErrorKind::kCorrupt, label + ": image is " + std::to_string(rows) + " rows x " +
+                                              std::to_string(columns) + " columns; each must be in 1.." +
+                                              std::to_string(kMaxImageDimension));
+  }
+  if (!GetUint16(dataset, DCM_BitsAllocated, &bits_allocated)) {
+    return MakeError(ErrorKind::kCorrupt, label + ": image has no BitsAllocated (0028,0100)");
+  }
+  if (bits_allocated != 8 && bits_allocated != 16) {
+    return MakeError(ErrorKind::kCorrupt, label + ": BitsAllocated is " + std::to_string(bits_allocated) +
+                                              "; only 8 or 16 are accepted");
+  }
+  (void)GetUint16(dataset, DCM_SamplesPerPixel, &samples_per_pixel);  // absent means 1
+  if (samples_per_pixel != 1 && samples_per_pixel != 3) {
+    return MakeError(ErrorKind::kCorrupt, label + ": SamplesPerPixel is " + std::to_string(samples_per_pixel) +
+                                              "; only 1 or 3 are accepted");
+  }
+  const long frames = GetIntegerString(dataset, DCM_NumberOfFrames, 1);
+  if (frames < 1 || frames > kMaxFrames) {
+    return MakeError(ErrorKind::kCorrupt, label + ": NumberOfFrames is " + std::to_string(frames) +
+                                              "; it must be in 1.." + std::to_string(kMaxFrames));
+  }
+
+  DcmElement* pixel_data = nullptr;
+  if (dataset.findAndGetElement(DCM_PixelData, pixel_data).bad() || pixel_data == nullptr) {
+    return MakeError(ErrorKind::kCorrupt, label + ": image has no PixelData (7FE0,0010)");
+  }
+  // Encapsulated (compressed) pixel data has no length to compare against; its fragments are
+  // checked by whoever decompresses it. Native pixel data must match the header exactly.
+  const DcmXfer xfer(dataset.getOriginalXfer());
+  if (!xfer.isEncapsulated()) {
+    const std::uint64_t expected = std::uint64_t{rows} * columns * samples_per_pixel * (bits_allocated / 8U) *
+                                   static_cast<std::uint64_t>(frames);
+    const std::uint64_t actual = pixel_data->getLength();
+    // Values of odd length are padded to even length on the wire.
+    const bool padded_ok = (expected % 2 == 1) && actual == expected + 1;
+    if (actual != expected && !padded_ok) {
+      return MakeError(ErrorKind::kCorrupt,
+                       label + ": PixelData is " + std::to_string(actual) + " bytes but " + std::to_string(rows) +
+                           " rows x " + std::to_string(columns) + " columns x " + std::to_string(samples_per_pixel) +
+                           " samples x " + std::to_string(bits_allocated) + " bits x " + std::to_string(frames) +
+                           " frames needs " + std::to_string(expected) + " bytes");
+    }
+  }
+  info.rows = rows;
+  info.columns = columns;
+  return Ok();
+}
+
+}  // namespace
+
+const std::set<std::string>& DefaultAllowedSopClasses() {
+  static const std::set<std::string> kAllowed = {
+      UID_CTImageStorage,    UID_EnhancedCTImageStorage, UID_SecondaryCaptureImageStorage,
+      UID_BasicTextSRStorage, UID_EnhancedSRStorage,     UID_ComprehensiveSRStorage,
+  };
+  return kAllowed;
+}
+
+Expected<InstanceInfo> ValidateInstance(std::span<const std::uint8_t> part10, const std::string& expected_study_uid,
+                                        const std::set<std::string>& allowed_sop_classes) {
+  QuietDcmtkLogging();
+  if (!dcmDataDict.isDictionaryLoaded()) {
+    return MakeError(ErrorKind::kInternal,
+                     "the DCMTK data dictionary is not loaded, so no DICOM file can be checked; install "
+                     "libdcmtk17 (dicom.dic) or point DCMDICTPATH at dicom.dic");
+  }
+
+  // 1. Parses as Part 10: a 128-byte preamble, "DICM", the meta header, then the data set.
+  if (part10.empty()) {
+    return MakeError(ErrorKind::kCorrupt, "not a DICOM Part 10 file: the input is empty (0 bytes)");
+  }
+  if (part10.size() < kPreambleBytes + 4 ||
+      std::memcmp(part10.data() + kPreambleBytes, "DICM", 4) != 0) {
+    return MakeError(ErrorKind::kCorrupt, "not a DICOM Part 10 file: no \"DICM\" prefix after the 128-byte preamble (" +
+                                              std::to_string(part10.size()) + " bytes)");
+  }
+  DcmInputBufferStream stream;
+  stream.setBuffer(part10.data(), static_cast<offile_off_t>(part10.size()));
+  stream.setEos();
+  DcmFileFormat file;
+  file.transferInit();
+  const OFCondition read = file.read(stream, EXS_Unknown, EGL_noChange);
+  file.transferEnd();
+  if (read.bad()) {
+    return MakeError(ErrorKind::kCorrupt, std::string("not a DICOM Part 10 file: ") + read.text() + " (" +
+                                              std::to_string(part10.size()) + " bytes read)");
+  }
+  DcmDataset* dataset = file.getDataset();
+  if (dataset == nullptr) {
+    return MakeError(ErrorKind::kCorrupt, "not a DICOM Part 10 file: no data set after the meta header");
+  }
+
+  // 2. The identity every result instance needs to be filed and delivered.
+  InstanceInfo info;
+  info.sop_instance_uid = GetString(*dataset, DCM_SOPInstanceUID);
+  const std::string label = InstanceLabel(info.sop_instance_uid);
+  if (info.sop_instance_uid.empty()) {
+    return MakeError(ErrorKind::kCorrupt, label + ": missing SOPInstanceUID (0008,0018)");
+  }
+  info.sop_class_uid = GetString(*dataset, DCM_SOPClassUID);
+  if (info.sop_class_uid.empty()) {
+    return MakeError(ErrorKind::kCorrupt, label + ": missing SOPClassUID (0008,0016)");
+  }
+  info.study_uid = GetString(*dataset, DCM_StudyInstanceUID);
+  if (info.study_uid.empty()) {
+    return MakeError(ErrorKind::kCorrupt, label + ": missing StudyInstanceUID (0020,000D)");
+  }
+  info.series_uid = GetString(*dataset, DCM_SeriesInstanceUID);
+  if (info.series_uid.empty()) {
+    return MakeError(ErrorKind::kCorrupt, label + ": missing SeriesInstanceUID (0020,000E)");
+  }
+  info.modality = GetString(*dataset, DCM_Modality);
+  const long images_in_acquisition = GetIntegerString(*dataset, DCM_ImagesInAcquisition, 0);
+  info.images_in_acquisition = images_in_acquisition > 0 ? static_cast<std::uint32_t>(images_in_acquisition) : 0;
+
+  // 3. It must belong to the scan's study: anything else would be filed under the wrong patient.
+  if (info.study_uid != expected_study_uid) {
+    return MakeError(ErrorKind::kProtocol, label + " belongs to study " + info.study_uid + ", expected " +
+                                               expected_study_uid);
+  }
+
+  // 4. Only the kinds of object the results contract allows.
+  if (allowed_sop_classes.count(info.sop_class_uid) == 0) {
+    return MakeError(ErrorKind::kProtocol, label + " has SOP class " + SopClassName(info.sop_class_uid) +
+                                               ", which is not allowed from the imaging center");
+  }
+
+  // 5. Images: sane dimensions and pixel data of the declared size.
+  if (dcmIsImageStorageSOPClassUID(info.sop_class_uid.c_str())) {
+    Status image = CheckImage(*dataset, label, info);
+    if (!image) return MakeError(image.error());
+  } else {
+    (void)GetUint16(*dataset, DCM_Rows, &info.rows);
+    (void)GetUint16(*dataset, DCM_Columns, &info.columns);
+  }
+  return info;
+}
+
+Expected<InstanceInfo> ValidateInstanceFile(const std::filesystem::path& path, const std::string& expected_study_uid,
+                                            const std::set<std::string>& allowed_sop_classes) {
+  std::error_code ec;
+  const std::uintmax_t size = std::filesystem::file_size(path, ec);
+  if (ec) {
+    return MakeError(ErrorKind::kIo, "cannot read DICOM file " + path.string() + ": " + ec.message());
+  }
+  if (size > kMaxInstanceFileBytes) {
+    return MakeError(ErrorKind::kCorrupt, "DICOM file " + path.string() + " is " + std::to_string(size) +
+                                              " bytes, more than the 1 GiB limit for one instance");
+  }
+  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return MakeError(ErrorKind::kIo, "cannot open DICOM file " + path.string() + ": " + std::strerror(errno));
+  }
+  if (!bytes.empty() && !in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()))) {
+    return MakeError(ErrorKind::kIo, "cannot read DICOM file " + path.string() + ": read " +
+                                         std::to_string(in.gcount()) + " of " + std::to_string(size) + " bytes");
+  }
+  Expected<InstanceInfo> info = ValidateInstance(bytes, expected_study_uid, allowed_sop_classes);
+  if (!info) return MakeError(info.error().WithContext(path.string()));
+  return info;
+}
+
+}  // namespace ctagent::results
