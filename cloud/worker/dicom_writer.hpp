@@ -1,0 +1,51 @@
+// Writes reconstructed slices as DICOM CT Image Storage instances (Part 10, explicit VR little
+// endian) with DCMTK. The series says in several places that it is a reference reconstruction and
+// not a diagnostic product. The scan UID goes into Acquisition UID (0008,0017) and, readable, into
+// Protocol Name (0018,1030) "ctagent scan <scan_uid>".
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include "agent/common/error.hpp"
+#include "cloud/worker/recon.hpp"
+
+namespace ctagent::cloud {
+
+inline constexpr const char* kSeriesDescription = "Reference FBP reconstruction - not for diagnosis";
+inline constexpr const char* kManufacturer = "ctagent reference imaging center";
+
+// What every instance of one series shares.
+struct SeriesInfo {
+  std::string scan_uid;
+  std::string study_uid;
+  std::string series_uid;              // minted once per series
+  std::string frame_of_reference_uid;  // minted once per series
+  std::string patient_id;
+  std::string patient_name;
+  std::string study_description;
+  std::string acquisition_date_time;  // DICOM DT (YYYYMMDDHHMMSS), may be empty
+  std::int32_t series_number = 1000;
+  double slice_thickness_mm = 0;
+  // (0020,1002) Images in Acquisition: how many instances the series holds when complete. The
+  // agent treats a series as complete when it has this many (docs/wire-format.md).
+  std::int32_t images_in_acquisition = 0;
+};
+
+// One slice's place in the series.
+struct SlicePlacement {
+  std::int32_t instance_number = 1;  // 1-based
+  double z_mm = 0;                   // table position + row offset: ImagePositionPatient z, SliceLocation
+  std::string sop_instance_uid;      // empty: minted
+};
+
+// Writes `image` to `path` (replacing it) and returns the SOP Instance UID it carries.
+// HU values are rounded and clamped to the int16 range.
+Expected<std::string> WriteCtSlice(const std::filesystem::path& path, const SeriesInfo& series,
+                                   const SlicePlacement& placement, const HuImage& image);
+
+// "YYYYMMDDHHMMSS" of an ISO 8601 UTC time ("2024-05-01T10:20:30Z" ...), or "" if it does not parse.
+std::string IsoToDicomDateTime(const std::string& iso);
+
+}  // namespace ctagent::cloud

@@ -1,0 +1,74 @@
+// The reference imaging center's reconstruction worker (demos and tests only): watches the tus
+// server's upload directory, and for every scan whose manifest and chunks have all arrived intact,
+// decodes, reconstructs, writes a CT series and stores it in Orthanc. State lives in the work
+// directory so a scan is reconstructed at most once, even across restarts:
+//   WORK/series/<scan_uid>/  slice-NNN.dcm + series.json (written last: the series is complete)
+//   WORK/done/<scan_uid>.json    every instance is stored in Orthanc
+//   WORK/failed/<scan_uid>.json  the scan can never be reconstructed (reason inside)
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "agent/common/error.hpp"
+#include "cloud/worker/recon.hpp"
+
+namespace ctagent::transport {
+class HttpClient;
+}
+
+namespace ctagent::cloud {
+
+struct WorkerConfig {
+  std::filesystem::path store_dir;  // the tus server's --dir
+  std::filesystem::path work_dir;
+  std::string orthanc_url;          // https://127.0.0.1:PORT (no trailing /instances)
+  std::string orthanc_user;
+  std::string orthanc_password;
+  std::filesystem::path ca_file;    // verifies Orthanc's certificate
+  ReconOptions recon;
+  std::uint64_t max_scan_raw_bytes = 2ull << 30;  // larger scans are refused (memory bound)
+};
+
+struct PassResult {
+  int stored = 0;   // scans stored in Orthanc during this pass
+  int failed = 0;   // scans marked failed during this pass
+  int waiting = 0;  // scans whose chunks have not all arrived yet
+  int retry = 0;    // scans that could not be stored (Orthanc unreachable ...): tried again next pass
+};
+
+class Worker {
+ public:
+  explicit Worker(WorkerConfig config);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Creates the work directories. Call once before RunPass.
+  Status Init();
+  // One pass over the upload directory. `stop` is checked between steps; a scan interrupted
+  // before its series is recorded starts over next time, one interrupted while storing resumes.
+  PassResult RunPass(const std::atomic<bool>& stop);
+
+  struct Upload;  // one tus upload in the store (defined in worker.cpp)
+
+ private:
+  enum class Outcome { kStored, kFailed, kWaiting, kRetry, kSkipped };
+
+  Outcome ProcessManifest(const Upload& manifest_upload, const std::map<std::string, Upload>& uploads,
+                          const std::atomic<bool>& stop);
+  Outcome Fail(const std::string& scan_uid, const std::string& manifest_upload_id, const std::string& reason);
+  Expected<std::string> HashOf(const Upload& upload);
+
+  WorkerConfig config_;
+  std::unique_ptr<transport::HttpClient> http_;
+  std::map<std::string, std::pair<std::uint64_t, std::string>> hash_cache_;  // upload id -> (size, sha256)
+  std::set<std::string> reported_bad_manifests_;  // manifests without a usable scan UID, logged once
+};
+
+}  // namespace ctagent::cloud
