@@ -64,9 +64,10 @@ class HttpClient {
   HttpClient(const HttpClient&) = delete;
   HttpClient& operator=(const HttpClient&) = delete;
 
-  // Returns the response for any HTTP status; an Error only when no response arrived
-  // (kNetwork for DNS/connect/reset/stall, kTls for certificate and handshake failures,
-  // kInvalidInput for a refused URL). Response bodies are capped at `max_response_bytes`.
+  // Returns the response for any HTTP status; an Error only when no usable response arrived:
+  // kNetwork for DNS/connect/reset/stall, kTls for certificate and handshake failures,
+  // kInvalidInput for a refused URL or unreadable certificate file, kProtocol for a body over
+  // `max_response_bytes`, kCancelled for an aborted transfer, kInternal for out-of-memory.
   Expected<HttpResponse> Perform(const HttpRequest& request, std::uint64_t max_response_bytes = 256ull << 20);
 
  private:

@@ -17,7 +17,8 @@ namespace ctagent::transport::tus {
 
 using Metadata = std::vector<std::pair<std::string, std::string>>;  // values are base64-encoded on the wire
 
-// Encodes Upload-Metadata: "key base64(value),key2 base64(value2)".
+// Encodes Upload-Metadata: "key base64(value),key2 base64(value2)". Pairs with an invalid key
+// (empty, non-ASCII, space or comma) are left out; Client::Create refuses them with kInvalidInput.
 std::string EncodeMetadata(const Metadata& metadata);
 std::string Base64Encode(std::span<const std::uint8_t> bytes);
 
@@ -32,7 +33,8 @@ class Client {
   // (404, 410), which means: create it again.
   Expected<std::uint64_t> QueryOffset(const std::string& upload_url);
   // PATCH: sends `bytes` at `offset`; returns the new offset the server reports.
-  // 409 (offset mismatch) comes back as kProtocol with the message naming both offsets.
+  // 409 (offset mismatch) comes back as kProtocol naming our offset (and the server's when it
+  // sends one) and asking to query the offset again.
   Expected<std::uint64_t> Patch(const std::string& upload_url, std::uint64_t offset,
                                 std::span<const std::uint8_t> bytes);
   // Sends data[offset..] in PATCH requests of at most `patch_bytes`; calls on_progress with
