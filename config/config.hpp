@@ -93,7 +93,7 @@ struct AgentConfig {
 };
 
 // Loads and validates. Error messages look like:
-//   config/demo.json: /cloud/parallel_uploads: expected an integer from 1 to 16, found "four"
+//   config/demo.json: /cloud/parallel_uploads: expected an integer from 1 to 16, found string "four"
 Expected<AgentConfig> LoadConfig(const std::filesystem::path& path);
 Expected<AgentConfig> ParseConfig(const std::string& text, const std::filesystem::path& source_for_messages);
 

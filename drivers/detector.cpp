@@ -1,1 +1,223 @@
-// placeholder: being written
+#include "drivers/detector.hpp"
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#ifdef CTAGENT_DRIVER_SIM
+#include "drivers/sim/sim_detector.hpp"
+#endif
+
+namespace ctagent::drivers {
+
+namespace {
+
+// What a JSON value is, for "found ..." in messages.
+std::string Found(const nlohmann::json& v) {
+  if (v.is_string()) {
+    std::string s = v.get<std::string>();
+    if (s.size() > 40) s = s.substr(0, 40) + "...";
+    return "string " + nlohmann::json(s).dump();
+  }
+  if (v.is_object()) return "an object";
+  if (v.is_array()) return "an array";
+  return v.dump();
+}
+
+Unexpected FieldError(std::string_view key, const std::string& expected, const nlohmann::json& found) {
+  // Appended piecewise: GCC 12's -Wrestrict misfires on `"literal" + std::string&&` at -O3.
+  std::string message = "/";
+  message.append(key).append(": expected ").append(expected).append(", found ").append(Found(found));
+  return MakeError(ErrorKind::kInvalidInput, std::move(message));
+}
+
+Status ReadUint(const nlohmann::json& v, std::string_view key, std::uint64_t min, std::uint64_t max,
+                std::uint64_t* out) {
+  const std::string expected = "an integer from " + std::to_string(min) + " to " + std::to_string(max);
+  if (!v.is_number_integer()) return FieldError(key, expected, v);
+  if (v.is_number_unsigned()) {
+    *out = v.get<std::uint64_t>();
+  } else {
+    const auto s = v.get<std::int64_t>();
+    if (s < 0) return FieldError(key, expected, v);
+    *out = static_cast<std::uint64_t>(s);
+  }
+  if (*out < min || *out > max) return FieldError(key, expected, v);
+  return Ok();
+}
+
+Status ReadU32(const nlohmann::json& v, std::string_view key, std::uint32_t min, std::uint32_t max,
+               std::uint32_t* out) {
+  std::uint64_t wide = 0;
+  if (auto s = ReadUint(v, key, min, max, &wide); !s) return s;
+  *out = static_cast<std::uint32_t>(wide);
+  return Ok();
+}
+
+// A finite number in (min, max] when `min_open`, else [min, max].
+Status ReadDouble(const nlohmann::json& v, std::string_view key, double min, bool min_open, double max,
+                  const std::string& expected, double* out) {
+  if (!v.is_number()) return FieldError(key, expected, v);
+  const double d = v.get<double>();
+  if (!std::isfinite(d) || d > max || d < min || (min_open && d == min)) return FieldError(key, expected, v);
+  *out = d;
+  return Ok();
+}
+
+constexpr double kHuge = 1e9;
+
+using FieldReader = std::function<Status(const nlohmann::json&, ScanProtocol&)>;
+
+struct ProtocolField {
+  const char* key;
+  FieldReader read;
+};
+
+// Plausibility limits of the HAL; each driver checks its own, narrower capabilities in Arm().
+const std::vector<ProtocolField>& ProtocolFields() {
+  static const std::vector<ProtocolField> kFields = {
+      {"geometry",
+       [](const nlohmann::json& v, ScanProtocol& p) -> Status {
+         if (!v.is_string() || v.get<std::string>() != "parallel") return FieldError("geometry", "\"parallel\"", v);
+         p.geometry = GeometryKind::kParallel;
+         return Ok();
+       }},
+      {"views_per_rotation",
+       [](const nlohmann::json& v, ScanProtocol& p) { return ReadU32(v, "views_per_rotation", 1, 100000, &p.views_per_rotation); }},
+      {"rotations", [](const nlohmann::json& v, ScanProtocol& p) { return ReadU32(v, "rotations", 1, 10000, &p.rotations); }},
+      {"rows", [](const nlohmann::json& v, ScanProtocol& p) { return ReadU32(v, "rows", 1, 1024, &p.rows); }},
+      {"channels", [](const nlohmann::json& v, ScanProtocol& p) { return ReadU32(v, "channels", 1, 16384, &p.channels); }},
+      {"channel_pitch_mm",
+       [](const nlohmann::json& v, ScanProtocol& p) {
+         return ReadDouble(v, "channel_pitch_mm", 0, true, 100, "a number > 0 and <= 100", &p.channel_pitch_mm);
+       }},
+      {"row_pitch_mm",
+       [](const nlohmann::json& v, ScanProtocol& p) {
+         return ReadDouble(v, "row_pitch_mm", 0, true, 100, "a number > 0 and <= 100", &p.row_pitch_mm);
+       }},
+      {"rotation_time_s",
+       [](const nlohmann::json& v, ScanProtocol& p) {
+         return ReadDouble(v, "rotation_time_s", 0, true, 3600, "a number > 0 and <= 3600", &p.rotation_time_s);
+       }},
+      {"table_start_mm",
+       [](const nlohmann::json& v, ScanProtocol& p) {
+         return ReadDouble(v, "table_start_mm", -kHuge, false, kHuge, "a finite number", &p.table_start_mm);
+       }},
+      {"table_speed_mm_per_rotation",
+       [](const nlohmann::json& v, ScanProtocol& p) {
+         return ReadDouble(v, "table_speed_mm_per_rotation", -kHuge, false, kHuge, "a finite number",
+                           &p.table_speed_mm_per_rotation);
+       }},
+      {"dose_fraction",
+       [](const nlohmann::json& v, ScanProtocol& p) {
+         return ReadDouble(v, "dose_fraction", 0, true, 1, "a number > 0 and <= 1", &p.dose_fraction);
+       }},
+      {"unattenuated_counts",
+       [](const nlohmann::json& v, ScanProtocol& p) {
+         return ReadDouble(v, "unattenuated_counts", 0, true, kHuge, "a number > 0 and <= 1e9", &p.unattenuated_counts);
+       }},
+      {"sample_type",
+       [](const nlohmann::json& v, ScanProtocol& p) -> Status {
+         if (v.is_string() && v.get<std::string>() == "uint16") {
+           p.sample_type = SampleType::kUint16;
+         } else if (v.is_string() && v.get<std::string>() == "float32") {
+           p.sample_type = SampleType::kFloat32;
+         } else {
+           return FieldError("sample_type", "\"uint16\" or \"float32\"", v);
+         }
+         return Ok();
+       }},
+      {"seed",
+       [](const nlohmann::json& v, ScanProtocol& p) {
+         return ReadUint(v, "seed", 0, std::numeric_limits<std::uint64_t>::max(), &p.seed);
+       }},
+      {"real_time",
+       [](const nlohmann::json& v, ScanProtocol& p) -> Status {
+         if (!v.is_boolean()) return FieldError("real_time", "true or false", v);
+         p.real_time = v.get<bool>();
+         return Ok();
+       }},
+  };
+  return kFields;
+}
+
+}  // namespace
+
+std::size_t SampleSize(SampleType type) {
+  switch (type) {
+    case SampleType::kUint16:
+      return 2;
+    case SampleType::kFloat32:
+      return 4;
+  }
+  return 0;
+}
+
+const char* ToString(SampleType type) {
+  switch (type) {
+    case SampleType::kUint16:
+      return "uint16";
+    case SampleType::kFloat32:
+      return "float32";
+  }
+  return "unknown";
+}
+
+nlohmann::json ToJson(const ScanProtocol& p) {
+  return nlohmann::json{
+      {"geometry", "parallel"},
+      {"views_per_rotation", p.views_per_rotation},
+      {"rotations", p.rotations},
+      {"rows", p.rows},
+      {"channels", p.channels},
+      {"channel_pitch_mm", p.channel_pitch_mm},
+      {"row_pitch_mm", p.row_pitch_mm},
+      {"rotation_time_s", p.rotation_time_s},
+      {"table_start_mm", p.table_start_mm},
+      {"table_speed_mm_per_rotation", p.table_speed_mm_per_rotation},
+      {"dose_fraction", p.dose_fraction},
+      {"unattenuated_counts", p.unattenuated_counts},
+      {"sample_type", ToString(p.sample_type)},
+      {"seed", p.seed},
+      {"real_time", p.real_time},
+  };
+}
+
+Expected<ScanProtocol> ProtocolFromJson(const nlohmann::json& j) {
+  if (!j.is_object()) {
+    return MakeError(ErrorKind::kInvalidInput, "scan protocol: expected a JSON object, found " + Found(j));
+  }
+  ScanProtocol p;  // keys that are absent keep their defaults
+  for (const auto& [key, value] : j.items()) {
+    const ProtocolField* field = nullptr;
+    for (const ProtocolField& f : ProtocolFields()) {
+      if (key == f.key) field = &f;
+    }
+    if (field == nullptr) {
+      return MakeError(ErrorKind::kInvalidInput, "/" + key + ": unknown scan protocol key");
+    }
+    if (auto s = field->read(value, p); !s) return MakeError(s.error());
+  }
+  return p;
+}
+
+Expected<std::unique_ptr<Detector>> MakeDetector(const std::string& name, const nlohmann::json& options) {
+#ifdef CTAGENT_DRIVER_SIM
+  if (name == "sim") {
+    auto sim = sim::SimDetector::Create(options);
+    if (!sim) return MakeError(sim.error());
+    return std::unique_ptr<Detector>(std::move(sim).value());
+  }
+  constexpr const char* kBuiltIn = "sim";
+#else
+  constexpr const char* kBuiltIn = "(none: this build has no built-in drivers)";
+#endif
+  (void)options;
+  return MakeError(ErrorKind::kInvalidInput,
+                   "unknown detector driver \"" + name + "\"; built-in drivers in this build: " + kBuiltIn);
+}
+
+}  // namespace ctagent::drivers

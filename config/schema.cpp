@@ -1,0 +1,442 @@
+#include "config/schema.hpp"
+
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <type_traits>
+
+#include "agent/common/uid.hpp"
+
+namespace ctagent::config::schema {
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// ---- Assigning checked values to struct fields, and reading defaults back -------------------
+
+template <typename T>
+  requires(std::is_integral_v<T> && !std::is_same_v<T, bool>)
+void Assign(T& target, const json& v) {
+  target = static_cast<T>(v.get<std::uint64_t>());
+}
+void Assign(double& target, const json& v) { target = v.get<double>(); }
+void Assign(bool& target, const json& v) { target = v.get<bool>(); }
+void Assign(std::string& target, const json& v) { target = v.get<std::string>(); }
+void Assign(fs::path& target, const json& v) { target = v.get<std::string>(); }
+void Assign(json& target, const json& v) { target = v; }
+void Assign(drivers::SampleType& target, const json& v) {
+  target = v.get<std::string>() == "float32" ? drivers::SampleType::kFloat32 : drivers::SampleType::kUint16;
+}
+void Assign(drivers::GeometryKind& target, const json& /*only "parallel" passes the check*/) {
+  target = drivers::GeometryKind::kParallel;
+}
+
+template <typename T>
+  requires(std::is_integral_v<T> && !std::is_same_v<T, bool>)
+json Value(const T& v) {
+  return static_cast<std::uint64_t>(v);
+}
+json Value(double v) { return v; }
+json Value(bool v) { return v; }
+json Value(const std::string& v) { return v; }
+json Value(const fs::path& v) { return v.string(); }
+json Value(const json& v) { return v; }
+json Value(drivers::SampleType v) { return drivers::ToString(v); }
+json Value(drivers::GeometryKind /*only parallel exists*/) { return "parallel"; }
+
+// The target of a schema row: a struct field of AgentConfig.
+#define CTAGENT_TARGET(member)                                                 \
+  .set = [](AgentConfig& c, const nlohmann::json& v) { Assign(c.member, v); }, \
+  .get = [](const AgentConfig& c) { return Value(c.member); }
+
+// ---- String rules --------------------------------------------------------------------------
+
+bool NoBackslash(const std::string& s) { return s.find('\\') == std::string::npos; }
+
+bool TerminalIdOk(const std::string& s) {
+  if (s.empty() || s.size() > 64) return false;
+  for (char ch : s) {
+    const bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '.' ||
+                    ch == '_' || ch == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+bool NonEmptyShort(const std::string& s) { return !s.empty() && s.size() <= 64; }
+
+// DICOM LO / PN values: at most 64 characters, no backslash (the value delimiter).
+bool DicomLongString(const std::string& s) { return s.size() <= 64 && NoBackslash(s); }
+
+bool StudyUidOk(const std::string& s) { return s.empty() || IsValidDicomUid(s); }
+
+bool HostOk(const std::string& s) {
+  if (s.empty() || s.size() > 253) return false;
+  for (char ch : s) {
+    if (ch <= ' ' || ch == '/' || ch == '\x7f') return false;
+  }
+  return true;
+}
+
+// DICOM AE title: 1 to 16 printable ASCII characters, no backslash, not only spaces.
+bool AeTitleOk(const std::string& s) {
+  if (s.empty() || s.size() > 16) return false;
+  bool any_non_space = false;
+  for (char ch : s) {
+    if (ch < ' ' || ch > '~' || ch == '\\') return false;
+    if (ch != ' ') any_non_space = true;
+  }
+  return any_non_space;
+}
+
+bool UrlOk(const std::string& s) { return IsHttpUrl(s) || IsHttpsUrl(s); }
+bool EmptyOrUrl(const std::string& s) { return s.empty() || UrlOk(s); }
+bool UsernameOk(const std::string& s) { return s.find(':') == std::string::npos && s.size() <= 256; }
+
+constexpr std::uint64_t kKiB = 1024;
+constexpr std::uint64_t kMiB = kKiB * 1024;
+constexpr std::uint64_t kGiB = kMiB * 1024;
+constexpr std::uint64_t kTiB = kGiB * 1024;
+constexpr std::uint64_t kPiB = kTiB * 1024;
+constexpr std::uint64_t kU64Max = std::numeric_limits<std::uint64_t>::max();
+constexpr double kHuge = 1e9;
+
+std::vector<Entry> MakeEntries() {
+  // The scan section's ranges are those of drivers::ProtocolFromJson; each driver checks its
+  // own, narrower capabilities when a scan is armed.
+  return {
+      {.path = "/terminal_id", .type = Type::kString,
+       .description = "Name of this scanner terminal, sent with every upload.",
+       .string_ok = TerminalIdOk, .string_rule = "1 to 64 characters from A-Z a-z 0-9 . _ -",
+       CTAGENT_TARGET(terminal_id)},
+      {.path = "/log_level", .type = Type::kEnum, .description = "Least severe log level written.",
+       .choices = {"debug", "info", "warn", "error"}, CTAGENT_TARGET(log_level)},
+
+      {.path = "/driver", .type = Type::kSection, .description = "Detector driver."},
+      {.path = "/driver/name", .type = Type::kString, .description = "Built-in driver name (`sim`).",
+       .string_ok = NonEmptyShort, .string_rule = "a non-empty name of at most 64 characters",
+       CTAGENT_TARGET(driver.name)},
+      {.path = "/driver/options", .type = Type::kObject,
+       .description = "Driver-specific options, passed to the driver as-is (sim: `{\"model\": string}`).",
+       CTAGENT_TARGET(driver.options)},
+
+      {.path = "/scan", .type = Type::kSection, .description = "Scan protocol armed on the detector."},
+      {.path = "/scan/geometry", .type = Type::kEnum, .description = "Beam geometry.", .choices = {"parallel"},
+       CTAGENT_TARGET(protocol.geometry)},
+      {.path = "/scan/views_per_rotation", .type = Type::kInteger,
+       .description = "Views per rotation (180 degrees for parallel beam).", .min = 1, .max = 100000,
+       CTAGENT_TARGET(protocol.views_per_rotation)},
+      {.path = "/scan/rotations", .type = Type::kInteger, .description = "Rotations per scan.", .min = 1,
+       .max = 10000, CTAGENT_TARGET(protocol.rotations)},
+      {.path = "/scan/rows", .type = Type::kInteger, .description = "Detector rows (slices).", .min = 1,
+       .max = 1024, CTAGENT_TARGET(protocol.rows)},
+      {.path = "/scan/channels", .type = Type::kInteger, .description = "Detector channels per row.", .min = 1,
+       .max = 16384, CTAGENT_TARGET(protocol.channels)},
+      {.path = "/scan/channel_pitch_mm", .type = Type::kNumber, .description = "Channel spacing at isocenter [mm].",
+       .min_number = 0, .max_number = 100, .min_open = true, CTAGENT_TARGET(protocol.channel_pitch_mm)},
+      {.path = "/scan/row_pitch_mm", .type = Type::kNumber, .description = "Slice thickness at isocenter [mm].",
+       .min_number = 0, .max_number = 100, .min_open = true, CTAGENT_TARGET(protocol.row_pitch_mm)},
+      {.path = "/scan/rotation_time_s", .type = Type::kNumber,
+       .description = "Wall time of one rotation [s]; sets the view rate and timestamps.", .min_number = 0,
+       .max_number = 3600, .min_open = true, CTAGENT_TARGET(protocol.rotation_time_s)},
+      {.path = "/scan/table_start_mm", .type = Type::kNumber, .description = "Table position of the first view [mm].",
+       .min_number = -kHuge, .max_number = kHuge, CTAGENT_TARGET(protocol.table_start_mm)},
+      {.path = "/scan/table_speed_mm_per_rotation", .type = Type::kNumber,
+       .description = "Table feed per rotation [mm]; 0 for an axial scan.", .min_number = -kHuge,
+       .max_number = kHuge, CTAGENT_TARGET(protocol.table_speed_mm_per_rotation)},
+      {.path = "/scan/dose_fraction", .type = Type::kNumber,
+       .description = "Fraction of the standard dose (noise grows as it falls).", .min_number = 0,
+       .max_number = 1, .min_open = true, CTAGENT_TARGET(protocol.dose_fraction)},
+      {.path = "/scan/unattenuated_counts", .type = Type::kNumber,
+       .description = "Mean counts of an unattenuated ray at full dose.", .min_number = 0, .max_number = kHuge,
+       .min_open = true, CTAGENT_TARGET(protocol.unattenuated_counts)},
+      {.path = "/scan/sample_type", .type = Type::kEnum, .description = "Sample type delivered by the detector.",
+       .choices = {"uint16", "float32"}, CTAGENT_TARGET(protocol.sample_type)},
+      {.path = "/scan/seed", .type = Type::kInteger, .description = "Noise seed of simulated drivers.", .min = 0,
+       .max = kU64Max, CTAGENT_TARGET(protocol.seed)},
+      {.path = "/scan/real_time", .type = Type::kBool,
+       .description = "Pace views at the protocol's view rate (else as fast as possible).",
+       CTAGENT_TARGET(protocol.real_time)},
+
+      {.path = "/study", .type = Type::kSection,
+       .description = "Study identity the cloud may see (demo pseudonyms; a deployment takes it from the worklist)."},
+      {.path = "/study/patient_id", .type = Type::kString, .description = "Patient ID. Never logged.",
+       .sensitive = true, .string_ok = DicomLongString, .string_rule = "at most 64 characters without backslash",
+       CTAGENT_TARGET(study.patient_id)},
+      {.path = "/study/patient_name", .type = Type::kString, .description = "Patient name (DICOM PN). Never logged.",
+       .sensitive = true, .string_ok = DicomLongString, .string_rule = "at most 64 characters without backslash",
+       CTAGENT_TARGET(study.patient_name)},
+      {.path = "/study/study_uid", .type = Type::kString,
+       .description = "Study Instance UID; empty: a new one is minted per scan.", .string_ok = StudyUidOk,
+       .string_rule = "a valid DICOM UID (digits and dots, at most 64 characters) or \"\"",
+       CTAGENT_TARGET(study.study_uid)},
+      {.path = "/study/study_description", .type = Type::kString, .description = "Study description.",
+       .string_ok = DicomLongString, .string_rule = "at most 64 characters without backslash",
+       CTAGENT_TARGET(study.study_description)},
+
+      {.path = "/codec", .type = Type::kSection, .description = "Chunk compression."},
+      {.path = "/codec/zstd_level", .type = Type::kInteger, .description = "zstd compression level.", .min = 1,
+       .max = 19, CTAGENT_TARGET(codec.zstd_level)},
+      {.path = "/codec/filter", .type = Type::kEnum, .description = "Filter applied before zstd.",
+       .choices = {"none", "shuffle"}, CTAGENT_TARGET(codec.filter)},
+      {.path = "/codec/views_per_chunk", .type = Type::kInteger, .description = "Views per chunk.", .min = 1,
+       .max = 4096, CTAGENT_TARGET(codec.views_per_chunk)},
+      {.path = "/codec/threads", .type = Type::kInteger, .description = "Compression worker threads.", .min = 1,
+       .max = 16, CTAGENT_TARGET(codec.threads)},
+
+      {.path = "/spool", .type = Type::kSection, .description = "Local durable spool."},
+      {.path = "/spool/directory", .type = Type::kPath, .description = "Spool directory.", .required = true,
+       CTAGENT_TARGET(spool.directory)},
+      {.path = "/spool/max_bytes", .type = Type::kBytes, .description = "Most bytes the spool may hold.",
+       .min = kMiB, .max = kPiB, CTAGENT_TARGET(spool.max_bytes)},
+      {.path = "/spool/min_free_bytes", .type = Type::kBytes,
+       .description = "Free space to leave on the file system; a scan that would cut into it is refused.",
+       .min = 0, .max = kPiB, CTAGENT_TARGET(spool.min_free_bytes)},
+
+      {.path = "/cloud", .type = Type::kSection, .description = "Imaging center endpoints."},
+      {.path = "/cloud/upload_url", .type = Type::kString, .description = "tus creation endpoint (https://).",
+       .required = true, .string_ok = UrlOk, .string_rule = "an https:// URL", CTAGENT_TARGET(cloud.upload_url)},
+      {.path = "/cloud/dicomweb_url", .type = Type::kString,
+       .description = "DICOMweb root (https://); required when results are enabled.", .string_ok = EmptyOrUrl,
+       .string_rule = "an https:// URL or \"\"", CTAGENT_TARGET(cloud.dicomweb_url)},
+      {.path = "/cloud/username", .type = Type::kString, .description = "HTTP basic auth user for DICOMweb.",
+       .string_ok = UsernameOk, .string_rule = "at most 256 characters without ':'",
+       CTAGENT_TARGET(cloud.username)},
+      {.path = "/cloud/password_file", .type = Type::kPath,
+       .description = "File holding the DICOMweb password (never inline).", CTAGENT_TARGET(cloud.password_file)},
+      {.path = "/cloud/tls", .type = Type::kSection, .description = "TLS trust and client identity."},
+      {.path = "/cloud/tls/ca_file", .type = Type::kPath,
+       .description = "CA bundle (PEM) to verify the server; empty: the system's CA store.",
+       CTAGENT_TARGET(cloud.tls.ca_file)},
+      {.path = "/cloud/tls/client_cert_file", .type = Type::kPath,
+       .description = "Client certificate (PEM) for mTLS; needs client_key_file.",
+       CTAGENT_TARGET(cloud.tls.client_cert_file)},
+      {.path = "/cloud/tls/client_key_file", .type = Type::kPath,
+       .description = "Client private key (PEM) for mTLS; needs client_cert_file.",
+       CTAGENT_TARGET(cloud.tls.client_key_file)},
+      {.path = "/cloud/allow_plain_http", .type = Type::kBool,
+       .description = "Allow http:// URLs. Development only; loudly logged.", CTAGENT_TARGET(cloud.allow_plain_http)},
+      {.path = "/cloud/parallel_uploads", .type = Type::kInteger, .description = "Chunks uploaded at once.",
+       .min = 1, .max = 16, CTAGENT_TARGET(cloud.parallel_uploads)},
+      {.path = "/cloud/patch_bytes", .type = Type::kBytes, .description = "Bytes per tus PATCH request.",
+       .min = 64 * kKiB, .max = 256 * kMiB, CTAGENT_TARGET(cloud.patch_bytes)},
+      {.path = "/cloud/connect_timeout_s", .type = Type::kInteger, .description = "TCP + TLS connect timeout [s].",
+       .min = 1, .max = 600, CTAGENT_TARGET(cloud.connect_timeout_s)},
+      {.path = "/cloud/stall_timeout_s", .type = Type::kInteger,
+       .description = "Abort a request that moves no byte for this long [s].", .min = 1, .max = 3600,
+       CTAGENT_TARGET(cloud.stall_timeout_s)},
+
+      {.path = "/results", .type = Type::kSection, .description = "Fetching results back (DICOMweb)."},
+      {.path = "/results/enabled", .type = Type::kBool, .description = "Fetch results after upload.",
+       CTAGENT_TARGET(results.enabled)},
+      {.path = "/results/poll_interval_ms", .type = Type::kInteger,
+       .description = "First QIDO-RS poll interval [ms]; backs off to poll_max_interval_ms.", .min = 10,
+       .max = 600000, CTAGENT_TARGET(results.poll_interval_ms)},
+      {.path = "/results/poll_max_interval_ms", .type = Type::kInteger,
+       .description = "Longest poll interval [ms]; at least poll_interval_ms.", .min = 10, .max = 3600000,
+       CTAGENT_TARGET(results.poll_max_interval_ms)},
+      {.path = "/results/timeout_s", .type = Type::kInteger,
+       .description = "Stop waiting for results after this long [s] (they stay fetchable later).", .min = 1,
+       .max = 604800, CTAGENT_TARGET(results.timeout_s)},
+      {.path = "/results/max_instance_bytes", .type = Type::kBytes,
+       .description = "Largest DICOM instance accepted.", .min = kKiB, .max = 4 * kGiB,
+       CTAGENT_TARGET(results.max_instance_bytes)},
+
+      {.path = "/console", .type = Type::kSection, .description = "Delivery to the scanner console (C-STORE)."},
+      {.path = "/console/enabled", .type = Type::kBool, .description = "Forward results to the console.",
+       CTAGENT_TARGET(console.enabled)},
+      {.path = "/console/host", .type = Type::kString, .description = "Console DICOM node host.",
+       .string_ok = HostOk, .string_rule = "a host name or IP address", CTAGENT_TARGET(console.host)},
+      {.path = "/console/port", .type = Type::kInteger, .description = "Console DICOM node port.", .min = 1,
+       .max = 65535, CTAGENT_TARGET(console.port)},
+      {.path = "/console/called_ae", .type = Type::kString, .description = "Console's AE title.",
+       .string_ok = AeTitleOk, .string_rule = "an AE title of 1 to 16 characters without backslash",
+       CTAGENT_TARGET(console.called_ae)},
+      {.path = "/console/calling_ae", .type = Type::kString, .description = "The agent's AE title.",
+       .string_ok = AeTitleOk, .string_rule = "an AE title of 1 to 16 characters without backslash",
+       CTAGENT_TARGET(console.calling_ae)},
+  };
+}
+
+#undef CTAGENT_TARGET
+
+std::string FormatNumber(double v) {
+  if (std::fabs(v) < 1e15 && v == std::floor(v)) return std::to_string(static_cast<long long>(v));
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+std::string Quoted(std::string_view s) { return json(std::string(s)).dump(); }
+
+}  // namespace
+
+const std::vector<Entry>& Entries() {
+  static const std::vector<Entry> kEntries = MakeEntries();
+  return kEntries;
+}
+
+const Entry* Find(std::string_view path) {
+  for (const Entry& e : Entries()) {
+    if (e.path == path) return &e;
+  }
+  return nullptr;
+}
+
+bool IsHttpsUrl(const std::string& s) { return s.rfind("https://", 0) == 0 && s.size() > 8; }
+bool IsHttpUrl(const std::string& s) { return s.rfind("http://", 0) == 0 && s.size() > 7; }
+
+std::optional<std::uint64_t> ParseByteSize(std::string_view text) {
+  std::size_t i = 0;
+  while (i < text.size() && text[i] >= '0' && text[i] <= '9') ++i;
+  if (i == 0) return std::nullopt;
+  std::uint64_t number = 0;
+  if (std::from_chars(text.data(), text.data() + i, number).ec != std::errc{}) return std::nullopt;
+  std::string_view unit = text.substr(i);
+  if (!unit.empty() && unit.front() == ' ') unit.remove_prefix(1);
+  std::uint64_t scale = 0;
+  if (unit.empty() || unit == "B") {
+    scale = 1;
+  } else if (unit == "KiB") {
+    scale = kKiB;
+  } else if (unit == "MiB") {
+    scale = kMiB;
+  } else if (unit == "GiB") {
+    scale = kGiB;
+  } else if (unit == "TiB") {
+    scale = kTiB;
+  } else {
+    return std::nullopt;
+  }
+  if (number > kU64Max / scale) return std::nullopt;
+  return number * scale;
+}
+
+std::string FormatBytes(std::uint64_t bytes) {
+  struct Unit {
+    std::uint64_t size;
+    const char* name;
+  };
+  for (const Unit& u : {Unit{kPiB, "PiB"}, Unit{kTiB, "TiB"}, Unit{kGiB, "GiB"}, Unit{kMiB, "MiB"}, Unit{kKiB, "KiB"}}) {
+    if (bytes >= u.size && bytes % u.size == 0) return std::to_string(bytes / u.size) + " " + u.name;
+  }
+  return std::to_string(bytes);
+}
+
+std::string Expectation(const Entry& e) {
+  switch (e.type) {
+    case Type::kSection:
+    case Type::kObject:
+      return "an object";
+    case Type::kBool:
+      return "true or false";
+    case Type::kInteger:
+      return "an integer from " + std::to_string(e.min) + " to " + std::to_string(e.max);
+    case Type::kBytes:
+      return "a byte size from " + FormatBytes(e.min) + " to " + FormatBytes(e.max) +
+             " (an integer or a string like \"4 MiB\")";
+    case Type::kNumber:
+      if (e.min_open) return "a number > " + FormatNumber(e.min_number) + " and <= " + FormatNumber(e.max_number);
+      return "a number from " + FormatNumber(e.min_number) + " to " + FormatNumber(e.max_number);
+    case Type::kString:
+      return e.string_rule.empty() ? std::string("a string") : std::string(e.string_rule);
+    case Type::kEnum: {
+      std::string out = e.choices.size() == 1 ? "" : "one of ";
+      for (std::size_t i = 0; i < e.choices.size(); ++i) out += (i == 0 ? "" : ", ") + Quoted(e.choices[i]);
+      return out;
+    }
+    case Type::kPath:
+      return e.required ? "a non-empty path" : "a path";
+  }
+  return "a value";
+}
+
+std::string Describe(const json& v, bool sensitive) {
+  if (v.is_string()) {
+    std::string s = v.get<std::string>();
+    if (sensitive) return "a string of " + std::to_string(s.size()) + " characters";
+    if (s.size() > 60) s = s.substr(0, 60) + "...";
+    return "string " + json(s).dump();
+  }
+  if (v.is_object()) return "an object";
+  if (v.is_array()) return "an array";
+  if (sensitive) return std::string("a ") + v.type_name();
+  return v.dump();
+}
+
+bool CheckValue(const Entry& e, const json& v, const fs::path& base_dir, json* normalised, std::string* problem) {
+  auto fail = [&] {
+    *problem = "expected " + Expectation(e) + ", found " + Describe(v, e.sensitive);
+    return false;
+  };
+  switch (e.type) {
+    case Type::kSection:
+    case Type::kObject:
+      if (!v.is_object()) return fail();
+      *normalised = v;
+      return true;
+    case Type::kBool:
+      if (!v.is_boolean()) return fail();
+      *normalised = v;
+      return true;
+    case Type::kInteger: {
+      if (!v.is_number_integer() || (!v.is_number_unsigned() && v.get<std::int64_t>() < 0)) return fail();
+      const auto n = v.get<std::uint64_t>();
+      if (n < e.min || n > e.max) return fail();
+      *normalised = n;
+      return true;
+    }
+    case Type::kBytes: {
+      std::optional<std::uint64_t> n;
+      if (v.is_number_integer() && (v.is_number_unsigned() || v.get<std::int64_t>() >= 0)) {
+        n = v.get<std::uint64_t>();
+      } else if (v.is_string()) {
+        n = ParseByteSize(v.get<std::string>());
+      }
+      if (!n || *n < e.min || *n > e.max) return fail();
+      *normalised = *n;
+      return true;
+    }
+    case Type::kNumber: {
+      if (!v.is_number()) return fail();
+      const double d = v.get<double>();
+      if (!std::isfinite(d) || d > e.max_number || d < e.min_number || (e.min_open && d == e.min_number)) {
+        return fail();
+      }
+      *normalised = d;
+      return true;
+    }
+    case Type::kString:
+      if (!v.is_string()) return fail();
+      if (e.string_ok != nullptr && !e.string_ok(v.get<std::string>())) return fail();
+      *normalised = v;
+      return true;
+    case Type::kEnum:
+      if (!v.is_string()) return fail();
+      for (std::string_view c : e.choices) {
+        if (v.get<std::string>() == c) {
+          *normalised = v;
+          return true;
+        }
+      }
+      return fail();
+    case Type::kPath: {
+      if (!v.is_string()) return fail();
+      fs::path p = v.get<std::string>();
+      if (p.empty()) {
+        if (e.required) return fail();
+        *normalised = "";
+        return true;
+      }
+      if (p.is_relative()) p = base_dir / p;
+      *normalised = p.lexically_normal().string();
+      return true;
+    }
+  }
+  return fail();
+}
+
+}  // namespace ctagent::config::schema

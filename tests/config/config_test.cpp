@@ -1,0 +1,337 @@
+// The configuration loader: examples, defaults, path resolution, and one test per kind of
+// error, each checking that the message names the file, the JSON path, what was expected
+// and what was found.
+#include <catch2/catch.hpp>
+
+#include <unistd.h>
+
+#include <fstream>
+#include <set>
+
+#include "config/config.hpp"
+#include "config/schema.hpp"
+#include "tests/support/process.hpp"
+
+using ctagent::ErrorKind;
+using namespace ctagent::config;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path kExamples = fs::path(CTAGENT_SOURCE_DIR) / "config" / "examples";
+
+nlohmann::json Minimal() {
+  return nlohmann::json::parse(R"({
+    "spool": {"directory": "/var/spool/ctagent"},
+    "cloud": {"upload_url": "https://imaging.example.org/files/",
+              "dicomweb_url": "https://imaging.example.org/dicom-web"}
+  })");
+}
+
+// Sets `value` at JSON pointer `pointer` in a copy of the minimal config.
+nlohmann::json With(const std::string& pointer, const nlohmann::json& value, nlohmann::json base = Minimal()) {
+  base[nlohmann::json::json_pointer(pointer)] = value;
+  return base;
+}
+
+std::string ErrorOf(const nlohmann::json& document) {
+  auto c = ParseConfig(document.dump(2), "site/agent.json");
+  REQUIRE_FALSE(c);
+  CHECK(c.error().kind() == ErrorKind::kInvalidInput);
+  return c.error().message();
+}
+
+void WriteText(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  REQUIRE(out.good());
+}
+
+// Every leaf JSON pointer of a document.
+void Leaves(const nlohmann::json& j, const std::string& prefix, std::set<std::string>& out) {
+  for (const auto& [key, value] : j.items()) {
+    const std::string path = prefix + "/" + key;
+    if (value.is_object() && path != "/driver/options") {
+      Leaves(value, path, out);
+    } else {
+      out.insert(path);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("config: minimal example loads and takes every default from the structs") {
+  auto c = LoadConfig(kExamples / "minimal.json");
+  REQUIRE(c);
+  const AgentConfig defaults;
+  CHECK(c->source_file == kExamples / "minimal.json");
+  CHECK(c->terminal_id == defaults.terminal_id);
+  CHECK(c->log_level == "info");
+  CHECK(c->driver.name == "sim");
+  CHECK(c->driver.options == nlohmann::json::object());
+  CHECK(ctagent::drivers::ToJson(c->protocol) == ctagent::drivers::ToJson(defaults.protocol));
+  CHECK(c->codec.zstd_level == 3);
+  CHECK(c->codec.filter == "shuffle");
+  CHECK(c->codec.views_per_chunk == 64);
+  CHECK(c->spool.directory == "/var/spool/ctagent");
+  CHECK(c->spool.max_bytes == (64ull << 30));
+  CHECK(c->cloud.parallel_uploads == 2);
+  CHECK(c->cloud.patch_bytes == (4ull << 20));
+  CHECK(c->cloud.tls.ca_file.empty());
+  CHECK_FALSE(c->cloud.allow_plain_http);
+  CHECK(c->results.enabled);
+  CHECK(c->results.max_instance_bytes == (64ull << 20));
+  CHECK(c->console.port == 11112);
+  CHECK(c->console.called_ae == "CONSOLE");
+  CHECK(c->study.study_uid.empty());
+}
+
+TEST_CASE("config: full example sets every key of the schema and resolves relative paths") {
+  const fs::path file = kExamples / "full.json";
+  auto c = LoadConfig(file);
+  REQUIRE(c);
+  std::set<std::string> in_example;
+  Leaves(nlohmann::json::parse(ctagent::test::ReadText(file)), "", in_example);
+  for (const schema::Entry& e : schema::Entries()) {
+    if (e.type == schema::Type::kSection) continue;
+    INFO(e.path);
+    CHECK(in_example.count(std::string(e.path)) == 1);
+  }
+  const fs::path dir = fs::absolute(kExamples).lexically_normal();
+  CHECK(c->terminal_id == "ct-terminal-07");
+  CHECK(c->driver.options == nlohmann::json{{"model", "sim-chest-parallel"}});
+  CHECK(c->protocol.rotations == 2);
+  CHECK(c->protocol.table_speed_mm_per_rotation == 20.0);
+  CHECK(c->protocol.dose_fraction == 0.25);
+  CHECK(c->study.study_description == "CT CHEST LOW DOSE");
+  CHECK(c->spool.directory == dir / "spool");
+  CHECK(c->spool.min_free_bytes == (1ull << 30));
+  CHECK(c->cloud.password_file == dir / "secrets" / "dicomweb-password");
+  CHECK(c->cloud.tls.ca_file == dir / "pki" / "ca.pem");
+  CHECK(c->cloud.tls.client_cert_file == dir / "pki" / "client.pem");
+  CHECK(c->cloud.tls.client_key_file == dir / "pki" / "client.key");
+  CHECK(c->cloud.patch_bytes == (4ull << 20));
+}
+
+TEST_CASE("config: relative paths resolve against the config file's directory, absolute ones stay") {
+  ctagent::test::TempDir tmp("config-paths");
+  fs::create_directories(tmp.path() / "etc");
+  auto doc = With("/spool/directory", "../var/spool");
+  doc["cloud"]["tls"] = {{"ca_file", "/etc/ssl/ca.pem"}};
+  doc["cloud"]["password_file"] = "pw.txt";
+  WriteText(tmp.path() / "etc" / "agent.json", doc.dump());
+  auto c = LoadConfig(tmp.path() / "etc" / "agent.json");
+  REQUIRE(c);
+  const fs::path root = fs::absolute(tmp.path()).lexically_normal();
+  CHECK(c->spool.directory == root / "var" / "spool");
+  CHECK(c->cloud.password_file == root / "etc" / "pw.txt");
+  CHECK(c->cloud.tls.ca_file == "/etc/ssl/ca.pem");
+}
+
+TEST_CASE("config: byte sizes take integers and strings with binary units") {
+  auto bytes = [](const nlohmann::json& v) {
+    auto c = ParseConfig(With("/spool/max_bytes", v).dump(), "b.json");
+    REQUIRE(c);
+    return c->spool.max_bytes;
+  };
+  CHECK(bytes(1048576) == 1048576);
+  CHECK(bytes("4 MiB") == (4ull << 20));
+  CHECK(bytes("64GiB") == (64ull << 30));
+  CHECK(bytes("2048 KiB") == (2ull << 20));
+  CHECK(bytes("1 TiB") == (1ull << 40));
+  CHECK(bytes("3000000 B") == 3000000);
+  auto ok = ParseConfig(With("/cloud/patch_bytes", "512 KiB").dump(), "b.json");
+  REQUIRE(ok);
+  CHECK(ok->cloud.patch_bytes == 512u * 1024);
+}
+
+TEST_CASE("config: driver options pass through untouched") {
+  const nlohmann::json options = {{"model", "x"}, {"anything", {1, 2, 3}}};
+  auto c = ParseConfig(With("/driver/options", options).dump(), "d.json");
+  REQUIRE(c);
+  CHECK(c->driver.options == options);
+  CHECK(ErrorOf(With("/driver/options", "model=x")) ==
+        "site/agent.json: /driver/options: expected an object, found string \"model=x\"");
+}
+
+TEST_CASE("config: a missing file names the file and the OS reason") {
+  auto c = LoadConfig("/nonexistent-dir/agent.json");
+  REQUIRE_FALSE(c);
+  CHECK(c.error().kind() == ErrorKind::kNotFound);
+  CHECK(c.error().message() == "/nonexistent-dir/agent.json: cannot read the configuration: No such file or directory");
+
+  ctagent::test::TempDir tmp("config-dir");
+  auto d = LoadConfig(tmp.path());
+  REQUIRE_FALSE(d);
+  CHECK(d.error().message().find("it is a directory") != std::string::npos);
+
+  if (geteuid() != 0) {  // root reads anything
+    WriteText(tmp.path() / "locked.json", "{}");
+    fs::permissions(tmp.path() / "locked.json", fs::perms::none);
+    auto locked = LoadConfig(tmp.path() / "locked.json");
+    REQUIRE_FALSE(locked);
+    CHECK(locked.error().message().find("locked.json: cannot read the configuration: Permission denied") !=
+          std::string::npos);
+  }
+}
+
+TEST_CASE("config: invalid JSON names file:line:column and the parser's reason") {
+  ctagent::test::TempDir tmp("config-json");
+  WriteText(tmp.path() / "bad.json", "{\n  \"terminal_id\": \"a\",\n  \"log_level\": }\n");
+  auto c = LoadConfig(tmp.path() / "bad.json");
+  REQUIRE_FALSE(c);
+  const std::string m = c.error().message();
+  INFO(m);
+  CHECK(m.rfind((tmp.path() / "bad.json").string() + ":3:16: invalid JSON: syntax error while parsing value", 0) == 0);
+  CHECK(m.find("unexpected '}'") != std::string::npos);
+
+  // Error on the first line, and truncated input.
+  auto first = ParseConfig("{\"a\" 1}", "x.json");
+  REQUIRE_FALSE(first);
+  CHECK(first.error().message().rfind("x.json:1:6: invalid JSON: ", 0) == 0);
+  auto truncated = ParseConfig("{\n\"spool\": {", "x.json");
+  REQUIRE_FALSE(truncated);
+  CHECK(truncated.error().message().rfind("x.json:2:11: invalid JSON: ", 0) == 0);
+
+  // The parser's echo of the token is dropped: it could be part of a patient's name.
+  auto echoed = ParseConfig("{\"study\": {\"patient_name\": \"DOE^JANE\n\"}}", "x.json");
+  REQUIRE_FALSE(echoed);
+  CHECK(echoed.error().message().find("DOE") == std::string::npos);
+
+  CHECK(ErrorOf(nlohmann::json::array()) == "site/agent.json: expected a JSON object at the top level, found an array");
+}
+
+TEST_CASE("config: a wrong type names the path, the expectation and what was found") {
+  CHECK(ErrorOf(With("/cloud/parallel_uploads", "four")) ==
+        "site/agent.json: /cloud/parallel_uploads: expected an integer from 1 to 16, found string \"four\"");
+  CHECK(ErrorOf(With("/results/enabled", "yes")) ==
+        "site/agent.json: /results/enabled: expected true or false, found string \"yes\"");
+  CHECK(ErrorOf(With("/scan/channel_pitch_mm", "1.6")) ==
+        "site/agent.json: /scan/channel_pitch_mm: expected a number > 0 and <= 100, found string \"1.6\"");
+  CHECK(ErrorOf(With("/codec", 5)) == "site/agent.json: /codec: expected an object, found 5");
+  CHECK(ErrorOf(With("/spool/directory", nullptr)) ==
+        "site/agent.json: /spool/directory: expected a non-empty path, found null");
+  CHECK(ErrorOf(With("/codec/threads", 2.5)) ==
+        "site/agent.json: /codec/threads: expected an integer from 1 to 16, found 2.5");
+}
+
+TEST_CASE("config: out-of-range values name the range and the value") {
+  CHECK(ErrorOf(With("/cloud/parallel_uploads", 17)) ==
+        "site/agent.json: /cloud/parallel_uploads: expected an integer from 1 to 16, found 17");
+  CHECK(ErrorOf(With("/codec/zstd_level", 0)) ==
+        "site/agent.json: /codec/zstd_level: expected an integer from 1 to 19, found 0");
+  CHECK(ErrorOf(With("/codec/views_per_chunk", 5000)) ==
+        "site/agent.json: /codec/views_per_chunk: expected an integer from 1 to 4096, found 5000");
+  CHECK(ErrorOf(With("/console/port", -1)) ==
+        "site/agent.json: /console/port: expected an integer from 1 to 65535, found -1");
+  CHECK(ErrorOf(With("/scan/dose_fraction", 0)) ==
+        "site/agent.json: /scan/dose_fraction: expected a number > 0 and <= 1, found 0");
+  CHECK(ErrorOf(With("/scan/dose_fraction", 1.5)) ==
+        "site/agent.json: /scan/dose_fraction: expected a number > 0 and <= 1, found 1.5");
+  CHECK(ErrorOf(With("/cloud/patch_bytes", "32 KiB")) ==
+        "site/agent.json: /cloud/patch_bytes: expected a byte size from 64 KiB to 256 MiB (an integer or a "
+        "string like \"4 MiB\"), found string \"32 KiB\"");
+  CHECK(ErrorOf(With("/cloud/patch_bytes", "4 MB")).find("found string \"4 MB\"") != std::string::npos);
+  CHECK(ErrorOf(With("/log_level", "verbose")) ==
+        "site/agent.json: /log_level: expected one of \"debug\", \"info\", \"warn\", \"error\", found string "
+        "\"verbose\"");
+  CHECK(ErrorOf(With("/codec/filter", "bitshuffle")) ==
+        "site/agent.json: /codec/filter: expected one of \"none\", \"shuffle\", found string \"bitshuffle\"");
+  CHECK(ErrorOf(With("/scan/sample_type", "int8")).find("/scan/sample_type: expected one of \"uint16\", \"float32\"") !=
+        std::string::npos);
+  CHECK(ErrorOf(With("/console/calling_ae", "CTAGENT-TERMINAL-7")) ==
+        "site/agent.json: /console/calling_ae: expected an AE title of 1 to 16 characters without backslash, "
+        "found string \"CTAGENT-TERMINAL-7\"");
+  CHECK(ErrorOf(With("/console/called_ae", "A\\B")).find("/console/called_ae: expected an AE title") !=
+        std::string::npos);
+  CHECK(ErrorOf(With("/console/called_ae", "")).find("/console/called_ae: expected an AE title") != std::string::npos);
+  CHECK(ErrorOf(With("/study/study_uid", "1.2.abc")) ==
+        "site/agent.json: /study/study_uid: expected a valid DICOM UID (digits and dots, at most 64 characters) "
+        "or \"\", found string \"1.2.abc\"");
+  CHECK(ErrorOf(With("/terminal_id", "ct terminal")).find("/terminal_id: expected 1 to 64 characters") !=
+        std::string::npos);
+}
+
+TEST_CASE("config: patient identity is never echoed in messages") {
+  const std::string name = "VERYLONGFAMILYNAME^GIVEN" + std::string(50, 'X');
+  const std::string m = ErrorOf(With("/study/patient_name", name));
+  CHECK(m == "site/agent.json: /study/patient_name: expected at most 64 characters without backslash, found a "
+             "string of 74 characters");
+  CHECK(m.find("VERYLONG") == std::string::npos);
+  CHECK(ErrorOf(With("/study/patient_id", 12345)).find("12345") == std::string::npos);
+}
+
+TEST_CASE("config: an unknown key is named, with the closest known key suggested") {
+  auto doc = Minimal();
+  doc["cloud"]["paralel_uploads"] = 4;
+  CHECK(ErrorOf(doc) == "site/agent.json: /cloud/paralel_uploads: unknown key; did you mean \"parallel_uploads\"?");
+  CHECK(ErrorOf(With("/spoool", nlohmann::json::object())) ==
+        "site/agent.json: /spoool: unknown key; did you mean \"spool\"?");
+  CHECK(ErrorOf(With("/cloud/tls/ca_fle", "x")) == "site/agent.json: /cloud/tls/ca_fle: unknown key; did you mean \"ca_file\"?");
+  CHECK(ErrorOf(With("/codec/banana", 1)) ==
+        "site/agent.json: /codec/banana: unknown key; known keys here: zstd_level, filter, views_per_chunk, threads");
+}
+
+TEST_CASE("config: a missing required key is named with what it expects") {
+  auto no_spool = Minimal();
+  no_spool.erase("spool");
+  CHECK(ErrorOf(no_spool) == "site/agent.json: /spool/directory: required key missing (expected a non-empty path)");
+  auto no_upload = Minimal();
+  no_upload["cloud"].erase("upload_url");
+  CHECK(ErrorOf(no_upload) == "site/agent.json: /cloud/upload_url: required key missing (expected an https:// URL)");
+  CHECK(ErrorOf(With("/spool/directory", "")) ==
+        "site/agent.json: /spool/directory: expected a non-empty path, found string \"\"");
+}
+
+TEST_CASE("config: cross-field rules") {
+  // mTLS needs both halves.
+  CHECK(ErrorOf(With("/cloud/tls/client_cert_file", "client.pem")) ==
+        "site/agent.json: /cloud/tls/client_cert_file: set without /cloud/tls/client_key_file; mTLS needs both the "
+        "certificate and its key");
+  CHECK(ErrorOf(With("/cloud/tls/client_key_file", "client.key")).find("/cloud/tls/client_key_file: set without "
+                                                                       "/cloud/tls/client_cert_file") !=
+        std::string::npos);
+
+  // Plain HTTP only with the development flag.
+  CHECK(ErrorOf(With("/cloud/upload_url", "http://127.0.0.1:1080/files/")) ==
+        "site/agent.json: /cloud/upload_url: plain http:// (found string \"http://127.0.0.1:1080/files/\") needs "
+        "/cloud/allow_plain_http set to true, for development only; use https://");
+  CHECK(ErrorOf(With("/cloud/dicomweb_url", "http://127.0.0.1:8042/dicom-web")).find("/cloud/dicomweb_url: plain http://") !=
+        std::string::npos);
+  auto dev = With("/cloud/upload_url", "http://127.0.0.1:1080/files/");
+  dev["cloud"]["allow_plain_http"] = true;
+  CHECK(ParseConfig(dev.dump(), "dev.json"));
+  CHECK(ErrorOf(With("/cloud/upload_url", "ftp://x/")).find("/cloud/upload_url: expected an https:// URL, found string") !=
+        std::string::npos);
+
+  // Results need a DICOMweb root, unless disabled.
+  auto no_dicomweb = Minimal();
+  no_dicomweb["cloud"].erase("dicomweb_url");
+  CHECK(ErrorOf(no_dicomweb) ==
+        "site/agent.json: /cloud/dicomweb_url: required when /results/enabled is true (set the DICOMweb root, or set "
+        "/results/enabled to false)");
+  no_dicomweb["results"] = {{"enabled", false}};
+  CHECK(ParseConfig(no_dicomweb.dump(), "r.json"));
+
+  // Backoff must be able to grow.
+  auto polls = With("/results/poll_interval_ms", 5000);
+  polls["results"]["poll_max_interval_ms"] = 1000;
+  CHECK(ErrorOf(polls) ==
+        "site/agent.json: /results/poll_max_interval_ms: expected at least /results/poll_interval_ms (5000), found 1000");
+}
+
+TEST_CASE("config: the schema renders as Markdown and docs/configuration.md carries it") {
+  const std::string md = SchemaMarkdown();
+  for (const schema::Entry& e : schema::Entries()) {
+    INFO(e.path);
+    const std::string quoted = std::string("`").append(e.path).append("`");  // GCC 12 -Wrestrict at -O3
+    CHECK(md.find(quoted) != std::string::npos);
+  }
+  CHECK(md.find("| `/cloud/parallel_uploads` | integer, 1 to 16 | `2` | Chunks uploaded at once. |") !=
+        std::string::npos);
+  CHECK(md.find("| `/spool/directory` | path | required |") != std::string::npos);
+  CHECK(md.find("| `/cloud/patch_bytes` | byte size, 64 KiB to 256 MiB | `4 MiB` |") != std::string::npos);
+  const std::string doc = ctagent::test::ReadText(fs::path(CTAGENT_SOURCE_DIR) / "docs" / "configuration.md");
+  CHECK(doc.find(md) != std::string::npos);  // regenerate the doc when the schema changes
+}

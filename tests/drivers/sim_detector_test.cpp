@@ -1,0 +1,317 @@
+// The simulated detector: geometry and ordering of views, determinism per seed, counting
+// statistics, real-time pacing and Abort, and Arm's capability checks.
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <future>
+#include <numbers>
+#include <thread>
+
+#include "drivers/sim/phantom.hpp"
+#include "drivers/sim/sim_detector.hpp"
+
+using ctagent::ErrorKind;
+using namespace ctagent::drivers;
+using namespace ctagent::drivers::sim;
+
+namespace {
+
+std::unique_ptr<SimDetector> MakeSim() {
+  auto d = SimDetector::Create(nlohmann::json::object());
+  REQUIRE(d);
+  return std::move(d).value();
+}
+
+ScanProtocol SmallProtocol() {
+  ScanProtocol p;
+  p.views_per_rotation = 90;
+  p.rotations = 2;
+  p.rows = 2;
+  p.channels = 64;
+  p.channel_pitch_mm = 6.0;  // 64 channels covering +-190 mm: the whole body and some air
+  return p;
+}
+
+std::uint16_t Sample(const View& v, std::uint32_t channels, std::uint32_t row, std::uint32_t channel) {
+  std::uint16_t s = 0;
+  std::memcpy(&s, v.samples.data() + (std::size_t{row} * channels + channel) * 2, 2);
+  return s;
+}
+
+std::vector<View> AllViews(SimDetector& d, const ScanProtocol& p) {
+  REQUIRE(d.Arm(p));
+  std::vector<View> views;
+  for (std::uint64_t i = 0; i <= p.TotalViews(); ++i) {  // bounded: one more than expected
+    auto v = d.NextView();
+    REQUIRE(v);
+    if (!v->has_value()) break;
+    views.push_back(std::move(**v));
+  }
+  return views;
+}
+
+struct Moments {
+  double mean = 0;
+  double variance = 0;
+};
+
+Moments MomentsOf(const std::vector<double>& x) {
+  Moments m;
+  for (double v : x) m.mean += v;
+  m.mean /= static_cast<double>(x.size());
+  for (double v : x) m.variance += (v - m.mean) * (v - m.mean);
+  m.variance /= static_cast<double>(x.size() - 1);
+  return m;
+}
+
+// Samples of the channels that only see air (|s| > 170 mm) over a whole small scan.
+std::vector<double> AirSamples(double dose_fraction) {
+  ScanProtocol p = SmallProtocol();
+  p.dose_fraction = dose_fraction;
+  p.rows = 8;
+  p.views_per_rotation = 200;
+  p.rotations = 1;
+  auto d = MakeSim();
+  std::vector<double> out;
+  for (const View& v : AllViews(*d, p)) {
+    for (std::uint32_t r = 0; r < p.rows; ++r) {
+      for (std::uint32_t c : {0u, 1u, 2u, 61u, 62u, 63u}) out.push_back(Sample(v, p.channels, r, c));
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("sim: views arrive in order with the protocol's angles, table positions and timestamps") {
+  ScanProtocol p = SmallProtocol();
+  p.table_start_mm = -20;
+  p.table_speed_mm_per_rotation = 10;
+  p.rotation_time_s = 0.5;
+  auto d = MakeSim();
+  const std::vector<View> views = AllViews(*d, p);
+  REQUIRE(views.size() == 180);
+  for (std::size_t i = 0; i < views.size(); ++i) {
+    const View& v = views[i];
+    CHECK(v.sequence == i);
+    CHECK(v.gantry_angle_deg == Approx(i * 2.0));
+    CHECK(v.table_position_mm == Approx(-20.0 + 10.0 * static_cast<double>(i) / 90.0));
+    CHECK(v.timestamp_us == std::llround(static_cast<double>(i) * 1e6 / 180.0));
+    CHECK(v.samples.size() == p.BytesPerView());
+    CHECK(v.status_flags == kViewOk);
+  }
+  CHECK(views.back().gantry_angle_deg == Approx(358.0));
+  // After the last view the scan stays finished.
+  auto after = d->NextView();
+  REQUIRE(after);
+  CHECK_FALSE(after->has_value());
+}
+
+TEST_CASE("sim: the same seed gives the same bytes, another seed other bytes") {
+  ScanProtocol p = SmallProtocol();
+  p.seed = 42;
+  auto a = MakeSim();
+  auto b = MakeSim();
+  const auto va = AllViews(*a, p);
+  const auto vb = AllViews(*b, p);
+  REQUIRE(va.size() == vb.size());
+  for (std::size_t i = 0; i < va.size(); ++i) CHECK(va[i].samples == vb[i].samples);
+
+  // Re-arming the same detector replays the scan exactly.
+  const auto again = AllViews(*a, p);
+  REQUIRE(again.size() == va.size());
+  CHECK(again.back().samples == va.back().samples);
+
+  p.seed = 43;
+  const auto vc = AllViews(*b, p);
+  REQUIRE(vc.size() == va.size());
+  std::size_t differing = 0;
+  for (std::size_t i = 0; i < va.size(); ++i) differing += va[i].samples != vc[i].samples ? 1 : 0;
+  CHECK(differing == va.size());
+}
+
+TEST_CASE("sim: mean counts follow the phantom's line integrals, also after half a turn") {
+  ScanProtocol p = SmallProtocol();
+  p.rows = 64;  // rows see the same ray: average them to beat the noise
+  p.views_per_rotation = 4;
+  p.rotations = 2;  // views 4..7 are views 0..3 seen from the opposite side
+  auto d = MakeSim();
+  const auto views = AllViews(*d, p);
+  REQUIRE(views.size() == 8);
+  const double i0 = p.unattenuated_counts * p.dose_fraction;
+  for (const View& v : views) {
+    const double theta = v.gantry_angle_deg * std::numbers::pi / 180.0;
+    for (std::uint32_t c = 0; c < p.channels; c += 3) {
+      const double s = (c - (p.channels - 1) / 2.0) * p.channel_pitch_mm;
+      double sum = 0;
+      for (std::uint32_t r = 0; r < p.rows; ++r) sum += Sample(v, p.channels, r, c);
+      const double mean = sum / p.rows;
+      const double expected = i0 * std::exp(-PhantomLineIntegral(theta, s));
+      INFO("view " << v.sequence << " channel " << c << " expected " << expected << " measured " << mean);
+      // 5 standard errors of the mean of 64 Poisson samples, plus a count for tiny means.
+      CHECK(std::fabs(mean - expected) <= 5.0 * std::sqrt(expected / p.rows) + 1.0);
+    }
+  }
+}
+
+TEST_CASE("sim: unattenuated channels are Poisson with mean I0 * dose") {
+  for (double dose : {1.0, 0.25}) {
+    const auto samples = AirSamples(dose);
+    REQUIRE(samples.size() == 200u * 8 * 6);
+    const Moments m = MomentsOf(samples);
+    const double expected = 60000 * dose;
+    INFO("dose " << dose << " mean " << m.mean << " variance " << m.variance);
+    CHECK(m.mean == Approx(expected).epsilon(0.01));
+    CHECK(m.variance == Approx(expected).epsilon(0.06));
+  }
+}
+
+TEST_CASE("sim: the Poisson sampler is right for small and large means") {
+  std::mt19937_64 rng(7);
+  for (double mean : {0.3, 3.0, 9.9, 10.0, 37.0, 400.0}) {
+    std::vector<double> x;
+    for (int i = 0; i < 100000; ++i) x.push_back(static_cast<double>(SamplePoisson(mean, rng)));
+    const Moments m = MomentsOf(x);
+    INFO("mean " << mean << " measured mean " << m.mean << " variance " << m.variance);
+    CHECK(m.mean == Approx(mean).epsilon(0.02));
+    CHECK(m.variance == Approx(mean).epsilon(0.04));
+  }
+  CHECK(SamplePoisson(0.0, rng) == 0);
+}
+
+TEST_CASE("sim: relative noise grows as the dose falls") {
+  double previous = 0;
+  double full = 0;
+  for (double dose : {1.0, 0.5, 0.2, 0.1}) {
+    const Moments m = MomentsOf(AirSamples(dose));
+    const double relative = std::sqrt(m.variance) / m.mean;
+    INFO("dose " << dose << " relative noise " << relative);
+    CHECK(relative > previous);
+    if (dose == 1.0) full = relative;
+    previous = relative;
+  }
+  // Poisson: relative noise scales as 1 / sqrt(dose).
+  CHECK(previous / full == Approx(std::sqrt(10.0)).epsilon(0.08));
+}
+
+TEST_CASE("sim: counts above the ADC ceiling are clamped and flagged") {
+  ScanProtocol p = SmallProtocol();
+  p.unattenuated_counts = 80000;
+  p.rotations = 1;
+  p.views_per_rotation = 2;
+  auto d = MakeSim();
+  const auto views = AllViews(*d, p);
+  REQUIRE(views.size() == 2);
+  CHECK((views[0].status_flags & kViewSaturated) != 0);
+  CHECK(Sample(views[0], p.channels, 0, 0) == 65535);
+  // Behind the body the counts stay below the ceiling.
+  CHECK(Sample(views[0], p.channels, 0, 32) < 65535);
+}
+
+TEST_CASE("sim: real-time pacing follows the view rate") {
+  ScanProtocol p = SmallProtocol();
+  p.real_time = true;
+  p.views_per_rotation = 50;
+  p.rotation_time_s = 0.5;  // 100 views/s
+  p.rotations = 1;
+  auto d = MakeSim();
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto views = AllViews(*d, p);
+  const auto elapsed = std::chrono::steady_clock::now() - t0;
+  CHECK(views.size() == 50);
+  CHECK(elapsed >= std::chrono::milliseconds(480));  // view 49 is due 490 ms after view 0
+  CHECK(elapsed < std::chrono::seconds(5));
+}
+
+TEST_CASE("sim: Abort from another thread ends a paced NextView promptly") {
+  ScanProtocol p = SmallProtocol();
+  p.real_time = true;
+  p.views_per_rotation = 2;
+  p.rotation_time_s = 60;  // a view every 30 s: NextView blocks unless Abort wakes it
+  auto d = MakeSim();
+  REQUIRE(d->Arm(p));
+  auto first = d->NextView();  // view 0 is due at once
+  REQUIRE(first);
+  REQUIRE(first->has_value());
+
+  const auto t0 = std::chrono::steady_clock::now();
+  auto blocked = std::async(std::launch::async, [&d] { return d->NextView(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(blocked.wait_for(std::chrono::milliseconds(0)) == std::future_status::timeout);
+  d->Abort();
+  REQUIRE(blocked.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(2));
+  auto result = blocked.get();
+  REQUIRE_FALSE(result);
+  CHECK(result.error().kind() == ErrorKind::kCancelled);
+
+  // Stays cancelled until armed again; a new Arm starts a fresh scan.
+  auto later = d->NextView();
+  REQUIRE_FALSE(later);
+  CHECK(later.error().kind() == ErrorKind::kCancelled);
+  p.real_time = false;
+  REQUIRE(d->Arm(p));
+  auto fresh = d->NextView();
+  REQUIRE(fresh);
+  REQUIRE(fresh->has_value());
+  CHECK((*fresh)->sequence == 0);
+}
+
+TEST_CASE("sim: Arm checks the protocol against the detector's capabilities") {
+  auto d = MakeSim();
+  auto not_armed = d->NextView();
+  REQUIRE_FALSE(not_armed);
+  CHECK(not_armed.error().kind() == ErrorKind::kInvalidInput);
+  CHECK(not_armed.error().message().find("before a successful Arm()") != std::string::npos);
+
+  const DetectorInfo info = d->Info();
+  CHECK(info.name == "sim");
+  CHECK(info.max_rows == 64);
+  CHECK(info.max_channels == 2048);
+
+  auto arm_error = [&d](const ScanProtocol& p) {
+    auto s = d->Arm(p);
+    REQUIRE_FALSE(s);
+    return s.error();
+  };
+  ScanProtocol p;
+  p.rows = 65;
+  auto e = arm_error(p);
+  CHECK(e.kind() == ErrorKind::kInvalidInput);
+  CHECK(e.message().find("65 rows; this detector has 1 to 64") != std::string::npos);
+
+  p = ScanProtocol{};
+  p.channels = 4096;
+  e = arm_error(p);
+  CHECK(e.message().find("4096 channels; this detector has 1 to 2048") != std::string::npos);
+
+  p = ScanProtocol{};
+  p.sample_type = SampleType::kFloat32;
+  e = arm_error(p);
+  CHECK(e.kind() == ErrorKind::kUnsupported);
+  CHECK(e.message().find("float32") != std::string::npos);
+
+  p = ScanProtocol{};
+  p.dose_fraction = 0;
+  e = arm_error(p);
+  CHECK(e.message().find("dose_fraction") != std::string::npos);
+
+  p = ScanProtocol{};
+  p.real_time = true;
+  p.rotation_time_s = 0.001;
+  e = arm_error(p);
+  CHECK(e.message().find("lengthen rotation_time_s") != std::string::npos);
+
+  // A failed Arm leaves the detector unarmed.
+  auto v = d->NextView();
+  REQUIRE_FALSE(v);
+  CHECK(v.error().kind() == ErrorKind::kInvalidInput);
+
+  auto bad_options = SimDetector::Create(nlohmann::json{{"model", 5}});
+  REQUIRE_FALSE(bad_options);
+  CHECK(bad_options.error().message().find("/model: expected a string, found 5") != std::string::npos);
+  auto not_object = SimDetector::Create(nlohmann::json("x"));
+  REQUIRE_FALSE(not_object);
+}
