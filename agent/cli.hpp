@@ -9,4 +9,7 @@ namespace ctagent::cli {
 // `ctagent chunk inspect|verify|decode FILE...`
 int CmdChunk(const std::vector<std::string>& args);
 
+// `ctagent check --config FILE`: field diagnostics.
+int CmdCheck(const std::vector<std::string>& args);
+
 }  // namespace ctagent::cli

@@ -38,6 +38,7 @@ Commands:
                          retrying until stopped (SIGTERM/SIGINT)
   status --config FILE   list the scans in the spool and where each one stands
   config check FILE      validate a configuration file
+  check --config FILE    field diagnostics: detector, disk, queue, certificates, link, PACS, console
   chunk inspect|verify|decode FILE...
                          look inside chunk files (see `ctagent chunk --help`)
   --version              print the version
@@ -363,6 +364,7 @@ int Main(int argc, char** argv) {
   if (command == "status") return CmdStatus(args);
   if (command == "config") return CmdConfig(args);
   if (command == "chunk") return cli::CmdChunk(args.items);
+  if (command == "check") return cli::CmdCheck(args.items);
   return Usage("unknown command \"" + command + "\"", kMainHelp);
 }
 

@@ -3,12 +3,11 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
-#include <fstream>
 #include <map>
 #include <sstream>
 
 #include "agent/common/log.hpp"
-#include "agent/core/uploader.hpp"
+#include "agent/core/http_options.hpp"
 #include "transport/dicomweb.hpp"
 
 namespace ctagent::core {
@@ -24,20 +23,10 @@ struct ResultsFetcher::Job {
 
 Expected<std::unique_ptr<ResultsFetcher>> ResultsFetcher::Create(boost::asio::io_context& io, spool::Spool& spool,
                                                                   const config::AgentConfig& config) {
-  transport::HttpOptions options = MakeHttpOptions(config.cloud);
-  options.request_timeout_s = 300;
-  if (!config.cloud.username.empty()) {
-    options.basic_auth_user = config.cloud.username;
-    if (!config.cloud.password_file.empty()) {
-      std::ifstream in(config.cloud.password_file);
-      if (!in) {
-        return MakeError(ErrorKind::kInvalidInput, "cannot read the DICOMweb password file " +
-                                                       config.cloud.password_file.string() + " (cloud.password_file)");
-      }
-      std::getline(in, options.basic_auth_password);
-    }
-  }
-  return std::unique_ptr<ResultsFetcher>(new ResultsFetcher(io, spool, config, std::move(options)));
+  auto options = MakeDicomWebHttpOptions(config.cloud);
+  if (!options) return MakeError(options.error());
+  options->request_timeout_s = 300;
+  return std::unique_ptr<ResultsFetcher>(new ResultsFetcher(io, spool, config, std::move(*options)));
 }
 
 ResultsFetcher::ResultsFetcher(boost::asio::io_context& io, spool::Spool& spool, const config::AgentConfig& config,

@@ -9,18 +9,6 @@
 
 namespace ctagent::core {
 
-transport::HttpOptions MakeHttpOptions(const config::CloudConfig& cloud) {
-  transport::HttpOptions options;
-  options.tls.ca_file = cloud.tls.ca_file;
-  options.tls.client_cert_file = cloud.tls.client_cert_file;
-  options.tls.client_key_file = cloud.tls.client_key_file;
-  options.allow_plain_http = cloud.allow_plain_http;
-  options.connect_timeout_s = cloud.connect_timeout_s;
-  options.stall_timeout_s = cloud.stall_timeout_s;
-  options.user_agent = "ctagent";
-  return options;
-}
-
 struct Uploader::Job {
   std::string scan_uid;
   bool manifest = false;

@@ -15,14 +15,13 @@
 #include <string>
 #include <vector>
 
+#include "agent/core/http_options.hpp"
 #include "agent/core/retry.hpp"
 #include "agent/spool/spool.hpp"
 #include "config/config.hpp"
 #include "transport/http.hpp"
 
 namespace ctagent::core {
-
-transport::HttpOptions MakeHttpOptions(const config::CloudConfig& cloud);
 
 struct UploadCounters {
   std::atomic<std::uint64_t> bytes_sent{0};       // payload bytes the server confirmed

@@ -9,6 +9,7 @@
 #include <dcmtk/dcmdata/dctk.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <map>
@@ -61,8 +62,13 @@ std::unique_ptr<ImagingCenter> StartImagingCenter(const fs::path& run_dir) {
   auto center = std::make_unique<ImagingCenter>();
   center->run_dir = run_dir;
   const auto tus_port = test::FreeLoopbackPort();
+  // Orthanc itself listens on orthanc_port + 1 behind the TLS proxy (docs/reference-imaging-center.md).
   auto orthanc_port = test::FreeLoopbackPort();
-  while (orthanc_port == tus_port) orthanc_port = test::FreeLoopbackPort();
+  for (int i = 0; i < 100 && (orthanc_port == tus_port || orthanc_port + 1 == tus_port || orthanc_port == 65535 ||
+                              test::PortAcceptsConnections(static_cast<std::uint16_t>(orthanc_port + 1)));
+       ++i) {
+    orthanc_port = test::FreeLoopbackPort();
+  }
   ::setenv("CTCLOUD_WORKER", (fs::path(CTAGENT_BINARY_DIR) / "cloud/worker/ctcloud-worker").c_str(), 1);
   const std::string cmd = std::string("'") + CTAGENT_SOURCE_DIR + "/cloud/imaging-center.sh' start '" +
                           run_dir.string() + "' --tus-port " + std::to_string(tus_port) + " --orthanc-port " +
@@ -268,6 +274,8 @@ TEST_CASE("a simulated scan travels to the imaging center and its images come ba
       s.stddev = std::sqrt(std::max(0.0, sum2 / s.pixels - s.mean * s.mean));
       INFO("ROI " << roi.name << ": mean " << s.mean << " HU, sd " << s.stddev << " over " << s.pixels
                   << " pixels, expected " << roi.expected_hu << " +- " << kHuTolerance);
+      std::printf("e2e: %s ROI %-22s mean %8.1f HU (expected %6.0f +- %.0f), sd %5.1f, %d pixels\n",
+                  path.filename().c_str(), roi.name.c_str(), s.mean, roi.expected_hu, kHuTolerance, s.stddev, s.pixels);
       CHECK(std::abs(s.mean - roi.expected_hu) <= kHuTolerance);
     }
   }
@@ -279,4 +287,46 @@ TEST_CASE("a simulated scan travels to the imaging center and its images come ba
     if (entry.path().extension() == ".dcm") ++spooled;
   }
   CHECK(spooled == received.size());
+
+  // --- 4. The field diagnostics see every peer healthy and the queue empty. ---
+  test::ChildProcess check({(fs::path(CTAGENT_BINARY_DIR) / "agent/ctagent").string(), "check", "--config",
+                            cfg_path.string()},
+                           logs / "check.log");
+  const int check_rc = check.Wait(std::chrono::seconds(120));
+  const std::string check_out = test::ReadText(logs / "check.log");
+  INFO("ctagent check:\n" << check_out);
+  CHECK(check_rc == 0);
+  for (const char* line : {"OK    detector", "OK    disk", "OK    queue        0 scan(s) in progress", "OK    certificates",
+                           "OK    link", "OK    pacs", "OK    console", "verdict: OK"}) {
+    CHECK_THAT(check_out, Catch::Contains(line));
+  }
+}
+
+TEST_CASE("field diagnostics name each unreachable peer", "[e2e]") {
+  test::TempDir work("check");
+  const auto dead_port = test::FreeLoopbackPort();  // nothing listens here
+  test::MakeTestPki(work.path() / "pki");
+  nlohmann::json cfg = {
+      {"spool", {{"directory", (work.path() / "spool").string()}, {"min_free_bytes", 0}}},
+      {"cloud",
+       {{"upload_url", "https://127.0.0.1:" + std::to_string(dead_port) + "/files/"},
+        {"dicomweb_url", "https://127.0.0.1:" + std::to_string(dead_port) + "/dicom-web"},
+        {"tls", {{"ca_file", (work.path() / "pki/expired.pem").string()}}},
+        {"connect_timeout_s", 2}}},
+      {"console", {{"port", dead_port}}}};
+  const fs::path cfg_path = work.path() / "agent.json";
+  std::ofstream(cfg_path) << cfg.dump(2);
+  test::ChildProcess check({(fs::path(CTAGENT_BINARY_DIR) / "agent/ctagent").string(), "check", "--config",
+                            cfg_path.string()},
+                           work.path() / "check.log");
+  const int rc = check.Wait(std::chrono::seconds(120));
+  const std::string out = test::ReadText(work.path() / "check.log");
+  INFO(out);
+  CHECK(rc == 1);
+  CHECK_THAT(out, Catch::Contains("FAIL  certificates") && Catch::Contains("EXPIRED"));
+  CHECK_THAT(out, Catch::Contains("FAIL  link"));
+  CHECK_THAT(out, Catch::Contains("FAIL  pacs"));
+  CHECK_THAT(out, Catch::Contains("FAIL  console") && Catch::Contains("not reachable"));
+  CHECK_THAT(out, Catch::Contains("OK    disk"));
+  CHECK_THAT(out, Catch::Contains("verdict: FAIL"));
 }

@@ -1,0 +1,232 @@
+// `ctagent check`: the field technician's diagnostics. Each check prints one line: OK, WARN or
+// FAIL, what was checked, and for a failure what to do.
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include <cstdio>
+#include <ctime>
+#include <memory>
+
+#include "agent/cli.hpp"
+#include "agent/common/durable_file.hpp"
+#include "agent/core/http_options.hpp"
+#include "agent/results/results.hpp"
+#include "agent/spool/spool.hpp"
+#include "config/config.hpp"
+#include "drivers/detector.hpp"
+#include "transport/dicomweb.hpp"
+#include "transport/http.hpp"
+
+namespace ctagent::cli {
+namespace {
+
+constexpr const char* kHelp = R"(Usage: ctagent check --config FILE [--only NAME[,NAME...]]
+
+Field diagnostics, one line per check (OK / WARN / FAIL), then a verdict. Checks:
+  config        the configuration file is valid
+  detector      the configured driver loads and accepts the configured protocol
+  disk          the spool is writable and has room for one more scan of the protocol
+  queue         scans waiting in the spool (upload or results pending, failed)
+  certificates  the CA bundle and client certificate load and are not (about to be) expired
+  link          the upload endpoint answers over TLS (tus OPTIONS) and how long it took
+  pacs          the imaging center's DICOMweb answers and accepts our credentials
+  console       the console's DICOM node answers C-ECHO
+Exit status: 0 all OK (warnings allowed), 1 a check failed, 2 bad usage.
+)";
+
+struct Report {
+  int failures = 0;
+  int warnings = 0;
+  void Ok(const std::string& name, const std::string& what) { std::printf("OK    %-12s %s\n", name.c_str(), what.c_str()); }
+  void Warn(const std::string& name, const std::string& what) {
+    ++warnings;
+    std::printf("WARN  %-12s %s\n", name.c_str(), what.c_str());
+  }
+  void Fail(const std::string& name, const std::string& what) {
+    ++failures;
+    std::printf("FAIL  %-12s %s\n", name.c_str(), what.c_str());
+  }
+};
+
+std::string Mib(std::uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
+
+void CheckCertificate(Report& report, const std::string& label, const std::filesystem::path& path) {
+  std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "r"), std::fclose);
+  if (!file) {
+    report.Fail("certificates", label + " " + path.string() + " cannot be opened; check cloud.tls in the config");
+    return;
+  }
+  X509* cert = PEM_read_X509(file.get(), nullptr, nullptr, nullptr);
+  if (cert == nullptr) {
+    report.Fail("certificates", label + " " + path.string() + " holds no PEM certificate");
+    return;
+  }
+  int days = 0, seconds = 0;
+  ASN1_TIME_diff(&days, &seconds, nullptr, X509_get0_notAfter(cert));
+  char subject[256];
+  X509_NAME_oneline(X509_get_subject_name(cert), subject, sizeof subject);
+  X509_free(cert);
+  if (days < 0 || (days == 0 && seconds < 0)) {
+    report.Fail("certificates", label + " " + path.string() + " (" + subject + ") has EXPIRED; install a renewed one");
+  } else if (days < 30) {
+    report.Warn("certificates", label + " (" + subject + ") expires in " + std::to_string(days) + " days; renew it soon");
+  } else {
+    report.Ok("certificates", label + " (" + subject + ") valid for " + std::to_string(days) + " more days");
+  }
+}
+
+}  // namespace
+
+int CmdCheck(const std::vector<std::string>& args) {
+  std::string config_path, only;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--help" || args[i] == "-h") return std::printf("%s", kHelp), 0;
+    if (args[i] == "--config" && i + 1 < args.size()) {
+      config_path = args[++i];
+    } else if (args[i] == "--only" && i + 1 < args.size()) {
+      only = "," + args[++i] + ",";
+    } else {
+      std::fprintf(stderr, "ctagent check: unexpected argument \"%s\"\n\n%s", args[i].c_str(), kHelp);
+      return 2;
+    }
+  }
+  if (config_path.empty()) {
+    std::fprintf(stderr, "ctagent check: --config FILE is required\n\n%s", kHelp);
+    return 2;
+  }
+  auto want = [&](const char* name) { return only.empty() || only.find(std::string(",") + name + ",") != std::string::npos; };
+  Report report;
+
+  auto cfg = config::LoadConfig(config_path);
+  if (!cfg) {
+    report.Fail("config", cfg.error().message());
+    std::printf("verdict: FAIL (1 check failed)\n");
+    return 1;
+  }
+  report.Ok("config", config_path + " is valid");
+
+  if (want("detector")) {
+    auto detector = drivers::MakeDetector(cfg->driver.name, cfg->driver.options);
+    if (!detector) {
+      report.Fail("detector", detector.error().message());
+    } else {
+      const auto info = (*detector)->Info();
+      if (auto st = (*detector)->Arm(cfg->protocol); !st) {
+        report.Fail("detector", info.name + " refuses the configured protocol: " + st.error().message());
+      } else {
+        (*detector)->Abort();
+        report.Ok("detector", info.name + " (" + info.model + ") accepts " + std::to_string(cfg->protocol.rows) + " x " +
+                                  std::to_string(cfg->protocol.channels) + ", " +
+                                  std::to_string(cfg->protocol.TotalViews()) + " views");
+      }
+    }
+  }
+
+  PosixFileStore files;
+  std::unique_ptr<spool::Spool> spool;
+  if (want("disk") || want("queue")) {
+    auto opened = spool::Spool::Open({cfg->spool.directory, cfg->spool.max_bytes, cfg->spool.min_free_bytes}, files);
+    if (!opened) {
+      report.Fail("disk", opened.error().message());
+    } else {
+      spool = std::move(*opened);
+    }
+  }
+  if (spool && want("disk")) {
+    const auto probe = cfg->spool.directory / ".ctagent-check";
+    if (auto st = files.WriteDurably(probe, AsBytes("probe")); !st) {
+      report.Fail("disk", "spool " + cfg->spool.directory.string() + " is not writable: " + st.error().message());
+    } else {
+      (void)files.Remove(probe);
+      const auto space = spool->Space();
+      const auto need = cfg->protocol.RawBytes();
+      const std::string figures = Mib(space.used_bytes) + " used of " + Mib(cfg->spool.max_bytes) + ", " +
+                                  Mib(space.filesystem_free_bytes) + " free on disk, one scan needs up to " + Mib(need);
+      if (space.used_bytes + space.reserved_bytes + need > cfg->spool.max_bytes ||
+          space.filesystem_free_bytes < need + cfg->spool.min_free_bytes) {
+        report.Fail("disk", figures + ": the next scan would be refused; free space or let uploads finish");
+      } else {
+        report.Ok("disk", figures);
+      }
+    }
+  }
+  if (spool && want("queue")) {
+    int pending = 0, failed = 0;
+    std::uint64_t to_send = 0;
+    for (const auto& r : spool->AllScans()) {
+      if (r.state == spool::ScanState::kFailed) ++failed;
+      if (r.state == spool::ScanState::kDelivered || r.state == spool::ScanState::kFailed) continue;
+      ++pending;
+      for (const auto& c : r.chunks) {
+        if (!c.upload.complete) to_send += c.chunk.compressed_bytes - std::min(c.chunk.compressed_bytes, c.upload.confirmed_offset);
+      }
+    }
+    const std::string text = std::to_string(pending) + " scan(s) in progress, " + Mib(to_send) + " still to upload, " +
+                             std::to_string(failed) + " failed";
+    if (failed > 0) {
+      report.Warn("queue", text + "; see `ctagent status`");
+    } else {
+      report.Ok("queue", text);
+    }
+  }
+
+  if (want("certificates")) {
+    if (!cfg->cloud.tls.ca_file.empty()) CheckCertificate(report, "CA bundle", cfg->cloud.tls.ca_file);
+    if (!cfg->cloud.tls.client_cert_file.empty()) CheckCertificate(report, "client certificate", cfg->cloud.tls.client_cert_file);
+    if (cfg->cloud.tls.ca_file.empty() && cfg->cloud.tls.client_cert_file.empty()) {
+      report.Ok("certificates", "using the system CA store; no client certificate configured");
+    }
+  }
+
+  if (want("link")) {
+    transport::HttpClient http(core::MakeHttpOptions(cfg->cloud));
+    const auto t0 = std::chrono::steady_clock::now();
+    auto response = http.Perform({"OPTIONS", cfg->cloud.upload_url, {{"Tus-Resumable", "1.0.0"}}, {}, {}});
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+    if (!response) {
+      report.Fail("link", cfg->cloud.upload_url + ": " + response.error().message());
+    } else if (response->status != 200 && response->status != 204) {
+      report.Fail("link", cfg->cloud.upload_url + " answered HTTP " + std::to_string(response->status) +
+                              " to OPTIONS; is this the tus endpoint?");
+    } else {
+      report.Ok("link", cfg->cloud.upload_url + " answers (tus " + response->Header("tus-version") + ", extensions " +
+                            response->Header("tus-extension") + ") in " + std::to_string(ms) + " ms");
+    }
+  }
+
+  if (want("pacs") && cfg->results.enabled) {
+    auto options = core::MakeDicomWebHttpOptions(cfg->cloud);
+    if (!options) {
+      report.Fail("pacs", options.error().message());
+    } else {
+      transport::HttpClient http(*options);
+      transport::dicomweb::Client dicomweb(http, cfg->cloud.dicomweb_url);
+      // A study UID that cannot exist: the answer proves reachability and credentials.
+      auto series = dicomweb.SearchSeries("2.25.0");
+      if (!series) {
+        report.Fail("pacs", cfg->cloud.dicomweb_url + ": " + series.error().message());
+      } else {
+        report.Ok("pacs", cfg->cloud.dicomweb_url + " answers QIDO-RS and accepts our credentials");
+      }
+    }
+  }
+
+  if (want("console") && cfg->console.enabled) {
+    results::ConsoleNode node{cfg->console.host, cfg->console.port, cfg->console.called_ae, cfg->console.calling_ae, 10};
+    if (auto st = results::EchoConsole(node); !st) {
+      report.Fail("console", st.error().message());
+    } else {
+      report.Ok("console", cfg->console.called_ae + "@" + cfg->console.host + ":" + std::to_string(cfg->console.port) +
+                               " answers C-ECHO");
+    }
+  }
+
+  if (report.failures > 0) {
+    std::printf("verdict: FAIL (%d check(s) failed, %d warning(s))\n", report.failures, report.warnings);
+    return 1;
+  }
+  std::printf("verdict: OK (%d warning(s))\n", report.warnings);
+  return 0;
+}
+
+}  // namespace ctagent::cli

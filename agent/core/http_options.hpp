@@ -1,0 +1,17 @@
+// HTTP client options derived from the configuration, shared by the uploader, the results
+// fetcher and the diagnostics.
+#pragma once
+
+#include "agent/common/error.hpp"
+#include "config/config.hpp"
+#include "transport/http.hpp"
+
+namespace ctagent::core {
+
+// TLS, timeouts and the plain-HTTP development flag, for the upload endpoint.
+transport::HttpOptions MakeHttpOptions(const config::CloudConfig& cloud);
+
+// The same plus DICOMweb basic authentication (password read from cloud.password_file).
+Expected<transport::HttpOptions> MakeDicomWebHttpOptions(const config::CloudConfig& cloud);
+
+}  // namespace ctagent::core
