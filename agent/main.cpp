@@ -19,6 +19,7 @@
 #include "agent/common/log.hpp"
 #include "agent/core/agent.hpp"
 #include "config/config.hpp"
+#include "drivers/record.hpp"
 
 #ifndef CTAGENT_VERSION
 #define CTAGENT_VERSION "0.0.0"
@@ -38,6 +39,8 @@ Commands:
                          retrying until stopped (SIGTERM/SIGINT)
   status --config FILE   list the scans in the spool and where each one stands
   config check FILE      validate a configuration file
+  record --config FILE --out DIR [--format ctagent|dicom-ct-pd]
+                         save the configured driver's scan to disk for the replay driver
   check --config FILE    field diagnostics: detector, disk, queue, certificates, link, PACS, console
   chunk inspect|verify|decode FILE...
                          look inside chunk files (see `ctagent chunk --help`)
@@ -365,6 +368,7 @@ int Main(int argc, char** argv) {
   if (command == "config") return CmdConfig(args);
   if (command == "chunk") return cli::CmdChunk(args.items);
   if (command == "check") return cli::CmdCheck(args.items);
+  if (command == "record") return drivers::RecordCommand(args.items);
   return Usage("unknown command \"" + command + "\"", kMainHelp);
 }
 

@@ -29,6 +29,19 @@ ctagent_require(nlohmann_json_FOUND "nlohmann/json" "nlohmann-json3-dev")
 
 find_package(DCMTK QUIET CONFIG)
 ctagent_require(DCMTK_FOUND "DCMTK" "libdcmtk-dev")
+# Debian's DCMTK package names zlib, libxml2 and libwrap by absolute host path; in a sysroot
+# cross build those must point into the sysroot instead (docs/cross-compiling.md).
+if(CMAKE_SYSROOT AND DCMTK_FOUND)
+  foreach(dcmtk_lib IN LISTS DCMTK_LIBRARIES)
+    if(TARGET DCMTK::${dcmtk_lib})
+      get_target_property(dcmtk_link DCMTK::${dcmtk_lib} INTERFACE_LINK_LIBRARIES)
+      if(dcmtk_link)
+        list(TRANSFORM dcmtk_link REPLACE "^/(usr/)?lib/" "${CMAKE_SYSROOT}/\\1lib/")
+        set_target_properties(DCMTK::${dcmtk_lib} PROPERTIES INTERFACE_LINK_LIBRARIES "${dcmtk_link}")
+      endif()
+    endif()
+  endforeach()
+endif()
 
 if(CTAGENT_BUILD_TESTS)
   find_package(Catch2 2 QUIET)

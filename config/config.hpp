@@ -23,7 +23,7 @@ struct DriverConfig {
 
 struct CodecConfig {
   int zstd_level = 3;
-  std::string filter = "shuffle";    // "none" | "shuffle"
+  std::string filter = "predict";    // agent/codec/filter.hpp; chosen by measurement (docs/codec.md)
   std::uint32_t views_per_chunk = 64;
   std::uint32_t threads = 2;         // compression workers
 };

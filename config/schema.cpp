@@ -116,11 +116,13 @@ std::vector<Entry> MakeEntries() {
        .choices = {"debug", "info", "warn", "error"}, CTAGENT_TARGET(log_level)},
 
       {.path = "/driver", .type = Type::kSection, .description = "Detector driver."},
-      {.path = "/driver/name", .type = Type::kString, .description = "Built-in driver name (`sim`).",
+      {.path = "/driver/name", .type = Type::kString, .description = "Driver: `sim`, `replay`, or `plugin` (a C-ABI driver .so, see docs/drivers.md).",
        .string_ok = NonEmptyShort, .string_rule = "a non-empty name of at most 64 characters",
        CTAGENT_TARGET(driver.name)},
       {.path = "/driver/options", .type = Type::kObject,
-       .description = "Driver-specific options, passed to the driver as-is (sim: `{\"model\": string}`).",
+       .description = "Driver-specific options, passed to the driver as-is (sim: `{\"model\": string}`; "
+                      "replay: `{\"path\": recording dir}`; plugin: `{\"path\": .so file, ...driver's keys}`; "
+                      "these paths are used as given, relative to the working directory).",
        CTAGENT_TARGET(driver.options)},
 
       {.path = "/scan", .type = Type::kSection, .description = "Scan protocol armed on the detector."},
@@ -181,7 +183,8 @@ std::vector<Entry> MakeEntries() {
       {.path = "/codec/zstd_level", .type = Type::kInteger, .description = "zstd compression level.", .min = 1,
        .max = 19, CTAGENT_TARGET(codec.zstd_level)},
       {.path = "/codec/filter", .type = Type::kEnum, .description = "Filter applied before zstd.",
-       .choices = {"none", "shuffle"}, CTAGENT_TARGET(codec.filter)},
+       .choices = {"none", "shuffle", "delta_channel", "delta_view", "med", "predict"},
+       CTAGENT_TARGET(codec.filter)},
       {.path = "/codec/views_per_chunk", .type = Type::kInteger, .description = "Views per chunk.", .min = 1,
        .max = 4096, CTAGENT_TARGET(codec.views_per_chunk)},
       {.path = "/codec/threads", .type = Type::kInteger, .description = "Compression worker threads.", .min = 1,

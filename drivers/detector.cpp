@@ -7,9 +7,6 @@
 #include <utility>
 #include <vector>
 
-#ifdef CTAGENT_DRIVER_SIM
-#include "drivers/sim/sim_detector.hpp"
-#endif
 
 namespace ctagent::drivers {
 
@@ -202,22 +199,6 @@ Expected<ScanProtocol> ProtocolFromJson(const nlohmann::json& j) {
     if (auto s = field->read(value, p); !s) return MakeError(s.error());
   }
   return p;
-}
-
-Expected<std::unique_ptr<Detector>> MakeDetector(const std::string& name, const nlohmann::json& options) {
-#ifdef CTAGENT_DRIVER_SIM
-  if (name == "sim") {
-    auto sim = sim::SimDetector::Create(options);
-    if (!sim) return MakeError(sim.error());
-    return std::unique_ptr<Detector>(std::move(sim).value());
-  }
-  constexpr const char* kBuiltIn = "sim";
-#else
-  constexpr const char* kBuiltIn = "(none: this build has no built-in drivers)";
-#endif
-  (void)options;
-  return MakeError(ErrorKind::kInvalidInput,
-                   "unknown detector driver \"" + name + "\"; built-in drivers in this build: " + kBuiltIn);
 }
 
 }  // namespace ctagent::drivers

@@ -76,6 +76,7 @@ struct DetectorInfo {
   std::uint32_t max_rows = 0;
   std::uint32_t max_channels = 0;
   double max_view_rate_hz = 0;
+  std::vector<SampleType> sample_types{SampleType::kUint16};  // sample types Arm() accepts
 };
 
 class Detector {
@@ -89,9 +90,13 @@ class Detector {
   virtual Expected<std::optional<View>> NextView() = 0;
   // Stops a running scan; a blocked NextView() returns kCancelled. Safe from another thread.
   virtual void Abort() = 0;
+  // Runs the detector's self-test (idle only). Drivers without one report success.
+  virtual Status SelfTest() { return Ok(); }
 };
 
-// Creates a built-in driver by name ("sim"). `options` is the driver's own config object.
+// Creates a driver by name: a built-in one ("sim", "replay"), or "plugin", a shared object
+// implementing the C driver ABI (drivers/include/ctagent_driver.h) loaded from
+// options["path"]; the other keys of `options` are passed to the plugin's open() as JSON.
 Expected<std::unique_ptr<Detector>> MakeDetector(const std::string& name, const nlohmann::json& options);
 
 }  // namespace ctagent::drivers

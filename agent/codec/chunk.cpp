@@ -96,20 +96,12 @@ std::string HeaderHash(std::span<const std::uint8_t> header) {
   return hash.FinalHex();
 }
 
-// Byte shuffle: for samples of `width` bytes, byte k of every sample is stored contiguously.
-// Detector counts vary slowly, so high bytes become long runs that zstd compresses well.
-void Shuffle(std::span<const std::uint8_t> in, std::span<std::uint8_t> out, std::size_t width) {
-  const std::size_t count = in.size() / width;
-  for (std::size_t i = 0; i < count; ++i) {
-    for (std::size_t k = 0; k < width; ++k) out[k * count + i] = in[i * width + k];
-  }
-}
+// Up to this zstd level, prediction filters use the residual-tuned match finder below.
+constexpr int kResidualTunedMaxLevel = 3;
 
-void Unshuffle(std::span<const std::uint8_t> in, std::span<std::uint8_t> out, std::size_t width) {
-  const std::size_t count = in.size() / width;
-  for (std::size_t i = 0; i < count; ++i) {
-    for (std::size_t k = 0; k < width; ++k) out[i * width + k] = in[k * count + i];
-  }
+bool IsPrediction(Filter filter) {
+  return filter == Filter::kDeltaChannel || filter == Filter::kDeltaView || filter == Filter::kMed ||
+         filter == Filter::kPredict;
 }
 
 Unexpected Corrupt(const std::string& what) { return MakeError(ErrorKind::kCorrupt, "corrupt chunk: " + what); }
@@ -120,14 +112,22 @@ const char* ToString(Filter filter) {
   switch (filter) {
     case Filter::kNone: return "none";
     case Filter::kShuffle: return "shuffle";
+    case Filter::kDeltaChannel: return "delta_channel";
+    case Filter::kDeltaView: return "delta_view";
+    case Filter::kMed: return "med";
+    case Filter::kPredict: return "predict";
   }
   return "unknown";
 }
 
 Expected<Filter> FilterFromString(const std::string& name) {
   if (name == "none") return Filter::kNone;
-  if (name == "shuffle") return Filter::kShuffle;
-  return MakeError(ErrorKind::kInvalidInput, "unknown filter \"" + name + "\" (known: none, shuffle)");
+  for (std::uint8_t code = 1; code <= kMaxFilterCode; ++code) {
+    const auto filter = static_cast<Filter>(code);
+    if (name == ToString(filter)) return filter;
+  }
+  return MakeError(ErrorKind::kInvalidInput, "unknown filter \"" + name +
+                                                 "\" (known: none, shuffle, delta_channel, delta_view, med, predict)");
 }
 
 Expected<std::vector<std::uint8_t>> EncodeChunk(ChunkInfo info, std::span<const std::uint8_t> samples,
@@ -166,11 +166,16 @@ Expected<std::vector<std::uint8_t>> EncodeChunk(ChunkInfo info, std::span<const 
   info.raw_sha256 = Sha256Hex(samples);
 
   // Filter, then compress into a standard zstd frame (with content size and checksum).
+  if (static_cast<std::uint8_t>(options.filter) > kMaxFilterCode) {
+    return MakeError(ErrorKind::kInvalidInput,
+                     "unknown filter code " + std::to_string(static_cast<unsigned>(options.filter)));
+  }
+  const SampleShape shape{view_count, info.rows, info.channels};
   std::vector<std::uint8_t> filtered;
   std::span<const std::uint8_t> to_compress = samples;
-  if (options.filter == Filter::kShuffle && width > 1) {
+  if (options.filter != Filter::kNone) {
     filtered.resize(samples.size());
-    Shuffle(samples, filtered, width);
+    ApplyFilter(options.filter, info.sample_type, shape, samples, filtered);
     to_compress = filtered;
   }
   const std::string descriptor = info.descriptor.dump();
@@ -184,6 +189,15 @@ Expected<std::vector<std::uint8_t>> EncodeChunk(ChunkInfo info, std::span<const 
   ZSTD_CCtx* cctx = ZSTD_createCCtx();
   if (cctx == nullptr) return MakeError(ErrorKind::kInternal, "zstd could not allocate a compression context");
   ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, options.zstd_level);
+  if (IsPrediction(options.filter) && options.zstd_level <= kResidualTunedMaxLevel) {
+    // Prediction residuals are noise: long matches are rare and short ones cost more than the
+    // literals they replace. A tiny match finder is faster and compresses better here
+    // (measured in docs/codec.md); these are ordinary frame parameters, any zstd decodes them.
+    ZSTD_CCtx_setParameter(cctx, ZSTD_c_strategy, ZSTD_fast);
+    ZSTD_CCtx_setParameter(cctx, ZSTD_c_hashLog, 8);
+    ZSTD_CCtx_setParameter(cctx, ZSTD_c_minMatch, 7);
+    ZSTD_CCtx_setParameter(cctx, ZSTD_c_searchLog, 1);
+  }
   ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);
   ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1);
   const std::size_t csize =
@@ -279,8 +293,10 @@ Expected<ChunkInfo> ParseChunkHeader(std::span<const std::uint8_t> bytes) {
       sample_type != static_cast<std::uint8_t>(drivers::SampleType::kFloat32)) {
     return MakeError(ErrorKind::kUnsupported, "unknown sample type code " + std::to_string(sample_type));
   }
-  if (filter > static_cast<std::uint8_t>(Filter::kShuffle)) {
-    return MakeError(ErrorKind::kUnsupported, "unknown filter code " + std::to_string(filter));
+  if (filter > kMaxFilterCode) {
+    return MakeError(ErrorKind::kUnsupported, "unknown filter code " + std::to_string(filter) +
+                                                  " (this decoder knows 0.." + std::to_string(kMaxFilterCode) +
+                                                  "); the chunk was written by a newer agent: update the decoder");
   }
   if (codec != static_cast<std::uint8_t>(Codec::kZstd)) {
     return MakeError(ErrorKind::kUnsupported, "unknown codec code " + std::to_string(codec));
@@ -346,10 +362,10 @@ Expected<DecodedChunk> DecodeChunk(std::span<const std::uint8_t> bytes, std::uin
   if (ZSTD_isError(got)) return Corrupt(std::string("zstd: ") + ZSTD_getErrorName(got));
   if (got != info->raw_length) return Corrupt("zstd produced " + std::to_string(got) + " bytes, expected " + std::to_string(info->raw_length));
   DecodedChunk out;
-  const std::size_t width = drivers::SampleSize(info->sample_type);
-  if (info->filter == Filter::kShuffle && width > 1) {
+  if (info->filter != Filter::kNone) {
     out.samples.resize(decompressed.size());
-    Unshuffle(decompressed, out.samples, width);
+    const SampleShape shape{info->views.size(), info->rows, info->channels};
+    InvertFilter(info->filter, info->sample_type, shape, decompressed, out.samples);
   } else {
     out.samples = std::move(decompressed);
   }

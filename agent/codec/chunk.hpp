@@ -9,18 +9,17 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/codec/filter.hpp"
 #include "agent/common/error.hpp"
 #include "drivers/detector.hpp"
 
 namespace ctagent::codec {
 
 inline constexpr std::uint16_t kFormatMajor = 1;
-inline constexpr std::uint16_t kFormatMinor = 0;
+// 1.1 added filter codes 2-5; a 1.0 decoder refuses those chunks as "unknown filter code".
+inline constexpr std::uint16_t kFormatMinor = 1;
 
-enum class Filter : std::uint8_t {
-  kNone = 0,
-  kShuffle = 1,  // byte-shuffle: all low bytes, then all high bytes (per sample size)
-};
+// Filter codes and their rules: agent/codec/filter.hpp.
 const char* ToString(Filter filter);
 Expected<Filter> FilterFromString(const std::string& name);
 

@@ -218,6 +218,13 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress) {
   base.acquisition_start_utc = UtcNow();
   base.protocol = protocol;
 
+  // Everything that can be refused is checked before space is reserved and the detector armed.
+  if (config_.results.enabled) {
+    auto fetcher = ResultsFetcher::Create(run->io, *spool_, config_);
+    if (!fetcher) return MakeError(fetcher.error());
+    run->results = std::move(*fetcher);
+  }
+
   // Space first: a scan that cannot be stored is refused before the detector is armed.
   spool::ScanRecord record;
   record.scan_uid = run->scan_uid;
@@ -240,11 +247,6 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress) {
   if (progress) progress->views_total = protocol.TotalViews();
 
   run->uploader = std::make_unique<Uploader>(run->io, *spool_, config_.cloud);
-  if (config_.results.enabled) {
-    auto fetcher = ResultsFetcher::Create(run->io, *spool_, config_);
-    if (!fetcher) return MakeError(fetcher.error());
-    run->results = std::move(*fetcher);
-  }
   run->codec_pool.emplace(config_.codec.threads);
   {
     std::lock_guard lock(stop_mutex_);

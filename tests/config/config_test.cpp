@@ -72,7 +72,7 @@ TEST_CASE("config: minimal example loads and takes every default from the struct
   CHECK(c->driver.options == nlohmann::json::object());
   CHECK(ctagent::drivers::ToJson(c->protocol) == ctagent::drivers::ToJson(defaults.protocol));
   CHECK(c->codec.zstd_level == 3);
-  CHECK(c->codec.filter == "shuffle");
+  CHECK(c->codec.filter == "predict");
   CHECK(c->codec.views_per_chunk == 64);
   CHECK(c->spool.directory == "/var/spool/ctagent");
   CHECK(c->spool.max_bytes == (64ull << 30));
@@ -237,7 +237,8 @@ TEST_CASE("config: out-of-range values name the range and the value") {
         "site/agent.json: /log_level: expected one of \"debug\", \"info\", \"warn\", \"error\", found string "
         "\"verbose\"");
   CHECK(ErrorOf(With("/codec/filter", "bitshuffle")) ==
-        "site/agent.json: /codec/filter: expected one of \"none\", \"shuffle\", found string \"bitshuffle\"");
+        "site/agent.json: /codec/filter: expected one of \"none\", \"shuffle\", \"delta_channel\", \"delta_view\", "
+        "\"med\", \"predict\", found string \"bitshuffle\"");
   CHECK(ErrorOf(With("/scan/sample_type", "int8")).find("/scan/sample_type: expected one of \"uint16\", \"float32\"") !=
         std::string::npos);
   CHECK(ErrorOf(With("/console/calling_ae", "CTAGENT-TERMINAL-7")) ==

@@ -1,0 +1,30 @@
+// C++ helpers shared by both sides of the C driver ABI (drivers/include/ctagent_driver.h):
+// status <-> ErrorKind, protocol <-> ctagent_protocol, and the checks a driver's function
+// table must pass before the agent calls it.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "agent/common/error.hpp"
+#include "drivers/detector.hpp"
+#include "drivers/include/ctagent_driver.h"
+
+namespace ctagent::drivers::abi {
+
+const char* StatusName(ctagent_status status);
+ErrorKind KindOf(ctagent_status status);
+ctagent_status StatusOf(ErrorKind kind);
+
+ctagent_protocol ToC(const ScanProtocol& protocol);
+// Fails (kInvalidInput / kUnsupported) on a struct that is too small or unknown enum values.
+Expected<ScanProtocol> FromC(const ctagent_protocol* protocol);
+
+// Copies `text` into a C buffer, NUL-terminated and truncated to `capacity`; returns text's length.
+std::size_t CopyText(const std::string& text, char* buffer, std::size_t capacity);
+
+// Checks a driver's table: non-null, same major version, large enough, no null function.
+// `origin` names the driver in messages (a path, or "built-in sim").
+Status ValidateApi(const ctagent_driver_api* api, const std::string& origin);
+
+}  // namespace ctagent::drivers::abi

@@ -1,0 +1,161 @@
+/*
+ * ctagent detector driver ABI, version 1.0.
+ *
+ * A detector driver is a shared object that exports one C symbol:
+ *
+ *     const ctagent_driver_api* ctagent_driver_get_api(uint32_t host_abi_major);
+ *
+ * returning a static table of function pointers. The agent refuses a driver whose table has
+ * another major version or a null function pointer. Minor versions only append fields at
+ * the end of structs and of the table; every struct starts with `struct_size`, which the
+ * caller sets to the size it knows and the callee never writes beyond.
+ *
+ * Threading: every call on a handle comes from one thread at a time (the agent's acquisition
+ * thread), except `abort`, which may come from any thread at any time between `open` and
+ * `close`, and must make a blocked `next_view` return CTAGENT_E_ABORTED promptly (< 100 ms).
+ *
+ * Ownership: the caller owns every buffer. Drivers write into buffers the caller passes
+ * (view samples, error text, capability/health structs) and never keep pointers to them
+ * after the call returns. Strings passed to the driver are valid only during the call.
+ * The driver owns its handle; `close` frees it.
+ *
+ * Plain C99, fixed-width types, no C++ types and no exceptions across this boundary, so a
+ * driver can be built by any compiler.
+ */
+#ifndef CTAGENT_DRIVER_H
+#define CTAGENT_DRIVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CTAGENT_DRIVER_ABI_MAJOR 1u
+#define CTAGENT_DRIVER_ABI_MINOR 0u
+#define CTAGENT_DRIVER_ENTRY_SYMBOL "ctagent_driver_get_api"
+
+/* Result of every call. Negative values are errors; `last_error` then says why. */
+typedef int32_t ctagent_status;
+#define CTAGENT_OK 0
+#define CTAGENT_END_OF_SCAN 1          /* next_view: the scan's last view was delivered */
+#define CTAGENT_E_INVALID (-1)         /* bad argument or protocol, or call in the wrong state */
+#define CTAGENT_E_UNSUPPORTED (-2)     /* the protocol asks for something the detector cannot do */
+#define CTAGENT_E_IO (-3)              /* device, link or file failure */
+#define CTAGENT_E_ABORTED (-4)         /* abort() was called; stays so until the next arm */
+#define CTAGENT_E_BUFFER_TOO_SMALL (-5) /* next_view: view not consumed; pass a larger buffer */
+#define CTAGENT_E_HARDWARE (-6)        /* detector fault (self-test, over-temperature, ...) */
+#define CTAGENT_E_INTERNAL (-7)        /* a bug in the driver */
+
+/* Sample types (values of ctagent_protocol.sample_type; bit (1 << type) in capabilities). */
+#define CTAGENT_SAMPLE_UINT16 1u
+#define CTAGENT_SAMPLE_FLOAT32 2u
+
+/* Geometry (ctagent_protocol.geometry). */
+#define CTAGENT_GEOMETRY_PARALLEL 1u
+
+/* Per-view status flags (ctagent_view.status_flags). */
+#define CTAGENT_VIEW_SATURATED (1u << 0)     /* a sample hit the ADC ceiling */
+#define CTAGENT_VIEW_DEAD_CHANNEL (1u << 1)  /* a channel is known dead */
+
+/* Health states (ctagent_health.state). */
+#define CTAGENT_STATE_IDLE 0u
+#define CTAGENT_STATE_ARMED 1u
+#define CTAGENT_STATE_ACQUIRING 2u
+#define CTAGENT_STATE_ABORTED 3u
+#define CTAGENT_STATE_FAULT 4u
+
+typedef struct ctagent_driver ctagent_driver; /* opaque, owned by the driver */
+
+typedef struct ctagent_capabilities {
+  uint32_t struct_size;
+  uint32_t max_rows;
+  uint32_t max_channels;
+  uint32_t sample_types;     /* bit (1 << CTAGENT_SAMPLE_*) per supported type */
+  double max_view_rate_hz;   /* highest view rate the detector sustains in real time */
+  char name[64];             /* driver name, NUL-terminated */
+  char model[64];            /* detector model, NUL-terminated */
+} ctagent_capabilities;
+
+typedef struct ctagent_protocol {
+  uint32_t struct_size;
+  uint32_t geometry;                 /* CTAGENT_GEOMETRY_* */
+  uint32_t views_per_rotation;       /* over 180 degrees for parallel beam */
+  uint32_t rotations;
+  uint32_t rows;
+  uint32_t channels;
+  uint32_t sample_type;              /* CTAGENT_SAMPLE_* */
+  uint32_t real_time;                /* 1: pace views at views_per_rotation / rotation_time_s */
+  double channel_pitch_mm;
+  double row_pitch_mm;
+  double rotation_time_s;
+  double table_start_mm;
+  double table_speed_mm_per_rotation;
+  double dose_fraction;              /* (0, 1] */
+  double unattenuated_counts;
+  uint64_t seed;                     /* simulated drivers: noise seed */
+} ctagent_protocol;
+
+typedef struct ctagent_view {
+  uint32_t struct_size;
+  uint32_t status_flags;             /* CTAGENT_VIEW_* */
+  uint64_t sequence;                 /* 0-based, consecutive within a scan */
+  double gantry_angle_deg;
+  double table_position_mm;
+  int64_t timestamp_us;              /* since the scan started */
+  uint64_t sample_bytes;             /* bytes written to the caller's buffer */
+} ctagent_view;
+
+typedef struct ctagent_health {
+  uint32_t struct_size;
+  uint32_t state;                    /* CTAGENT_STATE_* */
+  uint64_t views_delivered;          /* since open */
+  uint64_t errors;                   /* failed calls since open */
+  double temperature_c;              /* detector temperature, NaN if unknown */
+} ctagent_health;
+
+typedef struct ctagent_driver_api {
+  uint32_t struct_size;              /* sizeof(ctagent_driver_api) of the driver's header */
+  uint32_t abi_major;                /* CTAGENT_DRIVER_ABI_MAJOR the driver was built with */
+  uint32_t abi_minor;
+
+  /* Opens the detector. `options_json` is the driver's config object as JSON text (never
+   * NULL; "{}" when empty). On failure writes a NUL-terminated reason into `error`
+   * (capacity `error_capacity`, may be truncated) and leaves *out NULL. */
+  ctagent_status (*open)(const char* options_json, ctagent_driver** out, char* error, size_t error_capacity);
+  /* Stops anything running and frees the handle. Must not block for long (< 1 s). */
+  void (*close)(ctagent_driver* driver);
+
+  ctagent_status (*get_capabilities)(ctagent_driver* driver, ctagent_capabilities* out);
+  /* Checks the protocol against the capabilities and prepares a scan; a failed arm leaves
+   * the driver idle. Allowed when idle, after END_OF_SCAN, after stop and after abort. */
+  ctagent_status (*arm)(ctagent_driver* driver, const ctagent_protocol* protocol);
+  /* Starts acquisition of the armed scan (X-ray on, gantry turning). */
+  ctagent_status (*start)(ctagent_driver* driver);
+  /* Blocks until the next view, writes its metadata to *view and its rows * channels samples
+   * (row-major, little-endian) to `samples`. CTAGENT_END_OF_SCAN after the last view (and
+   * again on every later call). If `samples_capacity` is too small: CTAGENT_E_BUFFER_TOO_SMALL,
+   * view->sample_bytes set to the size needed, and the view is not consumed. */
+  ctagent_status (*next_view)(ctagent_driver* driver, ctagent_view* view, void* samples, uint64_t samples_capacity);
+  /* Ends the scan early or after END_OF_SCAN; the driver returns to idle. */
+  ctagent_status (*stop)(ctagent_driver* driver);
+  /* Emergency stop, callable from any thread. */
+  void (*abort)(ctagent_driver* driver);
+  /* Runs the detector's self-test; allowed when idle. */
+  ctagent_status (*self_test)(ctagent_driver* driver);
+  ctagent_status (*get_health)(ctagent_driver* driver, ctagent_health* out);
+  /* Copies the message of the most recent failed call on this handle into `buffer`
+   * (NUL-terminated, truncated to `capacity`); returns the full length without the NUL. */
+  size_t (*last_error)(ctagent_driver* driver, char* buffer, size_t capacity);
+} ctagent_driver_api;
+
+/* The one symbol a driver exports. `host_abi_major` is the agent's major version; a driver
+ * may return NULL if it cannot serve it. */
+typedef const ctagent_driver_api* (*ctagent_driver_get_api_fn)(uint32_t host_abi_major);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CTAGENT_DRIVER_H */

@@ -1,0 +1,172 @@
+#include "drivers/replay/recording.hpp"
+
+#include <cstring>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+namespace ctagent::drivers::replay {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+template <typename T>
+void Put(std::uint8_t*& p, T v) {
+  std::memcpy(p, &v, sizeof v);  // host order: little-endian on every supported target
+  p += sizeof v;
+}
+
+template <typename T>
+T Get(const std::uint8_t*& p) {
+  T v;
+  std::memcpy(&v, p, sizeof v);
+  p += sizeof v;
+  return v;
+}
+
+}  // namespace
+
+Expected<RecordingInfo> ReadRecordingInfo(const fs::path& directory) {
+  const fs::path file = directory / "protocol.json";
+  std::ifstream in(file);
+  if (!in) {
+    return MakeError(ErrorKind::kNotFound, "recording " + directory.string() + ": no readable protocol.json; " +
+                                               "is it a directory written by `ctagent record` (and complete)?");
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  const nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, false);
+  auto bad = [&](const std::string& what) {
+    return MakeError(ErrorKind::kCorrupt, file.string() + ": " + what);
+  };
+  if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
+  if (j.value("format", "") != kRecordingFormat) return bad(std::string("\"format\" is not \"") + kRecordingFormat + "\"");
+  if (!j.contains("version") || !j["version"].is_number_integer() || j["version"].get<int>() != kRecordingVersion) {
+    return MakeError(ErrorKind::kUnsupported, file.string() + ": recording version " +
+                                                  (j.contains("version") ? j["version"].dump() : "(none)") +
+                                                  " is not supported; this build reads version 1");
+  }
+  RecordingInfo info;
+  auto protocol = ProtocolFromJson(j.value("protocol", nlohmann::json()));
+  if (!protocol) return MakeError(protocol.error().WithContext(file.string() + ": /protocol"));
+  info.protocol = *protocol;
+  if (!j.contains("views") || !j["views"].is_number_unsigned()) return bad("\"views\" is not a non-negative integer");
+  info.views = j["views"].get<std::uint64_t>();
+  if (info.views != info.protocol.TotalViews()) {
+    return bad("\"views\" is " + std::to_string(info.views) + " but the protocol has " +
+               std::to_string(info.protocol.TotalViews()) + " views");
+  }
+  const nlohmann::json detector = j.value("detector", nlohmann::json::object());
+  info.detector_name = detector.value("name", "");
+  info.detector_model = detector.value("model", "");
+  return info;
+}
+
+Expected<std::unique_ptr<RecordingWriter>> RecordingWriter::Create(const fs::path& directory,
+                                                                   const ScanProtocol& protocol,
+                                                                   const DetectorInfo& info) {
+  std::error_code ec;
+  if (fs::exists(directory, ec) && !fs::is_empty(directory, ec)) {
+    return MakeError(ErrorKind::kInvalidInput,
+                     "recording " + directory.string() + ": the directory exists and is not empty; choose a new one");
+  }
+  fs::create_directories(directory, ec);
+  if (ec) return MakeError(ErrorKind::kIo, "recording " + directory.string() + ": cannot create: " + ec.message());
+  std::unique_ptr<RecordingWriter> w(new RecordingWriter);
+  w->directory_ = directory;
+  w->protocol_ = protocol;
+  w->info_ = info;
+  w->views_.open(directory / "views.bin", std::ios::binary | std::ios::trunc);
+  if (!w->views_) return MakeError(ErrorKind::kIo, "recording " + (directory / "views.bin").string() + ": cannot create");
+  return w;
+}
+
+Status RecordingWriter::Append(const View& v) {
+  if (v.sequence != count_) {
+    return MakeError(ErrorKind::kProtocol, "recording: view " + std::to_string(v.sequence) + " arrived where view " +
+                                               std::to_string(count_) + " was due");
+  }
+  std::uint8_t header[kViewHeaderBytes];
+  std::uint8_t* p = header;
+  std::memcpy(p, "CTV1", 4);
+  p += 4;
+  Put<std::uint32_t>(p, v.status_flags);
+  Put<std::uint64_t>(p, v.sequence);
+  Put<double>(p, v.gantry_angle_deg);
+  Put<double>(p, v.table_position_mm);
+  Put<std::int64_t>(p, v.timestamp_us);
+  Put<std::uint64_t>(p, v.samples.size());
+  views_.write(reinterpret_cast<const char*>(header), sizeof header);
+  views_.write(reinterpret_cast<const char*>(v.samples.data()), static_cast<std::streamsize>(v.samples.size()));
+  if (!views_) return MakeError(ErrorKind::kIo, "recording " + (directory_ / "views.bin").string() + ": write failed (disk full?)");
+  ++count_;
+  return Ok();
+}
+
+Status RecordingWriter::Finish() {
+  views_.flush();
+  views_.close();
+  if (!views_) return MakeError(ErrorKind::kIo, "recording " + (directory_ / "views.bin").string() + ": write failed");
+  const nlohmann::json j = {
+      {"format", kRecordingFormat},
+      {"version", kRecordingVersion},
+      {"protocol", ToJson(protocol_)},
+      {"views", count_},
+      {"detector", {{"name", info_.name}, {"model", info_.model}}},
+  };
+  const fs::path tmp = directory_ / "protocol.json.tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << j.dump(2) << "\n";
+    if (!out) return MakeError(ErrorKind::kIo, "recording " + tmp.string() + ": write failed");
+  }
+  std::error_code ec;
+  fs::rename(tmp, directory_ / "protocol.json", ec);
+  if (ec) return MakeError(ErrorKind::kIo, "recording " + directory_.string() + ": cannot rename protocol.json: " + ec.message());
+  return Ok();
+}
+
+Expected<std::unique_ptr<RecordingReader>> RecordingReader::Open(const fs::path& directory) {
+  auto info = ReadRecordingInfo(directory);
+  if (!info) return MakeError(info.error());
+  std::unique_ptr<RecordingReader> r(new RecordingReader);
+  r->info_ = *info;
+  r->file_ = directory / "views.bin";
+  r->in_.open(r->file_, std::ios::binary);
+  if (!r->in_) return MakeError(ErrorKind::kNotFound, "recording " + r->file_.string() + ": cannot open");
+  return r;
+}
+
+Expected<std::optional<View>> RecordingReader::Next() {
+  if (next_ >= info_.views) return std::optional<View>{};
+  auto corrupt = [&](const std::string& what) {
+    return MakeError(ErrorKind::kCorrupt, "recording " + file_.string() + " at byte " + std::to_string(offset_) +
+                                              " (view " + std::to_string(next_) + "): " + what);
+  };
+  std::uint8_t header[kViewHeaderBytes];
+  if (!in_.read(reinterpret_cast<char*>(header), sizeof header)) return corrupt("truncated view header");
+  if (std::memcmp(header, "CTV1", 4) != 0) return corrupt("bad view magic (expected \"CTV1\")");
+  const std::uint8_t* p = header + 4;
+  View v;
+  v.status_flags = Get<std::uint32_t>(p);
+  v.sequence = Get<std::uint64_t>(p);
+  v.gantry_angle_deg = Get<double>(p);
+  v.table_position_mm = Get<double>(p);
+  v.timestamp_us = Get<std::int64_t>(p);
+  const auto bytes = Get<std::uint64_t>(p);
+  if (v.sequence != next_) return corrupt("sequence number " + std::to_string(v.sequence));
+  if (bytes != info_.protocol.BytesPerView()) {
+    return corrupt(std::to_string(bytes) + " sample bytes, the protocol needs " +
+                   std::to_string(info_.protocol.BytesPerView()));
+  }
+  v.samples.resize(bytes);
+  if (!in_.read(reinterpret_cast<char*>(v.samples.data()), static_cast<std::streamsize>(bytes))) {
+    return corrupt("truncated samples");
+  }
+  offset_ += kViewHeaderBytes + bytes;
+  ++next_;
+  return std::optional<View>(std::move(v));
+}
+
+}  // namespace ctagent::drivers::replay
