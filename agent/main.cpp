@@ -245,6 +245,14 @@ void PrintSummary(const core::ScanSummary& s) {
   std::fflush(stdout);
 }
 
+bool OpenOrExplain(core::Agent& agent) {
+  if (auto st = agent.Open(); !st) {
+    std::fprintf(stderr, "ctagent: %s\n", st.error().message().c_str());
+    return false;
+  }
+  return true;
+}
+
 int CmdScan(const Args& args) {
   if (args.Has("--help")) return std::printf("%s", kScanHelp), 0;
   int code = 0;
@@ -253,10 +261,7 @@ int CmdScan(const Args& args) {
   if (args.Has("--no-results")) cfg->results.enabled = false;
   PosixFileStore files;
   core::Agent agent(*cfg, files);
-  if (auto st = agent.Open(); !st) {
-    std::fprintf(stderr, "ctagent: %s\n", st.error().message().c_str());
-    return 1;
-  }
+  if (!OpenOrExplain(agent)) return 1;
   SignalWatcher signals(agent);
   core::Progress progress;
   Expected<core::ScanSummary> summary = MakeError(ErrorKind::kInternal, "not run");
@@ -280,10 +285,7 @@ int CmdRun(const Args& args) {
   if (!cfg) return code;
   PosixFileStore files;
   core::Agent agent(*cfg, files);
-  if (auto st = agent.Open(); !st) {
-    std::fprintf(stderr, "ctagent: %s\n", st.error().message().c_str());
-    return 1;
-  }
+  if (!OpenOrExplain(agent)) return 1;
   SignalWatcher signals(agent);
   log::Info("agent", "ctagent " CTAGENT_VERSION " running; spool " + cfg->spool.directory.string());
   int problems = 0;
@@ -311,10 +313,7 @@ int CmdStatus(const Args& args) {
   if (!cfg) return code;
   PosixFileStore files;
   core::Agent agent(*cfg, files);
-  if (auto st = agent.Open(); !st) {
-    std::fprintf(stderr, "ctagent: %s\n", st.error().message().c_str());
-    return 1;
-  }
+  if (!OpenOrExplain(agent)) return 1;
   const auto space = agent.spool().Space();
   std::printf("spool %s: %s used of %s budget, %s free on the file system\n", cfg->spool.directory.c_str(),
               Mib(space.used_bytes).c_str(), Mib(cfg->spool.max_bytes).c_str(), Mib(space.filesystem_free_bytes).c_str());

@@ -1,4 +1,5 @@
 // DICOMweb client: QIDO-RS searches (JSON) and WADO-RS instance retrieval (multipart/related).
+#include "transport/text.hpp"
 #include "transport/dicomweb.hpp"
 
 #include <algorithm>
@@ -13,12 +14,7 @@ constexpr const char* kDicomJson = "application/dicom+json";
 // Headroom for the multipart framing around one instance's bytes.
 constexpr std::uint64_t kMultipartOverhead = 64 * 1024;
 
-std::string ToLower(std::string_view text) {
-  std::string out(text);
-  std::transform(out.begin(), out.end(), out.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return out;
-}
+using detail::ToLower;
 
 std::string_view Trim(std::string_view text) {
   while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);

@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "agent/common/log.hpp"
+#include "transport/text.hpp"
 #include "transport/http.hpp"
 
 namespace ctagent::transport {
@@ -19,12 +20,7 @@ namespace {
 
 constexpr std::string_view kComponent = "http";
 
-std::string ToLower(std::string_view text) {
-  std::string out(text);
-  std::transform(out.begin(), out.end(), out.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return out;
-}
+using detail::ToLower;
 
 std::string_view Trim(std::string_view text) {
   while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
