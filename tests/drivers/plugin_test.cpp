@@ -10,10 +10,12 @@
 #include "drivers/plugin/plugin_detector.hpp"
 #include "drivers/sim/sim_abi.hpp"
 #include "drivers/sim/sim_detector.hpp"
+#include "tests/drivers/read_views.hpp"
 #include "tests/support/process.hpp"
 
 using ctagent::ErrorKind;
 using namespace ctagent::drivers;
+using ctagent::drivers::testing::ReadAll;
 
 namespace {
 
@@ -26,18 +28,6 @@ ScanProtocol Small() {
   p.channel_pitch_mm = 6.0;
   p.seed = 7;
   return p;
-}
-
-std::vector<View> ReadAll(Detector& d, const ScanProtocol& p) {
-  REQUIRE(d.Arm(p));
-  std::vector<View> views;
-  for (std::uint64_t i = 0; i <= p.TotalViews(); ++i) {
-    auto v = d.NextView();
-    REQUIRE(v);
-    if (!v->has_value()) break;
-    views.push_back(std::move(**v));
-  }
-  return views;
 }
 
 }  // namespace

@@ -15,10 +15,12 @@
 #include "drivers/record.hpp"
 #include "drivers/replay/recording.hpp"
 #include "drivers/replay/replay_detector.hpp"
+#include "tests/drivers/read_views.hpp"
 #include "tests/support/process.hpp"
 
 using ctagent::ErrorKind;
 using namespace ctagent::drivers;
+using ctagent::drivers::testing::ReadAll;
 
 namespace {
 
@@ -32,18 +34,6 @@ ScanProtocol Small() {
   p.table_speed_mm_per_rotation = 10.0;
   p.seed = 3;
   return p;
-}
-
-std::vector<View> ReadAll(Detector& d, const ScanProtocol& p) {
-  REQUIRE(d.Arm(p));
-  std::vector<View> views;
-  for (std::uint64_t i = 0; i <= p.TotalViews(); ++i) {
-    auto v = d.NextView();
-    REQUIRE(v);
-    if (!v->has_value()) break;
-    views.push_back(std::move(**v));
-  }
-  return views;
 }
 
 }  // namespace
