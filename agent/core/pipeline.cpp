@@ -11,6 +11,7 @@
 
 #include "agent/codec/chunk.hpp"
 #include "agent/codec/manifest.hpp"
+#include "agent/common/clock.hpp"
 #include "agent/common/log.hpp"
 #include "agent/common/sha256.hpp"
 #include "agent/common/uid.hpp"
@@ -21,15 +22,6 @@
 
 namespace ctagent::core {
 namespace {
-
-std::string UtcNow() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 double SecondsSince(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -130,7 +122,7 @@ struct Agent::Run {
               [](const auto& a, const auto& b) { return a.index < b.index; });
     manifest->chunks = stored_chunks;
     manifest->views_acquired = views;
-    manifest->acquisition_end_utc = UtcNow();
+    manifest->acquisition_end_utc = UtcNowIso8601();
     manifest->complete = incomplete_reason.empty();
     manifest->incomplete_reason = incomplete_reason;
     if (auto st = spool.FinishAcquisition(scan_uid, *manifest); !st) {
@@ -215,7 +207,7 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress) {
   base.patient_name = config_.study.patient_name;
   base.study_description = config_.study.study_description;
   base.terminal_id = config_.terminal_id;
-  base.acquisition_start_utc = UtcNow();
+  base.acquisition_start_utc = UtcNowIso8601();
   base.protocol = protocol;
 
   // Everything that can be refused is checked before space is reserved and the detector armed.

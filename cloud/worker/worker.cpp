@@ -11,6 +11,7 @@
 
 #include "agent/codec/chunk.hpp"
 #include "agent/codec/manifest.hpp"
+#include "agent/common/clock.hpp"
 #include "agent/common/durable_file.hpp"
 #include "agent/common/log.hpp"
 #include "agent/common/sha256.hpp"
@@ -31,15 +32,6 @@ using Clock = std::chrono::steady_clock;
 
 double MsSince(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
-
-std::string UtcNowIso() {
-  const std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&now, &tm);
-  char text[32];
-  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return text;
 }
 
 Expected<nlohmann::json> ReadJsonFile(const fs::path& path, std::uint64_t max_bytes) {
@@ -220,7 +212,7 @@ Worker::Outcome Worker::Fail(const std::string& scan_uid, const std::string& man
   const nlohmann::json record = {{"scan_uid", scan_uid},
                                  {"reason", reason},
                                  {"manifest_upload", manifest_upload_id},
-                                 {"failed_utc", UtcNowIso()}};
+                                 {"failed_utc", UtcNowIso8601()}};
   if (auto st = WriteJsonDurably(config_.work_dir / "failed" / (scan_uid + ".json"), record); !st) {
     log::Error(kLog, "cannot record the failure of scan " + scan_uid + ": " + st.error().message());
   }
@@ -423,7 +415,7 @@ Worker::Outcome Worker::ProcessManifest(const Upload& manifest_upload, const std
                      {"views", input.views},
                      {"image_size", config_.recon.image_size},
                      {"instances", instances},
-                     {"reconstructed_utc", UtcNowIso()},
+                     {"reconstructed_utc", UtcNowIso8601()},
                      {"timings_ms", {{"decode", decode_ms}, {"reconstruct", recon_ms}, {"dicom", MsSince(dicom_start)}}}};
     if (auto st = WriteJsonDurably(series_record_path, series_record); !st) {
       log::Error(kLog, "scan " + scan_uid + ": cannot record the series: " + st.error().message());
@@ -479,7 +471,7 @@ Worker::Outcome Worker::ProcessManifest(const Upload& manifest_upload, const std
   nlohmann::json done = series_record;
   done["instance_count"] = series_record["instances"].size();
   done["orthanc_instance_ids"] = orthanc_ids;
-  done["stored_utc"] = UtcNowIso();
+  done["stored_utc"] = UtcNowIso8601();
   done["timings_ms"]["store"] = MsSince(store_start);
   if (auto st = WriteJsonDurably(done_path, done); !st) {
     log::Error(kLog, "scan " + scan_uid + ": stored, but cannot record it as done: " + st.error().message());

@@ -7,29 +7,15 @@
 #include <numbers>
 
 #include "cloud/worker/recon.hpp"
+#include "tests/cloud/roi.hpp"
 #include "drivers/sim/phantom.hpp"
 
 namespace {
 
+using ctagent::cloud::testing::RoiMean;
+
 constexpr double kI0 = 60000;  // unattenuated counts x dose fraction 1
 
-// Mean HU of the pixels whose centres lie within `radius` of (x, y) [mm].
-double RoiMean(const ctagent::cloud::HuImage& image, double x, double y, double radius) {
-  double sum = 0;
-  int count = 0;
-  for (std::uint32_t row = 0; row < image.size; ++row) {
-    for (std::uint32_t col = 0; col < image.size; ++col) {
-      const double dx = image.XOfColumn(col) - x;
-      const double dy = image.YOfRow(row) - y;
-      if (dx * dx + dy * dy <= radius * radius) {
-        sum += static_cast<double>(image.At(row, col));
-        ++count;
-      }
-    }
-  }
-  REQUIRE(count > 0);
-  return sum / count;
-}
 
 }  // namespace
 
