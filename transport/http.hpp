@@ -33,6 +33,10 @@ struct HttpOptions {
   std::string basic_auth_user;      // empty: no authentication
   std::string basic_auth_password;
   std::string user_agent = "ctagent";
+  // Binds every connection to a network interface (for example "wwan0") or to a local source
+  // address, so that a configured link is really the one used. Empty: the system's routing.
+  std::string interface_name;
+  std::string source_address;
 };
 
 using HeaderList = std::vector<std::pair<std::string, std::string>>;
@@ -44,6 +48,10 @@ struct HttpRequest {
   std::span<const std::uint8_t> body;  // must stay alive during Perform()
   // Called as request body bytes are sent (bytes sent so far in this request).
   std::function<void(std::uint64_t)> on_upload_progress;
+  // Called before each block of body bytes goes to the connection, with the block's size; it may
+  // block to pace the upload (a link's bandwidth cap). Returning false aborts the transfer
+  // (kCancelled). Empty: no pacing.
+  std::function<bool(std::size_t)> before_send;
 };
 
 struct HttpResponse {
