@@ -2,9 +2,14 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <csignal>
+#include <cstdlib>
 #include <cstring>
 
 namespace ctagent {
@@ -15,9 +20,45 @@ Unexpected ErrnoError(const std::string& what, const std::filesystem::path& path
   return MakeError(kind, what + " " + path.string() + ": " + std::strerror(err));
 }
 
+Unexpected Unsupported(const char* what) {
+  return MakeError(ErrorKind::kUnsupported, std::string("this file store does not implement ") + what);
+}
+
+// ---- Test-only fault hooks (docs/durability.md) -------------------------------------------
+
+struct FaultHooks {
+  std::uint64_t kill_at_op = 0;  // 0: off
+  std::string eio_read_substring;
+  std::atomic<std::uint64_t> mutating_ops{0};
+};
+
+FaultHooks& Hooks() {
+  static FaultHooks* hooks = [] {
+    auto* h = new FaultHooks;  // never destroyed: used until the process ends
+    if (const char* v = std::getenv("CTAGENT_FAULT_KILL_AT_OP"); v && *v) h->kill_at_op = std::strtoull(v, nullptr, 10);
+    if (const char* v = std::getenv("CTAGENT_FAULT_EIO_READ"); v && *v) h->eio_read_substring = v;
+    return h;
+  }();
+  return *hooks;
+}
+
+// Called immediately before every mutating operation, so a kill lands between, say, the
+// fsync of a file and its rename.
+void BeforeMutation() {
+  FaultHooks& h = Hooks();
+  if (h.kill_at_op == 0) return;
+  if (h.mutating_ops.fetch_add(1) + 1 == h.kill_at_op) std::raise(SIGKILL);
+}
+
+bool ReadFails(const std::filesystem::path& path) {
+  const FaultHooks& h = Hooks();
+  return !h.eio_read_substring.empty() && path.string().find(h.eio_read_substring) != std::string::npos;
+}
+
 Status FsyncDirectory(const std::filesystem::path& dir) {
   const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return ErrnoError("cannot open directory", dir, errno);
+  BeforeMutation();
   const int rc = ::fsync(fd);
   const int err = errno;
   ::close(fd);
@@ -25,24 +66,66 @@ Status FsyncDirectory(const std::filesystem::path& dir) {
   return Ok();
 }
 
-}  // namespace
-
-Status PosixFileStore::WriteDurably(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) {
-  const std::filesystem::path tmp = path.string() + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-  if (fd < 0) return ErrnoError("cannot create", tmp, errno);
+Status WriteAll(int fd, const std::filesystem::path& path, std::span<const std::uint8_t> bytes) {
   std::size_t written = 0;
   while (written < bytes.size()) {
+    BeforeMutation();
     const ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
     if (n < 0) {
       if (errno == EINTR) continue;
-      const int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return ErrnoError("cannot write", tmp, err);
+      return ErrnoError("cannot write", path, errno);
     }
     written += static_cast<std::size_t>(n);
   }
+  return Ok();
+}
+
+// An append-only file (the journal) keeps some blocks allocated past its end, so that when the
+// file system fills up (another program, a log storm) the agent can still record why a scan
+// stopped. Best effort: a file system without fallocate simply has no slack.
+void KeepAppendSlack(int fd) {
+  constexpr off_t kMinSlack = 64 * 1024;
+  constexpr off_t kSlack = 256 * 1024;
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return;
+  const off_t allocated = static_cast<off_t>(st.st_blocks) * 512;
+  if (allocated - st.st_size >= kMinSlack) return;
+  (void)::fallocate(fd, FALLOC_FL_KEEP_SIZE, st.st_size, kSlack);
+}
+
+}  // namespace
+
+// ---- Defaults for file stores that predate the journal -------------------------------------
+
+Status FileStore::AppendDurably(const std::filesystem::path&, std::span<const std::uint8_t>) {
+  return Unsupported("AppendDurably");
+}
+Status FileStore::Truncate(const std::filesystem::path&, std::uint64_t) { return Unsupported("Truncate"); }
+Expected<std::vector<std::uint8_t>> FileStore::ReadRange(const std::filesystem::path&, std::uint64_t, std::uint64_t) {
+  return Unsupported("ReadRange");
+}
+Expected<std::vector<DirEntry>> FileStore::List(const std::filesystem::path&) { return Unsupported("List"); }
+Expected<std::uint64_t> FileStore::FreeBytes(const std::filesystem::path&) { return Unsupported("FreeBytes"); }
+Status FileStore::WriteUnsynced(const std::filesystem::path&, std::span<const std::uint8_t>) {
+  return Unsupported("WriteUnsynced");
+}
+Status FileStore::SyncBatch(const std::vector<std::filesystem::path>&, const std::vector<std::filesystem::path>&) {
+  return Unsupported("SyncBatch");
+}
+
+// ---- POSIX ----------------------------------------------------------------------------------
+
+Status PosixFileStore::WriteDurably(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) {
+  const std::filesystem::path tmp = path.string() + ".tmp";
+  BeforeMutation();
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+  if (fd < 0) return ErrnoError("cannot create", tmp, errno);
+  if (auto st = WriteAll(fd, tmp, bytes); !st) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return st;
+  }
+  BeforeMutation();
   if (::fsync(fd) != 0) {
     const int err = errno;
     ::close(fd);
@@ -50,6 +133,7 @@ Status PosixFileStore::WriteDurably(const std::filesystem::path& path, std::span
     return ErrnoError("cannot fsync", tmp, err);
   }
   if (::close(fd) != 0) return ErrnoError("cannot close", tmp, errno);
+  BeforeMutation();
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     const int err = errno;
     ::unlink(tmp.c_str());
@@ -60,6 +144,7 @@ Status PosixFileStore::WriteDurably(const std::filesystem::path& path, std::span
 
 Expected<std::vector<std::uint8_t>> PosixFileStore::ReadAll(const std::filesystem::path& path,
                                                             std::uint64_t max_bytes) {
+  if (ReadFails(path)) return ErrnoError("cannot read", path, EIO);
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     const int err = errno;
@@ -100,20 +185,150 @@ Expected<std::vector<std::uint8_t>> PosixFileStore::ReadAll(const std::filesyste
 Status PosixFileStore::CreateDirectories(const std::filesystem::path& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) return Ok();
-  std::filesystem::create_directories(path, ec);
-  if (ec) return MakeError(ErrorKind::kIo, "cannot create directory " + path.string() + ": " + ec.message());
-  // Sync the new directory and its parent so the entries survive a power cut. Deeper levels
-  // created in the same call are synced when their own children are created durably.
-  if (auto st = FsyncDirectory(path); !st) return st;
-  if (auto st = FsyncDirectory(path.parent_path()); !st) return st;
-  return Ok();
+  // Create level by level, syncing each parent, so every new entry survives a power cut
+  // (a synced child is useless if its parent's entry for it is lost).
+  std::vector<std::filesystem::path> missing;
+  for (std::filesystem::path p = path; !p.empty() && !std::filesystem::exists(p, ec); p = p.parent_path()) {
+    missing.push_back(p);
+    if (p == p.parent_path()) break;
+  }
+  std::reverse(missing.begin(), missing.end());
+  for (const auto& dir : missing) {
+    BeforeMutation();
+    if (::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) return ErrnoError("cannot create directory", dir, errno);
+    if (auto st = FsyncDirectory(dir.parent_path()); !st) return st;
+  }
+  return FsyncDirectory(path);
 }
 
 Status PosixFileStore::Remove(const std::filesystem::path& path) {
   std::error_code ec;
+  BeforeMutation();
   std::filesystem::remove_all(path, ec);
   if (ec) return MakeError(ErrorKind::kIo, "cannot remove " + path.string() + ": " + ec.message());
   return FsyncDirectory(path.parent_path());
+}
+
+Status PosixFileStore::AppendDurably(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (fd < 0) return ErrnoError("cannot open for appending", path, errno);
+  if (auto st = WriteAll(fd, path, bytes); !st) {
+    ::close(fd);
+    return st;
+  }
+  BeforeMutation();
+  // fdatasync: the size change is data-relevant metadata, so it is synced too.
+  if (::fdatasync(fd) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return ErrnoError("cannot fsync", path, err);
+  }
+  KeepAppendSlack(fd);
+  if (::close(fd) != 0) return ErrnoError("cannot close", path, errno);
+  return Ok();
+}
+
+Status PosixFileStore::Truncate(const std::filesystem::path& path, std::uint64_t size_bytes) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoError("cannot open for truncating", path, errno);
+  BeforeMutation();
+  if (::ftruncate(fd, static_cast<off_t>(size_bytes)) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return ErrnoError("cannot truncate", path, err);
+  }
+  BeforeMutation();
+  if (::fsync(fd) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return ErrnoError("cannot fsync", path, err);
+  }
+  ::close(fd);
+  return Ok();
+}
+
+Expected<std::vector<std::uint8_t>> PosixFileStore::ReadRange(const std::filesystem::path& path, std::uint64_t offset,
+                                                              std::uint64_t max_bytes) {
+  if (ReadFails(path)) return ErrnoError("cannot read", path, EIO);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ENOENT) return MakeError(ErrorKind::kNotFound, "no such file: " + path.string());
+    return ErrnoError("cannot open", path, err);
+  }
+  std::vector<std::uint8_t> data(static_cast<std::size_t>(max_bytes));
+  std::size_t got = 0;
+  while (got < data.size()) {
+    const ssize_t n = ::pread(fd, data.data() + got, data.size() - got, static_cast<off_t>(offset + got));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      ::close(fd);
+      return ErrnoError("cannot read", path, err);
+    }
+    if (n == 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  ::close(fd);
+  data.resize(got);
+  return data;
+}
+
+Expected<std::vector<DirEntry>> PosixFileStore::List(const std::filesystem::path& directory) {
+  std::error_code ec;
+  std::vector<DirEntry> entries;
+  std::filesystem::directory_iterator it(directory, ec);
+  if (ec) {
+    if (ec == std::errc::no_such_file_or_directory) {
+      return MakeError(ErrorKind::kNotFound, "no such directory: " + directory.string());
+    }
+    return MakeError(ErrorKind::kIo, "cannot list " + directory.string() + ": " + ec.message());
+  }
+  for (; it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    if (ec) return MakeError(ErrorKind::kIo, "cannot list " + directory.string() + ": " + ec.message());
+    DirEntry e;
+    e.name = it->path().filename().string();
+    e.is_directory = it->is_directory(ec);
+    if (!e.is_directory) e.size_bytes = it->file_size(ec);
+    entries.push_back(std::move(e));
+  }
+  std::sort(entries.begin(), entries.end(), [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
+  return entries;
+}
+
+Status PosixFileStore::WriteUnsynced(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) {
+  BeforeMutation();
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+  if (fd < 0) return ErrnoError("cannot create", path, errno);
+  if (auto st = WriteAll(fd, path, bytes); !st) {
+    ::close(fd);
+    ::unlink(path.c_str());
+    return st;
+  }
+  if (::close(fd) != 0) return ErrnoError("cannot close", path, errno);
+  return Ok();
+}
+
+Status PosixFileStore::SyncBatch(const std::vector<std::filesystem::path>& files,
+                                 const std::vector<std::filesystem::path>& directories) {
+  const std::filesystem::path anchor = !directories.empty() ? directories.front()
+                                       : !files.empty()     ? files.front().parent_path()
+                                                            : std::filesystem::path();
+  if (anchor.empty()) return Ok();
+  const int fd = ::open(anchor.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return ErrnoError("cannot open directory", anchor, errno);
+  BeforeMutation();
+  const int rc = ::syncfs(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) return ErrnoError("cannot sync the file system of", anchor, err);
+  return Ok();
+}
+
+Expected<std::uint64_t> PosixFileStore::FreeBytes(const std::filesystem::path& path) {
+  struct statvfs vfs {};
+  if (::statvfs(path.c_str(), &vfs) != 0) return ErrnoError("cannot query free space of", path, errno);
+  return static_cast<std::uint64_t>(vfs.f_bavail) * vfs.f_frsize;
 }
 
 }  // namespace ctagent

@@ -1,6 +1,7 @@
 // Durable file operations for the spool: a file is on stable storage only after
 // write -> fsync(file) -> rename -> fsync(directory). Everything the spool writes goes
-// through this one small layer so that a test can substitute a simulated disk.
+// through this one small layer so that a test can substitute a simulated disk
+// (agent/common/simulated_disk.hpp) that loses or tears unsynced state at a crash.
 #pragma once
 
 #include <cstdint>
@@ -13,6 +14,12 @@
 
 namespace ctagent {
 
+struct DirEntry {
+  std::string name;
+  bool is_directory = false;
+  std::uint64_t size_bytes = 0;  // files only
+};
+
 class FileStore {
  public:
   virtual ~FileStore() = default;
@@ -22,12 +29,44 @@ class FileStore {
   // Reads a whole file, refusing files larger than `max_bytes` (a lying size must not exhaust memory).
   virtual Expected<std::vector<std::uint8_t>> ReadAll(const std::filesystem::path& path,
                                                       std::uint64_t max_bytes) = 0;
-  // Creates the directory (and parents) and syncs the parent so the entry survives a power cut.
+  // Creates the directory (and parents) and syncs every parent so the entries survive a power cut.
   virtual Status CreateDirectories(const std::filesystem::path& path) = 0;
+  // Removes a file or a directory tree and syncs the parent directory.
   virtual Status Remove(const std::filesystem::path& path) = 0;
+
+  // The primitives of an append-only journal. The defaults refuse, so an older test double
+  // still compiles; the spool needs them (PosixFileStore and SimulatedDisk implement them).
+  //
+  // Appends to an existing file and returns only after the appended bytes are synced. On
+  // failure part of `bytes` may have reached the file: the caller truncates back.
+  virtual Status AppendDurably(const std::filesystem::path& path, std::span<const std::uint8_t> bytes);
+  // Cuts the file to `size_bytes` and syncs it (used to drop a torn journal tail).
+  virtual Status Truncate(const std::filesystem::path& path, std::uint64_t size_bytes);
+  // Reads at most `max_bytes` from `offset`; an empty result means end of file. Lets a caller
+  // hash or parse a large file in bounded pieces.
+  virtual Expected<std::vector<std::uint8_t>> ReadRange(const std::filesystem::path& path, std::uint64_t offset,
+                                                        std::uint64_t max_bytes);
+  // Lists a directory (kNotFound if it does not exist), names sorted.
+  virtual Expected<std::vector<DirEntry>> List(const std::filesystem::path& directory);
+  // Bytes free for an unprivileged writer on the file system holding `path`.
+  virtual Expected<std::uint64_t> FreeBytes(const std::filesystem::path& path);
+
+  // Batched durability: WriteUnsynced creates or replaces `path` without syncing anything
+  // (after a crash it may be missing or torn); SyncBatch then makes the contents of `files`
+  // and the entries of `directories` durable in one go (one flush instead of three per file).
+  virtual Status WriteUnsynced(const std::filesystem::path& path, std::span<const std::uint8_t> bytes);
+  virtual Status SyncBatch(const std::vector<std::filesystem::path>& files,
+                           const std::vector<std::filesystem::path>& directories);
 };
 
 // The real POSIX implementation.
+//
+// Test-only fault hooks, read once from the environment at the first file operation:
+//   CTAGENT_FAULT_KILL_AT_OP=N       raise(SIGKILL) immediately before the N-th mutating file
+//                                    operation (write, fsync, rename, directory fsync, unlink,
+//                                    mkdir, truncate, journal append), counting from 1
+//   CTAGENT_FAULT_EIO_READ=<text>    reads of files whose path contains <text> fail with EIO
+// They exist for the process-kill soak harness (docs/durability.md); unset, they cost one branch.
 class PosixFileStore final : public FileStore {
  public:
   Status WriteDurably(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) override;
@@ -35,6 +74,17 @@ class PosixFileStore final : public FileStore {
                                               std::uint64_t max_bytes) override;
   Status CreateDirectories(const std::filesystem::path& path) override;
   Status Remove(const std::filesystem::path& path) override;
+  Status AppendDurably(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) override;
+  Status Truncate(const std::filesystem::path& path, std::uint64_t size_bytes) override;
+  Expected<std::vector<std::uint8_t>> ReadRange(const std::filesystem::path& path, std::uint64_t offset,
+                                                std::uint64_t max_bytes) override;
+  Expected<std::vector<DirEntry>> List(const std::filesystem::path& directory) override;
+  Expected<std::uint64_t> FreeBytes(const std::filesystem::path& path) override;
+  Status WriteUnsynced(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) override;
+  // One syncfs(2) of the file system holding the first directory: every dirty file and entry
+  // on it, ours included, reaches stable storage with one cache flush.
+  Status SyncBatch(const std::vector<std::filesystem::path>& files,
+                   const std::vector<std::filesystem::path>& directories) override;
 };
 
 inline std::span<const std::uint8_t> AsBytes(const std::string& text) {

@@ -1,19 +1,23 @@
 #include "agent/spool/spool.hpp"
 
-#include <sys/statvfs.h>
-
 #include <algorithm>
 #include <cstdio>
+#include <set>
 
+#include "agent/common/log.hpp"
 #include "agent/common/sha256.hpp"
 #include "agent/common/uid.hpp"
+#include "agent/spool/journal.hpp"
 
 namespace ctagent::spool {
 namespace {
 
-constexpr int kSpoolFormat = 1;
+constexpr int kSpoolFormat = 2;
 constexpr std::uint64_t kMaxRecordBytes = 64ull << 20;
 constexpr std::uint64_t kMaxChunkBytes = 1ull << 30;
+constexpr std::uint64_t kHashPieceBytes = 1ull << 20;
+constexpr const char* kSnapshotName = "state.snapshot";
+constexpr const char* kJournalName = "journal.log";
 
 const ScanState kAllStates[] = {ScanState::kAcquiring, ScanState::kAcquired,  ScanState::kUploaded,
                                 ScanState::kResultsReceived, ScanState::kDelivered, ScanState::kFailed};
@@ -30,10 +34,235 @@ UploadState UploadFromJson(const nlohmann::json& j) {
   return u;
 }
 
+bool SameUpload(const UploadState& a, const UploadState& b) {
+  return a.url == b.url && a.confirmed_offset == b.confirmed_offset && a.complete == b.complete;
+}
+
+nlohmann::json ChunkToJson(const ChunkRecord& c) {
+  return {{"index", c.chunk.index},
+          {"first_view", c.chunk.first_view},
+          {"view_count", c.chunk.view_count},
+          {"raw_bytes", c.chunk.raw_bytes},
+          {"compressed_bytes", c.chunk.compressed_bytes},
+          {"raw_sha256", c.chunk.raw_sha256},
+          {"sha256", c.chunk.sha256},
+          {"upload", UploadToJson(c.upload)},
+          {"damaged", c.damaged}};
+}
+
+ChunkRecord ChunkFromJson(const nlohmann::json& c) {
+  ChunkRecord cr;
+  cr.chunk.index = c.at("index").get<std::uint32_t>();
+  cr.chunk.first_view = c.at("first_view").get<std::uint64_t>();
+  cr.chunk.view_count = c.at("view_count").get<std::uint32_t>();
+  cr.chunk.raw_bytes = c.at("raw_bytes").get<std::uint64_t>();
+  cr.chunk.compressed_bytes = c.at("compressed_bytes").get<std::uint64_t>();
+  cr.chunk.raw_sha256 = c.at("raw_sha256").get<std::string>();
+  cr.chunk.sha256 = c.at("sha256").get<std::string>();
+  cr.upload = UploadFromJson(c.at("upload"));
+  cr.damaged = c.value("damaged", false);
+  return cr;
+}
+
+nlohmann::json ResultToJson(const ResultRecord& res) {
+  return {{"sop_instance_uid", res.sop_instance_uid},
+          {"series_uid", res.series_uid},
+          {"sop_class_uid", res.sop_class_uid},
+          {"delivered", res.delivered}};
+}
+
+ResultRecord ResultFromJson(const nlohmann::json& res) {
+  return {res.at("sop_instance_uid").get<std::string>(), res.at("series_uid").get<std::string>(),
+          res.at("sop_class_uid").get<std::string>(), res.at("delivered").get<bool>()};
+}
+
+bool SameChunkMeta(const ChunkRecord& a, const ChunkRecord& b) {
+  const auto& x = a.chunk;
+  const auto& y = b.chunk;
+  return x.index == y.index && x.first_view == y.first_view && x.view_count == y.view_count &&
+         x.raw_bytes == y.raw_bytes && x.compressed_bytes == y.compressed_bytes && x.raw_sha256 == y.raw_sha256 &&
+         x.sha256 == y.sha256 && a.damaged == b.damaged;
+}
+
+// The scan's fields other than chunks, results and the manifest upload: changed rarely,
+// journaled as a "set" of the fields that changed.
+nlohmann::json ScalarsToJson(const ScanRecord& r) {
+  return {{"study_uid", r.study_uid},
+          {"state", ToString(r.state)},
+          {"failure_reason", r.failure_reason},
+          {"incomplete_reason", r.incomplete_reason},
+          {"reserved_bytes", r.reserved_bytes},
+          {"views_acquired", r.views_acquired},
+          {"manifest_written", r.manifest_written},
+          {"created_utc", r.created_utc},
+          {"manifest_base", r.manifest_base},
+          {"manifest_sha256", r.manifest_sha256},
+          {"confirmed_unix_s", r.confirmed_unix_s},
+          {"raw_deleted", r.raw_deleted}};
+}
+
+Status ScalarsFromJson(const nlohmann::json& j, ScanRecord& r) {
+  r.study_uid = j.at("study_uid").get<std::string>();
+  const auto state = j.at("state").get<std::string>();
+  bool known = false;
+  for (ScanState s : kAllStates) {
+    if (state == ToString(s)) {
+      r.state = s;
+      known = true;
+    }
+  }
+  if (!known) return MakeError(ErrorKind::kCorrupt, "unknown scan state \"" + state + "\"");
+  r.failure_reason = j.at("failure_reason").get<std::string>();
+  r.incomplete_reason = j.value("incomplete_reason", std::string());
+  r.reserved_bytes = j.at("reserved_bytes").get<std::uint64_t>();
+  r.views_acquired = j.at("views_acquired").get<std::uint64_t>();
+  r.manifest_written = j.at("manifest_written").get<bool>();
+  r.created_utc = j.at("created_utc").get<std::string>();
+  r.manifest_base = j.at("manifest_base");
+  r.manifest_sha256 = j.value("manifest_sha256", std::string());
+  r.confirmed_unix_s = j.value("confirmed_unix_s", std::int64_t{0});
+  r.raw_deleted = j.value("raw_deleted", false);
+  return Ok();
+}
+
+bool FullyConfirmed(const ScanRecord& r) {
+  if (!r.manifest_written || !r.manifest_upload.complete) return false;
+  return std::all_of(r.chunks.begin(), r.chunks.end(), [](const ChunkRecord& c) { return c.upload.complete; });
+}
+
 std::string ChunkFileName(std::uint32_t index) {
   char name[32];
   std::snprintf(name, sizeof name, "%06u.ctc", index);
   return name;
+}
+
+void PutChunk(ScanRecord& r, ChunkRecord chunk) {
+  // Sorted by index, one record per index: chunks can finish compressing out of order.
+  auto pos = std::lower_bound(r.chunks.begin(), r.chunks.end(), chunk.chunk.index,
+                              [](const ChunkRecord& c, std::uint32_t index) { return c.chunk.index < index; });
+  if (pos != r.chunks.end() && pos->chunk.index == chunk.chunk.index) {
+    *pos = std::move(chunk);
+  } else {
+    r.chunks.insert(pos, std::move(chunk));
+  }
+}
+
+// Applies one journal operation to the in-memory state. Used both live and on replay, so
+// the state after a restart is exactly the state before it.
+Status ApplyOp(std::map<std::string, ScanRecord>& scans, const nlohmann::json& op) {
+  try {
+    const std::string kind = op.at("op").get<std::string>();
+    if (kind == "put") {
+      auto record = ScanRecordFromJson(op.at("scan"));
+      if (!record) return MakeError(record.error());
+      scans[record->scan_uid] = std::move(*record);
+      return Ok();
+    }
+    const std::string uid = op.at("uid").get<std::string>();
+    if (kind == "del") {
+      scans.erase(uid);
+      return Ok();
+    }
+    auto it = scans.find(uid);
+    if (it == scans.end()) return MakeError(ErrorKind::kCorrupt, "journal operation for unknown scan " + uid);
+    ScanRecord& r = it->second;
+    if (kind == "set") {
+      nlohmann::json scalars = ScalarsToJson(r);
+      scalars.update(op.at("fields"));
+      return ScalarsFromJson(scalars, r);
+    }
+    if (kind == "chunk") {
+      PutChunk(r, ChunkFromJson(op.at("chunk")));
+      return Ok();
+    }
+    if (kind == "up") {
+      const UploadState u{op.at("url").get<std::string>(), op.at("off").get<std::uint64_t>(), op.at("done").get<bool>()};
+      const auto index = op.at("i").get<std::int64_t>();
+      if (index < 0) {
+        r.manifest_upload = u;
+        return Ok();
+      }
+      for (auto& c : r.chunks) {
+        if (c.chunk.index == static_cast<std::uint32_t>(index)) {
+          c.upload = u;
+          return Ok();
+        }
+      }
+      return MakeError(ErrorKind::kCorrupt, "journal upload state for unknown chunk " + std::to_string(index) +
+                                                " of scan " + uid);
+    }
+    if (kind == "res") {
+      ResultRecord res = ResultFromJson(op.at("res"));
+      for (auto& existing : r.results) {
+        if (existing.sop_instance_uid == res.sop_instance_uid) {
+          existing = std::move(res);
+          return Ok();
+        }
+      }
+      r.results.push_back(std::move(res));
+      return Ok();
+    }
+    return MakeError(ErrorKind::kCorrupt, "unknown journal operation \"" + kind + "\"");
+  } catch (const nlohmann::json::exception& e) {
+    return MakeError(ErrorKind::kCorrupt, std::string("malformed journal operation: ") + e.what());
+  }
+}
+
+// The journal operations that turn `before` into `after`: small ones for the hot paths (an
+// upload offset is one "up" of ~150 bytes), a whole-record "put" for rare shapes of change.
+nlohmann::json Diff(const ScanRecord& before, const ScanRecord& after) {
+  const std::string& uid = after.scan_uid;
+  nlohmann::json ops = nlohmann::json::array();
+  const auto put_all = [&] { return nlohmann::json::array({{{"op", "put"}, {"scan", ToJson(after)}}}); };
+
+  std::map<std::uint32_t, const ChunkRecord*> old_chunks;
+  for (const auto& c : before.chunks) old_chunks[c.chunk.index] = &c;
+  std::set<std::uint32_t> seen;
+  for (const auto& c : after.chunks) {
+    if (!seen.insert(c.chunk.index).second) return put_all();  // a duplicate index: normalised by put
+    const auto it = old_chunks.find(c.chunk.index);
+    if (it == old_chunks.end() || !SameChunkMeta(*it->second, c)) {
+      ops.push_back({{"op", "chunk"}, {"uid", uid}, {"chunk", ChunkToJson(c)}});
+    } else if (!SameUpload(it->second->upload, c.upload)) {
+      ops.push_back({{"op", "up"}, {"uid", uid}, {"i", c.chunk.index}, {"url", c.upload.url},
+                     {"off", c.upload.confirmed_offset}, {"done", c.upload.complete}});
+    }
+  }
+  for (const auto& [index, c] : old_chunks) {
+    if (!seen.count(index)) return put_all();  // a chunk was removed
+  }
+  if (!SameUpload(before.manifest_upload, after.manifest_upload)) {
+    ops.push_back({{"op", "up"}, {"uid", uid}, {"i", -1}, {"url", after.manifest_upload.url},
+                   {"off", after.manifest_upload.confirmed_offset}, {"done", after.manifest_upload.complete}});
+  }
+  std::map<std::string, const ResultRecord*> old_results;
+  for (const auto& res : before.results) old_results[res.sop_instance_uid] = &res;
+  std::set<std::string> seen_results;
+  for (const auto& res : after.results) {
+    if (!seen_results.insert(res.sop_instance_uid).second) return put_all();
+    const auto it = old_results.find(res.sop_instance_uid);
+    if (it == old_results.end() || ResultToJson(*it->second) != ResultToJson(res)) {
+      ops.push_back({{"op", "res"}, {"uid", uid}, {"res", ResultToJson(res)}});
+    }
+  }
+  // Results keep their order and are only added; anything else is rare enough for a whole record.
+  std::size_t kept = 0;
+  for (const auto& res : after.results) {
+    if (!old_results.count(res.sop_instance_uid)) continue;
+    if (kept >= before.results.size() || before.results[kept].sop_instance_uid != res.sop_instance_uid) {
+      return put_all();
+    }
+    ++kept;
+  }
+  if (kept != before.results.size()) return put_all();
+  const nlohmann::json a = ScalarsToJson(before);
+  const nlohmann::json b = ScalarsToJson(after);
+  nlohmann::json fields = nlohmann::json::object();
+  for (const auto& [key, value] : b.items()) {
+    if (a.at(key) != value) fields[key] = value;
+  }
+  if (!fields.empty()) ops.push_back({{"op", "set"}, {"uid", uid}, {"fields", fields}});
+  return ops;
 }
 
 }  // namespace
@@ -50,81 +279,54 @@ const char* ToString(ScanState state) {
   return "unknown";
 }
 
+const char* ToString(RetentionPolicy policy) {
+  switch (policy) {
+    case RetentionPolicy::kAfterUpload: return "after_upload";
+    case RetentionPolicy::kAfterResults: return "after_results";
+    case RetentionPolicy::kAfterDelivery: return "after_delivery";
+    case RetentionPolicy::kKeepDays: return "keep_days";
+  }
+  return "unknown";
+}
+
+Expected<RetentionPolicy> ParseRetentionPolicy(const std::string& text) {
+  for (auto p : {RetentionPolicy::kAfterUpload, RetentionPolicy::kAfterResults, RetentionPolicy::kAfterDelivery,
+                 RetentionPolicy::kKeepDays}) {
+    if (text == ToString(p)) return p;
+  }
+  return MakeError(ErrorKind::kInvalidInput, "spool.retention \"" + text +
+                                                 "\" is not one of after_upload, after_results, after_delivery, "
+                                                 "keep_days");
+}
+
 nlohmann::json ToJson(const ScanRecord& r) {
+  nlohmann::json j = ScalarsToJson(r);
   nlohmann::json chunks = nlohmann::json::array();
-  for (const auto& c : r.chunks) {
-    chunks.push_back({{"index", c.chunk.index},
-                      {"first_view", c.chunk.first_view},
-                      {"view_count", c.chunk.view_count},
-                      {"raw_bytes", c.chunk.raw_bytes},
-                      {"compressed_bytes", c.chunk.compressed_bytes},
-                      {"raw_sha256", c.chunk.raw_sha256},
-                      {"sha256", c.chunk.sha256},
-                      {"upload", UploadToJson(c.upload)}});
-  }
+  for (const auto& c : r.chunks) chunks.push_back(ChunkToJson(c));
   nlohmann::json results = nlohmann::json::array();
-  for (const auto& res : r.results) {
-    results.push_back({{"sop_instance_uid", res.sop_instance_uid},
-                       {"series_uid", res.series_uid},
-                       {"sop_class_uid", res.sop_class_uid},
-                       {"delivered", res.delivered}});
-  }
-  return {{"scan_uid", r.scan_uid},
-          {"study_uid", r.study_uid},
-          {"state", ToString(r.state)},
-          {"failure_reason", r.failure_reason},
-          {"reserved_bytes", r.reserved_bytes},
-          {"views_acquired", r.views_acquired},
-          {"chunks", chunks},
-          {"manifest_written", r.manifest_written},
-          {"manifest_upload", UploadToJson(r.manifest_upload)},
-          {"results", results},
-          {"created_utc", r.created_utc},
-          {"manifest_base", r.manifest_base}};
+  for (const auto& res : r.results) results.push_back(ResultToJson(res));
+  j["scan_uid"] = r.scan_uid;
+  j["chunks"] = std::move(chunks);
+  j["manifest_upload"] = UploadToJson(r.manifest_upload);
+  j["results"] = std::move(results);
+  return j;
 }
 
 Expected<ScanRecord> ScanRecordFromJson(const nlohmann::json& j) {
   try {
     ScanRecord r;
     r.scan_uid = j.at("scan_uid").get<std::string>();
-    r.study_uid = j.at("study_uid").get<std::string>();
-    const auto state = j.at("state").get<std::string>();
-    bool known = false;
-    for (ScanState s : kAllStates) {
-      if (state == ToString(s)) {
-        r.state = s;
-        known = true;
-      }
-    }
-    if (!known) return MakeError(ErrorKind::kCorrupt, "unknown scan state \"" + state + "\"");
-    r.failure_reason = j.at("failure_reason").get<std::string>();
-    r.reserved_bytes = j.at("reserved_bytes").get<std::uint64_t>();
-    r.views_acquired = j.at("views_acquired").get<std::uint64_t>();
-    for (const auto& c : j.at("chunks")) {
-      ChunkRecord cr;
-      cr.chunk.index = c.at("index").get<std::uint32_t>();
-      cr.chunk.first_view = c.at("first_view").get<std::uint64_t>();
-      cr.chunk.view_count = c.at("view_count").get<std::uint32_t>();
-      cr.chunk.raw_bytes = c.at("raw_bytes").get<std::uint64_t>();
-      cr.chunk.compressed_bytes = c.at("compressed_bytes").get<std::uint64_t>();
-      cr.chunk.raw_sha256 = c.at("raw_sha256").get<std::string>();
-      cr.chunk.sha256 = c.at("sha256").get<std::string>();
-      cr.upload = UploadFromJson(c.at("upload"));
-      r.chunks.push_back(std::move(cr));
-    }
-    r.manifest_written = j.at("manifest_written").get<bool>();
+    if (auto st = ScalarsFromJson(j, r); !st) return MakeError(st.error());
+    for (const auto& c : j.at("chunks")) PutChunk(r, ChunkFromJson(c));
     r.manifest_upload = UploadFromJson(j.at("manifest_upload"));
-    for (const auto& res : j.at("results")) {
-      r.results.push_back({res.at("sop_instance_uid").get<std::string>(), res.at("series_uid").get<std::string>(),
-                           res.at("sop_class_uid").get<std::string>(), res.at("delivered").get<bool>()});
-    }
-    r.created_utc = j.at("created_utc").get<std::string>();
-    r.manifest_base = j.at("manifest_base");
+    for (const auto& res : j.at("results")) r.results.push_back(ResultFromJson(res));
     return r;
   } catch (const nlohmann::json::exception& e) {
     return MakeError(ErrorKind::kCorrupt, std::string("scan record: ") + e.what());
   }
 }
+
+// ---- Opening and recovery -----------------------------------------------------------------
 
 Expected<std::unique_ptr<Spool>> Spool::Open(const SpoolOptions& options, FileStore& files) {
   if (options.directory.empty()) return MakeError(ErrorKind::kInvalidInput, "spool directory is not set");
@@ -135,10 +337,20 @@ Expected<std::unique_ptr<Spool>> Spool::Open(const SpoolOptions& options, FileSt
   auto existing = files.ReadAll(marker, 1 << 16);
   if (existing) {
     const auto j = nlohmann::json::parse(existing->begin(), existing->end(), nullptr, false);
-    if (j.is_discarded() || !j.contains("format") || j["format"] != kSpoolFormat) {
-      return MakeError(ErrorKind::kUnsupported, marker.string() +
-                                                    " is not a spool of format " + std::to_string(kSpoolFormat) +
-                                                    "; point spool.directory at a new folder or migrate it");
+    const int format = (!j.is_discarded() && j.contains("format") && j["format"].is_number_integer())
+                           ? j["format"].get<int>()
+                           : -1;
+    if (format == 1) {
+      return MakeError(ErrorKind::kUnsupported,
+                       "spool " + options.directory.string() +
+                           " was written by an earlier ctagent (format 1, one scan.json per scan); this version "
+                           "keeps a journal (format 2) and does not read it. Let the earlier version finish its "
+                           "uploads, or move the folder aside and point spool.directory at an empty folder");
+    }
+    if (format != kSpoolFormat) {
+      return MakeError(ErrorKind::kUnsupported, marker.string() + " is not a spool of format " +
+                                                    std::to_string(kSpoolFormat) +
+                                                    "; point spool.directory at a new folder");
     }
   } else if (existing.error().kind() == ErrorKind::kNotFound) {
     const std::string text = nlohmann::json{{"format", kSpoolFormat}, {"created_by", "ctagent"}}.dump(2);
@@ -146,8 +358,292 @@ Expected<std::unique_ptr<Spool>> Spool::Open(const SpoolOptions& options, FileSt
   } else {
     return MakeError(existing.error());
   }
-  return std::unique_ptr<Spool>(new Spool(options, files));
+  std::unique_ptr<Spool> spool(new Spool(options, files));
+  if (!spool->options_.clock) spool->options_.clock = [] { return std::chrono::system_clock::now(); };
+  if (auto st = spool->Recover(); !st) return MakeError(st.error().WithContext("recovering spool " + options.directory.string()));
+  return spool;
 }
+
+Status Spool::Recover() {
+  std::lock_guard lock(mutex_);
+  if (auto st = LoadSnapshot(); !st) return st;
+  if (auto st = ReplayJournal(); !st) return st;
+  if (auto st = RemoveOrphans(); !st) return st;
+  if (auto st = VerifyFiles(); !st) return st;
+  // A fresh snapshot and journal at every start keep replay short and prove the disk writable.
+  return CompactLocked();
+}
+
+Status Spool::LoadSnapshot() {
+  const auto path = options_.directory / kSnapshotName;
+  bool header = false;
+  bool end = false;
+  std::uint64_t count = 0;
+  auto summary = journal::Read(files_, path, [&](nlohmann::json&& j) -> Status {
+    const std::string type = j.value("type", "");
+    if (!header) {
+      if (type != "snapshot" || j.value("format", 0) != kSpoolFormat) {
+        return MakeError(ErrorKind::kCorrupt, "does not start with a snapshot header of format 2");
+      }
+      generation_ = j.at("generation").get<std::uint64_t>();
+      header = true;
+      return Ok();
+    }
+    if (type == "scan") {
+      auto record = ScanRecordFromJson(j.at("scan"));
+      if (!record) return MakeError(record.error());
+      scans_[record->scan_uid] = std::move(*record);
+      ++count;
+      return Ok();
+    }
+    if (type == "end" && j.value("scans", std::uint64_t{0}) == count) {
+      end = true;
+      return Ok();
+    }
+    return MakeError(ErrorKind::kCorrupt, "unexpected record \"" + type + "\"");
+  });
+  if (!summary && summary.error().kind() == ErrorKind::kNotFound) return Ok();  // a new spool
+  const auto advice = " It is replaced atomically, so this is damage to the disk, not a crash: keep the folder for "
+                      "analysis and point spool.directory at a new one";
+  if (!summary) return MakeError(ErrorKind::kCorrupt, path.string() + ": " + summary.error().message() + "." + advice);
+  if (!end || !summary->tail_problem.empty()) {
+    return MakeError(ErrorKind::kCorrupt, path.string() + " is incomplete (" +
+                                              (summary->tail_problem.empty() ? "no end record" : summary->tail_problem) +
+                                              ")." + advice);
+  }
+  return Ok();
+}
+
+Status Spool::ReplayJournal() {
+  const auto path = options_.directory / kJournalName;
+  bool header = false;
+  bool stale = false;
+  auto summary = journal::Read(files_, path, [&](nlohmann::json&& j) -> Status {
+    if (!header) {
+      if (j.value("type", "") != "journal") return MakeError(ErrorKind::kCorrupt, "no journal header");
+      const auto gen = j.at("generation").get<std::uint64_t>();
+      if (gen < generation_) stale = true;  // a compaction finished its snapshot: all of it is in there
+      if (gen > generation_) {
+        return MakeError(ErrorKind::kCorrupt, "journal generation " + std::to_string(gen) +
+                                                  " is newer than the snapshot's " + std::to_string(generation_));
+      }
+      header = true;
+      return Ok();
+    }
+    if (stale) return Ok();
+    for (const auto& op : j.at("ops")) {
+      if (auto st = ApplyOp(scans_, op); !st) {
+        log::Error("spool", "journal " + path.string() + ": skipping an operation that does not apply: " +
+                                st.error().message());
+      }
+    }
+    ++recovery_.journal_records;
+    return Ok();
+  });
+  if (!summary && summary.error().kind() == ErrorKind::kNotFound) return Ok();  // compaction below creates it
+  if (!summary) {
+    return MakeError(ErrorKind::kCorrupt, "journal " + path.string() + ": " + summary.error().message() +
+                                              "; keep the folder for analysis and point spool.directory at a new one");
+  }
+  if (!header) {
+    // Journals are created whole by an atomic rename, so a missing header is damage, not a crash.
+    return MakeError(ErrorKind::kCorrupt, "journal " + path.string() + " has no readable header (" +
+                                              summary->tail_problem + "); keep the folder for analysis");
+  }
+  if (summary->valid_bytes < summary->file_bytes) {
+    recovery_.torn_tail_bytes = summary->file_bytes - summary->valid_bytes;
+    log::Warn("spool", "journal " + path.string() + ": cut " + std::to_string(recovery_.torn_tail_bytes) +
+                           " bytes of a record torn by a crash at offset " + std::to_string(summary->valid_bytes) +
+                           " (" + summary->tail_problem + "); the change it held had not been reported done");
+    if (auto st = files_.Truncate(path, summary->valid_bytes); !st) return st;
+  }
+  journal_bytes_ = summary->valid_bytes;
+  return Ok();
+}
+
+Status Spool::RemoveOrphans() {
+  // Files no record refers to were never accepted (a crash came before their journal record);
+  // temp files are writes that never completed. Neither is ever uploaded.
+  const auto remove = [&](const std::filesystem::path& p) -> Status {
+    log::Info("spool", "recovery: removing " + p.string() + " (no record refers to it)");
+    ++recovery_.orphans_removed;
+    return files_.Remove(p);
+  };
+  auto top = files_.List(options_.directory);
+  if (!top) return MakeError(top.error());
+  for (const auto& e : *top) {
+    if (e.name == std::string(kSnapshotName) + ".tmp" || e.name == std::string(kJournalName) + ".tmp" ||
+        e.name == "spool.json.tmp") {
+      if (auto st = remove(options_.directory / e.name); !st) return st;
+    }
+  }
+  auto scans = files_.List(options_.directory / "scans");
+  if (!scans) return MakeError(scans.error());
+  for (const auto& entry : *scans) {
+    const auto dir = options_.directory / "scans" / entry.name;
+    const auto it = scans_.find(entry.name);
+    if (it == scans_.end() || !entry.is_directory) {
+      if (auto st = remove(dir); !st) return st;
+      continue;
+    }
+    const ScanRecord& r = it->second;
+    auto files = files_.List(dir);
+    if (!files) return MakeError(files.error());
+    for (const auto& f : *files) {
+      const bool keep = (f.name == "chunks" && f.is_directory) || (f.name == "results" && f.is_directory) ||
+                        (f.name == "manifest.json" && r.manifest_written && !r.raw_deleted);
+      if (!keep) {
+        if (auto st = remove(dir / f.name); !st) return st;
+      }
+    }
+    std::set<std::string> chunk_names;
+    if (!r.raw_deleted) {
+      for (const auto& c : r.chunks) chunk_names.insert(ChunkFileName(c.chunk.index));
+    }
+    std::set<std::string> result_names;
+    for (const auto& res : r.results) result_names.insert(res.sop_instance_uid + ".dcm");
+    for (const auto& [sub, wanted] : {std::pair{"chunks", &chunk_names}, std::pair{"results", &result_names}}) {
+      auto listing = files_.List(dir / sub);
+      if (!listing) {
+        if (listing.error().kind() == ErrorKind::kNotFound) continue;
+        return MakeError(listing.error());
+      }
+      for (const auto& f : *listing) {
+        if (!wanted->count(f.name) || f.is_directory) {
+          if (auto st = remove(dir / sub / f.name); !st) return st;
+        }
+      }
+    }
+  }
+  return Ok();
+}
+
+namespace {
+
+// SHA-256 of a file read in bounded pieces (a chunk may be large; memory must not be).
+Expected<std::string> HashFile(FileStore& files, const std::filesystem::path& path) {
+  Sha256 hash;
+  std::uint64_t offset = 0;
+  while (true) {
+    auto piece = files.ReadRange(path, offset, kHashPieceBytes);
+    if (!piece) return MakeError(piece.error());
+    if (piece->empty()) break;
+    hash.Update(*piece);
+    offset += piece->size();
+  }
+  return hash.FinalHex();
+}
+
+}  // namespace
+
+Status Spool::VerifyFiles() {
+  // Chunks the cloud has not confirmed, and the manifest until it is confirmed: these will
+  // still be uploaded, so they must be exactly what was recorded when they were written.
+  std::vector<std::tuple<std::string, std::int64_t, std::string>> damaged;  // scan, chunk (-1: manifest), why
+  for (const auto& [uid, r] : scans_) {
+    if (r.state == ScanState::kFailed || r.raw_deleted) continue;
+    const auto check = [&](std::int64_t index, const std::filesystem::path& path, const std::string& expected) {
+      ++recovery_.files_verified;
+      auto found = HashFile(files_, path);
+      std::string why;
+      if (!found) {
+        why = found.error().message();
+      } else if (*found != expected) {
+        why = "expected SHA-256 " + expected + ", found " + *found;
+      }
+      if (!why.empty()) damaged.emplace_back(uid, index, why);
+    };
+    for (const auto& c : r.chunks) {
+      if (!c.upload.complete && !c.damaged) check(c.chunk.index, ChunkPath(uid, c.chunk.index), c.chunk.sha256);
+    }
+    if (r.manifest_written && !r.manifest_upload.complete && !r.manifest_sha256.empty()) {
+      check(-1, ScanDir(uid) / "manifest.json", r.manifest_sha256);
+    }
+  }
+  for (const auto& [uid, index, why] : damaged) {
+    if (auto st = MarkDamaged(uid, index, why); !st) return st;
+  }
+  return Ok();
+}
+
+Status Spool::MarkDamaged(const std::string& scan_uid, std::int64_t chunk_index, const std::string& why) {
+  const std::string what = chunk_index < 0 ? "manifest" : "chunk " + std::to_string(chunk_index);
+  const std::string line = "scan " + scan_uid + " " + what + ": " + why;
+  log::Error("spool", line + "; the scan is marked failed and this file will not be uploaded (see docs/durability.md)");
+  recovery_.damaged.push_back(line);
+  auto it = scans_.find(scan_uid);
+  if (it == scans_.end()) return Ok();
+  ScanRecord after = it->second;
+  for (auto& c : after.chunks) {
+    if (static_cast<std::int64_t>(c.chunk.index) == chunk_index) c.damaged = true;
+  }
+  after.state = ScanState::kFailed;
+  if (after.failure_reason.empty()) after.failure_reason = "spool file damaged: " + what + ": " + why;
+  return Commit(Diff(it->second, after));
+}
+
+// ---- Journal writes and compaction ----------------------------------------------------------
+
+std::int64_t Spool::NowUnixSeconds() const {
+  return std::chrono::duration_cast<std::chrono::seconds>(options_.clock().time_since_epoch()).count();
+}
+
+Status Spool::Commit(nlohmann::json ops) {
+  if (broken_) return MakeError(*broken_);
+  if (ops.empty()) return Ok();
+  const auto path = options_.directory / kJournalName;
+  const auto frame = journal::Frame({{"ops", ops}});
+  if (auto st = files_.AppendDurably(path, frame); !st) {
+    // Part of the record may be in the file: cut it, or a later record would sit behind garbage.
+    if (auto cut = files_.Truncate(path, journal_bytes_); !cut) {
+      broken_ = Error(ErrorKind::kIo, "the journal " + path.string() + " could not be restored after a failed write (" +
+                                          cut.error().message() + "); restart the agent to recover the spool");
+    }
+    return MakeError(st.error().WithContext("journaling a change in spool " + options_.directory.string()));
+  }
+  journal_bytes_ += frame.size();
+  for (const auto& op : ops) {
+    if (auto st = ApplyOp(scans_, op); !st) {
+      return MakeError(ErrorKind::kInternal, "a journaled change does not apply: " + st.error().message());
+    }
+  }
+  if (journal_bytes_ > options_.journal_compact_bytes) {
+    // The change is durable already; a failed compaction is retried at the next record.
+    if (auto st = CompactLocked(); !st) log::Warn("spool", "compaction failed: " + st.error().message());
+  }
+  return Ok();
+}
+
+Status Spool::CompactLocked() {
+  if (broken_) return MakeError(*broken_);
+  const std::uint64_t next = generation_ + 1;
+  std::vector<std::uint8_t> snapshot = journal::Frame({{"type", "snapshot"}, {"format", kSpoolFormat}, {"generation", next}});
+  for (const auto& [uid, r] : scans_) {
+    const auto frame = journal::Frame({{"type", "scan"}, {"scan", ToJson(r)}});
+    snapshot.insert(snapshot.end(), frame.begin(), frame.end());
+  }
+  const auto end = journal::Frame({{"type", "end"}, {"scans", scans_.size()}});
+  snapshot.insert(snapshot.end(), end.begin(), end.end());
+  // The snapshot's rename is the commit point: from then on the old journal is stale.
+  if (auto st = files_.WriteDurably(options_.directory / kSnapshotName, snapshot); !st) return st;
+  generation_ = next;
+  const auto header = journal::Frame({{"type", "journal"}, {"generation", next}});
+  if (auto st = files_.WriteDurably(options_.directory / kJournalName, header); !st) {
+    // Records appended to the stale journal would be ignored at the next start: refuse them.
+    broken_ = Error(st.error().kind(), "cannot start a new journal after compaction (" + st.error().message() +
+                                           "); restart the agent to recover the spool");
+    return MakeError(*broken_);
+  }
+  journal_bytes_ = header.size();
+  return Ok();
+}
+
+Status Spool::Compact() {
+  std::lock_guard lock(mutex_);
+  return CompactLocked();
+}
+
+// ---- Paths and space ------------------------------------------------------------------------
 
 std::filesystem::path Spool::ScanDir(const std::string& scan_uid) const {
   return options_.directory / "scans" / scan_uid;
@@ -161,39 +657,27 @@ std::filesystem::path Spool::ResultPath(const std::string& scan_uid, const std::
   return ScanDir(scan_uid) / "results" / (sop_instance_uid + ".dcm");
 }
 
-Status Spool::Persist(const ScanRecord& record) {
-  return files_.WriteDurably(ScanDir(record.scan_uid) / "scan.json", AsBytes(ToJson(record).dump(1)));
-}
-
-Expected<ScanRecord> Spool::Load(const std::string& scan_uid) {
-  if (!IsValidDicomUid(scan_uid)) return MakeError(ErrorKind::kInvalidInput, "\"" + scan_uid + "\" is not a scan UID");
-  const auto path = ScanDir(scan_uid) / "scan.json";
-  auto bytes = files_.ReadAll(path, kMaxRecordBytes);
-  if (!bytes) return MakeError(bytes.error());
-  const auto j = nlohmann::json::parse(bytes->begin(), bytes->end(), nullptr, false);
-  if (j.is_discarded()) return MakeError(ErrorKind::kCorrupt, path.string() + " is not valid JSON");
-  auto record = ScanRecordFromJson(j);
-  if (!record) return MakeError(record.error().WithContext(path.string()));
-  return record;
-}
-
 SpaceReport Spool::SpaceLocked() {
   SpaceReport report;
-  std::error_code ec;
-  for (auto it = std::filesystem::recursive_directory_iterator(options_.directory, ec);
-       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
-    if (it->is_regular_file(ec)) report.used_bytes += it->file_size(ec);
-  }
-  for (auto it = std::filesystem::directory_iterator(options_.directory / "scans", ec);
-       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
-    if (auto r = Load(it->path().filename().string()); r && r->state == ScanState::kAcquiring) {
-      report.reserved_bytes += r->reserved_bytes;
+  std::vector<std::filesystem::path> todo{options_.directory};
+  // Bounded walk: the spool is at most dir/scans/<uid>/<sub>/<file>.
+  for (std::size_t visited = 0; !todo.empty() && visited < 1000000; ++visited) {
+    const auto dir = todo.back();
+    todo.pop_back();
+    auto listing = files_.List(dir);
+    if (!listing) continue;
+    for (const auto& e : *listing) {
+      if (e.is_directory) {
+        todo.push_back(dir / e.name);
+      } else {
+        report.used_bytes += e.size_bytes;
+      }
     }
   }
-  struct statvfs vfs {};
-  if (::statvfs(options_.directory.c_str(), &vfs) == 0) {
-    report.filesystem_free_bytes = static_cast<std::uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+  for (const auto& [uid, r] : scans_) {
+    if (r.state == ScanState::kAcquiring) report.reserved_bytes += r.reserved_bytes;
   }
+  if (auto free = files_.FreeBytes(options_.directory); free) report.filesystem_free_bytes = *free;
   return report;
 }
 
@@ -202,10 +686,16 @@ SpaceReport Spool::Space() {
   return SpaceLocked();
 }
 
+// ---- The public operations ------------------------------------------------------------------
+
 Status Spool::BeginScan(ScanRecord record, std::uint64_t bytes) {
   std::lock_guard lock(mutex_);
   if (!IsValidDicomUid(record.scan_uid)) {
     return MakeError(ErrorKind::kInvalidInput, "\"" + record.scan_uid + "\" is not a valid scan UID");
+  }
+  if (scans_.count(record.scan_uid)) {
+    return MakeError(ErrorKind::kInvalidInput, "scan " + record.scan_uid + " is already in spool " +
+                                                   options_.directory.string());
   }
   const SpaceReport space = SpaceLocked();
   const std::uint64_t committed = space.used_bytes + space.reserved_bytes;
@@ -226,30 +716,120 @@ Status Spool::BeginScan(ScanRecord record, std::uint64_t bytes) {
   if (auto st = files_.CreateDirectories(ScanDir(record.scan_uid) / "chunks"); !st) return st;
   record.reserved_bytes = bytes;
   record.state = ScanState::kAcquiring;
-  return Persist(record);
+  return Commit(nlohmann::json::array({{{"op", "put"}, {"scan", ToJson(record)}}}));
 }
 
 Status Spool::AddChunk(const std::string& scan_uid, const codec::ManifestChunk& chunk,
                        std::span<const std::uint8_t> bytes) {
-  // The file goes to stable storage first; only then does the record mention it.
-  if (auto st = files_.WriteDurably(ChunkPath(scan_uid, chunk.index), bytes); !st) {
-    return MakeError(st.error().WithContext("writing chunk " + std::to_string(chunk.index) + " of scan " + scan_uid));
+  {
+    std::lock_guard lock(mutex_);
+    if (!scans_.count(scan_uid)) {
+      return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
+    }
   }
-  return Update(scan_uid, [&](ScanRecord& r) {
-    ChunkRecord record;
-    record.chunk = chunk;
-    // Chunks can finish compressing out of order; keep the record sorted by index.
-    auto pos = std::find_if(r.chunks.begin(), r.chunks.end(),
-                            [&](const ChunkRecord& c) { return c.chunk.index > chunk.index; });
-    r.chunks.insert(pos, std::move(record));
-  });
+  // The file goes to stable storage first (outside the lock: codec workers write in
+  // parallel); only then does the journal mention it.
+  if (auto st = files_.WriteDurably(ChunkPath(scan_uid, chunk.index), bytes); !st) {
+    return MakeError(st.error().WithContext("writing chunk " + std::to_string(chunk.index) + " of scan " + scan_uid +
+                                            " to spool " + options_.directory.string()));
+  }
+  std::lock_guard lock(mutex_);
+  if (!scans_.count(scan_uid)) return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " left the spool");
+  ChunkRecord record;
+  record.chunk = chunk;
+  return Commit(nlohmann::json::array({{{"op", "chunk"}, {"uid", scan_uid}, {"chunk", ChunkToJson(record)}}}));
+}
+
+Status Spool::AddChunkDeferred(const std::string& scan_uid, const codec::ManifestChunk& chunk,
+                               std::span<const std::uint8_t> bytes) {
+  {
+    std::lock_guard lock(mutex_);
+    const auto it = scans_.find(scan_uid);
+    if (it == scans_.end()) {
+      return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
+    }
+    const bool recorded = std::any_of(it->second.chunks.begin(), it->second.chunks.end(),
+                                      [&](const ChunkRecord& c) { return c.chunk.index == chunk.index; });
+    const bool queued = std::any_of(pending_.begin(), pending_.end(), [&](const PendingChunk& p) {
+      return p.scan_uid == scan_uid && p.record.chunk.index == chunk.index;
+    });
+    if (queued) return MakeError(ErrorKind::kInvalidInput, "chunk " + std::to_string(chunk.index) + " of scan " +
+                                                               scan_uid + " is already queued");
+    // Never overwrite a durable, recorded file with unsynced bytes: replace it atomically.
+    if (recorded) {
+      mutex_.unlock();
+      auto st = AddChunk(scan_uid, chunk, bytes);
+      mutex_.lock();
+      return st;
+    }
+  }
+  // No temp name and no rename: until its record is journaled the file is an orphan that
+  // recovery removes, so a torn file at its final name is harmless.
+  if (auto st = files_.WriteUnsynced(ChunkPath(scan_uid, chunk.index), bytes); !st) {
+    return MakeError(st.error().WithContext("writing chunk " + std::to_string(chunk.index) + " of scan " + scan_uid +
+                                            " to spool " + options_.directory.string()));
+  }
+  std::lock_guard lock(mutex_);
+  ChunkRecord record;
+  record.chunk = chunk;
+  pending_.push_back({scan_uid, std::move(record)});
+  pending_bytes_ += bytes.size();
+  return Ok();
+}
+
+std::uint64_t Spool::pending_bytes() {
+  std::lock_guard lock(mutex_);
+  return pending_bytes_;
+}
+
+Status Spool::SyncPending() {
+  // Take the batch, sync it without holding the lock (writers keep queueing the next batch),
+  // then journal it.
+  std::vector<PendingChunk> batch;
+  std::uint64_t batch_bytes = 0;
+  {
+    std::lock_guard lock(mutex_);
+    batch.swap(pending_);
+    std::swap(batch_bytes, pending_bytes_);
+  }
+  if (batch.empty()) return Ok();
+  const auto put_back = [&] {
+    std::lock_guard lock(mutex_);
+    pending_.insert(pending_.begin(), batch.begin(), batch.end());
+    pending_bytes_ += batch_bytes;
+  };
+  std::vector<std::filesystem::path> paths;
+  std::set<std::filesystem::path> dirs;
+  for (const auto& p : batch) {
+    paths.push_back(ChunkPath(p.scan_uid, p.record.chunk.index));
+    dirs.insert(paths.back().parent_path());
+  }
+  // Files and their directory entries first, then one journal record for all of them.
+  if (auto st = files_.SyncBatch(paths, {dirs.begin(), dirs.end()}); !st) {
+    put_back();
+    return MakeError(st.error().WithContext("syncing " + std::to_string(batch.size()) + " chunks in spool " +
+                                            options_.directory.string()));
+  }
+  std::lock_guard lock(mutex_);
+  nlohmann::json ops = nlohmann::json::array();
+  for (const auto& p : batch) {
+    if (scans_.count(p.scan_uid)) ops.push_back({{"op", "chunk"}, {"uid", p.scan_uid}, {"chunk", ChunkToJson(p.record)}});
+  }
+  if (auto st = Commit(std::move(ops)); !st) {
+    pending_.insert(pending_.begin(), batch.begin(), batch.end());
+    pending_bytes_ += batch_bytes;
+    return st;
+  }
+  return Ok();
 }
 
 Status Spool::FinishAcquisition(const std::string& scan_uid, const codec::Manifest& manifest) {
   const std::string text = codec::ToJson(manifest).dump(1);
   if (auto st = files_.WriteDurably(ScanDir(scan_uid) / "manifest.json", AsBytes(text)); !st) return st;
+  const std::string sha = Sha256Hex(AsBytes(text));
   return Update(scan_uid, [&](ScanRecord& r) {
     r.manifest_written = true;
+    r.manifest_sha256 = sha;
     r.views_acquired = manifest.views_acquired;
     r.reserved_bytes = 0;
     if (r.state == ScanState::kAcquiring) r.state = ScanState::kAcquired;
@@ -258,27 +838,35 @@ Status Spool::FinishAcquisition(const std::string& scan_uid, const codec::Manife
 
 Status Spool::Update(const std::string& scan_uid, const std::function<void(ScanRecord&)>& change) {
   std::lock_guard lock(mutex_);
-  auto record = Load(scan_uid);
-  if (!record) return MakeError(record.error());
-  change(*record);
-  return Persist(*record);
+  const auto it = scans_.find(scan_uid);
+  if (it == scans_.end()) {
+    return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
+  }
+  ScanRecord after = it->second;
+  change(after);
+  if (after.scan_uid != scan_uid) {
+    return MakeError(ErrorKind::kInvalidInput, "a change may not rename scan " + scan_uid);
+  }
+  if (after.confirmed_unix_s == 0 && FullyConfirmed(after)) after.confirmed_unix_s = NowUnixSeconds();
+  return Commit(Diff(it->second, after));
 }
 
 Expected<ScanRecord> Spool::Get(const std::string& scan_uid) {
+  if (!IsValidDicomUid(scan_uid)) return MakeError(ErrorKind::kInvalidInput, "\"" + scan_uid + "\" is not a scan UID");
   std::lock_guard lock(mutex_);
-  return Load(scan_uid);
+  const auto it = scans_.find(scan_uid);
+  if (it == scans_.end()) {
+    return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
+  }
+  return it->second;
 }
 
 std::vector<ScanRecord> Spool::AllScans() {
   std::lock_guard lock(mutex_);
   std::vector<ScanRecord> scans;
-  std::error_code ec;
-  for (auto it = std::filesystem::directory_iterator(options_.directory / "scans", ec);
-       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
-    if (auto r = Load(it->path().filename().string()); r) scans.push_back(std::move(*r));
-  }
-  std::sort(scans.begin(), scans.end(),
-            [](const ScanRecord& a, const ScanRecord& b) { return a.created_utc < b.created_utc; });
+  for (const auto& [uid, r] : scans_) scans.push_back(r);
+  std::stable_sort(scans.begin(), scans.end(),
+                   [](const ScanRecord& a, const ScanRecord& b) { return a.created_utc < b.created_utc; });
   return scans;
 }
 
@@ -291,18 +879,60 @@ Expected<std::vector<std::uint8_t>> Spool::ReadChunk(const std::string& scan_uid
     return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " has no chunk " + std::to_string(index));
   }
   const auto path = ChunkPath(scan_uid, index);
-  auto bytes = files_.ReadAll(path, kMaxChunkBytes);
-  if (!bytes) return MakeError(bytes.error());
-  if (Sha256Hex(*bytes) != it->chunk.sha256) {
-    return MakeError(ErrorKind::kCorrupt, "spool file " + path.string() +
-                                              " does not match the SHA-256 recorded when it was written; it will not "
-                                              "be uploaded. The scan needs attention (see the field guide)");
+  if (record->raw_deleted) {
+    return MakeError(ErrorKind::kNotFound, "chunk file " + path.string() +
+                                               " was deleted by retention after the cloud confirmed it");
   }
-  return bytes;
+  if (it->damaged) {
+    return MakeError(ErrorKind::kCorrupt, "spool file " + path.string() +
+                                              " was found damaged; it will not be uploaded. The scan needs attention "
+                                              "(see docs/durability.md)");
+  }
+  auto bytes = files_.ReadAll(path, kMaxChunkBytes);
+  std::string why;
+  if (!bytes) {
+    why = bytes.error().message();
+  } else if (const auto found = Sha256Hex(*bytes); found != it->chunk.sha256) {
+    why = "expected SHA-256 " + it->chunk.sha256 + ", found " + found;
+  }
+  if (why.empty()) return bytes;
+  {
+    std::lock_guard lock(mutex_);
+    if (auto st = MarkDamaged(scan_uid, index, why); !st) {
+      log::Error("spool", "cannot record the damage of " + path.string() + ": " + st.error().message());
+    }
+  }
+  const ErrorKind kind = bytes ? ErrorKind::kCorrupt : bytes.error().kind();
+  return MakeError(kind, "spool file " + path.string() + " (" + why +
+                             ") does not match the SHA-256 recorded when it was written or cannot be read; it will not "
+                             "be uploaded. The scan needs attention (see docs/durability.md)");
 }
 
 Expected<std::vector<std::uint8_t>> Spool::ReadManifest(const std::string& scan_uid) {
-  return files_.ReadAll(ScanDir(scan_uid) / "manifest.json", kMaxRecordBytes);
+  auto record = Get(scan_uid);
+  if (!record) return MakeError(record.error());
+  const auto path = ScanDir(scan_uid) / "manifest.json";
+  auto bytes = files_.ReadAll(path, kMaxRecordBytes);
+  std::string why;
+  if (!bytes) {
+    if (!record->manifest_written) return bytes;  // not written yet: nothing is damaged
+    why = bytes.error().message();
+  } else if (!record->manifest_sha256.empty()) {
+    if (const auto found = Sha256Hex(*bytes); found != record->manifest_sha256) {
+      why = "expected SHA-256 " + record->manifest_sha256 + ", found " + found;
+    }
+  }
+  if (why.empty()) return bytes;
+  {
+    std::lock_guard lock(mutex_);
+    if (auto st = MarkDamaged(scan_uid, -1, why); !st) {
+      log::Error("spool", "cannot record the damage of " + path.string() + ": " + st.error().message());
+    }
+  }
+  return MakeError(bytes ? ErrorKind::kCorrupt : bytes.error().kind(),
+                   "spool file " + path.string() + " (" + why +
+                       ") cannot be read or does not match the SHA-256 recorded when it was written; it will not be "
+                       "uploaded. The scan needs attention (see docs/durability.md)");
 }
 
 Expected<std::filesystem::path> Spool::StoreResult(const std::string& scan_uid, const std::string& sop_instance_uid,
@@ -310,11 +940,73 @@ Expected<std::filesystem::path> Spool::StoreResult(const std::string& scan_uid, 
   if (!IsValidDicomUid(sop_instance_uid)) {
     return MakeError(ErrorKind::kProtocol, "\"" + sop_instance_uid + "\" is not a valid SOP instance UID");
   }
+  if (!IsValidDicomUid(scan_uid)) return MakeError(ErrorKind::kInvalidInput, "\"" + scan_uid + "\" is not a scan UID");
   const auto dir = ScanDir(scan_uid) / "results";
   if (auto st = files_.CreateDirectories(dir); !st) return MakeError(st.error());
   const auto path = ResultPath(scan_uid, sop_instance_uid);
   if (auto st = files_.WriteDurably(path, part10); !st) return MakeError(st.error());
   return path;
+}
+
+// ---- Retention ------------------------------------------------------------------------------
+
+Expected<RetentionReport> Spool::ApplyRetention(std::chrono::system_clock::time_point now) {
+  std::lock_guard lock(mutex_);
+  const std::int64_t now_s = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
+  RetentionReport report;
+  nlohmann::json ops = nlohmann::json::array();
+  std::vector<std::pair<std::string, bool>> doomed;  // scan, whole scan (else raw data only)
+  for (const auto& [uid, r] : scans_) {
+    // Only what the cloud confirmed, never a failed scan (it needs a person first).
+    if (r.state == ScanState::kFailed || !FullyConfirmed(r) || r.confirmed_unix_s == 0) continue;
+    // A clock that jumped back makes the age negative: nothing is due early.
+    const bool aged = now_s - r.confirmed_unix_s >= static_cast<std::int64_t>(options_.keep_days) * 86400;
+    bool raw_due = false;  // the policy decides when the raw data (chunks, manifest) goes
+    switch (options_.retention) {
+      case RetentionPolicy::kAfterUpload: raw_due = true; break;
+      case RetentionPolicy::kAfterResults:
+        raw_due = r.state == ScanState::kResultsReceived || r.state == ScanState::kDelivered;
+        break;
+      case RetentionPolicy::kAfterDelivery: raw_due = r.state == ScanState::kDelivered; break;
+      case RetentionPolicy::kKeepDays: raw_due = aged; break;
+    }
+    // The scan's record and its local copy of the images stay keep_days after confirmation
+    // whatever the policy, so the operator can still find them right after the scan.
+    if (r.state == ScanState::kDelivered && aged) {
+      ops.push_back({{"op", "del"}, {"uid", uid}});
+      doomed.emplace_back(uid, true);
+      report.scans_removed.push_back(uid);
+    } else if (raw_due && !r.raw_deleted) {
+      ops.push_back({{"op", "set"}, {"uid", uid}, {"fields", {{"raw_deleted", true}}}});
+      doomed.emplace_back(uid, false);
+      report.raw_deleted.push_back(uid);
+    } else {
+      continue;
+    }
+    if (!r.raw_deleted) {
+      for (const auto& c : r.chunks) report.bytes_freed += c.chunk.compressed_bytes;
+    }
+  }
+  // One record for all of it, so a crash leaves either none or all of the decisions.
+  if (auto st = Commit(std::move(ops)); !st) return MakeError(st.error());
+  for (const auto& [uid, whole] : doomed) {
+    Status st = Ok();
+    if (whole) {
+      st = files_.Remove(ScanDir(uid));
+    } else {
+      st = files_.Remove(ScanDir(uid) / "chunks");
+      if (st) st = files_.Remove(ScanDir(uid) / "manifest.json");
+    }
+    // The record already says deleted; leftovers are orphans, removed at the next start.
+    if (!st) log::Warn("spool", "retention: " + st.error().message() + "; retried at the next start");
+  }
+  if (!doomed.empty()) {
+    log::Info("spool", "retention (" + std::string(ToString(options_.retention)) + "): removed raw data of " +
+                           std::to_string(report.raw_deleted.size()) + " scan(s) and " +
+                           std::to_string(report.scans_removed.size()) + " delivered scan(s), " +
+                           std::to_string(report.bytes_freed >> 20) + " MiB");
+  }
+  return report;
 }
 
 }  // namespace ctagent::spool

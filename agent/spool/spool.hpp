@@ -1,18 +1,26 @@
 // The spool: durable store-and-forward state of every scan on local disk.
 //
-//   <dir>/spool.json                    marker and format version
-//   <dir>/scans/<scan_uid>/scan.json    the scan's state record (ScanRecord), replaced durably
+//   <dir>/spool.json                    marker and format version (2)
+//   <dir>/state.snapshot                every scan record at the last compaction (framed records)
+//   <dir>/journal.log                   append-only journal of changes since that snapshot
 //   <dir>/scans/<scan_uid>/chunks/NNNNNN.ctc   chunk files (agent/codec/chunk.hpp)
 //   <dir>/scans/<scan_uid>/manifest.json       written when acquisition ends
 //   <dir>/scans/<scan_uid>/results/<sop_instance_uid>.dcm   validated results from the cloud
 //
-// Every file reaches stable storage (write, fsync, rename, directory fsync) before the state
-// record that refers to it is written, so after a crash the record never points at a file
-// that is not there. Thread-safe: calls are serialised by one mutex.
+// Order of operations: a file reaches stable storage (write, fsync, rename, directory fsync)
+// before the journal record that refers to it is appended and synced; a call returns OK only
+// after its journal record is synced. Deletion goes the other way: the record first, then the
+// files. Each journal record carries a CRC-32C, so a torn tail is detected and cut at start-up
+// (agent/spool/journal.hpp). Open() recovers: replays the journal, removes orphan files,
+// verifies unconfirmed chunks and the manifest against their SHA-256 and flags damaged scans.
+// Docs: docs/durability.md. Thread-safe: calls are serialised by one mutex; chunk files are
+// written outside it.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -47,6 +55,7 @@ struct UploadState {
 struct ChunkRecord {
   codec::ManifestChunk chunk;     // index, view range, sizes, checksums
   UploadState upload;
+  bool damaged = false;           // missing, unreadable or not matching its SHA-256: never uploaded
 };
 
 struct ResultRecord {
@@ -61,6 +70,9 @@ struct ScanRecord {
   std::string study_uid;
   ScanState state = ScanState::kAcquiring;
   std::string failure_reason;
+  // Why acquisition ended before the protocol's last view (driver fault, full disk, agent
+  // stopped); the chunks stored before it stay valid and are uploaded. Empty: not cut short.
+  std::string incomplete_reason;
   std::uint64_t reserved_bytes = 0;  // space reserved when armed; released as the scan ends
   std::uint64_t views_acquired = 0;
   std::vector<ChunkRecord> chunks;
@@ -71,15 +83,52 @@ struct ScanRecord {
   // The manifest without its chunk list (identity, protocol, acquisition start), recorded when
   // the scan is armed, so a scan interrupted by a crash can still be closed and uploaded.
   nlohmann::json manifest_base = nlohmann::json::object();
+  std::string manifest_sha256;    // of manifest.json, recorded when it is written
+  // When the cloud had confirmed every chunk and the manifest (spool clock, Unix seconds;
+  // 0: not yet). Retention "keep_days" counts from here.
+  std::int64_t confirmed_unix_s = 0;
+  bool raw_deleted = false;       // retention removed the chunk files and the manifest
 };
 
 nlohmann::json ToJson(const ScanRecord& record);
 Expected<ScanRecord> ScanRecordFromJson(const nlohmann::json& j);
 
+// When ApplyRetention() deletes a scan's raw data (chunk files and manifest). It never
+// deletes anything the cloud has not confirmed, nor anything of a failed scan.
+enum class RetentionPolicy {
+  kAfterUpload,    // once the cloud confirmed every chunk and the manifest
+  kAfterResults,   // ... and results were received
+  kAfterDelivery,  // ... and results were delivered to the console
+  kKeepDays,       // keep_days after the cloud confirmed everything
+};
+const char* ToString(RetentionPolicy policy);
+Expected<RetentionPolicy> ParseRetentionPolicy(const std::string& text);
+
+using WallClock = std::function<std::chrono::system_clock::time_point()>;
+
 struct SpoolOptions {
   std::filesystem::path directory;
   std::uint64_t max_bytes = 64ull << 30;
   std::uint64_t min_free_bytes = 1ull << 30;
+  RetentionPolicy retention = RetentionPolicy::kAfterDelivery;
+  std::uint32_t keep_days = 7;
+  // Compact (snapshot + new journal) once the journal grows past this.
+  std::uint64_t journal_compact_bytes = 4ull << 20;
+  WallClock clock = {};  // empty: std::chrono::system_clock::now (tests inject their own)
+};
+
+struct RecoveryReport {
+  std::uint64_t journal_records = 0;   // replayed
+  std::uint64_t torn_tail_bytes = 0;   // cut from the journal's end
+  std::uint64_t orphans_removed = 0;   // temp files and files no record refers to
+  std::uint64_t files_verified = 0;    // chunks and manifests hashed
+  std::vector<std::string> damaged;    // "scan <uid> chunk <n>: <why>"
+};
+
+struct RetentionReport {
+  std::vector<std::string> raw_deleted;    // scans whose chunk files and manifest were removed
+  std::vector<std::string> scans_removed;  // delivered scans removed entirely (record and results)
+  std::uint64_t bytes_freed = 0;
 };
 
 struct SpaceReport {
@@ -98,6 +147,14 @@ class Spool {
   // Writes a chunk file durably, then records it.
   Status AddChunk(const std::string& scan_uid, const codec::ManifestChunk& chunk,
                   std::span<const std::uint8_t> bytes);
+  // Batched ingest (fsync costs, docs/durability.md): writes the chunk file without syncing and
+  // queues its record; the chunk is NOT durable, NOT visible to Get() and must not be reported
+  // safe until SyncPending() returns OK. SyncPending makes every queued chunk file and its
+  // directory durable with one batch sync, then journals all their records in one record.
+  Status AddChunkDeferred(const std::string& scan_uid, const codec::ManifestChunk& chunk,
+                          std::span<const std::uint8_t> bytes);
+  Status SyncPending();
+  std::uint64_t pending_bytes();  // written by AddChunkDeferred, not yet synced
   // Writes the manifest durably, then marks the scan acquired and releases its reservation.
   Status FinishAcquisition(const std::string& scan_uid, const codec::Manifest& manifest);
 
@@ -117,17 +174,44 @@ class Spool {
   SpaceReport Space();
   const std::filesystem::path& directory() const { return options_.directory; }
 
+  // Deletes what the retention policy allows as of `now` (see RetentionPolicy). The decision
+  // is journaled first, then the files go. Call it periodically and after a scan finishes.
+  Expected<RetentionReport> ApplyRetention(std::chrono::system_clock::time_point now);
+  // Writes a snapshot and starts a new journal (also done automatically as the journal grows).
+  Status Compact();
+  // What Open() found and repaired.
+  const RecoveryReport& recovery() const { return recovery_; }
+
  private:
   Spool(SpoolOptions options, FileStore& files) : options_(std::move(options)), files_(files) {}
   std::filesystem::path ScanDir(const std::string& scan_uid) const;
   std::filesystem::path ChunkPath(const std::string& scan_uid, std::uint32_t index) const;
-  Status Persist(const ScanRecord& record);
-  Expected<ScanRecord> Load(const std::string& scan_uid);
+  Status Recover();
+  Status LoadSnapshot();
+  Status ReplayJournal();
+  Status RemoveOrphans();
+  Status VerifyFiles();
+  // Appends one journal record holding `ops`, then applies them to the in-memory state.
+  Status Commit(nlohmann::json ops);
+  Status CompactLocked();
+  Status MarkDamaged(const std::string& scan_uid, std::int64_t chunk_index, const std::string& why);
   SpaceReport SpaceLocked();
+  std::int64_t NowUnixSeconds() const;
 
   SpoolOptions options_;
   FileStore& files_;
   std::mutex mutex_;
+  std::map<std::string, ScanRecord> scans_;
+  std::uint64_t generation_ = 0;
+  std::uint64_t journal_bytes_ = 0;
+  std::optional<Error> broken_;
+  struct PendingChunk {
+    std::string scan_uid;
+    ChunkRecord record;
+  };
+  std::vector<PendingChunk> pending_;
+  std::uint64_t pending_bytes_ = 0;  // set when the journal could not be restored after a failure
+  RecoveryReport recovery_;
 };
 
 }  // namespace ctagent::spool

@@ -5,6 +5,7 @@
 
 #include "agent/common/sha256.hpp"
 #include "agent/common/uid.hpp"
+#include "agent/spool/simulated_disk.hpp"
 #include "agent/spool/spool.hpp"
 #include "tests/support/process.hpp"
 
@@ -136,4 +137,331 @@ TEST_CASE("names that are not UIDs never become paths", "[spool]") {
   CHECK_FALSE((*s)->BeginScan(r, 1));
   CHECK_FALSE((*s)->Get("../x"));
   CHECK_FALSE((*s)->StoreResult(NewRecord().scan_uid, "../evil", std::vector<std::uint8_t>{1}));
+}
+
+// ---- Journal, recovery, retention, faults ----------------------------------------------------
+
+namespace {
+
+const std::filesystem::path kSim = "/disk/spool";
+const auto kT0 = std::chrono::system_clock::time_point(std::chrono::seconds(1795000000));
+
+spool::SpoolOptions SimOptions(spool::RetentionPolicy policy = spool::RetentionPolicy::kAfterUpload,
+                               std::chrono::system_clock::time_point* now = nullptr) {
+  spool::SpoolOptions o{kSim, 1ull << 30, 0};
+  o.retention = policy;
+  o.keep_days = 7;
+  o.clock = [now] { return now ? *now : kT0; };
+  return o;
+}
+
+std::uint64_t FileSize(const std::filesystem::path& p) { return std::filesystem::file_size(p); }
+
+// A scan with `chunks` chunks; when `confirm` is set, the cloud confirmed all and the manifest.
+spool::ScanRecord AddScan(spool::Spool& s, int chunks, bool confirm) {
+  auto record = NewRecord();
+  REQUIRE(s.BeginScan(record, 1 << 20));
+  for (int i = 0; i < chunks; ++i) {
+    const std::vector<std::uint8_t> bytes(500 + static_cast<std::size_t>(i), static_cast<std::uint8_t>(i + 1));
+    REQUIRE(s.AddChunk(record.scan_uid, ChunkFor(static_cast<std::uint32_t>(i), bytes), bytes));
+  }
+  codec::Manifest m;
+  m.scan_uid = record.scan_uid;
+  m.study_uid = record.study_uid;
+  REQUIRE(s.FinishAcquisition(record.scan_uid, m));
+  if (confirm) {
+    REQUIRE(s.Update(record.scan_uid, [](spool::ScanRecord& r) {
+      for (auto& c : r.chunks) c.upload = {"https://cloud.invalid/files/x", c.chunk.compressed_bytes, true};
+      r.manifest_upload = {"https://cloud.invalid/files/m", 10, true};
+      r.state = spool::ScanState::kUploaded;
+    }));
+  }
+  return record;
+}
+
+}  // namespace
+
+TEST_CASE("a confirmed-offset update appends a small journal record, not the whole scan", "[spool]") {
+  test::TempDir dir("spool");
+  PosixFileStore files;
+  auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+  REQUIRE(s);
+  auto record = AddScan(**s, 40, false);
+  const auto journal = dir.path() / "journal.log";
+  const auto before = FileSize(journal);
+  REQUIRE((*s)->Update(record.scan_uid, [](spool::ScanRecord& r) {
+    r.chunks[17].upload = {"https://cloud.invalid/files/0123456789abcdef", 4 << 20, false};
+  }));
+  const auto grew = FileSize(journal) - before;
+  CHECK(grew > 0);
+  CHECK(grew < 250);  // a 40-chunk scan record is several KiB
+  CHECK(spool::ToJson(*(*s)->Get(record.scan_uid)).dump().size() > 8 * grew);
+}
+
+TEST_CASE("the journal stays bounded: compaction writes a snapshot and starts a new journal", "[spool]") {
+  test::TempDir dir("spool");
+  PosixFileStore files;
+  spool::SpoolOptions o{dir.path(), 1ull << 30, 0};
+  o.journal_compact_bytes = 4096;
+  auto s = spool::Spool::Open(o, files);
+  REQUIRE(s);
+  auto record = AddScan(**s, 2, false);
+  std::uint64_t largest = 0;
+  for (std::uint64_t off = 1; off <= 500; ++off) {
+    REQUIRE((*s)->Update(record.scan_uid, [&](spool::ScanRecord& r) { r.chunks[0].upload = {"u", off, false}; }));
+    largest = std::max<std::uint64_t>(largest, FileSize(dir.path() / "journal.log"));
+  }
+  CHECK(largest < 4096 + 300);
+  s->reset();
+  auto again = spool::Spool::Open(o, files);
+  REQUIRE(again);
+  CHECK((*again)->Get(record.scan_uid)->chunks[0].upload.confirmed_offset == 500);
+}
+
+TEST_CASE("a torn journal tail is cut at start-up and the records before it are intact", "[spool]") {
+  test::TempDir dir("spool");
+  PosixFileStore files;
+  spool::ScanRecord record;
+  {
+    auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+    REQUIRE(s);
+    record = AddScan(**s, 2, false);
+    REQUIRE((*s)->Update(record.scan_uid, [](spool::ScanRecord& r) { r.chunks[1].upload = {"u1", 77, false}; }));
+    REQUIRE((*s)->Update(record.scan_uid, [](spool::ScanRecord& r) { r.chunks[1].upload = {"u1", 99, false}; }));
+  }
+  // The last record loses its end (a write cut by power loss), then garbage follows.
+  const auto journal = dir.path() / "journal.log";
+  const auto size = FileSize(journal);
+  std::filesystem::resize_file(journal, size - 5);
+  {
+    std::ofstream f(journal, std::ios::binary | std::ios::app);
+    f << "\x13\x37garbage";
+  }
+  auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+  REQUIRE(s);
+  CHECK((*s)->recovery().torn_tail_bytes > 0);
+  auto back = (*s)->Get(record.scan_uid);
+  REQUIRE(back);
+  CHECK(back->chunks[1].upload.confirmed_offset == 77);  // the torn record is gone, never misread
+  CHECK(back->manifest_written);
+  CHECK((*s)->recovery().damaged.empty());
+}
+
+TEST_CASE("a record with a bad checksum ends the journal, and nothing after it is applied", "[spool]") {
+  test::TempDir dir("spool");
+  PosixFileStore files;
+  spool::ScanRecord record;
+  std::uint64_t size_before_last = 0;
+  {
+    auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+    REQUIRE(s);
+    record = AddScan(**s, 1, false);
+    size_before_last = FileSize(dir.path() / "journal.log");
+    REQUIRE((*s)->Update(record.scan_uid, [](spool::ScanRecord& r) { r.chunks[0].upload = {"u", 5, false}; }));
+  }
+  {
+    std::fstream f(dir.path() / "journal.log", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(size_before_last + 12));
+    f.put('#');
+  }
+  auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+  REQUIRE(s);
+  CHECK((*s)->Get(record.scan_uid)->chunks[0].upload.url.empty());
+  CHECK((*s)->recovery().torn_tail_bytes > 0);
+}
+
+TEST_CASE("recovery removes temp files and chunk files no record refers to", "[spool]") {
+  test::TempDir dir("spool");
+  PosixFileStore files;
+  spool::ScanRecord record;
+  {
+    auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+    REQUIRE(s);
+    record = AddScan(**s, 1, false);
+  }
+  const auto scan = dir.path() / "scans" / record.scan_uid;
+  const auto stray_chunk = scan / "chunks" / "000007.ctc";
+  const auto tmp = scan / "chunks" / "000001.ctc.tmp";
+  const auto stray_scan = dir.path() / "scans" / "1.2.3.4.5";
+  std::filesystem::create_directories(stray_scan / "chunks");
+  for (const auto& p : {stray_chunk, tmp, stray_scan / "chunks" / "000000.ctc"}) std::ofstream(p) << "never accepted";
+  auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+  REQUIRE(s);
+  CHECK((*s)->recovery().orphans_removed == 3);
+  CHECK_FALSE(std::filesystem::exists(stray_chunk));
+  CHECK_FALSE(std::filesystem::exists(tmp));
+  CHECK_FALSE(std::filesystem::exists(stray_scan));
+  CHECK(std::filesystem::exists(scan / "chunks" / "000000.ctc"));
+  CHECK((*s)->ReadChunk(record.scan_uid, 0));
+}
+
+TEST_CASE("a chunk damaged while the agent was down flags its scan at start-up, other scans recover", "[spool]") {
+  test::TempDir dir("spool");
+  PosixFileStore files;
+  spool::ScanRecord bad, good;
+  {
+    auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+    REQUIRE(s);
+    bad = AddScan(**s, 3, false);
+    good = AddScan(**s, 3, false);
+  }
+  std::filesystem::remove(dir.path() / "scans" / bad.scan_uid / "chunks" / "000002.ctc");
+  {
+    std::fstream f(dir.path() / "scans" / bad.scan_uid / "chunks" / "000001.ctc",
+                   std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(10);
+    f.put('\x01');
+  }
+  auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+  REQUIRE(s);
+  REQUIRE((*s)->recovery().damaged.size() == 2);
+  CHECK_THAT((*s)->recovery().damaged[0], Catch::Contains(bad.scan_uid) && Catch::Contains("chunk 1") &&
+                                              Catch::Contains("expected SHA-256") && Catch::Contains("found"));
+  auto b = (*s)->Get(bad.scan_uid);
+  CHECK(b->state == spool::ScanState::kFailed);
+  CHECK_THAT(b->failure_reason, Catch::Contains("chunk 1"));
+  CHECK(b->chunks[1].damaged);
+  CHECK(b->chunks[2].damaged);
+  CHECK_FALSE(b->chunks[0].damaged);
+  CHECK_FALSE((*s)->ReadChunk(bad.scan_uid, 1));
+  auto g = (*s)->Get(good.scan_uid);
+  CHECK(g->state == spool::ScanState::kAcquired);
+  CHECK((*s)->ReadChunk(good.scan_uid, 2));
+  // The flag is journaled: it survives another start.
+  s->reset();
+  auto again = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+  REQUIRE(again);
+  CHECK((*again)->Get(bad.scan_uid)->state == spool::ScanState::kFailed);
+}
+
+TEST_CASE("EIO reading a chunk: a clear error, the scan flagged, other scans fine", "[spool]") {
+  SimulatedDisk disk;
+  auto s = spool::Spool::Open(SimOptions(), disk);
+  REQUIRE(s);
+  auto bad = AddScan(**s, 2, false);
+  auto good = AddScan(**s, 2, false);
+  disk.FailReadsContaining(bad.scan_uid + "/chunks/000001");
+  auto read = (*s)->ReadChunk(bad.scan_uid, 1);
+  REQUIRE_FALSE(read);
+  CHECK(read.error().kind() == ErrorKind::kIo);
+  CHECK_THAT(read.error().message(), Catch::Contains("000001.ctc") && Catch::Contains("Input/output error") &&
+                                         Catch::Contains("will not be uploaded"));
+  CHECK((*s)->Get(bad.scan_uid)->state == spool::ScanState::kFailed);
+  CHECK((*s)->Get(bad.scan_uid)->chunks[1].damaged);
+  CHECK((*s)->ReadChunk(good.scan_uid, 0));
+  CHECK((*s)->ReadChunk(good.scan_uid, 1));
+  CHECK((*s)->Get(good.scan_uid)->state == spool::ScanState::kAcquired);
+}
+
+TEST_CASE("ENOSPC writing a chunk: kNoSpace naming the spool, nothing half-recorded", "[spool]") {
+  SimulatedDisk disk;
+  auto s = spool::Spool::Open(SimOptions(), disk);
+  REQUIRE(s);
+  auto record = AddScan(**s, 1, false);
+  const auto before = spool::ToJson(*(*s)->Get(record.scan_uid)).dump();
+  disk.SetNoSpace(true);
+  const std::vector<std::uint8_t> bytes(4000, 9);
+  auto st = (*s)->AddChunk(record.scan_uid, ChunkFor(1, bytes), bytes);
+  REQUIRE_FALSE(st);
+  CHECK(st.error().kind() == ErrorKind::kNoSpace);
+  CHECK_THAT(st.error().message(), Catch::Contains(kSim.string()) && Catch::Contains("chunk 1"));
+  // A journal write that runs out of space part-way is cut back, not left as garbage.
+  auto journaled = (*s)->Update(record.scan_uid, [](spool::ScanRecord& r) { r.chunks[0].upload = {"u", 1, false}; });
+  REQUIRE_FALSE(journaled);
+  CHECK(journaled.error().kind() == ErrorKind::kNoSpace);
+  CHECK(spool::ToJson(*(*s)->Get(record.scan_uid)).dump() == before);
+  disk.SetNoSpace(false);
+  for (const auto& f : disk.AllFiles(kSim)) CHECK(f.find(".tmp") == std::string::npos);
+  REQUIRE((*s)->AddChunk(record.scan_uid, ChunkFor(1, bytes), bytes));
+  s->reset();
+  auto again = spool::Spool::Open(SimOptions(), disk);
+  REQUIRE(again);
+  CHECK((*again)->recovery().torn_tail_bytes == 0);
+  auto back = (*again)->Get(record.scan_uid);
+  REQUIRE(back->chunks.size() == 2);
+  CHECK(back->chunks[0].upload.url.empty());
+  CHECK((*again)->ReadChunk(record.scan_uid, 1));
+}
+
+TEST_CASE("retention after_upload deletes only what the cloud confirmed", "[spool]") {
+  SimulatedDisk disk;
+  auto s = spool::Spool::Open(SimOptions(spool::RetentionPolicy::kAfterUpload), disk);
+  REQUIRE(s);
+  auto confirmed = AddScan(**s, 2, true);
+  auto pending = AddScan(**s, 2, false);
+  auto failed = AddScan(**s, 1, true);
+  REQUIRE((*s)->Update(failed.scan_uid, [](spool::ScanRecord& r) { r.state = spool::ScanState::kFailed; }));
+  auto report = (*s)->ApplyRetention(kT0);
+  REQUIRE(report);
+  REQUIRE(report->raw_deleted == std::vector<std::string>{confirmed.scan_uid});
+  CHECK(report->scans_removed.empty());
+  CHECK_FALSE(disk.Exists(kSim / "scans" / confirmed.scan_uid / "chunks" / "000000.ctc"));
+  CHECK_FALSE(disk.Exists(kSim / "scans" / confirmed.scan_uid / "manifest.json"));
+  CHECK((*s)->Get(confirmed.scan_uid)->raw_deleted);
+  CHECK((*s)->ReadChunk(pending.scan_uid, 1));
+  CHECK((*s)->ReadChunk(failed.scan_uid, 0));
+  // Once delivered, the record and the local images stay keep_days (7), then the whole scan goes.
+  REQUIRE((*s)->Update(confirmed.scan_uid, [](spool::ScanRecord& r) { r.state = spool::ScanState::kDelivered; }));
+  report = (*s)->ApplyRetention(kT0 + std::chrono::hours(24 * 6));
+  REQUIRE(report);
+  CHECK(report->scans_removed.empty());
+  CHECK((*s)->Get(confirmed.scan_uid));
+  report = (*s)->ApplyRetention(kT0 + std::chrono::hours(24 * 7));
+  REQUIRE(report);
+  CHECK(report->scans_removed == std::vector<std::string>{confirmed.scan_uid});
+  CHECK_FALSE((*s)->Get(confirmed.scan_uid));
+  CHECK_FALSE(disk.Exists(kSim / "scans" / confirmed.scan_uid));
+}
+
+TEST_CASE("retention after_results and after_delivery wait for the results", "[spool]") {
+  SimulatedDisk disk;
+  for (auto policy : {spool::RetentionPolicy::kAfterResults, spool::RetentionPolicy::kAfterDelivery}) {
+    spool::SpoolOptions o = SimOptions(policy);
+    o.directory = kSim / spool::ToString(policy);
+    auto s = spool::Spool::Open(o, disk);
+    REQUIRE(s);
+    auto scan = AddScan(**s, 1, true);
+    CHECK((*s)->ApplyRetention(kT0)->raw_deleted.empty());
+    REQUIRE((*s)->Update(scan.scan_uid, [](spool::ScanRecord& r) { r.state = spool::ScanState::kResultsReceived; }));
+    CHECK((*s)->ApplyRetention(kT0)->raw_deleted.size() == (policy == spool::RetentionPolicy::kAfterResults ? 1u : 0u));
+    REQUIRE((*s)->Update(scan.scan_uid, [](spool::ScanRecord& r) { r.state = spool::ScanState::kDelivered; }));
+    auto delivered = (*s)->ApplyRetention(kT0);
+    REQUIRE(delivered);
+    CHECK(delivered->raw_deleted.size() == (policy == spool::RetentionPolicy::kAfterDelivery ? 1u : 0u));
+    CHECK(delivered->scans_removed.empty());  // the images stay keep_days
+    CHECK((*s)->ApplyRetention(kT0 + std::chrono::hours(24 * 7))->scans_removed.size() == 1);
+  }
+}
+
+TEST_CASE("keep_days: a clock jumping back deletes nothing early, a jump forward deletes only confirmed data",
+          "[spool]") {
+  SimulatedDisk disk;
+  auto now = kT0;
+  auto s = spool::Spool::Open(SimOptions(spool::RetentionPolicy::kKeepDays, &now), disk);
+  REQUIRE(s);
+  auto confirmed = AddScan(**s, 2, true);  // confirmed at kT0 by the spool's clock
+  auto pending = AddScan(**s, 2, false);
+  CHECK((*s)->Get(confirmed.scan_uid)->confirmed_unix_s == std::chrono::duration_cast<std::chrono::seconds>(kT0.time_since_epoch()).count());
+  // Six days later: not yet.
+  CHECK((*s)->ApplyRetention(kT0 + std::chrono::hours(24 * 6))->raw_deleted.empty());
+  // The wall clock jumps back a year: still nothing (the age is negative, not huge).
+  CHECK((*s)->ApplyRetention(kT0 - std::chrono::hours(24 * 365))->raw_deleted.empty());
+  CHECK((*s)->ReadChunk(confirmed.scan_uid, 0));
+  // The clock jumps forward ten years: the confirmed scan's raw data may go, the pending scan never.
+  auto report = (*s)->ApplyRetention(kT0 + std::chrono::hours(24 * 3650));
+  REQUIRE(report);
+  CHECK(report->raw_deleted == std::vector<std::string>{confirmed.scan_uid});
+  CHECK((*s)->ReadChunk(pending.scan_uid, 0));
+  CHECK((*s)->ReadChunk(pending.scan_uid, 1));
+  CHECK_FALSE((*s)->Get(pending.scan_uid)->raw_deleted);
+}
+
+TEST_CASE("a spool written by the previous version (format 1) is refused with a clear message", "[spool]") {
+  test::TempDir dir("spool");
+  std::ofstream(dir.path() / "spool.json") << R"({"format": 1, "created_by": "ctagent"})";
+  PosixFileStore files;
+  auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+  REQUIRE_FALSE(s);
+  CHECK(s.error().kind() == ErrorKind::kUnsupported);
+  CHECK_THAT(s.error().message(), Catch::Contains("format 1") && Catch::Contains("spool.directory"));
 }

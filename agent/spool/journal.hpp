@@ -1,0 +1,43 @@
+// Framing of the spool's journal and snapshot files: a sequence of records, each
+//
+//   u32 little-endian payload length | u32 little-endian CRC-32C of the payload | payload (JSON)
+//
+// A record whose length runs past the end of the file, whose CRC does not match, or whose
+// payload is not JSON ends the readable part: everything from there on is a torn tail (a write
+// interrupted by a power cut) and is never interpreted. Files are read in bounded pieces.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/common/durable_file.hpp"
+#include "agent/common/error.hpp"
+
+namespace ctagent::spool::journal {
+
+inline constexpr std::uint32_t kMaxRecordBytes = 64u << 20;
+
+std::uint32_t Crc32c(std::span<const std::uint8_t> bytes);
+
+// One framed record.
+std::vector<std::uint8_t> Frame(const nlohmann::json& payload);
+
+struct ReadSummary {
+  std::uint64_t records = 0;
+  std::uint64_t valid_bytes = 0;  // end of the last good record
+  std::uint64_t file_bytes = 0;
+  std::string tail_problem;       // why reading stopped before file_bytes ("" if it did not)
+};
+
+// Calls `record` for every good record in order; reads at most `piece_bytes` at a time (plus
+// one record). A `record` returning an error stops the read with that error.
+Expected<ReadSummary> Read(FileStore& files, const std::filesystem::path& path,
+                           const std::function<Status(nlohmann::json&&)>& record,
+                           std::uint64_t piece_bytes = 1u << 20);
+
+}  // namespace ctagent::spool::journal
