@@ -1,11 +1,15 @@
 #include "agent/codec/chunk.hpp"
 
+// For ZSTD_c_literalCompressionMode, an "experimental" parameter of the stable
+// ZSTD_CCtx_setParameter(); no experimental function is called, so the shared library suffices.
+#define ZSTD_STATIC_LINKING_ONLY
 #include <zstd.h>
 
 #include <array>
 #include <bit>
 #include <cstring>
 #include <limits>
+#include <memory>
 
 #include "agent/common/sha256.hpp"
 
@@ -98,10 +102,35 @@ std::string HeaderHash(std::span<const std::uint8_t> header) {
 
 // Up to this zstd level, prediction filters use the residual-tuned match finder below.
 constexpr int kResidualTunedMaxLevel = 3;
+// zstd's targetLength for the fast strategy: how quickly it skips ahead where nothing matches.
+constexpr int kResidualAcceleration = 64;
 
 bool IsPrediction(Filter filter) {
   return filter == Filter::kDeltaChannel || filter == Filter::kDeltaView || filter == Filter::kMed ||
          filter == Filter::kPredict;
+}
+
+// Sets the frame parameters of `options` on a fresh context. Prediction residuals are noise:
+// long matches are rare and short ones cost more than the literals they replace, so with a
+// prediction filter at a level <= 3 the match finder is a tiny one (strategy fast, hashLog 6,
+// minMatch 7, searchLog 1) that also skips ahead quickly where it finds nothing (targetLength,
+// zstd's "acceleration" for the fast strategy), while the literals stay Huffman-coded: that is
+// where the gain over plain zstd comes from. Measured in docs/codec.md. These are ordinary frame
+// parameters; any zstd decoder reads the frame.
+Status ConfigureContext(ZSTD_CCtx* cctx, const EncodeOptions& options) {
+  auto set = [cctx](ZSTD_cParameter parameter, int value) { return !ZSTD_isError(ZSTD_CCtx_setParameter(cctx, parameter, value)); };
+  bool ok = set(ZSTD_c_compressionLevel, options.zstd_level) && set(ZSTD_c_checksumFlag, 1) &&
+            set(ZSTD_c_contentSizeFlag, 1);
+  if (ok && IsPrediction(options.filter) && options.zstd_level <= kResidualTunedMaxLevel) {
+    ok = set(ZSTD_c_strategy, ZSTD_fast) && set(ZSTD_c_hashLog, 6) && set(ZSTD_c_minMatch, 7) &&
+         set(ZSTD_c_searchLog, 1);
+    // Acceleration turns off literal compression unless it is asked for; a zstd that does not
+    // know the literal mode parameter gets no acceleration (slower, same ratio).
+    if (ok && set(ZSTD_c_literalCompressionMode, ZSTD_ps_enable)) ok = set(ZSTD_c_targetLength, kResidualAcceleration);
+  }
+  if (!ok) return MakeError(ErrorKind::kInternal, "zstd refused the compression parameters for level " +
+                                                      std::to_string(options.zstd_level));
+  return Ok();
 }
 
 Unexpected Corrupt(const std::string& what) { return MakeError(ErrorKind::kCorrupt, "corrupt chunk: " + what); }
@@ -128,6 +157,23 @@ Expected<Filter> FilterFromString(const std::string& name) {
   }
   return MakeError(ErrorKind::kInvalidInput, "unknown filter \"" + name +
                                                  "\" (known: none, shuffle, delta_channel, delta_view, med, predict)");
+}
+
+std::size_t CompressBound(std::size_t filtered_bytes) { return ZSTD_compressBound(filtered_bytes); }
+
+Expected<std::size_t> CompressFiltered(std::span<const std::uint8_t> filtered, std::span<std::uint8_t> out,
+                                       const EncodeOptions& options) {
+  // One context per thread, reused: creating one per chunk costs an allocation of its tables.
+  thread_local std::unique_ptr<ZSTD_CCtx, decltype(&ZSTD_freeCCtx)> context(ZSTD_createCCtx(), &ZSTD_freeCCtx);
+  ZSTD_CCtx* cctx = context.get();
+  if (cctx == nullptr) return MakeError(ErrorKind::kInternal, "zstd could not allocate a compression context");
+  ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters);
+  if (auto st = ConfigureContext(cctx, options); !st) return MakeError(st.error());
+  const std::size_t csize = ZSTD_compress2(cctx, out.data(), out.size(), filtered.data(), filtered.size());
+  if (ZSTD_isError(csize)) {
+    return MakeError(ErrorKind::kInternal, std::string("zstd compression failed: ") + ZSTD_getErrorName(csize));
+  }
+  return csize;
 }
 
 Expected<std::vector<std::uint8_t>> EncodeChunk(ChunkInfo info, std::span<const std::uint8_t> samples,
@@ -183,32 +229,14 @@ Expected<std::vector<std::uint8_t>> EncodeChunk(ChunkInfo info, std::span<const 
     return MakeError(ErrorKind::kInvalidInput, "chunk descriptor is larger than 64 KiB");
   }
   const std::size_t header_length = kFixedHeaderBytes + kViewRecordBytes * view_count + descriptor.size();
-  const std::size_t bound = ZSTD_compressBound(to_compress.size());
+  const std::size_t bound = CompressBound(to_compress.size());
   std::vector<std::uint8_t> out(header_length + bound);
 
-  ZSTD_CCtx* cctx = ZSTD_createCCtx();
-  if (cctx == nullptr) return MakeError(ErrorKind::kInternal, "zstd could not allocate a compression context");
-  ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, options.zstd_level);
-  if (IsPrediction(options.filter) && options.zstd_level <= kResidualTunedMaxLevel) {
-    // Prediction residuals are noise: long matches are rare and short ones cost more than the
-    // literals they replace. A tiny match finder is faster and compresses better here
-    // (measured in docs/codec.md); these are ordinary frame parameters, any zstd decodes them.
-    ZSTD_CCtx_setParameter(cctx, ZSTD_c_strategy, ZSTD_fast);
-    ZSTD_CCtx_setParameter(cctx, ZSTD_c_hashLog, 8);
-    ZSTD_CCtx_setParameter(cctx, ZSTD_c_minMatch, 7);
-    ZSTD_CCtx_setParameter(cctx, ZSTD_c_searchLog, 1);
-  }
-  ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);
-  ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1);
-  const std::size_t csize =
-      ZSTD_compress2(cctx, out.data() + header_length, bound, to_compress.data(), to_compress.size());
-  ZSTD_freeCCtx(cctx);
-  if (ZSTD_isError(csize)) {
-    return MakeError(ErrorKind::kInternal, std::string("zstd compression failed: ") + ZSTD_getErrorName(csize));
-  }
-  out.resize(header_length + csize);
-  const std::span<const std::uint8_t> payload(out.data() + header_length, csize);
-  info.compressed_length = csize;
+  const auto csize = CompressFiltered(to_compress, {out.data() + header_length, bound}, options);
+  if (!csize) return MakeError(csize.error());
+  out.resize(header_length + *csize);
+  const std::span<const std::uint8_t> payload(out.data() + header_length, *csize);
+  info.compressed_length = *csize;
   info.compressed_sha256 = Sha256Hex(payload);
   info.header_length = header_length;
 

@@ -65,6 +65,14 @@ struct EncodeOptions {
 Expected<std::vector<std::uint8_t>> EncodeChunk(ChunkInfo info, std::span<const std::uint8_t> samples,
                                                 const EncodeOptions& options);
 
+// The compression step of EncodeChunk on its own, for measuring it: compresses `filtered`
+// (samples already passed through options.filter) into one standard zstd frame in `out`
+// (at least CompressBound(filtered.size()) bytes) with the parameters EncodeChunk uses, and
+// returns the frame's size.
+std::size_t CompressBound(std::size_t filtered_bytes);
+Expected<std::size_t> CompressFiltered(std::span<const std::uint8_t> filtered, std::span<std::uint8_t> out,
+                                       const EncodeOptions& options);
+
 // Parses and checks the header (magic, version, lengths, header checksum) without touching
 // the payload. Never reads past `bytes`.
 Expected<ChunkInfo> ParseChunkHeader(std::span<const std::uint8_t> bytes);

@@ -93,9 +93,21 @@ Expected<Manifest> ManifestFromJson(const nlohmann::json& j) {
     chain(Read(chunks[i], "raw_sha256", path, &c.raw_sha256));
     chain(Read(chunks[i], "sha256", path, &c.sha256));
     if (!st) return MakeError(st.error());
-    if (c.index != i) {
+    // A complete scan lists chunks 0, 1, 2, ... An incomplete one may have gaps: chunks are
+    // compressed in parallel, so a crash or a full disk can leave chunk N missing after N+1 was
+    // stored, and what was stored must still reach the cloud. Order and disjoint views always hold.
+    if (m.complete && c.index != i) {
       return MakeError(ErrorKind::kInvalidInput, "manifest " + path + "/index: expected " + std::to_string(i) +
                                                      ", found " + std::to_string(c.index));
+    }
+    if (!m.chunks.empty()) {
+      const ManifestChunk& prev = m.chunks.back();
+      if (c.index <= prev.index || c.first_view < prev.first_view + prev.view_count) {
+        return MakeError(ErrorKind::kInvalidInput,
+                         "manifest " + path + ": chunk " + std::to_string(c.index) + " (views from " +
+                             std::to_string(c.first_view) + ") does not follow chunk " + std::to_string(prev.index) +
+                             " (views " + std::to_string(prev.first_view) + "+" + std::to_string(prev.view_count) + ")");
+      }
     }
     m.chunks.push_back(std::move(c));
   }

@@ -3,23 +3,31 @@
 // tables (docs/codec.md holds a copy). Numbers only; nothing here is asserted.
 //
 //   codec_bench [--rows N] [--channels N] [--views N] [--views-per-chunk N] [--min-seconds S]
+//               [--only sim|replayed|sweep]
 #include <lzma.h>
 #include <zlib.h>
 #include <zstd.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "agent/codec/chunk.hpp"
 #include "agent/codec/filter.hpp"
 #include "drivers/detector.hpp"
+#include "drivers/record.hpp"
 
 namespace {
 
@@ -33,6 +41,7 @@ struct Options {
   std::uint32_t views = 360;
   std::uint32_t views_per_chunk = 64;
   double min_seconds = 0.3;
+  std::string only;  // "sim", "replayed" or "sweep": run one part (empty: all)
 };
 
 double CpuSeconds() {
@@ -57,22 +66,13 @@ Bytes ZstdCompress(const Bytes& in, int level) {
   return out;
 }
 
-// The match-finder settings EncodeChunk uses with a prediction filter at levels <= 3
-// (agent/codec/chunk.cpp), so the filter rows measure what the agent does.
-Bytes ZstdCompressResiduals(const Bytes& in, int level) {
-  Bytes out(ZSTD_compressBound(in.size()));
-  ZSTD_CCtx* cctx = ZSTD_createCCtx();
-  ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level);
-  if (level <= 3) {
-    ZSTD_CCtx_setParameter(cctx, ZSTD_c_strategy, ZSTD_fast);
-    ZSTD_CCtx_setParameter(cctx, ZSTD_c_hashLog, 8);
-    ZSTD_CCtx_setParameter(cctx, ZSTD_c_minMatch, 7);
-    ZSTD_CCtx_setParameter(cctx, ZSTD_c_searchLog, 1);
-  }
-  const std::size_t n = ZSTD_compress2(cctx, out.data(), out.size(), in.data(), in.size());
-  ZSTD_freeCCtx(cctx);
-  if (ZSTD_isError(n)) std::abort();
-  out.resize(n);
+// The agent's compression step (codec::CompressFiltered: the zstd parameters EncodeChunk uses for
+// the filter), so the filter rows measure what the agent does.
+Bytes AgentCompress(const Bytes& filtered, Filter filter, int level) {
+  Bytes out(ctagent::codec::CompressBound(filtered.size()));
+  auto n = ctagent::codec::CompressFiltered(filtered, out, {filter, level});
+  if (!n) std::abort();
+  out.resize(*n);
   return out;
 }
 
@@ -140,26 +140,26 @@ struct Scan {
   std::uint64_t raw_bytes = 0;
 };
 
-Scan SimScan(const Options& o, double dose) {
+ctagent::drivers::ScanProtocol SimProtocol(const Options& o, double dose) {
   ctagent::drivers::ScanProtocol p;
   p.views_per_rotation = o.views;
   p.rows = o.rows;
   p.channels = o.channels;
   p.channel_pitch_mm = 819.2 / o.channels;  // keep the field of view at ~820 mm whatever the channel count
   p.dose_fraction = dose;
-  auto detector = ctagent::drivers::MakeDetector("sim", nullptr);
-  if (!detector || !(*detector)->Arm(p)) {
-    std::fprintf(stderr, "codec_bench: cannot arm the sim detector\n");
-    std::exit(2);
-  }
+  return p;
+}
+
+// Reads every view of an armed detector and cuts the scan into chunks.
+Scan ReadScan(ctagent::drivers::Detector& detector, const Options& o, std::uint64_t total_views) {
   Scan scan;
   Bytes current;
   std::uint32_t in_chunk = 0;
-  for (std::uint32_t v = 0; v < o.views; ++v) {
-    auto view = (*detector)->NextView();
+  for (std::uint64_t v = 0; v < total_views; ++v) {
+    auto view = detector.NextView();
     if (!view || !view->has_value()) std::exit(2);
     current.insert(current.end(), (*view)->samples.begin(), (*view)->samples.end());
-    if (++in_chunk == o.views_per_chunk || v + 1 == o.views) {
+    if (++in_chunk == o.views_per_chunk || v + 1 == total_views) {
       scan.raw_bytes += current.size();
       scan.chunks.push_back(std::move(current));
       scan.chunk_views.push_back(in_chunk);
@@ -167,6 +167,43 @@ Scan SimScan(const Options& o, double dose) {
       in_chunk = 0;
     }
   }
+  return scan;
+}
+
+Scan SimScan(const Options& o, double dose, std::uint32_t rotations = 1) {
+  ctagent::drivers::ScanProtocol p = SimProtocol(o, dose);
+  p.rotations = rotations;
+  auto detector = ctagent::drivers::MakeDetector("sim", nullptr);
+  if (!detector || !(*detector)->Arm(p)) {
+    std::fprintf(stderr, "codec_bench: cannot arm the sim detector\n");
+    std::exit(2);
+  }
+  return ReadScan(**detector, o, p.TotalViews());
+}
+
+// A sim scan written to disk by the recorder (`ctagent record`'s code, drivers/record.hpp) in
+// `format` and read back through the replay driver: the path real recorded data takes.
+Scan ReplayedScan(const Options& o, double dose, ctagent::drivers::RecordFormat format) {
+  namespace fs = std::filesystem;
+  const ctagent::drivers::ScanProtocol p = SimProtocol(o, dose);
+  const fs::path dir = fs::temp_directory_path() / ("codec_bench." + std::to_string(getpid()));
+  fs::remove_all(dir);
+  auto sim = ctagent::drivers::MakeDetector("sim", nullptr);
+  if (!sim) std::exit(2);
+  auto recorded = ctagent::drivers::RecordScan(**sim, p, dir, format);
+  if (!recorded) {
+    std::fprintf(stderr, "codec_bench: recording failed: %s\n", recorded.error().message().c_str());
+    std::exit(2);
+  }
+  const bool dicom = format == ctagent::drivers::RecordFormat::kDicomCtPd;
+  auto replay = ctagent::drivers::MakeDetector(
+      "replay", {{"path", dir.string()}, {"format", dicom ? "dicom-ct-pd" : "ctagent"}});
+  if (!replay || !(*replay)->Arm(p)) {
+    std::fprintf(stderr, "codec_bench: cannot replay the recording in %s\n", dir.c_str());
+    std::exit(2);
+  }
+  Scan scan = ReadScan(**replay, o, p.TotalViews());
+  fs::remove_all(dir);
   return scan;
 }
 
@@ -201,7 +238,7 @@ Method FilterMethod(Filter filter, int level, SampleType type, const ctagent::co
     Bytes filtered(in.size());
     const ctagent::codec::SampleShape shape{in.size() / view_bytes, shape_per_view.rows, shape_per_view.channels};
     ctagent::codec::ApplyFilter(filter, type, shape, in, filtered);
-    return filter == Filter::kShuffle ? ZstdCompress(filtered, level) : ZstdCompressResiduals(filtered, level);
+    return AgentCompress(filtered, filter, level);
   };
   m.decompress = [=](const Bytes& in, std::size_t raw_size) {
     const Bytes filtered = ZstdDecompress(in, raw_size);
@@ -350,6 +387,59 @@ void RunTable(const char* title, const Scan& scan, const std::vector<Method>& me
   }
 }
 
+// EncodeChunk(predict, 3) over all chunks on `threads` threads at once, as the codec pool runs
+// them: wall-clock MB/s of the whole set (repeated for at least `min_seconds`).
+double EncodeWallMbs(const Scan& scan, const Options& o, unsigned threads, double min_seconds) {
+  const Method m = ChunkMethod(Filter::kPredict, 3, o);
+  const auto start = std::chrono::steady_clock::now();
+  double elapsed = 0;
+  int passes = 0;
+  while (passes < 1000 && (passes == 0 || elapsed < min_seconds)) {
+    std::atomic<std::size_t> next{0};
+    std::vector<std::thread> workers;
+    for (unsigned t = 0; t < threads; ++t) {
+      workers.emplace_back([&] {
+        for (std::size_t i = next++; i < scan.chunks.size(); i = next++) (void)m.compress(scan.chunks[i]);
+      });
+    }
+    for (auto& w : workers) w.join();
+    ++passes;
+    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  return static_cast<double>(scan.raw_bytes) * passes / elapsed / 1e6;
+}
+
+// Chunk size and codec threads for the default path (EncodeChunk(predict, 3), hashes included).
+void RunChunkSweep(const Options& base, double dose) {
+  std::printf("\n### views_per_chunk and codec.threads, EncodeChunk(predict, 3), dose %.2f, %u views\n\n", dose,
+              2 * base.views);
+  std::printf("| views_per_chunk | raw MiB per chunk | ratio | compress MB/s/core | 1 thread MB/s (wall) | 2 threads MB/s (wall) |\n");
+  std::printf("|---:|---:|---:|---:|---:|---:|\n");
+  for (const std::uint32_t vpc : {16u, 32u, 64u, 128u, 256u}) {
+    Options o = base;
+    o.views_per_chunk = vpc;
+    const Scan scan = SimScan(o, dose, 2);
+    const Result r = Measure(ChunkMethod(Filter::kPredict, 3, o), scan, o.min_seconds);
+    const double chunk_mib = static_cast<double>(vpc) * o.rows * o.channels * 2 / (1024.0 * 1024.0);
+    std::printf("| %u | %.2f | %.3f | %.0f | %.0f | %.0f |\n", vpc, chunk_mib, r.ratio, r.compress_mb_s,
+                EncodeWallMbs(scan, o, 1, o.min_seconds), EncodeWallMbs(scan, o, 2, o.min_seconds));
+    std::fflush(stdout);
+  }
+}
+
+// The default path and the baselines on one scan (the replayed sections).
+std::vector<Method> ShortMethods(const Options& o, const ctagent::codec::SampleShape& per_view) {
+  std::vector<Method> methods;
+  for (const int level : {1, 3}) {
+    methods.push_back({"zstd -" + std::to_string(level), [level](const Bytes& in) { return ZstdCompress(in, level); },
+                       ZstdDecompress, Filter::kNone});
+  }
+  methods.push_back(FilterMethod(Filter::kShuffle, 3, SampleType::kUint16, per_view));
+  methods.push_back(FilterMethod(Filter::kPredict, 3, SampleType::kUint16, per_view));
+  methods.push_back(ChunkMethod(Filter::kPredict, 3, o));
+  return methods;
+}
+
 bool ParseArgs(int argc, char** argv, Options& o) {
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string key = argv[i];
@@ -359,6 +449,7 @@ bool ParseArgs(int argc, char** argv, Options& o) {
     else if (key == "--views") o.views = static_cast<std::uint32_t>(value);
     else if (key == "--views-per-chunk") o.views_per_chunk = static_cast<std::uint32_t>(value);
     else if (key == "--min-seconds") o.min_seconds = value;
+    else if (key == "--only") o.only = argv[i + 1];
     else return false;
   }
   return argc % 2 == 1 && o.rows > 0 && o.channels > 0 && o.views > 0 && o.views_per_chunk > 0;
@@ -370,7 +461,8 @@ int main(int argc, char** argv) {
   Options o;
   if (!ParseArgs(argc, argv, o)) {
     std::fprintf(stderr,
-                 "usage: codec_bench [--rows N] [--channels N] [--views N] [--views-per-chunk N] [--min-seconds S]\n");
+                 "usage: codec_bench [--rows N] [--channels N] [--views N] [--views-per-chunk N] [--min-seconds S]\n"
+                 "                   [--only sim|replayed|sweep]\n");
     return 2;
   }
   std::printf("codec_bench: sim driver, %u views x %u rows x %u channels, uint16 counts (60000 unattenuated at dose 1), "
@@ -380,6 +472,7 @@ int main(int argc, char** argv) {
   const Filter filters[] = {Filter::kShuffle, Filter::kDeltaChannel, Filter::kDeltaView, Filter::kMed,
                             Filter::kPredict};
   for (const double dose : {1.0, 0.2, 0.1}) {
+    if (!o.only.empty() && o.only != "sim") break;
     const Scan scan = SimScan(o, dose);
     std::vector<Method> methods;
     for (const int level : {1, 3, 9, 19}) {
@@ -404,6 +497,23 @@ int main(int argc, char** argv) {
     std::snprintf(title, sizeof title, "float32 line integrals, dose %.2f (%.1f MB)", dose,
                   static_cast<double>(floats.raw_bytes) / 1e6);
     RunTable(title, floats, float_methods, o);
+  }
+  if (o.only.empty() || o.only == "replayed") {
+    // No real scanner data is available here: these are our own sim scans, recorded to disk and
+    // replayed, so they measure the recording/replay path, not a different detector.
+    for (const double dose : {1.0, 0.1}) {
+      for (const auto format : {ctagent::drivers::RecordFormat::kCtagent, ctagent::drivers::RecordFormat::kDicomCtPd}) {
+        const bool dicom = format == ctagent::drivers::RecordFormat::kDicomCtPd;
+        const Scan scan = ReplayedScan(o, dose, format);
+        char title[160];
+        std::snprintf(title, sizeof title, "replayed: sim scan recorded as %s, uint16 counts, dose %.2f (%.1f MB)",
+                      dicom ? "DICOM-CT-PD" : "a ctagent recording", dose, static_cast<double>(scan.raw_bytes) / 1e6);
+        RunTable(title, scan, ShortMethods(o, per_view), o);
+      }
+    }
+  }
+  if (o.only.empty() || o.only == "sweep") {
+    for (const double dose : {1.0, 0.1}) RunChunkSweep(o, dose);
   }
   return 0;
 }

@@ -1,0 +1,135 @@
+#include "agent/codec/chunk_stage.hpp"
+
+#include <algorithm>
+#include <utility>
+
+namespace ctagent::codec {
+
+ChunkStage::ChunkStage(ChunkStageOptions options, StoreFunction store, EncodeFunction encode)
+    : options_(options), store_(std::move(store)), encode_(std::move(encode)) {
+  options_.threads = std::max<std::uint32_t>(options_.threads, 1);
+  options_.views_per_chunk = std::max<std::uint32_t>(options_.views_per_chunk, 1);
+  for (std::uint32_t i = 0; i < options_.threads; ++i) threads_.emplace_back([this] { Worker(false); });
+  threads_.emplace_back([this] { Worker(true); });
+}
+
+ChunkStage::~ChunkStage() { Drain(); }
+
+void ChunkStage::Submit(RawChunk chunk) {
+  const std::uint64_t bytes = chunk.samples.size();
+  std::unique_lock lock(mutex_);
+  chunk.info.chunk_index = counters_.chunks++;
+  // A queue takes a chunk while it stays within its bound, and an empty queue takes any chunk
+  // (a chunk larger than the bound would otherwise never fit).
+  auto fits = [bytes, this](std::uint64_t queued) { return queued == 0 || queued + bytes <= options_.queue_bytes; };
+  bool counted_stall = false;
+  while (true) {
+    if (fits(queue_bytes_)) {
+      queue_bytes_ += bytes;
+      counters_.queue_high_water_bytes = std::max(counters_.queue_high_water_bytes, queue_bytes_);
+      queue_.push_back(std::move(chunk));
+      break;
+    }
+    if (fits(overflow_bytes_)) {
+      overflow_bytes_ += bytes;
+      counters_.overflow_high_water_bytes = std::max(counters_.overflow_high_water_bytes, overflow_bytes_);
+      ++counters_.overflow_chunks;
+      overflow_queue_.push_back(std::move(chunk));
+      break;
+    }
+    // Both full: storage (or the cheap encoder) is slower than the raw view rate. Waiting here is
+    // the only way to keep memory bounded; it is counted so the operator sees it.
+    if (!counted_stall) {
+      ++counters_.stalls;
+      counted_stall = true;
+    }
+    space_.wait(lock);
+  }
+  lock.unlock();
+  work_.notify_all();
+}
+
+void ChunkStage::Worker(bool overflow) {
+  std::deque<RawChunk>& queue = overflow ? overflow_queue_ : queue_;
+  std::uint64_t& queued_bytes = overflow ? overflow_bytes_ : queue_bytes_;
+  while (true) {
+    RawChunk chunk;
+    {
+      std::unique_lock lock(mutex_);
+      work_.wait(lock, [&] { return !queue.empty() || draining_; });
+      if (queue.empty()) return;  // draining and nothing left
+      chunk = std::move(queue.front());
+      queue.pop_front();
+      queued_bytes -= chunk.samples.size();
+    }
+    space_.notify_all();
+    auto encoded = overflow ? EncodeChunk(chunk.info, chunk.samples, options_.overflow)
+                            : encode_(chunk.info, chunk.samples, options_.encode);
+    store_(chunk, std::move(encoded));
+  }
+}
+
+void ChunkStage::Drain() {
+  {
+    std::lock_guard lock(mutex_);
+    if (draining_ && threads_.empty()) return;
+    draining_ = true;
+  }
+  work_.notify_all();
+  for (std::thread& t : threads_) {
+    if (t.joinable()) t.join();
+  }
+  threads_.clear();
+}
+
+ChunkStageCounters ChunkStage::counters() const {
+  std::lock_guard lock(mutex_);
+  return counters_;
+}
+
+ChunkStage::AcquireResult ChunkStage::Acquire(drivers::Detector& detector, const drivers::ScanProtocol& protocol,
+                                              const ChunkInfo& chunk_template, std::atomic<std::uint64_t>* views_read) {
+  AcquireResult result;
+  RawChunk current;
+  current.info = chunk_template;
+  current.info.views.clear();
+  const std::uint64_t view_bytes = protocol.BytesPerView();
+  auto submit = [&] {
+    if (current.info.views.empty()) return;
+    RawChunk next;
+    next.info = chunk_template;
+    next.info.views.clear();
+    next.info.views.reserve(options_.views_per_chunk);
+    next.samples.reserve(options_.views_per_chunk * view_bytes);
+    Submit(std::exchange(current, std::move(next)));
+    ++result.chunks;
+  };
+  current.samples.reserve(options_.views_per_chunk * view_bytes);
+  while (true) {
+    auto view = detector.NextView();
+    if (!view) {
+      result.incomplete_reason = "the driver stopped with an error after " + std::to_string(result.views) +
+                                 " views: " + view.error().message();
+      break;
+    }
+    if (!view->has_value()) break;
+    const drivers::View& v = **view;
+    if (v.samples.size() != view_bytes) {
+      result.incomplete_reason = "the driver delivered a view of " + std::to_string(v.samples.size()) +
+                                 " bytes, expected " + std::to_string(view_bytes);
+      detector.Abort();
+      break;
+    }
+    current.info.views.push_back({v.sequence, v.gantry_angle_deg, v.table_position_mm, v.timestamp_us, v.status_flags});
+    current.samples.insert(current.samples.end(), v.samples.begin(), v.samples.end());
+    ++result.views;
+    if (views_read != nullptr) views_read->store(result.views);
+    if (current.info.views.size() >= options_.views_per_chunk) submit();
+  }
+  submit();
+  std::lock_guard lock(mutex_);
+  counters_.views += result.views;
+  return result;
+}
+
+}  // namespace ctagent::codec

@@ -1,0 +1,106 @@
+// The acquisition -> codec -> store stage of a scan: reads views from the driver, cuts them into
+// chunks, and has them encoded and stored without the thread that reads the driver ever waiting
+// for compression or storage (docs/codec.md, "Acquisition never waits").
+//
+//   Acquire() (the acquisition thread, the only caller of NextView)
+//     -> bounded queue of raw chunks (options.queue_bytes) -> `threads` workers: pool encoding
+//     -> when that queue is full: the overflow queue (same bound) -> one overflow thread that
+//        encodes with a cheap setting (options.overflow, no prediction filter, zstd -1)
+//     -> when both are full (storage slower than the raw view rate): the acquisition thread
+//        waits, and counts it as a stall; memory stays bounded either way.
+// Chunk indices are assigned in acquisition order, whichever path encodes the chunk.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "agent/codec/chunk.hpp"
+#include "agent/common/error.hpp"
+#include "drivers/detector.hpp"
+
+namespace ctagent::codec {
+
+struct RawChunk {
+  ChunkInfo info;  // identity, shape, views, descriptor (lengths and hashes not yet filled in)
+  std::vector<std::uint8_t> samples;
+};
+
+// Encodes one chunk (EncodeChunk by default; tests inject a slow one).
+using EncodeFunction =
+    std::function<Expected<std::vector<std::uint8_t>>(const ChunkInfo&, std::span<const std::uint8_t>, const EncodeOptions&)>;
+// Receives every chunk once, encoded or with the reason it could not be, on a worker thread,
+// in no particular order. Stores it (the agent: in the spool) before returning.
+using StoreFunction = std::function<void(const RawChunk& raw, Expected<std::vector<std::uint8_t>> encoded)>;
+
+struct ChunkStageOptions {
+  std::uint32_t views_per_chunk = 64;
+  std::uint32_t threads = 2;
+  std::uint64_t queue_bytes = 64ull << 20;  // raw bytes waiting for the workers (and, separately, for the overflow thread)
+  EncodeOptions encode{Filter::kPredict, 3};
+  EncodeOptions overflow{Filter::kNone, 1};
+};
+
+struct ChunkStageCounters {
+  std::uint64_t views = 0;
+  std::uint32_t chunks = 0;           // chunks submitted (indices 0 .. chunks - 1)
+  std::uint32_t overflow_chunks = 0;  // encoded with the cheap setting because the workers were behind
+  std::uint32_t stalls = 0;           // times the acquisition thread had to wait (both queues full)
+  std::uint64_t queue_high_water_bytes = 0;     // most raw bytes ever waiting for the workers
+  std::uint64_t overflow_high_water_bytes = 0;  // the same for the overflow thread
+};
+
+class ChunkStage {
+ public:
+  // `encode` is used by the workers; the overflow thread always uses EncodeChunk.
+  ChunkStage(ChunkStageOptions options, StoreFunction store, EncodeFunction encode = EncodeChunk);
+  ~ChunkStage();  // Drain()s
+  ChunkStage(const ChunkStage&) = delete;
+  ChunkStage& operator=(const ChunkStage&) = delete;
+
+  struct AcquireResult {
+    std::uint64_t views = 0;
+    std::uint32_t chunks = 0;
+    std::string incomplete_reason;  // empty when the driver ended the scan normally
+  };
+  // Reads views until the driver ends the scan, fails or is aborted, submitting a chunk every
+  // views_per_chunk views (and the rest at the end). `chunk_template` supplies the scan UID,
+  // shape and descriptor. `views_read` (optional) is updated after every view.
+  AcquireResult Acquire(drivers::Detector& detector, const drivers::ScanProtocol& protocol,
+                        const ChunkInfo& chunk_template, std::atomic<std::uint64_t>* views_read = nullptr);
+
+  // Hands a chunk over; its index is the next one. Waits only when both queues are full.
+  void Submit(RawChunk chunk);
+
+  // Waits until every submitted chunk was stored, then stops the threads. Idempotent.
+  void Drain();
+
+  ChunkStageCounters counters() const;
+
+ private:
+  void Worker(bool overflow);
+
+  ChunkStageOptions options_;
+  StoreFunction store_;
+  EncodeFunction encode_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable work_;   // a queue got a chunk, or draining
+  std::condition_variable space_;  // a queue has room again
+  std::deque<RawChunk> queue_;
+  std::deque<RawChunk> overflow_queue_;
+  std::uint64_t queue_bytes_ = 0;
+  std::uint64_t overflow_bytes_ = 0;
+  bool draining_ = false;
+  ChunkStageCounters counters_;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace ctagent::codec
