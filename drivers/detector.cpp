@@ -78,9 +78,44 @@ const std::vector<ProtocolField>& ProtocolFields() {
   static const std::vector<ProtocolField> kFields = {
       {"geometry",
        [](const nlohmann::json& v, ScanProtocol& p) -> Status {
-         if (!v.is_string() || v.get<std::string>() != "parallel") return FieldError("geometry", "\"parallel\"", v);
-         p.geometry = GeometryKind::kParallel;
+         if (v.is_string() && v.get<std::string>() == "parallel") {
+           p.geometry = GeometryKind::kParallel;
+         } else if (v.is_string() && v.get<std::string>() == "fan") {
+           p.geometry = GeometryKind::kFan;
+         } else {
+           return FieldError("geometry", "\"parallel\" or \"fan\"", v);
+         }
          return Ok();
+       }},
+      {"source_to_isocenter_mm",
+       [](const nlohmann::json& v, ScanProtocol& p) {
+         return ReadDouble(v, "source_to_isocenter_mm", 0, true, 10000, "a number > 0 and <= 10000",
+                           &p.source_to_isocenter_mm);
+       }},
+      {"source_to_detector_mm",
+       [](const nlohmann::json& v, ScanProtocol& p) {
+         return ReadDouble(v, "source_to_detector_mm", 0, true, 10000, "a number > 0 and <= 10000",
+                           &p.source_to_detector_mm);
+       }},
+      {"sample_encoding",
+       [](const nlohmann::json& v, ScanProtocol& p) -> Status {
+         if (v.is_string() && v.get<std::string>() == "counts") {
+           p.sample_encoding = SampleEncoding::kCounts;
+         } else if (v.is_string() && v.get<std::string>() == "line_integral") {
+           p.sample_encoding = SampleEncoding::kLineIntegral;
+         } else {
+           return FieldError("sample_encoding", "\"counts\" or \"line_integral\"", v);
+         }
+         return Ok();
+       }},
+      {"line_integral_slope",
+       [](const nlohmann::json& v, ScanProtocol& p) {
+         return ReadDouble(v, "line_integral_slope", 0, true, 1, "a number > 0 and <= 1", &p.line_integral_slope);
+       }},
+      {"line_integral_intercept",
+       [](const nlohmann::json& v, ScanProtocol& p) {
+         return ReadDouble(v, "line_integral_intercept", -100, false, 100, "a number from -100 to 100",
+                           &p.line_integral_intercept);
        }},
       {"views_per_rotation",
        [](const nlohmann::json& v, ScanProtocol& p) { return ReadU32(v, "views_per_rotation", 1, 100000, &p.views_per_rotation); }},
@@ -153,6 +188,26 @@ std::size_t SampleSize(SampleType type) {
   return 0;
 }
 
+const char* ToString(GeometryKind kind) {
+  switch (kind) {
+    case GeometryKind::kParallel:
+      return "parallel";
+    case GeometryKind::kFan:
+      return "fan";
+  }
+  return "unknown";
+}
+
+const char* ToString(SampleEncoding encoding) {
+  switch (encoding) {
+    case SampleEncoding::kCounts:
+      return "counts";
+    case SampleEncoding::kLineIntegral:
+      return "line_integral";
+  }
+  return "unknown";
+}
+
 const char* ToString(SampleType type) {
   switch (type) {
     case SampleType::kUint16:
@@ -165,7 +220,7 @@ const char* ToString(SampleType type) {
 
 nlohmann::json ToJson(const ScanProtocol& p) {
   return nlohmann::json{
-      {"geometry", "parallel"},
+      {"geometry", ToString(p.geometry)},
       {"views_per_rotation", p.views_per_rotation},
       {"rotations", p.rotations},
       {"rows", p.rows},
@@ -180,6 +235,11 @@ nlohmann::json ToJson(const ScanProtocol& p) {
       {"sample_type", ToString(p.sample_type)},
       {"seed", p.seed},
       {"real_time", p.real_time},
+      {"source_to_isocenter_mm", p.source_to_isocenter_mm},
+      {"source_to_detector_mm", p.source_to_detector_mm},
+      {"sample_encoding", ToString(p.sample_encoding)},
+      {"line_integral_slope", p.line_integral_slope},
+      {"line_integral_intercept", p.line_integral_intercept},
   };
 }
 
@@ -197,6 +257,10 @@ Expected<ScanProtocol> ProtocolFromJson(const nlohmann::json& j) {
       return MakeError(ErrorKind::kInvalidInput, "/" + key + ": unknown scan protocol key");
     }
     if (auto s = field->read(value, p); !s) return MakeError(s.error());
+  }
+  if (p.geometry == GeometryKind::kFan && !(p.source_to_detector_mm > p.source_to_isocenter_mm)) {
+    return MakeError(ErrorKind::kInvalidInput, "/source_to_detector_mm: must exceed source_to_isocenter_mm (" +
+                                                   std::to_string(p.source_to_isocenter_mm) + ") for a fan beam");
   }
   return p;
 }

@@ -23,8 +23,20 @@ const char* ToString(SampleType type);
 
 // Scan geometry. `parallel`: rays of one view are parallel, channel c sits at
 // (c - (channels-1)/2) * channel_pitch_mm from the rotation axis; views cover 180 degrees per
-// "rotation". `fan`: reserved for the full-geometry simulator (issue: detector HAL).
-enum class GeometryKind : std::uint8_t { kParallel = 1 };
+// "rotation". `fan`: third-generation fan beam, a point source at source_to_isocenter_mm from
+// the axis and an arc detector (equiangular channels) centred on the source at
+// source_to_detector_mm; channel c has fan angle (c - (channels-1)/2) * channel_pitch_mm /
+// source_to_isocenter_mm (pitches are given at isocenter); views cover 360 degrees per rotation.
+enum class GeometryKind : std::uint8_t { kParallel = 1, kFan = 2 };
+
+const char* ToString(GeometryKind kind);
+
+// What a uint16 sample means. `counts`: detected photons. `line_integral`: what DICOM-CT-PD
+// scanners deliver, the log-normalised projection p = ln(I0 / counts) quantised as
+// p = line_integral_slope * sample + line_integral_intercept.
+enum class SampleEncoding : std::uint8_t { kCounts = 1, kLineIntegral = 2 };
+
+const char* ToString(SampleEncoding encoding);
 
 struct ScanProtocol {
   GeometryKind geometry = GeometryKind::kParallel;
@@ -42,6 +54,24 @@ struct ScanProtocol {
   SampleType sample_type = SampleType::kUint16;
   std::uint64_t seed = 1;                  // noise seed: a given seed gives identical views
   bool real_time = false;                  // pace views at the protocol's view rate
+  // Fan beam only (a 16-slice scanner's typical distances) [mm].
+  double source_to_isocenter_mm = 570.0;
+  double source_to_detector_mm = 1040.0;
+  SampleEncoding sample_encoding = SampleEncoding::kCounts;
+  double line_integral_slope = 1.0 / 4096;   // line_integral encoding: p per sample unit
+  double line_integral_intercept = -1.0;     // line_integral encoding: p of sample 0
+
+  // Degrees the gantry turns per "rotation": 180 for parallel beam, 360 for fan beam.
+  double DegreesPerRotation() const { return geometry == GeometryKind::kFan ? 360.0 : 180.0; }
+  // Detector spacings at the detector itself (the protocol gives them at isocenter) [mm].
+  double DetectorChannelPitchMm() const {
+    return geometry == GeometryKind::kFan ? channel_pitch_mm * source_to_detector_mm / source_to_isocenter_mm
+                                          : channel_pitch_mm;
+  }
+  double DetectorRowPitchMm() const {
+    return geometry == GeometryKind::kFan ? row_pitch_mm * source_to_detector_mm / source_to_isocenter_mm
+                                          : row_pitch_mm;
+  }
 
   std::uint64_t TotalViews() const { return std::uint64_t{views_per_rotation} * rotations; }
   std::uint64_t BytesPerView() const { return std::uint64_t{rows} * channels * SampleSize(sample_type); }

@@ -26,31 +26,38 @@ void FilterView(std::span<const double> p, const std::vector<double>& kernel, do
   }
 }
 
-HuImage ReconstructRow(const ReconInput& input, std::uint32_t row, const std::vector<double>& kernel,
-                       const ReconOptions& options) {
+// A parallel sinogram of one image plane: views x channels line integrals at `angles_deg`.
+struct Sinogram {
+  std::vector<double> p;
+  std::vector<double> angles_deg;
+  std::uint32_t views = 0;
+  double z_mm = 0;
+};
+
+HuImage BackProject(const Sinogram& sino, const ReconInput& input, const std::vector<double>& kernel,
+                    const ReconOptions& options) {
   const std::uint32_t channels = input.channels;
   const double d = input.channel_pitch_mm;
   const std::uint32_t n = options.image_size;
   const double fov_mm = channels * d;
 
-  // Filtered projections of this row, views x channels.
-  std::vector<float> filtered(std::size_t{input.views} * channels);
-  std::vector<double> p(channels);
-  for (std::uint32_t v = 0; v < input.views; ++v) {
-    const float* counts = input.counts.data() + (std::size_t{v} * input.rows + row) * channels;
-    for (std::uint32_t c = 0; c < channels; ++c) p[c] = CountsToLineIntegral(counts[c], input.unattenuated_counts);
-    FilterView(p, kernel, d, std::span<float>(filtered.data() + std::size_t{v} * channels, channels));
+  // Filtered projections, views x channels.
+  std::vector<float> filtered(std::size_t{sino.views} * channels);
+  for (std::uint32_t v = 0; v < sino.views; ++v) {
+    FilterView(std::span<const double>(sino.p.data() + std::size_t{v} * channels, channels), kernel, d,
+               std::span<float>(filtered.data() + std::size_t{v} * channels, channels));
   }
 
   HuImage image;
   image.size = n;
   image.pixel_spacing_mm = fov_mm / n;
+  image.z_mm = sino.z_mm;
   std::vector<float> mu(std::size_t{n} * n, 0.0f);
   const double dx = image.pixel_spacing_mm;
   const double half_pixels = (n - 1) / 2.0;
   const double centre_channel = (channels - 1) / 2.0;
-  for (std::uint32_t v = 0; v < input.views; ++v) {
-    const double theta = input.gantry_angle_deg[v] * std::numbers::pi / 180.0;
+  for (std::uint32_t v = 0; v < sino.views; ++v) {
+    const double theta = sino.angles_deg[v] * std::numbers::pi / 180.0;
     const double cos_t = std::cos(theta);
     const double sin_t = std::sin(theta);
     const float* q = filtered.data() + std::size_t{v} * channels;
@@ -70,8 +77,8 @@ HuImage ReconstructRow(const ReconInput& input, std::uint32_t row, const std::ve
     }
   }
 
-  // pi / K: the views sample [0, pi) (or k times over) uniformly.
-  const double scale = std::numbers::pi / input.views;
+  // pi / K: the views sample [0, pi) (or k times over, or [0, 2 pi) counting each ray twice) uniformly.
+  const double scale = std::numbers::pi / sino.views;
   const double mu_w = drivers::sim::kMuWaterPerMm;
   const double radius_sq = (fov_mm / 2) * (fov_mm / 2);
   image.hu.resize(mu.size());
@@ -88,10 +95,134 @@ HuImage ReconstructRow(const ReconInput& input, std::uint32_t row, const std::ve
   return image;
 }
 
+double LineIntegralOf(const ReconInput& input, std::uint32_t view, std::uint32_t row, std::uint32_t channel) {
+  const float s = input.counts[(std::size_t{view} * input.rows + row) * input.channels + channel];
+  if (input.samples_are_line_integrals) {
+    return input.line_integral_slope * static_cast<double>(s) + input.line_integral_intercept;
+  }
+  return CountsToLineIntegral(s, input.unattenuated_counts);
+}
+
+bool IsHelical(const ReconInput& input) {
+  if (input.table_position_mm.size() != input.views) return false;
+  for (double z : input.table_position_mm) {
+    if (z != input.table_position_mm.front()) return true;
+  }
+  return false;
+}
+
+std::uint32_t ViewsPerRotation(const ReconInput& input) {
+  return input.views_per_rotation == 0 ? input.views : std::min(input.views_per_rotation, input.views);
+}
+
+double TableAt(const ReconInput& input, std::uint32_t v) {
+  return input.table_position_mm.empty() ? 0.0 : input.table_position_mm[v];
+}
+
+// The native (parallel or fan) sinogram of image plane `plane`: axial, row `plane` over all
+// views (fan: the first rotation); helical, one rotation centred on the plane, each view
+// interpolated linearly between the two rows bracketing z (clamped at the outermost rows).
+Sinogram NativeSinogram(const ReconInput& input, std::uint32_t plane, const std::vector<double>& helical_planes) {
+  const std::uint32_t channels = input.channels;
+  Sinogram sino;
+  std::uint32_t first = 0;
+  std::uint32_t count = input.fan_beam ? ViewsPerRotation(input) : input.views;
+  const double row_centre = (input.rows - 1) / 2.0;
+  if (helical_planes.empty()) {
+    sino.z_mm = TableAt(input, 0) + (plane - row_centre) * input.row_pitch_mm;
+  } else {
+    sino.z_mm = helical_planes[plane];
+    count = ViewsPerRotation(input);
+    // The rotation whose middle view's table position is closest to the plane.
+    const double z0 = input.table_position_mm.front();
+    const double feed_per_view = (input.table_position_mm.back() - z0) / (input.views - 1);
+    const double centre_view = (sino.z_mm - z0) / feed_per_view;
+    const double start = std::round(centre_view - count / 2.0);
+    first = static_cast<std::uint32_t>(std::clamp(start, 0.0, static_cast<double>(input.views - count)));
+  }
+  sino.views = count;
+  sino.p.resize(std::size_t{count} * channels);
+  for (std::uint32_t k = 0; k < count; ++k) {
+    const std::uint32_t v = first + k;
+    sino.angles_deg.push_back(input.gantry_angle_deg[v]);
+    double* out = sino.p.data() + std::size_t{k} * channels;
+    if (helical_planes.empty()) {
+      for (std::uint32_t c = 0; c < channels; ++c) out[c] = LineIntegralOf(input, v, plane, c);
+      continue;
+    }
+    const double f = std::clamp((sino.z_mm - TableAt(input, v)) / input.row_pitch_mm + row_centre, 0.0,
+                                static_cast<double>(input.rows - 1));
+    const auto r0 = static_cast<std::uint32_t>(f);
+    const std::uint32_t r1 = std::min(r0 + 1, input.rows - 1);
+    const double w = f - r0;
+    for (std::uint32_t c = 0; c < channels; ++c) {
+      out[c] = (1.0 - w) * LineIntegralOf(input, v, r0, c) + w * LineIntegralOf(input, v, r1, c);
+    }
+  }
+  return sino;
+}
+
+// Fan (beta, gamma) -> parallel (theta = beta - gamma, s = R sin gamma) over 360 degrees: as
+// many parallel views as fan views, channels at the isocenter pitch; rays outside the fan get
+// p = 0. Bilinear interpolation, periodic in beta.
+Sinogram RebinFanToParallel(const Sinogram& fan, const ReconInput& input) {
+  const std::uint32_t channels = input.channels;
+  const std::uint32_t k_views = fan.views;
+  const double r_src = input.source_to_isocenter_mm;
+  const double d_gamma = input.channel_pitch_mm / r_src;
+  const double centre = (channels - 1) / 2.0;
+  const double two_pi = 2.0 * std::numbers::pi;
+  const double beta0 = fan.angles_deg.front() * std::numbers::pi / 180.0;
+  const double d_beta = two_pi / k_views;
+  Sinogram par;
+  par.views = k_views;
+  par.z_mm = fan.z_mm;
+  par.p.assign(std::size_t{k_views} * channels, 0.0);
+  for (std::uint32_t k = 0; k < k_views; ++k) {
+    const double theta = beta0 + k * d_beta;
+    par.angles_deg.push_back(theta * 180.0 / std::numbers::pi);
+    for (std::uint32_t j = 0; j < channels; ++j) {
+      const double s = (j - centre) * input.channel_pitch_mm;
+      if (std::fabs(s) >= r_src) continue;
+      const double gamma = std::asin(s / r_src);
+      const double fc = gamma / d_gamma + centre;
+      if (fc < 0 || fc > channels - 1) continue;
+      double fb = (theta + gamma - beta0) / d_beta;
+      fb -= std::floor(fb / k_views) * k_views;  // periodic: into [0, K)
+      const auto b0 = std::min(static_cast<std::uint32_t>(fb), k_views - 1);
+      const std::uint32_t b1 = (b0 + 1) % k_views;
+      const double wb = fb - b0;
+      const auto c0 = std::min(static_cast<std::uint32_t>(fc), channels - 1);
+      const std::uint32_t c1 = std::min(c0 + 1, channels - 1);
+      const double wc = fc - c0;
+      auto at = [&](std::uint32_t b, std::uint32_t c) { return fan.p[std::size_t{b} * channels + c]; };
+      par.p[std::size_t{k} * channels + j] = (1 - wb) * ((1 - wc) * at(b0, c0) + wc * at(b0, c1)) +
+                                             wb * ((1 - wc) * at(b1, c0) + wc * at(b1, c1));
+    }
+  }
+  return par;
+}
+
 }  // namespace
 
 double CountsToLineIntegral(double counts, double unattenuated_counts) {
   return -std::log(std::max(counts, 0.5) / unattenuated_counts);
+}
+
+std::vector<double> HelicalPlanes(const ReconInput& input) {
+  if (!IsHelical(input) || !(input.row_pitch_mm > 0) || input.views < 2) return {};
+  const std::uint32_t k = ViewsPerRotation(input);
+  const double z_first = input.table_position_mm[k / 2];
+  const double z_last = input.table_position_mm[input.views - 1 - k / 2];
+  // A plane is reconstructed where every view of its rotation has rows on both sides of it:
+  // |z - table(centre)| <= half the collimation minus half the table travel of a rotation.
+  const double travel = std::fabs(input.table_position_mm[k - 1] - input.table_position_mm[0]);
+  const double reach = std::max(0.0, (input.rows - 1) / 2.0 * input.row_pitch_mm - travel / 2.0);
+  const double lo = std::min(z_first, z_last) - reach;
+  const double hi = std::max(z_first, z_last) + reach;
+  std::vector<double> planes;
+  for (double z = lo; z <= hi + 1e-9 && planes.size() < 4096; z += input.row_pitch_mm) planes.push_back(z);
+  return planes;
 }
 
 std::vector<double> RampKernel(std::uint32_t len, double spacing_mm, RampWindow window) {
@@ -140,15 +271,43 @@ Expected<std::vector<HuImage>> Reconstruct(const ReconInput& input, const ReconO
                                                    " is outside 16..4096 pixels");
   }
 
+  if (input.fan_beam && !(input.source_to_isocenter_mm > (input.channels - 1) / 2.0 * input.channel_pitch_mm)) {
+    return MakeError(ErrorKind::kInvalidInput, "fan-beam reconstruction needs source_to_isocenter_mm (" +
+                                                   std::to_string(input.source_to_isocenter_mm) +
+                                                   ") larger than the half-width of the detector at isocenter");
+  }
+  if (!input.table_position_mm.empty() && input.table_position_mm.size() != input.views) {
+    return MakeError(ErrorKind::kInvalidInput, "reconstruction needs one table position per view (or none): " +
+                                                   std::to_string(input.table_position_mm.size()) + " for " +
+                                                   std::to_string(input.views) + " views");
+  }
+  const bool helical = IsHelical(input);
+  if ((helical || input.fan_beam) && input.views_per_rotation > input.views) {
+    return MakeError(ErrorKind::kInvalidInput, "the scan holds " + std::to_string(input.views) +
+                                                   " views, less than one rotation (" +
+                                                   std::to_string(input.views_per_rotation) + ")");
+  }
+  if (helical && !(input.row_pitch_mm > 0)) {
+    return MakeError(ErrorKind::kInvalidInput, "helical reconstruction needs a positive row pitch");
+  }
+  const std::vector<double> planes = HelicalPlanes(input);
+  if (helical && planes.empty()) {
+    return MakeError(ErrorKind::kInvalidInput, "the helical scan covers no plane with a full rotation of data; "
+                                               "scan longer or lower the table feed");
+  }
+  const auto slice_count = static_cast<std::uint32_t>(helical ? planes.size() : input.rows);
+
   const auto kernel = RampKernel(input.channels, input.channel_pitch_mm, options.window);
-  std::vector<HuImage> slices(input.rows);
+  std::vector<HuImage> slices(slice_count);
   std::atomic<std::uint32_t> next_row{0};
   auto work = [&] {
-    for (std::uint32_t row = next_row++; row < input.rows; row = next_row++) {
-      slices[row] = ReconstructRow(input, row, kernel, options);
+    for (std::uint32_t row = next_row++; row < slice_count; row = next_row++) {
+      Sinogram native = NativeSinogram(input, row, planes);
+      slices[row] = input.fan_beam ? BackProject(RebinFanToParallel(native, input), input, kernel, options)
+                                   : BackProject(native, input, kernel, options);
     }
   };
-  const std::uint32_t threads = std::clamp<std::uint32_t>(options.max_threads, 1, input.rows);
+  const std::uint32_t threads = std::clamp<std::uint32_t>(options.max_threads, 1, slice_count);
   std::vector<std::thread> pool;
   for (std::uint32_t i = 1; i < threads; ++i) pool.emplace_back(work);
   work();

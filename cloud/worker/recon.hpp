@@ -1,6 +1,10 @@
-// Parallel-beam filtered back-projection for the reference imaging center (demos and tests only;
-// not a diagnostic product). Counts -> line integrals -> ramp filter (spatial-domain kernel,
-// Kak & Slaney) -> back-projection with linear interpolation -> Hounsfield units.
+// Filtered back-projection for the reference imaging center (demos and tests only; not a
+// diagnostic product). Samples -> line integrals -> [helical: z-interpolation between the two
+// detector rows that bracket each image plane, view by view, over one rotation centred on the
+// plane] -> [fan beam: rebinning to parallel rays over 360 degrees, bilinear in (view angle,
+// fan angle)] -> ramp filter (spatial-domain kernel, Kak & Slaney) -> parallel back-projection
+// with linear interpolation -> Hounsfield units. The cone angle is ignored (rows are treated
+// as planes), which is accurate for the few-centimetre collimation of a 16-slice scanner.
 #pragma once
 
 #include <cstdint>
@@ -24,24 +28,41 @@ struct ReconOptions {
   float outside_fov_hu = -1000.0f;
 };
 
-// One scan's counts as the chunks carry them, already in view order.
+// One scan's samples as the chunks carry them, already in view order.
 struct ReconInput {
   std::uint32_t views = 0;
-  std::uint32_t rows = 0;      // detector rows = slices
+  std::uint32_t rows = 0;      // detector rows (= slices of an axial scan)
   std::uint32_t channels = 0;
   double channel_pitch_mm = 0;  // at isocenter; FOV = channels * pitch
   // Mean counts of an unattenuated ray: unattenuated_counts * dose_fraction.
   double unattenuated_counts = 0;
   std::vector<double> gantry_angle_deg;  // one per view; together they cover 180 degrees (or k * 180)
-  // views * rows * channels counts, row-major per view (view v, row r, channel c at
-  // (v * rows + r) * channels + c).
+  // views * rows * channels samples, row-major per view (view v, row r, channel c at
+  // (v * rows + r) * channels + c): counts, or line-integral codes (below).
   std::vector<float> counts;
+
+  // Samples are line-integral codes (sample_encoding "line_integral"): p = slope * s + intercept.
+  bool samples_are_line_integrals = false;
+  double line_integral_slope = 1;
+  double line_integral_intercept = 0;
+
+  // Fan beam (geometry "fan"): views cover 360 degrees per rotation; the source is
+  // source_to_isocenter_mm from the axis; channel pitch is the arc pitch at isocenter.
+  bool fan_beam = false;
+  double source_to_isocenter_mm = 0;
+  // Views per rotation (180 degrees parallel, 360 fan); 0: all views form one rotation.
+  std::uint32_t views_per_rotation = 0;
+  // Helical scans: one table position per view [mm] and the row spacing at isocenter. Empty
+  // (or constant) positions: axial, one slice per row at table + (row - (rows-1)/2) * pitch.
+  std::vector<double> table_position_mm;
+  double row_pitch_mm = 0;
 };
 
 // One reconstructed slice: N x N values in HU, row 0 at +y (anterior), column grows with x.
 struct HuImage {
   std::uint32_t size = 0;
   double pixel_spacing_mm = 0;
+  double z_mm = 0;        // table coordinate of the image plane [mm]
   std::vector<float> hu;  // size * size
 
   float At(std::uint32_t row, std::uint32_t column) const { return hu[std::size_t{row} * size + column]; }
@@ -50,9 +71,14 @@ struct HuImage {
   double YOfRow(double row) const { return ((size - 1) / 2.0 - row) * pixel_spacing_mm; }
 };
 
-// Reconstructs every row of `input` into a slice. Fails with kInvalidInput when the shape is
-// inconsistent (sizes, angle count, non-positive pitch or counts).
+// Reconstructs `input` into slices: one per row for an axial scan; for a helical scan, planes
+// row_pitch_mm apart over the z range every view of a centred rotation covers (listed by
+// HelicalPlanes). Fails with kInvalidInput when the shape is inconsistent (sizes, angle count,
+// non-positive pitch or counts, helical data shorter than a rotation).
 Expected<std::vector<HuImage>> Reconstruct(const ReconInput& input, const ReconOptions& options);
+
+// Image planes [mm] a helical reconstruction of `input` produces (empty for axial input).
+std::vector<double> HelicalPlanes(const ReconInput& input);
 
 // The discrete ramp kernel h[n] for n = -(len-1) .. len-1, centred at index len-1, for sample
 // spacing `spacing_mm`. Exposed for tests.

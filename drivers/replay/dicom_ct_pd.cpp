@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <numbers>
 
@@ -26,6 +27,11 @@ const DcmTagKey kFlagsKey(0x0019, 0x1002);
 const DcmTagKey kI0Key(0x0019, 0x1003);
 const DcmTagKey kAngleDegKey(0x0019, 0x1004);
 const DcmTagKey kTableKey(0x0019, 0x1005);
+const DcmTagKey kEncodingKey(0x0019, 0x1006);
+const DcmTagKey kSlopeKey(0x0019, 0x1007);
+const DcmTagKey kInterceptKey(0x0019, 0x1008);
+constexpr const char* kEncodingCounts = "COUNTS";
+constexpr const char* kEncodingLineIntegral = "LINE_INTEGRAL";
 constexpr double kMaxPixel = 65535.0;
 
 Unexpected DicomError(const fs::path& file, const std::string& what, const OFCondition& cond) {
@@ -44,10 +50,21 @@ std::string NewUid() {
   return uid;
 }
 
+// DS text for v: the shortest of %.10g .. %.16g that reads back as v and fits DS's 16
+// characters, else %.10g (the exact value is kept in the ctagent block anyway).
 std::string Decimal(double v) {
-  char text[32];
-  std::snprintf(text, sizeof text, "%.10g", v);  // DS holds at most 16 characters
+  char text[40];
+  for (int digits = 10; digits <= 16; ++digits) {
+    std::snprintf(text, sizeof text, "%.*g", digits, v);
+    if (std::strlen(text) > 16) break;
+    if (std::strtod(text, nullptr) == v) return text;
+  }
+  std::snprintf(text, sizeof text, "%.10g", v);
   return text;
+}
+
+std::uint16_t Code(double line_integral, double slope, double intercept) {
+  return static_cast<std::uint16_t>(std::clamp(std::round((line_integral - intercept) / slope), 0.0, kMaxPixel));
 }
 
 }  // namespace
@@ -85,17 +102,29 @@ Status DicomCtPdWriter::Append(const View& view) {
   // Line integrals from -ln(65536 / I0) (counts above I0: noise in air) to ln(4 I0) (count 0)
   // span the pixel range; quantised with the decimal values the file carries.
   const double i0 = p.unattenuated_counts * p.dose_fraction;
-  const std::string intercept_text = Decimal(-std::log(std::max(2.0, 65536.0 / i0)));
-  const double intercept = std::stod(intercept_text);
-  const std::string slope_text = Decimal((std::log(4.0 * i0) - intercept) / kMaxPixel);
-  const double slope = std::stod(slope_text);
+  const bool line_integrals = p.sample_encoding == SampleEncoding::kLineIntegral;
   const std::size_t count = std::size_t{p.rows} * p.channels;
   std::vector<Uint16> pixels(count);
-  for (std::size_t i = 0; i < count; ++i) {
-    std::uint16_t c = 0;
-    std::memcpy(&c, view.samples.data() + 2 * i, 2);
-    const double line_integral = c == 0 ? slope * kMaxPixel + intercept : std::log(i0 / c);
-    pixels[i] = static_cast<Uint16>(std::clamp(std::lround((line_integral - intercept) / slope), 0L, 65535L));
+  std::string intercept_text;
+  std::string slope_text;
+  double slope = p.line_integral_slope;
+  double intercept = p.line_integral_intercept;
+  if (line_integrals) {
+    // Already DICOM-CT-PD pixels: stored as they are.
+    intercept_text = Decimal(intercept);
+    slope_text = Decimal(slope);
+    std::memcpy(pixels.data(), view.samples.data(), count * 2);
+  } else {
+    intercept_text = Decimal(-std::log(std::max(2.0, 65536.0 / i0)));
+    intercept = std::stod(intercept_text);
+    slope_text = Decimal((std::log(4.0 * i0) - intercept) / kMaxPixel);
+    slope = std::stod(slope_text);
+    for (std::size_t i = 0; i < count; ++i) {
+      std::uint16_t c = 0;
+      std::memcpy(&c, view.samples.data() + 2 * i, 2);
+      const double line_integral = c == 0 ? slope * kMaxPixel + intercept : std::log(i0 / c);
+      pixels[i] = Code(line_integral, slope, intercept);
+    }
   }
 
   DcmFileFormat format;
@@ -148,6 +177,10 @@ Status DicomCtPdWriter::Append(const View& view) {
   put(ds->putAndInsertFloat64(DcmTag(0x0019, 0x1003, EVR_FD), i0), "I0");
   put(ds->putAndInsertFloat64(DcmTag(0x0019, 0x1004, EVR_FD), view.gantry_angle_deg), "angle");
   put(ds->putAndInsertFloat64(DcmTag(0x0019, 0x1005, EVR_FD), view.table_position_mm), "table");
+  put(ds->putAndInsertString(DcmTag(0x0019, 0x1006, EVR_CS), line_integrals ? kEncodingLineIntegral : kEncodingCounts),
+      "encoding");
+  put(ds->putAndInsertFloat64(DcmTag(0x0019, 0x1007, EVR_FD), slope), "slope");
+  put(ds->putAndInsertFloat64(DcmTag(0x0019, 0x1008, EVR_FD), intercept), "intercept");
   put(ds->putAndInsertUint16Array(DCM_PixelData, pixels.data(), static_cast<unsigned long>(pixels.size())), "PixelData");
   if (!s) return s;
   const OFCondition saved = format.saveFile(file.c_str(), EXS_LittleEndianExplicit);
@@ -224,6 +257,13 @@ Expected<std::unique_ptr<DicomCtPdReader>> DicomCtPdReader::Open(const fs::path&
   return r;
 }
 
+Expected<std::unique_ptr<DicomCtPdReader>> DicomCtPdReader::Open(const fs::path& directory,
+                                                                 const ScanProtocol& protocol) {
+  auto r = Open(directory, protocol.unattenuated_counts * protocol.dose_fraction, protocol.ViewRateHz());
+  if (r) (*r)->target_ = protocol;
+  return r;
+}
+
 Expected<std::optional<View>> DicomCtPdReader::Next() {
   if (next_ >= files_.size()) return std::optional<View>{};
   const fs::path& file = files_[next_];
@@ -242,10 +282,20 @@ Expected<std::optional<View>> DicomCtPdReader::Next() {
   }
   Float64 slope = 1.0;
   Float64 intercept = 0.0;
-  ds->findAndGetFloat64(DCM_RescaleSlope, slope);
-  ds->findAndGetFloat64(DCM_RescaleIntercept, intercept);
-  Float64 i0 = fallback_i0_;
-  ds->findAndGetFloat64(kI0Key, i0);
+  // The exact rescale of a ctagent recording, else the (decimal) standard one.
+  if (ds->findAndGetFloat64(kSlopeKey, slope).bad()) ds->findAndGetFloat64(DCM_RescaleSlope, slope);
+  if (ds->findAndGetFloat64(kInterceptKey, intercept).bad()) ds->findAndGetFloat64(DCM_RescaleIntercept, intercept);
+  if (!(slope > 0) || !std::isfinite(intercept)) {
+    return MakeError(ErrorKind::kCorrupt, "DICOM-CT-PD " + file.string() + ": RescaleSlope " + std::to_string(slope) +
+                                              " must be positive and RescaleIntercept finite");
+  }
+  Float64 i0 = target_ ? target_->unattenuated_counts * target_->dose_fraction : fallback_i0_;
+  if (!target_) ds->findAndGetFloat64(kI0Key, i0);
+  OFString encoding;
+  ds->findAndGetOFString(kEncodingKey, encoding);
+  const bool file_is_line_integral = encoding == kEncodingLineIntegral;
+  const bool want_line_integral =
+      target_ ? target_->sample_encoding == SampleEncoding::kLineIntegral : file_is_line_integral;
 
   View v;
   v.sequence = next_;
@@ -274,11 +324,24 @@ Expected<std::optional<View>> DicomCtPdReader::Next() {
   v.status_flags = flags;
 
   v.samples.resize(expected * 2);
-  for (std::size_t i = 0; i < expected; ++i) {
-    const double line_integral = slope * pixels[i] + intercept;
-    const double counts = std::min(i0 * std::exp(-line_integral), kMaxPixel);
-    const auto c = static_cast<std::uint16_t>(std::lround(counts));
-    std::memcpy(v.samples.data() + 2 * i, &c, 2);
+  if (want_line_integral) {
+    const double out_slope = target_ ? target_->line_integral_slope : slope;
+    const double out_intercept = target_ ? target_->line_integral_intercept : intercept;
+    if (out_slope == slope && out_intercept == intercept) {
+      std::memcpy(v.samples.data(), pixels, expected * 2);  // the recorded codes, bit for bit
+    } else {
+      for (std::size_t i = 0; i < expected; ++i) {
+        const std::uint16_t c = Code(slope * pixels[i] + intercept, out_slope, out_intercept);
+        std::memcpy(v.samples.data() + 2 * i, &c, 2);
+      }
+    }
+  } else {
+    for (std::size_t i = 0; i < expected; ++i) {
+      const double line_integral = slope * pixels[i] + intercept;
+      const double counts = std::min(i0 * std::exp(-line_integral), kMaxPixel);
+      const auto c = static_cast<std::uint16_t>(std::lround(counts));
+      std::memcpy(v.samples.data() + 2 * i, &c, 2);
+    }
   }
   ++next_;
   return std::optional<View>(std::move(v));

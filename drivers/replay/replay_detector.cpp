@@ -54,7 +54,7 @@ Status ReplayDetector::Arm(const ScanProtocol& p) {
                          "; set the config's scan section to the recording's shape");
   }
   if (dicom_) {
-    auto reader = DicomCtPdReader::Open(directory_, p.unattenuated_counts * p.dose_fraction, p.ViewRateHz());
+    auto reader = DicomCtPdReader::Open(directory_, p);
     if (!reader) return MakeError(reader.error().WithContext("replay driver"));
     dicom_reader_ = std::move(reader).value();
   } else {

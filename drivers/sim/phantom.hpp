@@ -4,6 +4,7 @@
 // y grows towards image row 0 (anterior up).
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -46,5 +47,54 @@ struct Roi {
   double expected_hu;
 };
 const std::vector<Roi>& ChestPhantomRois();
+
+// ---- The 3-D chest phantom of the fan-beam simulator ----
+// Patient coordinates [mm]: x, y as above, z along the table axis (z = 0 is the phantom's
+// centre). Every shape has a closed-form chord with a straight line, so fan and cone rays are
+// integrated exactly. Through z = 0 the phantom is the 2-D chest above (same CT numbers and
+// ROIs), plus a mediastinum and, away from the central 20 mm, ribs.
+struct Solid {
+  enum class Shape : std::uint8_t {
+    kEllipsoid,  // semi-axes (a, b, c)
+    kCylinder,   // elliptic cylinder along z: (a, b) in x-y, |z - centre_z| <= c
+  };
+  std::string name;
+  Shape shape;
+  double center_x_mm, center_y_mm, center_z_mm;
+  double semi_x_mm, semi_y_mm, semi_z_mm;
+  double rotation_deg;  // about z
+  double hu;            // painted in order, like Ellipse
+  double hu_below;
+};
+
+// A lesion inside a lung: a sphere of the given diameter and CT number.
+struct Lesion {
+  enum class Kind : std::uint8_t { kGroundGlass, kConsolidation };
+  Kind kind = Kind::kGroundGlass;
+  double x_mm = 0, y_mm = 0, z_mm = 0;
+  double diameter_mm = 10;
+  double hu = -650;  // ground glass ~ -650 HU, consolidation ~ +30..40 HU
+};
+
+// CT number of a lesion kind when none is given.
+double DefaultLesionHu(Lesion::Kind kind);
+
+class ChestPhantom3d {
+ public:
+  // The chest with `lesions` added (painted over the lung they sit in, whose CT number they replace).
+  explicit ChestPhantom3d(const std::vector<Lesion>& lesions = {});
+
+  const std::vector<Solid>& solids() const { return solids_; }
+  // Ground truth at a point [HU]; air outside the body.
+  double HuAt(double x_mm, double y_mm, double z_mm) const;
+  // Integral of mu [1/mm] along the segment from `from` to `to` (points in mm; the whole
+  // phantom lies between source and detector, so the segment covers every crossing).
+  double LineIntegral(const double from[3], const double to[3]) const;
+
+ private:
+  std::vector<Solid> solids_;
+  std::vector<double> delta_mu_;  // mu(hu) - mu(hu_below) per solid
+  std::vector<double> cos_, sin_;  // of each solid's rotation
+};
 
 }  // namespace ctagent::drivers::sim

@@ -1,5 +1,6 @@
 #include "drivers/sim/sim_detector.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -72,8 +73,64 @@ std::uint64_t SamplePoisson(double mean, std::mt19937_64& rng) {
   return static_cast<std::uint64_t>(std::llround(mean));
 }
 
+namespace {
+
+Unexpected OptionError(const std::string& key, const std::string& what) {
+  return MakeError(ErrorKind::kInvalidInput, "sim detector options: /" + key + ": " + what);
+}
+
+Expected<double> NumberIn(const nlohmann::json& object, const std::string& path, const char* key, double fallback,
+                          double min, double max) {
+  if (!object.contains(key)) return fallback;
+  const nlohmann::json& v = object.at(key);
+  if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < min || v.get<double>() > max) {
+    return OptionError(path + "/" + key, "expected a number from " + std::to_string(min) + " to " +
+                                             std::to_string(max) + ", found " + v.dump());
+  }
+  return v.get<double>();
+}
+
+Expected<Lesion> ParseLesion(const nlohmann::json& j, const std::string& path) {
+  if (!j.is_object()) return OptionError(path, "expected an object like {\"kind\": \"ground_glass\", \"x_mm\": 60, ...}");
+  Lesion l;
+  for (const auto& [key, value] : j.items()) {
+    if (key != "kind" && key != "x_mm" && key != "y_mm" && key != "z_mm" && key != "diameter_mm" && key != "hu") {
+      return OptionError(path + "/" + key, "unknown lesion key; use kind, x_mm, y_mm, z_mm, diameter_mm, hu");
+    }
+  }
+  if (j.contains("kind")) {
+    const nlohmann::json& k = j.at("kind");
+    if (k == "ground_glass") {
+      l.kind = Lesion::Kind::kGroundGlass;
+    } else if (k == "consolidation") {
+      l.kind = Lesion::Kind::kConsolidation;
+    } else {
+      return OptionError(path + "/kind", "expected \"ground_glass\" or \"consolidation\", found " + k.dump());
+    }
+  }
+  auto x = NumberIn(j, path, "x_mm", 0, -500, 500);
+  auto y = NumberIn(j, path, "y_mm", 0, -500, 500);
+  auto z = NumberIn(j, path, "z_mm", 0, -500, 500);
+  auto d = NumberIn(j, path, "diameter_mm", 10, 0.5, 200);
+  auto hu = NumberIn(j, path, "hu", DefaultLesionHu(l.kind), -1000, 3000);
+  for (const auto* e : {&x, &y, &z, &d, &hu}) {
+    if (!*e) return MakeError(e->error());
+  }
+  l.x_mm = *x;
+  l.y_mm = *y;
+  l.z_mm = *z;
+  l.diameter_mm = *d;
+  l.hu = *hu;
+  return l;
+}
+
+}  // namespace
+
 Expected<std::unique_ptr<SimDetector>> SimDetector::Create(const nlohmann::json& options) {
   std::string model = kSimDefaultModel;
+  std::vector<Lesion> lesions;
+  std::vector<std::uint32_t> dead;
+  double gain_sd = 0;
   if (!options.is_null()) {
     if (!options.is_object()) {
       return MakeError(ErrorKind::kInvalidInput,
@@ -82,19 +139,44 @@ Expected<std::unique_ptr<SimDetector>> SimDetector::Create(const nlohmann::json&
     }
     for (const auto& [key, value] : options.items()) {
       if (key == "model") {
-        if (!value.is_string()) {
-          return MakeError(ErrorKind::kInvalidInput,
-                           "sim detector options: /model: expected a string, found " + value.dump());
-        }
+        if (!value.is_string()) return OptionError("model", "expected a string, found " + value.dump());
         model = value.get<std::string>();
+      } else if (key == "lesions") {
+        if (!value.is_array()) return OptionError("lesions", "expected an array of lesion objects");
+        for (std::size_t i = 0; i < value.size(); ++i) {
+          auto l = ParseLesion(value[i], "lesions/" + std::to_string(i));
+          if (!l) return MakeError(l.error());
+          lesions.push_back(*l);
+        }
+      } else if (key == "dead_channels") {
+        if (!value.is_array()) return OptionError("dead_channels", "expected an array of channel numbers");
+        for (const auto& c : value) {
+          if (!c.is_number_integer() || c.get<std::int64_t>() < 0 || c.get<std::int64_t>() >= kSimMaxChannels) {
+            return OptionError("dead_channels", "expected channel numbers from 0 to " +
+                                                    std::to_string(kSimMaxChannels - 1) + ", found " + c.dump());
+          }
+          dead.push_back(c.get<std::uint32_t>());
+        }
+      } else if (key == "channel_gain_sd") {
+        auto g = NumberIn(options, "", "channel_gain_sd", 0, 0, 0.5);
+        if (!g) return MakeError(g.error());
+        gain_sd = *g;
       } else {
         return MakeError(ErrorKind::kInvalidInput,
-                         "sim detector options: /" + key + ": unknown key; the sim driver accepts only \"model\"");
+                         "sim detector options: /" + key +
+                             ": unknown key; the sim driver accepts model, lesions, dead_channels, channel_gain_sd");
       }
     }
   }
-  return std::unique_ptr<SimDetector>(new SimDetector(std::move(model)));
+  return std::unique_ptr<SimDetector>(new SimDetector(std::move(model), std::move(lesions), std::move(dead), gain_sd));
 }
+
+SimDetector::SimDetector(std::string model, std::vector<Lesion> lesions, std::vector<std::uint32_t> dead_channels,
+                         double channel_gain_sd)
+    : model_(std::move(model)),
+      phantom_(lesions),
+      dead_channels_(std::move(dead_channels)),
+      channel_gain_sd_(channel_gain_sd) {}
 
 DetectorInfo SimDetector::Info() const {
   return DetectorInfo{"sim", model_, kSimMaxRows, kSimMaxChannels, kSimMaxViewRateHz};
@@ -102,8 +184,24 @@ DetectorInfo SimDetector::Info() const {
 
 Status SimDetector::Arm(const ScanProtocol& p) {
   armed_ = false;
-  if (p.geometry != GeometryKind::kParallel) {
-    return ArmError(ErrorKind::kUnsupported, "only the parallel-beam geometry is simulated");
+  if (p.geometry != GeometryKind::kParallel && p.geometry != GeometryKind::kFan) {
+    return ArmError(ErrorKind::kUnsupported, "only the parallel-beam and fan-beam geometries are simulated");
+  }
+  if (p.geometry == GeometryKind::kFan) {
+    if (!Positive(p.source_to_isocenter_mm) || !(p.source_to_detector_mm > p.source_to_isocenter_mm)) {
+      return ArmError(ErrorKind::kInvalidInput, "fan beam needs 0 < source_to_isocenter_mm < source_to_detector_mm");
+    }
+    // The fan must stay within +-90 degrees; a real fan is about +-25.
+    const double half_fan = (p.channels - 1) / 2.0 * p.channel_pitch_mm / p.source_to_isocenter_mm;
+    if (half_fan >= 1.5) {
+      return ArmError(ErrorKind::kInvalidInput, "the fan of " + std::to_string(p.channels) + " channels at " +
+                                                    std::to_string(p.channel_pitch_mm) +
+                                                    " mm is too wide; reduce channel_pitch_mm or channels");
+    }
+  }
+  if (p.sample_encoding == SampleEncoding::kLineIntegral &&
+      !(Positive(p.line_integral_slope) && std::isfinite(p.line_integral_intercept))) {
+    return ArmError(ErrorKind::kInvalidInput, "line_integral encoding needs a positive line_integral_slope");
   }
   if (p.sample_type != SampleType::kUint16) {
     return ArmError(ErrorKind::kUnsupported, std::string("sample_type \"") + ToString(p.sample_type) +
@@ -144,9 +242,29 @@ Status SimDetector::Arm(const ScanProtocol& p) {
   next_sequence_ = 0;
   started_.reset();
   mean_cache_.clear();
-  const std::uint64_t cache_bytes = std::uint64_t{p.views_per_rotation} * p.channels * sizeof(double);
-  cache_enabled_ = cache_bytes <= kMaxCacheBytes;
+  // Parallel views share one profile for all rows; fan views differ per row (cone, 3-D
+  // phantom) and repeat only when the table stands still.
+  const bool fan = p.geometry == GeometryKind::kFan;
+  const std::uint64_t cache_bytes =
+      std::uint64_t{p.views_per_rotation} * p.channels * (fan ? p.rows : 1) * sizeof(double);
+  cache_enabled_ = cache_bytes <= kMaxCacheBytes && (!fan || p.table_speed_mm_per_rotation == 0);
   if (cache_enabled_) mean_cache_.resize(p.views_per_rotation);
+  // Per-channel gains: a fixed property of this (simulated) detector, the same for every scan.
+  gain_.assign(p.channels, 1.0);
+  if (channel_gain_sd_ > 0) {
+    std::mt19937_64 gain_rng(SplitMix64(0x6761696eull));
+    for (double& g : gain_) {
+      // Box-Muller from the portable uniforms; gains clamped positive.
+      const double u1 = std::max(Uniform01(gain_rng), 1e-300);
+      const double u2 = Uniform01(gain_rng);
+      const double z = std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
+      g = std::max(0.05, 1.0 + channel_gain_sd_ * z);
+    }
+  }
+  dead_.assign(p.channels, false);
+  for (std::uint32_t c : dead_channels_) {
+    if (c < p.channels) dead_[c] = true;
+  }
   {
     std::lock_guard lock(mutex_);
     aborted_ = false;
@@ -163,25 +281,57 @@ void SimDetector::Abort() {
   wake_.notify_all();
 }
 
-void SimDetector::ComputeMeanCounts(std::uint64_t angle_index, std::vector<double>& out) const {
+double SimDetector::TablePositionMm(std::uint64_t v) const {
+  const auto vpr = static_cast<double>(protocol_.views_per_rotation);
+  return protocol_.table_start_mm + (static_cast<double>(v) / vpr) * protocol_.table_speed_mm_per_rotation;
+}
+
+void SimDetector::ComputeMeanCounts(std::uint64_t v, std::vector<double>& out) const {
   const std::uint32_t channels = protocol_.channels;
-  const double theta = static_cast<double>(angle_index) * std::numbers::pi / protocol_.views_per_rotation;
   const double centre = (channels - 1) / 2.0;
   const double i0 = protocol_.unattenuated_counts * protocol_.dose_fraction;
-  out.resize(channels);
+  if (protocol_.geometry == GeometryKind::kParallel) {
+    const std::uint64_t angle_index = v % protocol_.views_per_rotation;
+    const double theta = static_cast<double>(angle_index) * std::numbers::pi / protocol_.views_per_rotation;
+    out.resize(channels);
+    for (std::uint32_t c = 0; c < channels; ++c) {
+      const double s = (c - centre) * protocol_.channel_pitch_mm;
+      out[c] = i0 * std::exp(-PhantomLineIntegral(theta, s));
+    }
+    return;
+  }
+  // Fan beam: source at angle beta on a circle of radius R; channel c's ray leaves at fan angle
+  // gamma and runs in direction (-sin(beta - gamma), cos(beta - gamma)), i.e. it is the parallel
+  // ray (theta = beta - gamma, s = R sin gamma). Patient z of a lab point = lab z + table.
+  const std::uint32_t rows = protocol_.rows;
+  const double r_src = protocol_.source_to_isocenter_mm;
+  const double r_det = protocol_.source_to_detector_mm;
+  const double beta = 2.0 * std::numbers::pi * static_cast<double>(v % protocol_.views_per_rotation) /
+                      protocol_.views_per_rotation;
+  const double table = TablePositionMm(v);
+  const double d_gamma = protocol_.channel_pitch_mm / r_src;
+  const double source[3] = {r_src * std::sin(beta), -r_src * std::cos(beta), table};
+  const double row_centre = (rows - 1) / 2.0;
+  out.resize(std::size_t{rows} * channels);
   for (std::uint32_t c = 0; c < channels; ++c) {
-    const double s = (c - centre) * protocol_.channel_pitch_mm;
-    out[c] = i0 * std::exp(-PhantomLineIntegral(theta, s));
+    const double ray_angle = beta - (c - centre) * d_gamma;
+    const double ux = -std::sin(ray_angle);
+    const double uy = std::cos(ray_angle);
+    for (std::uint32_t r = 0; r < rows; ++r) {
+      const double z_det = (r - row_centre) * protocol_.row_pitch_mm * r_det / r_src;
+      const double detector[3] = {source[0] + r_det * ux, source[1] + r_det * uy, table + z_det};
+      out[std::size_t{r} * channels + c] = i0 * std::exp(-phantom_.LineIntegral(source, detector));
+    }
   }
 }
 
-const std::vector<double>& SimDetector::MeanCounts(std::uint64_t angle_index) {
+const std::vector<double>& SimDetector::MeanCounts(std::uint64_t v) {
   if (!cache_enabled_) {
-    ComputeMeanCounts(angle_index, scratch_means_);
+    ComputeMeanCounts(v, scratch_means_);
     return scratch_means_;
   }
-  std::vector<double>& slot = mean_cache_[angle_index];
-  if (slot.empty()) ComputeMeanCounts(angle_index, slot);
+  std::vector<double>& slot = mean_cache_[v % protocol_.views_per_rotation];
+  if (slot.empty()) ComputeMeanCounts(v, slot);
   return slot;
 }
 
@@ -208,17 +358,19 @@ Expected<std::optional<View>> SimDetector::NextView() {
   const std::uint32_t channels = protocol_.channels;
   const std::uint64_t vpr = protocol_.views_per_rotation;
 
+  const bool fan = protocol_.geometry == GeometryKind::kFan;
   View view;
   view.sequence = v;
-  view.gantry_angle_deg = static_cast<double>(v) * 180.0 / static_cast<double>(vpr);
-  view.table_position_mm = protocol_.table_start_mm +
-                           (static_cast<double>(v) / static_cast<double>(vpr)) * protocol_.table_speed_mm_per_rotation;
+  view.gantry_angle_deg = static_cast<double>(v) * protocol_.DegreesPerRotation() / static_cast<double>(vpr);
+  view.table_position_mm = TablePositionMm(v);
   view.timestamp_us = std::llround(static_cast<double>(v) * 1e6 / rate_hz);
 
   // Parallel rays at angle + 180 deg are the rays at angle with s negated, i.e. the channel
   // order reversed (channel positions are symmetric about the axis).
-  const bool mirrored = ((v / vpr) % 2) == 1;
-  const std::vector<double>& means = MeanCounts(v % vpr);
+  const bool mirrored = !fan && ((v / vpr) % 2) == 1;
+  const std::vector<double>& means = MeanCounts(v);
+  const bool line_integrals = protocol_.sample_encoding == SampleEncoding::kLineIntegral;
+  const double i0 = protocol_.unattenuated_counts * protocol_.dose_fraction;
 
   // One generator per view, seeded from (seed, sequence): view v is the same bytes whether
   // it is reached by streaming from view 0 or by a fresh detector.
@@ -227,14 +379,28 @@ Expected<std::optional<View>> SimDetector::NextView() {
   std::uint8_t* out = view.samples.data();
   for (std::uint32_t r = 0; r < rows; ++r) {
     for (std::uint32_t c = 0; c < channels; ++c) {
-      std::uint64_t n = SamplePoisson(means[mirrored ? channels - 1 - c : c], rng);
-      if (n > kMaxSampleValue) {
-        n = kMaxSampleValue;
+      const std::size_t index = fan ? std::size_t{r} * channels + c : (mirrored ? channels - 1 - c : c);
+      // Noise is drawn for dead channels too, so one dead channel leaves the others' bytes unchanged.
+      std::uint64_t n = SamplePoisson(means[index] * gain_[c], rng);
+      if (dead_[c]) {
+        n = 0;
+        view.status_flags |= kViewDeadChannel;
+      }
+      std::uint64_t sample = n;
+      if (line_integrals) {
+        // What a DICOM-CT-PD scanner delivers: log-normalised by its air calibration
+        // (I0 x gain), quantised with the protocol's rescale; a dead channel reads the top code.
+        const double p = std::log(i0 * gain_[c] / std::max(static_cast<double>(n), 0.5));
+        const double code = std::round((p - protocol_.line_integral_intercept) / protocol_.line_integral_slope);
+        sample = dead_[c] ? kMaxSampleValue : static_cast<std::uint64_t>(std::clamp(code, 0.0, 65535.0));
+        if (code > 65535.0 && !dead_[c]) view.status_flags |= kViewSaturated;
+      } else if (n > kMaxSampleValue) {
+        sample = kMaxSampleValue;
         view.status_flags |= kViewSaturated;
       }
-      const auto sample = static_cast<std::uint16_t>(n);
-      std::memcpy(out, &sample, sizeof sample);
-      out += sizeof sample;
+      const auto value = static_cast<std::uint16_t>(sample);
+      std::memcpy(out, &value, sizeof value);
+      out += sizeof value;
     }
   }
   next_sequence_ = v + 1;

@@ -1,6 +1,8 @@
-// The built-in simulated detector ("sim"): parallel-beam projections of the analytic chest
-// phantom (drivers/sim/phantom.hpp) with Poisson counting noise. Views are a pure function of
-// (protocol, seed, sequence), so a given seed gives the same bytes however a view is reached.
+// The built-in simulated detector ("sim"): projections of the analytic chest phantom
+// (drivers/sim/phantom.hpp) with Poisson counting noise. Parallel beam projects the 2-D chest
+// (z-invariant); fan beam casts every ray of an arc detector through the 3-D chest (with ribs
+// and configurable lesions), axial or helical. Views are a pure function of (options,
+// protocol, seed, sequence), so a given seed gives the same bytes however a view is reached.
 #pragma once
 
 #include <chrono>
@@ -17,6 +19,7 @@
 
 #include "agent/common/error.hpp"
 #include "drivers/detector.hpp"
+#include "drivers/sim/phantom.hpp"
 
 namespace ctagent::drivers::sim {
 
@@ -25,6 +28,26 @@ inline constexpr std::uint32_t kSimMaxChannels = 2048;
 inline constexpr double kSimMaxViewRateHz = 20000.0;  // only checked when pacing in real time
 inline constexpr const char* kSimDefaultModel = "sim-chest-parallel";
 
+// A 16-slice county-hospital chest protocol in fan beam: SID 570 mm, SDD 1040 mm, 16 rows of
+// 0.75 mm and 896 channels of 0.55 mm at isocenter (1.37 mm rows, 1.0 mm channels at the detector;
+// a 493 mm field, a 49-degree fan), 1160 views per 0.5 s rotation, helical with pitch 0.9375
+// (11.25 mm per rotation). Used by bench/sim and the docs.
+inline ScanProtocol SixteenSliceFanProtocol() {
+  ScanProtocol p;
+  p.geometry = GeometryKind::kFan;
+  p.source_to_isocenter_mm = 570.0;
+  p.source_to_detector_mm = 1040.0;
+  p.rows = 16;
+  p.row_pitch_mm = 0.75;
+  p.channels = 896;
+  p.channel_pitch_mm = 0.55;
+  p.views_per_rotation = 1160;
+  p.rotation_time_s = 0.5;
+  p.rotations = 1;
+  p.table_speed_mm_per_rotation = 11.25;
+  return p;
+}
+
 // Poisson deviate with the given mean, drawn from a portable algorithm (the standard library's
 // poisson_distribution differs between implementations, which would break seed determinism
 // across targets). Exposed for tests.
@@ -32,7 +55,13 @@ std::uint64_t SamplePoisson(double mean, std::mt19937_64& rng);
 
 class SimDetector final : public Detector {
  public:
-  // `options`: {"model": string} (optional); unknown keys are rejected.
+  // `options` (all optional; unknown keys are rejected):
+  //   "model": string
+  //   "lesions": [{"kind": "ground_glass" | "consolidation", "x_mm", "y_mm", "z_mm",
+  //                "diameter_mm", "hu" (default -650 / 35)}]   (fan beam: the 3-D chest)
+  //   "dead_channels": [channel, ...]   these channels read 0 counts in every row
+  //   "channel_gain_sd": relative SD of the per-channel gain (0 .. 0.5, default 0); the
+  //                      gains are a fixed property of the detector, not of the scan seed
   static Expected<std::unique_ptr<SimDetector>> Create(const nlohmann::json& options);
 
   DetectorInfo Info() const override;
@@ -41,14 +70,20 @@ class SimDetector final : public Detector {
   void Abort() override;
 
  private:
-  explicit SimDetector(std::string model) : model_(std::move(model)) {}
+  SimDetector(std::string model, std::vector<Lesion> lesions, std::vector<std::uint32_t> dead_channels,
+              double channel_gain_sd);
 
-  // Expected counts per channel (before noise) for the view at `angle_index` within a
-  // half-turn (v mod views_per_rotation); computed on first use and kept, within a memory cap.
-  const std::vector<double>& MeanCounts(std::uint64_t angle_index);
-  void ComputeMeanCounts(std::uint64_t angle_index, std::vector<double>& out) const;
+  // Expected counts (before noise and gain) for view v: `channels` values shared by every row
+  // (parallel beam, at angle index v mod views_per_rotation) or rows x channels (fan beam).
+  // Computed on first use and kept for axial scans, within a memory cap.
+  const std::vector<double>& MeanCounts(std::uint64_t v);
+  void ComputeMeanCounts(std::uint64_t v, std::vector<double>& out) const;
+  double TablePositionMm(std::uint64_t v) const;
 
   std::string model_;
+  ChestPhantom3d phantom_;
+  std::vector<std::uint32_t> dead_channels_;
+  double channel_gain_sd_ = 0;
 
   // Acquisition-thread state (Arm and NextView are called from one thread).
   bool armed_ = false;
@@ -58,6 +93,8 @@ class SimDetector final : public Detector {
   std::vector<std::vector<double>> mean_cache_;  // by angle index; empty vector: not yet computed
   bool cache_enabled_ = false;
   std::vector<double> scratch_means_;  // used when the cache would be too large
+  std::vector<double> gain_;           // per channel, for the armed protocol's channel count
+  std::vector<bool> dead_;             // per channel
 
   // Shared with Abort() from other threads.
   std::mutex mutex_;

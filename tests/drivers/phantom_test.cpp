@@ -89,3 +89,72 @@ TEST_CASE("phantom: opposite rays see the same line") {
     }
   }
 }
+
+namespace {
+
+// Midpoint rule of the 3-D phantom's painted ground truth along a segment (0.05 mm steps).
+double NumericSegmentIntegral(const ChestPhantom3d& phantom, const double a[3], const double b[3]) {
+  const double d[3] = {b[0] - a[0], b[1] - a[1], b[2] - a[2]};
+  const double length = std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
+  const int steps = static_cast<int>(length / 0.05);
+  double sum = 0;
+  for (int i = 0; i < steps; ++i) {
+    const double t = (i + 0.5) / steps;
+    sum += HuToMu(phantom.HuAt(a[0] + t * d[0], a[1] + t * d[1], a[2] + t * d[2]));
+  }
+  return sum * length / steps;
+}
+
+}  // namespace
+
+TEST_CASE("phantom 3-D: through z = 0 it is the 2-D chest, plus the mediastinum, without ribs") {
+  const ChestPhantom3d phantom;
+  for (const auto& roi : ChestPhantomRois()) {
+    CHECK(phantom.HuAt(roi.center_x_mm, roi.center_y_mm, 0.0) == roi.expected_hu);
+  }
+  CHECK(phantom.HuAt(0.0, 5.0, 0.0) == 50.0);  // mediastinum
+  for (double x = -170; x <= 170; x += 5) {
+    for (double y = -120; y <= 120; y += 5) {
+      if (std::abs(x) <= 12 && std::abs(y - 5) <= 60) continue;  // the mediastinum's box
+      INFO("(" << x << ", " << y << ")");
+      CHECK(phantom.HuAt(x, y, 0.0) == PhantomHuAt(x, y));
+    }
+  }
+  // Ribs (800 HU) sit at z = +-25 and +-55 mm on a ring between lungs and skin, not at z = 0.
+  const double rib_x = 145 * std::cos(20 * std::numbers::pi / 180);
+  const double rib_y = 106 * std::sin(20 * std::numbers::pi / 180);
+  CHECK(phantom.HuAt(rib_x, rib_y, 25.0) == 800.0);
+  CHECK(phantom.HuAt(rib_x, rib_y, 0.0) == 40.0);
+  // The lungs are ellipsoids: smaller 100 mm up, gone 160 mm up.
+  CHECK(phantom.HuAt(65, 5, 100) == -850.0);
+  CHECK(phantom.HuAt(110, 5, 100) == 40.0);
+  CHECK(phantom.HuAt(65, 5, 160) == 40.0);
+}
+
+TEST_CASE("phantom 3-D: closed-form chords match numeric integration, oblique rays and lesions included") {
+  const ChestPhantom3d phantom({{Lesion::Kind::kGroundGlass, -60, 30, 4, 20, -650},
+                                {Lesion::Kind::kConsolidation, 70, -10, -30, 16, 35}});
+  CHECK(phantom.HuAt(-60, 30, 4) == -650.0);
+  CHECK(phantom.HuAt(70, -10, -30) == 35.0);
+  CHECK(DefaultLesionHu(Lesion::Kind::kGroundGlass) == -650.0);
+  int rays = 0;
+  for (double angle_deg : {0.0, 33.0, 90.0, 151.0, 222.0}) {
+    const double beta = angle_deg * std::numbers::pi / 180;
+    for (double gamma : {-0.3, -0.1, 0.0, 0.07, 0.25}) {
+      for (double z : {-30.0, 0.0, 4.0, 25.0}) {
+        // Source 570 mm out, detector 1040 mm along the ray, 8 mm higher: an oblique (cone) ray.
+        const double a[3] = {570 * std::sin(beta), -570 * std::cos(beta), z};
+        const double b[3] = {a[0] - 1040 * std::sin(beta - gamma), a[1] + 1040 * std::cos(beta - gamma), z + 8};
+        INFO("beta " << angle_deg << " gamma " << gamma << " z " << z);
+        CHECK(phantom.LineIntegral(a, b) == Approx(NumericSegmentIntegral(phantom, a, b)).margin(3e-3));
+        ++rays;
+      }
+    }
+  }
+  CHECK(rays == 100);
+  // In-plane ray at z = 0 along the y axis: the 2-D chest's value plus the mediastinum's 120 mm.
+  const double a[3] = {0, -600, 0};
+  const double b[3] = {0, 600, 0};
+  CHECK(ChestPhantom3d().LineIntegral(a, b) ==
+        Approx(PhantomLineIntegral(0.0, 0.0) + 120 * (HuToMu(50) - HuToMu(40))).epsilon(1e-12));
+}

@@ -38,10 +38,17 @@ TEST_CASE("protocol: JSON round trip keeps every field") {
   p.sample_type = SampleType::kFloat32;
   p.seed = std::numeric_limits<std::uint64_t>::max();
   p.real_time = true;
+  p.geometry = GeometryKind::kFan;
+  p.source_to_isocenter_mm = 541;
+  p.source_to_detector_mm = 949.5;
+  p.sample_encoding = SampleEncoding::kLineIntegral;
+  p.line_integral_slope = 1.0 / 3000;
+  p.line_integral_intercept = -0.75;
 
   const nlohmann::json j = ToJson(p);
-  CHECK(j.size() == 15);
-  CHECK(j.at("geometry") == "parallel");
+  CHECK(j.size() == 20);
+  CHECK(j.at("geometry") == "fan");
+  CHECK(j.at("sample_encoding") == "line_integral");
   CHECK(j.at("sample_type") == "float32");
   // Through text, as a manifest travels.
   auto back = ProtocolFromJson(nlohmann::json::parse(j.dump()));
@@ -60,12 +67,36 @@ TEST_CASE("protocol: JSON round trip keeps every field") {
   CHECK(back->sample_type == SampleType::kFloat32);
   CHECK(back->seed == std::numeric_limits<std::uint64_t>::max());
   CHECK(back->real_time);
+  CHECK(back->geometry == GeometryKind::kFan);
+  CHECK(back->source_to_isocenter_mm == 541);
+  CHECK(back->source_to_detector_mm == 949.5);
+  CHECK(back->sample_encoding == SampleEncoding::kLineIntegral);
+  CHECK(back->line_integral_slope == 1.0 / 3000);
+  CHECK(back->line_integral_intercept == -0.75);
+  CHECK(back->DegreesPerRotation() == 360);
+  CHECK(back->DetectorChannelPitchMm() == Approx(0.8 * 949.5 / 541));
   CHECK(ToJson(*back) == j);
+}
+
+TEST_CASE("protocol: a fan beam needs the detector beyond the isocenter") {
+  auto bad = ProtocolFromJson(nlohmann::json{{"geometry", "fan"}, {"source_to_detector_mm", 500}});
+  REQUIRE_FALSE(bad);
+  CHECK(bad.error().message().find("/source_to_detector_mm: must exceed source_to_isocenter_mm") != std::string::npos);
+  auto wrong = ProtocolFromJson(nlohmann::json{{"geometry", "cone"}});
+  REQUIRE_FALSE(wrong);
+  CHECK(wrong.error().message().find("\"parallel\" or \"fan\"") != std::string::npos);
+  auto encoding = ProtocolFromJson(nlohmann::json{{"sample_encoding", "log"}});
+  REQUIRE_FALSE(encoding);
+  CHECK(encoding.error().message().find("/sample_encoding") != std::string::npos);
 }
 
 TEST_CASE("protocol: absent keys keep their defaults") {
   auto p = ProtocolFromJson(nlohmann::json{{"rows", 2}});
   REQUIRE(p);
+  CHECK(p->geometry == GeometryKind::kParallel);
+  CHECK(p->sample_encoding == SampleEncoding::kCounts);
+  CHECK(p->source_to_isocenter_mm == 570);
+  CHECK(p->source_to_detector_mm == 1040);
   CHECK(p->rows == 2);
   CHECK(p->channels == ScanProtocol{}.channels);
   CHECK(p->sample_type == SampleType::kUint16);
@@ -86,7 +117,7 @@ TEST_CASE("protocol: bad values name the key, the expectation and what was found
   expect_error(nlohmann::json{{"dose_fraction", 1.5}}, "/dose_fraction: expected a number > 0 and <= 1, found 1.5");
   expect_error(nlohmann::json{{"dose_fraction", 0}}, "/dose_fraction: expected a number > 0 and <= 1, found 0");
   expect_error(nlohmann::json{{"sample_type", "int8"}}, "/sample_type: expected \"uint16\" or \"float32\", found string \"int8\"");
-  expect_error(nlohmann::json{{"geometry", "fan"}}, "/geometry: expected \"parallel\"");
+  expect_error(nlohmann::json{{"geometry", "cone"}}, "/geometry: expected \"parallel\" or \"fan\"");
   expect_error(nlohmann::json{{"real_time", 1}}, "/real_time: expected true or false, found 1");
   expect_error(nlohmann::json{{"seed", -1}}, "/seed: expected an integer");
   expect_error(nlohmann::json{{"rowz", 4}}, "/rowz: unknown scan protocol key");

@@ -1,5 +1,6 @@
-// Record and replay: a scan recorded from sim plays back identical views (ctagent format) or
-// the same views up to 16-bit line-integral quantisation (DICOM-CT-PD); the replay driver
+// Record and replay: a scan recorded from sim plays back identical views (ctagent format, and
+// DICOM-CT-PD with line-integral samples) or the same views up to 16-bit line-integral
+// quantisation (DICOM-CT-PD with counts); the replay driver
 // refuses a protocol of another shape, reports a damaged recording with file and offset, and
 // paces at the recorded rate when asked.
 #include <catch2/catch.hpp>
@@ -200,5 +201,76 @@ TEST_CASE("replay: sim -> DICOM-CT-PD writer -> replay gives the same views") {
   auto wrong = MakeDetector("replay", nlohmann::json{{"path", out.string()}, {"format", "dicom"}});
   REQUIRE_FALSE(wrong);
   CHECK(wrong.error().message().find("/format: unknown key or value") != std::string::npos);
+}
+
+TEST_CASE("replay: sim line-integral samples -> DICOM-CT-PD -> replay is bit-identical (parallel and fan helical)") {
+  // In the line_integral encoding sim delivers what DICOM-CT-PD stores (uint16 codes with the
+  // protocol's rescale), so the round trip guarantees identical bytes, angles, table positions,
+  // timestamps, flags and sequence numbers.
+  for (const GeometryKind geometry : {GeometryKind::kParallel, GeometryKind::kFan}) {
+    ctagent::test::TempDir dir("dicom-ct-pd-exact");
+    const auto out = dir.path() / "ctpd";
+    ScanProtocol p = Small();
+    p.geometry = geometry;
+    p.sample_encoding = SampleEncoding::kLineIntegral;
+    p.line_integral_slope = 1.0 / 3000;  // needs 17 digits: DS (16 characters) rounds it, the FD copy does not
+    p.line_integral_intercept = -0.5;
+    p.dose_fraction = 0.25;
+    if (geometry == GeometryKind::kFan) p.channel_pitch_mm = 7.0;  // a 336 mm field at isocenter
+    INFO("geometry " << ToString(geometry));
+    const nlohmann::json options = {{"dead_channels", {3}}, {"channel_gain_sd", 0.02}};
+    auto sim = MakeDetector("sim", options);
+    REQUIRE(sim);
+    REQUIRE(RecordScan(**sim, p, out, RecordFormat::kDicomCtPd));
+
+    DcmFileFormat format;
+    REQUIRE(format.loadFile((out / "view_000007.dcm").c_str()).good());
+    OFString slope_text;
+    REQUIRE(format.getDataset()->findAndGetOFString(DCM_RescaleSlope, slope_text).good());
+    CHECK(std::strtod(slope_text.c_str(), nullptr) == Approx(p.line_integral_slope).epsilon(1e-9));
+    CHECK(slope_text.length() <= 16);
+    Float64 exact_slope = 0;
+    REQUIRE(format.getDataset()->findAndGetFloat64(DcmTagKey(0x0019, 0x1007), exact_slope).good());
+    CHECK(exact_slope == p.line_integral_slope);
+
+    auto fresh = MakeDetector("sim", options);
+    REQUIRE(fresh);
+    const std::vector<View> expected = ReadAll(**fresh, p);
+    auto replayer = MakeDetector("replay", nlohmann::json{{"path", out.string()}, {"format", "dicom-ct-pd"}});
+    REQUIRE(replayer);
+    const std::vector<View> got = ReadAll(**replayer, p);
+    REQUIRE(got.size() == expected.size());
+    REQUIRE(got.size() == p.TotalViews());
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      INFO("view " << i);
+      CHECK(got[i].sequence == expected[i].sequence);
+      CHECK(got[i].gantry_angle_deg == expected[i].gantry_angle_deg);
+      CHECK(got[i].table_position_mm == expected[i].table_position_mm);
+      CHECK(got[i].timestamp_us == expected[i].timestamp_us);
+      CHECK(got[i].status_flags == expected[i].status_flags);
+      CHECK(got[i].samples == expected[i].samples);
+    }
+    CHECK((expected.front().status_flags & kViewDeadChannel) != 0);
+
+    // Read with a protocol of another rescale, the codes are re-quantised to it.
+    ScanProtocol coarse = p;
+    coarse.line_integral_slope = 2.0 / 3000;
+    auto reader = replay::DicomCtPdReader::Open(out, coarse);
+    REQUIRE(reader);
+    auto first = (*reader)->Next();
+    REQUIRE(first);
+    REQUIRE(first->has_value());
+    for (std::size_t k = 0; k < expected[0].samples.size(); k += 2) {
+      std::uint16_t a = 0;
+      std::uint16_t b = 0;
+      std::memcpy(&a, (**first).samples.data() + k, 2);
+      std::memcpy(&b, expected[0].samples.data() + k, 2);
+      const double p_read = coarse.line_integral_slope * a + coarse.line_integral_intercept;
+      const double p_sim = p.line_integral_slope * b + p.line_integral_intercept;
+      if (std::abs(p_read - p_sim) > coarse.line_integral_slope / 2 + 1e-12 && a != 0 && a != 65535) {
+        FAIL("sample " << k / 2 << ": " << p_read << " vs " << p_sim);
+      }
+    }
+  }
 }
 #endif

@@ -315,3 +315,159 @@ TEST_CASE("sim: Arm checks the protocol against the detector's capabilities") {
   auto not_object = SimDetector::Create(nlohmann::json("x"));
   REQUIRE_FALSE(not_object);
 }
+
+namespace {
+
+// A small fan-beam protocol: the default distances (570 / 1040 mm), 160 channels of 2.4 mm at
+// isocenter (a 384 mm field), 4 rows of 1 mm; line-integral samples with I0 = 1e9 make the
+// noise (~1e-4) and the quantisation (2.4e-4) small against the checks below.
+ScanProtocol FanProtocol() {
+  ScanProtocol p;
+  p.geometry = GeometryKind::kFan;
+  p.views_per_rotation = 36;
+  p.rows = 4;
+  p.channels = 160;
+  p.channel_pitch_mm = 2.4;
+  p.row_pitch_mm = 1.0;
+  p.unattenuated_counts = 1e9;
+  p.sample_encoding = SampleEncoding::kLineIntegral;
+  return p;
+}
+
+double LineIntegralSample(const View& v, const ScanProtocol& p, std::uint32_t row, std::uint32_t channel) {
+  return p.line_integral_slope * Sample(v, p.channels, row, channel) + p.line_integral_intercept;
+}
+
+}  // namespace
+
+TEST_CASE("sim fan beam: every ray is the parallel ray (theta = beta - gamma, s = R sin gamma) of the chest") {
+  // Rows 1 and 2 are 0.5 mm either side of z = 0, where the 3-D chest is the 2-D one plus the
+  // mediastinum (a 12 x 60 mm ellipse at (0, 5), 50 HU over 40): expected = 2-D chest + that.
+  const ScanProtocol p = FanProtocol();
+  auto d = MakeSim();
+  const auto views = AllViews(*d, p);
+  REQUIRE(views.size() == 36);
+  const double r = p.source_to_isocenter_mm;
+  const double d_gamma = p.channel_pitch_mm / r;
+  const double mediastinum_dmu = HuToMu(50) - HuToMu(40);
+  int checked = 0;
+  for (std::size_t i = 0; i < views.size(); i += 5) {
+    const View& v = views[i];
+    CHECK(v.gantry_angle_deg == Approx(10.0 * static_cast<double>(i)));  // 360 degrees per rotation
+    const double beta = v.gantry_angle_deg * std::numbers::pi / 180;
+    for (std::uint32_t c = 0; c < p.channels; c += 7) {
+      const double gamma = (c - (p.channels - 1) / 2.0) * d_gamma;
+      const double theta = beta - gamma;
+      const double s = r * std::sin(gamma);
+      // The mediastinum's chord (Shepp-Logan formula, centre (0, 5), semi-axes 12 x 60).
+      const double sc = s - 5.0 * std::sin(theta);
+      const double r2 = 144.0 * std::cos(theta) * std::cos(theta) + 3600.0 * std::sin(theta) * std::sin(theta);
+      const double chord = r2 > sc * sc ? 2.0 * 12.0 * 60.0 * std::sqrt(r2 - sc * sc) / r2 : 0.0;
+      const double expected = PhantomLineIntegral(theta, s) + chord * mediastinum_dmu;
+      for (std::uint32_t row : {1u, 2u}) {
+        INFO("view " << i << " channel " << c << " row " << row);
+        CHECK(LineIntegralSample(v, p, row, c) == Approx(expected).margin(2e-3));
+        ++checked;
+      }
+    }
+  }
+  CHECK(checked == 8 * 23 * 2);
+}
+
+TEST_CASE("sim fan beam: helical table positions, determinism per seed, and lesions change only their rays") {
+  ScanProtocol p = FanProtocol();
+  p.unattenuated_counts = 60000;
+  p.rotations = 2;
+  p.table_start_mm = -5;
+  p.table_speed_mm_per_rotation = 4;
+  auto a = MakeSim();
+  const auto va = AllViews(*a, p);
+  REQUIRE(va.size() == 72);
+  CHECK(va[36].gantry_angle_deg == Approx(360.0));
+  CHECK(va[54].table_position_mm == Approx(-5.0 + 4.0 * 1.5));
+  const auto again = AllViews(*MakeSim(), p);
+  for (std::size_t i = 0; i < va.size(); ++i) CHECK(va[i].samples == again[i].samples);
+
+  // A 30 mm consolidation in the left lung at z = 0: the ray through its centre sees it
+  // (p rises by ~30 mm x (mu(35) - mu(-850))), a ray through the other lung does not change.
+  auto with_lesion = SimDetector::Create(nlohmann::json{
+      {"lesions", {{{"kind", "consolidation"}, {"x_mm", 65}, {"y_mm", 5}, {"z_mm", 0}, {"diameter_mm", 30}}}}});
+  REQUIRE(with_lesion);
+  ScanProtocol axial = FanProtocol();
+  const auto lesion_views = AllViews(**with_lesion, axial);
+  const auto plain_views = AllViews(*MakeSim(), axial);
+  // View 0: source at (0, -570); the ray to (65, 5) has tan(gamma) = 65 / 575 -> channel:
+  const double gamma = std::atan2(65.0, 575.0);
+  const auto channel = static_cast<std::uint32_t>(std::lround(gamma / (axial.channel_pitch_mm / 570.0) + 79.5));
+  const double rise = LineIntegralSample(lesion_views[0], axial, 1, channel) -
+                      LineIntegralSample(plain_views[0], axial, 1, channel);
+  CHECK(rise == Approx(30.0 * (HuToMu(35) - HuToMu(-850))).epsilon(0.1));
+  const auto mirror = static_cast<std::uint32_t>(159 - channel);
+  CHECK(Sample(lesion_views[0], axial.channels, 1, mirror) == Sample(plain_views[0], axial.channels, 1, mirror));
+}
+
+TEST_CASE("sim: dead channels read zero and are flagged, channel gains are fixed per detector") {
+  ScanProtocol p = SmallProtocol();
+  p.rotations = 1;
+  p.rows = 8;
+  p.views_per_rotation = 100;
+  auto d = SimDetector::Create(nlohmann::json{{"dead_channels", {5, 40}}, {"channel_gain_sd", 0.05}});
+  REQUIRE(d);
+  const auto views = AllViews(**d, p);
+  REQUIRE(views.size() == 100);
+  double air_first = 0;
+  double air_last = 0;
+  for (const View& v : views) {
+    CHECK((v.status_flags & kViewDeadChannel) != 0);
+    for (std::uint32_t r = 0; r < p.rows; ++r) {
+      CHECK(Sample(v, p.channels, r, 5) == 0);
+      CHECK(Sample(v, p.channels, r, 40) == 0);
+      air_first += Sample(v, p.channels, r, 0);
+      air_last += Sample(v, p.channels, r, 63);
+    }
+  }
+  // Air channels: the mean is I0 x gain; the two gains differ by more than the noise of the
+  // means (I0 / sqrt(800) ~ 2 counts, i.e. 3e-5 relative) and stay within 5 SD of 1.
+  const double g_first = air_first / 800.0 / 60000.0;
+  const double g_last = air_last / 800.0 / 60000.0;
+  CHECK(std::abs(g_first - g_last) > 1e-3);
+  CHECK(std::abs(g_first - 1.0) < 0.25);
+  // The same gains on another detector and seed: they belong to the detector, not the scan.
+  auto other = SimDetector::Create(nlohmann::json{{"channel_gain_sd", 0.05}});
+  REQUIRE(other);
+  p.seed = 99;
+  double other_first = 0;
+  for (const View& v : AllViews(**other, p)) {
+    CHECK((v.status_flags & kViewDeadChannel) == 0);
+    for (std::uint32_t r = 0; r < p.rows; ++r) other_first += Sample(v, p.channels, r, 0);
+  }
+  CHECK(other_first / 800.0 / 60000.0 == Approx(g_first).epsilon(1e-3));
+}
+
+TEST_CASE("sim: lesion and detector-effect options are checked with the offending key") {
+  auto expect = [](const nlohmann::json& options, const std::string& fragment) {
+    auto d = SimDetector::Create(options);
+    REQUIRE_FALSE(d);
+    INFO(d.error().message());
+    CHECK(d.error().message().find(fragment) != std::string::npos);
+  };
+  expect({{"lesions", {{{"kind", "tumour"}}}}}, "/lesions/0/kind: expected \"ground_glass\" or \"consolidation\"");
+  expect({{"lesions", {{{"diameter_mm", 0}}}}}, "/lesions/0/diameter_mm: expected a number from");
+  expect({{"lesions", {{{"size", 3}}}}}, "/lesions/0/size: unknown lesion key");
+  expect({{"lesions", 3}}, "/lesions: expected an array");
+  expect({{"dead_channels", {-1}}}, "/dead_channels: expected channel numbers");
+  expect({{"channel_gain_sd", 2}}, "/channel_gain_sd: expected a number from 0");
+  expect({{"speed", 2}}, "/speed: unknown key");
+
+  auto d = MakeSim();
+  ScanProtocol p = FanProtocol();
+  p.source_to_detector_mm = 500;
+  auto s = d->Arm(p);
+  REQUIRE_FALSE(s);
+  CHECK(s.error().message().find("source_to_isocenter_mm < source_to_detector_mm") != std::string::npos);
+  p = FanProtocol();
+  p.channel_pitch_mm = 20;
+  s = d->Arm(p);
+  REQUIRE_FALSE(s);
+  CHECK(s.error().message().find("too wide") != std::string::npos);
+}
