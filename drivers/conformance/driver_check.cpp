@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "drivers/abi/c_abi.hpp"
+#include "drivers/plugin/isolated_driver.hpp"
 #include "drivers/plugin/plugin_detector.hpp"
 #ifdef CTAGENT_DRIVER_SIM
 #include "drivers/sim/sim_abi.hpp"
@@ -42,6 +43,10 @@ Runs the ctagent driver conformance checks against a detector driver built for t
   --rate-tolerance F    allowed relative deviation of the mean view rate (default 0.1)
   --max-lateness-ms MS  latest a view may arrive after its due time (default 500)
   --abort-timeout-ms MS longest next_view() may keep running after abort() (default 1000)
+  --isolation MODE      in_process (default: the kit loads the driver) or process (the
+                        driver runs in ctagent-driver-host, as the agent runs plugin drivers)
+  --host PATH           the ctagent-driver-host for --isolation process (default: next to
+                        this program)
 )";
 
 struct Settings {
@@ -53,6 +58,8 @@ struct Settings {
   double rate_tolerance = 0.1;
   double max_lateness_ms = 500;
   double abort_timeout_ms = 1000;
+  bool isolated = false;
+  std::string host;  // empty: next to this program
 };
 
 std::string Str(double v) {
@@ -502,6 +509,14 @@ std::optional<Settings> ParseArgs(int argc, char** argv) {
       if (!number(&s.max_lateness_ms)) return std::nullopt;
     } else if (arg == "--abort-timeout-ms") {
       if (!number(&s.abort_timeout_ms)) return std::nullopt;
+    } else if (arg == "--isolation") {
+      auto v = value();
+      if (!v || (*v != "process" && *v != "in_process")) return std::nullopt;
+      s.isolated = *v == "process";
+    } else if (arg == "--host") {
+      auto v = value();
+      if (!v) return std::nullopt;
+      s.host = *v;
     } else if (!arg.empty() && arg[0] != '-' && s.driver.empty()) {
       s.driver = arg;
     } else {
@@ -509,7 +524,7 @@ std::optional<Settings> ParseArgs(int argc, char** argv) {
       return std::nullopt;
     }
   }
-  if (s.driver.empty()) return std::nullopt;
+  if (s.driver.empty() || (s.isolated && s.builtin)) return std::nullopt;
   return s;
 }
 
@@ -537,6 +552,17 @@ int Main(int argc, char** argv) {
       );
       return 1;
     }
+  } else if (settings->isolated) {
+    // Every call then crosses the host's sockets, so the checks cover the isolation too.
+    nlohmann::json where = nlohmann::json::object();
+    if (!settings->host.empty()) where["host"] = settings->host;
+    auto host = plugin::FindDriverHost(where);
+    if (!host) {
+      std::printf("FAIL load: %s\n", host.error().message().c_str());
+      return 1;
+    }
+    library = plugin::DriverLibrary::Isolated(settings->driver);
+    settings->options = plugin::IsolatedOpenOptions(settings->driver, *host, 0, settings->options);
   } else {
     library = plugin::DriverLibrary::Load(settings->driver);
   }

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "drivers/abi/c_abi.hpp"
+#include "drivers/plugin/isolated_driver.hpp"
 
 namespace ctagent::drivers::plugin {
 
@@ -42,6 +43,11 @@ Expected<std::shared_ptr<DriverLibrary>> DriverLibrary::Load(const std::filesyst
 Expected<std::shared_ptr<DriverLibrary>> DriverLibrary::BuiltIn(const ctagent_driver_api* api, const std::string& name) {
   if (auto s = abi::ValidateApi(api, "built-in " + name); !s) return MakeError(s.error());
   return std::shared_ptr<DriverLibrary>(new DriverLibrary(nullptr, api, "built-in " + name));
+}
+
+std::shared_ptr<DriverLibrary> DriverLibrary::Isolated(const std::filesystem::path& path) {
+  return std::shared_ptr<DriverLibrary>(
+      new DriverLibrary(nullptr, IsolatedDriverApi(), path.string() + " (in " + kDriverHostName + ")"));
 }
 
 DriverLibrary::~DriverLibrary() {
@@ -95,6 +101,13 @@ Unexpected PluginDetector::CallError(const char* call, ctagent_status status) co
 
 Status PluginDetector::Arm(const ScanProtocol& protocol) {
   armed_ = started_ = ended_ = false;
+  // C ABI 1.0 carries parallel-beam count protocols only; anything else would reach the driver
+  // silently changed, so it is refused here until the ABI has the fields.
+  if (protocol.geometry != GeometryKind::kParallel || protocol.sample_encoding != SampleEncoding::kCounts) {
+    return MakeError(ErrorKind::kUnsupported, "detector driver " + library_->origin() +
+                                                  ": driver ABI 1.0 carries parallel-beam count protocols only; "
+                                                  "set scan.geometry \"parallel\" and scan.sample_encoding \"counts\"");
+  }
   const ctagent_protocol c = abi::ToC(protocol);
   if (const ctagent_status st = library_->api().arm(handle_, &c); st != CTAGENT_OK) return CallError("arm", st);
   protocol_ = protocol;
@@ -167,16 +180,55 @@ Expected<DriverHealth> PluginDetector::Health() {
   return DriverHealth{h.state, h.views_delivered, h.errors, h.temperature_c};
 }
 
+nlohmann::json IsolatedOpenOptions(const std::filesystem::path& driver, const std::filesystem::path& host,
+                                   double stall_timeout_s, const nlohmann::json& driver_options) {
+  return nlohmann::json{{"path", driver.string()},
+                        {"host", host.string()},
+                        {"stall_timeout_s", stall_timeout_s},
+                        {"driver_options", driver_options}};
+}
+
 Expected<std::unique_ptr<Detector>> MakePluginDetector(const nlohmann::json& options) {
   if (!options.is_object() || !options.contains("path") || !options["path"].is_string()) {
     return MakeError(ErrorKind::kInvalidInput,
                      "plugin driver: driver.options must be an object with \"path\": the driver's .so file");
   }
+  const std::string isolation = options.contains("isolation") && options["isolation"].is_string()
+                                    ? options["isolation"].get<std::string>()
+                                    : (options.contains("isolation") ? std::string("?") : std::string("process"));
+  if (isolation != "process" && isolation != "in_process") {
+    return MakeError(ErrorKind::kInvalidInput, "plugin driver: driver.options.isolation must be \"process\" (the "
+                                               "default: the driver runs in ctagent-driver-host) or \"in_process\"");
+  }
+  double stall_timeout_s = 0;
+  if (options.contains("stall_timeout_s")) {
+    if (!options["stall_timeout_s"].is_number() || !(options["stall_timeout_s"].get<double>() > 0)) {
+      return MakeError(ErrorKind::kInvalidInput,
+                       "plugin driver: driver.options.stall_timeout_s must be a number of seconds > 0");
+    }
+    stall_timeout_s = options["stall_timeout_s"].get<double>();
+  }
+  const std::filesystem::path path = options["path"].get<std::string>();
   nlohmann::json driver_options = options;
-  driver_options.erase("path");
-  auto library = DriverLibrary::Load(options["path"].get<std::string>());
-  if (!library) return MakeError(library.error());
-  auto d = PluginDetector::Open(std::move(library).value(), driver_options);
+  for (const char* key : {"path", "isolation", "host", "stall_timeout_s"}) driver_options.erase(key);
+
+  if (isolation == "in_process") {
+    auto library = DriverLibrary::Load(path);
+    if (!library) return MakeError(library.error());
+    auto d = PluginDetector::Open(std::move(library).value(), driver_options);
+    if (!d) return MakeError(d.error());
+    return std::unique_ptr<Detector>(std::move(d).value());
+  }
+  // The host loads the driver; checking the file here keeps "no such file" a kNotFound.
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    return MakeError(ErrorKind::kNotFound,
+                     "detector driver " + path.string() + ": no such file; set driver.options.path to the driver's .so");
+  }
+  auto host = FindDriverHost(options);
+  if (!host) return MakeError(host.error());
+  auto d = PluginDetector::Open(DriverLibrary::Isolated(path),
+                                IsolatedOpenOptions(path, *host, stall_timeout_s, driver_options));
   if (!d) return MakeError(d.error());
   return std::unique_ptr<Detector>(std::move(d).value());
 }

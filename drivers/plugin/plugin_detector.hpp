@@ -25,6 +25,9 @@ class DriverLibrary {
   static Expected<std::shared_ptr<DriverLibrary>> Load(const std::filesystem::path& path);
   // Wraps a table compiled into this binary (e.g. sim::SimDriverApi()).
   static Expected<std::shared_ptr<DriverLibrary>> BuiltIn(const ctagent_driver_api* api, const std::string& name);
+  // The driver at `path` run in ctagent-driver-host (IsolatedDriverApi(), isolated_driver.hpp):
+  // nothing is loaded into this process. Open it with IsolatedOpenOptions().
+  static std::shared_ptr<DriverLibrary> Isolated(const std::filesystem::path& path);
 
   ~DriverLibrary();
   DriverLibrary(const DriverLibrary&) = delete;
@@ -80,7 +83,14 @@ class PluginDetector final : public Detector {
   std::uint64_t next_sequence_ = 0;
 };
 
-// MakeDetector("plugin", options): options {"path": "/x/libdriver.so", ...driver's own keys}.
+// The open() options of an Isolated() library: the driver's path, the host, the stall timeout,
+// and the driver's own options.
+nlohmann::json IsolatedOpenOptions(const std::filesystem::path& driver, const std::filesystem::path& host,
+                                   double stall_timeout_s, const nlohmann::json& driver_options);
+
+// MakeDetector("plugin", options): options {"path": "/x/libdriver.so", "isolation": "process"
+// (default) | "in_process", "host": ctagent-driver-host (default: next to this program),
+// "stall_timeout_s": s (default max(2 s, 50 view periods)), ...driver's own keys}.
 Expected<std::unique_ptr<Detector>> MakePluginDetector(const nlohmann::json& options);
 
 }  // namespace ctagent::drivers::plugin

@@ -36,6 +36,10 @@
 #ifndef EXAMPLE_NAME
 #define EXAMPLE_NAME "c_example"
 #endif
+/* drivers/examples/faults/: runs before view `v` is produced; returns CTAGENT_OK to go on. */
+#ifndef EXAMPLE_BEFORE_VIEW
+#define EXAMPLE_BEFORE_VIEW(d, v) CTAGENT_OK
+#endif
 
 #define MAX_ROWS 16u
 #define MAX_CHANNELS 1024u
@@ -222,6 +226,8 @@ static ctagent_status example_next_view(ctagent_driver* d, ctagent_view* view, v
     d->state = STATE_ABORTED;
     return fail(d, CTAGENT_E_ABORTED, "next_view: the scan was aborted");
   }
+  const ctagent_status injected = EXAMPLE_BEFORE_VIEW(d, v);
+  if (injected != CTAGENT_OK) return injected;
   fill_view(p, v, samples);
   view->sequence = EXAMPLE_REPORTED_SEQUENCE(v);
   view->gantry_angle_deg = (double)v * 180.0 / p->views_per_rotation;

@@ -1,0 +1,57 @@
+/*
+ * Drivers that fail mid-scan, for the crash-isolation tests (tests/drivers/isolation_test.cpp):
+ * the C example, which at view FAULT_VIEW (default 40) does, by FAULT_KIND:
+ *   1 crash  dereferences NULL inside next_view (SIGSEGV); run in process, it ends the agent
+ *   2 stall  stops delivering views and ignores abort() (it sleeps, for at most 10 minutes)
+ *   3 error  returns CTAGENT_E_HARDWARE with a last_error text
+ * Views before FAULT_VIEW are those of the C example, so what reached the spool can be checked.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <stddef.h>
+#include <time.h>
+
+#include "ctagent_driver.h"
+
+#ifndef FAULT_VIEW
+#define FAULT_VIEW 40
+#endif
+
+#if FAULT_KIND == 1
+#define EXAMPLE_NAME "fault_crash"
+#elif FAULT_KIND == 2
+#define EXAMPLE_NAME "fault_stall"
+#elif FAULT_KIND == 3
+#define EXAMPLE_NAME "fault_error"
+#else
+#error "define FAULT_KIND to 1 (crash), 2 (stall) or 3 (error)"
+#endif
+
+static ctagent_status fault_before_view(ctagent_driver* d, uint64_t v);
+#define EXAMPLE_BEFORE_VIEW(d, v) fault_before_view((d), (v))
+
+#include "../c_example/c_example_driver.c"
+
+/* The sanitizer build must see the real SIGSEGV, not UBSan's report of the null store. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((no_sanitize("undefined")))
+#endif
+static ctagent_status fault_before_view(ctagent_driver* d, uint64_t v) {
+  if (v != FAULT_VIEW) return CTAGENT_OK;
+#if FAULT_KIND == 1
+  (void)d;
+  int* volatile nowhere = NULL; /* volatile: the compiler cannot see it is NULL and trap instead */
+  *nowhere = 42;
+  return CTAGENT_E_INTERNAL;
+#elif FAULT_KIND == 2
+  (void)d;
+  for (int i = 0; i < 600; ++i) { /* bounded: 10 minutes of 1 s naps; abort() is ignored */
+    struct timespec nap = {1, 0};
+    nanosleep(&nap, NULL);
+  }
+  return fail(d, CTAGENT_E_IO, "next_view: stalled for 10 minutes");
+#else
+  return fail(d, CTAGENT_E_HARDWARE, "next_view: detector fault at view %llu: high-voltage arc; the scan cannot go on, "
+              "run the detector self-test", (unsigned long long)v);
+#endif
+}
