@@ -20,6 +20,51 @@ struct TlsOptions {
   std::filesystem::path ca_file;           // empty: system CA store
   std::filesystem::path client_cert_file;  // PEM, for mTLS
   std::filesystem::path client_key_file;   // PEM
+  // Optional public-key pinning on top of CA verification: "sha256//<base64>" entries joined
+  // by ';' (libcurl's CURLOPT_PINNEDPUBLICKEY syntax). Empty: no pinning.
+  std::string pinned_public_key;
+};
+
+// What kind of failure ended a request: the retry policy is chosen per class (see
+// agent/core/retry.hpp). Set by HttpClient (no usable response) and by tus::Client (status).
+enum class FailureClass {
+  kNone,
+  kDns,             // host name did not resolve
+  kConnect,         // TCP connect refused or timed out
+  kTlsHandshake,    // handshake broke off (reset, EOF): transient
+  kTlsRejected,     // certificate, host name, pin or client certificate refused: needs a person
+  kStall,           // low-speed abort: no progress for stall_timeout_s
+  kTimeout,         // whole-request timeout
+  kConnectionLost,  // reset or closed mid-request
+  kServerError,     // HTTP 5xx
+  kConflict,        // HTTP 409: offset mismatch (tus)
+  kLocked,          // HTTP 423: upload locked by another request (tus)
+  kChecksum,        // HTTP 460: checksum mismatch (tus checksum extension)
+  kUploadGone,      // HTTP 404/410 on an upload URL: create it again
+  kAuth,            // HTTP 401/403
+  kVersion,         // HTTP 412: protocol version not supported
+  kTooLarge,        // HTTP 413
+  kEndpoint,        // the configured endpoint does not exist (404 on creation)
+  kProtocol,        // an answer the contract does not allow
+  kLinkDown,        // no network link usable, or the link's lease was revoked mid-transfer
+  kCancelled,       // stopped on request
+  kLocal,           // local problem: refused URL, unreadable file, spool error
+};
+const char* ToString(FailureClass failure);
+
+// TLS sessions, DNS answers and connections shared by several HttpClients (one per transfer
+// thread), so a new client resumes the TLS session another one negotiated. Thread-safe.
+class HttpShare {
+ public:
+  HttpShare();
+  ~HttpShare();
+  HttpShare(const HttpShare&) = delete;
+  HttpShare& operator=(const HttpShare&) = delete;
+  struct Impl;
+  Impl& impl() { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
 };
 
 struct HttpOptions {
@@ -35,8 +80,15 @@ struct HttpOptions {
   std::string user_agent = "ctagent";
   // Binds every connection to a network interface (for example "wwan0") or to a local source
   // address, so that a configured link is really the one used. Empty: the system's routing.
+  // libcurl 7.88 takes one of the two: interface_name wins when both are set.
   std::string interface_name;
   std::string source_address;
+  // HTTP/2 over TLS when the server offers it by ALPN (HTTP/1.1 otherwise; plain http:// stays 1.1).
+  bool http2 = true;
+  // Bytes libcurl hands the connection per send (CURLOPT_UPLOAD_BUFFERSIZE; 16 KiB to 2 MiB).
+  std::uint32_t upload_buffer_bytes = 2u << 20;
+  // Optional: share TLS sessions, DNS and connections with other clients.
+  std::shared_ptr<HttpShare> share;
 };
 
 using HeaderList = std::vector<std::pair<std::string, std::string>>;
@@ -56,6 +108,7 @@ struct HttpRequest {
 
 struct HttpResponse {
   long status = 0;
+  long http_version = 0;  // 11 for HTTP/1.1, 20 for HTTP/2
   HeaderList headers;  // names lower-cased
   std::string body;
 
@@ -77,6 +130,8 @@ class HttpClient {
   // kInvalidInput for a refused URL or unreadable certificate file, kProtocol for a body over
   // `max_response_bytes`, kCancelled for an aborted transfer, kInternal for out-of-memory.
   Expected<HttpResponse> Perform(const HttpRequest& request, std::uint64_t max_response_bytes = 256ull << 20);
+  // The class of the last Perform()'s error (kNone after a response).
+  FailureClass last_failure() const;
 
  private:
   struct Impl;

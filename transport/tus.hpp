@@ -1,10 +1,12 @@
-// tus 1.0 resumable upload client (core protocol + creation extension).
-// Resume policy (journaling the URL first, re-creating forgotten uploads) is the caller's:
-// see agent/core/uploader.
+// tus 1.0 resumable upload client: core protocol plus the creation, creation-with-upload,
+// checksum, termination and expiration extensions (docs/tus-conformance.md lists every MUST and
+// the test that checks it). Resume policy (journaling the URL first, re-creating forgotten
+// uploads) is the caller's: see agent/core/uploader.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -22,30 +24,102 @@ using Metadata = std::vector<std::pair<std::string, std::string>>;  // values ar
 std::string EncodeMetadata(const Metadata& metadata);
 std::string Base64Encode(std::span<const std::uint8_t> bytes);
 
+// Parses an RFC 9110 IMF-fixdate ("Wed, 25 Jun 2025 16:00:00 GMT", the form tus servers send
+// in Upload-Expires) to seconds since the Unix epoch; nullopt when it is not one.
+std::optional<std::int64_t> ParseHttpDate(const std::string& text);
+
+// What the server said in its OPTIONS answer.
+struct ServerCapabilities {
+  std::vector<std::string> versions;             // Tus-Version, preferred first
+  std::vector<std::string> extensions;           // Tus-Extension
+  std::vector<std::string> checksum_algorithms;  // Tus-Checksum-Algorithm
+  std::uint64_t max_size = 0;                    // Tus-Max-Size; 0: not announced
+  bool Has(const std::string& extension) const;
+  // The checksum algorithm we use: sha256 or sha1 when offered (in that order), else "".
+  std::string ChecksumAlgorithm() const;
+};
+
+// Upload-Checksum value ("sha1 <base64 digest>") for `algorithm` (sha1 or sha256).
+std::string ChecksumHeader(const std::string& algorithm, std::span<const std::uint8_t> bytes);
+
+// What HEAD reports about an upload.
+struct UploadInfo {
+  std::uint64_t offset = 0;
+  std::optional<std::uint64_t> length;   // Upload-Length, when the server sends it
+  std::optional<std::int64_t> expires;   // Upload-Expires (Unix seconds), when announced
+};
+
+struct Created {
+  std::string url;          // absolute upload URL
+  std::uint64_t offset = 0; // bytes the server accepted with the creation request
+  std::optional<std::int64_t> expires;
+};
+
 class Client {
  public:
   // `endpoint`: the creation URL, e.g. https://127.0.0.1:1080/files/
   Client(HttpClient& http, std::string endpoint);
 
+  // OPTIONS: learns the server's versions, extensions, checksum algorithms and max size, and
+  // keeps them for the requests that follow. 412-class (kUnsupported) if 1.0.0 is not offered.
+  Expected<ServerCapabilities> Discover();
+  // Capabilities from an earlier Discover() (possibly by another Client); empty: none known.
+  void SetCapabilities(ServerCapabilities capabilities) { capabilities_ = std::move(capabilities); }
+  const std::optional<ServerCapabilities>& capabilities() const { return capabilities_; }
+
   // POST: creates an upload of `length` bytes; returns its absolute URL.
   Expected<std::string> Create(std::uint64_t length, const Metadata& metadata);
+  // POST with creation-with-upload: also sends `first_bytes` (data[0..]) in the POST body when
+  // the server offers the extension (known from Discover()); otherwise like Create (offset 0).
+  Expected<Created> CreateWithUpload(std::uint64_t length, const Metadata& metadata,
+                                     std::span<const std::uint8_t> first_bytes);
   // HEAD: the server's offset for an upload. kNotFound when the server no longer knows it
   // (404, 410), which means: create it again.
   Expected<std::uint64_t> QueryOffset(const std::string& upload_url);
-  // PATCH: sends `bytes` at `offset`; returns the new offset the server reports.
+  Expected<UploadInfo> Query(const std::string& upload_url);
+  // PATCH: sends `bytes` at `offset`; returns the new offset the server reports. With a
+  // checksum algorithm known from Discover(), the PATCH carries Upload-Checksum.
   // 409 (offset mismatch) comes back as kProtocol naming our offset (and the server's when it
-  // sends one) and asking to query the offset again.
+  // sends one) and asking to query the offset again; 460 as kNetwork (resend).
   Expected<std::uint64_t> Patch(const std::string& upload_url, std::uint64_t offset,
                                 std::span<const std::uint8_t> bytes);
+  // DELETE (termination extension): the server frees the upload. An upload it no longer
+  // knows counts as terminated.
+  Status Terminate(const std::string& upload_url);
   // Sends data[offset..] in PATCH requests of at most `patch_bytes`; calls on_progress with
-  // the confirmed offset after each request. Returns the final offset (== data.size()).
+  // the confirmed offset after each request. A 460 resends that PATCH, a 409 asks HEAD and
+  // continues from the server's offset (each a bounded number of times). Returns the final
+  // offset (== data.size()).
   Expected<std::uint64_t> UploadFrom(const std::string& upload_url, std::span<const std::uint8_t> data,
                                      std::uint64_t offset, std::uint64_t patch_bytes,
                                      const std::function<void(std::uint64_t)>& on_progress = {});
 
+  // Called before each block of request body bytes (see HttpRequest::before_send).
+  void SetBeforeSend(std::function<bool(std::size_t)> before_send) { before_send_ = std::move(before_send); }
+
+  // The class of the last failed call's error (kNone after a success): what the retry policy
+  // keys on.
+  FailureClass last_failure() const { return last_failure_; }
+  // Upload-Expires of the last response that carried one (Unix seconds).
+  std::optional<std::int64_t> last_expires() const { return last_expires_; }
+
+  // Bounds for the in-call recoveries of UploadFrom.
+  static constexpr int kMaxChecksumResends = 3;
+  static constexpr int kMaxConflictResyncs = 3;
+
  private:
+  Unexpected Fail(FailureClass failure, Unexpected error);
+  Unexpected FromHttp(const Error& error, const std::string& context);
+  Unexpected StatusError(const std::string& what, const std::string& url, const HttpResponse& response,
+                         std::uint64_t length = 0);
+  void NoteExpires(const HttpResponse& response);
+
   HttpClient& http_;
   std::string endpoint_;
+  std::optional<ServerCapabilities> capabilities_;
+  std::function<bool(std::size_t)> before_send_;
+  FailureClass last_failure_ = FailureClass::kNone;
+  std::optional<std::int64_t> last_expires_;
 };
 
 }  // namespace ctagent::transport::tus

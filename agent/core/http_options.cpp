@@ -9,6 +9,8 @@ transport::HttpOptions MakeHttpOptions(const config::CloudConfig& cloud) {
   options.tls.ca_file = cloud.tls.ca_file;
   options.tls.client_cert_file = cloud.tls.client_cert_file;
   options.tls.client_key_file = cloud.tls.client_key_file;
+  options.tls.pinned_public_key = cloud.tls.pinned_public_key;
+  options.http2 = cloud.http2;
   options.allow_plain_http = cloud.allow_plain_http;
   options.connect_timeout_s = cloud.connect_timeout_s;
   options.stall_timeout_s = cloud.stall_timeout_s;

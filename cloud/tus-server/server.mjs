@@ -3,16 +3,27 @@
 //
 // Usage: node server.mjs --port N --dir DIR --cert server.pem --key server.key [--host 127.0.0.1]
 //                        [--ready-file FILE]
+//   test and measurement options (defaults keep the plain behaviour):
+//   --max-size BYTES       largest upload accepted (Tus-Max-Size; default 1 GiB): larger -> 413
+//   --expiration-ms MS     uploads expire MS after creation (Upload-Expires; expired -> 410)
+//   --client-ca FILE       require a client certificate signed by this CA (mTLS)
+//   --http2                offer HTTP/2 by ALPN (HTTP/1.1 still allowed), with the server's
+//                          receive windows sized for --h2-window BYTES (default 10 MB,
+//                          1 Gbit/s x 80 ms)
 // Prints "tus-server listening on https://HOST:PORT/files/" once ready and, with --ready-file,
 // writes the port there (so a test can start it on port 0 and learn the port).
 import fs from 'node:fs';
 import https from 'node:https';
 import http from 'node:http';
+import http2 from 'node:http2';
 import { Server } from '@tus/server';
 import { FileStore } from '@tus/file-store';
 
 function parseArgs(argv) {
-  const args = { host: '127.0.0.1', port: 0, dir: '', cert: '', key: '', readyFile: '', plain: false };
+  const args = {
+    host: '127.0.0.1', port: 0, dir: '', cert: '', key: '', readyFile: '', plain: false,
+    maxSize: 1024 * 1024 * 1024, expirationMs: 0, clientCa: '', http2: false, h2Window: 10 * 1000 * 1000,
+  };
   for (let i = 2; i < argv.length; i++) {
     const a = argv[i];
     const next = () => {
@@ -26,6 +37,11 @@ function parseArgs(argv) {
     else if (a === '--key') args.key = next();
     else if (a === '--ready-file') args.readyFile = next();
     else if (a === '--plain-http-for-tests') args.plain = true;
+    else if (a === '--max-size') args.maxSize = Number(next());
+    else if (a === '--expiration-ms') args.expirationMs = Number(next());
+    else if (a === '--client-ca') args.clientCa = next();
+    else if (a === '--http2') args.http2 = true;
+    else if (a === '--h2-window') args.h2Window = Number(next());
     else throw new Error(`unknown argument ${a}`);
   }
   if (!args.dir) throw new Error('--dir is required');
@@ -46,15 +62,42 @@ const tus = new Server({
   path: '/files',
   // Relative Location headers: the client resolves them against its own https:// URL.
   relativeLocation: true,
-  datastore: new FileStore({ directory: args.dir }),
+  datastore: new FileStore({ directory: args.dir, expirationPeriodInMilliseconds: args.expirationMs }),
   // Largest single upload we accept: a chunk or a manifest is far smaller.
-  maxSize: 1024 * 1024 * 1024,
+  maxSize: args.maxSize,
 });
 
 const handler = (req, res) => tus.handle(req, res);
-const server = args.plain
-  ? http.createServer(handler)
-  : https.createServer({ cert: fs.readFileSync(args.cert), key: fs.readFileSync(args.key), minVersion: 'TLSv1.2' }, handler);
+const tlsOptions = { minVersion: 'TLSv1.2' };
+let server;
+if (args.plain) {
+  server = http.createServer(handler);
+} else {
+  tlsOptions.cert = fs.readFileSync(args.cert);
+  tlsOptions.key = fs.readFileSync(args.key);
+  if (args.clientCa) {
+    tlsOptions.ca = fs.readFileSync(args.clientCa);
+    tlsOptions.requestCert = true;
+    tlsOptions.rejectUnauthorized = true;
+  }
+  if (args.http2) {
+    // The upload direction's flow-control window is the server's receive window: size the
+    // stream and connection windows for bandwidth x delay.
+    server = http2.createSecureServer(
+      { ...tlsOptions, allowHTTP1: true, settings: { initialWindowSize: Math.min(args.h2Window, 2 ** 31 - 1) } },
+      handler,
+    );
+    server.on('session', (session) => {
+      try {
+        session.setLocalWindowSize(Math.min(args.h2Window, 2 ** 31 - 1));
+      } catch (e) {
+        console.error(`tus-server: cannot set the connection window: ${e.message}`);
+      }
+    });
+  } else {
+    server = https.createServer(tlsOptions, handler);
+  }
+}
 
 server.listen(args.port, args.host, () => {
   const { port } = server.address();

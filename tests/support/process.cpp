@@ -143,15 +143,21 @@ std::string ReadText(const std::filesystem::path& path) {
 
 TusServer StartTusServer(const std::filesystem::path& pki_dir, const std::filesystem::path& store_dir,
                          const std::filesystem::path& log_file, const std::string& cert_name) {
+  return StartTusServer(pki_dir, store_dir, log_file, cert_name, {});
+}
+
+TusServer StartTusServer(const std::filesystem::path& pki_dir, const std::filesystem::path& store_dir,
+                         const std::filesystem::path& log_file, const std::string& cert_name,
+                         const std::vector<std::string>& extra_args) {
   TusServer server;
   const auto ready_file = store_dir.parent_path() / (store_dir.filename().string() + ".port");
   std::filesystem::remove(ready_file);
   const std::string script = std::string(CTAGENT_SOURCE_DIR) + "/cloud/tus-server/server.mjs";
-  server.process = std::make_unique<ChildProcess>(
-      std::vector<std::string>{"node", script, "--port", "0", "--dir", store_dir.string(), "--cert",
-                               (pki_dir / (cert_name + ".pem")).string(), "--key",
-                               (pki_dir / (cert_name + ".key")).string(), "--ready-file", ready_file.string()},
-      log_file);
+  std::vector<std::string> argv{"node", script, "--port", "0", "--dir", store_dir.string(), "--cert",
+                                (pki_dir / (cert_name + ".pem")).string(), "--key",
+                                (pki_dir / (cert_name + ".key")).string(), "--ready-file", ready_file.string()};
+  argv.insert(argv.end(), extra_args.begin(), extra_args.end());
+  server.process = std::make_unique<ChildProcess>(argv, log_file);
   if (!WaitFor([&] { return !ReadText(ready_file).empty() || !server.process->Running(); },
                std::chrono::seconds(20)) ||
       ReadText(ready_file).empty()) {

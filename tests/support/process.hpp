@@ -71,5 +71,10 @@ struct TusServer {
 };
 TusServer StartTusServer(const std::filesystem::path& pki_dir, const std::filesystem::path& store_dir,
                          const std::filesystem::path& log_file, const std::string& cert_name = "server");
+// The same with extra server.mjs options (e.g. {"--max-size", "1000"}, {"--http2"},
+// {"--client-ca", ca}, {"--expiration-ms", "1500"}).
+TusServer StartTusServer(const std::filesystem::path& pki_dir, const std::filesystem::path& store_dir,
+                         const std::filesystem::path& log_file, const std::string& cert_name,
+                         const std::vector<std::string>& extra_args);
 
 }  // namespace ctagent::test

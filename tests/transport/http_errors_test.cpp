@@ -174,3 +174,26 @@ TEST_CASE("http: a peer that stops answering is reported as stalled", "[transpor
   CHECK_THAT(response.error().message(), !Catch::Contains("secret"));  // credentials never in messages
   CHECK(elapsed < std::chrono::seconds(10));
 }
+
+TEST_CASE("http: every method is bounded by the stall timeout (HEAD, OPTIONS, DELETE, PATCH)",
+          "[transport][http][integration]") {
+  SilentListener silent;
+  HttpOptions options;
+  options.allow_plain_http = true;
+  options.stall_timeout_s = 1;
+  options.request_timeout_s = 20;
+  HttpClient http(options);
+  const std::vector<std::uint8_t> body(100, 7);
+  for (const std::string method : {"HEAD", "OPTIONS", "DELETE", "PATCH"}) {
+    INFO(method);
+    HttpRequest request;
+    request.method = method;
+    request.url = "http://127.0.0.1:" + std::to_string(silent.port()) + "/files/x";
+    if (method == "PATCH") request.body = body;
+    const auto started = std::chrono::steady_clock::now();
+    auto response = http.Perform(request);
+    REQUIRE_FALSE(response);
+    CHECK(http.last_failure() == ctagent::transport::FailureClass::kStall);
+    CHECK(std::chrono::steady_clock::now() - started < std::chrono::seconds(10));
+  }
+}

@@ -68,7 +68,36 @@ struct Transfer {
   bool body_too_large = false;
   const std::function<void(std::uint64_t)>* on_upload_progress = nullptr;
   curl_off_t last_reported_upload = -1;
+  // Request body, handed to curl block by block through OnRead (so a pacer can run per block).
+  std::span<const std::uint8_t> body;
+  std::size_t body_sent = 0;
+  const std::function<bool(std::size_t)>* before_send = nullptr;
+  bool send_refused = false;
 };
+
+size_t OnRead(char* buffer, size_t size, size_t count, void* user) {
+  auto* transfer = static_cast<Transfer*>(user);
+  const std::size_t n = std::min(size * count, transfer->body.size() - transfer->body_sent);
+  if (n == 0) return 0;
+  if (transfer->before_send != nullptr && *transfer->before_send && !(*transfer->before_send)(n)) {
+    transfer->send_refused = true;
+    return CURL_READFUNC_ABORT;
+  }
+  std::memcpy(buffer, transfer->body.data() + transfer->body_sent, n);
+  transfer->body_sent += n;
+  return n;
+}
+
+// curl rewinds the body when it must send it again (a connection re-used after the peer closed
+// it, or an HTTP/2 stream refused before any byte was processed).
+int OnSeek(void* user, curl_off_t offset, int origin) {
+  auto* transfer = static_cast<Transfer*>(user);
+  if (origin != SEEK_SET || offset < 0 || static_cast<std::uint64_t>(offset) > transfer->body.size()) {
+    return CURL_SEEKFUNC_CANTSEEK;
+  }
+  transfer->body_sent = static_cast<std::size_t>(offset);
+  return CURL_SEEKFUNC_OK;
+}
 
 size_t OnBody(char* data, size_t size, size_t count, void* user) {
   auto* transfer = static_cast<Transfer*>(user);
@@ -138,15 +167,99 @@ bool IsUnknownIssuer(long verify_result) {
   }
 }
 
+bool Contains(std::string_view text, std::string_view part) { return text.find(part) != std::string_view::npos; }
+
+// The server ended the handshake with an alert about our (missing or refused) client certificate.
+bool IsClientCertificateAlert(std::string_view detail) {
+  return Contains(detail, "alert certificate required") || Contains(detail, "alert bad certificate") ||
+         Contains(detail, "alert unknown ca") || Contains(detail, "alert certificate unknown") ||
+         Contains(detail, "alert handshake failure") || Contains(detail, "alert access denied");
+}
+
 }  // namespace
+
+const char* ToString(FailureClass failure) {
+  switch (failure) {
+    case FailureClass::kNone: return "none";
+    case FailureClass::kDns: return "dns";
+    case FailureClass::kConnect: return "connect";
+    case FailureClass::kTlsHandshake: return "tls-handshake";
+    case FailureClass::kTlsRejected: return "tls-rejected";
+    case FailureClass::kStall: return "stall";
+    case FailureClass::kTimeout: return "timeout";
+    case FailureClass::kConnectionLost: return "connection-lost";
+    case FailureClass::kServerError: return "http-5xx";
+    case FailureClass::kConflict: return "http-409";
+    case FailureClass::kLocked: return "http-423";
+    case FailureClass::kChecksum: return "http-460";
+    case FailureClass::kUploadGone: return "upload-gone";
+    case FailureClass::kAuth: return "http-401/403";
+    case FailureClass::kVersion: return "http-412";
+    case FailureClass::kTooLarge: return "http-413";
+    case FailureClass::kEndpoint: return "endpoint-missing";
+    case FailureClass::kProtocol: return "protocol";
+    case FailureClass::kLinkDown: return "link-down";
+    case FailureClass::kCancelled: return "cancelled";
+    case FailureClass::kLocal: return "local";
+  }
+  return "unknown";
+}
+
+// One CURLSH with a mutex per kind of shared data, as libcurl's lock callbacks require.
+struct HttpShare::Impl {
+  CURLSH* share = nullptr;
+  std::mutex locks[CURL_LOCK_DATA_LAST];
+
+  static void Lock(CURL* /*easy*/, curl_lock_data data, curl_lock_access /*access*/, void* user) {
+    static_cast<Impl*>(user)->locks[data].lock();
+  }
+  static void Unlock(CURL* /*easy*/, curl_lock_data data, void* user) { static_cast<Impl*>(user)->locks[data].unlock(); }
+};
+
+HttpShare::HttpShare() : impl_(std::make_unique<Impl>()) {
+  if (GlobalInit() != CURLE_OK) return;
+  impl_->share = curl_share_init();
+  if (impl_->share == nullptr) return;  // clients then work unshared
+  curl_share_setopt(impl_->share, CURLSHOPT_LOCKFUNC, &Impl::Lock);
+  curl_share_setopt(impl_->share, CURLSHOPT_UNLOCKFUNC, &Impl::Unlock);
+  curl_share_setopt(impl_->share, CURLSHOPT_USERDATA, impl_.get());
+  curl_share_setopt(impl_->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+  curl_share_setopt(impl_->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+  curl_share_setopt(impl_->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
+}
+
+// Every client using the share must be gone first (it holds a shared_ptr to it).
+HttpShare::~HttpShare() {
+  if (impl_->share != nullptr) curl_share_cleanup(impl_->share);
+}
 
 struct HttpClient::Impl {
   HttpOptions options;
   CURL* easy = nullptr;
   bool warned_plain_http = false;
   char error_buffer[CURL_ERROR_SIZE] = {};
+  mutable FailureClass last_failure = FailureClass::kNone;
+
+  Unexpected Fail(FailureClass failure, ErrorKind kind, std::string message) const {
+    last_failure = failure;
+    return MakeError(kind, std::move(message));
+  }
+
+  Unexpected ClientCertificateError(const std::string& url, const std::string& detail) const {
+    if (options.tls.client_cert_file.empty()) {
+      return Fail(FailureClass::kTlsRejected, ErrorKind::kTls,
+                  "TLS: " + url + " requires a client certificate and none is configured; set "
+                  "cloud.tls.client_cert_file and cloud.tls.client_key_file to this terminal's certificate (" +
+                      detail + ")");
+    }
+    return Fail(FailureClass::kTlsRejected, ErrorKind::kTls,
+                "TLS: " + url + " rejected this terminal's client certificate " +
+                    options.tls.client_cert_file.string() +
+                    "; check that the imaging center trusts its issuer and that it has not expired (" + detail + ")");
+  }
 
   Unexpected CertificateError(const std::string& url) const {
+    last_failure = FailureClass::kTlsRejected;
     long verify_result = X509_V_OK;
     curl_easy_getinfo(easy, CURLINFO_SSL_VERIFYRESULT, &verify_result);
     const std::string detail = error_buffer[0] != '\0' ? std::string(error_buffer) : "";
@@ -183,13 +296,20 @@ struct HttpClient::Impl {
     switch (code) {
       case CURLE_PEER_FAILED_VERIFICATION:
         return CertificateError(url);
+      case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+        return Fail(FailureClass::kTlsRejected, ErrorKind::kTls,
+                    "TLS: public key pin mismatch: the server key of " + url +
+                        " matches none of cloud.tls.pinned_public_key; if the imaging center changed its key, "
+                        "update the pin (" + detail + ")");
       case CURLE_SSL_CERTPROBLEM:
-        return MakeError(ErrorKind::kTls, "TLS: the client certificate " + options.tls.client_cert_file.string() +
-                                              " or key " + options.tls.client_key_file.string() +
-                                              " cannot be used (" + detail + "); check both files are PEM and match");
+        return Fail(FailureClass::kTlsRejected, ErrorKind::kTls,
+                    "TLS: the client certificate " + options.tls.client_cert_file.string() + " or key " +
+                        options.tls.client_key_file.string() + " cannot be used (" + detail +
+                        "); check both files are PEM and match");
       case CURLE_SSL_CACERT_BADFILE:
-        return MakeError(ErrorKind::kInvalidInput, "TLS: cannot load the CA file " + options.tls.ca_file.string() +
-                                                       " (" + detail + "); check the path and that it is PEM");
+        return Fail(FailureClass::kLocal, ErrorKind::kInvalidInput,
+                    "TLS: cannot load the CA file " + options.tls.ca_file.string() + " (" + detail +
+                        "); check the path and that it is PEM");
       case CURLE_SSL_CONNECT_ERROR:
       case CURLE_SSL_ENGINE_NOTFOUND:
       case CURLE_SSL_ENGINE_SETFAILED:
@@ -198,46 +318,87 @@ struct HttpClient::Impl {
       case CURLE_SSL_SHUTDOWN_FAILED:
       case CURLE_SSL_CRL_BADFILE:
       case CURLE_SSL_ISSUER_ERROR:
-      case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
       case CURLE_SSL_INVALIDCERTSTATUS:
       case CURLE_SSL_CLIENTCERT:
-        return MakeError(ErrorKind::kTls, "TLS handshake with " + url + " failed: " + detail +
-                                              " (the server may require a client certificate or a newer TLS version)");
+        if (IsClientCertificateAlert(detail) || code == CURLE_SSL_CLIENTCERT) return ClientCertificateError(url, detail);
+        // A handshake cut short by the network (reset, EOF) is worth retrying; anything else
+        // (no common TLS version or cipher) needs a person.
+        if (Contains(detail, "reset") || Contains(detail, "unexpected eof") || Contains(detail, "SSL_ERROR_SYSCALL") ||
+            Contains(detail, "Connection timed out")) {
+          return Fail(FailureClass::kTlsHandshake, ErrorKind::kNetwork,
+                      "TLS handshake with " + url + " was cut off (" + detail + "); will retry");
+        }
+        return Fail(FailureClass::kTlsRejected, ErrorKind::kTls,
+                    "TLS handshake with " + url + " failed: " + detail +
+                        " (the server may require TLS settings this terminal does not offer)");
       case CURLE_COULDNT_RESOLVE_HOST:
       case CURLE_COULDNT_RESOLVE_PROXY:
-        return MakeError(ErrorKind::kNetwork, "cannot resolve the host of " + url + " (" + detail +
-                                                  "); check DNS and the link");
+        return Fail(FailureClass::kDns, ErrorKind::kNetwork,
+                    "cannot resolve the host of " + url + " (" + detail + "); check DNS and the link");
       case CURLE_COULDNT_CONNECT:
-        return MakeError(ErrorKind::kNetwork, "cannot connect to " + url + " (" + detail +
-                                                  "); the server is down or unreachable, will retry");
+      case CURLE_INTERFACE_FAILED:
+        return Fail(FailureClass::kConnect, ErrorKind::kNetwork,
+                    "cannot connect to " + url + " (" + detail + "); the server is down or unreachable, will retry");
       case CURLE_OPERATION_TIMEDOUT:
         if (std::strstr(error_buffer, "too slow") != nullptr) {
-          return MakeError(ErrorKind::kNetwork, "transfer with " + url + " stalled: no progress for " +
-                                                    std::to_string(options.stall_timeout_s) + " s");
+          return Fail(FailureClass::kStall, ErrorKind::kNetwork,
+                      "transfer with " + url + " stalled: no progress for " + std::to_string(options.stall_timeout_s) +
+                          " s");
         }
-        return MakeError(ErrorKind::kNetwork, "request to " + url + " timed out (" + detail + ")");
+        if (std::strstr(error_buffer, "onnection") != nullptr || std::strstr(error_buffer, "esolv") != nullptr) {
+          return Fail(FailureClass::kConnect, ErrorKind::kNetwork,
+                      "connecting to " + url + " timed out after " + std::to_string(options.connect_timeout_s) +
+                          " s (" + detail + "); will retry");
+        }
+        return Fail(FailureClass::kTimeout, ErrorKind::kNetwork, "request to " + url + " timed out (" + detail + ")");
       case CURLE_SEND_ERROR:
       case CURLE_RECV_ERROR:
-      case CURLE_GOT_NOTHING:
+        // TLS 1.3 reports a refused client certificate after the handshake, on the first read.
+        if (IsClientCertificateAlert(detail)) return ClientCertificateError(url, detail);
+        return Fail(FailureClass::kConnectionLost, ErrorKind::kNetwork,
+                    "connection to " + url + " was lost (" + detail + ")");
+      case CURLE_GOT_NOTHING: {
+        // Under TLS 1.3 a server that refuses our client certificate may just close the new
+        // connection after the handshake: say so, but keep it retryable (a crash looks the same).
+        long new_connections = 0;
+        curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &new_connections);
+        if (new_connections > 0 && !options.tls.client_cert_file.empty()) {
+          return Fail(FailureClass::kConnectionLost, ErrorKind::kNetwork,
+                      "connection to " + url + " was closed without a reply right after the TLS handshake (" +
+                          detail + "); if the server requires mTLS it may have rejected this terminal's client "
+                          "certificate " + options.tls.client_cert_file.string() + ", otherwise it failed; will retry");
+        }
+        return Fail(FailureClass::kConnectionLost, ErrorKind::kNetwork,
+                    "connection to " + url + " was lost (" + detail + ")");
+      }
       case CURLE_PARTIAL_FILE:
       case CURLE_HTTP2:
       case CURLE_HTTP2_STREAM:
-        return MakeError(ErrorKind::kNetwork, "connection to " + url + " was lost (" + detail + ")");
+      case CURLE_SEND_FAIL_REWIND:
+        return Fail(FailureClass::kConnectionLost, ErrorKind::kNetwork,
+                    "connection to " + url + " was lost (" + detail + ")");
       case CURLE_WRITE_ERROR:
         if (transfer.body_too_large) {
-          return MakeError(ErrorKind::kProtocol, "the response body from " + url + " exceeds the limit of " +
-                                                     std::to_string(transfer.max_body) + " bytes; transfer aborted");
+          return Fail(FailureClass::kProtocol, ErrorKind::kProtocol,
+                      "the response body from " + url + " exceeds the limit of " + std::to_string(transfer.max_body) +
+                          " bytes; transfer aborted");
         }
-        return MakeError(ErrorKind::kInternal, "cannot store the response from " + url + " (" + detail + ")");
+        return Fail(FailureClass::kLocal, ErrorKind::kInternal, "cannot store the response from " + url + " (" + detail + ")");
       case CURLE_URL_MALFORMAT:
       case CURLE_UNSUPPORTED_PROTOCOL:
-        return MakeError(ErrorKind::kInvalidInput, "invalid URL " + url + " (" + detail + ")");
+        return Fail(FailureClass::kLocal, ErrorKind::kInvalidInput, "invalid URL " + url + " (" + detail + ")");
       case CURLE_ABORTED_BY_CALLBACK:
-        return MakeError(ErrorKind::kCancelled, "request to " + url + " was cancelled");
+      case CURLE_READ_ERROR:
+        if (transfer.send_refused) {
+          return Fail(FailureClass::kLinkDown, ErrorKind::kCancelled,
+                      "request to " + url + " was cancelled after " + std::to_string(transfer.body_sent) +
+                          " body bytes: the link's lease was revoked");
+        }
+        return Fail(FailureClass::kCancelled, ErrorKind::kCancelled, "request to " + url + " was cancelled");
       case CURLE_OUT_OF_MEMORY:
-        return MakeError(ErrorKind::kInternal, "out of memory during the request to " + url);
+        return Fail(FailureClass::kLocal, ErrorKind::kInternal, "out of memory during the request to " + url);
       default:
-        return MakeError(ErrorKind::kNetwork, "request to " + url + " failed: " + detail);
+        return Fail(FailureClass::kConnectionLost, ErrorKind::kNetwork, "request to " + url + " failed: " + detail);
     }
   }
 };
@@ -259,8 +420,11 @@ HttpClient::~HttpClient() {
   if (impl_->easy != nullptr) curl_easy_cleanup(impl_->easy);
 }
 
+FailureClass HttpClient::last_failure() const { return impl_->last_failure; }
+
 Expected<HttpResponse> HttpClient::Perform(const HttpRequest& request, std::uint64_t max_response_bytes) {
   Impl& impl = *impl_;
+  impl.last_failure = FailureClass::kLocal;  // until the request reaches libcurl
   const std::string shown_url = RedactUrl(request.url);
   const std::string scheme = SchemeOf(request.url);
   if (scheme == "http") {
@@ -288,6 +452,8 @@ Expected<HttpResponse> HttpClient::Perform(const HttpRequest& request, std::uint
   Transfer transfer;
   transfer.max_body = max_response_bytes;
   transfer.on_upload_progress = &request.on_upload_progress;
+  transfer.body = request.body;
+  transfer.before_send = &request.before_send;
 
   CurlHeaders headers;
   bool headers_ok = true;
@@ -315,6 +481,21 @@ Expected<HttpResponse> HttpClient::Perform(const HttpRequest& request, std::uint
   curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
   curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
   curl_easy_setopt(easy, CURLOPT_SSLVERSION, static_cast<long>(CURL_SSLVERSION_TLSv1_2));
+  if (!impl.options.tls.pinned_public_key.empty()) {
+    curl_easy_setopt(easy, CURLOPT_PINNEDPUBLICKEY, impl.options.tls.pinned_public_key.c_str());
+  }
+  // ALPN offers h2 and http/1.1 on https://; the server picks.
+  curl_easy_setopt(easy, CURLOPT_HTTP_VERSION,
+                   static_cast<long>(impl.options.http2 ? CURL_HTTP_VERSION_2TLS : CURL_HTTP_VERSION_1_1));
+  const long upload_buffer = std::clamp<long>(static_cast<long>(impl.options.upload_buffer_bytes), 16L * 1024, 2L << 20);
+  curl_easy_setopt(easy, CURLOPT_UPLOAD_BUFFERSIZE, upload_buffer);
+  const std::string local_binding = !impl.options.interface_name.empty() ? "if!" + impl.options.interface_name
+                                    : !impl.options.source_address.empty() ? "host!" + impl.options.source_address
+                                                                           : std::string();
+  if (!local_binding.empty()) curl_easy_setopt(easy, CURLOPT_INTERFACE, local_binding.c_str());
+  if (impl.options.share != nullptr && impl.options.share->impl().share != nullptr) {
+    curl_easy_setopt(easy, CURLOPT_SHARE, impl.options.share->impl().share);
+  }
   const std::string ca_file = impl.options.tls.ca_file.string();
   const std::string cert_file = impl.options.tls.client_cert_file.string();
   const std::string key_file = impl.options.tls.client_key_file.string();
@@ -350,29 +531,36 @@ Expected<HttpResponse> HttpClient::Perform(const HttpRequest& request, std::uint
   curl_easy_setopt(easy, CURLOPT_XFERINFODATA, &transfer);
 
   const std::string method = request.method;
-  static const char kEmpty[] = "";
-  const char* body = request.body.empty() ? kEmpty : reinterpret_cast<const char*>(request.body.data());
   const auto body_size = static_cast<curl_off_t>(request.body.size());
   if (method == "GET") {
     curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
   } else if (method == "HEAD") {
     curl_easy_setopt(easy, CURLOPT_NOBODY, 1L);
   } else if (method == "POST" || method == "PATCH" || method == "PUT" || !request.body.empty()) {
-    // POSTFIELDS points at the caller's span: no copy of the body. The method name is then
-    // replaced for PATCH/PUT/others; curl still sends the body.
+    // A POST whose body comes from OnRead, block by block (at most the upload buffer each), so
+    // before_send can pace every block. The method name is then replaced for PATCH/PUT/others.
+    curl_easy_setopt(easy, CURLOPT_POST, 1L);
     curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, body_size);
-    curl_easy_setopt(easy, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(easy, CURLOPT_READFUNCTION, &OnRead);
+    curl_easy_setopt(easy, CURLOPT_READDATA, &transfer);
+    curl_easy_setopt(easy, CURLOPT_SEEKFUNCTION, &OnSeek);
+    curl_easy_setopt(easy, CURLOPT_SEEKDATA, &transfer);
     if (method != "POST") curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, method.c_str());
   } else {
     curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, method.c_str());  // DELETE, OPTIONS without a body
   }
 
   const CURLcode code = curl_easy_perform(easy);
-  // The header list and the body belong to this call: leave no pointers to them in the handle.
+  // The header list and the transfer belong to this call: leave no pointers to them in the handle.
   curl_easy_setopt(easy, CURLOPT_HTTPHEADER, nullptr);
-  curl_easy_setopt(easy, CURLOPT_POSTFIELDS, nullptr);
+  curl_easy_setopt(easy, CURLOPT_READDATA, nullptr);
+  curl_easy_setopt(easy, CURLOPT_SEEKDATA, nullptr);
   if (code != CURLE_OK) return impl.MapError(code, shown_url, transfer);
   curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &transfer.response.status);
+  long version = CURL_HTTP_VERSION_NONE;
+  curl_easy_getinfo(easy, CURLINFO_HTTP_VERSION, &version);
+  transfer.response.http_version = version == CURL_HTTP_VERSION_2_0 ? 20 : version == CURL_HTTP_VERSION_1_0 ? 10 : 11;
+  impl.last_failure = FailureClass::kNone;
   return std::move(transfer.response);
 }
 

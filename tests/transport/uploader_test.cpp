@@ -1,0 +1,237 @@
+// The uploader's retry policy per failure class and its link leases, against the in-process
+// fake tus server with a real spool: a 401 is not retried, a 423 is, and a lease revoked in the
+// middle of a PATCH aborts it and the next attempt resumes from the server's offset.
+#include <catch2/catch.hpp>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include <chrono>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "agent/common/durable_file.hpp"
+#include "agent/common/sha256.hpp"
+#include "agent/common/uid.hpp"
+#include "agent/core/link_provider.hpp"
+#include "agent/core/retry.hpp"
+#include "agent/core/uploader.hpp"
+#include "agent/spool/spool.hpp"
+#include "tests/support/process.hpp"
+#include "tests/transport/fake_tus_server.hpp"
+
+namespace {
+
+using namespace ctagent;
+using ctagent::test::FakeRequest;
+using ctagent::test::FakeResponse;
+using ctagent::test::FakeTusServer;
+using transport::FailureClass;
+
+std::vector<std::uint8_t> RandomBytes(std::size_t size, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<std::uint8_t> out(size);
+  for (auto& b : out) b = static_cast<std::uint8_t>(rng());
+  return out;
+}
+
+// A spool holding one scan with one chunk, and an uploader pointed at the fake server.
+struct Fixture {
+  test::TempDir dir{"uploader"};
+  PosixFileStore files;
+  std::unique_ptr<spool::Spool> spool;
+  FakeTusServer fake;
+  config::CloudConfig cloud;
+  std::string scan_uid = MintDicomUid();
+  std::vector<std::uint8_t> chunk = RandomBytes(500000, 21);
+  boost::asio::io_context io;
+
+  Fixture() {
+    spool::SpoolOptions options;
+    options.directory = dir.path() / "spool";
+    options.max_bytes = 1ull << 30;
+    options.min_free_bytes = 0;
+    auto opened = spool::Spool::Open(options, files);
+    REQUIRE(opened);
+    spool = std::move(*opened);
+    spool::ScanRecord record;
+    record.scan_uid = scan_uid;
+    record.study_uid = MintDicomUid();
+    record.created_utc = "2026-11-23T10:00:00Z";
+    REQUIRE(spool->BeginScan(record, 1 << 20));
+    const codec::ManifestChunk meta{0, 0, 10, chunk.size() * 2, chunk.size(), Sha256Hex(chunk), Sha256Hex(chunk)};
+    REQUIRE(spool->AddChunk(scan_uid, meta, chunk));
+    cloud.upload_url = fake.endpoint();
+    cloud.allow_plain_http = true;
+    cloud.parallel_uploads = 1;
+    cloud.patch_bytes = 64 * 1024;
+    cloud.connect_timeout_s = 5;
+    cloud.stall_timeout_s = 10;
+  }
+
+  static core::RetryPolicy FastRetries() {
+    core::RetryPolicy retry;
+    retry.delay_scale = 0.001;  // the table's classes and attempt caps, with delays in ms not s
+    return retry;
+  }
+
+  // Uploads chunk 0 and runs the event loop until done (bounded).
+  std::optional<Status> Upload(core::Uploader& uploader) {
+    std::optional<Status> result;
+    uploader.UploadChunk(scan_uid, 0, [&](Status s) { result = s; });
+    auto guard = boost::asio::make_work_guard(io);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!result && std::chrono::steady_clock::now() < deadline) io.run_for(std::chrono::milliseconds(20));
+    return result;
+  }
+
+  std::string Uploaded() {
+    for (const auto& r : fake.Requests()) {
+      if (r.method == "POST") return fake.Data("/files/u1");
+    }
+    return "";
+  }
+};
+
+// A link manager stand-in: hands out leases on link "5g" bound to 127.0.0.1, counts the bytes
+// each lease paced, and revokes the first lease after `revoke_after` bytes.
+class FakeLinks : public core::LinkProvider {
+ public:
+  explicit FakeLinks(std::size_t revoke_after) : revoke_after_(revoke_after) {}
+
+  Expected<core::LinkLease> Acquire() override {
+    std::lock_guard lock(mutex_);
+    const std::size_t lease = paced_.size();
+    paced_.push_back(0);
+    core::LinkLease out;
+    out.link_name = "5g";
+    out.source_address = "127.0.0.1";
+    out.before_send = [this, lease](std::size_t bytes) {
+      std::lock_guard inner(mutex_);
+      if (lease == 0 && paced_[0] + bytes > revoke_after_) return false;
+      paced_[lease] += bytes;
+      return true;
+    };
+    return out;
+  }
+  void Report(const std::string& link_name, const Status& outcome) override {
+    std::lock_guard lock(mutex_);
+    reports_.emplace_back(link_name, outcome ? ErrorKind::kInternal : outcome.error().kind());
+    report_ok_.push_back(static_cast<bool>(outcome));
+  }
+  std::vector<std::size_t> paced() {
+    std::lock_guard lock(mutex_);
+    return paced_;
+  }
+  std::vector<bool> report_ok() {
+    std::lock_guard lock(mutex_);
+    return report_ok_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::size_t revoke_after_;
+  std::vector<std::size_t> paced_;
+  std::vector<std::pair<std::string, ErrorKind>> reports_;
+  std::vector<bool> report_ok_;
+};
+
+}  // namespace
+
+TEST_CASE("retry table: permanent classes are never retried, transient ones back off within their caps",
+          "[transport][upload][retry]") {
+  const core::RetryPolicy policy;
+  for (auto permanent : {FailureClass::kTlsRejected, FailureClass::kAuth, FailureClass::kVersion,
+                         FailureClass::kTooLarge, FailureClass::kEndpoint, FailureClass::kLocal}) {
+    INFO(transport::ToString(permanent));
+    CHECK(policy.For(permanent).permanent);
+  }
+  std::mt19937_64 rng(1);
+  for (auto transient : {FailureClass::kDns, FailureClass::kConnect, FailureClass::kTlsHandshake, FailureClass::kStall,
+                         FailureClass::kConnectionLost, FailureClass::kServerError, FailureClass::kConflict,
+                         FailureClass::kLocked, FailureClass::kChecksum, FailureClass::kLinkDown}) {
+    INFO(transport::ToString(transient));
+    const auto rule = policy.For(transient);
+    CHECK_FALSE(rule.permanent);
+    CHECK(rule.max_attempts >= 3);
+    CHECK(rule.max_attempts <= 20);  // capped even for the patient classes
+    for (std::uint32_t attempt = 0; attempt < 30; ++attempt) {
+      const auto delay = policy.Delay(transient, attempt, rng);
+      CHECK(delay.count() >= 0);
+      CHECK(delay <= rule.max);
+    }
+  }
+}
+
+TEST_CASE("uploader: a 401 is surfaced at once, not retried, and names what to do", "[transport][upload][fake]") {
+  Fixture f;
+  f.fake.SetIntercept([](const FakeRequest& r) -> std::optional<FakeResponse> {
+    if (r.method == "POST") return FakeResponse{401, {{"Tus-Resumable", "1.0.0"}}, "who are you"};
+    return std::nullopt;
+  });
+  core::Uploader uploader(f.io, *f.spool, f.cloud, Fixture::FastRetries());
+  const auto result = f.Upload(uploader);
+  REQUIRE(result);
+  REQUIRE_FALSE(*result);
+  CHECK(result->error().kind() == ErrorKind::kPermission);
+  CHECK_THAT(result->error().message(), Catch::Contains("not retried") && Catch::Contains("credentials") &&
+                                            Catch::Contains("stays spooled"));
+  CHECK(f.fake.Count("POST") == 1);
+  CHECK(uploader.counters().retries == 0);
+  // Nothing was journaled as complete: the next run starts over.
+  auto record = f.spool->Get(f.scan_uid);
+  REQUIRE(record);
+  CHECK_FALSE(record->chunks.at(0).upload.complete);
+}
+
+TEST_CASE("uploader: a 423 is retried after a backoff and the upload completes byte for byte",
+          "[transport][upload][fake]") {
+  Fixture f;
+  int locked = 0;
+  f.fake.SetIntercept([&](const FakeRequest& r) -> std::optional<FakeResponse> {
+    if (r.method == "PATCH" && locked < 2) {
+      ++locked;
+      return FakeResponse{423, {{"Tus-Resumable", "1.0.0"}}, "locked"};
+    }
+    return std::nullopt;
+  });
+  core::Uploader uploader(f.io, *f.spool, f.cloud, Fixture::FastRetries());
+  const auto result = f.Upload(uploader);
+  REQUIRE(result);
+  REQUIRE(*result);
+  CHECK(locked == 2);
+  CHECK(uploader.counters().retries == 2);
+  CHECK(f.fake.Count("POST") == 1);  // the upload was resumed, never created twice
+  CHECK(f.fake.Count("OPTIONS") == 1);  // discovery once per uploader
+  CHECK(f.fake.Data("/files/u1") == std::string(f.chunk.begin(), f.chunk.end()));
+  auto record = f.spool->Get(f.scan_uid);
+  REQUIRE(record);
+  CHECK(record->chunks.at(0).upload.complete);
+}
+
+TEST_CASE("uploader: a lease revoked mid-PATCH aborts it, and the next lease resumes from the server's offset",
+          "[transport][upload][links][fake]") {
+  Fixture f;
+  FakeLinks links(200000);
+  core::Uploader uploader(f.io, *f.spool, f.cloud, Fixture::FastRetries(), &links);
+  const auto result = f.Upload(uploader);
+  REQUIRE(result);
+  REQUIRE(*result);
+  CHECK(f.fake.Data("/files/u1") == std::string(f.chunk.begin(), f.chunk.end()));
+  CHECK(f.fake.Count("POST") == 1);
+  CHECK(f.fake.Count("HEAD") == 1);  // the resume asked the server's offset
+
+  const auto paced = links.paced();
+  REQUIRE(paced.size() == 2);
+  // First lease: whole 64 KiB blocks until the one that would cross 200000 bytes was refused;
+  // the server kept the completed PATCHes.
+  const std::size_t kept = 3 * 64 * 1024;
+  CHECK(paced[0] <= 200000);
+  // Second lease: exactly the bytes the server did not have; nothing was sent twice.
+  CHECK(paced[1] == f.chunk.size() - kept);
+  CHECK(links.report_ok() == std::vector<bool>{false, true});
+  CHECK(uploader.counters().retries == 1);
+}
