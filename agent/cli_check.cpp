@@ -3,6 +3,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <ctime>
 #include <memory>
@@ -10,6 +11,7 @@
 #include "agent/cli.hpp"
 #include "agent/common/durable_file.hpp"
 #include "agent/core/http_options.hpp"
+#include "agent/core/links.hpp"
 #include "agent/results/results.hpp"
 #include "agent/spool/spool.hpp"
 #include "config/config.hpp"
@@ -28,7 +30,8 @@ Field diagnostics, one line per check (OK / WARN / FAIL), then a verdict. Checks
   disk          the spool is writable and has room for one more scan of the protocol
   queue         scans waiting in the spool (upload or results pending, failed)
   certificates  the CA bundle and client certificate load and are not (about to be) expired
-  link          the upload endpoint answers over TLS (tus OPTIONS) and how long it took
+  link          the upload endpoint answers over TLS (tus OPTIONS) over every configured link
+                (cloud.links, each bound to its interface) and how long it took
   pacs          the imaging center's DICOMweb answers and accepts our credentials
   console       the console's DICOM node answers C-ECHO
 Exit status: 0 all OK (warnings allowed), 1 a check failed, 2 bad usage.
@@ -179,18 +182,45 @@ int CmdCheck(const std::vector<std::string>& args) {
   }
 
   if (want("link")) {
-    transport::HttpClient http(core::MakeHttpOptions(cfg->cloud));
-    const auto t0 = std::chrono::steady_clock::now();
-    auto response = http.Perform({"OPTIONS", cfg->cloud.upload_url, {{"Tus-Resumable", "1.0.0"}}, {}, {}});
-    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
-    if (!response) {
-      report.Fail("link", cfg->cloud.upload_url + ": " + response.error().message());
-    } else if (response->status != 200 && response->status != 204) {
-      report.Fail("link", cfg->cloud.upload_url + " answered HTTP " + std::to_string(response->status) +
-                              " to OPTIONS; is this the tus endpoint?");
+    // Every configured link on its own (bound to its interface or source address), so a dead
+    // 5G modem shows even while the wired link carries the uploads.
+    auto links = core::ParseLinks(cfg->cloud.links);
+    if (!links) {
+      report.Fail("link", links.error().message() + "; fix cloud.links in " + cfg->source_file.string());
     } else {
-      report.Ok("link", cfg->cloud.upload_url + " answers (tus " + response->Header("tus-version") + ", extensions " +
-                            response->Header("tus-extension") + ") in " + std::to_string(ms) + " ms");
+      std::vector<core::LinkConfig> targets = *links;
+      if (targets.empty()) targets.emplace_back();  // no links configured: the system's routing
+      std::stable_sort(targets.begin(), targets.end(),
+                       [](const core::LinkConfig& a, const core::LinkConfig& b) { return a.priority < b.priority; });
+      for (const auto& link : targets) {
+        const std::string label = link.name.empty() ? "link" : "link " + link.name;
+        std::string via;
+        if (!link.interface_name.empty()) via = " via " + link.interface_name;
+        if (!link.source_address.empty()) via = " from " + link.source_address;
+        if (link.max_bits_per_s > 0) via += ", capped at " + std::to_string(link.max_bits_per_s / 1000000) + " Mbit/s";
+        auto options = core::MakeHttpOptions(cfg->cloud);
+        options.interface_name = link.interface_name;
+        options.source_address = link.source_address;
+        transport::HttpClient http(options);
+        transport::HttpRequest request;
+        request.method = "OPTIONS";
+        request.url = cfg->cloud.upload_url;
+        request.headers = {{"Tus-Resumable", "1.0.0"}};
+        const auto t0 = std::chrono::steady_clock::now();
+        auto response = http.Perform(request);
+        const auto ms =
+            std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+        if (!response) {
+          report.Fail(label, cfg->cloud.upload_url + via + ": " + response.error().message());
+        } else if (response->status != 200 && response->status != 204) {
+          report.Fail(label, cfg->cloud.upload_url + via + " answered HTTP " + std::to_string(response->status) +
+                                 " to OPTIONS; is this the tus endpoint?");
+        } else {
+          report.Ok(label, cfg->cloud.upload_url + via + " answers (tus " + response->Header("tus-version") +
+                               ", extensions " + response->Header("tus-extension") + ") in " + std::to_string(ms) +
+                               " ms");
+        }
+      }
     }
   }
 
