@@ -3,19 +3,26 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <fstream>
 #include <iostream>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "agent/cli.hpp"
+#include "agent/common/clock.hpp"
 #include "agent/common/log.hpp"
 #include "agent/core/agent.hpp"
 #include "config/config.hpp"
@@ -67,13 +74,18 @@ completed now, the data stays in the spool and `ctagent run` continues it.
 constexpr const char* kRunHelp = R"(Usage: ctagent run --config FILE [--once]
 
 The daemon. Resumes every unfinished scan in the spool (uploads, results, delivery), then
-checks again every 30 s until stopped with SIGTERM or SIGINT.
+checks again every 30 s until stopped with SIGTERM or SIGINT. While the cloud is behind, it
+logs the upload backlog every 30 s with the time to clear it at the measured upload rate.
   --once   resume what is pending once, then exit
+Exit status: 0 when nothing is left that needs a person; 1 when a scan could not be finished
+now or is marked failed (each failed scan is logged as an error).
 )";
 
 constexpr const char* kStatusHelp = R"(Usage: ctagent status --config FILE
 
-Lists every scan in the spool with its state, chunk upload progress and results.
+Lists every scan in the spool with its state, chunk upload progress and results, and the upload
+backlog: the bytes the cloud has not confirmed yet and, if an upload rate was measured (by
+`ctagent run` or `ctagent scan`, kept in <spool>/upload-rate.json), the time to clear them.
 )";
 
 constexpr const char* kConfigHelp = R"(Usage: ctagent config check FILE
@@ -225,6 +237,206 @@ std::string Mib(std::uint64_t bytes) {
   return buf;
 }
 
+// --- Upload lag: how far the cloud is behind the spool ---------------------------------------
+//
+// The backlog is what the spool holds that the cloud has not confirmed yet. The rate comes only
+// from measurements: the daemon (and `ctagent scan`) sample the confirmed offsets in the spool
+// while a backlog exists, and record the recent rate in <spool>/upload-rate.json for `status`.
+// The record is advisory (a hint for people), so it is written with a plain write + rename and
+// not through the spool's FileStore, whose durable operations it must not disturb.
+
+struct Backlog {
+  std::uint64_t bytes = 0;      // not yet confirmed by the cloud
+  std::uint64_t confirmed = 0;  // confirmed so far, over every scan in the spool (a counter)
+  std::size_t scans = 0;        // scans with something left to send
+};
+
+Backlog MeasureBacklog(spool::Spool& spool) {
+  Backlog b;
+  for (const auto& r : spool.AllScans()) {
+    if (r.state == spool::ScanState::kFailed) continue;  // needs a person, not the uploader
+    std::uint64_t left = 0;
+    for (const auto& c : r.chunks) {
+      const std::uint64_t done = c.upload.complete ? c.chunk.compressed_bytes
+                                                   : std::min(c.chunk.compressed_bytes, c.upload.confirmed_offset);
+      b.confirmed += done;
+      left += c.chunk.compressed_bytes - done;
+    }
+    if (r.manifest_written && !r.manifest_upload.complete) {
+      // The manifest's size is that of its file; the confirmed offset tells how much arrived.
+      std::error_code ec;
+      const auto size = std::filesystem::file_size(spool.directory() / "scans" / r.scan_uid / "manifest.json", ec);
+      if (!ec) left += size - std::min<std::uint64_t>(size, r.manifest_upload.confirmed_offset);
+    }
+    if (left > 0) ++b.scans;
+    b.bytes += left;
+  }
+  return b;
+}
+
+std::string BootId() {
+  std::FILE* f = std::fopen("/proc/sys/kernel/random/boot_id", "r");
+  if (f == nullptr) return "";
+  char buf[64] = {};
+  const std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+  std::fclose(f);
+  std::string id(buf, n);
+  while (!id.empty() && (id.back() == '\n' || id.back() == ' ')) id.pop_back();
+  return id;
+}
+
+// steady_clock is CLOCK_MONOTONIC, shared by every process of one boot: ages are immune to
+// wall-clock jumps.
+double MonotonicSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::filesystem::path RateRecordPath(const std::filesystem::path& spool_dir) { return spool_dir / "upload-rate.json"; }
+
+void WriteRateRecord(const std::filesystem::path& spool_dir, double bytes_per_second, double window_s,
+                     std::uint64_t bytes) {
+  const nlohmann::json j = {{"bytes_per_second", bytes_per_second}, {"window_s", window_s},  {"bytes", bytes},
+                            {"boot_id", BootId()},                  {"monotonic_s", MonotonicSeconds()},
+                            {"measured_utc", UtcNowIso8601()}};
+  const auto path = RateRecordPath(spool_dir);
+  const auto tmp = std::filesystem::path(path.string() + ".part");
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << j.dump() << '\n';
+    if (!out) return;  // advisory: status then says the rate is unknown
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+}
+
+struct RateRecord {
+  double bytes_per_second = 0;
+  double window_s = 0;
+  std::string measured_utc;
+  std::optional<double> age_s;  // unknown across a reboot
+};
+
+std::optional<RateRecord> ReadRateRecord(const std::filesystem::path& spool_dir) {
+  std::ifstream in(RateRecordPath(spool_dir));
+  if (!in) return std::nullopt;
+  const auto j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("bytes_per_second") || !j["bytes_per_second"].is_number()) {
+    return std::nullopt;
+  }
+  RateRecord r;
+  r.bytes_per_second = j["bytes_per_second"].get<double>();
+  if (!(r.bytes_per_second > 0)) return std::nullopt;
+  r.window_s = j.value("window_s", 0.0);
+  r.measured_utc = j.value("measured_utc", "");
+  if (j.value("boot_id", "") == BootId() && j.contains("monotonic_s") && j["monotonic_s"].is_number()) {
+    r.age_s = std::max(0.0, MonotonicSeconds() - j["monotonic_s"].get<double>());
+  }
+  return r;
+}
+
+std::string Duration(double seconds) {
+  char buf[48];
+  if (seconds < 120) {
+    std::snprintf(buf, sizeof buf, "%.0f s", seconds);
+  } else if (seconds < 7200) {
+    std::snprintf(buf, sizeof buf, "%.0f min", seconds / 60);
+  } else {
+    std::snprintf(buf, sizeof buf, "%.1f h", seconds / 3600);
+  }
+  return buf;
+}
+
+// One line: the backlog in bytes and, when a rate was measured, the time to clear it.
+std::string DescribeBacklog(const Backlog& b, const std::optional<RateRecord>& rate) {
+  if (b.bytes == 0) return "upload backlog: none (the cloud confirmed everything in the spool)";
+  std::string line = "upload backlog: " + std::to_string(b.bytes) + " bytes (" + Mib(b.bytes) + ") in " +
+                     std::to_string(b.scans) + " scan(s) not yet confirmed by the cloud; ";
+  if (!rate) return line + "rate unknown (no upload measured yet), so no time estimate";
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "about %s at the recent upload rate of %.2f Mbit/s", Duration(static_cast<double>(b.bytes) / rate->bytes_per_second).c_str(),
+                rate->bytes_per_second * 8.0 / 1e6);
+  line += buf;
+  if (rate->age_s) {
+    line += " (measured " + Duration(*rate->age_s) + " ago over " + Duration(rate->window_s) + ")";
+  } else {
+    line += " (measured at " + rate->measured_utc + ", before the machine restarted)";
+  }
+  return line;
+}
+
+// Samples the confirmed bytes every 2 s while the agent works; keeps the rate of the last minute
+// of uploading (intervals without a backlog are idle, not slow, and are left out), records it for
+// `status`, and logs the backlog every 30 s while one exists.
+class LagMonitor {
+ public:
+  LagMonitor(spool::Spool& spool, bool log_backlog) : spool_(spool), log_backlog_(log_backlog) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~LagMonitor() {
+    {
+      std::lock_guard lock(mutex_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  LagMonitor(const LagMonitor&) = delete;
+  LagMonitor& operator=(const LagMonitor&) = delete;
+
+ private:
+  struct Sample {
+    std::chrono::steady_clock::time_point at;
+    std::uint64_t confirmed;
+    std::uint64_t backlog;
+  };
+
+  void Loop() {
+    constexpr auto kPeriod = std::chrono::seconds(2);
+    constexpr auto kWindow = std::chrono::seconds(60);
+    constexpr auto kLogEvery = std::chrono::seconds(30);
+    auto last_log = std::chrono::steady_clock::now();
+    std::unique_lock lock(mutex_);
+    while (!cv_.wait_for(lock, kPeriod, [this] { return done_; })) {
+      lock.unlock();
+      const Backlog b = MeasureBacklog(spool_);
+      const auto now = std::chrono::steady_clock::now();
+      samples_.push_back({now, b.confirmed, b.bytes});
+      while (samples_.size() > 2 && now - samples_.front().at > kWindow) samples_.erase(samples_.begin());
+      double busy_s = 0;
+      std::uint64_t sent = 0;
+      for (std::size_t i = 1; i < samples_.size(); ++i) {
+        if (samples_[i - 1].backlog == 0) continue;
+        busy_s += std::chrono::duration<double>(samples_[i].at - samples_[i - 1].at).count();
+        // A confirmed count can fall when the server lost an upload; that interval sent nothing.
+        if (samples_[i].confirmed > samples_[i - 1].confirmed) sent += samples_[i].confirmed - samples_[i - 1].confirmed;
+      }
+      if (sent > 0 && busy_s >= 1.0) WriteRateRecord(spool_.directory(), static_cast<double>(sent) / busy_s, busy_s, sent);
+      if (log_backlog_ && b.bytes > 0 && now - last_log >= kLogEvery) {
+        last_log = now;
+        log::Info("lag", DescribeBacklog(b, ReadRateRecord(spool_.directory())));
+      }
+      lock.lock();
+    }
+  }
+
+  spool::Spool& spool_;
+  bool log_backlog_;
+  std::vector<Sample> samples_;
+  bool done_ = false;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::thread thread_;
+};
+
+// A whole scan's upload (first byte to the manifest's confirmation) is a measurement too; it
+// covers uploads too short for the 2 s sampler.
+void RecordSummaryRate(const std::filesystem::path& spool_dir, const core::ScanSummary& s) {
+  if (s.uploaded_bytes > 0 && s.upload_seconds > 0.05) {
+    WriteRateRecord(spool_dir, static_cast<double>(s.uploaded_bytes) / s.upload_seconds, s.upload_seconds,
+                    s.uploaded_bytes);
+  }
+}
+
 void PrintSummary(const core::ScanSummary& s) {
   const double ratio = s.compressed_bytes ? static_cast<double>(s.raw_bytes) / static_cast<double>(s.compressed_bytes) : 0.0;
   const double mbps = s.upload_seconds > 0 ? static_cast<double>(s.uploaded_bytes) * 8.0 / 1e6 / s.upload_seconds : 0.0;
@@ -266,6 +478,7 @@ int CmdScan(const Args& args) {
   core::Progress progress;
   Expected<core::ScanSummary> summary = MakeError(ErrorKind::kInternal, "not run");
   {
+    LagMonitor lag(agent.spool(), /*log_backlog=*/false);
     std::unique_ptr<ProgressDisplay> display;
     if (!args.Has("--quiet")) display = std::make_unique<ProgressDisplay>(progress);
     summary = agent.RunScan(&progress);
@@ -274,6 +487,7 @@ int CmdScan(const Args& args) {
     std::fprintf(stderr, "ctagent: scan not started: %s\n", summary.error().message().c_str());
     return 1;
   }
+  RecordSummaryRate(cfg->spool.directory, *summary);
   PrintSummary(*summary);
   return summary->problem.empty() ? 0 : 1;
 }
@@ -289,16 +503,33 @@ int CmdRun(const Args& args) {
   SignalWatcher signals(agent);
   log::Info("agent", "ctagent " CTAGENT_VERSION " running; spool " + cfg->spool.directory.string());
   int problems = 0;
+  std::set<std::string> failed_seen;
+  LagMonitor lag(agent.spool(), /*log_backlog=*/true);
   // Bounded in time by the operator's signal; each pass is bounded by the retry policy.
   while (!signals.stopped()) {
     problems = 0;
     for (const auto& s : agent.ResumeAll()) {
+      RecordSummaryRate(cfg->spool.directory, s);
       if (!s.problem.empty()) {
         ++problems;
         log::Warn("agent", "scan " + s.scan_uid + ": " + s.problem);
       } else {
         log::Info("agent", "scan " + s.scan_uid + ": " + s.state);
       }
+    }
+    // A failed scan (damaged or unreadable spool files, refused by the driver...) is never retried:
+    // it needs a person, so each one is an error here, logged when first seen, and a problem
+    // for the exit status.
+    for (const auto& r : agent.spool().AllScans()) {
+      if (r.state != spool::ScanState::kFailed) continue;
+      ++problems;
+      if (failed_seen.insert(r.scan_uid).second) {
+        log::Error("agent", "scan " + r.scan_uid + " FAILED and needs attention (see `ctagent status`): " +
+                                r.failure_reason);
+      }
+    }
+    if (const Backlog b = MeasureBacklog(agent.spool()); b.bytes > 0) {
+      log::Info("lag", DescribeBacklog(b, ReadRateRecord(cfg->spool.directory)));
     }
     if (args.Has("--once")) break;
     signals.SleepFor(std::chrono::seconds(30));
@@ -317,6 +548,7 @@ int CmdStatus(const Args& args) {
   const auto space = agent.spool().Space();
   std::printf("spool %s: %s used of %s budget, %s free on the file system\n", cfg->spool.directory.c_str(),
               Mib(space.used_bytes).c_str(), Mib(cfg->spool.max_bytes).c_str(), Mib(space.filesystem_free_bytes).c_str());
+  std::printf("%s\n", DescribeBacklog(MeasureBacklog(agent.spool()), ReadRateRecord(cfg->spool.directory)).c_str());
   const auto scans = agent.spool().AllScans();
   if (scans.empty()) std::printf("no scans in the spool\n");
   for (const auto& r : scans) {
@@ -334,6 +566,7 @@ int CmdStatus(const Args& args) {
                 Mib(pending_bytes).c_str(), r.manifest_upload.complete ? "sent" : (r.manifest_written ? "written" : "-"),
                 r.results.size());
     if (!r.failure_reason.empty()) std::printf("    reason: %s\n", r.failure_reason.c_str());
+    if (!r.incomplete_reason.empty()) std::printf("    incomplete: %s\n", r.incomplete_reason.c_str());
   }
   return 0;
 }
