@@ -26,18 +26,22 @@ struct CodecConfig {
   std::string filter = "predict";    // agent/codec/filter.hpp; chosen by measurement (docs/codec.md)
   std::uint32_t views_per_chunk = 64;
   std::uint32_t threads = 2;         // compression workers
+  std::uint64_t queue_bytes = 64ull << 20;  // raw chunks waiting for the workers (agent/codec/chunk_stage.hpp)
 };
 
 struct SpoolConfig {
   std::filesystem::path directory;   // required
   std::uint64_t max_bytes = 64ull << 30;
   std::uint64_t min_free_bytes = 1ull << 30;
+  std::string retention = "after_delivery";  // agent/spool/spool.hpp RetentionPolicy
+  std::uint32_t keep_days = 7;               // with retention "keep_days"
 };
 
 struct TlsConfig {
   std::filesystem::path ca_file;          // empty: the system's CA store
   std::filesystem::path client_cert_file; // mTLS, optional (with client_key_file)
   std::filesystem::path client_key_file;
+  std::string pinned_public_key;          // optional: "sha256//<base64>[;sha256//<base64>...]"
 };
 
 struct CloudConfig {
@@ -51,6 +55,10 @@ struct CloudConfig {
   std::uint64_t patch_bytes = 4ull << 20;  // bytes per PATCH request
   std::uint32_t connect_timeout_s = 10;
   std::uint32_t stall_timeout_s = 30;  // abort a request that moves no byte for this long
+  bool http2 = true;                 // offer HTTP/2 by ALPN (the server may still pick HTTP/1.1)
+  // Network links (wired, 5G, ...) keyed by name; parsed and checked by core::ParseLinks
+  // (agent/core/links.hpp, docs/links.md). Empty: the system's routing, uncapped.
+  nlohmann::json links = nlohmann::json::object();
 };
 
 struct ResultsConfig {

@@ -30,8 +30,12 @@ void Assign(json& target, const json& v) { target = v; }
 void Assign(drivers::SampleType& target, const json& v) {
   target = v.get<std::string>() == "float32" ? drivers::SampleType::kFloat32 : drivers::SampleType::kUint16;
 }
-void Assign(drivers::GeometryKind& target, const json& /*only "parallel" passes the check*/) {
-  target = drivers::GeometryKind::kParallel;
+void Assign(drivers::GeometryKind& target, const json& v) {
+  target = v.get<std::string>() == "fan" ? drivers::GeometryKind::kFan : drivers::GeometryKind::kParallel;
+}
+void Assign(drivers::SampleEncoding& target, const json& v) {
+  target = v.get<std::string>() == "line_integral" ? drivers::SampleEncoding::kLineIntegral
+                                                   : drivers::SampleEncoding::kCounts;
 }
 
 template <typename T>
@@ -45,7 +49,8 @@ json Value(const std::string& v) { return v; }
 json Value(const fs::path& v) { return v.string(); }
 json Value(const json& v) { return v; }
 json Value(drivers::SampleType v) { return drivers::ToString(v); }
-json Value(drivers::GeometryKind /*only parallel exists*/) { return "parallel"; }
+json Value(drivers::GeometryKind v) { return drivers::ToString(v); }
+json Value(drivers::SampleEncoding v) { return drivers::ToString(v); }
 
 // The target of a schema row: a struct field of AgentConfig.
 #define CTAGENT_TARGET(member)                                                 \
@@ -95,6 +100,24 @@ bool AeTitleOk(const std::string& s) {
 bool UrlOk(const std::string& s) { return IsHttpUrl(s) || IsHttpsUrl(s); }
 bool EmptyOrUrl(const std::string& s) { return s.empty() || UrlOk(s); }
 bool UsernameOk(const std::string& s) { return s.find(':') == std::string::npos && s.size() <= 256; }
+// "" or "sha256//" + 44 base64 characters (a SHA-256 digest), entries joined by ';'.
+bool PinnedPublicKeyOk(const std::string& s) {
+  if (s.empty()) return true;
+  std::size_t pos = 0;
+  while (true) {
+    const auto end = s.find(';', pos);
+    const std::string entry = s.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+    if (entry.size() != 8 + 44 || entry.rfind("sha256//", 0) != 0) return false;
+    for (std::size_t i = 8; i < entry.size(); ++i) {
+      const char c = entry[i];
+      const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
+                      c == '/' || (c == '=' && i == entry.size() - 1);
+      if (!ok) return false;
+    }
+    if (end == std::string::npos) return true;
+    pos = end + 1;
+  }
+}
 
 constexpr std::uint64_t kKiB = 1024;
 constexpr std::uint64_t kMiB = kKiB * 1024;
@@ -120,13 +143,16 @@ std::vector<Entry> MakeEntries() {
        .string_ok = NonEmptyShort, .string_rule = "a non-empty name of at most 64 characters",
        CTAGENT_TARGET(driver.name)},
       {.path = "/driver/options", .type = Type::kObject,
-       .description = "Driver-specific options, passed to the driver as-is (sim: `{\"model\": string}`; "
-                      "replay: `{\"path\": recording dir}`; plugin: `{\"path\": .so file, ...driver's keys}`; "
+       .description = "Driver-specific options, passed to the driver as-is (sim: `{\"model\", \"lesions\", \"dead_channels\", \"channel_gain_sd\"}`, see docs/drivers.md; "
+                      "replay: `{\"path\": recording dir}`; plugin: `{\"path\": .so file, \"isolation\": \"process\" (default, the driver runs in "
+                      "ctagent-driver-host) or \"in_process\", \"host\": ctagent-driver-host path (default: next to "
+                      "ctagent), \"stall_timeout_s\": s (default max(2 s, 50 view periods)), ...driver's keys}`; "
                       "these paths are used as given, relative to the working directory).",
        CTAGENT_TARGET(driver.options)},
 
       {.path = "/scan", .type = Type::kSection, .description = "Scan protocol armed on the detector."},
-      {.path = "/scan/geometry", .type = Type::kEnum, .description = "Beam geometry.", .choices = {"parallel"},
+      {.path = "/scan/geometry", .type = Type::kEnum, .description = "Beam geometry: `parallel` (180 degrees per rotation) or `fan` (360 degrees, arc detector).",
+       .choices = {"parallel", "fan"},
        CTAGENT_TARGET(protocol.geometry)},
       {.path = "/scan/views_per_rotation", .type = Type::kInteger,
        .description = "Views per rotation (180 degrees for parallel beam).", .min = 1, .max = 100000,
@@ -162,6 +188,22 @@ std::vector<Entry> MakeEntries() {
       {.path = "/scan/real_time", .type = Type::kBool,
        .description = "Pace views at the protocol's view rate (else as fast as possible).",
        CTAGENT_TARGET(protocol.real_time)},
+      {.path = "/scan/source_to_isocenter_mm", .type = Type::kNumber,
+       .description = "Fan beam: source to rotation axis [mm].", .min_number = 0, .max_number = 10000,
+       .min_open = true, CTAGENT_TARGET(protocol.source_to_isocenter_mm)},
+      {.path = "/scan/source_to_detector_mm", .type = Type::kNumber,
+       .description = "Fan beam: source to detector [mm]; must exceed source_to_isocenter_mm.", .min_number = 0,
+       .max_number = 10000, .min_open = true, CTAGENT_TARGET(protocol.source_to_detector_mm)},
+      {.path = "/scan/sample_encoding", .type = Type::kEnum,
+       .description = "What a uint16 sample is: `counts`, or `line_integral` (DICOM-CT-PD style, "
+                      "p = line_integral_slope * sample + line_integral_intercept).",
+       .choices = {"counts", "line_integral"}, CTAGENT_TARGET(protocol.sample_encoding)},
+      {.path = "/scan/line_integral_slope", .type = Type::kNumber,
+       .description = "line_integral encoding: line integral per sample unit.", .min_number = 0, .max_number = 1,
+       .min_open = true, CTAGENT_TARGET(protocol.line_integral_slope)},
+      {.path = "/scan/line_integral_intercept", .type = Type::kNumber,
+       .description = "line_integral encoding: line integral of sample 0.", .min_number = -100, .max_number = 100,
+       CTAGENT_TARGET(protocol.line_integral_intercept)},
 
       {.path = "/study", .type = Type::kSection,
        .description = "Study identity the cloud may see (demo pseudonyms; a deployment takes it from the worklist)."},
@@ -189,6 +231,10 @@ std::vector<Entry> MakeEntries() {
        .max = 4096, CTAGENT_TARGET(codec.views_per_chunk)},
       {.path = "/codec/threads", .type = Type::kInteger, .description = "Compression worker threads.", .min = 1,
        .max = 16, CTAGENT_TARGET(codec.threads)},
+      {.path = "/codec/queue_bytes", .type = Type::kBytes,
+       .description = "Most raw bytes of chunks waiting for the compression workers; beyond it, chunks are "
+                      "compressed with a cheap setting on a separate thread so acquisition never waits.",
+       .min = kMiB, .max = kPiB, CTAGENT_TARGET(codec.queue_bytes)},
 
       {.path = "/spool", .type = Type::kSection, .description = "Local durable spool."},
       {.path = "/spool/directory", .type = Type::kPath, .description = "Spool directory.", .required = true,
@@ -198,6 +244,14 @@ std::vector<Entry> MakeEntries() {
       {.path = "/spool/min_free_bytes", .type = Type::kBytes,
        .description = "Free space to leave on the file system; a scan that would cut into it is refused.",
        .min = 0, .max = kPiB, CTAGENT_TARGET(spool.min_free_bytes)},
+      {.path = "/spool/retention", .type = Type::kEnum,
+       .description = "When raw data (chunks, manifest) is deleted; never before the cloud confirmed it.",
+       .choices = {"after_upload", "after_results", "after_delivery", "keep_days"}, CTAGENT_TARGET(spool.retention)},
+      {.path = "/spool/keep_days", .type = Type::kInteger,
+       .description = "Days a delivered scan's record and local images stay after the cloud confirmed it (and, "
+                      "with retention keep_days, its raw data).",
+       .min = 0,
+       .max = 3650, CTAGENT_TARGET(spool.keep_days)},
 
       {.path = "/cloud", .type = Type::kSection, .description = "Imaging center endpoints."},
       {.path = "/cloud/upload_url", .type = Type::kString, .description = "tus creation endpoint (https://).",
@@ -220,6 +274,10 @@ std::vector<Entry> MakeEntries() {
       {.path = "/cloud/tls/client_key_file", .type = Type::kPath,
        .description = "Client private key (PEM) for mTLS; needs client_cert_file.",
        CTAGENT_TARGET(cloud.tls.client_key_file)},
+      {.path = "/cloud/tls/pinned_public_key", .type = Type::kString,
+       .description = "Optional public-key pins of the server: sha256//<base64> entries joined by ';'.",
+       .string_ok = PinnedPublicKeyOk, .string_rule = "\"\" or sha256//<base64 of 32 bytes>, joined by ';'",
+       CTAGENT_TARGET(cloud.tls.pinned_public_key)},
       {.path = "/cloud/allow_plain_http", .type = Type::kBool,
        .description = "Allow http:// URLs. Development only; loudly logged.", CTAGENT_TARGET(cloud.allow_plain_http)},
       {.path = "/cloud/parallel_uploads", .type = Type::kInteger, .description = "Chunks uploaded at once.",
@@ -231,6 +289,13 @@ std::vector<Entry> MakeEntries() {
       {.path = "/cloud/stall_timeout_s", .type = Type::kInteger,
        .description = "Abort a request that moves no byte for this long [s].", .min = 1, .max = 3600,
        CTAGENT_TARGET(cloud.stall_timeout_s)},
+      {.path = "/cloud/http2", .type = Type::kBool,
+       .description = "Offer HTTP/2 to the upload server by ALPN (it may still choose HTTP/1.1).",
+       CTAGENT_TARGET(cloud.http2)},
+      {.path = "/cloud/links", .type = Type::kObject,
+       .description = "Network links keyed by name (interface or source_address, priority, max_bits_per_s, schedule, "
+                      "probe_interval_ms, probe_timeout_s); see docs/links.md. Empty: the system's routing, uncapped.",
+       CTAGENT_TARGET(cloud.links)},
 
       {.path = "/results", .type = Type::kSection, .description = "Fetching results back (DICOMweb)."},
       {.path = "/results/enabled", .type = Type::kBool, .description = "Fetch results after upload.",

@@ -33,6 +33,8 @@ enum class FailureClass {
   kConnect,         // TCP connect refused or timed out
   kTlsHandshake,    // handshake broke off (reset, EOF): transient
   kTlsRejected,     // certificate, host name, pin or client certificate refused: needs a person
+  kClockSkew,       // the server certificate is not yet valid: this terminal's clock is behind;
+                    // retried, because NTP or the operator may correct the clock
   kStall,           // low-speed abort: no progress for stall_timeout_s
   kTimeout,         // whole-request timeout
   kConnectionLost,  // reset or closed mid-request

@@ -19,6 +19,8 @@
 
 namespace ctagent::core {
 
+class LinkManager;
+
 struct ScanSummary {
   std::string scan_uid;
   std::string study_uid;
@@ -70,10 +72,12 @@ class Agent {
  private:
   struct Run;
   Expected<ScanSummary> Finish(Run& run);
+  void ApplyRetention();
 
   config::AgentConfig config_;
   FileStore& files_;
   std::unique_ptr<spool::Spool> spool_;
+  std::unique_ptr<LinkManager> links_;  // null when cloud.links is empty (the system's routing)
   std::atomic<bool> stop_requested_{false};
   std::function<void()> stop_hook_;
   std::mutex stop_mutex_;

@@ -1,21 +1,22 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/thread_pool.hpp>
 
 #include <chrono>
 #include <ctime>
 #include <optional>
-#include <semaphore>
 #include <thread>
 
 #include "agent/codec/chunk.hpp"
+#include "agent/codec/chunk_stage.hpp"
 #include "agent/codec/manifest.hpp"
 #include "agent/common/clock.hpp"
 #include "agent/common/log.hpp"
 #include "agent/common/sha256.hpp"
 #include "agent/common/uid.hpp"
 #include "agent/core/agent.hpp"
+#include "agent/core/http_options.hpp"
+#include "agent/core/links.hpp"
 #include "agent/core/results_fetch.hpp"
 #include "agent/core/uploader.hpp"
 #include "drivers/detector.hpp"
@@ -38,14 +39,16 @@ struct Agent::Run {
   Progress* progress;
   std::unique_ptr<Uploader> uploader;
   std::unique_ptr<ResultsFetcher> results;
-  std::optional<boost::asio::thread_pool> codec_pool;
+  std::unique_ptr<codec::ChunkStage> chunk_stage;
+  drivers::Detector* detector = nullptr;  // aborted when the spool cannot take more chunks
 
   std::string scan_uid;
   std::string study_uid;
   std::vector<codec::ManifestChunk> stored_chunks;
   std::uint32_t chunks_expected = 0;
   std::uint32_t chunks_uploaded = 0;
-  std::uint32_t chunks_failed = 0;
+  std::uint32_t chunks_failed = 0;        // uploads that failed (the chunk stays spooled)
+  std::uint32_t chunks_not_stored = 0;    // chunks the spool refused (full disk, I/O error)
   bool acquisition_done = false;
   bool manifest_written = false;
   std::uint64_t views = 0;
@@ -68,7 +71,20 @@ struct Agent::Run {
 
   void OnChunkStored(Expected<codec::ManifestChunk> chunk) {
     if (!chunk) {
-      if (acquisition_failure) acquisition_failure = MakeError(chunk.error());
+      // The spool refused a chunk (a full disk, an I/O error). Views after it would meet the same
+      // fate, so acquisition stops; what was stored stays valid and is uploaded, and the scan
+      // says why it is incomplete, durably (the journal keeps room for such records).
+      ++chunks_not_stored;
+      if (chunks_not_stored == 1) {
+        incomplete_reason = "a chunk could not be stored in the spool, so acquisition was stopped: " +
+                            chunk.error().message() + "; the chunks stored before it are kept and sent";
+        log::Error("scan", "scan " + scan_uid + ": " + incomplete_reason);
+        if (detector) detector->Abort();
+        if (auto st = spool.Update(scan_uid, [&](spool::ScanRecord& r) { r.incomplete_reason = incomplete_reason; });
+            !st) {
+          log::Error("scan", "scan " + scan_uid + ": could not record why it is incomplete: " + st.error().message());
+        }
+      }
       return;
     }
     stored_chunks.push_back(*chunk);
@@ -101,7 +117,7 @@ struct Agent::Run {
   // Called whenever a chunk lands: once acquisition has ended and every chunk is on disk, the
   // manifest is written (closing the scan in the spool).
   void MaybeWriteManifest() {
-    if (!acquisition_done || manifest_written || stored_chunks.size() < chunks_expected) return;
+    if (!acquisition_done || manifest_written || stored_chunks.size() + chunks_not_stored < chunks_expected) return;
     if (!acquisition_failure) {
       Stop();
       return;
@@ -125,6 +141,10 @@ struct Agent::Run {
     manifest->acquisition_end_utc = UtcNowIso8601();
     manifest->complete = incomplete_reason.empty();
     manifest->incomplete_reason = incomplete_reason;
+    if (!incomplete_reason.empty()) {
+      // The record says it too, so `ctagent status` can show it without reading the manifest.
+      (void)spool.Update(scan_uid, [&](spool::ScanRecord& r) { r.incomplete_reason = incomplete_reason; });
+    }
     if (auto st = spool.FinishAcquisition(scan_uid, *manifest); !st) {
       acquisition_failure = st;
       Stop();
@@ -139,7 +159,7 @@ struct Agent::Run {
       MaybeWriteManifest();
       return;
     }
-    if (chunks_uploaded + chunks_failed < chunks_expected) return;  // uploads still running
+    if (chunks_uploaded + chunks_failed < stored_chunks.size()) return;  // uploads still running
     if (chunks_failed > 0) {
       Stop();  // the data stays in the spool; the next run resumes these uploads
       return;
@@ -177,10 +197,27 @@ Agent::~Agent() = default;
 
 Status Agent::Open() {
   spool::SpoolOptions options{config_.spool.directory, config_.spool.max_bytes, config_.spool.min_free_bytes};
+  auto retention = spool::ParseRetentionPolicy(config_.spool.retention);
+  if (!retention) return MakeError(retention.error().WithContext("config /spool/retention"));
+  options.retention = *retention;
+  options.keep_days = config_.spool.keep_days;
   auto spool = spool::Spool::Open(options, files_);
   if (!spool) return MakeError(spool.error());
   spool_ = std::move(*spool);
+  if (!config_.cloud.links.empty()) {
+    auto links = ParseLinks(config_.cloud.links);
+    if (!links) return MakeError(links.error().WithContext("config /cloud/links"));
+    links_ = std::make_unique<LinkManager>(std::move(*links),
+                                           MakeHttpProber(config_.cloud.upload_url, MakeHttpOptions(config_.cloud)));
+    links_->Start();
+  }
+  ApplyRetention();
   return Ok();
+}
+
+void Agent::ApplyRetention() {
+  auto report = spool_->ApplyRetention(std::chrono::system_clock::now());
+  if (!report) log::Warn("spool", "retention: " + report.error().message());
 }
 
 void Agent::RequestStop() {
@@ -238,8 +275,8 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress) {
                         std::to_string(protocol.dose_fraction));
   if (progress) progress->views_total = protocol.TotalViews();
 
-  run->uploader = std::make_unique<Uploader>(run->io, *spool_, config_.cloud);
-  run->codec_pool.emplace(config_.codec.threads);
+  run->uploader = std::make_unique<Uploader>(run->io, *spool_, config_.cloud, RetryPolicy{}, links_.get());
+  run->detector = detector->get();
   {
     std::lock_guard lock(stop_mutex_);
     Run* raw = run.get();
@@ -250,11 +287,40 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress) {
     };
   }
 
-  // Acquisition thread: the only caller of the driver's blocking NextView(). Chunks go to the
-  // codec pool through a bounded number of slots, so memory stays bounded.
-  const codec::EncodeOptions encode{*filter, config_.codec.zstd_level};
-  const std::uint32_t slots_count = config_.codec.threads + 2;
-  std::counting_semaphore<64> slots(static_cast<std::ptrdiff_t>(std::min<std::uint32_t>(slots_count, 64)));
+  // Compression and spool writes run on the chunk stage's threads (agent/codec/chunk_stage.hpp):
+  // the acquisition thread only queues raw chunks, and when the workers fall behind the queue's
+  // bound, chunks go to a cheap encoder thread instead, so NextView() is never held up by them.
+  codec::ChunkStageOptions stage_options;
+  stage_options.views_per_chunk = config_.codec.views_per_chunk;
+  stage_options.threads = config_.codec.threads;
+  stage_options.queue_bytes = config_.codec.queue_bytes;
+  stage_options.encode = {*filter, config_.codec.zstd_level};
+  run->chunk_stage = std::make_unique<codec::ChunkStage>(
+      stage_options, [r = run.get()](const codec::RawChunk& raw, Expected<std::vector<std::uint8_t>> bytes) {
+        Expected<codec::ManifestChunk> result = MakeError(ErrorKind::kInternal, "not run");
+        if (!bytes) {
+          result = MakeError(bytes.error());
+        } else {
+          codec::ManifestChunk mc;
+          mc.index = raw.info.chunk_index;
+          mc.first_view = raw.info.FirstView();
+          mc.view_count = static_cast<std::uint32_t>(raw.info.views.size());
+          mc.raw_bytes = raw.samples.size();
+          mc.compressed_bytes = bytes->size();
+          // EncodeChunk hashed the samples already; the sealed header carries that hash.
+          auto header = codec::ParseChunkHeader(*bytes);
+          mc.raw_sha256 = header ? header->raw_sha256 : Sha256Hex(raw.samples);
+          mc.sha256 = Sha256Hex(*bytes);
+          auto st = r->spool.AddChunk(r->scan_uid, mc, *bytes);
+          result = st ? Expected<codec::ManifestChunk>(mc) : Expected<codec::ManifestChunk>(MakeError(st.error()));
+        }
+        boost::asio::post(r->io, [r, result] {
+          r->OnChunkStored(result);
+          r->MaybeWriteManifest();
+        });
+      });
+
+  // Acquisition thread: the only caller of the driver's blocking NextView().
   std::thread acquisition([&, run_ptr = run.get(), det = detector->get()] {
     Run& r = *run_ptr;
     codec::ChunkInfo info;
@@ -263,69 +329,22 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress) {
     info.channels = protocol.channels;
     info.sample_type = protocol.sample_type;
     info.descriptor = drivers::ToJson(protocol);
-    std::vector<std::uint8_t> samples;
-    std::uint32_t index = 0;
-    std::uint64_t views = 0;
-    std::string incomplete;
-    auto submit = [&] {
-      if (info.views.empty()) return;
-      slots.acquire();
-      auto chunk_info = std::make_shared<codec::ChunkInfo>(info);
-      chunk_info->chunk_index = index++;
-      auto chunk_samples = std::make_shared<std::vector<std::uint8_t>>(std::move(samples));
-      samples.clear();
-      info.views.clear();
-      boost::asio::post(*r.codec_pool, [&r, &slots, encode, chunk_info, chunk_samples] {
-        Expected<codec::ManifestChunk> result = MakeError(ErrorKind::kInternal, "not run");
-        auto bytes = codec::EncodeChunk(*chunk_info, *chunk_samples, encode);
-        if (!bytes) {
-          result = MakeError(bytes.error());
-        } else {
-          codec::ManifestChunk mc;
-          mc.index = chunk_info->chunk_index;
-          mc.first_view = chunk_info->FirstView();
-          mc.view_count = static_cast<std::uint32_t>(chunk_info->views.size());
-          mc.raw_bytes = chunk_samples->size();
-          mc.compressed_bytes = bytes->size();
-          mc.raw_sha256 = Sha256Hex(*chunk_samples);
-          mc.sha256 = Sha256Hex(*bytes);
-          auto st = r.spool.AddChunk(r.scan_uid, mc, *bytes);
-          result = st ? Expected<codec::ManifestChunk>(mc) : Expected<codec::ManifestChunk>(MakeError(st.error()));
-        }
-        slots.release();
-        boost::asio::post(r.io, [&r, result] {
-          r.OnChunkStored(result);
-          r.MaybeWriteManifest();
-        });
-      });
-    };
-    while (true) {
-      auto view = det->NextView();
-      if (!view) {
-        incomplete = "the driver stopped with an error after " + std::to_string(views) +
-                     " views: " + view.error().message();
-        log::Error("scan", "scan " + r.scan_uid + ": " + incomplete);
-        break;
-      }
-      if (!view->has_value()) break;
-      drivers::View& v = **view;
-      if (v.samples.size() != protocol.BytesPerView()) {
-        incomplete = "the driver delivered a view of " + std::to_string(v.samples.size()) + " bytes, expected " +
-                     std::to_string(protocol.BytesPerView());
-        det->Abort();
-        break;
-      }
-      info.views.push_back({v.sequence, v.gantry_angle_deg, v.table_position_mm, v.timestamp_us, v.status_flags});
-      samples.insert(samples.end(), v.samples.begin(), v.samples.end());
-      ++views;
-      if (r.progress) r.progress->views_acquired = views;
-      if (info.views.size() >= config_.codec.views_per_chunk) submit();
+    auto acquired = r.chunk_stage->Acquire(*det, protocol, info, r.progress ? &r.progress->views_acquired : nullptr);
+    if (!acquired.incomplete_reason.empty()) log::Error("scan", "scan " + r.scan_uid + ": " + acquired.incomplete_reason);
+    const auto counters = r.chunk_stage->counters();
+    if (counters.overflow_chunks > 0 || counters.stalls > 0) {
+      log::Warn("scan", "scan " + r.scan_uid + ": compression fell behind acquisition; " +
+                            std::to_string(counters.overflow_chunks) + " of " + std::to_string(counters.chunks) +
+                            " chunks were stored with the cheap setting (none + zstd -1), " +
+                            std::to_string(counters.stalls) +
+                            " times acquisition waited for storage; more codec.threads or a faster spool disk help");
     }
-    submit();
-    boost::asio::post(r.io, [&r, index, views, incomplete] {
-      r.views = views;
-      r.incomplete_reason = incomplete;
-      r.OnAcquisitionDone(index);
+    boost::asio::post(r.io, [&r, acquired] {
+      r.views = acquired.views;
+      // A storage failure already said why acquisition stopped; the driver's view of it
+      // ("aborted") would only hide the cause.
+      if (r.incomplete_reason.empty()) r.incomplete_reason = acquired.incomplete_reason;
+      r.OnAcquisitionDone(acquired.chunks);
     });
   });
 
@@ -334,7 +353,7 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress) {
   // Whatever ended the loop, stop acquisition and let every worker finish before the Run goes.
   if (!run->acquisition_done) (*detector)->Abort();
   acquisition.join();
-  run->codec_pool->join();
+  run->chunk_stage->Drain();
   run->uploader->Stop();
   if (run->results) run->results->Stop();
   {
@@ -368,6 +387,7 @@ Expected<ScanSummary> Agent::Finish(Run& run) {
   }
   if (!run.acquisition_failure) {
     s.problem = "acquisition: " + run.acquisition_failure.error().message();
+    if (!run.incomplete_reason.empty()) s.problem += " (scan incomplete: " + run.incomplete_reason + ")";
   } else if (!run.incomplete_reason.empty()) {
     s.problem = "scan incomplete: " + run.incomplete_reason;
   } else if (!run.upload_failure) {
@@ -377,6 +397,7 @@ Expected<ScanSummary> Agent::Finish(Run& run) {
   } else if (stop_requested_ && s.state != "delivered" && !(s.state == "uploaded" && !config_.results.enabled)) {
     s.problem = "stopped on request before the scan finished; it resumes on the next start";
   }
+  ApplyRetention();  // a scan that just reached the cloud (or the console) may free its raw data
   return s;
 }
 
@@ -391,7 +412,7 @@ std::vector<ScanSummary> Agent::ResumeAll(Progress* progress) {
     auto run = std::make_unique<Run>(config_, *spool_, progress);
     run->scan_uid = record.scan_uid;
     run->study_uid = record.study_uid;
-    run->uploader = std::make_unique<Uploader>(run->io, *spool_, config_.cloud);
+    run->uploader = std::make_unique<Uploader>(run->io, *spool_, config_.cloud, RetryPolicy{}, links_.get());
     if (config_.results.enabled) {
       auto fetcher = ResultsFetcher::Create(run->io, *spool_, config_);
       if (!fetcher) {
@@ -413,8 +434,10 @@ std::vector<ScanSummary> Agent::ResumeAll(Progress* progress) {
     if (record.state == spool::ScanState::kAcquiring) {
       // The agent stopped during acquisition: what reached the spool is kept and sent, and the
       // manifest says the scan is incomplete and why.
-      run->incomplete_reason = "the agent stopped during acquisition; " + std::to_string(run->views) +
-                               " views were stored before it stopped";
+      run->incomplete_reason = !record.incomplete_reason.empty()
+                                   ? record.incomplete_reason
+                                   : "the agent stopped during acquisition; " + std::to_string(run->views) +
+                                         " views were stored before it stopped";
     }
     {
       std::lock_guard lock(stop_mutex_);

@@ -29,6 +29,8 @@ inline std::map<transport::FailureClass, ClassRetry> DefaultRetryTable() {
       {FailureClass::kConnect, {milliseconds(1000), milliseconds(30000), 10, false}},
       {FailureClass::kTlsHandshake, {milliseconds(1000), milliseconds(30000), 6, false}},
       {FailureClass::kTlsRejected, permanent},
+      // A wall clock that jumped back (or a dead RTC battery) until NTP corrects it.
+      {FailureClass::kClockSkew, {milliseconds(5000), milliseconds(60000), 10, false}},
       {FailureClass::kStall, {milliseconds(1000), milliseconds(30000), 10, false}},
       {FailureClass::kTimeout, {milliseconds(1000), milliseconds(30000), 10, false}},
       {FailureClass::kConnectionLost, {milliseconds(500), milliseconds(30000), 10, false}},

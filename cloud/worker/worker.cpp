@@ -277,13 +277,6 @@ Worker::Outcome Worker::ProcessManifest(const Upload& manifest_upload, const std
     series_record = std::move(*existing);
   } else {
     const drivers::ScanProtocol& protocol = manifest.protocol;
-    if (protocol.geometry != drivers::GeometryKind::kParallel) {
-      return Fail(scan_uid, manifest_upload.id, "only parallel-beam geometry can be reconstructed");
-    }
-    if (protocol.table_speed_mm_per_rotation != 0) {
-      return Fail(scan_uid, manifest_upload.id, "helical scans (table moving during the scan) are not supported "
-                                                "by the reference reconstruction");
-    }
     if (manifest.chunks.empty()) return Fail(scan_uid, manifest_upload.id, "manifest lists no chunks");
     std::uint64_t raw_total = 0;
     for (const auto& c : manifest.chunks) raw_total += c.raw_bytes;
@@ -348,6 +341,14 @@ Worker::Outcome Worker::ProcessManifest(const Upload& manifest_upload, const std
     input.channels = protocol.channels;
     input.channel_pitch_mm = protocol.channel_pitch_mm;
     input.unattenuated_counts = protocol.unattenuated_counts * protocol.dose_fraction;
+    input.samples_are_line_integrals = protocol.sample_encoding == drivers::SampleEncoding::kLineIntegral;
+    input.line_integral_slope = protocol.line_integral_slope;
+    input.line_integral_intercept = protocol.line_integral_intercept;
+    // Fan beam is rebinned to parallel; helical scans are interpolated in z (recon.hpp).
+    input.fan_beam = protocol.geometry == drivers::GeometryKind::kFan;
+    input.source_to_isocenter_mm = protocol.source_to_isocenter_mm;
+    input.views_per_rotation = protocol.views_per_rotation;
+    input.row_pitch_mm = protocol.row_pitch_mm;
     std::uint64_t next_view = 0;
     for (auto& chunk : chunks) {
       if (chunk.first_view != next_view) {
@@ -356,17 +357,19 @@ Worker::Outcome Worker::ProcessManifest(const Upload& manifest_upload, const std
                         std::to_string(std::min(chunk.first_view, next_view)));
       }
       next_view += chunk.views.size();
-      for (const auto& v : chunk.views) input.gantry_angle_deg.push_back(v.gantry_angle_deg);
+      for (const auto& v : chunk.views) {
+        input.gantry_angle_deg.push_back(v.gantry_angle_deg);
+        input.table_position_mm.push_back(v.table_position_mm);
+      }
       input.counts.insert(input.counts.end(), chunk.counts.begin(), chunk.counts.end());
       chunk.counts = {};
     }
     input.views = static_cast<std::uint32_t>(next_view);
     if (next_view < protocol.views_per_rotation) {
-      return Fail(scan_uid, manifest_upload.id, "the scan holds " + std::to_string(next_view) + " views; a parallel-"
-                                                "beam reconstruction needs a full rotation of " +
+      return Fail(scan_uid, manifest_upload.id, "the scan holds " + std::to_string(next_view) + " views; the "
+                                                "reconstruction needs a full rotation of " +
                                                     std::to_string(protocol.views_per_rotation));
     }
-    const double first_table_mm = chunks.front().views.front().table_position_mm;
     const double decode_ms = MsSince(decode_start);
     chunks.clear();
 
@@ -399,7 +402,7 @@ Worker::Outcome Worker::ProcessManifest(const Upload& manifest_upload, const std
     for (std::uint32_t row = 0; row < slices->size(); ++row) {
       SlicePlacement placement;
       placement.instance_number = static_cast<std::int32_t>(row + 1);
-      placement.z_mm = first_table_mm + (row - (protocol.rows - 1) / 2.0) * protocol.row_pitch_mm;
+      placement.z_mm = (*slices)[row].z_mm;  // the recon places each plane (axial rows or helical planes)
       char name[32];
       std::snprintf(name, sizeof name, "slice-%03u.dcm", row + 1);
       auto sop = WriteCtSlice(series_dir / name, series, placement, (*slices)[row]);

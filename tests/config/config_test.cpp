@@ -51,7 +51,10 @@ void WriteText(const fs::path& path, const std::string& text) {
 void Leaves(const nlohmann::json& j, const std::string& prefix, std::set<std::string>& out) {
   for (const auto& [key, value] : j.items()) {
     const std::string path = prefix + "/" + key;
-    if (value.is_object() && path != "/driver/options") {
+    // Free-form objects (driver options, links keyed by name) are one key of the schema.
+    const auto* entry = schema::Find(path);
+    const bool pass_through = entry != nullptr && entry->type == schema::Type::kObject;
+    if (value.is_object() && !pass_through) {
       Leaves(value, path, out);
     } else {
       out.insert(path);
@@ -271,7 +274,7 @@ TEST_CASE("config: an unknown key is named, with the closest known key suggested
         "site/agent.json: /spoool: unknown key; did you mean \"spool\"?");
   CHECK(ErrorOf(With("/cloud/tls/ca_fle", "x")) == "site/agent.json: /cloud/tls/ca_fle: unknown key; did you mean \"ca_file\"?");
   CHECK(ErrorOf(With("/codec/banana", 1)) ==
-        "site/agent.json: /codec/banana: unknown key; known keys here: zstd_level, filter, views_per_chunk, threads");
+        "site/agent.json: /codec/banana: unknown key; known keys here: zstd_level, filter, views_per_chunk, threads, queue_bytes");
 }
 
 TEST_CASE("config: a missing required key is named with what it expects") {

@@ -150,15 +150,7 @@ void InNamespace(const std::string& netns, const std::function<void()>& body, st
   t.join();
 }
 
-std::vector<std::uint8_t> RandomBytes(std::size_t n, unsigned seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<std::uint8_t> out(n);
-  for (std::size_t i = 0; i + 8 <= n; i += 8) {
-    const std::uint64_t v = rng();
-    std::memcpy(out.data() + i, &v, 8);
-  }
-  return out;
-}
+using ctagent::test::RandomBytes;
 
 struct UploadResult {
   std::string error;               // "" : complete

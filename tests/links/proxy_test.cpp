@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "tests/links/proxy_support.hpp"
+#include "tests/support/process.hpp"
 
 using namespace ctagent;
 using Clock = std::chrono::steady_clock;
@@ -147,12 +148,7 @@ std::vector<std::uint8_t> EchoThrough(int fd, const std::vector<std::uint8_t>& o
   return in;
 }
 
-std::vector<std::uint8_t> RandomBytes(std::size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::vector<std::uint8_t> out(n);
-  for (auto& b : out) b = static_cast<std::uint8_t>(rng());
-  return out;
-}
+using ctagent::test::RandomBytes;
 
 }  // namespace
 

@@ -25,8 +25,14 @@ subjectAltName = $1
 CONF
 }
 
+# Real certificates were issued well before they are used; so are these (two days back, with
+# libfaketime when it is installed), so a test may move a process's wall clock back a little.
+signing_openssl() {
+  if command -v faketime >/dev/null; then faketime -f -2d openssl "$@"; else openssl "$@"; fi
+}
+
 make_ca() {  # $1 = name
-  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.pem" -days 3650 \
+  signing_openssl req -x509 -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.pem" -days 3650 \
     -subj "/CN=ctagent test $1" -addext "basicConstraints=critical,CA:TRUE" \
     -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
 }
@@ -34,7 +40,7 @@ make_ca() {  # $1 = name
 make_cert() {  # $1 = name, $2 = CA name, $3 = subjectAltName, $4 = days (may be negative via -not_after)
   sslconf "$3" > "$1.cnf"
   openssl req -new -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -config "$1.cnf" 2>/dev/null
-  openssl x509 -req -in "$1.csr" -CA "$2.pem" -CAkey "$2.key" -CAcreateserial -out "$1.pem" \
+  signing_openssl x509 -req -in "$1.csr" -CA "$2.pem" -CAkey "$2.key" -CAcreateserial -out "$1.pem" \
     -days "$4" -extfile "$1.cnf" -extensions ext 2>/dev/null
   rm -f "$1.csr" "$1.cnf"
 }

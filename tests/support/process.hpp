@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <random>
 #include <memory>
 #include <string>
 #include <vector>
@@ -76,5 +77,14 @@ TusServer StartTusServer(const std::filesystem::path& pki_dir, const std::filesy
 TusServer StartTusServer(const std::filesystem::path& pki_dir, const std::filesystem::path& store_dir,
                          const std::filesystem::path& log_file, const std::string& cert_name,
                          const std::vector<std::string>& extra_args);
+
+// Deterministic test payload: `size` pseudo-random bytes from `seed` (incompressible, so a
+// transfer cannot shortcut them).
+inline std::vector<std::uint8_t> RandomBytes(std::size_t size, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<std::uint8_t> out(size);
+  for (auto& b : out) b = static_cast<std::uint8_t>(rng());
+  return out;
+}
 
 }  // namespace ctagent::test

@@ -29,12 +29,7 @@ using ctagent::transport::HttpRequest;
 namespace tus = ctagent::transport::tus;
 namespace fs = std::filesystem;
 
-std::vector<std::uint8_t> RandomBytes(std::size_t size, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<std::uint8_t> out(size);
-  for (auto& b : out) b = static_cast<std::uint8_t>(rng());
-  return out;
-}
+using ctagent::test::RandomBytes;
 
 std::string AsText(const std::vector<std::uint8_t>& bytes) { return {bytes.begin(), bytes.end()}; }
 

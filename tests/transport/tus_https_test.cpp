@@ -23,12 +23,7 @@ using ctagent::transport::HttpRequest;
 namespace tus = ctagent::transport::tus;
 namespace fs = std::filesystem;
 
-std::vector<std::uint8_t> RandomBytes(std::size_t size, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<std::uint8_t> out(size);
-  for (auto& b : out) b = static_cast<std::uint8_t>(rng());
-  return out;
-}
+using ctagent::test::RandomBytes;
 
 std::vector<std::uint8_t> ReadBytes(const fs::path& path) {
   const std::string text = ctagent::test::ReadText(path);

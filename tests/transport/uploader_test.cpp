@@ -31,12 +31,7 @@ using ctagent::test::FakeResponse;
 using ctagent::test::FakeTusServer;
 using transport::FailureClass;
 
-std::vector<std::uint8_t> RandomBytes(std::size_t size, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<std::uint8_t> out(size);
-  for (auto& b : out) b = static_cast<std::uint8_t>(rng());
-  return out;
-}
+using ctagent::test::RandomBytes;
 
 // A spool holding one scan with one chunk, and an uploader pointed at the fake server.
 struct Fixture {

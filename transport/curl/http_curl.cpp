@@ -185,6 +185,7 @@ const char* ToString(FailureClass failure) {
     case FailureClass::kConnect: return "connect";
     case FailureClass::kTlsHandshake: return "tls-handshake";
     case FailureClass::kTlsRejected: return "tls-rejected";
+    case FailureClass::kClockSkew: return "clock-skew";
     case FailureClass::kStall: return "stall";
     case FailureClass::kTimeout: return "timeout";
     case FailureClass::kConnectionLost: return "connection-lost";
@@ -270,6 +271,7 @@ struct HttpClient::Impl {
                                             " has expired; the imaging center must renew it (" + detail + ")");
     }
     if (verify_result == X509_V_ERR_CERT_NOT_YET_VALID) {
+      last_failure = FailureClass::kClockSkew;
       return MakeError(ErrorKind::kTls, "TLS: the server certificate of " + url +
                                             " is not yet valid; check this terminal's clock (" + detail + ")");
     }
