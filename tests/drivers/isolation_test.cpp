@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -286,10 +287,22 @@ struct AgentRun {
   fs::path store;
 };
 
+// Marks the agents this test process starts (and the hosts they start: they inherit the
+// environment), so that a host of another test running in parallel is not taken for ours.
+std::string HostMarker() {
+  static const std::string marker = [] {
+    const std::string value = std::to_string(::getpid());
+    ::setenv("CTAGENT_ISOLATION_TEST_RUN", value.c_str(), 1);
+    return "CTAGENT_ISOLATION_TEST_RUN=" + value;
+  }();
+  return marker;
+}
+
 // `ctagent scan` with a fault driver, uploading to the real tus server, results off.
 // `during`, if set, runs while the agent runs (e.g. to signal it).
 AgentRun RunAgentScan(const ctagent::test::TempDir& work, const std::string& driver, double stall_timeout_s,
                       const std::function<void(ctagent::test::ChildProcess&, const AgentRun&)>& during = nullptr) {
+  (void)HostMarker();  // before the agent starts, so its driver host carries the marker
   const fs::path pki = work.path() / "pki";
   ctagent::test::MakeTestPki(pki);
   AgentRun run;
@@ -391,12 +404,14 @@ int UploadedOfKind(const fs::path& store, const std::string& kind) {
 
 // No ctagent-driver-host is left running the given driver.
 bool NoHostRuns(const std::string& driver) {
+  const std::string marker = HostMarker();
   for (const auto& e : fs::directory_iterator("/proc")) {
     std::string cmdline = ctagent::test::ReadText(e.path() / "cmdline");
     std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
-    if (cmdline.find("ctagent-driver-host") != std::string::npos && cmdline.find(driver) != std::string::npos) {
-      return false;
-    }
+    if (cmdline.find("ctagent-driver-host") == std::string::npos || cmdline.find(driver) == std::string::npos) continue;
+    std::string environ = ctagent::test::ReadText(e.path() / "environ");
+    std::replace(environ.begin(), environ.end(), '\0', ' ');
+    if ((environ + " ").find(marker + " ") != std::string::npos) return false;
   }
   return true;
 }

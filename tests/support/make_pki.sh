@@ -8,7 +8,10 @@ set -euo pipefail
 dir=${1:?usage: make_pki.sh DIR}
 mkdir -p "$dir"
 cd "$dir"
-[ -f server.pem ] && [ -f client.pem ] && exit 0
+# Tests running in parallel share one PKI folder: one makes it while the others wait.
+exec 9>"$dir/.make_pki.lock"
+flock 9
+[ -f server-with-key.pem ] && exit 0
 
 sslconf() {  # $1 = subjectAltName
   cat <<CONF

@@ -355,16 +355,17 @@ struct HttpClient::Impl {
         return Fail(FailureClass::kTimeout, ErrorKind::kNetwork, "request to " + url + " timed out (" + detail + ")");
       case CURLE_SEND_ERROR:
       case CURLE_RECV_ERROR:
+      case CURLE_GOT_NOTHING: {
         // TLS 1.3 reports a refused client certificate after the handshake, on the first read.
         if (IsClientCertificateAlert(detail)) return ClientCertificateError(url, detail);
-        return Fail(FailureClass::kConnectionLost, ErrorKind::kNetwork,
-                    "connection to " + url + " was lost (" + detail + ")");
-      case CURLE_GOT_NOTHING: {
-        // Under TLS 1.3 a server that refuses our client certificate may just close the new
-        // connection after the handshake: say so, but keep it retryable (a crash looks the same).
+        // Without an alert, a server that refuses our client certificate may just close (or
+        // reset) the new connection before any answer: say so, but keep it retryable (a crash
+        // looks the same).
         long new_connections = 0;
         curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &new_connections);
-        if (new_connections > 0 && !options.tls.client_cert_file.empty()) {
+        long header_bytes = 0;
+        curl_easy_getinfo(easy, CURLINFO_HEADER_SIZE, &header_bytes);
+        if (new_connections > 0 && header_bytes == 0 && !options.tls.client_cert_file.empty()) {
           return Fail(FailureClass::kConnectionLost, ErrorKind::kNetwork,
                       "connection to " + url + " was closed without a reply right after the TLS handshake (" +
                           detail + "); if the server requires mTLS it may have rejected this terminal's client "
