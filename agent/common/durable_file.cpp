@@ -93,6 +93,19 @@ void KeepAppendSlack(int fd) {
   (void)::fallocate(fd, FALLOC_FL_KEEP_SIZE, st.st_size, kSlack);
 }
 
+// Creates (or truncates) `path` and writes `bytes`; returns the open descriptor. On failure
+// nothing is left behind: the descriptor is closed and the partial file removed.
+Expected<int> CreateWithBytes(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+  if (fd < 0) return ErrnoError("cannot create", path, errno);
+  if (auto st = WriteAll(fd, path, bytes); !st) {
+    ::close(fd);
+    ::unlink(path.c_str());
+    return MakeError(st.error());
+  }
+  return fd;
+}
+
 }  // namespace
 
 // ---- Defaults for file stores that predate the journal -------------------------------------
@@ -118,13 +131,9 @@ Status FileStore::SyncBatch(const std::vector<std::filesystem::path>&, const std
 Status PosixFileStore::WriteDurably(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) {
   const std::filesystem::path tmp = path.string() + ".tmp";
   BeforeMutation();
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-  if (fd < 0) return ErrnoError("cannot create", tmp, errno);
-  if (auto st = WriteAll(fd, tmp, bytes); !st) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    return st;
-  }
+  auto created = CreateWithBytes(tmp, bytes);
+  if (!created) return MakeError(created.error());
+  const int fd = *created;
   BeforeMutation();
   if (::fsync(fd) != 0) {
     const int err = errno;
@@ -298,14 +307,9 @@ Expected<std::vector<DirEntry>> PosixFileStore::List(const std::filesystem::path
 
 Status PosixFileStore::WriteUnsynced(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) {
   BeforeMutation();
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-  if (fd < 0) return ErrnoError("cannot create", path, errno);
-  if (auto st = WriteAll(fd, path, bytes); !st) {
-    ::close(fd);
-    ::unlink(path.c_str());
-    return st;
-  }
-  if (::close(fd) != 0) return ErrnoError("cannot close", path, errno);
+  auto fd = CreateWithBytes(path, bytes);
+  if (!fd) return MakeError(fd.error());
+  if (::close(*fd) != 0) return ErrnoError("cannot close", path, errno);
   return Ok();
 }
 
