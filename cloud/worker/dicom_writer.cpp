@@ -5,6 +5,7 @@
 #include <dcmtk/dcmdata/dcuid.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "agent/common/durable_file.hpp"
+#include "agent/common/sha256.hpp"
 #include "agent/common/uid.hpp"
 
 namespace ctagent::cloud {
@@ -89,6 +91,33 @@ std::string IsoToDicomDateTime(const std::string& iso) {
                     iso.substr(17, 2);
   if (!std::all_of(out.begin(), out.end(), [](char ch) { return ch >= '0' && ch <= '9'; })) return "";
   return out;
+}
+
+std::string DerivedDicomUid(const std::string& name) {
+  const std::string hex = Sha256Hex(
+      std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(name.data()), name.size()));
+  std::array<std::uint8_t, 16> n{};
+  for (std::size_t i = 0; i < n.size(); ++i) {
+    n[i] = static_cast<std::uint8_t>(std::stoul(hex.substr(2 * i, 2), nullptr, 16));
+  }
+  n[6] = static_cast<std::uint8_t>((n[6] & 0x0f) | 0x80);  // UUID version 8
+  n[8] = static_cast<std::uint8_t>((n[8] & 0x3f) | 0x80);  // RFC 9562 variant
+  // The 128-bit big-endian integer in decimal, by repeated division by 10.
+  std::string digits;
+  bool nonzero = true;
+  while (nonzero) {
+    unsigned remainder = 0;
+    nonzero = false;
+    for (auto& b : n) {
+      const unsigned cur = (remainder << 8) | b;
+      b = static_cast<std::uint8_t>(cur / 10);
+      remainder = cur % 10;
+      if (b != 0) nonzero = true;
+    }
+    digits.push_back(static_cast<char>('0' + remainder));
+  }
+  std::reverse(digits.begin(), digits.end());
+  return "2.25." + digits;
 }
 
 Expected<std::string> WriteCtSlice(const std::filesystem::path& path, const SeriesInfo& series,

@@ -20,8 +20,8 @@ inline constexpr const char* kManufacturer = "ctagent reference imaging center";
 struct SeriesInfo {
   std::string scan_uid;
   std::string study_uid;
-  std::string series_uid;              // minted once per series
-  std::string frame_of_reference_uid;  // minted once per series
+  std::string series_uid;              // DerivedDicomUid of the scan: the same on every run
+  std::string frame_of_reference_uid;  // DerivedDicomUid of the scan: the same on every run
   std::string patient_id;
   std::string patient_name;
   std::string study_description;
@@ -39,6 +39,13 @@ struct SlicePlacement {
   double z_mm = 0;                   // table position + row offset: ImagePositionPatient z, SliceLocation
   std::string sop_instance_uid;      // empty: minted
 };
+
+// A DICOM UID that is a function of `name`: "2.25." + the first 128 bits of SHA-256(name) as a
+// decimal integer, with the version (8, name-based custom) and variant bits of an RFC 9562 UUID.
+// The worker names its series and instances this way from the scan UID, so a scan reconstructed
+// again (a kill before the done marker, a lost work directory) yields the same UIDs, and Orthanc
+// keeps one copy of each instance instead of a second series.
+std::string DerivedDicomUid(const std::string& name);
 
 // Writes `image` to `path` (replacing it) and returns the SOP Instance UID it carries.
 // HU values are rounded and clamped to the int16 range.

@@ -288,6 +288,9 @@ Worker::Outcome Worker::ProcessManifest(const Upload& manifest_upload, const std
 
     // Find every chunk: a complete upload of this scan and index whose bytes hash to the manifest's.
     std::vector<fs::path> chunk_files;
+    // What the series was made from: each chunk's upload and the SHA-256 of its bytes, as checked
+    // against the manifest (recorded so a reader can prove the input was bit-exact).
+    nlohmann::json input_chunks = nlohmann::json::array();
     for (const auto& entry : manifest.chunks) {
       std::optional<fs::path> match;
       bool incomplete = false;
@@ -309,6 +312,7 @@ Worker::Outcome Worker::ProcessManifest(const Upload& manifest_upload, const std
         }
         if (*hash == entry.sha256) {
           match = upload.data_path;
+          input_chunks.push_back({{"index", entry.index}, {"sha256", *hash}, {"upload", id}});
           break;
         }
         ++mismatched;
@@ -390,8 +394,10 @@ Worker::Outcome Worker::ProcessManifest(const Upload& manifest_upload, const std
     SeriesInfo series;
     series.scan_uid = scan_uid;
     series.study_uid = manifest.study_uid;
-    series.series_uid = MintDicomUid();
-    series.frame_of_reference_uid = MintDicomUid();
+    // UIDs follow from the scan UID: a scan reconstructed again (killed before its done marker,
+    // work directory lost) yields the same instances, which Orthanc stores once.
+    series.series_uid = DerivedDicomUid("ctcloud-worker series " + scan_uid);
+    series.frame_of_reference_uid = DerivedDicomUid("ctcloud-worker frame-of-reference " + scan_uid);
     series.patient_id = manifest.patient_id;
     series.patient_name = manifest.patient_name;
     series.study_description = manifest.study_description;
@@ -403,6 +409,7 @@ Worker::Outcome Worker::ProcessManifest(const Upload& manifest_upload, const std
       SlicePlacement placement;
       placement.instance_number = static_cast<std::int32_t>(row + 1);
       placement.z_mm = (*slices)[row].z_mm;  // the recon places each plane (axial rows or helical planes)
+      placement.sop_instance_uid = DerivedDicomUid("ctcloud-worker instance " + scan_uid + " " + std::to_string(row + 1));
       char name[32];
       std::snprintf(name, sizeof name, "slice-%03u.dcm", row + 1);
       auto sop = WriteCtSlice(series_dir / name, series, placement, (*slices)[row]);
@@ -416,6 +423,7 @@ Worker::Outcome Worker::ProcessManifest(const Upload& manifest_upload, const std
                      {"study_uid", manifest.study_uid},
                      {"series_uid", series.series_uid},
                      {"views", input.views},
+                     {"input_chunks", input_chunks},
                      {"image_size", config_.recon.image_size},
                      {"instances", instances},
                      {"reconstructed_utc", UtcNowIso8601()},

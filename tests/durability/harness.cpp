@@ -9,6 +9,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <thread>
+#include <algorithm>
 
 #include "agent/codec/chunk.hpp"
 #include "agent/codec/manifest.hpp"
@@ -16,6 +17,7 @@
 #include "agent/common/sha256.hpp"
 #include "agent/spool/spool.hpp"
 #include "drivers/detector.hpp"
+#include "transport/http.hpp"
 
 namespace ctagent::test::durability {
 
@@ -81,6 +83,8 @@ nlohmann::json SmallScanConfig(const fs::path& spool_dir, const std::string& upl
       {"scan",
        {{"geometry", "parallel"}, {"views_per_rotation", 240}, {"rotations", 1}, {"rows", 4}, {"channels", 128},
         {"channel_pitch_mm", 3.2}, {"row_pitch_mm", 5.0}, {"rotation_time_s", 0.5}, {"dose_fraction", 1.0},
+        // Axial, whatever the configuration's default: the worker makes one slice per row.
+        {"table_start_mm", 0.0}, {"table_speed_mm_per_rotation", 0.0},
         {"unattenuated_counts", 60000}, {"sample_type", "uint16"}, {"seed", seed}, {"real_time", false}}},
       {"study", {{"patient_id", "SOAK-1"}, {"patient_name", "SOAK^TEST"}, {"study_description", "SOAK"}}},
       {"codec", {{"zstd_level", 3}, {"filter", "shuffle"}, {"views_per_chunk", 16}, {"threads", 2}}},
@@ -257,6 +261,11 @@ Verdict Verify(const fs::path& spool_dir, const fs::path& tus_store, bool requir
       problem(v.corrupted, "scan " + uid + ": the manifest on the server does not parse: " + manifest.error().message());
       continue;
     }
+    {
+      CloudScan cloud{uid, *manifest, {}};
+      for (const auto& rc : record.chunks) cloud.recorded_sha256[rc.chunk.index] = rc.chunk.sha256;
+      v.cloud_scans.push_back(std::move(cloud));
+    }
     const auto total_views = manifest->protocol.TotalViews();
     if (manifest->complete) {
       ++v.complete_scans;
@@ -378,6 +387,320 @@ Verdict Verify(const fs::path& spool_dir, const fs::path& tus_store, bool requir
       bool referenced = false;
       for (const auto& r : rec->second->results) referenced = referenced || r.sop_instance_uid + ".dcm" == name;
       if (!referenced) problem(v.orphans, "result file no record refers to: " + rel.string());
+    }
+  }
+  return v;
+}
+
+// ---- Orthanc and the reconstruction worker ---------------------------------------------------
+
+struct OrthancPeer::Http {
+  std::unique_ptr<transport::HttpClient> client;
+};
+
+OrthancPeer::OrthancPeer(fs::path pki, fs::path dir, fs::path log)
+    : pki_(std::move(pki)), dir_(std::move(dir)), log_(std::move(log)) {}
+
+OrthancPeer::~OrthancPeer() = default;  // ChildProcess: SIGTERM to the supervisor, which stops both
+
+void OrthancPeer::Start() {
+  port_ = FreeLoopbackPort();
+  std::uint16_t internal_port = FreeLoopbackPort();
+  for (int i = 0; i < 10 && internal_port == port_; ++i) internal_port = FreeLoopbackPort();
+  process_ = std::make_unique<ChildProcess>(
+      std::vector<std::string>{"bash", std::string(CTAGENT_SOURCE_DIR) + "/cloud/orthanc/start-orthanc.sh",
+                               dir_.string(), std::to_string(port_), pki_.string(), std::to_string(internal_port)},
+      log_);
+  const bool up = WaitFor(
+      [&] {
+        if (!process_->Running()) return true;
+        if (!fs::exists(PasswordFile("ctagent"))) return false;
+        return static_cast<bool>(GetJson("/system"));
+      },
+      std::chrono::seconds(60));
+  if (!up || !process_->Running()) {
+    throw std::runtime_error("Orthanc did not start on port " + std::to_string(port_) + "; see " + log_.string());
+  }
+}
+
+Expected<nlohmann::json> OrthancPeer::GetJson(const std::string& path) {
+  if (!http_) {
+    const std::string password = [&] {
+      std::string text = ReadText(PasswordFile("ctagent"));
+      while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+      return text;
+    }();
+    if (password.empty()) return MakeError(ErrorKind::kNotFound, "Orthanc's password file is not written yet");
+    transport::HttpOptions options;
+    options.tls.ca_file = pki_ / "ca.pem";
+    options.basic_auth_user = "ctagent";
+    options.basic_auth_password = password;
+    options.connect_timeout_s = 5;
+    options.request_timeout_s = 30;
+    http_ = std::make_unique<Http>();
+    http_->client = std::make_unique<transport::HttpClient>(options);
+  }
+  transport::HttpRequest request;
+  request.url = url() + path;
+  request.headers = {{"Accept", "application/json"}};
+  auto response = http_->client->Perform(request, 64ull << 20);
+  if (!response) return MakeError(response.error());
+  if (response->status != 200) {
+    return MakeError(ErrorKind::kProtocol, "GET " + request.url + " answered HTTP " + std::to_string(response->status));
+  }
+  auto parsed = nlohmann::json::parse(response->body, nullptr, false);
+  if (parsed.is_discarded()) return MakeError(ErrorKind::kCorrupt, "GET " + request.url + ": the answer is not JSON");
+  return parsed;
+}
+
+WorkerPeer::WorkerPeer(fs::path binary, fs::path store, fs::path work, fs::path pki, const OrthancPeer& orthanc,
+                       fs::path log)
+    : binary_(std::move(binary)),
+      store_(std::move(store)),
+      work_(std::move(work)),
+      pki_(std::move(pki)),
+      log_(std::move(log)),
+      orthanc_url_(orthanc.url()),
+      password_file_(orthanc.PasswordFile("ctcloud")) {}
+
+std::vector<std::string> WorkerPeer::Argv(bool once) const {
+  // Small images: the soak proves where results go and how often, not image quality.
+  std::vector<std::string> argv{binary_.string(), "--store", store_.string(), "--work", work_.string(), "--orthanc",
+                                orthanc_url_, "--orthanc-user", "ctcloud", "--orthanc-password-file",
+                                password_file_.string(), "--ca", (pki_ / "ca.pem").string(), "--image-size", "64",
+                                "--poll-ms", "100"};
+  if (once) argv.push_back("--once");
+  return argv;
+}
+
+void WorkerPeer::Start() {
+  if (process_ && process_->Running()) return;
+  process_ = std::make_unique<ChildProcess>(Argv(false), log_);
+}
+
+int WorkerPeer::RunOnce(std::chrono::milliseconds timeout) {
+  ChildProcess child(Argv(true), log_);
+  const int code = child.Wait(timeout);
+  if (code == -1) child.Stop();
+  return code;
+}
+
+bool WorkerPeer::Kill() {
+  if (!process_ || !process_->Running()) return false;
+  process_->Kill(SIGKILL);
+  return process_->Wait(std::chrono::seconds(10)) == 128 + SIGKILL;
+}
+
+void WorkerPeer::Stop() {
+  if (process_) process_->Stop();
+}
+
+bool WorkerPeer::Running() { return process_ && process_->Running(); }
+
+WorkerPhase PhaseOf(const fs::path& work, const std::string& scan_uid) {
+  std::error_code ec;
+  if (WorkerFinished(work, scan_uid)) return WorkerPhase::kFinished;
+  const fs::path series = work / "series" / scan_uid;
+  if (fs::exists(series / "series.json", ec)) return WorkerPhase::kStoring;
+  if (fs::is_directory(series, ec)) {
+    for (const auto& entry : fs::directory_iterator(series, ec)) {
+      (void)entry;
+      return WorkerPhase::kWritingSlices;
+    }
+  }
+  return WorkerPhase::kNotStarted;
+}
+
+const char* ToString(WorkerPhase phase) {
+  switch (phase) {
+    case WorkerPhase::kNotStarted: return "decoding/reconstructing";
+    case WorkerPhase::kWritingSlices: return "writing slices";
+    case WorkerPhase::kStoring: return "storing";
+    case WorkerPhase::kFinished: return "finished";
+  }
+  return "?";
+}
+
+bool WorkerFinished(const fs::path& work, const std::string& scan_uid) {
+  std::error_code ec;
+  return fs::exists(work / "done" / (scan_uid + ".json"), ec) || fs::exists(work / "failed" / (scan_uid + ".json"), ec);
+}
+
+std::set<std::string> ManifestScans(const fs::path& tus_store) {
+  std::set<std::string> scans;
+  for (const auto& u : ListUploads(tus_store)) {
+    if (u.complete() && u.metadata.value("kind", "") == "manifest") scans.insert(u.metadata.value("scan_uid", ""));
+  }
+  return scans;
+}
+
+namespace {
+
+// Orthanc's view of every series: SeriesInstanceUID, Protocol Name, announced count, and the
+// instances (SOP Instance UID, instance number) it holds.
+struct SeenSeries {
+  std::string series_uid;
+  std::string protocol_name;
+  std::string images_in_acquisition;
+  std::vector<std::pair<std::string, std::string>> instances;  // (SOP Instance UID, InstanceNumber)
+};
+
+Expected<std::vector<SeenSeries>> SeriesInOrthanc(OrthancPeer& orthanc) {
+  auto series = orthanc.GetJson("/series?expand");
+  if (!series) return MakeError(series.error());
+  auto instances = orthanc.GetJson("/instances?expand");
+  if (!instances) return MakeError(instances.error());
+  std::map<std::string, SeenSeries> by_id;
+  for (const auto& s : *series) {
+    SeenSeries seen;
+    const auto tags = s.value("MainDicomTags", nlohmann::json::object());
+    seen.series_uid = tags.value("SeriesInstanceUID", "");
+    seen.protocol_name = tags.value("ProtocolName", "");
+    seen.images_in_acquisition = tags.value("ImagesInAcquisition", "");
+    by_id[s.value("ID", "")] = std::move(seen);
+  }
+  for (const auto& i : *instances) {
+    const auto tags = i.value("MainDicomTags", nlohmann::json::object());
+    auto it = by_id.find(i.value("ParentSeries", ""));
+    if (it == by_id.end()) continue;  // stored between the two requests: seen next time
+    it->second.instances.emplace_back(tags.value("SOPInstanceUID", ""), tags.value("InstanceNumber", ""));
+  }
+  std::vector<SeenSeries> out;
+  for (auto& [id, seen] : by_id) out.push_back(std::move(seen));
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::string> CheckVisibleSeries(OrthancPeer& orthanc, std::size_t* partial_series) {
+  std::vector<std::string> problems;
+  auto seen = SeriesInOrthanc(orthanc);
+  if (!seen) return {"cannot list Orthanc's series: " + seen.error().message()};
+  for (const auto& s : *seen) {
+    const std::size_t announced = std::strtoull(s.images_in_acquisition.c_str(), nullptr, 10);
+    if (announced == 0) {
+      problems.push_back("series " + s.series_uid + " does not announce its instance count (Images in Acquisition)");
+    } else if (s.instances.size() > announced) {
+      problems.push_back("series " + s.series_uid + " holds " + std::to_string(s.instances.size()) +
+                         " instances, more than the " + std::to_string(announced) + " it announces");
+    } else if (s.instances.size() < announced && partial_series) {
+      ++*partial_series;
+    }
+  }
+  return problems;
+}
+
+std::vector<std::size_t> SeriesOfScan(OrthancPeer& orthanc, const std::string& scan_uid) {
+  std::vector<std::size_t> counts;
+  auto seen = SeriesInOrthanc(orthanc);
+  if (!seen) return counts;
+  for (const auto& s : *seen) {
+    if (s.protocol_name == "ctagent scan " + scan_uid) counts.push_back(s.instances.size());
+  }
+  return counts;
+}
+
+ReconVerdict VerifyReconstruction(const std::vector<CloudScan>& scans, const fs::path& work, OrthancPeer& orthanc,
+                                  std::size_t expected_instances) {
+  ReconVerdict v;
+  auto problem = [&](std::size_t& counter, const std::string& text) {
+    ++counter;
+    v.problems.push_back(text);
+  };
+  auto seen = SeriesInOrthanc(orthanc);
+  if (!seen) {
+    problem(v.missing, "cannot list Orthanc's series: " + seen.error().message());
+    return v;
+  }
+  std::map<std::string, std::vector<const SeenSeries*>> by_scan;  // by Protocol Name
+  for (const auto& s : *seen) {
+    by_scan[s.protocol_name].push_back(&s);
+    v.instances += s.instances.size();
+  }
+  std::set<std::string> explained;
+  for (const auto& scan : scans) {
+    const std::string& uid = scan.scan_uid;
+    const std::string protocol_name = "ctagent scan " + uid;
+    explained.insert(protocol_name);
+    const auto& series = by_scan[protocol_name];
+    // Reconstructable: chunks hold views 0..n-1 without a gap and n covers one rotation.
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+    for (const auto& c : scan.manifest.chunks) ranges.emplace_back(c.first_view, c.view_count);
+    std::sort(ranges.begin(), ranges.end());
+    std::uint64_t next = 0;
+    bool gap = false;
+    for (const auto& [first, count] : ranges) {
+      gap = gap || first != next;
+      next = first + count;
+    }
+    const bool expect_series = !gap && next >= scan.manifest.protocol.views_per_rotation;
+    const fs::path done_path = work / "done" / (uid + ".json");
+    const fs::path failed_path = work / "failed" / (uid + ".json");
+    const bool done = fs::exists(done_path);
+    const bool failed = fs::exists(failed_path);
+    if (!expect_series) {
+      if (!failed || done) problem(v.missing, "scan " + uid + " cannot be reconstructed but has no failed marker alone");
+      if (!series.empty()) problem(v.twice, "scan " + uid + " cannot be reconstructed but Orthanc holds a series of it");
+      if (failed && !done && series.empty()) ++v.refused;
+      continue;
+    }
+    if (!done || failed) {
+      problem(v.missing, "scan " + uid + ": " + (failed ? "refused: " + ReadText(failed_path) : "no done marker"));
+      continue;
+    }
+    if (series.empty()) {
+      problem(v.missing, "scan " + uid + ": no series in Orthanc");
+      continue;
+    }
+    if (series.size() > 1) {
+      problem(v.twice, "scan " + uid + ": reconstructed twice: " + std::to_string(series.size()) + " series in Orthanc");
+      continue;
+    }
+    const SeenSeries& s = *series.front();
+    const std::size_t expected = expected_instances;
+    std::set<std::string> sops, numbers;
+    for (const auto& [sop, number] : s.instances) {
+      sops.insert(sop);
+      numbers.insert(number);
+    }
+    std::set<std::string> expected_numbers;
+    for (std::size_t n = 1; n <= expected; ++n) expected_numbers.insert(std::to_string(n));
+    if (s.instances.size() > expected || sops.size() != s.instances.size() || numbers.size() != s.instances.size()) {
+      problem(v.twice, "scan " + uid + ": series " + s.series_uid + " holds " + std::to_string(s.instances.size()) +
+                           " instances (" + std::to_string(sops.size()) + " distinct SOP Instance UIDs, " +
+                           std::to_string(numbers.size()) + " distinct numbers) for " + std::to_string(expected) +
+                           " slices");
+      continue;
+    }
+    if (numbers != expected_numbers || s.images_in_acquisition != std::to_string(expected)) {
+      problem(v.partial, "scan " + uid + ": series " + s.series_uid + " left with " +
+                             std::to_string(s.instances.size()) + " of " + std::to_string(expected) +
+                             " instances (announces '" + s.images_in_acquisition + "')");
+      continue;
+    }
+    auto record = nlohmann::json::parse(ReadText(done_path), nullptr, false);
+    if (record.is_discarded() || record.value("series_uid", "") != s.series_uid) {
+      problem(v.twice, "scan " + uid + ": the done marker names another series than the one in Orthanc");
+      continue;
+    }
+    // Bit-exact input: the chunks the worker decoded hashed to the SHA-256s the spool recorded.
+    std::map<std::uint32_t, std::string> used;
+    for (const auto& c : record.value("input_chunks", nlohmann::json::array())) {
+      used[c.value("index", 0u)] = c.value("sha256", "");
+    }
+    if (used != scan.recorded_sha256) {
+      problem(v.bad_input, "scan " + uid + ": the worker's input chunks (" + std::to_string(used.size()) +
+                               ") differ from the spool's recorded SHA-256s (" +
+                               std::to_string(scan.recorded_sha256.size()) + ")");
+      continue;
+    }
+    ++v.reconstructed;
+  }
+  for (const auto& [name, list] : by_scan) {
+    if (!explained.count(name)) {
+      v.unknown += list.size();
+      v.problems.push_back("Orthanc holds " + std::to_string(list.size()) + " series of '" + name +
+                           "', which no accepted scan explains");
     }
   }
   return v;

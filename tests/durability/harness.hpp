@@ -1,5 +1,6 @@
-// Durability harness: runs the real ctagent binary against the real tus server (HTTPS, loopback),
-// kills either of them at chosen moments, and checks what reached the cloud against the spool.
+// Durability harness: runs the real ctagent binary against the real tus server (HTTPS, loopback)
+// and, for the soak, the real reconstruction worker storing into a real Orthanc; kills any of
+// them at chosen moments, and checks what reached the cloud against the spool.
 //
 // "Accepted scan": a scan the spool lists (Spool::AllScans) after the last recovery pass. Only an
 // accepted scan can be lost, corrupted or duplicated; a scan killed before its record was
@@ -12,12 +13,14 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "agent/codec/manifest.hpp"
 #include "agent/common/durable_file.hpp"
 #include "agent/spool/spool.hpp"
 #include "tests/support/process.hpp"
@@ -85,6 +88,13 @@ std::vector<std::uint8_t> ReadBytes(const fs::path& path);
 // Opens the spool as a test would, with no budget limits (Spool::Open runs its recovery).
 Expected<std::unique_ptr<spool::Spool>> OpenSpool(const fs::path& spool_dir, FileStore& files);
 
+// An accepted scan whose manifest reached the cloud: what the reconstruction check needs.
+struct CloudScan {
+  std::string scan_uid;
+  codec::Manifest manifest;                           // as the cloud holds it
+  std::map<std::uint32_t, std::string> recorded_sha256;  // chunk index -> SHA-256 the spool recorded
+};
+
 // The outcome of comparing the spool with the cloud.
 struct Verdict {
   std::size_t accepted = 0;
@@ -100,6 +110,7 @@ struct Verdict {
   std::size_t unknown = 0;     // scans on the server the spool does not know
   std::size_t abandoned_uploads = 0;  // incomplete uploads left on the server (created, never resumed)
   bool spool_opened = false;
+  std::vector<CloudScan> cloud_scans;  // accepted scans with a parsed manifest on the server
   std::vector<std::string> problems;  // one line per finding, for the test log
   std::string Line() const;
 };
@@ -108,6 +119,90 @@ struct Verdict {
 // store and the sim driver's views for the scan's own protocol and seed, and looks for orphans.
 // `require_uploaded`: every accepted scan must be fully uploaded (the end of a soak).
 Verdict Verify(const fs::path& spool_dir, const fs::path& tus_store, bool require_uploaded);
+
+// Orthanc behind its TLS proxy (cloud/orthanc/start-orthanc.sh) on free loopback ports. Slow to
+// start (seconds), so a soak starts it once.
+class OrthancPeer {
+ public:
+  OrthancPeer(fs::path pki, fs::path dir, fs::path log);
+  ~OrthancPeer();
+  void Start();  // returns once /system answers; throws with the log's path otherwise
+  std::string url() const { return "https://127.0.0.1:" + std::to_string(port_); }
+  fs::path PasswordFile(const std::string& user) const { return dir_ / ("orthanc-" + user + "-password"); }
+  // GET `path` as the terminal's user ("ctagent"); the parsed JSON answer of a 200.
+  Expected<nlohmann::json> GetJson(const std::string& path);
+
+ private:
+  fs::path pki_, dir_, log_;
+  std::uint16_t port_ = 0;
+  std::unique_ptr<ChildProcess> process_;
+  struct Http;
+  std::unique_ptr<Http> http_;
+};
+
+// The reconstruction worker (cloud/worker) over the tus store, storing in `orthanc`; killed and
+// restarted in place (same store and work directory).
+class WorkerPeer {
+ public:
+  WorkerPeer(fs::path binary, fs::path store, fs::path work, fs::path pki, const OrthancPeer& orthanc, fs::path log);
+  void Start();                               // the watching daemon; no-op if running
+  int RunOnce(std::chrono::milliseconds timeout);  // one pass (--once) to completion; -1: timed out
+  bool Kill();                                // SIGKILL; true if it was running
+  void Stop();                                // SIGTERM (it stops between steps), bounded wait
+  bool Running();
+  const fs::path& work() const { return work_; }
+
+ private:
+  std::vector<std::string> Argv(bool once) const;
+  fs::path binary_, store_, work_, pki_, log_;
+  std::string orthanc_url_;
+  fs::path password_file_;
+  std::unique_ptr<ChildProcess> process_;
+};
+
+// How far the worker got with one scan, read from its work directory (worker.hpp).
+enum class WorkerPhase {
+  kNotStarted,    // nothing written: hashing, decoding or reconstructing (or not reached yet)
+  kWritingSlices, // series folder without series.json
+  kStoring,       // series.json, no done marker: storing in Orthanc
+  kFinished,      // done or failed marker
+};
+WorkerPhase PhaseOf(const fs::path& work, const std::string& scan_uid);
+const char* ToString(WorkerPhase phase);
+bool WorkerFinished(const fs::path& work, const std::string& scan_uid);
+
+// Scan UIDs of the complete manifest uploads in the tus store.
+std::set<std::string> ManifestScans(const fs::path& tus_store);
+
+// The reconstruction side of a soak: every accepted scan reconstructed exactly once as a visible
+// result, from bit-exact input, or refused with a reason when it cannot be reconstructed.
+struct ReconVerdict {
+  std::size_t reconstructed = 0;  // one complete series in Orthanc, as expected
+  std::size_t refused = 0;        // failed marker, nothing in Orthanc, as expected (too few views)
+  std::size_t missing = 0;        // expected result absent (no series, or refused wrongly)
+  std::size_t twice = 0;          // more than one series for a scan, or duplicate instances
+  std::size_t partial = 0;        // a series with fewer instances than it announces, left visible
+  std::size_t bad_input = 0;      // the worker's recorded input differs from the spool's SHA-256s
+  std::size_t unknown = 0;        // series in Orthanc no accepted scan explains
+  std::size_t instances = 0;      // instances in Orthanc
+  std::vector<std::string> problems;
+};
+// `scans`: Verdict::cloud_scans. Expected: a scan whose manifest's chunks hold views 0..n-1
+// without a gap, n >= one rotation, has exactly one series in Orthanc, named by Protocol Name
+// "ctagent scan <uid>", of `expected_instances` instances (the soak's scans share one protocol,
+// so an undisturbed calibration run gives the count) with distinct SOP Instance UIDs, instance
+// numbers 1..N and Images in Acquisition N; the worker's done marker names that series and
+// input chunks whose SHA-256s equal the spool's. Any other scan has a failed marker and no series.
+ReconVerdict VerifyReconstruction(const std::vector<CloudScan>& scans, const fs::path& work, OrthancPeer& orthanc,
+                                  std::size_t expected_instances);
+
+// The series Orthanc holds for scan `scan_uid` (by Protocol Name): for each, its instance count.
+std::vector<std::size_t> SeriesOfScan(OrthancPeer& orthanc, const std::string& scan_uid);
+
+// Series visible in Orthanc right now: problems if one holds more instances than its Images in
+// Acquisition says, or does not say (then a partial series could pass for a final one).
+// `partial_series` counts the visible series that are (still) short of their count.
+std::vector<std::string> CheckVisibleSeries(OrthancPeer& orthanc, std::size_t* partial_series);
 
 // True if this build's PosixFileStore has the test hook `name` (CTAGENT_FAULT_KILL_AT_OP): probed
 // by running `ctagent status` on a fresh spool with the hook armed at the first operation.
