@@ -6,6 +6,7 @@
 #include <numbers>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "drivers/sim/phantom.hpp"
 
@@ -14,14 +15,23 @@ namespace {
 
 // Ramp-filters one view's line integrals: q[k] = d * sum_j p[j] h[k - j]. The kernel spans
 // 2 * channels - 1 taps, so the convolution is linear (no wrap-around) over the whole detector.
-void FilterView(std::span<const double> p, const std::vector<double>& kernel, double spacing_mm,
+// The Ram-Lak kernel is zero at every even offset but 0, so those taps are skipped (the same
+// sum, half the work).
+void FilterView(std::span<const double> p, const std::vector<double>& kernel, bool even_taps_zero, double spacing_mm,
                 std::span<float> q) {
   const auto n = static_cast<std::ptrdiff_t>(p.size());
   const std::ptrdiff_t centre = n - 1;
   for (std::ptrdiff_t k = 0; k < n; ++k) {
     double acc = 0;
-    for (std::ptrdiff_t j = 0; j < n; ++j) acc += p[static_cast<std::size_t>(j)] *
-                                                  kernel[static_cast<std::size_t>(centre + k - j)];
+    if (even_taps_zero) {
+      acc = p[static_cast<std::size_t>(k)] * kernel[static_cast<std::size_t>(centre)];
+      for (std::ptrdiff_t j = (k + 1) % 2; j < n; j += 2) {
+        acc += p[static_cast<std::size_t>(j)] * kernel[static_cast<std::size_t>(centre + k - j)];
+      }
+    } else {
+      for (std::ptrdiff_t j = 0; j < n; ++j) acc += p[static_cast<std::size_t>(j)] *
+                                                    kernel[static_cast<std::size_t>(centre + k - j)];
+    }
     q[static_cast<std::size_t>(k)] = static_cast<float>(acc * spacing_mm);
   }
 }
@@ -44,7 +54,8 @@ HuImage BackProject(const Sinogram& sino, const ReconInput& input, const std::ve
   // Filtered projections, views x channels.
   std::vector<float> filtered(std::size_t{sino.views} * channels);
   for (std::uint32_t v = 0; v < sino.views; ++v) {
-    FilterView(std::span<const double>(sino.p.data() + std::size_t{v} * channels, channels), kernel, d,
+    FilterView(std::span<const double>(sino.p.data() + std::size_t{v} * channels, channels), kernel,
+               options.window == RampWindow::kRamLak, d,
                std::span<float>(filtered.data() + std::size_t{v} * channels, channels));
   }
 
@@ -56,6 +67,19 @@ HuImage BackProject(const Sinogram& sino, const ReconInput& input, const std::ve
   const double dx = image.pixel_spacing_mm;
   const double half_pixels = (n - 1) / 2.0;
   const double centre_channel = (channels - 1) / 2.0;
+  // Per image row, the columns whose centres lie inside the field-of-view circle.
+  const double fov_radius_sq = (fov_mm / 2) * (fov_mm / 2);
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> row_span(n, {0, 0});
+  for (std::uint32_t r = 0; r < n; ++r) {
+    const double y = (half_pixels - r) * dx;
+    const double x_sq = fov_radius_sq - y * y;
+    if (x_sq <= 0) continue;
+    const double half_cols = std::sqrt(x_sq) / dx;
+    const double first = std::ceil(half_pixels - half_cols);
+    const double last = std::floor(half_pixels + half_cols);
+    row_span[r] = {static_cast<std::uint32_t>(std::max(0.0, first)),
+                   static_cast<std::uint32_t>(std::min(static_cast<double>(n), last + 1))};
+  }
   for (std::uint32_t v = 0; v < sino.views; ++v) {
     const double theta = sino.angles_deg[v] * std::numbers::pi / 180.0;
     const double cos_t = std::cos(theta);
@@ -66,9 +90,14 @@ HuImage BackProject(const Sinogram& sino, const ReconInput& input, const std::ve
     for (std::uint32_t r = 0; r < n; ++r) {
       const double y = (half_pixels - r) * dx;
       const double x0 = -half_pixels * dx;
-      double t = (x0 * cos_t + y * sin_t) / d + centre_channel;
+      const double t0 = (x0 * cos_t + y * sin_t) / d + centre_channel;
+      // Only the columns inside the field-of-view circle are kept (the rest are set to
+      // outside_fov_hu below), and inside it every pixel projects onto the detector; the
+      // bounds check stays for the circle's rim.
+      const auto [col_begin, col_end] = row_span[r];
       float* out = mu.data() + std::size_t{r} * n;
-      for (std::uint32_t col = 0; col < n; ++col, t += dt_per_column) {
+      for (std::uint32_t col = col_begin; col < col_end; ++col) {
+        const double t = t0 + col * dt_per_column;
         if (t < 0 || t >= channels - 1) continue;
         const auto i = static_cast<std::uint32_t>(t);
         const float frac = static_cast<float>(t - i);
@@ -203,6 +232,28 @@ Sinogram RebinFanToParallel(const Sinogram& fan, const ReconInput& input) {
   return par;
 }
 
+// A parallel sinogram over 360 degrees holds every ray twice: the ray at theta + 180 degrees
+// and offset s is the ray at theta and -s, i.e. channel c mirrored to channels - 1 - c (channel
+// offsets are symmetric about the axis). Averaging each such pair gives a 180-degree sinogram
+// with the same filtered back-projection (filter and back-projection are linear and the ramp
+// kernel is symmetric) at half the cost. Odd view counts are left as they are.
+Sinogram FoldTo180Degrees(const Sinogram& full, std::uint32_t channels) {
+  if (full.views % 2 != 0) return full;
+  const std::uint32_t half = full.views / 2;
+  Sinogram folded;
+  folded.views = half;
+  folded.z_mm = full.z_mm;
+  folded.angles_deg.assign(full.angles_deg.begin(), full.angles_deg.begin() + half);
+  folded.p.resize(std::size_t{half} * channels);
+  for (std::uint32_t k = 0; k < half; ++k) {
+    const double* a = full.p.data() + std::size_t{k} * channels;
+    const double* b = full.p.data() + std::size_t{k + half} * channels;
+    double* out = folded.p.data() + std::size_t{k} * channels;
+    for (std::uint32_t c = 0; c < channels; ++c) out[c] = 0.5 * (a[c] + b[channels - 1 - c]);
+  }
+  return folded;
+}
+
 }  // namespace
 
 double CountsToLineIntegral(double counts, double unattenuated_counts) {
@@ -303,8 +354,10 @@ Expected<std::vector<HuImage>> Reconstruct(const ReconInput& input, const ReconO
   auto work = [&] {
     for (std::uint32_t row = next_row++; row < slice_count; row = next_row++) {
       Sinogram native = NativeSinogram(input, row, planes);
-      slices[row] = input.fan_beam ? BackProject(RebinFanToParallel(native, input), input, kernel, options)
-                                   : BackProject(native, input, kernel, options);
+      slices[row] = input.fan_beam
+                        ? BackProject(FoldTo180Degrees(RebinFanToParallel(native, input), input.channels), input,
+                                      kernel, options)
+                        : BackProject(native, input, kernel, options);
     }
   };
   const std::uint32_t threads = std::clamp<std::uint32_t>(options.max_threads, 1, slice_count);

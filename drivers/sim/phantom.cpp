@@ -208,3 +208,83 @@ double ChestPhantom3d::LineIntegral(const double from[3], const double to[3]) co
 }
 
 }  // namespace ctagent::drivers::sim
+
+namespace ctagent::drivers::sim {
+
+std::vector<FanSolid> ChestPhantom3d::FanSolidsFor(const double source[3], double z_lo, double z_hi) const {
+  std::vector<FanSolid> out;
+  out.reserve(solids_.size());
+  for (std::size_t i = 0; i < solids_.size(); ++i) {
+    const Solid& s = solids_[i];
+    if (s.center_z_mm + s.semi_z_mm < z_lo || s.center_z_mm - s.semi_z_mm > z_hi) continue;
+    FanSolid f;
+    f.cylinder = s.shape == Solid::Shape::kCylinder;
+    f.m00 = cos_[i] / s.semi_x_mm;
+    f.m01 = sin_[i] / s.semi_x_mm;
+    f.m10 = -sin_[i] / s.semi_y_mm;
+    f.m11 = cos_[i] / s.semi_y_mm;
+    double a[3];
+    ToUnit(s, cos_[i], sin_[i], source, false, a);
+    f.ax = a[0];
+    f.ay = a[1];
+    f.az = a[2];
+    f.c_xy = a[0] * a[0] + a[1] * a[1] - 1.0;
+    f.inv_semi_z = 1.0 / s.semi_z_mm;
+    f.delta_mu = delta_mu_[i];
+    out.push_back(f);
+  }
+  return out;
+}
+
+void AccumulateFanChords(const std::vector<FanSolid>& solids, const double dir_xy[2], const double* z_det,
+                         std::uint32_t rows, double* total) {
+  for (const FanSolid& f : solids) {
+    // The in-plane part of the chord equation |a + t b|^2 = 1 (Interval() above, split into
+    // x-y terms and z terms): the same for every row of this channel.
+    const double bx = dir_xy[0] * f.m00 + dir_xy[1] * f.m01;
+    const double by = dir_xy[0] * f.m10 + dir_xy[1] * f.m11;
+    const double b_xy = bx * bx + by * by;
+    const double ab_xy = f.ax * bx + f.ay * by;
+    // The solid's footprint in x-y contains every cross-section, so an in-plane miss is a miss
+    // for every row. (b_xy > 0: a fan ray always has an in-plane direction.)
+    const double disc_xy = ab_xy * ab_xy - b_xy * f.c_xy;
+    if (disc_xy <= 0.0 || !(b_xy > 1e-18)) continue;
+    if (f.cylinder) {
+      const double root = std::sqrt(disc_xy);
+      const double lo = std::max(0.0, (-ab_xy - root) / b_xy);
+      const double hi = std::min(1.0, (-ab_xy + root) / b_xy);
+      if (hi <= lo) continue;
+      for (std::uint32_t r = 0; r < rows; ++r) {
+        // |az + t k| <= 1 with k the row's rise in the unit frame.
+        const double k = z_det[r] * f.inv_semi_z;
+        double t0 = lo;
+        double t1 = hi;
+        if (std::fabs(k) < 1e-18) {
+          if (std::fabs(f.az) > 1.0) continue;
+        } else {
+          double z0 = (-1.0 - f.az) / k;
+          double z1 = (1.0 - f.az) / k;
+          if (z0 > z1) std::swap(z0, z1);
+          t0 = std::max(t0, z0);
+          t1 = std::min(t1, z1);
+        }
+        if (t1 > t0) total[r] += (t1 - t0) * f.delta_mu;
+      }
+    } else {
+      const double c = f.c_xy + f.az * f.az;
+      for (std::uint32_t r = 0; r < rows; ++r) {
+        const double k = z_det[r] * f.inv_semi_z;
+        const double bb = b_xy + k * k;
+        const double ab = ab_xy + f.az * k;
+        const double disc = ab * ab - bb * c;
+        if (disc <= 0.0) continue;
+        const double root = std::sqrt(disc);
+        const double t0 = std::max(0.0, (-ab - root) / bb);
+        const double t1 = std::min(1.0, (-ab + root) / bb);
+        if (t1 > t0) total[r] += (t1 - t0) * f.delta_mu;
+      }
+    }
+  }
+}
+
+}  // namespace ctagent::drivers::sim

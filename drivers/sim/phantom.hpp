@@ -79,6 +79,27 @@ struct Lesion {
 // CT number of a lesion kind when none is given.
 double DefaultLesionHu(Lesion::Kind kind);
 
+// A solid of the 3-D chest prepared for the rays of one fan-beam view (ChestPhantom3d::
+// FanSolidsFor): every ray of the view starts at the same source and differs only in its
+// in-plane direction (per channel) and its rise in z (per row), so the terms of the chord
+// equation that depend on the source alone are computed once per view here.
+struct FanSolid {
+  bool cylinder = false;
+  double m00 = 0, m01 = 0, m10 = 0, m11 = 0;  // lab (x, y) direction -> the solid's unit frame
+  double ax = 0, ay = 0, az = 0;              // the source in the unit frame
+  double c_xy = 0;                            // ax^2 + ay^2 - 1
+  double inv_semi_z = 0;
+  double delta_mu = 0;
+};
+
+// Adds, for every row r, the sum over `solids` of (chord parameter interval within [0, 1]) x
+// delta_mu to total[r], for the segments from the view's source to source + (dir_xy[0],
+// dir_xy[1], z_det[r]). Multiplying by the segment's length gives the line integral; it equals
+// ChestPhantom3d::LineIntegral of that segment (same closed forms, terms grouped by what they
+// depend on). In-plane misses are culled per channel before any row is looked at.
+void AccumulateFanChords(const std::vector<FanSolid>& solids, const double dir_xy[2], const double* z_det,
+                         std::uint32_t rows, double* total);
+
 class ChestPhantom3d {
  public:
   // The chest with `lesions` added (painted over the lung they sit in, whose CT number they replace).
@@ -90,6 +111,9 @@ class ChestPhantom3d {
   // Integral of mu [1/mm] along the segment from `from` to `to` (points in mm; the whole
   // phantom lies between source and detector, so the segment covers every crossing).
   double LineIntegral(const double from[3], const double to[3]) const;
+  // The solids that rays from `source` can meet within patient z in [z_lo, z_hi] (the view's
+  // rays all stay in that range), prepared for AccumulateFanChords.
+  std::vector<FanSolid> FanSolidsFor(const double source[3], double z_lo, double z_hi) const;
 
  private:
   std::vector<Solid> solids_;

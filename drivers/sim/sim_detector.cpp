@@ -39,7 +39,99 @@ bool Positive(double v) { return std::isfinite(v) && v > 0.0; }
 
 }  // namespace
 
-std::uint64_t SamplePoisson(double mean, std::mt19937_64& rng) {
+namespace {
+
+double Uniform01(SimRng& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
+// Uniform in (0, 1]: safe under log().
+double UniformOpen0(SimRng& rng) { return (static_cast<double>(rng() >> 11) + 1.0) * 0x1.0p-53; }
+
+// Doornik (2005), "An improved ziggurat method to generate normal random samples": 128 layers
+// of equal area; x[i] are the layer edges, ratio[i] = x[i+1] / x[i] the share of layer i that
+// lies wholly under the curve. Built once from std::exp/log/sqrt.
+constexpr int kZigLayers = 128;
+constexpr double kZigR = 3.442619855899;           // start of the tail
+constexpr double kZigV = 9.91256303526217e-3;      // area of each layer
+constexpr int kMaxNormalTries = 1000;              // the ziggurat accepts 98.8 % at the first try
+
+struct Ziggurat {
+  double x[kZigLayers + 1];
+  double ratio[kZigLayers];
+  Ziggurat() {
+    double f = std::exp(-0.5 * kZigR * kZigR);
+    x[0] = kZigV / f;  // the bottom layer: rectangle plus tail, as wide as its area needs
+    x[1] = kZigR;
+    x[kZigLayers] = 0.0;
+    for (int i = 2; i < kZigLayers; ++i) {
+      x[i] = std::sqrt(-2.0 * std::log(kZigV / x[i - 1] + f));
+      f = std::exp(-0.5 * x[i] * x[i]);
+    }
+    for (int i = 0; i < kZigLayers; ++i) ratio[i] = x[i + 1] / x[i];
+  }
+};
+
+const Ziggurat& ZigguratTables() {
+  static const Ziggurat kTables;
+  return kTables;
+}
+
+// The ziggurat beyond its first try (1.2 % of draws): the tail and the wedges.
+[[gnu::noinline]] double NormalSlowPath(SimRng& rng, std::uint64_t bits) {
+  const Ziggurat& z = ZigguratTables();
+  for (int tries = 0; tries < kMaxNormalTries; ++tries) {
+    if (tries > 0) bits = rng();
+    const double u = 2.0 * (static_cast<double>(bits >> 11) * 0x1.0p-53) - 1.0;
+    const auto i = static_cast<int>(bits & (kZigLayers - 1));
+    if (std::fabs(u) < z.ratio[i]) return u * z.x[i];  // inside the layer's rectangle
+    if (i == 0) {
+      // The tail beyond kZigR (Marsaglia 1964).
+      for (int t = 0; t < kMaxNormalTries; ++t) {
+        const double tx = std::log(UniformOpen0(rng)) / kZigR;
+        const double ty = std::log(UniformOpen0(rng));
+        if (-2.0 * ty >= tx * tx) return u < 0 ? tx - kZigR : kZigR - tx;
+      }
+      return u < 0 ? -kZigR : kZigR;
+    }
+    // The wedge between the rectangle and the curve.
+    const double x = u * z.x[i];
+    const double f0 = std::exp(-0.5 * (z.x[i] * z.x[i] - x * x));
+    const double f1 = std::exp(-0.5 * (z.x[i + 1] * z.x[i + 1] - x * x));
+    if (f1 + Uniform01(rng) * (f0 - f1) < 1.0) return x;
+  }
+  return 0.0;
+}
+
+inline double StandardNormal(SimRng& rng) {
+  static const Ziggurat& z = ZigguratTables();
+  // One draw gives both the layer (low 7 bits) and the abscissa (top 53 bits): disjoint bits.
+  const std::uint64_t bits = rng();
+  const double u = 2.0 * (static_cast<double>(bits >> 11) * 0x1.0p-53) - 1.0;
+  const auto i = static_cast<int>(bits & (kZigLayers - 1));
+  if (std::fabs(u) < z.ratio[i]) return u * z.x[i];
+  return NormalSlowPath(rng, bits);
+}
+
+[[gnu::noinline]] std::uint64_t PoissonBelowNormal(double mean, SimRng& rng);
+
+// The sampler as the view loop calls it: the common case (large means) inlined.
+inline std::uint64_t Poisson(double mean, SimRng& rng) {
+  if (mean >= kPoissonNormalFromMean) {
+    // Moment-matched rounded normal (header): variance mean - 1/12 before rounding; for x >= 0
+    // the conversion truncates, i.e. floors.
+    const double x = mean + std::sqrt(mean - 1.0 / 12.0) * StandardNormal(rng) + 0.5;
+    return x >= 0.0 ? static_cast<std::uint64_t>(x) : 0;
+  }
+  return PoissonBelowNormal(mean, rng);
+}
+
+}  // namespace
+
+double SampleStandardNormal(SimRng& rng) { return StandardNormal(rng); }
+
+std::uint64_t SamplePoisson(double mean, SimRng& rng) { return Poisson(mean, rng); }
+
+namespace {
+
+std::uint64_t PoissonBelowNormal(double mean, SimRng& rng) {
   if (!(mean > 0.0)) return 0;
   if (mean < 10.0) {
     // Knuth's multiplication method: expected mean + 1 uniforms.
@@ -52,13 +144,15 @@ std::uint64_t SamplePoisson(double mean, std::mt19937_64& rng) {
     }
     return k;
   }
-  // Hoermann's transformed rejection with squeeze (PTRS, 1993), valid for mean >= 10.
+  // Hoermann's transformed rejection with squeeze (PTRS, 1993), valid for mean >= 10. The
+  // squeeze accepts ~86 % of tries without a logarithm, so log(mean) is taken only when needed.
   const double slam = std::sqrt(mean);
-  const double loglam = std::log(mean);
   const double b = 0.931 + 2.53 * slam;
   const double a = -0.059 + 0.02483 * b;
   const double inv_alpha = 1.1239 + 1.1328 / (b - 3.4);
   const double vr = 0.9277 - 3.6224 / (b - 2.0);
+  double loglam = 0;
+  bool have_loglam = false;
   for (int i = 0; i < kMaxPoissonTries; ++i) {
     const double u = Uniform01(rng) - 0.5;
     const double v = Uniform01(rng);
@@ -66,12 +160,18 @@ std::uint64_t SamplePoisson(double mean, std::mt19937_64& rng) {
     const double k = std::floor((2.0 * a / us + b) * u + mean + 0.43);
     if (us >= 0.07 && v <= vr) return static_cast<std::uint64_t>(k);
     if (!(k >= 0.0) || (us < 0.013 && v > us)) continue;
+    if (!have_loglam) {
+      loglam = std::log(mean);
+      have_loglam = true;
+    }
     if (std::log(v) + std::log(inv_alpha) - std::log(a / (us * us) + b) <= -mean + k * loglam - std::lgamma(k + 1.0)) {
       return static_cast<std::uint64_t>(k);
     }
   }
   return static_cast<std::uint64_t>(std::llround(mean));
 }
+
+}  // namespace
 
 namespace {
 
@@ -261,6 +361,16 @@ Status SimDetector::Arm(const ScanProtocol& p) {
       g = std::max(0.05, 1.0 + channel_gain_sd_ * z);
     }
   }
+  cos_gamma_.assign(p.channels, 1.0);
+  sin_gamma_.assign(p.channels, 0.0);
+  if (fan) {
+    const double centre = (p.channels - 1) / 2.0;
+    for (std::uint32_t c = 0; c < p.channels; ++c) {
+      const double gamma = (c - centre) * p.channel_pitch_mm / p.source_to_isocenter_mm;
+      cos_gamma_[c] = std::cos(gamma);
+      sin_gamma_[c] = std::sin(gamma);
+    }
+  }
   dead_.assign(p.channels, false);
   for (std::uint32_t c : dead_channels_) {
     if (c < p.channels) dead_[c] = true;
@@ -302,25 +412,42 @@ void SimDetector::ComputeMeanCounts(std::uint64_t v, std::vector<double>& out) c
   }
   // Fan beam: source at angle beta on a circle of radius R; channel c's ray leaves at fan angle
   // gamma and runs in direction (-sin(beta - gamma), cos(beta - gamma)), i.e. it is the parallel
-  // ray (theta = beta - gamma, s = R sin gamma). Patient z of a lab point = lab z + table.
+  // ray (theta = beta - gamma, s = R sin gamma). Row r's ray rises z_r over the source-detector
+  // distance (a true cone: a straight segment from the source to the detector cell's centre).
+  // Patient z of a lab point = lab z + table.
   const std::uint32_t rows = protocol_.rows;
   const double r_src = protocol_.source_to_isocenter_mm;
   const double r_det = protocol_.source_to_detector_mm;
   const double beta = 2.0 * std::numbers::pi * static_cast<double>(v % protocol_.views_per_rotation) /
                       protocol_.views_per_rotation;
   const double table = TablePositionMm(v);
-  const double d_gamma = protocol_.channel_pitch_mm / r_src;
   const double source[3] = {r_src * std::sin(beta), -r_src * std::cos(beta), table};
   const double row_centre = (rows - 1) / 2.0;
+  std::vector<double> z_det(rows);  // rise of row r's ray from source to detector [mm]
+  std::vector<double> length(rows);
+  double z_lo = table;
+  double z_hi = table;
+  for (std::uint32_t r = 0; r < rows; ++r) {
+    z_det[r] = (r - row_centre) * protocol_.row_pitch_mm * r_det / r_src;
+    length[r] = std::sqrt(r_det * r_det + z_det[r] * z_det[r]);
+    z_lo = std::min(z_lo, table + z_det[r]);
+    z_hi = std::max(z_hi, table + z_det[r]);
+  }
+  const std::vector<FanSolid> solids = phantom_.FanSolidsFor(source, z_lo, z_hi);
   out.resize(std::size_t{rows} * channels);
+  std::vector<double> total(rows);
+  const double sin_beta = std::sin(beta);
+  const double cos_beta = std::cos(beta);
   for (std::uint32_t c = 0; c < channels; ++c) {
-    const double ray_angle = beta - (c - centre) * d_gamma;
-    const double ux = -std::sin(ray_angle);
-    const double uy = std::cos(ray_angle);
+    // The ray's angle is beta - gamma_c; its sine and cosine by the angle-difference formulas
+    // from the channel's fan-angle trig, computed once at Arm.
+    const double sin_ray = sin_beta * cos_gamma_[c] - cos_beta * sin_gamma_[c];
+    const double cos_ray = cos_beta * cos_gamma_[c] + sin_beta * sin_gamma_[c];
+    const double dir[2] = {-r_det * sin_ray, r_det * cos_ray};
+    std::fill(total.begin(), total.end(), 0.0);
+    AccumulateFanChords(solids, dir, z_det.data(), rows, total.data());
     for (std::uint32_t r = 0; r < rows; ++r) {
-      const double z_det = (r - row_centre) * protocol_.row_pitch_mm * r_det / r_src;
-      const double detector[3] = {source[0] + r_det * ux, source[1] + r_det * uy, table + z_det};
-      out[std::size_t{r} * channels + c] = i0 * std::exp(-phantom_.LineIntegral(source, detector));
+      out[std::size_t{r} * channels + c] = i0 * std::exp(-total[r] * length[r]);
     }
   }
 }
@@ -372,16 +499,18 @@ Expected<std::optional<View>> SimDetector::NextView() {
   const bool line_integrals = protocol_.sample_encoding == SampleEncoding::kLineIntegral;
   const double i0 = protocol_.unattenuated_counts * protocol_.dose_fraction;
 
-  // One generator per view, seeded from (seed, sequence): view v is the same bytes whether
-  // it is reached by streaming from view 0 or by a fresh detector.
-  std::mt19937_64 rng(SplitMix64(SplitMix64(protocol_.seed) + v));
+  // One random stream per detector row, seeded from (seed, sequence, row): view v is the same
+  // bytes whether it is reached by streaming from view 0 or by a fresh detector, and rows can
+  // be drawn in any order.
+  const std::uint64_t view_key = SplitMix64(SplitMix64(protocol_.seed) + v);
   view.samples.resize(std::size_t{rows} * channels * sizeof(std::uint16_t));
   std::uint8_t* out = view.samples.data();
   for (std::uint32_t r = 0; r < rows; ++r) {
+    SimRng rng(SplitMix64(view_key + r));
     for (std::uint32_t c = 0; c < channels; ++c) {
       const std::size_t index = fan ? std::size_t{r} * channels + c : (mirrored ? channels - 1 - c : c);
       // Noise is drawn for dead channels too, so one dead channel leaves the others' bytes unchanged.
-      std::uint64_t n = SamplePoisson(means[index] * gain_[c], rng);
+      std::uint64_t n = Poisson(means[index] * gain_[c], rng);
       if (dead_[c]) {
         n = 0;
         view.status_flags |= kViewDeadChannel;

@@ -31,7 +31,9 @@ inline constexpr const char* kSimDefaultModel = "sim-chest-parallel";
 // A 16-slice county-hospital chest protocol in fan beam: SID 570 mm, SDD 1040 mm, 16 rows of
 // 0.75 mm and 896 channels of 0.55 mm at isocenter (1.37 mm rows, 1.0 mm channels at the detector;
 // a 493 mm field, a 49-degree fan), 1160 views per 0.5 s rotation, helical with pitch 0.9375
-// (11.25 mm per rotation). Used by bench/sim and the docs.
+// (11.25 mm per rotation), 2 rotations centred on z = 0 (table -11.25 .. +11.25 mm): 16
+// planes. The agent's default `scan` (config/config.hpp, DefaultScanProtocol) is one axial
+// rotation of the same scanner. Used by bench/sim, the tests and the docs.
 inline ScanProtocol SixteenSliceFanProtocol() {
   ScanProtocol p;
   p.geometry = GeometryKind::kFan;
@@ -43,15 +45,47 @@ inline ScanProtocol SixteenSliceFanProtocol() {
   p.channel_pitch_mm = 0.55;
   p.views_per_rotation = 1160;
   p.rotation_time_s = 0.5;
-  p.rotations = 1;
+  p.rotations = 2;
   p.table_speed_mm_per_rotation = 11.25;
+  p.table_start_mm = -11.25;
   return p;
 }
 
-// Poisson deviate with the given mean, drawn from a portable algorithm (the standard library's
+// The sim's random stream: SplitMix64 (Steele, Lea, Flood 2014), one 64-bit output per call.
+// It passes BigCrush, costs about a nanosecond, and a stream is fully defined by its 64-bit
+// seed, so every detector row of every view gets its own stream and rows can be drawn in any
+// order (or on any thread) with the same bytes. A UniformRandomBitGenerator.
+class SimRng {
+ public:
+  using result_type = std::uint64_t;
+  explicit SimRng(std::uint64_t seed) : state_(seed) {}
+  static constexpr result_type min() { return 0; }
+  static constexpr result_type max() { return ~result_type{0}; }
+  result_type operator()() {
+    std::uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+
+ private:
+  std::uint64_t state_;
+};
+
+// Means from this on are drawn from the moment-matched normal (see SamplePoisson).
+inline constexpr double kPoissonNormalFromMean = 256.0;
+
+// Poisson deviate with the given mean, drawn from portable algorithms (the standard library's
 // poisson_distribution differs between implementations, which would break seed determinism
-// across targets). Exposed for tests.
-std::uint64_t SamplePoisson(double mean, std::mt19937_64& rng);
+// across targets): Knuth's method below 10, Hoermann's PTRS rejection from 10 up to
+// kPoissonNormalFromMean, and from there round(mean + sqrt(mean - 1/12) * Z) with Z a standard
+// normal (ziggurat): its mean is `mean` and its variance `mean` (rounding adds 1/12, Sheppard),
+// both exact to within exp(-2 pi^2 (mean - 1/12)), i.e. to double precision; only its skewness
+// (0 instead of 1/sqrt(mean) < 0.07) differs from Poisson. Exposed for tests.
+std::uint64_t SamplePoisson(double mean, SimRng& rng);
+
+// A standard normal deviate (Doornik's ZIGNOR ziggurat, 128 layers). Exposed for tests.
+double SampleStandardNormal(SimRng& rng);
 
 class SimDetector final : public Detector {
  public:
@@ -95,6 +129,7 @@ class SimDetector final : public Detector {
   std::vector<double> scratch_means_;  // used when the cache would be too large
   std::vector<double> gain_;           // per channel, for the armed protocol's channel count
   std::vector<bool> dead_;             // per channel
+  std::vector<double> cos_gamma_, sin_gamma_;  // fan beam: of each channel's fan angle
 
   // Shared with Abort() from other threads.
   std::mutex mutex_;

@@ -3,6 +3,7 @@
 // with lesions of the 3-D chest.
 #include <catch2/catch.hpp>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -248,4 +249,31 @@ TEST_CASE("cloud recon: sim line-integral samples reconstruct like counts", "[cl
     INFO("ROI " << roi.name << ": " << mean << " HU");
     CHECK(std::abs(mean - roi.expected_hu) < 25);
   }
+}
+
+TEST_CASE("cloud recon: the default 16-slice fan protocol (helical, 2 rotations) gives 16 planes of the chest",
+          "[cloud][recon][sim][fan][helical]") {
+  // The agent's default scan (config/config.hpp) is this protocol: 16 x 896 channels, 1160
+  // views per rotation, pitch 0.9375, table -11.25 .. +11.25 mm. Planes 0.75 mm apart over the
+  // z range every view of a centred rotation covers: 16 around z = 0. Tolerance: every ROI of
+  // the chest within 25 HU in every plane (the central slab has no ribs, |z| < 15 mm), at
+  // 256 x 256.
+  const ScanProtocol p = ctagent::drivers::sim::SixteenSliceFanProtocol();
+  const auto acquire_start = std::chrono::steady_clock::now();
+  const ReconInput in = Acquire(p);
+  const auto recon_start = std::chrono::steady_clock::now();
+  const auto slices = Recon(in, 256);  // 256 keeps it quick under sanitizers; the e2e test runs 512
+  const auto end = std::chrono::steady_clock::now();
+  REQUIRE(slices.size() == 16);
+  for (const HuImage& image : slices) {
+    CHECK(std::abs(image.z_mm) < 6.0);
+    for (const auto& roi : ctagent::drivers::sim::ChestPhantomRois()) {
+      const double mean = RoiMean(image, roi.center_x_mm, roi.center_y_mm, roi.radius_mm);
+      INFO("plane z " << image.z_mm << " ROI " << roi.name << ": " << mean << " HU, expected " << roi.expected_hu);
+      CHECK(std::abs(mean - roi.expected_hu) < 25);
+    }
+  }
+  WARN("16-slice fan, 2 rotations: sim " << std::chrono::duration<double>(recon_start - acquire_start).count()
+                                         << " s, recon of 16 planes at 256 x 256 "
+                                         << std::chrono::duration<double>(end - recon_start).count() << " s");
 }

@@ -9,6 +9,7 @@
 #include <numbers>
 #include <thread>
 
+#include "config/config.hpp"
 #include "drivers/sim/phantom.hpp"
 #include "drivers/sim/sim_detector.hpp"
 
@@ -169,8 +170,9 @@ TEST_CASE("sim: unattenuated channels are Poisson with mean I0 * dose") {
 }
 
 TEST_CASE("sim: the Poisson sampler is right for small and large means") {
-  std::mt19937_64 rng(7);
-  for (double mean : {0.3, 3.0, 9.9, 10.0, 37.0, 400.0}) {
+  SimRng rng(7);
+  // Each method (Knuth, PTRS, moment-matched normal) and both sides of each switch.
+  for (double mean : {0.3, 3.0, 9.9, 10.0, 37.0, 255.9, 256.0, 400.0, 5000.0, 60000.0}) {
     std::vector<double> x;
     for (int i = 0; i < 100000; ++i) x.push_back(static_cast<double>(SamplePoisson(mean, rng)));
     const Moments m = MomentsOf(x);
@@ -179,6 +181,32 @@ TEST_CASE("sim: the Poisson sampler is right for small and large means") {
     CHECK(m.variance == Approx(mean).epsilon(0.04));
   }
   CHECK(SamplePoisson(0.0, rng) == 0);
+}
+
+TEST_CASE("sim: the ziggurat draws a standard normal, tails included") {
+  // 1e6 draws: mean 0 and variance 1 within 5 SD of their sampling error; P(Z > 2) = 0.02275
+  // and P(|Z| > 3.4426) = 5.76e-4 (the ziggurat's tail, drawn by a separate method) within
+  // about 4 SD.
+  SimRng rng(11);
+  constexpr int kDraws = 1000000;
+  double sum = 0;
+  double sum_sq = 0;
+  int above_2 = 0;
+  int in_tail = 0;
+  for (int i = 0; i < kDraws; ++i) {
+    const double z = SampleStandardNormal(rng);
+    sum += z;
+    sum_sq += z * z;
+    if (z > 2.0) ++above_2;
+    if (std::abs(z) > 3.442619855899) ++in_tail;
+  }
+  const double mean = sum / kDraws;
+  const double variance = sum_sq / kDraws - mean * mean;
+  INFO("mean " << mean << " variance " << variance << " P(Z>2) " << above_2 / 1e6 << " tail " << in_tail / 1e6);
+  CHECK(std::abs(mean) < 0.005);
+  CHECK(std::abs(variance - 1.0) < 0.007);
+  CHECK(std::abs(above_2 / 1e6 - 0.02275) < 0.0006);
+  CHECK(std::abs(in_tail / 1e6 - 5.76e-4) < 1e-4);
 }
 
 TEST_CASE("sim: relative noise grows as the dose falls") {
@@ -470,4 +498,30 @@ TEST_CASE("sim: lesion and detector-effect options are checked with the offendin
   s = d->Arm(p);
   REQUIRE_FALSE(s);
   CHECK(s.error().message().find("too wide") != std::string::npos);
+}
+
+TEST_CASE("sim: the agent's default scan is one axial rotation of the 16-slice fan protocol, and the sim arms it") {
+  const ScanProtocol d = ctagent::config::DefaultScanProtocol();
+  const ScanProtocol helical = SixteenSliceFanProtocol();
+  CHECK(d.geometry == GeometryKind::kFan);
+  CHECK(d.rows == 16);
+  CHECK(d.channels == 896);
+  CHECK(d.views_per_rotation == 1160);
+  CHECK(d.ViewRateHz() == Approx(2320.0));
+  for (double ScanProtocol::*field : {&ScanProtocol::source_to_isocenter_mm, &ScanProtocol::source_to_detector_mm,
+                            &ScanProtocol::channel_pitch_mm, &ScanProtocol::row_pitch_mm, &ScanProtocol::rotation_time_s}) {
+    CHECK(d.*field == helical.*field);
+  }
+  CHECK(d.rows == helical.rows);
+  CHECK(d.channels == helical.channels);
+  CHECK(d.views_per_rotation == helical.views_per_rotation);
+  CHECK(d.table_speed_mm_per_rotation == 0.0);  // axial: configs that leave it out get a still table
+  CHECK(helical.table_speed_mm_per_rotation / (d.rows * d.row_pitch_mm) == Approx(0.9375));
+  CHECK(ctagent::config::AgentConfig{}.protocol.channels == 896);
+  auto sim = MakeSim();
+  REQUIRE(sim->Arm(d));
+  auto v = sim->NextView();
+  REQUIRE(v);
+  REQUIRE(v->has_value());
+  CHECK((**v).samples.size() == 16u * 896 * 2);
 }

@@ -115,9 +115,17 @@ struct RoiStats {
   int pixels = 0;
 };
 
-}  // namespace
+// One scan shape for RunScanEndToEnd: the `scan` object (keys left out take the defaults),
+// and what must arrive.
+struct ScanCase {
+  nlohmann::json scan;
+  std::uint64_t views = 0;
+  std::uint32_t views_per_chunk = 32;
+  std::uint64_t patch_bytes = 65536;
+  std::size_t images = 0;
+};
 
-TEST_CASE("a simulated scan travels to the imaging center and its images come back to the console", "[e2e]") {
+void RunScanEndToEnd(const ScanCase& scan_case) {
   test::TempDir work("e2e");
   const fs::path logs = work.path() / "logs";
   fs::create_directories(logs);
@@ -132,17 +140,14 @@ TEST_CASE("a simulated scan travels to the imaging center and its images come ba
                              logs / "storescp.log");
   REQUIRE(test::WaitFor([&] { return test::PortAcceptsConnections(console_port); }, std::chrono::seconds(20)));
 
-  // The agent's configuration: a small fast scan so the test stays quick under sanitizers.
   nlohmann::json cfg = {
       {"terminal_id", "e2e-terminal"},
       {"log_level", "info"},
       {"driver", {{"name", "sim"}, {"options", nlohmann::json::object()}}},
-      {"scan",
-       {{"geometry", "parallel"}, {"views_per_rotation", 360}, {"rotations", 1}, {"rows", 4}, {"channels", 256},
-        {"channel_pitch_mm", 1.6}, {"row_pitch_mm", 5.0}, {"rotation_time_s", 0.5}, {"dose_fraction", 1.0},
-        {"unattenuated_counts", 60000}, {"sample_type", "uint16"}, {"seed", 77}, {"real_time", false}}},
+      {"scan", scan_case.scan},
       {"study", {{"patient_id", "E2E-1"}, {"patient_name", "E2E^TEST"}, {"study_description", "E2E"}}},
-      {"codec", {{"zstd_level", 3}, {"filter", "shuffle"}, {"views_per_chunk", 32}, {"threads", 2}}},
+      {"codec",
+       {{"zstd_level", 3}, {"filter", "shuffle"}, {"views_per_chunk", scan_case.views_per_chunk}, {"threads", 2}}},
       {"spool", {{"directory", (work.path() / "spool").string()}, {"max_bytes", "1 GiB"}, {"min_free_bytes", 0}}},
       {"cloud",
        {{"upload_url", center->env["TUS_URL"]},
@@ -151,7 +156,7 @@ TEST_CASE("a simulated scan travels to the imaging center and its images come ba
         {"password_file", center->env["AGENT_PASSWORD_FILE"]},
         {"tls", {{"ca_file", center->env["CA_FILE"]}}},
         {"parallel_uploads", 2},
-        {"patch_bytes", 65536}}},
+        {"patch_bytes", scan_case.patch_bytes}}},
       {"results", {{"enabled", true}, {"poll_interval_ms", 300}, {"poll_max_interval_ms", 2000}, {"timeout_s", 240}}},
       {"console",
        {{"enabled", true}, {"host", "127.0.0.1"}, {"port", console_port}, {"called_ae", "CONSOLE"},
@@ -181,8 +186,8 @@ TEST_CASE("a simulated scan travels to the imaging center and its images come ba
   auto manifest = codec::ManifestFromJson(nlohmann::json::parse(test::ReadText(manifest_upload->data)));
   REQUIRE(manifest);
   CHECK(manifest->complete);
-  CHECK(manifest->views_acquired == 360);
-  REQUIRE(manifest->chunks.size() == 12);
+  CHECK(manifest->views_acquired == scan_case.views);
+  REQUIRE(manifest->chunks.size() == (scan_case.views + scan_case.views_per_chunk - 1) / scan_case.views_per_chunk);
 
   // Regenerate the views with the same driver and seed, independently of the agent.
   auto detector = drivers::MakeDetector("sim", nlohmann::json::object());
@@ -195,7 +200,7 @@ TEST_CASE("a simulated scan travels to the imaging center and its images come ba
     if (!v->has_value()) break;
     driver_views.push_back(std::move((*v)->samples));
   }
-  REQUIRE(driver_views.size() == 360);
+  REQUIRE(driver_views.size() == scan_case.views);
 
   std::set<std::uint32_t> seen;
   for (const auto& u : uploads) {
@@ -220,7 +225,7 @@ TEST_CASE("a simulated scan travels to the imaging center and its images come ba
   for (const auto& entry : fs::recursive_directory_iterator(console_dir)) {
     if (entry.is_regular_file()) received.push_back(entry.path());
   }
-  REQUIRE(received.size() == 4);  // one slice per detector row
+  REQUIRE(received.size() == scan_case.images);
 
   const auto& rois = drivers::sim::ChestPhantomRois();
   std::set<std::string> sop_uids;
@@ -300,6 +305,33 @@ TEST_CASE("a simulated scan travels to the imaging center and its images come ba
                            "OK    link", "OK    pacs", "OK    console", "verdict: OK"}) {
     CHECK_THAT(check_out, Catch::Contains(line));
   }
+}
+
+}  // namespace
+
+TEST_CASE("a simulated scan travels to the imaging center and its images come back to the console", "[e2e]") {
+  // A small parallel-beam scan, quick under sanitizers: 360 views, one slice per detector row.
+  ScanCase c;
+  c.scan = {{"geometry", "parallel"}, {"views_per_rotation", 360}, {"rotations", 1}, {"rows", 4}, {"channels", 256},
+            {"channel_pitch_mm", 1.6}, {"row_pitch_mm", 5.0}, {"rotation_time_s", 0.5}, {"dose_fraction", 1.0},
+            {"unattenuated_counts", 60000}, {"sample_type", "uint16"}, {"seed", 77}, {"real_time", false}};
+  c.views = 360;
+  c.images = 4;
+  RunScanEndToEnd(c);
+}
+
+TEST_CASE("the default 16-slice fan-beam scan travels end to end and its images show the chest's CT numbers",
+          "[e2e][fan]") {
+  // Every scan key but the seed and the pacing is the default (config/config.hpp): fan beam,
+  // 16 x 896 channels, 1160 views in one axial rotation -> 16 slices 0.75 mm apart around
+  // z = 0, each checked in every ROI of the chest.
+  ScanCase c;
+  c.scan = {{"seed", 78}, {"real_time", false}};
+  c.views = 1160;
+  c.views_per_chunk = 64;
+  c.patch_bytes = 4u << 20;
+  c.images = 16;
+  RunScanEndToEnd(c);
 }
 
 TEST_CASE("field diagnostics name each unreachable peer", "[e2e]") {
