@@ -35,7 +35,7 @@ enum class FailureClass {
   kTlsRejected,     // certificate, host name, pin or client certificate refused: needs a person
   kClockSkew,       // the server certificate is not yet valid: this terminal's clock is behind;
                     // retried, because NTP or the operator may correct the clock
-  kStall,           // low-speed abort: no progress for stall_timeout_s
+  kStall,           // no byte sent or received for stall_timeout_s
   kTimeout,         // whole-request timeout
   kConnectionLost,  // reset or closed mid-request
   kServerError,     // HTTP 5xx
@@ -73,7 +73,8 @@ struct HttpOptions {
   TlsOptions tls;
   bool allow_plain_http = false;
   std::uint32_t connect_timeout_s = 10;
-  // A transfer that moves fewer than 1 byte/s for this long is aborted as stalled.
+  // A request during which no byte is sent or received for this long is aborted as stalled
+  // (checked about once a second; time spent in before_send does not count). 0: no check.
   std::uint32_t stall_timeout_s = 30;
   // Upper bound for one whole request (0: none beyond the stall timeout).
   std::uint32_t request_timeout_s = 0;

@@ -381,7 +381,10 @@ Expected<std::uint64_t> Client::Patch(const std::string& upload_url, std::uint64
   }
   request.body = bytes;
   request.before_send = before_send_;
+  std::uint64_t sent = 0;
+  request.on_upload_progress = [&sent](std::uint64_t n) { sent = n; };
   auto response = http_.Perform(request, 1 << 20);
+  body_bytes_sent_ += sent;
   if (!response) return FromHttp(response.error(), "tus patch at offset " + std::to_string(offset));
   if (response->status == 409) {
     const std::string server_offset = response->Header("Upload-Offset");

@@ -102,6 +102,9 @@ class Client {
   FailureClass last_failure() const { return last_failure_; }
   // Upload-Expires of the last response that carried one (Unix seconds).
   std::optional<std::int64_t> last_expires() const { return last_expires_; }
+  // PATCH body bytes handed to the connection by this client so far, including those of
+  // requests that failed (what a resume may send again).
+  std::uint64_t body_bytes_sent() const { return body_bytes_sent_; }
 
   // Bounds for the in-call recoveries of UploadFrom.
   static constexpr int kMaxChecksumResends = 3;
@@ -120,6 +123,7 @@ class Client {
   std::function<bool(std::size_t)> before_send_;
   FailureClass last_failure_ = FailureClass::kNone;
   std::optional<std::int64_t> last_expires_;
+  std::uint64_t body_bytes_sent_ = 0;
 };
 
 }  // namespace ctagent::transport::tus

@@ -3,6 +3,8 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <utility>
+
 #include "agent/common/log.hpp"
 #include "agent/common/sha256.hpp"
 #include "transport/tus.hpp"
@@ -58,6 +60,13 @@ struct Uploader::Job {
   FailureClass failure = FailureClass::kNone;  // class of the last attempt's error
   Status last_status = Ok();
   Done done;
+  // An upload Prepare() just created and journaled, of this length: the server holds 0 bytes of
+  // it, so Transfer() starts its PATCH without asking (HEAD) first. Cleared by Transfer().
+  std::string fresh_url;
+  std::uint64_t fresh_length = 0;
+  // PATCH body bytes sent over every attempt, and attempts that sent bytes: what resumes cost.
+  std::uint64_t body_bytes_sent = 0;
+  std::uint32_t sending_attempts = 0;
 
   std::string Name() const {
     return manifest ? "manifest of scan " + scan_uid : "chunk " + std::to_string(index) + " of scan " + scan_uid;
@@ -72,12 +81,18 @@ Uploader::Uploader(boost::asio::io_context& io, spool::Spool& spool, const confi
       retry_(std::move(retry)),
       links_(links),
       share_(std::make_shared<transport::HttpShare>()),
+      creators_(cloud.parallel_uploads),
       transfers_(cloud.parallel_uploads) {}
 
 Uploader::~Uploader() { Stop(); }
 
 void Uploader::Stop() {
-  stopping_ = true;
+  {
+    std::lock_guard lock(ahead_mutex_);
+    stopping_ = true;
+  }
+  ahead_changed_.notify_all();
+  creators_.join();  // before the transfers: a creator may still hand a job to them
   transfers_.join();
 }
 
@@ -117,7 +132,63 @@ void Uploader::ReturnClient(const std::string& link_name, std::unique_ptr<transp
   idle_clients_[link_name].push_back(std::move(client));
 }
 
-void Uploader::Attempt(Job& job) {
+Status Uploader::Journal(const std::string& scan_uid, std::function<void(spool::ScanRecord&)> change) {
+  std::uint64_t ticket = 0;
+  {
+    std::lock_guard lock(journal_queue_mutex_);
+    ticket = ++journal_next_ticket_;
+    journal_queue_.push_back({ticket, scan_uid, std::move(change)});
+  }
+  std::lock_guard commit(journal_commit_mutex_);
+  std::vector<PendingChange> batch;
+  {
+    std::lock_guard lock(journal_queue_mutex_);
+    if (const auto it = journal_results_.find(ticket); it != journal_results_.end()) {
+      Status done = it->second;  // committed by another thread's batch while we waited
+      journal_results_.erase(it);
+      return done;
+    }
+    batch.swap(journal_queue_);  // holds our change: nobody took it
+  }
+  std::map<std::string, std::vector<const PendingChange*>> by_scan;
+  for (const auto& p : batch) by_scan[p.scan_uid].push_back(&p);
+  Status mine = Ok();
+  std::map<std::uint64_t, Status> others;
+  for (const auto& [uid, changes] : by_scan) {
+    const Status st = spool_.Update(uid, [&](spool::ScanRecord& r) {
+      for (const auto* p : changes) p->change(r);
+    });
+    for (const auto* p : changes) {
+      if (p->ticket == ticket) {
+        mine = st;
+      } else {
+        others.emplace(p->ticket, st);
+      }
+    }
+  }
+  std::lock_guard lock(journal_queue_mutex_);
+  journal_results_.merge(others);
+  return mine;
+}
+
+bool Uploader::NeedsCreation(const Job& job) {
+  auto record = spool_.Get(job.scan_uid);
+  if (!record) return true;  // Prepare() reports the spool's error
+  if (job.manifest) return record->manifest_upload.url.empty() && !record->manifest_upload.complete;
+  for (const auto& c : record->chunks) {
+    if (c.chunk.index == job.index) return c.upload.url.empty() && !c.upload.complete;
+  }
+  return true;
+}
+
+void Uploader::Attempt(Job& job, bool prepare) {
+  if (prepare && !NeedsCreation(job)) {
+    // Done, or an upload of an earlier attempt or run: Transfer() asks the server where it stands.
+    job.fresh_url.clear();
+    job.failure = FailureClass::kNone;
+    job.last_status = Ok();
+    return;
+  }
   LinkLease lease;
   if (links_ != nullptr) {
     auto acquired = links_->Acquire();
@@ -130,7 +201,7 @@ void Uploader::Attempt(Job& job) {
   }
   auto client = TakeClient(lease);
   job.failure = FailureClass::kNone;
-  job.last_status = Transfer(job, *client, lease.before_send);
+  job.last_status = prepare ? Prepare(job, *client) : Transfer(job, *client, lease.before_send);
   ReturnClient(lease.link_name, std::move(client));
   if (links_ != nullptr) {
     // HTTP answers and local problems say the link works; only network failures count against it.
@@ -139,42 +210,81 @@ void Uploader::Attempt(Job& job) {
 }
 
 void Uploader::Start(std::shared_ptr<Job> job) {
-  // The transfer blocks in libcurl, so it runs on a transfer thread; its outcome is handled on
-  // the event loop, which also owns the retry timers.
-  boost::asio::post(transfers_, [this, job] {
-    if (stopping_) {
+  // Two stages, each on its own threads because they block in libcurl: a creator makes the
+  // upload (POST) and journals its URL, then a transfer thread sends the bytes (PATCH). So the
+  // creation round trip of the next uploads overlaps the PATCHes in flight instead of leaving
+  // a transfer connection idle for it. Creators stay at most `parallel_uploads` uploads ahead.
+  boost::asio::post(creators_, [this, job] {
+    if (!WaitForRoomAhead()) {
       job->failure = FailureClass::kCancelled;
       job->last_status = MakeError(ErrorKind::kCancelled, "agent is stopping");
-    } else {
-      Attempt(*job);
+      Finish(job);
+      return;
     }
-    boost::asio::post(io_, [this, job] {
-      const Status status = job->last_status;
-      if (status) {
-        job->done(status);
-        return;
+    Attempt(*job, /*prepare=*/true);
+    if (!job->last_status) {
+      LeaveAhead();
+      Finish(job);
+      return;
+    }
+    boost::asio::post(transfers_, [this, job] {
+      LeaveAhead();
+      if (stopping_) {
+        job->failure = FailureClass::kCancelled;
+        job->last_status = MakeError(ErrorKind::kCancelled, "agent is stopping");
+      } else {
+        Attempt(*job, /*prepare=*/false);
       }
-      const ClassRetry rule = retry_.For(job->failure);
-      if (rule.permanent || stopping_ || job->attempt + 1 >= rule.max_attempts) {
-        const std::string advice = PermanentAdvice(job->failure);
-        const std::string why =
-            rule.permanent ? (advice.empty() ? std::string("not retried") : "not retried: " + advice)
-                           : "gave up after " + std::to_string(job->attempt + 1) + " attempts";
-        const Error error = status.error().WithContext(job->Name() + " [" + transport::ToString(job->failure) + ", " +
-                                                       why + "; the data stays spooled and resumes on the next run]");
-        log::Error("upload", error.message());
-        job->done(MakeError(error));
-        return;
-      }
-      const auto delay = retry_.Delay(job->failure, job->attempt, rng_);
-      ++job->attempt;
-      ++counters_.retries;
-      log::Warn("upload", job->Name() + ": " + status.error().message() + " [" + transport::ToString(job->failure) +
-                              "]; retry " + std::to_string(job->attempt) + " in " + std::to_string(delay.count()) +
-                              " ms");
-      auto timer = std::make_shared<boost::asio::steady_timer>(io_, delay);
-      timer->async_wait([this, job, timer](const boost::system::error_code&) { Start(job); });
+      Finish(job);
     });
+  });
+}
+
+bool Uploader::WaitForRoomAhead() {
+  std::unique_lock lock(ahead_mutex_);
+  // Bounded by Stop(), which sets stopping_ under this mutex and wakes every waiter.
+  ahead_changed_.wait(lock, [this] { return stopping_ || ahead_ < cloud_.parallel_uploads; });
+  if (stopping_) return false;
+  ++ahead_;
+  return true;
+}
+
+void Uploader::LeaveAhead() {
+  {
+    std::lock_guard lock(ahead_mutex_);
+    --ahead_;
+  }
+  ahead_changed_.notify_one();
+}
+
+void Uploader::Finish(std::shared_ptr<Job> job) {
+  // The outcome is handled on the event loop, which also owns the retry timers.
+  boost::asio::post(io_, [this, job] {
+    const Status status = job->last_status;
+    if (status) {
+      job->done(status);
+      return;
+    }
+    const ClassRetry rule = retry_.For(job->failure);
+    if (rule.permanent || stopping_ || job->attempt + 1 >= rule.max_attempts) {
+      const std::string advice = PermanentAdvice(job->failure);
+      const std::string why =
+          rule.permanent ? (advice.empty() ? std::string("not retried") : "not retried: " + advice)
+                         : "gave up after " + std::to_string(job->attempt + 1) + " attempts";
+      const Error error = status.error().WithContext(job->Name() + " [" + transport::ToString(job->failure) + ", " +
+                                                     why + "; the data stays spooled and resumes on the next run]");
+      log::Error("upload", error.message());
+      job->done(MakeError(error));
+      return;
+    }
+    const auto delay = retry_.Delay(job->failure, job->attempt, rng_);
+    ++job->attempt;
+    ++counters_.retries;
+    log::Warn("upload", job->Name() + ": " + status.error().message() + " [" + transport::ToString(job->failure) +
+                            "]; retry " + std::to_string(job->attempt) + " in " + std::to_string(delay.count()) +
+                            " ms");
+    auto timer = std::make_shared<boost::asio::steady_timer>(io_, delay);
+    timer->async_wait([this, job, timer](const boost::system::error_code&) { Start(job); });
   });
 }
 
@@ -196,8 +306,93 @@ Expected<transport::tus::ServerCapabilities> Uploader::Capabilities(transport::t
   return *discovered;
 }
 
+Expected<spool::UploadState> Uploader::CreateUpload(Job& job, transport::tus::Client& tus, std::uint64_t length,
+                                                    const std::string& sha256) {
+  transport::tus::Metadata metadata = {{"kind", job.manifest ? "manifest" : "chunk"},
+                                       {"scan_uid", job.scan_uid},
+                                       {"sha256", sha256},
+                                       {"filename", job.manifest ? "manifest.json"
+                                                                 : "chunk-" + std::to_string(job.index) + ".ctc"}};
+  if (!job.manifest) metadata.push_back({"chunk_index", std::to_string(job.index)});
+  // No creation-with-upload here, even when offered: the contract is to journal the URL
+  // before sending any byte. Bytes in the POST would make a crash between the POST and the
+  // journal leave a second, complete copy of the chunk on the server (the soak test sees it).
+  auto created = tus.CreateWithUpload(length, metadata, {});
+  if (!created) {
+    job.failure = tus.last_failure() == FailureClass::kNone ? FailureClass::kProtocol : tus.last_failure();
+    return MakeError(created.error());
+  }
+  spool::UploadState state;
+  state.url = created->url;
+  state.confirmed_offset = created->offset;
+  // Journal the URL before sending (more) bytes, so a restart resumes this upload, not a new one.
+  if (auto st = JournalUpload(job, state); !st) {
+    job.failure = FailureClass::kLocal;
+    return MakeError(st.error());
+  }
+  return state;
+}
+
+Status Uploader::JournalUpload(const Job& job, const spool::UploadState& state) {
+  return Journal(job.scan_uid, [&](spool::ScanRecord& r) {
+    if (job.manifest) {
+      r.manifest_upload = state;
+      return;
+    }
+    for (auto& c : r.chunks) {
+      if (c.chunk.index == job.index) c.upload = state;
+    }
+  });
+}
+
+Status Uploader::Prepare(Job& job, transport::HttpClient& http) {
+  job.failure = FailureClass::kLocal;  // until the spool answered
+  job.fresh_url.clear();
+  auto record = spool_.Get(job.scan_uid);
+  if (!record) return MakeError(record.error());
+  spool::UploadState state;
+  std::string sha256;
+  std::uint64_t length = 0;
+  if (job.manifest) {
+    state = record->manifest_upload;
+  } else {
+    for (const auto& c : record->chunks) {
+      if (c.chunk.index == job.index) {
+        state = c.upload;
+        sha256 = c.chunk.sha256;
+        length = c.chunk.compressed_bytes;  // the chunk file's size
+      }
+    }
+  }
+  // Done, or an upload of an earlier attempt or run: Transfer() asks the server where it stands.
+  if (state.complete || !state.url.empty()) {
+    job.failure = FailureClass::kNone;
+    return Ok();
+  }
+  if (job.manifest) {
+    auto bytes = spool_.ReadManifest(job.scan_uid);
+    if (!bytes) return MakeError(bytes.error());
+    sha256 = Sha256Hex(*bytes);
+    length = bytes->size();
+  }
+  transport::tus::Client tus(http, cloud_.upload_url);
+  auto capabilities = Capabilities(tus);
+  if (!capabilities) {
+    job.failure = tus.last_failure() == FailureClass::kNone ? FailureClass::kProtocol : tus.last_failure();
+    return MakeError(capabilities.error());
+  }
+  tus.SetCapabilities(*capabilities);
+  auto created = CreateUpload(job, tus, length, sha256);
+  if (!created) return MakeError(created.error());
+  job.fresh_url = created->url;
+  job.fresh_length = length;
+  job.failure = FailureClass::kNone;
+  return Ok();
+}
+
 Status Uploader::Transfer(Job& job, transport::HttpClient& http, const std::function<bool(std::size_t)>& before_send) {
   job.failure = FailureClass::kLocal;  // until the spool answered
+  const std::string fresh_url = std::exchange(job.fresh_url, {});
   // What to send: a chunk file (checked against its recorded SHA-256) or the manifest.
   auto bytes = job.manifest ? spool_.ReadManifest(job.scan_uid) : spool_.ReadChunk(job.scan_uid, job.index);
   if (!bytes) return MakeError(bytes.error());
@@ -219,17 +414,7 @@ Status Uploader::Transfer(Job& job, transport::HttpClient& http, const std::func
   if (state.complete) return Ok();
   if (job.manifest) sha256 = Sha256Hex(*bytes);
 
-  auto journal = [&](const spool::UploadState& s) {
-    return spool_.Update(job.scan_uid, [&](spool::ScanRecord& r) {
-      if (job.manifest) {
-        r.manifest_upload = s;
-        return;
-      }
-      for (auto& c : r.chunks) {
-        if (c.chunk.index == job.index) c.upload = s;
-      }
-    });
-  };
+  auto journal = [&](const spool::UploadState& s) { return JournalUpload(job, s); };
 
   transport::tus::Client tus(http, cloud_.upload_url);
   tus.SetBeforeSend(before_send);
@@ -243,7 +428,10 @@ Status Uploader::Transfer(Job& job, transport::HttpClient& http, const std::func
   tus.SetCapabilities(*capabilities);
 
   std::uint64_t offset = 0;
-  if (!state.url.empty()) {
+  // Created by Prepare() a moment ago for exactly these bytes: the server holds none of it yet.
+  const bool fresh = !fresh_url.empty() && fresh_url == state.url && job.fresh_length == bytes->size() &&
+                     state.confirmed_offset == 0;
+  if (!state.url.empty() && !fresh) {
     auto server = tus.Query(state.url);
     if (server) {
       offset = server->offset;
@@ -272,35 +460,34 @@ Status Uploader::Transfer(Job& job, transport::HttpClient& http, const std::func
     }
   }
   if (state.url.empty()) {
-    transport::tus::Metadata metadata = {{"kind", job.manifest ? "manifest" : "chunk"},
-                                         {"scan_uid", job.scan_uid},
-                                         {"sha256", sha256},
-                                         {"filename", job.manifest ? "manifest.json"
-                                                                   : "chunk-" + std::to_string(job.index) + ".ctc"}};
-    if (!job.manifest) metadata.push_back({"chunk_index", std::to_string(job.index)});
-    // No creation-with-upload here, even when offered: the contract is to journal the URL
-    // before sending any byte. Bytes in the POST would make a crash between the POST and the
-    // journal leave a second, complete copy of the chunk on the server (the soak test sees it).
-    auto created = tus.CreateWithUpload(bytes->size(), metadata, {});
-    if (!created) return fail(created.error());
-    state.url = created->url;
-    state.confirmed_offset = created->offset;
-    // Journal the URL before sending (more) bytes, so a restart resumes this upload, not a new one.
-    if (auto st = journal(state); !st) {
-      job.failure = FailureClass::kLocal;
-      return st;
-    }
-    offset = created->offset;
-    counters_.bytes_sent += created->offset;
+    auto created = CreateUpload(job, tus, bytes->size(), sha256);
+    if (!created) return MakeError(created.error());
+    state = *created;
+    offset = state.confirmed_offset;
+    counters_.bytes_sent += offset;
   }
   const std::uint64_t start_offset = offset;
   std::uint64_t last_journaled = offset;
+  // Counted however the attempt ends: an interrupted PATCH's bytes may be sent again.
+  struct CountBodyBytes {
+    Job& job;
+    transport::tus::Client& tus;
+    UploadCounters& counters;
+    ~CountBodyBytes() {
+      if (tus.body_bytes_sent() == 0) return;
+      job.body_bytes_sent += tus.body_bytes_sent();
+      ++job.sending_attempts;
+      counters.body_bytes_sent += tus.body_bytes_sent();
+    }
+  } count_body_bytes{job, tus, counters_};
   auto final_offset = tus.UploadFrom(state.url, *bytes, offset, cloud_.patch_bytes, [&](std::uint64_t confirmed) {
     // After a 409 the server's offset may be lower than what we counted.
     if (confirmed > last_journaled) counters_.bytes_sent += confirmed - last_journaled;
     last_journaled = confirmed;
     state.confirmed_offset = confirmed;
-    (void)journal(state);  // progress only; the server's offset stays the authority on resume
+    // Progress only (the server's offset stays the authority on resume), and not after the last
+    // PATCH: the completion record follows at once, and every synced record costs a disk sync.
+    if (confirmed < bytes->size()) (void)journal(state);
   });
   if (!final_offset) return fail(final_offset.error());
   state.confirmed_offset = *final_offset;
@@ -311,7 +498,16 @@ Status Uploader::Transfer(Job& job, transport::HttpClient& http, const std::func
   }
   job.failure = FailureClass::kNone;
   ++counters_.uploads_done;
-  log::Debug("upload", job.Name() + ": complete (" + std::to_string(bytes->size() - start_offset) + " bytes sent)");
+  const std::uint64_t body_sent = job.body_bytes_sent + tus.body_bytes_sent();
+  if (job.sending_attempts > 0) {
+    // Resumed after an interruption: say what it cost (the bound is one request's worth).
+    log::Info("upload", job.Name() + ": complete after " + std::to_string(job.sending_attempts + 1) +
+                            " sending attempts; " + std::to_string(body_sent) + " body bytes sent for " +
+                            std::to_string(bytes->size()) + ", re-sent " +
+                            std::to_string(body_sent > bytes->size() ? body_sent - bytes->size() : 0) + " bytes");
+  } else {
+    log::Debug("upload", job.Name() + ": complete (" + std::to_string(bytes->size() - start_offset) + " bytes sent)");
+  }
   return Ok();
 }
 

@@ -1,12 +1,14 @@
-// The uploader: moves spooled chunks and manifests to the imaging center with tus, on a
-// bounded pool of transfer threads (one HTTPS connection each), and journals progress in the
-// spool so that any interruption resumes from the server's offset.
+// The uploader: moves spooled chunks and manifests to the imaging center with tus, and
+// journals progress in the spool so that any interruption resumes from the server's offset.
+// Two bounded pools of threads (one HTTPS connection each): creators make the next uploads
+// (POST, URL journaled) while transfer threads send the bytes of earlier ones (PATCH).
 #pragma once
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/thread_pool.hpp>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -31,6 +33,9 @@ struct UploadCounters {
   std::atomic<std::uint64_t> bytes_sent{0};       // payload bytes the server confirmed
   std::atomic<std::uint32_t> uploads_done{0};
   std::atomic<std::uint32_t> retries{0};
+  // PATCH body bytes handed to the connection, including requests that failed: the excess over
+  // bytes_sent is what interruptions cost.
+  std::atomic<std::uint64_t> body_bytes_sent{0};
 };
 
 class Uploader {
@@ -56,10 +61,26 @@ class Uploader {
  private:
   struct Job;
   void Start(std::shared_ptr<Job> job);
-  void Attempt(Job& job);
+  void Finish(std::shared_ptr<Job> job);
+  // Blocks a creator until fewer than parallel_uploads prepared jobs wait for a transfer thread;
+  // false when stopping.
+  bool WaitForRoomAhead();
+  void LeaveAhead();
+  // One attempt on a leased link: the creation stage (Prepare) or the byte stage (Transfer).
+  void Attempt(Job& job, bool prepare);
+  bool NeedsCreation(const Job& job);  // no upload URL journaled yet, not complete
+  Status Prepare(Job& job, transport::HttpClient& http);
   Status Transfer(Job& job, transport::HttpClient& http, const std::function<bool(std::size_t)>& before_send);
+  // POST for a new upload, then its URL journaled (before any of its bytes is sent).
+  Expected<spool::UploadState> CreateUpload(Job& job, transport::tus::Client& tus, std::uint64_t length,
+                                            const std::string& sha256);
+  Status JournalUpload(const Job& job, const spool::UploadState& state);
   Expected<transport::tus::ServerCapabilities> Capabilities(transport::tus::Client& tus);
   std::unique_ptr<transport::HttpClient> TakeClient(const LinkLease& lease);
+  // Applies `change` to the scan's record durably. Concurrent calls from transfer threads are
+  // group-committed: one spool Update (one synced journal record) per scan for all changes
+  // queued while the previous batch was syncing. Returns once this change is durable.
+  Status Journal(const std::string& scan_uid, std::function<void(spool::ScanRecord&)> change);
   void ReturnClient(const std::string& link_name, std::unique_ptr<transport::HttpClient> client);
 
   boost::asio::io_context& io_;
@@ -73,7 +94,21 @@ class Uploader {
   // Idle clients per link name ("" without a link manager): a client is bound to its link.
   std::map<std::string, std::vector<std::unique_ptr<transport::HttpClient>>> idle_clients_;
   std::optional<transport::tus::ServerCapabilities> capabilities_;  // guarded by clients_mutex_
-  boost::asio::thread_pool transfers_;
+  struct PendingChange {
+    std::uint64_t ticket = 0;
+    std::string scan_uid;
+    std::function<void(spool::ScanRecord&)> change;
+  };
+  std::mutex journal_queue_mutex_;  // guards the three below
+  std::vector<PendingChange> journal_queue_;
+  std::uint64_t journal_next_ticket_ = 0;
+  std::map<std::uint64_t, Status> journal_results_;  // of changes another thread committed
+  std::mutex journal_commit_mutex_;  // held by the thread committing a batch
+  std::mutex ahead_mutex_;
+  std::condition_variable ahead_changed_;
+  std::uint32_t ahead_ = 0;  // jobs prepared or being prepared, not yet on a transfer thread
+  boost::asio::thread_pool creators_;   // POST + journal (parallel_uploads threads)
+  boost::asio::thread_pool transfers_;  // PATCH (parallel_uploads threads)
   UploadCounters counters_;
   std::mt19937_64 rng_{std::random_device{}()};
   std::atomic<bool> stopping_{false};

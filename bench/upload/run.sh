@@ -3,20 +3,30 @@
 #
 # A "scanner" and a "cloud" network namespace joined by a veth pair whose scanner side is
 # shaped with tc tbf (the link rate); in "cloud" the reference tus server, and the fault proxy
-# in front of it adding delay (netem does not work on this machine). Three clients upload the
-# same bytes to the same server, one after another, in each cell (rate x delay):
-#   agent   our upload path (transport::HttpClient + tus::Client, PATCH size as the agent's)
-#   tusjs   the official tus-js-client, same PATCH size
-#   curl    the curl CLI: one POST, then one PATCH streaming the whole payload (-T)
-# plus the ceiling: curl inside "cloud" to the tus server directly over loopback, unshaped.
-# Prints a table; ratios are to min(link rate, ceiling) and to tus-js-client.
+# in front of it adding delay (netem does not work on this machine).
 #
-# Needs root (ip netns, tc), the build's upload_bench and fault_proxy targets, and `npm ci` in
-# this folder. Usage:
-#   bench/upload/run.sh --build build/links [--rates 20,100,1000] [--delays 0,30,80]
-#                       [--clients agent,tusjs,curl] [--seconds 4] [--patch-mib 4] [--max-mib 128]
-# --delays are added round-trip times [ms], half each way. The payload per cell is sized to take
-# about --seconds at the link rate (at least 4 MiB, at most --max-mib).
+# What is uploaded: the real compressed chunks of a scan. `ctagent scan` (sim driver, the demo's
+# 16 x 512 protocol and codec settings, more rotations) runs once against the server; its chunk
+# files and manifest are taken from the server's store. Each cell uploads the first chunks of
+# that scan (about --seconds at the link rate, at most --max-mib) and their manifest, the way the
+# agent does: one tus upload per chunk, --parallel at a time, the manifest last. Three clients
+# upload those same bytes to the same server, one after another, in each cell (rate x delay):
+#   agent   the agent's Uploader (core::Uploader over a spool: journaling, PATCH size, TLS reuse)
+#   tusjs   the official tus-js-client, same uploads, same parallelism and PATCH size
+#   curl    the curl CLI: per upload one POST, then one PATCH with the whole file; same parallelism
+# plus the ceiling: curl inside "cloud" to the tus server directly over loopback, unshaped, one
+# upload of --max-mib. Prints a table; ratios are to min(link rate, ceiling) and to tus-js-client.
+#
+# Needs root (ip netns, tc), the build's ctagent, upload_bench and fault_proxy targets, and
+# `npm ci` in this folder. Usage:
+#   bench/upload/run.sh --build build/links-release [--rates 20,100,1000] [--delays 0,30,80]
+#        [--clients agent,tusjs,curl] [--seconds 4] [--patch-mib 4] [--max-mib 128] [--parallel N]
+#        [--repeat R] [--agent-spool DIR] [--agent-b UPLOAD_BENCH]
+# --delays are added round-trip times [ms], half each way. --repeat runs every client R times per
+# cell, interleaved (agent, tusjs, curl, agent, ...), and reports each client's median.
+# --agent-spool puts the agent's spool elsewhere (default: under /tmp, a real disk here; a tmpfs
+# shows what the journal's disk syncs cost). --agent-b adds a client "agentb": another build of
+# upload_bench (a variant to compare within one run); list it in --clients, read the "agent-b" column.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -28,6 +38,10 @@ clients="agent,tusjs,curl"
 seconds=4
 patch_mib=4
 max_mib=128
+parallel=""
+repeat=1
+agent_spool=""
+bench_exe_b=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --build) build=$2; shift 2 ;;
@@ -37,6 +51,10 @@ while [ $# -gt 0 ]; do
     --seconds) seconds=$2; shift 2 ;;
     --patch-mib) patch_mib=$2; shift 2 ;;
     --max-mib) max_mib=$2; shift 2 ;;
+    --parallel) parallel=$2; shift 2 ;;
+    --repeat) repeat=$2; shift 2 ;;
+    --agent-spool) agent_spool=$2; shift 2 ;;
+    --agent-b) bench_exe_b=$2; shift 2 ;;
     *) echo "run.sh: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
@@ -44,9 +62,12 @@ done
 build=$(cd "$build" && pwd)
 bench_exe=$build/bench/upload/upload_bench
 proxy_exe=$build/tests/support/fault_proxy/fault_proxy
-for f in "$bench_exe" "$proxy_exe"; do
-  [ -x "$f" ] || { echo "run.sh: $f missing; build it: cmake --build $build --target upload_bench fault_proxy" >&2; exit 2; }
+agent_exe=$build/agent/ctagent
+for f in "$bench_exe" "$proxy_exe" "$agent_exe"; do
+  [ -x "$f" ] || { echo "run.sh: $f missing; build it: cmake --build $build --target ctagent upload_bench fault_proxy" >&2; exit 2; }
 done
+# The agent's default parallelism unless told otherwise (config/config.hpp, cloud.parallel_uploads).
+[ -n "$parallel" ] || parallel=$(sed -n 's/.*parallel_uploads = \([0-9]*\);.*/\1/p' "$src/config/config.hpp")
 [ -d "$here/node_modules/tus-js-client" ] || case ",$clients," in *,tusjs,*)
   echo "run.sh: tus-js-client missing; run: (cd $here && npm ci)" >&2; exit 2 ;; esac
 
@@ -54,6 +75,7 @@ id=$$
 scan=bench-scan-$id
 cloud=bench-cloud-$id
 work=$(mktemp -d /tmp/ctagent-bench-upload.XXXXXX)
+[ -n "$agent_spool" ] || agent_spool=$work/agent-spool
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -112,56 +134,130 @@ wait_file "$work/proxy.port" "fault proxy"
 url=https://10.78.1.1:$(cat "$work/proxy.port")/files/
 patch_bytes=$((patch_mib * 1048576))
 
-payload() {  # $1 MiB -> file path
+# The scan: `ctagent scan` over the cloud's loopback (unshaped), then its chunks and manifest
+# are taken from the store. About --max-mib compressed (the demo protocol compresses to ~8.4 KiB
+# per view).
+views=$(( max_mib * 1048576 / 8400 / 720 * 720 + 720 ))
+cat > "$work/scan.json" <<CONF
+{
+  "terminal_id": "bench-upload",
+  "log_level": "warn",
+  "driver": { "name": "sim", "options": {} },
+  "scan": { "geometry": "parallel", "views_per_rotation": 720, "rotations": $(( views / 720 )), "rows": 16,
+            "channels": 512, "channel_pitch_mm": 0.8, "row_pitch_mm": 1.25, "rotation_time_s": 1.0,
+            "dose_fraction": 0.2, "unattenuated_counts": 60000, "sample_type": "uint16", "seed": 2021,
+            "real_time": false },
+  "study": { "patient_id": "BENCH-0001", "patient_name": "BENCH^UPLOAD", "study_description": "BENCH" },
+  "codec": { "zstd_level": 3, "filter": "predict", "views_per_chunk": 64, "threads": 2 },
+  "spool": { "directory": "$work/scan-spool", "max_bytes": "16 GiB", "min_free_bytes": 0 },
+  "cloud": { "upload_url": "https://127.0.0.1:$tus_port/files/", "tls": { "ca_file": "$pki/ca.pem" },
+             "parallel_uploads": 4 },
+  "results": { "enabled": false },
+  "console": { "enabled": false }
+}
+CONF
+ip netns exec "$cloud" "$agent_exe" scan --config "$work/scan.json" --quiet --no-results > "$work/scan.log" 2>&1 \
+  || { echo "run.sh: ctagent scan failed:" >&2; cat "$work/scan.log" >&2; exit 1; }
+mkdir -p "$work/scan"
+node -e '
+  const fs = require("fs"), path = require("path");
+  const [store, out] = process.argv.slice(1);
+  for (const f of fs.readdirSync(store).filter((f) => f.endsWith(".json"))) {
+    const md = JSON.parse(fs.readFileSync(path.join(store, f))).metadata || {};
+    const data = path.join(store, f.slice(0, -5));
+    if (md.kind === "chunk") fs.copyFileSync(data, path.join(out, String(md.chunk_index).padStart(6, "0") + ".ctc"));
+    if (md.kind === "manifest") fs.copyFileSync(data, path.join(out, "manifest-full.json"));
+  }' "$work/store" "$work/scan"
+rm -rf "$work/store"/* "$work/scan-spool"
+
+# A cell's payload: the first chunks of the scan worth at least $1 MiB, and a manifest listing them.
+cell_dir() {  # $1 MiB -> directory
+  local d=$work/cell-$1
+  if [ ! -d "$d" ]; then
+    mkdir -p "$d"
+    node -e '
+      const fs = require("fs"), path = require("path");
+      const [src, out, mib] = process.argv.slice(1);
+      const m = JSON.parse(fs.readFileSync(path.join(src, "manifest-full.json")));
+      const chunks = []; let n = 0;
+      for (const c of m.chunks) { if (n >= mib * 1048576) break; chunks.push(c); n += c.compressed_bytes; }
+      m.chunks = chunks;
+      m.views_acquired = chunks.reduce((v, c) => v + c.view_count, 0);
+      for (const c of chunks) { const f = String(c.index).padStart(6, "0") + ".ctc"; fs.symlinkSync(path.join(src, f), path.join(out, f)); }
+      fs.writeFileSync(path.join(out, "manifest.json"), JSON.stringify(m, null, 2));' "$work/scan" "$d" "$1"
+  fi
+  echo "$d"
+}
+
+payload_file() {  # $1 MiB -> file of random bytes (the ceiling's single upload)
   local f=$work/payload-$1.bin
   [ -f "$f" ] || head -c $(($1 * 1048576)) /dev/urandom > "$f"
   echo "$f"
 }
 
 now() { date +%s.%N; }
+mbits() { awk -v s="$1" -v b="$2" 'BEGIN { printf "%.1f", b * 8 / s / 1e6 }'; }
 
 # Each prints Mbit/s (or "fail").
-run_agent() {  # $1 file $2 ns $3 url
-  local out
-  out=$(ip netns exec "$2" "$bench_exe" --url "$3" --file "$1" --ca "$pki/ca.pem" --patch-bytes $patch_bytes 2>>"$work/clients.log") || { echo fail; return; }
-  local s b
-  s=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<<"$out"); b=$(sed -n 's/.*bytes=\([0-9]*\).*/\1/p' <<<"$out")
-  awk -v s="$s" -v b="$b" 'BEGIN { printf "%.1f", b * 8 / s / 1e6 }'
+run_agent() { run_agent_exe "$bench_exe" "$@"; }
+run_agentb() { run_agent_exe "$bench_exe_b" "$@"; }
+run_agent_exe() {  # $1 upload_bench $2 dir $3 ns $4 url
+  local exe=$1 out
+  shift
+  out=$(ip netns exec "$2" "$exe" --url "$3" --dir "$1" --ca "$pki/ca.pem" --patch-bytes $patch_bytes \
+        --parallel "$parallel"  --spool "$agent_spool" ${AGENT_LOG:+--log $AGENT_LOG} 2>>"$work/clients.log") || { echo fail; return; }
+  mbits "$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<<"$out")" "$(sed -n 's/.*bytes=\([0-9]*\).*/\1/p' <<<"$out")"
 }
 run_tusjs() {
   local out
-  out=$(cd "$here" && ip netns exec "$2" env NODE_EXTRA_CA_CERTS="$pki/ca.pem" node tus_js_upload.mjs "$3" "$1" $patch_bytes 2>>"$work/clients.log") || { echo fail; return; }
-  local s b
-  s=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<<"$out"); b=$(sed -n 's/.*bytes=\([0-9]*\).*/\1/p' <<<"$out")
-  awk -v s="$s" -v b="$b" 'BEGIN { printf "%.1f", b * 8 / s / 1e6 }'
+  out=$(cd "$here" && ip netns exec "$2" env NODE_EXTRA_CA_CERTS="$pki/ca.pem" node tus_js_upload.mjs "$3" "$1" \
+        $patch_bytes "$parallel" 2>>"$work/clients.log") || { echo fail; return; }
+  mbits "$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<<"$out")" "$(sed -n 's/.*bytes=\([0-9]*\).*/\1/p' <<<"$out")"
 }
-run_curl() {
-  local size t0 loc t1
-  size=$(stat -c %s "$1")
-  t0=$(now)
+# One file: POST, then one PATCH with the whole file. Exit status non-zero on failure.
+curl_one() {  # $1 file $2 ns $3 url
+  local size loc
+  size=$(stat -L -c %s "$1")
   loc=$(ip netns exec "$2" curl -sS --cacert "$pki/ca.pem" -X POST -H 'Tus-Resumable: 1.0.0' -H "Upload-Length: $size" \
         -o /dev/null -D - "$3" 2>>"$work/clients.log" | tr -d '\r' | sed -n 's/^[Ll]ocation: *//p')
-  [ -n "$loc" ] || { echo fail; return; }
+  [ -n "$loc" ] || return 1
   case "$loc" in http*) ;; *) loc="${3%%/files/*}$loc" ;; esac
   ip netns exec "$2" curl -sS --cacert "$pki/ca.pem" -X PATCH -H 'Tus-Resumable: 1.0.0' -H 'Upload-Offset: 0' \
-    -H 'Content-Type: application/offset+octet-stream' -H 'Expect:' -T "$1" -o /dev/null "$loc" 2>>"$work/clients.log" \
-    || { echo fail; return; }
+    -H 'Content-Type: application/offset+octet-stream' -H 'Expect:' -T "$1" -o /dev/null "$loc" 2>>"$work/clients.log"
+}
+export -f curl_one
+export pki work
+run_curl() {  # $1 dir $2 ns $3 url
+  local t0 t1 bytes
+  bytes=$(cat "$1"/*.ctc "$1/manifest.json" | wc -c)
+  t0=$(now)
+  ls "$1"/*.ctc | xargs -P "$parallel" -I{} bash -c 'curl_one "$1" "$2" "$3"' _ {} "$2" "$3" || { echo fail; return; }
+  curl_one "$1/manifest.json" "$2" "$3" || { echo fail; return; }
   t1=$(now)
-  awk -v a="$t0" -v b="$t1" -v n="$size" 'BEGIN { printf "%.1f", n * 8 / (b - a) / 1e6 }'
+  mbits "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" "$bytes"
 }
 
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (v[1] == "fail") print "fail"; else print v[int((NR + 1) / 2)] }'; }
+
 # The ceiling: curl to the server over the cloud's own loopback (no link, no proxy).
-ceiling_file=$(payload "$max_mib")
-ceiling=$(run_curl "$ceiling_file" "$cloud" "https://127.0.0.1:$tus_port/files/")
-echo "ceiling (curl over loopback, $max_mib MiB): $ceiling Mbit/s"
+ceiling_file=$(payload_file "$max_mib")
+t0=$(now)
+if curl_one "$ceiling_file" "$cloud" "https://127.0.0.1:$tus_port/files/"; then
+  ceiling=$(mbits "$(awk -v a="$t0" -v b="$(now)" 'BEGIN { print b - a }')" $((max_mib * 1048576)))
+else
+  ceiling=fail
+fi
+echo "ceiling (curl over loopback, $max_mib MiB): $ceiling Mbit/s; parallel uploads $parallel, PATCH $patch_mib MiB, repeat $repeat; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 rm -rf "$work/store"/*
 
 IFS=, read -r -a rate_list <<<"$rates"
 IFS=, read -r -a delay_list <<<"$delays"
 IFS=, read -r -a client_list <<<"$clients"
 
-printf '\n| link Mbit/s | added RTT ms | MiB | agent Mbit/s | tus-js Mbit/s | curl Mbit/s | agent/cap | tus-js/cap | curl/cap | agent/tus-js |\n'
-printf '|---|---|---|---|---|---|---|---|---|---|\n'
+bcol=""; bsep=""
+[ -z "$bench_exe_b" ] || { bcol=" agent-b Mbit/s | agent-b/cap |"; bsep="---|---|"; }
+printf '\n| link Mbit/s | added RTT ms | MiB | chunks | agent Mbit/s | tus-js Mbit/s | curl Mbit/s | agent/cap | tus-js/cap | curl/cap | agent/tus-js |%s load |\n' "$bcol"
+printf '|---|---|---|---|---|---|---|---|---|---|---|%s---|\n' "$bsep"
 for rate in "${rate_list[@]}"; do
   burst=$(( rate * 1000000 / 8 / 100 ))  # 10 ms of the rate
   [ $burst -ge 32768 ] || burst=32768
@@ -169,23 +265,30 @@ for rate in "${rate_list[@]}"; do
   mib=$(( rate * seconds / 8 ))
   [ $mib -ge 4 ] || mib=4
   [ $mib -le "$max_mib" ] || mib=$max_mib
-  file=$(payload $mib)
+  dir=$(cell_dir $mib)
+  nchunks=$(ls "$dir"/*.ctc | wc -l)
+  cell_mib=$(cat "$dir"/*.ctc | wc -c | awk '{ printf "%.1f", $1 / 1048576 }')
   for delay in "${delay_list[@]}"; do
     half=$(( delay / 2 ))
     printf 'latency_up_ms=%s\nlatency_down_ms=%s\n# cell %s %s\n' $half $((delay - half)) "$rate" "$delay" > "$work/proxy.control.tmp"
     mv "$work/proxy.control.tmp" "$work/proxy.control"
     sleep 0.2
     declare -A got=()
-    for c in "${client_list[@]}"; do
-      got[$c]=$(run_"$c" "$file" "$scan" "$url")
-      rm -rf "$work/store"/*
+    for _ in $(seq 1 "$repeat"); do
+      for c in "${client_list[@]}"; do
+        got[$c]="${got[$c]:-} $(run_"$c" "$dir" "$scan" "$url")"
+        rm -rf "$work/store"/*
+      done
     done
+    for c in "${client_list[@]}"; do got[$c]=$(median <<<"${got[$c]}"); done
     cap=$(awk -v r="$rate" -v c="$ceiling" 'BEGIN { if (c == "fail" || c + 0 > r) print r; else print c }')
-    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "fail" || b == "fail" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
-    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$rate" "$delay" "$mib" \
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "fail" || b == "fail" || a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
+    bval=""
+    [ -z "$bench_exe_b" ] || bval=" ${got[agentb]:--} | $(ratio "${got[agentb]:-}" "$cap") |"
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |%s %s |\n' "$rate" "$delay" "$cell_mib" "$nchunks" \
       "${got[agent]:--}" "${got[tusjs]:--}" "${got[curl]:--}" \
       "$(ratio "${got[agent]:-}" "$cap")" "$(ratio "${got[tusjs]:-}" "$cap")" "$(ratio "${got[curl]:-}" "$cap")" \
-      "$(ratio "${got[agent]:-}" "${got[tusjs]:-}")"
+      "$(ratio "${got[agent]:-}" "${got[tusjs]:-}")" "$bval" "$(cut -d' ' -f1 /proc/loadavg)"
     unset got
   done
 done

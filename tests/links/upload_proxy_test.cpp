@@ -1,7 +1,7 @@
 // The real uploader path through the fault proxy: `ctagent scan` (sim driver) uploads to the
 // real tus server over HTTPS via tests/support/fault_proxy, which stalls or resets the
 // connection mid-PATCH. Asserts the scan arrives bit-exact, the stall is detected within the
-// configured stall timeout (plus libcurl's speed-averaging window, see below), and the bytes the
+// configured stall timeout (plus 1.5 s, see below), and the bytes the
 // server had to receive again stay within one in-flight request per interrupted upload (so the
 // upload resumed from the server's offset, not from zero). Prints the figures.
 #include <catch2/catch.hpp>
@@ -21,10 +21,10 @@ constexpr std::uint32_t kStallTimeoutS = 2;
 // Small requests (the smallest the config allows), so a fault lands in a PATCH most of the time
 // and a restart from zero (about 330 KB per chunk) would exceed the bound below.
 constexpr std::uint64_t kPatchBytes = 65536;
-// libcurl's low-speed check (how the transport detects a stall) averages the transfer speed over
-// the last ~5 s, so an abrupt stall is detected up to ~6 s after the stall timeout would say.
-// Tighten to 1500 when the transport measures the time since the last byte moved.
-constexpr std::int64_t kStallDetectionSlackMs = 6000 + 1500;
+// The transport checks the time since a byte last moved about once a second; the rest of the
+// margin covers the kernel buffers that still absorb bytes after the proxy went silent, and
+// scheduling on a loaded machine.
+constexpr std::int64_t kStallDetectionSlackMs = 1500;
 // TLS handshakes, HEAD and POST requests of the retried attempts: generous, still far below a
 // PATCH's worth.
 constexpr std::uint64_t kOverheadPerRetry = 16 * 1024;
@@ -92,7 +92,7 @@ TEST_CASE("upload via proxy: a stalled PATCH is detected within the stall timeou
               static_cast<unsigned long long>(stalled.up_bytes), static_cast<long long>(extra), uploads_hit,
               static_cast<long long>(detected_after_ms), kStallTimeoutS);
   // Never before the stall timeout (a slow but moving transfer is not a stall); within the
-  // timeout plus libcurl's averaging window.
+  // timeout plus the margin.
   CHECK(detected_after_ms >= static_cast<std::int64_t>(kStallTimeoutS) * 1000 - 1000);
   CHECK(detected_after_ms <= static_cast<std::int64_t>(kStallTimeoutS) * 1000 + kStallDetectionSlackMs);
   // Nothing the server kept is sent again beyond the interrupted requests.

@@ -106,7 +106,9 @@ class FakeLinks : public core::LinkProvider {
     out.source_address = "127.0.0.1";
     out.before_send = [this, lease](std::size_t bytes) {
       std::lock_guard inner(mutex_);
-      if (lease == 0 && paced_[0] + bytes > revoke_after_) return false;
+      // The first lease that carries body bytes is revoked after revoke_after_ of them.
+      if (!sending_lease_) sending_lease_ = lease;
+      if (lease == *sending_lease_ && paced_[lease] + bytes > revoke_after_) return false;
       paced_[lease] += bytes;
       return true;
     };
@@ -129,6 +131,7 @@ class FakeLinks : public core::LinkProvider {
  private:
   std::mutex mutex_;
   std::size_t revoke_after_;
+  std::optional<std::size_t> sending_lease_;
   std::vector<std::size_t> paced_;
   std::vector<std::pair<std::string, ErrorKind>> reports_;
   std::vector<bool> report_ok_;
@@ -219,14 +222,16 @@ TEST_CASE("uploader: a lease revoked mid-PATCH aborts it, and the next lease res
   CHECK(f.fake.Count("POST") == 1);
   CHECK(f.fake.Count("HEAD") == 1);  // the resume asked the server's offset
 
+  // One lease per stage: the creation (POST, no body), the PATCHes, the resume.
   const auto paced = links.paced();
-  REQUIRE(paced.size() == 2);
-  // First lease: whole 64 KiB blocks until the one that would cross 200000 bytes was refused;
-  // the server kept the completed PATCHes.
+  REQUIRE(paced.size() == 3);
+  CHECK(paced[0] == 0);
+  // The PATCH lease: whole 64 KiB blocks until the one that would cross 200000 bytes was
+  // refused; the server kept the completed PATCHes.
   const std::size_t kept = 3 * 64 * 1024;
-  CHECK(paced[0] <= 200000);
-  // Second lease: exactly the bytes the server did not have; nothing was sent twice.
-  CHECK(paced[1] == f.chunk.size() - kept);
-  CHECK(links.report_ok() == std::vector<bool>{false, true});
+  CHECK(paced[1] <= 200000);
+  // The resume: exactly the bytes the server did not have; nothing was sent twice.
+  CHECK(paced[2] == f.chunk.size() - kept);
+  CHECK(links.report_ok() == std::vector<bool>{true, false, true});
   CHECK(uploader.counters().retries == 1);
 }

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <chrono>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -73,6 +74,14 @@ struct Transfer {
   std::size_t body_sent = 0;
   const std::function<bool(std::size_t)>* before_send = nullptr;
   bool send_refused = false;
+  // Stall detection: the time any byte last moved (either direction), and the counters seen
+  // then. curl's own low-speed check averages over ~5 s and so fires seconds late; this fires
+  // once nothing at all moved for stall_timeout (checked at each progress call, >= 1/s).
+  std::chrono::steady_clock::duration stall_timeout{};
+  std::chrono::steady_clock::time_point last_motion = std::chrono::steady_clock::now();
+  curl_off_t seen_down = 0;
+  curl_off_t seen_up = 0;
+  bool stalled = false;
 };
 
 size_t OnRead(char* buffer, size_t size, size_t count, void* user) {
@@ -83,6 +92,8 @@ size_t OnRead(char* buffer, size_t size, size_t count, void* user) {
     transfer->send_refused = true;
     return CURL_READFUNC_ABORT;
   }
+  // Time spent waiting in the pacer (a link's bandwidth cap) is ours, not the network's.
+  transfer->last_motion = std::chrono::steady_clock::now();
   std::memcpy(buffer, transfer->body.data() + transfer->body_sent, n);
   transfer->body_sent += n;
   return n;
@@ -127,11 +138,20 @@ size_t OnHeader(char* data, size_t size, size_t count, void* user) {
   return n;
 }
 
-int OnProgress(void* user, curl_off_t /*dltotal*/, curl_off_t /*dlnow*/, curl_off_t /*ultotal*/, curl_off_t ulnow) {
+int OnProgress(void* user, curl_off_t /*dltotal*/, curl_off_t dlnow, curl_off_t /*ultotal*/, curl_off_t ulnow) {
   auto* transfer = static_cast<Transfer*>(user);
   if (transfer->on_upload_progress != nullptr && *transfer->on_upload_progress && ulnow != transfer->last_reported_upload) {
     transfer->last_reported_upload = ulnow;
     (*transfer->on_upload_progress)(static_cast<std::uint64_t>(ulnow));
+  }
+  const auto now = std::chrono::steady_clock::now();
+  if (dlnow != transfer->seen_down || ulnow != transfer->seen_up) {
+    transfer->seen_down = dlnow;
+    transfer->seen_up = ulnow;
+    transfer->last_motion = now;
+  } else if (transfer->stall_timeout.count() > 0 && now - transfer->last_motion >= transfer->stall_timeout) {
+    transfer->stalled = true;
+    return 1;  // aborts the transfer with CURLE_ABORTED_BY_CALLBACK
   }
   return 0;
 }
@@ -392,6 +412,11 @@ struct HttpClient::Impl {
         return Fail(FailureClass::kLocal, ErrorKind::kInvalidInput, "invalid URL " + url + " (" + detail + ")");
       case CURLE_ABORTED_BY_CALLBACK:
       case CURLE_READ_ERROR:
+        if (transfer.stalled) {
+          return Fail(FailureClass::kStall, ErrorKind::kNetwork,
+                      "transfer with " + url + " stalled: no progress for " + std::to_string(options.stall_timeout_s) +
+                          " s (no byte sent or received); will retry");
+        }
         if (transfer.send_refused) {
           return Fail(FailureClass::kLinkDown, ErrorKind::kCancelled,
                       "request to " + url + " was cancelled after " + std::to_string(transfer.body_sent) +
@@ -457,6 +482,7 @@ Expected<HttpResponse> HttpClient::Perform(const HttpRequest& request, std::uint
   transfer.on_upload_progress = &request.on_upload_progress;
   transfer.body = request.body;
   transfer.before_send = &request.before_send;
+  transfer.stall_timeout = std::chrono::seconds(impl.options.stall_timeout_s);
 
   CurlHeaders headers;
   bool headers_ok = true;
@@ -513,8 +539,8 @@ Expected<HttpResponse> HttpClient::Perform(const HttpRequest& request, std::uint
   }
 
   curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT, static_cast<long>(impl.options.connect_timeout_s));
-  curl_easy_setopt(easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
-  curl_easy_setopt(easy, CURLOPT_LOW_SPEED_TIME, static_cast<long>(impl.options.stall_timeout_s));
+  // Stalls are detected in OnProgress (no byte moved for stall_timeout_s), not by curl's
+  // low-speed check, which averages over ~5 s and so reports an abrupt stall seconds late.
   if (impl.options.request_timeout_s > 0) {
     curl_easy_setopt(easy, CURLOPT_TIMEOUT, static_cast<long>(impl.options.request_timeout_s));
   }
