@@ -3,7 +3,22 @@
 #include <algorithm>
 #include <utility>
 
+#include "agent/common/sha256.hpp"
+
 namespace ctagent::codec {
+
+ManifestChunk DescribeEncoded(const RawChunk& raw, std::span<const std::uint8_t> encoded) {
+  ManifestChunk mc;
+  mc.index = raw.info.chunk_index;
+  mc.first_view = raw.info.FirstView();
+  mc.view_count = static_cast<std::uint32_t>(raw.info.views.size());
+  mc.raw_bytes = raw.samples.size();
+  mc.compressed_bytes = encoded.size();
+  auto header = ParseChunkHeader(encoded);
+  mc.raw_sha256 = header ? header->raw_sha256 : Sha256Hex(raw.samples);
+  mc.sha256 = Sha256Hex(encoded);
+  return mc;
+}
 
 ChunkStage::ChunkStage(ChunkStageOptions options, StoreFunction store, EncodeFunction encode)
     : options_(options), store_(std::move(store)), encode_(std::move(encode)) {

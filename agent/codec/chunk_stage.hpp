@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "agent/codec/chunk.hpp"
+#include "agent/codec/manifest.hpp"
 #include "agent/common/error.hpp"
 #include "drivers/detector.hpp"
 
@@ -37,8 +38,14 @@ struct RawChunk {
 using EncodeFunction =
     std::function<Expected<std::vector<std::uint8_t>>(const ChunkInfo&, std::span<const std::uint8_t>, const EncodeOptions&)>;
 // Receives every chunk once, encoded or with the reason it could not be, on a worker thread,
-// in no particular order. Stores it (the agent: in the spool) before returning.
+// in no particular order. Stores it before returning (the agent: writes the chunk file and
+// queues it for the spool's next batch sync, agent/spool/batched_ingest.hpp; the fsyncs run on
+// the batch's own thread, so a worker is not held up by them).
 using StoreFunction = std::function<void(const RawChunk& raw, Expected<std::vector<std::uint8_t>> encoded)>;
+
+// The manifest entry of an encoded chunk: index, view range, sizes and both SHA-256 (the raw
+// one taken from the sealed header EncodeChunk wrote, so the samples are not hashed twice).
+ManifestChunk DescribeEncoded(const RawChunk& raw, std::span<const std::uint8_t> encoded);
 
 struct ChunkStageOptions {
   std::uint32_t views_per_chunk = 64;

@@ -134,8 +134,8 @@ Status PosixFileStore::WriteDurably(const std::filesystem::path& path, std::span
   auto created = CreateWithBytes(tmp, bytes);
   if (!created) return MakeError(created.error());
   const int fd = *created;
-  BeforeMutation();
-  if (::fsync(fd) != 0) {
+  if (durable()) BeforeMutation();
+  if (durable() && ::fsync(fd) != 0) {
     const int err = errno;
     ::close(fd);
     ::unlink(tmp.c_str());
@@ -148,7 +148,7 @@ Status PosixFileStore::WriteDurably(const std::filesystem::path& path, std::span
     ::unlink(tmp.c_str());
     return ErrnoError("cannot rename into place", path, err);
   }
-  return FsyncDirectory(path.parent_path());
+  return durable() ? FsyncDirectory(path.parent_path()) : Ok();
 }
 
 Expected<std::vector<std::uint8_t>> PosixFileStore::ReadAll(const std::filesystem::path& path,
@@ -205,9 +205,10 @@ Status PosixFileStore::CreateDirectories(const std::filesystem::path& path) {
   for (const auto& dir : missing) {
     BeforeMutation();
     if (::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) return ErrnoError("cannot create directory", dir, errno);
+    if (!durable()) continue;
     if (auto st = FsyncDirectory(dir.parent_path()); !st) return st;
   }
-  return FsyncDirectory(path);
+  return durable() ? FsyncDirectory(path) : Ok();
 }
 
 Status PosixFileStore::Remove(const std::filesystem::path& path) {
@@ -215,7 +216,7 @@ Status PosixFileStore::Remove(const std::filesystem::path& path) {
   BeforeMutation();
   std::filesystem::remove_all(path, ec);
   if (ec) return MakeError(ErrorKind::kIo, "cannot remove " + path.string() + ": " + ec.message());
-  return FsyncDirectory(path.parent_path());
+  return durable() ? FsyncDirectory(path.parent_path()) : Ok();
 }
 
 Status PosixFileStore::AppendDurably(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) {
@@ -225,9 +226,9 @@ Status PosixFileStore::AppendDurably(const std::filesystem::path& path, std::spa
     ::close(fd);
     return st;
   }
-  BeforeMutation();
+  if (durable()) BeforeMutation();
   // fdatasync: the size change is data-relevant metadata, so it is synced too.
-  if (::fdatasync(fd) != 0) {
+  if (durable() && ::fdatasync(fd) != 0) {
     const int err = errno;
     ::close(fd);
     return ErrnoError("cannot fsync", path, err);
@@ -246,8 +247,8 @@ Status PosixFileStore::Truncate(const std::filesystem::path& path, std::uint64_t
     ::close(fd);
     return ErrnoError("cannot truncate", path, err);
   }
-  BeforeMutation();
-  if (::fsync(fd) != 0) {
+  if (durable()) BeforeMutation();
+  if (durable() && ::fsync(fd) != 0) {
     const int err = errno;
     ::close(fd);
     return ErrnoError("cannot fsync", path, err);
@@ -309,23 +310,31 @@ Status PosixFileStore::WriteUnsynced(const std::filesystem::path& path, std::spa
   BeforeMutation();
   auto fd = CreateWithBytes(path, bytes);
   if (!fd) return MakeError(fd.error());
+  // Start the writeback now, while the batch fills: the batch's fdatasync then mostly waits for
+  // I/O already under way instead of starting all of it at once. Best effort, and no
+  // durability by itself (it writes no metadata and flushes no cache): not a counted operation.
+  if (durable()) (void)::sync_file_range(*fd, 0, 0, SYNC_FILE_RANGE_WRITE);
   if (::close(*fd) != 0) return ErrnoError("cannot close", path, errno);
   return Ok();
 }
 
 Status PosixFileStore::SyncBatch(const std::vector<std::filesystem::path>& files,
                                  const std::vector<std::filesystem::path>& directories) {
-  const std::filesystem::path anchor = !directories.empty() ? directories.front()
-                                       : !files.empty()     ? files.front().parent_path()
-                                                            : std::filesystem::path();
-  if (anchor.empty()) return Ok();
-  const int fd = ::open(anchor.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return ErrnoError("cannot open directory", anchor, errno);
-  BeforeMutation();
-  const int rc = ::syncfs(fd);
-  const int err = errno;
-  ::close(fd);
-  if (rc != 0) return ErrnoError("cannot sync the file system of", anchor, err);
+  if (!durable()) return Ok();
+  // The data of every file first (fdatasync also syncs the size, which reading it back needs),
+  // then the directories, so an entry never becomes durable before the data it names.
+  for (const auto& path : files) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return ErrnoError("cannot open for syncing", path, errno);
+    BeforeMutation();
+    const int rc = ::fdatasync(fd);
+    const int err = errno;
+    ::close(fd);
+    if (rc != 0) return ErrnoError("cannot fdatasync", path, err);
+  }
+  for (const auto& dir : directories) {
+    if (auto st = FsyncDirectory(dir); !st) return st;
+  }
   return Ok();
 }
 

@@ -52,8 +52,10 @@ class FileStore {
   virtual Expected<std::uint64_t> FreeBytes(const std::filesystem::path& path);
 
   // Batched durability: WriteUnsynced creates or replaces `path` without syncing anything
-  // (after a crash it may be missing or torn); SyncBatch then makes the contents of `files`
-  // and the entries of `directories` durable in one go (one flush instead of three per file).
+  // (after a crash it may be missing, empty or torn) and may start writing it back early;
+  // SyncBatch then makes the contents of `files` and the entries of `directories` durable
+  // (each file's data synced, then each directory), so a batch costs a few flushes, not three
+  // per file. Only after SyncBatch returned OK may anything refer to those files durably.
   virtual Status WriteUnsynced(const std::filesystem::path& path, std::span<const std::uint8_t> bytes);
   virtual Status SyncBatch(const std::vector<std::filesystem::path>& files,
                            const std::vector<std::filesystem::path>& directories);
@@ -69,6 +71,12 @@ class FileStore {
 // They exist for the process-kill soak harness (docs/durability.md); unset, they cost one branch.
 class PosixFileStore final : public FileStore {
  public:
+  // Whether anything is ever flushed to stable storage. kNone is for benches and tests that
+  // measure what syncing costs (bench/spool): every fsync, fdatasync, directory fsync and
+  // early writeback is skipped, so nothing it writes survives a power cut. Never configurable.
+  enum class Sync { kDurable, kNone };
+  explicit PosixFileStore(Sync sync = Sync::kDurable) : sync_(sync) {}
+
   Status WriteDurably(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) override;
   Expected<std::vector<std::uint8_t>> ReadAll(const std::filesystem::path& path,
                                               std::uint64_t max_bytes) override;
@@ -80,11 +88,17 @@ class PosixFileStore final : public FileStore {
                                                 std::uint64_t max_bytes) override;
   Expected<std::vector<DirEntry>> List(const std::filesystem::path& directory) override;
   Expected<std::uint64_t> FreeBytes(const std::filesystem::path& path) override;
+  // Writes, then asks the kernel to start writing the pages back (sync_file_range
+  // SYNC_FILE_RANGE_WRITE, no durability by itself), so the batch's fdatasync finds little to do.
   Status WriteUnsynced(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) override;
-  // One syncfs(2) of the file system holding the first directory: every dirty file and entry
-  // on it, ours included, reaches stable storage with one cache flush.
+  // fdatasync of each file, then fsync of each directory: only our files, not the whole file
+  // system (syncfs would also flush every other program's dirty data).
   Status SyncBatch(const std::vector<std::filesystem::path>& files,
                    const std::vector<std::filesystem::path>& directories) override;
+
+ private:
+  bool durable() const { return sync_ == Sync::kDurable; }
+  Sync sync_;
 };
 
 inline std::span<const std::uint8_t> AsBytes(const std::string& text) {

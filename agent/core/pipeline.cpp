@@ -12,13 +12,13 @@
 #include "agent/codec/manifest.hpp"
 #include "agent/common/clock.hpp"
 #include "agent/common/log.hpp"
-#include "agent/common/sha256.hpp"
 #include "agent/common/uid.hpp"
 #include "agent/core/agent.hpp"
 #include "agent/core/http_options.hpp"
 #include "agent/core/links.hpp"
 #include "agent/core/results_fetch.hpp"
 #include "agent/core/uploader.hpp"
+#include "agent/spool/batched_ingest.hpp"
 #include "drivers/detector.hpp"
 
 namespace ctagent::core {
@@ -39,6 +39,8 @@ struct Agent::Run {
   Progress* progress;
   std::unique_ptr<Uploader> uploader;
   std::unique_ptr<ResultsFetcher> results;
+  // Declared before the chunk stage, whose workers feed it: destroyed after them.
+  std::unique_ptr<spool::BatchedIngest> ingest;
   std::unique_ptr<codec::ChunkStage> chunk_stage;
   drivers::Detector* detector = nullptr;  // aborted when the spool cannot take more chunks
 
@@ -290,6 +292,27 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress) {
   // Compression and spool writes run on the chunk stage's threads (agent/codec/chunk_stage.hpp):
   // the acquisition thread only queues raw chunks, and when the workers fall behind the queue's
   // bound, chunks go to a cheap encoder thread instead, so NextView() is never held up by them.
+  // The workers write chunk files unsynced; the batch's sync thread makes them durable several
+  // MiB at a time (agent/spool/batched_ingest.hpp) and only then reports them stored, which
+  // starts their upload: nothing is uploaded or counted before it is on stable storage.
+  spool::BatchOptions batch_options;
+  batch_options.batch_bytes = config_.spool.sync_batch_bytes;
+  batch_options.interval = std::chrono::milliseconds(config_.spool.sync_interval_ms);
+  run->ingest = std::make_unique<spool::BatchedIngest>(*spool_, batch_options, [r = run.get()](const spool::Spool::SyncedBatch& batch) {
+    std::vector<Expected<codec::ManifestChunk>> results;
+    for (const auto& [uid, chunk] : batch.chunks) {
+      if (uid != r->scan_uid) continue;
+      if (batch.status) {
+        results.emplace_back(chunk);
+      } else {
+        results.emplace_back(MakeError(batch.status.error()));
+      }
+    }
+    boost::asio::post(r->io, [r, results = std::move(results)] {
+      for (const auto& result : results) r->OnChunkStored(result);
+      r->MaybeWriteManifest();
+    });
+  });
   codec::ChunkStageOptions stage_options;
   stage_options.views_per_chunk = config_.codec.views_per_chunk;
   stage_options.threads = config_.codec.threads;
@@ -297,25 +320,16 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress) {
   stage_options.encode = {*filter, config_.codec.zstd_level};
   run->chunk_stage = std::make_unique<codec::ChunkStage>(
       stage_options, [r = run.get()](const codec::RawChunk& raw, Expected<std::vector<std::uint8_t>> bytes) {
-        Expected<codec::ManifestChunk> result = MakeError(ErrorKind::kInternal, "not run");
+        Status st = Ok();
         if (!bytes) {
-          result = MakeError(bytes.error());
+          st = MakeError(bytes.error());
         } else {
-          codec::ManifestChunk mc;
-          mc.index = raw.info.chunk_index;
-          mc.first_view = raw.info.FirstView();
-          mc.view_count = static_cast<std::uint32_t>(raw.info.views.size());
-          mc.raw_bytes = raw.samples.size();
-          mc.compressed_bytes = bytes->size();
-          // EncodeChunk hashed the samples already; the sealed header carries that hash.
-          auto header = codec::ParseChunkHeader(*bytes);
-          mc.raw_sha256 = header ? header->raw_sha256 : Sha256Hex(raw.samples);
-          mc.sha256 = Sha256Hex(*bytes);
-          auto st = r->spool.AddChunk(r->scan_uid, mc, *bytes);
-          result = st ? Expected<codec::ManifestChunk>(mc) : Expected<codec::ManifestChunk>(MakeError(st.error()));
+          // Stored means queued for the next batch sync; the batch reports it (above).
+          st = r->ingest->Add(r->scan_uid, codec::DescribeEncoded(raw, *bytes), *bytes);
         }
-        boost::asio::post(r->io, [r, result] {
-          r->OnChunkStored(result);
+        if (st) return;
+        boost::asio::post(r->io, [r, error = Expected<codec::ManifestChunk>(MakeError(st.error()))] {
+          r->OnChunkStored(error);
           r->MaybeWriteManifest();
         });
       });
@@ -331,6 +345,16 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress) {
     info.descriptor = drivers::ToJson(protocol);
     auto acquired = r.chunk_stage->Acquire(*det, protocol, info, r.progress ? &r.progress->views_acquired : nullptr);
     if (!acquired.incomplete_reason.empty()) log::Error("scan", "scan " + r.scan_uid + ": " + acquired.incomplete_reason);
+    // Scan end: every chunk compressed and written, then the last batch synced, so every chunk
+    // is reported (stored or not) before acquisition is reported done and the manifest written.
+    r.chunk_stage->Drain();
+    r.ingest->Flush();
+    const auto synced = r.ingest->counters();
+    log::Info("scan", "scan " + r.scan_uid + ": " + std::to_string(synced.chunks) + " chunks (" +
+                          std::to_string(synced.bytes >> 20) + " MiB) made durable in " +
+                          std::to_string(synced.batches) + " batch syncs, longest " +
+                          std::to_string(static_cast<int>(synced.max_sync_seconds * 1000)) + " ms" +
+                          (synced.failed_batches > 0 ? ", " + std::to_string(synced.failed_batches) + " failed" : ""));
     const auto counters = r.chunk_stage->counters();
     if (counters.overflow_chunks > 0 || counters.stalls > 0) {
       log::Warn("scan", "scan " + r.scan_uid + ": compression fell behind acquisition; " +
@@ -354,6 +378,7 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress) {
   if (!run->acquisition_done) (*detector)->Abort();
   acquisition.join();
   run->chunk_stage->Drain();
+  run->ingest.reset();  // flushes what is left; its reports go to the stopped loop and are dropped
   run->uploader->Stop();
   if (run->results) run->results->Stop();
   {

@@ -301,33 +301,43 @@ Status SimulatedDisk::WriteUnsynced(const std::filesystem::path& path, std::span
   std::lock_guard lock(mutex_);
   const std::string p = Norm(path);
   const std::string dir = Parent(p);
-  if (auto st = Step(); !st) return st;  // create + write
+  // Two steps, as on a real disk: the create (an unsynced entry naming an empty file), then the
+  // write (unsynced contents). Early writeback (sync_file_range) promises nothing, so it is not
+  // modelled: at a crash the contents are dropped, kept or torn like any unsynced write.
+  if (auto st = Step(); !st) return st;  // create
   if (!DirExists(dir)) return MakeError(ErrorKind::kNotFound, "cannot create " + p + ": no such directory");
+  auto existing = Lookup(p);
+  if (existing && existing->is_directory) return MakeError(ErrorKind::kIo, "cannot create " + p + ": a directory");
+  if (!existing) {
+    const std::uint64_t id = next_inode_++;
+    inodes_[id];
+    Change(dir, {{Name(p), Entry{false, id}}});
+    existing = Entry{false, id};
+  } else {
+    inodes_.at(existing->inode).current.clear();  // O_TRUNC
+  }
+  if (auto st = Step(); !st) return st;  // write
   if (no_space_ || UsedBytes() + bytes.size() > capacity_bytes_) {
     return MakeError(ErrorKind::kNoSpace, "cannot write " + p + ": No space left on device");
   }
-  const auto existing = Lookup(p);
-  if (existing && !existing->is_directory) {
-    inodes_.at(existing->inode).current.assign(bytes.begin(), bytes.end());
-    return Ok();
-  }
-  const std::uint64_t id = next_inode_++;
-  inodes_[id].current.assign(bytes.begin(), bytes.end());
-  Change(dir, {{Name(p), Entry{false, id}}});
+  inodes_.at(existing->inode).current.assign(bytes.begin(), bytes.end());
   return Ok();
 }
 
 Status SimulatedDisk::SyncBatch(const std::vector<std::filesystem::path>& files,
                                 const std::vector<std::filesystem::path>& directories) {
   std::lock_guard lock(mutex_);
-  if (auto st = Step(); !st) return st;  // one syncfs
+  if (crashed_) return Crashed();
+  // One step per fdatasync and per directory fsync, so a crash can land between any two.
   for (const auto& f : files) {
-    if (const auto e = Lookup(f); e && !e->is_directory) inodes_.at(e->inode).synced = inodes_.at(e->inode).current;
+    const auto e = Lookup(f);
+    if (!e || e->is_directory) return MakeError(ErrorKind::kNotFound, "cannot open for syncing " + Norm(f));
+    if (auto st = Step(); !st) return st;
+    inodes_.at(e->inode).synced = inodes_.at(e->inode).current;
   }
   for (const auto& d : directories) {
-    Dir& dir = dirs_[Norm(d)];
-    dir.synced = dir.live;
-    dir.pending.clear();
+    if (!DirExists(Norm(d))) return MakeError(ErrorKind::kNotFound, "cannot open directory " + Norm(d));
+    if (auto st = SyncDir(Norm(d)); !st) return st;
   }
   return Ok();
 }

@@ -753,14 +753,12 @@ Status Spool::AddChunkDeferred(const std::string& scan_uid, const codec::Manifes
     const bool queued = std::any_of(pending_.begin(), pending_.end(), [&](const PendingChunk& p) {
       return p.scan_uid == scan_uid && p.record.chunk.index == chunk.index;
     });
-    if (queued) return MakeError(ErrorKind::kInvalidInput, "chunk " + std::to_string(chunk.index) + " of scan " +
-                                                               scan_uid + " is already queued");
-    // Never overwrite a durable, recorded file with unsynced bytes: replace it atomically.
-    if (recorded) {
-      mutex_.unlock();
-      auto st = AddChunk(scan_uid, chunk, bytes);
-      mutex_.lock();
-      return st;
+    // Never overwrite a durable, recorded file with unsynced bytes (a crash could tear it), and
+    // never let one chunk ride in two batches.
+    if (queued || recorded) {
+      return MakeError(ErrorKind::kInvalidInput, "chunk " + std::to_string(chunk.index) + " of scan " + scan_uid +
+                                                     (queued ? " is already queued for a batch sync"
+                                                             : " is already stored; AddChunk replaces a stored chunk"));
     }
   }
   // No temp name and no rename: until its record is journaled the file is an orphan that
@@ -782,48 +780,56 @@ std::uint64_t Spool::pending_bytes() {
   return pending_bytes_;
 }
 
-Status Spool::SyncPending() {
-  // Take the batch, sync it without holding the lock (writers keep queueing the next batch),
-  // then journal it.
+Spool::SyncedBatch Spool::SyncPending() {
+  // One batch at a time, so batches reach the journal in the order they were taken. The spool
+  // lock is held only to take the batch and to journal it: writers keep queueing the next batch
+  // while this one is flushed.
+  std::lock_guard sync_lock(sync_mutex_);
   std::vector<PendingChunk> batch;
-  std::uint64_t batch_bytes = 0;
+  SyncedBatch result;
   {
     std::lock_guard lock(mutex_);
     batch.swap(pending_);
-    std::swap(batch_bytes, pending_bytes_);
+    std::swap(result.bytes, pending_bytes_);
   }
-  if (batch.empty()) return Ok();
-  const auto put_back = [&] {
-    std::lock_guard lock(mutex_);
-    pending_.insert(pending_.begin(), batch.begin(), batch.end());
-    pending_bytes_ += batch_bytes;
-  };
+  if (batch.empty()) return result;
   std::vector<std::filesystem::path> paths;
   std::set<std::filesystem::path> dirs;
   for (const auto& p : batch) {
+    result.chunks.emplace_back(p.scan_uid, p.record.chunk);
     paths.push_back(ChunkPath(p.scan_uid, p.record.chunk.index));
     dirs.insert(paths.back().parent_path());
   }
-  // Files and their directory entries first, then one journal record for all of them.
-  if (auto st = files_.SyncBatch(paths, {dirs.begin(), dirs.end()}); !st) {
-    put_back();
-    return MakeError(st.error().WithContext("syncing " + std::to_string(batch.size()) + " chunks in spool " +
-                                            options_.directory.string()));
-  }
+  const auto fail = [&](const Error& error) {
+    result.status = MakeError(error.WithContext("making a batch of " + std::to_string(batch.size()) + " chunks (" +
+                                                std::to_string(result.bytes) + " bytes) durable in spool " +
+                                                options_.directory.string()));
+    // Not accepted: the files are orphans. Removing them now frees their space; if that fails
+    // too, the next start removes them (nothing refers to them).
+    for (const auto& path : paths) (void)files_.Remove(path);
+    return result;
+  };
+  // Every file's data, then the directory entries naming them, then one journal record for all
+  // of them: a record never names a file that a power cut could take away.
+  if (auto st = files_.SyncBatch(paths, {dirs.begin(), dirs.end()}); !st) return fail(st.error());
   std::lock_guard lock(mutex_);
   nlohmann::json ops = nlohmann::json::array();
   for (const auto& p : batch) {
     if (scans_.count(p.scan_uid)) ops.push_back({{"op", "chunk"}, {"uid", p.scan_uid}, {"chunk", ChunkToJson(p.record)}});
   }
-  if (auto st = Commit(std::move(ops)); !st) {
-    pending_.insert(pending_.begin(), batch.begin(), batch.end());
-    pending_bytes_ += batch_bytes;
-    return st;
-  }
-  return Ok();
+  if (auto st = Commit(std::move(ops)); !st) return fail(st.error());
+  return result;
 }
 
 Status Spool::FinishAcquisition(const std::string& scan_uid, const codec::Manifest& manifest) {
+  {
+    std::lock_guard lock(mutex_);
+    if (std::any_of(pending_.begin(), pending_.end(), [&](const PendingChunk& p) { return p.scan_uid == scan_uid; })) {
+      return MakeError(ErrorKind::kInternal, "scan " + scan_uid + " still has chunks waiting for their batch sync; "
+                                             "the manifest is written only after every chunk was synced (a bug in "
+                                             "the caller: sync first)");
+    }
+  }
   const std::string text = codec::ToJson(manifest).dump(1);
   if (auto st = files_.WriteDurably(ScanDir(scan_uid) / "manifest.json", AsBytes(text)); !st) return st;
   const std::string sha = Sha256Hex(AsBytes(text));

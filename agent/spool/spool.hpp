@@ -147,15 +147,25 @@ class Spool {
   // Writes a chunk file durably, then records it.
   Status AddChunk(const std::string& scan_uid, const codec::ManifestChunk& chunk,
                   std::span<const std::uint8_t> bytes);
-  // Batched ingest (fsync costs, docs/durability.md): writes the chunk file without syncing and
-  // queues its record; the chunk is NOT durable, NOT visible to Get() and must not be reported
-  // safe until SyncPending() returns OK. SyncPending makes every queued chunk file and its
-  // directory durable with one batch sync, then journals all their records in one record.
+  // Batched ingest (docs/durability.md, "fsync cost"; agent/spool/batched_ingest.hpp drives it):
+  // AddChunkDeferred writes the chunk file without syncing and queues its record; the chunk is
+  // NOT durable, NOT visible to Get()/ReadChunk() and must not be reported safe yet.
+  // SyncPending takes every queued chunk (of any scan, from any thread), fdatasyncs their files,
+  // fsyncs their directories, then journals all their records in one record: only then are
+  // they accepted (visible, counted, safe). If any step fails, none of the batch is accepted:
+  // the batch is dropped, and its files are orphans that the next start removes.
   Status AddChunkDeferred(const std::string& scan_uid, const codec::ManifestChunk& chunk,
                           std::span<const std::uint8_t> bytes);
-  Status SyncPending();
-  std::uint64_t pending_bytes();  // written by AddChunkDeferred, not yet synced
+  struct SyncedBatch {
+    std::vector<std::pair<std::string, codec::ManifestChunk>> chunks;  // scan UID, chunk; in queue order
+    std::uint64_t bytes = 0;  // compressed bytes of those chunks
+    Status status = Ok();     // OK: every chunk above is accepted; an error: none is
+  };
+  SyncedBatch SyncPending();
+  std::uint64_t pending_bytes();  // written by AddChunkDeferred, not yet taken by SyncPending
   // Writes the manifest durably, then marks the scan acquired and releases its reservation.
+  // Refused while chunks of the scan are still queued: sync them first (the manifest lists
+  // only accepted chunks, and no chunk may be accepted after it).
   Status FinishAcquisition(const std::string& scan_uid, const codec::Manifest& manifest);
 
   // Applies `change` to the scan's record and persists it durably.
@@ -204,13 +214,14 @@ class Spool {
   std::map<std::string, ScanRecord> scans_;
   std::uint64_t generation_ = 0;
   std::uint64_t journal_bytes_ = 0;
-  std::optional<Error> broken_;
+  std::optional<Error> broken_;  // set when the journal could not be restored after a failure
   struct PendingChunk {
     std::string scan_uid;
     ChunkRecord record;
   };
   std::vector<PendingChunk> pending_;
-  std::uint64_t pending_bytes_ = 0;  // set when the journal could not be restored after a failure
+  std::uint64_t pending_bytes_ = 0;
+  std::mutex sync_mutex_;  // one SyncPending at a time, so batches are journaled in the order taken
   RecoveryReport recovery_;
 };
 

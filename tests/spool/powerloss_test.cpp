@@ -56,7 +56,7 @@ Workload MakeWorkload() {
                        }});
   };
   const auto sync_pending = [&] {
-    w.steps.push_back({"sync pending", [](spool::Spool& sp) { return sp.SyncPending(); }});
+    w.steps.push_back({"sync pending", [](spool::Spool& sp) { return sp.SyncPending().status; }});
   };
   const auto begin = [&](const std::string& uid, int n) {
     w.steps.push_back({"begin", [uid, n](spool::Spool& sp) {
@@ -157,6 +157,10 @@ Workload MakeWorkload() {
   deferred(c, 5);
   sync_pending();
   upload(c, 4, 100);
+  deferred(c, 7);  // a second batch, out of order, then the scan ends after its sync
+  deferred(c, 6);
+  sync_pending();
+  finish(c, 512);
   return w;
 }
 
