@@ -35,6 +35,8 @@ struct SpoolConfig {
   std::uint64_t min_free_bytes = 1ull << 30;
   std::string retention = "after_delivery";  // agent/spool/spool.hpp RetentionPolicy
   std::uint32_t keep_days = 7;               // with retention "keep_days"
+  std::uint64_t sync_batch_bytes = 8ull << 20;  // chunks are made durable in batches of this many bytes
+  std::uint32_t sync_interval_ms = 500;         // ... or when the oldest unsynced chunk waited this long
 };
 
 struct TlsConfig {
@@ -51,7 +53,7 @@ struct CloudConfig {
   std::filesystem::path password_file;  // file holding the password (never inline in config)
   TlsConfig tls;
   bool allow_plain_http = false;     // development only; loudly logged
-  std::uint32_t parallel_uploads = 2;
+  std::uint32_t parallel_uploads = 8;
   std::uint64_t patch_bytes = 4ull << 20;  // bytes per PATCH request
   std::uint32_t connect_timeout_s = 10;
   std::uint32_t stall_timeout_s = 30;  // abort a request that moves no byte for this long
@@ -86,12 +88,33 @@ struct StudyConfig {
   std::string study_description = "CT CHEST";
 };
 
+// The `scan` defaults: a 16-slice county-hospital chest scanner in fan beam (SID 570 mm, SDD
+// 1040 mm, 16 x 0.75 mm rows, 896 channels of 0.55 mm at isocenter, 1160 views per 0.5 s
+// rotation), one axial rotation at table position 0 (16 slices, z -5.6 .. +5.6 mm). Axial so
+// that a config that sets only some scan keys never gets a moving table it did not ask for;
+// drivers/sim/sim_detector.hpp's SixteenSliceFanProtocol() is the helical form of this scan.
+inline drivers::ScanProtocol DefaultScanProtocol() {
+  drivers::ScanProtocol p;
+  p.geometry = drivers::GeometryKind::kFan;
+  p.source_to_isocenter_mm = 570.0;
+  p.source_to_detector_mm = 1040.0;
+  p.rows = 16;
+  p.row_pitch_mm = 0.75;
+  p.channels = 896;
+  p.channel_pitch_mm = 0.55;
+  p.views_per_rotation = 1160;
+  p.rotation_time_s = 0.5;
+  p.rotations = 1;
+  p.table_speed_mm_per_rotation = 0;
+  return p;
+}
+
 struct AgentConfig {
   std::filesystem::path source_file;  // where it was loaded from
   std::string terminal_id = "ct-terminal";
   std::string log_level = "info";
   DriverConfig driver;
-  drivers::ScanProtocol protocol;     // the "scan" object
+  drivers::ScanProtocol protocol = DefaultScanProtocol();  // the "scan" object
   StudyConfig study;
   CodecConfig codec;
   SpoolConfig spool;
@@ -101,7 +124,7 @@ struct AgentConfig {
 };
 
 // Loads and validates. Error messages look like:
-//   config/demo.json: /cloud/parallel_uploads: expected an integer from 1 to 16, found string "four"
+//   config/demo.json: /cloud/parallel_uploads: expected an integer from 1 to 64, found string "four"
 Expected<AgentConfig> LoadConfig(const std::filesystem::path& path);
 Expected<AgentConfig> ParseConfig(const std::string& text, const std::filesystem::path& source_for_messages);
 

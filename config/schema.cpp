@@ -252,6 +252,14 @@ std::vector<Entry> MakeEntries() {
                       "with retention keep_days, its raw data).",
        .min = 0,
        .max = 3650, CTAGENT_TARGET(spool.keep_days)},
+      {.path = "/spool/sync_batch_bytes", .type = Type::kBytes,
+       .description = "Chunks are made durable (fdatasync of each file, one directory fsync, one journal record) in "
+                      "batches of this many bytes; a chunk counts as stored only after its batch is synced.",
+       .min = 64 * kKiB, .max = kGiB, CTAGENT_TARGET(spool.sync_batch_bytes)},
+      {.path = "/spool/sync_interval_ms", .type = Type::kInteger,
+       .description = "A batch is also synced once its oldest chunk waited this long [ms], so a slow scan is "
+                      "never left unsynced for long.",
+       .min = 1, .max = 60000, CTAGENT_TARGET(spool.sync_interval_ms)},
 
       {.path = "/cloud", .type = Type::kSection, .description = "Imaging center endpoints."},
       {.path = "/cloud/upload_url", .type = Type::kString, .description = "tus creation endpoint (https://).",
@@ -280,8 +288,9 @@ std::vector<Entry> MakeEntries() {
        CTAGENT_TARGET(cloud.tls.pinned_public_key)},
       {.path = "/cloud/allow_plain_http", .type = Type::kBool,
        .description = "Allow http:// URLs. Development only; loudly logged.", CTAGENT_TARGET(cloud.allow_plain_http)},
-      {.path = "/cloud/parallel_uploads", .type = Type::kInteger, .description = "Chunks uploaded at once.",
-       .min = 1, .max = 16, CTAGENT_TARGET(cloud.parallel_uploads)},
+      {.path = "/cloud/parallel_uploads", .type = Type::kInteger,
+       .description = "Chunks uploaded at once, each on its own connection; about 1 + link rate x round-trip time / chunk size.",
+       .min = 1, .max = 64, CTAGENT_TARGET(cloud.parallel_uploads)},
       {.path = "/cloud/patch_bytes", .type = Type::kBytes, .description = "Bytes per tus PATCH request.",
        .min = 64 * kKiB, .max = 256 * kMiB, CTAGENT_TARGET(cloud.patch_bytes)},
       {.path = "/cloud/connect_timeout_s", .type = Type::kInteger, .description = "TCP + TLS connect timeout [s].",

@@ -79,7 +79,7 @@ TEST_CASE("config: minimal example loads and takes every default from the struct
   CHECK(c->codec.views_per_chunk == 64);
   CHECK(c->spool.directory == "/var/spool/ctagent");
   CHECK(c->spool.max_bytes == (64ull << 30));
-  CHECK(c->cloud.parallel_uploads == 2);
+  CHECK(c->cloud.parallel_uploads == 8);
   CHECK(c->cloud.patch_bytes == (4ull << 20));
   CHECK(c->cloud.tls.ca_file.empty());
   CHECK_FALSE(c->cloud.allow_plain_http);
@@ -207,7 +207,7 @@ TEST_CASE("config: invalid JSON names file:line:column and the parser's reason")
 
 TEST_CASE("config: a wrong type names the path, the expectation and what was found") {
   CHECK(ErrorOf(With("/cloud/parallel_uploads", "four")) ==
-        "site/agent.json: /cloud/parallel_uploads: expected an integer from 1 to 16, found string \"four\"");
+        "site/agent.json: /cloud/parallel_uploads: expected an integer from 1 to 64, found string \"four\"");
   CHECK(ErrorOf(With("/results/enabled", "yes")) ==
         "site/agent.json: /results/enabled: expected true or false, found string \"yes\"");
   CHECK(ErrorOf(With("/scan/channel_pitch_mm", "1.6")) ==
@@ -220,8 +220,8 @@ TEST_CASE("config: a wrong type names the path, the expectation and what was fou
 }
 
 TEST_CASE("config: out-of-range values name the range and the value") {
-  CHECK(ErrorOf(With("/cloud/parallel_uploads", 17)) ==
-        "site/agent.json: /cloud/parallel_uploads: expected an integer from 1 to 16, found 17");
+  CHECK(ErrorOf(With("/cloud/parallel_uploads", 65)) ==
+        "site/agent.json: /cloud/parallel_uploads: expected an integer from 1 to 64, found 65");
   CHECK(ErrorOf(With("/codec/zstd_level", 0)) ==
         "site/agent.json: /codec/zstd_level: expected an integer from 1 to 19, found 0");
   CHECK(ErrorOf(With("/codec/views_per_chunk", 5000)) ==
@@ -332,7 +332,7 @@ TEST_CASE("config: the schema renders as Markdown and docs/configuration.md carr
     const std::string quoted = std::string("`").append(e.path).append("`");  // GCC 12 -Wrestrict at -O3
     CHECK(md.find(quoted) != std::string::npos);
   }
-  CHECK(md.find("| `/cloud/parallel_uploads` | integer, 1 to 16 | `2` | Chunks uploaded at once. |") !=
+  CHECK(md.find("| `/cloud/parallel_uploads` | integer, 1 to 64 | `8` |") !=
         std::string::npos);
   CHECK(md.find("| `/spool/directory` | path | required |") != std::string::npos);
   CHECK(md.find("| `/cloud/patch_bytes` | byte size, 64 KiB to 256 MiB | `4 MiB` |") != std::string::npos);
