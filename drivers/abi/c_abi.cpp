@@ -47,7 +47,7 @@ ctagent_status StatusOf(ErrorKind kind) {
 ctagent_protocol ToC(const ScanProtocol& p) {
   ctagent_protocol c{};
   c.struct_size = sizeof c;
-  c.geometry = CTAGENT_GEOMETRY_PARALLEL;
+  c.geometry = p.geometry == GeometryKind::kFan ? CTAGENT_GEOMETRY_FAN : CTAGENT_GEOMETRY_PARALLEL;
   c.views_per_rotation = p.views_per_rotation;
   c.rotations = p.rotations;
   c.rows = p.rows;
@@ -62,20 +62,48 @@ ctagent_protocol ToC(const ScanProtocol& p) {
   c.dose_fraction = p.dose_fraction;
   c.unattenuated_counts = p.unattenuated_counts;
   c.seed = p.seed;
+  c.source_to_isocenter_mm = p.source_to_isocenter_mm;
+  c.source_to_detector_mm = p.source_to_detector_mm;
+  c.sample_encoding =
+      p.sample_encoding == SampleEncoding::kLineIntegral ? CTAGENT_ENCODING_LINE_INTEGRAL : CTAGENT_ENCODING_COUNTS;
+  c.line_integral_slope = p.line_integral_slope;
+  c.line_integral_intercept = p.line_integral_intercept;
   return c;
 }
 
 Expected<ScanProtocol> FromC(const ctagent_protocol* c) {
   if (c == nullptr) return MakeError(ErrorKind::kInvalidInput, "protocol is NULL");
-  if (c->struct_size < sizeof(ctagent_protocol)) {
+  if (c->struct_size < CTAGENT_PROTOCOL_SIZE_1_0) {
     return MakeError(ErrorKind::kInvalidInput, "protocol struct_size " + std::to_string(c->struct_size) +
                                                    " is smaller than ABI 1.0's " +
-                                                   std::to_string(sizeof(ctagent_protocol)));
+                                                   std::to_string(CTAGENT_PROTOCOL_SIZE_1_0));
   }
-  if (c->geometry != CTAGENT_GEOMETRY_PARALLEL) {
-    return MakeError(ErrorKind::kUnsupported, "geometry " + std::to_string(c->geometry) + " is not supported");
-  }
+  // The 1.1 fields exist only when the caller's struct has them; a 1.0 caller means parallel
+  // beam and counts.
+  const bool has_1_1 = c->struct_size >= sizeof(ctagent_protocol);
   ScanProtocol p;
+  if (c->geometry == CTAGENT_GEOMETRY_PARALLEL) {
+    p.geometry = GeometryKind::kParallel;
+  } else if (c->geometry == CTAGENT_GEOMETRY_FAN && has_1_1) {
+    p.geometry = GeometryKind::kFan;
+  } else {
+    return MakeError(ErrorKind::kUnsupported, "geometry " + std::to_string(c->geometry) + " is not supported" +
+                                                  (has_1_1 ? "" : " by an ABI 1.0 protocol"));
+  }
+  if (has_1_1) {
+    p.source_to_isocenter_mm = c->source_to_isocenter_mm;
+    p.source_to_detector_mm = c->source_to_detector_mm;
+    p.line_integral_slope = c->line_integral_slope;
+    p.line_integral_intercept = c->line_integral_intercept;
+    if (c->sample_encoding == CTAGENT_ENCODING_COUNTS) {
+      p.sample_encoding = SampleEncoding::kCounts;
+    } else if (c->sample_encoding == CTAGENT_ENCODING_LINE_INTEGRAL) {
+      p.sample_encoding = SampleEncoding::kLineIntegral;
+    } else {
+      return MakeError(ErrorKind::kUnsupported,
+                       "sample_encoding " + std::to_string(c->sample_encoding) + " is unknown");
+    }
+  }
   if (c->sample_type == CTAGENT_SAMPLE_UINT16) {
     p.sample_type = SampleType::kUint16;
   } else if (c->sample_type == CTAGENT_SAMPLE_FLOAT32) {
@@ -106,6 +134,18 @@ std::size_t CopyText(const std::string& text, char* buffer, std::size_t capacity
     buffer[n] = '\0';
   }
   return text.size();
+}
+
+Status CheckDriverTakes(const ctagent_driver_api& api, const ScanProtocol& protocol, const std::string& origin) {
+  if (api.abi_minor >= 1) return Ok();
+  if (protocol.geometry == GeometryKind::kParallel && protocol.sample_encoding == SampleEncoding::kCounts) return Ok();
+  // A 1.0 driver would read a fan-beam or line-integral protocol as parallel-beam counts.
+  return MakeError(ErrorKind::kUnsupported,
+                   "detector driver " + origin + " was built for driver ABI " + std::to_string(api.abi_major) + "." +
+                       std::to_string(api.abi_minor) +
+                       ", which carries parallel-beam count protocols only; rebuild it against ctagent_driver.h "
+                       "1.1 for fan beam or line integrals, or set scan.geometry \"parallel\" and "
+                       "scan.sample_encoding \"counts\"");
 }
 
 Status ValidateApi(const ctagent_driver_api* api, const std::string& origin) {

@@ -20,6 +20,10 @@ ctagent_protocol ToC(const ScanProtocol& protocol);
 // Fails (kInvalidInput / kUnsupported) on a struct that is too small or unknown enum values.
 Expected<ScanProtocol> FromC(const ctagent_protocol* protocol);
 
+// A driver built for ABI 1.0 knows parallel-beam count protocols only: anything else is
+// refused here (kUnsupported, naming `origin` and what to do) instead of reaching its arm().
+Status CheckDriverTakes(const ctagent_driver_api& api, const ScanProtocol& protocol, const std::string& origin);
+
 // Copies `text` into a C buffer, NUL-terminated and truncated to `capacity`; returns text's length.
 std::size_t CopyText(const std::string& text, char* buffer, std::size_t capacity);
 

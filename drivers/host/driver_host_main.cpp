@@ -118,6 +118,14 @@ class Host {
         ctagent_protocol protocol{};
         if (payload.size() != sizeof protocol) return ReplyBad("arm");
         std::memcpy(&protocol, payload.data(), sizeof protocol);
+        // The agent's table here says the current minor version; the driver's own table says
+        // whether it knows the ABI 1.1 protocol fields.
+        if (auto converted = abi::FromC(&protocol); converted) {
+          if (auto st = abi::CheckDriverTakes(*api_, *converted, driver_path_); !st) {
+            const std::string text = st.error().message();
+            return Reply(CTAGENT_E_UNSUPPORTED, text.data(), text.size());
+          }
+        }
         return ReplyStatus(api_->arm(handle_, &protocol));
       }
       case Op::kStart: return ReplyStatus(api_->start(handle_));

@@ -1,5 +1,5 @@
 /*
- * ctagent detector driver ABI, version 1.0.
+ * ctagent detector driver ABI, version 1.1.
  *
  * A detector driver is a shared object that exports one C symbol:
  *
@@ -9,6 +9,14 @@
  * another major version or a null function pointer. Minor versions only append fields at
  * the end of structs and of the table; every struct starts with `struct_size`, which the
  * caller sets to the size it knows and the callee never writes beyond.
+ *
+ * Version 1.1 appended the fan-beam geometry and the sample encoding to ctagent_protocol
+ * (CTAGENT_GEOMETRY_FAN, source_to_isocenter_mm, source_to_detector_mm, sample_encoding,
+ * line_integral_slope, line_integral_intercept). The
+ * agent sends such protocols only to drivers whose table says abi_minor >= 1; a driver built
+ * for 1.0 is refused them with a message before its arm() is called. A 1.1 driver should accept
+ * a protocol of at least CTAGENT_PROTOCOL_SIZE_1_0 bytes and read the 1.1 fields only when
+ * struct_size covers them (otherwise: parallel beam, counts).
  *
  * Threading: every call on a handle comes from one thread at a time (the agent's acquisition
  * thread), except `abort`, which may come from any thread at any time between `open` and
@@ -33,7 +41,7 @@ extern "C" {
 #endif
 
 #define CTAGENT_DRIVER_ABI_MAJOR 1u
-#define CTAGENT_DRIVER_ABI_MINOR 0u
+#define CTAGENT_DRIVER_ABI_MINOR 1u
 #define CTAGENT_DRIVER_ENTRY_SYMBOL "ctagent_driver_get_api"
 
 /* Result of every call. Negative values are errors; `last_error` then says why. */
@@ -54,6 +62,11 @@ typedef int32_t ctagent_status;
 
 /* Geometry (ctagent_protocol.geometry). */
 #define CTAGENT_GEOMETRY_PARALLEL 1u
+#define CTAGENT_GEOMETRY_FAN 2u /* ABI 1.1: third-generation fan beam, arc detector */
+
+/* Sample encoding (ctagent_protocol.sample_encoding, ABI 1.1). */
+#define CTAGENT_ENCODING_COUNTS 0u        /* detector counts (photons) */
+#define CTAGENT_ENCODING_LINE_INTEGRAL 1u /* line integrals: p = slope * sample + intercept */
 
 /* Per-view status flags (ctagent_view.status_flags). */
 #define CTAGENT_VIEW_SATURATED (1u << 0)     /* a sample hit the ADC ceiling */
@@ -81,7 +94,7 @@ typedef struct ctagent_capabilities {
 typedef struct ctagent_protocol {
   uint32_t struct_size;
   uint32_t geometry;                 /* CTAGENT_GEOMETRY_* */
-  uint32_t views_per_rotation;       /* over 180 degrees for parallel beam */
+  uint32_t views_per_rotation;       /* over 180 degrees for parallel beam, 360 for fan beam */
   uint32_t rotations;
   uint32_t rows;
   uint32_t channels;
@@ -95,7 +108,19 @@ typedef struct ctagent_protocol {
   double dose_fraction;              /* (0, 1] */
   double unattenuated_counts;
   uint64_t seed;                     /* simulated drivers: noise seed */
+  /* ABI 1.1 (present when struct_size >= sizeof(ctagent_protocol) of a 1.1 header). Fan beam:
+   * a point source at source_to_isocenter_mm from the rotation axis, an arc detector centered
+   * on the source at source_to_detector_mm; channel and row pitches are given at isocenter. */
+  double source_to_isocenter_mm;
+  double source_to_detector_mm;
+  uint32_t sample_encoding;          /* CTAGENT_ENCODING_* */
+  uint32_t reserved;                 /* 0 */
+  double line_integral_slope;        /* CTAGENT_ENCODING_LINE_INTEGRAL: p per sample unit */
+  double line_integral_intercept;    /* CTAGENT_ENCODING_LINE_INTEGRAL: p of sample 0 */
 } ctagent_protocol;
+
+/* Size of ABI 1.0's ctagent_protocol: the smallest protocol a 1.1 driver must accept. */
+#define CTAGENT_PROTOCOL_SIZE_1_0 offsetof(ctagent_protocol, source_to_isocenter_mm)
 
 typedef struct ctagent_view {
   uint32_t struct_size;

@@ -101,13 +101,9 @@ Unexpected PluginDetector::CallError(const char* call, ctagent_status status) co
 
 Status PluginDetector::Arm(const ScanProtocol& protocol) {
   armed_ = started_ = ended_ = false;
-  // C ABI 1.0 carries parallel-beam count protocols only; anything else would reach the driver
-  // silently changed, so it is refused here until the ABI has the fields.
-  if (protocol.geometry != GeometryKind::kParallel || protocol.sample_encoding != SampleEncoding::kCounts) {
-    return MakeError(ErrorKind::kUnsupported, "detector driver " + library_->origin() +
-                                                  ": driver ABI 1.0 carries parallel-beam count protocols only; "
-                                                  "set scan.geometry \"parallel\" and scan.sample_encoding \"counts\"");
-  }
+  // A 1.0 driver would read a fan-beam or line-integral protocol as parallel-beam counts. (For a
+  // driver in ctagent-driver-host the host makes the same check on the driver's own table.)
+  if (auto st = abi::CheckDriverTakes(library_->api(), protocol, library_->origin()); !st) return st;
   const ctagent_protocol c = abi::ToC(protocol);
   if (const ctagent_status st = library_->api().arm(handle_, &c); st != CTAGENT_OK) return CallError("arm", st);
   protocol_ = protocol;

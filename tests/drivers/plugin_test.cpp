@@ -7,6 +7,7 @@
 #include <fstream>
 #include <thread>
 
+#include "drivers/abi/c_abi.hpp"
 #include "drivers/plugin/plugin_detector.hpp"
 #include "drivers/sim/sim_abi.hpp"
 #include "drivers/sim/sim_detector.hpp"
@@ -30,7 +31,100 @@ ScanProtocol Small() {
   return p;
 }
 
+// A small helical fan-beam protocol: only ABI 1.1 carries it.
+ScanProtocol SmallFan() {
+  ScanProtocol p = Small();
+  p.geometry = GeometryKind::kFan;
+  p.views_per_rotation = 60;
+  p.rows = 4;
+  p.channels = 96;
+  p.channel_pitch_mm = 5.0;
+  p.row_pitch_mm = 2.0;
+  p.source_to_isocenter_mm = 600.0;
+  p.source_to_detector_mm = 1100.0;
+  p.table_start_mm = -6.0;
+  p.table_speed_mm_per_rotation = 6.0;
+  return p;
+}
+
+void CheckSameViews(const std::vector<View>& got, const std::vector<View>& expected) {
+  REQUIRE(got.size() == expected.size());
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    CHECK(got[i].sequence == expected[i].sequence);
+    CHECK(got[i].gantry_angle_deg == expected[i].gantry_angle_deg);
+    CHECK(got[i].table_position_mm == expected[i].table_position_mm);
+    CHECK(got[i].timestamp_us == expected[i].timestamp_us);
+    CHECK(got[i].samples == expected[i].samples);
+  }
+}
+
 }  // namespace
+
+TEST_CASE("plugin: ABI 1.1 carries fan-beam helical count and line-integral protocols, bytes as sim called directly") {
+  auto loaded = MakeDetector("plugin", nlohmann::json{{"path", CTAGENT_SIM_DRIVER_SO}, {"isolation", "in_process"}});
+  REQUIRE(loaded);
+  auto isolated = MakeDetector("plugin", nlohmann::json{{"path", CTAGENT_SIM_DRIVER_SO}});  // in ctagent-driver-host
+  REQUIRE(isolated);
+  for (const SampleEncoding encoding : {SampleEncoding::kCounts, SampleEncoding::kLineIntegral}) {
+    ScanProtocol p = SmallFan();
+    p.sample_encoding = encoding;
+    p.line_integral_slope = 1.0 / 2048;  // not the default: it must cross the ABI
+    p.line_integral_intercept = -0.5;
+    INFO(ToString(encoding));
+    auto direct = sim::SimDetector::Create(nlohmann::json::object());
+    REQUIRE(direct);
+    const std::vector<View> expected = ReadAll(**direct, p);
+    REQUIRE(expected.size() == p.TotalViews());
+    // Helical: the table moves, so a protocol that lost its 1.1 fields would not match.
+    CHECK(expected.back().table_position_mm > expected.front().table_position_mm);
+    CheckSameViews(ReadAll(**loaded, p), expected);
+    CheckSameViews(ReadAll(**isolated, p), expected);
+  }
+  // The C ABI round trip keeps every 1.1 field.
+  ScanProtocol p = SmallFan();
+  p.sample_encoding = SampleEncoding::kLineIntegral;
+  p.line_integral_slope = 0.25;
+  p.line_integral_intercept = -3.0;
+  const ctagent_protocol c = abi::ToC(p);
+  CHECK(c.struct_size == sizeof(ctagent_protocol));
+  CHECK(c.geometry == CTAGENT_GEOMETRY_FAN);
+  auto back = abi::FromC(&c);
+  REQUIRE(back);
+  CHECK(ToJson(*back) == ToJson(p));
+  // A caller of ABI 1.0 (the shorter struct) means parallel beam and counts.
+  ctagent_protocol old = c;
+  old.struct_size = static_cast<std::uint32_t>(CTAGENT_PROTOCOL_SIZE_1_0);
+  old.geometry = CTAGENT_GEOMETRY_PARALLEL;
+  auto parallel = abi::FromC(&old);
+  REQUIRE(parallel);
+  CHECK(parallel->geometry == GeometryKind::kParallel);
+  CHECK(parallel->sample_encoding == SampleEncoding::kCounts);
+  old.geometry = CTAGENT_GEOMETRY_FAN;
+  auto refused = abi::FromC(&old);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().message() == "geometry 2 is not supported by an ABI 1.0 protocol");
+}
+
+TEST_CASE("plugin: a driver built for ABI 1.0 is refused fan-beam and line-integral protocols, saying why") {
+  // The built-in sim's table as a 1.0 driver would declare it.
+  static ctagent_driver_api table_1_0 = *sim::SimDriverApi();
+  table_1_0.abi_minor = 0;
+  auto lib = plugin::DriverLibrary::BuiltIn(&table_1_0, "sim-1.0");
+  REQUIRE(lib);
+  auto d = plugin::PluginDetector::Open(*lib, nlohmann::json::object());
+  REQUIRE(d);
+  ScanProtocol fan = SmallFan();
+  auto s = (*d)->Arm(fan);
+  REQUIRE_FALSE(s);
+  CHECK(s.error().kind() == ErrorKind::kUnsupported);
+  CHECK(s.error().message().find("was built for driver ABI 1.0, which carries parallel-beam count protocols only; "
+                                 "rebuild it against ctagent_driver.h 1.1") != std::string::npos);
+  ScanProtocol line_integrals = Small();
+  line_integrals.sample_encoding = SampleEncoding::kLineIntegral;
+  CHECK_FALSE((*d)->Arm(line_integrals));
+  // Parallel-beam counts still work with it.
+  CHECK(ReadAll(**d, Small()).size() == Small().TotalViews());
+}
 
 TEST_CASE("plugin: sim through the C ABI (.so and built-in table) gives the bytes of sim called directly") {
   const ScanProtocol p = Small();
@@ -98,7 +192,7 @@ TEST_CASE("plugin: loading refuses what is not a compatible driver, saying why")
   auto abi = MakeDetector("plugin", nlohmann::json{{"path", std::string(CTAGENT_BROKEN_DIR) + "/libctagent_driver_broken_abi.so"}});
   REQUIRE_FALSE(abi);
   CHECK(abi.error().kind() == ErrorKind::kUnsupported);
-  CHECK(abi.error().message().find("built for driver ABI 2.0") != std::string::npos);
+  CHECK(abi.error().message().find("built for driver ABI 2.1, but this agent speaks ABI 1.1") != std::string::npos);
 
   auto no_path = MakeDetector("plugin", nlohmann::json::object());
   REQUIRE_FALSE(no_path);

@@ -3,7 +3,7 @@
  * fault injected, chosen at build time by BROKEN_FAULT:
  *   1 gap        view 5 is skipped (sequence numbers 0..4, 6, 7, ...)
  *   2 duplicate  view 5 is reported twice (0..5, 5, 7, ...)
- *   3 abi        claims driver ABI 2.0
+ *   3 abi        claims driver ABI 2.x
  *   4 no_abort   ignores abort(): a blocked next_view() waits for its view
  */
 #if BROKEN_FAULT == 1

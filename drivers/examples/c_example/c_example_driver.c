@@ -127,9 +127,15 @@ static ctagent_status example_get_capabilities(ctagent_driver* d, ctagent_capabi
 static ctagent_status example_arm(ctagent_driver* d, const ctagent_protocol* p) {
   if (d == NULL) return CTAGENT_E_INVALID;
   d->state = STATE_IDLE;
-  if (p == NULL || p->struct_size < sizeof *p) return fail(d, CTAGENT_E_INVALID, "arm: protocol NULL or too small");
+  /* An agent of ABI 1.0 sends the shorter 1.0 struct: accept it, read 1.1 fields only if present. */
+  if (p == NULL || p->struct_size < CTAGENT_PROTOCOL_SIZE_1_0) {
+    return fail(d, CTAGENT_E_INVALID, "arm: protocol NULL or too small");
+  }
   if (p->geometry != CTAGENT_GEOMETRY_PARALLEL) {
     return fail(d, CTAGENT_E_UNSUPPORTED, "arm: only the parallel geometry is supported");
+  }
+  if (p->struct_size >= sizeof *p && p->sample_encoding != CTAGENT_ENCODING_COUNTS) {
+    return fail(d, CTAGENT_E_UNSUPPORTED, "arm: only count samples are supported");
   }
   if (p->sample_type != CTAGENT_SAMPLE_UINT16) {
     return fail(d, CTAGENT_E_UNSUPPORTED, "arm: only uint16 samples are supported");
@@ -147,7 +153,8 @@ static ctagent_status example_arm(ctagent_driver* d, const ctagent_protocol* p) 
     return fail(d, CTAGENT_E_INVALID, "arm: view rate %.0f Hz exceeds the detector's %.0f Hz",
                 p->views_per_rotation / p->rotation_time_s, MAX_VIEW_RATE_HZ);
   }
-  d->protocol = *p;
+  memset(&d->protocol, 0, sizeof d->protocol);
+  memcpy(&d->protocol, p, p->struct_size < sizeof *p ? p->struct_size : sizeof *p);
   d->next_sequence = 0;
   pthread_mutex_lock(&d->mutex);
   d->aborted = 0;
