@@ -292,7 +292,9 @@ void StoreOnly(const std::filesystem::path& dir, std::uint64_t store_mib, std::u
 
 int main(int argc, char** argv) {
   std::filesystem::path dir = std::filesystem::current_path() / "spool-bench";
-  std::uint64_t raw_mib = 256;
+  // About half of a 16-slice helical chest scan (27 rotations x 1160 views x 16 x 896 x 2 bytes,
+  // ~900 MB). The scan-end flush is a fixed cost per scan, so a smaller scan shows a larger share.
+  std::uint64_t raw_mib = 512;
   std::uint32_t reps = 5;
   std::vector<std::uint64_t> batches_mib = {2, 8, 32};
   double dose = 0.2;
