@@ -93,21 +93,7 @@ struct StudyConfig {
 // rotation), one axial rotation at table position 0 (16 slices, z -5.6 .. +5.6 mm). Axial so
 // that a config that sets only some scan keys never gets a moving table it did not ask for;
 // drivers/sim/sim_detector.hpp's SixteenSliceFanProtocol() is the helical form of this scan.
-inline drivers::ScanProtocol DefaultScanProtocol() {
-  drivers::ScanProtocol p;
-  p.geometry = drivers::GeometryKind::kFan;
-  p.source_to_isocenter_mm = 570.0;
-  p.source_to_detector_mm = 1040.0;
-  p.rows = 16;
-  p.row_pitch_mm = 0.75;
-  p.channels = 896;
-  p.channel_pitch_mm = 0.55;
-  p.views_per_rotation = 1160;
-  p.rotation_time_s = 0.5;
-  p.rotations = 1;
-  p.table_speed_mm_per_rotation = 0;
-  return p;
-}
+inline drivers::ScanProtocol DefaultScanProtocol() { return drivers::SixteenSliceAxialProtocol(); }
 
 struct AgentConfig {
   std::filesystem::path source_file;  // where it was loaded from

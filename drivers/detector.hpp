@@ -80,6 +80,26 @@ struct ScanProtocol {
 };
 
 nlohmann::json ToJson(const ScanProtocol& protocol);
+
+// One axial rotation of a 16-slice county-hospital scanner in fan beam: SID 570 mm, SDD
+// 1040 mm, 16 rows of 0.75 mm and 896 channels of 0.55 mm at isocenter (a 493 mm field, a
+// 49-degree fan), 1160 views per 0.5 s rotation, table at 0. The agent's default scan
+// (config::DefaultScanProtocol) and the base of the sim's helical SixteenSliceFanProtocol().
+inline ScanProtocol SixteenSliceAxialProtocol() {
+  ScanProtocol p;
+  p.geometry = GeometryKind::kFan;
+  p.source_to_isocenter_mm = 570.0;
+  p.source_to_detector_mm = 1040.0;
+  p.rows = 16;
+  p.row_pitch_mm = 0.75;
+  p.channels = 896;
+  p.channel_pitch_mm = 0.55;
+  p.views_per_rotation = 1160;
+  p.rotation_time_s = 0.5;
+  p.rotations = 1;
+  p.table_speed_mm_per_rotation = 0;
+  return p;
+}
 Expected<ScanProtocol> ProtocolFromJson(const nlohmann::json& j);
 
 // Per-view status flags.

@@ -16,9 +16,12 @@ std::string MintDicomUid() {
   }
   bytes[6] = static_cast<std::uint8_t>((bytes[6] & 0x0f) | 0x40);  // UUID version 4
   bytes[8] = static_cast<std::uint8_t>((bytes[8] & 0x3f) | 0x80);  // RFC 4122 variant
-  // Convert the 128-bit big-endian integer to decimal by repeated division by 10.
+  return DicomUidFromUuid(bytes);
+}
+
+std::string DicomUidFromUuid(std::array<std::uint8_t, 16> n) {
+  // The 128-bit big-endian integer in decimal, by repeated division by 10.
   std::string digits;
-  std::array<std::uint8_t, 16> n = bytes;
   bool nonzero = true;
   while (nonzero) {
     unsigned remainder = 0;

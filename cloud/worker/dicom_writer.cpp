@@ -102,22 +102,7 @@ std::string DerivedDicomUid(const std::string& name) {
   }
   n[6] = static_cast<std::uint8_t>((n[6] & 0x0f) | 0x80);  // UUID version 8
   n[8] = static_cast<std::uint8_t>((n[8] & 0x3f) | 0x80);  // RFC 9562 variant
-  // The 128-bit big-endian integer in decimal, by repeated division by 10.
-  std::string digits;
-  bool nonzero = true;
-  while (nonzero) {
-    unsigned remainder = 0;
-    nonzero = false;
-    for (auto& b : n) {
-      const unsigned cur = (remainder << 8) | b;
-      b = static_cast<std::uint8_t>(cur / 10);
-      remainder = cur % 10;
-      if (b != 0) nonzero = true;
-    }
-    digits.push_back(static_cast<char>('0' + remainder));
-  }
-  std::reverse(digits.begin(), digits.end());
-  return "2.25." + digits;
+  return DicomUidFromUuid(n);
 }
 
 Expected<std::string> WriteCtSlice(const std::filesystem::path& path, const SeriesInfo& series,

@@ -35,16 +35,7 @@ inline constexpr const char* kSimDefaultModel = "sim-chest-parallel";
 // planes. The agent's default `scan` (config/config.hpp, DefaultScanProtocol) is one axial
 // rotation of the same scanner. Used by bench/sim, the tests and the docs.
 inline ScanProtocol SixteenSliceFanProtocol() {
-  ScanProtocol p;
-  p.geometry = GeometryKind::kFan;
-  p.source_to_isocenter_mm = 570.0;
-  p.source_to_detector_mm = 1040.0;
-  p.rows = 16;
-  p.row_pitch_mm = 0.75;
-  p.channels = 896;
-  p.channel_pitch_mm = 0.55;
-  p.views_per_rotation = 1160;
-  p.rotation_time_s = 0.5;
+  ScanProtocol p = SixteenSliceAxialProtocol();
   p.rotations = 2;
   p.table_speed_mm_per_rotation = 11.25;
   p.table_start_mm = -11.25;
