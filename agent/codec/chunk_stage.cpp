@@ -7,6 +7,16 @@
 
 namespace ctagent::codec {
 
+ChunkInfo ScanChunkInfo(const std::string& scan_uid, const drivers::ScanProtocol& protocol) {
+  ChunkInfo info;
+  info.scan_uid = scan_uid;
+  info.rows = protocol.rows;
+  info.channels = protocol.channels;
+  info.sample_type = protocol.sample_type;
+  info.descriptor = drivers::ToJson(protocol);
+  return info;
+}
+
 ManifestChunk DescribeEncoded(const RawChunk& raw, std::span<const std::uint8_t> encoded) {
   ManifestChunk mc;
   mc.index = raw.info.chunk_index;

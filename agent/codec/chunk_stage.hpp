@@ -47,6 +47,10 @@ using StoreFunction = std::function<void(const RawChunk& raw, Expected<std::vect
 // one taken from the sealed header EncodeChunk wrote, so the samples are not hashed twice).
 ManifestChunk DescribeEncoded(const RawChunk& raw, std::span<const std::uint8_t> encoded);
 
+// The chunk header fields every chunk of a scan shares: scan UID, shape, sample type and the
+// protocol as the descriptor: the template Acquire() takes (it sets the index per chunk).
+ChunkInfo ScanChunkInfo(const std::string& scan_uid, const drivers::ScanProtocol& protocol);
+
 struct ChunkStageOptions {
   std::uint32_t views_per_chunk = 64;
   std::uint32_t threads = 2;

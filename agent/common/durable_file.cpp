@@ -55,6 +55,39 @@ bool ReadFails(const std::filesystem::path& path) {
   return !h.eio_read_substring.empty() && path.string().find(h.eio_read_substring) != std::string::npos;
 }
 
+// Opens `path` for reading (kNotFound if it does not exist); honours the EIO test hook.
+Expected<int> OpenForReading(const std::filesystem::path& path) {
+  if (ReadFails(path)) return ErrnoError("cannot read", path, EIO);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ENOENT) return MakeError(ErrorKind::kNotFound, "no such file: " + path.string());
+    return ErrnoError("cannot open", path, err);
+  }
+  return fd;
+}
+
+// Reads up to `max_bytes` from `offset` (fewer at the end of the file), then closes `fd`.
+Expected<std::vector<std::uint8_t>> ReadAndClose(int fd, const std::filesystem::path& path, std::uint64_t offset,
+                                                 std::uint64_t max_bytes) {
+  std::vector<std::uint8_t> data(static_cast<std::size_t>(max_bytes));
+  std::size_t got = 0;
+  while (got < data.size()) {
+    const ssize_t n = ::pread(fd, data.data() + got, data.size() - got, static_cast<off_t>(offset + got));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      ::close(fd);
+      return ErrnoError("cannot read", path, err);
+    }
+    if (n == 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  ::close(fd);
+  data.resize(got);
+  return data;
+}
+
 Status FsyncDirectory(const std::filesystem::path& dir) {
   const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return ErrnoError("cannot open directory", dir, errno);
@@ -153,42 +186,23 @@ Status PosixFileStore::WriteDurably(const std::filesystem::path& path, std::span
 
 Expected<std::vector<std::uint8_t>> PosixFileStore::ReadAll(const std::filesystem::path& path,
                                                             std::uint64_t max_bytes) {
-  if (ReadFails(path)) return ErrnoError("cannot read", path, EIO);
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int err = errno;
-    if (err == ENOENT) return MakeError(ErrorKind::kNotFound, "no such file: " + path.string());
-    return ErrnoError("cannot open", path, err);
-  }
+  auto fd = OpenForReading(path);
+  if (!fd) return MakeError(fd.error());
   struct stat st {};
-  if (::fstat(fd, &st) != 0) {
+  if (::fstat(*fd, &st) != 0) {
     const int err = errno;
-    ::close(fd);
+    ::close(*fd);
     return ErrnoError("cannot stat", path, err);
   }
   const auto size = static_cast<std::uint64_t>(st.st_size);
   if (size > max_bytes) {
-    ::close(fd);
+    ::close(*fd);
     return MakeError(ErrorKind::kCorrupt, path.string() + " is " + std::to_string(size) +
                                               " bytes, more than the " + std::to_string(max_bytes) +
                                               " allowed for this kind of file");
   }
-  std::vector<std::uint8_t> data(static_cast<std::size_t>(size));
-  std::size_t got = 0;
-  while (got < data.size()) {
-    const ssize_t n = ::read(fd, data.data() + got, data.size() - got);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int err = errno;
-      ::close(fd);
-      return ErrnoError("cannot read", path, err);
-    }
-    if (n == 0) break;  // the file shrank under us; report what is there
-    got += static_cast<std::size_t>(n);
-  }
-  ::close(fd);
-  data.resize(got);
-  return data;
+  // A file that shrank under us gives what is there.
+  return ReadAndClose(*fd, path, 0, size);
 }
 
 Status PosixFileStore::CreateDirectories(const std::filesystem::path& path) {
@@ -259,29 +273,9 @@ Status PosixFileStore::Truncate(const std::filesystem::path& path, std::uint64_t
 
 Expected<std::vector<std::uint8_t>> PosixFileStore::ReadRange(const std::filesystem::path& path, std::uint64_t offset,
                                                               std::uint64_t max_bytes) {
-  if (ReadFails(path)) return ErrnoError("cannot read", path, EIO);
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int err = errno;
-    if (err == ENOENT) return MakeError(ErrorKind::kNotFound, "no such file: " + path.string());
-    return ErrnoError("cannot open", path, err);
-  }
-  std::vector<std::uint8_t> data(static_cast<std::size_t>(max_bytes));
-  std::size_t got = 0;
-  while (got < data.size()) {
-    const ssize_t n = ::pread(fd, data.data() + got, data.size() - got, static_cast<off_t>(offset + got));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int err = errno;
-      ::close(fd);
-      return ErrnoError("cannot read", path, err);
-    }
-    if (n == 0) break;
-    got += static_cast<std::size_t>(n);
-  }
-  ::close(fd);
-  data.resize(got);
-  return data;
+  auto fd = OpenForReading(path);
+  if (!fd) return MakeError(fd.error());
+  return ReadAndClose(*fd, path, offset, max_bytes);
 }
 
 Expected<std::vector<DirEntry>> PosixFileStore::List(const std::filesystem::path& directory) {

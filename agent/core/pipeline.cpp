@@ -337,12 +337,7 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress) {
   // Acquisition thread: the only caller of the driver's blocking NextView().
   std::thread acquisition([&, run_ptr = run.get(), det = detector->get()] {
     Run& r = *run_ptr;
-    codec::ChunkInfo info;
-    info.scan_uid = r.scan_uid;
-    info.rows = protocol.rows;
-    info.channels = protocol.channels;
-    info.sample_type = protocol.sample_type;
-    info.descriptor = drivers::ToJson(protocol);
+    const codec::ChunkInfo info = codec::ScanChunkInfo(r.scan_uid, protocol);
     auto acquired = r.chunk_stage->Acquire(*det, protocol, info, r.progress ? &r.progress->views_acquired : nullptr);
     if (!acquired.incomplete_reason.empty()) log::Error("scan", "scan " + r.scan_uid + ": " + acquired.incomplete_reason);
     // Scan end: every chunk compressed and written, then the last batch synced, so every chunk

@@ -50,6 +50,33 @@ std::string PermanentAdvice(FailureClass failure) {
   }
 }
 
+// Where an upload stands in the spool's record: its tus state and, for a chunk, the SHA-256 and
+// size recorded when it was written (a manifest's come from its bytes).
+struct SpooledUpload {
+  spool::UploadState state;
+  std::string sha256;
+  std::uint64_t length = 0;
+};
+
+Expected<SpooledUpload> SpooledUploadOf(spool::Spool& spool, const std::string& scan_uid, bool manifest,
+                                        std::uint32_t index) {
+  auto record = spool.Get(scan_uid);
+  if (!record) return MakeError(record.error());
+  SpooledUpload upload;
+  if (manifest) {
+    upload.state = record->manifest_upload;
+    return upload;
+  }
+  for (const auto& c : record->chunks) {
+    if (c.chunk.index == index) {
+      upload.state = c.upload;
+      upload.sha256 = c.chunk.sha256;
+      upload.length = c.chunk.compressed_bytes;  // the chunk file's size
+    }
+  }
+  return upload;
+}
+
 }  // namespace
 
 struct Uploader::Job {
@@ -172,13 +199,9 @@ Status Uploader::Journal(const std::string& scan_uid, std::function<void(spool::
 }
 
 bool Uploader::NeedsCreation(const Job& job) {
-  auto record = spool_.Get(job.scan_uid);
-  if (!record) return true;  // Prepare() reports the spool's error
-  if (job.manifest) return record->manifest_upload.url.empty() && !record->manifest_upload.complete;
-  for (const auto& c : record->chunks) {
-    if (c.chunk.index == job.index) return c.upload.url.empty() && !c.upload.complete;
-  }
-  return true;
+  auto upload = SpooledUploadOf(spool_, job.scan_uid, job.manifest, job.index);
+  if (!upload) return true;  // Prepare() reports the spool's error
+  return upload->state.url.empty() && !upload->state.complete;
 }
 
 void Uploader::Attempt(Job& job, bool prepare) {
@@ -348,22 +371,11 @@ Status Uploader::JournalUpload(const Job& job, const spool::UploadState& state) 
 Status Uploader::Prepare(Job& job, transport::HttpClient& http) {
   job.failure = FailureClass::kLocal;  // until the spool answered
   job.fresh_url.clear();
-  auto record = spool_.Get(job.scan_uid);
-  if (!record) return MakeError(record.error());
-  spool::UploadState state;
-  std::string sha256;
-  std::uint64_t length = 0;
-  if (job.manifest) {
-    state = record->manifest_upload;
-  } else {
-    for (const auto& c : record->chunks) {
-      if (c.chunk.index == job.index) {
-        state = c.upload;
-        sha256 = c.chunk.sha256;
-        length = c.chunk.compressed_bytes;  // the chunk file's size
-      }
-    }
-  }
+  auto upload = SpooledUploadOf(spool_, job.scan_uid, job.manifest, job.index);
+  if (!upload) return MakeError(upload.error());
+  const spool::UploadState& state = upload->state;
+  std::string sha256 = upload->sha256;
+  std::uint64_t length = upload->length;
   // Done, or an upload of an earlier attempt or run: Transfer() asks the server where it stands.
   if (state.complete || !state.url.empty()) {
     job.failure = FailureClass::kNone;
@@ -396,21 +408,10 @@ Status Uploader::Transfer(Job& job, transport::HttpClient& http, const std::func
   // What to send: a chunk file (checked against its recorded SHA-256) or the manifest.
   auto bytes = job.manifest ? spool_.ReadManifest(job.scan_uid) : spool_.ReadChunk(job.scan_uid, job.index);
   if (!bytes) return MakeError(bytes.error());
-  auto record = spool_.Get(job.scan_uid);
-  if (!record) return MakeError(record.error());
-
-  spool::UploadState state;
-  std::string sha256;
-  if (job.manifest) {
-    state = record->manifest_upload;
-  } else {
-    for (const auto& c : record->chunks) {
-      if (c.chunk.index == job.index) {
-        state = c.upload;
-        sha256 = c.chunk.sha256;
-      }
-    }
-  }
+  auto upload = SpooledUploadOf(spool_, job.scan_uid, job.manifest, job.index);
+  if (!upload) return MakeError(upload.error());
+  spool::UploadState state = upload->state;
+  std::string sha256 = upload->sha256;
   if (state.complete) return Ok();
   if (job.manifest) sha256 = Sha256Hex(*bytes);
 

@@ -176,16 +176,22 @@ Status SimulatedDisk::WriteDurably(const std::filesystem::path& path, std::span<
   return SyncDir(dir);
 }
 
-Expected<std::vector<std::uint8_t>> SimulatedDisk::ReadAll(const std::filesystem::path& path, std::uint64_t max_bytes) {
-  std::lock_guard lock(mutex_);
+Expected<const std::vector<std::uint8_t>*> SimulatedDisk::FileForReading(const std::string& p) const {
   if (crashed_) return Crashed();
-  const std::string p = Norm(path);
   if (!eio_substring_.empty() && p.find(eio_substring_) != std::string::npos) {
     return MakeError(ErrorKind::kIo, "cannot read " + p + ": Input/output error");
   }
   const auto e = Lookup(p);
   if (!e || e->is_directory) return MakeError(ErrorKind::kNotFound, "no such file: " + p);
-  const auto& data = inodes_.at(e->inode).current;
+  return &inodes_.at(e->inode).current;
+}
+
+Expected<std::vector<std::uint8_t>> SimulatedDisk::ReadAll(const std::filesystem::path& path, std::uint64_t max_bytes) {
+  std::lock_guard lock(mutex_);
+  const std::string p = Norm(path);
+  auto file = FileForReading(p);
+  if (!file) return MakeError(file.error());
+  const auto& data = **file;
   if (data.size() > max_bytes) {
     return MakeError(ErrorKind::kCorrupt, p + " is " + std::to_string(data.size()) + " bytes, more than the " +
                                               std::to_string(max_bytes) + " allowed for this kind of file");
@@ -196,14 +202,9 @@ Expected<std::vector<std::uint8_t>> SimulatedDisk::ReadAll(const std::filesystem
 Expected<std::vector<std::uint8_t>> SimulatedDisk::ReadRange(const std::filesystem::path& path, std::uint64_t offset,
                                                              std::uint64_t max_bytes) {
   std::lock_guard lock(mutex_);
-  if (crashed_) return Crashed();
-  const std::string p = Norm(path);
-  if (!eio_substring_.empty() && p.find(eio_substring_) != std::string::npos) {
-    return MakeError(ErrorKind::kIo, "cannot read " + p + ": Input/output error");
-  }
-  const auto e = Lookup(p);
-  if (!e || e->is_directory) return MakeError(ErrorKind::kNotFound, "no such file: " + p);
-  const auto& data = inodes_.at(e->inode).current;
+  auto file = FileForReading(Norm(path));
+  if (!file) return MakeError(file.error());
+  const auto& data = **file;
   if (offset >= data.size()) return std::vector<std::uint8_t>{};
   const auto end = std::min<std::uint64_t>(data.size(), offset + max_bytes);
   return std::vector<std::uint8_t>(data.begin() + static_cast<std::ptrdiff_t>(offset),

@@ -81,6 +81,9 @@ class SimulatedDisk final : public FileStore {
   Unexpected Crashed() const;
   bool DirExists(const std::string& dir) const;
   std::optional<Entry> Lookup(const std::filesystem::path& path) const;
+  // The current bytes of file `p` (a Norm()ed path), or why it cannot be read (crashed, the
+  // injected EIO, missing). Call with mutex_ held.
+  Expected<const std::vector<std::uint8_t>*> FileForReading(const std::string& p) const;
   void Change(const std::string& dir, DirChange change);
   Status SyncDir(const std::string& dir);
   Status RemoveLocked(const std::filesystem::path& path);

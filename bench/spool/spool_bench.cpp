@@ -144,12 +144,7 @@ IngestResult RunIngest(Store store, const std::filesystem::path& dir, const driv
     }
     if (auto st = ingest->Add(record.scan_uid, mc, *bytes); !st) Die(st.error().message());
   });
-  codec::ChunkInfo info;
-  info.scan_uid = record.scan_uid;
-  info.rows = protocol.rows;
-  info.channels = protocol.channels;
-  info.sample_type = protocol.sample_type;
-  info.descriptor = drivers::ToJson(protocol);
+  const codec::ChunkInfo info = codec::ScanChunkInfo(record.scan_uid, protocol);
   MemoryDetector detector(views, total_views);
   const auto t0 = Clock::now();
   const double cpu0 = CpuSeconds();

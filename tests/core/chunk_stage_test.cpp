@@ -79,13 +79,7 @@ std::vector<drivers::View> SimViews(const drivers::ScanProtocol& p) {
 }
 
 codec::ChunkInfo Template(const drivers::ScanProtocol& p) {
-  codec::ChunkInfo info;
-  info.scan_uid = "2.25.777";
-  info.rows = p.rows;
-  info.channels = p.channels;
-  info.sample_type = p.sample_type;
-  info.descriptor = drivers::ToJson(p);
-  return info;
+  return codec::ScanChunkInfo("2.25.777", p);
 }
 
 // What the store function kept: every encoded chunk by index.
