@@ -54,7 +54,7 @@ enum class FailureClass {
 };
 const char* ToString(FailureClass failure);
 
-// TLS sessions, DNS answers and connections shared by several HttpClients (one per transfer
+// TLS sessions and DNS answers shared by several HttpClients (one per transfer
 // thread), so a new client resumes the TLS session another one negotiated. Thread-safe.
 class HttpShare {
  public:
@@ -90,7 +90,7 @@ struct HttpOptions {
   bool http2 = true;
   // Bytes libcurl hands the connection per send (CURLOPT_UPLOAD_BUFFERSIZE; 16 KiB to 2 MiB).
   std::uint32_t upload_buffer_bytes = 2u << 20;
-  // Optional: share TLS sessions, DNS and connections with other clients.
+  // Optional: share TLS sessions and DNS answers with other clients (each keeps its own connection).
   std::shared_ptr<HttpShare> share;
 };
 

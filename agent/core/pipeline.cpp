@@ -153,7 +153,14 @@ struct Agent::Run {
       return;
     }
     manifest_written = true;
+    MaybePrepareManifest();
     MaybeUploadManifest();
+  }
+
+  // While chunk uploads still run, the manifest's upload is created ahead, so that the scan's
+  // last request (the manifest, which must wait for every chunk) is a PATCH, not a POST + PATCH.
+  void MaybePrepareManifest() {
+    if (manifest_written && chunks_uploaded + chunks_failed < stored_chunks.size()) uploader->PrepareManifest(scan_uid);
   }
 
   void MaybeUploadManifest() {
@@ -477,6 +484,7 @@ std::vector<ScanSummary> Agent::ResumeAll(Progress* progress) {
           r->StartChunkUpload(c.chunk.index);
         }
       }
+      r->MaybePrepareManifest();
       r->MaybeUploadManifest();
     });
     auto guard = boost::asio::make_work_guard(run->io);

@@ -87,10 +87,6 @@ struct Uploader::Job {
   FailureClass failure = FailureClass::kNone;  // class of the last attempt's error
   Status last_status = Ok();
   Done done;
-  // An upload Prepare() just created and journaled, of this length: the server holds 0 bytes of
-  // it, so Transfer() starts its PATCH without asking (HEAD) first. Cleared by Transfer().
-  std::string fresh_url;
-  std::uint64_t fresh_length = 0;
   // PATCH body bytes sent over every attempt, and attempts that sent bytes: what resumes cost.
   std::uint64_t body_bytes_sent = 0;
   std::uint32_t sending_attempts = 0;
@@ -137,6 +133,57 @@ void Uploader::UploadManifest(const std::string& scan_uid, Done done) {
   job->manifest = true;
   job->done = std::move(done);
   Start(std::move(job));
+}
+
+void Uploader::PrepareManifest(const std::string& scan_uid) {
+  auto job = std::make_shared<Job>();
+  job->scan_uid = scan_uid;
+  job->manifest = true;
+  // Not counted against the creators' lead (WaitForRoomAhead): it has no transfer stage.
+  boost::asio::post(creators_, [this, job] {
+    if (stopping_) return;
+    Attempt(*job, /*prepare=*/true);
+    if (!job->last_status) {
+      log::Debug("upload", job->Name() + ": not created ahead (" + job->last_status.error().message() +
+                               "); it is created when it is sent");
+    }
+  });
+}
+
+void Uploader::WarmUp() {
+  std::optional<transport::tus::ServerCapabilities> discovered;
+  LinkLease lease;
+  bool leased = !stopping_;
+  if (leased && links_ != nullptr) {
+    auto acquired = links_->Acquire();
+    leased = acquired.has_value();  // if not, the jobs' own attempts report it
+    if (leased) lease = std::move(*acquired);
+  }
+  if (leased) {
+    auto client = TakeClient(lease);
+    transport::tus::Client tus(*client, cloud_.upload_url);
+    auto answer = tus.Discover();
+    if (answer) discovered = *answer;
+    ReturnClient(lease.link_name, std::move(client));
+    if (links_ != nullptr) {
+      links_->Report(lease.link_name, answer || !IsLinkFailure(tus.last_failure()) ? Ok() : Status(MakeError(answer.error())));
+    }
+  }
+  {
+    std::lock_guard lock(clients_mutex_);
+    if (discovered && !capabilities_) capabilities_ = std::move(discovered);
+    --discoveries_in_flight_;
+  }
+  capabilities_changed_.notify_all();
+}
+
+bool Uploader::TakeFresh(const std::string& url, std::uint64_t length) {
+  std::lock_guard lock(fresh_mutex_);
+  const auto it = fresh_uploads_.find(url);
+  if (it == fresh_uploads_.end()) return false;
+  const bool fresh = it->second == length;
+  fresh_uploads_.erase(it);
+  return fresh;
 }
 
 std::unique_ptr<transport::HttpClient> Uploader::TakeClient(const LinkLease& lease) {
@@ -205,9 +252,11 @@ bool Uploader::NeedsCreation(const Job& job) {
 }
 
 void Uploader::Attempt(Job& job, bool prepare) {
+  std::unique_lock<std::mutex> manifest_creation;
+  if (prepare && job.manifest) manifest_creation = std::unique_lock(manifest_creation_mutex_);
   if (prepare && !NeedsCreation(job)) {
-    // Done, or an upload of an earlier attempt or run: Transfer() asks the server where it stands.
-    job.fresh_url.clear();
+    // Done, or an upload of an earlier attempt or run: Transfer() asks the server where it stands
+    // (or, for one created ahead and not yet sent, starts its PATCH).
     job.failure = FailureClass::kNone;
     job.last_status = Ok();
     return;
@@ -237,6 +286,17 @@ void Uploader::Start(std::shared_ptr<Job> job) {
   // upload (POST) and journals its URL, then a transfer thread sends the bytes (PATCH). So the
   // creation round trip of the next uploads overlaps the PATCHes in flight instead of leaving
   // a transfer connection idle for it. Creators stay at most `parallel_uploads` uploads ahead.
+  bool warm_up = false;
+  {
+    std::lock_guard lock(clients_mutex_);
+    if (!warm_up_started_) {
+      warm_up_started_ = true;
+      warm_up = true;
+      discoveries_in_flight_ = cloud_.parallel_uploads;
+    }
+  }
+  // Posted first, so every transfer thread runs its warm-up before any transfer.
+  for (std::uint32_t i = 0; warm_up && i < cloud_.parallel_uploads; ++i) boost::asio::post(transfers_, [this] { WarmUp(); });
   boost::asio::post(creators_, [this, job] {
     if (!WaitForRoomAhead()) {
       job->failure = FailureClass::kCancelled;
@@ -313,7 +373,9 @@ void Uploader::Finish(std::shared_ptr<Job> job) {
 
 Expected<transport::tus::ServerCapabilities> Uploader::Capabilities(transport::tus::Client& tus) {
   {
-    std::lock_guard lock(clients_mutex_);
+    std::unique_lock lock(clients_mutex_);
+    // Bounded: every warm-up ends (each request has connect and stall timeouts) and counts down.
+    capabilities_changed_.wait(lock, [this] { return capabilities_.has_value() || discoveries_in_flight_ == 0; });
     if (capabilities_) return *capabilities_;
   }
   auto discovered = tus.Discover();
@@ -370,7 +432,6 @@ Status Uploader::JournalUpload(const Job& job, const spool::UploadState& state) 
 
 Status Uploader::Prepare(Job& job, transport::HttpClient& http) {
   job.failure = FailureClass::kLocal;  // until the spool answered
-  job.fresh_url.clear();
   auto upload = SpooledUploadOf(spool_, job.scan_uid, job.manifest, job.index);
   if (!upload) return MakeError(upload.error());
   const spool::UploadState& state = upload->state;
@@ -388,23 +449,27 @@ Status Uploader::Prepare(Job& job, transport::HttpClient& http) {
     length = bytes->size();
   }
   transport::tus::Client tus(http, cloud_.upload_url);
-  auto capabilities = Capabilities(tus);
-  if (!capabilities) {
-    job.failure = tus.last_failure() == FailureClass::kNone ? FailureClass::kProtocol : tus.last_failure();
-    return MakeError(capabilities.error());
+  // The POST carries no body, so it does not wait for discovery (the warm-ups' OPTIONS run
+  // meanwhile); a server limit already known is checked before asking.
+  {
+    std::lock_guard lock(clients_mutex_);
+    if (capabilities_) tus.SetCapabilities(*capabilities_);
   }
-  tus.SetCapabilities(*capabilities);
   auto created = CreateUpload(job, tus, length, sha256);
   if (!created) return MakeError(created.error());
-  job.fresh_url = created->url;
-  job.fresh_length = length;
+  {
+    std::lock_guard lock(fresh_mutex_);
+    // Entries are taken by the upload's transfer; one left by a scan that stopped early is only
+    // a missed shortcut, so the map is simply cleared if it ever grows large.
+    if (fresh_uploads_.size() >= 4096) fresh_uploads_.clear();
+    fresh_uploads_[created->url] = length;
+  }
   job.failure = FailureClass::kNone;
   return Ok();
 }
 
 Status Uploader::Transfer(Job& job, transport::HttpClient& http, const std::function<bool(std::size_t)>& before_send) {
   job.failure = FailureClass::kLocal;  // until the spool answered
-  const std::string fresh_url = std::exchange(job.fresh_url, {});
   // What to send: a chunk file (checked against its recorded SHA-256) or the manifest.
   auto bytes = job.manifest ? spool_.ReadManifest(job.scan_uid) : spool_.ReadChunk(job.scan_uid, job.index);
   if (!bytes) return MakeError(bytes.error());
@@ -429,9 +494,8 @@ Status Uploader::Transfer(Job& job, transport::HttpClient& http, const std::func
   tus.SetCapabilities(*capabilities);
 
   std::uint64_t offset = 0;
-  // Created by Prepare() a moment ago for exactly these bytes: the server holds none of it yet.
-  const bool fresh = !fresh_url.empty() && fresh_url == state.url && job.fresh_length == bytes->size() &&
-                     state.confirmed_offset == 0;
+  // Created by Prepare() for exactly these bytes and not sent since: the server holds none yet.
+  const bool fresh = !state.url.empty() && TakeFresh(state.url, bytes->size()) && state.confirmed_offset == 0;
   if (!state.url.empty() && !fresh) {
     auto server = tus.Query(state.url);
     if (server) {

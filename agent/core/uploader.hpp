@@ -54,6 +54,11 @@ class Uploader {
   // an error naming the problem and what to do; the data stays spooled.
   void UploadChunk(const std::string& scan_uid, std::uint32_t index, Done done);
   void UploadManifest(const std::string& scan_uid, Done done);
+  // Creates the manifest's upload ahead of time (POST, URL journaled, no byte sent), so that
+  // UploadManifest, which must wait until every chunk is uploaded, starts with its PATCH and the
+  // scan's last round trip is not a creation. Call once the manifest is in the spool. Optional:
+  // a failure here is only logged; UploadManifest creates the upload then and reports errors.
+  void PrepareManifest(const std::string& scan_uid);
 
   const UploadCounters& counters() const { return counters_; }
   void Stop();
@@ -69,13 +74,23 @@ class Uploader {
   // One attempt on a leased link: the creation stage (Prepare) or the byte stage (Transfer).
   void Attempt(Job& job, bool prepare);
   bool NeedsCreation(const Job& job);  // no upload URL journaled yet, not complete
+  // Before the first job's transfer: each transfer thread opens its connection with an OPTIONS
+  // request while the creators POST, so neither the TLS handshake nor discovery is a round trip
+  // in front of the first PATCH.
+  void WarmUp();
   Status Prepare(Job& job, transport::HttpClient& http);
   Status Transfer(Job& job, transport::HttpClient& http, const std::function<bool(std::size_t)>& before_send);
   // POST for a new upload, then its URL journaled (before any of its bytes is sent).
   Expected<spool::UploadState> CreateUpload(Job& job, transport::tus::Client& tus, std::uint64_t length,
                                             const std::string& sha256);
   Status JournalUpload(const Job& job, const spool::UploadState& state);
+  // The server's capabilities: known, or learned by a warm-up in flight (waited for), or asked
+  // for now with OPTIONS.
   Expected<transport::tus::ServerCapabilities> Capabilities(transport::tus::Client& tus);
+  // An upload Prepare() created and journaled whose bytes nobody has started sending: the
+  // server holds 0 of them, so its PATCH needs no HEAD first. Removes the entry (true if it was
+  // one, of `length` bytes).
+  bool TakeFresh(const std::string& url, std::uint64_t length);
   std::unique_ptr<transport::HttpClient> TakeClient(const LinkLease& lease);
   // Applies `change` to the scan's record durably. Concurrent calls from transfer threads are
   // group-committed: one spool Update (one synced journal record) per scan for all changes
@@ -88,12 +103,20 @@ class Uploader {
   config::CloudConfig cloud_;
   RetryPolicy retry_;
   LinkProvider* links_;
-  // TLS sessions, DNS and connections shared by every transfer client.
+  // TLS sessions and DNS answers shared by every transfer client.
   std::shared_ptr<transport::HttpShare> share_;
   std::mutex clients_mutex_;
   // Idle clients per link name ("" without a link manager): a client is bound to its link.
   std::map<std::string, std::vector<std::unique_ptr<transport::HttpClient>>> idle_clients_;
   std::optional<transport::tus::ServerCapabilities> capabilities_;  // guarded by clients_mutex_
+  std::uint32_t discoveries_in_flight_ = 0;                         // guarded by clients_mutex_
+  std::condition_variable capabilities_changed_;
+  bool warm_up_started_ = false;  // guarded by clients_mutex_
+  std::mutex fresh_mutex_;
+  std::map<std::string, std::uint64_t> fresh_uploads_;  // URL -> length; see TakeFresh
+  // Held while a manifest's upload is created, so that PrepareManifest and UploadManifest never
+  // both create one for the same scan.
+  std::mutex manifest_creation_mutex_;
   struct PendingChange {
     std::uint64_t ticket = 0;
     std::string scan_uid;

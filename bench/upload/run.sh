@@ -6,7 +6,7 @@
 # in front of it adding delay (netem does not work on this machine).
 #
 # What is uploaded: the real compressed chunks of a scan. `ctagent scan` (sim driver, the demo's
-# 16 x 512 protocol and codec settings, more rotations) runs once against the server; its chunk
+# 16-slice helical protocol and codec settings, more rotations) runs once against the server; its chunk
 # files and manifest are taken from the server's store. Each cell uploads the first chunks of
 # that scan (about --seconds at the link rate, at most --max-mib) and their manifest, the way the
 # agent does: one tus upload per chunk, --parallel at a time, the manifest last. Three clients
@@ -20,13 +20,18 @@
 # Needs root (ip netns, tc), the build's ctagent, upload_bench and fault_proxy targets, and
 # `npm ci` in this folder. Usage:
 #   bench/upload/run.sh --build build/links-release [--rates 20,100,1000] [--delays 0,30,80]
-#        [--clients agent,tusjs,curl] [--seconds 4] [--patch-mib 4] [--max-mib 128] [--parallel N]
+#        [--clients agent,tusjs,curl] [--seconds 10] [--patch-mib 4] [--max-mib 256] [--parallel N]
 #        [--repeat R] [--agent-spool DIR] [--agent-b UPLOAD_BENCH]
+# A cell is --seconds of the link's time (10 s: shorter than one real scan at 20 or 100 Mbit/s; a
+# 16-slice chest scan is ~500 MiB compressed), because each scan's upload pays ~4 round trips
+# that no tus client with a journal can overlap (docs/links.md); --seconds 4 shows them.
 # --delays are added round-trip times [ms], half each way. --repeat runs every client R times per
 # cell, interleaved (agent, tusjs, curl, agent, ...), and reports each client's median.
 # --agent-spool puts the agent's spool elsewhere (default: under /tmp, a real disk here; a tmpfs
 # shows what the journal's disk syncs cost). --agent-b adds a client "agentb": another build of
 # upload_bench (a variant to compare within one run); list it in --clients, read the "agent-b" column.
+# Environment: AGENT_LOG=debug logs the agent client's uploads (printed under "client errors");
+# AGENT_WRAP="strace -f -tt -o FILE" (or perf ...) runs the agent client under that command.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -35,9 +40,9 @@ build=""
 rates="20,100,1000"
 delays="0,30,80"
 clients="agent,tusjs,curl"
-seconds=4
+seconds=10
 patch_mib=4
-max_mib=128
+max_mib=256
 parallel=""
 repeat=1
 agent_spool=""
@@ -135,27 +140,22 @@ url=https://10.78.1.1:$(cat "$work/proxy.port")/files/
 patch_bytes=$((patch_mib * 1048576))
 
 # The scan: `ctagent scan` over the cloud's loopback (unshaped), then its chunks and manifest
-# are taken from the store. About --max-mib compressed (the demo protocol compresses to ~8.4 KiB
-# per view).
-views=$(( max_mib * 1048576 / 8400 / 720 * 720 + 720 ))
-cat > "$work/scan.json" <<CONF
-{
-  "terminal_id": "bench-upload",
-  "log_level": "warn",
-  "driver": { "name": "sim", "options": {} },
-  "scan": { "geometry": "parallel", "views_per_rotation": 720, "rotations": $(( views / 720 )), "rows": 16,
-            "channels": 512, "channel_pitch_mm": 0.8, "row_pitch_mm": 1.25, "rotation_time_s": 1.0,
-            "dose_fraction": 0.2, "unattenuated_counts": 60000, "sample_type": "uint16", "seed": 2021,
-            "real_time": false },
-  "study": { "patient_id": "BENCH-0001", "patient_name": "BENCH^UPLOAD", "study_description": "BENCH" },
-  "codec": { "zstd_level": 3, "filter": "predict", "views_per_chunk": 64, "threads": 2 },
-  "spool": { "directory": "$work/scan-spool", "max_bytes": "16 GiB", "min_free_bytes": 0 },
-  "cloud": { "upload_url": "https://127.0.0.1:$tus_port/files/", "tls": { "ca_file": "$pki/ca.pem" },
-             "parallel_uploads": 4 },
-  "results": { "enabled": false },
-  "console": { "enabled": false }
-}
-CONF
+# are taken from the store. Protocol and codec are config/demo.json's (the 16-slice helical
+# scan at 1/5 dose, 64 views per chunk: ~0.9 MiB compressed chunks), with as many rotations as
+# make about --max-mib compressed (~17 MiB per rotation) and no real-time pacing.
+node -e '
+  const fs = require("fs");
+  const [demo, out, spool, url, ca, maxMib] = process.argv.slice(1);
+  const d = JSON.parse(fs.readFileSync(demo));
+  const scan = { ...d.scan, real_time: false, rotations: Math.ceil(Number(maxMib) / 17) + 1 };
+  fs.writeFileSync(out, JSON.stringify({
+    terminal_id: "bench-upload", log_level: "warn", driver: { name: "sim", options: {} }, scan,
+    study: { patient_id: "BENCH-0001", patient_name: "BENCH^UPLOAD", study_description: "BENCH" },
+    codec: d.codec,
+    spool: { directory: spool, max_bytes: "16 GiB", min_free_bytes: 0 },
+    cloud: { upload_url: url, tls: { ca_file: ca }, parallel_uploads: 4 },
+    results: { enabled: false }, console: { enabled: false } }, null, 2));' \
+  "$src/config/demo.json" "$work/scan.json" "$work/scan-spool" "https://127.0.0.1:$tus_port/files/" "$pki/ca.pem" "$max_mib"
 ip netns exec "$cloud" "$agent_exe" scan --config "$work/scan.json" --quiet --no-results > "$work/scan.log" 2>&1 \
   || { echo "run.sh: ctagent scan failed:" >&2; cat "$work/scan.log" >&2; exit 1; }
 mkdir -p "$work/scan"
@@ -204,7 +204,7 @@ run_agentb() { run_agent_exe "$bench_exe_b" "$@"; }
 run_agent_exe() {  # $1 upload_bench $2 dir $3 ns $4 url
   local exe=$1 out
   shift
-  out=$(ip netns exec "$2" "$exe" --url "$3" --dir "$1" --ca "$pki/ca.pem" --patch-bytes $patch_bytes \
+  out=$(ip netns exec "$2" ${AGENT_WRAP:-} "$exe" --url "$3" --dir "$1" --ca "$pki/ca.pem" --patch-bytes $patch_bytes \
         --parallel "$parallel"  --spool "$agent_spool" ${AGENT_LOG:+--log $AGENT_LOG} 2>>"$work/clients.log") || { echo fail; return; }
   mbits "$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<<"$out")" "$(sed -n 's/.*bytes=\([0-9]*\).*/\1/p' <<<"$out")"
 }

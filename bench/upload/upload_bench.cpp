@@ -131,6 +131,8 @@ int main(int argc, char** argv) {
       if (--chunks_left == 0) uploader.UploadManifest(manifest->scan_uid, finish);
     });
   }
+  // As the agent does once a scan's manifest is in the spool and its chunks are still uploading.
+  uploader.PrepareManifest(manifest->scan_uid);
   io.run();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   uploader.Stop();

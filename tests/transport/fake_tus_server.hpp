@@ -104,6 +104,8 @@ class FakeTusServer {
     std::lock_guard lock(mutex_);
     return uploads_.size();
   }
+  // TCP connections accepted so far.
+  std::size_t ConnectionCount() const { return accepted_; }
 
  private:
   struct Upload {
@@ -117,6 +119,7 @@ class FakeTusServer {
       if (::poll(&p, 1, 100) <= 0) continue;
       const int fd = ::accept(listen_fd_, nullptr, nullptr);
       if (fd < 0) continue;
+      ++accepted_;
       connections_.emplace_back([this, fd] { Serve(fd); });
     }
   }
@@ -263,6 +266,7 @@ class FakeTusServer {
   int listen_fd_ = -1;
   std::uint16_t port_ = 0;
   std::atomic<bool> stop_{false};
+  std::atomic<std::size_t> accepted_{0};
   std::thread acceptor_;
   std::vector<std::thread> connections_;  // touched by the acceptor thread, joined after it
   std::mutex mutex_;

@@ -7,6 +7,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include <chrono>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -222,16 +223,171 @@ TEST_CASE("uploader: a lease revoked mid-PATCH aborts it, and the next lease res
   CHECK(f.fake.Count("POST") == 1);
   CHECK(f.fake.Count("HEAD") == 1);  // the resume asked the server's offset
 
-  // One lease per stage: the creation (POST, no body), the PATCHes, the resume.
+  // One lease per stage: the transfer thread's warm-up (OPTIONS) and the creation (POST, no
+  // body), in either order and without body bytes, then the PATCHes, then the resume.
   const auto paced = links.paced();
-  REQUIRE(paced.size() == 3);
+  REQUIRE(paced.size() == 4);
   CHECK(paced[0] == 0);
+  CHECK(paced[1] == 0);
   // The PATCH lease: whole 64 KiB blocks until the one that would cross 200000 bytes was
   // refused; the server kept the completed PATCHes.
   const std::size_t kept = 3 * 64 * 1024;
-  CHECK(paced[1] <= 200000);
+  CHECK(paced[2] <= 200000);
   // The resume: exactly the bytes the server did not have; nothing was sent twice.
-  CHECK(paced[2] == f.chunk.size() - kept);
-  CHECK(links.report_ok() == std::vector<bool>{true, false, true});
+  CHECK(paced[3] == f.chunk.size() - kept);
+  CHECK(links.report_ok() == std::vector<bool>{true, true, false, true});
   CHECK(uploader.counters().retries == 1);
+}
+
+namespace {
+
+// A spool holding one scan of `chunks` chunks whose acquisition has ended (manifest written).
+struct ScanFixture {
+  test::TempDir dir{"uploader-scan"};
+  PosixFileStore files;
+  std::unique_ptr<spool::Spool> spool;
+  FakeTusServer fake;
+  config::CloudConfig cloud;
+  std::string scan_uid = MintDicomUid();
+  std::vector<std::vector<std::uint8_t>> chunks;
+  boost::asio::io_context io;
+
+  ScanFixture(std::uint32_t chunk_count, std::uint32_t parallel) {
+    spool::SpoolOptions options;
+    options.directory = dir.path() / "spool";
+    options.max_bytes = 1ull << 30;
+    options.min_free_bytes = 0;
+    auto opened = spool::Spool::Open(options, files);
+    REQUIRE(opened);
+    spool = std::move(*opened);
+    spool::ScanRecord record;
+    record.scan_uid = scan_uid;
+    record.study_uid = MintDicomUid();
+    record.created_utc = "2026-11-23T10:00:00Z";
+    REQUIRE(spool->BeginScan(record, 16 << 20));
+    codec::Manifest manifest;
+    manifest.scan_uid = scan_uid;
+    manifest.study_uid = record.study_uid;
+    for (std::uint32_t i = 0; i < chunk_count; ++i) {
+      chunks.push_back(RandomBytes(100000 + 1000 * i, 40 + i));
+      const auto& bytes = chunks.back();
+      const codec::ManifestChunk meta{i, i * 10, 10, bytes.size() * 2, bytes.size(), Sha256Hex(bytes), Sha256Hex(bytes)};
+      REQUIRE(spool->AddChunk(scan_uid, meta, bytes));
+      manifest.chunks.push_back(meta);
+      manifest.views_acquired += 10;
+    }
+    REQUIRE(spool->FinishAcquisition(scan_uid, manifest));
+    cloud.upload_url = fake.endpoint();
+    cloud.allow_plain_http = true;
+    cloud.parallel_uploads = parallel;
+    cloud.patch_bytes = 1 << 20;  // one PATCH per upload
+    cloud.connect_timeout_s = 5;
+    cloud.stall_timeout_s = 10;
+  }
+
+  // Runs the event loop until `done` or 60 s.
+  void RunUntil(const std::function<bool()>& done) {
+    io.restart();  // an earlier RunUntil may have let it run out of work, which stops it
+    auto guard = boost::asio::make_work_guard(io);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!done() && std::chrono::steady_clock::now() < deadline) io.run_for(std::chrono::milliseconds(10));
+  }
+
+  // The agent's order: every chunk, then (once all succeeded) the manifest.
+  std::optional<Status> UploadScan(core::Uploader& uploader) {
+    std::optional<Status> result;
+    std::size_t left = chunks.size();
+    for (std::uint32_t i = 0; i < chunks.size(); ++i) {
+      uploader.UploadChunk(scan_uid, i, [&](Status st) {
+        if (!st) result = st;
+        if (--left == 0 && !result) uploader.UploadManifest(scan_uid, [&](Status m) { result = m; });
+      });
+    }
+    RunUntil([&] { return result.has_value(); });
+    return result;
+  }
+
+  // Each upload on the server holds exactly the spooled bytes.
+  void CheckArrived() {
+    auto record = spool->Get(scan_uid);
+    REQUIRE(record);
+    for (const auto& c : record->chunks) {
+      CHECK(c.upload.complete);
+      const auto& bytes = chunks.at(c.chunk.index);
+      CHECK(fake.Data(c.upload.url) == std::string(bytes.begin(), bytes.end()));
+    }
+    auto manifest = spool->ReadManifest(scan_uid);
+    REQUIRE(manifest);
+    CHECK(record->manifest_upload.complete);
+    CHECK(fake.Data(record->manifest_upload.url) == std::string(manifest->begin(), manifest->end()));
+  }
+};
+
+}  // namespace
+
+TEST_CASE("uploader: a manifest created ahead is sent with one PATCH, never created twice",
+          "[transport][upload][fake]") {
+  ScanFixture f(3, 2);
+  core::Uploader uploader(f.io, *f.spool, f.cloud, Fixture::FastRetries());
+  uploader.PrepareManifest(f.scan_uid);
+  // Created and journaled before any chunk is sent, and no byte of it sent yet.
+  std::string manifest_url;
+  f.RunUntil([&] {
+    auto record = f.spool->Get(f.scan_uid);
+    if (record) manifest_url = record->manifest_upload.url;
+    return !manifest_url.empty();
+  });
+  REQUIRE_FALSE(manifest_url.empty());
+  CHECK(f.fake.Count("POST") == 1);
+  CHECK(f.fake.Count("PATCH") == 0);
+
+  const auto result = f.UploadScan(uploader);
+  REQUIRE(result);
+  REQUIRE(*result);
+  f.CheckArrived();
+  CHECK(f.spool->Get(f.scan_uid)->manifest_upload.url == manifest_url);  // the upload created ahead
+  CHECK(f.fake.Count("POST") == 4);   // 3 chunks + 1 manifest
+  CHECK(f.fake.Count("PATCH") == 4);  // one each
+  CHECK(f.fake.Count("HEAD") == 0);   // an upload created by this uploader and not sent needs no HEAD
+  CHECK(f.fake.UploadCount() == 4);
+}
+
+TEST_CASE("uploader: PrepareManifest racing UploadManifest still creates one manifest upload",
+          "[transport][upload][fake]") {
+  for (int round = 0; round < 5; ++round) {
+    ScanFixture f(1, 4);
+    core::Uploader uploader(f.io, *f.spool, f.cloud, Fixture::FastRetries());
+    std::optional<Status> chunk;
+    uploader.UploadChunk(f.scan_uid, 0, [&](Status st) { chunk = st; });
+    f.RunUntil([&] { return chunk.has_value(); });
+    REQUIRE(chunk);
+    REQUIRE(*chunk);
+    std::optional<Status> manifest;
+    uploader.PrepareManifest(f.scan_uid);
+    uploader.UploadManifest(f.scan_uid, [&](Status st) { manifest = st; });
+    f.RunUntil([&] { return manifest.has_value(); });
+    REQUIRE(manifest);
+    REQUIRE(*manifest);
+    f.CheckArrived();
+    CHECK(f.fake.Count("POST") == 2);
+    CHECK(f.fake.UploadCount() == 2);
+  }
+}
+
+TEST_CASE("uploader: each transfer and creation thread keeps one connection for all its requests",
+          "[transport][upload][fake]") {
+  // 40 uploads over 4 creators and 4 transfer threads. libcurl's shared connection cache (5
+  // slots for all handles) once closed a connection after nearly every request; now each
+  // client keeps its own, so at most one connection per thread is opened.
+  ScanFixture f(40, 4);
+  core::Uploader uploader(f.io, *f.spool, f.cloud, Fixture::FastRetries());
+  uploader.PrepareManifest(f.scan_uid);
+  const auto result = f.UploadScan(uploader);
+  REQUIRE(result);
+  REQUIRE(*result);
+  f.CheckArrived();
+  CHECK(f.fake.Count("POST") == 41);
+  CHECK(f.fake.Count("PATCH") == 41);
+  CHECK(f.fake.Count("OPTIONS") == 4);  // one warm-up per transfer thread
+  CHECK(f.fake.ConnectionCount() <= 8);
 }

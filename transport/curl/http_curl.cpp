@@ -246,7 +246,10 @@ HttpShare::HttpShare() : impl_(std::make_unique<Impl>()) {
   curl_share_setopt(impl_->share, CURLSHOPT_USERDATA, impl_.get());
   curl_share_setopt(impl_->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
   curl_share_setopt(impl_->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
-  curl_share_setopt(impl_->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
+  // Not CURL_LOCK_DATA_CONNECT: each client keeps its own connection (one per thread, a thread's
+  // requests are sequential anyway). A shared connection cache is capped by each handle's
+  // CURLOPT_MAXCONNECTS (5) over *all* sharing handles, so with 16 clients libcurl closed a
+  // connection after nearly every request and the next one paid a new TCP + TLS handshake.
 }
 
 // Every client using the share must be gone first (it holds a shared_ptr to it).
