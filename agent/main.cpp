@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/cli.hpp"
+#include "agent/common/allocator.hpp"
 #include "agent/common/clock.hpp"
 #include "agent/common/log.hpp"
 #include "agent/core/agent.hpp"
@@ -608,6 +609,7 @@ int Main(int argc, char** argv) {
 }  // namespace ctagent
 
 int main(int argc, char** argv) {
+  ctagent::KeepLargeBuffersInHeap();
   try {
     return ctagent::Main(argc, argv);
   } catch (const std::exception& e) {

@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/codec/manifest.hpp"
+#include "agent/common/allocator.hpp"
 #include "agent/common/durable_file.hpp"
 #include "agent/common/log.hpp"
 #include "agent/core/uploader.hpp"
@@ -52,6 +53,7 @@ int Fail(const std::string& what) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  KeepLargeBuffersInHeap();  // as ctagent's main does
   fs::path dir, spool_dir;
   config::CloudConfig cloud;
   for (int i = 1; i + 1 < argc; i += 2) {

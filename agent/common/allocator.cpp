@@ -1,0 +1,17 @@
+#include "agent/common/allocator.hpp"
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+namespace ctagent {
+
+void KeepLargeBuffersInHeap() {
+#if defined(__GLIBC__)
+  // Setting either disables glibc's dynamic adjustment of both, so both are set.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 64 << 20);
+#endif
+}
+
+}  // namespace ctagent
