@@ -34,6 +34,35 @@ using transport::FailureClass;
 
 using ctagent::test::RandomBytes;
 
+// A spool under `dir` with one scan begun (`reserve` bytes), as acquisition leaves it.
+std::unique_ptr<spool::Spool> SpoolWithScan(const test::TempDir& dir, PosixFileStore& files, const std::string& scan_uid,
+                                            std::uint64_t reserve) {
+  spool::SpoolOptions options;
+  options.directory = dir.path() / "spool";
+  options.max_bytes = 1ull << 30;
+  options.min_free_bytes = 0;
+  auto opened = spool::Spool::Open(options, files);
+  REQUIRE(opened);
+  spool::ScanRecord record;
+  record.scan_uid = scan_uid;
+  record.study_uid = MintDicomUid();
+  record.created_utc = "2026-11-23T10:00:00Z";
+  REQUIRE((*opened)->BeginScan(record, reserve));
+  return std::move(*opened);
+}
+
+// Cloud settings for the fake server: plain HTTP on loopback, short timeouts.
+config::CloudConfig FakeCloud(const FakeTusServer& fake, std::uint32_t parallel, std::uint64_t patch_bytes) {
+  config::CloudConfig cloud;
+  cloud.upload_url = fake.endpoint();
+  cloud.allow_plain_http = true;
+  cloud.parallel_uploads = parallel;
+  cloud.patch_bytes = patch_bytes;
+  cloud.connect_timeout_s = 5;
+  cloud.stall_timeout_s = 10;
+  return cloud;
+}
+
 // A spool holding one scan with one chunk, and an uploader pointed at the fake server.
 struct Fixture {
   test::TempDir dir{"uploader"};
@@ -46,26 +75,10 @@ struct Fixture {
   boost::asio::io_context io;
 
   Fixture() {
-    spool::SpoolOptions options;
-    options.directory = dir.path() / "spool";
-    options.max_bytes = 1ull << 30;
-    options.min_free_bytes = 0;
-    auto opened = spool::Spool::Open(options, files);
-    REQUIRE(opened);
-    spool = std::move(*opened);
-    spool::ScanRecord record;
-    record.scan_uid = scan_uid;
-    record.study_uid = MintDicomUid();
-    record.created_utc = "2026-11-23T10:00:00Z";
-    REQUIRE(spool->BeginScan(record, 1 << 20));
+    spool = SpoolWithScan(dir, files, scan_uid, 1 << 20);
     const codec::ManifestChunk meta{0, 0, 10, chunk.size() * 2, chunk.size(), Sha256Hex(chunk), Sha256Hex(chunk)};
     REQUIRE(spool->AddChunk(scan_uid, meta, chunk));
-    cloud.upload_url = fake.endpoint();
-    cloud.allow_plain_http = true;
-    cloud.parallel_uploads = 1;
-    cloud.patch_bytes = 64 * 1024;
-    cloud.connect_timeout_s = 5;
-    cloud.stall_timeout_s = 10;
+    cloud = FakeCloud(fake, 1, 64 * 1024);
   }
 
   static core::RetryPolicy FastRetries() {
@@ -253,21 +266,10 @@ struct ScanFixture {
   boost::asio::io_context io;
 
   ScanFixture(std::uint32_t chunk_count, std::uint32_t parallel) {
-    spool::SpoolOptions options;
-    options.directory = dir.path() / "spool";
-    options.max_bytes = 1ull << 30;
-    options.min_free_bytes = 0;
-    auto opened = spool::Spool::Open(options, files);
-    REQUIRE(opened);
-    spool = std::move(*opened);
-    spool::ScanRecord record;
-    record.scan_uid = scan_uid;
-    record.study_uid = MintDicomUid();
-    record.created_utc = "2026-11-23T10:00:00Z";
-    REQUIRE(spool->BeginScan(record, 16 << 20));
+    spool = SpoolWithScan(dir, files, scan_uid, 16 << 20);
     codec::Manifest manifest;
     manifest.scan_uid = scan_uid;
-    manifest.study_uid = record.study_uid;
+    manifest.study_uid = spool->Get(scan_uid)->study_uid;
     for (std::uint32_t i = 0; i < chunk_count; ++i) {
       chunks.push_back(RandomBytes(100000 + 1000 * i, 40 + i));
       const auto& bytes = chunks.back();
@@ -277,12 +279,7 @@ struct ScanFixture {
       manifest.views_acquired += 10;
     }
     REQUIRE(spool->FinishAcquisition(scan_uid, manifest));
-    cloud.upload_url = fake.endpoint();
-    cloud.allow_plain_http = true;
-    cloud.parallel_uploads = parallel;
-    cloud.patch_bytes = 1 << 20;  // one PATCH per upload
-    cloud.connect_timeout_s = 5;
-    cloud.stall_timeout_s = 10;
+    cloud = FakeCloud(fake, parallel, 1 << 20);  // one PATCH per upload
   }
 
   // Runs the event loop until `done` or 60 s.
