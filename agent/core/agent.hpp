@@ -61,7 +61,9 @@ class Agent {
   // soon as each chunk is written, whatever happens later.
   Expected<ScanSummary> RunScan(Progress* progress = nullptr);
 
-  // Continues every unfinished scan in the spool (uploads, results, delivery).
+  // Continues every unfinished scan in the spool: first the upload of every scan with bytes
+  // still to send, then results and delivery for every uploaded scan (so no scan's upload waits
+  // for another scan's results).
   std::vector<ScanSummary> ResumeAll(Progress* progress = nullptr);
 
   // Stops the event loop from a signal handler's thread.
@@ -72,6 +74,8 @@ class Agent {
  private:
   struct Run;
   Expected<ScanSummary> Finish(Run& run);
+  // Runs the scan's event loop until it stops; RequestStop() stops it from another thread.
+  void RunLoop(Run& run);
   void ApplyRetention();
 
   config::AgentConfig config_;

@@ -53,6 +53,10 @@ struct Agent::Run {
   std::uint32_t chunks_not_stored = 0;    // chunks the spool refused (full disk, I/O error)
   bool acquisition_done = false;
   bool manifest_written = false;
+  // ResumeAll's upload pass: the loop stops once the manifest is uploaded; the results come in
+  // its second pass, after every pending scan's upload.
+  bool results_later = false;
+  std::uint64_t uploaded_bytes = 0;  // the uploader's count, kept when it is released
   std::uint64_t views = 0;
   std::string incomplete_reason;
   Status acquisition_failure = Ok();  // the spool could not store what the driver gave
@@ -183,8 +187,21 @@ struct Agent::Run {
       (void)spool.Update(scan_uid, [](spool::ScanRecord& r) {
         if (r.state == spool::ScanState::kAcquired) r.state = spool::ScanState::kUploaded;
       });
+      if (results_later) {
+        Stop();
+        return;
+      }
       FetchResults();
     });
+  }
+
+  // Stops the uploader and keeps only its count: a stopped uploader still holds its idle
+  // connections, which a Run waiting for its results pass must not keep open.
+  void ReleaseUploader() {
+    if (!uploader) return;
+    uploader->Stop();
+    uploaded_bytes = uploader->counters().bytes_sent;
+    uploader.reset();
   }
 
   void FetchResults() {
@@ -396,7 +413,8 @@ Expected<ScanSummary> Agent::Finish(Run& run) {
   s.study_uid = run.study_uid;
   s.acquisition_seconds = run.acquisition_seconds;
   s.upload_seconds = run.upload_seconds;
-  s.uploaded_bytes = run.uploader->counters().bytes_sent;
+  run.ReleaseUploader();
+  s.uploaded_bytes = run.uploaded_bytes;
   if (run.results) {
     s.results_received = run.results->counters().instances_received;
     s.results_delivered = run.results->counters().instances_delivered;
@@ -428,8 +446,14 @@ Expected<ScanSummary> Agent::Finish(Run& run) {
   return s;
 }
 
+// Two passes. First every scan with bytes still to send is uploaded, then the results of every
+// uploaded scan are fetched and delivered. A scan's results can take minutes (reconstruction and
+// AI reading in the cloud; up to results.timeout_s), and the scans behind it must not wait for
+// them with their raw data on this disk only and the link idle; the cloud meanwhile works on
+// every scan it has.
 std::vector<ScanSummary> Agent::ResumeAll(Progress* progress) {
   std::vector<ScanSummary> summaries;
+  std::vector<std::unique_ptr<Run>> awaiting_results;
   for (const spool::ScanRecord& record : spool_->AllScans()) {
     if (stop_requested_) break;
     if (record.state == spool::ScanState::kDelivered || record.state == spool::ScanState::kFailed) continue;
@@ -439,18 +463,6 @@ std::vector<ScanSummary> Agent::ResumeAll(Progress* progress) {
     auto run = std::make_unique<Run>(config_, *spool_, progress);
     run->scan_uid = record.scan_uid;
     run->study_uid = record.study_uid;
-    run->uploader = std::make_unique<Uploader>(run->io, *spool_, config_.cloud, RetryPolicy{}, links_.get());
-    if (config_.results.enabled) {
-      auto fetcher = ResultsFetcher::Create(run->io, *spool_, config_);
-      if (!fetcher) {
-        ScanSummary s;
-        s.scan_uid = record.scan_uid;
-        s.problem = fetcher.error().message();
-        summaries.push_back(s);
-        continue;
-      }
-      run->results = std::move(*fetcher);
-    }
     for (const auto& c : record.chunks) {
       run->stored_chunks.push_back(c.chunk);
       run->views += c.chunk.view_count;
@@ -458,6 +470,10 @@ std::vector<ScanSummary> Agent::ResumeAll(Progress* progress) {
     run->chunks_expected = static_cast<std::uint32_t>(record.chunks.size());
     run->acquisition_done = true;
     run->manifest_written = record.manifest_written;
+    if (record.state == spool::ScanState::kUploaded || record.state == spool::ScanState::kResultsReceived) {
+      awaiting_results.push_back(std::move(run));
+      continue;
+    }
     if (record.state == spool::ScanState::kAcquiring) {
       // The agent stopped during acquisition: what reached the spool is kept and sent, and the
       // manifest says the scan is incomplete and why.
@@ -466,16 +482,9 @@ std::vector<ScanSummary> Agent::ResumeAll(Progress* progress) {
                                    : "the agent stopped during acquisition; " + std::to_string(run->views) +
                                          " views were stored before it stopped";
     }
-    {
-      std::lock_guard lock(stop_mutex_);
-      Run* raw = run.get();
-      stop_hook_ = [raw] { boost::asio::post(raw->io, [raw] { raw->Stop(); }); };
-    }
+    run->uploader = std::make_unique<Uploader>(run->io, *spool_, config_.cloud, RetryPolicy{}, links_.get());
+    run->results_later = true;
     boost::asio::post(run->io, [r = run.get(), &record] {
-      if (record.state == spool::ScanState::kUploaded || record.state == spool::ScanState::kResultsReceived) {
-        r->FetchResults();
-        return;
-      }
       r->SetPhase(1);
       for (const auto& c : record.chunks) {
         if (c.upload.complete) {
@@ -487,17 +496,50 @@ std::vector<ScanSummary> Agent::ResumeAll(Progress* progress) {
       r->MaybePrepareManifest();
       r->MaybeUploadManifest();
     });
-    auto guard = boost::asio::make_work_guard(run->io);
-    run->io.run();
-    run->uploader->Stop();
-    if (run->results) run->results->Stop();
-    {
-      std::lock_guard lock(stop_mutex_);
-      stop_hook_ = nullptr;
+    RunLoop(*run);
+    run->ReleaseUploader();
+    auto now = spool_->Get(run->scan_uid);
+    const bool uploaded = now && now->state == spool::ScanState::kUploaded && config_.results.enabled;
+    if (uploaded && !stop_requested_) {
+      awaiting_results.push_back(std::move(run));
+    } else if (auto s = Finish(*run)) {
+      summaries.push_back(*s);
+    }
+  }
+  for (auto& run : awaiting_results) {
+    if (!stop_requested_) {
+      auto fetcher = ResultsFetcher::Create(run->io, *spool_, config_);
+      if (!fetcher) {
+        ScanSummary s;
+        s.scan_uid = run->scan_uid;
+        s.problem = fetcher.error().message();
+        summaries.push_back(s);
+        continue;
+      }
+      run->results = std::move(*fetcher);
+      run->results_later = false;
+      run->io.restart();
+      boost::asio::post(run->io, [r = run.get()] { r->FetchResults(); });
+      RunLoop(*run);
+      run->results->Stop();
     }
     if (auto s = Finish(*run)) summaries.push_back(*s);
   }
   return summaries;
+}
+
+void Agent::RunLoop(Run& run) {
+  {
+    std::lock_guard lock(stop_mutex_);
+    Run* raw = &run;
+    stop_hook_ = [raw] { boost::asio::post(raw->io, [raw] { raw->Stop(); }); };
+  }
+  if (!stop_requested_) {  // a stop that came before the hook was set
+    auto guard = boost::asio::make_work_guard(run.io);
+    run.io.run();
+  }
+  std::lock_guard lock(stop_mutex_);
+  stop_hook_ = nullptr;
 }
 
 }  // namespace ctagent::core

@@ -2,11 +2,14 @@
 // -> the real tus server over HTTPS): every chunk file is written unsynced, synced in batches
 // (files, then their directory, then one journal record), and only then read for upload; the
 // bytes in the tus store are the bytes the spool recorded; a slow scan's chunks are synced by
-// time, so uploads start while the scan is still running.
+// time, so uploads start while the scan is still running; resuming a backlog uploads every
+// pending scan before it waits for any scan's results.
 #include <catch2/catch.hpp>
 
 #include <atomic>
 #include <fstream>
+#include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -14,7 +17,9 @@
 #include "agent/common/sha256.hpp"
 #include "agent/core/agent.hpp"
 #include "config/config.hpp"
+#include "agent/spool/spool.hpp"
 #include "tests/spool/recording_store.hpp"
+#include "tests/transport/fake_tus_server.hpp"
 #include "tests/support/process.hpp"
 
 using namespace ctagent;
@@ -161,4 +166,84 @@ TEST_CASE("pipeline: a slow scan's chunks are synced by time and upload while it
   // Before three quarters of the views were read, chunks were already synced and uploaded.
   CHECK(stored_mid_scan >= 3);
   CHECK(uploaded_mid_scan >= 1);
+}
+
+TEST_CASE("pipeline: resuming uploads every pending scan before it waits for any scan's results",
+          "[core][pipeline]") {
+  log::SetLevel(log::Level::kError);
+  Cloud cloud;
+  const fs::path spool_dir = cloud.dir.path() / "spool";
+  // Two scans acquired while the cloud could not be trusted: the server's certificate is of a CA
+  // the agent does not know, a permanent error, so both scans stay in the spool, not uploaded.
+  test::MakeTestPki(cloud.dir.path() / "other-pki");
+  std::vector<std::string> scans;
+  {
+    const auto text = ScanConfig(spool_dir, cloud.tus.endpoint, cloud.dir.path() / "other-pki" / "ca.pem", 64,
+                                 false, "64 KiB", 60000)
+                          .dump();
+    auto config = config::ParseConfig(text, "offline.json");
+    REQUIRE(config);
+    PosixFileStore files;
+    core::Agent agent(*config, files);
+    REQUIRE(agent.Open());
+    for (int i = 0; i < 2; ++i) {
+      auto summary = agent.RunScan();
+      REQUIRE(summary);
+      INFO(summary->problem);
+      CHECK(summary->state == "acquired");
+      CHECK_THAT(summary->problem, Catch::StartsWith("upload pending"));
+      scans.push_back(summary->scan_uid);
+    }
+  }
+  REQUIRE(StoredHashes(cloud.dir.path() / "store").empty());
+
+  // The cloud is trusted again; its DICOMweb side has no results yet for any study. At each
+  // results query, the states of both scans in the spool are noted.
+  test::FakeTusServer dicomweb;
+  std::mutex seen_mutex;
+  std::vector<std::vector<std::string>> states_at_query;
+  core::Agent* agent_ptr = nullptr;
+  dicomweb.SetIntercept([&](const test::FakeRequest& request) -> std::optional<test::FakeResponse> {
+    if (request.method != "GET" || request.target.find("/dicom-web/studies/") == std::string::npos) {
+      return test::FakeResponse{404, {}, ""};
+    }
+    std::vector<std::string> states;
+    for (const auto& uid : scans) {
+      auto record = agent_ptr->spool().Get(uid);
+      states.push_back(record ? spool::ToString(record->state) : record.error().message());
+    }
+    std::lock_guard lock(seen_mutex);
+    states_at_query.push_back(std::move(states));
+    return test::FakeResponse{204, {}, ""};  // QIDO-RS: no match yet
+  });
+  auto online = ScanConfig(spool_dir, cloud.tus.endpoint, cloud.dir.path() / "pki" / "ca.pem", 64, false, "64 KiB",
+                           60000);
+  const std::string files_endpoint = dicomweb.endpoint();  // http://127.0.0.1:PORT/files/
+  online["cloud"]["dicomweb_url"] = files_endpoint.substr(0, files_endpoint.size() - 7) + "/dicom-web";
+  online["cloud"]["allow_plain_http"] = true;
+  online["results"] = {{"enabled", true}, {"poll_interval_ms", 200}, {"poll_max_interval_ms", 400}, {"timeout_s", 2}};
+  auto config = config::ParseConfig(online.dump(), "online.json");
+  REQUIRE(config);
+  PosixFileStore files;
+  core::Agent agent(*config, files);
+  REQUIRE(agent.Open());
+  agent_ptr = &agent;
+  const auto summaries = agent.ResumeAll();
+
+  // Both scans arrived bit-exact, and their results were waited for (and timed out) afterwards.
+  REQUIRE(summaries.size() == 2);
+  const std::set<std::string> stored = StoredHashes(cloud.dir.path() / "store");
+  for (const auto& s : summaries) {
+    INFO(s.scan_uid << ": " << s.problem);
+    CHECK(s.state == "uploaded");
+    CHECK_THAT(s.problem, Catch::StartsWith("results: no complete result series"));
+    auto record = agent.spool().Get(s.scan_uid);
+    REQUIRE(record);
+    for (const auto& c : record->chunks) CHECK(stored.count(c.chunk.sha256) == 1);
+    CHECK(stored.count(record->manifest_sha256) == 1);
+  }
+  // The ordering: when the agent first asked the cloud for results, every scan was uploaded.
+  std::lock_guard lock(seen_mutex);
+  REQUIRE(states_at_query.size() >= 2);
+  CHECK(states_at_query.front() == std::vector<std::string>{"uploaded", "uploaded"});
 }
