@@ -62,8 +62,8 @@ class Agent {
   Expected<ScanSummary> RunScan(Progress* progress = nullptr);
 
   // Continues every unfinished scan in the spool: first the upload of every scan with bytes
-  // still to send, then results and delivery for every uploaded scan (so no scan's upload waits
-  // for another scan's results).
+  // still to send, then results and delivery for every uploaded scan, all of them at once (so
+  // no scan's upload or images wait for another scan's results).
   std::vector<ScanSummary> ResumeAll(Progress* progress = nullptr);
 
   // Stops the event loop from a signal handler's thread.
@@ -76,6 +76,8 @@ class Agent {
   Expected<ScanSummary> Finish(Run& run);
   // Runs the scan's event loop until it stops; RequestStop() stops it from another thread.
   void RunLoop(Run& run);
+  // ResumeAll's second pass: results for every uploaded scan, all scans at once.
+  void AwaitResults(std::vector<std::unique_ptr<Run>>& runs, std::vector<ScanSummary>& summaries);
   void ApplyRetention();
 
   config::AgentConfig config_;

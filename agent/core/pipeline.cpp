@@ -57,6 +57,8 @@ struct Agent::Run {
   // its second pass, after every pending scan's upload.
   bool results_later = false;
   std::uint64_t uploaded_bytes = 0;  // the uploader's count, kept when it is released
+  std::uint32_t results_received = 0;
+  std::uint32_t results_delivered = 0;
   std::uint64_t views = 0;
   std::string incomplete_reason;
   Status acquisition_failure = Ok();  // the spool could not store what the driver gave
@@ -210,11 +212,17 @@ struct Agent::Run {
       return;
     }
     SetPhase(2);
-    results->FetchAndDeliver(scan_uid, study_uid, [this](Status st) {
-      results_failure = st;
+    results->FetchAndDeliver(scan_uid, study_uid, [this](const ResultsOutcome& outcome) {
+      OnResults(outcome);
       SetPhase(4);
       Stop();
     });
+  }
+
+  void OnResults(const ResultsOutcome& outcome) {
+    results_failure = outcome.status;
+    results_received = outcome.instances_received;
+    results_delivered = outcome.instances_delivered;
   }
 };
 
@@ -415,10 +423,8 @@ Expected<ScanSummary> Agent::Finish(Run& run) {
   s.upload_seconds = run.upload_seconds;
   run.ReleaseUploader();
   s.uploaded_bytes = run.uploaded_bytes;
-  if (run.results) {
-    s.results_received = run.results->counters().instances_received;
-    s.results_delivered = run.results->counters().instances_delivered;
-  }
+  s.results_received = run.results_received;
+  s.results_delivered = run.results_delivered;
   auto record = spool_->Get(run.scan_uid);
   if (record) {
     s.views = record->views_acquired;
@@ -506,26 +512,51 @@ std::vector<ScanSummary> Agent::ResumeAll(Progress* progress) {
       summaries.push_back(*s);
     }
   }
+  if (!awaiting_results.empty() && !stop_requested_) AwaitResults(awaiting_results, summaries);
   for (auto& run : awaiting_results) {
-    if (!stop_requested_) {
-      auto fetcher = ResultsFetcher::Create(run->io, *spool_, config_);
-      if (!fetcher) {
-        ScanSummary s;
-        s.scan_uid = run->scan_uid;
-        s.problem = fetcher.error().message();
-        summaries.push_back(s);
-        continue;
-      }
-      run->results = std::move(*fetcher);
-      run->results_later = false;
-      run->io.restart();
-      boost::asio::post(run->io, [r = run.get()] { r->FetchResults(); });
-      RunLoop(*run);
-      run->results->Stop();
-    }
     if (auto s = Finish(*run)) summaries.push_back(*s);
   }
   return summaries;
+}
+
+// Every uploaded scan waits for its results at the same time, on one loop and one fetcher: a
+// scan whose results never come (a failed reconstruction) holds up no other scan's images.
+void Agent::AwaitResults(std::vector<std::unique_ptr<Run>>& runs, std::vector<ScanSummary>& summaries) {
+  boost::asio::io_context io;
+  auto fetcher = ResultsFetcher::Create(io, *spool_, config_);
+  if (!fetcher) {
+    for (auto& run : runs) {
+      ScanSummary s;
+      s.scan_uid = run->scan_uid;
+      s.problem = fetcher.error().message();
+      summaries.push_back(s);
+    }
+    runs.clear();
+    return;
+  }
+  std::size_t waiting = runs.size();
+  for (auto& run : runs) {
+    run->SetPhase(2);
+    (*fetcher)->FetchAndDeliver(run->scan_uid, run->study_uid,
+                                [&io, &waiting, r = run.get()](const ResultsOutcome& outcome) {
+                                  r->OnResults(outcome);
+                                  if (--waiting == 0) io.stop();
+                                });
+  }
+  {
+    std::lock_guard lock(stop_mutex_);
+    stop_hook_ = [&io] { boost::asio::post(io, [&io] { io.stop(); }); };
+  }
+  if (!stop_requested_) {
+    auto guard = boost::asio::make_work_guard(io);
+    io.run();
+  }
+  {
+    std::lock_guard lock(stop_mutex_);
+    stop_hook_ = nullptr;
+  }
+  (*fetcher)->Stop();
+  for (auto& run : runs) run->SetPhase(4);
 }
 
 void Agent::RunLoop(Run& run) {

@@ -19,7 +19,13 @@ struct ResultsFetcher::Job {
   std::chrono::milliseconds interval{1000};
   Done done;
   std::unique_ptr<transport::HttpClient> http;  // used on the worker thread only
+  std::uint32_t received = 0;                   // counted on the worker thread
+  std::uint32_t delivered = 0;
 };
+
+void ResultsFetcher::Complete(Job& job, Status status) {
+  job.done(ResultsOutcome{std::move(status), job.received, job.delivered});
+}
 
 Expected<std::unique_ptr<ResultsFetcher>> ResultsFetcher::Create(boost::asio::io_context& io, spool::Spool& spool,
                                                                   const config::AgentConfig& config) {
@@ -65,15 +71,16 @@ void ResultsFetcher::Poll(std::shared_ptr<Job> job) {
         return;
       }
       if (!complete && !complete.error().IsTransient()) {
-        job->done(MakeError(complete.error().WithContext("fetching results of scan " + job->scan_uid)));
+        Complete(*job, MakeError(complete.error().WithContext("fetching results of scan " + job->scan_uid)));
         return;
       }
       if (!complete) log::Warn("results", "scan " + job->scan_uid + ": " + complete.error().message() + "; will retry");
       if (std::chrono::steady_clock::now() + job->interval > job->deadline) {
-        job->done(MakeError(ErrorKind::kNetwork,
-                            "no complete result series for scan " + job->scan_uid + " within " +
-                                std::to_string(results_.timeout_s) +
-                                " s; the raw data is safe in the spool and the agent keeps asking on its next run"));
+        Complete(*job, MakeError(ErrorKind::kNetwork,
+                                 "no complete result series for scan " + job->scan_uid + " within " +
+                                     std::to_string(results_.timeout_s) +
+                                     " s; the raw data is safe in the spool and the agent keeps asking on its "
+                                     "next run"));
         return;
       }
       auto timer = std::make_shared<boost::asio::steady_timer>(io_, job->interval);
@@ -120,7 +127,7 @@ Expected<bool> ResultsFetcher::PollOnce(Job& job) {
           return MakeError(st.error());
         }
         have[inst.sop_instance_uid] = true;
-        ++counters_.instances_received;
+        ++job.received;
         expected = std::max(expected, info->images_in_acquisition);
       } else if (expected == 0) {
         auto info = results::ValidateInstanceFile(path, job.study_uid, results::DefaultAllowedSopClasses());
@@ -143,7 +150,7 @@ Expected<bool> ResultsFetcher::PollOnce(Job& job) {
 
 void ResultsFetcher::Deliver(std::shared_ptr<Job> job) {
   if (!console_.enabled) {
-    job->done(Ok());
+    Complete(*job, Ok());
     return;
   }
   boost::asio::post(worker_, [this, job] {
@@ -159,14 +166,14 @@ void ResultsFetcher::Deliver(std::shared_ptr<Job> job) {
       results::ConsoleNode node{console_.host, console_.port, console_.called_ae, console_.calling_ae, 30};
       status = files.empty() ? Ok() : results::SendToConsole(node, files);
       if (status) {
-        counters_.instances_delivered += static_cast<std::uint32_t>(files.size());
+        job->delivered += static_cast<std::uint32_t>(files.size());
         status = spool_.Update(job->scan_uid, [](spool::ScanRecord& r) {
           for (auto& res : r.results) res.delivered = true;
           r.state = spool::ScanState::kDelivered;
         });
       }
     }
-    boost::asio::post(io_, [job, status] { job->done(status); });
+    boost::asio::post(io_, [job, status] { Complete(*job, status); });
   });
 }
 

@@ -19,14 +19,19 @@
 
 namespace ctagent::core {
 
-struct ResultsCounters {
-  std::atomic<std::uint32_t> instances_received{0};
-  std::atomic<std::uint32_t> instances_delivered{0};
+// What one FetchAndDeliver did for its scan.
+struct ResultsOutcome {
+  Status status = Ok();
+  std::uint32_t instances_received = 0;   // validated and stored in the spool by this call
+  std::uint32_t instances_delivered = 0;  // sent to the console by this call
 };
 
+// One fetcher serves any number of scans at once on one event loop: each FetchAndDeliver is an
+// independent job (its own backoff, deadline and HTTP client); the blocking DICOMweb and
+// C-STORE calls of all jobs take turns on one worker thread.
 class ResultsFetcher {
  public:
-  using Done = std::function<void(Status)>;
+  using Done = std::function<void(const ResultsOutcome&)>;
 
   // Fails (kInvalidInput) when the DICOMweb password file cannot be read.
   static Expected<std::unique_ptr<ResultsFetcher>> Create(boost::asio::io_context& io, spool::Spool& spool,
@@ -37,7 +42,6 @@ class ResultsFetcher {
   // the console if enabled. `done` runs on the io_context.
   void FetchAndDeliver(const std::string& scan_uid, const std::string& study_uid, Done done);
 
-  const ResultsCounters& counters() const { return counters_; }
   void Stop();
 
  private:
@@ -46,6 +50,7 @@ class ResultsFetcher {
                  transport::HttpOptions http_options);
   void Poll(std::shared_ptr<Job> job);
   void Deliver(std::shared_ptr<Job> job);
+  static void Complete(Job& job, Status status);  // on the io_context
   // Blocking: one QIDO/WADO round. True when a complete series is stored locally.
   Expected<bool> PollOnce(Job& job);
 
@@ -56,7 +61,6 @@ class ResultsFetcher {
   std::string dicomweb_url_;
   transport::HttpOptions http_options_;
   boost::asio::thread_pool worker_{1};
-  ResultsCounters counters_;
   std::atomic<bool> stopping_{false};
 };
 

@@ -3,7 +3,7 @@
 // (files, then their directory, then one journal record), and only then read for upload; the
 // bytes in the tus store are the bytes the spool recorded; a slow scan's chunks are synced by
 // time, so uploads start while the scan is still running; resuming a backlog uploads every
-// pending scan before it waits for any scan's results.
+// pending scan before it waits for any scan's results, and then waits for all of them at once.
 #include <catch2/catch.hpp>
 
 #include <atomic>
@@ -168,7 +168,7 @@ TEST_CASE("pipeline: a slow scan's chunks are synced by time and upload while it
   CHECK(uploaded_mid_scan >= 1);
 }
 
-TEST_CASE("pipeline: resuming uploads every pending scan before it waits for any scan's results",
+TEST_CASE("pipeline: resuming uploads every pending scan first, then waits for all their results at once",
           "[core][pipeline]") {
   log::SetLevel(log::Level::kError);
   Cloud cloud;
@@ -202,18 +202,22 @@ TEST_CASE("pipeline: resuming uploads every pending scan before it waits for any
   test::FakeTusServer dicomweb;
   std::mutex seen_mutex;
   std::vector<std::vector<std::string>> states_at_query;
+  std::vector<std::string> queried_studies;  // in the order of the queries
   core::Agent* agent_ptr = nullptr;
   dicomweb.SetIntercept([&](const test::FakeRequest& request) -> std::optional<test::FakeResponse> {
     if (request.method != "GET" || request.target.find("/dicom-web/studies/") == std::string::npos) {
       return test::FakeResponse{404, {}, ""};
     }
     std::vector<std::string> states;
+    std::string study;
     for (const auto& uid : scans) {
       auto record = agent_ptr->spool().Get(uid);
       states.push_back(record ? spool::ToString(record->state) : record.error().message());
+      if (record && request.target.find("/studies/" + record->study_uid + "/") != std::string::npos) study = uid;
     }
     std::lock_guard lock(seen_mutex);
     states_at_query.push_back(std::move(states));
+    queried_studies.push_back(study);
     return test::FakeResponse{204, {}, ""};  // QIDO-RS: no match yet
   });
   auto online = ScanConfig(spool_dir, cloud.tus.endpoint, cloud.dir.path() / "pki" / "ca.pem", 64, false, "64 KiB",
@@ -242,8 +246,17 @@ TEST_CASE("pipeline: resuming uploads every pending scan before it waits for any
     for (const auto& c : record->chunks) CHECK(stored.count(c.chunk.sha256) == 1);
     CHECK(stored.count(record->manifest_sha256) == 1);
   }
-  // The ordering: when the agent first asked the cloud for results, every scan was uploaded.
+  // The ordering: when the agent first asked the cloud for results, every scan was uploaded;
+  // and both scans waited at the same time, so their queries interleave (one after the other,
+  // the queries would switch from one scan to the other exactly once).
   std::lock_guard lock(seen_mutex);
   REQUIRE(states_at_query.size() >= 2);
   CHECK(states_at_query.front() == std::vector<std::string>{"uploaded", "uploaded"});
+  std::string order;
+  for (const auto& uid : queried_studies) order += (uid == scans[0] ? "1" : uid == scans[1] ? "2" : "?");
+  INFO("queries, by scan: " << order);
+  CHECK(order.find('?') == std::string::npos);
+  std::size_t switches = 0;
+  for (std::size_t i = 1; i < order.size(); ++i) switches += order[i] != order[i - 1] ? 1 : 0;
+  CHECK(switches >= 2);
 }
