@@ -25,7 +25,8 @@
 # A cell is --seconds of the link's time (10 s: shorter than one real scan at 20 or 100 Mbit/s; a
 # 16-slice chest scan is ~500 MiB compressed), because each scan's upload pays ~4 round trips
 # that no tus client with a journal can overlap (docs/links.md); --seconds 4 shows them.
-# --delays are added round-trip times [ms], half each way. --repeat runs every client R times per
+# "agent CPU %" is the agent client's CPU time (all threads, user + system) during its upload, in %
+# of one core: the median over the repeats. --delays are added round-trip times [ms], half each way. --repeat runs every client R times per
 # cell, interleaved (agent, tusjs, curl, agent, ...), and reports each client's median.
 # --agent-spool puts the agent's spool elsewhere (default: under /tmp, a real disk here; a tmpfs
 # shows what the journal's disk syncs cost). --agent-b adds a client "agentb": another build of
@@ -202,11 +203,15 @@ mbits() { awk -v s="$1" -v b="$2" 'BEGIN { printf "%.1f", b * 8 / s / 1e6 }'; }
 run_agent() { run_agent_exe "$bench_exe" "$@"; }
 run_agentb() { run_agent_exe "$bench_exe_b" "$@"; }
 run_agent_exe() {  # $1 upload_bench $2 dir $3 ns $4 url
-  local exe=$1 out
+  local exe=$1 out seconds
   shift
   out=$(ip netns exec "$2" ${AGENT_WRAP:-} "$exe" --url "$3" --dir "$1" --ca "$pki/ca.pem" --patch-bytes $patch_bytes \
         --parallel "$parallel"  --spool "$agent_spool" ${AGENT_LOG:+--log $AGENT_LOG} 2>>"$work/clients.log") || { echo fail; return; }
-  mbits "$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<<"$out")" "$(sed -n 's/.*bytes=\([0-9]*\).*/\1/p' <<<"$out")"
+  seconds=$(sed -n 's/^seconds=\([0-9.]*\).*/\1/p' <<<"$out")
+  # The client's CPU during the upload, in % of one core (the agent's own cost per byte).
+  [ "$exe" != "$bench_exe" ] || awk -v c="$(sed -n 's/.*cpu_seconds=\([0-9.]*\).*/\1/p' <<<"$out")" -v s="$seconds" \
+    'BEGIN { printf "%.0f\n", 100 * c / s }' >> "$work/agent.cpu"
+  mbits "$seconds" "$(sed -n 's/.*bytes=\([0-9]*\).*/\1/p' <<<"$out")"
 }
 run_tusjs() {
   local out
@@ -256,8 +261,8 @@ IFS=, read -r -a client_list <<<"$clients"
 
 bcol=""; bsep=""
 [ -z "$bench_exe_b" ] || { bcol=" agent-b Mbit/s | agent-b/cap |"; bsep="---|---|"; }
-printf '\n| link Mbit/s | added RTT ms | MiB | chunks | agent Mbit/s | tus-js Mbit/s | curl Mbit/s | agent/cap | tus-js/cap | curl/cap | agent/tus-js |%s load |\n' "$bcol"
-printf '|---|---|---|---|---|---|---|---|---|---|---|%s---|\n' "$bsep"
+printf '\n| link Mbit/s | added RTT ms | MiB | chunks | agent Mbit/s | tus-js Mbit/s | curl Mbit/s | agent/cap | tus-js/cap | curl/cap | agent/tus-js |%s agent CPU %% | load |\n' "$bcol"
+printf '|---|---|---|---|---|---|---|---|---|---|---|%s---|---|\n' "$bsep"
 for rate in "${rate_list[@]}"; do
   burst=$(( rate * 1000000 / 8 / 100 ))  # 10 ms of the rate
   [ $burst -ge 32768 ] || burst=32768
@@ -274,6 +279,7 @@ for rate in "${rate_list[@]}"; do
     mv "$work/proxy.control.tmp" "$work/proxy.control"
     sleep 0.2
     declare -A got=()
+    : > "$work/agent.cpu"
     for _ in $(seq 1 "$repeat"); do
       for c in "${client_list[@]}"; do
         got[$c]="${got[$c]:-} $(run_"$c" "$dir" "$scan" "$url")"
@@ -285,10 +291,10 @@ for rate in "${rate_list[@]}"; do
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "fail" || b == "fail" || a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
     bval=""
     [ -z "$bench_exe_b" ] || bval=" ${got[agentb]:--} | $(ratio "${got[agentb]:-}" "$cap") |"
-    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |%s %s |\n' "$rate" "$delay" "$cell_mib" "$nchunks" \
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |%s %s | %s |\n' "$rate" "$delay" "$cell_mib" "$nchunks" \
       "${got[agent]:--}" "${got[tusjs]:--}" "${got[curl]:--}" \
       "$(ratio "${got[agent]:-}" "$cap")" "$(ratio "${got[tusjs]:-}" "$cap")" "$(ratio "${got[curl]:-}" "$cap")" \
-      "$(ratio "${got[agent]:-}" "${got[tusjs]:-}")" "$bval" "$(cut -d' ' -f1 /proc/loadavg)"
+      "$(ratio "${got[agent]:-}" "${got[tusjs]:-}")" "$bval" "$(median < "$work/agent.cpu")" "$(cut -d' ' -f1 /proc/loadavg)"
     unset got
   done
 done

@@ -2,13 +2,16 @@
 // (the files `ctagent scan` produced, see run.sh) and the agent's Uploader (core::Uploader, the
 // same class `ctagent run` uses: tus over HTTPS, `parallel_uploads` transfers, each chunk one
 // upload journaled before its first byte, the manifest last) sends them all. Used by run.sh;
-// prints "seconds=<s> bytes=<n> uploads=<n>" on success.
+// prints "seconds=<s> bytes=<n> uploads=<n> cpu_seconds=<s>" on success (cpu_seconds: the
+// process's user + system CPU time during the timed upload, all threads).
 //
 //   upload_bench --url https://HOST:PORT/files/ --dir CHUNKS --ca CA.pem
 //                [--parallel N] [--patch-bytes N] [--spool DIR] [--log debug]
 // CHUNKS holds manifest.json and the chunk files it lists (NNNNNN.ctc, by chunk index).
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+
+#include <sys/resource.h>
 
 #include <chrono>
 #include <cstdio>
@@ -43,6 +46,16 @@ std::string ChunkName(std::uint32_t index) {
   char name[32];
   std::snprintf(name, sizeof(name), "%06u.ctc", index);
   return name;
+}
+
+// User + system CPU time of the whole process so far [s].
+double CpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  const auto seconds = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
+  };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
 int Fail(const std::string& what) {
@@ -116,6 +129,7 @@ int main(int argc, char** argv) {
   core::Uploader uploader(io, **spool, cloud);
   std::size_t chunks_left = manifest->chunks.size();
   int failed = 0;
+  const double cpu0 = CpuSeconds();
   const auto t0 = std::chrono::steady_clock::now();
   auto finish = [&](Status st) {
     if (!st) {
@@ -137,10 +151,11 @@ int main(int argc, char** argv) {
   uploader.PrepareManifest(manifest->scan_uid);
   io.run();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double cpu_seconds = CpuSeconds() - cpu0;
   uploader.Stop();
   fs::remove_all(spool_dir);
   if (failed > 0) return 1;
-  std::printf("seconds=%.4f bytes=%llu uploads=%zu\n", seconds, static_cast<unsigned long long>(total),
-              manifest->chunks.size() + 1);
+  std::printf("seconds=%.4f bytes=%llu uploads=%zu cpu_seconds=%.3f\n", seconds,
+              static_cast<unsigned long long>(total), manifest->chunks.size() + 1, cpu_seconds);
   return 0;
 }
