@@ -128,7 +128,10 @@ int CmdCheck(const std::vector<std::string>& args) {
   PosixFileStore files;
   std::unique_ptr<spool::Spool> spool;
   if (want("disk") || want("queue")) {
-    auto opened = spool::Spool::Open({cfg->spool.directory, cfg->spool.max_bytes, cfg->spool.min_free_bytes}, files);
+    // Read-only: a check may run while `ctagent scan` or `ctagent run` writes the spool.
+    spool::SpoolOptions options{cfg->spool.directory, cfg->spool.max_bytes, cfg->spool.min_free_bytes};
+    options.read_only = true;
+    auto opened = spool::Spool::Open(options, files);
     if (!opened) {
       report.Fail("disk", opened.error().message());
     } else {
@@ -137,7 +140,9 @@ int CmdCheck(const std::vector<std::string>& args) {
   }
   if (spool && want("disk")) {
     const auto probe = cfg->spool.directory / ".ctagent-check";
-    if (auto st = files.WriteDurably(probe, AsBytes("probe")); !st) {
+    Status st = files.CreateDirectories(cfg->spool.directory);  // a new install has none yet
+    if (st) st = files.WriteDurably(probe, AsBytes("probe"));
+    if (!st) {
       report.Fail("disk", "spool " + cfg->spool.directory.string() + " is not writable: " + st.error().message());
     } else {
       (void)files.Remove(probe);

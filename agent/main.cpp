@@ -10,11 +10,13 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <mutex>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -75,7 +77,8 @@ completed now, the data stays in the spool and `ctagent run` continues it.
 constexpr const char* kRunHelp = R"(Usage: ctagent run --config FILE [--once]
 
 The daemon. Resumes every unfinished scan in the spool (uploads, results, delivery), then
-checks again every 30 s until stopped with SIGTERM or SIGINT. While the cloud is behind, it
+checks again every 30 s until stopped with SIGTERM or SIGINT. It holds the spool only during a
+pass; `ctagent scan` asks it to pause (SIGUSR2) and it resumes once the scan is done. While the cloud is behind, it
 logs the upload backlog every 30 s with the time to clear it at the measured upload rate.
   --once   resume what is pending once, then exit
 Exit status: 0 when nothing is left that needs a person; 1 when a scan could not be finished
@@ -138,22 +141,34 @@ Expected<config::AgentConfig> LoadOrExplain(const Args& args, const char* help, 
 }
 
 // Stops the agent on SIGINT/SIGTERM: the signals are blocked in every thread and taken here.
+// SIGINT and SIGTERM stop the agent; SIGUSR2 (sent by `ctagent scan`, see OpenForScan) asks a
+// daemon to pause: its current pass stops and it lets go of the spool until the scan is done.
 class SignalWatcher {
  public:
-  explicit SignalWatcher(core::Agent& agent) : agent_(agent) {
+  explicit SignalWatcher(core::Agent* agent, bool daemon = false) : agent_(agent), daemon_(daemon) {
     thread_ = std::thread([this] {
       sigset_t set;
       sigemptyset(&set);
       sigaddset(&set, SIGINT);
       sigaddset(&set, SIGTERM);
       sigaddset(&set, SIGUSR1);  // used only to wake this thread at exit
+      sigaddset(&set, SIGUSR2);
       int sig = 0;
       while (sigwait(&set, &sig) == 0) {
         if (done_) return;
-        log::Warn("agent", std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") +
-                               "; stopping (everything accepted stays safe in the spool)");
-        stopped_ = true;
-        agent_.RequestStop();
+        std::lock_guard lock(mutex_);
+        if (sig == SIGUSR2) {
+          if (!daemon_) continue;  // only a daemon gives the spool away
+          log::Info("agent", "a scan is waiting for the spool; pausing uploads until it is done");
+          yield_requested_ = true;
+        } else if (sig == SIGINT || sig == SIGTERM) {
+          log::Warn("agent", std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") +
+                                 "; stopping (everything accepted stays safe in the spool)");
+          stopped_ = true;
+        } else {
+          continue;
+        }
+        if (agent_ != nullptr) agent_->RequestStop();
         cv_.notify_all();
       }
     });
@@ -163,18 +178,28 @@ class SignalWatcher {
     pthread_kill(thread_.native_handle(), SIGUSR1);
     thread_.join();
   }
+  // The agent a stop or pause request goes to (the daemon has a new one per pass; null between).
+  void Attach(core::Agent* agent) {
+    std::lock_guard lock(mutex_);
+    agent_ = agent;
+    if (agent_ != nullptr && stopped_) agent_->RequestStop();
+  }
   bool stopped() const { return stopped_; }
+  // True once per SIGUSR2 received since the last call.
+  bool TakeYieldRequest() { return yield_requested_.exchange(false); }
   // Sleeps up to `d`, returning early when a stop signal arrives.
-  void SleepFor(std::chrono::seconds d) {
+  void SleepFor(std::chrono::milliseconds d) {
     std::unique_lock lock(mutex_);
     cv_.wait_for(lock, d, [this] { return stopped_.load(); });
   }
 
  private:
-  core::Agent& agent_;
+  core::Agent* agent_;  // guarded by mutex_
+  const bool daemon_;
   std::thread thread_;
   std::atomic<bool> done_{false};
   std::atomic<bool> stopped_{false};
+  std::atomic<bool> yield_requested_{false};
   std::mutex mutex_;
   std::condition_variable cv_;
 };
@@ -185,6 +210,7 @@ void BlockStopSignals() {
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGUSR1);
+  sigaddset(&set, SIGUSR2);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
 }
@@ -458,12 +484,53 @@ void PrintSummary(const core::ScanSummary& s) {
   std::fflush(stdout);
 }
 
-bool OpenOrExplain(core::Agent& agent) {
-  if (auto st = agent.Open(); !st) {
+bool OpenOrExplain(core::Agent& agent, bool read_only = false) {
+  if (auto st = agent.Open(read_only); !st) {
     std::fprintf(stderr, "ctagent: %s\n", st.error().message().c_str());
     return false;
   }
   return true;
+}
+
+// Whether process `pid` is a `ctagent run` daemon (by its command line).
+bool IsDaemon(int pid) {
+  std::istringstream words(ProcessCommandLine(pid));
+  std::string program, word;
+  if (!(words >> program) || std::filesystem::path(program).filename() != "ctagent") return false;
+  while (words >> word) {
+    if (word == "run") return true;
+  }
+  return false;
+}
+
+// A scan must not be refused because the daemon is uploading: when a `ctagent run` holds the
+// spool, it is asked to pause (SIGUSR2, repeated every 2 s in case it was between passes) and
+// the scan waits for the spool, at most kDaemonPauseWait. Any other holder is an error.
+bool OpenForScan(core::Agent& agent, const std::filesystem::path& spool_dir) {
+  constexpr auto kDaemonPauseWait = std::chrono::seconds(120);
+  auto st = agent.Open();
+  if (st) return true;
+  const int pid = LockHolderPid(spool_dir / "spool.lock");
+  if (st.error().kind() != ErrorKind::kBusy || pid <= 0 || !IsDaemon(pid)) {
+    std::fprintf(stderr, "ctagent: %s\n", st.error().message().c_str());
+    return false;
+  }
+  std::fprintf(stderr, "ctagent: the background agent (pid %d) is pausing its uploads for this scan...\n", pid);
+  const auto deadline = std::chrono::steady_clock::now() + kDaemonPauseWait;
+  auto next_signal = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (std::chrono::steady_clock::now() >= next_signal) {
+      // Checked again each time: the pid must still be that daemon, never a recycled one.
+      if (LockHolderPid(spool_dir / "spool.lock") == pid && IsDaemon(pid)) ::kill(pid, SIGUSR2);
+      next_signal = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    st = agent.Open();
+    if (st) return true;
+    if (st.error().kind() != ErrorKind::kBusy) break;
+  }
+  std::fprintf(stderr, "ctagent: scan not started: %s\n", st.error().message().c_str());
+  return false;
 }
 
 int CmdScan(const Args& args) {
@@ -474,8 +541,8 @@ int CmdScan(const Args& args) {
   if (args.Has("--no-results")) cfg->results.enabled = false;
   PosixFileStore files;
   core::Agent agent(*cfg, files);
-  if (!OpenOrExplain(agent)) return 1;
-  SignalWatcher signals(agent);
+  if (!OpenForScan(agent, cfg->spool.directory)) return 1;
+  SignalWatcher signals(&agent);
   core::Progress progress;
   Expected<core::ScanSummary> summary = MakeError(ErrorKind::kInternal, "not run");
   {
@@ -499,38 +566,64 @@ int CmdRun(const Args& args) {
   auto cfg = LoadOrExplain(args, kRunHelp, &code);
   if (!cfg) return code;
   PosixFileStore files;
-  core::Agent agent(*cfg, files);
-  if (!OpenOrExplain(agent)) return 1;
-  SignalWatcher signals(agent);
+  SignalWatcher signals(nullptr, /*daemon=*/true);
   log::Info("agent", "ctagent " CTAGENT_VERSION " running; spool " + cfg->spool.directory.string());
   int problems = 0;
   std::set<std::string> failed_seen;
-  LagMonitor lag(agent.spool(), /*log_backlog=*/true);
-  // Bounded in time by the operator's signal; each pass is bounded by the retry policy.
+  bool waiting_logged = false;
+  // Bounded in time by the operator's signal; each pass is bounded by the retry policy. The spool
+  // is held only during a pass, so a `ctagent scan` can take it in between (or ask for it).
   while (!signals.stopped()) {
-    problems = 0;
-    for (const auto& s : agent.ResumeAll()) {
-      RecordSummaryRate(cfg->spool.directory, s);
-      if (!s.problem.empty()) {
+    auto agent = std::make_unique<core::Agent>(*cfg, files);
+    if (auto st = agent->Open(); !st) {
+      const int holder = LockHolderPid(cfg->spool.directory / "spool.lock");
+      if (st.error().kind() == ErrorKind::kBusy && holder > 0 && !IsDaemon(holder)) {
+        // A scan has the spool (and uploads its own scan); this pass waits until it is done.
+        if (!waiting_logged) log::Info("agent", st.error().message() + "; resuming once it is done");
+        waiting_logged = true;
+        signals.SleepFor(std::chrono::seconds(1));
+        continue;
+      }
+      std::fprintf(stderr, "ctagent: %s\n", st.error().message().c_str());
+      return 1;
+    }
+    waiting_logged = false;
+    signals.Attach(agent.get());
+    {
+      LagMonitor lag(agent->spool(), /*log_backlog=*/true);
+      problems = 0;
+      for (const auto& s : agent->ResumeAll()) {
+        RecordSummaryRate(cfg->spool.directory, s);
+        if (!s.problem.empty()) {
+          ++problems;
+          log::Warn("agent", "scan " + s.scan_uid + ": " + s.problem);
+        } else {
+          log::Info("agent", "scan " + s.scan_uid + ": " + s.state);
+        }
+      }
+      // A failed scan (damaged or unreadable spool files, refused by the driver...) is never
+      // retried: it needs a person, so each one is an error here, logged when first seen, and a
+      // problem for the exit status.
+      for (const auto& r : agent->spool().AllScans()) {
+        if (r.state != spool::ScanState::kFailed) continue;
         ++problems;
-        log::Warn("agent", "scan " + s.scan_uid + ": " + s.problem);
-      } else {
-        log::Info("agent", "scan " + s.scan_uid + ": " + s.state);
+        if (failed_seen.insert(r.scan_uid).second) {
+          log::Error("agent", "scan " + r.scan_uid + " FAILED and needs attention (see `ctagent status`): " +
+                                  r.failure_reason);
+        }
+      }
+      if (const Backlog b = MeasureBacklog(agent->spool()); b.bytes > 0) {
+        log::Info("lag", DescribeBacklog(b, ReadRateRecord(cfg->spool.directory)));
       }
     }
-    // A failed scan (damaged or unreadable spool files, refused by the driver...) is never retried:
-    // it needs a person, so each one is an error here, logged when first seen, and a problem
-    // for the exit status.
-    for (const auto& r : agent.spool().AllScans()) {
-      if (r.state != spool::ScanState::kFailed) continue;
-      ++problems;
-      if (failed_seen.insert(r.scan_uid).second) {
-        log::Error("agent", "scan " + r.scan_uid + " FAILED and needs attention (see `ctagent status`): " +
-                                r.failure_reason);
-      }
-    }
-    if (const Backlog b = MeasureBacklog(agent.spool()); b.bytes > 0) {
-      log::Info("lag", DescribeBacklog(b, ReadRateRecord(cfg->spool.directory)));
+    signals.Attach(nullptr);
+    agent.reset();  // lets go of the spool
+    if (signals.TakeYieldRequest()) {
+      // The spool is free now; the scan asking for it takes it within
+      // a moment, and the next pass then waits until the scan is done. Had no scan taken it by
+      // then (it gave up, or died), the daemon simply carries on.
+      signals.SleepFor(std::chrono::seconds(5));
+      continue;
     }
     if (args.Has("--once")) break;
     signals.SleepFor(std::chrono::seconds(30));
@@ -545,7 +638,7 @@ int CmdStatus(const Args& args) {
   if (!cfg) return code;
   PosixFileStore files;
   core::Agent agent(*cfg, files);
-  if (!OpenOrExplain(agent)) return 1;
+  if (!OpenOrExplain(agent, /*read_only=*/true)) return 1;  // alongside a scan or the daemon
   const auto space = agent.spool().Space();
   std::printf("spool %s: %s used of %s budget, %s free on the file system\n", cfg->spool.directory.c_str(),
               Mib(space.used_bytes).c_str(), Mib(cfg->spool.max_bytes).c_str(), Mib(space.filesystem_free_bytes).c_str());

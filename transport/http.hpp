@@ -105,7 +105,8 @@ struct HttpRequest {
   std::function<void(std::uint64_t)> on_upload_progress;
   // Called before each block of body bytes goes to the connection, with the block's size; it may
   // block to pace the upload (a link's bandwidth cap). Returning false aborts the transfer
-  // (kCancelled). Empty: no pacing.
+  // (kCancelled). Also called with 0 at each progress tick (about once a second or more often),
+  // so a refusal ends a request whose block drains slowly. Empty: no pacing.
   std::function<bool(std::size_t)> before_send;
 };
 

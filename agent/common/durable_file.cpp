@@ -1,6 +1,7 @@
 #include "agent/common/durable_file.hpp"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -11,6 +12,8 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
+#include <fstream>
 
 namespace ctagent {
 namespace {
@@ -157,6 +160,62 @@ Status FileStore::WriteUnsynced(const std::filesystem::path&, std::span<const st
 }
 Status FileStore::SyncBatch(const std::vector<std::filesystem::path>&, const std::vector<std::filesystem::path>&) {
   return Unsupported("SyncBatch");
+}
+
+// ---- Exclusive lock (flock) -----------------------------------------------------------------
+
+namespace {
+
+class FlockLock final : public FileLock {
+ public:
+  explicit FlockLock(int fd) : fd_(fd) {}
+  ~FlockLock() override { ::close(fd_); }  // closing the last descriptor drops the lock
+  FlockLock(const FlockLock&) = delete;
+  FlockLock& operator=(const FlockLock&) = delete;
+
+ private:
+  int fd_;
+};
+
+}  // namespace
+
+Expected<std::unique_ptr<FileLock>> FileStore::LockExclusive(const std::filesystem::path& path) {
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoError("cannot open the lock file", path, errno);
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    ::close(fd);
+    if (err != EWOULDBLOCK) return ErrnoError("cannot lock", path, err);
+    const int pid = LockHolderPid(path);
+    std::string holder = pid > 0 ? "pid " + std::to_string(pid) : "a process that has not written its pid yet";
+    if (const std::string cmd = pid > 0 ? ProcessCommandLine(pid) : ""; !cmd.empty()) holder += ": " + cmd;
+    return MakeError(ErrorKind::kBusy, path.parent_path().string() + " is in use by another ctagent process (" +
+                                           holder + ")");
+  }
+  // The holder's pid, for the message above and for `ctagent scan` asking a daemon to yield.
+  // Not synced: it only matters while this process lives.
+  const std::string text = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size())) {
+    const int err = errno;
+    ::close(fd);
+    return ErrnoError("cannot write", path, err);
+  }
+  return std::unique_ptr<FileLock>(new FlockLock(fd));
+}
+
+int LockHolderPid(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  int pid = 0;
+  if (!(in >> pid) || pid <= 0) return 0;
+  return pid;
+}
+
+std::string ProcessCommandLine(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline", std::ios::binary);
+  std::string raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  while (!raw.empty() && raw.back() == '\0') raw.pop_back();
+  std::replace(raw.begin(), raw.end(), '\0', ' ');
+  return raw;
 }
 
 // ---- POSIX ----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -18,6 +19,12 @@ struct DirEntry {
   std::string name;
   bool is_directory = false;
   std::uint64_t size_bytes = 0;  // files only
+};
+
+// An exclusive lock held until this object is destroyed (or the process dies).
+class FileLock {
+ public:
+  virtual ~FileLock() = default;
 };
 
 class FileStore {
@@ -59,7 +66,20 @@ class FileStore {
   virtual Status WriteUnsynced(const std::filesystem::path& path, std::span<const std::uint8_t> bytes);
   virtual Status SyncBatch(const std::vector<std::filesystem::path>& files,
                            const std::vector<std::filesystem::path>& directories);
+
+  // Takes the exclusive lock of `path` (created if missing) for this process and writes this
+  // process's id into it. kBusy when another holder has it (another process, or another open
+  // in this one); the message names the holder's pid and command line. The default is POSIX
+  // flock(2): the kernel drops the lock when its holder exits or dies, so a crash never leaves
+  // it taken.
+  virtual Expected<std::unique_ptr<FileLock>> LockExclusive(const std::filesystem::path& path);
 };
+
+// The pid recorded in a lock file by LockExclusive (0 if none); meaningful only while the
+// lock is taken, since the file stays behind when its holder exits.
+int LockHolderPid(const std::filesystem::path& path);
+// The command line of process `pid` ("" if it is gone or unreadable), arguments joined by spaces.
+std::string ProcessCommandLine(int pid);
 
 // The real POSIX implementation.
 //

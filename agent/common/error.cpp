@@ -15,6 +15,7 @@ const char* ToString(ErrorKind kind) {
     case ErrorKind::kPermission: return "permission denied";
     case ErrorKind::kUnsupported: return "unsupported";
     case ErrorKind::kCancelled: return "cancelled";
+    case ErrorKind::kBusy: return "busy";
     case ErrorKind::kInternal: return "internal error";
   }
   return "unknown error";

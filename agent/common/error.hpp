@@ -21,6 +21,7 @@ enum class ErrorKind {
   kPermission,    // authentication or authorisation refused
   kUnsupported,   // a version or feature this build does not handle
   kCancelled,     // stopped on request
+  kBusy,          // another process holds the resource (the spool): wait for it or stop it
   kInternal,      // a bug: an invariant did not hold
 };
 

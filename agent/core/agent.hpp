@@ -54,7 +54,10 @@ class Agent {
   Agent(config::AgentConfig config, FileStore& files);
   ~Agent();
 
-  Status Open();
+  // Opens the spool for writing (one process at a time: kBusy while another holds it), starts
+  // the link manager and applies retention. With read_only (status displays) the spool is only
+  // read, alongside any writer, and nothing else starts: no scan or resume may run then.
+  Status Open(bool read_only = false);
 
   // Arms the configured driver with the configured protocol, acquires one scan, and carries it
   // as far as it can: spool, upload, results, console. The raw data is safe in the spool as

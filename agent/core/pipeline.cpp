@@ -229,8 +229,9 @@ struct Agent::Run {
 Agent::Agent(config::AgentConfig config, FileStore& files) : config_(std::move(config)), files_(files) {}
 Agent::~Agent() = default;
 
-Status Agent::Open() {
+Status Agent::Open(bool read_only) {
   spool::SpoolOptions options{config_.spool.directory, config_.spool.max_bytes, config_.spool.min_free_bytes};
+  options.read_only = read_only;
   auto retention = spool::ParseRetentionPolicy(config_.spool.retention);
   if (!retention) return MakeError(retention.error().WithContext("config /spool/retention"));
   options.retention = *retention;
@@ -238,6 +239,7 @@ Status Agent::Open() {
   auto spool = spool::Spool::Open(options, files_);
   if (!spool) return MakeError(spool.error());
   spool_ = std::move(*spool);
+  if (read_only) return Ok();
   if (!config_.cloud.links.empty()) {
     auto links = ParseLinks(config_.cloud.links);
     if (!links) return MakeError(links.error().WithContext("config /cloud/links"));

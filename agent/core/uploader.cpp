@@ -273,7 +273,12 @@ void Uploader::Attempt(Job& job, bool prepare) {
   }
   auto client = TakeClient(lease);
   job.failure = FailureClass::kNone;
-  job.last_status = prepare ? Prepare(job, *client) : Transfer(job, *client, lease.before_send);
+  // Stop() ends a PATCH in flight at its next block instead of waiting for all its bytes (a
+  // shutdown, or a daemon pausing for a scan): the server keeps what it got, the next run resumes.
+  const std::function<bool(std::size_t)> before_send = [this, &lease](std::size_t n) {
+    return !stopping_ && (!lease.before_send || lease.before_send(n));
+  };
+  job.last_status = prepare ? Prepare(job, *client) : Transfer(job, *client, before_send);
   ReturnClient(lease.link_name, std::move(client));
   if (links_ != nullptr) {
     // HTTP answers and local problems say the link works; only network failures count against it.

@@ -386,4 +386,8 @@ Status SimulatedDisk::Corrupt(const std::filesystem::path& path, std::uint64_t o
   return Ok();
 }
 
+Expected<std::unique_ptr<FileLock>> SimulatedDisk::LockExclusive(const std::filesystem::path&) {
+  return std::make_unique<FileLock>();
+}
+
 }  // namespace ctagent

@@ -59,6 +59,9 @@ class SimulatedDisk final : public FileStore {
   Status WriteUnsynced(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) override;
   Status SyncBatch(const std::vector<std::filesystem::path>& files,
                    const std::vector<std::filesystem::path>& directories) override;
+  // One simulated machine and one writer: the lock is a no-op (a "crashed" spool object may
+  // still exist when the test opens the spool again after Reboot()).
+  Expected<std::unique_ptr<FileLock>> LockExclusive(const std::filesystem::path& path) override;
 
  private:
   struct Inode {

@@ -330,10 +330,31 @@ Expected<ScanRecord> ScanRecordFromJson(const nlohmann::json& j) {
 
 Expected<std::unique_ptr<Spool>> Spool::Open(const SpoolOptions& options, FileStore& files) {
   if (options.directory.empty()) return MakeError(ErrorKind::kInvalidInput, "spool directory is not set");
-  if (auto st = files.CreateDirectories(options.directory / "scans"); !st) {
-    return MakeError(st.error().WithContext("opening the spool"));
-  }
   const auto marker = options.directory / "spool.json";
+  std::unique_ptr<FileLock> lock;
+  if (options.read_only) {
+    auto existing = files.ReadAll(marker, 1 << 16);
+    if (!existing && existing.error().kind() == ErrorKind::kNotFound) {
+      // Nothing was ever spooled here: an empty view, and nothing created.
+      std::unique_ptr<Spool> empty(new Spool(options, files));
+      if (!empty->options_.clock) empty->options_.clock = [] { return std::chrono::system_clock::now(); };
+      return empty;
+    }
+  } else {
+    if (auto st = files.CreateDirectories(options.directory / "scans"); !st) {
+      return MakeError(st.error().WithContext("opening the spool"));
+    }
+    // Before anything is read or written: a second writer would remove the first one's
+    // not-yet-journaled chunk files as orphans and compact its journal away.
+    auto locked = files.LockExclusive(options.directory / "spool.lock");
+    if (!locked) {
+      if (locked.error().kind() != ErrorKind::kBusy) return MakeError(locked.error().WithContext("opening the spool"));
+      return MakeError(ErrorKind::kBusy, "spool " + locked.error().message() +
+                                             "; only one process writes a spool at a time (`ctagent status` and "
+                                             "`ctagent check` only read it and can run alongside)");
+    }
+    lock = std::move(*locked);
+  }
   auto existing = files.ReadAll(marker, 1 << 16);
   if (existing) {
     const auto j = nlohmann::json::parse(existing->begin(), existing->end(), nullptr, false);
@@ -352,22 +373,30 @@ Expected<std::unique_ptr<Spool>> Spool::Open(const SpoolOptions& options, FileSt
                                                     std::to_string(kSpoolFormat) +
                                                     "; point spool.directory at a new folder");
     }
-  } else if (existing.error().kind() == ErrorKind::kNotFound) {
+  } else if (existing.error().kind() == ErrorKind::kNotFound && !options.read_only) {
     const std::string text = nlohmann::json{{"format", kSpoolFormat}, {"created_by", "ctagent"}}.dump(2);
     if (auto st = files.WriteDurably(marker, AsBytes(text)); !st) return MakeError(st.error());
   } else {
     return MakeError(existing.error());
   }
   std::unique_ptr<Spool> spool(new Spool(options, files));
+  spool->lock_ = std::move(lock);
   if (!spool->options_.clock) spool->options_.clock = [] { return std::chrono::system_clock::now(); };
   if (auto st = spool->Recover(); !st) return MakeError(st.error().WithContext("recovering spool " + options.directory.string()));
   return spool;
+}
+
+Status Spool::Writable() const {
+  if (!options_.read_only) return Ok();
+  return MakeError(ErrorKind::kInternal, "spool " + options_.directory.string() +
+                                             " was opened read-only (for status); a change was attempted");
 }
 
 Status Spool::Recover() {
   std::lock_guard lock(mutex_);
   if (auto st = LoadSnapshot(); !st) return st;
   if (auto st = ReplayJournal(); !st) return st;
+  if (options_.read_only) return Ok();  // another process may be writing: read, never repair
   if (auto st = RemoveOrphans(); !st) return st;
   if (auto st = VerifyFiles(); !st) return st;
   // A fresh snapshot and journal at every start keep replay short and prove the disk writable.
@@ -450,7 +479,7 @@ Status Spool::ReplayJournal() {
     return MakeError(ErrorKind::kCorrupt, "journal " + path.string() + " has no readable header (" +
                                               summary->tail_problem + "); keep the folder for analysis");
   }
-  if (summary->valid_bytes < summary->file_bytes) {
+  if (summary->valid_bytes < summary->file_bytes && !options_.read_only) {  // read-only: maybe mid-append
     recovery_.torn_tail_bytes = summary->file_bytes - summary->valid_bytes;
     log::Warn("spool", "journal " + path.string() + ": cut " + std::to_string(recovery_.torn_tail_bytes) +
                            " bytes of a record torn by a crash at offset " + std::to_string(summary->valid_bytes) +
@@ -589,6 +618,7 @@ std::int64_t Spool::NowUnixSeconds() const {
 }
 
 Status Spool::Commit(nlohmann::json ops) {
+  if (auto st = Writable(); !st) return MakeError(st.error());
   if (broken_) return MakeError(*broken_);
   if (ops.empty()) return Ok();
   const auto path = options_.directory / kJournalName;
@@ -639,6 +669,7 @@ Status Spool::CompactLocked() {
 }
 
 Status Spool::Compact() {
+  if (auto st = Writable(); !st) return MakeError(st.error());
   std::lock_guard lock(mutex_);
   return CompactLocked();
 }
@@ -689,6 +720,7 @@ SpaceReport Spool::Space() {
 // ---- The public operations ------------------------------------------------------------------
 
 Status Spool::BeginScan(ScanRecord record, std::uint64_t bytes) {
+  if (auto st = Writable(); !st) return MakeError(st.error());
   std::lock_guard lock(mutex_);
   if (!IsValidDicomUid(record.scan_uid)) {
     return MakeError(ErrorKind::kInvalidInput, "\"" + record.scan_uid + "\" is not a valid scan UID");
@@ -721,6 +753,7 @@ Status Spool::BeginScan(ScanRecord record, std::uint64_t bytes) {
 
 Status Spool::AddChunk(const std::string& scan_uid, const codec::ManifestChunk& chunk,
                        std::span<const std::uint8_t> bytes) {
+  if (auto st = Writable(); !st) return MakeError(st.error());
   {
     std::lock_guard lock(mutex_);
     if (!scans_.count(scan_uid)) {
@@ -742,6 +775,7 @@ Status Spool::AddChunk(const std::string& scan_uid, const codec::ManifestChunk& 
 
 Status Spool::AddChunkDeferred(const std::string& scan_uid, const codec::ManifestChunk& chunk,
                                std::span<const std::uint8_t> bytes) {
+  if (auto st = Writable(); !st) return MakeError(st.error());
   {
     std::lock_guard lock(mutex_);
     const auto it = scans_.find(scan_uid);
@@ -822,6 +856,7 @@ Spool::SyncedBatch Spool::SyncPending() {
 }
 
 Status Spool::FinishAcquisition(const std::string& scan_uid, const codec::Manifest& manifest) {
+  if (auto st = Writable(); !st) return MakeError(st.error());
   {
     std::lock_guard lock(mutex_);
     if (std::any_of(pending_.begin(), pending_.end(), [&](const PendingChunk& p) { return p.scan_uid == scan_uid; })) {
@@ -843,6 +878,7 @@ Status Spool::FinishAcquisition(const std::string& scan_uid, const codec::Manife
 }
 
 Status Spool::Update(const std::string& scan_uid, const std::function<void(ScanRecord&)>& change) {
+  if (auto st = Writable(); !st) return MakeError(st.error());
   std::lock_guard lock(mutex_);
   const auto it = scans_.find(scan_uid);
   if (it == scans_.end()) {
@@ -943,6 +979,7 @@ Expected<std::vector<std::uint8_t>> Spool::ReadManifest(const std::string& scan_
 
 Expected<std::filesystem::path> Spool::StoreResult(const std::string& scan_uid, const std::string& sop_instance_uid,
                                                    std::span<const std::uint8_t> part10) {
+  if (auto st = Writable(); !st) return MakeError(st.error());
   if (!IsValidDicomUid(sop_instance_uid)) {
     return MakeError(ErrorKind::kProtocol, "\"" + sop_instance_uid + "\" is not a valid SOP instance UID");
   }
@@ -957,6 +994,7 @@ Expected<std::filesystem::path> Spool::StoreResult(const std::string& scan_uid, 
 // ---- Retention ------------------------------------------------------------------------------
 
 Expected<RetentionReport> Spool::ApplyRetention(std::chrono::system_clock::time_point now) {
+  if (auto st = Writable(); !st) return MakeError(st.error());
   std::lock_guard lock(mutex_);
   const std::int64_t now_s = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
   RetentionReport report;

@@ -115,6 +115,13 @@ struct SpoolOptions {
   // Compact (snapshot + new journal) once the journal grows past this.
   std::uint64_t journal_compact_bytes = 4ull << 20;
   WallClock clock = {};  // empty: std::chrono::system_clock::now (tests inject their own)
+  // Read-only: for `ctagent status` and `ctagent check`, which may run while another process
+  // (`ctagent scan`, `ctagent run`) writes the spool. Takes no lock, writes nothing (no torn
+  // tail cut, no orphan removal, no re-hashing, no compaction), and every change is refused.
+  // A journal record being appended at that moment is left out, so the view may be a moment
+  // old. A spool that does not exist yet opens empty. Otherwise the spool is opened for
+  // writing: one process at a time holds spool.lock in the directory (kBusy for the others).
+  bool read_only = false;
 };
 
 struct RecoveryReport {
@@ -197,6 +204,7 @@ class Spool {
   std::filesystem::path ScanDir(const std::string& scan_uid) const;
   std::filesystem::path ChunkPath(const std::string& scan_uid, std::uint32_t index) const;
   Status Recover();
+  Status Writable() const;  // refuses changes to a read-only spool
   Status LoadSnapshot();
   Status ReplayJournal();
   Status RemoveOrphans();
@@ -210,6 +218,7 @@ class Spool {
 
   SpoolOptions options_;
   FileStore& files_;
+  std::unique_ptr<FileLock> lock_;  // held while this process may write the spool
   std::mutex mutex_;
   std::map<std::string, ScanRecord> scans_;
   std::uint64_t generation_ = 0;

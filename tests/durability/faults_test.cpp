@@ -71,16 +71,6 @@ std::uint64_t FillFileSystem(const fs::path& path, std::uint64_t max_bytes) {
   return written;
 }
 
-std::size_t CountChunkFiles(const fs::path& spool_dir) {
-  std::size_t n = 0;
-  std::error_code ec;
-  for (auto it = fs::recursive_directory_iterator(spool_dir / "scans", ec); !ec && it != fs::recursive_directory_iterator();
-       it.increment(ec)) {
-    if (it->path().extension() == ".ctc") ++n;
-  }
-  return n;
-}
-
 spool::ScanRecord OnlyScan(const fs::path& spool_dir) {
   PosixFileStore files;
   auto spool = OpenSpool(spool_dir, files);

@@ -712,10 +712,21 @@ bool HasKillAtOpHook(const fs::path& scratch) {
   WriteJson(scratch / "probe.json", SmallScanConfig(scratch / "spool", "https://127.0.0.1:9/files/",
                                                     scratch / "none.pem", 1));
   ScopedEnv env("CTAGENT_FAULT_KILL_AT_OP", "1");
-  // Opening a fresh spool writes its marker: the first mutating operation.
-  const int code = RunCtagent({"status", "--config", (scratch / "probe.json").string()}, scratch / "probe.log",
+  // Opening a fresh spool for writing creates its folders: the first mutating operation. (Not
+  // `status`: it opens the spool read-only and writes nothing.)
+  const int code = RunCtagent({"run", "--once", "--config", (scratch / "probe.json").string()}, scratch / "probe.log",
                               std::chrono::seconds(60));
   return code == 128 + SIGKILL;
+}
+
+std::size_t CountChunkFiles(const fs::path& spool_dir) {
+  std::size_t n = 0;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(spool_dir / "scans", ec); !ec && it != fs::recursive_directory_iterator();
+       it.increment(ec)) {
+    if (it->path().extension() == ".ctc") ++n;
+  }
+  return n;
 }
 
 }  // namespace ctagent::test::durability

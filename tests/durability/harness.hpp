@@ -208,4 +208,7 @@ std::vector<std::string> CheckVisibleSeries(OrthancPeer& orthanc, std::size_t* p
 // by running `ctagent status` on a fresh spool with the hook armed at the first operation.
 bool HasKillAtOpHook(const fs::path& scratch);
 
+// Chunk files under the spool's scans/ (journaled or not), counted without opening the spool.
+std::size_t CountChunkFiles(const fs::path& spool_dir);
+
 }  // namespace ctagent::test::durability

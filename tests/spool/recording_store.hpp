@@ -65,6 +65,9 @@ class RecordingStore final : public FileStore {
   }
   Expected<std::vector<DirEntry>> List(const std::filesystem::path& directory) override { return inner_.List(directory); }
   Expected<std::uint64_t> FreeBytes(const std::filesystem::path& path) override { return inner_.FreeBytes(path); }
+  Expected<std::unique_ptr<FileLock>> LockExclusive(const std::filesystem::path& path) override {
+    return inner_.LockExclusive(path);
+  }
   Status WriteUnsynced(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) override {
     auto st = inner_.WriteUnsynced(path, bytes);
     Record({"write_unsynced", path, {}, {}, {}});

@@ -1,7 +1,11 @@
 // Spool: durable records, checksum-guarded reads, and space reservation before arming.
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
 #include <fstream>
+#include <iterator>
+#include <map>
 
 #include "agent/common/sha256.hpp"
 #include "agent/common/uid.hpp"
@@ -464,4 +468,92 @@ TEST_CASE("a spool written by the previous version (format 1) is refused with a 
   REQUIRE_FALSE(s);
   CHECK(s.error().kind() == ErrorKind::kUnsupported);
   CHECK_THAT(s.error().message(), Catch::Contains("format 1") && Catch::Contains("spool.directory"));
+}
+
+namespace {
+
+// Every file under `dir` with its bytes, to prove that an open changed nothing.
+std::map<std::string, std::string> Contents(const std::filesystem::path& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
+    if (!e.is_regular_file()) continue;
+    std::ifstream in(e.path(), std::ios::binary);
+    out[std::filesystem::relative(e.path(), dir).string()] =
+        std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("one process at a time writes a spool, a second writer is refused and told who holds it",
+          "[spool][lock]") {
+  test::TempDir dir("spool-lock");
+  PosixFileStore files;
+  auto writer = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+  REQUIRE(writer);
+  auto second = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+  REQUIRE(!second);
+  CHECK(second.error().kind() == ErrorKind::kBusy);
+  CHECK_THAT(second.error().message(), Catch::Contains("in use by another ctagent process (pid " +
+                                                       std::to_string(::getpid()) + ":") &&
+                                           Catch::Contains("only one process writes a spool at a time"));
+  // The lock goes with its holder.
+  writer->reset();
+  CHECK(spool::Spool::Open({dir.path(), 1ull << 30, 0}, files));
+}
+
+TEST_CASE("a read-only open beside a writer sees its scans and changes nothing, not even its unjournaled files",
+          "[spool][lock]") {
+  test::TempDir dir("spool-ro");
+  PosixFileStore files;
+  auto writer = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+  REQUIRE(writer);
+  auto record = NewRecord();
+  const std::vector<std::uint8_t> a(1000, 1), b(2000, 2);
+  REQUIRE((*writer)->BeginScan(record, 1 << 20));
+  REQUIRE((*writer)->AddChunk(record.scan_uid, ChunkFor(0, a), a));
+  // Written but not yet synced and journaled (a batch in progress): to a writer's recovery
+  // this file is an orphan, which it would remove.
+  REQUIRE((*writer)->AddChunkDeferred(record.scan_uid, ChunkFor(1, b), b));
+  const auto before = Contents(dir.path());
+  REQUIRE(before.count("scans/" + record.scan_uid + "/chunks/000001.ctc") == 1);
+
+  spool::SpoolOptions options{dir.path(), 1ull << 30, 0};
+  options.read_only = true;
+  auto reader = spool::Spool::Open(options, files);
+  REQUIRE(reader);
+  auto seen = (*reader)->Get(record.scan_uid);
+  REQUIRE(seen);
+  CHECK(seen->chunks.size() == 1);  // the journaled chunk; the pending one is not accepted yet
+  CHECK((*reader)->AllScans().size() == 1);
+  // Nothing on disk changed: no orphan removed, no torn tail cut, no compaction.
+  CHECK(Contents(dir.path()) == before);
+  // And it refuses every change.
+  CHECK(!(*reader)->Update(record.scan_uid, [](spool::ScanRecord& r) { r.failure_reason = "x"; }));
+  CHECK(!(*reader)->BeginScan(NewRecord(), 1));
+  CHECK(!(*reader)->AddChunk(record.scan_uid, ChunkFor(2, a), a));
+  CHECK(!(*reader)->ApplyRetention(std::chrono::system_clock::now()));
+  CHECK(Contents(dir.path()) == before);
+
+  // The writer carries on: its pending chunk is accepted once synced, as if nobody had looked.
+  const auto batch = (*writer)->SyncPending();
+  REQUIRE(batch.status);
+  auto after = (*writer)->Get(record.scan_uid);
+  REQUIRE(after);
+  CHECK(after->chunks.size() == 2);
+  auto bytes = (*writer)->ReadChunk(record.scan_uid, 1);
+  REQUIRE(bytes);
+  CHECK(*bytes == b);
+}
+
+TEST_CASE("a read-only open of a spool that does not exist yet is empty and creates nothing", "[spool][lock]") {
+  test::TempDir dir("spool-ro-new");
+  PosixFileStore files;
+  spool::SpoolOptions options{dir.path() / "not-yet", 1ull << 30, 0};
+  options.read_only = true;
+  auto reader = spool::Spool::Open(options, files);
+  REQUIRE(reader);
+  CHECK((*reader)->AllScans().empty());
+  CHECK(!std::filesystem::exists(dir.path() / "not-yet"));
 }
