@@ -443,6 +443,7 @@ Expected<std::uint64_t> Client::UploadFrom(const std::string& upload_url, std::s
   }
   int checksum_resends = 0;
   int resyncs = 0;
+  int lost_resyncs = 0;
   // Each round either fails, moves the offset forward, or spends one of the bounded resends
   // or resyncs, so the loop ends.
   while (offset < data.size()) {
@@ -453,8 +454,14 @@ Expected<std::uint64_t> Client::UploadFrom(const std::string& upload_url, std::s
         ++checksum_resends;  // the server kept nothing of that PATCH: send the same bytes again
         continue;
       }
-      if (last_failure_ == FailureClass::kConflict && resyncs < kMaxConflictResyncs) {
-        ++resyncs;
+      // A connection lost during the PATCH leaves the server's offset unknown: it may have kept
+      // part of the bytes, or answered before reading them (@tus/server sends its 409 and closes)
+      // while our send failed. One HEAD tells; if the network is really gone it fails too, and
+      // the caller's retry policy takes over.
+      const bool lost = last_failure_ == FailureClass::kConnectionLost && lost_resyncs < kMaxLostResyncs;
+      if (lost) ++lost_resyncs;
+      if (lost || (last_failure_ == FailureClass::kConflict && resyncs < kMaxConflictResyncs)) {
+        if (!lost) ++resyncs;
         auto server = Query(upload_url);
         if (!server) return MakeError(server.error());
         if (server->offset > data.size()) {

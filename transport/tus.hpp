@@ -87,9 +87,9 @@ class Client {
   // knows counts as terminated.
   Status Terminate(const std::string& upload_url);
   // Sends data[offset..] in PATCH requests of at most `patch_bytes`; calls on_progress with
-  // the confirmed offset after each request. A 460 resends that PATCH, a 409 asks HEAD and
-  // continues from the server's offset (each a bounded number of times). Returns the final
-  // offset (== data.size()).
+  // the confirmed offset after each request. A 460 resends that PATCH, a 409 or a connection
+  // lost mid-PATCH asks HEAD and continues from the server's offset (each a bounded number of
+  // times). Returns the final offset (== data.size()).
   Expected<std::uint64_t> UploadFrom(const std::string& upload_url, std::span<const std::uint8_t> data,
                                      std::uint64_t offset, std::uint64_t patch_bytes,
                                      const std::function<void(std::uint64_t)>& on_progress = {});
@@ -109,6 +109,7 @@ class Client {
   // Bounds for the in-call recoveries of UploadFrom.
   static constexpr int kMaxChecksumResends = 3;
   static constexpr int kMaxConflictResyncs = 3;
+  static constexpr int kMaxLostResyncs = 1;  // a HEAD after a connection lost mid-PATCH
 
  private:
   Unexpected Fail(FailureClass failure, Unexpected error);

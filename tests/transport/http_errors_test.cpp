@@ -1,14 +1,20 @@
 // HTTP client failure modes, each against a real peer on loopback: TLS certificate problems
-// (unknown CA, wrong host, expired), plain http:// refused or allowed, connection refused, stall.
+// (unknown CA, wrong host, expired), plain http:// refused or allowed, connection refused, stall,
+// a kept-alive connection closed by the server as a request goes out on it.
 #include <catch2/catch.hpp>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <mutex>
+#include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/support/process.hpp"
@@ -68,7 +74,140 @@ class SilentListener {
   std::uint16_t port_ = 0;
 };
 
+// A plain-HTTP peer that answers the first request on a connection and then closes that kept-alive
+// connection (RST) as soon as the next request on it starts to arrive: the race of a server's
+// idle-connection timeout with a client reusing the connection. Later connections are served.
+// Records the body of each request it answered.
+class ClosingKeepAliveServer {
+ public:
+  ClosingKeepAliveServer() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    REQUIRE(::listen(fd_, 4) == 0);
+    socklen_t len = sizeof addr;
+    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~ClosingKeepAliveServer() {
+    stop_ = true;
+    thread_.join();
+    ::close(fd_);
+  }
+  ClosingKeepAliveServer(const ClosingKeepAliveServer&) = delete;
+  ClosingKeepAliveServer& operator=(const ClosingKeepAliveServer&) = delete;
+  std::uint16_t port() const { return port_; }
+  int connections() const { return connections_; }
+  // Bodies answered, in order ("" for a request without one).
+  std::vector<std::string> bodies() {
+    std::lock_guard lock(mutex_);
+    return bodies_;
+  }
+
+ private:
+  // Waits (bounded by the stop flag) until `fd` is readable; false when stopping.
+  bool WaitReadable(int fd) {
+    while (!stop_) {
+      pollfd p{fd, POLLIN, 0};
+      if (::poll(&p, 1, 100) > 0) return true;
+    }
+    return false;
+  }
+  // Reads one request (headers, then Content-Length bytes of body); false on EOF or stop.
+  bool ReadRequest(int fd, std::string* body) {
+    std::string data;
+    std::vector<char> buf(65536);
+    std::size_t header_end = std::string::npos;
+    while (header_end == std::string::npos) {
+      if (!WaitReadable(fd)) return false;
+      const ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
+      if (n <= 0) return false;
+      data.append(buf.data(), static_cast<std::size_t>(n));
+      header_end = data.find("\r\n\r\n");
+    }
+    std::size_t length = 0;
+    const auto at = data.find("Content-Length: ");
+    if (at != std::string::npos && at < header_end) length = std::stoul(data.substr(at + 16));
+    *body = data.substr(header_end + 4);
+    while (body->size() < length) {
+      if (!WaitReadable(fd)) return false;
+      const ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
+      if (n <= 0) return false;
+      body->append(buf.data(), static_cast<std::size_t>(n));
+    }
+    return true;
+  }
+  void Serve() {
+    while (!stop_) {
+      if (!WaitReadable(fd_)) return;
+      const int conn = ::accept(fd_, nullptr, nullptr);
+      if (conn < 0) continue;
+      const bool first = ++connections_ == 1;
+      std::string body;
+      // Bounded: at most two requests per connection in this test.
+      for (int request = 0; request < 2 && ReadRequest(conn, &body); ++request) {
+        {
+          std::lock_guard lock(mutex_);
+          bodies_.push_back(body);
+        }
+        const std::string answer = "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n";
+        if (::send(conn, answer.data(), answer.size(), MSG_NOSIGNAL) < 0) break;
+        if (first && WaitReadable(conn)) {
+          // The next request is arriving on the kept-alive connection: drop it, with a reset.
+          linger reset{1, 0};
+          ::setsockopt(conn, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+          break;
+        }
+      }
+      ::close(conn);
+    }
+  }
+
+  int fd_ = -1;
+  std::uint16_t port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> connections_{0};
+  std::mutex mutex_;
+  std::vector<std::string> bodies_;
+  std::thread thread_;
+};
+
 }  // namespace
+
+TEST_CASE("http: a request whose kept-alive connection the server closed as it went out is sent again on a new one",
+          "[transport][http][integration]") {
+  ClosingKeepAliveServer server;
+  HttpOptions options;
+  options.allow_plain_http = true;
+  options.connect_timeout_s = 5;
+  options.request_timeout_s = 60;
+  HttpClient http(options);
+  const std::string url = "http://127.0.0.1:" + std::to_string(server.port()) + "/files/x";
+  HttpRequest first;
+  first.method = "OPTIONS";
+  first.url = url;
+  REQUIRE(http.Perform(first));
+  // A body far larger than the sockets' buffers, so the reset meets the send of the body.
+  std::string payload(32u << 20, '\0');
+  for (std::size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<char>((i * 2654435761u) >> 13);
+  HttpRequest patch;
+  patch.method = "PATCH";
+  patch.url = url;
+  patch.body = std::span(reinterpret_cast<const std::uint8_t*>(payload.data()), payload.size());
+  auto answer = http.Perform(patch);
+  INFO((answer ? std::string("answered") : answer.error().message()));
+  REQUIRE(answer);
+  CHECK(answer->status == 204);
+  // Sent again on a second connection, where the whole body arrived, once.
+  CHECK(server.connections() == 2);
+  const auto bodies = server.bodies();
+  REQUIRE(bodies.size() == 2);
+  CHECK(bodies[0].empty());
+  CHECK(bodies[1] == payload);
+}
 
 TEST_CASE("TLS: a server certificate from an unknown CA is kTls naming the CA", "[transport][tls][integration]") {
   const auto error = TlsFailure("other-ca-server");

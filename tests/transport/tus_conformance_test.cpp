@@ -156,6 +156,7 @@ TEST_CASE("tus 409: a PATCH at a stale offset is resolved by HEAD and resumed fr
   // UploadFrom told the wrong offset recovers by itself and sends nothing twice after the HEAD.
   std::vector<std::uint64_t> progress;
   auto done = client.UploadFrom(*url, data, 0, 50000, [&](std::uint64_t o) { progress.push_back(o); });
+  INFO((done ? std::string("done") : done.error().message()));
   REQUIRE(done);
   CHECK(*done == data.size());
   REQUIRE_FALSE(progress.empty());

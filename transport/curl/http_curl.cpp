@@ -74,6 +74,7 @@ struct Transfer {
   std::size_t body_sent = 0;
   const std::function<bool(std::size_t)>* before_send = nullptr;
   bool send_refused = false;
+  std::chrono::steady_clock::time_point last_gate_check{};  // before_send(0) from OnProgress
   // Stall detection: the time any byte last moved (either direction), and the counters seen
   // then. curl's own low-speed check averages over ~5 s and so fires seconds late; this fires
   // once nothing at all moved for stall_timeout (checked at each progress call, >= 1/s).
@@ -83,6 +84,10 @@ struct Transfer {
   curl_off_t seen_up = 0;
   bool stalled = false;
 };
+
+// How often OnProgress asks before_send(0) whether the request may go on (progress ticks can
+// come thousands of times a second on a fast link).
+constexpr auto kGateCheckPeriod = std::chrono::milliseconds(200);
 
 size_t OnRead(char* buffer, size_t size, size_t count, void* user) {
   auto* transfer = static_cast<Transfer*>(user);
@@ -144,7 +149,17 @@ int OnProgress(void* user, curl_off_t /*dltotal*/, curl_off_t dlnow, curl_off_t 
     transfer->last_reported_upload = ulnow;
     (*transfer->on_upload_progress)(static_cast<std::uint64_t>(ulnow));
   }
+  // The gate OnRead asks before each block, asked with no bytes: a revoked link lease or a
+  // stopping uploader ends the request within about a second, even while a large block still
+  // drains over a slow link.
   const auto now = std::chrono::steady_clock::now();
+  if (transfer->before_send != nullptr && *transfer->before_send && now - transfer->last_gate_check >= kGateCheckPeriod) {
+    transfer->last_gate_check = now;
+    if (!(*transfer->before_send)(0)) {
+      transfer->send_refused = true;
+      return 1;
+    }
+  }
   if (dlnow != transfer->seen_down || ulnow != transfer->seen_up) {
     transfer->seen_down = dlnow;
     transfer->seen_up = ulnow;
@@ -154,6 +169,16 @@ int OnProgress(void* user, curl_off_t /*dltotal*/, curl_off_t dlnow, curl_off_t 
     return 1;  // aborts the transfer with CURLE_ABORTED_BY_CALLBACK
   }
   return 0;
+}
+
+// Whether the last perform ran on a connection kept from an earlier request and got no byte of
+// an answer (CURLINFO_NUM_CONNECTS counts the new connections it had to make).
+bool ReusedWithoutAnswer(CURL* easy) {
+  long new_connections = -1;
+  long header_bytes = -1;
+  curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &new_connections);
+  curl_easy_getinfo(easy, CURLINFO_HEADER_SIZE, &header_bytes);
+  return new_connections == 0 && header_bytes == 0;
 }
 
 struct HeaderListDeleter {
@@ -423,7 +448,7 @@ struct HttpClient::Impl {
         if (transfer.send_refused) {
           return Fail(FailureClass::kLinkDown, ErrorKind::kCancelled,
                       "request to " + url + " was cancelled after " + std::to_string(transfer.body_sent) +
-                          " body bytes: the link's lease was revoked");
+                          " body bytes: the link's lease was revoked, or the agent is stopping");
         }
         return Fail(FailureClass::kCancelled, ErrorKind::kCancelled, "request to " + url + " was cancelled");
       case CURLE_OUT_OF_MEMORY:
@@ -480,12 +505,16 @@ Expected<HttpResponse> HttpClient::Perform(const HttpRequest& request, std::uint
   curl_easy_reset(easy);
   impl.error_buffer[0] = '\0';
 
-  Transfer transfer;
-  transfer.max_body = max_response_bytes;
-  transfer.on_upload_progress = &request.on_upload_progress;
-  transfer.body = request.body;
-  transfer.before_send = &request.before_send;
-  transfer.stall_timeout = std::chrono::seconds(impl.options.stall_timeout_s);
+  const auto fresh_transfer = [&] {
+    Transfer t;
+    t.max_body = max_response_bytes;
+    t.on_upload_progress = &request.on_upload_progress;
+    t.body = request.body;
+    t.before_send = &request.before_send;
+    t.stall_timeout = std::chrono::seconds(impl.options.stall_timeout_s);
+    return t;
+  };
+  Transfer transfer = fresh_transfer();
 
   CurlHeaders headers;
   bool headers_ok = true;
@@ -582,7 +611,20 @@ Expected<HttpResponse> HttpClient::Perform(const HttpRequest& request, std::uint
     curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, method.c_str());  // DELETE, OPTIONS without a body
   }
 
-  const CURLcode code = curl_easy_perform(easy);
+  CURLcode code = curl_easy_perform(easy);
+  if (code == CURLE_SEND_ERROR && !transfer.send_refused && !transfer.stalled && ReusedWithoutAnswer(easy)) {
+    // A kept-alive connection the server closed just as this request went out on it (its close
+    // and our send crossed; seen as "Broken pipe"). No byte of an answer came back, so the server
+    // did not act on this request: it goes once more, at once, on a new connection. libcurl does
+    // this itself when the read fails, not when sending the body fails. (A tus PATCH is safe to
+    // repeat in any case: its Upload-Offset turns a repeat into a 409, never duplicate bytes.)
+    log::Debug("http", "connection to " + shown_url + " closed by the server as it was reused (" +
+                           std::string(impl.error_buffer) + "); sending the request again on a new connection");
+    transfer = fresh_transfer();
+    impl.error_buffer[0] = '\0';
+    curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 1L);
+    code = curl_easy_perform(easy);
+  }
   // The header list and the transfer belong to this call: leave no pointers to them in the handle.
   curl_easy_setopt(easy, CURLOPT_HTTPHEADER, nullptr);
   curl_easy_setopt(easy, CURLOPT_READDATA, nullptr);
