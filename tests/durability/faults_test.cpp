@@ -98,14 +98,11 @@ TEST_CASE("a file system that fills up mid-scan keeps the stored chunks, uploads
   TusPeer tus(pki, work.path() / "store", work.path() / "tus.log");
   tus.Start();
   // Paced like a real gantry (240 views over 3 s), so the disk can fill while views still arrive.
-  auto cfg = SmallScanConfig(spool_dir, tus.endpoint(), pki / "ca.pem", 11);
-  cfg["scan"]["real_time"] = true;
-  cfg["scan"]["rotation_time_s"] = 3.0;
   const fs::path cfg_path = work.path() / "agent.json";
-  WriteJson(cfg_path, cfg);
+  WriteJson(cfg_path, PacedScanConfig(spool_dir, tus.endpoint(), pki / "ca.pem", 11, 3.0));
   const fs::path log = work.path() / "agent.log";
 
-  test::ChildProcess agent({CtagentBinary(), "scan", "--config", cfg_path.string(), "--no-results", "--quiet"}, log);
+  test::ChildProcess agent(ScanCommand(cfg_path), log);
   // Armed and some chunks on disk: then the disk fills.
   REQUIRE(test::WaitFor([&] { return CountChunkFiles(spool_dir) >= 3 || !agent.Running(); }, 60s));
   REQUIRE(agent.Running());
@@ -245,11 +242,9 @@ TEST_CASE("the wall clock jumping backwards and forwards during a scan and its u
   fs::create_directories(work.path() / "store");
   TusPeer tus(pki, work.path() / "store", work.path() / "tus.log");
   tus.Start();
-  auto cfg = SmallScanConfig(spool_dir, tus.endpoint(), pki / "ca.pem", 31);
-  cfg["scan"]["real_time"] = true;  // 3 s of acquisition, uploads running alongside
-  cfg["scan"]["rotation_time_s"] = 3.0;
+  // 3 s of acquisition, uploads running alongside.
   const fs::path cfg_path = work.path() / "agent.json";
-  WriteJson(cfg_path, cfg);
+  WriteJson(cfg_path, PacedScanConfig(spool_dir, tus.endpoint(), pki / "ca.pem", 31, 3.0));
   const fs::path clock_file = work.path() / "faketime";
   std::ofstream(clock_file) << "+0\n";
 
@@ -262,7 +257,7 @@ TEST_CASE("the wall clock jumping backwards and forwards during a scan and its u
                  {"ASAN_OPTIONS", (asan.empty() ? "" : asan + ":") + "verify_asan_link_order=0"}});
   const fs::path log = work.path() / "agent.log";
   const auto t0 = std::chrono::steady_clock::now();
-  test::ChildProcess agent({CtagentBinary(), "scan", "--config", cfg_path.string(), "--no-results", "--quiet"}, log);
+  test::ChildProcess agent(ScanCommand(cfg_path), log);
   // Back two hours, forward three days, back a day, forward a year, back to now.
   const char* jumps[] = {"-2h", "+3d", "-1d", "+365d", "-30d", "+0"};
   for (const char* jump : jumps) {

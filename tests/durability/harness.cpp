@@ -100,7 +100,25 @@ nlohmann::json SmallScanConfig(const fs::path& spool_dir, const std::string& upl
       {"console", {{"enabled", false}}}};
 }
 
+nlohmann::json PacedScanConfig(const fs::path& spool_dir, const std::string& upload_url, const fs::path& ca_file,
+                               std::uint64_t seed, double seconds) {
+  auto cfg = SmallScanConfig(spool_dir, upload_url, ca_file, seed);
+  cfg["scan"]["real_time"] = true;
+  cfg["scan"]["rotation_time_s"] = seconds;
+  return cfg;
+}
+
 void WriteJson(const fs::path& path, const nlohmann::json& j) { std::ofstream(path) << j.dump(2); }
+
+std::vector<std::string> ScanArgs(const fs::path& cfg_path) {
+  return {"scan", "--config", cfg_path.string(), "--no-results", "--quiet"};
+}
+
+std::vector<std::string> ScanCommand(const fs::path& cfg_path) {
+  auto args = ScanArgs(cfg_path);
+  args.insert(args.begin(), CtagentBinary());
+  return args;
+}
 
 std::string CtagentBinary() { return (fs::path(CTAGENT_BINARY_DIR) / "agent/ctagent").string(); }
 

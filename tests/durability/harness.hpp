@@ -65,7 +65,15 @@ class TusPeer {
 // A small, fast scan (no pacing) uploaded to `upload_url`; results and console off.
 nlohmann::json SmallScanConfig(const fs::path& spool_dir, const std::string& upload_url, const fs::path& ca_file,
                                std::uint64_t seed);
+// SmallScanConfig paced like a gantry: its 240 views over `seconds` of real time, so a test can
+// act on the spool and the agent while the scan is still acquiring.
+nlohmann::json PacedScanConfig(const fs::path& spool_dir, const std::string& upload_url, const fs::path& ca_file,
+                               std::uint64_t seed, double seconds);
 void WriteJson(const fs::path& path, const nlohmann::json& j);
+// The arguments of `ctagent scan` for the config at `cfg_path`, without waiting for results
+// (for RunCtagent), and the whole command line (for a ChildProcess).
+std::vector<std::string> ScanArgs(const fs::path& cfg_path);
+std::vector<std::string> ScanCommand(const fs::path& cfg_path);
 
 std::string CtagentBinary();
 

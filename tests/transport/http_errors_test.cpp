@@ -49,29 +49,33 @@ ctagent::Error TlsFailure(const std::string& cert_name) {
   return created.error();
 }
 
+// A listening TCP socket on a free loopback port (written to *port).
+int ListenOnLoopback(std::uint16_t* port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  REQUIRE(::listen(fd, 4) == 0);
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  *port = ntohs(addr.sin_port);
+  return fd;
+}
+
 // A TCP listener on loopback that never accepts: the kernel completes the handshake, then
 // nothing is ever sent back.
 class SilentListener {
  public:
-  SilentListener() {
-    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    REQUIRE(::listen(fd_, 4) == 0);
-    socklen_t len = sizeof addr;
-    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-    port_ = ntohs(addr.sin_port);
-  }
+  SilentListener() : fd_(ListenOnLoopback(&port_)) {}
   ~SilentListener() { ::close(fd_); }
   SilentListener(const SilentListener&) = delete;
   SilentListener& operator=(const SilentListener&) = delete;
   std::uint16_t port() const { return port_; }
 
  private:
+  std::uint16_t port_ = 0;  // before fd_: set by fd_'s initializer
   int fd_ = -1;
-  std::uint16_t port_ = 0;
 };
 
 // A plain-HTTP peer that answers the first request on a connection and then closes that kept-alive
@@ -80,18 +84,7 @@ class SilentListener {
 // Records the body of each request it answered.
 class ClosingKeepAliveServer {
  public:
-  ClosingKeepAliveServer() {
-    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    REQUIRE(::listen(fd_, 4) == 0);
-    socklen_t len = sizeof addr;
-    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-    port_ = ntohs(addr.sin_port);
-    thread_ = std::thread([this] { Serve(); });
-  }
+  ClosingKeepAliveServer() : fd_(ListenOnLoopback(&port_)) { thread_ = std::thread([this] { Serve(); }); }
   ~ClosingKeepAliveServer() {
     stop_ = true;
     thread_.join();
@@ -166,8 +159,8 @@ class ClosingKeepAliveServer {
     }
   }
 
+  std::uint16_t port_ = 0;  // before fd_: set by fd_'s initializer
   int fd_ = -1;
-  std::uint16_t port_ = 0;
   std::atomic<bool> stop_{false};
   std::atomic<int> connections_{0};
   std::mutex mutex_;
