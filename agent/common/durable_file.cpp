@@ -12,7 +12,6 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
-#include <iterator>
 #include <fstream>
 
 namespace ctagent {
@@ -212,10 +211,13 @@ int LockHolderPid(const std::filesystem::path& path) {
 
 std::string ProcessCommandLine(int pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline", std::ios::binary);
-  std::string raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  while (!raw.empty() && raw.back() == '\0') raw.pop_back();
-  std::replace(raw.begin(), raw.end(), '\0', ' ');
-  return raw;
+  std::string line, argument;
+  // Arguments end with NUL; bounded by the kernel's limit on a command line.
+  while (std::getline(in, argument, '\0')) {
+    if (!line.empty()) line += ' ';
+    line += argument;
+  }
+  return line;
 }
 
 // ---- POSIX ----------------------------------------------------------------------------------

@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <fstream>
-#include <iterator>
 #include <map>
 
 #include "agent/common/sha256.hpp"
@@ -477,9 +476,7 @@ std::map<std::string, std::string> Contents(const std::filesystem::path& dir) {
   std::map<std::string, std::string> out;
   for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
     if (!e.is_regular_file()) continue;
-    std::ifstream in(e.path(), std::ios::binary);
-    out[std::filesystem::relative(e.path(), dir).string()] =
-        std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    out[std::filesystem::relative(e.path(), dir).string()] = test::ReadText(e.path());
   }
   return out;
 }
