@@ -78,8 +78,9 @@ constexpr const char* kRunHelp = R"(Usage: ctagent run --config FILE [--once]
 
 The daemon. Resumes every unfinished scan in the spool (uploads, results, delivery), then
 checks again every 30 s until stopped with SIGTERM or SIGINT. It holds the spool only during a
-pass; `ctagent scan` asks it to pause (SIGUSR2) and it resumes once the scan is done. While the cloud is behind, it
-logs the upload backlog every 30 s with the time to clear it at the measured upload rate.
+pass; `ctagent scan` asks it to pause (SIGUSR2) and it resumes once the scan is done. While the
+cloud is behind, it logs the upload backlog every 30 s with the time to clear it at the measured
+upload rate.
   --once   resume what is pending once, then exit
 Exit status: 0 when nothing is left that needs a person; 1 when a scan could not be finished
 now or is marked failed (each failed scan is logged as an error).
@@ -140,9 +141,9 @@ Expected<config::AgentConfig> LoadOrExplain(const Args& args, const char* help, 
   return cfg;
 }
 
-// Stops the agent on SIGINT/SIGTERM: the signals are blocked in every thread and taken here.
-// SIGINT and SIGTERM stop the agent; SIGUSR2 (sent by `ctagent scan`, see OpenForScan) asks a
-// daemon to pause: its current pass stops and it lets go of the spool until the scan is done.
+// The signals are blocked in every thread and taken here. SIGINT and SIGTERM stop the agent;
+// SIGUSR2 (sent by `ctagent scan`, see OpenForScan) asks a daemon to pause: its current pass
+// stops and it lets go of the spool until the scan is done.
 class SignalWatcher {
  public:
   explicit SignalWatcher(core::Agent* agent, bool daemon = false) : agent_(agent), daemon_(daemon) {
@@ -510,7 +511,7 @@ bool OpenForScan(core::Agent& agent, const std::filesystem::path& spool_dir) {
   constexpr auto kDaemonPauseWait = std::chrono::seconds(120);
   auto st = agent.Open();
   if (st) return true;
-  const int pid = LockHolderPid(spool_dir / "spool.lock");
+  const int pid = LockHolderPid(spool::Spool::LockFile(spool_dir));
   if (st.error().kind() != ErrorKind::kBusy || pid <= 0 || !IsDaemon(pid)) {
     std::fprintf(stderr, "ctagent: %s\n", st.error().message().c_str());
     return false;
@@ -521,7 +522,7 @@ bool OpenForScan(core::Agent& agent, const std::filesystem::path& spool_dir) {
   while (std::chrono::steady_clock::now() < deadline) {
     if (std::chrono::steady_clock::now() >= next_signal) {
       // Checked again each time: the pid must still be that daemon, never a recycled one.
-      if (LockHolderPid(spool_dir / "spool.lock") == pid && IsDaemon(pid)) ::kill(pid, SIGUSR2);
+      if (LockHolderPid(spool::Spool::LockFile(spool_dir)) == pid && IsDaemon(pid)) ::kill(pid, SIGUSR2);
       next_signal = std::chrono::steady_clock::now() + std::chrono::seconds(2);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -576,7 +577,7 @@ int CmdRun(const Args& args) {
   while (!signals.stopped()) {
     auto agent = std::make_unique<core::Agent>(*cfg, files);
     if (auto st = agent->Open(); !st) {
-      const int holder = LockHolderPid(cfg->spool.directory / "spool.lock");
+      const int holder = LockHolderPid(spool::Spool::LockFile(cfg->spool.directory));
       if (st.error().kind() == ErrorKind::kBusy && holder > 0 && !IsDaemon(holder)) {
         // A scan has the spool (and uploads its own scan); this pass waits until it is done.
         if (!waiting_logged) log::Info("agent", st.error().message() + "; resuming once it is done");
@@ -619,9 +620,9 @@ int CmdRun(const Args& args) {
     signals.Attach(nullptr);
     agent.reset();  // lets go of the spool
     if (signals.TakeYieldRequest()) {
-      // The spool is free now; the scan asking for it takes it within
-      // a moment, and the next pass then waits until the scan is done. Had no scan taken it by
-      // then (it gave up, or died), the daemon simply carries on.
+      // The spool is free now; the scan asking for it takes it within a moment, and the next
+      // pass then waits until the scan is done. Had no scan taken it by then (it gave up, or
+      // died), the daemon simply carries on.
       signals.SleepFor(std::chrono::seconds(5));
       continue;
     }

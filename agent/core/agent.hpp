@@ -4,6 +4,8 @@
 // on a bounded pool. It also resumes every unfinished scan found in the spool.
 #pragma once
 
+#include <boost/asio/io_context.hpp>
+
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
@@ -77,8 +79,8 @@ class Agent {
  private:
   struct Run;
   Expected<ScanSummary> Finish(Run& run);
-  // Runs the scan's event loop until it stops; RequestStop() stops it from another thread.
-  void RunLoop(Run& run);
+  // Runs `io` until it stops; meanwhile RequestStop() stops it from another thread.
+  void RunLoop(boost::asio::io_context& io);
   // ResumeAll's second pass: results for every uploaded scan, all scans at once.
   void AwaitResults(std::vector<std::unique_ptr<Run>>& runs, std::vector<ScanSummary>& summaries);
   void ApplyRetention();

@@ -504,10 +504,10 @@ std::vector<ScanSummary> Agent::ResumeAll(Progress* progress) {
       r->MaybePrepareManifest();
       r->MaybeUploadManifest();
     });
-    RunLoop(*run);
+    RunLoop(run->io);
     run->ReleaseUploader();
-    auto now = spool_->Get(run->scan_uid);
-    const bool uploaded = now && now->state == spool::ScanState::kUploaded && config_.results.enabled;
+    auto after = spool_->Get(run->scan_uid);
+    const bool uploaded = after && after->state == spool::ScanState::kUploaded && config_.results.enabled;
     if (uploaded && !stop_requested_) {
       awaiting_results.push_back(std::move(run));
     } else if (auto s = Finish(*run)) {
@@ -545,31 +545,19 @@ void Agent::AwaitResults(std::vector<std::unique_ptr<Run>>& runs, std::vector<Sc
                                   if (--waiting == 0) io.stop();
                                 });
   }
-  {
-    std::lock_guard lock(stop_mutex_);
-    stop_hook_ = [&io] { boost::asio::post(io, [&io] { io.stop(); }); };
-  }
-  if (!stop_requested_) {
-    auto guard = boost::asio::make_work_guard(io);
-    io.run();
-  }
-  {
-    std::lock_guard lock(stop_mutex_);
-    stop_hook_ = nullptr;
-  }
+  RunLoop(io);
   (*fetcher)->Stop();
   for (auto& run : runs) run->SetPhase(4);
 }
 
-void Agent::RunLoop(Run& run) {
+void Agent::RunLoop(boost::asio::io_context& io) {
   {
     std::lock_guard lock(stop_mutex_);
-    Run* raw = &run;
-    stop_hook_ = [raw] { boost::asio::post(raw->io, [raw] { raw->Stop(); }); };
+    stop_hook_ = [&io] { boost::asio::post(io, [&io] { io.stop(); }); };
   }
   if (!stop_requested_) {  // a stop that came before the hook was set
-    auto guard = boost::asio::make_work_guard(run.io);
-    run.io.run();
+    auto guard = boost::asio::make_work_guard(io);
+    io.run();
   }
   std::lock_guard lock(stop_mutex_);
   stop_hook_ = nullptr;

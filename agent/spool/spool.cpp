@@ -332,21 +332,13 @@ Expected<std::unique_ptr<Spool>> Spool::Open(const SpoolOptions& options, FileSt
   if (options.directory.empty()) return MakeError(ErrorKind::kInvalidInput, "spool directory is not set");
   const auto marker = options.directory / "spool.json";
   std::unique_ptr<FileLock> lock;
-  if (options.read_only) {
-    auto existing = files.ReadAll(marker, 1 << 16);
-    if (!existing && existing.error().kind() == ErrorKind::kNotFound) {
-      // Nothing was ever spooled here: an empty view, and nothing created.
-      std::unique_ptr<Spool> empty(new Spool(options, files));
-      if (!empty->options_.clock) empty->options_.clock = [] { return std::chrono::system_clock::now(); };
-      return empty;
-    }
-  } else {
+  if (!options.read_only) {
     if (auto st = files.CreateDirectories(options.directory / "scans"); !st) {
       return MakeError(st.error().WithContext("opening the spool"));
     }
     // Before anything is read or written: a second writer would remove the first one's
     // not-yet-journaled chunk files as orphans and compact its journal away.
-    auto locked = files.LockExclusive(options.directory / "spool.lock");
+    auto locked = files.LockExclusive(LockFile(options.directory));
     if (!locked) {
       if (locked.error().kind() != ErrorKind::kBusy) return MakeError(locked.error().WithContext("opening the spool"));
       return MakeError(ErrorKind::kBusy, "spool " + locked.error().message() +
@@ -373,18 +365,22 @@ Expected<std::unique_ptr<Spool>> Spool::Open(const SpoolOptions& options, FileSt
                                                     std::to_string(kSpoolFormat) +
                                                     "; point spool.directory at a new folder");
     }
-  } else if (existing.error().kind() == ErrorKind::kNotFound && !options.read_only) {
+  } else if (existing.error().kind() != ErrorKind::kNotFound) {
+    return MakeError(existing.error());
+  } else if (!options.read_only) {
     const std::string text = nlohmann::json{{"format", kSpoolFormat}, {"created_by", "ctagent"}}.dump(2);
     if (auto st = files.WriteDurably(marker, AsBytes(text)); !st) return MakeError(st.error());
-  } else {
-    return MakeError(existing.error());
   }
   std::unique_ptr<Spool> spool(new Spool(options, files));
   spool->lock_ = std::move(lock);
   if (!spool->options_.clock) spool->options_.clock = [] { return std::chrono::system_clock::now(); };
+  // Read-only with no marker: nothing was ever spooled here, an empty view (nothing created).
+  if (!existing && options.read_only) return spool;
   if (auto st = spool->Recover(); !st) return MakeError(st.error().WithContext("recovering spool " + options.directory.string()));
   return spool;
 }
+
+std::filesystem::path Spool::LockFile(const std::filesystem::path& directory) { return directory / "spool.lock"; }
 
 Status Spool::Writable() const {
   if (!options_.read_only) return Ok();
@@ -878,7 +874,6 @@ Status Spool::FinishAcquisition(const std::string& scan_uid, const codec::Manife
 }
 
 Status Spool::Update(const std::string& scan_uid, const std::function<void(ScanRecord&)>& change) {
-  if (auto st = Writable(); !st) return MakeError(st.error());
   std::lock_guard lock(mutex_);
   const auto it = scans_.find(scan_uid);
   if (it == scans_.end()) {

@@ -147,6 +147,8 @@ struct SpaceReport {
 class Spool {
  public:
   static Expected<std::unique_ptr<Spool>> Open(const SpoolOptions& options, FileStore& files);
+  // The file a writer locks (FileStore::LockExclusive); LockHolderPid(LockFile(dir)) names it.
+  static std::filesystem::path LockFile(const std::filesystem::path& directory);
 
   // Refuses (kNoSpace, with the numbers) unless `bytes` fit both the spool budget and the
   // file system's free space above min_free_bytes; then records the scan with its reservation.
