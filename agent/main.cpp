@@ -12,6 +12,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <mutex>
 #include <optional>
@@ -27,6 +28,7 @@
 #include "agent/common/allocator.hpp"
 #include "agent/common/clock.hpp"
 #include "agent/common/log.hpp"
+#include "agent/common/service_notify.hpp"
 #include "agent/core/agent.hpp"
 #include "config/config.hpp"
 #include "drivers/record.hpp"
@@ -81,6 +83,8 @@ checks again every 30 s until stopped with SIGTERM or SIGINT. It holds the spool
 pass; `ctagent scan` asks it to pause (SIGUSR2) and it resumes once the scan is done. While the
 cloud is behind, it logs the upload backlog every 30 s with the time to clear it at the measured
 upload rate.
+Under systemd (Type=notify, $NOTIFY_SOCKET set) it reports READY=1 once it serves, STATUS= lines,
+WATCHDOG=1 from its event loop at half of WatchdogSec, and STOPPING=1 (docs/oem-integration.md).
   --once   resume what is pending once, then exit
 Exit status: 0 when nothing is left that needs a person; 1 when a scan could not be finished
 now or is marked failed (each failed scan is logged as an error).
@@ -146,7 +150,10 @@ Expected<config::AgentConfig> LoadOrExplain(const Args& args, const char* help, 
 // stops and it lets go of the spool until the scan is done.
 class SignalWatcher {
  public:
-  explicit SignalWatcher(core::Agent* agent, bool daemon = false) : agent_(agent), daemon_(daemon) {
+  // `on_stop` runs on the watcher's thread when SIGINT or SIGTERM arrives (a service manager is
+  // told that the daemon is stopping).
+  explicit SignalWatcher(core::Agent* agent, bool daemon = false, std::function<void()> on_stop = {})
+      : agent_(agent), daemon_(daemon), on_stop_(std::move(on_stop)) {
     thread_ = std::thread([this] {
       sigset_t set;
       sigemptyset(&set);
@@ -166,6 +173,7 @@ class SignalWatcher {
           log::Warn("agent", std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") +
                                  "; stopping (everything accepted stays safe in the spool)");
           stopped_ = true;
+          if (on_stop_) on_stop_();
         } else {
           continue;
         }
@@ -197,6 +205,7 @@ class SignalWatcher {
  private:
   core::Agent* agent_;  // guarded by mutex_
   const bool daemon_;
+  const std::function<void()> on_stop_;
   std::thread thread_;
   std::atomic<bool> done_{false};
   std::atomic<bool> stopped_{false};
@@ -567,8 +576,40 @@ int CmdRun(const Args& args) {
   auto cfg = LoadOrExplain(args, kRunHelp, &code);
   if (!cfg) return code;
   PosixFileStore files;
-  SignalWatcher signals(nullptr, /*daemon=*/true);
-  log::Info("agent", "ctagent " CTAGENT_VERSION " running; spool " + cfg->spool.directory.string());
+  // Under systemd (Type=notify): READY=1 once serving, WATCHDOG=1 from the event loop, STOPPING=1.
+  // Read before any thread starts: it also clears the variables from the environment.
+  const auto notifier = service::ServiceNotifier::FromEnvironment();
+  core::HeartbeatSettings heartbeat;
+  if (notifier.watchdog_timeout().count() > 0) {
+    heartbeat.period = std::max(std::chrono::milliseconds(1),
+                                std::chrono::duration_cast<std::chrono::milliseconds>(notifier.watchdog_timeout() / 2));
+    heartbeat.beat = [&notifier] { notifier.Watchdog(); };
+  }
+  SignalWatcher signals(nullptr, /*daemon=*/true, [&notifier] { notifier.Stopping(); });
+  // Between passes the daemon's own thread waits here; it beats as it waits, so the watchdog
+  // covers this thread too.
+  const auto idle = [&](std::chrono::milliseconds d) {
+    const auto until = std::chrono::steady_clock::now() + d;
+    while (!signals.stopped()) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= until) break;
+      auto slice = std::chrono::duration_cast<std::chrono::milliseconds>(until - now);
+      if (heartbeat.beat) slice = std::min(slice, heartbeat.period);
+      signals.SleepFor(slice);
+      if (heartbeat.beat) heartbeat.beat();
+    }
+  };
+  bool ready = false;
+  const auto say_ready = [&] {
+    if (!ready) notifier.Ready();
+    ready = true;
+  };
+  log::Info("agent", "ctagent " CTAGENT_VERSION " running; spool " + cfg->spool.directory.string() +
+                         (notifier.enabled() ? std::string("; reporting to the service manager") +
+                                                   (heartbeat.beat ? ", watchdog every " +
+                                                                         std::to_string(heartbeat.period.count()) + " ms"
+                                                                   : "")
+                                             : ""));
   int problems = 0;
   std::set<std::string> failed_seen;
   bool waiting_logged = false;
@@ -576,18 +617,24 @@ int CmdRun(const Args& args) {
   // is held only during a pass, so a `ctagent scan` can take it in between (or ask for it).
   while (!signals.stopped()) {
     auto agent = std::make_unique<core::Agent>(*cfg, files);
+    agent->SetHeartbeat(heartbeat);
     if (auto st = agent->Open(); !st) {
       const int holder = LockHolderPid(spool::Spool::LockFile(cfg->spool.directory));
       if (st.error().kind() == ErrorKind::kBusy && holder > 0 && !IsDaemon(holder)) {
         // A scan has the spool (and uploads its own scan); this pass waits until it is done.
         if (!waiting_logged) log::Info("agent", st.error().message() + "; resuming once it is done");
         waiting_logged = true;
-        signals.SleepFor(std::chrono::seconds(1));
+        say_ready();
+        notifier.SetStatus("a scan holds the spool; uploads resume when it is done");
+        idle(std::chrono::seconds(1));
         continue;
       }
       std::fprintf(stderr, "ctagent: %s\n", st.error().message().c_str());
+      notifier.SetStatus("stopped: " + st.error().message());
       return 1;
     }
+    say_ready();
+    notifier.SetStatus("uploading and collecting results");
     waiting_logged = false;
     signals.Attach(agent.get());
     {
@@ -614,7 +661,12 @@ int CmdRun(const Args& args) {
         }
       }
       if (const Backlog b = MeasureBacklog(agent->spool()); b.bytes > 0) {
-        log::Info("lag", DescribeBacklog(b, ReadRateRecord(cfg->spool.directory)));
+        const std::string backlog = DescribeBacklog(b, ReadRateRecord(cfg->spool.directory));
+        log::Info("lag", backlog);
+        notifier.SetStatus(backlog);
+      } else {
+        notifier.SetStatus(problems == 0 ? "idle; every scan is confirmed by the cloud"
+                                         : "idle; " + std::to_string(problems) + " scan(s) need attention");
       }
     }
     signals.Attach(nullptr);
@@ -623,11 +675,11 @@ int CmdRun(const Args& args) {
       // The spool is free now; the scan asking for it takes it within a moment, and the next
       // pass then waits until the scan is done. Had no scan taken it by then (it gave up, or
       // died), the daemon simply carries on.
-      signals.SleepFor(std::chrono::seconds(5));
+      idle(std::chrono::seconds(5));
       continue;
     }
     if (args.Has("--once")) break;
-    signals.SleepFor(std::chrono::seconds(30));
+    idle(std::chrono::seconds(30));
   }
   return problems == 0 ? 0 : 1;
 }

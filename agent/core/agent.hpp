@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "agent/common/durable_file.hpp"
+#include "agent/core/heartbeat.hpp"
 #include "agent/spool/spool.hpp"
 #include "config/config.hpp"
 
@@ -74,6 +75,10 @@ class Agent {
   // Stops the event loop from a signal handler's thread.
   void RequestStop();
 
+  // A service watchdog's beat (the daemon under systemd): given from every event loop this agent
+  // runs, and from the spool's recovery as it verifies files in Open(). Set before Open().
+  void SetHeartbeat(HeartbeatSettings heartbeat) { heartbeat_ = std::move(heartbeat); }
+
   spool::Spool& spool() { return *spool_; }
 
  private:
@@ -92,6 +97,7 @@ class Agent {
   std::atomic<bool> stop_requested_{false};
   std::function<void()> stop_hook_;
   std::mutex stop_mutex_;
+  HeartbeatSettings heartbeat_;
 };
 
 }  // namespace ctagent::core

@@ -236,6 +236,7 @@ Status Agent::Open(bool read_only) {
   if (!retention) return MakeError(retention.error().WithContext("config /spool/retention"));
   options.retention = *retention;
   options.keep_days = config_.spool.keep_days;
+  if (!read_only && heartbeat_.beat) options.on_recovery_progress = ThrottledBeat(heartbeat_);
   auto spool = spool::Spool::Open(options, files_);
   if (!spool) return MakeError(spool.error());
   spool_ = std::move(*spool);
@@ -557,6 +558,7 @@ void Agent::RunLoop(boost::asio::io_context& io) {
   }
   if (!stop_requested_) {  // a stop that came before the hook was set
     auto guard = boost::asio::make_work_guard(io);
+    LoopHeartbeat heartbeat(io, heartbeat_);
     io.run();
   }
   std::lock_guard lock(stop_mutex_);

@@ -570,6 +570,7 @@ Status Spool::VerifyFiles() {
     const auto check = [&](std::int64_t index, const std::filesystem::path& path, const std::string& expected) {
       ++recovery_.files_verified;
       auto found = HashFile(files_, path);
+      if (options_.on_recovery_progress) options_.on_recovery_progress();
       std::string why;
       if (!found) {
         why = found.error().message();

@@ -122,6 +122,9 @@ struct SpoolOptions {
   // old. A spool that does not exist yet opens empty. Otherwise the spool is opened for
   // writing: one process at a time holds spool.lock in the directory (kBusy for the others).
   bool read_only = false;
+  // Called on the opening thread after each file recovery hashes (a large backlog takes a while
+  // to verify): the daemon feeds its service watchdog from it. Empty: nothing is called.
+  std::function<void()> on_recovery_progress = {};
 };
 
 struct RecoveryReport {
