@@ -144,9 +144,10 @@ class Detector {
   virtual Status SelfTest() { return Ok(); }
 };
 
-// Creates a driver by name: a built-in one ("sim", "replay"), or "plugin", a shared object
-// implementing the C driver ABI (drivers/include/ctagent_driver.h) loaded from
-// options["path"]; the other keys of `options` are passed to the plugin's open() as JSON.
+// Creates a driver by name from the built-in drivers of this build (drivers/registry.hpp):
+// "sim", "replay", and "plugin", a shared object implementing the C driver ABI
+// (drivers/include/ctagent_driver.h) loaded from options["path"], each when its CMake option is
+// on. `options` go to the driver as-is. An unknown name fails, listing what this build has.
 Expected<std::unique_ptr<Detector>> MakeDetector(const std::string& name, const nlohmann::json& options);
 
 }  // namespace ctagent::drivers

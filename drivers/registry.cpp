@@ -1,33 +1,33 @@
-// MakeDetector: the driver registry. Apart from detector.cpp so that a driver .so built
-// around detector.cpp (drivers/sim/sim_plugin.cpp) does not pull in every other driver.
-#include <string>
-#include <utility>
+// MakeDetector and the lookups over the built-in driver table (built_in_drivers.cpp, generated).
+// Apart from detector.cpp so that a driver .so built around detector.cpp (drivers/sim/) does not
+// pull in every other driver.
+#include "drivers/registry.hpp"
 
-#include "drivers/detector.hpp"
-#include "drivers/plugin/plugin_detector.hpp"
-#include "drivers/replay/replay_detector.hpp"
-#ifdef CTAGENT_DRIVER_SIM
-#include "drivers/sim/sim_detector.hpp"
-#endif
+#include <utility>
 
 namespace ctagent::drivers {
 
-Expected<std::unique_ptr<Detector>> MakeDetector(const std::string& name, const nlohmann::json& options) {
-  if (name == "plugin") return plugin::MakePluginDetector(options);
-  if (name == "replay") return replay::MakeReplayDetector(options);
-#ifdef CTAGENT_DRIVER_SIM
-  if (name == "sim") {
-    auto sim = sim::SimDetector::Create(options);
-    if (!sim) return MakeError(sim.error());
-    return std::unique_ptr<Detector>(std::move(sim).value());
+const BuiltInDriver* FindBuiltInDriver(std::string_view name) {
+  for (const BuiltInDriver& driver : BuiltInDrivers()) {
+    if (name == driver.name) return &driver;
   }
-  constexpr const char* kBuiltIn = "sim, replay";
-#else
-  constexpr const char* kBuiltIn = "replay";
-#endif
-  return MakeError(ErrorKind::kInvalidInput,
-                   "unknown detector driver \"" + name + "\"; built-in drivers in this build: " + kBuiltIn +
-                       "; or \"plugin\" with options.path naming a C-ABI driver .so");
+  return nullptr;
+}
+
+std::string DescribeBuiltInDrivers() {
+  std::string list;
+  for (const BuiltInDriver& driver : BuiltInDrivers()) {
+    if (!list.empty()) list += ", ";
+    list.append(driver.name).append(" (").append(driver.summary).append(")");
+  }
+  return list.empty() ? "none" : list;
+}
+
+Expected<std::unique_ptr<Detector>> MakeDetector(const std::string& name, const nlohmann::json& options) {
+  if (const BuiltInDriver* driver = FindBuiltInDriver(name)) return driver->make(options);
+  return MakeError(ErrorKind::kInvalidInput, "unknown detector driver \"" + name +
+                                                 "\"; built-in drivers in this build: " + DescribeBuiltInDrivers() +
+                                                 "; set driver.name to one of them");
 }
 
 }  // namespace ctagent::drivers

@@ -21,9 +21,7 @@
 #include "drivers/abi/c_abi.hpp"
 #include "drivers/plugin/isolated_driver.hpp"
 #include "drivers/plugin/plugin_detector.hpp"
-#ifdef CTAGENT_DRIVER_SIM
-#include "drivers/sim/sim_abi.hpp"
-#endif
+#include "drivers/registry.hpp"
 
 namespace ctagent::drivers::conformance {
 namespace {
@@ -538,18 +536,18 @@ int Main(int argc, char** argv) {
   }
   Expected<std::shared_ptr<plugin::DriverLibrary>> library = MakeError(ErrorKind::kInvalidInput, "");
   if (settings->builtin) {
-#ifdef CTAGENT_DRIVER_SIM
-    if (settings->driver == "sim") library = plugin::DriverLibrary::BuiltIn(sim::SimDriverApi(), "sim");
-#endif
-    if (!library && library.error().message().empty()) {
+    const BuiltInDriver* driver = FindBuiltInDriver(settings->driver);
+    if (driver && driver->c_api) {
+      library = plugin::DriverLibrary::BuiltIn(driver->c_api(), driver->name);
+    } else {
+      std::string with_table;
+      for (const BuiltInDriver& candidate : BuiltInDrivers()) {
+        if (!candidate.c_api) continue;
+        if (!with_table.empty()) with_table += ", ";
+        with_table += candidate.name;
+      }
       std::printf("FAIL load: no built-in driver \"%s\" with a C ABI table in this build (built in: %s)\n",
-                  settings->driver.c_str(),
-#ifdef CTAGENT_DRIVER_SIM
-                  "sim"
-#else
-                  "none"
-#endif
-      );
+                  settings->driver.c_str(), with_table.empty() ? "none" : with_table.c_str());
       return 1;
     }
   } else if (settings->isolated) {

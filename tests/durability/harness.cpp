@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <set>
 #include <sstream>
@@ -115,9 +116,12 @@ std::vector<std::string> ScanArgs(const fs::path& cfg_path) {
 }
 
 std::vector<std::string> ScanCommand(const fs::path& cfg_path) {
+  // Built front to back: inserting the binary before the arguments made GCC 12 at -O3 report a
+  // "potential null pointer dereference" inside std::vector's reallocation (a false positive).
+  std::vector<std::string> command{CtagentBinary()};
   auto args = ScanArgs(cfg_path);
-  args.insert(args.begin(), CtagentBinary());
-  return args;
+  command.insert(command.end(), std::make_move_iterator(args.begin()), std::make_move_iterator(args.end()));
+  return command;
 }
 
 std::string CtagentBinary() { return (fs::path(CTAGENT_BINARY_DIR) / "agent/ctagent").string(); }

@@ -6,8 +6,10 @@
  * read from their detector and keeps the rest: state checks, abort from another thread,
  * last-error text, buffer ownership (the agent's buffer is filled, never kept).
  *
- * Build: cc -std=c11 -shared -fPIC -fvisibility=hidden -I<ctagent>/drivers/include \
- *           c_example_driver.c -o libctagent_driver_c_example.so -lpthread -lm
+ * Build against the installed driver SDK with the CMakeLists.txt beside this file, or with
+ * pkg-config alone:
+ *   cc -std=c11 -shared -fPIC -fvisibility=hidden $(pkg-config --cflags ctagent_driver) \
+ *      c_example_driver.c -o libctagent_driver_c_example.so -lpthread -lm
  */
 #define _POSIX_C_SOURCE 200809L
 
