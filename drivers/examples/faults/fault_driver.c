@@ -40,7 +40,9 @@ static ctagent_status fault_before_view(ctagent_driver* d, uint64_t v) {
   if (v != FAULT_VIEW) return CTAGENT_OK;
 #if FAULT_KIND == 1
   (void)d;
-  int* volatile nowhere = NULL; /* volatile: the compiler cannot see it is NULL and trap instead */
+  /* Both volatile: the compiler can neither see that the pointer is NULL (and trap instead) nor
+   * drop the store (GCC 12 at -O2/-O3 deleted a plain int store through it: no crash). */
+  volatile int* volatile nowhere = NULL;
   *nowhere = 42;
   return CTAGENT_E_INTERNAL;
 #elif FAULT_KIND == 2
