@@ -12,4 +12,5 @@
 set(ctagent_cross_triplet aarch64-linux-gnu)
 set(CMAKE_SYSTEM_NAME Linux)
 set(CMAKE_SYSTEM_PROCESSOR aarch64)
+set(ctagent_qemu_cpu aarch64)   # qemu-aarch64(-static) runs it
 include("${CMAKE_CURRENT_LIST_DIR}/linux-gnu-common.cmake")

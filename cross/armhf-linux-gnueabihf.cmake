@@ -7,4 +7,5 @@
 set(ctagent_cross_triplet arm-linux-gnueabihf)
 set(CMAKE_SYSTEM_NAME Linux)
 set(CMAKE_SYSTEM_PROCESSOR armv7l)
+set(ctagent_qemu_cpu arm)       # qemu-arm runs 32-bit Arm (ARMv7 and older)
 include("${CMAKE_CURRENT_LIST_DIR}/linux-gnu-common.cmake")

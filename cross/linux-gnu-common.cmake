@@ -28,6 +28,15 @@ endif()
 # try_compile projects do not see the cache of the main project: hand the settings over.
 list(APPEND CMAKE_TRY_COMPILE_PLATFORM_VARIABLES CTAGENT_SYSROOT CTAGENT_CROSS_PREFIX CTAGENT_CROSS_STAGE)
 
+# GCC contracts a * b + c into one fused multiply-add in C++ wherever the CPU has one (the default
+# -ffp-contract=fast outside ISO C): aarch64 always, x86-64 only with -mfma, which our native
+# builds never use. Fused and unfused results differ in the last bits, so the sim's projections
+# and anything else computed in floating point would differ between the x86-64 build and the Arm
+# build (tests/drivers/phantom_test.cpp's 1e-12 agreement of the two chord algorithms fails on
+# aarch64). Off, every target computes the same bits as x86-64.
+set(CMAKE_C_FLAGS_INIT "-ffp-contract=off")
+set(CMAKE_CXX_FLAGS_INIT "-ffp-contract=off")
+
 # Names only, never absolute paths: CMake finds them on PATH, so any installation of the
 # toolchain works (Debian's crossbuild-essential, a vendor toolchain put first on PATH).
 set(CMAKE_C_COMPILER "${CTAGENT_CROSS_PREFIX}gcc")
@@ -63,5 +72,22 @@ else()
   set(ENV{PKG_CONFIG_LIBDIR} "/usr/lib/${ctagent_cross_triplet}/pkgconfig:/usr/share/pkgconfig")
   if(IS_DIRECTORY "${CTAGENT_CROSS_STAGE}/usr" AND NOT "${CTAGENT_CROSS_STAGE}/usr" IN_LIST CMAKE_PREFIX_PATH)
     list(PREPEND CMAKE_PREFIX_PATH "${CTAGENT_CROSS_STAGE}/usr")
+  endif()
+endif()
+
+# Target binaries run on this host under qemu-user (Debian package qemu-user-static): try_run,
+# catch_discover_tests (which lists a test executable's cases at build time) and ctest all go
+# through CMAKE_CROSSCOMPILING_EMULATOR. -L is where qemu finds the target's dynamic loader and
+# libraries: the sysroot, or / for Debian multiarch (/lib/ld-linux-<arch>.so.* from libc6:<arch>).
+# Without qemu the build still works; only running target binaries here does not.
+if(NOT DEFINED CMAKE_CROSSCOMPILING_EMULATOR)
+  find_program(CTAGENT_CROSS_QEMU NAMES qemu-${ctagent_qemu_cpu}-static qemu-${ctagent_qemu_cpu}
+               DOC "qemu-user for the target CPU, runs target binaries on the build host")
+  if(CTAGENT_CROSS_QEMU)
+    if(CTAGENT_SYSROOT)
+      set(CMAKE_CROSSCOMPILING_EMULATOR "${CTAGENT_CROSS_QEMU};-L;${CTAGENT_SYSROOT}")
+    else()
+      set(CMAKE_CROSSCOMPILING_EMULATOR "${CTAGENT_CROSS_QEMU};-L;/")
+    endif()
   endif()
 endif()
