@@ -86,8 +86,9 @@ upload rate.
 Under systemd (Type=notify, $NOTIFY_SOCKET set) it reports READY=1 once it serves, STATUS= lines,
 WATCHDOG=1 from its event loop at half of WatchdogSec, and STOPPING=1 (docs/oem-integration.md).
   --once   resume what is pending once, then exit
-Exit status: 0 when nothing is left that needs a person; 1 when a scan could not be finished
-now or is marked failed (each failed scan is logged as an error).
+Exit status: 0 when nothing is left that needs a person, and 0 when stopped by SIGTERM or SIGINT
+(what is pending stays in the spool); 1 when a scan could not be finished now or is marked failed
+(each failed scan is logged as an error), or when the daemon cannot start.
 )";
 
 constexpr const char* kStatusHelp = R"(Usage: ctagent status --config FILE
@@ -681,6 +682,10 @@ int CmdRun(const Args& args) {
     if (args.Has("--once")) break;
     idle(std::chrono::seconds(30));
   }
+  // Stopped on request (SIGTERM from systemd, SIGINT), the daemon did what it was asked: scans
+  // still pending are safe in the spool and are no failure of the service, which would otherwise
+  // be marked failed at every stop while a link is down. With --once the status is the answer.
+  if (signals.stopped() && !args.Has("--once")) return 0;
   return problems == 0 ? 0 : 1;
 }
 

@@ -212,22 +212,37 @@ TEST_CASE("ThrottledBeat beats at most once per period", "[service]") {
   CHECK(beats == 1);
 }
 
+namespace {
+
+// A daemon configuration with its spool in `dir` and a cloud that is not there (a closed port on
+// loopback): uploads fail and are retried, and what was scanned stays in the spool.
+fs::path WriteServiceConfig(const fs::path& dir) {
+  const nlohmann::json cfg = {
+      {"terminal_id", "service-test"},
+      {"log_level", "info"},
+      {"driver", {{"name", "sim"}, {"options", nlohmann::json::object()}}},
+      // A small axial scan: 120 views of 4 x 64 samples.
+      {"scan",
+       {{"geometry", "parallel"}, {"views_per_rotation", 120}, {"rotations", 1}, {"rows", 4}, {"channels", 64},
+        {"table_start_mm", 0.0}, {"table_speed_mm_per_rotation", 0.0}, {"real_time", false}}},
+      {"spool", {{"directory", (dir / "spool").string()}, {"min_free_bytes", 0}}},
+      {"cloud", {{"upload_url", "https://127.0.0.1:9/files/"}}},
+      {"results", {{"enabled", false}}},
+      {"console", {{"enabled", false}}}};
+  const fs::path path = dir / "ctagent.json";
+  std::ofstream(path) << cfg.dump(2);
+  return path;
+}
+
+std::string CtagentPath() { return (fs::path(CTAGENT_BINARY_DIR) / "agent/ctagent").string(); }
+
+}  // namespace
+
 TEST_CASE("ctagent run speaks sd_notify: READY, watchdog beats, status, STOPPING on SIGTERM", "[service]") {
   test::TempDir dir("service-run");
-  const fs::path cfg_path = dir.path() / "ctagent.json";
-  {
-    // An empty spool and a cloud that is not there: the daemon starts, finds nothing to do and
-    // idles, which is when most of a service's life is spent.
-    const nlohmann::json cfg = {
-        {"terminal_id", "service-test"},
-        {"log_level", "info"},
-        {"driver", {{"name", "sim"}, {"options", nlohmann::json::object()}}},
-        {"spool", {{"directory", (dir.path() / "spool").string()}, {"min_free_bytes", 0}}},
-        {"cloud", {{"upload_url", "https://127.0.0.1:9/files/"}}},
-        {"results", {{"enabled", false}}},
-        {"console", {{"enabled", false}}}};
-    std::ofstream(cfg_path) << cfg.dump(2);
-  }
+  // An empty spool: the daemon starts, finds nothing to do and idles, which is when most of a
+  // service's life is spent.
+  const fs::path cfg_path = WriteServiceConfig(dir.path());
   const std::string socket_path = (dir.path() / "notify.sock").string();
   NotifyListener listener(socket_path);
   const fs::path log = dir.path() / "agent.log";
@@ -237,9 +252,7 @@ TEST_CASE("ctagent run speaks sd_notify: READY, watchdog beats, status, STOPPING
     ScopedEnv socket("NOTIFY_SOCKET", socket_path);
     ScopedEnv usec("WATCHDOG_USEC", "400000");
     agent = std::make_unique<test::ChildProcess>(
-        std::vector<std::string>{(fs::path(CTAGENT_BINARY_DIR) / "agent/ctagent").string(), "run", "--config",
-                                 cfg_path.string()},
-        log);
+        std::vector<std::string>{CtagentPath(), "run", "--config", cfg_path.string()}, log);
   }
   auto got = listener.Receive(60s, [](const auto& m) { return Count(m, "WATCHDOG=1") >= 5; });
   INFO(test::ReadText(log));
@@ -255,4 +268,37 @@ TEST_CASE("ctagent run speaks sd_notify: READY, watchdog beats, status, STOPPING
   got = listener.Receive(20s, [](const auto& m) { return Count(m, "STOPPING=1") >= 1; });
   CHECK(Count(got, "STOPPING=1") == 1);
   CHECK(agent->Wait(20s) == 0);
+}
+
+TEST_CASE("Stopped by SIGTERM with a scan still pending, the daemon exits 0; run --once still says 1",
+          "[service]") {
+  // systemd marks a unit failed when its main process exits non-zero on `systemctl stop`; a scan
+  // waiting for an unreachable cloud is the daemon's normal work, not a failure of the service.
+  test::TempDir dir("service-stop");
+  const fs::path cfg_path = WriteServiceConfig(dir.path());
+  const fs::path log = dir.path() / "agent.log";
+  {
+    // Acquired and durable in the spool; its upload, which cannot go anywhere, is cut short.
+    test::ChildProcess scan({CtagentPath(), "scan", "--config", cfg_path.string(), "--no-results", "--quiet"}, log);
+    REQUIRE(test::WaitFor([&] { return test::ReadText(log).find("made durable") != std::string::npos; }, 120s));
+    scan.Kill(SIGTERM);
+    REQUIRE(scan.Wait(30s) == 1);
+  }
+  for (const bool once : {false, true}) {
+    const std::string socket_path = (dir.path() / (once ? "notify-once.sock" : "notify.sock")).string();
+    NotifyListener listener(socket_path);
+    std::unique_ptr<test::ChildProcess> agent;
+    {
+      ScopedEnv socket("NOTIFY_SOCKET", socket_path);
+      std::vector<std::string> argv{CtagentPath(), "run", "--config", cfg_path.string()};
+      if (once) argv.push_back("--once");
+      agent = std::make_unique<test::ChildProcess>(argv, log);
+    }
+    // Ready means the pass has the spool and is retrying the pending scan's upload.
+    const auto got = listener.Receive(60s, [](const auto& m) { return Count(m, "READY=1") >= 1; });
+    INFO(test::ReadText(log));
+    REQUIRE(Count(got, "READY=1") == 1);
+    agent->Kill(SIGTERM);
+    CHECK(agent->Wait(30s) == (once ? 1 : 0));
+  }
 }
