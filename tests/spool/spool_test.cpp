@@ -527,7 +527,7 @@ TEST_CASE("a read-only open beside a writer sees its scans and changes nothing, 
   // Nothing on disk changed: no orphan removed, no torn tail cut, no compaction.
   CHECK(Contents(dir.path()) == before);
   // And it refuses every change.
-  CHECK(!(*reader)->Update(record.scan_uid, [](spool::ScanRecord& r) { r.failure_reason = "x"; }));
+  CHECK(!(*reader)->Update(record.scan_uid, [](spool::ScanRecord& r) { r.state = spool::ScanState::kFailed; }));
   CHECK(!(*reader)->BeginScan(NewRecord(), 1));
   CHECK(!(*reader)->AddChunk(record.scan_uid, ChunkFor(2, a), a));
   CHECK(!(*reader)->ApplyRetention(std::chrono::system_clock::now()));
