@@ -80,6 +80,11 @@ TEST_CASE("batched ingest: chunks become visible only after their batch's files,
     spool::BatchOptions options;
     options.batch_bytes = 64 * 1024;  // about 3 chunks of 20 KiB
     options.interval = 60s;           // never by time in this test
+    // Add waits once 128 KiB are unsynced, so at least one batch is synced before the last
+    // chunks arrive however the threads are scheduled (the default, 4 x batch_bytes, let a
+    // writer outrun a sync thread that had no CPU yet, e.g. under qemu on a busy host, and all
+    // ten chunks went in one batch at Flush).
+    options.max_pending_bytes = 128 * 1024;
     spool::BatchedIngest ingest(*sp, options, accepted.Callback());
     for (std::uint32_t i = 0; i < 10; ++i) {
       sent[i] = test::RandomBytes(20 * 1024, 100 + i);
