@@ -25,7 +25,9 @@ namespace {
 constexpr const char* kHelp = R"(Usage: ctagent check --config FILE [--only NAME[,NAME...]]
 
 Field diagnostics, one line per check (OK / WARN / FAIL), then a verdict. Checks:
-  config        the configuration file is valid
+  config        the configuration file is valid; then `files` (FAIL) for a CA, certificate, key or
+                password file it names that cannot be read, `secrets` (WARN) for a key or
+                password file readable by every user (fix: chmod o-r FILE)
   detector      the configured driver loads and accepts the configured protocol
   disk          the spool is writable and has room for one more scan of the protocol
   queue         scans waiting in the spool (upload or results pending, failed)
@@ -107,6 +109,15 @@ int CmdCheck(const std::vector<std::string>& args) {
     return 1;
   }
   report.Ok("config", config_path + " is valid");
+  // The files the config names, as `config check` sees them; here a secret readable by others
+  // is a warning (the agent still runs), a file it cannot read a failure (it would not).
+  for (const config::FileFinding& f : config::CheckFiles(*cfg)) {
+    if (f.readable_by_others) {
+      report.Warn("secrets", f.message);
+    } else {
+      report.Fail("files", f.message);
+    }
+  }
 
   if (want("detector")) {
     auto detector = drivers::MakeDetector(cfg->driver.name, cfg->driver.options);

@@ -1,5 +1,10 @@
 #include "config/config.hpp"
 
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
@@ -128,6 +133,21 @@ Status CrossChecks(const Loader& loader, const AgentConfig& c) {
   if (auto s = CheckUrlScheme(loader, "/cloud/upload_url", c.cloud.upload_url, c.cloud.allow_plain_http); !s) return s;
   if (auto s = CheckUrlScheme(loader, "/cloud/dicomweb_url", c.cloud.dicomweb_url, c.cloud.allow_plain_http); !s) {
     return s;
+  }
+  // Links are parsed by core::ParseLinks at run time; their source addresses are checked here
+  // too so that `config check` sees what bind() would refuse later.
+  if (c.cloud.links.is_object()) {
+    for (const auto& [name, link] : c.cloud.links.items()) {
+      if (!link.is_object() || !link.contains("source_address") || !link["source_address"].is_string()) continue;
+      const std::string address = link["source_address"].get<std::string>();
+      if (address.empty()) continue;
+      unsigned char buffer[sizeof(in6_addr)];
+      if (inet_pton(AF_INET, address.c_str(), buffer) != 1 && inet_pton(AF_INET6, address.c_str(), buffer) != 1) {
+        return loader.Fail("/cloud/links/" + name + "/source_address",
+                           "expected an IPv4 or IPv6 address of this machine (like 192.0.2.10 or 2001:db8::10), found " +
+                               schema::Describe(link["source_address"], false));
+      }
+    }
   }
   if (c.results.enabled && c.cloud.dicomweb_url.empty()) {
     return loader.Fail("/cloud/dicomweb_url",
@@ -280,6 +300,57 @@ Expected<AgentConfig> LoadConfig(const fs::path& path) {
     return MakeError(ErrorKind::kIo, name + ": cannot read the configuration: read error");
   }
   return ParseConfig(text, path);
+}
+
+std::vector<FileFinding> CheckFiles(const AgentConfig& c) {
+  struct Named {
+    const char* key;
+    const fs::path* path;
+    bool secret;
+  };
+  const Named files[] = {
+      {"/cloud/tls/ca_file", &c.cloud.tls.ca_file, false},
+      {"/cloud/tls/client_cert_file", &c.cloud.tls.client_cert_file, false},
+      {"/cloud/tls/client_key_file", &c.cloud.tls.client_key_file, true},
+      {"/cloud/password_file", &c.cloud.password_file, true},
+  };
+  const std::string source = c.source_file.string();
+  std::vector<FileFinding> out;
+  for (const Named& f : files) {
+    if (f.path->empty()) continue;
+    const std::string prefix = source + ": " + f.key + ": " + f.path->string();
+    // open() as this user, not stat(): permissions, ACLs and missing directories all show.
+    const int fd = ::open(f.path->c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) {
+      const int err = errno;
+      out.push_back({false, prefix + " cannot be read: " + std::generic_category().message(err) +
+                                " (the agent needs it; check the path and that this user may read it)"});
+      continue;
+    }
+    struct stat st {};
+    const bool stat_ok = ::fstat(fd, &st) == 0;
+    ::close(fd);
+    if (!stat_ok || !S_ISREG(st.st_mode)) {
+      out.push_back({false, prefix + " is not a regular file"});
+      continue;
+    }
+    if (f.secret && (st.st_mode & S_IROTH) != 0) {
+      char mode[8];
+      std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+      out.push_back({true, prefix + " is a secret but readable by every user (mode " + mode + "); run chmod o-r " +
+                               f.path->string() + " (group-readable is fine for the service's group)"});
+    }
+  }
+  return out;
+}
+
+Expected<AgentConfig> CheckConfig(const fs::path& path) {
+  auto config = LoadConfig(path);
+  if (!config) return config;
+  std::string problems;
+  for (const FileFinding& f : CheckFiles(*config)) problems += (problems.empty() ? "" : "\n") + f.message;
+  if (!problems.empty()) return MakeError(ErrorKind::kInvalidInput, problems);
+  return config;
 }
 
 std::string SchemaMarkdown() {

@@ -114,6 +114,20 @@ struct AgentConfig {
 Expected<AgentConfig> LoadConfig(const std::filesystem::path& path);
 Expected<AgentConfig> ParseConfig(const std::string& text, const std::filesystem::path& source_for_messages);
 
+// The files a loaded config names, as `config check` sees them (docs/configuration.md, "Files
+// and secrets"): the CA bundle, client certificate, client key and password file must be
+// regular files this user can read; the secret ones (client key, password file) must not be
+// readable by others (mode & 0004; group-readable is allowed, for the service's group).
+struct FileFinding {
+  bool readable_by_others = false;  // the secret-file rule (`ctagent check` warns, `config check` refuses)
+  std::string message;              // "FILE: /cloud/password_file: ..."
+};
+std::vector<FileFinding> CheckFiles(const AgentConfig& config);
+
+// LoadConfig plus CheckFiles: what `ctagent config check` runs. Every finding of CheckFiles is
+// an error here, one per line of the message.
+Expected<AgentConfig> CheckConfig(const std::filesystem::path& path);
+
 // The schema as Markdown (a table per section), for docs/configuration.md.
 std::string SchemaMarkdown();
 

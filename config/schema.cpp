@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #include "agent/common/uid.hpp"
 
@@ -97,7 +98,7 @@ bool AeTitleOk(const std::string& s) {
   return any_non_space;
 }
 
-bool UrlOk(const std::string& s) { return IsHttpUrl(s) || IsHttpsUrl(s); }
+bool UrlOk(const std::string& s) { return (IsHttpUrl(s) || IsHttpsUrl(s)) && UrlProblem(s).empty(); }
 bool EmptyOrUrl(const std::string& s) { return s.empty() || UrlOk(s); }
 bool UsernameOk(const std::string& s) { return s.find(':') == std::string::npos && s.size() <= 256; }
 // "" or "sha256//" + 44 base64 characters (a SHA-256 digest), entries joined by ';'.
@@ -263,10 +264,10 @@ std::vector<Entry> MakeEntries() {
 
       {.path = "/cloud", .type = Type::kSection, .description = "Imaging center endpoints."},
       {.path = "/cloud/upload_url", .type = Type::kString, .description = "tus creation endpoint (https://).",
-       .required = true, .string_ok = UrlOk, .string_rule = "an https:// URL", CTAGENT_TARGET(cloud.upload_url)},
+       .required = true, .string_ok = UrlOk, .string_rule = "an https:// URL", .url = true, CTAGENT_TARGET(cloud.upload_url)},
       {.path = "/cloud/dicomweb_url", .type = Type::kString,
        .description = "DICOMweb root (https://); required when results are enabled.", .string_ok = EmptyOrUrl,
-       .string_rule = "an https:// URL or \"\"", CTAGENT_TARGET(cloud.dicomweb_url)},
+       .string_rule = "an https:// URL or \"\"", .url = true, CTAGENT_TARGET(cloud.dicomweb_url)},
       {.path = "/cloud/username", .type = Type::kString, .description = "HTTP basic auth user for DICOMweb.",
        .string_ok = UsernameOk, .string_rule = "at most 256 characters without ':'",
        CTAGENT_TARGET(cloud.username)},
@@ -366,6 +367,84 @@ const Entry* Find(std::string_view path) {
 bool IsHttpsUrl(const std::string& s) { return s.rfind("https://", 0) == 0 && s.size() > 8; }
 bool IsHttpUrl(const std::string& s) { return s.rfind("http://", 0) == 0 && s.size() > 7; }
 
+namespace {
+
+// Where the authority (between "scheme://" and the path) starts and ends; npos when there is
+// no "://".
+std::pair<std::size_t, std::size_t> Authority(const std::string& url) {
+  const auto scheme_end = url.find("://");
+  if (scheme_end == std::string::npos) return {std::string::npos, std::string::npos};
+  const std::size_t begin = scheme_end + 3;
+  std::size_t end = url.find_first_of("/?#", begin);
+  if (end == std::string::npos) end = url.size();
+  return {begin, end};
+}
+
+}  // namespace
+
+std::string RedactUrl(const std::string& url) {
+  std::string out = url;
+  const auto [begin, end] = Authority(url);
+  if (begin != std::string::npos) {
+    const auto at = url.rfind('@', end - 1);
+    if (at != std::string::npos && at >= begin && at < end) out = url.substr(0, begin) + "***" + url.substr(at);
+  }
+  std::string printable;
+  for (const char ch : out) {
+    const auto u = static_cast<unsigned char>(ch);
+    if (u < 0x20 || u == 0x7f) {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "\\x%02x", u);
+      printable += hex;
+    } else {
+      printable += ch;
+    }
+  }
+  return printable;
+}
+
+std::string UrlProblem(const std::string& url) {
+  for (const char ch : url) {
+    const auto u = static_cast<unsigned char>(ch);
+    if (u == ' ') return "a URL cannot contain spaces (write %20)";
+    if (u < 0x20 || u == 0x7f) return "a URL cannot contain control characters (CR, LF, tab, ...)";
+  }
+  if (!IsHttpUrl(url) && !IsHttpsUrl(url)) return "expected an http:// or https:// URL";
+  const auto [begin, end] = Authority(url);
+  std::string_view authority = std::string_view(url).substr(begin, end - begin);
+  if (authority.find('@') != std::string_view::npos) {
+    return "a URL cannot carry a user name or password (`user:password@`); put the user in /cloud/username "
+           "and the password in /cloud/password_file";
+  }
+  std::string_view host = authority;
+  std::string_view port;
+  if (!authority.empty() && authority.front() == '[') {
+    const auto close = authority.find(']');
+    if (close == std::string_view::npos) return "an IPv6 host needs its closing ']'";
+    host = authority.substr(1, close - 1);
+    const std::string_view rest = authority.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest.front() != ':') return "expected ':' and a port after the IPv6 host";
+      port = rest.substr(1);
+      if (port.empty()) return "expected a port from 1 to 65535 after ':'";
+    }
+  } else if (const auto colon = authority.rfind(':'); colon != std::string_view::npos) {
+    host = authority.substr(0, colon);
+    port = authority.substr(colon + 1);
+    if (port.empty()) return "expected a port from 1 to 65535 after ':'";
+  }
+  if (host.empty()) return "the URL has no host (scheme:// followed by the host name, then the path)";
+  if (host.find_first_of("[]") != std::string_view::npos) return "the host has a stray '[' or ']'";
+  if (!port.empty()) {
+    unsigned long value = 0;
+    const auto [ptr, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+    if (ec != std::errc{} || ptr != port.data() + port.size() || value < 1 || value > 65535) {
+      return "the port " + std::string(port.substr(0, 16)) + " is not a number from 1 to 65535";
+    }
+  }
+  return "";
+}
+
 std::optional<std::uint64_t> ParseByteSize(std::string_view text) {
   std::size_t i = 0;
   while (i < text.size() && text[i] >= '0' && text[i] <= '9') ++i;
@@ -385,6 +464,9 @@ std::optional<std::uint64_t> ParseByteSize(std::string_view text) {
     scale = kGiB;
   } else if (unit == "TiB") {
     scale = kTiB;
+  } else if (unit == "PiB") {
+    // The largest maximum in the schema is 1 PiB, so the unit that names it must parse.
+    scale = kPiB;
   } else {
     return std::nullopt;
   }
@@ -488,6 +570,14 @@ bool CheckValue(const Entry& e, const json& v, const fs::path& base_dir, json* n
     }
     case Type::kString:
       if (!v.is_string()) return fail();
+      if (e.url && !v.get<std::string>().empty()) {
+        // Before string_ok: say which rule failed, and show the URL without its password.
+        const std::string& url = v.get<std::string>();
+        if (std::string why = UrlProblem(url); !why.empty()) {
+          *problem = "expected " + Expectation(e) + ", found " + Describe(json(RedactUrl(url)), e.sensitive) + ": " + why;
+          return false;
+        }
+      }
       if (e.string_ok != nullptr && !e.string_ok(v.get<std::string>())) return fail();
       *normalised = v;
       return true;

@@ -339,3 +339,169 @@ TEST_CASE("config: the schema renders as Markdown and docs/configuration.md carr
   const std::string doc = ctagent::test::ReadText(fs::path(CTAGENT_SOURCE_DIR) / "docs" / "configuration.md");
   CHECK(doc.find(md) != std::string::npos);  // regenerate the doc when the schema changes
 }
+
+// ---- issue 18, item 4: what `config check` can see must not wait for run time ---------------
+
+TEST_CASE("config: URLs with user:password@ are refused and the password is never printed") {
+  for (const char* key : {"/cloud/upload_url", "/cloud/dicomweb_url"}) {
+    INFO(key);
+    const std::string message = ErrorOf(With(key, "https://agent:s3cretPW@imaging.example.org/files/"));
+    CHECK(message.find(std::string("site/agent.json: ") + key + ": expected an https:// URL") == 0);
+    CHECK(message.find("s3cretPW") == std::string::npos);
+    CHECK(message.find("agent:") == std::string::npos);
+    CHECK(message.find("https://***@imaging.example.org/files/") != std::string::npos);
+    CHECK(message.find("user name or password") != std::string::npos);
+  }
+  // A bare '@' in the authority (no password) is still userinfo; one in the path is not.
+  CHECK(ErrorOf(With("/cloud/upload_url", "https://@imaging.example.org/files/")).find("user name or password") !=
+        std::string::npos);
+  CHECK(ParseConfig(With("/cloud/upload_url", "https://imaging.example.org/files/a@b").dump(), "u.json"));
+}
+
+TEST_CASE("config: URLs need a host, a port from 1 to 65535 and no spaces or control characters") {
+  auto problem = [](const std::string& url) { return ErrorOf(With("/cloud/upload_url", url)); };
+  CHECK(problem("https:///files/").find("has no host") != std::string::npos);
+  CHECK(problem("https://:8443/files/").find("has no host") != std::string::npos);
+  CHECK(problem("https://imaging.example.org:99999/files/").find("the port 99999 is not a number from 1 to 65535") !=
+        std::string::npos);
+  CHECK(problem("https://imaging.example.org:0/files/").find("the port 0 is not") != std::string::npos);
+  CHECK(problem("https://imaging.example.org:/files/").find("expected a port") != std::string::npos);
+  CHECK(problem("https://imaging.example.org:84x/files/").find("the port 84x is not") != std::string::npos);
+  CHECK(problem("https://[::1/files/").find("closing ']'") != std::string::npos);
+  CHECK(problem("https://imaging.example.org/my files/").find("cannot contain spaces") != std::string::npos);
+  const std::string crlf = problem("https://imaging.example.org/files/\r\nX-Injected: 1");
+  CHECK(crlf.find("control characters") != std::string::npos);
+  CHECK(crlf.find('\n') == std::string::npos);  // one line in `config check`'s output
+  CHECK(crlf.find('\r') == std::string::npos);
+  CHECK(problem("https://imaging.example.org/\tfiles/").find("control characters") != std::string::npos);
+  CHECK(ErrorOf(With("/cloud/dicomweb_url", "https://imaging.example.org:65536/dicom-web"))
+            .find("/cloud/dicomweb_url: expected an https:// URL or \"\"") != std::string::npos);
+  // The scheme rule is unchanged.
+  CHECK(problem("ftp://imaging.example.org/files/").find("expected an https:// URL") != std::string::npos);
+  // Still accepted: explicit ports at both ends of the range, IPv6 literals, query strings.
+  for (const char* url : {"https://imaging.example.org:1/files/", "https://imaging.example.org:65535/files/",
+                          "https://[2001:db8::1]:8443/files/", "https://[::1]/files/", "https://10.0.0.5/files/?a=b"}) {
+    INFO(url);
+    CHECK(ParseConfig(With("/cloud/upload_url", url).dump(), "u.json"));
+  }
+}
+
+TEST_CASE("config: RedactUrl hides userinfo and control characters") {
+  CHECK(schema::RedactUrl("https://u:p@h:1/x@y") == "https://***@h:1/x@y");
+  CHECK(schema::RedactUrl("https://h/x") == "https://h/x");
+  CHECK(schema::RedactUrl("https://h/\r\n") == "https://h/\\x0d\\x0a");
+  CHECK(schema::RedactUrl("not a url") == "not a url");
+}
+
+TEST_CASE("config: link source addresses must be IPv4 or IPv6 literals") {
+  auto links = [](const std::string& address) {
+    return With("/cloud/links", {{"wired", {{"source_address", address}, {"priority", 1}}}});
+  };
+  CHECK(ErrorOf(links("999.1.1.1")) ==
+        "site/agent.json: /cloud/links/wired/source_address: expected an IPv4 or IPv6 address of this machine (like "
+        "192.0.2.10 or 2001:db8::10), found string \"999.1.1.1\"");
+  CHECK(ErrorOf(links("eth0")).find("/cloud/links/wired/source_address") != std::string::npos);
+  CHECK(ErrorOf(links("192.0.2.10 ")).find("/cloud/links/wired/source_address") != std::string::npos);
+  CHECK(ParseConfig(links("192.0.2.10").dump(), "l.json"));
+  CHECK(ParseConfig(links("2001:db8::10").dump(), "l.json"));
+}
+
+TEST_CASE("config: the largest byte size named in a message is one the parser accepts") {
+  auto max_bytes = [](const nlohmann::json& v) { return ParseConfig(With("/spool/max_bytes", v).dump(), "b.json"); };
+  // The schema's maximum is 1 PiB and the message says so; "1 PiB" itself must then parse.
+  const std::string message = ErrorOf(With("/spool/max_bytes", "2 PiB"));
+  CHECK(message.find("from 1 MiB to 1 PiB") != std::string::npos);
+  for (const nlohmann::json& at_limit : {nlohmann::json("1 PiB"), nlohmann::json("1024 TiB"), nlohmann::json(1ull << 50)}) {
+    INFO(at_limit.dump());
+    auto c = max_bytes(at_limit);
+    REQUIRE(c);
+    CHECK(c->spool.max_bytes == (1ull << 50));
+  }
+  CHECK_FALSE(max_bytes((1ull << 50) + 1));
+  CHECK_FALSE(max_bytes("1025 TiB"));
+  CHECK_FALSE(max_bytes("16384 PiB"));  // overflows 64 bits
+  // Every byte-size maximum in the schema round-trips through its own message text.
+  for (const schema::Entry& e : schema::Entries()) {
+    if (e.type != schema::Type::kBytes) continue;
+    INFO(e.path);
+    CHECK(schema::ParseByteSize(schema::FormatBytes(e.max)) == e.max);
+    CHECK(schema::ParseByteSize(schema::FormatBytes(e.min)) == e.min);
+  }
+}
+
+TEST_CASE("config: files named by the config must exist and be readable; secrets not by others") {
+  ctagent::test::TempDir tmp("config-files");
+  const fs::path dir = fs::absolute(tmp.path());
+  auto doc = Minimal();
+  doc["cloud"]["tls"] = {{"ca_file", "pki/ca.pem"}, {"client_cert_file", "pki/client.pem"},
+                         {"client_key_file", "pki/client.key"}};
+  doc["cloud"]["password_file"] = "secrets/password";
+  const fs::path file = dir / "agent.json";
+  WriteText(file, doc.dump());
+
+  // Nothing exists yet: LoadConfig (what `run` uses) still loads; the check names each file.
+  REQUIRE(LoadConfig(file));
+  auto missing = CheckConfig(file);
+  REQUIRE_FALSE(missing);
+  const std::string m = missing.error().message();
+  CHECK(m.find(file.string() + ": /cloud/tls/ca_file: " + (dir / "pki" / "ca.pem").string() +
+               " cannot be read: No such file or directory") != std::string::npos);
+  CHECK(m.find("/cloud/tls/client_cert_file: ") != std::string::npos);
+  CHECK(m.find("/cloud/tls/client_key_file: ") != std::string::npos);
+  CHECK(m.find("/cloud/password_file: " + (dir / "secrets" / "password").string() + " cannot be read") !=
+        std::string::npos);
+
+  fs::create_directories(dir / "pki");
+  fs::create_directories(dir / "secrets");
+  for (const char* name : {"pki/ca.pem", "pki/client.pem", "pki/client.key", "secrets/password"}) {
+    WriteText(dir / name, "x\n");
+    fs::permissions(dir / name, fs::perms(0644));
+  }
+  // World-readable secrets: refused by config check, named, with the fix.
+  auto open_secrets = CheckConfig(file);
+  REQUIRE_FALSE(open_secrets);
+  const std::string s = open_secrets.error().message();
+  CHECK(s.find(file.string() + ": /cloud/password_file: " + (dir / "secrets" / "password").string() +
+               " is a secret but readable by every user (mode 0644); run chmod o-r " +
+               (dir / "secrets" / "password").string()) != std::string::npos);
+  CHECK(s.find("/cloud/tls/client_key_file: ") != std::string::npos);
+  CHECK(s.find("/cloud/tls/ca_file") == std::string::npos);  // certificates are public
+  auto findings = CheckFiles(*LoadConfig(file));
+  REQUIRE(findings.size() == 2);
+  CHECK(findings[0].readable_by_others);
+  CHECK(findings[1].readable_by_others);
+
+  // Group-readable secrets pass (the service's group).
+  fs::permissions(dir / "secrets" / "password", fs::perms(0640));
+  fs::permissions(dir / "pki" / "client.key", fs::perms(0600));
+  CHECK(CheckConfig(file));
+
+  // A directory is not a file.
+  fs::remove(dir / "pki" / "ca.pem");
+  fs::create_directories(dir / "pki" / "ca.pem");
+  auto directory = CheckConfig(file);
+  REQUIRE_FALSE(directory);
+  CHECK(directory.error().message() ==
+        file.string() + ": /cloud/tls/ca_file: " + (dir / "pki" / "ca.pem").string() + " is not a regular file");
+  fs::remove(dir / "pki" / "ca.pem");
+  WriteText(dir / "pki" / "ca.pem", "x\n");
+
+  // Unreadable for this user (root reads everything, so only checked as another user).
+  if (::geteuid() != 0) {
+    fs::permissions(dir / "secrets" / "password", fs::perms(0200));
+    auto unreadable = CheckConfig(file);
+    REQUIRE_FALSE(unreadable);
+    CHECK(unreadable.error().message().find("/cloud/password_file: " + (dir / "secrets" / "password").string() +
+                                            " cannot be read: Permission denied") != std::string::npos);
+    fs::permissions(dir / "secrets" / "password", fs::perms(0600));
+  }
+}
+
+TEST_CASE("config: the shipped examples pass CheckConfig except for the files they name") {
+  auto minimal = CheckConfig(kExamples / "minimal.json");
+  CHECK(minimal);
+  // full.json names placeholder PKI and password files relative to config/examples/.
+  auto full = CheckConfig(kExamples / "full.json");
+  REQUIRE_FALSE(full);
+  CHECK(full.error().message().find("cannot be read: No such file or directory") != std::string::npos);
+}
