@@ -101,7 +101,8 @@ backlog: the bytes the cloud has not confirmed yet and, if an upload rate was me
 constexpr const char* kConfigHelp = R"(Usage: ctagent config check FILE
 
 Validates FILE and prints "FILE: OK" or one line per problem naming the file, the JSON path,
-what was expected and what was found.
+what was expected and what was found. The CA, client certificate, client key and password files
+it names must be readable by this user, and the secret ones not readable by others.
 )";
 
 struct Args {
@@ -729,7 +730,7 @@ int CmdConfig(const Args& args) {
     return args.items.empty() ? 2 : 0;
   }
   if (args.items[0] != "check" || args.items.size() != 2) return Usage("expected: config check FILE", kConfigHelp);
-  auto cfg = config::LoadConfig(args.items[1]);
+  auto cfg = config::CheckConfig(args.items[1]);  // + the files it names (config.hpp)
   if (!cfg) {
     std::fprintf(stderr, "%s\n", cfg.error().message().c_str());
     return 2;
