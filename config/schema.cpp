@@ -574,7 +574,10 @@ bool CheckValue(const Entry& e, const json& v, const fs::path& base_dir, json* n
         // Before string_ok: say which rule failed, and show the URL without its password.
         const std::string& url = v.get<std::string>();
         if (std::string why = UrlProblem(url); !why.empty()) {
-          *problem = "expected " + Expectation(e) + ", found " + Describe(json(RedactUrl(url)), e.sensitive) + ": " + why;
+          // RedactUrl already shows control characters as \\xNN; no second escaping.
+          std::string shown = RedactUrl(url);
+          if (shown.size() > 100) shown = shown.substr(0, 100) + "...";
+          *problem = "expected " + Expectation(e) + ", found string \"" + shown + "\": " + why;
           return false;
         }
       }

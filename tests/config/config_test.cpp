@@ -373,6 +373,7 @@ TEST_CASE("config: URLs need a host, a port from 1 to 65535 and no spaces or con
   CHECK(crlf.find("control characters") != std::string::npos);
   CHECK(crlf.find('\n') == std::string::npos);  // one line in `config check`'s output
   CHECK(crlf.find('\r') == std::string::npos);
+  CHECK(crlf.find("found string \"https://imaging.example.org/files/\\x0d\\x0aX-Injected: 1\"") != std::string::npos);
   CHECK(problem("https://imaging.example.org/\tfiles/").find("control characters") != std::string::npos);
   CHECK(ErrorOf(With("/cloud/dicomweb_url", "https://imaging.example.org:65536/dicom-web"))
             .find("/cloud/dicomweb_url: expected an https:// URL or \"\"") != std::string::npos);
