@@ -216,15 +216,24 @@ class SignalWatcher {
   std::condition_variable cv_;
 };
 
-void BlockStopSignals() {
+// `scan` and `run` take SIGINT, SIGTERM and SIGUSR2 on a SignalWatcher thread (sigwait), so they
+// block them in every thread, before any thread starts. Every other command has no watcher and
+// nothing to save at a stop: it keeps the default dispositions, so SIGINT or SIGTERM ends it
+// whatever it is blocked on (a FIFO, a silent server). The mask inherited from the parent is
+// cleared for them, since a blocked signal would make them immune to it.
+void SetUpSignals(const std::string& command) {
+  signal(SIGPIPE, SIG_IGN);
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGUSR1);
-  sigaddset(&set, SIGUSR2);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  if (command == "scan" || command == "run") {
+    sigaddset(&set, SIGUSR1);
+    sigaddset(&set, SIGUSR2);
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  } else {
+    pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+  }
 }
 
 // A one-line progress display on stderr: redrawn in place on a terminal, a line every few
@@ -740,9 +749,9 @@ int CmdConfig(const Args& args) {
 }
 
 int Main(int argc, char** argv) {
-  BlockStopSignals();
+  const std::string command = argc < 2 ? "" : argv[1];
+  SetUpSignals(command);
   if (argc < 2) return Usage("no command given", kMainHelp);
-  const std::string command = argv[1];
   Args args;
   for (int i = 2; i < argc; ++i) args.items.emplace_back(argv[i]);
   if (command == "--version" || command == "version") return std::printf("ctagent %s\n", CTAGENT_VERSION), 0;
