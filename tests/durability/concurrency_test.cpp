@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <fstream>
 
+#include "agent/common/durable_file.hpp"
+#include "agent/spool/spool.hpp"
 #include "tests/durability/harness.hpp"
 
 using namespace ctagent;
@@ -39,6 +41,21 @@ void CheckAllArrived(const Verdict& verdict, std::size_t scans) {
   CHECK(verdict.corrupted == 0);
   CHECK(verdict.duplicated == 0);
   CHECK(verdict.orphans == 0);
+}
+
+// How many scans the spool records as uploaded, read as `ctagent status` reads it (read-only,
+// beside the writer that holds it).
+std::size_t UploadedInSpool(const fs::path& spool_dir) {
+  PosixFileStore files;
+  spool::SpoolOptions options;
+  options.directory = spool_dir;
+  options.min_free_bytes = 0;
+  options.read_only = true;
+  auto spool = spool::Spool::Open(options, files);
+  if (!spool) return 0;
+  std::size_t uploaded = 0;
+  for (const auto& r : (*spool)->AllScans()) uploaded += r.state == spool::ScanState::kUploaded ? 1 : 0;
+  return uploaded;
 }
 
 }  // namespace
@@ -119,7 +136,13 @@ TEST_CASE("a scan started while the daemon uploads makes it pause, and both scan
   CHECK_THAT(test::ReadText(daemon_log), Catch::Contains("a scan is waiting for the spool; pausing uploads"));
 
   // The daemon takes the spool back and finishes scan A (bounded: two small scans at 200 kbit/s).
-  CHECK(test::WaitFor([&] { return ManifestScans(cloud.store).size() == 2 || !daemon.Running(); }, 180s));
+  // Finished means journaled as uploaded: a manifest complete on the server a moment before the
+  // daemon records its answer is not yet the daemon's (stopping it then leaves scan A to resume).
+  CHECK(test::WaitFor(
+      [&] {
+        return (ManifestScans(cloud.store).size() == 2 && UploadedInSpool(cloud.spool_dir) == 2) || !daemon.Running();
+      },
+      180s));
   CHECK(daemon.Running());
   daemon.Stop();
   const Verdict verdict = Verify(cloud.spool_dir, cloud.store, /*require_uploaded=*/true);
