@@ -265,17 +265,9 @@ namespace {
 // A TCP listener on loopback that accepts connections and never says a word.
 class SilentServer {
  public:
-  SilentServer() {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    REQUIRE(fd_ >= 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    REQUIRE(::listen(fd_, 8) == 0);
-    socklen_t len = sizeof addr;
-    REQUIRE(::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-    port_ = ntohs(addr.sin_port);
+  SilentServer() : fd_(test::ListenOnLoopback(&port_)) {
+    // Accepted() polls: the listener must not block when nobody has connected yet.
+    REQUIRE(::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_NONBLOCK) == 0);
   }
   ~SilentServer() {
     for (int c : clients_) ::close(c);
@@ -290,8 +282,8 @@ class SilentServer {
   }
 
  private:
+  std::uint16_t port_ = 0;  // before fd_: set by fd_'s initializer
   int fd_ = -1;
-  std::uint16_t port_ = 0;
   std::vector<int> clients_;
 };
 

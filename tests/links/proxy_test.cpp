@@ -37,15 +37,7 @@ void SetTimeouts(int fd, int seconds) {
 class EchoServer {
  public:
   EchoServer() {
-    listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    REQUIRE(::listen(listen_fd_, 16) == 0);
-    socklen_t len = sizeof addr;
-    ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-    port_ = ntohs(addr.sin_port);
+    listen_fd_ = test::ListenOnLoopback(&port_, 16);
     accept_thread_ = std::thread([this] { AcceptLoop(); });
   }
   ~EchoServer() {

@@ -39,6 +39,10 @@ class ChildProcess {
 // A TCP port on 127.0.0.1 that was free a moment ago.
 std::uint16_t FreeLoopbackPort();
 
+// A listening TCP socket (close-on-exec) on a free 127.0.0.1 port, written to *port; the caller
+// closes it. Throws when the socket cannot be made.
+int ListenOnLoopback(std::uint16_t* port, int backlog = 8);
+
 // Polls `ready` every 50 ms until it returns true or `timeout` passes. Returns the last result.
 bool WaitFor(const std::function<bool()>& ready, std::chrono::milliseconds timeout);
 

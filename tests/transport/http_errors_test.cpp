@@ -49,25 +49,11 @@ ctagent::Error TlsFailure(const std::string& cert_name) {
   return created.error();
 }
 
-// A listening TCP socket on a free loopback port (written to *port).
-int ListenOnLoopback(std::uint16_t* port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-  REQUIRE(::listen(fd, 4) == 0);
-  socklen_t len = sizeof addr;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  *port = ntohs(addr.sin_port);
-  return fd;
-}
-
 // A TCP listener on loopback that never accepts: the kernel completes the handshake, then
 // nothing is ever sent back.
 class SilentListener {
  public:
-  SilentListener() : fd_(ListenOnLoopback(&port_)) {}
+  SilentListener() : fd_(ctagent::test::ListenOnLoopback(&port_, 4)) {}
   ~SilentListener() { ::close(fd_); }
   SilentListener(const SilentListener&) = delete;
   SilentListener& operator=(const SilentListener&) = delete;
@@ -84,7 +70,7 @@ class SilentListener {
 // Records the body of each request it answered.
 class ClosingKeepAliveServer {
  public:
-  ClosingKeepAliveServer() : fd_(ListenOnLoopback(&port_)) { thread_ = std::thread([this] { Serve(); }); }
+  ClosingKeepAliveServer() : fd_(ctagent::test::ListenOnLoopback(&port_, 4)) { thread_ = std::thread([this] { Serve(); }); }
   ~ClosingKeepAliveServer() {
     stop_ = true;
     thread_.join();
