@@ -615,12 +615,10 @@ int CmdRun(const Args& args) {
     if (!ready) notifier.Ready();
     ready = true;
   };
-  log::Info("agent", "ctagent " CTAGENT_VERSION " running; spool " + cfg->spool.directory.string() +
-                         (notifier.enabled() ? std::string("; reporting to the service manager") +
-                                                   (heartbeat.beat ? ", watchdog every " +
-                                                                         std::to_string(heartbeat.period.count()) + " ms"
-                                                                   : "")
-                                             : ""));
+  std::string started = "ctagent " CTAGENT_VERSION " running; spool " + cfg->spool.directory.string();
+  if (notifier.enabled()) started += "; reporting to the service manager";
+  if (heartbeat.beat) started += ", watchdog every " + std::to_string(heartbeat.period.count()) + " ms";
+  log::Info("agent", started);
   int problems = 0;
   std::set<std::string> failed_seen;
   bool waiting_logged = false;
