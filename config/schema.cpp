@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "agent/common/uid.hpp"
+#include "agent/common/url.hpp"
 
 namespace ctagent::config::schema {
 
@@ -381,27 +382,6 @@ std::pair<std::size_t, std::size_t> Authority(const std::string& url) {
 }
 
 }  // namespace
-
-std::string RedactUrl(const std::string& url) {
-  std::string out = url;
-  const auto [begin, end] = Authority(url);
-  if (begin != std::string::npos) {
-    const auto at = url.rfind('@', end - 1);
-    if (at != std::string::npos && at >= begin && at < end) out = url.substr(0, begin) + "***" + url.substr(at);
-  }
-  std::string printable;
-  for (const char ch : out) {
-    const auto u = static_cast<unsigned char>(ch);
-    if (u < 0x20 || u == 0x7f) {
-      char hex[8];
-      std::snprintf(hex, sizeof hex, "\\x%02x", u);
-      printable += hex;
-    } else {
-      printable += ch;
-    }
-  }
-  return printable;
-}
 
 std::string UrlProblem(const std::string& url) {
   for (const char ch : url) {

@@ -42,7 +42,7 @@ struct Entry {
   std::vector<std::string_view> choices = {};
   bool (*string_ok)(const std::string&) = nullptr;
   std::string_view string_rule = {};  // what string_ok accepts, for "expected ..."
-  bool url = false;  // an http(s) URL: checked by UrlProblem, shown redacted by RedactUrl
+  bool url = false;  // an http(s) URL: checked by UrlProblem, shown redacted by RedactUrl (agent/common/url.hpp)
   void (*set)(AgentConfig&, const nlohmann::json&) = nullptr;  // value already checked and normalised
   nlohmann::json (*get)(const AgentConfig&) = nullptr;         // for defaults in the docs
 };
@@ -70,9 +70,5 @@ bool IsHttpsUrl(const std::string& s);
 // (`user:password@`), an empty host, a port outside 1..65535, spaces or control characters.
 // The message never contains the URL's password.
 std::string UrlProblem(const std::string& url);
-// `url` with any userinfo replaced by "***" ("https://***@host/..."), and control characters
-// as \xNN, so a URL from a config or a server can be printed or journaled on one line without
-// its credentials. The one helper for printing URLs that did not pass UrlProblem.
-std::string RedactUrl(const std::string& url);
 
 }  // namespace ctagent::config::schema

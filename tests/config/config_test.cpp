@@ -8,6 +8,7 @@
 #include <fstream>
 #include <set>
 
+#include "agent/common/url.hpp"
 #include "config/config.hpp"
 #include "config/schema.hpp"
 #include "tests/support/process.hpp"
@@ -388,10 +389,10 @@ TEST_CASE("config: URLs need a host, a port from 1 to 65535 and no spaces or con
 }
 
 TEST_CASE("config: RedactUrl hides userinfo and control characters") {
-  CHECK(schema::RedactUrl("https://u:p@h:1/x@y") == "https://***@h:1/x@y");
-  CHECK(schema::RedactUrl("https://h/x") == "https://h/x");
-  CHECK(schema::RedactUrl("https://h/\r\n") == "https://h/\\x0d\\x0a");
-  CHECK(schema::RedactUrl("not a url") == "not a url");
+  CHECK(ctagent::RedactUrl("https://u:p@h:1/x@y") == "https://***@h:1/x@y");
+  CHECK(ctagent::RedactUrl("https://h/x") == "https://h/x");
+  CHECK(ctagent::RedactUrl("https://h/\r\n") == "https://h/\\x0d\\x0a");
+  CHECK(ctagent::RedactUrl("not a url") == "not a url");
 }
 
 TEST_CASE("config: link source addresses must be IPv4 or IPv6 literals") {

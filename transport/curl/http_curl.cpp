@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "agent/common/log.hpp"
+#include "agent/common/url.hpp"
 #include "transport/text.hpp"
 #include "transport/http.hpp"
 
@@ -44,23 +45,6 @@ std::string SchemeOf(std::string_view url) {
   const auto colon = url.find("://");
   if (colon == std::string_view::npos || colon == 0) return {};
   return ToLower(url.substr(0, colon));
-}
-
-// The URL with any "user:password@" removed, so it can go into messages and logs.
-std::string RedactUrl(std::string_view url) {
-  const auto scheme_end = url.find("://");
-  if (scheme_end == std::string_view::npos) return std::string(url);
-  const auto authority_begin = scheme_end + 3;
-  const auto authority_end = url.find_first_of("/?#", authority_begin);
-  const auto authority =
-      url.substr(authority_begin, authority_end == std::string_view::npos ? std::string_view::npos
-                                                                           : authority_end - authority_begin);
-  const auto at = authority.rfind('@');
-  if (at == std::string_view::npos) return std::string(url);
-  std::string out(url.substr(0, authority_begin));
-  out += authority.substr(at + 1);
-  if (authority_end != std::string_view::npos) out += url.substr(authority_end);
-  return out;
 }
 
 struct Transfer {
