@@ -57,6 +57,12 @@ struct CloudConfig {
   std::uint64_t patch_bytes = 4ull << 20;  // bytes per PATCH request
   std::uint32_t connect_timeout_s = 10;
   std::uint32_t stall_timeout_s = 30;  // abort a request that moves no byte for this long
+  // The slowest rate a link is expected to sustain: with connect_timeout_s and stall_timeout_s
+  // it sets every request's overall deadline (docs/transport.md).
+  std::uint64_t floor_rate_bits_per_s = 1'000'000;
+  // Origins ("https://host:port", space-separated) besides upload_url's own that a tus server's
+  // Location header may point at. Empty: only upload_url's origin.
+  std::string upload_origins_allowed;
   bool http2 = true;                 // offer HTTP/2 by ALPN (the server may still pick HTTP/1.1)
   // Network links (wired, 5G, ...) keyed by name; parsed and checked by core::ParseLinks
   // (agent/core/links.hpp, docs/links.md). Empty: the system's routing, uncapped.

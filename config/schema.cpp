@@ -103,6 +103,27 @@ bool UrlOk(const std::string& s) { return (IsHttpUrl(s) || IsHttpsUrl(s)) && Url
 bool EmptyOrUrl(const std::string& s) { return s.empty() || UrlOk(s); }
 bool UsernameOk(const std::string& s) { return s.find(':') == std::string::npos && s.size() <= 256; }
 // "" or "sha256//" + 44 base64 characters (a SHA-256 digest), entries joined by ';'.
+// "" or origins "scheme://host[:port]" separated by single spaces: no path, userinfo, query.
+bool OriginListOk(const std::string& s) {
+  if (s.empty()) return true;
+  std::size_t pos = 0;
+  while (true) {
+    const auto end = s.find(' ', pos);
+    const std::string origin = s.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+    const bool https = origin.rfind("https://", 0) == 0;
+    if (!https && origin.rfind("http://", 0) != 0) return false;
+    const std::string authority = origin.substr(https ? 8 : 7);
+    if (authority.empty()) return false;
+    for (const char c : authority) {
+      const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+                      c == '-' || c == ':' || c == '[' || c == ']';
+      if (!ok) return false;
+    }
+    if (end == std::string::npos) return true;
+    pos = end + 1;
+  }
+}
+
 bool PinnedPublicKeyOk(const std::string& s) {
   if (s.empty()) return true;
   std::size_t pos = 0;
@@ -300,6 +321,15 @@ std::vector<Entry> MakeEntries() {
       {.path = "/cloud/stall_timeout_s", .type = Type::kInteger,
        .description = "Abort a request that moves no byte for this long [s].", .min = 1, .max = 3600,
        CTAGENT_TARGET(cloud.stall_timeout_s)},
+      {.path = "/cloud/floor_rate_bits_per_s", .type = Type::kInteger,
+       .description = "Slowest rate a link is expected to sustain [bit/s]; sets each request's overall deadline: "
+                      "connect_timeout_s + stall_timeout_s + its bytes at this rate (docs/transport.md).",
+       .min = 8000, .max = 100'000'000'000ull, CTAGENT_TARGET(cloud.floor_rate_bits_per_s)},
+      {.path = "/cloud/upload_origins_allowed", .type = Type::kString,
+       .description = "Origins besides upload_url's own that a tus Location header may point at "
+                      "(scheme://host[:port], space-separated). Empty: only upload_url's origin.",
+       .string_ok = OriginListOk, .string_rule = "\"\" or scheme://host[:port] origins separated by spaces",
+       CTAGENT_TARGET(cloud.upload_origins_allowed)},
       {.path = "/cloud/http2", .type = Type::kBool,
        .description = "Offer HTTP/2 to the upload server by ALPN (it may still choose HTTP/1.1).",
        CTAGENT_TARGET(cloud.http2)},
