@@ -82,6 +82,8 @@ TEST_CASE("config: minimal example loads and takes every default from the struct
   CHECK(c->spool.max_bytes == (64ull << 30));
   CHECK(c->cloud.parallel_uploads == 8);
   CHECK(c->cloud.patch_bytes == (4ull << 20));
+  CHECK(c->cloud.floor_rate_bits_per_s == 1'000'000);
+  CHECK(c->cloud.upload_origins_allowed.empty());
   CHECK(c->cloud.tls.ca_file.empty());
   CHECK_FALSE(c->cloud.allow_plain_http);
   CHECK(c->results.enabled);
@@ -116,6 +118,8 @@ TEST_CASE("config: full example sets every key of the schema and resolves relati
   CHECK(c->cloud.tls.client_cert_file == dir / "pki" / "client.pem");
   CHECK(c->cloud.tls.client_key_file == dir / "pki" / "client.key");
   CHECK(c->cloud.patch_bytes == (4ull << 20));
+  CHECK(c->cloud.floor_rate_bits_per_s == 2'000'000);
+  CHECK(c->cloud.upload_origins_allowed == "https://uploads-2.imaging-center.example:8443");
 }
 
 TEST_CASE("config: relative paths resolve against the config file's directory, absolute ones stay") {
