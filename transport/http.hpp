@@ -3,10 +3,12 @@
 // unless `allow_plain_http` is set (development only).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -36,7 +38,7 @@ enum class FailureClass {
   kClockSkew,       // the server certificate is not yet valid: this terminal's clock is behind;
                     // retried, because NTP or the operator may correct the clock
   kStall,           // no byte sent or received for stall_timeout_s
-  kTimeout,         // whole-request timeout
+  kTimeout,         // the request's overall deadline passed (see HttpOptions::floor_rate_bits_per_s)
   kConnectionLost,  // reset or closed mid-request
   kServerError,     // HTTP 5xx
   kConflict,        // HTTP 409: offset mismatch (tus)
@@ -76,7 +78,15 @@ struct HttpOptions {
   // A request during which no byte is sent or received for this long is aborted as stalled
   // (checked about once a second; time spent in before_send does not count). 0: no check.
   std::uint32_t stall_timeout_s = 30;
-  // Upper bound for one whole request (0: none beyond the stall timeout).
+  // Every request has an overall deadline, so an answer that trickles (a byte now and then, never
+  // a stall) cannot hold a caller for ever:
+  //   connect_timeout_s + stall_timeout_s + (request body bytes + max_response_bytes) * 8 / floor_rate_bits_per_s
+  // seconds after Perform() starts (the time to move the most bytes the request may move at the
+  // slowest rate the link is expected to sustain, plus the set-up and one stall's worth of slack).
+  // A request past it ends with kTimeout (checked at every progress call, at least once a second)
+  // and a message that names the deadline and how it was derived. 0: no size-derived deadline.
+  std::uint64_t floor_rate_bits_per_s = 1'000'000;
+  // An upper bound for one whole request on top of that deadline, if earlier (0: none).
   std::uint32_t request_timeout_s = 0;
   std::string basic_auth_user;      // empty: no authentication
   std::string basic_auth_password;
@@ -108,6 +118,14 @@ struct HttpRequest {
   // (kCancelled). Also called with 0 at each progress tick (about once a second or more often),
   // so a refusal ends a request whose block drains slowly. Empty: no pacing.
   std::function<bool(std::size_t)> before_send;
+  // Optional: an absolute deadline for this request (for example a scan's results.timeout_s).
+  // The request ends at the earliest of this, the size-derived deadline and request_timeout_s,
+  // with kTimeout and a message saying which one it was. Empty: the options' deadlines only.
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  // Optional: asked at every progress call (at least once a second, also while an answer
+  // trickles in) and once before the request starts; returning true ends the request with
+  // kCancelled (ErrorKind::kCancelled). For a caller that is stopping. Empty: never.
+  std::function<bool()> cancel;
 };
 
 struct HttpResponse {
@@ -132,7 +150,10 @@ class HttpClient {
   // Returns the response for any HTTP status; an Error only when no usable response arrived:
   // kNetwork for DNS/connect/reset/stall, kTls for certificate and handshake failures,
   // kInvalidInput for a refused URL or unreadable certificate file, kProtocol for a body over
-  // `max_response_bytes`, kCancelled for an aborted transfer, kInternal for out-of-memory.
+  // `max_response_bytes`, kCancelled for an aborted transfer, kInternal for out-of-memory, and
+  // kNetwork with last_failure() kTimeout for a request past its overall deadline (see
+  // HttpOptions::floor_rate_bits_per_s; `max_response_bytes` counts in it, so a caller expecting
+  // a small answer gets a short deadline by passing a small cap).
   Expected<HttpResponse> Perform(const HttpRequest& request, std::uint64_t max_response_bytes = 256ull << 20);
   // The class of the last Perform()'s error (kNone after a response).
   FailureClass last_failure() const;
@@ -141,6 +162,14 @@ class HttpClient {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// Process-wide stop for a process that is shutting down (ctagent scan and run on SIGINT or
+// SIGTERM): every request of every HttpClient in flight ends at its next progress call, within
+// about a second, with kCancelled, and every later request fails at once the same way. One way
+// only: nothing undoes it. Async-signal-safe (one atomic store), callable from any thread.
+void CancelAllRequests();
+// Whether CancelAllRequests() was called in this process.
+bool AllRequestsCancelled();
 
 // Resolves a possibly relative Location header against the request URL.
 std::string ResolveUrl(const std::string& base, const std::string& location);

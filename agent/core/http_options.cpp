@@ -14,6 +14,8 @@ transport::HttpOptions MakeHttpOptions(const config::CloudConfig& cloud) {
   options.allow_plain_http = cloud.allow_plain_http;
   options.connect_timeout_s = cloud.connect_timeout_s;
   options.stall_timeout_s = cloud.stall_timeout_s;
+  // With the two timeouts above it sets every request's overall deadline (transport/http.hpp).
+  options.floor_rate_bits_per_s = cloud.floor_rate_bits_per_s;
   options.user_agent = "ctagent";
   return options;
 }

@@ -8,7 +8,8 @@
 
 namespace ctagent::core {
 
-// TLS, timeouts and the plain-HTTP development flag, for the upload endpoint.
+// TLS, timeouts (connect, stall, and the overall deadline's floor rate) and the plain-HTTP
+// development flag, for the upload endpoint.
 transport::HttpOptions MakeHttpOptions(const config::CloudConfig& cloud);
 
 // The same plus DICOMweb basic authentication (password read from cloud.password_file).

@@ -1,6 +1,7 @@
 // HTTP client failure modes, each against a real peer on loopback: TLS certificate problems
 // (unknown CA, wrong host, expired), plain http:// refused or allowed, connection refused, stall,
-// a kept-alive connection closed by the server as a request goes out on it.
+// a kept-alive connection closed by the server as a request goes out on it, an answer that
+// trickles in (overall deadline, the caller's deadline and cancel check; issue 18).
 #include <catch2/catch.hpp>
 
 #include <arpa/inet.h>
@@ -151,6 +152,64 @@ class ClosingKeepAliveServer {
   std::atomic<int> connections_{0};
   std::mutex mutex_;
   std::vector<std::string> bodies_;
+  std::thread thread_;
+};
+
+// A plain-HTTP peer that reads each request and then trickles its answer: the status line and
+// headers at once, then a 1,000,000-byte body one byte every `interval`, so bytes keep moving
+// (no stall) and the answer never ends in a test's lifetime. One connection at a time.
+class TricklingServer {
+ public:
+  explicit TricklingServer(std::chrono::milliseconds interval)
+      : interval_(interval), fd_(ctagent::test::ListenOnLoopback(&port_, 4)) {
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~TricklingServer() {
+    stop_ = true;
+    thread_.join();
+    ::close(fd_);
+  }
+  TricklingServer(const TricklingServer&) = delete;
+  TricklingServer& operator=(const TricklingServer&) = delete;
+  std::uint16_t port() const { return port_; }
+  int body_bytes_sent() const { return sent_; }
+
+ private:
+  bool WaitReadable(int fd, int timeout_ms) {
+    pollfd p{fd, POLLIN, 0};
+    return ::poll(&p, 1, timeout_ms) > 0;
+  }
+  void Serve() {
+    while (!stop_) {
+      if (!WaitReadable(fd_, 100)) continue;
+      const int conn = ::accept(fd_, nullptr, nullptr);
+      if (conn < 0) continue;
+      std::string request;
+      char buf[4096];
+      // The request's headers (the tests send small bodies that come with them).
+      while (!stop_ && request.find("\r\n\r\n") == std::string::npos) {
+        if (!WaitReadable(conn, 100)) continue;
+        const ssize_t n = ::recv(conn, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        request.append(buf, static_cast<std::size_t>(n));
+      }
+      const std::string head = "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n";
+      bool open = ::send(conn, head.data(), head.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(head.size());
+      // Bounded by stop_ and by the client closing the connection.
+      while (open && !stop_) {
+        std::this_thread::sleep_for(interval_);
+        open = ::send(conn, "x", 1, MSG_NOSIGNAL) == 1;
+        if (open) ++sent_;
+      }
+      ::close(conn);
+    }
+  }
+
+  std::chrono::milliseconds interval_;
+  std::uint16_t port_ = 0;  // before fd_: set by fd_'s initializer
+  int fd_ = -1;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> sent_{0};
   std::thread thread_;
 };
 
@@ -314,4 +373,104 @@ TEST_CASE("http: every method is bounded by the stall timeout (HEAD, OPTIONS, DE
     CHECK(http.last_failure() == ctagent::transport::FailureClass::kStall);
     CHECK(std::chrono::steady_clock::now() - started < std::chrono::seconds(10));
   }
+}
+
+TEST_CASE("http: an answer that trickles in ends at the request's size-derived deadline with kTimeout",
+          "[transport][http][integration][deadline]") {
+  TricklingServer server(std::chrono::milliseconds(200));
+  HttpOptions options;
+  options.allow_plain_http = true;
+  options.connect_timeout_s = 1;
+  options.stall_timeout_s = 1;              // a byte every 0.2 s is never a stall
+  options.floor_rate_bits_per_s = 8000;     // 1000 bytes of response cap at 8000 bit/s: 1 s
+  HttpClient http(options);
+  HttpRequest request;
+  request.url = "http://user:secret@127.0.0.1:" + std::to_string(server.port()) + "/qido?study=1";
+  const auto started = std::chrono::steady_clock::now();
+  auto response = http.Perform(request, 1000);
+  const auto elapsed = std::chrono::steady_clock::now() - started;
+  REQUIRE_FALSE(response);
+  CHECK(http.last_failure() == ctagent::transport::FailureClass::kTimeout);
+  CHECK(response.error().kind() == ErrorKind::kNetwork);  // transient: retried, the data stays spooled
+  const std::string message = response.error().message();
+  INFO(message);
+  // Names the URL (credentials redacted), the deadline and how it was derived.
+  CHECK_THAT(message, Catch::Contains("127.0.0.1:" + std::to_string(server.port()) + "/qido"));
+  CHECK_THAT(message, !Catch::Contains("secret"));
+  CHECK_THAT(message, Catch::Contains("deadline: 3.0 s = connect_timeout_s 1 s + stall_timeout_s 1 s + 0 body bytes "
+                                      "and a 1000-byte response cap at floor_rate_bits_per_s 8000 (1.0 s)"));
+  // It was the deadline, not a stall and not the end of the answer: bytes kept coming.
+  CHECK(server.body_bytes_sent() >= 5);
+  CHECK(elapsed >= std::chrono::milliseconds(2900));
+  CHECK(elapsed < std::chrono::seconds(20));  // generous bound: the request did end
+}
+
+TEST_CASE("http: the request body counts in the deadline, and without a floor rate only the stall check is left",
+          "[transport][http][integration][deadline]") {
+  TricklingServer server(std::chrono::milliseconds(200));
+  HttpOptions options;
+  options.allow_plain_http = true;
+  options.connect_timeout_s = 1;
+  options.stall_timeout_s = 1;
+  options.floor_rate_bits_per_s = 8000;
+  const std::vector<std::uint8_t> body(1000, 7);  // 1000 bytes + 1000-byte cap at 8000 bit/s: 2 s
+  HttpClient http(options);
+  HttpRequest request;
+  request.method = "PATCH";
+  request.url = "http://127.0.0.1:" + std::to_string(server.port()) + "/files/x";
+  request.body = body;
+  auto response = http.Perform(request, 1000);
+  REQUIRE_FALSE(response);
+  CHECK(http.last_failure() == ctagent::transport::FailureClass::kTimeout);
+  CHECK_THAT(response.error().message(), Catch::Contains("deadline: 4.0 s = ") && Catch::Contains("1000 body bytes"));
+}
+
+TEST_CASE("http: a caller's deadline ends a trickling request before the size-derived one",
+          "[transport][http][integration][deadline]") {
+  TricklingServer server(std::chrono::milliseconds(200));
+  HttpOptions options;
+  options.allow_plain_http = true;
+  options.stall_timeout_s = 1;
+  HttpClient http(options);  // default floor rate: a 256 MiB cap gives a deadline of over half an hour
+  HttpRequest request;
+  request.url = "http://127.0.0.1:" + std::to_string(server.port()) + "/studies";
+  const auto started = std::chrono::steady_clock::now();
+  request.deadline = started + std::chrono::milliseconds(1500);
+  auto response = http.Perform(request);
+  const auto elapsed = std::chrono::steady_clock::now() - started;
+  REQUIRE_FALSE(response);
+  CHECK(http.last_failure() == ctagent::transport::FailureClass::kTimeout);
+  CHECK_THAT(response.error().message(), Catch::Contains("the caller's deadline, 1.5 s after it started"));
+  CHECK(elapsed < std::chrono::seconds(20));
+
+  // A deadline already past fails at once, before any byte is sent.
+  request.deadline = std::chrono::steady_clock::now() - std::chrono::seconds(1);
+  auto late = http.Perform(request);
+  REQUIRE_FALSE(late);
+  CHECK(http.last_failure() == ctagent::transport::FailureClass::kTimeout);
+}
+
+TEST_CASE("http: a cancel check ends a trickling request with kCancelled", "[transport][http][integration][deadline]") {
+  TricklingServer server(std::chrono::milliseconds(200));
+  HttpOptions options;
+  options.allow_plain_http = true;
+  options.stall_timeout_s = 30;
+  HttpClient http(options);
+  std::atomic<bool> stop{false};
+  HttpRequest request;
+  request.url = "http://127.0.0.1:" + std::to_string(server.port()) + "/files/";
+  request.cancel = [&stop] { return stop.load(); };
+  std::thread stopper([&] {
+    // Bounded: stops the request once it has received a few trickled bytes.
+    ctagent::test::WaitFor([&] { return server.body_bytes_sent() >= 3; }, std::chrono::seconds(20));
+    stop = true;
+  });
+  auto response = http.Perform(request);
+  stopper.join();
+  REQUIRE_FALSE(response);
+  CHECK(http.last_failure() == ctagent::transport::FailureClass::kCancelled);
+  CHECK(response.error().kind() == ErrorKind::kCancelled);
+  CHECK_THAT(response.error().message(), Catch::Contains("cancelled: the agent is stopping"));
+  // Ended by the check, not by the answer: the server was still trickling.
+  CHECK(server.body_bytes_sent() < 1000);
 }

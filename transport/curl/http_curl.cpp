@@ -5,10 +5,13 @@
 #include <openssl/x509_vfy.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -47,6 +50,21 @@ std::string SchemeOf(std::string_view url) {
   return ToLower(url.substr(0, colon));
 }
 
+// The size-derived deadline of one request, in seconds after it starts:
+//   connect_timeout_s + stall_timeout_s + (body bytes + response cap) * 8 / floor_rate_bits_per_s
+// and how it was derived, for the message that reports it. Capped at 30 days, so a huge response
+// cap cannot overflow the clock arithmetic (and means "no practical deadline" then anyway).
+struct DerivedDeadline {
+  double seconds = 0;
+  std::string how;
+};
+
+std::string FormatSeconds(double seconds) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, seconds < 10 ? "%.1f s" : "%.0f s", seconds);
+  return buf;
+}
+
 struct Transfer {
   HttpResponse response;
   std::uint64_t max_body = 0;
@@ -67,7 +85,55 @@ struct Transfer {
   curl_off_t seen_down = 0;
   curl_off_t seen_up = 0;
   bool stalled = false;
+  // Overall deadlines (time_point::max(): none). The size-derived one moves on by the time a
+  // before_send pacer holds the body (our own pacing is not the network's slowness); the
+  // caller's is absolute.
+  std::chrono::steady_clock::time_point derived_deadline = std::chrono::steady_clock::time_point::max();
+  std::chrono::steady_clock::time_point caller_deadline = std::chrono::steady_clock::time_point::max();
+  bool past_derived_deadline = false;
+  bool past_caller_deadline = false;
+  std::optional<DerivedDeadline> derived;  // how derived_deadline was set, for the message
+  double caller_deadline_s = 0;            // the caller's deadline, seconds after the start
+  const std::function<bool()>* cancel = nullptr;
+  bool cancelled = false;
 };
+
+std::atomic<bool> g_cancel_all{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "CancelAllRequests must be async-signal-safe");
+
+// Whether the request should end now (a stopping process or caller); sets transfer->cancelled.
+bool ShouldCancel(Transfer& transfer) {
+  if (g_cancel_all.load(std::memory_order_relaxed) || (transfer.cancel != nullptr && *transfer.cancel && (*transfer.cancel)())) {
+    transfer.cancelled = true;
+  }
+  return transfer.cancelled;
+}
+
+// Whether a deadline has passed; records which one.
+bool PastDeadline(Transfer& transfer, std::chrono::steady_clock::time_point now) {
+  if (now >= transfer.caller_deadline) {
+    transfer.past_caller_deadline = true;
+  } else if (now >= transfer.derived_deadline) {
+    transfer.past_derived_deadline = true;
+  }
+  return transfer.past_caller_deadline || transfer.past_derived_deadline;
+}
+
+std::optional<DerivedDeadline> DeriveDeadline(const HttpOptions& options, std::uint64_t body_bytes,
+                                              std::uint64_t response_cap) {
+  if (options.floor_rate_bits_per_s == 0) return std::nullopt;
+  constexpr double kMaxSeconds = 30.0 * 24 * 3600;
+  const double bytes = static_cast<double>(body_bytes) + static_cast<double>(response_cap);
+  const double transfer_s = bytes * 8.0 / static_cast<double>(options.floor_rate_bits_per_s);
+  DerivedDeadline d;
+  d.seconds = std::min(kMaxSeconds, static_cast<double>(options.connect_timeout_s) +
+                                        static_cast<double>(options.stall_timeout_s) + transfer_s);
+  d.how = "connect_timeout_s " + std::to_string(options.connect_timeout_s) + " s + stall_timeout_s " +
+          std::to_string(options.stall_timeout_s) + " s + " + std::to_string(body_bytes) + " body bytes and a " +
+          std::to_string(response_cap) + "-byte response cap at floor_rate_bits_per_s " +
+          std::to_string(options.floor_rate_bits_per_s) + " (" + FormatSeconds(transfer_s) + ")";
+  return d;
+}
 
 // How often OnProgress asks before_send(0) whether the request may go on (progress ticks can
 // come thousands of times a second on a fast link).
@@ -77,12 +143,17 @@ size_t OnRead(char* buffer, size_t size, size_t count, void* user) {
   auto* transfer = static_cast<Transfer*>(user);
   const std::size_t n = std::min(size * count, transfer->body.size() - transfer->body_sent);
   if (n == 0) return 0;
+  const auto paced_from = std::chrono::steady_clock::now();
   if (transfer->before_send != nullptr && *transfer->before_send && !(*transfer->before_send)(n)) {
     transfer->send_refused = true;
     return CURL_READFUNC_ABORT;
   }
-  // Time spent waiting in the pacer (a link's bandwidth cap) is ours, not the network's.
+  // Time spent waiting in the pacer (a link's bandwidth cap) is ours, not the network's: it
+  // counts neither as a stall nor against the size-derived deadline.
   transfer->last_motion = std::chrono::steady_clock::now();
+  if (transfer->derived_deadline != std::chrono::steady_clock::time_point::max()) {
+    transfer->derived_deadline += transfer->last_motion - paced_from;
+  }
   std::memcpy(buffer, transfer->body.data() + transfer->body_sent, n);
   transfer->body_sent += n;
   return n;
@@ -133,10 +204,14 @@ int OnProgress(void* user, curl_off_t /*dltotal*/, curl_off_t dlnow, curl_off_t 
     transfer->last_reported_upload = ulnow;
     (*transfer->on_upload_progress)(static_cast<std::uint64_t>(ulnow));
   }
+  // A stopping process or caller, and the overall deadline: checked here because libcurl calls
+  // this at least once a second whatever the transfer does, also while an answer trickles in a
+  // byte at a time (which the stall check below never sees as a stall).
+  const auto now = std::chrono::steady_clock::now();
+  if (ShouldCancel(*transfer) || PastDeadline(*transfer, now)) return 1;  // CURLE_ABORTED_BY_CALLBACK
   // The gate OnRead asks before each block, asked with no bytes: a revoked link lease or a
   // stopping uploader ends the request within about a second, even while a large block still
   // drains over a slow link.
-  const auto now = std::chrono::steady_clock::now();
   if (transfer->before_send != nullptr && *transfer->before_send && now - transfer->last_gate_check >= kGateCheckPeriod) {
     transfer->last_gate_check = now;
     if (!(*transfer->before_send)(0)) {
@@ -325,6 +400,23 @@ struct HttpClient::Impl {
                                           X509_verify_cert_error_string(verify_result) + " (" + detail + ")");
   }
 
+  Unexpected Cancelled(const std::string& url) const {
+    return Fail(FailureClass::kCancelled, ErrorKind::kCancelled,
+                "request to " + url + " was cancelled: the agent is stopping (nothing is lost: what the server " +
+                    "did not confirm is sent again on the next run)");
+  }
+
+  Unexpected DeadlineError(const std::string& url, const Transfer& transfer) const {
+    std::string message = "request to " + url + " did not finish by its deadline: ";
+    if (transfer.past_caller_deadline) {
+      message += "the caller's deadline, " + FormatSeconds(transfer.caller_deadline_s) + " after it started";
+    } else if (transfer.derived) {
+      message += FormatSeconds(transfer.derived->seconds) + " = " + transfer.derived->how;
+    }
+    message += "; the server or the link is slower than the floor rate (an answer trickling in?), will retry";
+    return Fail(FailureClass::kTimeout, ErrorKind::kNetwork, std::move(message));
+  }
+
   Unexpected MapError(CURLcode code, const std::string& url, const Transfer& transfer) const {
     const std::string detail = error_buffer[0] != '\0' ? std::string(error_buffer) : curl_easy_strerror(code);
     switch (code) {
@@ -384,7 +476,9 @@ struct HttpClient::Impl {
                       "connecting to " + url + " timed out after " + std::to_string(options.connect_timeout_s) +
                           " s (" + detail + "); will retry");
         }
-        return Fail(FailureClass::kTimeout, ErrorKind::kNetwork, "request to " + url + " timed out (" + detail + ")");
+        return Fail(FailureClass::kTimeout, ErrorKind::kNetwork,
+                    "request to " + url + " did not finish within request_timeout_s " +
+                        std::to_string(options.request_timeout_s) + " s (" + detail + "); will retry");
       case CURLE_SEND_ERROR:
       case CURLE_RECV_ERROR:
       case CURLE_GOT_NOTHING: {
@@ -424,6 +518,8 @@ struct HttpClient::Impl {
         return Fail(FailureClass::kLocal, ErrorKind::kInvalidInput, "invalid URL " + url + " (" + detail + ")");
       case CURLE_ABORTED_BY_CALLBACK:
       case CURLE_READ_ERROR:
+        if (transfer.cancelled) return Cancelled(url);
+        if (transfer.past_caller_deadline || transfer.past_derived_deadline) return DeadlineError(url, transfer);
         if (transfer.stalled) {
           return Fail(FailureClass::kStall, ErrorKind::kNetwork,
                       "transfer with " + url + " stalled: no progress for " + std::to_string(options.stall_timeout_s) +
@@ -442,6 +538,10 @@ struct HttpClient::Impl {
     }
   }
 };
+
+void CancelAllRequests() { g_cancel_all.store(true, std::memory_order_relaxed); }
+
+bool AllRequestsCancelled() { return g_cancel_all.load(std::memory_order_relaxed); }
 
 std::string HttpResponse::Header(const std::string& name) const {
   const std::string lower = ToLower(name);
@@ -489,6 +589,13 @@ Expected<HttpResponse> HttpClient::Perform(const HttpRequest& request, std::uint
   curl_easy_reset(easy);
   impl.error_buffer[0] = '\0';
 
+  // The deadlines count from here, and hold across the one resend below (same time points).
+  const auto started = std::chrono::steady_clock::now();
+  const auto derived = DeriveDeadline(impl.options, request.body.size(), max_response_bytes);
+  const auto derived_deadline =
+      derived ? started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                              std::chrono::duration<double>(derived->seconds))
+              : std::chrono::steady_clock::time_point::max();
   const auto fresh_transfer = [&] {
     Transfer t;
     t.max_body = max_response_bytes;
@@ -496,9 +603,18 @@ Expected<HttpResponse> HttpClient::Perform(const HttpRequest& request, std::uint
     t.body = request.body;
     t.before_send = &request.before_send;
     t.stall_timeout = std::chrono::seconds(impl.options.stall_timeout_s);
+    t.derived = derived;
+    t.derived_deadline = derived_deadline;
+    if (request.deadline) {
+      t.caller_deadline = *request.deadline;
+      t.caller_deadline_s = std::chrono::duration<double>(*request.deadline - started).count();
+    }
+    t.cancel = &request.cancel;
     return t;
   };
   Transfer transfer = fresh_transfer();
+  if (ShouldCancel(transfer)) return impl.Cancelled(shown_url);
+  if (PastDeadline(transfer, started)) return impl.DeadlineError(shown_url, transfer);
 
   CurlHeaders headers;
   bool headers_ok = true;
@@ -596,7 +712,8 @@ Expected<HttpResponse> HttpClient::Perform(const HttpRequest& request, std::uint
   }
 
   CURLcode code = curl_easy_perform(easy);
-  if (code == CURLE_SEND_ERROR && !transfer.send_refused && !transfer.stalled && ReusedWithoutAnswer(easy)) {
+  if (code == CURLE_SEND_ERROR && !transfer.send_refused && !transfer.stalled && !transfer.cancelled &&
+      ReusedWithoutAnswer(easy)) {
     // A kept-alive connection the server closed just as this request went out on it (its close
     // and our send crossed; seen as "Broken pipe"). No byte of an answer came back, so the server
     // did not act on this request: it goes once more, at once, on a new connection. libcurl does
