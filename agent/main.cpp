@@ -32,6 +32,7 @@
 #include "agent/core/agent.hpp"
 #include "config/config.hpp"
 #include "drivers/record.hpp"
+#include "transport/http.hpp"
 
 #ifndef CTAGENT_VERSION
 #define CTAGENT_VERSION "0.0.0"
@@ -174,6 +175,9 @@ class SignalWatcher {
         } else if (sig == SIGINT || sig == SIGTERM) {
           log::Warn("agent", std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") +
                                  "; stopping (everything accepted stays safe in the spool)");
+          // Every HTTP request in flight ends within about a second, whatever it waits on (an
+          // answer trickling in is never a stall), and no new one starts: the process is going.
+          transport::CancelAllRequests();
           stopped_ = true;
           if (on_stop_) on_stop_();
         } else {
@@ -294,15 +298,19 @@ std::string Mib(std::uint64_t bytes) {
 // not through the spool's FileStore, whose durable operations it must not disturb.
 
 struct Backlog {
-  std::uint64_t bytes = 0;      // not yet confirmed by the cloud
+  std::uint64_t bytes = 0;      // not yet confirmed by the cloud (failed scans not counted)
   std::uint64_t confirmed = 0;  // confirmed so far, over every scan in the spool (a counter)
   std::size_t scans = 0;        // scans with something left to send
+  std::size_t failed = 0;       // scans marked failed: the uploader leaves them to a person
 };
 
 Backlog MeasureBacklog(spool::Spool& spool) {
   Backlog b;
   for (const auto& r : spool.AllScans()) {
-    if (r.state == spool::ScanState::kFailed) continue;  // needs a person, not the uploader
+    if (r.state == spool::ScanState::kFailed) {  // needs a person, not the uploader
+      ++b.failed;
+      continue;
+    }
     std::uint64_t left = 0;
     for (const auto& c : r.chunks) {
       const std::uint64_t done = c.upload.complete ? c.chunk.compressed_bytes
@@ -394,12 +402,22 @@ std::string Duration(double seconds) {
   return buf;
 }
 
+// What failed scans add to the backlog line: they are not uploaded (never retried), so a line
+// that only counted bytes would call a spool holding nothing but failed scans "all confirmed".
+std::string FailedScansNote(const Backlog& b) {
+  if (b.failed == 0) return "";
+  return "; " + std::to_string(b.failed) +
+         " scan(s) FAILED and need a person: not uploaded and not retried; their data stays in the spool "
+         "(see each scan's reason below / `ctagent status`)";
+}
+
 // One line: the backlog in bytes and, when a rate was measured, the time to clear it.
 std::string DescribeBacklog(const Backlog& b, const std::optional<RateRecord>& rate) {
-  if (b.bytes == 0) return "upload backlog: none (the cloud confirmed everything in the spool)";
+  if (b.bytes == 0 && b.failed == 0) return "upload backlog: none (the cloud confirmed everything in the spool)";
+  if (b.bytes == 0) return "upload backlog: none among the scans being uploaded" + FailedScansNote(b);
   std::string line = "upload backlog: " + std::to_string(b.bytes) + " bytes (" + Mib(b.bytes) + ") in " +
                      std::to_string(b.scans) + " scan(s) not yet confirmed by the cloud; ";
-  if (!rate) return line + "rate unknown (no upload measured yet), so no time estimate";
+  if (!rate) return line + "rate unknown (no upload measured yet), so no time estimate" + FailedScansNote(b);
   char buf[160];
   std::snprintf(buf, sizeof buf, "about %s at the recent upload rate of %.2f Mbit/s", Duration(static_cast<double>(b.bytes) / rate->bytes_per_second).c_str(),
                 rate->bytes_per_second * 8.0 / 1e6);
@@ -409,7 +427,7 @@ std::string DescribeBacklog(const Backlog& b, const std::optional<RateRecord>& r
   } else {
     line += " (measured at " + rate->measured_utc + ", before the machine restarted)";
   }
-  return line;
+  return line + FailedScansNote(b);
 }
 
 // Samples the confirmed bytes every 2 s while the agent works; keeps the rate of the last minute
@@ -526,8 +544,9 @@ bool IsDaemon(int pid) {
 
 // A scan must not be refused because the daemon is uploading: when a `ctagent run` holds the
 // spool, it is asked to pause (SIGUSR2, repeated every 2 s in case it was between passes) and
-// the scan waits for the spool, at most kDaemonPauseWait. Any other holder is an error.
-bool OpenForScan(core::Agent& agent, const std::filesystem::path& spool_dir) {
+// the scan waits for the spool, at most kDaemonPauseWait, or until SIGINT/SIGTERM (checked every
+// 100 ms). Any other holder is an error.
+bool OpenForScan(core::Agent& agent, const std::filesystem::path& spool_dir, const SignalWatcher& signals) {
   constexpr auto kDaemonPauseWait = std::chrono::seconds(120);
   auto st = agent.Open();
   if (st) return true;
@@ -540,6 +559,11 @@ bool OpenForScan(core::Agent& agent, const std::filesystem::path& spool_dir) {
   const auto deadline = std::chrono::steady_clock::now() + kDaemonPauseWait;
   auto next_signal = std::chrono::steady_clock::now();
   while (std::chrono::steady_clock::now() < deadline) {
+    if (signals.stopped()) {
+      std::fprintf(stderr, "ctagent: scan not started: stopped by a signal while waiting for the background agent "
+                           "(pid %d) to pause\n", pid);
+      return false;
+    }
     if (std::chrono::steady_clock::now() >= next_signal) {
       // Checked again each time: the pid must still be that daemon, never a recycled one.
       if (LockHolderPid(spool::Spool::LockFile(spool_dir)) == pid && IsDaemon(pid)) ::kill(pid, SIGUSR2);
@@ -562,8 +586,9 @@ int CmdScan(const Args& args) {
   if (args.Has("--no-results")) cfg->results.enabled = false;
   PosixFileStore files;
   core::Agent agent(*cfg, files);
-  if (!OpenForScan(agent, cfg->spool.directory)) return 1;
+  // Before the spool is opened: a scan waiting for the daemon to pause must stop on SIGTERM too.
   SignalWatcher signals(&agent);
+  if (!OpenForScan(agent, cfg->spool.directory, signals)) return 1;
   core::Progress progress;
   Expected<core::ScanSummary> summary = MakeError(ErrorKind::kInternal, "not run");
   {

@@ -264,6 +264,10 @@ void Agent::RequestStop() {
 }
 
 Expected<ScanSummary> Agent::RunScan(Progress* progress) {
+  // A stop that came before the scan (SIGTERM while `ctagent scan` waited for the spool).
+  if (stop_requested_) {
+    return MakeError(ErrorKind::kCancelled, "stopped on request before the detector was armed; nothing was acquired");
+  }
   const drivers::ScanProtocol& protocol = config_.protocol;
   auto detector = drivers::MakeDetector(config_.driver.name, config_.driver.options);
   if (!detector) return MakeError(detector.error().WithContext("driver \"" + config_.driver.name + "\""));
@@ -322,6 +326,9 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress) {
       det->Abort();
       boost::asio::post(raw->io, [raw] { raw->Stop(); });
     };
+    // RequestStop() sets the flag before it takes this lock: a stop since the check above is
+    // seen here (or it found the hook), never lost. What was acquired so far stays spooled.
+    if (stop_requested_) stop_hook_();
   }
 
   // Compression and spool writes run on the chunk stage's threads (agent/codec/chunk_stage.hpp):

@@ -32,7 +32,11 @@ inline std::map<transport::FailureClass, ClassRetry> DefaultRetryTable() {
       // A wall clock that jumped back (or a dead RTC battery) until NTP corrects it.
       {FailureClass::kClockSkew, {milliseconds(5000), milliseconds(60000), 10, false}},
       {FailureClass::kStall, {milliseconds(1000), milliseconds(30000), 10, false}},
-      {FailureClass::kTimeout, {milliseconds(1000), milliseconds(30000), 10, false}},
+      // A request past its overall deadline (an answer trickling in, a link far below the floor
+      // rate) already waited connect + stall + its bytes at the floor rate: transient, but a few
+      // attempts only, so a scan against such a server ends on its own within about three
+      // deadlines, its data in the spool for the next run.
+      {FailureClass::kTimeout, {milliseconds(1000), milliseconds(30000), 3, false}},
       {FailureClass::kConnectionLost, {milliseconds(500), milliseconds(30000), 10, false}},
       {FailureClass::kServerError, {milliseconds(2000), milliseconds(60000), 8, false}},
       // 409 and 460 are first handled inside the tus client (HEAD + resume, resend); what
