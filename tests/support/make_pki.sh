@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes a throwaway PKI for tests and demos in DIR: a CA, a server certificate for
 # 127.0.0.1/localhost, and a client certificate (mTLS), all signed by the CA.
-# Also: a second, unrelated CA ("other-ca") and a server certificate signed by it, an expired
+# Also: "hostile-server", for 127.0.0.1, 127.0.0.2 and localhost (tests/support/hostile_server);
+# a second, unrelated CA ("other-ca") and a server certificate signed by it, an expired
 # server certificate, and one for the wrong host name, for TLS error tests.
 # Usage: make_pki.sh DIR      (idempotent: existing files are kept)
 set -euo pipefail
@@ -11,7 +12,6 @@ cd "$dir"
 # Tests running in parallel share one PKI folder: one makes it while the others wait.
 exec 9>"$dir/.make_pki.lock"
 flock 9
-[ -f server-with-key.pem ] && exit 0
 
 sslconf() {  # $1 = subjectAltName
   cat <<CONF
@@ -48,9 +48,19 @@ make_cert() {  # $1 = name, $2 = CA name, $3 = subjectAltName, $4 = days (may be
   rm -f "$1.csr" "$1.cnf"
 }
 
+if [ -f server-with-key.pem ]; then
+  # A folder made before the hostile server's certificate existed gets just that one.
+  if [ ! -f hostile-server.pem ]; then
+    make_cert hostile-server ca "IP:127.0.0.1,IP:127.0.0.2,DNS:localhost" 825
+    chmod 600 hostile-server.key
+  fi
+  exit 0
+fi
+
 make_ca ca
 make_ca other-ca
 make_cert server ca "IP:127.0.0.1,DNS:localhost" 825
+make_cert hostile-server ca "IP:127.0.0.1,IP:127.0.0.2,DNS:localhost" 825
 make_cert client ca "DNS:ctagent-terminal" 825
 make_cert wrong-host ca "DNS:not-this-host.invalid" 825
 make_cert other-ca-server other-ca "IP:127.0.0.1,DNS:localhost" 825
