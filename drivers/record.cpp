@@ -67,8 +67,9 @@ int RecordCommand(const std::vector<std::string>& args) {
     std::fprintf(stderr,
                  "usage: ctagent record --config FILE --out DIR [--format ctagent|dicom-ct-pd]\n"
                  "Acquires one scan from the configured driver with the configured scan protocol and writes\n"
-                 "it to DIR (new or empty) for the replay driver (driver.name \"replay\", options.path DIR,\n"
-                 "options.format as recorded). Default format: ctagent (lossless).\n");
+                 "it to DIR (new or empty) for the replay driver (driver.name \"replay\", options.path DIR).\n"
+                 "Default format: ctagent (lossless). With the replay driver the recording's shape and geometry\n"
+                 "replace the config's scan section (each change is printed).\n");
     return 2;
   }
   auto config = config::LoadConfig(config_path);
@@ -81,12 +82,28 @@ int RecordCommand(const std::vector<std::string>& args) {
     std::fprintf(stderr, "record: driver \"%s\": %s\n", config->driver.name.c_str(), detector.error().message().c_str());
     return 1;
   }
-  auto views = RecordScan(**detector, config->protocol, out, format);
+  // A replayed recording sets the scan's shape and geometry (the config needs none); each
+  // field it changes is said, so a config written for another scanner is not silently ignored.
+  ScanProtocol protocol = config->protocol;
+  if (config->driver.name == "replay") {
+    auto adopted = replay::ProtocolForReplay(config->driver.options, config->protocol);
+    if (!adopted) {
+      std::fprintf(stderr, "record: %s\n", adopted.error().message().c_str());
+      return 1;
+    }
+    protocol = adopted->protocol;
+    for (const std::string& change : adopted->changes) {
+      std::fprintf(stderr, "record: from the recording: %s\n", change.c_str());
+    }
+  }
+  auto views = RecordScan(**detector, protocol, out, format);
   if (!views) {
     std::fprintf(stderr, "record: %s\n", views.error().message().c_str());
     return 1;
   }
-  std::printf("recorded %llu views to %s\n", static_cast<unsigned long long>(*views), out.c_str());
+  std::printf("recorded %llu %s of %u rows x %u channels (%s beam, %u views per rotation) to %s\n",
+              static_cast<unsigned long long>(*views), *views == 1 ? "view" : "views", protocol.rows,
+              protocol.channels, ToString(protocol.geometry), protocol.views_per_rotation, out.c_str());
   return 0;
 }
 

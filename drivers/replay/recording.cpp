@@ -1,9 +1,12 @@
 #include "drivers/replay/recording.hpp"
 
+#include <cstdio>
 #include <cstring>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
+
+#include "drivers/replay/dicom_ct_pd.hpp"
 
 namespace ctagent::drivers::replay {
 
@@ -25,7 +28,95 @@ T Get(const std::uint8_t*& p) {
   return v;
 }
 
+std::string Number(double v) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.6g", v);
+  return text;
+}
+
 }  // namespace
+
+Expected<ReplaySource> ParseReplayOptions(const nlohmann::json& options) {
+  constexpr const char* kUsage =
+      "replay driver: driver.options must be {\"path\": \"<recording directory>\", \"format\": \"ctagent\" or "
+      "\"dicom-ct-pd\" (optional: the directory tells)}";
+  if (!options.is_object() || !options.contains("path") || !options["path"].is_string()) {
+    return MakeError(ErrorKind::kInvalidInput, kUsage);
+  }
+  std::optional<RecordingFormat> format;
+  for (const auto& [key, value] : options.items()) {
+    if (key == "format" && value.is_string() && (value == "ctagent" || value == "dicom-ct-pd")) {
+      format = value == "ctagent" ? RecordingFormat::kCtagent : RecordingFormat::kDicomCtPd;
+    } else if (key != "path") {
+      return MakeError(ErrorKind::kInvalidInput, "replay driver options: /" + key + ": unknown key or value; " + kUsage);
+    }
+  }
+  ReplaySource source{options["path"].get<std::string>(), RecordingFormat::kCtagent};
+  if (format) {
+    source.format = *format;
+    return source;
+  }
+  std::error_code ec;
+  if (fs::exists(source.directory / "protocol.json", ec)) return source;
+  // Bounded: stops at the first .dcm (a scan directory holds thousands).
+  for (fs::directory_iterator it(source.directory, ec), end; !ec && it != end; it.increment(ec)) {
+    const fs::path ext = it->path().extension();
+    if (ext == ".dcm" || ext == ".DCM") {
+      source.format = RecordingFormat::kDicomCtPd;
+      return source;
+    }
+  }
+  return MakeError(ErrorKind::kNotFound,
+                   "replay driver: " + source.directory.string() +
+                       " holds neither protocol.json (a recording of `ctagent record`, and complete) nor .dcm files "
+                       "(DICOM-CT-PD, one file per view); point driver.options.path at a recording directory");
+}
+
+std::vector<std::string> ProtocolChanges(const ScanProtocol& p, const ScanProtocol& configured) {
+  std::vector<std::string> out;
+  auto differs = [&](const char* name, const std::string& recorded, const std::string& config) {
+    if (recorded != config) out.push_back(std::string(name) + " " + recorded + " (the config says " + config + ")");
+  };
+  differs("geometry", ToString(p.geometry), ToString(configured.geometry));
+  differs("rows", std::to_string(p.rows), std::to_string(configured.rows));
+  differs("channels", std::to_string(p.channels), std::to_string(configured.channels));
+  differs("sample_type", ToString(p.sample_type), ToString(configured.sample_type));
+  differs("views_per_rotation", std::to_string(p.views_per_rotation), std::to_string(configured.views_per_rotation));
+  differs("rotations", std::to_string(p.rotations), std::to_string(configured.rotations));
+  differs("channel_pitch_mm", Number(p.channel_pitch_mm), Number(configured.channel_pitch_mm));
+  differs("row_pitch_mm", Number(p.row_pitch_mm), Number(configured.row_pitch_mm));
+  differs("rotation_time_s", Number(p.rotation_time_s), Number(configured.rotation_time_s));
+  differs("table_start_mm", Number(p.table_start_mm), Number(configured.table_start_mm));
+  differs("table_speed_mm_per_rotation", Number(p.table_speed_mm_per_rotation),
+          Number(configured.table_speed_mm_per_rotation));
+  if (p.geometry == GeometryKind::kFan) {
+    differs("source_to_isocenter_mm", Number(p.source_to_isocenter_mm), Number(configured.source_to_isocenter_mm));
+    differs("source_to_detector_mm", Number(p.source_to_detector_mm), Number(configured.source_to_detector_mm));
+  }
+  differs("dose_fraction", Number(p.dose_fraction), Number(configured.dose_fraction));
+  differs("unattenuated_counts", Number(p.unattenuated_counts), Number(configured.unattenuated_counts));
+  differs("sample_encoding", ToString(p.sample_encoding), ToString(configured.sample_encoding));
+  if (p.sample_encoding == SampleEncoding::kLineIntegral) {
+    differs("line_integral_slope", Number(p.line_integral_slope), Number(configured.line_integral_slope));
+    differs("line_integral_intercept", Number(p.line_integral_intercept), Number(configured.line_integral_intercept));
+  }
+  return out;
+}
+
+Expected<AdoptedProtocol> ProtocolForReplay(const nlohmann::json& options, const ScanProtocol& configured) {
+  auto source = ParseReplayOptions(options);
+  if (!source) return MakeError(source.error());
+  if (source->format == RecordingFormat::kDicomCtPd) {
+    auto info = ReadDicomCtPdInfo(source->directory);
+    if (!info) return MakeError(info.error().WithContext("replay driver"));
+    return ProtocolFromDicomCtPd(*info, configured);
+  }
+  auto info = ReadRecordingInfo(source->directory);
+  if (!info) return MakeError(info.error().WithContext("replay driver"));
+  ScanProtocol p = info->protocol;  // what was recorded, all of it
+  p.real_time = configured.real_time;
+  return AdoptedProtocol{p, ProtocolChanges(p, configured)};
+}
 
 Expected<RecordingInfo> ReadRecordingInfo(const fs::path& directory) {
   const fs::path file = directory / "protocol.json";

@@ -14,6 +14,9 @@
 #include <fstream>
 #include <optional>
 #include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "agent/common/error.hpp"
 #include "drivers/detector.hpp"
@@ -30,6 +33,34 @@ struct RecordingInfo {
   std::string detector_name;
   std::string detector_model;
 };
+
+// What the replay driver's options name: {"path": directory, "format": "ctagent" |
+// "dicom-ct-pd" (optional)}. Without "format" the directory says which it is: protocol.json
+// makes it a ctagent recording, .dcm files a DICOM-CT-PD one.
+enum class RecordingFormat { kCtagent, kDicomCtPd };
+struct ReplaySource {
+  std::filesystem::path directory;
+  RecordingFormat format = RecordingFormat::kCtagent;
+};
+Expected<ReplaySource> ParseReplayOptions(const nlohmann::json& options);
+
+// A protocol taken from a recording, with one line per field that differs from the configured
+// one it replaces ("rows 32 (the config says 16)") and notes on what the agent cannot carry,
+// for the log.
+struct AdoptedProtocol {
+  ScanProtocol protocol;
+  std::vector<std::string> changes;
+};
+
+// The protocol a scan replayed from `options` must be armed with: the recording's shape and
+// geometry win over `configured` (rows, channels, sample type and encoding, views per rotation,
+// rotations, geometry, pitches, distances, table; for a ctagent recording everything it
+// recorded), so the config needs no shape. `configured` keeps real_time (and what a foreign
+// DICOM-CT-PD file does not say). The replay driver refuses to arm with another shape.
+Expected<AdoptedProtocol> ProtocolForReplay(const nlohmann::json& options, const ScanProtocol& configured);
+
+// The fields of `adopted` that differ from `configured`, as "name value (the config says x)".
+std::vector<std::string> ProtocolChanges(const ScanProtocol& adopted, const ScanProtocol& configured);
 
 // Reads and checks protocol.json of a recording directory.
 Expected<RecordingInfo> ReadRecordingInfo(const std::filesystem::path& directory);

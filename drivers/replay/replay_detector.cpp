@@ -2,56 +2,62 @@
 
 #include <string>
 
+#include "agent/common/log.hpp"
+
 namespace ctagent::drivers::replay {
 
 Expected<std::unique_ptr<ReplayDetector>> ReplayDetector::Create(const nlohmann::json& options) {
-  constexpr const char* kUsage =
-      "replay driver: driver.options must be {\"path\": \"<recording directory>\", \"format\": \"ctagent\" or "
-      "\"dicom-ct-pd\" (optional)}";
-  if (!options.is_object() || !options.contains("path") || !options["path"].is_string()) {
-    return MakeError(ErrorKind::kInvalidInput, kUsage);
-  }
-  std::string format = "ctagent";
-  for (const auto& [key, value] : options.items()) {
-    if (key == "format" && value.is_string() && (value == "ctagent" || value == "dicom-ct-pd")) {
-      format = value.get<std::string>();
-    } else if (key != "path") {
-      return MakeError(ErrorKind::kInvalidInput, "replay driver options: /" + key + ": unknown key or value; " + kUsage);
-    }
-  }
-  const std::filesystem::path directory = options["path"].get<std::string>();
-  if (format == "dicom-ct-pd") {
-    auto info = ReadDicomCtPdInfo(directory);
-    if (!info) return MakeError(info.error().WithContext("replay driver"));
-    const Shape shape{info->rows, info->channels, SampleType::kUint16, info->views};
-    return std::unique_ptr<ReplayDetector>(new ReplayDetector(directory, true, shape, "dicom-ct-pd"));
-  }
-  auto info = ReadRecordingInfo(directory);
-  if (!info) return MakeError(info.error().WithContext("replay driver"));
-  const ScanProtocol& p = info->protocol;
-  const Shape shape{p.rows, p.channels, p.sample_type, info->views};
-  return std::unique_ptr<ReplayDetector>(
-      new ReplayDetector(directory, false, shape, info->detector_name + "/" + info->detector_model));
+  auto source = ParseReplayOptions(options);
+  if (!source) return MakeError(source.error());
+  auto adopted = ProtocolForReplay(options, ScanProtocol{});
+  if (!adopted) return MakeError(adopted.error());
+  const ScanProtocol& p = adopted->protocol;
+  const bool dicom = source->format == RecordingFormat::kDicomCtPd;
+  std::string model = std::string(dicom ? "DICOM-CT-PD" : "ctagent recording") + ", " + std::to_string(p.rows) +
+                      " rows x " + std::to_string(p.channels) + " channels, " + std::to_string(p.TotalViews()) +
+                      (p.TotalViews() == 1 ? " view" : " views");
+  return std::unique_ptr<ReplayDetector>(new ReplayDetector(source->directory, dicom, p, std::move(model)));
 }
 
 DetectorInfo ReplayDetector::Info() const {
-  return DetectorInfo{"replay", model_, shape_.rows, shape_.channels, 1e9, {shape_.sample_type}};
+  return DetectorInfo{"replay", model_, recorded_.rows, recorded_.channels, 1e9, {recorded_.sample_type}};
 }
 
 Status ReplayDetector::Arm(const ScanProtocol& p) {
   recording_.reset();
   dicom_reader_.reset();
-  if (p.rows != shape_.rows || p.channels != shape_.channels || p.sample_type != shape_.sample_type ||
-      p.TotalViews() != shape_.views) {
+  const ScanProtocol& r = recorded_;
+  if (p.rows != r.rows || p.channels != r.channels || p.sample_type != r.sample_type ||
+      p.TotalViews() != r.TotalViews()) {
     auto shape = [](std::uint32_t rows, std::uint32_t channels, SampleType type, std::uint64_t views) {
       return std::to_string(rows) + " rows x " + std::to_string(channels) + " channels, " + ToString(type) + ", " +
-             std::to_string(views) + " views";
+             std::to_string(views) + (views == 1 ? " view" : " views");
     };
+    // The agent arms a replay with the recording's shape (ProtocolForReplay); a caller that
+    // does not, or a config written for another recording, gets what to set.
     return MakeError(ErrorKind::kInvalidInput,
                      "replay driver: cannot arm: the recording " + directory_.string() + " has " +
-                         shape(shape_.rows, shape_.channels, shape_.sample_type, shape_.views) +
-                         "; the protocol asks for " + shape(p.rows, p.channels, p.sample_type, p.TotalViews()) +
-                         "; set the config's scan section to the recording's shape");
+                         shape(r.rows, r.channels, r.sample_type, r.TotalViews()) + "; the protocol asks for " +
+                         shape(p.rows, p.channels, p.sample_type, p.TotalViews()) +
+                         "; a replayed scan takes its shape from the recording (scan.rows " + std::to_string(r.rows) +
+                         ", scan.channels " + std::to_string(r.channels) + ", scan.views_per_rotation " +
+                         std::to_string(r.views_per_rotation) + ", scan.rotations " + std::to_string(r.rotations) +
+                         ")");
+  }
+  // The geometry the recording has and the armed protocol lacks; the encoding, dose and timing
+  // are the protocol's to choose (the reader converts), so they are not compared.
+  ScanProtocol geometry_only = r;
+  geometry_only.rotation_time_s = p.rotation_time_s;
+  geometry_only.dose_fraction = p.dose_fraction;
+  geometry_only.unattenuated_counts = p.unattenuated_counts;
+  geometry_only.sample_encoding = p.sample_encoding;
+  geometry_only.line_integral_slope = p.line_integral_slope;
+  geometry_only.line_integral_intercept = p.line_integral_intercept;
+  if (const std::vector<std::string> changes = ProtocolChanges(geometry_only, p); !changes.empty()) {
+    std::string list;
+    for (const std::string& c : changes) list += (list.empty() ? "" : "; ") + c;
+    log::Info("replay", "the recording " + directory_.string() + " differs from the armed scan in: " + list +
+                            " (the views keep the recording's angles and table positions)");
   }
   if (dicom_) {
     auto reader = DicomCtPdReader::Open(directory_, p);

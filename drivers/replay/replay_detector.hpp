@@ -2,6 +2,8 @@
 // recorded timestamps when the armed protocol has real_time set. Two formats:
 //   "ctagent"      the agent's own recording (drivers/replay/recording.hpp, `ctagent record`);
 //   "dicom-ct-pd"  one DICOM file per view (drivers/replay/dicom_ct_pd.hpp).
+// The recording sets the scan's shape: the agent arms it with ProtocolForReplay()
+// (drivers/replay/recording.hpp), so the config needs only {"path": directory}.
 #pragma once
 
 #include <chrono>
@@ -22,32 +24,28 @@ namespace ctagent::drivers::replay {
 
 class ReplayDetector final : public Detector {
  public:
-  // `options`: {"path": directory (required), "format": "ctagent" (default) | "dicom-ct-pd"};
-  // unknown keys are rejected.
+  // `options`: {"path": directory (required), "format": "ctagent" | "dicom-ct-pd" (optional:
+  // the directory tells)}; unknown keys are rejected.
   static Expected<std::unique_ptr<ReplayDetector>> Create(const nlohmann::json& options);
 
+  // Model: the format and the recording's shape ("DICOM-CT-PD, 32 rows x 736 channels, 1 view").
   DetectorInfo Info() const override;
-  // The protocol must have the recording's shape (rows, channels, sample type, total views);
-  // its other fields are not used, except unattenuated_counts * dose_fraction to turn the line
-  // integrals of foreign DICOM-CT-PD files into counts.
+  // The protocol must have the recording's shape (rows, channels, sample type, total views):
+  // the views are the recording's. Other fields that differ from the recording are logged (the
+  // views keep their recorded angles and positions); the encoding is the protocol's (DICOM-CT-PD
+  // line integrals are re-quantised or turned into counts with unattenuated_counts x dose).
   Status Arm(const ScanProtocol& protocol) override;
   Expected<std::optional<View>> NextView() override;
   void Abort() override;
 
  private:
-  struct Shape {
-    std::uint32_t rows = 0;
-    std::uint32_t channels = 0;
-    SampleType sample_type = SampleType::kUint16;
-    std::uint64_t views = 0;
-  };
-  ReplayDetector(std::filesystem::path directory, bool dicom, Shape shape, std::string model)
-      : directory_(std::move(directory)), dicom_(dicom), shape_(shape), model_(std::move(model)) {}
+  ReplayDetector(std::filesystem::path directory, bool dicom, ScanProtocol recorded, std::string model)
+      : directory_(std::move(directory)), dicom_(dicom), recorded_(recorded), model_(std::move(model)) {}
   Expected<std::optional<View>> ReadNext();
 
   std::filesystem::path directory_;
   bool dicom_;
-  Shape shape_;
+  ScanProtocol recorded_;  // the recording's protocol (ProtocolForReplay from the defaults)
   std::string model_;
   std::unique_ptr<RecordingReader> recording_;  // set by Arm (ctagent format)
   std::unique_ptr<DicomCtPdReader> dicom_reader_;  // set by Arm (DICOM-CT-PD)

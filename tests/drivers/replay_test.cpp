@@ -5,15 +5,18 @@
 // paces at the recorded rate when asked.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <chrono>
-#include <filesystem>
+#include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dctk.h>
 
 #include "drivers/record.hpp"
+#include "drivers/replay/dicom_ct_pd.hpp"
 #include "drivers/replay/recording.hpp"
 #include "drivers/replay/replay_detector.hpp"
 #include "tests/drivers/read_views.hpp"
@@ -137,7 +140,10 @@ TEST_CASE("replay: options and incomplete recordings are refused with a reason")
   auto empty = MakeDetector("replay", nlohmann::json{{"path", dir.path().string()}});
   REQUIRE_FALSE(empty);
   CHECK(empty.error().kind() == ErrorKind::kNotFound);
-  CHECK(empty.error().message().find("no readable protocol.json") != std::string::npos);
+  CHECK(empty.error().message().find("holds neither protocol.json") != std::string::npos);
+  auto named = MakeDetector("replay", nlohmann::json{{"path", dir.path().string()}, {"format", "ctagent"}});
+  REQUIRE_FALSE(named);
+  CHECK(named.error().message().find("no readable protocol.json") != std::string::npos);
   CHECK(RecordCommand({"--out"}) == 2);
 }
 
@@ -273,4 +279,212 @@ TEST_CASE("replay: sim line-integral samples -> DICOM-CT-PD -> replay is bit-ide
     }
   }
 }
+
+TEST_CASE("replay: the DICOM-CT-PD writer writes the geometry the reader reads back (fan and parallel)") {
+  // Fan beam: a CYLINDRICAL detector (the agent's arc), focal distances, spacings at the
+  // detector, one view per 360/views_per_rotation degrees; parallel: a FLAT detector and twice
+  // the views per rotation (the tag counts a full turn, a parallel rotation is half of one).
+  // The old writer wrote FLAT, spacings at isocenter and twice the views per rotation for both.
+  for (const GeometryKind geometry : {GeometryKind::kFan, GeometryKind::kParallel}) {
+    INFO("geometry " << ToString(geometry));
+    ctagent::test::TempDir dir("dicom-ct-pd-geometry");
+    const auto out = dir.path() / "ctpd";
+    ScanProtocol p = Small();
+    p.geometry = geometry;
+    if (geometry == GeometryKind::kFan) p.channel_pitch_mm = 7.0;
+    p.row_pitch_mm = 3.0;
+    p.rotation_time_s = 0.75;
+    p.table_start_mm = -20.0;
+    auto sim = MakeDetector("sim", nlohmann::json::object());
+    REQUIRE(sim);
+    REQUIRE(RecordScan(**sim, p, out, RecordFormat::kDicomCtPd));
+
+    auto info = replay::ReadDicomCtPdInfo(out);
+    REQUIRE(info);
+    CHECK(info->creator == replay::kCreatorLater);
+    CHECK(info->rows == p.rows);
+    CHECK(info->channels == p.channels);
+    CHECK(info->views == p.TotalViews());
+    CHECK(info->transposed);  // the published layout: one DICOM row per channel
+    CHECK(info->scan_type == "HELICAL");
+    CHECK(info->flying_focal_spot == "FFSNONE");
+    CHECK(info->transverse_spacing_mm == Approx(p.DetectorChannelPitchMm()).epsilon(1e-6));
+    CHECK(info->axial_spacing_mm == Approx(p.DetectorRowPitchMm()).epsilon(1e-6));
+    CHECK(info->central_channel == Approx(24.5));
+    CHECK(info->central_row == Approx(1.5));
+    if (geometry == GeometryKind::kFan) {
+      CHECK(info->detector_shape == "CYLINDRICAL");
+      CHECK(info->beam == "FANBEAM");
+      CHECK(info->angular_steps == p.views_per_rotation);
+      CHECK(info->first.rho0_mm == Approx(p.source_to_isocenter_mm));
+      CHECK(info->source_to_detector_mm == Approx(p.source_to_detector_mm));
+    } else {
+      CHECK(info->detector_shape == "FLAT");
+      CHECK(info->beam == "PARALLEL");
+      CHECK(info->angular_steps == 2 * p.views_per_rotation);
+      CHECK(info->first.rho0_mm == 0);
+    }
+    DcmFileFormat format;
+    REQUIRE(format.loadFile((out / "view_000000.dcm").c_str()).good());
+    Uint16 image_rows = 0;
+    Uint16 image_columns = 0;
+    REQUIRE(format.getDataset()->findAndGetUint16(DCM_Rows, image_rows).good());
+    REQUIRE(format.getDataset()->findAndGetUint16(DCM_Columns, image_columns).good());
+    CHECK(image_rows == p.channels);
+    CHECK(image_columns == p.rows);
+
+    // The protocol the agent takes from the recording is the recorded one, whatever the config
+    // says (here the 16-slice fan-beam default).
+    const ScanProtocol configured = SixteenSliceAxialProtocol();
+    auto adopted = replay::ProtocolForReplay(nlohmann::json{{"path", out.string()}}, configured);
+    REQUIRE(adopted);
+    const ScanProtocol& q = adopted->protocol;
+    CHECK(q.geometry == p.geometry);
+    CHECK(q.rows == p.rows);
+    CHECK(q.channels == p.channels);
+    CHECK(q.views_per_rotation == p.views_per_rotation);
+    CHECK(q.rotations == p.rotations);
+    CHECK(q.channel_pitch_mm == Approx(p.channel_pitch_mm).epsilon(1e-6));
+    CHECK(q.row_pitch_mm == Approx(p.row_pitch_mm).epsilon(1e-6));
+    CHECK(q.table_start_mm == Approx(p.table_start_mm).epsilon(1e-6));
+    CHECK(q.table_speed_mm_per_rotation == Approx(p.table_speed_mm_per_rotation).epsilon(1e-5));
+    CHECK(q.rotation_time_s == p.rotation_time_s);
+    CHECK(q.sample_encoding == SampleEncoding::kCounts);
+    CHECK(q.unattenuated_counts * q.dose_fraction == Approx(p.unattenuated_counts * p.dose_fraction));
+    if (geometry == GeometryKind::kFan) {
+      CHECK(q.source_to_isocenter_mm == Approx(p.source_to_isocenter_mm));
+      CHECK(q.source_to_detector_mm == Approx(p.source_to_detector_mm));
+    }
+    CHECK(std::find(adopted->changes.begin(), adopted->changes.end(), "rows 2 (the config says 16)") !=
+          adopted->changes.end());
+
+    // {"path"} alone replays it (the directory says it is DICOM-CT-PD), with that protocol.
+    auto replayer = MakeDetector("replay", nlohmann::json{{"path", out.string()}});
+    REQUIRE(replayer);
+    CHECK((*replayer)->Info().max_rows == p.rows);
+    CHECK((*replayer)->Info().max_channels == p.channels);
+    const std::vector<View> got = ReadAll(**replayer, q);
+    REQUIRE(got.size() == p.TotalViews());
+    CHECK(got.back().gantry_angle_deg == Approx((p.TotalViews() - 1) * p.DegreesPerRotation() / p.views_per_rotation));
+    auto refused = (*replayer)->Arm(configured);
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error().message().find("has 2 rows x 48 channels, uint16, 60 views") != std::string::npos);
+    CHECK(refused.error().message().find("scan.views_per_rotation 30, scan.rotations 2") != std::string::npos);
+  }
+}
 #endif
+
+namespace {
+
+// A DICOM-CT-PD view as the early MATLAB writer made them, but harder: implicit VR (the private
+// values arrive as raw bytes), its creator in block 0x11 with another creator's block 0x10
+// holding decoy values at the element numbers a fixed-number reader would use, and the pixel
+// matrix in detector order (Rows = detector rows), not transposed.
+void WriteEarlyView(const std::filesystem::path& file, int instance, double phi, double z, double dz,
+                    const std::vector<Uint16>& pixels) {
+  DcmFileFormat format;
+  DcmDataset* ds = format.getDataset();
+  REQUIRE(ds->putAndInsertString(DCM_SOPClassUID, UID_CTImageStorage).good());
+  REQUIRE(ds->putAndInsertString(DCM_SOPInstanceUID, ("2.25.1818" + std::to_string(instance)).c_str()).good());
+  REQUIRE(ds->putAndInsertString(DCM_InstanceNumber, std::to_string(instance).c_str()).good());
+  REQUIRE(ds->putAndInsertUint16(DCM_SamplesPerPixel, 1).good());
+  REQUIRE(ds->putAndInsertString(DCM_PhotometricInterpretation, "MONOCHROME2").good());
+  REQUIRE(ds->putAndInsertUint16(DCM_Rows, 3).good());
+  REQUIRE(ds->putAndInsertUint16(DCM_Columns, 5).good());
+  REQUIRE(ds->putAndInsertUint16(DCM_BitsAllocated, 16).good());
+  REQUIRE(ds->putAndInsertUint16(DCM_BitsStored, 16).good());
+  REQUIRE(ds->putAndInsertUint16(DCM_HighBit, 15).good());
+  REQUIRE(ds->putAndInsertUint16(DCM_PixelRepresentation, 0).good());
+  REQUIRE(ds->putAndInsertString(DCM_RescaleSlope, "0.001").good());
+  REQUIRE(ds->putAndInsertString(DCM_RescaleIntercept, "-0.5").good());
+  for (Uint16 group : {Uint16{0x7029}, Uint16{0x7031}, Uint16{0x7033}, Uint16{0x7037}}) {
+    REQUIRE(ds->putAndInsertString(DcmTag(group, 0x0010, EVR_LO), "SOMEONE ELSE").good());
+    REQUIRE(ds->putAndInsertString(DcmTag(group, 0x0011, EVR_LO), replay::kCreatorEarly).good());
+  }
+  REQUIRE(ds->putAndInsertUint16(DcmTag(0x7029, 0x1010, EVR_US), 99).good());  // decoys
+  REQUIRE(ds->putAndInsertUint16(DcmTag(0x7029, 0x1011, EVR_US), 99).good());
+  REQUIRE(ds->putAndInsertUint16(DcmTag(0x7029, 0x1110, EVR_US), 3).good());
+  REQUIRE(ds->putAndInsertUint16(DcmTag(0x7029, 0x1111, EVR_US), 5).good());
+  REQUIRE(ds->putAndInsertFloat32(DcmTag(0x7029, 0x1102, EVR_FL), 1.25f).good());
+  REQUIRE(ds->putAndInsertFloat32(DcmTag(0x7029, 0x1106, EVR_FL), 1.5f).good());
+  REQUIRE(ds->putAndInsertString(DcmTag(0x7029, 0x110B, EVR_CS), "FLAT").good());
+  REQUIRE(ds->putAndInsertFloat32(DcmTag(0x7031, 0x1101, EVR_FL), static_cast<Float32>(phi)).good());
+  REQUIRE(ds->putAndInsertFloat32(DcmTag(0x7031, 0x1102, EVR_FL), static_cast<Float32>(z)).good());
+  REQUIRE(ds->putAndInsertFloat32(DcmTag(0x7031, 0x1103, EVR_FL), 500.0f).good());
+  REQUIRE(ds->putAndInsertFloat32(DcmTag(0x7031, 0x1131, EVR_FL), 1000.0f).good());
+  const Float32 central[2] = {3.0f, 2.0f};
+  REQUIRE(ds->putAndInsertFloat32Array(DcmTag(0x7031, 0x1133, EVR_FL), central, 2).good());
+  REQUIRE(ds->putAndInsertFloat32(DcmTag(0x7033, 0x110B, EVR_FL), 0.001f).good());
+  REQUIRE(ds->putAndInsertFloat32(DcmTag(0x7033, 0x110C, EVR_FL), static_cast<Float32>(dz)).good());
+  REQUIRE(ds->putAndInsertFloat32(DcmTag(0x7033, 0x110D, EVR_FL), 0.0f).good());
+  REQUIRE(ds->putAndInsertString(DcmTag(0x7033, 0x110E, EVR_CS), "FFSZ").good());
+  REQUIRE(ds->putAndInsertUint16(DcmTag(0x7033, 0x1113, EVR_US), 4).good());
+  REQUIRE(ds->putAndInsertString(DcmTag(0x7037, 0x110A, EVR_CS), "FANBEAM").good());
+  REQUIRE(ds->putAndInsertUint16Array(DCM_PixelData, pixels.data(), static_cast<unsigned long>(pixels.size())).good());
+  REQUIRE(format.saveFile(file.c_str(), EXS_LittleEndianImplicit).good());
+}
+
+}  // namespace
+
+TEST_CASE("replay: DICOM-CT-PD tags are found through their private creator, in implicit VR, either pixel layout") {
+  ctagent::test::TempDir dir("dicom-ct-pd-early");
+  const auto recording = dir.path() / "early";
+  std::filesystem::create_directories(recording);
+  // Four views named against their order (the reader goes by InstanceNumber), the focal spot
+  // jumping +-0.25 mm in z (FFSZ).
+  for (int k = 0; k < 4; ++k) {
+    std::vector<Uint16> pixels(15);
+    for (std::size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<Uint16>(1000 * k + 100 * i);
+    WriteEarlyView(recording / ("z" + std::to_string(9 - k) + ".dcm"), k + 1, 0.5 + k * 1.5707963, 12.5 + k,
+                   k % 2 == 0 ? 0.25 : -0.25, pixels);
+  }
+  auto info = replay::ReadDicomCtPdInfo(recording);
+  REQUIRE(info);
+  CHECK(info->creator == replay::kCreatorEarly);
+  CHECK(info->rows == 3);
+  CHECK(info->channels == 5);
+  CHECK_FALSE(info->transposed);
+  CHECK(info->detector_shape == "FLAT");
+  CHECK(info->flying_focal_spot == "FFSZ");
+  CHECK(info->angular_steps == 4);
+  CHECK(info->transverse_spacing_mm == 1.25);
+  CHECK(info->central_channel == 3.0);
+  CHECK(info->first.z0_mm == 12.5);
+  CHECK(info->last.z0_mm == 15.5);
+
+  const replay::AdoptedProtocol adopted = replay::ProtocolFromDicomCtPd(*info, ScanProtocol{});
+  CHECK(adopted.protocol.geometry == GeometryKind::kFan);
+  CHECK(adopted.protocol.views_per_rotation == 4);
+  CHECK(adopted.protocol.rotations == 1);
+  CHECK(adopted.protocol.source_to_isocenter_mm == 500.0);
+  CHECK(adopted.protocol.channel_pitch_mm == Approx(0.625));
+  CHECK(adopted.protocol.table_speed_mm_per_rotation == Approx(4.0));
+  CHECK(adopted.protocol.line_integral_slope == 0.001);
+  CHECK(adopted.protocol.line_integral_intercept == -0.5);
+  auto noted = [&](const std::string& what) {
+    return std::any_of(adopted.changes.begin(), adopted.changes.end(),
+                       [&](const std::string& c) { return c.find(what) != std::string::npos; });
+  };
+  CHECK(noted("FLAT detector"));
+  CHECK(noted("flying focal spot FFSZ"));
+
+  auto reader = replay::DicomCtPdReader::Open(recording, adopted.protocol);
+  REQUIRE(reader);
+  for (int k = 0; k < 4; ++k) {
+    INFO("view " << k);
+    auto view = (*reader)->Next();
+    REQUIRE(view);
+    REQUIRE(view->has_value());
+    CHECK((**view).sequence == static_cast<std::uint64_t>(k));
+    CHECK((**view).gantry_angle_deg == Approx((0.5 + k * 1.5707963) * 180.0 / 3.14159265358979).epsilon(1e-6));
+    CHECK((**view).table_position_mm == 12.5 + k);
+    CHECK((*reader)->last_geometry().dz_mm == (k % 2 == 0 ? 0.25 : -0.25));
+    CHECK((*reader)->last_geometry().dphi_rad == Approx(0.001));
+    REQUIRE((**view).samples.size() == 30);
+    for (std::size_t i = 0; i < 15; ++i) {
+      std::uint16_t sample = 0;
+      std::memcpy(&sample, (**view).samples.data() + 2 * i, 2);
+      CHECK(std::size_t{sample} == 1000 * static_cast<std::size_t>(k) + 100 * i);  // the stored codes, in detector order
+    }
+  }
+}
