@@ -5,6 +5,7 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <ctime>
 #include <iomanip>
@@ -12,6 +13,8 @@
 #include <set>
 #include <sstream>
 #include <string_view>
+
+#include "agent/common/url.hpp"
 
 namespace ctagent::transport::tus {
 namespace {
@@ -43,11 +46,10 @@ Status ValidateMetadata(const Metadata& metadata) {
   return Ok();
 }
 
-// Upload-Offset / Upload-Length: a non-negative decimal integer, nothing else.
 bool ParseOffset(std::string_view text, std::uint64_t* out) {
-  if (text.empty() || text.size() > 20) return false;
-  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), *out);
-  return ec == std::errc() && end == text.data() + text.size();
+  const auto parsed = ParseUploadOffset(text);
+  if (parsed) *out = *parsed;
+  return parsed.has_value();
 }
 
 std::string Excerpt(const std::string& body) {
@@ -62,7 +64,220 @@ std::string Excerpt(const std::string& body) {
 
 HeaderList BaseHeaders() { return {{"Tus-Resumable", kTusVersion}}; }
 
+// URLs in messages: a server-given URL may carry user:password@ or control characters.
+std::string Shown(std::string_view url) { return RedactUrl(url); }
+
+std::string Lower(std::string_view text) {
+  std::string out(text);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+std::string HeaderOf(const HeaderList& headers, std::string_view lower_name) {
+  for (const auto& [name, value] : headers) {
+    if (Lower(name) == lower_name) return value;
+  }
+  return {};
+}
+
 }  // namespace
+
+std::optional<std::uint64_t> ParseUploadOffset(std::string_view text) {
+  if (text.empty() || text.size() > 20) return std::nullopt;
+  std::uint64_t value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
+std::vector<std::string> ParseList(std::string_view text) {
+  std::vector<std::string> out;
+  std::size_t pos = 0;
+  // Each round consumes at least one character or ends, and the list is capped.
+  while (pos <= text.size() && out.size() < kMaxListItems) {
+    const auto comma = text.find(',', pos);
+    std::string_view item = text.substr(pos, comma == std::string_view::npos ? std::string_view::npos : comma - pos);
+    const auto first = item.find_first_not_of(" \t");
+    item = first == std::string_view::npos ? std::string_view{} : item.substr(first);
+    item = item.substr(0, item.find_last_not_of(" \t") + 1);
+    if (!item.empty()) out.emplace_back(item);
+    if (comma == std::string_view::npos) break;
+    pos = comma + 1;
+  }
+  return out;
+}
+
+std::string Origin::ToString() const { return scheme + "://" + host + ":" + std::to_string(port); }
+
+std::optional<Origin> ParseOrigin(std::string_view url) {
+  const auto scheme_end = url.find("://");
+  if (scheme_end == std::string_view::npos) return std::nullopt;
+  Origin origin;
+  origin.scheme = Lower(url.substr(0, scheme_end));
+  if (origin.scheme != "https" && origin.scheme != "http") return std::nullopt;
+  const std::size_t begin = scheme_end + 3;
+  const auto end = url.find_first_of("/?#", begin);
+  std::string_view authority = url.substr(begin, end == std::string_view::npos ? std::string_view::npos : end - begin);
+  // Userinfo is not part of the origin (ResolveUploadLocation refuses it separately).
+  if (const auto at = authority.rfind('@'); at != std::string_view::npos) authority = authority.substr(at + 1);
+  std::string_view host = authority;
+  std::string_view port_text;
+  if (authority.starts_with('[')) {  // IPv6 literal: [::1]:443
+    const auto close = authority.find(']');
+    if (close == std::string_view::npos) return std::nullopt;
+    host = authority.substr(0, close + 1);
+    const std::string_view rest = authority.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest[0] != ':') return std::nullopt;
+      port_text = rest.substr(1);
+    }
+  } else if (const auto colon = authority.rfind(':'); colon != std::string_view::npos) {
+    host = authority.substr(0, colon);
+    port_text = authority.substr(colon + 1);
+  }
+  if (host.empty()) return std::nullopt;
+  origin.host = Lower(host);
+  origin.port = origin.scheme == "https" ? 443 : 80;
+  if (!port_text.empty()) {
+    const auto port = ParseUploadOffset(port_text);
+    if (!port || *port == 0 || *port > 65535) return std::nullopt;
+    origin.port = static_cast<std::uint16_t>(*port);
+  }
+  return origin;
+}
+
+std::vector<Origin> ParseOriginList(std::string_view space_separated) {
+  std::vector<Origin> out;
+  std::size_t pos = 0;
+  while (pos < space_separated.size()) {
+    const auto space = space_separated.find(' ', pos);
+    const auto item = space_separated.substr(pos, space == std::string_view::npos ? std::string_view::npos : space - pos);
+    if (auto origin = ParseOrigin(item)) out.push_back(std::move(*origin));
+    if (space == std::string_view::npos) break;
+    pos = space + 1;
+  }
+  return out;
+}
+
+Expected<std::string> ResolveUploadLocation(const std::string& endpoint, std::string_view location,
+                                            const std::vector<Origin>& allowed) {
+  const std::string shown = Shown(location);
+  if (location.empty()) {
+    return MakeError(ErrorKind::kProtocol, "tus create at " + Shown(endpoint) + ": HTTP 201 without a Location header");
+  }
+  // A URL we journal and send requests to must be one line of printable ASCII: no CR/LF that
+  // could split a log line or a request, no spaces.
+  for (const char c : location) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u <= 0x20 || u >= 0x7f) {
+      return MakeError(ErrorKind::kProtocol, "tus create at " + Shown(endpoint) + ": the server's Location \"" + shown +
+                                                 "\" contains spaces, control or non-ASCII characters; the imaging "
+                                                 "center's upload server must send a plain URL");
+    }
+  }
+  const std::string url = ResolveUrl(endpoint, std::string(location));
+  const auto origin = ParseOrigin(url);
+  if (!origin) {
+    return MakeError(ErrorKind::kProtocol, "tus create at " + Shown(endpoint) + ": the server's Location \"" + shown +
+                                               "\" is not an http(s) URL with a host");
+  }
+  const auto scheme_end = url.find("://");
+  const auto authority_end = url.find_first_of("/?#", scheme_end + 3);
+  if (url.substr(scheme_end + 3, authority_end - (scheme_end + 3)).find('@') != std::string::npos) {
+    return MakeError(ErrorKind::kProtocol, "tus create at " + Shown(endpoint) + ": the server's Location \"" + shown +
+                                               "\" carries user credentials (user:password@); they are not sent or "
+                                               "stored; the imaging center's upload server must send a plain URL");
+  }
+  const auto own = ParseOrigin(endpoint);
+  if (own && *origin == *own) return url;
+  if (std::find(allowed.begin(), allowed.end(), *origin) != allowed.end()) return url;
+  return MakeError(ErrorKind::kPermission,
+                   "tus create at " + Shown(endpoint) + ": the server sent the upload to " + Shown(origin->ToString()) +
+                       " (Location \"" + shown + "\"), which is not the upload origin " +
+                       (own ? Shown(own->ToString()) : Shown(endpoint)) +
+                       "; no byte was sent there. If that server belongs to the imaging center, add " +
+                       Shown(origin->ToString()) + " to cloud.upload_origins_allowed");
+}
+
+Expected<ServerCapabilities> ParseDiscovery(long status, const HeaderList& headers, const std::string& shown_endpoint,
+                                            FailureClass* failure, std::string* label) {
+  const std::string version_header = HeaderOf(headers, "tus-version");
+  const std::string resumable = HeaderOf(headers, "tus-resumable");
+  auto fail = [&](FailureClass f, std::string l, Error error) -> Expected<ServerCapabilities> {
+    *failure = f;
+    *label = std::move(l);
+    return MakeError(std::move(error));
+  };
+  ServerCapabilities caps;
+  const bool success = status == 200 || status == 204;
+  // A tus server that does not implement OPTIONS (the protocol lets a client skip discovery)
+  // but labels its answer as tus 1.0.0: usable with the core protocol and creation.
+  if (!success && (status == 405 || status == 501) && version_header.empty() && resumable == kTusVersion) {
+    caps.versions = {kTusVersion};
+    caps.extensions = {"creation"};
+    caps.version_inferred = true;
+    *failure = FailureClass::kNone;
+    label->clear();
+    return caps;
+  }
+  if (!success) {
+    // Without Tus-Resumable the answer is not from a tus server at all (a redirect, a web
+    // server's 405): a wrong cloud.upload_url, which no retry mends.
+    const bool tus_answer = !resumable.empty() || !version_header.empty();
+    return fail(tus_answer ? FailureClass::kProtocol : FailureClass::kEndpoint, "http-" + std::to_string(status),
+                Error(ErrorKind::kProtocol, "tus discovery (OPTIONS): " + shown_endpoint + " answered HTTP " +
+                                                std::to_string(status) + " instead of 200 or 204" +
+                                                (tus_answer ? std::string() : ", without tus headers; check cloud.upload_url") +
+                                                " (nothing was uploaded)"));
+  }
+  caps.versions = ParseList(version_header);
+  caps.extensions = ParseList(HeaderOf(headers, "tus-extension"));
+  caps.checksum_algorithms = ParseList(HeaderOf(headers, "tus-checksum-algorithm"));
+  const std::string max = HeaderOf(headers, "tus-max-size");
+  if (!max.empty()) {
+    const auto parsed = ParseUploadOffset(max);
+    if (!parsed) {
+      return fail(FailureClass::kProtocol, "tus-max-size",
+                  Error(ErrorKind::kProtocol, "tus discovery: " + shown_endpoint + " sent an invalid Tus-Max-Size \"" +
+                                                  Excerpt(max) + "\" (HTTP " + std::to_string(status) +
+                                                  "); it must be a decimal number of bytes"));
+    }
+    caps.max_size = *parsed;
+  }
+  if (version_header.empty()) {
+    if (resumable == kTusVersion) {
+      // Tus-Version is a MUST of the OPTIONS answer, but servers that leave it out and label every
+      // answer Tus-Resumable: 1.0.0 speak 1.0.0: take them at their word.
+      caps.versions = {kTusVersion};
+      caps.version_inferred = true;
+      *failure = FailureClass::kNone;
+      label->clear();
+      return caps;
+    }
+    if (resumable.empty()) {
+      return fail(FailureClass::kEndpoint, "not-tus",
+                  Error(ErrorKind::kProtocol,
+                        "tus discovery: " + shown_endpoint + " answered OPTIONS with HTTP " + std::to_string(status) +
+                            " but without Tus-Version or Tus-Resumable: it is not a tus upload endpoint; check "
+                            "cloud.upload_url (nothing was uploaded)"));
+    }
+    return fail(FailureClass::kVersion, "tus-version",
+                Error(ErrorKind::kUnsupported, "tus discovery: " + shown_endpoint + " answered OPTIONS with HTTP " +
+                                                   std::to_string(status) + ", Tus-Resumable \"" + Excerpt(resumable) +
+                                                   "\" and no Tus-Version: it does not speak tus " + kTusVersion +
+                                                   "; the imaging center must offer tus 1.0.0 (nothing was uploaded)"));
+  }
+  if (std::find(caps.versions.begin(), caps.versions.end(), kTusVersion) == caps.versions.end()) {
+    return fail(FailureClass::kVersion, "tus-version",
+                Error(ErrorKind::kUnsupported, "tus discovery: " + shown_endpoint + " offers tus versions \"" +
+                                                   Excerpt(version_header) + "\" (Tus-Version, HTTP " +
+                                                   std::to_string(status) + "), not " + kTusVersion +
+                                                   "; the imaging center must offer tus 1.0.0 (nothing was uploaded)"));
+  }
+  *failure = FailureClass::kNone;
+  label->clear();
+  return caps;
+}
 
 
 std::string Base64Encode(std::span<const std::uint8_t> bytes) {
@@ -110,25 +325,6 @@ std::string EncodeMetadata(const Metadata& metadata) {
 }
 
 
-namespace {
-
-// "a, b,c" -> {"a", "b", "c"}
-std::vector<std::string> SplitList(const std::string& text) {
-  std::vector<std::string> out;
-  std::size_t pos = 0;
-  while (pos <= text.size()) {
-    const auto comma = text.find(',', pos);
-    std::string item = text.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
-    item.erase(0, item.find_first_not_of(" \t"));
-    item.erase(item.find_last_not_of(" \t") + 1);
-    if (!item.empty()) out.push_back(item);
-    if (comma == std::string::npos) break;
-    pos = comma + 1;
-  }
-  return out;
-}
-
-}  // namespace
 
 std::optional<std::int64_t> ParseHttpDate(const std::string& text) {
   std::tm tm{};
@@ -164,14 +360,40 @@ std::string ChecksumHeader(const std::string& algorithm, std::span<const std::ui
 
 Client::Client(HttpClient& http, std::string endpoint) : http_(http), endpoint_(std::move(endpoint)) {}
 
-Unexpected Client::Fail(FailureClass failure, Unexpected error) {
+Unexpected Client::Fail(FailureClass failure, Unexpected error, std::string label) {
   last_failure_ = failure;
+  last_label_ = std::move(label);
   return error;
 }
 
 Unexpected Client::FromHttp(const Error& error, const std::string& context) {
   last_failure_ = http_.last_failure();
+  last_label_.clear();
   return MakeError(error.WithContext(context));
+}
+
+std::string Client::last_failure_label() const {
+  return last_label_.empty() ? std::string(ToString(last_failure_)) : last_label_;
+}
+
+bool Client::OriginAllowed(const std::string& upload_url) const {
+  const auto origin = ParseOrigin(upload_url);
+  if (!origin) return false;
+  if (const auto own = ParseOrigin(endpoint_); own && *own == *origin) return true;
+  return std::find(allowed_origins_.begin(), allowed_origins_.end(), *origin) != allowed_origins_.end();
+}
+
+// An upload URL (journaled by an earlier run, or handed in) that is off the upload origin gets
+// no request: the bytes it would carry must not leave for a host nobody configured.
+Unexpected Client::ForeignUrl(const std::string& what, const std::string& url) {
+  const auto own = ParseOrigin(endpoint_);
+  const auto origin = ParseOrigin(url);
+  return Fail(FailureClass::kLocal,
+              MakeError(ErrorKind::kPermission,
+                        what + ": upload URL " + Shown(url) + " is not on the upload origin " +
+                            (own ? Shown(own->ToString()) : Shown(endpoint_)) + (origin ? "" : " (not an http(s) URL)") +
+                            " nor in cloud.upload_origins_allowed; no request was sent to it"),
+              "foreign-location");
 }
 
 void Client::NoteExpires(const HttpResponse& response) {
@@ -185,15 +407,16 @@ Unexpected Client::StatusError(const std::string& what, const std::string& url, 
                                std::uint64_t length) {
   const long s = response.status;
   const std::string status = "HTTP " + std::to_string(s);
+  const std::string shown = Shown(url);
   if (s == 404 || s == 410) {
     return Fail(FailureClass::kUploadGone,
-                MakeError(ErrorKind::kNotFound, what + ": the server no longer knows upload URL " + url + " (" +
+                MakeError(ErrorKind::kNotFound, what + ": the server no longer knows upload URL " + shown + " (" +
                                                     status + (s == 410 ? ", expired or terminated" : "") +
                                                     "); create it again"));
   }
   if (s == 401 || s == 403) {
     return Fail(FailureClass::kAuth, MakeError(ErrorKind::kPermission,
-                                               what + ": " + url + " refused this terminal (" + status +
+                                               what + ": " + shown + " refused this terminal (" + status +
                                                    "); check its credentials or client certificate with the "
                                                    "imaging center"));
   }
@@ -202,37 +425,41 @@ Unexpected Client::StatusError(const std::string& what, const std::string& url, 
     if (max.empty() && capabilities_ && capabilities_->max_size > 0) max = std::to_string(capabilities_->max_size);
     return Fail(FailureClass::kTooLarge,
                 MakeError(ErrorKind::kInvalidInput,
-                          what + ": " + url + " refuses an upload of " + std::to_string(length) + " bytes (" + status +
-                              ": too large; the server accepts at most " + (max.empty() ? "an unannounced" : max) +
+                          what + ": " + shown + " refuses an upload of " + std::to_string(length) + " bytes (" + status +
+                              ": too large; the server accepts at most " +
+                              (max.empty() ? "an unannounced" : Excerpt(max)) +
                               " bytes); lower the chunk size or ask the imaging center to raise its limit"));
   }
   if (s == 412) {
     return Fail(FailureClass::kVersion,
-                MakeError(ErrorKind::kUnsupported, what + ": " + url + " does not speak tus " + kTusVersion + " (" +
-                                                       status + ", server versions: " +
-                                                       response.Header("Tus-Version") +
-                                                       "); the imaging center must offer tus 1.0.0"));
+                MakeError(ErrorKind::kUnsupported, what + ": " + shown + " does not speak tus " + kTusVersion + " (" +
+                                                       status + ", server versions: \"" +
+                                                       Excerpt(response.Header("Tus-Version")) +
+                                                       "\"); the imaging center must offer tus 1.0.0"),
+                "http-412");
   }
   if (s == 409) {
-    return Fail(FailureClass::kConflict, MakeError(ErrorKind::kProtocol, what + ": " + url + " answered " + status +
+    return Fail(FailureClass::kConflict, MakeError(ErrorKind::kProtocol, what + ": " + shown + " answered " + status +
                                                                            " (conflict); query the offset again"));
   }
   if (s == 423) {
-    return Fail(FailureClass::kLocked, MakeError(ErrorKind::kNetwork, what + ": upload " + url + " is locked by "
+    return Fail(FailureClass::kLocked, MakeError(ErrorKind::kNetwork, what + ": upload " + shown + " is locked by "
                                                                           "another request (" + status +
                                                                           "); retry after a backoff"));
   }
   if (s == 460) {
     return Fail(FailureClass::kChecksum,
-                MakeError(ErrorKind::kNetwork, what + ": " + url + " reports a checksum mismatch (" + status +
+                MakeError(ErrorKind::kNetwork, what + ": " + shown + " reports a checksum mismatch (" + status +
                                                    "): the bytes were damaged on the way; resend them"));
   }
   if (s >= 500) {
     return Fail(FailureClass::kServerError,
-                MakeError(ErrorKind::kNetwork, what + ": temporary failure at " + url + " (" + status + "); retry later"));
+                MakeError(ErrorKind::kNetwork, what + ": temporary failure at " + shown + " (" + status + "); retry later"));
   }
-  return Fail(FailureClass::kProtocol, MakeError(ErrorKind::kProtocol, what + ": " + url + " answered unexpected " +
-                                                                           status + ": " + Excerpt(response.body)));
+  return Fail(FailureClass::kProtocol,
+              MakeError(ErrorKind::kProtocol, what + ": " + shown + " answered unexpected " + status + ": " +
+                                                  Excerpt(response.body)),
+              "http-" + std::to_string(s));
 }
 
 Expected<ServerCapabilities> Client::Discover() {
@@ -242,33 +469,24 @@ Expected<ServerCapabilities> Client::Discover() {
   request.headers = BaseHeaders();
   auto response = http_.Perform(request, 1 << 20);
   if (!response) return FromHttp(response.error(), "tus discovery (OPTIONS)");
-  if (response->status != 200 && response->status != 204) {
-    if (response->status == 404) {
-      return Fail(FailureClass::kEndpoint, MakeError(ErrorKind::kNotFound, "tus discovery: no upload endpoint at " +
-                                                                               endpoint_ +
-                                                                               " (HTTP 404); check cloud.upload_url"));
-    }
+  const long s = response->status;
+  if (s == 404) {
+    return Fail(FailureClass::kEndpoint, MakeError(ErrorKind::kNotFound, "tus discovery: no upload endpoint at " +
+                                                                             Shown(endpoint_) +
+                                                                             " (HTTP 404); check cloud.upload_url"),
+                "http-404");
+  }
+  // Statuses with a meaning of their own (auth, 412, 5xx...) keep it; the rest is read below.
+  if (s == 401 || s == 403 || s == 412 || s == 413 || s == 423 || s >= 500) {
     return StatusError("tus discovery (OPTIONS)", endpoint_, *response);
   }
-  ServerCapabilities caps;
-  caps.versions = SplitList(response->Header("Tus-Version"));
-  caps.extensions = SplitList(response->Header("Tus-Extension"));
-  caps.checksum_algorithms = SplitList(response->Header("Tus-Checksum-Algorithm"));
-  const std::string max = response->Header("Tus-Max-Size");
-  if (!max.empty() && !ParseOffset(max, &caps.max_size)) {
-    return Fail(FailureClass::kProtocol, MakeError(ErrorKind::kProtocol, "tus discovery: " + endpoint_ +
-                                                                             " sent an invalid Tus-Max-Size \"" +
-                                                                             Excerpt(max) + "\""));
-  }
-  if (std::find(caps.versions.begin(), caps.versions.end(), kTusVersion) == caps.versions.end()) {
-    return Fail(FailureClass::kVersion,
-                MakeError(ErrorKind::kUnsupported, "tus discovery: " + endpoint_ + " does not offer tus " +
-                                                       kTusVersion + " (Tus-Version: \"" +
-                                                       Excerpt(response->Header("Tus-Version")) +
-                                                       "\"); the imaging center must offer tus 1.0.0"));
-  }
-  capabilities_ = caps;
+  FailureClass failure = FailureClass::kNone;
+  std::string label;
+  auto caps = ParseDiscovery(s, response->headers, Shown(endpoint_), &failure, &label);
+  if (!caps) return Fail(failure, MakeError(caps.error()), std::move(label));
+  capabilities_ = *caps;
   last_failure_ = FailureClass::kNone;
+  last_label_.clear();
   return caps;
 }
 
@@ -284,10 +502,11 @@ Expected<Created> Client::CreateWithUpload(std::uint64_t length, const Metadata&
   if (capabilities_ && capabilities_->max_size > 0 && length > capabilities_->max_size) {
     return Fail(FailureClass::kTooLarge,
                 MakeError(ErrorKind::kInvalidInput,
-                          "tus create: " + endpoint_ + " accepts uploads of at most " +
+                          "tus create: " + Shown(endpoint_) + " accepts uploads of at most " +
                               std::to_string(capabilities_->max_size) + " bytes (Tus-Max-Size) and this one has " +
                               std::to_string(length) +
-                              "; lower the chunk size or ask the imaging center to raise its limit"));
+                              "; lower the chunk size or ask the imaging center to raise its limit"),
+                "tus-max-size");
   }
   const bool with_upload = capabilities_ && capabilities_->Has("creation-with-upload") && !first_bytes.empty();
   HttpRequest request;
@@ -306,18 +525,26 @@ Expected<Created> Client::CreateWithUpload(std::uint64_t length, const Metadata&
   if (!response) return FromHttp(response.error(), "tus create");
   if (response->status == 404) {
     return Fail(FailureClass::kEndpoint, MakeError(ErrorKind::kNotFound, "tus create: no upload endpoint at " +
-                                                                             endpoint_ +
-                                                                             " (HTTP 404); check cloud.upload_url"));
+                                                                             Shown(endpoint_) +
+                                                                             " (HTTP 404); check cloud.upload_url"),
+                "http-404");
   }
-  if (response->status != 201) return StatusError("tus create", endpoint_, *response, length);
-  const std::string location = response->Header("Location");
-  if (location.empty()) {
-    return Fail(FailureClass::kProtocol, MakeError(ErrorKind::kProtocol, "tus create at " + endpoint_ +
-                                                                             ": HTTP 201 without a Location header"));
+  // 201 Created is the protocol's answer; @uploadx/core answers 200 when the POST carried bytes
+  // (creation-with-upload). Either way the Location is what matters.
+  if (response->status != 201 && response->status != 200) {
+    return StatusError("tus create", endpoint_, *response, length);
+  }
+  auto url = ResolveUploadLocation(endpoint_, response->Header("Location"), allowed_origins_);
+  if (!url) {
+    const bool foreign = url.error().kind() == ErrorKind::kPermission;
+    // A foreign origin needs a person (configuration or the server); a malformed Location is
+    // the server's protocol error.
+    return Fail(foreign ? FailureClass::kLocal : FailureClass::kProtocol, MakeError(url.error()),
+                foreign ? "foreign-location" : "bad-location");
   }
   NoteExpires(*response);
   Created created;
-  created.url = ResolveUrl(endpoint_, location);
+  created.url = std::move(*url);
   created.expires = last_expires_;
   if (with_upload) {
     // The server says how much of the body it kept; without the header, assume nothing (the
@@ -325,13 +552,15 @@ Expected<Created> Client::CreateWithUpload(std::uint64_t length, const Metadata&
     std::uint64_t accepted = 0;
     const std::string text = response->Header("Upload-Offset");
     if (!text.empty() && (!ParseOffset(text, &accepted) || accepted > request.body.size())) {
-      return Fail(FailureClass::kProtocol, MakeError(ErrorKind::kProtocol, "tus create at " + endpoint_ +
+      return Fail(FailureClass::kProtocol, MakeError(ErrorKind::kProtocol, "tus create at " + Shown(endpoint_) +
                                                                                ": invalid Upload-Offset \"" +
-                                                                               Excerpt(text) + "\" in HTTP 201"));
+                                                                               Excerpt(text) + "\" in HTTP " +
+                                                                               std::to_string(response->status)));
     }
     created.offset = accepted;
   }
   last_failure_ = FailureClass::kNone;
+  last_label_.clear();
   return created;
 }
 
@@ -342,6 +571,7 @@ Expected<std::uint64_t> Client::QueryOffset(const std::string& upload_url) {
 }
 
 Expected<UploadInfo> Client::Query(const std::string& upload_url) {
+  if (!OriginAllowed(upload_url)) return ForeignUrl("tus offset query", upload_url);
   HttpRequest request;
   request.method = "HEAD";
   request.url = upload_url;
@@ -356,7 +586,7 @@ Expected<UploadInfo> Client::Query(const std::string& upload_url) {
   const std::string text = response->Header("Upload-Offset");
   if (!ParseOffset(text, &info.offset)) {
     return Fail(FailureClass::kProtocol,
-                MakeError(ErrorKind::kProtocol, "tus offset query " + upload_url + ": invalid Upload-Offset \"" +
+                MakeError(ErrorKind::kProtocol, "tus offset query " + Shown(upload_url) + ": invalid Upload-Offset \"" +
                                                     Excerpt(text) + "\" in HTTP " + std::to_string(response->status)));
   }
   std::uint64_t length = 0;
@@ -364,11 +594,13 @@ Expected<UploadInfo> Client::Query(const std::string& upload_url) {
   NoteExpires(*response);
   if (!response->Header("Upload-Expires").empty()) info.expires = last_expires_;
   last_failure_ = FailureClass::kNone;
+  last_label_.clear();
   return info;
 }
 
 Expected<std::uint64_t> Client::Patch(const std::string& upload_url, std::uint64_t offset,
                                       std::span<const std::uint8_t> bytes) {
+  if (!OriginAllowed(upload_url)) return ForeignUrl("tus patch", upload_url);
   HttpRequest request;
   request.method = "PATCH";
   request.url = upload_url;
@@ -386,35 +618,41 @@ Expected<std::uint64_t> Client::Patch(const std::string& upload_url, std::uint64
   auto response = http_.Perform(request, 1 << 20);
   body_bytes_sent_ += sent;
   if (!response) return FromHttp(response.error(), "tus patch at offset " + std::to_string(offset));
+  const std::string shown = Shown(upload_url);
   if (response->status == 409) {
     const std::string server_offset = response->Header("Upload-Offset");
     return Fail(FailureClass::kConflict,
-                MakeError(ErrorKind::kProtocol, "tus patch " + upload_url +
+                MakeError(ErrorKind::kProtocol, "tus patch " + shown +
                                                     ": offset mismatch (HTTP 409): we sent Upload-Offset " +
                                                     std::to_string(offset) + " but the server's offset differs" +
-                                                    (server_offset.empty() ? "" : " (server: " + server_offset + ")") +
+                                                    (server_offset.empty() ? "" : " (server: " + Excerpt(server_offset) + ")") +
                                                     "; query the offset with HEAD again and continue from there"));
   }
-  if (response->status != 204) return StatusError("tus patch", upload_url, *response);
+  // 204 is the protocol's answer; @uploadx/core answers the PATCH that completes an upload with
+  // 200 and a JSON description of the file. The Upload-Offset header decides either way.
+  if (response->status != 204 && response->status != 200) return StatusError("tus patch", upload_url, *response);
   NoteExpires(*response);
   std::uint64_t new_offset = 0;
   const std::string text = response->Header("Upload-Offset");
   if (!ParseOffset(text, &new_offset)) {
-    return Fail(FailureClass::kProtocol, MakeError(ErrorKind::kProtocol, "tus patch " + upload_url +
+    return Fail(FailureClass::kProtocol, MakeError(ErrorKind::kProtocol, "tus patch " + shown +
                                                                              ": invalid Upload-Offset \"" +
-                                                                             Excerpt(text) + "\" in HTTP 204"));
+                                                                             Excerpt(text) + "\" in HTTP " +
+                                                                             std::to_string(response->status)));
   }
   if (new_offset < offset || new_offset - offset > bytes.size()) {
     return Fail(FailureClass::kProtocol,
-                MakeError(ErrorKind::kProtocol, "tus patch " + upload_url + ": the server reports offset " + text +
+                MakeError(ErrorKind::kProtocol, "tus patch " + shown + ": the server reports offset " + text +
                                                     " after we sent " + std::to_string(bytes.size()) +
                                                     " bytes at offset " + std::to_string(offset)));
   }
   last_failure_ = FailureClass::kNone;
+  last_label_.clear();
   return new_offset;
 }
 
 Status Client::Terminate(const std::string& upload_url) {
+  if (!OriginAllowed(upload_url)) return ForeignUrl("tus termination", upload_url);
   HttpRequest request;
   request.method = "DELETE";
   request.url = upload_url;
@@ -423,6 +661,7 @@ Status Client::Terminate(const std::string& upload_url) {
   if (!response) return FromHttp(response.error(), "tus termination");
   if (response->status == 204 || response->status == 404 || response->status == 410) {
     last_failure_ = FailureClass::kNone;
+    last_label_.clear();
     return Ok();
   }
   return StatusError("tus termination", upload_url, *response);
@@ -436,8 +675,8 @@ Expected<std::uint64_t> Client::UploadFrom(const std::string& upload_url, std::s
                 MakeError(ErrorKind::kInvalidInput, "tus upload: patch size must be at least 1 byte"));
   }
   if (offset > data.size()) {
-    return Fail(FailureClass::kLocal, MakeError(ErrorKind::kInvalidInput, "tus upload " + upload_url + ": offset " +
-                                                                              std::to_string(offset) +
+    return Fail(FailureClass::kLocal, MakeError(ErrorKind::kInvalidInput, "tus upload " + Shown(upload_url) +
+                                                                              ": offset " + std::to_string(offset) +
                                                                               " is beyond the data's " +
                                                                               std::to_string(data.size()) + " bytes"));
   }
@@ -466,7 +705,7 @@ Expected<std::uint64_t> Client::UploadFrom(const std::string& upload_url, std::s
         if (!server) return MakeError(server.error());
         if (server->offset > data.size()) {
           return Fail(FailureClass::kProtocol,
-                      MakeError(ErrorKind::kProtocol, "tus upload " + upload_url + ": the server's offset " +
+                      MakeError(ErrorKind::kProtocol, "tus upload " + Shown(upload_url) + ": the server's offset " +
                                                           std::to_string(server->offset) + " is beyond the data's " +
                                                           std::to_string(data.size()) + " bytes"));
         }
@@ -478,7 +717,8 @@ Expected<std::uint64_t> Client::UploadFrom(const std::string& upload_url, std::s
     }
     if (*next <= offset) {
       return Fail(FailureClass::kProtocol,
-                  MakeError(ErrorKind::kProtocol, "tus upload " + upload_url + ": the server accepted no bytes at offset " +
+                  MakeError(ErrorKind::kProtocol, "tus upload " + Shown(upload_url) +
+                                                      ": the server accepted no bytes at offset " +
                                                       std::to_string(offset)));
     }
     offset = *next;

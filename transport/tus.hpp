@@ -9,6 +9,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -28,16 +29,60 @@ std::string Base64Encode(std::span<const std::uint8_t> bytes);
 // in Upload-Expires) to seconds since the Unix epoch; nullopt when it is not one.
 std::optional<std::int64_t> ParseHttpDate(const std::string& text);
 
+// Upload-Offset / Upload-Length / Tus-Max-Size: a non-negative decimal integer of at most 20
+// digits and nothing else (no sign, space or second value); nullopt otherwise.
+std::optional<std::uint64_t> ParseUploadOffset(std::string_view text);
+
+// A comma-separated header list (Tus-Version, Tus-Extension, Tus-Checksum-Algorithm): items
+// trimmed of spaces and tabs, empty ones dropped. At most kMaxListItems items are kept (a server
+// cannot make us hold an unbounded list).
+inline constexpr std::size_t kMaxListItems = 64;
+std::vector<std::string> ParseList(std::string_view text);
+
+// scheme://host[:port] of an http(s) URL, lower-cased, with the scheme's default port filled in;
+// nullopt when `url` is not an absolute http(s) URL with a host.
+struct Origin {
+  std::string scheme;
+  std::string host;
+  std::uint16_t port = 0;
+  bool operator==(const Origin&) const = default;
+  std::string ToString() const;  // "https://host:port"
+};
+std::optional<Origin> ParseOrigin(std::string_view url);
+// "https://a:1 https://b" -> its origins; entries that are not origins are left out (config
+// check refuses them before the agent starts).
+std::vector<Origin> ParseOriginList(std::string_view space_separated);
+
+// Turns a creation answer's Location header into the absolute upload URL, or says why it cannot
+// be used: empty, control characters or spaces, user:password@, not http(s), or an origin
+// (scheme, host, port) other than the endpoint's and not in `allowed` (the messages name both
+// origins, redacted). Relative and scheme-relative ("//host/...") Locations are resolved
+// against `endpoint`. Returns kProtocol for a malformed Location, kPermission for a foreign one.
+Expected<std::string> ResolveUploadLocation(const std::string& endpoint, std::string_view location,
+                                            const std::vector<Origin>& allowed);
+
 // What the server said in its OPTIONS answer.
 struct ServerCapabilities {
   std::vector<std::string> versions;             // Tus-Version, preferred first
   std::vector<std::string> extensions;           // Tus-Extension
   std::vector<std::string> checksum_algorithms;  // Tus-Checksum-Algorithm
   std::uint64_t max_size = 0;                    // Tus-Max-Size; 0: not announced
+  // No Tus-Version in the answer: usable because it carried Tus-Resumable: 1.0.0 (a legacy
+  // server; versions is then {"1.0.0"}).
+  bool version_inferred = false;
   bool Has(const std::string& extension) const;
   // The checksum algorithm we use: sha256 or sha1 when offered (in that order), else "".
   std::string ChecksumAlgorithm() const;
 };
+
+// Reads an OPTIONS answer (`status`, lower-cased `headers`). The server is usable when the
+// answer is 2xx and either lists 1.0.0 in Tus-Version or, without Tus-Version, carries
+// Tus-Resumable: 1.0.0 (older servers, and @uploadx/core today, omit Tus-Version). Errors say
+// what the answer really was; `shown_endpoint` is the (redacted) URL named in them. The
+// FailureClass goes to `*failure` (kVersion, kProtocol or kEndpoint) and a short label of what
+// happened to `*label` ("tus-version", "not-tus", ...).
+Expected<ServerCapabilities> ParseDiscovery(long status, const HeaderList& headers, const std::string& shown_endpoint,
+                                            FailureClass* failure, std::string* label);
 
 // Upload-Checksum value ("sha1 <base64 digest>") for `algorithm` (sha1 or sha256).
 std::string ChecksumHeader(const std::string& algorithm, std::span<const std::uint8_t> bytes);
@@ -61,7 +106,9 @@ class Client {
   Client(HttpClient& http, std::string endpoint);
 
   // OPTIONS: learns the server's versions, extensions, checksum algorithms and max size, and
-  // keeps them for the requests that follow. 412-class (kUnsupported) if 1.0.0 is not offered.
+  // keeps them for the requests that follow (see ParseDiscovery for what counts as usable).
+  // kUnsupported (class kVersion) when the server names versions without 1.0.0 or answers 412;
+  // kProtocol when the answer is not a tus answer at all.
   Expected<ServerCapabilities> Discover();
   // Capabilities from an earlier Discover() (possibly by another Client); empty: none known.
   void SetCapabilities(ServerCapabilities capabilities) { capabilities_ = std::move(capabilities); }
@@ -94,12 +141,24 @@ class Client {
                                      std::uint64_t offset, std::uint64_t patch_bytes,
                                      const std::function<void(std::uint64_t)>& on_progress = {});
 
+  // Origins besides the endpoint's that a creation's Location may point at
+  // (cloud.upload_origins_allowed). Upload URLs on any other origin are refused before a request
+  // is sent to them (creation, HEAD, PATCH, DELETE).
+  void SetAllowedOrigins(std::vector<Origin> origins) { allowed_origins_ = std::move(origins); }
+  // Whether `upload_url` may receive requests: on the endpoint's origin or an allowed one.
+  bool OriginAllowed(const std::string& upload_url) const;
+
   // Called before each block of request body bytes (see HttpRequest::before_send).
   void SetBeforeSend(std::function<bool(std::size_t)> before_send) { before_send_ = std::move(before_send); }
 
   // The class of the last failed call's error (kNone after a success): what the retry policy
   // keys on.
   FailureClass last_failure() const { return last_failure_; }
+  // What happened, for logs and error labels: "http-412" only when a 412 arrived; "tus-version"
+  // when the server named other versions, "not-tus" for an answer without tus headers,
+  // "foreign-location" for a Location off the upload origin, "tus-max-size" for a length over an
+  // announced Tus-Max-Size... and transport::ToString(last_failure()) otherwise. "none" after success.
+  std::string last_failure_label() const;
   // Upload-Expires of the last response that carried one (Unix seconds).
   std::optional<std::int64_t> last_expires() const { return last_expires_; }
   // PATCH body bytes handed to the connection by this client so far, including those of
@@ -112,7 +171,8 @@ class Client {
   static constexpr int kMaxLostResyncs = 1;  // a HEAD after a connection lost mid-PATCH
 
  private:
-  Unexpected Fail(FailureClass failure, Unexpected error);
+  Unexpected Fail(FailureClass failure, Unexpected error, std::string label = {});
+  Unexpected ForeignUrl(const std::string& what, const std::string& url);
   Unexpected FromHttp(const Error& error, const std::string& context);
   Unexpected StatusError(const std::string& what, const std::string& url, const HttpResponse& response,
                          std::uint64_t length = 0);
@@ -123,6 +183,8 @@ class Client {
   std::optional<ServerCapabilities> capabilities_;
   std::function<bool(std::size_t)> before_send_;
   FailureClass last_failure_ = FailureClass::kNone;
+  std::string last_label_;  // "" : the class's own name
+  std::vector<Origin> allowed_origins_;
   std::optional<std::int64_t> last_expires_;
   std::uint64_t body_bytes_sent_ = 0;
 };

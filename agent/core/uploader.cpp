@@ -7,6 +7,7 @@
 
 #include "agent/common/log.hpp"
 #include "agent/common/sha256.hpp"
+#include "agent/common/url.hpp"
 #include "transport/tus.hpp"
 
 namespace ctagent::core {
@@ -44,7 +45,7 @@ std::string PermanentAdvice(FailureClass failure) {
     case FailureClass::kTooLarge:
       return "the upload is larger than the server accepts: raise the server's limit or lower the chunk size";
     case FailureClass::kEndpoint:
-      return "the upload endpoint does not exist: fix cloud.upload_url";
+      return "the upload endpoint does not exist or is not a tus endpoint: fix cloud.upload_url";
     default:
       return "";
   }
@@ -85,6 +86,9 @@ struct Uploader::Job {
   std::uint32_t index = 0;
   std::uint32_t attempt = 0;
   FailureClass failure = FailureClass::kNone;  // class of the last attempt's error
+  // What happened, as the tus client names it ("http-412" only for a real 412, "tus-version",
+  // "foreign-location"...); empty: the class's own name.
+  std::string label;
   Status last_status = Ok();
   Done done;
   // PATCH body bytes sent over every attempt, and attempts that sent bytes: what resumes cost.
@@ -104,6 +108,7 @@ Uploader::Uploader(boost::asio::io_context& io, spool::Spool& spool, const confi
       retry_(std::move(retry)),
       links_(links),
       share_(std::make_shared<transport::HttpShare>()),
+      allowed_origins_(transport::tus::ParseOriginList(cloud.upload_origins_allowed)),
       creators_(cloud.parallel_uploads),
       transfers_(cloud.parallel_uploads) {}
 
@@ -139,6 +144,8 @@ void Uploader::PrepareManifest(const std::string& scan_uid) {
   auto job = std::make_shared<Job>();
   job->scan_uid = scan_uid;
   job->manifest = true;
+  // Its creation waits for discovery like every other: start the warm-ups that do it.
+  StartWarmUp();
   // Not counted against the creators' lead (WaitForRoomAhead): it has no transfer stage.
   boost::asio::post(creators_, [this, job] {
     if (stopping_) return;
@@ -273,6 +280,7 @@ void Uploader::Attempt(Job& job, bool prepare) {
   }
   auto client = TakeClient(lease);
   job.failure = FailureClass::kNone;
+  job.label.clear();
   // Stop() ends a PATCH in flight at its next block instead of waiting for all its bytes (a
   // shutdown, or a daemon pausing for a scan): the server keeps what it got, the next run resumes.
   const std::function<bool(std::size_t)> before_send = [this, &lease](std::size_t n) {
@@ -286,11 +294,7 @@ void Uploader::Attempt(Job& job, bool prepare) {
   }
 }
 
-void Uploader::Start(std::shared_ptr<Job> job) {
-  // Two stages, each on its own threads because they block in libcurl: a creator makes the
-  // upload (POST) and journals its URL, then a transfer thread sends the bytes (PATCH). So the
-  // creation round trip of the next uploads overlaps the PATCHes in flight instead of leaving
-  // a transfer connection idle for it. Creators stay at most `parallel_uploads` uploads ahead.
+void Uploader::StartWarmUp() {
   bool warm_up = false;
   {
     std::lock_guard lock(clients_mutex_);
@@ -300,8 +304,16 @@ void Uploader::Start(std::shared_ptr<Job> job) {
       discoveries_in_flight_ = cloud_.parallel_uploads;
     }
   }
-  // Posted first, so every transfer thread runs its warm-up before any transfer.
+  // Posted before any job, so every transfer thread runs its warm-up before any transfer.
   for (std::uint32_t i = 0; warm_up && i < cloud_.parallel_uploads; ++i) boost::asio::post(transfers_, [this] { WarmUp(); });
+}
+
+void Uploader::Start(std::shared_ptr<Job> job) {
+  // Two stages, each on its own threads because they block in libcurl: a creator makes the
+  // upload (POST) and journals its URL, then a transfer thread sends the bytes (PATCH). So the
+  // creation round trip of the next uploads overlaps the PATCHes in flight instead of leaving
+  // a transfer connection idle for it. Creators stay at most `parallel_uploads` uploads ahead.
+  StartWarmUp();
   boost::asio::post(creators_, [this, job] {
     if (!WaitForRoomAhead()) {
       job->failure = FailureClass::kCancelled;
@@ -354,12 +366,13 @@ void Uploader::Finish(std::shared_ptr<Job> job) {
       return;
     }
     const ClassRetry rule = retry_.For(job->failure);
+    const std::string label = job->label.empty() ? std::string(transport::ToString(job->failure)) : job->label;
     if (rule.permanent || stopping_ || job->attempt + 1 >= rule.max_attempts) {
       const std::string advice = PermanentAdvice(job->failure);
       const std::string why =
           rule.permanent ? (advice.empty() ? std::string("not retried") : "not retried: " + advice)
                          : "gave up after " + std::to_string(job->attempt + 1) + " attempts";
-      const Error error = status.error().WithContext(job->Name() + " [" + transport::ToString(job->failure) + ", " +
+      const Error error = status.error().WithContext(job->Name() + " [" + label + ", " +
                                                      why + "; the data stays spooled and resumes on the next run]");
       log::Error("upload", error.message());
       job->done(MakeError(error));
@@ -368,9 +381,8 @@ void Uploader::Finish(std::shared_ptr<Job> job) {
     const auto delay = retry_.Delay(job->failure, job->attempt, rng_);
     ++job->attempt;
     ++counters_.retries;
-    log::Warn("upload", job->Name() + ": " + status.error().message() + " [" + transport::ToString(job->failure) +
-                            "]; retry " + std::to_string(job->attempt) + " in " + std::to_string(delay.count()) +
-                            " ms");
+    log::Warn("upload", job->Name() + ": " + status.error().message() + " [" + label + "]; retry " +
+                            std::to_string(job->attempt) + " in " + std::to_string(delay.count()) + " ms");
     auto timer = std::make_shared<boost::asio::steady_timer>(io_, delay);
     timer->async_wait([this, job, timer](const boost::system::error_code&) { Start(job); });
   });
@@ -383,13 +395,13 @@ Expected<transport::tus::ServerCapabilities> Uploader::Capabilities(transport::t
     capabilities_changed_.wait(lock, [this] { return capabilities_.has_value() || discoveries_in_flight_ == 0; });
     if (capabilities_) return *capabilities_;
   }
+  // No upload is created, and no byte sent, before discovery said the server speaks tus 1.0.0:
+  // a failure here ends the attempt (the tus client says what the answer really was).
   auto discovered = tus.Discover();
-  if (!discovered) {
-    // A server without OPTIONS (or a proxy that eats it) still gets the core protocol; a
-    // missing version or a network failure stops here.
-    if (tus.last_failure() != FailureClass::kProtocol) return discovered;
-    log::Warn("upload", "tus discovery failed (" + discovered.error().message() + "); using the core protocol only");
-    discovered = transport::tus::ServerCapabilities{{"1.0.0"}, {"creation"}, {}, 0};
+  if (!discovered) return discovered;
+  if (discovered->version_inferred) {
+    log::Info("upload", "tus server at " + RedactUrl(cloud_.upload_url) +
+                            " sends no Tus-Version; using tus 1.0.0, which its Tus-Resumable names");
   }
   std::lock_guard lock(clients_mutex_);
   capabilities_ = *discovered;
@@ -410,6 +422,7 @@ Expected<spool::UploadState> Uploader::CreateUpload(Job& job, transport::tus::Cl
   auto created = tus.CreateWithUpload(length, metadata, {});
   if (!created) {
     job.failure = tus.last_failure() == FailureClass::kNone ? FailureClass::kProtocol : tus.last_failure();
+    job.label = tus.last_failure_label();
     return MakeError(created.error());
   }
   spool::UploadState state;
@@ -454,12 +467,17 @@ Status Uploader::Prepare(Job& job, transport::HttpClient& http) {
     length = bytes->size();
   }
   transport::tus::Client tus(http, cloud_.upload_url);
-  // The POST carries no body, so it does not wait for discovery (the warm-ups' OPTIONS run
-  // meanwhile); a server limit already known is checked before asking.
-  {
-    std::lock_guard lock(clients_mutex_);
-    if (capabilities_) tus.SetCapabilities(*capabilities_);
+  tus.SetAllowedOrigins(allowed_origins_);
+  // No upload is created before discovery said the server is usable: a server that is not tus
+  // 1.0.0 must not be left with empty uploads. The warm-ups' OPTIONS are usually answered by
+  // now; otherwise this waits for them (or asks itself).
+  auto capabilities = Capabilities(tus);
+  if (!capabilities) {
+    job.failure = tus.last_failure() == FailureClass::kNone ? FailureClass::kProtocol : tus.last_failure();
+    job.label = tus.last_failure_label();
+    return MakeError(capabilities.error());
   }
+  tus.SetCapabilities(*capabilities);
   auto created = CreateUpload(job, tus, length, sha256);
   if (!created) return MakeError(created.error());
   {
@@ -489,15 +507,25 @@ Status Uploader::Transfer(Job& job, transport::HttpClient& http, const std::func
 
   transport::tus::Client tus(http, cloud_.upload_url);
   tus.SetBeforeSend(before_send);
+  tus.SetAllowedOrigins(allowed_origins_);
   // Every failure below comes from the tus client, which knows its class.
   auto fail = [&](const Error& error) -> Status {
     job.failure = tus.last_failure() == FailureClass::kNone ? FailureClass::kProtocol : tus.last_failure();
+    job.label = tus.last_failure_label();
     return MakeError(error);
   };
   auto capabilities = Capabilities(tus);
   if (!capabilities) return fail(capabilities.error());
   tus.SetCapabilities(*capabilities);
 
+  // A URL journaled off the upload origin (by a run before the origin check, or before
+  // cloud.upload_origins_allowed lost that origin) gets nothing: the upload is created again here.
+  if (!state.url.empty() && !tus.OriginAllowed(state.url)) {
+    log::Warn("upload", job.Name() + ": the journaled upload URL " + RedactUrl(state.url) +
+                            " is not on the upload origin nor allowed by cloud.upload_origins_allowed; creating the "
+                            "upload again at " + RedactUrl(cloud_.upload_url));
+    state = {};
+  }
   std::uint64_t offset = 0;
   // Created by Prepare() for exactly these bytes and not sent since: the server holds none yet.
   const bool fresh = !state.url.empty() && TakeFresh(state.url, bytes->size()) && state.confirmed_offset == 0;
@@ -512,7 +540,7 @@ Status Uploader::Transfer(Job& job, transport::HttpClient& http, const std::func
       // An upload that cannot be this data (other length, or more bytes than we have) is
       // superseded: free it on the server (termination) and create the upload again.
       if (offset > bytes->size() || (server->length && *server->length != bytes->size())) {
-        log::Warn("upload", job.Name() + ": the server's upload " + state.url + " does not match the spooled " +
+        log::Warn("upload", job.Name() + ": the server's upload " + RedactUrl(state.url) + " does not match the spooled " +
                                 std::to_string(bytes->size()) + " bytes; terminating it and creating it again");
         if (capabilities->Has("termination")) {
           if (auto st = tus.Terminate(state.url); !st) {
@@ -522,7 +550,7 @@ Status Uploader::Transfer(Job& job, transport::HttpClient& http, const std::func
         state = {};
       }
     } else if (tus.last_failure() == FailureClass::kUploadGone) {
-      log::Warn("upload", job.Name() + ": the server no longer knows " + state.url +
+      log::Warn("upload", job.Name() + ": the server no longer knows " + RedactUrl(state.url) +
                               " (expired or removed); creating the upload again");
       state = {};
     } else {

@@ -78,6 +78,7 @@ class Uploader {
   // request while the creators POST, so neither the TLS handshake nor discovery is a round trip
   // in front of the first PATCH.
   void WarmUp();
+  void StartWarmUp();  // posts the warm-ups, once per Uploader
   Status Prepare(Job& job, transport::HttpClient& http);
   Status Transfer(Job& job, transport::HttpClient& http, const std::function<bool(std::size_t)>& before_send);
   // POST for a new upload, then its URL journaled (before any of its bytes is sent).
@@ -105,6 +106,8 @@ class Uploader {
   LinkProvider* links_;
   // TLS sessions and DNS answers shared by every transfer client.
   std::shared_ptr<transport::HttpShare> share_;
+  // Origins besides upload_url's that a tus Location may name (cloud.upload_origins_allowed).
+  std::vector<transport::tus::Origin> allowed_origins_;
   std::mutex clients_mutex_;
   // Idle clients per link name ("" without a link manager): a client is bound to its link.
   std::map<std::string, std::vector<std::unique_ptr<transport::HttpClient>>> idle_clients_;

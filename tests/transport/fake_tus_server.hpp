@@ -100,6 +100,14 @@ class FakeTusServer {
     const auto it = uploads_.find(url.substr(url.rfind('/') + 1));
     return it == uploads_.end() ? "" : it->second.data;
   }
+  // Creates an upload of `length` bytes as a POST would (without a request): for a test that
+  // plays another server whose creation answers point here. Returns its path ("/files/uN").
+  std::string CreateUpload(std::uint64_t length) {
+    std::lock_guard lock(mutex_);
+    const std::string name = "u" + std::to_string(++next_id_);
+    uploads_[name] = Upload{length, {}};
+    return "/files/" + name;
+  }
   std::size_t UploadCount() {
     std::lock_guard lock(mutex_);
     return uploads_.size();
