@@ -222,8 +222,11 @@ int CmdCheck(const std::vector<std::string>& args) {
         request.method = "OPTIONS";
         request.url = cfg->cloud.upload_url;
         request.headers = {{"Tus-Resumable", "1.0.0"}};
+        // An OPTIONS answer is headers only: the 1 MiB cap the tus client uses keeps the request's
+        // overall deadline as short (48 s with the defaults; docs/transport.md, "Deadlines").
+        constexpr std::uint64_t kOptionsAnswerCap = 1 << 20;
         const auto t0 = std::chrono::steady_clock::now();
-        auto response = http.Perform(request);
+        auto response = http.Perform(request, kOptionsAnswerCap);
         const auto ms =
             std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
         if (!response) {
@@ -237,7 +240,7 @@ int CmdCheck(const std::vector<std::string>& args) {
           long long round_trip_ms = -1;
           for (int i = 0; i < 3; ++i) {
             const auto t1 = std::chrono::steady_clock::now();
-            auto again = http.Perform(request);
+            auto again = http.Perform(request, kOptionsAnswerCap);
             if (!again || (again->status != 200 && again->status != 204)) break;
             const long long r =
                 std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t1).count();

@@ -184,6 +184,9 @@ size_t OnBody(char* data, size_t size, size_t count, void* user) {
 size_t OnHeader(char* data, size_t size, size_t count, void* user) {
   auto* transfer = static_cast<Transfer*>(user);
   const size_t n = size * count;
+  // A header line is received bytes too (the progress counters count only body bytes): a head
+  // arriving line by line is not a stall.
+  transfer->last_motion = std::chrono::steady_clock::now();
   const std::string_view line(data, n);
   // A status line starts a new response (after a 100 Continue or a redirect): only the final
   // response's headers are kept.
