@@ -1,7 +1,8 @@
 // Local misuse of the command line (issue 18): `chunk decode --out` writes only a new file or over
 // a regular file and never through a symbolic link or into a device, FIFO or directory; `chunk
 // inspect|verify|decode` refuse inputs that are not regular files (a FIFO must not block them);
-// and a command without a signal watcher ends on SIGTERM/SIGINT whatever it waits on.
+// a command without a signal watcher ends on SIGTERM/SIGINT whatever it waits on; and `status`
+// never says the cloud confirmed everything while the spool holds a failed scan.
 //
 // Device nodes: as root, the old `--out` replaced a device node with a regular file, so the
 // tests use device nodes made in their own directory (mknod) when they run as root, and the
@@ -28,6 +29,8 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/codec/chunk.hpp"
+#include "agent/common/durable_file.hpp"
+#include "agent/spool/spool.hpp"
 #include "tests/support/process.hpp"
 
 using namespace ctagent;
@@ -320,4 +323,53 @@ TEST_CASE("A command without a signal watcher ends on SIGTERM or SIGINT while it
     // Killed by the signal itself (default disposition), not ended later by some timeout.
     CHECK(check.Wait(30s) == 128 + sig);
   }
+}
+
+TEST_CASE("status reports a failed scan as failed and needing a person, never as confirmed by the cloud", "[cli]") {
+  test::TempDir dir("cli-status-failed");
+  const nlohmann::json cfg = {
+      {"terminal_id", "cli-test"},
+      {"driver", {{"name", "sim"}, {"options", nlohmann::json::object()}}},
+      {"scan",
+       {{"geometry", "parallel"}, {"views_per_rotation", 120}, {"rotations", 1}, {"rows", 4}, {"channels", 64},
+        {"table_start_mm", 0.0}, {"table_speed_mm_per_rotation", 0.0}, {"real_time", false}}},
+      {"spool", {{"directory", (dir.path() / "spool").string()}, {"min_free_bytes", 0}}},
+      {"cloud", {{"upload_url", "https://127.0.0.1:9/files/"}}},
+      {"results", {{"enabled", false}}},
+      {"console", {{"enabled", false}}}};
+  const fs::path cfg_path = dir.path() / "ctagent.json";
+  std::ofstream(cfg_path) << cfg.dump(2);
+
+  // With nothing in the spool, everything in it is confirmed.
+  auto empty = Ctagent(dir.path(), {"status", "--config", cfg_path.string()});
+  INFO(empty.output);
+  REQUIRE(empty.exit_code == 0);
+  CHECK_THAT(empty.output, Catch::Contains("the cloud confirmed everything in the spool"));
+
+  {
+    // A scan marked failed, as the agent marks one the driver refused to arm: nothing of it was
+    // uploaded, and the uploader leaves it to a person.
+    PosixFileStore files;
+    auto spool = spool::Spool::Open({dir.path() / "spool", 1ull << 30, 0}, files);
+    REQUIRE(spool.has_value());
+    spool::ScanRecord record;
+    record.scan_uid = "2.25.1818";
+    record.study_uid = "2.25.1819";
+    record.created_utc = "2026-12-05T00:00:00Z";
+    REQUIRE((*spool)->BeginScan(record, 0).has_value());
+    REQUIRE((*spool)
+                ->Update(record.scan_uid,
+                         [](spool::ScanRecord& r) {
+                           r.state = spool::ScanState::kFailed;
+                           r.failure_reason = "the driver refused to arm: detector offline";
+                         })
+                .has_value());
+  }
+  auto failed = Ctagent(dir.path(), {"status", "--config", cfg_path.string()});
+  INFO(failed.output);
+  REQUIRE(failed.exit_code == 0);
+  CHECK_THAT(failed.output, !Catch::Contains("confirmed everything"));
+  CHECK_THAT(failed.output, Catch::Contains("1 scan(s) FAILED and need a person"));
+  CHECK_THAT(failed.output, Catch::Contains("2.25.1818  failed") &&
+                                Catch::Contains("reason: the driver refused to arm: detector offline"));
 }
