@@ -450,6 +450,16 @@ struct HttpClient::Impl {
       case CURLE_SSL_INVALIDCERTSTATUS:
       case CURLE_SSL_CLIENTCERT:
         if (IsClientCertificateAlert(detail) || code == CURLE_SSL_CLIENTCERT) return ClientCertificateError(url, detail);
+        // No TLS version in common: this terminal offers TLS 1.2 and 1.3 only (CURLOPT_SSLVERSION),
+        // so the server offers only older ones (OpenSSL: "tlsv1 alert protocol version", or
+        // "unsupported protocol" when the server's hello is below our minimum).
+        if (Contains(detail, "alert protocol version") || Contains(detail, "unsupported protocol")) {
+          return Fail(FailureClass::kTlsRejected, ErrorKind::kTls,
+                      "TLS handshake with " + url +
+                          " failed: the server offers only TLS versions older than TLS 1.2, the minimum this terminal "
+                          "accepts (TLS 1.0 and 1.1 are insecure); the imaging center must enable TLS 1.2 or 1.3 (" +
+                          detail + ")");
+        }
         // A handshake cut short by the network (reset, EOF) is worth retrying; anything else
         // (no common TLS version or cipher) needs a person.
         if (Contains(detail, "reset") || Contains(detail, "unexpected eof") || Contains(detail, "SSL_ERROR_SYSCALL") ||
