@@ -1,5 +1,4 @@
 // DICOMweb client: QIDO-RS searches (JSON) and WADO-RS instance retrieval (multipart/related).
-#include "transport/text.hpp"
 #include "transport/dicomweb.hpp"
 
 #include <algorithm>
@@ -7,12 +6,17 @@
 #include <charconv>
 #include <string_view>
 
+#include "agent/common/url.hpp"
+#include "transport/text.hpp"
+
 namespace ctagent::transport::dicomweb {
 namespace {
 
 constexpr const char* kDicomJson = "application/dicom+json";
 // Headroom for the multipart framing around one instance's bytes.
 constexpr std::uint64_t kMultipartOverhead = 64 * 1024;
+// The largest QIDO-RS answer read at all; its content is bounded further by JsonLimits.
+constexpr std::uint64_t kMaxQidoBytes = 64ull << 20;
 
 using detail::ToLower;
 
@@ -30,7 +34,8 @@ Status CheckUid(const std::string& uid, const char* what) {
   return Ok();
 }
 
-Unexpected StatusError(const std::string& what, const std::string& url, long status) {
+Unexpected StatusError(const std::string& what, const std::string& raw_url, long status) {
+  const std::string url = RedactUrl(raw_url);
   const std::string text = "HTTP " + std::to_string(status);
   if (status == 401 || status == 403) {
     return MakeError(ErrorKind::kPermission, what + " " + url + " refused (" + text +
@@ -43,27 +48,154 @@ Unexpected StatusError(const std::string& what, const std::string& url, long sta
   return MakeError(ErrorKind::kProtocol, what + " " + url + ": unexpected " + text);
 }
 
-// GET a QIDO-RS URL and return the JSON array of datasets (empty for 204).
-Expected<nlohmann::json> Qido(HttpClient& http, const std::string& url) {
-  HttpRequest request;
-  request.url = url;
-  request.headers = {{"Accept", kDicomJson}};
-  auto response = http.Perform(request, 64ull << 20);
-  if (!response) return MakeError(response.error().WithContext("QIDO-RS search"));
-  if (response->status == 204) return nlohmann::json::array();
-  if (response->status != 200) return StatusError("QIDO-RS search", url, response->status);
-  if (response->body.empty()) return nlohmann::json::array();
-  auto parsed = nlohmann::json::parse(response->body, nullptr, /*allow_exceptions=*/false);
-  if (parsed.is_discarded() || !parsed.is_array()) {
-    return MakeError(ErrorKind::kProtocol, "QIDO-RS search " + url + ": the response is not a DICOM JSON array");
+// SAX handler for a QIDO-RS answer: checks the shape (an array of objects) and the limits at
+// every event, and keeps only the first value of the wanted attributes of each entry. Returning
+// false from any event stops the parse at once, so nothing past a broken limit is read.
+class QidoSax {
+ public:
+  using json = nlohmann::json;
+
+  QidoSax(const std::vector<std::string>& tags, const JsonLimits& limits) : tags_(tags), limits_(limits) {}
+
+  bool null() { return Scalar(nullptr); }
+  bool boolean(bool) { return Scalar(nullptr); }
+  bool number_integer(json::number_integer_t value) {
+    const std::string text = std::to_string(value);
+    return Scalar(&text);
   }
-  for (const auto& item : parsed) {
-    if (!item.is_object()) {
-      return MakeError(ErrorKind::kProtocol, "QIDO-RS search " + url + ": an element of the response is not an object");
+  bool number_unsigned(json::number_unsigned_t value) {
+    const std::string text = std::to_string(value);
+    return Scalar(&text);
+  }
+  bool number_float(json::number_float_t, const json::string_t& text) { return Scalar(&text); }
+  bool string(json::string_t& value) { return Scalar(&value); }
+  bool binary(json::binary_t&) { return Fail("the answer holds binary data, which JSON cannot"); }
+  bool key(json::string_t& name) {
+    if (!Count()) return false;
+    stack_.back().key = name.size() <= 64 ? name : std::string();  // DICOM JSON keys are short
+    return true;
+  }
+  bool start_object(std::size_t) { return Open(/*object=*/true); }
+  bool end_object() {
+    stack_.pop_back();
+    return true;
+  }
+  bool start_array(std::size_t) { return Open(/*object=*/false); }
+  bool end_array() {
+    stack_.pop_back();
+    return true;
+  }
+  bool parse_error(std::size_t position, const std::string&, const nlohmann::detail::exception&) {
+    if (error_.empty()) error_ = "the answer is not valid JSON (syntax error at byte " + std::to_string(position) + ")";
+    return false;
+  }
+
+  const std::string& error() const { return error_; }
+  std::vector<QidoDataset>& datasets() { return datasets_; }
+
+ private:
+  // What a container on the stack is, for the attributes we keep:
+  // top array > dataset object > wanted attribute object > its "Value" array > a PN object.
+  enum class Role { kTop, kDataset, kAttribute, kValues, kPersonName, kOther };
+  struct Frame {
+    Role role;
+    std::string key;  // objects: the key of the value being read
+    std::uint64_t items = 0;  // arrays: values seen so far
+  };
+
+  bool Fail(std::string why) {
+    if (error_.empty()) error_ = std::move(why);
+    return false;
+  }
+
+  bool Count() {
+    if (++elements_ > limits_.max_elements) {
+      return Fail("the answer has more than " + std::to_string(limits_.max_elements) +
+                  " JSON values and keys (the limit for one answer)");
     }
+    return true;
   }
-  return parsed;
-}
+
+  bool IsWanted(const std::string& tag) const {
+    return std::find(tags_.begin(), tags_.end(), tag) != tags_.end();
+  }
+
+  // The role a new value gets from where it stands; checks the top-level shape. `object`:
+  // the value is an object (false: an array or a scalar).
+  Expected<Role> Place(bool object, bool container) {
+    if (stack_.empty()) {
+      if (container && !object) return Role::kTop;
+      return MakeError(ErrorKind::kProtocol, "the answer is not a DICOM JSON array");
+    }
+    Frame& parent = stack_.back();
+    const std::uint64_t index = parent.items++;
+    switch (parent.role) {
+      case Role::kTop:
+        if (!object) return MakeError(ErrorKind::kProtocol, "an element of the answer is not an object");
+        if (datasets_.size() >= limits_.max_datasets) {
+          return MakeError(ErrorKind::kProtocol, "the answer lists more than " + std::to_string(limits_.max_datasets) +
+                                                     " entries (the limit for one answer)");
+        }
+        datasets_.emplace_back();
+        return Role::kDataset;
+      case Role::kDataset:
+        if (object && IsWanted(parent.key)) {
+          tag_ = parent.key;
+          return Role::kAttribute;
+        }
+        return Role::kOther;
+      case Role::kAttribute:
+        return container && !object && parent.key == "Value" ? Role::kValues : Role::kOther;
+      case Role::kValues:
+        return index == 0 && object ? Role::kPersonName : Role::kOther;
+      case Role::kPersonName:
+      case Role::kOther:
+        return Role::kOther;
+    }
+    return Role::kOther;
+  }
+
+  bool Open(bool object) {
+    if (!Count()) return false;
+    if (stack_.size() >= limits_.max_depth) {
+      return Fail("the answer nests arrays and objects deeper than " + std::to_string(limits_.max_depth) +
+                  " levels (the limit for one answer)");
+    }
+    auto role = Place(object, /*container=*/true);
+    if (!role) return Fail(role.error().message());
+    stack_.push_back(Frame{*role, {}, 0});
+    return true;
+  }
+
+  // A scalar value; `text` is its text when it can be an attribute value (string or number).
+  bool Scalar(const std::string* text) {
+    if (!Count()) return false;
+    const bool first_value = !stack_.empty() && stack_.back().role == Role::kValues && stack_.back().items == 0;
+    const bool alphabetic = !stack_.empty() && stack_.back().role == Role::kPersonName &&
+                            stack_.back().key == "Alphabetic";
+    auto role = Place(/*object=*/false, /*container=*/false);
+    if (!role) return Fail(role.error().message());
+    if ((first_value || alphabetic) && text != nullptr) return Keep(*text);
+    return true;
+  }
+
+  bool Keep(const std::string& value) {
+    if (value.size() > limits_.max_value_chars) {
+      return Fail("attribute " + tag_ + " has a value of " + std::to_string(value.size()) + " characters, more than " +
+                  std::to_string(limits_.max_value_chars));
+    }
+    datasets_.back().emplace(tag_, value);  // a repeated attribute keeps its first value
+    return true;
+  }
+
+  const std::vector<std::string>& tags_;
+  const JsonLimits& limits_;
+  std::vector<Frame> stack_;
+  std::vector<QidoDataset> datasets_;
+  std::string tag_;  // the wanted attribute being read
+  std::uint64_t elements_ = 0;
+  std::string error_;
+};
 
 struct MediaType {
   std::string type;  // lower-cased "type/subtype"
@@ -144,7 +276,8 @@ std::string JsonTagString(const nlohmann::json& dataset, const std::string& tag)
   return {};
 }
 
-Expected<std::vector<std::string>> ParseMultipartRelated(const std::string& content_type, const std::string& body_text) {
+Expected<std::vector<std::string>> ParseMultipartRelated(const std::string& content_type, const std::string& body_text,
+                                                         std::size_t max_parts) {
   auto media = ParseMediaType(content_type);
   if (!media) return MakeError(media.error().WithContext("multipart Content-Type \"" + content_type + "\""));
   if (!media->type.starts_with("multipart/")) {
@@ -181,6 +314,10 @@ Expected<std::vector<std::string>> ParseMultipartRelated(const std::string& cont
   // Each round consumes one delimiter and the part after it, so pos strictly grows.
   while (true) {
     if (body.substr(pos, 2) == "--") return parts;  // close delimiter; the epilogue is ignored
+    // Checked before the part is copied: a body of millions of empty parts costs no memory.
+    if (parts.size() >= max_parts) {
+      return MakeError(ErrorKind::kProtocol, "multipart body has more than " + std::to_string(max_parts) + " parts");
+    }
     pos = SkipPaddingAndCrlf(body, pos);
     if (pos == std::string_view::npos) {
       return MakeError(ErrorKind::kProtocol, "multipart boundary line is not followed by CRLF (malformed or truncated)");
@@ -226,28 +363,95 @@ Expected<std::vector<std::string>> ParseMultipartRelated(const std::string& cont
   }
 }
 
-Client::Client(HttpClient& http, std::string root) : http_(http), root_(std::move(root)) {
+Expected<std::vector<QidoDataset>> ParseQidoDatasets(std::string_view body, const std::vector<std::string>& tags,
+                                                     const JsonLimits& limits) {
+  QidoSax sax(tags, limits);
+  const bool parsed = nlohmann::json::sax_parse(body.begin(), body.end(), &sax, nlohmann::json::input_format_t::json,
+                                                /*strict=*/true);
+  if (!parsed) {
+    return MakeError(ErrorKind::kProtocol, sax.error().empty() ? std::string("the answer is not valid JSON") : sax.error());
+  }
+  return std::move(sax.datasets());
+}
+
+Client::Client(HttpClient& http, std::string root, JsonLimits limits)
+    : http_(http), root_(std::move(root)), limits_(limits) {
   while (root_.ends_with('/')) root_.pop_back();
 }
+
+void Client::SetDeadline(std::chrono::steady_clock::time_point deadline, std::function<bool()> keep_going) {
+  deadline_ = deadline;
+  keep_going_ = std::move(keep_going);
+}
+
+Expected<HttpResponse> Client::Get(const std::string& what, const std::string& url, HeaderList headers,
+                                   std::uint64_t max_bytes) {
+  const auto expired = [this] { return std::chrono::steady_clock::now() >= deadline_; };
+  if (expired()) {
+    return MakeError(ErrorKind::kNetwork, what + " " + RedactUrl(url) + " not started: the deadline has passed");
+  }
+  HttpRequest request;
+  request.url = url;
+  request.headers = std::move(headers);
+  // The HTTP layer asks this gate at every progress tick (about every 200 ms, bytes moving or
+  // not), so it bounds the whole request, not just the silences the stall check sees.
+  request.before_send = [this, &expired](std::size_t) { return !expired() && (!keep_going_ || keep_going_()); };
+  auto response = http_.Perform(request, max_bytes);
+  if (!response && response.error().kind() == ErrorKind::kCancelled) {
+    if (expired()) {
+      return MakeError(ErrorKind::kNetwork, what + " " + RedactUrl(url) +
+                                                " stopped: the answer did not arrive before the deadline (the server "
+                                                "sends it too slowly or not at all)");
+    }
+    if (keep_going_ && !keep_going_()) {
+      return MakeError(ErrorKind::kCancelled, what + " " + RedactUrl(url) + " stopped: the agent is stopping");
+    }
+  }
+  if (!response) return MakeError(response.error().WithContext(what));
+  return response;
+}
+
+// GET a QIDO-RS URL and return its entries (none for 204 or an empty body).
+Expected<std::vector<QidoDataset>> Client::Qido(const std::string& url, const std::vector<std::string>& tags) {
+  auto response = Get("QIDO-RS search", url, {{"Accept", kDicomJson}}, kMaxQidoBytes);
+  if (!response) return MakeError(response.error());
+  if (response->status == 204) return std::vector<QidoDataset>{};
+  if (response->status != 200) return StatusError("QIDO-RS search", url, response->status);
+  if (response->body.empty()) return std::vector<QidoDataset>{};
+  auto datasets = ParseQidoDatasets(response->body, tags, limits_);
+  if (!datasets) {
+    return MakeError(ErrorKind::kProtocol, "QIDO-RS search " + RedactUrl(url) + ": " + datasets.error().message() +
+                                               "; answer refused (limits in docs/results.md)");
+  }
+  return datasets;
+}
+
+namespace {
+std::string Lookup(const QidoDataset& dataset, const char* tag) {
+  const auto it = dataset.find(tag);
+  return it == dataset.end() ? std::string() : it->second;
+}
+}  // namespace
 
 Expected<std::vector<SeriesRef>> Client::SearchSeries(const std::string& study_uid) {
   if (auto ok = CheckUid(study_uid, "the study"); !ok) return MakeError(ok.error());
   const std::string url = root_ + "/studies/" + study_uid + "/series";
-  auto datasets = Qido(http_, url);
+  auto datasets = Qido(url, {"0020000E", "00080060", "00201209"});
   if (!datasets) return MakeError(datasets.error());
   std::vector<SeriesRef> out;
+  out.reserve(datasets->size());
   for (const auto& dataset : *datasets) {
     SeriesRef ref;
-    ref.series_uid = JsonTagString(dataset, "0020000E");
-    ref.modality = JsonTagString(dataset, "00080060");
+    ref.series_uid = Lookup(dataset, "0020000E");
+    ref.modality = Lookup(dataset, "00080060");
     if (ref.series_uid.empty()) {
-      return MakeError(ErrorKind::kProtocol, "QIDO-RS search " + url + ": a series has no SeriesInstanceUID");
+      return MakeError(ErrorKind::kProtocol, "QIDO-RS search " + RedactUrl(url) + ": a series has no SeriesInstanceUID");
     }
-    const std::string count = JsonTagString(dataset, "00201209");
+    const std::string count = Lookup(dataset, "00201209");
     if (!count.empty()) {
       const auto [end, ec] = std::from_chars(count.data(), count.data() + count.size(), ref.instance_count);
       if (ec != std::errc() || end != count.data() + count.size()) {
-        return MakeError(ErrorKind::kProtocol, "QIDO-RS search " + url + ": series " + ref.series_uid +
+        return MakeError(ErrorKind::kProtocol, "QIDO-RS search " + RedactUrl(url) + ": series " + ref.series_uid +
                                                    " has an invalid NumberOfSeriesRelatedInstances \"" + count + "\"");
       }
     }
@@ -261,13 +465,14 @@ Expected<std::vector<InstanceRef>> Client::SearchInstances(const std::string& st
   if (auto ok = CheckUid(study_uid, "the study"); !ok) return MakeError(ok.error());
   if (auto ok = CheckUid(series_uid, "the series"); !ok) return MakeError(ok.error());
   const std::string url = root_ + "/studies/" + study_uid + "/series/" + series_uid + "/instances";
-  auto datasets = Qido(http_, url);
+  auto datasets = Qido(url, {"00080018", "00080016"});
   if (!datasets) return MakeError(datasets.error());
   std::vector<InstanceRef> out;
+  out.reserve(datasets->size());
   for (const auto& dataset : *datasets) {
-    InstanceRef ref{JsonTagString(dataset, "00080018"), JsonTagString(dataset, "00080016")};
+    InstanceRef ref{Lookup(dataset, "00080018"), Lookup(dataset, "00080016")};
     if (ref.sop_instance_uid.empty()) {
-      return MakeError(ErrorKind::kProtocol, "QIDO-RS search " + url + ": an instance has no SOPInstanceUID");
+      return MakeError(ErrorKind::kProtocol, "QIDO-RS search " + RedactUrl(url) + ": an instance has no SOPInstanceUID");
     }
     out.push_back(std::move(ref));
   }
@@ -277,25 +482,32 @@ Expected<std::vector<InstanceRef>> Client::SearchInstances(const std::string& st
 Expected<std::vector<std::uint8_t>> Client::RetrieveInstance(const std::string& study_uid,
                                                              const std::string& series_uid,
                                                              const std::string& sop_instance_uid,
-                                                             std::uint64_t max_bytes) {
+                                                             std::uint64_t max_bytes, bool* over_limit) {
+  if (over_limit != nullptr) *over_limit = false;
   if (auto ok = CheckUid(study_uid, "the study"); !ok) return MakeError(ok.error());
   if (auto ok = CheckUid(series_uid, "the series"); !ok) return MakeError(ok.error());
   if (auto ok = CheckUid(sop_instance_uid, "the instance"); !ok) return MakeError(ok.error());
-  HttpRequest request;
-  request.url = root_ + "/studies/" + study_uid + "/series/" + series_uid + "/instances/" + sop_instance_uid;
-  request.headers = {{"Accept", "multipart/related; type=\"application/dicom\""}};
-  auto response = http_.Perform(request, max_bytes + kMultipartOverhead);
-  if (!response) return MakeError(response.error().WithContext("WADO-RS retrieve"));
-  if (response->status != 200) return StatusError("WADO-RS retrieve", request.url, response->status);
-  auto parts = ParseMultipartRelated(response->Header("Content-Type"), response->body);
-  if (!parts) return MakeError(parts.error().WithContext("WADO-RS retrieve " + request.url));
+  const std::string url = root_ + "/studies/" + study_uid + "/series/" + series_uid + "/instances/" + sop_instance_uid;
+  const std::string shown = RedactUrl(url);
+  auto response = Get("WADO-RS retrieve", url, {{"Accept", "multipart/related; type=\"application/dicom\""}},
+                      max_bytes + kMultipartOverhead);
+  if (!response) {
+    // The HTTP layer's only kProtocol error is a body over the cap it was given.
+    if (response.error().kind() == ErrorKind::kProtocol && over_limit != nullptr) *over_limit = true;
+    return MakeError(response.error());
+  }
+  if (response->status != 200) return StatusError("WADO-RS retrieve", url, response->status);
+  // One instance was asked for: a second part is refused before it is copied.
+  auto parts = ParseMultipartRelated(response->Header("Content-Type"), response->body, 1);
+  if (!parts) return MakeError(parts.error().WithContext("WADO-RS retrieve " + shown + " (expected exactly one instance)"));
   if (parts->size() != 1) {
-    return MakeError(ErrorKind::kProtocol, "WADO-RS retrieve " + request.url + ": expected exactly one instance, got " +
+    return MakeError(ErrorKind::kProtocol, "WADO-RS retrieve " + shown + ": expected exactly one instance, got " +
                                                std::to_string(parts->size()) + " parts");
   }
   const std::string& part = parts->front();
   if (part.size() > max_bytes) {
-    return MakeError(ErrorKind::kProtocol, "WADO-RS retrieve " + request.url + ": the instance has " +
+    if (over_limit != nullptr) *over_limit = true;
+    return MakeError(ErrorKind::kProtocol, "WADO-RS retrieve " + shown + ": the instance has " +
                                                std::to_string(part.size()) + " bytes, more than the limit of " +
                                                std::to_string(max_bytes));
   }

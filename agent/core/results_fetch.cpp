@@ -3,8 +3,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
-#include <map>
-#include <sstream>
+#include <set>
 
 #include "agent/common/log.hpp"
 #include "agent/core/http_options.hpp"
@@ -21,10 +20,21 @@ struct ResultsFetcher::Job {
   std::unique_ptr<transport::HttpClient> http;  // used on the worker thread only
   std::uint32_t received = 0;                   // counted on the worker thread
   std::uint32_t delivered = 0;
+  // Instances refused by this job (by the UID QIDO listed): not downloaded again while the job
+  // runs, so a server that keeps sending the wrong bytes costs one download per instance.
+  std::set<std::string> refused;
+  std::string first_refusal;  // the first refusal's message, for the outcome
+  std::string last_problem;   // the last transient error, for the timeout message
 };
 
 void ResultsFetcher::Complete(Job& job, Status status) {
-  job.done(ResultsOutcome{std::move(status), job.received, job.delivered});
+  if (status && !job.refused.empty()) {
+    status = MakeError(ErrorKind::kProtocol, "scan " + job.scan_uid + ": " + std::to_string(job.refused.size()) +
+                                                 " result instance(s) refused and not delivered; first: " +
+                                                 job.first_refusal);
+  }
+  job.done(ResultsOutcome{std::move(status), job.received, job.delivered,
+                          static_cast<std::uint32_t>(job.refused.size())});
 }
 
 Expected<std::unique_ptr<ResultsFetcher>> ResultsFetcher::Create(boost::asio::io_context& io, spool::Spool& spool,
@@ -74,12 +84,16 @@ void ResultsFetcher::Poll(std::shared_ptr<Job> job) {
         Complete(*job, MakeError(complete.error().WithContext("fetching results of scan " + job->scan_uid)));
         return;
       }
-      if (!complete) log::Warn("results", "scan " + job->scan_uid + ": " + complete.error().message() + "; will retry");
+      if (!complete) {
+        job->last_problem = complete.error().message();
+        log::Warn("results", "scan " + job->scan_uid + ": " + job->last_problem + "; will retry");
+      }
       if (std::chrono::steady_clock::now() + job->interval > job->deadline) {
+        const std::string problem = job->last_problem.empty() ? "" : " (last problem: " + job->last_problem + ")";
         Complete(*job, MakeError(ErrorKind::kNetwork,
                                  "no complete result series for scan " + job->scan_uid + " within " +
-                                     std::to_string(results_.timeout_s) +
-                                     " s; the raw data is safe in the spool and the agent keeps asking on its "
+                                     std::to_string(results_.timeout_s) + " s (results.timeout_s)" + problem +
+                                     "; the raw data is safe in the spool and the agent keeps asking on its "
                                      "next run"));
         return;
       }
@@ -92,45 +106,43 @@ void ResultsFetcher::Poll(std::shared_ptr<Job> job) {
 
 Expected<bool> ResultsFetcher::PollOnce(Job& job) {
   transport::dicomweb::Client dicomweb(*job.http, dicomweb_url_);
+  // Each request ends by the job's deadline or when the fetcher stops, whatever the server does.
+  dicomweb.SetDeadline(job.deadline, [this] { return !stopping_.load(); });
   auto series = dicomweb.SearchSeries(job.study_uid);
   if (!series) return MakeError(series.error());
   auto record = spool_.Get(job.scan_uid);
   if (!record) return MakeError(record.error());
-  std::map<std::string, bool> have;
-  for (const auto& r : record->results) have[r.sop_instance_uid] = true;
+  std::set<std::string> have;
+  for (const auto& r : record->results) have.insert(r.sop_instance_uid);
 
+  // Distinct UIDs only: a series or an instance listed twice is one series or one image, so
+  // completeness and the counts never rest on a repeated entry.
+  std::set<std::string> series_seen;
+  std::set<std::string> listed;
   bool any_complete = false;
   for (const auto& s : *series) {
+    if (!series_seen.insert(s.series_uid).second) continue;
     auto instances = dicomweb.SearchInstances(job.study_uid, s.series_uid);
     if (!instances) return MakeError(instances.error());
     std::uint32_t stored = 0;
     std::uint32_t expected = 0;
     for (const auto& inst : *instances) {
-      const auto path = spool_.ResultPath(job.scan_uid, inst.sop_instance_uid);
+      if (!listed.insert(inst.sop_instance_uid).second) {
+        log::Warn("results", "scan " + job.scan_uid + ": instance " + inst.sop_instance_uid +
+                                 " is listed more than once by the imaging center; counted once");
+        continue;
+      }
+      if (job.refused.count(inst.sop_instance_uid)) continue;
       if (!have.count(inst.sop_instance_uid)) {
-        auto bytes = dicomweb.RetrieveInstance(job.study_uid, s.series_uid, inst.sop_instance_uid,
-                                               results_.max_instance_bytes);
-        if (!bytes) return MakeError(bytes.error());
-        auto info = results::ValidateInstance(*bytes, job.study_uid, results::DefaultAllowedSopClasses());
-        if (!info) {
-          // A bad instance from the cloud is reported and skipped, never delivered.
-          log::Error("results", "scan " + job.scan_uid + ": rejected instance " + inst.sop_instance_uid + ": " +
-                                    info.error().message());
-          continue;
-        }
-        auto stored_path = spool_.StoreResult(job.scan_uid, info->sop_instance_uid, *bytes);
-        if (!stored_path) return MakeError(stored_path.error());
-        if (auto st = spool_.Update(job.scan_uid, [&](spool::ScanRecord& r) {
-              r.results.push_back({info->sop_instance_uid, info->series_uid, info->sop_class_uid, false});
-            });
-            !st) {
-          return MakeError(st.error());
-        }
-        have[inst.sop_instance_uid] = true;
+        auto info = FetchInstance(job, dicomweb, s.series_uid, inst.sop_instance_uid);
+        if (!info) return MakeError(info.error());
+        if (!*info) continue;  // refused
+        have.insert(inst.sop_instance_uid);
         ++job.received;
-        expected = std::max(expected, info->images_in_acquisition);
+        expected = std::max(expected, (*info)->images_in_acquisition);
       } else if (expected == 0) {
-        auto info = results::ValidateInstanceFile(path, job.study_uid, results::DefaultAllowedSopClasses());
+        auto info = results::ValidateInstanceFile(spool_.ResultPath(job.scan_uid, inst.sop_instance_uid),
+                                                  job.study_uid, results::DefaultAllowedSopClasses());
         if (info) expected = info->images_in_acquisition;
       }
       ++stored;
@@ -146,6 +158,61 @@ Expected<bool> ResultsFetcher::PollOnce(Job& job) {
     }
   }
   return any_complete;
+}
+
+Expected<std::optional<results::InstanceInfo>> ResultsFetcher::FetchInstance(Job& job,
+                                                                             transport::dicomweb::Client& dicomweb,
+                                                                             const std::string& series_uid,
+                                                                             const std::string& sop_instance_uid) {
+  const std::string label = "result instance " + sop_instance_uid + " of scan " + job.scan_uid;
+  // The spool budget bounds the download: none starts without room, and one larger than the
+  // room left stops there (nothing of it reaches the disk).
+  const std::uint64_t room = spool_.ResultsRoom();
+  if (room == 0) {
+    auto st = spool_.CheckResultsRoom(1, label);
+    return MakeError(st ? Error(ErrorKind::kNoSpace, label + " not downloaded: the spool has no room left") : st.error());
+  }
+  const std::uint64_t cap = std::min<std::uint64_t>(results_.max_instance_bytes, room);
+  bool over_limit = false;
+  auto bytes = dicomweb.RetrieveInstance(job.study_uid, series_uid, sop_instance_uid, cap, &over_limit);
+  if (!bytes && over_limit && cap < results_.max_instance_bytes) {
+    auto st = spool_.CheckResultsRoom(cap + 1, label);
+    return MakeError(ErrorKind::kNoSpace,
+                     (st ? label + " does not fit the " + std::to_string(cap) + " bytes the spool has left"
+                         : st.error().message()) +
+                         " (download stopped at that size)");
+  }
+  if (!bytes) return MakeError(bytes.error());
+
+  // A bad instance from the cloud is refused: never stored, never delivered, and it does not
+  // count towards a complete series.
+  const auto refuse = [&](const std::string& why) -> Expected<std::optional<results::InstanceInfo>> {
+    log::Error("results", "scan " + job.scan_uid + ": refused " + why);
+    if (job.refused.empty()) job.first_refusal = why;
+    job.refused.insert(sop_instance_uid);
+    return std::optional<results::InstanceInfo>();
+  };
+  auto info = results::ValidateInstance(*bytes, job.study_uid, results::DefaultAllowedSopClasses());
+  if (!info) return refuse("instance " + sop_instance_uid + ": " + info.error().message());
+  // The bytes must be the instance that was asked for: filed under another UID they could
+  // replace a result already kept, or be counted and delivered twice.
+  if (info->sop_instance_uid != sop_instance_uid || info->series_uid != series_uid) {
+    return refuse("instance " + sop_instance_uid + " of series " + series_uid +
+                  ": the imaging center answered with instance " + info->sop_instance_uid + " of series " +
+                  info->series_uid + " instead (WADO-RS answer does not match its QIDO-RS entry)");
+  }
+  auto stored_path = spool_.StoreResult(job.scan_uid, sop_instance_uid, *bytes);
+  if (!stored_path) return MakeError(stored_path.error());
+  if (auto st = spool_.Update(job.scan_uid, [&](spool::ScanRecord& r) {
+        for (const auto& existing : r.results) {
+          if (existing.sop_instance_uid == sop_instance_uid) return;
+        }
+        r.results.push_back({sop_instance_uid, info->series_uid, info->sop_class_uid, false});
+      });
+      !st) {
+    return MakeError(st.error());
+  }
+  return std::optional<results::InstanceInfo>(std::move(*info));
 }
 
 void ResultsFetcher::Deliver(std::shared_ptr<Job> job) {

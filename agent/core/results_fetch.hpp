@@ -10,11 +10,13 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "agent/results/results.hpp"
 #include "agent/spool/spool.hpp"
 #include "config/config.hpp"
+#include "transport/dicomweb.hpp"
 #include "transport/http.hpp"
 
 namespace ctagent::core {
@@ -22,8 +24,11 @@ namespace ctagent::core {
 // What one FetchAndDeliver did for its scan.
 struct ResultsOutcome {
   Status status = Ok();
-  std::uint32_t instances_received = 0;   // validated and stored in the spool by this call
-  std::uint32_t instances_delivered = 0;  // sent to the console by this call
+  std::uint32_t instances_received = 0;   // distinct instances validated and stored in the spool by this call
+  std::uint32_t instances_delivered = 0;  // distinct instances sent to the console by this call
+  // Instances refused by this call: invalid, of another study, or not the instance QIDO listed.
+  // Never stored or delivered; when any were, `status` is an error that names the first.
+  std::uint32_t instances_refused = 0;
 };
 
 // One fetcher serves any number of scans at once on one event loop: each FetchAndDeliver is an
@@ -39,7 +44,11 @@ class ResultsFetcher {
   ~ResultsFetcher();
 
   // Polls until a complete series arrived (or results.timeout_s passed), then delivers it to
-  // the console if enabled. `done` runs on the io_context.
+  // the console if enabled. `done` runs on the io_context. Every DICOMweb request of the job
+  // ends by the job's deadline (results.timeout_s from now) and when Stop() is called, so a
+  // server that trickles its answers cannot hold the scan longer. Each downloaded instance must
+  // be the one its QIDO-RS entry names (SOP instance, series and study UIDs); an instance listed
+  // twice counts once; results count against the spool budget (Spool::ResultsRoom).
   void FetchAndDeliver(const std::string& scan_uid, const std::string& study_uid, Done done);
 
   void Stop();
@@ -53,6 +62,11 @@ class ResultsFetcher {
   static void Complete(Job& job, Status status);  // on the io_context
   // Blocking: one QIDO/WADO round. True when a complete series is stored locally.
   Expected<bool> PollOnce(Job& job);
+  // Blocking: downloads, checks and stores one listed instance. Empty when it was refused
+  // (recorded in the job); an error ends the round (kNoSpace: the spool budget is exhausted).
+  Expected<std::optional<results::InstanceInfo>> FetchInstance(Job& job, transport::dicomweb::Client& dicomweb,
+                                                               const std::string& series_uid,
+                                                               const std::string& sop_instance_uid);
 
   boost::asio::io_context& io_;
   spool::Spool& spool_;

@@ -714,6 +714,51 @@ SpaceReport Spool::Space() {
   return SpaceLocked();
 }
 
+std::uint64_t Spool::ResultsRoomLocked() {
+  const SpaceReport space = SpaceLocked();
+  const std::uint64_t committed = space.used_bytes + space.reserved_bytes;
+  const std::uint64_t budget_left = options_.max_bytes > committed ? options_.max_bytes - committed : 0;
+  // Acquiring scans' reservations are not on disk yet but will be: they are not results' room.
+  const std::uint64_t keep_free = space.reserved_bytes + options_.min_free_bytes;
+  const std::uint64_t free_left =
+      space.filesystem_free_bytes > keep_free ? space.filesystem_free_bytes - keep_free : 0;
+  return std::min(budget_left, free_left);
+}
+
+std::uint64_t Spool::ResultsRoom() {
+  std::lock_guard lock(mutex_);
+  return ResultsRoomLocked();
+}
+
+Status Spool::CheckResultsRoomLocked(std::uint64_t bytes, const std::string& what) {
+  const SpaceReport space = SpaceLocked();
+  const std::uint64_t committed = space.used_bytes + space.reserved_bytes;
+  const std::string later =
+      "; the results stay in the imaging center and are fetched again on the agent's next run once there is room";
+  if (committed + bytes > options_.max_bytes) {
+    return MakeError(ErrorKind::kNoSpace,
+                     what + " (" + std::to_string(bytes) + " bytes) does not fit the spool budget: " +
+                         options_.directory.string() + " has " + std::to_string(committed) + " of its " +
+                         std::to_string(options_.max_bytes) +
+                         " bytes (spool.max_bytes) in use or reserved; wait for retention to free space or raise "
+                         "spool.max_bytes" + later);
+  }
+  if (space.filesystem_free_bytes < bytes + space.reserved_bytes + options_.min_free_bytes) {
+    return MakeError(ErrorKind::kNoSpace,
+                     what + " (" + std::to_string(bytes) + " bytes) does not fit: the file system of " +
+                         options_.directory.string() + " has " + std::to_string(space.filesystem_free_bytes) +
+                         " bytes free, " + std::to_string(space.reserved_bytes) + " are reserved for acquiring scans and " +
+                         std::to_string(options_.min_free_bytes) +
+                         " must stay free (spool.min_free_bytes); free disk space" + later);
+  }
+  return Ok();
+}
+
+Status Spool::CheckResultsRoom(std::uint64_t bytes, const std::string& what) {
+  std::lock_guard lock(mutex_);
+  return CheckResultsRoomLocked(bytes, what);
+}
+
 // ---- The public operations ------------------------------------------------------------------
 
 Status Spool::BeginScan(ScanRecord record, std::uint64_t bytes) {
@@ -980,6 +1025,14 @@ Expected<std::filesystem::path> Spool::StoreResult(const std::string& scan_uid, 
     return MakeError(ErrorKind::kProtocol, "\"" + sop_instance_uid + "\" is not a valid SOP instance UID");
   }
   if (!IsValidDicomUid(scan_uid)) return MakeError(ErrorKind::kInvalidInput, "\"" + scan_uid + "\" is not a scan UID");
+  {
+    // Checked before any byte is written. Two writers racing past the check together could
+    // overshoot by one instance; the fetcher stores results from one thread.
+    std::lock_guard lock(mutex_);
+    if (auto st = CheckResultsRoomLocked(part10.size(), "result instance " + sop_instance_uid); !st) {
+      return MakeError(st.error());
+    }
+  }
   const auto dir = ScanDir(scan_uid) / "results";
   if (auto st = files_.CreateDirectories(dir); !st) return MakeError(st.error());
   const auto path = ResultPath(scan_uid, sop_instance_uid);

@@ -188,7 +188,16 @@ class Spool {
   // Reads a chunk file and checks it against the SHA-256 recorded when it was written.
   Expected<std::vector<std::uint8_t>> ReadChunk(const std::string& scan_uid, std::uint32_t index);
   Expected<std::vector<std::uint8_t>> ReadManifest(const std::string& scan_uid);
+  // Results count against the same budget as chunks (docs/durability.md, "Results and the spool
+  // budget"): ResultsRoom() is how many bytes of results the spool can take now, the least of
+  // what max_bytes leaves after the files and the acquiring scans' reservations, and of the file
+  // system's free space above min_free_bytes and those reservations (0: none).
+  std::uint64_t ResultsRoom();
+  // OK when `bytes` more fit ResultsRoom(); else kNoSpace naming `what`, the numbers and the
+  // setting that limits, and saying the results stay fetchable.
+  Status CheckResultsRoom(std::uint64_t bytes, const std::string& what);
   // Stores a result instance durably under the scan's results/ folder; returns its path.
+  // Refused (kNoSpace, nothing written) when it does not fit ResultsRoom().
   Expected<std::filesystem::path> StoreResult(const std::string& scan_uid, const std::string& sop_instance_uid,
                                               std::span<const std::uint8_t> part10);
   std::filesystem::path ResultPath(const std::string& scan_uid, const std::string& sop_instance_uid) const;
@@ -219,6 +228,8 @@ class Spool {
   Status CompactLocked();
   Status MarkDamaged(const std::string& scan_uid, std::int64_t chunk_index, const std::string& why);
   SpaceReport SpaceLocked();
+  std::uint64_t ResultsRoomLocked();
+  Status CheckResultsRoomLocked(std::uint64_t bytes, const std::string& what);
   std::int64_t NowUnixSeconds() const;
 
   SpoolOptions options_;
