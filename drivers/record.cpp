@@ -101,9 +101,10 @@ int RecordCommand(const std::vector<std::string>& args) {
     std::fprintf(stderr, "record: %s\n", views.error().message().c_str());
     return 1;
   }
-  std::printf("recorded %llu %s of %u rows x %u channels (%s beam, %u views per rotation) to %s\n",
+  std::printf("recorded %llu %s of %u rows x %u channels (%s beam, %u %s per rotation) to %s\n",
               static_cast<unsigned long long>(*views), *views == 1 ? "view" : "views", protocol.rows,
-              protocol.channels, ToString(protocol.geometry), protocol.views_per_rotation, out.c_str());
+              protocol.channels, ToString(protocol.geometry), protocol.views_per_rotation,
+              protocol.views_per_rotation == 1 ? "view" : "views", out.c_str());
   return 0;
 }
 

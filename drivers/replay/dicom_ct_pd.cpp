@@ -39,8 +39,8 @@ constexpr PrivateTag kShiftZ{0x7033, 0x0C, "SourceAxialPositionShift"};
 constexpr PrivateTag kShiftRadius{0x7033, 0x0D, "SourceRadialDistanceShift"};
 constexpr PrivateTag kFlyingFocalSpot{0x7033, 0x0E, "FlyingFocalSpotMode"};
 constexpr PrivateTag kAngularSteps{0x7033, 0x13, "NumberofSourceAngularSteps"};
-constexpr PrivateTag kScanType{0x7037, 0x09, "TypeofProjectionData"};
-constexpr PrivateTag kBeamType{0x7037, 0x0A, "TypeofProjectionGeometry"};
+constexpr PrivateTag kScanType{0x7037, 0x09, "scan type (AXIAL, HELICAL)"};
+constexpr PrivateTag kBeamType{0x7037, 0x0A, "beam type (FANBEAM)"};
 constexpr std::array<Uint16, 4> kCtPdGroups{0x7029, 0x7031, 0x7033, 0x7037};
 
 // The ctagent block (group 0019, creator "CTAGENT 1").
@@ -601,9 +601,10 @@ AdoptedProtocol ProtocolFromDicomCtPd(const DicomCtPdInfo& info, const ScanProto
     // is one "rotation" of all of them, at the configured view rate.
     p.views_per_rotation = static_cast<std::uint32_t>(info.views);
     p.rotations = 1;
-    notes.push_back("the recording's " + std::to_string(info.views) + " views are not whole rotations of " +
-                    std::to_string(per_rotation) + " views; replayed as one rotation of " +
-                    std::to_string(info.views) + " views (each view keeps its recorded angle)");
+    const std::string views = std::to_string(info.views) + (info.views == 1 ? " view" : " views");
+    notes.push_back("the recording's " + views + " (" + (info.views == 1 ? "is" : "are") +
+                    " not whole rotations of " + std::to_string(per_rotation) + " views); replayed as one rotation of " +
+                    views + " (each view keeps its recorded angle)");
   }
   if (info.ctagent_rotation_time_s && *info.ctagent_rotation_time_s > 0) {
     p.rotation_time_s = *info.ctagent_rotation_time_s;
