@@ -25,13 +25,15 @@ struct ResultsFetcher::Job {
   std::set<std::string> refused;
   std::string first_refusal;  // the first refusal's message, for the outcome
   std::string last_problem;   // the last transient error, for the timeout message
+  std::set<std::string> duplicates_logged;  // instances listed twice, logged once per job
 };
 
 void ResultsFetcher::Complete(Job& job, Status status) {
-  if (status && !job.refused.empty()) {
-    status = MakeError(ErrorKind::kProtocol, "scan " + job.scan_uid + ": " + std::to_string(job.refused.size()) +
-                                                 " result instance(s) refused and not delivered; first: " +
-                                                 job.first_refusal);
+  if (!job.refused.empty()) {
+    const std::string refused = std::to_string(job.refused.size()) +
+                                " result instance(s) refused and not delivered; first: " + job.first_refusal;
+    status = status ? MakeError(ErrorKind::kProtocol, "scan " + job.scan_uid + ": " + refused)
+                    : MakeError(Error(status.error().kind(), status.error().message() + "; " + refused));
   }
   job.done(ResultsOutcome{std::move(status), job.received, job.delivered,
                           static_cast<std::uint32_t>(job.refused.size())});
@@ -128,8 +130,10 @@ Expected<bool> ResultsFetcher::PollOnce(Job& job) {
     std::uint32_t expected = 0;
     for (const auto& inst : *instances) {
       if (!listed.insert(inst.sop_instance_uid).second) {
-        log::Warn("results", "scan " + job.scan_uid + ": instance " + inst.sop_instance_uid +
-                                 " is listed more than once by the imaging center; counted once");
+        if (job.duplicates_logged.insert(inst.sop_instance_uid).second) {
+          log::Warn("results", "scan " + job.scan_uid + ": instance " + inst.sop_instance_uid +
+                                   " is listed more than once by the imaging center; counted once");
+        }
         continue;
       }
       if (job.refused.count(inst.sop_instance_uid)) continue;

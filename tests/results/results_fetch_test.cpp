@@ -1,0 +1,423 @@
+// The results fetcher (agent/core/results_fetch.hpp) against the hostile-server harness over HTTPS
+// on loopback (tests/support/hostile_server): QIDO-RS answers and WADO-RS instances are static
+// rules, the instances real DICOM built here with DCMTK. Each case is a defect of issue 18:
+// an instance listed twice, a WADO-RS answer carrying another instance than asked, downloads
+// past the spool budget, and a QIDO-RS answer trickled a byte at a time.
+#include <vector>
+
+#include <dcmtk/config/osconfig.h>
+#include <dcmtk/dcmdata/dcdeftag.h>
+#include <dcmtk/dcmdata/dcfilefo.h>
+#include <dcmtk/dcmdata/dcuid.h>
+
+#include <catch2/catch.hpp>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/common/durable_file.hpp"
+#include "agent/common/sha256.hpp"
+#include "agent/common/uid.hpp"
+#include "agent/core/results_fetch.hpp"
+#include "agent/spool/simulated_disk.hpp"
+#include "agent/spool/spool.hpp"
+#include "tests/support/hostile_server.hpp"
+#include "tests/support/process.hpp"
+
+namespace fs = std::filesystem;
+using namespace ctagent;
+using test::HostileServer;
+using test::TempDir;
+
+namespace {
+
+constexpr const char* kBoundary = "ctagent-test-boundary";
+
+// A 64x64 CT slice of `series` in `study` whose series is complete at `images_in_acquisition`
+// instances, as DICOM Part 10 bytes.
+std::vector<std::uint8_t> MakeCt(const std::string& study, const std::string& series, const std::string& sop,
+                                 int images_in_acquisition, int seed, const fs::path& scratch) {
+  DcmFileFormat file;
+  DcmDataset& ds = *file.getDataset();
+  REQUIRE(ds.putAndInsertString(DCM_SOPClassUID, UID_CTImageStorage).good());
+  REQUIRE(ds.putAndInsertString(DCM_SOPInstanceUID, sop.c_str()).good());
+  REQUIRE(ds.putAndInsertString(DCM_StudyInstanceUID, study.c_str()).good());
+  REQUIRE(ds.putAndInsertString(DCM_SeriesInstanceUID, series.c_str()).good());
+  REQUIRE(ds.putAndInsertString(DCM_Modality, "CT").good());
+  REQUIRE(ds.putAndInsertString(DCM_ImagesInAcquisition, std::to_string(images_in_acquisition).c_str()).good());
+  REQUIRE(ds.putAndInsertUint16(DCM_SamplesPerPixel, 1).good());
+  REQUIRE(ds.putAndInsertString(DCM_PhotometricInterpretation, "MONOCHROME2").good());
+  REQUIRE(ds.putAndInsertUint16(DCM_Rows, 64).good());
+  REQUIRE(ds.putAndInsertUint16(DCM_Columns, 64).good());
+  REQUIRE(ds.putAndInsertUint16(DCM_BitsAllocated, 16).good());
+  REQUIRE(ds.putAndInsertUint16(DCM_BitsStored, 16).good());
+  REQUIRE(ds.putAndInsertUint16(DCM_HighBit, 15).good());
+  REQUIRE(ds.putAndInsertUint16(DCM_PixelRepresentation, 1).good());
+  std::vector<Uint16> pixels(64 * 64);
+  for (std::size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<Uint16>(i * 7 + static_cast<std::size_t>(seed) * 131);
+  REQUIRE(ds.putAndInsertUint16Array(DCM_PixelData, pixels.data(), static_cast<unsigned long>(pixels.size())).good());
+  const fs::path path = scratch / (sop + ".dcm");
+  REQUIRE(file.saveFile(OFFilename(path.c_str()), EXS_LittleEndianExplicit).good());
+  const std::string text = test::ReadText(path);
+  return {text.begin(), text.end()};
+}
+
+// A UID as a regular expression that matches only itself.
+std::string Re(const std::string& uid) {
+  std::string out;
+  for (char c : uid) {
+    if (c == '.') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+nlohmann::json Attribute(const char* vr, const std::string& value) { return {{"vr", vr}, {"Value", {value}}}; }
+
+// The imaging center as static rules: one series of `study`, its instance list `listed` (in that
+// order, repeats allowed), and for each instance UID the file its WADO-RS answer sends.
+struct Cloud {
+  std::string study = MintDicomUid();
+  std::string series = MintDicomUid();
+  std::vector<std::string> listed;
+  std::map<std::string, std::vector<std::uint8_t>> answers;  // asked-for UID -> Part 10 bytes sent
+
+  nlohmann::json Rules(const fs::path& dir) const {
+    const std::string base = "^/dicom-web/studies/" + Re(study) + "/series";
+    nlohmann::json series_answer = nlohmann::json::array(
+        {{{"0020000E", Attribute("UI", series)}, {"00080060", Attribute("CS", "CT")}}});
+    nlohmann::json instances_answer = nlohmann::json::array();
+    for (const auto& uid : listed) {
+      instances_answer.push_back({{"00080018", Attribute("UI", uid)}, {"00080016", Attribute("UI", UID_CTImageStorage)}});
+    }
+    const nlohmann::json json_headers = {{"Content-Type", "application/dicom+json"}};
+    nlohmann::json rules = nlohmann::json::array();
+    rules.push_back({{"method", "GET"}, {"path", base + "(\\?.*)?$"},
+                     {"action", {{"status", 200}, {"headers", json_headers}, {"body", series_answer.dump()}}}});
+    rules.push_back({{"method", "GET"}, {"path", base + "/" + Re(series) + "/instances(\\?.*)?$"},
+                     {"action", {{"status", 200}, {"headers", json_headers}, {"body", instances_answer.dump()}}}});
+    for (const auto& [uid, bytes] : answers) {
+      const fs::path file = dir / ("wado-" + uid + ".multipart");
+      std::ofstream out(file, std::ios::binary);
+      out << "--" << kBoundary << "\r\nContent-Type: application/dicom\r\n\r\n";
+      out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+      out << "\r\n--" << kBoundary << "--\r\n";
+      REQUIRE(out);
+      rules.push_back(
+          {{"method", "GET"},
+           {"path", base + "/" + Re(series) + "/instances/" + Re(uid) + "$"},
+           {"action",
+            {{"status", 200},
+             {"headers", {{"Content-Type", std::string("multipart/related; type=\"application/dicom\"; boundary=") + kBoundary}}},
+             {"body_file", file.string()}}}});
+    }
+    return rules;
+  }
+
+  // How many WADO-RS requests asked for `uid`.
+  static std::size_t Retrievals(const HostileServer& server, const std::string& uid) {
+    std::size_t n = 0;
+    for (const auto& r : server.Requests()) {
+      if (r.value("path", "").ends_with("/instances/" + uid)) ++n;
+    }
+    return n;
+  }
+};
+
+// A spool holding one uploaded scan of `study` with one chunk, as the results phase finds it.
+struct ScanInSpool {
+  std::unique_ptr<spool::Spool> spool;
+  spool::ScanRecord record;
+  std::vector<std::uint8_t> chunk = test::RandomBytes(4096, 18);
+
+  ScanInSpool(FileStore& files, const spool::SpoolOptions& options, const std::string& study) {
+    auto opened = spool::Spool::Open(options, files);
+    REQUIRE(opened);
+    spool = std::move(*opened);
+    record.scan_uid = MintDicomUid();
+    record.study_uid = study;
+    record.created_utc = "2026-12-05T04:00:00Z";
+    REQUIRE(spool->BeginScan(record, 0));
+    const codec::ManifestChunk c{0, 0, 16, chunk.size() * 2, chunk.size(), Sha256Hex(chunk), Sha256Hex(chunk)};
+    REQUIRE(spool->AddChunk(record.scan_uid, c, chunk));
+    REQUIRE(spool->Update(record.scan_uid, [](spool::ScanRecord& r) { r.state = spool::ScanState::kUploaded; }));
+  }
+
+  spool::ScanRecord Now() const {
+    auto r = spool->Get(record.scan_uid);
+    REQUIRE(r);
+    return *r;
+  }
+  // The scan's raw data is still there and intact.
+  void CheckDataKept() const {
+    auto back = spool->ReadChunk(record.scan_uid, 0);
+    REQUIRE(back);
+    CHECK(*back == chunk);
+  }
+};
+
+config::AgentConfig ConfigFor(const HostileServer& server, std::uint32_t timeout_s) {
+  config::AgentConfig config;
+  config.cloud.dicomweb_url = server.origin() + "/dicom-web";
+  config.cloud.tls.ca_file = server.ca_file();
+  config.cloud.connect_timeout_s = 5;
+  config.cloud.stall_timeout_s = 30;
+  config.results.poll_interval_ms = 100;
+  config.results.poll_max_interval_ms = 200;
+  config.results.timeout_s = timeout_s;
+  config.console.enabled = false;
+  return config;
+}
+
+struct FetchRun {
+  std::optional<core::ResultsOutcome> outcome;
+  std::chrono::steady_clock::duration took{};
+};
+
+// Runs one FetchAndDeliver to its end, or until `bound` passes (then `outcome` is empty).
+FetchRun Fetch(spool::Spool& sp, const config::AgentConfig& config, const spool::ScanRecord& scan,
+               std::chrono::seconds bound) {
+  boost::asio::io_context io;
+  auto fetcher = core::ResultsFetcher::Create(io, sp, config);
+  REQUIRE(fetcher);
+  FetchRun run;
+  const auto started = std::chrono::steady_clock::now();
+  (*fetcher)->FetchAndDeliver(scan.scan_uid, scan.study_uid, [&](const core::ResultsOutcome& outcome) {
+    run.outcome = outcome;
+    run.took = std::chrono::steady_clock::now() - started;
+    io.stop();
+  });
+  boost::asio::steady_timer guard(io, bound);
+  guard.async_wait([&](const boost::system::error_code& ec) {
+    if (!ec) io.stop();
+  });
+  auto work = boost::asio::make_work_guard(io);
+  io.run();
+  (*fetcher)->Stop();
+  return run;
+}
+
+std::string Message(const core::ResultsOutcome& outcome) {
+  return outcome.status ? std::string("OK") : outcome.status.error().message();
+}
+
+}  // namespace
+
+TEST_CASE("results fetch: an instance QIDO lists twice counts once, so a series is not complete early",
+          "[results][fetch][hostile]") {
+  TempDir dir("results-fetch-dup");
+  Cloud cloud;
+  const std::string a = MintDicomUid();
+  const std::string b = MintDicomUid();
+  // The series will hold 3 images; the cloud has 2 so far and lists the first one twice.
+  cloud.listed = {a, a, b};
+  cloud.answers[a] = MakeCt(cloud.study, cloud.series, a, 3, 1, dir.path());
+  cloud.answers[b] = MakeCt(cloud.study, cloud.series, b, 3, 2, dir.path());
+  auto server = HostileServer::Start(cloud.Rules(dir.path()));
+  PosixFileStore files;
+  ScanInSpool scan(files, {dir.path() / "spool", 1ull << 30, 0}, cloud.study);
+
+  const auto run = Fetch(*scan.spool, ConfigFor(*server, 2), scan.record, std::chrono::seconds(60));
+  REQUIRE(run.outcome);
+  INFO(Message(*run.outcome));
+  // Two distinct images of three: still waiting when results.timeout_s ends the phase.
+  CHECK_FALSE(run.outcome->status);
+  CHECK_THAT(Message(*run.outcome), Catch::Contains("no complete result series"));
+  CHECK(run.outcome->instances_received == 2);
+  const auto record = scan.Now();
+  CHECK(record.state == spool::ScanState::kUploaded);
+  REQUIRE(record.results.size() == 2);
+  CHECK(std::set<std::string>{record.results[0].sop_instance_uid, record.results[1].sop_instance_uid} ==
+        std::set<std::string>{a, b});
+  CHECK(Cloud::Retrievals(*server, a) == 1);
+  scan.CheckDataKept();
+
+  SECTION("once the third image is listed, the series completes with three distinct instances") {
+    const std::string c = MintDicomUid();
+    cloud.listed = {a, b, a, c, b};
+    cloud.answers[c] = MakeCt(cloud.study, cloud.series, c, 3, 3, dir.path());
+    server->SetRules(cloud.Rules(dir.path()));
+    const auto second = Fetch(*scan.spool, ConfigFor(*server, 20), scan.record, std::chrono::seconds(60));
+    REQUIRE(second.outcome);
+    INFO(Message(*second.outcome));
+    REQUIRE(second.outcome->status);
+    CHECK(second.outcome->instances_received == 1);
+    const auto done = scan.Now();
+    CHECK(done.state == spool::ScanState::kResultsReceived);
+    CHECK(done.results.size() == 3);
+    const auto stored = scan.spool->ResultPath(scan.record.scan_uid, c);
+    const std::string text = test::ReadText(stored);
+    CHECK(std::vector<std::uint8_t>(text.begin(), text.end()) == cloud.answers[c]);
+  }
+}
+
+TEST_CASE("results fetch: a WADO-RS answer that is not the instance QIDO listed is refused",
+          "[results][fetch][hostile]") {
+  TempDir dir("results-fetch-wrong");
+  Cloud cloud;
+  const std::string a = MintDicomUid();
+  const std::string b = MintDicomUid();
+  const std::string c = MintDicomUid();
+  cloud.listed = {a, b, c};
+  cloud.answers[a] = MakeCt(cloud.study, cloud.series, a, 3, 1, dir.path());
+  // Asked for b, the server sends a again; asked for c, it sends a c of another series.
+  cloud.answers[b] = cloud.answers[a];
+  cloud.answers[c] = MakeCt(cloud.study, MintDicomUid(), c, 3, 3, dir.path());
+  auto server = HostileServer::Start(cloud.Rules(dir.path()));
+  PosixFileStore files;
+  ScanInSpool scan(files, {dir.path() / "spool", 1ull << 30, 0}, cloud.study);
+
+  const auto run = Fetch(*scan.spool, ConfigFor(*server, 2), scan.record, std::chrono::seconds(60));
+  REQUIRE(run.outcome);
+  const std::string message = Message(*run.outcome);
+  INFO(message);
+  REQUIRE_FALSE(run.outcome->status);
+  CHECK(run.outcome->instances_received == 1);
+  CHECK(run.outcome->instances_refused == 2);
+  CHECK(run.outcome->instances_delivered == 0);
+  CHECK_THAT(message, Catch::Contains("refused") && Catch::Contains(b) && Catch::Contains("answered with instance " + a));
+  // Only a is kept, under its own name and with its own bytes; b and c are nowhere.
+  const auto record = scan.Now();
+  CHECK(record.state == spool::ScanState::kUploaded);
+  REQUIRE(record.results.size() == 1);
+  CHECK(record.results[0].sop_instance_uid == a);
+  const std::string kept = test::ReadText(scan.spool->ResultPath(scan.record.scan_uid, a));
+  CHECK(std::vector<std::uint8_t>(kept.begin(), kept.end()) == cloud.answers[a]);
+  CHECK_FALSE(fs::exists(scan.spool->ResultPath(scan.record.scan_uid, b)));
+  CHECK_FALSE(fs::exists(scan.spool->ResultPath(scan.record.scan_uid, c)));
+  // A refused instance is not downloaded again by the same job, however often it polls.
+  CHECK(Cloud::Retrievals(*server, b) == 1);
+  CHECK(Cloud::Retrievals(*server, c) == 1);
+  scan.CheckDataKept();
+}
+
+TEST_CASE("results fetch: downloads stop at spool.max_bytes and the rest is fetched once there is room",
+          "[results][fetch][hostile]") {
+  TempDir dir("results-fetch-budget");
+  Cloud cloud;
+  constexpr int kImages = 8;  // about 8.5 KiB each
+  for (int i = 0; i < kImages; ++i) {
+    const std::string uid = MintDicomUid();
+    cloud.listed.push_back(uid);
+    cloud.answers[uid] = MakeCt(cloud.study, cloud.series, uid, kImages, i, dir.path());
+  }
+  auto server = HostileServer::Start(cloud.Rules(dir.path()));
+  PosixFileStore files;
+  const fs::path spool_dir = dir.path() / "spool";
+  constexpr std::uint64_t kBudget = 48 * 1024;  // room for some of the images, not all
+  std::string scan_uid;
+  {
+    ScanInSpool scan(files, {spool_dir, kBudget, 0}, cloud.study);
+    scan_uid = scan.record.scan_uid;
+    const auto run = Fetch(*scan.spool, ConfigFor(*server, 20), scan.record, std::chrono::seconds(60));
+    REQUIRE(run.outcome);
+    const std::string message = Message(*run.outcome);
+    INFO(message);
+    REQUIRE_FALSE(run.outcome->status);
+    CHECK(run.outcome->status.error().kind() == ErrorKind::kNoSpace);
+    CHECK_THAT(message, Catch::Contains("spool.max_bytes") && Catch::Contains("fetched again"));
+    CHECK(run.outcome->instances_received > 0);
+    CHECK(run.outcome->instances_received < kImages);
+    CHECK(scan.spool->Space().used_bytes <= kBudget);
+    const auto record = scan.Now();
+    CHECK(record.state == spool::ScanState::kUploaded);  // not failed: the results stay fetchable
+    CHECK(record.results.size() == run.outcome->instances_received);
+    scan.CheckDataKept();
+  }
+  // With room (the operator raised spool.max_bytes), the next run fetches the rest.
+  auto reopened = spool::Spool::Open({spool_dir, 1ull << 30, 0}, files);
+  REQUIRE(reopened);
+  auto record = (*reopened)->Get(scan_uid);
+  REQUIRE(record);
+  const auto run = Fetch(**reopened, ConfigFor(*server, 20), *record, std::chrono::seconds(60));
+  REQUIRE(run.outcome);
+  INFO(Message(*run.outcome));
+  REQUIRE(run.outcome->status);
+  auto after = (*reopened)->Get(scan_uid);
+  REQUIRE(after);
+  CHECK(after->state == spool::ScanState::kResultsReceived);
+  CHECK(after->results.size() == kImages);
+  for (const auto& uid : cloud.listed) CHECK(Cloud::Retrievals(*server, uid) >= 1);
+}
+
+TEST_CASE("results fetch: downloads keep spool.min_free_bytes free on the spool's file system",
+          "[results][fetch][hostile]") {
+  TempDir dir("results-fetch-free");
+  Cloud cloud;
+  for (int i = 0; i < 6; ++i) {
+    const std::string uid = MintDicomUid();
+    cloud.listed.push_back(uid);
+    cloud.answers[uid] = MakeCt(cloud.study, cloud.series, uid, 6, i, dir.path());
+  }
+  auto server = HostileServer::Start(cloud.Rules(dir.path()));
+  // A 1 MiB disk of which all but about 20 KiB must stay free.
+  SimulatedDisk disk(1 << 20);
+  constexpr std::uint64_t kMinFree = (1 << 20) - 20 * 1024;
+  ScanInSpool scan(disk, {"/spool", 1ull << 30, kMinFree}, cloud.study);
+  const auto run = Fetch(*scan.spool, ConfigFor(*server, 20), scan.record, std::chrono::seconds(60));
+  REQUIRE(run.outcome);
+  const std::string message = Message(*run.outcome);
+  INFO(message);
+  REQUIRE_FALSE(run.outcome->status);
+  CHECK(run.outcome->status.error().kind() == ErrorKind::kNoSpace);
+  CHECK_THAT(message, Catch::Contains("spool.min_free_bytes"));
+  CHECK(run.outcome->instances_received < 6);
+  CHECK(*disk.FreeBytes("/spool") >= kMinFree);
+  CHECK(scan.Now().state == spool::ScanState::kUploaded);
+}
+
+TEST_CASE("results fetch: a trickled QIDO-RS answer ends the results phase at results.timeout_s, data kept",
+          "[results][fetch][hostile]") {
+  TempDir dir("results-fetch-trickle");
+  Cloud cloud;
+  // A valid answer (about 150 bytes) sent one byte every 500 ms: over a minute, never a stall.
+  const nlohmann::json series_answer = nlohmann::json::array(
+      {{{"0020000E", Attribute("UI", cloud.series)}, {"00080060", Attribute("CS", "CT")}}});
+  const nlohmann::json rules = nlohmann::json::array(
+      {{{"method", "GET"},
+        {"path", "/series"},
+        {"action",
+         {{"status", 200}, {"headers", {{"Content-Type", "application/dicom+json"}}}, {"body", series_answer.dump()},
+          {"trickle_ms", 500}}}}});
+  auto server = HostileServer::Start(rules);
+  PosixFileStore files;
+  ScanInSpool scan(files, {dir.path() / "spool", 1ull << 30, 0}, cloud.study);
+
+  SECTION("untouched, it ends by itself at the deadline") {
+    // Bounded wait only to keep a regression from hanging the suite; the answer alone would take
+    // over a minute, and the stall check never fires on it.
+    const auto run = Fetch(*scan.spool, ConfigFor(*server, 3), scan.record, std::chrono::seconds(40));
+    REQUIRE(run.outcome);
+    const std::string message = Message(*run.outcome);
+    INFO(message);
+    REQUIRE_FALSE(run.outcome->status);
+    CHECK_THAT(message, Catch::Contains("within 3 s (results.timeout_s)") && Catch::Contains("deadline"));
+    CHECK(run.outcome->instances_received == 0);
+    CHECK(scan.Now().state == spool::ScanState::kUploaded);
+    scan.CheckDataKept();
+  }
+  SECTION("Stop() ends the request in flight") {
+    boost::asio::io_context io;
+    auto fetcher = core::ResultsFetcher::Create(io, *scan.spool, ConfigFor(*server, 600));
+    REQUIRE(fetcher);
+    (*fetcher)->FetchAndDeliver(scan.record.scan_uid, scan.record.study_uid, [](const core::ResultsOutcome&) {});
+    REQUIRE(test::WaitFor([&] { return !server->Requests().empty(); }, std::chrono::seconds(20)));
+    const auto asked = std::chrono::steady_clock::now();
+    (*fetcher)->Stop();  // joins the worker: returns once the trickled request has ended
+    const auto took = std::chrono::steady_clock::now() - asked;
+    INFO("Stop() took " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms");
+    CHECK(took < std::chrono::seconds(10));  // the answer alone would take over a minute
+    scan.CheckDataKept();
+  }
+}
