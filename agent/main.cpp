@@ -694,7 +694,11 @@ int CmdRun(const Args& args) {
                                   r.failure_reason);
         }
       }
-      if (const Backlog b = MeasureBacklog(agent->spool()); b.bytes > 0) {
+      const Backlog b = MeasureBacklog(agent->spool());
+      // A pass stopped before it reached a pending scan gives no summary for it; the scan is
+      // still pending all the same, which `run --once` must answer with 1.
+      if (signals.stopped() && problems == 0 && b.scans > 0) problems = static_cast<int>(b.scans);
+      if (b.bytes > 0) {
         const std::string backlog = DescribeBacklog(b, ReadRateRecord(cfg->spool.directory));
         log::Info("lag", backlog);
         notifier.SetStatus(backlog);
