@@ -84,17 +84,14 @@ int RecordCommand(const std::vector<std::string>& args) {
   }
   // A replayed recording sets the scan's shape and geometry (the config needs none); each
   // field it changes is said, so a config written for another scanner is not silently ignored.
-  ScanProtocol protocol = config->protocol;
-  if (config->driver.name == "replay") {
-    auto adopted = replay::ProtocolForReplay(config->driver.options, config->protocol);
-    if (!adopted) {
-      std::fprintf(stderr, "record: %s\n", adopted.error().message().c_str());
-      return 1;
-    }
-    protocol = adopted->protocol;
-    for (const std::string& change : adopted->changes) {
-      std::fprintf(stderr, "record: from the recording: %s\n", change.c_str());
-    }
+  auto adopted = replay::ScanProtocolFor(config->driver.name, config->driver.options, config->protocol);
+  if (!adopted) {
+    std::fprintf(stderr, "record: %s\n", adopted.error().message().c_str());
+    return 1;
+  }
+  const ScanProtocol& protocol = adopted->protocol;
+  for (const std::string& change : adopted->changes) {
+    std::fprintf(stderr, "record: from the recording: %s\n", change.c_str());
   }
   auto views = RecordScan(**detector, protocol, out, format);
   if (!views) {

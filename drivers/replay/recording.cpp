@@ -58,8 +58,14 @@ Expected<ReplaySource> ParseReplayOptions(const nlohmann::json& options) {
   }
   std::error_code ec;
   if (fs::exists(source.directory / "protocol.json", ec)) return source;
+  fs::directory_iterator it(source.directory, ec);
+  if (ec) {
+    return MakeError(ErrorKind::kNotFound, "replay driver: cannot read the recording directory " +
+                                               source.directory.string() + ": " + ec.message() +
+                                               "; driver.options.path must name a recording directory");
+  }
   // Bounded: stops at the first .dcm (a scan directory holds thousands).
-  for (fs::directory_iterator it(source.directory, ec), end; !ec && it != end; it.increment(ec)) {
+  for (const fs::directory_iterator end; !ec && it != end; it.increment(ec)) {
     const fs::path ext = it->path().extension();
     if (ext == ".dcm" || ext == ".DCM") {
       source.format = RecordingFormat::kDicomCtPd;
@@ -116,6 +122,12 @@ Expected<AdoptedProtocol> ProtocolForReplay(const nlohmann::json& options, const
   ScanProtocol p = info->protocol;  // what was recorded, all of it
   p.real_time = configured.real_time;
   return AdoptedProtocol{p, ProtocolChanges(p, configured)};
+}
+
+Expected<AdoptedProtocol> ScanProtocolFor(const std::string& driver_name, const nlohmann::json& options,
+                                          const ScanProtocol& configured) {
+  if (driver_name != "replay") return AdoptedProtocol{configured, {}};
+  return ProtocolForReplay(options, configured);
 }
 
 Expected<RecordingInfo> ReadRecordingInfo(const fs::path& directory) {

@@ -59,6 +59,12 @@ struct AdoptedProtocol {
 // DICOM-CT-PD file does not say). The replay driver refuses to arm with another shape.
 Expected<AdoptedProtocol> ProtocolForReplay(const nlohmann::json& options, const ScanProtocol& configured);
 
+// What the agent arms a scan from the configured driver with: ProtocolForReplay for the replay
+// driver, `configured` unchanged (and no changes) for every other driver. One call for the
+// commands that arm a driver (check, scan, record).
+Expected<AdoptedProtocol> ScanProtocolFor(const std::string& driver_name, const nlohmann::json& options,
+                                          const ScanProtocol& configured);
+
 // The fields of `adopted` that differ from `configured`, as "name value (the config says x)".
 std::vector<std::string> ProtocolChanges(const ScanProtocol& adopted, const ScanProtocol& configured);
 

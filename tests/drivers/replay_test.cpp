@@ -80,6 +80,43 @@ TEST_CASE("replay: a scan recorded from sim plays back identical views") {
   CHECK(again.error().message().find("exists and is not empty") != std::string::npos);
 }
 
+TEST_CASE("replay: a ctagent recording sets the whole protocol, the config only real_time; other drivers keep theirs") {
+  ctagent::test::TempDir dir("replay-protocol");
+  const auto recording = dir.path() / "scan";
+  ScanProtocol p = Small();
+  p.dose_fraction = 0.25;
+  p.rotation_time_s = 0.8;
+  auto sim = MakeDetector("sim", nlohmann::json::object());
+  REQUIRE(sim);
+  REQUIRE(RecordScan(**sim, p, recording));
+
+  ScanProtocol configured = SixteenSliceAxialProtocol();
+  configured.real_time = true;
+  const nlohmann::json options = {{"path", recording.string()}};
+  auto adopted = replay::ScanProtocolFor("replay", options, configured);
+  REQUIRE(adopted);
+  ScanProtocol expected = p;
+  expected.real_time = true;
+  CHECK(ToJson(adopted->protocol) == ToJson(expected));
+  CHECK(std::find(adopted->changes.begin(), adopted->changes.end(), "geometry parallel (the config says fan)") !=
+        adopted->changes.end());
+  CHECK(std::find(adopted->changes.begin(), adopted->changes.end(), "dose_fraction 0.25 (the config says 1)") !=
+        adopted->changes.end());
+  auto replayer = MakeDetector("replay", options);
+  REQUIRE(replayer);
+  CHECK((*replayer)->Arm(adopted->protocol));
+  CHECK((*replayer)->Info().model == "ctagent recording, 2 rows x 48 channels, 60 views");
+
+  auto other = replay::ScanProtocolFor("sim", options, configured);
+  REQUIRE(other);
+  CHECK(ToJson(other->protocol) == ToJson(configured));
+  CHECK(other->changes.empty());
+  auto missing = replay::ScanProtocolFor("replay", {{"path", (dir.path() / "none").string()}}, configured);
+  REQUIRE_FALSE(missing);
+  CHECK(missing.error().message().find("cannot read the recording directory " + (dir.path() / "none").string() +
+                                      ": No such file or directory") != std::string::npos);
+}
+
 TEST_CASE("replay: refuses another shape, reports damage, paces in real time, aborts") {
   ctagent::test::TempDir dir("replay-errors");
   const auto recording = dir.path() / "scan";
