@@ -178,10 +178,18 @@ void Uploader::WarmUp() {
   }
   {
     std::lock_guard lock(clients_mutex_);
-    if (discovered && !capabilities_) capabilities_ = std::move(discovered);
+    if (discovered && !capabilities_) {
+      if (discovered->version_inferred) LogVersionInferred();
+      capabilities_ = std::move(discovered);
+    }
     --discoveries_in_flight_;
   }
   capabilities_changed_.notify_all();
+}
+
+void Uploader::LogVersionInferred() const {
+  log::Info("upload", "the tus server at " + RedactUrl(cloud_.upload_url) +
+                          " sends no Tus-Version; using tus 1.0.0, which its Tus-Resumable names");
 }
 
 bool Uploader::TakeFresh(const std::string& url, std::uint64_t length) {
@@ -399,11 +407,8 @@ Expected<transport::tus::ServerCapabilities> Uploader::Capabilities(transport::t
   // a failure here ends the attempt (the tus client says what the answer really was).
   auto discovered = tus.Discover();
   if (!discovered) return discovered;
-  if (discovered->version_inferred) {
-    log::Info("upload", "tus server at " + RedactUrl(cloud_.upload_url) +
-                            " sends no Tus-Version; using tus 1.0.0, which its Tus-Resumable names");
-  }
   std::lock_guard lock(clients_mutex_);
+  if (discovered->version_inferred && !capabilities_) LogVersionInferred();
   capabilities_ = *discovered;
   return *discovered;
 }

@@ -79,6 +79,7 @@ class Uploader {
   // in front of the first PATCH.
   void WarmUp();
   void StartWarmUp();  // posts the warm-ups, once per Uploader
+  void LogVersionInferred() const;  // once, when a server without Tus-Version is first used
   Status Prepare(Job& job, transport::HttpClient& http);
   Status Transfer(Job& job, transport::HttpClient& http, const std::function<bool(std::size_t)>& before_send);
   // POST for a new upload, then its URL journaled (before any of its bytes is sent).
