@@ -393,19 +393,18 @@ Expected<HttpResponse> Client::Get(const std::string& what, const std::string& u
   HttpRequest request;
   request.url = url;
   request.headers = std::move(headers);
-  // The HTTP layer asks this gate at every progress tick (about every 200 ms, bytes moving or
-  // not), so it bounds the whole request, not just the silences the stall check sees.
-  request.before_send = [this, &expired](std::size_t) { return !expired() && (!keep_going_ || keep_going_()); };
+  // The HTTP layer checks both at every progress call (at least once a second, bytes moving or
+  // not), so they bound the whole request, not just the silences the stall check sees.
+  if (deadline_ != std::chrono::steady_clock::time_point::max()) request.deadline = deadline_;
+  if (keep_going_) request.cancel = [this] { return !keep_going_(); };
   auto response = http_.Perform(request, max_bytes);
-  if (!response && response.error().kind() == ErrorKind::kCancelled) {
-    if (expired()) {
-      return MakeError(ErrorKind::kNetwork, what + " " + RedactUrl(url) +
-                                                " stopped: the answer did not arrive before the deadline (the server "
-                                                "sends it too slowly or not at all)");
-    }
-    if (keep_going_ && !keep_going_()) {
-      return MakeError(ErrorKind::kCancelled, what + " " + RedactUrl(url) + " stopped: the agent is stopping");
-    }
+  if (!response && http_.last_failure() == FailureClass::kTimeout && expired()) {
+    return MakeError(ErrorKind::kNetwork, what + " " + RedactUrl(url) +
+                                              " stopped: the answer did not arrive before the deadline (the server "
+                                              "sends it too slowly or not at all)");
+  }
+  if (!response && response.error().kind() == ErrorKind::kCancelled && keep_going_ && !keep_going_()) {
+    return MakeError(ErrorKind::kCancelled, what + " " + RedactUrl(url) + " stopped: the agent is stopping");
   }
   if (!response) return MakeError(response.error().WithContext(what));
   return response;

@@ -54,8 +54,9 @@ class Client {
   Client(HttpClient& http, std::string root, JsonLimits limits = {});
 
   // Every later request ends (kNetwork, "deadline") once `deadline` passes, and (kCancelled)
-  // as soon as `keep_going` returns false; both are checked about every 200 ms while a request
-  // runs, so a server that trickles its answer cannot hold the caller past its deadline.
+  // as soon as `keep_going` returns false (HttpRequest::deadline and ::cancel, checked at least
+  // once a second while a request runs), so a server that trickles its answer cannot hold the
+  // caller past its deadline.
   void SetDeadline(std::chrono::steady_clock::time_point deadline, std::function<bool()> keep_going = {});
 
   // QIDO-RS GET {root}/studies/{study}/series. An unknown study is an empty list, not an error.
