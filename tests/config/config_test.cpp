@@ -435,7 +435,7 @@ TEST_CASE("config: the largest byte size named in a message is one the parser ac
   }
 }
 
-TEST_CASE("config: files named by the config must exist and be readable; secrets not by others") {
+TEST_CASE("config: files named by the config must exist and be readable, secrets not by others") {
   ctagent::test::TempDir tmp("config-files");
   const fs::path dir = fs::absolute(tmp.path());
   auto doc = Minimal();
