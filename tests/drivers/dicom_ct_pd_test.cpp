@@ -198,15 +198,18 @@ Run Ctagent(const fs::path& dir, const std::vector<std::string>& args) {
 }
 
 // A config with the replay driver on `recording` and no scan section: no shape at all.
-fs::path WriteConfig(const fs::path& dir, const fs::path& recording, const nlohmann::json& scan = nullptr) {
+fs::path WriteConfig(const fs::path& dir, const fs::path& recording, const nlohmann::json& scan = nullptr,
+                     const std::string& name = "ctagent.json", const std::string& format = "") {
+  nlohmann::json options = {{"path", recording.string()}};
+  if (!format.empty()) options["format"] = format;
   nlohmann::json cfg = {{"terminal_id", "ctpd-test"},
-                        {"driver", {{"name", "replay"}, {"options", {{"path", recording.string()}}}}},
+                        {"driver", {{"name", "replay"}, {"options", options}}},
                         {"spool", {{"directory", (dir / "spool").string()}, {"min_free_bytes", 0}}},
                         {"cloud", {{"upload_url", "https://127.0.0.1:9/files/"}}},
                         {"results", {{"enabled", false}}},
                         {"console", {{"enabled", false}}}};
   if (!scan.is_null()) cfg["scan"] = scan;
-  const fs::path path = dir / (scan.is_null() ? "ctagent.json" : "ctagent-shaped.json");
+  const fs::path path = dir / name;
   std::ofstream(path) << cfg.dump(2);
   return path;
 }
@@ -225,9 +228,16 @@ TEST_CASE("dicom-ct-pd: the real file replays through ctagent check and record a
   INFO(check.output);
   CHECK(check.output.find("32 rows x 736 channels") != std::string::npos);
   CHECK(check.output.find("736 rows x 32 channels") == std::string::npos);
+  // The same with the format named, as the issue found it.
+  const fs::path named = WriteConfig(dir.path(), recording, nullptr, "ctagent-named.json", "dicom-ct-pd");
+  const Run named_check = Ctagent(dir.path(), {"check", "--config", named.string(), "--only", "detector"});
+  INFO(named_check.output);
+  CHECK(named_check.output.find("32 rows x 736 channels") != std::string::npos);
+  CHECK(named_check.output.find("736 rows x 32 channels") == std::string::npos);
   // With the shape the detector line asks for, the detector accepts the scan.
   const fs::path shaped = WriteConfig(dir.path(), recording,
-                                      {{"rows", 32}, {"channels", 736}, {"views_per_rotation", 1}, {"rotations", 1}});
+                                      {{"rows", 32}, {"channels", 736}, {"views_per_rotation", 1}, {"rotations", 1}},
+                                      "ctagent-shaped.json");
   const Run shaped_check = Ctagent(dir.path(), {"check", "--config", shaped.string(), "--only", "detector"});
   INFO(shaped_check.output);
   CHECK(shaped_check.output.find("OK    detector") != std::string::npos);
