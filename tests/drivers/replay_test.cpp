@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dctk.h>
@@ -408,6 +409,58 @@ TEST_CASE("replay: the DICOM-CT-PD writer writes the geometry the reader reads b
     CHECK(refused.error().message().find("has 2 rows x 48 channels, uint16, 60 views") != std::string::npos);
     CHECK(refused.error().message().find("scan.views_per_rotation 30, scan.rotations 2") != std::string::npos);
   }
+}
+
+TEST_CASE("replay: damaged DICOM-CT-PD files are refused naming the file and what is wrong") {
+  ctagent::test::TempDir dir("dicom-ct-pd-damaged");
+  const auto out = dir.path() / "ctpd";
+  const ScanProtocol p = Small();
+  auto sim = MakeDetector("sim", nlohmann::json::object());
+  REQUIRE(sim);
+  REQUIRE(RecordScan(**sim, p, out, RecordFormat::kDicomCtPd));
+  auto edit = [&](const char* name, const std::function<void(DcmDataset&)>& change) {
+    DcmFileFormat format;
+    REQUIRE(format.loadFile((out / name).c_str()).good());
+    change(*format.getDataset());
+    REQUIRE(format.saveFile((out / name).c_str(), EXS_LittleEndianExplicit).good());
+  };
+  // View 10's image no longer has the first file's shape; view 20 is not DICOM at all.
+  edit("view_000010.dcm", [](DcmDataset& ds) { REQUIRE(ds.putAndInsertUint16(DCM_Rows, 47).good()); });
+  std::ofstream(out / "view_000020.dcm", std::ios::trunc) << "not a DICOM file";
+  auto reader = replay::DicomCtPdReader::Open(out, p);
+  // View 20 has no InstanceNumber to order by: refused at open, naming it.
+  REQUIRE_FALSE(reader);
+  CHECK(reader.error().message().find("view_000020.dcm") != std::string::npos);
+  std::filesystem::remove(out / "view_000020.dcm");
+  ScanProtocol fewer = p;
+  fewer.views_per_rotation = 59;
+  fewer.rotations = 1;
+  reader = replay::DicomCtPdReader::Open(out, fewer);
+  REQUIRE(reader);
+  for (int i = 0; i < 10; ++i) REQUIRE((*reader)->Next());
+  auto bad = (*reader)->Next();
+  REQUIRE_FALSE(bad);
+  CHECK(bad.error().kind() == ErrorKind::kCorrupt);
+  CHECK(bad.error().message().find("view_000010.dcm: the image is 47 x 2 pixels (Rows x Columns); the first file's "
+                                   "is 48 x 2") != std::string::npos);
+
+  // Without the format's private creator the first file is not DICOM-CT-PD to us, even with the
+  // tags at their usual numbers.
+  edit("view_000000.dcm", [](DcmDataset& ds) {
+    REQUIRE(ds.putAndInsertString(DcmTag(0x7029, 0x0010, EVR_LO), "SOMEONE ELSE").good());
+  });
+  auto info = replay::ReadDicomCtPdInfo(out);
+  REQUIRE_FALSE(info);
+  CHECK(info.error().message().find("view_000000.dcm: no DICOM-CT-PD private creator") != std::string::npos);
+  // And an image that fits the detector neither way is refused at once.
+  edit("view_000000.dcm", [](DcmDataset& ds) {
+    REQUIRE(ds.putAndInsertString(DcmTag(0x7029, 0x0010, EVR_LO), replay::kCreatorLater).good());
+    REQUIRE(ds.putAndInsertUint16(DCM_Columns, 3).good());
+  });
+  info = replay::ReadDicomCtPdInfo(out);
+  REQUIRE_FALSE(info);
+  CHECK(info.error().message().find("the image is 48 x 3 pixels (Rows x Columns), which fits neither way the "
+                                    "detector's 2 rows x 48 channels") != std::string::npos);
 }
 #endif
 
