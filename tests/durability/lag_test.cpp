@@ -95,23 +95,33 @@ TEST_CASE("status shows the upload backlog in bytes, and a time only from a meas
 
   SECTION("after a partial upload, the backlog is what the server has not confirmed") {
     // Kill the agent as soon as the server holds a complete chunk: some bytes confirmed, some not.
-    bool partial = false;
-    for (int attempt = 0; attempt < 8 && !partial; ++attempt) {
-      test::ChildProcess agent({CtagentBinary(), "scan", "--config", good_cfg.string(), "--no-results", "--quiet"}, log);
-      test::WaitFor(
-          [&] {
-            for (const auto& u : ListUploads(good.store())) {
-              if (u.complete() && u.metadata.value("kind", "") == "chunk") return true;
-            }
-            return !agent.Running();
-          },
-          60s);
-      agent.Kill(SIGKILL);
-      agent.Wait(30s);
-      const auto left = ExpectedBacklog(spool_dir);
-      partial = left > 0 && !ListUploads(good.store()).empty();
-      if (!partial) REQUIRE(RunCtagent({"run", "--once", "--config", good_cfg.string()}, log, 120s) == 0);
-    }
+    // The scan is stored at once (unpaced) but uploaded over a link capped at 40 kbit/s, so its
+    // 15 chunks (~150 KiB) take about half a minute to upload while the first completes within a
+    // few seconds: the kill lands between the two whatever the build's speed. (Uncapped, an
+    // optimised build uploaded the whole small scan before the kill arrived, and the section
+    // found no partial upload.)
+    nlohmann::json capped = SmallScanConfig(spool_dir, good.endpoint(), pki / "ca.pem", 5);
+    capped["cloud"]["links"] = {{"loopback", {{"source_address", "127.0.0.1"}, {"max_bits_per_s", 40000}}}};
+    capped["cloud"]["floor_rate_bits_per_s"] = 16000;  // request deadlines sized for the cap
+    const fs::path capped_cfg = work.path() / "capped.json";
+    WriteJson(capped_cfg, capped);
+    test::ChildProcess agent({CtagentBinary(), "scan", "--config", capped_cfg.string(), "--no-results", "--quiet"}, log);
+    const bool chunk_arrived = test::WaitFor(
+        [&] {
+          for (const auto& u : ListUploads(good.store())) {
+            if (u.complete() && u.metadata.value("kind", "") == "chunk") return true;
+          }
+          return false;
+        },
+        120s);
+    const bool still_running = agent.Running();
+    agent.Kill(SIGKILL);
+    agent.Wait(30s);
+    INFO("agent log:\n" << test::ReadText(log));
+    REQUIRE(chunk_arrived);
+    REQUIRE(still_running);  // killed mid-upload, not after the agent had finished
+    const auto left = ExpectedBacklog(spool_dir);
+    const bool partial = left > 0 && !ListUploads(good.store()).empty();
     REQUIRE(partial);
     const auto expected = ExpectedBacklog(spool_dir);
     const std::string out = StatusOutput(good_cfg, work.path() / "status.log");
