@@ -81,7 +81,7 @@ TEST_CASE("replay: a scan recorded from sim plays back identical views") {
   CHECK(again.error().message().find("exists and is not empty") != std::string::npos);
 }
 
-TEST_CASE("replay: a ctagent recording sets the whole protocol, the config only real_time; other drivers keep theirs") {
+TEST_CASE("replay: a ctagent recording sets the whole protocol, the config only real_time, other drivers keep theirs") {
   ctagent::test::TempDir dir("replay-protocol");
   const auto recording = dir.path() / "scan";
   ScanProtocol p = Small();
