@@ -167,7 +167,7 @@ TEST_CASE("isolation: a driver that stalls is killed after the stall timeout") {
   CHECK_THAT(r.error.message(), Catch::Contains("the driver delivered no view for 0.5 s after 40 views"));
   CHECK(ProcessNamedInMessageIsGone(r.error.message()));
   CHECK(took_s >= 0.5);
-  CHECK(took_s < 5.0);
+  CHECK(took_s < 60.0);  // a hang bound (the stall driver sleeps 10 minutes), not a speed
   CHECK(plugin::DefaultStallTimeoutS(2300) == 2.0);
   CHECK(plugin::DefaultStallTimeoutS(10) == 5.0);
 }
@@ -208,14 +208,17 @@ TEST_CASE("isolation: Abort from another thread ends a blocked NextView, killing
     REQUIRE_FALSE(v);
     CHECK(v.error().kind() == ErrorKind::kCancelled);
     const double late_ms = std::chrono::duration<double, std::milli>(returned_at - aborted_at).count();
+    // The upper bounds only tell "abort decided" from "something else ended the call": they are
+    // far below the 60 s stall timeout and leave a loaded machine (or an optimised build that
+    // schedules differently) seconds of slack; no bound here measures speed.
     if (answers) {
-      CHECK(late_ms < 500);
+      CHECK(late_ms < 10000);
       CHECK(d->Arm(q));  // still alive and usable
     } else {
       CHECK_THAT(v.error().message(), Catch::Contains("did not answer abort() within 1.0 s"));
       CHECK(ProcessNamedInMessageIsGone(v.error().message()));
-      CHECK(late_ms >= 900);
-      CHECK(late_ms < 3000);
+      CHECK(late_ms >= 900);  // the host had its 1.0 s to answer abort() before it was killed
+      CHECK(late_ms < 30000);
     }
   }
 }
@@ -478,7 +481,7 @@ TEST_CASE("isolation: SIGTERM to ctagent scan while the driver stalls and ignore
   CHECK_THAT(run.output, Catch::Contains("received SIGTERM"));
   CHECK_THAT(run.output, Catch::Contains("did not answer abort() within 1.0 s"));
   CHECK_THAT(run.output, Catch::Contains("Scan summary"));
-  CHECK(took_s < 15);
+  CHECK(took_s < 30);  // well inside the 60 s stall timeout: the abort ended it, not the timeout
   std::size_t chunks = 0;
   CHECK(SpooledSamples(run.spool, &chunks) == ExpectedSamples(kFaultView));
   CHECK(chunks == 3);
