@@ -74,7 +74,9 @@ the report from the imaging center and sends them to the console.
   --no-results    stop after the upload (do not wait for images)
   --quiet         no progress display
 Every accepted view is on disk before it is reported; if the upload or the results cannot be
-completed now, the data stays in the spool and `ctagent run` continues it.
+completed now, the data stays in the spool and `ctagent run` continues it. SIGINT (Ctrl-C) or
+SIGTERM stops it within a second or two, whatever it waits on (a slow server, the background
+agent pausing); what was stored stays in the spool.
 )";
 
 constexpr const char* kRunHelp = R"(Usage: ctagent run --config FILE [--once]
@@ -97,6 +99,8 @@ constexpr const char* kStatusHelp = R"(Usage: ctagent status --config FILE
 Lists every scan in the spool with its state, chunk upload progress and results, and the upload
 backlog: the bytes the cloud has not confirmed yet and, if an upload rate was measured (by
 `ctagent run` or `ctagent scan`, kept in <spool>/upload-rate.json), the time to clear them.
+Failed scans are counted apart: they are not uploaded or retried and need a person (each one's
+reason is listed).
 )";
 
 constexpr const char* kConfigHelp = R"(Usage: ctagent config check FILE
