@@ -21,8 +21,10 @@ Expected<std::uint64_t> RecordScan(Detector& detector, const ScanProtocol& proto
                                    const std::filesystem::path& directory, RecordFormat format = RecordFormat::kCtagent);
 
 // `ctagent record --config FILE --out DIR [--format ctagent|dicom-ct-pd]`: args are the words
-// after "record". Prints what it did or why it failed; returns the process exit code
-// (0 ok, 1 failed, 2 bad usage).
+// after "record". The protocol is replay::ScanProtocolFor's (drivers/replay/recording.hpp): with
+// the replay driver the recording's shape and geometry replace the config's, each change
+// printed. Prints what it did or why it failed; returns the process exit code (0 ok, 1 failed,
+// 2 bad usage).
 int RecordCommand(const std::vector<std::string>& args);
 
 }  // namespace ctagent::drivers
