@@ -122,7 +122,7 @@ TEST_CASE("hostile: a server that speaks another tus version gets no upload, and
   CHECK(CountMethod(requests, "OPTIONS") >= 1);
 }
 
-TEST_CASE("hostile: a Location on another host gets nothing; allowed by cloud.upload_origins_allowed, the scan goes there",
+TEST_CASE("hostile: a Location on another host gets nothing, and once allowed by cloud.upload_origins_allowed the scan goes there",
           "[transport][tus][hostile][origin][integration]") {
   PlainTusServer upstream;
   HostileOptions other_options;
