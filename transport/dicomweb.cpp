@@ -49,26 +49,31 @@ Unexpected StatusError(const std::string& what, const std::string& raw_url, long
 }
 
 // SAX handler for a QIDO-RS answer: checks the shape (an array of objects) and the limits at
-// every event, and keeps only the first value of the wanted attributes of each entry. Returning
-// false from any event stops the parse at once, so nothing past a broken limit is read.
+// every event, and keeps only the first value of the wanted attributes of each entry, exactly as
+// JsonTagString reads it from a parsed document (a repeated key replaces the earlier one, as it
+// does in a document; the qido_fuzz target compares the two). Returning false from any event
+// stops the parse at once, so nothing past a broken limit is read.
 class QidoSax {
  public:
   using json = nlohmann::json;
 
   QidoSax(const std::vector<std::string>& tags, const JsonLimits& limits) : tags_(tags), limits_(limits) {}
 
-  bool null() { return Scalar(nullptr); }
-  bool boolean(bool) { return Scalar(nullptr); }
+  bool null() { return Scalar(Kind::kOther, nullptr); }
+  bool boolean(bool) { return Scalar(Kind::kOther, nullptr); }
   bool number_integer(json::number_integer_t value) {
     const std::string text = std::to_string(value);
-    return Scalar(&text);
+    return Scalar(Kind::kNumber, &text);
   }
   bool number_unsigned(json::number_unsigned_t value) {
     const std::string text = std::to_string(value);
-    return Scalar(&text);
+    return Scalar(Kind::kNumber, &text);
   }
-  bool number_float(json::number_float_t, const json::string_t& text) { return Scalar(&text); }
-  bool string(json::string_t& value) { return Scalar(&value); }
+  bool number_float(json::number_float_t value, const json::string_t&) {
+    const std::string text = json(value).dump();  // as JsonTagString shows it
+    return Scalar(Kind::kNumber, &text);
+  }
+  bool string(json::string_t& value) { return Scalar(Kind::kString, &value); }
   bool binary(json::binary_t&) { return Fail("the answer holds binary data, which JSON cannot"); }
   bool key(json::string_t& name) {
     if (!Count()) return false;
@@ -97,6 +102,7 @@ class QidoSax {
   // What a container on the stack is, for the attributes we keep:
   // top array > dataset object > wanted attribute object > its "Value" array > a PN object.
   enum class Role { kTop, kDataset, kAttribute, kValues, kPersonName, kOther };
+  enum class Kind { kObject, kArray, kString, kNumber, kOther };
   struct Frame {
     Role role;
     std::string key;  // objects: the key of the value being read
@@ -120,18 +126,18 @@ class QidoSax {
     return std::find(tags_.begin(), tags_.end(), tag) != tags_.end();
   }
 
-  // The role a new value gets from where it stands; checks the top-level shape. `object`:
-  // the value is an object (false: an array or a scalar).
-  Expected<Role> Place(bool object, bool container) {
+  // Files a new value where it stands: returns the role it has if it is a container, keeps it
+  // if it is the value of a wanted attribute, and checks the top-level shape.
+  Expected<Role> Place(Kind kind, const std::string* text) {
     if (stack_.empty()) {
-      if (container && !object) return Role::kTop;
+      if (kind == Kind::kArray) return Role::kTop;
       return MakeError(ErrorKind::kProtocol, "the answer is not a DICOM JSON array");
     }
     Frame& parent = stack_.back();
     const std::uint64_t index = parent.items++;
     switch (parent.role) {
       case Role::kTop:
-        if (!object) return MakeError(ErrorKind::kProtocol, "an element of the answer is not an object");
+        if (kind != Kind::kObject) return MakeError(ErrorKind::kProtocol, "an element of the answer is not an object");
         if (datasets_.size() >= limits_.max_datasets) {
           return MakeError(ErrorKind::kProtocol, "the answer lists more than " + std::to_string(limits_.max_datasets) +
                                                      " entries (the limit for one answer)");
@@ -139,16 +145,28 @@ class QidoSax {
         datasets_.emplace_back();
         return Role::kDataset;
       case Role::kDataset:
-        if (object && IsWanted(parent.key)) {
-          tag_ = parent.key;
-          return Role::kAttribute;
+        if (!IsWanted(parent.key)) return Role::kOther;
+        tag_ = parent.key;
+        datasets_.back().erase(tag_);  // a repeated attribute replaces the earlier one
+        return kind == Kind::kObject ? Role::kAttribute : Role::kOther;
+      case Role::kAttribute:
+        if (parent.key != "Value") return Role::kOther;
+        datasets_.back().erase(tag_);
+        return kind == Kind::kArray ? Role::kValues : Role::kOther;
+      case Role::kValues:
+        if (index != 0) return Role::kOther;
+        if (kind == Kind::kObject) return Role::kPersonName;  // PN: its "Alphabetic" form
+        if (kind == Kind::kString || kind == Kind::kNumber) {
+          if (auto kept = Keep(*text); !kept) return MakeError(kept.error());
         }
         return Role::kOther;
-      case Role::kAttribute:
-        return container && !object && parent.key == "Value" ? Role::kValues : Role::kOther;
-      case Role::kValues:
-        return index == 0 && object ? Role::kPersonName : Role::kOther;
       case Role::kPersonName:
+        if (parent.key != "Alphabetic") return Role::kOther;
+        datasets_.back().erase(tag_);
+        if (kind == Kind::kString) {
+          if (auto kept = Keep(*text); !kept) return MakeError(kept.error());
+        }
+        return Role::kOther;
       case Role::kOther:
         return Role::kOther;
     }
@@ -161,31 +179,27 @@ class QidoSax {
       return Fail("the answer nests arrays and objects deeper than " + std::to_string(limits_.max_depth) +
                   " levels (the limit for one answer)");
     }
-    auto role = Place(object, /*container=*/true);
+    auto role = Place(object ? Kind::kObject : Kind::kArray, nullptr);
     if (!role) return Fail(role.error().message());
     stack_.push_back(Frame{*role, {}, 0});
     return true;
   }
 
-  // A scalar value; `text` is its text when it can be an attribute value (string or number).
-  bool Scalar(const std::string* text) {
+  // A scalar value; `text` is its text when it is a string or a number.
+  bool Scalar(Kind kind, const std::string* text) {
     if (!Count()) return false;
-    const bool first_value = !stack_.empty() && stack_.back().role == Role::kValues && stack_.back().items == 0;
-    const bool alphabetic = !stack_.empty() && stack_.back().role == Role::kPersonName &&
-                            stack_.back().key == "Alphabetic";
-    auto role = Place(/*object=*/false, /*container=*/false);
+    auto role = Place(kind, text);
     if (!role) return Fail(role.error().message());
-    if ((first_value || alphabetic) && text != nullptr) return Keep(*text);
     return true;
   }
 
-  bool Keep(const std::string& value) {
+  Status Keep(const std::string& value) {
     if (value.size() > limits_.max_value_chars) {
-      return Fail("attribute " + tag_ + " has a value of " + std::to_string(value.size()) + " characters, more than " +
-                  std::to_string(limits_.max_value_chars));
+      return MakeError(ErrorKind::kProtocol, "attribute " + tag_ + " has a value of " + std::to_string(value.size()) +
+                                                 " characters, more than " + std::to_string(limits_.max_value_chars));
     }
-    datasets_.back().emplace(tag_, value);  // a repeated attribute keeps its first value
-    return true;
+    datasets_.back().insert_or_assign(tag_, value);
+    return Ok();
   }
 
   const std::vector<std::string>& tags_;

@@ -39,7 +39,8 @@ struct JsonLimits {
 };
 
 // One entry of a QIDO-RS answer reduced to the attributes asked for: tag (e.g. "0020000E") ->
-// its first value as text (as JsonTagString reads it). Tags the entry lacks are absent.
+// its first value as text, as JsonTagString reads it from a parsed document (absent where that
+// gives ""; a repeated key replaces the earlier one, as in a document).
 using QidoDataset = std::map<std::string, std::string>;
 
 // Parses a QIDO-RS answer (a DICOM JSON array of objects, PS3.18 F.2) under `limits`, keeping

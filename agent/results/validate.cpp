@@ -8,11 +8,14 @@
 #include <dcmtk/dcmdata/dcdeftag.h>
 #include <dcmtk/dcmdata/dcdict.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
-#include <dcmtk/dcmdata/dcistrmb.h>
+#include <dcmtk/dcmdata/dcistrmf.h>
 #include <dcmtk/dcmdata/dcuid.h>
 #include <dcmtk/dcmdata/dcxfer.h>
 #include <dcmtk/oflog/logger.h>
 #include <dcmtk/oflog/loglevel.h>
+
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -160,13 +163,42 @@ Expected<InstanceInfo> ValidateInstance(std::span<const std::uint8_t> part10, co
     return MakeError(ErrorKind::kCorrupt, "not a DICOM Part 10 file: no \"DICM\" prefix after the 128-byte preamble (" +
                                               std::to_string(part10.size()) + " bytes)");
   }
-  DcmInputBufferStream stream;
-  stream.setBuffer(part10.data(), static_cast<offile_off_t>(part10.size()));
-  stream.setEos();
+  // DCMTK checks each declared element length against the bytes left only when it reads a file;
+  // from a memory buffer it first allocates whatever length an element declares (4 GiB for a
+  // 495-byte input, found by dicom_validate_fuzz). So the bytes are parsed from an anonymous
+  // in-memory file (memfd), and every value is loaded before that file is closed.
+  const int fd = ::memfd_create("ctagent-validate", MFD_CLOEXEC);
+  if (fd < 0) {
+    return MakeError(ErrorKind::kInternal, std::string("cannot create an in-memory file to parse a DICOM instance: ") +
+                                               std::strerror(errno));
+  }
+  struct CloseFd {
+    int fd;
+    ~CloseFd() { ::close(fd); }
+  } close_fd{fd};
+  for (std::size_t written = 0; written < part10.size();) {
+    const ssize_t n = ::write(fd, part10.data() + written, part10.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      return MakeError(ErrorKind::kNoSpace, std::string("cannot hold a DICOM instance of ") +
+                                                std::to_string(part10.size()) + " bytes in memory to check it: " +
+                                                std::strerror(errno));
+    }
+    written += static_cast<std::size_t>(n);
+  }
+  const std::string fd_path = "/proc/self/fd/" + std::to_string(fd);
+  DcmInputFileStream stream{OFFilename(fd_path.c_str())};
+  if (stream.status().bad()) {
+    return MakeError(ErrorKind::kInternal, std::string("cannot read back the in-memory copy of a DICOM instance: ") +
+                                               stream.status().text());
+  }
   DcmFileFormat file;
   file.transferInit();
-  const OFCondition read = file.read(stream, EXS_Unknown, EGL_noChange);
+  // Values over DCM_MaxReadLength are left in the file while it is read (that is where their
+  // length is checked), then loaded before the file goes away with this function.
+  OFCondition read = file.read(stream, EXS_Unknown, EGL_noChange, DCM_MaxReadLength);
   file.transferEnd();
+  if (read.good()) read = file.loadAllDataIntoMemory();
   if (read.bad()) {
     return MakeError(ErrorKind::kCorrupt, std::string("not a DICOM Part 10 file: ") + read.text() + " (" +
                                               std::to_string(part10.size()) + " bytes read)");
