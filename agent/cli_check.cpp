@@ -16,6 +16,7 @@
 #include "agent/spool/spool.hpp"
 #include "config/config.hpp"
 #include "drivers/detector.hpp"
+#include "drivers/replay/recording.hpp"
 #include "transport/dicomweb.hpp"
 #include "transport/http.hpp"
 
@@ -119,19 +120,32 @@ int CmdCheck(const std::vector<std::string>& args) {
     }
   }
 
-  if (want("detector")) {
+  // A replayed recording sets the scan's shape and geometry (the config needs none): the
+  // detector and disk checks use the protocol a scan would be armed with.
+  drivers::ScanProtocol protocol = cfg->protocol;
+  auto adopted = drivers::replay::ScanProtocolFor(cfg->driver.name, cfg->driver.options, cfg->protocol);
+  if (!adopted) {
+    if (want("detector")) report.Fail("detector", adopted.error().message());
+  } else {
+    protocol = adopted->protocol;
+  }
+  if (want("detector") && adopted) {
     auto detector = drivers::MakeDetector(cfg->driver.name, cfg->driver.options);
     if (!detector) {
       report.Fail("detector", detector.error().message());
     } else {
       const auto info = (*detector)->Info();
-      if (auto st = (*detector)->Arm(cfg->protocol); !st) {
+      if (auto st = (*detector)->Arm(protocol); !st) {
         report.Fail("detector", info.name + " refuses the configured protocol: " + st.error().message());
       } else {
         (*detector)->Abort();
-        report.Ok("detector", info.name + " (" + info.model + ") accepts " + std::to_string(cfg->protocol.rows) + " x " +
-                                  std::to_string(cfg->protocol.channels) + ", " +
-                                  std::to_string(cfg->protocol.TotalViews()) + " views");
+        std::string from_recording;
+        for (const std::string& change : adopted->changes) {
+          from_recording += (from_recording.empty() ? "; from the recording: " : ", ") + change;
+        }
+        report.Ok("detector", info.name + " (" + info.model + ") accepts " + std::to_string(protocol.rows) + " x " +
+                                  std::to_string(protocol.channels) + ", " + std::to_string(protocol.TotalViews()) +
+                                  " views" + from_recording);
       }
     }
   }
@@ -158,7 +172,7 @@ int CmdCheck(const std::vector<std::string>& args) {
     } else {
       (void)files.Remove(probe);
       const auto space = spool->Space();
-      const auto need = cfg->protocol.RawBytes();
+      const auto need = protocol.RawBytes();
       const std::string figures = Mib(space.used_bytes) + " used of " + Mib(cfg->spool.max_bytes) + ", " +
                                   Mib(space.filesystem_free_bytes) + " free on disk, one scan needs up to " + Mib(need);
       if (space.used_bytes + space.reserved_bytes + need > cfg->spool.max_bytes ||

@@ -20,6 +20,7 @@
 #include "agent/core/uploader.hpp"
 #include "agent/spool/batched_ingest.hpp"
 #include "drivers/detector.hpp"
+#include "drivers/replay/recording.hpp"
 
 namespace ctagent::core {
 namespace {
@@ -268,7 +269,12 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress) {
   if (stop_requested_) {
     return MakeError(ErrorKind::kCancelled, "stopped on request before the detector was armed; nothing was acquired");
   }
-  const drivers::ScanProtocol& protocol = config_.protocol;
+  // A replayed recording sets the scan's shape and geometry (the config needs none); each field
+  // it changes is logged, so a config written for another scanner is not silently ignored.
+  auto adopted = drivers::replay::ScanProtocolFor(config_.driver.name, config_.driver.options, config_.protocol);
+  if (!adopted) return MakeError(adopted.error().WithContext("driver \"" + config_.driver.name + "\""));
+  for (const std::string& change : adopted->changes) log::Info("scan", "from the recording: " + change);
+  const drivers::ScanProtocol& protocol = adopted->protocol;
   auto detector = drivers::MakeDetector(config_.driver.name, config_.driver.options);
   if (!detector) return MakeError(detector.error().WithContext("driver \"" + config_.driver.name + "\""));
   auto filter = codec::FilterFromString(config_.codec.filter);

@@ -222,16 +222,20 @@ TEST_CASE("dicom-ct-pd: the real file replays through ctagent check and record a
   const fs::path recording = LinkRealFile(dir.path());
   const fs::path config = WriteConfig(dir.path(), recording);
 
-  // check: the detector line names the recording's shape, never the transposed one (before the
-  // fix: "has 736 rows x 32 channels").
+  // check: the detector accepts the scan with the recording's shape, never the transposed one
+  // (before the fix: "has 736 rows x 32 channels"), and no shape in the config.
   const Run check = Ctagent(dir.path(), {"check", "--config", config.string(), "--only", "detector"});
   INFO(check.output);
+  CHECK(check.exit_code == 0);
+  CHECK(check.output.find("OK    detector") != std::string::npos);
+  CHECK(check.output.find("from the recording: rows 32 (the config says 16)") != std::string::npos);
   CHECK(check.output.find("32 rows x 736 channels") != std::string::npos);
   CHECK(check.output.find("736 rows x 32 channels") == std::string::npos);
   // The same with the format named, as the issue found it.
   const fs::path named = WriteConfig(dir.path(), recording, nullptr, "ctagent-named.json", "dicom-ct-pd");
   const Run named_check = Ctagent(dir.path(), {"check", "--config", named.string(), "--only", "detector"});
   INFO(named_check.output);
+  CHECK(named_check.output.find("OK    detector") != std::string::npos);
   CHECK(named_check.output.find("32 rows x 736 channels") != std::string::npos);
   CHECK(named_check.output.find("736 rows x 32 channels") == std::string::npos);
   // With the shape the detector line asks for, the detector accepts the scan.
