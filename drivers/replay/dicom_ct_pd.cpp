@@ -161,7 +161,7 @@ class PrivateBlocks {
       case EVR_FL:
         for (unsigned long i = 0; i < vm; ++i) {
           Float32 v = 0;
-          if (e->getFloat32(v, i).good()) out.push_back(v);
+          if (e->getFloat32(v, i).good()) out.push_back(static_cast<double>(v));
         }
         return out;
       case EVR_FD:
@@ -204,11 +204,11 @@ class PrivateBlocks {
       } else if (table_vr == EVR_UL) {
         std::uint32_t v = 0;
         std::memcpy(&v, bytes + at, 4);
-        out.push_back(v);
+        out.push_back(static_cast<double>(v));
       } else {
         float v = 0;
         std::memcpy(&v, bytes + at, 4);
-        out.push_back(v);
+        out.push_back(static_cast<double>(v));
       }
     }
     return out;
