@@ -188,8 +188,11 @@ UploadResult Upload(core::LinkManager& links, const transport::HttpOptions& base
       return MakeError(ErrorKind::kProtocol, std::string(what) + " answered HTTP " + std::to_string(resp->status));
     };
     if (r.url.empty()) {
-      auto resp = http.Perform({"POST", endpoint,
-                                {{"Tus-Resumable", "1.0.0"}, {"Upload-Length", std::to_string(data.size())}}, {}, {}, {}});
+      transport::HttpRequest create;
+      create.method = "POST";
+      create.url = endpoint;
+      create.headers = {{"Tus-Resumable", "1.0.0"}, {"Upload-Length", std::to_string(data.size())}};
+      auto resp = http.Perform(create);
       if (!resp || resp->status != 201) {
         outcome = fail(resp, "POST");
       } else {
@@ -197,7 +200,11 @@ UploadResult Upload(core::LinkManager& links, const transport::HttpOptions& base
         offset = 0;
       }
     } else {
-      auto resp = http.Perform({"HEAD", r.url, {{"Tus-Resumable", "1.0.0"}}, {}, {}, {}});
+      transport::HttpRequest head;
+      head.method = "HEAD";
+      head.url = r.url;
+      head.headers = {{"Tus-Resumable", "1.0.0"}};
+      auto resp = http.Perform(head);
       if (!resp || resp->status != 200) {
         outcome = fail(resp, "HEAD");
       } else {
