@@ -102,45 +102,49 @@ bool AeTitleOk(const std::string& s) {
 bool UrlOk(const std::string& s) { return (IsHttpUrl(s) || IsHttpsUrl(s)) && UrlProblem(s).empty(); }
 bool EmptyOrUrl(const std::string& s) { return s.empty() || UrlOk(s); }
 bool UsernameOk(const std::string& s) { return s.find(':') == std::string::npos && s.size() <= 256; }
-// "" or "sha256//" + 44 base64 characters (a SHA-256 digest), entries joined by ';'.
-// "" or origins "scheme://host[:port]" separated by single spaces: no path, userinfo, query.
-bool OriginListOk(const std::string& s) {
+// True when `s` is empty or every `separator`-separated entry passes `entry_ok`.
+bool EveryEntry(const std::string& s, char separator, bool (*entry_ok)(const std::string&)) {
   if (s.empty()) return true;
   std::size_t pos = 0;
   while (true) {
-    const auto end = s.find(' ', pos);
-    const std::string origin = s.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
-    const bool https = origin.rfind("https://", 0) == 0;
-    if (!https && origin.rfind("http://", 0) != 0) return false;
-    const std::string authority = origin.substr(https ? 8 : 7);
-    if (authority.empty()) return false;
-    for (const char c : authority) {
-      const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
-                      c == '-' || c == ':' || c == '[' || c == ']';
-      if (!ok) return false;
-    }
+    const auto end = s.find(separator, pos);
+    if (!entry_ok(s.substr(pos, end == std::string::npos ? std::string::npos : end - pos))) return false;
     if (end == std::string::npos) return true;
     pos = end + 1;
   }
 }
 
-bool PinnedPublicKeyOk(const std::string& s) {
-  if (s.empty()) return true;
-  std::size_t pos = 0;
-  while (true) {
-    const auto end = s.find(';', pos);
-    const std::string entry = s.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
-    if (entry.size() != 8 + 44 || entry.rfind("sha256//", 0) != 0) return false;
-    for (std::size_t i = 8; i < entry.size(); ++i) {
-      const char c = entry[i];
-      const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
-                      c == '/' || (c == '=' && i == entry.size() - 1);
-      if (!ok) return false;
-    }
-    if (end == std::string::npos) return true;
-    pos = end + 1;
+// An origin "scheme://host[:port]": no path, userinfo or query.
+bool OriginOk(const std::string& origin) {
+  const bool https = origin.rfind("https://", 0) == 0;
+  if (!https && origin.rfind("http://", 0) != 0) return false;
+  const std::string authority = origin.substr(https ? 8 : 7);
+  if (authority.empty()) return false;
+  for (const char c : authority) {
+    const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+                    c == '-' || c == ':' || c == '[' || c == ']';
+    if (!ok) return false;
   }
+  return true;
 }
+
+// "" or origins separated by single spaces.
+bool OriginListOk(const std::string& s) { return EveryEntry(s, ' ', OriginOk); }
+
+// "sha256//" + 44 base64 characters (a SHA-256 digest).
+bool PinOk(const std::string& entry) {
+  if (entry.size() != 8 + 44 || entry.rfind("sha256//", 0) != 0) return false;
+  for (std::size_t i = 8; i < entry.size(); ++i) {
+    const char c = entry[i];
+    const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
+                    c == '/' || (c == '=' && i == entry.size() - 1);
+    if (!ok) return false;
+  }
+  return true;
+}
+
+// "" or pins joined by ';'.
+bool PinnedPublicKeyOk(const std::string& s) { return EveryEntry(s, ';', PinOk); }
 
 constexpr std::uint64_t kKiB = 1024;
 constexpr std::uint64_t kMiB = kKiB * 1024;

@@ -511,3 +511,29 @@ TEST_CASE("config: the shipped examples pass CheckConfig except for the files th
   REQUIRE_FALSE(full);
   CHECK(full.error().message().find("cannot be read: No such file or directory") != std::string::npos);
 }
+
+TEST_CASE("config: upload_origins_allowed takes origins only, and pins take sha256// digests") {
+  auto origins = [](const std::string& v) {
+    return static_cast<bool>(ParseConfig(With("/cloud/upload_origins_allowed", v).dump(), "o.json"));
+  };
+  CHECK(origins(""));
+  CHECK(origins("https://uploads-2.example:8443"));
+  CHECK(origins("https://a.example http://127.0.0.2:9000 https://[::1]:443"));
+  CHECK_FALSE(origins("https://a.example/files/"));   // a path is not an origin
+  CHECK_FALSE(origins("https://user@a.example"));     // nor userinfo
+  CHECK_FALSE(origins("ftp://a.example"));
+  CHECK_FALSE(origins("https://"));
+  CHECK_FALSE(origins("https://a.example  https://b.example"));  // one space between entries
+  auto refused = ParseConfig(With("/cloud/upload_origins_allowed", "https://a.example/x").dump(), "o.json");
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().message().find("/cloud/upload_origins_allowed") != std::string::npos);
+
+  auto pins = [](const std::string& v) {
+    return static_cast<bool>(ParseConfig(With("/cloud/tls/pinned_public_key", v).dump(), "p.json"));
+  };
+  const std::string pin = "sha256//" + std::string(43, 'A') + "=";
+  CHECK(pins(pin));
+  CHECK(pins(pin + ";" + pin));
+  CHECK_FALSE(pins(pin + ";"));
+  CHECK_FALSE(pins("sha1//" + std::string(46, 'A')));
+}
