@@ -39,12 +39,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The built agent; CTAGENT_TEST_BINARY names another one (e.g. a build from before a fix, to
-// see these cases fail there).
-std::string CtagentPath() {
-  if (const char* other = std::getenv("CTAGENT_TEST_BINARY"); other != nullptr && *other != '\0') return other;
-  return (fs::path(CTAGENT_BINARY_DIR) / "agent/ctagent").string();
-}
 
 struct Run {
   int exit_code = -1;  // -1: still running after the wait (then stopped)
@@ -56,7 +50,7 @@ struct Run {
 Run Ctagent(const fs::path& dir, const std::vector<std::string>& args, std::chrono::milliseconds timeout = 30s) {
   static int serial = 0;
   const fs::path log = dir / ("ctagent-" + std::to_string(++serial) + ".log");
-  std::vector<std::string> argv{CtagentPath()};
+  std::vector<std::string> argv{test::CtagentBinary()};
   argv.insert(argv.end(), args.begin(), args.end());
   Run run;
   {
@@ -314,7 +308,7 @@ TEST_CASE("A command without a signal watcher ends on SIGTERM or SIGINT while it
     const fs::path cfg_path = dir.path() / "ctagent.json";
     std::ofstream(cfg_path) << cfg.dump(2);
     const fs::path log = dir.path() / "check.log";
-    test::ChildProcess check({CtagentPath(), "check", "--config", cfg_path.string()}, log);
+    test::ChildProcess check({test::CtagentBinary(), "check", "--config", cfg_path.string()}, log);
     const bool connected = test::WaitFor([&] { return server.Accepted() || !check.Running(); }, 60s);
     INFO(test::ReadText(log));
     REQUIRE(connected);

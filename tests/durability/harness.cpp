@@ -124,7 +124,6 @@ std::vector<std::string> ScanCommand(const fs::path& cfg_path) {
   return command;
 }
 
-std::string CtagentBinary() { return (fs::path(CTAGENT_BINARY_DIR) / "agent/ctagent").string(); }
 
 int RunCtagent(const std::vector<std::string>& args, const fs::path& log, std::chrono::milliseconds timeout) {
   std::vector<std::string> argv{CtagentBinary()};

@@ -75,7 +75,7 @@ void WriteJson(const fs::path& path, const nlohmann::json& j);
 std::vector<std::string> ScanArgs(const fs::path& cfg_path);
 std::vector<std::string> ScanCommand(const fs::path& cfg_path);
 
-std::string CtagentBinary();
+using ctagent::test::CtagentBinary;
 
 // Runs `ctagent args...` to completion (bounded). Returns the exit code (-1: timed out, killed).
 int RunCtagent(const std::vector<std::string>& args, const fs::path& log, std::chrono::milliseconds timeout);

@@ -30,10 +30,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string CtagentPath() {
-  if (const char* other = std::getenv("CTAGENT_TEST_BINARY"); other != nullptr && *other != '\0') return other;
-  return (fs::path(CTAGENT_BINARY_DIR) / "agent/ctagent").string();
-}
 
 // Every request, whatever its method and path, is answered 200 with a 100,000-byte body (hours
 // at this pace): the first `at_once` bytes at once, then one byte every `trickle_ms`. With
@@ -88,7 +84,7 @@ std::string Status(const fs::path& dir, const fs::path& cfg) {
   const fs::path log = dir / "status.log";
   std::error_code ec;
   fs::remove(log, ec);
-  test::ChildProcess status({CtagentPath(), "status", "--config", cfg.string()}, log);
+  test::ChildProcess status({test::CtagentBinary(), "status", "--config", cfg.string()}, log);
   REQUIRE(status.Wait(30s) == 0);
   return test::ReadText(log);
 }
@@ -115,7 +111,7 @@ void CheckKeptNotUploaded(const fs::path& dir, const fs::path& cfg) {
 // scan is then blocked on it), stops it with SIGTERM and checks it ended within 2 s.
 void ScanAndStop(const fs::path& dir, const fs::path& cfg, const test::HostileServer& server) {
   const fs::path log = dir / "scan.log";
-  test::ChildProcess scan({CtagentPath(), "scan", "--config", cfg.string(), "--no-results", "--quiet"}, log);
+  test::ChildProcess scan({test::CtagentBinary(), "scan", "--config", cfg.string(), "--no-results", "--quiet"}, log);
   const bool waiting = test::WaitFor(
       [&] { return !scan.Running() || (test::ReadText(log).find("made durable") != std::string::npos && !server.Requests().empty()); },
       120s);
@@ -153,7 +149,7 @@ TEST_CASE("Untouched, a scan against a server that trickles its answers ends on 
   const fs::path cfg = WriteConfig(dir.path(), *server,
                                    {{"connect_timeout_s", 1}, {"stall_timeout_s", 1}, {"floor_rate_bits_per_s", 1'000'000'000}});
   const fs::path log = dir.path() / "scan.log";
-  test::ChildProcess scan({CtagentPath(), "scan", "--config", cfg.string(), "--no-results", "--quiet"}, log);
+  test::ChildProcess scan({test::CtagentBinary(), "scan", "--config", cfg.string(), "--no-results", "--quiet"}, log);
   // Generous outer bound: three attempts of a 2 s deadline each, plus backoff, take about 15 s.
   const int code = scan.Wait(120s);
   const std::string output = test::ReadText(log);
@@ -175,7 +171,7 @@ TEST_CASE("ctagent run stops within 2 s of SIGTERM while an upload request trick
   ScanAndStop(dir.path(), cfg, *server);  // leaves a scan to resume in the spool
   const std::size_t before = server->Requests().size();
   const fs::path log = dir.path() / "run.log";
-  test::ChildProcess run({CtagentPath(), "run", "--config", cfg.string()}, log);
+  test::ChildProcess run({test::CtagentBinary(), "run", "--config", cfg.string()}, log);
   const bool resuming = test::WaitFor([&] { return !run.Running() || server->Requests().size() > before; }, 60s);
   INFO(test::ReadText(log));
   REQUIRE(resuming);
@@ -197,7 +193,7 @@ TEST_CASE("ctagent check stops within 2 s of SIGTERM while the link check's answ
   {
     const fs::path cfg = WriteConfig(dir.path(), *server);
     const fs::path log = dir.path() / "check.log";
-    test::ChildProcess check({CtagentPath(), "check", "--config", cfg.string()}, log);
+    test::ChildProcess check({test::CtagentBinary(), "check", "--config", cfg.string()}, log);
     const bool asked = test::WaitFor([&] { return !check.Running() || !server->Requests().empty(); }, 60s);
     INFO(test::ReadText(log));
     REQUIRE(asked);
@@ -212,7 +208,7 @@ TEST_CASE("ctagent check stops within 2 s of SIGTERM while the link check's answ
     const fs::path cfg = WriteConfig(dir.path(), *server,
                                      {{"connect_timeout_s", 1}, {"stall_timeout_s", 1}, {"floor_rate_bits_per_s", 1'000'000'000}});
     const fs::path log = dir.path() / "check-deadline.log";
-    test::ChildProcess check({CtagentPath(), "check", "--config", cfg.string()}, log);
+    test::ChildProcess check({test::CtagentBinary(), "check", "--config", cfg.string()}, log);
     const int code = check.Wait(60s);
     const std::string output = test::ReadText(log);
     INFO(output);
@@ -229,11 +225,11 @@ TEST_CASE("ctagent scan waiting for the daemon to pause stops within 2 s of SIGT
   const std::size_t before = server->Requests().size();
   // The daemon's pass blocks on trickling answers (a tus request's deadline is 48 s), so it holds
   // the spool well beyond this test when asked to pause.
-  test::ChildProcess daemon({CtagentPath(), "run", "--config", cfg.string()}, dir.path() / "run.log");
+  test::ChildProcess daemon({test::CtagentBinary(), "run", "--config", cfg.string()}, dir.path() / "run.log");
   REQUIRE(test::WaitFor([&] { return !daemon.Running() || server->Requests().size() > before; }, 60s));
   REQUIRE(daemon.Running());
   const fs::path log = dir.path() / "second-scan.log";
-  test::ChildProcess scan({CtagentPath(), "scan", "--config", cfg.string(), "--no-results", "--quiet"}, log);
+  test::ChildProcess scan({test::CtagentBinary(), "scan", "--config", cfg.string(), "--no-results", "--quiet"}, log);
   const bool waiting = test::WaitFor(
       [&] { return !scan.Running() || test::ReadText(log).find("is pausing its uploads") != std::string::npos; }, 60s);
   INFO(test::ReadText(log));

@@ -234,7 +234,6 @@ fs::path WriteServiceConfig(const fs::path& dir) {
   return path;
 }
 
-std::string CtagentPath() { return (fs::path(CTAGENT_BINARY_DIR) / "agent/ctagent").string(); }
 
 }  // namespace
 
@@ -252,7 +251,7 @@ TEST_CASE("ctagent run speaks sd_notify: READY, watchdog beats, status, STOPPING
     ScopedEnv socket("NOTIFY_SOCKET", socket_path);
     ScopedEnv usec("WATCHDOG_USEC", "400000");
     agent = std::make_unique<test::ChildProcess>(
-        std::vector<std::string>{CtagentPath(), "run", "--config", cfg_path.string()}, log);
+        std::vector<std::string>{test::CtagentBinary(), "run", "--config", cfg_path.string()}, log);
   }
   auto got = listener.Receive(60s, [](const auto& m) { return Count(m, "WATCHDOG=1") >= 5; });
   INFO(test::ReadText(log));
@@ -280,7 +279,7 @@ TEST_CASE("Stopped by SIGTERM with a scan still pending, the daemon exits 0, and
   const fs::path log = dir.path() / "agent.log";
   {
     // Acquired and durable in the spool; its upload, which cannot go anywhere, is cut short.
-    test::ChildProcess scan({CtagentPath(), "scan", "--config", cfg_path.string(), "--no-results", "--quiet"}, log);
+    test::ChildProcess scan({test::CtagentBinary(), "scan", "--config", cfg_path.string(), "--no-results", "--quiet"}, log);
     REQUIRE(test::WaitFor([&] { return test::ReadText(log).find("made durable") != std::string::npos; }, 120s));
     scan.Kill(SIGTERM);
     REQUIRE(scan.Wait(30s) == 1);
@@ -291,7 +290,7 @@ TEST_CASE("Stopped by SIGTERM with a scan still pending, the daemon exits 0, and
     std::unique_ptr<test::ChildProcess> agent;
     {
       ScopedEnv socket("NOTIFY_SOCKET", socket_path);
-      std::vector<std::string> argv{CtagentPath(), "run", "--config", cfg_path.string()};
+      std::vector<std::string> argv{test::CtagentBinary(), "run", "--config", cfg_path.string()};
       if (once) argv.push_back("--once");
       agent = std::make_unique<test::ChildProcess>(argv, log);
     }

@@ -184,4 +184,9 @@ TusServer StartTusServer(const std::filesystem::path& pki_dir, const std::filesy
   return server;
 }
 
+std::string CtagentBinary() {
+  if (const char* other = std::getenv("CTAGENT_TEST_BINARY"); other != nullptr && *other != '\0') return other;
+  return (std::filesystem::path(CTAGENT_BINARY_DIR) / "agent/ctagent").string();
+}
+
 }  // namespace ctagent::test

@@ -67,6 +67,10 @@ void MakeTestPki(const std::filesystem::path& dir);
 // Reads a whole file as text ("" if missing).
 std::string ReadText(const std::filesystem::path& path);
 
+// The built `ctagent`; the environment variable CTAGENT_TEST_BINARY names another one (e.g. a
+// build from before a fix, to see a test fail there).
+std::string CtagentBinary();
+
 // Starts the reference tus server (cloud/tus-server/server.mjs) over HTTPS with the test PKI
 // in `pki_dir`, storing uploads in `store_dir`; returns once it accepts connections.
 struct TusServer {
