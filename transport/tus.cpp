@@ -464,7 +464,6 @@ Unexpected Client::StatusError(const std::string& what, const std::string& url, 
 
 Expected<ServerCapabilities> Client::Discover() {
   HttpRequest request;
-  request.cancel = cancel_;
   request.method = "OPTIONS";
   request.url = endpoint_;
   request.headers = BaseHeaders();
@@ -511,7 +510,6 @@ Expected<Created> Client::CreateWithUpload(std::uint64_t length, const Metadata&
   }
   const bool with_upload = capabilities_ && capabilities_->Has("creation-with-upload") && !first_bytes.empty();
   HttpRequest request;
-  request.cancel = cancel_;
   request.method = "POST";
   request.url = endpoint_;
   request.headers = BaseHeaders();
@@ -575,7 +573,6 @@ Expected<std::uint64_t> Client::QueryOffset(const std::string& upload_url) {
 Expected<UploadInfo> Client::Query(const std::string& upload_url) {
   if (!OriginAllowed(upload_url)) return ForeignUrl("tus offset query", upload_url);
   HttpRequest request;
-  request.cancel = cancel_;
   request.method = "HEAD";
   request.url = upload_url;
   request.headers = BaseHeaders();
@@ -605,7 +602,6 @@ Expected<std::uint64_t> Client::Patch(const std::string& upload_url, std::uint64
                                       std::span<const std::uint8_t> bytes) {
   if (!OriginAllowed(upload_url)) return ForeignUrl("tus patch", upload_url);
   HttpRequest request;
-  request.cancel = cancel_;
   request.method = "PATCH";
   request.url = upload_url;
   request.headers = BaseHeaders();
@@ -658,7 +654,6 @@ Expected<std::uint64_t> Client::Patch(const std::string& upload_url, std::uint64
 Status Client::Terminate(const std::string& upload_url) {
   if (!OriginAllowed(upload_url)) return ForeignUrl("tus termination", upload_url);
   HttpRequest request;
-  request.cancel = cancel_;
   request.method = "DELETE";
   request.url = upload_url;
   request.headers = BaseHeaders();

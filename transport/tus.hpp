@@ -150,10 +150,6 @@ class Client {
 
   // Called before each block of request body bytes (see HttpRequest::before_send).
   void SetBeforeSend(std::function<bool(std::size_t)> before_send) { before_send_ = std::move(before_send); }
-  // Checked by every request this client makes, at least once a second (HttpRequest::cancel):
-  // returning true ends it with kCancelled, so a stopping or pausing uploader is not held by an
-  // OPTIONS, POST or HEAD that trickles (PATCH also stops through before_send).
-  void SetCancel(std::function<bool()> cancel) { cancel_ = std::move(cancel); }
 
   // The class of the last failed call's error (kNone after a success): what the retry policy
   // keys on.
@@ -186,7 +182,6 @@ class Client {
   std::string endpoint_;
   std::optional<ServerCapabilities> capabilities_;
   std::function<bool(std::size_t)> before_send_;
-  std::function<bool()> cancel_;
   FailureClass last_failure_ = FailureClass::kNone;
   std::string last_label_;  // "" : the class's own name
   std::vector<Origin> allowed_origins_;

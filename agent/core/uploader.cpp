@@ -169,7 +169,6 @@ void Uploader::WarmUp() {
   if (leased) {
     auto client = TakeClient(lease);
     transport::tus::Client tus(*client, cloud_.upload_url);
-    tus.SetCancel([this] { return stopping_.load(); });
     auto answer = tus.Discover();
     if (answer) discovered = *answer;
     ReturnClient(lease.link_name, std::move(client));
@@ -473,7 +472,6 @@ Status Uploader::Prepare(Job& job, transport::HttpClient& http) {
     length = bytes->size();
   }
   transport::tus::Client tus(http, cloud_.upload_url);
-  tus.SetCancel([this] { return stopping_.load(); });
   tus.SetAllowedOrigins(allowed_origins_);
   // No upload is created before discovery said the server is usable: a server that is not tus
   // 1.0.0 must not be left with empty uploads. The warm-ups' OPTIONS are usually answered by
@@ -513,7 +511,6 @@ Status Uploader::Transfer(Job& job, transport::HttpClient& http, const std::func
   auto journal = [&](const spool::UploadState& s) { return JournalUpload(job, s); };
 
   transport::tus::Client tus(http, cloud_.upload_url);
-  tus.SetCancel([this] { return stopping_.load(); });
   tus.SetBeforeSend(before_send);
   tus.SetAllowedOrigins(allowed_origins_);
   // Every failure below comes from the tus client, which knows its class.
