@@ -44,7 +44,7 @@ fs::path LinkRealFile(const fs::path& dir) {
 // Absent file: "SKIPPED: <why>", which ctest reports as a skip (SKIP_REGULAR_EXPRESSION).
 bool RealFileMissing() {
   if (fs::exists(kRealFile)) return false;
-  std::printf("SKIPPED: the real DICOM-CT-PD file is not at %s (see that folder's README.md)\n", kRealFile.c_str());
+  std::printf("SKIPPED: the real DICOM-CT-PD file is not at %s (configure with -DCTAGENT_SHARED_DATA_DIR=<folder holding dicom-ct-pd/>)\n", kRealFile.c_str());
   std::fflush(stdout);
   WARN("SKIPPED: no " << kRealFile.string());
   return true;
