@@ -65,4 +65,39 @@ struct AnalysisResult {
   double seconds = 0;       // wall time of the analysis
 };
 
+// What every rendering of an AnalysisResult says about itself.
+inline constexpr const char* kReferenceAnalysisLabel =
+    "Reference analysis of the demo imaging center (simulated data): not a diagnostic product";
+
+// The analysis' thresholds and rules (docs/reference-imaging-center.md, "Lung analysis").
+struct AnalysisOptions {
+  // Lung segmentation: voxels below this (after a 3 x 3 in-plane mean) are air or lung.
+  double air_below_hu = -500;
+  // An air component not touching the image border counts as a lung candidate from this volume.
+  double min_lung_ml = 100;
+  // Lesion search: lung voxels at least this far from the lung wall (in-plane) and with lung on
+  // the slices above and below, so partial volume at the wall is not taken for a lesion.
+  double wall_margin_mm = 4;
+  // Lesion voxels: smoothed HU at or above this (halfway between aerated lung, -850, and ground
+  // glass, -650). A lesion whose peak smoothed HU reaches consolidation_min_hu is a
+  // consolidation, and its volume counts the voxels above the halfway point between the
+  // measured lung background and consolidation_hu.
+  double lesion_min_hu = -750;
+  double consolidation_min_hu = -300;
+  double consolidation_hu = 35;
+  // The detection limit: smaller connected regions are noise, not lesions.
+  double min_lesion_ml = 0.2;
+  // Category: high risk when a lesion reaches high_risk_lesion_ml or a lung's involvement
+  // reaches high_risk_involvement_percent; normal otherwise.
+  double high_risk_lesion_ml = 1.0;
+  double high_risk_involvement_percent = 1.0;
+  // Failed when the volume covers less than this along z (both lungs need about 300 mm).
+  double min_coverage_mm = 100;
+  std::uint32_t max_threads = 2;  // slices are filtered in this many parallel strips
+};
+
+// Analyses `slices` (one scan's volume, z ascending, equal size and spacing). Never throws; an
+// unusable volume gives category kFailed with the reason. Memory: a few bytes per voxel.
+AnalysisResult Analyze(const std::vector<HuImage>& slices, const AnalysisOptions& options = {});
+
 }  // namespace ctagent::cloud
