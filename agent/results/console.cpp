@@ -164,14 +164,16 @@ Expected<FileSyntax> ReadFileSyntax(const std::filesystem::path& path) {
 
 }  // namespace
 
-Status SendToConsole(const ConsoleNode& node, const std::vector<std::filesystem::path>& files) {
+Expected<DeliveryReport> DeliverToConsole(const ConsoleNode& node, const std::vector<std::filesystem::path>& files) {
   QuietDcmtkLogging();
-  if (files.empty()) return Ok();
+  DeliveryReport report;
+  if (files.empty()) return report;
 
   // Plan: the SOP class and transfer syntax of every file, and per SOP class the transfer
   // syntaxes to propose. Uncompressed little endian is always proposed so any console can
   // accept; a file's own other syntax gets a context of its own so it is sent unchanged when
-  // the console takes it.
+  // the console takes it. Each SOP class has contexts of its own, so a console that refuses
+  // one class (often SR or SEG) still accepts the others.
   std::vector<FileSyntax> syntaxes;
   syntaxes.reserve(files.size());
   std::map<std::string, std::set<std::string>> other_syntaxes_by_class;
@@ -210,21 +212,29 @@ Status SendToConsole(const ConsoleNode& node, const std::vector<std::filesystem:
   }
 
   Status connected = Connect(scu, node);
-  if (!connected) return connected;
+  if (!connected) return MakeError(connected.error());
 
-  std::size_t failed = 0;
-  std::string first_failure;
+  for (const auto& [sop_class, others] : other_syntaxes_by_class) {
+    (void)others;
+    if (scu.findAnyPresentationContextID(sop_class.c_str(), UID_LittleEndianExplicitTransferSyntax) == 0 &&
+        scu.findAnyPresentationContextID(sop_class.c_str(), UID_LittleEndianImplicitTransferSyntax) == 0) {
+      bool any = false;
+      for (const auto& ts : others) any = any || scu.findAnyPresentationContextID(sop_class.c_str(), ts.c_str()) != 0;
+      if (!any) report.refused_sop_classes.push_back(sop_class);
+    }
+  }
+
   for (std::size_t i = 0; i < files.size(); ++i) {
     const auto& path = files[i];
     const auto& syntax = syntaxes[i];
     const T_ASC_PresentationContextID pc =
         scu.findAnyPresentationContextID(syntax.sop_class_uid.c_str(), syntax.transfer_syntax_uid.c_str());
     if (pc == 0) {
-      if (failed++ == 0) {
-        const char* name = dcmFindNameOfUID(syntax.sop_class_uid.c_str(), syntax.sop_class_uid.c_str());
-        first_failure = NodeLabel(node) + " did not accept SOP class " + std::string(name) + " needed for " +
-                        path.string() + "; check the console's storage configuration";
-      }
+      const char* name = dcmFindNameOfUID(syntax.sop_class_uid.c_str(), syntax.sop_class_uid.c_str());
+      report.refused.push_back({path, syntax.sop_class_uid,
+                                NodeLabel(node) + " did not accept SOP class " + std::string(name) + " (" +
+                                    syntax.sop_class_uid + ") needed for " + path.filename().string() +
+                                    "; check the console's storage configuration"});
       continue;
     }
     Uint16 status = 0;
@@ -238,16 +248,16 @@ Status SendToConsole(const ConsoleNode& node, const std::vector<std::filesystem:
                            std::to_string(files.size()) + ") to " + NodeLabel(node) + " failed: " + OneLine(cond));
     }
     if (!IsAcceptedStoreStatus(status)) {
-      if (failed++ == 0) {
-        first_failure = NodeLabel(node) + " refused " + path.string() + ": C-STORE status " + Hex16(status) + " (" +
-                        DU_cstoreStatusString(status) + ")";
-      }
+      report.refused.push_back({path, syntax.sop_class_uid,
+                                NodeLabel(node) + " refused " + path.string() + ": C-STORE status " + Hex16(status) +
+                                    " (" + DU_cstoreStatusString(status) + ")"});
       continue;
     }
     if (status != STATUS_Success) {
       log::Warn(kComponent, "console stored " + path.string() + " with warning status " + Hex16(status) + " (" +
                                 DU_cstoreStatusString(status) + ")");
     }
+    report.delivered.push_back(path);
   }
 
   const OFCondition released = scu.releaseAssociation();
@@ -255,10 +265,17 @@ Status SendToConsole(const ConsoleNode& node, const std::vector<std::filesystem:
     // Every response was already received; a failed release loses nothing.
     log::Debug(kComponent, "release of the association with " + NodeLabel(node) + " failed: " + OneLine(released));
   }
-  if (failed > 0) {
-    std::string message = first_failure;
-    if (failed > 1) {
-      message += " (and " + std::to_string(failed - 1) + " more of " + std::to_string(files.size()) + " files failed)";
+  return report;
+}
+
+Status SendToConsole(const ConsoleNode& node, const std::vector<std::filesystem::path>& files) {
+  Expected<DeliveryReport> report = DeliverToConsole(node, files);
+  if (!report) return MakeError(report.error());
+  if (!report->refused.empty()) {
+    std::string message = report->refused.front().reason;
+    if (report->refused.size() > 1) {
+      message += " (and " + std::to_string(report->refused.size() - 1) + " more of " + std::to_string(files.size()) +
+                 " files failed)";
     }
     return MakeError(ErrorKind::kProtocol, message);
   }

@@ -11,6 +11,7 @@
 #include <dcmtk/dcmdata/dcistrmf.h>
 #include <dcmtk/dcmdata/dcuid.h>
 #include <dcmtk/dcmdata/dcxfer.h>
+#include <dcmtk/dcmsr/dsrdoc.h>
 #include <dcmtk/oflog/logger.h>
 #include <dcmtk/oflog/loglevel.h>
 
@@ -41,10 +42,7 @@ void QuietDcmtkLogging() {
                                                       : dcmtk::log4cplus::OFF_LOG_LEVEL);
 }
 
-std::string SopClassName(const std::string& uid) {
-  const char* name = dcmFindNameOfUID(uid.c_str(), nullptr);
-  return name != nullptr ? std::string(name) + " (" + uid + ")" : uid;
-}
+std::string MiB(std::uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
 
 // Reads a string attribute; empty when absent or empty.
 std::string GetString(DcmDataset& dataset, const DcmTagKey& tag) {
@@ -76,6 +74,7 @@ std::string InstanceLabel(const std::string& sop_instance_uid) {
 // Image checks: dimensions a CT console can display and pixel data of exactly the size the
 // header declares, so a truncated or mis-declared image never reaches the console.
 Status CheckImage(DcmDataset& dataset, const std::string& label, InstanceInfo& info) {
+  const bool segmentation = info.sop_class_uid == UID_SegmentationStorage;
   std::uint16_t rows = 0;
   std::uint16_t columns = 0;
   std::uint16_t bits_allocated = 0;
@@ -94,9 +93,13 @@ Status CheckImage(DcmDataset& dataset, const std::string& label, InstanceInfo& i
   if (!GetUint16(dataset, DCM_BitsAllocated, &bits_allocated)) {
     return MakeError(ErrorKind::kCorrupt, label + ": image has no BitsAllocated (0028,0100)");
   }
-  if (bits_allocated != 8 && bits_allocated != 16) {
+  // A segmentation is 1 bit (BINARY) or 8 bits (FRACTIONAL) per pixel; other images 8 or 16.
+  if (segmentation ? (bits_allocated != 1 && bits_allocated != 8) : (bits_allocated != 8 && bits_allocated != 16)) {
     return MakeError(ErrorKind::kCorrupt, label + ": BitsAllocated is " + std::to_string(bits_allocated) +
-                                              "; only 8 or 16 are accepted");
+                                              (segmentation ? "; a segmentation must have 1 or 8" : "; only 8 or 16 are accepted"));
+  }
+  if (segmentation && GetString(dataset, DCM_SegmentationType).empty()) {
+    return MakeError(ErrorKind::kCorrupt, label + ": segmentation has no SegmentationType (0062,0001)");
   }
   (void)GetUint16(dataset, DCM_SamplesPerPixel, &samples_per_pixel);  // absent means 1
   if (samples_per_pixel != 1 && samples_per_pixel != 3) {
@@ -117,8 +120,9 @@ Status CheckImage(DcmDataset& dataset, const std::string& label, InstanceInfo& i
   // checked by whoever decompresses it. Native pixel data must match the header exactly.
   const DcmXfer xfer(dataset.getOriginalXfer());
   if (!xfer.isEncapsulated()) {
-    const std::uint64_t expected = std::uint64_t{rows} * columns * samples_per_pixel * (bits_allocated / 8U) *
-                                   static_cast<std::uint64_t>(frames);
+    const std::uint64_t bits = std::uint64_t{rows} * columns * samples_per_pixel * bits_allocated *
+                               static_cast<std::uint64_t>(frames);
+    const std::uint64_t expected = (bits + 7) / 8;  // 1-bit frames are packed end to end
     const std::uint64_t actual = pixel_data->getLength();
     // Values of odd length are padded to even length on the wire.
     const bool padded_ok = (expected % 2 == 1) && actual == expected + 1;
@@ -135,14 +139,53 @@ Status CheckImage(DcmDataset& dataset, const std::string& label, InstanceInfo& i
   return Ok();
 }
 
+// An SR must be a document DCMTK's SR module can read (document tree, value types, relationships),
+// so a report the console cannot render is refused here rather than there.
+Status CheckStructuredReport(DcmDataset& dataset, const std::string& label) {
+  DSRDocument document;
+  const OFCondition cond = document.read(dataset);
+  if (cond.bad()) {
+    return MakeError(ErrorKind::kCorrupt, label + ": not a readable structured report: " + std::string(cond.text()));
+  }
+  if (!document.isValid()) {
+    return MakeError(ErrorKind::kCorrupt, label + ": structured report has no valid document tree");
+  }
+  return Ok();
+}
+
 }  // namespace
 
 const std::set<std::string>& DefaultAllowedSopClasses() {
   static const std::set<std::string> kAllowed = {
       UID_CTImageStorage,    UID_EnhancedCTImageStorage, UID_SecondaryCaptureImageStorage,
       UID_BasicTextSRStorage, UID_EnhancedSRStorage,     UID_ComprehensiveSRStorage,
+      UID_Comprehensive3DSRStorage, UID_SegmentationStorage,
   };
   return kAllowed;
+}
+
+std::string SopClassName(const std::string& uid) {
+  const char* name = dcmFindNameOfUID(uid.c_str(), nullptr);
+  return name != nullptr ? std::string(name) + " (" + uid + ")" : uid;
+}
+
+bool IsSegmentation(const std::string& sop_class_uid) { return sop_class_uid == UID_SegmentationStorage; }
+
+std::uint64_t MaxInstanceBytes(const std::string& sop_class_uid) {
+  constexpr std::uint64_t kMiB = std::uint64_t{1} << 20;
+  if (sop_class_uid == UID_CTImageStorage) return 144 * kMiB;  // one 8192 x 8192 16-bit frame + header
+  if (sop_class_uid == UID_SegmentationStorage) return 512 * kMiB;
+  if (sop_class_uid == UID_SecondaryCaptureImageStorage) return 256 * kMiB;
+  if (sop_class_uid == UID_BasicTextSRStorage || sop_class_uid == UID_EnhancedSRStorage ||
+      sop_class_uid == UID_ComprehensiveSRStorage || sop_class_uid == UID_Comprehensive3DSRStorage) {
+    return 16 * kMiB;
+  }
+  return kMaxInstanceFileBytes;
+}
+
+bool IsStructuredReport(const std::string& sop_class_uid) {
+  return sop_class_uid == UID_BasicTextSRStorage || sop_class_uid == UID_EnhancedSRStorage ||
+         sop_class_uid == UID_ComprehensiveSRStorage || sop_class_uid == UID_Comprehensive3DSRStorage;
 }
 
 Expected<InstanceInfo> ValidateInstance(std::span<const std::uint8_t> part10, const std::string& expected_study_uid,
@@ -243,8 +286,19 @@ Expected<InstanceInfo> ValidateInstance(std::span<const std::uint8_t> part10, co
                                                ", which is not allowed from the imaging center");
   }
 
-  // 5. Images: sane dimensions and pixel data of the declared size.
-  if (dcmIsImageStorageSOPClassUID(info.sop_class_uid.c_str())) {
+  // 5. Size bound of its class: an object far larger than its kind ever is is not what it claims.
+  if (const std::uint64_t bound = MaxInstanceBytes(info.sop_class_uid); part10.size() > bound) {
+    return MakeError(ErrorKind::kProtocol, label + " (" + SopClassName(info.sop_class_uid) + ") is " +
+                                               std::to_string(part10.size()) + " bytes, more than the " + MiB(bound) +
+                                               " allowed for its SOP class");
+  }
+
+  // 6. Images: sane dimensions and pixel data of the declared size. SR: a readable document.
+  if (IsStructuredReport(info.sop_class_uid)) {
+    Status report = CheckStructuredReport(*dataset, label);
+    if (!report) return MakeError(report.error());
+  } else if (dcmIsImageStorageSOPClassUID(info.sop_class_uid.c_str()) ||
+             info.sop_class_uid == UID_SegmentationStorage) {
     Status image = CheckImage(*dataset, label, info);
     if (!image) return MakeError(image.error());
   } else {

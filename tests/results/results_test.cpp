@@ -20,6 +20,7 @@
 #include <string>
 
 #include "agent/common/uid.hpp"
+#include "tests/results/result_objects.hpp"
 #include "tests/support/process.hpp"
 
 namespace fs = std::filesystem;
@@ -86,15 +87,19 @@ std::unique_ptr<DcmFileFormat> MakeCt(const Ids& ids, const std::string& sop_ins
   return file;
 }
 
-// A minimal Comprehensive SR: the AI report's shape without its content tree.
+// A Comprehensive SR with a measurement report's content tree (tests/results/result_objects.hpp),
+// loaded back as a file format.
 std::unique_ptr<DcmFileFormat> MakeSr(const Ids& ids, const std::string& sop_instance) {
+  ctagent::test::result_objects::SrSpec spec;
+  spec.study = ids.study;
+  spec.series = ids.series;
+  spec.sop = sop_instance;
+  const fs::path path = fs::temp_directory_path() / ("ctagent-results-test-" + sop_instance + ".dcm");
+  ctagent::test::result_objects::MakeSr(spec, path);
   auto file = std::make_unique<DcmFileFormat>();
-  DcmDataset& ds = *file->getDataset();
-  PutCommon(ds, UID_ComprehensiveSRStorage, sop_instance, ids, "SR");
-  REQUIRE(ds.putAndInsertString(DCM_ValueType, "CONTAINER").good());
-  REQUIRE(ds.putAndInsertString(DCM_ContinuityOfContent, "SEPARATE").good());
-  REQUIRE(ds.putAndInsertString(DCM_CompletionFlag, "COMPLETE").good());
-  REQUIRE(ds.putAndInsertString(DCM_VerificationFlag, "UNVERIFIED").good());
+  REQUIRE(file->loadFile(OFFilename(path.c_str())).good());
+  REQUIRE(file->loadAllDataIntoMemory().good());
+  fs::remove(path);
   return file;
 }
 
@@ -190,7 +195,8 @@ TEST_CASE("results: the default allowed SOP classes are exactly the contract's",
   const auto& allowed = DefaultAllowedSopClasses();
   CHECK(allowed == std::set<std::string>{UID_CTImageStorage, UID_EnhancedCTImageStorage,
                                          UID_SecondaryCaptureImageStorage, UID_BasicTextSRStorage,
-                                         UID_EnhancedSRStorage, UID_ComprehensiveSRStorage});
+                                         UID_EnhancedSRStorage, UID_ComprehensiveSRStorage,
+                                         UID_Comprehensive3DSRStorage, UID_SegmentationStorage});
 }
 
 TEST_CASE("results: an instance of another study is refused", "[results][validate]") {
