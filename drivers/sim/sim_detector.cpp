@@ -7,6 +7,7 @@
 #include <numbers>
 #include <utility>
 
+#include "drivers/sim/lesion_draw.hpp"
 #include "drivers/sim/phantom.hpp"
 
 namespace ctagent::drivers::sim {
@@ -224,11 +225,53 @@ Expected<Lesion> ParseLesion(const nlohmann::json& j, const std::string& path) {
   return l;
 }
 
+// "lesions": "drawn" (the defaults) or {"max_count", "none_probability", "min_diameter_mm",
+// "max_diameter_mm", "consolidation_probability", "clearance_mm", "z_min_mm", "z_max_mm"}.
+Expected<LesionDrawOptions> ParseLesionDraw(const nlohmann::json& j) {
+  LesionDrawOptions o;
+  if (j.is_string()) {
+    if (j == "drawn") return o;
+    return OptionError("lesions", "expected \"drawn\", draw parameters {\"max_count\": 4, ...} or a list of lesions, found " +
+                                      j.dump());
+  }
+  for (const auto& [key, value] : j.items()) {
+    if (key != "max_count" && key != "none_probability" && key != "min_diameter_mm" && key != "max_diameter_mm" &&
+        key != "consolidation_probability" && key != "clearance_mm" && key != "z_min_mm" && key != "z_max_mm") {
+      return OptionError("lesions/" + key,
+                         "unknown draw parameter; use max_count, none_probability, min_diameter_mm, max_diameter_mm, "
+                         "consolidation_probability, clearance_mm, z_min_mm, z_max_mm");
+    }
+  }
+  auto count = NumberIn(j, "lesions", "max_count", o.max_count, 0, kMaxDrawnLesions);
+  auto none = NumberIn(j, "lesions", "none_probability", o.none_probability, 0, 1);
+  auto d_min = NumberIn(j, "lesions", "min_diameter_mm", o.min_diameter_mm, 1, 100);
+  auto d_max = NumberIn(j, "lesions", "max_diameter_mm", o.max_diameter_mm, 1, 100);
+  auto consolidation = NumberIn(j, "lesions", "consolidation_probability", o.consolidation_probability, 0, 1);
+  auto clearance = NumberIn(j, "lesions", "clearance_mm", o.clearance_mm, 0, 50);
+  auto z_min = NumberIn(j, "lesions", "z_min_mm", o.z_min_mm, -500, 500);
+  auto z_max = NumberIn(j, "lesions", "z_max_mm", o.z_max_mm, -500, 500);
+  for (const auto* e : {&count, &none, &d_min, &d_max, &consolidation, &clearance, &z_min, &z_max}) {
+    if (!*e) return MakeError(e->error());
+  }
+  if (*d_max < *d_min) return OptionError("lesions/max_diameter_mm", "must not be below min_diameter_mm");
+  if (*z_max < *z_min) return OptionError("lesions/z_max_mm", "must not be below z_min_mm");
+  o.max_count = static_cast<std::uint32_t>(*count);
+  o.none_probability = *none;
+  o.min_diameter_mm = *d_min;
+  o.max_diameter_mm = *d_max;
+  o.consolidation_probability = *consolidation;
+  o.clearance_mm = *clearance;
+  o.z_min_mm = *z_min;
+  o.z_max_mm = *z_max;
+  return o;
+}
+
 }  // namespace
 
 Expected<std::unique_ptr<SimDetector>> SimDetector::Create(const nlohmann::json& options) {
   std::string model = kSimDefaultModel;
   std::vector<Lesion> lesions;
+  std::optional<LesionDrawOptions> lesion_draw;  // "lesions": drawn from each scan's seed at Arm()
   std::vector<std::uint32_t> dead;
   double gain_sd = 0;
   if (!options.is_null()) {
@@ -242,7 +285,15 @@ Expected<std::unique_ptr<SimDetector>> SimDetector::Create(const nlohmann::json&
         if (!value.is_string()) return OptionError("model", "expected a string, found " + value.dump());
         model = value.get<std::string>();
       } else if (key == "lesions") {
-        if (!value.is_array()) return OptionError("lesions", "expected an array of lesion objects");
+        if (value.is_string() || value.is_object()) {
+          auto draw = ParseLesionDraw(value);
+          if (!draw) return MakeError(draw.error());
+          lesion_draw = *draw;
+          continue;
+        }
+        if (!value.is_array()) {
+          return OptionError("lesions", "expected a list of lesion objects, \"drawn\" or draw parameters");
+        }
         for (std::size_t i = 0; i < value.size(); ++i) {
           auto l = ParseLesion(value[i], "lesions/" + std::to_string(i));
           if (!l) return MakeError(l.error());
@@ -268,7 +319,9 @@ Expected<std::unique_ptr<SimDetector>> SimDetector::Create(const nlohmann::json&
       }
     }
   }
-  return std::unique_ptr<SimDetector>(new SimDetector(std::move(model), std::move(lesions), std::move(dead), gain_sd));
+  std::unique_ptr<SimDetector> detector(new SimDetector(std::move(model), std::move(lesions), std::move(dead), gain_sd));
+  detector->lesion_draw_ = lesion_draw;
+  return detector;
 }
 
 SimDetector::SimDetector(std::string model, std::vector<Lesion> lesions, std::vector<std::uint32_t> dead_channels,
@@ -339,6 +392,8 @@ Status SimDetector::Arm(const ScanProtocol& p) {
   }
 
   protocol_ = p;
+  // Drawn lesions are a property of the scan: the phantom is rebuilt from this scan's seed.
+  if (lesion_draw_) phantom_ = ChestPhantom3d(DrawLesions(p.seed, *lesion_draw_));
   next_sequence_ = 0;
   started_.reset();
   mean_cache_.clear();

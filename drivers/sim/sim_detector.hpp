@@ -19,6 +19,7 @@
 
 #include "agent/common/error.hpp"
 #include "drivers/detector.hpp"
+#include "drivers/sim/lesion_draw.hpp"
 #include "drivers/sim/phantom.hpp"
 
 namespace ctagent::drivers::sim {
@@ -84,6 +85,9 @@ class SimDetector final : public Detector {
   //   "model": string
   //   "lesions": [{"kind": "ground_glass" | "consolidation", "x_mm", "y_mm", "z_mm",
   //                "diameter_mm", "hu" (default -650 / 35)}]   (fan beam: the 3-D chest)
+  //              or "drawn", or draw parameters {"max_count", "none_probability", "min_diameter_mm",
+  //              "max_diameter_mm", "consolidation_probability", "clearance_mm", "z_min_mm",
+  //              "z_max_mm"}: lesions drawn from each scan's seed at Arm() (DrawLesions)
   //   "dead_channels": [channel, ...]   these channels read 0 counts in every row
   //   "channel_gain_sd": relative SD of the per-channel gain (0 .. 0.5, default 0); the
   //                      gains are a fixed property of the detector, not of the scan seed
@@ -107,6 +111,7 @@ class SimDetector final : public Detector {
 
   std::string model_;
   ChestPhantom3d phantom_;
+  std::optional<LesionDrawOptions> lesion_draw_;  // set: phantom_ is redrawn from each scan's seed
   std::vector<std::uint32_t> dead_channels_;
   double channel_gain_sd_ = 0;
 
