@@ -225,8 +225,11 @@ Canvas SummaryPage(const ResultInput& input, const AnalysisResult& analysis) {
   int y = 24;
   canvas.Text(24, y, "Reference analysis - not for diagnosis", 4, kWarning);
   y += 44;
-  canvas.Text(24, y, "ctagent reference imaging center: lung quantification for demonstrations and tests", 2, kDim);
-  y += 28;
+  for (const auto& line : Wrap(kReferenceAnalysisLabel, kColumns)) {
+    canvas.Text(24, y, line, 2, kDim);
+    y += 20;
+  }
+  y += 8;
   canvas.Text(24, y, "Study: " + input.ct.study_description, 2, kDim);
   y += 36;
   const int after = canvas.Text(24, y, "Category: ", 3, kText);

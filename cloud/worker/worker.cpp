@@ -16,7 +16,9 @@
 #include "agent/common/log.hpp"
 #include "agent/common/sha256.hpp"
 #include "agent/common/uid.hpp"
+#include "cloud/worker/analysis.hpp"
 #include "cloud/worker/dicom_writer.hpp"
+#include "cloud/worker/result_encoding.hpp"
 #include "transport/http.hpp"
 
 namespace ctagent::cloud {
@@ -32,6 +34,33 @@ using Clock = std::chrono::steady_clock;
 
 double MsSince(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+// Wall-clock milliseconds since the Unix epoch: stage stamps in the done marker, which the latency
+// bench lines up with the agent's own clock (same machine).
+std::int64_t UnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+const char* CategoryCode(StudyCategory category) {
+  switch (category) {
+    case StudyCategory::kNormal: return "NORMAL";
+    case StudyCategory::kHighRisk: return "HIGH-RISK";
+    case StudyCategory::kFailed: return "FAILED";
+  }
+  return "FAILED";
+}
+
+// What the done marker and the log say about the analysis (no patient data).
+nlohmann::json AnalysisSummary(const AnalysisResult& analysis) {
+  nlohmann::json summary = {{"category", CategoryCode(analysis.category)},
+                            {"lesion_count", analysis.lesions.size()},
+                            {"involvement_percent",
+                             {{"right", analysis.lungs[0].involvement_percent},
+                              {"left", analysis.lungs[1].involvement_percent}}}};
+  if (analysis.category == StudyCategory::kFailed) summary["failure_reason"] = analysis.failure_reason;
+  return summary;
 }
 
 Expected<nlohmann::json> ReadJsonFile(const fs::path& path, std::uint64_t max_bytes) {
@@ -275,7 +304,15 @@ Worker::Outcome Worker::ProcessManifest(const Upload& manifest_upload, const std
     auto existing = ReadJsonFile(series_record_path, kMaxManifestBytes);
     if (!existing) return Fail(scan_uid, manifest_upload.id, "series record unreadable: " + existing.error().message());
     series_record = std::move(*existing);
-  } else {
+    if (!series_record.contains("results")) {
+      // Written by a worker from before the analysis: without the result set (the SR marks it
+      // complete) the agent would wait for ever, so this scan is reconstructed and analysed again.
+      log::Warn(kLog, "scan " + scan_uid + ": its series record has no result set; reconstructing it again");
+      series_record = nlohmann::json();
+    }
+  }
+  if (series_record.is_null()) {
+    const auto picked_up_ms = UnixMs();
     const drivers::ScanProtocol& protocol = manifest.protocol;
     if (manifest.chunks.empty()) return Fail(scan_uid, manifest_upload.id, "manifest lists no chunks");
     std::uint64_t raw_total = 0;
@@ -382,6 +419,7 @@ Worker::Outcome Worker::ProcessManifest(const Upload& manifest_upload, const std
     auto slices = Reconstruct(input, config_.recon);
     if (!slices) return Fail(scan_uid, manifest_upload.id, "reconstruction refused: " + slices.error().message());
     const double recon_ms = MsSince(recon_start);
+    const auto reconstructed_ms = UnixMs();
 
     // A half-written series from an interrupted run is discarded: nothing of it was stored.
     fs::remove_all(series_dir, ec);
@@ -405,6 +443,9 @@ Worker::Outcome Worker::ProcessManifest(const Upload& manifest_upload, const std
     series.slice_thickness_mm = protocol.row_pitch_mm;
     series.images_in_acquisition = static_cast<std::int32_t>(slices->size());
     nlohmann::json instances = nlohmann::json::array();
+    ResultInput result_input;
+    result_input.ct = series;
+    result_input.slices = *slices;
     for (std::uint32_t row = 0; row < slices->size(); ++row) {
       SlicePlacement placement;
       placement.instance_number = static_cast<std::int32_t>(row + 1);
@@ -418,6 +459,45 @@ Worker::Outcome Worker::ProcessManifest(const Upload& manifest_upload, const std
         return Outcome::kRetry;
       }
       instances.push_back({{"file", name}, {"sop_instance_uid", *sop}, {"z_mm", placement.z_mm}});
+      result_input.ct_instances.push_back({*sop, placement.z_mm});
+    }
+    const double dicom_ms = MsSince(dicom_start);
+
+    // The analysis and its result set (SEG, report pages, SR), written beside the slices before
+    // the series record, so the record commits both: a kill before it redoes everything with the
+    // same UIDs, a kill after it stores the same files.
+    if (stop) return Outcome::kSkipped;
+    const auto analysis_start = Clock::now();
+    AnalysisOptions analysis_options;
+    analysis_options.max_threads = std::max<std::uint32_t>(1, config_.recon.max_threads);
+    AnalysisResult analysis = Analyze(*slices, analysis_options);
+    const double analysis_ms = MsSince(analysis_start);
+    const auto analysed_ms = UnixMs();
+    const auto encoding_start = Clock::now();
+    auto results = WriteResultSet(series_dir, result_input, analysis);
+    if (!results && results.error().kind() != ErrorKind::kIo) {
+      // An analysis the encoders cannot express still gets a complete set: a FAILED one saying why.
+      log::Error(kLog, "scan " + scan_uid + ": cannot encode the analysis (" + results.error().message() +
+                           "); storing it as failed");
+      AnalysisResult failed;
+      failed.category = StudyCategory::kFailed;
+      failed.failure_reason = "the result could not be encoded: " + results.error().message();
+      analysis = std::move(failed);
+      results = WriteResultSet(series_dir, result_input, analysis);
+    }
+    if (!results) {
+      log::Error(kLog, "scan " + scan_uid + ": cannot write the result set: " + results.error().message() +
+                           " (retrying next pass)");
+      return Outcome::kRetry;
+    }
+    const double encoding_ms = MsSince(encoding_start);
+    nlohmann::json result_objects = nlohmann::json::array();
+    for (const ResultObject& object : *results) {
+      result_objects.push_back({{"file", object.file.filename().string()},
+                                {"kind", object.kind},
+                                {"sop_class_uid", object.sop_class_uid},
+                                {"series_uid", object.series_uid},
+                                {"sop_instance_uid", object.sop_instance_uid}});
     }
     series_record = {{"scan_uid", scan_uid},
                      {"study_uid", manifest.study_uid},
@@ -426,8 +506,17 @@ Worker::Outcome Worker::ProcessManifest(const Upload& manifest_upload, const std
                      {"input_chunks", input_chunks},
                      {"image_size", config_.recon.image_size},
                      {"instances", instances},
+                     {"results", result_objects},
+                     {"analysis", AnalysisSummary(analysis)},
                      {"reconstructed_utc", UtcNowIso8601()},
-                     {"timings_ms", {{"decode", decode_ms}, {"reconstruct", recon_ms}, {"dicom", MsSince(dicom_start)}}}};
+                     {"timings_ms",
+                      {{"decode", decode_ms},
+                       {"reconstruct", recon_ms},
+                       {"dicom", dicom_ms},
+                       {"analysis", analysis_ms},
+                       {"encoding", encoding_ms}}},
+                     {"unix_ms", {{"picked_up", picked_up_ms}, {"reconstructed", reconstructed_ms},
+                                  {"analysed", analysed_ms}, {"encoded", UnixMs()}}}};
     if (auto st = WriteJsonDurably(series_record_path, series_record); !st) {
       log::Error(kLog, "scan " + scan_uid + ": cannot record the series: " + st.error().message());
       return Outcome::kRetry;
@@ -436,11 +525,16 @@ Worker::Outcome Worker::ProcessManifest(const Upload& manifest_upload, const std
 
   // Store every instance in Orthanc. Orthanc answers AlreadyStored for an instance it has, so a
   // resumed store sends the same files again harmlessly.
+  // The CT slices first, then the result set in its order: SEG, report pages, and the SR last (the
+  // agent takes the set as complete when the SR and everything it lists are there).
   const auto store_start = Clock::now();
   const std::string url = TrimSlash(config_.orthanc_url) + "/instances";
   nlohmann::json orthanc_ids = nlohmann::json::array();
   PosixFileStore store;
-  for (const auto& instance : series_record.at("instances")) {
+  std::vector<nlohmann::json> to_store(series_record.at("instances").begin(), series_record.at("instances").end());
+  const std::size_t ct_count = to_store.size();
+  for (const auto& object : series_record.value("results", nlohmann::json::array())) to_store.push_back(object);
+  for (const auto& instance : to_store) {
     if (stop) return Outcome::kSkipped;
     const fs::path file = series_dir / instance.at("file").get<std::string>();
     auto bytes = store.ReadAll(file, 1ull << 30);
@@ -480,21 +574,29 @@ Worker::Outcome Worker::ProcessManifest(const Upload& manifest_upload, const std
   }
 
   nlohmann::json done = series_record;
-  done["instance_count"] = series_record["instances"].size();
+  done["instance_count"] = ct_count;  // the CT series (the soak test compares it with Orthanc's)
+  done["result_instance_count"] = to_store.size() - ct_count;
   done["orthanc_instance_ids"] = orthanc_ids;
   done["stored_utc"] = UtcNowIso8601();
   done["timings_ms"]["store"] = MsSince(store_start);
+  done["unix_ms"]["stored"] = UnixMs();
   if (auto st = WriteJsonDurably(done_path, done); !st) {
     log::Error(kLog, "scan " + scan_uid + ": stored, but cannot record it as done: " + st.error().message());
     return Outcome::kRetry;
   }
   const auto& t = done["timings_ms"];
-  char timings[160];
-  std::snprintf(timings, sizeof timings, "decode %.0f ms, reconstruct %.0f ms, dicom %.0f ms, store %.0f ms, total %.0f ms",
-                t.value("decode", 0.0), t.value("reconstruct", 0.0), t.value("dicom", 0.0), t.value("store", 0.0),
-                MsSince(started));
-  log::Info(kLog, "scan " + scan_uid + " stored: " + std::to_string(done["instance_count"].get<std::size_t>()) +
-                      " instances, series " + done["series_uid"].get<std::string>() + "; " + timings);
+  char timings[256];
+  std::snprintf(timings, sizeof timings,
+                "decode %.0f ms, reconstruct %.0f ms, dicom %.0f ms, analysis %.0f ms, encoding %.0f ms, store %.0f ms, "
+                "total %.0f ms",
+                t.value("decode", 0.0), t.value("reconstruct", 0.0), t.value("dicom", 0.0), t.value("analysis", 0.0),
+                t.value("encoding", 0.0), t.value("store", 0.0), MsSince(started));
+  const auto& summary = done["analysis"];
+  log::Info(kLog, "scan " + scan_uid + " stored: " + std::to_string(ct_count) + " instances, series " +
+                      done["series_uid"].get<std::string>() + ", and its result set of " +
+                      std::to_string(to_store.size() - ct_count) + " (category " +
+                      summary.value("category", std::string("?")) + ", " +
+                      std::to_string(summary.value("lesion_count", 0)) + " lesions); " + timings);
   return Outcome::kStored;
 }
 

@@ -9,7 +9,9 @@
 
 #include <csignal>
 #include <cmath>
+#include <algorithm>
 #include <fstream>
+#include <set>
 #include <numbers>
 #include <sstream>
 
@@ -161,14 +163,15 @@ struct Center {
   }
 };
 
-// A small axial phantom scan: 2 rows x 128 channels at 3.2 mm, 180 views over 180 degrees,
-// noiseless counts, in 4 chunks of 45 views.
+// A small axial phantom scan: `rows` rows x 128 channels at 3.2 mm, 180 views over 180 degrees,
+// noiseless counts, in 4 chunks of 45 views. Every row sees the same (2-D) phantom, so 24 rows
+// make a 120 mm stack of the same chest slice: enough for the lung analysis (it needs 100 mm).
 struct Scan {
   ctagent::codec::Manifest manifest;
   std::vector<std::vector<std::uint8_t>> chunks;
 };
 
-Scan MakeScan() {
+Scan MakeScan(std::uint32_t rows = 2) {
   Scan scan;
   auto& m = scan.manifest;
   m.scan_uid = ctagent::MintDicomUid();
@@ -181,7 +184,7 @@ Scan MakeScan() {
   m.acquisition_end_utc = "2024-05-01T10:20:31Z";
   auto& p = m.protocol;
   p.views_per_rotation = 180;
-  p.rows = 2;
+  p.rows = rows;
   p.channels = 128;
   p.channel_pitch_mm = 3.2;
   p.row_pitch_mm = 5;
@@ -294,16 +297,25 @@ TEST_CASE("cloud worker: a complete scan is reconstructed and stored in Orthanc 
   REQUIRE(fs::exists(done));
   const auto record = nlohmann::json::parse(ctagent::test::ReadText(done));
   CHECK(record.at("instance_count") == 2);
+  // Two 5 mm slices are too short a volume for the lung analysis: its result set is a FAILED SR
+  // and the summary page (no SEG).
+  CHECK(record.at("result_instance_count") == 2);
+  CHECK(record.at("analysis").at("category") == "FAILED");
   const std::string series_uid = record.at("series_uid");
 
   // Orthanc holds the study's series with both slices (DICOMweb QIDO-RS as the terminal).
   const auto [status, body] = center.Get("/dicom-web/studies/" + scan.manifest.study_uid + "/series");
   REQUIRE(status == 200);
   const auto series = nlohmann::json::parse(body);
-  REQUIRE(series.size() == 1);
-  CHECK(series[0].at("0020000E").at("Value")[0] == series_uid);
-  CHECK(series[0].at("0008103E").at("Value")[0] == "Reference FBP reconstruction - not for diagnosis");
-  CHECK(OrthancInstanceCount(center) == 2);
+  REQUIRE(series.size() == 3);  // CT, report, SR
+  bool ct_found = false;
+  for (const auto& one : series) {
+    if (one.at("0020000E").at("Value")[0] != series_uid) continue;
+    ct_found = true;
+    CHECK(one.at("0008103E").at("Value")[0] == "Reference FBP reconstruction - not for diagnosis");
+  }
+  CHECK(ct_found);
+  CHECK(OrthancInstanceCount(center) == 4);
 
   // The instance Orthanc serves is byte for byte the one the worker wrote, and it is right.
   const std::string orthanc_id = record.at("orthanc_instance_ids")[0];
@@ -335,7 +347,7 @@ TEST_CASE("cloud worker: a complete scan is reconstructed and stored in Orthanc 
 
   // A second pass (a restart) stores nothing again.
   CHECK(center.RunWorker() == 0);
-  CHECK(OrthancInstanceCount(center) == 2);
+  CHECK(OrthancInstanceCount(center) == 4);
   CHECK(nlohmann::json::parse(ctagent::test::ReadText(done)).at("series_uid") == series_uid);
 }
 
@@ -375,9 +387,77 @@ TEST_CASE("cloud worker: the polling worker picks a scan up when its manifest ar
   INFO(ctagent::test::ReadText(center.root.path() / "worker.log"));
   REQUIRE(ctagent::test::WaitFor([&] { return fs::exists(done) || !worker.Running(); }, 60s));
   REQUIRE(fs::exists(done));
-  CHECK(OrthancInstanceCount(center) == 2);
+  CHECK(OrthancInstanceCount(center) == 4);
 
   worker.Kill(SIGTERM);
   CHECK(worker.Wait(5s) == 0);
   CHECK_THAT(ctagent::test::ReadText(center.root.path() / "worker.log"), Catch::Contains("stopped"));
+}
+
+TEST_CASE("cloud worker: a chest volume gets its result set stored after the CT, the SR last, once",
+          "[cloud][worker][results]") {
+  Center center;
+  const Scan scan = MakeScan(24);  // 120 mm of chest: the analysis runs
+  UploadScan(center, scan);
+  INFO(ctagent::test::ReadText(center.root.path() / "worker.log"));
+  REQUIRE(center.RunWorker() == 0);
+  const fs::path done = center.work / "done" / (scan.manifest.scan_uid + ".json");
+  REQUIRE(fs::exists(done));
+  const auto record = nlohmann::json::parse(ctagent::test::ReadText(done));
+  INFO(record.at("analysis").dump());
+  CHECK(record.at("instance_count") == 24);
+  const std::string category = record.at("analysis").at("category");
+  CHECK(category != "FAILED");
+  const auto& results = record.at("results");
+  REQUIRE(results.size() >= 3);
+  CHECK(results[0].at("kind") == "seg");
+  CHECK(results[1].at("kind") == "report");
+  CHECK(results.back().at("kind") == "sr");
+  for (const char* stage : {"decode", "reconstruct", "dicom", "analysis", "encoding", "store"}) {
+    CHECK(record.at("timings_ms").at(stage).get<double>() >= 0);
+  }
+  CHECK(record.at("unix_ms").at("stored").get<std::int64_t>() >= record.at("unix_ms").at("picked_up").get<std::int64_t>());
+  const int total = 24 + static_cast<int>(results.size());
+  CHECK(OrthancInstanceCount(center) == total);
+
+  // QIDO-RS as the terminal: the study holds the CT, SEG, report (OT) and SR series.
+  const auto [status, body] = center.Get("/dicom-web/studies/" + scan.manifest.study_uid + "/series");
+  REQUIRE(status == 200);
+  std::multiset<std::string> modalities;
+  for (const auto& one : nlohmann::json::parse(body)) modalities.insert(one.at("00080060").at("Value")[0].get<std::string>());
+  CHECK(modalities == std::multiset<std::string>{"CT", "OT", "SEG", "SR"});
+
+  // The SR reached Orthanc after every other instance of the scan.
+  const auto [changes_status, changes_body] = center.Get("/changes?limit=10000");
+  REQUIRE(changes_status == 200);
+  const std::string sr_id = record.at("orthanc_instance_ids").back();
+  std::int64_t sr_seq = -1, last_other_seq = -1;
+  const auto changes = nlohmann::json::parse(changes_body);
+  for (const auto& change : changes.at("Changes")) {
+    if (change.at("ChangeType") != "NewInstance") continue;
+    const std::int64_t seq = change.at("Seq");
+    if (change.at("ID") == sr_id) sr_seq = seq;
+    else last_other_seq = std::max(last_other_seq, seq);
+  }
+  CHECK(sr_seq > last_other_seq);
+
+  // The SR Orthanc serves parses with dsrdump and says the category.
+  const auto [sr_status, sr_bytes] = center.Get("/instances/" + sr_id + "/file");
+  REQUIRE(sr_status == 200);
+  const fs::path sr_file = center.root.path() / "sr.dcm";
+  WriteFile(sr_file, ctagent::AsBytes(sr_bytes));
+  REQUIRE(Run({"dsrdump", sr_file.string()}, center.root.path() / "dsrdump.txt") == 0);
+  CHECK_THAT(ctagent::test::ReadText(center.root.path() / "dsrdump.txt"), Catch::Contains(category));
+
+  // A kill after storing but before the done marker, and a lost work directory: the worker stores
+  // again, and Orthanc still holds one copy of each instance (UIDs derived from the scan UID).
+  fs::remove(done);
+  REQUIRE(center.RunWorker() == 0);
+  CHECK(OrthancInstanceCount(center) == total);
+  fs::remove(done);
+  fs::remove_all(center.work / "series" / scan.manifest.scan_uid);
+  REQUIRE(center.RunWorker() == 0);
+  CHECK(OrthancInstanceCount(center) == total);
+  const auto again = nlohmann::json::parse(ctagent::test::ReadText(done));
+  CHECK(again.at("results").back().at("sop_instance_uid") == results.back().at("sop_instance_uid"));
 }
