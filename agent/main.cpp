@@ -30,6 +30,7 @@
 #include "agent/common/log.hpp"
 #include "agent/common/service_notify.hpp"
 #include "agent/core/agent.hpp"
+#include "agent/daemon/daemon.hpp"
 #include "config/config.hpp"
 #include "drivers/record.hpp"
 #include "transport/http.hpp"
@@ -619,115 +620,40 @@ int CmdRun(const Args& args) {
   // Under systemd (Type=notify): READY=1 once serving, WATCHDOG=1 from the event loop, STOPPING=1.
   // Read before any thread starts: it also clears the variables from the environment.
   const auto notifier = service::ServiceNotifier::FromEnvironment();
-  core::HeartbeatSettings heartbeat;
+  daemon::Options options;
+  options.once = args.Has("--once");
   if (notifier.watchdog_timeout().count() > 0) {
-    heartbeat.period = std::max(std::chrono::milliseconds(1),
-                                std::chrono::duration_cast<std::chrono::milliseconds>(notifier.watchdog_timeout() / 2));
-    heartbeat.beat = [&notifier] { notifier.Watchdog(); };
+    options.heartbeat.period = std::max(
+        std::chrono::milliseconds(1), std::chrono::duration_cast<std::chrono::milliseconds>(notifier.watchdog_timeout() / 2));
+    options.heartbeat.beat = [&notifier] { notifier.Watchdog(); };
   }
   SignalWatcher signals(nullptr, /*daemon=*/true, [&notifier] { notifier.Stopping(); });
-  // Between passes the daemon's own thread waits here; it beats as it waits, so the watchdog
-  // covers this thread too.
-  const auto idle = [&](std::chrono::milliseconds d) {
-    const auto until = std::chrono::steady_clock::now() + d;
-    while (!signals.stopped()) {
-      const auto now = std::chrono::steady_clock::now();
-      if (now >= until) break;
-      auto slice = std::chrono::duration_cast<std::chrono::milliseconds>(until - now);
-      if (heartbeat.beat) slice = std::min(slice, heartbeat.period);
-      signals.SleepFor(slice);
-      if (heartbeat.beat) heartbeat.beat();
-    }
-  };
-  bool ready = false;
-  const auto say_ready = [&] {
-    if (!ready) notifier.Ready();
-    ready = true;
-  };
   std::string started = "ctagent " CTAGENT_VERSION " running; spool " + cfg->spool.directory.string();
   if (notifier.enabled()) started += "; reporting to the service manager";
-  if (heartbeat.beat) started += ", watchdog every " + std::to_string(heartbeat.period.count()) + " ms";
+  if (options.heartbeat.beat) started += ", watchdog every " + std::to_string(options.heartbeat.period.count()) + " ms";
   log::Info("agent", started);
-  int problems = 0;
-  std::set<std::string> failed_seen;
-  bool waiting_logged = false;
-  // Bounded in time by the operator's signal; each pass is bounded by the retry policy. The spool
-  // is held only during a pass, so a `ctagent scan` can take it in between (or ask for it).
-  while (!signals.stopped()) {
-    auto agent = std::make_unique<core::Agent>(*cfg, files);
-    agent->SetHeartbeat(heartbeat);
-    if (auto st = agent->Open(); !st) {
-      const int holder = LockHolderPid(spool::Spool::LockFile(cfg->spool.directory));
-      if (st.error().kind() == ErrorKind::kBusy && holder > 0 && !IsDaemon(holder)) {
-        // A scan has the spool (and uploads its own scan); this pass waits until it is done.
-        if (!waiting_logged) log::Info("agent", st.error().message() + "; resuming once it is done");
-        waiting_logged = true;
-        say_ready();
-        notifier.SetStatus("a scan holds the spool; uploads resume when it is done");
-        idle(std::chrono::seconds(1));
-        continue;
-      }
-      std::fprintf(stderr, "ctagent: %s\n", st.error().message().c_str());
-      notifier.SetStatus("stopped: " + st.error().message());
-      return 1;
-    }
-    say_ready();
-    notifier.SetStatus("uploading and collecting results");
-    waiting_logged = false;
-    signals.Attach(agent.get());
-    {
-      LagMonitor lag(agent->spool(), /*log_backlog=*/true);
-      problems = 0;
-      for (const auto& s : agent->ResumeAll()) {
-        RecordSummaryRate(cfg->spool.directory, s);
-        if (!s.problem.empty()) {
-          ++problems;
-          log::Warn("agent", "scan " + s.scan_uid + ": " + s.problem);
-        } else {
-          log::Info("agent", "scan " + s.scan_uid + ": " + s.state);
-        }
-      }
-      // A failed scan (damaged or unreadable spool files, refused by the driver...) is never
-      // retried: it needs a person, so each one is an error here, logged when first seen, and a
-      // problem for the exit status.
-      for (const auto& r : agent->spool().AllScans()) {
-        if (r.state != spool::ScanState::kFailed) continue;
-        ++problems;
-        if (failed_seen.insert(r.scan_uid).second) {
-          log::Error("agent", "scan " + r.scan_uid + " FAILED and needs attention (see `ctagent status`): " +
-                                  r.failure_reason);
-        }
-      }
-      const Backlog b = MeasureBacklog(agent->spool());
-      // A pass stopped before it reached a pending scan gives no summary for it; the scan is
-      // still pending all the same, which `run --once` must answer with 1.
-      if (signals.stopped() && problems == 0 && b.scans > 0) problems = static_cast<int>(b.scans);
-      if (b.bytes > 0) {
-        const std::string backlog = DescribeBacklog(b, ReadRateRecord(cfg->spool.directory));
-        log::Info("lag", backlog);
-        notifier.SetStatus(backlog);
-      } else {
-        notifier.SetStatus(problems == 0 ? "idle; every scan is confirmed by the cloud"
-                                         : "idle; " + std::to_string(problems) + " scan(s) need attention");
-      }
-    }
-    signals.Attach(nullptr);
-    agent.reset();  // lets go of the spool
-    if (signals.TakeYieldRequest()) {
-      // The spool is free now; the scan asking for it takes it within a moment, and the next
-      // pass then waits until the scan is done. Had no scan taken it by then (it gave up, or
-      // died), the daemon simply carries on.
-      idle(std::chrono::seconds(5));
-      continue;
-    }
-    if (args.Has("--once")) break;
-    idle(std::chrono::seconds(30));
-  }
-  // Stopped on request (SIGTERM from systemd, SIGINT), the daemon did what it was asked: scans
-  // still pending are safe in the spool and are no failure of the service, which would otherwise
-  // be marked failed at every stop while a link is down. With --once the status is the answer.
-  if (signals.stopped() && !args.Has("--once")) return 0;
-  return problems == 0 ? 0 : 1;
+  // The daemon's logic is agent/daemon/; this is the process around it.
+  daemon::Environment env;
+  env.stopped = [&] { return signals.stopped(); };
+  env.take_yield_request = [&] { return signals.TakeYieldRequest(); };
+  env.sleep_for = [&](std::chrono::milliseconds d) { signals.SleepFor(d); };
+  env.attach = [&](core::Agent* agent) { signals.Attach(agent); };
+  env.ready = [&] { notifier.Ready(); };
+  env.set_status = [&](const std::string& status) { notifier.SetStatus(status); };
+  env.spool_held_by_scan = [&] {
+    const int holder = LockHolderPid(spool::Spool::LockFile(cfg->spool.directory));
+    return holder > 0 && !IsDaemon(holder);
+  };
+  env.scan_ended = [&](const core::ScanSummary& s) { RecordSummaryRate(cfg->spool.directory, s); };
+  env.describe_backlog = [&](spool::Spool& spool) {
+    const Backlog b = MeasureBacklog(spool);
+    return b.bytes > 0 ? DescribeBacklog(b, ReadRateRecord(cfg->spool.directory)) : std::string();
+  };
+  env.with_monitor = [](spool::Spool& spool, const std::function<void()>& body) {
+    LagMonitor lag(spool, /*log_backlog=*/true);
+    body();
+  };
+  return daemon::Run(*cfg, files, options, env);
 }
 
 int CmdStatus(const Args& args) {

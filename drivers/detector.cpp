@@ -265,4 +265,10 @@ Expected<ScanProtocol> ProtocolFromJson(const nlohmann::json& j) {
   return p;
 }
 
+Expected<std::optional<ScanAnnouncement>> Detector::WaitForScan(std::chrono::milliseconds /*timeout*/) {
+  return MakeError(ErrorKind::kUnsupported,
+                   "detector driver \"" + Info().name +
+                       "\" does not announce scans (driver ABI 1.2 wait_scan); scans start from `ctagent scan` only");
+}
+
 }  // namespace ctagent::drivers

@@ -4,6 +4,7 @@
 // never from the I/O event loop.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -129,6 +130,14 @@ struct DetectorInfo {
   std::vector<SampleType> sample_types{SampleType::kUint16};  // sample types Arm() accepts
 };
 
+// A scan the scanner armed and started by itself (driver ABI 1.2): the operator started it on
+// the console, so the agent takes it as it comes, with the scanner's protocol.
+struct ScanAnnouncement {
+  ScanProtocol protocol;
+  std::string accession_number;   // DICOM (0008,0050) of the exam, empty when the scanner has none
+  std::string procedure_step_id;  // DICOM (0040,0009) Scheduled Procedure Step ID, or empty
+};
+
 class Detector {
  public:
   virtual ~Detector() = default;
@@ -142,6 +151,15 @@ class Detector {
   virtual void Abort() = 0;
   // Runs the detector's self-test (idle only). Drivers without one report success.
   virtual Status SelfTest() { return Ok(); }
+
+  // Whether WaitForScan() can announce scans (ABI 1.2 drivers with wait_scan; the sim with its
+  // "announce" option). The daemon waits for announcements only on such drivers.
+  virtual bool AnnouncesScans() const { return false; }
+  // Blocks up to `timeout` until the scanner starts a scan of its own. On an announcement the
+  // detector is armed with its protocol, as after Arm(): NextView() delivers its views. Empty:
+  // no scan within the timeout. Abort() ends a wait early (kCancelled). Called from the
+  // acquisition thread, like Arm() and NextView(). Drivers that cannot announce: kUnsupported.
+  virtual Expected<std::optional<ScanAnnouncement>> WaitForScan(std::chrono::milliseconds timeout);
 };
 
 // Creates a driver by name from the built-in drivers of this build (drivers/registry.hpp):

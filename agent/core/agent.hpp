@@ -1,24 +1,29 @@
 // The agent: runs scans through the pipeline
 //   driver -> chunker -> codec pool -> spool -> uploader -> results -> console
 // on one Boost.Asio event loop, with the driver on its own acquisition thread and compression
-// on a bounded pool. It also resumes every unfinished scan found in the spool.
+// on a bounded pool. It also resumes every unfinished scan found in the spool, and (Serve, the
+// daemon) takes every scan the detector announces while earlier ones upload and await results.
 #pragma once
 
 #include <boost/asio/io_context.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <mutex>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "agent/common/durable_file.hpp"
 #include "agent/core/heartbeat.hpp"
+#include "agent/codec/chunk_stage.hpp"
 #include "agent/spool/spool.hpp"
 #include "config/config.hpp"
+#include "drivers/detector.hpp"
 
 namespace ctagent::core {
 
@@ -52,6 +57,34 @@ struct Progress {
   std::atomic<int> phase{0};  // 0 acquiring, 1 uploading, 2 waiting for results, 3 delivering, 4 done
 };
 
+// The exam a scan belongs to, when the scanner (an announcement) or the caller (take_scan) knows it.
+struct ExamIdentity {
+  std::string accession_number;
+  std::string procedure_step_id;
+};
+
+// What the daemon is doing, for its service manager's status line.
+struct ServiceStatus {
+  std::string acquiring;       // UID of the scan being acquired; empty when the detector is idle
+  std::size_t in_progress = 0;  // other scans uploading, awaiting results or being delivered
+};
+
+struct ServiceHooks {
+  std::function<void()> on_ready;                          // the loop runs and has resumed the spool
+  std::function<void(const ScanSummary&)> on_scan_end;     // a scan ended (done, or stopped for now)
+  std::function<void(const ServiceStatus&)> on_status;     // when what the daemon does changes
+  // Scans whose upload or results failed for now are taken up again this often.
+  std::chrono::milliseconds retry_every{30000};
+};
+
+// A scan asked for by a person (the control socket's take_scan) rather than announced.
+struct TakeScanOrder {
+  std::optional<drivers::ScanProtocol> protocol;  // empty: the configured one
+  ExamIdentity exam;
+  // Called once, from any thread: the scan's UID once the detector is armed, or why not.
+  std::function<void(Expected<std::string>)> armed;
+};
+
 class Agent {
  public:
   Agent(config::AgentConfig config, FileStore& files);
@@ -72,6 +105,17 @@ class Agent {
   // no scan's upload or images wait for another scan's results).
   std::vector<ScanSummary> ResumeAll(Progress* progress = nullptr);
 
+  // The daemon's work, until RequestStop(): one event loop with one uploader and one results
+  // fetcher for every scan; every unfinished scan of the spool is resumed (and retried every
+  // hooks.retry_every); the detector stays open, and an acquisition thread takes every scan it
+  // announces (drivers::Detector::WaitForScan) or TakeScan() asks for, one after the other,
+  // while the loop uploads earlier scans and awaits their results. The calling thread runs the
+  // loop (and its heartbeat). Fails only when the results fetcher cannot be set up.
+  Status Serve(const ServiceHooks& hooks);
+  // From any thread, while Serve() runs: acquire one scan as soon as the detector is free.
+  // order.armed gets the scan's UID, or kBusy (a scan is being acquired, or none is served).
+  void TakeScan(TakeScanOrder order);
+
   // Stops the event loop from a signal handler's thread.
   void RequestStop();
 
@@ -83,7 +127,17 @@ class Agent {
 
  private:
   struct Run;
+  struct Service;
   Expected<ScanSummary> Finish(Run& run);
+  // The configured protocol (a replayed recording's own shape, with its changes logged).
+  Expected<drivers::ScanProtocol> ConfiguredProtocol() const;
+  // A new scan: spool record and reservation, the detector armed (unless it armed itself), and
+  // the chunk stage and ingest that carry its views to the spool.
+  Status BeginAcquisition(Run& run, const drivers::ScanProtocol& protocol, drivers::Detector& detector, bool armed,
+                          const ExamIdentity& exam);
+  // On the acquisition thread: every view into the spool, ending with the last batch synced.
+  codec::ChunkStage::AcquireResult Acquire(Run& run, drivers::Detector& detector, const drivers::ScanProtocol& protocol);
+  bool NeedsWork(const spool::ScanRecord& record) const;  // unfinished, and this config finishes it
   // Runs `io` until it stops; meanwhile RequestStop() stops it from another thread.
   void RunLoop(boost::asio::io_context& io);
   // ResumeAll's second pass: results for every uploaded scan, all scans at once.
@@ -97,6 +151,7 @@ class Agent {
   std::atomic<bool> stop_requested_{false};
   std::function<void()> stop_hook_;
   std::mutex stop_mutex_;
+  Service* service_ = nullptr;  // while Serve() runs; guarded by stop_mutex_
   HeartbeatSettings heartbeat_;
 };
 

@@ -1,6 +1,10 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <condition_variable>
+#include <set>
 
 #include <chrono>
 #include <ctime>
@@ -31,15 +35,27 @@ double SecondsSince(std::chrono::steady_clock::time_point t0) {
 
 }  // namespace
 
-// One scan's journey on one event loop. Handlers named On* run on the io_context only, so the
-// members they touch need no locks; the acquisition thread and the pools talk to them by post.
+// One scan's journey on an event loop: its own (RunScan, ResumeAll), or the daemon's, shared by
+// every scan (Serve). Handlers named On* run on the io_context only, so the members they touch
+// need no locks; the acquisition thread and the pools talk to them by post.
 struct Agent::Run {
-  boost::asio::io_context io;  // declared first: destroyed last, after the pools joined
+  // Declared first: destroyed last, after the pools joined. Null on the daemon's shared loop.
+  std::unique_ptr<boost::asio::io_context> own_io;
+  boost::asio::io_context& io;
   config::AgentConfig config;
   spool::Spool& spool;
   Progress* progress;
+  // A Run's own uploader and fetcher, or (the daemon) the ones every scan shares.
   std::unique_ptr<Uploader> uploader;
   std::unique_ptr<ResultsFetcher> results;
+  Uploader* shared_uploader = nullptr;
+  ResultsFetcher* shared_results = nullptr;
+  // On the shared loop the scan's end is reported here (once) instead of stopping the loop.
+  std::function<void()> on_end;
+  bool ended = false;
+  // Uploads and results fetches whose completion handler will still touch this Run: the daemon
+  // frees an ended Run only when none is left.
+  int in_flight = 0;
   // Declared before the chunk stage, whose workers feed it: destroyed after them.
   std::unique_ptr<spool::BatchedIngest> ingest;
   std::unique_ptr<codec::ChunkStage> chunk_stage;
@@ -70,13 +86,27 @@ struct Agent::Run {
   double acquisition_seconds = 0;
   double upload_seconds = 0;
 
-  Run(config::AgentConfig cfg, spool::Spool& s, Progress* p) : config(std::move(cfg)), spool(s), progress(p) {}
+  Run(config::AgentConfig cfg, spool::Spool& s, Progress* p)
+      : own_io(std::make_unique<boost::asio::io_context>()), io(*own_io), config(std::move(cfg)), spool(s), progress(p) {}
+  Run(config::AgentConfig cfg, spool::Spool& s, boost::asio::io_context& shared)
+      : io(shared), config(std::move(cfg)), spool(s), progress(nullptr) {}
 
   void SetPhase(int phase) {
     if (progress) progress->phase = phase;
   }
 
-  void Stop() { io.stop(); }
+  Uploader& Up() { return uploader ? *uploader : *shared_uploader; }
+  ResultsFetcher* Results() { return results ? results.get() : shared_results; }
+
+  void Stop() {
+    if (!own_io) {
+      if (ended) return;
+      ended = true;
+      if (on_end) on_end();
+      return;
+    }
+    io.stop();
+  }
 
   void OnChunkStored(Expected<codec::ManifestChunk> chunk) {
     if (!chunk) {
@@ -103,7 +133,9 @@ struct Agent::Run {
 
   void StartChunkUpload(std::uint32_t index) {
     if (upload_started == std::chrono::steady_clock::time_point{}) upload_started = std::chrono::steady_clock::now();
-    uploader->UploadChunk(scan_uid, index, [this](Status st) {
+    ++in_flight;
+    Up().UploadChunk(scan_uid, index, [this](Status st) {
+      --in_flight;
       if (!st) {
         if (upload_failure) upload_failure = st;
         ++chunks_failed;
@@ -113,6 +145,15 @@ struct Agent::Run {
       }
       MaybeUploadManifest();
     });
+  }
+
+  // The acquisition thread's result, on the loop.
+  void OnAcquired(std::uint64_t views_acquired, const std::string& reason, std::uint32_t chunks_submitted) {
+    views = views_acquired;
+    // A storage failure already said why acquisition stopped; the driver's view of it
+    // ("aborted") would only hide the cause.
+    if (incomplete_reason.empty()) incomplete_reason = reason;
+    OnAcquisitionDone(chunks_submitted);
   }
 
   void OnAcquisitionDone(std::uint32_t chunks_submitted) {
@@ -167,7 +208,7 @@ struct Agent::Run {
   // While chunk uploads still run, the manifest's upload is created ahead, so that the scan's
   // last request (the manifest, which must wait for every chunk) is a PATCH, not a POST + PATCH.
   void MaybePrepareManifest() {
-    if (manifest_written && chunks_uploaded + chunks_failed < stored_chunks.size()) uploader->PrepareManifest(scan_uid);
+    if (manifest_written && chunks_uploaded + chunks_failed < stored_chunks.size()) Up().PrepareManifest(scan_uid);
   }
 
   void MaybeUploadManifest() {
@@ -180,7 +221,9 @@ struct Agent::Run {
       Stop();  // the data stays in the spool; the next run resumes these uploads
       return;
     }
-    uploader->UploadManifest(scan_uid, [this](Status st) {
+    ++in_flight;
+    Up().UploadManifest(scan_uid, [this](Status st) {
+      --in_flight;
       upload_seconds = SecondsSince(upload_started);
       if (!st) {
         upload_failure = st;
@@ -198,6 +241,41 @@ struct Agent::Run {
     });
   }
 
+  // A spooled scan taken up again (ResumeAll, the daemon): what the spool has of it.
+  void ContinueFrom(const spool::ScanRecord& record) {
+    scan_uid = record.scan_uid;
+    study_uid = record.study_uid;
+    for (const auto& c : record.chunks) {
+      stored_chunks.push_back(c.chunk);
+      views += c.chunk.view_count;
+    }
+    chunks_expected = static_cast<std::uint32_t>(record.chunks.size());
+    acquisition_done = true;
+    manifest_written = record.manifest_written;
+    if (record.state == spool::ScanState::kAcquiring) {
+      // The agent stopped during acquisition: what reached the spool is kept and sent, and the
+      // manifest says the scan is incomplete and why.
+      incomplete_reason = !record.incomplete_reason.empty()
+                              ? record.incomplete_reason
+                              : "the agent stopped during acquisition; " + std::to_string(views) +
+                                    " views were stored before it stopped";
+    }
+  }
+
+  // Continues a spooled scan's upload: every chunk not yet complete, then the manifest.
+  void ResumeUpload(const spool::ScanRecord& record) {
+    SetPhase(1);
+    for (const auto& c : record.chunks) {
+      if (c.upload.complete) {
+        ++chunks_uploaded;
+      } else {
+        StartChunkUpload(c.chunk.index);
+      }
+    }
+    MaybePrepareManifest();
+    MaybeUploadManifest();
+  }
+
   // Stops the uploader and keeps only its count: a stopped uploader still holds its idle
   // connections, which a Run waiting for its results pass must not keep open.
   void ReleaseUploader() {
@@ -208,12 +286,14 @@ struct Agent::Run {
   }
 
   void FetchResults() {
-    if (!config.results.enabled || !results) {
+    if (!config.results.enabled || Results() == nullptr) {
       Stop();
       return;
     }
     SetPhase(2);
-    results->FetchAndDeliver(scan_uid, study_uid, [this](const ResultsOutcome& outcome) {
+    ++in_flight;
+    Results()->FetchAndDeliver(scan_uid, study_uid, [this](const ResultsOutcome& outcome) {
+      --in_flight;
       OnResults(outcome);
       SetPhase(4);
       Stop();
@@ -271,59 +351,21 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress) {
   }
   // A replayed recording sets the scan's shape and geometry (the config needs none); each field
   // it changes is logged, so a config written for another scanner is not silently ignored.
-  auto adopted = drivers::replay::ScanProtocolFor(config_.driver.name, config_.driver.options, config_.protocol);
-  if (!adopted) return MakeError(adopted.error().WithContext("driver \"" + config_.driver.name + "\""));
-  for (const std::string& change : adopted->changes) log::Info("scan", "from the recording: " + change);
-  const drivers::ScanProtocol& protocol = adopted->protocol;
+  auto protocol = ConfiguredProtocol();
+  if (!protocol) return MakeError(protocol.error());
   auto detector = drivers::MakeDetector(config_.driver.name, config_.driver.options);
   if (!detector) return MakeError(detector.error().WithContext("driver \"" + config_.driver.name + "\""));
-  auto filter = codec::FilterFromString(config_.codec.filter);
-  if (!filter) return MakeError(filter.error());
 
   auto run = std::make_unique<Run>(config_, *spool_, progress);
-  run->scan_uid = MintDicomUid();
-  run->study_uid = config_.study.study_uid.empty() ? MintDicomUid() : config_.study.study_uid;
-
-  codec::Manifest base;
-  base.scan_uid = run->scan_uid;
-  base.study_uid = run->study_uid;
-  base.patient_id = config_.study.patient_id;
-  base.patient_name = config_.study.patient_name;
-  base.study_description = config_.study.study_description;
-  base.terminal_id = config_.terminal_id;
-  base.acquisition_start_utc = UtcNowIso8601();
-  base.protocol = protocol;
-
   // Everything that can be refused is checked before space is reserved and the detector armed.
   if (config_.results.enabled) {
     auto fetcher = ResultsFetcher::Create(run->io, *spool_, config_);
     if (!fetcher) return MakeError(fetcher.error());
     run->results = std::move(*fetcher);
   }
-
-  // Space first: a scan that cannot be stored is refused before the detector is armed.
-  spool::ScanRecord record;
-  record.scan_uid = run->scan_uid;
-  record.study_uid = run->study_uid;
-  record.created_utc = base.acquisition_start_utc;
-  record.manifest_base = codec::ToJson(base);
-  const std::uint64_t reserve = protocol.RawBytes() + protocol.RawBytes() / 64 + (1 << 20);
-  if (auto st = spool_->BeginScan(record, reserve); !st) return MakeError(st.error());
-  if (auto st = (*detector)->Arm(protocol); !st) {
-    (void)spool_->Update(run->scan_uid, [&](spool::ScanRecord& r) {
-      r.state = spool::ScanState::kFailed;
-      r.failure_reason = "the driver refused to arm: " + st.error().message();
-      r.reserved_bytes = 0;
-    });
-    return MakeError(st.error().WithContext("arming the detector"));
-  }
-  log::Info("scan", "scan " + run->scan_uid + " armed: " + std::to_string(protocol.TotalViews()) + " views of " +
-                        std::to_string(protocol.rows) + " x " + std::to_string(protocol.channels) + " samples, dose " +
-                        std::to_string(protocol.dose_fraction));
-  if (progress) progress->views_total = protocol.TotalViews();
+  if (auto st = BeginAcquisition(*run, *protocol, **detector, /*armed=*/false, {}); !st) return MakeError(st.error());
 
   run->uploader = std::make_unique<Uploader>(run->io, *spool_, config_.cloud, RetryPolicy{}, links_.get());
-  run->detector = detector->get();
   {
     std::lock_guard lock(stop_mutex_);
     Run* raw = run.get();
@@ -337,6 +379,86 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress) {
     if (stop_requested_) stop_hook_();
   }
 
+  // Acquisition thread: the only caller of the driver's blocking NextView().
+  std::thread acquisition([this, r = run.get(), det = detector->get(), p = *protocol] {
+    auto acquired = Acquire(*r, *det, p);
+    boost::asio::post(r->io, [r, acquired] { r->OnAcquired(acquired.views, acquired.incomplete_reason, acquired.chunks); });
+  });
+
+  auto guard = boost::asio::make_work_guard(run->io);
+  run->io.run();
+  // Whatever ended the loop, stop acquisition and let every worker finish before the Run goes.
+  if (!run->acquisition_done) (*detector)->Abort();
+  acquisition.join();
+  run->chunk_stage->Drain();
+  run->ingest.reset();  // flushes what is left; its reports go to the stopped loop and are dropped
+  run->uploader->Stop();
+  if (run->results) run->results->Stop();
+  {
+    std::lock_guard lock(stop_mutex_);
+    stop_hook_ = nullptr;
+  }
+  return Finish(*run);
+}
+
+Expected<drivers::ScanProtocol> Agent::ConfiguredProtocol() const {
+  auto adopted = drivers::replay::ScanProtocolFor(config_.driver.name, config_.driver.options, config_.protocol);
+  if (!adopted) return MakeError(adopted.error().WithContext("driver \"" + config_.driver.name + "\""));
+  for (const std::string& change : adopted->changes) log::Info("scan", "from the recording: " + change);
+  return adopted->protocol;
+}
+
+// A new scan in the spool: its UIDs, its record with the space it needs reserved, the detector
+// armed (unless the detector armed itself: an announced scan), and the chunk stage and batched
+// ingest that carry its views to the spool. On failure nothing is left reserved.
+Status Agent::BeginAcquisition(Run& run, const drivers::ScanProtocol& protocol, drivers::Detector& detector,
+                               bool armed, const ExamIdentity& exam) {
+  auto filter = codec::FilterFromString(config_.codec.filter);
+  if (!filter) return MakeError(filter.error());
+  run.scan_uid = MintDicomUid();
+  run.study_uid = config_.study.study_uid.empty() ? MintDicomUid() : config_.study.study_uid;
+
+  codec::Manifest base;
+  base.scan_uid = run.scan_uid;
+  base.study_uid = run.study_uid;
+  base.patient_id = config_.study.patient_id;
+  base.patient_name = config_.study.patient_name;
+  base.study_description = config_.study.study_description;
+  base.terminal_id = config_.terminal_id;
+  base.acquisition_start_utc = UtcNowIso8601();
+  base.protocol = protocol;
+
+  // Space first: a scan that cannot be stored is refused before the detector is armed.
+  spool::ScanRecord record;
+  record.scan_uid = run.scan_uid;
+  record.study_uid = run.study_uid;
+  record.created_utc = base.acquisition_start_utc;
+  record.manifest_base = codec::ToJson(base);
+  const std::uint64_t reserve = protocol.RawBytes() + protocol.RawBytes() / 64 + (1 << 20);
+  if (auto st = spool_->BeginScan(record, reserve); !st) {
+    if (armed) detector.Abort();  // the scanner's scan cannot be taken; the driver returns to idle
+    return MakeError(st.error());
+  }
+  if (!armed) {
+    if (auto st = detector.Arm(protocol); !st) {
+      (void)spool_->Update(run.scan_uid, [&](spool::ScanRecord& r) {
+        r.state = spool::ScanState::kFailed;
+        r.failure_reason = "the driver refused to arm: " + st.error().message();
+        r.reserved_bytes = 0;
+      });
+      return MakeError(st.error().WithContext("arming the detector"));
+    }
+  }
+  std::string exam_text;
+  if (!exam.accession_number.empty()) exam_text += ", accession " + exam.accession_number;
+  if (!exam.procedure_step_id.empty()) exam_text += ", procedure step " + exam.procedure_step_id;
+  log::Info("scan", "scan " + run.scan_uid + (armed ? " announced by the detector" : " armed") + ": " +
+                        std::to_string(protocol.TotalViews()) + " views of " + std::to_string(protocol.rows) + " x " +
+                        std::to_string(protocol.channels) + " samples, dose " + std::to_string(protocol.dose_fraction) +
+                        exam_text);
+  if (run.progress) run.progress->views_total = protocol.TotalViews();
+  run.detector = &detector;
+
   // Compression and spool writes run on the chunk stage's threads (agent/codec/chunk_stage.hpp):
   // the acquisition thread only queues raw chunks, and when the workers fall behind the queue's
   // bound, chunks go to a cheap encoder thread instead, so NextView() is never held up by them.
@@ -346,7 +468,7 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress) {
   spool::BatchOptions batch_options;
   batch_options.batch_bytes = config_.spool.sync_batch_bytes;
   batch_options.interval = std::chrono::milliseconds(config_.spool.sync_interval_ms);
-  run->ingest = std::make_unique<spool::BatchedIngest>(*spool_, batch_options, [r = run.get()](const spool::Spool::SyncedBatch& batch) {
+  run.ingest = std::make_unique<spool::BatchedIngest>(*spool_, batch_options, [r = &run](const spool::Spool::SyncedBatch& batch) {
     std::vector<Expected<codec::ManifestChunk>> results;
     for (const auto& [uid, chunk] : batch.chunks) {
       if (uid != r->scan_uid) continue;
@@ -366,8 +488,8 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress) {
   stage_options.threads = config_.codec.threads;
   stage_options.queue_bytes = config_.codec.queue_bytes;
   stage_options.encode = {*filter, config_.codec.zstd_level};
-  run->chunk_stage = std::make_unique<codec::ChunkStage>(
-      stage_options, [r = run.get()](const codec::RawChunk& raw, Expected<std::vector<std::uint8_t>> bytes) {
+  run.chunk_stage = std::make_unique<codec::ChunkStage>(
+      stage_options, [r = &run](const codec::RawChunk& raw, Expected<std::vector<std::uint8_t>> bytes) {
         Status st = Ok();
         if (!bytes) {
           st = MakeError(bytes.error());
@@ -381,54 +503,34 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress) {
           r->MaybeWriteManifest();
         });
       });
+  return Ok();
+}
 
-  // Acquisition thread: the only caller of the driver's blocking NextView().
-  std::thread acquisition([&, run_ptr = run.get(), det = detector->get()] {
-    Run& r = *run_ptr;
-    const codec::ChunkInfo info = codec::ScanChunkInfo(r.scan_uid, protocol);
-    auto acquired = r.chunk_stage->Acquire(*det, protocol, info, r.progress ? &r.progress->views_acquired : nullptr);
-    if (!acquired.incomplete_reason.empty()) log::Error("scan", "scan " + r.scan_uid + ": " + acquired.incomplete_reason);
-    // Scan end: every chunk compressed and written, then the last batch synced, so every chunk
-    // is reported (stored or not) before acquisition is reported done and the manifest written.
-    r.chunk_stage->Drain();
-    r.ingest->Flush();
-    const auto synced = r.ingest->counters();
-    log::Info("scan", "scan " + r.scan_uid + ": " + std::to_string(synced.chunks) + " chunks (" +
-                          std::to_string(synced.bytes >> 20) + " MiB) made durable in " +
-                          std::to_string(synced.batches) + " batch syncs, longest " +
-                          std::to_string(static_cast<int>(synced.max_sync_seconds * 1000)) + " ms" +
-                          (synced.failed_batches > 0 ? ", " + std::to_string(synced.failed_batches) + " failed" : ""));
-    const auto counters = r.chunk_stage->counters();
-    if (counters.overflow_chunks > 0 || counters.stalls > 0) {
-      log::Warn("scan", "scan " + r.scan_uid + ": compression fell behind acquisition; " +
-                            std::to_string(counters.overflow_chunks) + " of " + std::to_string(counters.chunks) +
-                            " chunks were stored with the cheap setting (none + zstd -1), " +
-                            std::to_string(counters.stalls) +
-                            " times acquisition waited for storage; more codec.threads or a faster spool disk help");
-    }
-    boost::asio::post(r.io, [&r, acquired] {
-      r.views = acquired.views;
-      // A storage failure already said why acquisition stopped; the driver's view of it
-      // ("aborted") would only hide the cause.
-      if (r.incomplete_reason.empty()) r.incomplete_reason = acquired.incomplete_reason;
-      r.OnAcquisitionDone(acquired.chunks);
-    });
-  });
-
-  auto guard = boost::asio::make_work_guard(run->io);
-  run->io.run();
-  // Whatever ended the loop, stop acquisition and let every worker finish before the Run goes.
-  if (!run->acquisition_done) (*detector)->Abort();
-  acquisition.join();
-  run->chunk_stage->Drain();
-  run->ingest.reset();  // flushes what is left; its reports go to the stopped loop and are dropped
-  run->uploader->Stop();
-  if (run->results) run->results->Stop();
-  {
-    std::lock_guard lock(stop_mutex_);
-    stop_hook_ = nullptr;
+// On the acquisition thread: every view of the armed scan into the chunk stage, then (scan end)
+// every chunk compressed and written and the last batch synced, so every chunk is reported
+// (stored or not) before the caller reports acquisition done and the manifest is written.
+codec::ChunkStage::AcquireResult Agent::Acquire(Run& r, drivers::Detector& detector,
+                                                const drivers::ScanProtocol& protocol) {
+  const codec::ChunkInfo info = codec::ScanChunkInfo(r.scan_uid, protocol);
+  auto acquired = r.chunk_stage->Acquire(detector, protocol, info, r.progress ? &r.progress->views_acquired : nullptr);
+  if (!acquired.incomplete_reason.empty()) log::Error("scan", "scan " + r.scan_uid + ": " + acquired.incomplete_reason);
+  r.chunk_stage->Drain();
+  r.ingest->Flush();
+  const auto synced = r.ingest->counters();
+  log::Info("scan", "scan " + r.scan_uid + ": " + std::to_string(synced.chunks) + " chunks (" +
+                        std::to_string(synced.bytes >> 20) + " MiB) made durable in " +
+                        std::to_string(synced.batches) + " batch syncs, longest " +
+                        std::to_string(static_cast<int>(synced.max_sync_seconds * 1000)) + " ms" +
+                        (synced.failed_batches > 0 ? ", " + std::to_string(synced.failed_batches) + " failed" : ""));
+  const auto counters = r.chunk_stage->counters();
+  if (counters.overflow_chunks > 0 || counters.stalls > 0) {
+    log::Warn("scan", "scan " + r.scan_uid + ": compression fell behind acquisition; " +
+                          std::to_string(counters.overflow_chunks) + " of " + std::to_string(counters.chunks) +
+                          " chunks were stored with the cheap setting (none + zstd -1), " +
+                          std::to_string(counters.stalls) +
+                          " times acquisition waited for storage; more codec.threads or a faster spool disk help");
   }
-  return Finish(*run);
+  return acquired;
 }
 
 Expected<ScanSummary> Agent::Finish(Run& run) {
@@ -473,51 +575,29 @@ Expected<ScanSummary> Agent::Finish(Run& run) {
 // AI reading in the cloud; up to results.timeout_s), and the scans behind it must not wait for
 // them with their raw data on this disk only and the link idle; the cloud meanwhile works on
 // every scan it has.
+bool Agent::NeedsWork(const spool::ScanRecord& record) const {
+  if (record.state == spool::ScanState::kDelivered || record.state == spool::ScanState::kFailed) return false;
+  if (record.state == spool::ScanState::kResultsReceived && !config_.console.enabled) return false;
+  if (record.state == spool::ScanState::kUploaded && !config_.results.enabled) return false;
+  return true;
+}
+
 std::vector<ScanSummary> Agent::ResumeAll(Progress* progress) {
   std::vector<ScanSummary> summaries;
   std::vector<std::unique_ptr<Run>> awaiting_results;
   for (const spool::ScanRecord& record : spool_->AllScans()) {
     if (stop_requested_) break;
-    if (record.state == spool::ScanState::kDelivered || record.state == spool::ScanState::kFailed) continue;
-    if (record.state == spool::ScanState::kResultsReceived && !config_.console.enabled) continue;
-    if (record.state == spool::ScanState::kUploaded && !config_.results.enabled) continue;
+    if (!NeedsWork(record)) continue;
     log::Info("resume", "scan " + record.scan_uid + " is " + spool::ToString(record.state) + "; continuing it");
     auto run = std::make_unique<Run>(config_, *spool_, progress);
-    run->scan_uid = record.scan_uid;
-    run->study_uid = record.study_uid;
-    for (const auto& c : record.chunks) {
-      run->stored_chunks.push_back(c.chunk);
-      run->views += c.chunk.view_count;
-    }
-    run->chunks_expected = static_cast<std::uint32_t>(record.chunks.size());
-    run->acquisition_done = true;
-    run->manifest_written = record.manifest_written;
+    run->ContinueFrom(record);
     if (record.state == spool::ScanState::kUploaded || record.state == spool::ScanState::kResultsReceived) {
       awaiting_results.push_back(std::move(run));
       continue;
     }
-    if (record.state == spool::ScanState::kAcquiring) {
-      // The agent stopped during acquisition: what reached the spool is kept and sent, and the
-      // manifest says the scan is incomplete and why.
-      run->incomplete_reason = !record.incomplete_reason.empty()
-                                   ? record.incomplete_reason
-                                   : "the agent stopped during acquisition; " + std::to_string(run->views) +
-                                         " views were stored before it stopped";
-    }
     run->uploader = std::make_unique<Uploader>(run->io, *spool_, config_.cloud, RetryPolicy{}, links_.get());
     run->results_later = true;
-    boost::asio::post(run->io, [r = run.get(), &record] {
-      r->SetPhase(1);
-      for (const auto& c : record.chunks) {
-        if (c.upload.complete) {
-          ++r->chunks_uploaded;
-        } else {
-          r->StartChunkUpload(c.chunk.index);
-        }
-      }
-      r->MaybePrepareManifest();
-      r->MaybeUploadManifest();
-    });
+    boost::asio::post(run->io, [r = run.get(), &record] { r->ResumeUpload(record); });
     RunLoop(run->io);
     run->ReleaseUploader();
     auto after = spool_->Get(run->scan_uid);
@@ -576,6 +656,295 @@ void Agent::RunLoop(boost::asio::io_context& io) {
   }
   std::lock_guard lock(stop_mutex_);
   stop_hook_ = nullptr;
+}
+
+// The daemon's one event loop and what hangs off it: one uploader (one set of connections) and
+// one results fetcher for every scan, the detector held open for announcements, and an
+// acquisition thread that takes each scan as it comes while the loop uploads the earlier ones
+// and waits for their results.
+struct Agent::Service {
+  Agent& agent;
+  const ServiceHooks& hooks;
+  boost::asio::io_context io;  // declared first: destroyed last, after everything posting to it
+  std::unique_ptr<drivers::Detector> detector;  // null when the driver cannot be opened
+  std::unique_ptr<Uploader> uploader;
+  std::unique_ptr<ResultsFetcher> results;
+  boost::asio::steady_timer retry_timer{io};
+
+  // Loop thread only.
+  std::set<Run*> active;      // started, not yet ended
+  std::string acquiring;      // UID of the scan being acquired, if any
+  std::string last_status;
+
+  // Shared with the acquisition thread and TakeScan() callers.
+  std::mutex mutex;
+  std::condition_variable wake;
+  bool stopping = false;
+  std::optional<TakeScanOrder> order;  // at most one take_scan waits for the detector
+  bool acquisition_busy = false;
+  std::vector<std::unique_ptr<Run>> runs;  // every Run of this service: freed once ended and idle
+  std::set<std::string> claimed;           // scan UIDs a Run works on (acquisition or resume)
+  std::thread acquisition;
+
+  Service(Agent& a, const ServiceHooks& h) : agent(a), hooks(h) {}
+
+  Run* NewRun() {
+    auto run = std::make_unique<Run>(agent.config_, *agent.spool_, io);
+    run->shared_uploader = uploader.get();
+    run->shared_results = results.get();
+    Run* raw = run.get();
+    // Stop() is called on the loop; the end is handled after the handler that ended the scan.
+    raw->on_end = [this, raw] { boost::asio::post(io, [this, raw] { OnRunEnded(raw); }); };
+    std::lock_guard lock(mutex);
+    runs.push_back(std::move(run));
+    return raw;
+  }
+
+  // Frees ended Runs that no completion handler can reach any more (bounded memory over a
+  // daemon's life). Loop thread.
+  void Collect() {
+    std::lock_guard lock(mutex);
+    std::erase_if(runs, [this](const std::unique_ptr<Run>& r) {
+      if (!r->ended || r->in_flight > 0) return false;
+      claimed.erase(r->scan_uid);
+      return true;
+    });
+  }
+
+  void OnRunEnded(Run* run) {
+    active.erase(run);
+    auto summary = agent.Finish(*run);
+    if (summary && hooks.on_scan_end) hooks.on_scan_end(*summary);
+    Collect();
+    UpdateStatus();
+  }
+
+  void UpdateStatus() {
+    if (!hooks.on_status) return;
+    ServiceStatus st;
+    st.acquiring = acquiring;
+    st.in_progress = active.size() - (acquiring.empty() ? 0 : 1);
+    std::string key = st.acquiring + "/" + std::to_string(st.in_progress);
+    if (key == last_status) return;
+    last_status = key;
+    hooks.on_status(st);
+  }
+
+  // Every unfinished scan of the spool that no Run works on: at start, and every retry period
+  // for scans whose upload or results failed for now. Loop thread.
+  void ResumeUnfinished() {
+    for (const spool::ScanRecord& record : agent.spool_->AllScans()) {
+      if (!agent.NeedsWork(record)) continue;
+      {
+        std::lock_guard lock(mutex);
+        if (claimed.count(record.scan_uid) > 0) continue;
+        claimed.insert(record.scan_uid);
+      }
+      log::Info("resume", "scan " + record.scan_uid + " is " + spool::ToString(record.state) + "; continuing it");
+      Run* run = NewRun();
+      run->ContinueFrom(record);
+      active.insert(run);
+      if (record.state == spool::ScanState::kUploaded || record.state == spool::ScanState::kResultsReceived) {
+        run->FetchResults();
+      } else {
+        run->ResumeUpload(record);
+      }
+    }
+    UpdateStatus();
+    retry_timer.expires_after(hooks.retry_every);
+    retry_timer.async_wait([this](const boost::system::error_code& ec) {
+      if (!ec) ResumeUnfinished();
+    });
+  }
+
+  // The acquisition thread: waits for the detector's announcements and for take_scan orders,
+  // one scan at a time (one detector), each handed to the loop as soon as its views are spooled.
+  void AcquisitionLoop() {
+    bool announces = detector != nullptr && detector->AnnouncesScans();
+    for (;;) {  // bounded by stopping (RequestStop)
+      std::optional<TakeScanOrder> taken;
+      {
+        std::unique_lock lock(mutex);
+        if (stopping) return;
+        if (order) {
+          taken = std::move(order);
+          order.reset();
+          acquisition_busy = true;
+        } else if (!announces) {
+          // Nothing to wait for but orders: sleep until one comes (or the service stops).
+          wake.wait_for(lock, std::chrono::seconds(1), [this] { return stopping || order.has_value(); });
+          continue;
+        }
+      }
+      if (taken) {
+        auto protocol = taken->protocol ? Expected<drivers::ScanProtocol>(*taken->protocol) : agent.ConfiguredProtocol();
+        if (!protocol) {
+          Done(std::move(taken->armed), MakeError(protocol.error()));
+          continue;
+        }
+        AcquireOne(*protocol, /*armed=*/false, taken->exam, std::move(taken->armed));
+        continue;
+      }
+      auto announced = detector->WaitForScan(kAnnouncementWait);
+      if (!announced) {
+        if (announced.error().kind() == ErrorKind::kUnsupported) {
+          log::Info("agent", announced.error().message());
+          announces = false;
+        } else if (announced.error().kind() != ErrorKind::kCancelled) {
+          log::Warn("agent", "waiting for the scanner to announce a scan: " + announced.error().message() +
+                                 "; trying again in a second");
+          std::unique_lock lock(mutex);
+          wake.wait_for(lock, std::chrono::seconds(1), [this] { return stopping; });
+        }
+        continue;
+      }
+      if (!announced->has_value()) continue;
+      {
+        std::lock_guard lock(mutex);
+        acquisition_busy = true;
+      }
+      ExamIdentity exam{(*announced)->accession_number, (*announced)->procedure_step_id};
+      AcquireOne((*announced)->protocol, /*armed=*/true, exam, nullptr);
+    }
+  }
+
+  static void Done(std::function<void(Expected<std::string>)> armed, Expected<std::string> result) {
+    if (armed) armed(std::move(result));
+  }
+
+  // Acquisition thread: one scan from arming to its last chunk in the spool; its upload and
+  // results then go on on the loop while this thread waits for the next scan.
+  void AcquireOne(const drivers::ScanProtocol& protocol, bool armed, const ExamIdentity& exam,
+                  std::function<void(Expected<std::string>)> on_armed) {
+    Run* run = NewRun();
+    if (auto st = agent.BeginAcquisition(*run, protocol, *detector, armed, exam); !st) {
+      log::Error("scan", "a scan could not start: " + st.error().message());
+      Done(std::move(on_armed), MakeError(st.error()));
+      std::lock_guard lock(mutex);
+      acquisition_busy = false;
+      run->ended = true;  // never reached the loop; freed by the next Collect()
+      return;
+    }
+    {
+      std::lock_guard lock(mutex);
+      claimed.insert(run->scan_uid);
+    }
+    boost::asio::post(io, [this, run] {
+      active.insert(run);
+      acquiring = run->scan_uid;
+      UpdateStatus();
+    });
+    Done(std::move(on_armed), run->scan_uid);
+    auto acquired = agent.Acquire(*run, *detector, protocol);
+    // Nothing of the scan's acquisition is left running once its done is posted.
+    run->chunk_stage.reset();
+    run->ingest.reset();
+    boost::asio::post(io, [this, run, acquired] {
+      if (acquiring == run->scan_uid) acquiring.clear();
+      run->OnAcquired(acquired.views, acquired.incomplete_reason, acquired.chunks);
+      UpdateStatus();
+    });
+    std::lock_guard lock(mutex);
+    acquisition_busy = false;
+  }
+
+  // How long one WaitForScan() may block: how soon a take_scan order or a stop is seen.
+  static constexpr std::chrono::milliseconds kAnnouncementWait{500};
+};
+
+Status Agent::Serve(const ServiceHooks& hooks) {
+  if (stop_requested_) return Ok();
+  auto service = std::make_unique<Service>(*this, hooks);
+  Service& sv = *service;
+  auto detector = drivers::MakeDetector(config_.driver.name, config_.driver.options);
+  if (detector) {
+    sv.detector = std::move(*detector);
+  } else {
+    // Uploads and results go on; scans need the detector, and say so when asked for.
+    log::Error("agent", "the detector cannot be opened, so no scan can be acquired until the daemon restarts: " +
+                            detector.error().WithContext("driver \"" + config_.driver.name + "\"").message());
+  }
+  sv.uploader = std::make_unique<Uploader>(sv.io, *spool_, config_.cloud, RetryPolicy{}, links_.get());
+  if (config_.results.enabled) {
+    auto fetcher = ResultsFetcher::Create(sv.io, *spool_, config_);
+    if (!fetcher) return MakeError(fetcher.error());
+    sv.results = std::move(*fetcher);
+  }
+  {
+    std::lock_guard lock(stop_mutex_);
+    stop_hook_ = [&sv] {
+      {
+        std::lock_guard service_lock(sv.mutex);
+        sv.stopping = true;
+      }
+      sv.wake.notify_all();
+      if (sv.detector) sv.detector->Abort();
+      boost::asio::post(sv.io, [&sv] { sv.io.stop(); });
+    };
+    if (stop_requested_) stop_hook_();
+    service_ = &sv;
+  }
+  if (sv.detector) sv.acquisition = std::thread([&sv] { sv.AcquisitionLoop(); });
+  boost::asio::post(sv.io, [&sv] {
+    sv.ResumeUnfinished();
+    if (sv.hooks.on_ready) sv.hooks.on_ready();
+  });
+  {
+    auto guard = boost::asio::make_work_guard(sv.io);
+    LoopHeartbeat heartbeat(sv.io, heartbeat_);
+    sv.io.run();
+  }
+  {
+    std::lock_guard lock(stop_mutex_);
+    stop_hook_ = nullptr;
+    service_ = nullptr;
+  }
+  // The loop has stopped: stop acquisition (what was spooled stays, and resumes on the next
+  // start), then every transfer and fetch; the scans not finished are summed up as stopped.
+  {
+    std::lock_guard lock(sv.mutex);
+    sv.stopping = true;
+    if (sv.order) Service::Done(std::move(sv.order->armed), MakeError(ErrorKind::kCancelled, "the daemon is stopping"));
+    sv.order.reset();
+  }
+  sv.wake.notify_all();
+  if (sv.detector) sv.detector->Abort();
+  if (sv.acquisition.joinable()) sv.acquisition.join();
+  sv.retry_timer.cancel();
+  sv.uploader->Stop();
+  if (sv.results) sv.results->Stop();
+  for (Run* run : sv.active) {
+    if (run->ended) continue;
+    run->ended = true;
+    auto summary = Finish(*run);
+    if (summary && hooks.on_scan_end) hooks.on_scan_end(*summary);
+  }
+  return Ok();
+}
+
+void Agent::TakeScan(TakeScanOrder take) {
+  std::unique_lock lock(stop_mutex_);
+  if (service_ == nullptr || service_->detector == nullptr) {
+    lock.unlock();
+    Service::Done(std::move(take.armed),
+                  MakeError(ErrorKind::kBusy, service_ == nullptr
+                                                         ? "the daemon is not serving scans right now"
+                                                         : "the detector could not be opened; see the daemon's log"));
+    return;
+  }
+  Service& sv = *service_;
+  std::unique_lock service_lock(sv.mutex);
+  if (sv.stopping || sv.order || sv.acquisition_busy) {
+    service_lock.unlock();
+    lock.unlock();
+    Service::Done(std::move(take.armed),
+                  MakeError(ErrorKind::kBusy, sv.stopping ? "the daemon is stopping"
+                                                          : "the detector is acquiring another scan; try again when it ends"));
+    return;
+  }
+  sv.order = std::move(take);
+  service_lock.unlock();
+  sv.wake.notify_all();
 }
 
 }  // namespace ctagent::core

@@ -9,6 +9,7 @@ const char* StatusName(ctagent_status status) {
   switch (status) {
     case CTAGENT_OK: return "CTAGENT_OK";
     case CTAGENT_END_OF_SCAN: return "CTAGENT_END_OF_SCAN";
+    case CTAGENT_NO_SCAN: return "CTAGENT_NO_SCAN";
     case CTAGENT_E_INVALID: return "CTAGENT_E_INVALID";
     case CTAGENT_E_UNSUPPORTED: return "CTAGENT_E_UNSUPPORTED";
     case CTAGENT_E_IO: return "CTAGENT_E_IO";
@@ -164,10 +165,11 @@ Status ValidateApi(const ctagent_driver_api* api, const std::string& origin) {
                          "; rebuild the driver against ctagent_driver.h of ABI " +
                          std::to_string(CTAGENT_DRIVER_ABI_MAJOR) + ".x");
   }
-  if (api->struct_size < sizeof(ctagent_driver_api)) {
+  // ABI 1.0 and 1.1 have the same table; 1.2 appended wait_scan, which a 1.1 table lacks.
+  if (api->struct_size < CTAGENT_DRIVER_API_SIZE_1_1) {
     return MakeError(ErrorKind::kUnsupported, who + ": its function table is " + std::to_string(api->struct_size) +
-                                                  " bytes, ABI 1.0 needs " +
-                                                  std::to_string(sizeof(ctagent_driver_api)) +
+                                                  " bytes, ABI 1.1 needs at least " +
+                                                  std::to_string(CTAGENT_DRIVER_API_SIZE_1_1) +
                                                   "; set struct_size = sizeof(ctagent_driver_api)");
   }
   struct Slot {
@@ -185,10 +187,44 @@ Status ValidateApi(const ctagent_driver_api* api, const std::string& origin) {
   for (const Slot& s : slots) {
     if (!s.present) {
       return MakeError(ErrorKind::kUnsupported,
-                       who + ": its function table has no '" + s.name + "' (NULL); every function of ABI 1.0 is required");
+                       who + ": its function table has no '" + s.name +
+                           "' (NULL); every function of ABI 1.0 is required (only 1.2's wait_scan may be NULL)");
     }
   }
   return Ok();
+}
+
+decltype(ctagent_driver_api::wait_scan) WaitScanOf(const ctagent_driver_api& api) {
+  if (api.abi_minor < 2 || api.struct_size < offsetof(ctagent_driver_api, wait_scan) + sizeof api.wait_scan) {
+    return nullptr;
+  }
+  return api.wait_scan;
+}
+
+void ToC(const ScanAnnouncement& a, ctagent_scan_announcement* out) {
+  if (out->protocol != nullptr) {
+    const std::uint32_t caller_size = out->protocol->struct_size;
+    const ctagent_protocol c = ToC(a.protocol);
+    std::memcpy(out->protocol, &c, std::min<std::size_t>(caller_size, sizeof c));
+    out->protocol->struct_size = static_cast<std::uint32_t>(std::min<std::size_t>(caller_size, sizeof c));
+  }
+  CopyText(a.accession_number, out->accession_number, sizeof out->accession_number);
+  CopyText(a.procedure_step_id, out->procedure_step_id, sizeof out->procedure_step_id);
+}
+
+Expected<ScanAnnouncement> FromC(const ctagent_scan_announcement* c) {
+  if (c == nullptr || c->struct_size < sizeof(ctagent_scan_announcement)) {
+    return MakeError(ErrorKind::kInvalidInput, "scan announcement is NULL or its struct_size is too small");
+  }
+  if (c->protocol == nullptr) return MakeError(ErrorKind::kInvalidInput, "scan announcement has no protocol");
+  auto protocol = FromC(c->protocol);
+  if (!protocol) return MakeError(protocol.error().WithContext("announced protocol"));
+  ScanAnnouncement a;
+  a.protocol = *protocol;
+  // The driver's strings: bounded by the arrays even if a NUL is missing.
+  a.accession_number.assign(c->accession_number, strnlen(c->accession_number, sizeof c->accession_number));
+  a.procedure_step_id.assign(c->procedure_step_id, strnlen(c->procedure_step_id, sizeof c->procedure_step_id));
+  return a;
 }
 
 }  // namespace ctagent::drivers::abi

@@ -24,6 +24,15 @@ Expected<ScanProtocol> FromC(const ctagent_protocol* protocol);
 // refused here (kUnsupported, naming `origin` and what to do) instead of reaching its arm().
 Status CheckDriverTakes(const ctagent_driver_api& api, const ScanProtocol& protocol, const std::string& origin);
 
+// ABI 1.2's wait_scan of a table, or null: a 1.1 table (shorter, or abi_minor < 2) has none,
+// and a 1.2 driver that does not announce scans leaves it NULL.
+decltype(ctagent_driver_api::wait_scan) WaitScanOf(const ctagent_driver_api& api);
+
+// An announcement to and from its C struct. ToC fills `out` and the protocol it points at.
+void ToC(const ScanAnnouncement& announcement, ctagent_scan_announcement* out);
+// Fails (kInvalidInput) on a struct that is too small, a NULL protocol or a bad protocol.
+Expected<ScanAnnouncement> FromC(const ctagent_scan_announcement* announcement);
+
 // Copies `text` into a C buffer, NUL-terminated and truncated to `capacity`; returns text's length.
 std::size_t CopyText(const std::string& text, char* buffer, std::size_t capacity);
 

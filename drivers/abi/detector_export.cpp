@@ -1,6 +1,7 @@
 #include "drivers/abi/detector_export.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <exception>
 #include <limits>
@@ -158,6 +159,31 @@ ctagent_status Stop(ctagent_driver* d) {
   });
 }
 
+ctagent_status WaitScan(ctagent_driver* d, std::uint32_t timeout_ms, ctagent_scan_announcement* out) {
+  return Guard(d, "wait_scan", [&] {
+    if (out == nullptr || out->struct_size < sizeof(ctagent_scan_announcement) || out->protocol == nullptr ||
+        out->protocol->struct_size < CTAGENT_PROTOCOL_SIZE_1_0) {
+      return Fail(d, CTAGENT_E_INVALID, "wait_scan: out is NULL, too small, or has no protocol buffer");
+    }
+    if (!d->detector->AnnouncesScans()) {
+      return Fail(d, CTAGENT_E_UNSUPPORTED, "wait_scan: this detector does not announce scans");
+    }
+    d->abort_requested = false;
+    auto announced = d->detector->WaitForScan(std::chrono::milliseconds(timeout_ms));
+    if (!announced) {
+      if (announced.error().kind() == ErrorKind::kCancelled) d->state = ctagent_driver::State::kAborted;
+      return Fail(d, announced.error());
+    }
+    if (!announced->has_value()) return CTAGENT_NO_SCAN;
+    // Armed as after arm(): start() and next_view() follow.
+    d->pending.reset();
+    d->bytes_per_view = (*announced)->protocol.BytesPerView();
+    d->state = ctagent_driver::State::kArmed;
+    ToC(**announced, out);
+    return CTAGENT_OK;
+  });
+}
+
 void AbortScan(ctagent_driver* d) {
   if (d == nullptr) return;
   d->abort_requested = true;
@@ -214,6 +240,7 @@ ctagent_driver_api BaseExportTable() {
   t.self_test = SelfTest;
   t.get_health = GetHealth;
   t.last_error = LastError;
+  t.wait_scan = WaitScan;
   return t;
 }
 

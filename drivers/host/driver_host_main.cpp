@@ -138,8 +138,37 @@ class Host {
         return st == CTAGENT_OK ? Reply(st, &health, sizeof health) : ReplyStatus(st);
       }
       case Op::kNextView: return NextView(payload);
+      case Op::kWaitScan: return WaitScan(payload);
       default: return ReplyBad("an unknown call");
     }
+  }
+
+  // A 1.1 driver (or a 1.2 one with wait_scan NULL) does not announce scans: said as
+  // CTAGENT_E_UNSUPPORTED, which the agent takes as "scans start from ctagent scan only".
+  bool WaitScan(const std::vector<std::uint8_t>& payload) {
+    std::uint32_t timeout_ms = 0;
+    if (payload.size() != sizeof timeout_ms) return ReplyBad("wait_scan");
+    std::memcpy(&timeout_ms, payload.data(), sizeof timeout_ms);
+    const auto wait_scan = abi::WaitScanOf(*api_);
+    if (wait_scan == nullptr) {
+      const std::string text = "the driver (ABI " + std::to_string(api_->abi_major) + "." +
+                               std::to_string(api_->abi_minor) + ") does not announce scans (no wait_scan)";
+      return Reply(CTAGENT_E_UNSUPPORTED, text.data(), text.size());
+    }
+    WireAnnouncement wire{};
+    wire.protocol.struct_size = sizeof wire.protocol;
+    ctagent_scan_announcement announcement{};
+    announcement.struct_size = sizeof announcement;
+    announcement.protocol = &wire.protocol;
+    const ctagent_status st = wait_scan(handle_, timeout_ms, &announcement);
+    if (st < 0) return ReplyStatus(st);
+    if (st == CTAGENT_OK) {
+      std::memcpy(wire.accession_number, announcement.accession_number, sizeof wire.accession_number);
+      std::memcpy(wire.procedure_step_id, announcement.procedure_step_id, sizeof wire.procedure_step_id);
+    } else {
+      wire = WireAnnouncement{};
+    }
+    return Reply(st, &wire, sizeof wire);
   }
 
   bool ReplyBad(const char* what) {

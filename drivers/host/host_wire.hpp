@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "agent/common/error.hpp"
+#include "drivers/include/ctagent_driver.h"
 
 namespace ctagent::drivers::host {
 
@@ -35,6 +36,14 @@ enum class Op : std::uint32_t {
   kSelfTest = 7,
   kHealth = 8,        // reply payload: ctagent_health
   kClose = 9,         // the host closes the handle, replies, and exits 0
+  kWaitScan = 10,     // ABI 1.2; payload: uint32 timeout_ms; reply payload unless failed: WireAnnouncement
+};
+
+// wait_scan's answer on the wire: the announcement without its pointer (zeroed for NO_SCAN).
+struct WireAnnouncement {
+  ctagent_protocol protocol;
+  char accession_number[sizeof(ctagent_scan_announcement::accession_number)];
+  char procedure_step_id[sizeof(ctagent_scan_announcement::procedure_step_id)];
 };
 
 struct RequestHeader {

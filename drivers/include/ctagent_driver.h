@@ -1,5 +1,5 @@
 /*
- * ctagent detector driver ABI, version 1.1.
+ * ctagent detector driver ABI, version 1.2.
  *
  * A detector driver is a shared object that exports one C symbol:
  *
@@ -17,6 +17,14 @@
  * for 1.0 is refused them with a message before its arm() is called. A 1.1 driver should accept
  * a protocol of at least CTAGENT_PROTOCOL_SIZE_1_0 bytes and read the 1.1 fields only when
  * struct_size covers them (otherwise: parallel beam, counts).
+ *
+ * Version 1.2 appended `wait_scan` to ctagent_driver_api: a driver may announce a scan that the
+ * scanner itself armed and started (the operator pressed the button on the console), with its
+ * protocol and, when the scanner has them, the exam's accession number and scheduled procedure
+ * step ID. The agent's daemon then acquires every scan without a command. The table of a 1.1
+ * driver ends before `wait_scan` (its struct_size says so) and still loads: the agent reads
+ * `wait_scan` only when abi_minor >= 2 and struct_size covers it, and a 1.2 driver that cannot
+ * announce scans sets it to NULL (the one function pointer that may be NULL).
  *
  * Threading: every call on a handle comes from one thread at a time (the agent's acquisition
  * thread), except `abort`, which may come from any thread at any time between `open` and
@@ -41,13 +49,14 @@ extern "C" {
 #endif
 
 #define CTAGENT_DRIVER_ABI_MAJOR 1u
-#define CTAGENT_DRIVER_ABI_MINOR 1u
+#define CTAGENT_DRIVER_ABI_MINOR 2u
 #define CTAGENT_DRIVER_ENTRY_SYMBOL "ctagent_driver_get_api"
 
 /* Result of every call. Negative values are errors; `last_error` then says why. */
 typedef int32_t ctagent_status;
 #define CTAGENT_OK 0
 #define CTAGENT_END_OF_SCAN 1          /* next_view: the scan's last view was delivered */
+#define CTAGENT_NO_SCAN 2              /* wait_scan (ABI 1.2): no scan was announced within the timeout */
 #define CTAGENT_E_INVALID (-1)         /* bad argument or protocol, or call in the wrong state */
 #define CTAGENT_E_UNSUPPORTED (-2)     /* the protocol asks for something the detector cannot do */
 #define CTAGENT_E_IO (-3)              /* device, link or file failure */
@@ -140,6 +149,17 @@ typedef struct ctagent_health {
   double temperature_c;              /* detector temperature, NaN if unknown */
 } ctagent_health;
 
+/* ABI 1.2: what wait_scan reports about a scan the scanner started. The caller owns every byte:
+ * it sets struct_size, points `protocol` at its own ctagent_protocol (with that struct's
+ * struct_size set) and the driver fills both. Strings are NUL-terminated, empty when unknown. */
+typedef struct ctagent_scan_announcement {
+  uint32_t struct_size;
+  uint32_t reserved;                 /* 0 */
+  ctagent_protocol* protocol;        /* caller's buffer: the protocol the scan runs with */
+  char accession_number[65];         /* DICOM Accession Number (0008,0050), at most 16 characters */
+  char procedure_step_id[65];        /* Scheduled Procedure Step ID (0040,0009), at most 16 characters */
+} ctagent_scan_announcement;
+
 typedef struct ctagent_driver_api {
   uint32_t struct_size;              /* sizeof(ctagent_driver_api) of the driver's header */
   uint32_t abi_major;                /* CTAGENT_DRIVER_ABI_MAJOR the driver was built with */
@@ -173,7 +193,18 @@ typedef struct ctagent_driver_api {
   /* Copies the message of the most recent failed call on this handle into `buffer`
    * (NUL-terminated, truncated to `capacity`); returns the full length without the NUL. */
   size_t (*last_error)(ctagent_driver* driver, char* buffer, size_t capacity);
+
+  /* ABI 1.2 (present when struct_size covers it and abi_minor >= 2; may be NULL: the driver
+   * does not announce scans). Blocks up to `timeout_ms` until the scanner starts a scan of its
+   * own. CTAGENT_OK: *out describes it, and the driver is armed with out->protocol exactly as
+   * after arm(); the agent then calls start() and next_view() as for a scan it armed itself.
+   * CTAGENT_NO_SCAN: none within the timeout. Allowed when idle (as arm is); abort() makes a
+   * blocked wait_scan return CTAGENT_E_ABORTED promptly. Called from the acquisition thread. */
+  ctagent_status (*wait_scan)(ctagent_driver* driver, uint32_t timeout_ms, ctagent_scan_announcement* out);
 } ctagent_driver_api;
+
+/* Size of ABI 1.1's ctagent_driver_api: the smallest table the agent loads. */
+#define CTAGENT_DRIVER_API_SIZE_1_1 offsetof(ctagent_driver_api, wait_scan)
 
 /* The one symbol a driver exports. `host_abi_major` is the agent's major version; a driver
  * may return NULL if it cannot serve it. */

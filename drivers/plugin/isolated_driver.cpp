@@ -118,6 +118,29 @@ class RemoteDriver {
     return reply.status;
   }
 
+  // ABI 1.2: waits in the host's driver; the reply may take the whole timeout, so the call's
+  // own deadline is the timeout plus the control allowance (abort() still ends it early).
+  ctagent_status WaitScan(std::uint32_t timeout_ms, ctagent_scan_announcement* out) {
+    if (out == nullptr || out->struct_size < sizeof *out || out->protocol == nullptr ||
+        out->protocol->struct_size < CTAGENT_PROTOCOL_SIZE_1_0) {
+      return Fail(CTAGENT_E_INVALID, "wait_scan: out is NULL, too small, or has no protocol buffer");
+    }
+    host::WireAnnouncement wire{};
+    const ctagent_status st = Call(Op::kWaitScan, &timeout_ms, sizeof timeout_ms, &wire, sizeof wire, "wait_scan",
+                                   std::chrono::milliseconds(timeout_ms) + kControlTimeout);
+    if (st != CTAGENT_OK) return st;
+    views_ = 0;
+    view_rate_hz_ = wire.protocol.rotation_time_s > 0 ? wire.protocol.views_per_rotation / wire.protocol.rotation_time_s : 0;
+    const std::uint32_t caller_size = out->protocol->struct_size;
+    std::memcpy(out->protocol, &wire.protocol, std::min<std::size_t>(caller_size, sizeof wire.protocol));
+    out->protocol->struct_size = static_cast<std::uint32_t>(std::min<std::size_t>(caller_size, sizeof wire.protocol));
+    std::memcpy(out->accession_number, wire.accession_number, sizeof out->accession_number);
+    std::memcpy(out->procedure_step_id, wire.procedure_step_id, sizeof out->procedure_step_id);
+    out->accession_number[sizeof out->accession_number - 1] = '\0';
+    out->procedure_step_id[sizeof out->procedure_step_id - 1] = '\0';
+    return st;
+  }
+
   // From any thread. The host's listener calls the driver's abort(); the waiting call kills the
   // host if no answer comes within kAbortAnswer.
   void Abort() {
@@ -438,6 +461,9 @@ const ctagent_driver_api kIsolatedApi = {
     },
     [](ctagent_driver* d, char* buffer, std::size_t capacity) -> std::size_t {
       return d == nullptr ? 0 : Remote(d)->LastError(buffer, capacity);
+    },
+    [](ctagent_driver* d, std::uint32_t timeout_ms, ctagent_scan_announcement* out) -> ctagent_status {
+      return d == nullptr ? CTAGENT_E_INVALID : Remote(d)->WaitScan(timeout_ms, out);
     },
 };
 

@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "drivers/abi/c_abi.hpp"
@@ -158,6 +159,33 @@ Expected<std::optional<View>> PluginDetector::NextView() {
   view.status_flags = header.status_flags;
   ++next_sequence_;
   return std::optional<View>(std::move(view));
+}
+
+bool PluginDetector::AnnouncesScans() const { return abi::WaitScanOf(library_->api()) != nullptr; }
+
+Expected<std::optional<ScanAnnouncement>> PluginDetector::WaitForScan(std::chrono::milliseconds timeout) {
+  const auto wait_scan = abi::WaitScanOf(library_->api());
+  if (wait_scan == nullptr) return Detector::WaitForScan(timeout);
+  armed_ = started_ = ended_ = false;
+  ctagent_protocol protocol{};
+  protocol.struct_size = sizeof protocol;
+  ctagent_scan_announcement c{};
+  c.struct_size = sizeof c;
+  c.protocol = &protocol;
+  const auto ms = static_cast<std::uint32_t>(std::clamp<std::int64_t>(timeout.count(), 0, 24 * 3600 * 1000));
+  const ctagent_status st = wait_scan(handle_, ms, &c);
+  if (st == CTAGENT_NO_SCAN) return std::optional<ScanAnnouncement>{};
+  if (st != CTAGENT_OK) return CallError("wait_scan", st);
+  auto announced = abi::FromC(&c);
+  if (!announced) {
+    return MakeError(ErrorKind::kProtocol,
+                     "detector driver " + library_->origin() + ": announced a scan that cannot be read: " +
+                         announced.error().message());
+  }
+  protocol_ = announced->protocol;
+  next_sequence_ = 0;
+  armed_ = true;
+  return std::optional<ScanAnnouncement>(std::move(announced).value());
 }
 
 void PluginDetector::Abort() { library_->api().abort(handle_); }

@@ -66,6 +66,10 @@ class PluginDetector final : public Detector {
   Expected<std::optional<View>> NextView() override;
   void Abort() override;
   Status SelfTest() override;
+  // A driver of ABI 1.2 with wait_scan (it may still answer kUnsupported: an isolated driver's
+  // host forwards the call whatever the driver's table has).
+  bool AnnouncesScans() const override;
+  Expected<std::optional<ScanAnnouncement>> WaitForScan(std::chrono::milliseconds timeout) override;
   Expected<DriverHealth> Health();
 
  private:

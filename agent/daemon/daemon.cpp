@@ -1,0 +1,158 @@
+#include "agent/daemon/daemon.hpp"
+
+#include <cstdio>
+#include <memory>
+#include <set>
+
+#include "agent/common/log.hpp"
+
+namespace ctagent::daemon {
+namespace {
+
+// Between passes (spool busy, after a yield) the daemon's thread waits here; it beats as it
+// waits, so the watchdog covers this thread too.
+void Idle(Environment& env, const core::HeartbeatSettings& heartbeat, std::chrono::milliseconds d) {
+  const auto until = std::chrono::steady_clock::now() + d;
+  while (!env.stopped()) {  // bounded by `until`
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= until) break;
+    auto slice = std::chrono::duration_cast<std::chrono::milliseconds>(until - now);
+    if (heartbeat.beat) slice = std::min(slice, heartbeat.period);
+    env.sleep_for(slice);
+    if (heartbeat.beat) heartbeat.beat();
+  }
+}
+
+void LogSummary(const core::ScanSummary& s, int* problems) {
+  if (!s.problem.empty()) {
+    if (problems != nullptr) ++*problems;
+    log::Warn("agent", "scan " + s.scan_uid + ": " + s.problem);
+  } else {
+    log::Info("agent", "scan " + s.scan_uid + ": " + s.state);
+  }
+}
+
+// A failed scan (damaged or unreadable spool files, refused by the driver...) is never retried:
+// it needs a person, so each one is an error, logged when first seen, and a problem.
+int CountFailed(spool::Spool& spool, std::set<std::string>& failed_seen) {
+  int failed = 0;
+  for (const auto& r : spool.AllScans()) {
+    if (r.state != spool::ScanState::kFailed) continue;
+    ++failed;
+    if (failed_seen.insert(r.scan_uid).second) {
+      log::Error("agent", "scan " + r.scan_uid + " FAILED and needs attention (see `ctagent status`): " +
+                              r.failure_reason);
+    }
+  }
+  return failed;
+}
+
+}  // namespace
+
+std::string DescribeService(const core::ServiceStatus& status) {
+  if (!status.acquiring.empty()) {
+    return "acquiring scan " + status.acquiring + "; " + std::to_string(status.in_progress) +
+           " other scan(s) uploading or awaiting results";
+  }
+  if (status.in_progress > 0) {
+    return "uploading and collecting results for " + std::to_string(status.in_progress) + " scan(s)";
+  }
+  return "idle; waiting for the next scan";
+}
+
+int Run(const config::AgentConfig& config, FileStore& files, const Options& options, Environment& env) {
+  bool ready = false;
+  const auto say_ready = [&] {
+    if (!ready) env.ready();
+    ready = true;
+  };
+  int problems = 0;
+  std::set<std::string> failed_seen;
+  bool waiting_logged = false;
+  // Bounded in time by the operator's signal. The spool is held for the daemon's life, except
+  // while a standalone `ctagent scan` asks for it (or holds it: the daemon then waits).
+  while (!env.stopped()) {
+    auto agent = std::make_unique<core::Agent>(config, files);
+    agent->SetHeartbeat(options.heartbeat);
+    if (auto st = agent->Open(); !st) {
+      if (st.error().kind() == ErrorKind::kBusy && env.spool_held_by_scan()) {
+        // A scan has the spool (and uploads its own scan); the daemon waits until it is done.
+        if (!waiting_logged) log::Info("agent", st.error().message() + "; resuming once it is done");
+        waiting_logged = true;
+        say_ready();
+        env.set_status("a scan holds the spool; uploads resume when it is done");
+        Idle(env, options.heartbeat, std::chrono::seconds(1));
+        continue;
+      }
+      std::fprintf(stderr, "ctagent: %s\n", st.error().message().c_str());
+      env.set_status("stopped: " + st.error().message());
+      return 1;
+    }
+    waiting_logged = false;
+    env.attach(agent.get());
+    problems = 0;
+    Status served = Ok();
+    env.with_monitor(agent->spool(), [&] {
+      if (options.once) {
+        say_ready();
+        env.set_status("uploading and collecting results");
+        for (const auto& s : agent->ResumeAll()) {
+          env.scan_ended(s);
+          LogSummary(s, &problems);
+        }
+        return;
+      }
+      core::ServiceHooks hooks;
+      hooks.retry_every = options.retry_every;
+      hooks.on_ready = [&] { say_ready(); };
+      hooks.on_status = [&](const core::ServiceStatus& status) {
+        std::string line = DescribeService(status);
+        if (status.acquiring.empty() && status.in_progress == 0) {
+          const std::string backlog = env.describe_backlog(agent->spool());
+          line = backlog.empty() ? "idle; every scan is confirmed by the cloud" : "idle; " + backlog;
+        }
+        env.set_status(line);
+      };
+      hooks.on_scan_end = [&](const core::ScanSummary& s) {
+        env.scan_ended(s);
+        LogSummary(s, nullptr);
+      };
+      served = agent->Serve(hooks);
+    });
+    if (!served) {
+      std::fprintf(stderr, "ctagent: %s\n", served.error().message().c_str());
+      env.set_status("stopped: " + served.error().message());
+      env.attach(nullptr);
+      return 1;
+    }
+    problems += CountFailed(agent->spool(), failed_seen);
+    const std::string backlog = env.describe_backlog(agent->spool());
+    // A pass stopped before it reached a pending scan gives no summary for it; the scan is still
+    // pending all the same, which `run --once` must answer with 1.
+    if (options.once && !backlog.empty() && problems == 0) ++problems;
+    if (!backlog.empty()) {
+      log::Info("lag", backlog);
+      env.set_status(backlog);
+    } else {
+      env.set_status(problems == 0 ? "idle; every scan is confirmed by the cloud"
+                                   : "idle; " + std::to_string(problems) + " scan(s) need attention");
+    }
+    env.attach(nullptr);
+    agent.reset();  // lets go of the spool
+    if (env.take_yield_request()) {
+      // The spool is free now; the scan asking for it takes it within a moment, and the next
+      // pass then waits until the scan is done. Had no scan taken it by then (it gave up, or
+      // died), the daemon simply carries on.
+      Idle(env, options.heartbeat, std::chrono::seconds(5));
+      continue;
+    }
+    if (options.once) break;
+  }
+  // Stopped on request (SIGTERM from systemd, SIGINT), the daemon did what it was asked: scans
+  // still pending are safe in the spool and are no failure of the service, which would otherwise
+  // be marked failed at every stop while a link is down. With --once the status is the answer.
+  if (env.stopped() && !options.once) return 0;
+  return problems == 0 ? 0 : 1;
+}
+
+}  // namespace ctagent::daemon
