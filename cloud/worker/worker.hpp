@@ -1,15 +1,19 @@
 // The reference imaging center's reconstruction worker (demos and tests only): watches the tus
 // server's upload directory, and for every scan whose manifest and chunks have all arrived intact,
-// decodes, reconstructs, writes a CT series and stores it in Orthanc. State lives in the work
-// directory so a scan is reconstructed at most once, even across restarts and SIGKILLs:
-//   WORK/series/<scan_uid>/  slice-NNN.dcm (each synced and renamed into place), then series.json
-//                            (synced, renamed: the commit point of the reconstruction). A folder
-//                            without series.json is discarded; nothing of it was stored.
+// decodes, reconstructs, writes a CT series, analyses the lungs (analysis.hpp), writes the result
+// set (result_encoding.hpp: SEG, report pages, SR) and stores all in Orthanc, CT first and the SR
+// last. State lives in the work directory so a scan is reconstructed at most once, even across
+// restarts and SIGKILLs:
+//   WORK/series/<scan_uid>/  slice-NNN.dcm, seg.dcm, report-NNN.dcm, sr.dcm (each synced and renamed
+//                            into place), then series.json (synced, renamed: the commit point of
+//                            the reconstruction and the analysis; it lists every file in storing
+//                            order). A folder without series.json is discarded; nothing of it was
+//                            stored. A series.json without "results" (an older worker) is redone.
 //   WORK/done/<scan_uid>.json    every instance is stored in Orthanc (written after the last one)
 //   WORK/failed/<scan_uid>.json  the scan can never be reconstructed (reason inside)
-// Series, frame of reference and instance UIDs are derived from the scan UID (DerivedDicomUid),
-// so storing again after a kill between the first store and the done marker, or reconstructing
-// again, sends the same instances, and Orthanc keeps one copy: one series per scan.
+// Series, frame of reference and instance UIDs (of the result set too) are derived from the scan
+// UID (DerivedDicomUid), so storing again after a kill between the first store and the done
+// marker, or reconstructing again, sends the same instances, and Orthanc keeps one copy.
 #pragma once
 
 #include <atomic>

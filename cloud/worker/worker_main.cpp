@@ -1,5 +1,5 @@
-// ctcloud-worker: the reference imaging center's reconstruction worker (demos and tests only; not
-// a diagnostic product). See worker.hpp and docs/reference-imaging-center.md.
+// ctcloud-worker: the reference imaging center's reconstruction and analysis worker (demos and
+// tests only; not a diagnostic product). See worker.hpp and docs/reference-imaging-center.md.
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -17,7 +17,9 @@ constexpr const char* kUsage =
     "usage: ctcloud-worker --store DIR --work DIR --orthanc URL --orthanc-user U --orthanc-password-file F\n"
     "                      --ca FILE [--poll-ms 500] [--once] [--image-size 512] [--window ramlak|shepp-logan]\n"
     "                      [--log-level debug|info|warn|error]\n"
-    "Reconstructs every complete scan in the tus upload directory DIR and stores the series in Orthanc.\n"
+    "Reconstructs every complete scan in the tus upload directory DIR, analyses the lungs (a reference,\n"
+    "not a diagnostic product) and stores in Orthanc the CT series, then the result set: segmentation,\n"
+    "readable report and, last, the TID 1500 measurement report (docs/results.md).\n"
     "--once: one pass, then exit (0: nothing failed, 3: a scan failed or could not be stored).\n";
 
 std::atomic<bool> g_stop{false};
