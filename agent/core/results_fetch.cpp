@@ -3,7 +3,10 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <map>
 #include <set>
+
+#include <algorithm>
 
 #include "agent/common/log.hpp"
 #include "agent/core/http_options.hpp"
@@ -26,9 +29,29 @@ struct ResultsFetcher::Job {
   std::string first_refusal;  // the first refusal's message, for the outcome
   std::string last_problem;   // the last transient error, for the timeout message
   std::set<std::string> duplicates_logged;  // instances listed twice, logged once per job
+  bool progress = false;                    // the last round stored something new
+  // When a CT series was first seen complete without an SR (the report wait counts from here).
+  std::optional<std::chrono::steady_clock::time_point> ct_complete_at;
+  // Parsed SRs and SEG references, by SOP instance UID (files in the spool do not change).
+  std::map<std::string, results::SrSummary> reports;
+  std::map<std::string, results::SegReferences> segs;
+  std::set<std::string> to_deliver;  // SOP instance UIDs chosen when the set was complete
+  results::ScanFindings findings;
+  std::string set_refusal;  // why the AI result set was refused (logged once)
+  std::string console_refusal;  // what the console refused, for the outcome
 };
 
 void ResultsFetcher::Complete(Job& job, Status status) {
+  if (!job.set_refusal.empty()) {
+    const std::string refused = "the AI result set was refused and not delivered (only the CT series was): " +
+                                job.set_refusal;
+    status = status ? MakeError(ErrorKind::kProtocol, "scan " + job.scan_uid + ": " + refused)
+                    : MakeError(Error(status.error().kind(), status.error().message() + "; " + refused));
+  }
+  if (!job.console_refusal.empty()) {
+    status = status ? MakeError(ErrorKind::kProtocol, "scan " + job.scan_uid + ": " + job.console_refusal)
+                    : MakeError(Error(status.error().kind(), status.error().message() + "; " + job.console_refusal));
+  }
   if (!job.refused.empty()) {
     const std::string refused = std::to_string(job.refused.size()) +
                                 " result instance(s) refused and not delivered; first: " + job.first_refusal;
@@ -36,7 +59,7 @@ void ResultsFetcher::Complete(Job& job, Status status) {
                     : MakeError(Error(status.error().kind(), status.error().message() + "; " + refused));
   }
   job.done(ResultsOutcome{std::move(status), job.received, job.delivered,
-                          static_cast<std::uint32_t>(job.refused.size())});
+                          static_cast<std::uint32_t>(job.refused.size()), job.findings});
 }
 
 Expected<std::unique_ptr<ResultsFetcher>> ResultsFetcher::Create(boost::asio::io_context& io, spool::Spool& spool,
@@ -99,6 +122,9 @@ void ResultsFetcher::Poll(std::shared_ptr<Job> job) {
                                      "next run"));
         return;
       }
+      // Something new arrived: the rest of the set is likely close behind, so the backoff
+      // starts over (the SR follows the CT series within seconds).
+      if (job->progress) job->interval = std::chrono::milliseconds(results_.poll_interval_ms);
       auto timer = std::make_shared<boost::asio::steady_timer>(io_, job->interval);
       job->interval = std::min(job->interval * 2, std::chrono::milliseconds(results_.poll_max_interval_ms));
       timer->async_wait([this, job, timer](const boost::system::error_code&) { Poll(job); });
@@ -122,6 +148,7 @@ Expected<bool> ResultsFetcher::PollOnce(Job& job) {
   std::set<std::string> series_seen;
   std::set<std::string> listed;
   bool any_complete = false;
+  job.progress = false;
   for (const auto& s : *series) {
     if (!series_seen.insert(s.series_uid).second) continue;
     auto instances = dicomweb.SearchInstances(job.study_uid, s.series_uid);
@@ -143,6 +170,7 @@ Expected<bool> ResultsFetcher::PollOnce(Job& job) {
         if (!*info) continue;  // refused
         have.insert(inst.sop_instance_uid);
         ++job.received;
+        job.progress = true;
         expected = std::max(expected, (*info)->images_in_acquisition);
       } else if (expected == 0) {
         auto info = results::ValidateInstanceFile(spool_.ResultPath(job.scan_uid, inst.sop_instance_uid),
@@ -153,15 +181,106 @@ Expected<bool> ResultsFetcher::PollOnce(Job& job) {
     }
     if (expected > 0 && stored >= expected) any_complete = true;
   }
-  if (any_complete) {
-    if (auto st = spool_.Update(job.scan_uid, [](spool::ScanRecord& r) {
-          if (r.state == spool::ScanState::kUploaded) r.state = spool::ScanState::kResultsReceived;
-        });
-        !st) {
-      return MakeError(st.error());
+  std::set<std::string> pending;
+  for (const auto& uid : listed) {
+    if (!have.count(uid) && !job.refused.count(uid)) pending.insert(uid);
+  }
+  auto updated = spool_.Get(job.scan_uid);
+  if (!updated) return MakeError(updated.error());
+  auto complete = EvaluateSet(job, *updated, pending, any_complete);
+  if (!complete || !*complete) return complete;
+  if (auto st = spool_.Update(job.scan_uid, [](spool::ScanRecord& r) {
+        if (r.state == spool::ScanState::kUploaded) r.state = spool::ScanState::kResultsReceived;
+      });
+      !st) {
+    return MakeError(st.error());
+  }
+  if (Status st = results::WriteScanFindings(spool_.ResultPath(job.scan_uid, "x").parent_path(), job.findings); !st) {
+    log::Warn("results", "scan " + job.scan_uid + ": findings not recorded for status: " + st.error().message());
+  }
+  return true;
+}
+
+Expected<bool> ResultsFetcher::EvaluateSet(Job& job, const spool::ScanRecord& record,
+                                           const std::set<std::string>& pending, bool ct_complete) {
+  std::map<std::string, results::StoredInstance> stored;
+  std::vector<std::string> report_uids;
+  for (const auto& r : record.results) {
+    stored[r.sop_instance_uid] = {r.series_uid, r.sop_class_uid};
+    const auto path = spool_.ResultPath(job.scan_uid, r.sop_instance_uid);
+    if (results::IsStructuredReport(r.sop_class_uid)) {
+      report_uids.push_back(r.sop_instance_uid);
+      if (!job.reports.count(r.sop_instance_uid)) {
+        auto summary = results::ReadSrSummary(path);
+        if (!summary) return MakeError(summary.error().WithContext("scan " + job.scan_uid));
+        job.reports[r.sop_instance_uid] = std::move(*summary);
+      }
+    } else if (results::IsSegmentation(r.sop_class_uid) && !job.segs.count(r.sop_instance_uid)) {
+      auto refs = results::ReadSegReferences(path);
+      if (!refs) return MakeError(refs.error().WithContext("scan " + job.scan_uid));
+      job.segs[r.sop_instance_uid] = std::move(*refs);
     }
   }
-  return any_complete;
+  const auto all_ct = [&] {
+    std::set<std::string> uids;
+    for (const auto& [uid, inst] : stored) {
+      if (results::IsCtImage(inst.sop_class_uid)) uids.insert(uid);
+    }
+    return uids;
+  };
+
+  if (report_uids.empty()) {
+    // No SR (yet): a center that sends CT only gets its series delivered as before, once the
+    // report wait has passed without an SR.
+    if (!ct_complete) return false;
+    const auto now = std::chrono::steady_clock::now();
+    if (!job.ct_complete_at) job.ct_complete_at = now;
+    if (now - *job.ct_complete_at < report_wait_) return false;
+    job.findings = {};
+    job.findings.report = "none";
+    job.to_deliver.clear();
+    for (const auto& [uid, inst] : stored) job.to_deliver.insert(uid);
+    log::Info("results", "scan " + job.scan_uid + ": no AI report (SR) within " +
+                             std::to_string(report_wait_.count()) + " ms of a complete CT series; delivering the CT");
+    return true;
+  }
+
+  std::vector<results::SegReferences> segs;
+  for (const auto& [uid, refs] : job.segs) segs.push_back(refs);
+  std::set<std::string> members;
+  std::string waiting;
+  for (const auto& uid : report_uids) {
+    const results::SrSummary& sr = job.reports.at(uid);
+    auto verdict = results::CheckResultSet(job.study_uid, sr, stored, pending, job.refused, segs);
+    if (verdict.state == results::ResultSetVerdict::State::kRefused) {
+      if (job.set_refusal.empty()) {
+        job.set_refusal = verdict.reason;
+        log::Error("results", "scan " + job.scan_uid + ": AI result set refused, nothing of it is delivered: " +
+                                  verdict.reason);
+      }
+      if (!ct_complete) return false;  // the CT series is still delivered once it is complete
+      job.findings = {};
+      job.findings.report = "refused";
+      job.findings.refused_reason = job.set_refusal;
+      job.to_deliver = all_ct();
+      return true;
+    }
+    if (verdict.state == results::ResultSetVerdict::State::kWaiting) {
+      waiting = verdict.reason;
+      continue;
+    }
+    members.insert(verdict.members.begin(), verdict.members.end());
+  }
+  if (!waiting.empty()) {
+    log::Debug("results", "scan " + job.scan_uid + ": " + waiting);
+    return false;
+  }
+  job.findings = {};
+  job.findings.report = "received";
+  job.findings.findings = job.reports.at(report_uids.back()).findings;
+  job.to_deliver = all_ct();
+  job.to_deliver.insert(members.begin(), members.end());
+  return true;
 }
 
 Expected<std::optional<results::InstanceInfo>> ResultsFetcher::FetchInstance(Job& job,
@@ -230,18 +349,61 @@ void ResultsFetcher::Deliver(std::shared_ptr<Job> job) {
     if (!record) {
       status = MakeError(record.error());
     } else {
+      // Only what the set check chose: instances outside an accepted set stay in the spool.
       std::vector<std::filesystem::path> files;
+      std::map<std::string, std::string> uid_by_file;
       for (const auto& r : record->results) {
-        if (!r.delivered) files.push_back(spool_.ResultPath(job->scan_uid, r.sop_instance_uid));
+        if (r.delivered || !job->to_deliver.count(r.sop_instance_uid)) continue;
+        files.push_back(spool_.ResultPath(job->scan_uid, r.sop_instance_uid));
+        uid_by_file[files.back().string()] = r.sop_instance_uid;
       }
       results::ConsoleNode node{console_.host, console_.port, console_.called_ae, console_.calling_ae, 30};
-      status = files.empty() ? Ok() : results::SendToConsole(node, files);
-      if (status) {
-        job->delivered += static_cast<std::uint32_t>(files.size());
-        status = spool_.Update(job->scan_uid, [](spool::ScanRecord& r) {
-          for (auto& res : r.results) res.delivered = true;
-          r.state = spool::ScanState::kDelivered;
+      auto report = results::DeliverToConsole(node, files);
+      if (!report) {
+        status = MakeError(report.error());
+      } else {
+        std::set<std::string> delivered;
+        for (const auto& path : report->delivered) delivered.insert(uid_by_file[path.string()]);
+        job->delivered += static_cast<std::uint32_t>(delivered.size());
+        // A class the console does not take will not be taken on a retry either: the operator
+        // is told (outcome, log, findings) and the rest counts as delivered. A failure status
+        // (e.g. out of resources) may pass: the scan stays undelivered and is retried.
+        std::map<std::string, std::size_t> refused_by_class;
+        std::string failed_status;
+        for (const auto& refusal : report->refused) {
+          const bool by_class = std::find(report->refused_sop_classes.begin(), report->refused_sop_classes.end(),
+                                          refusal.sop_class_uid) != report->refused_sop_classes.end();
+          if (by_class) {
+            ++refused_by_class[refusal.sop_class_uid];
+          } else if (failed_status.empty()) {
+            failed_status = refusal.reason;
+          }
+        }
+        for (const auto& [sop_class, count] : refused_by_class) {
+          const std::string entry = results::SopClassName(sop_class) + ": " + std::to_string(count) +
+                                    " instance(s) not accepted by the console";
+          job->findings.console_refused.push_back(entry);
+          log::Warn("results", "scan " + job->scan_uid + ": console " + console_.called_ae + " refused " + entry);
+        }
+        if (!refused_by_class.empty()) {
+          std::string classes;
+          for (const auto& entry : job->findings.console_refused) classes += (classes.empty() ? "" : "; ") + entry;
+          job->console_refusal = "the console (" + console_.called_ae + ") did not take " + classes +
+                                 "; the other " + std::to_string(delivered.size()) +
+                                 " instance(s) were delivered; check the console's storage configuration";
+          if (Status st = results::WriteScanFindings(spool_.ResultPath(job->scan_uid, "x").parent_path(), job->findings);
+              !st) {
+            log::Warn("results", "scan " + job->scan_uid + ": findings not recorded for status: " + st.error().message());
+          }
+        }
+        const bool all_done = failed_status.empty();
+        status = spool_.Update(job->scan_uid, [&](spool::ScanRecord& r) {
+          for (auto& res : r.results) {
+            if (delivered.count(res.sop_instance_uid)) res.delivered = true;
+          }
+          if (all_done) r.state = spool::ScanState::kDelivered;
         });
+        if (status && !all_done) status = MakeError(ErrorKind::kProtocol, failed_status);
       }
     }
     boost::asio::post(io_, [job, status] { Complete(*job, status); });

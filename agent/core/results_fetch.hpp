@@ -13,6 +13,7 @@
 #include <optional>
 #include <string>
 
+#include "agent/results/result_set.hpp"
 #include "agent/results/results.hpp"
 #include "agent/spool/spool.hpp"
 #include "config/config.hpp"
@@ -29,6 +30,10 @@ struct ResultsOutcome {
   // Instances refused by this call: invalid, of another study, or not the instance QIDO listed.
   // Never stored or delivered; when any were, `status` is an error that names the first.
   std::uint32_t instances_refused = 0;
+  // The AI result set as recorded in the scan's findings.json (docs/results.md): whether an SR
+  // came and was accepted, its category, lesion count and involvement, and what the console
+  // refused. A refused set or a console refusal also makes `status` an error that says so.
+  results::ScanFindings findings;
 };
 
 // One fetcher serves any number of scans at once on one event loop: each FetchAndDeliver is an
@@ -43,8 +48,13 @@ class ResultsFetcher {
                                                           const config::AgentConfig& config);
   ~ResultsFetcher();
 
-  // Polls until a complete series arrived (or results.timeout_s passed), then delivers it to
-  // the console if enabled. `done` runs on the io_context. Every DICOMweb request of the job
+  // Polls until the result set is complete (or results.timeout_s passed), then delivers it to
+  // the console if enabled. Complete: the SR has arrived and every instance its evidence lists
+  // is stored and checked (result_set.hpp); the CT series is then delivered with the SR, SEG and
+  // report. A result set whose references are foreign or broken is refused whole: only the CT
+  // series (checked on its own) is delivered. A center that sends no SR: once a CT series is
+  // complete and no SR came within the report wait (SetReportWait), the CT series is delivered
+  // alone and the findings say "none". `done` runs on the io_context. Every DICOMweb request of the job
   // ends by the job's deadline (results.timeout_s from now) and when Stop() is called, so a
   // server that trickles its answers cannot hold the scan longer. Each downloaded instance must
   // be the one its QIDO-RS entry names (SOP instance, series and study UIDs); an instance listed
@@ -53,6 +63,11 @@ class ResultsFetcher {
 
   void Stop();
 
+  // How long to wait for the SR once a CT series is complete (default kDefaultReportWait).
+  // Call before FetchAndDeliver.
+  void SetReportWait(std::chrono::milliseconds wait) { report_wait_ = wait; }
+  static constexpr std::chrono::milliseconds kDefaultReportWait{20000};
+
  private:
   struct Job;
   ResultsFetcher(boost::asio::io_context& io, spool::Spool& spool, const config::AgentConfig& config,
@@ -60,8 +75,12 @@ class ResultsFetcher {
   void Poll(std::shared_ptr<Job> job);
   void Deliver(std::shared_ptr<Job> job);
   static void Complete(Job& job, Status status);  // on the io_context
-  // Blocking: one QIDO/WADO round. True when a complete series is stored locally.
+  // Blocking: one QIDO/WADO round. True when the result set (or, without an SR, a CT series)
+  // is complete and stored locally; the job then knows what to deliver.
   Expected<bool> PollOnce(Job& job);
+  // Blocking: decides from what is stored whether the set is complete (see FetchAndDeliver).
+  Expected<bool> EvaluateSet(Job& job, const spool::ScanRecord& record, const std::set<std::string>& pending,
+                             bool ct_complete);
   // Blocking: downloads, checks and stores one listed instance. Empty when it was refused
   // (recorded in the job); an error ends the round (kNoSpace: the spool budget is exhausted).
   Expected<std::optional<results::InstanceInfo>> FetchInstance(Job& job, transport::dicomweb::Client& dicomweb,
@@ -76,6 +95,7 @@ class ResultsFetcher {
   transport::HttpOptions http_options_;
   boost::asio::thread_pool worker_{1};
   std::atomic<bool> stopping_{false};
+  std::chrono::milliseconds report_wait_ = kDefaultReportWait;
 };
 
 }  // namespace ctagent::core

@@ -32,6 +32,7 @@
 #include "agent/core/results_fetch.hpp"
 #include "agent/spool/simulated_disk.hpp"
 #include "agent/spool/spool.hpp"
+#include "tests/results/result_objects.hpp"
 #include "tests/support/hostile_server.hpp"
 #include "tests/support/process.hpp"
 
@@ -186,11 +187,14 @@ struct FetchRun {
 };
 
 // Runs one FetchAndDeliver to its end, or until `bound` passes (then `outcome` is empty).
+// `report_wait`: how long the fetcher waits for an SR after a complete CT series; 0 for the cases
+// whose imaging center sends CT only.
 FetchRun Fetch(spool::Spool& sp, const config::AgentConfig& config, const spool::ScanRecord& scan,
-               std::chrono::seconds bound) {
+               std::chrono::seconds bound, std::chrono::milliseconds report_wait = std::chrono::milliseconds(0)) {
   boost::asio::io_context io;
   auto fetcher = core::ResultsFetcher::Create(io, sp, config);
   REQUIRE(fetcher);
+  (*fetcher)->SetReportWait(report_wait);
   FetchRun run;
   const auto started = std::chrono::steady_clock::now();
   (*fetcher)->FetchAndDeliver(scan.scan_uid, scan.study_uid, [&](const core::ResultsOutcome& outcome) {
@@ -419,5 +423,271 @@ TEST_CASE("results fetch: a trickled QIDO-RS answer ends the results phase at re
     INFO("Stop() took " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms");
     CHECK(took < std::chrono::seconds(10));  // the answer alone would take over a minute
     scan.CheckDataKept();
+  }
+}
+
+namespace {
+
+namespace objects = test::result_objects;
+
+// An imaging center with the whole AI result set (docs/results.md, "The AI result set"): a CT
+// series of two slices, the SEG, one report page and the SR, each in its own series, served as
+// QIDO-RS / WADO-RS rules.
+struct AiCloud {
+  std::string study = MintDicomUid();
+  std::string ct_series = MintDicomUid();
+  std::vector<std::string> ct = {MintDicomUid(), MintDicomUid()};
+  std::string seg_series = MintDicomUid(), seg = MintDicomUid();
+  std::string report_series = MintDicomUid(), report = MintDicomUid();
+  std::string sr_series = MintDicomUid(), sr = MintDicomUid();
+  struct Instance {
+    std::string series;
+    std::string sop_class;
+    std::vector<std::uint8_t> bytes;
+  };
+  std::map<std::string, Instance> instances;  // served, by SOP instance UID
+
+  objects::SrSpec Sr() const {
+    objects::SrSpec spec;
+    spec.study = study;
+    spec.series = sr_series;
+    spec.sop = sr;
+    spec.image_refs = ct;
+    for (const auto& uid : ct) spec.evidence.push_back({study, ct_series, UID_CTImageStorage, uid});
+    spec.evidence.push_back({study, seg_series, UID_SegmentationStorage, seg});
+    spec.evidence.push_back({study, report_series, UID_SecondaryCaptureImageStorage, report});
+    return spec;
+  }
+
+  // The CT series; with `ai` also the SEG, the report page and the SR built from `sr_spec`.
+  void Build(const fs::path& dir, bool ai, std::optional<objects::SrSpec> sr_spec = std::nullopt) {
+    for (const auto& uid : ct) {
+      instances[uid] = {ct_series, UID_CTImageStorage,
+                        objects::MakeCt(study, ct_series, uid, static_cast<int>(ct.size()), dir / (uid + ".dcm"))};
+    }
+    if (!ai) return;
+    instances[seg] = {seg_series, UID_SegmentationStorage,
+                      objects::MakeSeg({study, seg_series, seg, ct_series, ct}, dir / "seg.dcm")};
+    instances[report] = {report_series, UID_SecondaryCaptureImageStorage,
+                         objects::MakeReportPage(study, report_series, report, dir / "report.dcm")};
+    instances[sr] = {sr_series, UID_ComprehensiveSRStorage, objects::MakeSr(sr_spec ? *sr_spec : Sr(), dir / "sr.dcm")};
+  }
+
+  nlohmann::json Rules(const fs::path& dir) const {
+    const std::string base = "^/dicom-web/studies/" + Re(study) + "/series";
+    const nlohmann::json json_headers = {{"Content-Type", "application/dicom+json"}};
+    std::map<std::string, nlohmann::json> by_series;
+    for (const auto& [uid, inst] : instances) {
+      by_series[inst.series].push_back(
+          {{"00080018", Attribute("UI", uid)}, {"00080016", Attribute("UI", inst.sop_class)}});
+    }
+    nlohmann::json series_answer = nlohmann::json::array();
+    for (const auto& [series, list] : by_series) series_answer.push_back({{"0020000E", Attribute("UI", series)}});
+    nlohmann::json rules = nlohmann::json::array();
+    rules.push_back({{"method", "GET"}, {"path", base + "(\\?.*)?$"},
+                     {"action", {{"status", 200}, {"headers", json_headers}, {"body", series_answer.dump()}}}});
+    for (const auto& [series, list] : by_series) {
+      rules.push_back({{"method", "GET"}, {"path", base + "/" + Re(series) + "/instances(\\?.*)?$"},
+                       {"action", {{"status", 200}, {"headers", json_headers}, {"body", list.dump()}}}});
+    }
+    for (const auto& [uid, inst] : instances) {
+      const fs::path file = dir / ("wado-" + uid + ".multipart");
+      std::ofstream out(file, std::ios::binary);
+      out << "--" << kBoundary << "\r\nContent-Type: application/dicom\r\n\r\n";
+      out.write(reinterpret_cast<const char*>(inst.bytes.data()), static_cast<std::streamsize>(inst.bytes.size()));
+      out << "\r\n--" << kBoundary << "--\r\n";
+      REQUIRE(out);
+      rules.push_back(
+          {{"method", "GET"},
+           {"path", base + "/" + Re(inst.series) + "/instances/" + Re(uid) + "$"},
+           {"action",
+            {{"status", 200},
+             {"headers", {{"Content-Type", std::string("multipart/related; type=\"application/dicom\"; boundary=") + kBoundary}}},
+             {"body_file", file.string()}}}});
+    }
+    return rules;
+  }
+};
+
+// The console: DCMTK storescp on a free loopback port, optionally with an association profile.
+struct Console {
+  fs::path out;
+  std::uint16_t port = test::FreeLoopbackPort();
+  std::unique_ptr<test::ChildProcess> process;
+
+  Console(const fs::path& dir, std::vector<std::string> extra = {}) : out(dir / "console") {
+    fs::create_directories(out);
+    std::vector<std::string> argv = {"storescp", "-aet", "CONSOLE", "-od", out.string()};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    argv.push_back(std::to_string(port));
+    const fs::path log = dir / "storescp.log";
+    process = std::make_unique<test::ChildProcess>(argv, log);
+    INFO("storescp log: " << test::ReadText(log));
+    REQUIRE(test::WaitFor([&] { return test::PortAcceptsConnections(port) || !process->Running(); },
+                          std::chrono::seconds(10)));
+    REQUIRE(process->Running());
+  }
+
+  void Configure(config::AgentConfig& config) const {
+    config.console.enabled = true;
+    config.console.host = "127.0.0.1";
+    config.console.port = port;
+    config.console.called_ae = "CONSOLE";
+    config.console.calling_ae = "CTAGENT";
+  }
+
+  // SOP instance UIDs of what the console stored.
+  std::set<std::string> Received() const {
+    std::set<std::string> uids;
+    for (const auto& entry : fs::directory_iterator(out)) {
+      DcmFileFormat file;
+      if (file.loadFile(OFFilename(entry.path().c_str())).bad()) continue;
+      OFString uid;
+      (void)file.getDataset()->findAndGetOFString(DCM_SOPInstanceUID, uid);
+      uids.insert(uid.c_str());
+    }
+    return uids;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("results fetch: the AI result set is fetched whole, checked, delivered and its findings recorded",
+          "[results][fetch][aiset]") {
+  TempDir dir("results-fetch-aiset");
+  AiCloud cloud;
+  PosixFileStore files;
+  ScanInSpool scan(files, {dir.path() / "spool", 1ull << 30, 0}, cloud.study);
+  const std::set<std::string> ct(cloud.ct.begin(), cloud.ct.end());
+  const std::set<std::string> all = {cloud.ct[0], cloud.ct[1], cloud.seg, cloud.report, cloud.sr};
+  const fs::path spool_dir = dir.path() / "spool";
+
+  SECTION("complete set: the console gets CT, SEG, report and SR; status shows the findings") {
+    cloud.Build(dir.path(), true);
+    auto server = HostileServer::Start(cloud.Rules(dir.path()));
+    Console console(dir.path());
+    auto config = ConfigFor(*server, 30);
+    console.Configure(config);
+    // A long report wait: the SR is there, so the set completes without waiting for it.
+    const auto run = Fetch(*scan.spool, config, scan.record, std::chrono::seconds(90), std::chrono::minutes(10));
+    REQUIRE(run.outcome);
+    INFO(Message(*run.outcome));
+    REQUIRE(run.outcome->status);
+    CHECK(run.outcome->instances_received == 5);
+    CHECK(run.outcome->instances_delivered == 5);
+    CHECK(run.outcome->findings.report == "received");
+    CHECK(run.outcome->findings.findings.category == "HIGH-RISK");
+    CHECK(console.Received() == all);
+    CHECK(scan.Now().state == spool::ScanState::kDelivered);
+    auto findings = results::ReadScanFindings(spool_dir, scan.record.scan_uid);
+    REQUIRE(findings);
+    CHECK(results::DescribeFindings(*findings) == "AI: HIGH-RISK, 2 lesion(s), involvement right 4.5 %, left 1.2 %");
+  }
+  SECTION("a foreign SR: the set is refused, only the CT series reaches the console") {
+    auto spec = cloud.Sr();
+    const std::string other_study = MintDicomUid();
+    spec.evidence.push_back({other_study, MintDicomUid(), UID_CTImageStorage, MintDicomUid()});
+    cloud.Build(dir.path(), true, spec);
+    auto server = HostileServer::Start(cloud.Rules(dir.path()));
+    Console console(dir.path());
+    auto config = ConfigFor(*server, 30);
+    console.Configure(config);
+    const auto run = Fetch(*scan.spool, config, scan.record, std::chrono::seconds(90));
+    REQUIRE(run.outcome);
+    const std::string message = Message(*run.outcome);
+    INFO(message);
+    REQUIRE_FALSE(run.outcome->status);
+    CHECK_THAT(message, Catch::Contains("the AI result set was refused and not delivered (only the CT series was)") &&
+                            Catch::Contains("of study " + other_study) && Catch::Contains("a foreign report"));
+    CHECK(run.outcome->instances_delivered == 2);
+    CHECK(console.Received() == ct);
+    CHECK(run.outcome->findings.report == "refused");
+    CHECK(scan.Now().state == spool::ScanState::kDelivered);
+    auto findings = results::ReadScanFindings(spool_dir, scan.record.scan_uid);
+    REQUIRE(findings);
+    CHECK(findings->report == "refused");
+    CHECK_THAT(findings->refused_reason, Catch::Contains("structured report " + cloud.sr));
+  }
+  SECTION("a SEG that refers to images not of this scan: the set is refused, only the CT is delivered") {
+    cloud.Build(dir.path(), true);
+    cloud.instances[cloud.seg].bytes =
+        objects::MakeSeg({cloud.study, cloud.seg_series, cloud.seg, cloud.ct_series, {cloud.ct[0], MintDicomUid()}},
+                         dir.path() / "seg-foreign.dcm");
+    auto server = HostileServer::Start(cloud.Rules(dir.path()));
+    Console console(dir.path());
+    auto config = ConfigFor(*server, 30);
+    console.Configure(config);
+    const auto run = Fetch(*scan.spool, config, scan.record, std::chrono::seconds(90));
+    REQUIRE(run.outcome);
+    INFO(Message(*run.outcome));
+    REQUIRE_FALSE(run.outcome->status);
+    CHECK_THAT(Message(*run.outcome), Catch::Contains("segmentation " + cloud.seg + " refers to instance"));
+    CHECK(console.Received() == ct);
+  }
+  SECTION("a center that sends CT only: after the report wait the CT series is delivered, findings 'none'") {
+    cloud.Build(dir.path(), false);
+    auto server = HostileServer::Start(cloud.Rules(dir.path()));
+    Console console(dir.path());
+    auto config = ConfigFor(*server, 30);
+    console.Configure(config);
+    const auto run = Fetch(*scan.spool, config, scan.record, std::chrono::seconds(90), std::chrono::milliseconds(300));
+    REQUIRE(run.outcome);
+    INFO(Message(*run.outcome));
+    REQUIRE(run.outcome->status);
+    CHECK(run.outcome->findings.report == "none");
+    CHECK(console.Received() == ct);
+    auto findings = results::ReadScanFindings(spool_dir, scan.record.scan_uid);
+    REQUIRE(findings);
+    CHECK(results::DescribeFindings(*findings) == "AI: no report (the imaging center sent CT only)");
+  }
+  SECTION("the SR not there yet at the end of results.timeout_s: nothing delivered, the scan waits") {
+    cloud.Build(dir.path(), false);
+    auto server = HostileServer::Start(cloud.Rules(dir.path()));
+    Console console(dir.path());
+    auto config = ConfigFor(*server, 2);
+    console.Configure(config);
+    const auto run = Fetch(*scan.spool, config, scan.record, std::chrono::seconds(60), std::chrono::minutes(10));
+    REQUIRE(run.outcome);
+    INFO(Message(*run.outcome));
+    REQUIRE_FALSE(run.outcome->status);
+    CHECK_THAT(Message(*run.outcome), Catch::Contains("within 2 s (results.timeout_s)"));
+    CHECK(console.Received().empty());
+    CHECK(scan.Now().state == spool::ScanState::kUploaded);
+  }
+  SECTION("a console without SR storage gets the rest; the outcome and the findings name the refused class") {
+    cloud.Build(dir.path(), true);
+    auto server = HostileServer::Start(cloud.Rules(dir.path()));
+    const fs::path cfg = dir.path() / "no-sr.cfg";
+    std::ofstream(cfg) << "[[TransferSyntaxes]]\n[Uncompressed]\nTransferSyntax1 = LocalEndianExplicit\n"
+                          "TransferSyntax2 = LittleEndianImplicit\n"
+                          "[[PresentationContexts]]\n[NoSR]\n"
+                          "PresentationContext1 = VerificationSOPClass\\Uncompressed\n"
+                          "PresentationContext2 = CTImageStorage\\Uncompressed\n"
+                          "PresentationContext3 = SegmentationStorage\\Uncompressed\n"
+                          "PresentationContext4 = SecondaryCaptureImageStorage\\Uncompressed\n"
+                          "[[Profiles]]\n[NoSR]\nPresentationContexts = NoSR\n";
+    Console console(dir.path(), {"-xf", cfg.string(), "NoSR"});
+    auto config = ConfigFor(*server, 30);
+    console.Configure(config);
+    const auto run = Fetch(*scan.spool, config, scan.record, std::chrono::seconds(90));
+    REQUIRE(run.outcome);
+    const std::string message = Message(*run.outcome);
+    INFO(message);
+    REQUIRE_FALSE(run.outcome->status);
+    CHECK_THAT(message, Catch::Contains("the console (CONSOLE) did not take ComprehensiveSRStorage (" +
+                                        std::string(UID_ComprehensiveSRStorage) + "): 1 instance(s)") &&
+                            Catch::Contains("the other 4 instance(s) were delivered"));
+    auto expected = all;
+    expected.erase(cloud.sr);
+    CHECK(console.Received() == expected);
+    CHECK(run.outcome->instances_delivered == 4);
+    const auto record = scan.Now();
+    CHECK(record.state == spool::ScanState::kDelivered);
+    for (const auto& r : record.results) CHECK(r.delivered == (r.sop_instance_uid != cloud.sr));
+    auto findings = results::ReadScanFindings(spool_dir, scan.record.scan_uid);
+    REQUIRE(findings);
+    REQUIRE(findings->console_refused.size() == 1);
+    CHECK_THAT(findings->console_refused[0], Catch::Contains("ComprehensiveSRStorage"));
+    CHECK(findings->findings.category == "HIGH-RISK");
   }
 }
