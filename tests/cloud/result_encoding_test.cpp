@@ -19,6 +19,8 @@
 #include <set>
 
 #include "agent/common/uid.hpp"
+#include "agent/results/result_set.hpp"
+#include "agent/results/results.hpp"
 #include "cloud/worker/dicom_writer.hpp"
 #include "cloud/worker/result_encoding.hpp"
 #include "tests/support/process.hpp"
@@ -427,4 +429,51 @@ TEST_CASE("result set: masks that do not match the slices are refused with a rea
   auto report = WriteReport(f.dir.path(), short_input, f.analysis);
   REQUIRE_FALSE(report);
   CHECK_THAT(report.error().message(), Catch::Contains("slices"));
+}
+
+// The contract with the agent (part of docs/results.md): the agent's own validation and result-set
+// check accept what the reference center writes, and read the same findings.
+TEST_CASE("result set: the agent's validation and result-set check accept the set and read its findings",
+          "[cloud][encoding]") {
+  Fixture f(2);
+  auto objects = WriteResultSet(f.dir.path(), f.input, f.analysis);
+  REQUIRE(objects);
+  std::map<std::string, ctagent::results::StoredInstance> stored;
+  for (const auto& ct : f.input.ct_instances) stored[ct.sop_instance_uid] = {f.input.ct.series_uid, kCtImageStorage};
+  std::vector<ctagent::results::SegReferences> segs;
+  for (const ResultObject& object : *objects) {
+    auto info = ctagent::results::ValidateInstanceFile(object.file, f.input.ct.study_uid,
+                                                       ctagent::results::DefaultAllowedSopClasses());
+    INFO(object.file.filename().string() << ": " << (info ? "" : info.error().message()));
+    REQUIRE(info);
+    CHECK(info->sop_instance_uid == object.sop_instance_uid);
+    CHECK(info->series_uid == object.series_uid);
+    stored[object.sop_instance_uid] = {object.series_uid, object.sop_class_uid};
+    if (object.kind == "seg") {
+      auto refs = ctagent::results::ReadSegReferences(object.file);
+      REQUIRE(refs);
+      segs.push_back(std::move(*refs));
+    }
+  }
+  auto sr = ctagent::results::ReadSrSummary(objects->back().file);
+  INFO((sr ? "" : sr.error().message()));
+  REQUIRE(sr);
+  CHECK(sr->findings.category == "HIGH-RISK");
+  REQUIRE(sr->findings.lesion_count.has_value());
+  CHECK(*sr->findings.lesion_count == 2);
+  REQUIRE(sr->findings.involvement_right_percent.has_value());
+  CHECK(*sr->findings.involvement_right_percent == Approx(0.29));
+  REQUIRE(sr->findings.involvement_left_percent.has_value());
+  CHECK(*sr->findings.involvement_left_percent == Approx(0.44));
+  const auto verdict = ctagent::results::CheckResultSet(f.input.ct.study_uid, *sr, stored, {}, {}, segs);
+  INFO(verdict.reason);
+  CHECK(verdict.state == ctagent::results::ResultSetVerdict::State::kComplete);
+  CHECK(verdict.members.size() == objects->size() + f.input.ct_instances.size());
+
+  // The same set with one report page not yet stored: the agent waits for it.
+  auto missing = stored;
+  missing.erase((*objects)[1].sop_instance_uid);
+  const auto waiting = ctagent::results::CheckResultSet(f.input.ct.study_uid, *sr, missing,
+                                                        {(*objects)[1].sop_instance_uid}, {}, segs);
+  CHECK(waiting.state == ctagent::results::ResultSetVerdict::State::kWaiting);
 }
