@@ -85,6 +85,12 @@ struct ConsoleConfig {
   std::string calling_ae = "CTAGENT";
 };
 
+// The daemon's control socket (agent/control/control.hpp, docs/control-protocol.md).
+struct ControlConfig {
+  std::filesystem::path socket;  // empty: <spool.directory>/control.sock (ControlSocketPath)
+  std::string group;             // members may use the socket besides root and the daemon's user
+};
+
 struct StudyConfig {
   // The identity the cloud may see. A real deployment takes these from the worklist; the
   // demo uses pseudonyms. Never logged.
@@ -113,7 +119,13 @@ struct AgentConfig {
   CloudConfig cloud;
   ResultsConfig results;
   ConsoleConfig console;
+  ControlConfig control;
 };
+
+// Where the daemon listens and the CLI connects: control.socket, or control.sock in the spool.
+inline std::filesystem::path ControlSocketPath(const AgentConfig& config) {
+  return config.control.socket.empty() ? config.spool.directory / "control.sock" : config.control.socket;
+}
 
 // Loads and validates. Error messages look like:
 //   config/demo.json: /cloud/parallel_uploads: expected an integer from 1 to 64, found string "four"

@@ -75,6 +75,17 @@ bool TerminalIdOk(const std::string& s) {
 
 bool NonEmptyShort(const std::string& s) { return !s.empty() && s.size() <= 64; }
 
+// A POSIX portable group name, or empty (no group).
+bool GroupNameOk(const std::string& s) {
+  if (s.size() > 32 || (!s.empty() && s[0] == '-')) return false;
+  for (char ch : s) {
+    const bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '.' ||
+                    ch == '_' || ch == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
 // DICOM LO / PN values: at most 64 characters, no backslash (the value delimiter).
 bool DicomLongString(const std::string& s) { return s.size() <= 64 && NoBackslash(s); }
 
@@ -371,6 +382,16 @@ std::vector<Entry> MakeEntries() {
       {.path = "/console/calling_ae", .type = Type::kString, .description = "The agent's AE title.",
        .string_ok = AeTitleOk, .string_rule = "an AE title of 1 to 16 characters without backslash",
        CTAGENT_TARGET(console.calling_ae)},
+
+      {.path = "/control", .type = Type::kSection,
+       .description = "The daemon's control socket for the CLI (docs/control-protocol.md)."},
+      {.path = "/control/socket", .type = Type::kPath,
+       .description = "Unix socket path (mode 0660). Empty: `control.sock` in the spool directory.",
+       CTAGENT_TARGET(control.socket)},
+      {.path = "/control/group", .type = Type::kString,
+       .description = "Group whose members may use the socket, besides root and the daemon's user. Empty: none.",
+       .string_ok = GroupNameOk, .string_rule = "empty, or a group name of 1 to 32 characters from a-z A-Z 0-9 _ - . (not starting with -)",
+       CTAGENT_TARGET(control.group)},
   };
 }
 

@@ -53,7 +53,7 @@ struct StatusSource {
 // The status object of every scan in `spool` (opened read-only or not). The daemon adds its own
 // part with SetDaemon and SetScanProgress before answering.
 nlohmann::json StatusFromSpool(spool::Spool& spool, const StatusSource& source);
-// {"daemon": {"pid": ..., "paused": ...}}
+// {"daemon": {"pid": ..., "uploads_paused": ...}}
 void SetDaemon(nlohmann::json& status, long pid, bool uploads_paused);
 // Adds "progress" to the scan `scan_uid` in status["scans"] (a scan not there yet is added with
 // state "acquiring").

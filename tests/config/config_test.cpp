@@ -537,3 +537,25 @@ TEST_CASE("config: upload_origins_allowed takes origins only, and pins take sha2
   CHECK_FALSE(pins(pin + ";"));
   CHECK_FALSE(pins("sha1//" + std::string(46, 'A')));
 }
+
+// ---- issue 13, item 4: the control socket's section ------------------------------------------
+
+TEST_CASE("config: the control socket defaults to the spool, and takes a path and a group") {
+  auto c = ParseConfig(Minimal().dump(), "site/agent.json");
+  REQUIRE(c);
+  CHECK(c->control.socket.empty());
+  CHECK(c->control.group.empty());
+  CHECK(ControlSocketPath(*c) == fs::path("/var/spool/ctagent/control.sock"));
+
+  auto set = ParseConfig(With("/control", {{"socket", "/run/ctagent/control.sock"}, {"group", "ctagent-ops"}}).dump(),
+                         "site/agent.json");
+  REQUIRE(set);
+  CHECK(ControlSocketPath(*set) == fs::path("/run/ctagent/control.sock"));
+  CHECK(set->control.group == "ctagent-ops");
+
+  const std::string message = ErrorOf(With("/control/group", "-rf"));
+  CHECK(message.find("site/agent.json: /control/group: expected") == 0);
+  CHECK(message.find("group name") != std::string::npos);
+  CHECK(ErrorOf(With("/control/group", "ops staff")).find("/control/group") != std::string::npos);
+  CHECK(ErrorOf(With("/control/mode", "0777")).find("/control/mode") != std::string::npos);  // unknown key
+}
