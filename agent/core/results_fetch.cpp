@@ -141,7 +141,11 @@ Expected<bool> ResultsFetcher::PollOnce(Job& job) {
   auto record = spool_.Get(job.scan_uid);
   if (!record) return MakeError(record.error());
   std::set<std::string> have;
-  for (const auto& r : record->results) have.insert(r.sop_instance_uid);
+  std::set<std::string> have_ct;  // stored CT images: only they carry ImagesInAcquisition
+  for (const auto& r : record->results) {
+    have.insert(r.sop_instance_uid);
+    if (results::IsCtImage(r.sop_class_uid)) have_ct.insert(r.sop_instance_uid);
+  }
 
   // Distinct UIDs only: a series or an instance listed twice is one series or one image, so
   // completeness and the counts never rest on a repeated entry.
@@ -172,7 +176,7 @@ Expected<bool> ResultsFetcher::PollOnce(Job& job) {
         ++job.received;
         job.progress = true;
         expected = std::max(expected, (*info)->images_in_acquisition);
-      } else if (expected == 0) {
+      } else if (expected == 0 && have_ct.count(inst.sop_instance_uid)) {
         auto info = results::ValidateInstanceFile(spool_.ResultPath(job.scan_uid, inst.sop_instance_uid),
                                                   job.study_uid, results::DefaultAllowedSopClasses());
         if (info) expected = info->images_in_acquisition;
