@@ -1,29 +1,19 @@
-// `ctagent check`: the field technician's diagnostics. Each check prints one line: OK, WARN or
-// FAIL, what was checked, and for a failure what to do.
-#include <openssl/pem.h>
-#include <openssl/x509.h>
-
-#include <algorithm>
+// `ctagent check`: the field technician's diagnostics (the checks themselves are in
+// agent/control/check.cpp, shared with the daemon's control socket). Each check prints one line:
+// OK, WARN or FAIL, what was checked, and for a failure what to do; or, with --json, one object
+// following docs/schemas/check.schema.json.
 #include <cstdio>
-#include <ctime>
-#include <memory>
+#include <sstream>
 
 #include "agent/cli.hpp"
-#include "agent/common/durable_file.hpp"
-#include "agent/core/http_options.hpp"
-#include "agent/core/links.hpp"
-#include "agent/results/results.hpp"
-#include "agent/spool/spool.hpp"
+#include "agent/control/check.hpp"
+#include "agent/control/control.hpp"
 #include "config/config.hpp"
-#include "drivers/detector.hpp"
-#include "drivers/replay/recording.hpp"
-#include "transport/dicomweb.hpp"
-#include "transport/http.hpp"
 
 namespace ctagent::cli {
 namespace {
 
-constexpr const char* kHelp = R"(Usage: ctagent check --config FILE [--only NAME[,NAME...]]
+constexpr const char* kHelp = R"(Usage: ctagent check --config FILE [--only NAME[,NAME...]] [--json] [--local]
 
 Field diagnostics, one line per check (OK / WARN / FAIL), then a verdict. Checks:
   config        the configuration file is valid; then `files` (FAIL) for a CA, certificate, key or
@@ -37,273 +27,91 @@ Field diagnostics, one line per check (OK / WARN / FAIL), then a verdict. Checks
                 (cloud.links, each bound to its interface) and how long it took
   pacs          the imaging center's DICOMweb answers and accepts our credentials
   console       the console's DICOM node answers C-ECHO
-Exit status: 0 all OK (warnings allowed), 1 a check failed, 2 bad usage.
+When a daemon (`ctagent run`) answers on the control socket (control.socket), it runs the checks
+itself, as the service's user and with its configuration; otherwise, with --only or --local,
+this command runs them.
+  --only NAMES  run only these checks (comma-separated), here
+  --json        print one JSON object (docs/schemas/check.schema.json) instead of lines
+  --local       run the checks here even when a daemon answers
+Exit status: 0 all OK (warnings allowed), 1 a check failed (the configuration included),
+2 bad usage (an unknown option, a missing value).
 )";
 
-struct Report {
-  int failures = 0;
-  int warnings = 0;
-  void Ok(const std::string& name, const std::string& what) { std::printf("OK    %-12s %s\n", name.c_str(), what.c_str()); }
-  void Warn(const std::string& name, const std::string& what) {
-    ++warnings;
-    std::printf("WARN  %-12s %s\n", name.c_str(), what.c_str());
-  }
-  void Fail(const std::string& name, const std::string& what) {
-    ++failures;
-    std::printf("FAIL  %-12s %s\n", name.c_str(), what.c_str());
-  }
-};
+const char* Label(const std::string& outcome) {
+  if (outcome == "ok") return "OK";
+  if (outcome == "warn") return "WARN";
+  return "FAIL";
+}
 
-std::string Mib(std::uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
-
-void CheckCertificate(Report& report, const std::string& label, const std::filesystem::path& path) {
-  std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "r"), std::fclose);
-  if (!file) {
-    report.Fail("certificates", label + " " + path.string() + " cannot be opened; check cloud.tls in the config");
-    return;
+// The daemon's check report, or nothing when no daemon answers (then the checks run here).
+std::optional<nlohmann::json> AskDaemon(const std::string& config_path) {
+  auto cfg = config::LoadConfig(config_path);
+  if (!cfg) return std::nullopt;  // the local run reports the configuration's problem
+  auto client = control::Client::Connect(config::ControlSocketPath(*cfg));
+  if (!client) return std::nullopt;
+  // The link checks may each take up to a request deadline (48 s with the defaults).
+  auto result = client->Call("check", nlohmann::json::object(), std::chrono::minutes(10));
+  if (!result) {
+    std::fprintf(stderr, "ctagent check: the daemon did not run the checks (%s); running them here\n",
+                 result.error().message().c_str());
+    return std::nullopt;
   }
-  X509* cert = PEM_read_X509(file.get(), nullptr, nullptr, nullptr);
-  if (cert == nullptr) {
-    report.Fail("certificates", label + " " + path.string() + " holds no PEM certificate");
-    return;
-  }
-  int days = 0, seconds = 0;
-  ASN1_TIME_diff(&days, &seconds, nullptr, X509_get0_notAfter(cert));
-  char subject[256];
-  X509_NAME_oneline(X509_get_subject_name(cert), subject, sizeof subject);
-  X509_free(cert);
-  if (days < 0 || (days == 0 && seconds < 0)) {
-    report.Fail("certificates", label + " " + path.string() + " (" + subject + ") has EXPIRED; install a renewed one");
-  } else if (days < 30) {
-    report.Warn("certificates", label + " (" + subject + ") expires in " + std::to_string(days) + " days; renew it soon");
-  } else {
-    report.Ok("certificates", label + " (" + subject + ") valid for " + std::to_string(days) + " more days");
-  }
+  return *result;
 }
 
 }  // namespace
 
 int CmdCheck(const std::vector<std::string>& args) {
-  std::string config_path, only;
+  std::string config_path;
+  std::vector<std::string> only;
+  bool json = false, local = false;
   for (std::size_t i = 0; i < args.size(); ++i) {
     if (args[i] == "--help" || args[i] == "-h") return std::printf("%s", kHelp), 0;
     if (args[i] == "--config" && i + 1 < args.size()) {
       config_path = args[++i];
     } else if (args[i] == "--only" && i + 1 < args.size()) {
-      only = "," + args[++i] + ",";
+      std::istringstream names(args[++i]);
+      for (std::string name; std::getline(names, name, ',');) {
+        if (!name.empty()) only.push_back(name);
+      }
+      local = true;
+    } else if (args[i] == "--json") {
+      json = true;
+    } else if (args[i] == "--local") {
+      local = true;
     } else {
       std::fprintf(stderr, "ctagent check: unexpected argument \"%s\"\n\n%s", args[i].c_str(), kHelp);
-      return 2;
+      return kExitUsage;
     }
   }
   if (config_path.empty()) {
     std::fprintf(stderr, "ctagent check: --config FILE is required\n\n%s", kHelp);
-    return 2;
+    return kExitUsage;
   }
-  auto want = [&](const char* name) { return only.empty() || only.find(std::string(",") + name + ",") != std::string::npos; };
-  Report report;
-
-  auto cfg = config::LoadConfig(config_path);
-  if (!cfg) {
-    report.Fail("config", cfg.error().message());
-    std::printf("verdict: FAIL (1 check failed)\n");
-    return 1;
-  }
-  report.Ok("config", config_path + " is valid");
-  // The files the config names, as `config check` sees them; here a secret readable by others
-  // is a warning (the agent still runs), a file it cannot read a failure (it would not).
-  for (const config::FileFinding& f : config::CheckFiles(*cfg)) {
-    if (f.readable_by_others) {
-      report.Warn("secrets", f.message);
-    } else {
-      report.Fail("files", f.message);
-    }
-  }
-
-  // A replayed recording sets the scan's shape and geometry (the config needs none): the
-  // detector and disk checks use the protocol a scan would be armed with.
-  drivers::ScanProtocol protocol = cfg->protocol;
-  auto adopted = drivers::replay::ScanProtocolFor(cfg->driver.name, cfg->driver.options, cfg->protocol);
-  if (!adopted) {
-    if (want("detector")) report.Fail("detector", adopted.error().message());
+  std::optional<nlohmann::json> report;
+  if (!local) report = AskDaemon(config_path);
+  if (report) {
+    (*report)["source"] = "daemon";
   } else {
-    protocol = adopted->protocol;
+    report = control::RunChecks(config_path, only).ToJson();
+    (*report)["source"] = "cli";
   }
-  if (want("detector") && adopted) {
-    auto detector = drivers::MakeDetector(cfg->driver.name, cfg->driver.options);
-    if (!detector) {
-      report.Fail("detector", detector.error().message());
+  const long failures = report->value("failures", 1L);
+  if (json) {
+    std::printf("%s\n", report->dump(2).c_str());
+  } else {
+    if (report->value("source", "") == "daemon") std::printf("(checks run by the daemon)\n");
+    for (const auto& line : report->value("checks", nlohmann::json::array())) {
+      std::printf("%-5s %-12s %s\n", Label(line.value("outcome", "")), line.value("name", "").c_str(),
+                  line.value("message", "").c_str());
+    }
+    if (failures > 0) {
+      std::printf("verdict: FAIL (%ld check(s) failed, %ld warning(s))\n", failures, report->value("warnings", 0L));
     } else {
-      const auto info = (*detector)->Info();
-      if (auto st = (*detector)->Arm(protocol); !st) {
-        report.Fail("detector", info.name + " refuses the configured protocol: " + st.error().message());
-      } else {
-        (*detector)->Abort();
-        std::string from_recording;
-        for (const std::string& change : adopted->changes) {
-          from_recording += (from_recording.empty() ? "; from the recording: " : ", ") + change;
-        }
-        report.Ok("detector", info.name + " (" + info.model + ") accepts " + std::to_string(protocol.rows) + " x " +
-                                  std::to_string(protocol.channels) + ", " + std::to_string(protocol.TotalViews()) +
-                                  " views" + from_recording);
-      }
+      std::printf("verdict: OK (%ld warning(s))\n", report->value("warnings", 0L));
     }
   }
-
-  PosixFileStore files;
-  std::unique_ptr<spool::Spool> spool;
-  if (want("disk") || want("queue")) {
-    // Read-only: a check may run while `ctagent scan` or `ctagent run` writes the spool.
-    spool::SpoolOptions options{cfg->spool.directory, cfg->spool.max_bytes, cfg->spool.min_free_bytes};
-    options.read_only = true;
-    auto opened = spool::Spool::Open(options, files);
-    if (!opened) {
-      report.Fail("disk", opened.error().message());
-    } else {
-      spool = std::move(*opened);
-    }
-  }
-  if (spool && want("disk")) {
-    const auto probe = cfg->spool.directory / ".ctagent-check";
-    Status st = files.CreateDirectories(cfg->spool.directory);  // a new install has none yet
-    if (st) st = files.WriteDurably(probe, AsBytes("probe"));
-    if (!st) {
-      report.Fail("disk", "spool " + cfg->spool.directory.string() + " is not writable: " + st.error().message());
-    } else {
-      (void)files.Remove(probe);
-      const auto space = spool->Space();
-      const auto need = protocol.RawBytes();
-      const std::string figures = Mib(space.used_bytes) + " used of " + Mib(cfg->spool.max_bytes) + ", " +
-                                  Mib(space.filesystem_free_bytes) + " free on disk, one scan needs up to " + Mib(need);
-      if (space.used_bytes + space.reserved_bytes + need > cfg->spool.max_bytes ||
-          space.filesystem_free_bytes < need + cfg->spool.min_free_bytes) {
-        report.Fail("disk", figures + ": the next scan would be refused; free space or let uploads finish");
-      } else {
-        report.Ok("disk", figures);
-      }
-    }
-  }
-  if (spool && want("queue")) {
-    int pending = 0, failed = 0;
-    std::uint64_t to_send = 0;
-    for (const auto& r : spool->AllScans()) {
-      if (r.state == spool::ScanState::kFailed) ++failed;
-      if (r.state == spool::ScanState::kDelivered || r.state == spool::ScanState::kFailed) continue;
-      ++pending;
-      for (const auto& c : r.chunks) {
-        if (!c.upload.complete) to_send += c.chunk.compressed_bytes - std::min(c.chunk.compressed_bytes, c.upload.confirmed_offset);
-      }
-    }
-    const std::string text = std::to_string(pending) + " scan(s) in progress, " + Mib(to_send) + " still to upload, " +
-                             std::to_string(failed) + " failed";
-    if (failed > 0) {
-      report.Warn("queue", text + "; see `ctagent status`");
-    } else {
-      report.Ok("queue", text);
-    }
-  }
-
-  if (want("certificates")) {
-    if (!cfg->cloud.tls.ca_file.empty()) CheckCertificate(report, "CA bundle", cfg->cloud.tls.ca_file);
-    if (!cfg->cloud.tls.client_cert_file.empty()) CheckCertificate(report, "client certificate", cfg->cloud.tls.client_cert_file);
-    if (cfg->cloud.tls.ca_file.empty() && cfg->cloud.tls.client_cert_file.empty()) {
-      report.Ok("certificates", "using the system CA store; no client certificate configured");
-    }
-  }
-
-  if (want("link")) {
-    // Every configured link on its own (bound to its interface or source address), so a dead
-    // 5G modem shows even while the wired link carries the uploads.
-    auto links = core::ParseLinks(cfg->cloud.links);
-    if (!links) {
-      report.Fail("link", links.error().message() + "; fix cloud.links in " + cfg->source_file.string());
-    } else {
-      std::vector<core::LinkConfig> targets = *links;
-      if (targets.empty()) targets.emplace_back();  // no links configured: the system's routing
-      std::stable_sort(targets.begin(), targets.end(),
-                       [](const core::LinkConfig& a, const core::LinkConfig& b) { return a.priority < b.priority; });
-      for (const auto& link : targets) {
-        const std::string label = link.name.empty() ? "link" : "link " + link.name;
-        std::string via;
-        if (!link.interface_name.empty()) via = " via " + link.interface_name;
-        if (!link.source_address.empty()) via = " from " + link.source_address;
-        if (link.max_bits_per_s > 0) via += ", capped at " + std::to_string(link.max_bits_per_s / 1000000) + " Mbit/s";
-        auto options = core::MakeHttpOptions(cfg->cloud);
-        options.interface_name = link.interface_name;
-        options.source_address = link.source_address;
-        transport::HttpClient http(options);
-        transport::HttpRequest request;
-        request.method = "OPTIONS";
-        request.url = cfg->cloud.upload_url;
-        request.headers = {{"Tus-Resumable", "1.0.0"}};
-        // An OPTIONS answer is headers only: the 1 MiB cap the tus client uses keeps the request's
-        // overall deadline as short (48 s with the defaults; docs/transport.md, "Deadlines").
-        constexpr std::uint64_t kOptionsAnswerCap = 1 << 20;
-        const auto t0 = std::chrono::steady_clock::now();
-        auto response = http.Perform(request, kOptionsAnswerCap);
-        const auto ms =
-            std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
-        if (!response) {
-          report.Fail(label, cfg->cloud.upload_url + via + ": " + response.error().message());
-        } else if (response->status != 200 && response->status != 204) {
-          report.Fail(label, cfg->cloud.upload_url + via + " answered HTTP " + std::to_string(response->status) +
-                                 " to OPTIONS; is this the tus endpoint?");
-        } else {
-          // The first answer includes the TCP and TLS set-up; each later one on the kept
-          // connection is one round trip: the figure `cloud.parallel_uploads` is sized by.
-          long long round_trip_ms = -1;
-          for (int i = 0; i < 3; ++i) {
-            const auto t1 = std::chrono::steady_clock::now();
-            auto again = http.Perform(request, kOptionsAnswerCap);
-            if (!again || (again->status != 200 && again->status != 204)) break;
-            const long long r =
-                std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t1).count();
-            if (round_trip_ms < 0 || r < round_trip_ms) round_trip_ms = r;
-          }
-          std::string timing = " in " + std::to_string(ms) + " ms";
-          if (round_trip_ms >= 0) {
-            timing += " with connection set-up, round trip " + std::to_string(round_trip_ms) + " ms";
-          }
-          report.Ok(label, cfg->cloud.upload_url + via + " answers (tus " + response->Header("tus-version") +
-                               ", extensions " + response->Header("tus-extension") + ")" + timing);
-        }
-      }
-    }
-  }
-
-  if (want("pacs") && cfg->results.enabled) {
-    auto options = core::MakeDicomWebHttpOptions(cfg->cloud);
-    if (!options) {
-      report.Fail("pacs", options.error().message());
-    } else {
-      transport::HttpClient http(*options);
-      transport::dicomweb::Client dicomweb(http, cfg->cloud.dicomweb_url);
-      // A study UID that cannot exist: the answer proves reachability and credentials.
-      auto series = dicomweb.SearchSeries("2.25.0");
-      if (!series) {
-        report.Fail("pacs", cfg->cloud.dicomweb_url + ": " + series.error().message());
-      } else {
-        report.Ok("pacs", cfg->cloud.dicomweb_url + " answers QIDO-RS and accepts our credentials");
-      }
-    }
-  }
-
-  if (want("console") && cfg->console.enabled) {
-    results::ConsoleNode node{cfg->console.host, cfg->console.port, cfg->console.called_ae, cfg->console.calling_ae, 10};
-    if (auto st = results::EchoConsole(node); !st) {
-      report.Fail("console", st.error().message());
-    } else {
-      report.Ok("console", cfg->console.called_ae + "@" + cfg->console.host + ":" + std::to_string(cfg->console.port) +
-                               " answers C-ECHO");
-    }
-  }
-
-  if (report.failures > 0) {
-    std::printf("verdict: FAIL (%d check(s) failed, %d warning(s))\n", report.failures, report.warnings);
-    return 1;
-  }
-  std::printf("verdict: OK (%d warning(s))\n", report.warnings);
-  return 0;
+  return failures > 0 ? kExitNotCompleted : kExitOk;
 }
 
 }  // namespace ctagent::cli

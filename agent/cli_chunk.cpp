@@ -24,6 +24,8 @@ FILE must be a regular file (a symbolic link to one is followed); a directory, F
 socket is refused. F must be a new file or an existing regular file, which is replaced whole
 (written beside it, synced, renamed into place); a symbolic link at F (to anything), a device
 such as /dev/null, a FIFO or a directory is refused and nothing is written through it.
+Exit status: 0 every file was read (and verified or decoded), 1 a file could not be read, failed a
+check or could not be written, 2 bad usage (an unknown action or option, missing files).
 )";
 
 constexpr std::uint64_t kMaxChunkFile = 1ull << 30;
@@ -203,8 +205,13 @@ int CmdChunk(const std::vector<std::string>& args) {
   std::vector<std::string> paths;
   std::string out;
   for (std::size_t i = 1; i < args.size(); ++i) {
+    if (args[i] == "--help" || args[i] == "-h") return std::printf("%s", kHelp), 0;
     if (args[i] == "--out" && i + 1 < args.size()) {
       out = args[++i];
+    } else if (args[i].size() > 1 && args[i][0] == '-') {  // an option we do not know, never a file
+      std::fprintf(stderr, "ctagent chunk: unknown option \"%s\" (a file whose name starts with '-' is given as ./%s)\n\n%s",
+                   args[i].c_str(), args[i].c_str(), kHelp);
+      return 2;
     } else {
       paths.push_back(args[i]);
     }

@@ -13,12 +13,14 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <initializer_list>
 #include <iostream>
 #include <mutex>
 #include <optional>
 #include <set>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -29,6 +31,8 @@
 #include "agent/common/clock.hpp"
 #include "agent/common/log.hpp"
 #include "agent/common/service_notify.hpp"
+#include "agent/control/control.hpp"
+#include "agent/control/status.hpp"
 #include "agent/core/agent.hpp"
 #include "agent/daemon/daemon.hpp"
 #include "config/config.hpp"
@@ -51,18 +55,31 @@ Commands:
                          deliver its images; prints a summary
   run --config FILE      the daemon: resume every unfinished scan in the spool and keep
                          retrying until stopped (SIGTERM/SIGINT)
-  status --config FILE   list the scans in the spool and where each one stands
+  status --config FILE [--json]
+                         list the scans in the spool and where each one stands
+  pause --config FILE    ask the running daemon to pause uploads (acquisition goes on)
+  resume --config FILE   ask the running daemon to resume uploads
+  acknowledge --config FILE SCAN_UID
+                         tell the running daemon a person has seen a failed scan
   config check FILE      validate a configuration file
   record --config FILE --out DIR [--format ctagent|dicom-ct-pd]
                          save the configured driver's scan to disk for the replay driver
-  check --config FILE    field diagnostics: detector, disk, queue, certificates, link, PACS, console
+  check --config FILE [--json]
+                         field diagnostics: detector, disk, queue, certificates, link, PACS, console
   chunk inspect|verify|decode FILE...
                          look inside chunk files (see `ctagent chunk --help`)
   --version              print the version
   --help                 this text; `ctagent <command> --help` for a command
 
-Exit status: 0 success, 1 the work could not be completed (the reason is printed),
-2 bad usage or configuration.
+Exit status (every command; each one's --help says which apply):
+  0  success
+  1  the work could not be completed (the reason is printed)
+  2  bad usage: an unknown command or option, a missing value
+  3  the configuration cannot be read or is invalid
+  4  no daemon answers on the control socket (pause, resume, acknowledge need one)
+  5  the daemon refused the request (this user may not use the socket, an unknown scan)
+The status, check, scan, pause, resume and acknowledge commands talk to a running `ctagent run`
+over its control socket (config "control"; docs/control-protocol.md).
 )";
 
 constexpr const char* kScanHelp = R"(Usage: ctagent scan --config FILE [--no-results] [--quiet]
@@ -78,6 +95,11 @@ Every accepted view is on disk before it is reported; if the upload or the resul
 completed now, the data stays in the spool and `ctagent run` continues it. SIGINT (Ctrl-C) or
 SIGTERM stops it within a second or two, whatever it waits on (a slow server, the background
 agent pausing); what was stored stays in the spool.
+When a daemon (`ctagent run`) answers on the control socket, the daemon takes the scan
+(take_scan) and this command follows it until it is done (uploaded with --no-results; delivered,
+or received when the console is off); SIGINT then stops the following only, never the scan.
+Exit status: 0 the scan is done, 1 it could not be completed or was not started (the reason is
+printed), 2 bad usage, 3 a configuration error, 5 the daemon refused the request.
 )";
 
 constexpr const char* kRunHelp = R"(Usage: ctagent run --config FILE [--once]
@@ -92,16 +114,46 @@ WATCHDOG=1 from its event loop at half of WatchdogSec, and STOPPING=1 (docs/oem-
   --once   resume what is pending once, then exit
 Exit status: 0 when nothing is left that needs a person, and 0 when stopped by SIGTERM or SIGINT
 (what is pending stays in the spool); 1 when a scan could not be finished now or is marked failed
-(each failed scan is logged as an error), or when the daemon cannot start.
+(each failed scan is logged as an error), or when the daemon cannot start; 2 bad usage (an
+unknown option); 3 a configuration error.
 )";
 
-constexpr const char* kStatusHelp = R"(Usage: ctagent status --config FILE
+constexpr const char* kStatusHelp = R"(Usage: ctagent status --config FILE [--json]
 
 Lists every scan in the spool with its state, chunk upload progress and results, and the upload
 backlog: the bytes the cloud has not confirmed yet and, if an upload rate was measured (by
 `ctagent run` or `ctagent scan`, kept in <spool>/upload-rate.json), the time to clear them.
 Failed scans are counted apart: they are not uploaded or retried and need a person (each one's
 reason is listed).
+It asks the running daemon over the control socket (then it also says whether uploads are paused
+and how far a scan in progress is); with no daemon it reads the spool itself, read-only.
+  --json   one JSON object instead (docs/schemas/status.schema.json); "source" says who answered
+Exit status: 0 the status was printed, 1 the spool cannot be read, 2 bad usage, 3 a configuration
+error.
+)";
+
+constexpr const char* kPauseHelp = R"(Usage: ctagent pause --config FILE [--json]
+
+Asks the running daemon to pause uploads: requests in flight stop, acquisition and the spool go
+on, and nothing is lost. Uploads stay paused until `ctagent resume` or the daemon restarts.
+Exit status: 0 paused, 1 the daemon could not do it, 2 bad usage, 3 a configuration error, 4 no
+daemon answers on the control socket, 5 the daemon refused (this user may not use the socket).
+)";
+
+constexpr const char* kResumeHelp = R"(Usage: ctagent resume --config FILE [--json]
+
+Asks the running daemon to resume uploads paused by `ctagent pause`.
+Exit status: 0 resumed, 1 the daemon could not do it, 2 bad usage, 3 a configuration error, 4 no
+daemon answers on the control socket, 5 the daemon refused (this user may not use the socket).
+)";
+
+constexpr const char* kAcknowledgeHelp = R"(Usage: ctagent acknowledge --config FILE [--json] SCAN_UID
+
+Tells the running daemon that a person has seen the failed scan SCAN_UID (from `ctagent status`),
+so it is no longer reported as needing attention. Its data stays in the spool.
+Exit status: 0 acknowledged, 1 the daemon could not do it, 2 bad usage, 3 a configuration error,
+4 no daemon answers on the control socket, 5 the daemon refused (no such scan, or this user may
+not use the socket).
 )";
 
 constexpr const char* kConfigHelp = R"(Usage: ctagent config check FILE
@@ -109,6 +161,7 @@ constexpr const char* kConfigHelp = R"(Usage: ctagent config check FILE
 Validates FILE and prints "FILE: OK" or one line per problem naming the file, the JSON path,
 what was expected and what was found. The CA, client certificate, client key and password files
 it names must be readable by this user, and the secret ones not readable by others.
+Exit status: 0 valid, 2 bad usage, 3 the configuration is invalid or cannot be read.
 )";
 
 struct Args {
@@ -129,7 +182,35 @@ struct Args {
 
 int Usage(const std::string& problem, const char* help) {
   std::fprintf(stderr, "ctagent: %s\n\n%s", problem.c_str(), help);
-  return 2;
+  return cli::kExitUsage;
+}
+
+// Every command refuses what it does not know: options outside `with_value` and `switches`, an
+// option without its value, and more than `max_positional` other arguments (put in *positional).
+// Returns the usage exit status, or nothing when the arguments are fine.
+std::optional<int> RejectUnknown(const Args& args, std::initializer_list<std::string_view> with_value,
+                                 std::initializer_list<std::string_view> switches, const char* help,
+                                 std::size_t max_positional = 0, std::vector<std::string>* positional = nullptr) {
+  const auto known = [](std::initializer_list<std::string_view> list, const std::string& a) {
+    return std::find(list.begin(), list.end(), a) != list.end();
+  };
+  std::size_t positionals = 0;
+  for (std::size_t i = 0; i < args.items.size(); ++i) {
+    const std::string& a = args.items[i];
+    if (known(with_value, a)) {
+      if (i + 1 >= args.items.size()) return Usage(a + " needs a value", help);
+      ++i;
+    } else if (known(switches, a) || a == "--help" || a == "-h") {
+      continue;
+    } else if (a.size() > 1 && a[0] == '-') {
+      return Usage("unknown option \"" + a + "\"", help);
+    } else if (++positionals > max_positional) {
+      return Usage("unexpected argument \"" + a + "\"", help);
+    } else if (positional != nullptr) {
+      positional->push_back(a);
+    }
+  }
+  return std::nullopt;
 }
 
 Expected<config::AgentConfig> LoadOrExplain(const Args& args, const char* help, int* exit_code) {
@@ -141,7 +222,7 @@ Expected<config::AgentConfig> LoadOrExplain(const Args& args, const char* help, 
   auto cfg = config::LoadConfig(path);
   if (!cfg) {
     std::fprintf(stderr, "ctagent: %s\n", cfg.error().message().c_str());
-    *exit_code = 2;
+    *exit_code = cli::kExitConfig;
     return cfg;
   }
   log::Level level;
@@ -302,98 +383,12 @@ std::string Mib(std::uint64_t bytes) {
 // The record is advisory (a hint for people), so it is written with a plain write + rename and
 // not through the spool's FileStore, whose durable operations it must not disturb.
 
-struct Backlog {
-  std::uint64_t bytes = 0;      // not yet confirmed by the cloud (failed scans not counted)
-  std::uint64_t confirmed = 0;  // confirmed so far, over every scan in the spool (a counter)
-  std::size_t scans = 0;        // scans with something left to send
-  std::size_t failed = 0;       // scans marked failed: the uploader leaves them to a person
-};
-
-Backlog MeasureBacklog(spool::Spool& spool) {
-  Backlog b;
-  for (const auto& r : spool.AllScans()) {
-    if (r.state == spool::ScanState::kFailed) {  // needs a person, not the uploader
-      ++b.failed;
-      continue;
-    }
-    std::uint64_t left = 0;
-    for (const auto& c : r.chunks) {
-      const std::uint64_t done = c.upload.complete ? c.chunk.compressed_bytes
-                                                   : std::min(c.chunk.compressed_bytes, c.upload.confirmed_offset);
-      b.confirmed += done;
-      left += c.chunk.compressed_bytes - done;
-    }
-    if (r.manifest_written && !r.manifest_upload.complete) {
-      // The manifest's size is that of its file; the confirmed offset tells how much arrived.
-      std::error_code ec;
-      const auto size = std::filesystem::file_size(spool.directory() / "scans" / r.scan_uid / "manifest.json", ec);
-      if (!ec) left += size - std::min<std::uint64_t>(size, r.manifest_upload.confirmed_offset);
-    }
-    if (left > 0) ++b.scans;
-    b.bytes += left;
-  }
-  return b;
-}
-
-std::string BootId() {
-  std::FILE* f = std::fopen("/proc/sys/kernel/random/boot_id", "r");
-  if (f == nullptr) return "";
-  char buf[64] = {};
-  const std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
-  std::fclose(f);
-  std::string id(buf, n);
-  while (!id.empty() && (id.back() == '\n' || id.back() == ' ')) id.pop_back();
-  return id;
-}
-
-// steady_clock is CLOCK_MONOTONIC, shared by every process of one boot: ages are immune to
-// wall-clock jumps.
-double MonotonicSeconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-std::filesystem::path RateRecordPath(const std::filesystem::path& spool_dir) { return spool_dir / "upload-rate.json"; }
-
-void WriteRateRecord(const std::filesystem::path& spool_dir, double bytes_per_second, double window_s,
-                     std::uint64_t bytes) {
-  const nlohmann::json j = {{"bytes_per_second", bytes_per_second}, {"window_s", window_s},  {"bytes", bytes},
-                            {"boot_id", BootId()},                  {"monotonic_s", MonotonicSeconds()},
-                            {"measured_utc", UtcNowIso8601()}};
-  const auto path = RateRecordPath(spool_dir);
-  const auto tmp = std::filesystem::path(path.string() + ".part");
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << j.dump() << '\n';
-    if (!out) return;  // advisory: status then says the rate is unknown
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-}
-
-struct RateRecord {
-  double bytes_per_second = 0;
-  double window_s = 0;
-  std::string measured_utc;
-  std::optional<double> age_s;  // unknown across a reboot
-};
-
-std::optional<RateRecord> ReadRateRecord(const std::filesystem::path& spool_dir) {
-  std::ifstream in(RateRecordPath(spool_dir));
-  if (!in) return std::nullopt;
-  const auto j = nlohmann::json::parse(in, nullptr, false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("bytes_per_second") || !j["bytes_per_second"].is_number()) {
-    return std::nullopt;
-  }
-  RateRecord r;
-  r.bytes_per_second = j["bytes_per_second"].get<double>();
-  if (!(r.bytes_per_second > 0)) return std::nullopt;
-  r.window_s = j.value("window_s", 0.0);
-  r.measured_utc = j.value("measured_utc", "");
-  if (j.value("boot_id", "") == BootId() && j.contains("monotonic_s") && j["monotonic_s"].is_number()) {
-    r.age_s = std::max(0.0, MonotonicSeconds() - j["monotonic_s"].get<double>());
-  }
-  return r;
-}
+// The backlog and the rate record live in agent/control/status.hpp (the status object uses them).
+using control::Backlog;
+using control::MeasureBacklog;
+using control::RateRecord;
+using control::ReadRateRecord;
+using control::WriteRateRecord;
 
 std::string Duration(double seconds) {
   char buf[48];
@@ -583,7 +578,124 @@ bool OpenForScan(core::Agent& agent, const std::filesystem::path& spool_dir, con
   return false;
 }
 
+// The exit status for an error the daemon answered: it refused (5) or could not do it (1).
+int DaemonErrorExit(const Error& e) {
+  switch (e.kind()) {
+    case ErrorKind::kPermission:
+    case ErrorKind::kNotFound:
+    case ErrorKind::kInvalidInput:
+    case ErrorKind::kUnsupported:
+      return cli::kExitRefused;
+    default:
+      return cli::kExitNotCompleted;
+  }
+}
+
+// A scan is done for `ctagent scan` when it reached the last state the configuration asks for.
+bool ScanDone(const std::string& state, const config::AgentConfig& cfg) {
+  if (state == "failed" || state == "delivered") return true;
+  if (!cfg.results.enabled) return state == "uploaded" || state == "results-received";
+  if (!cfg.console.enabled) return state == "results-received";
+  return false;
+}
+
+// When a daemon answers on the control socket, the scan is its to take: ask it (take_scan) and
+// follow the scan through `status` once a second until it is done. Nothing when no daemon
+// answers (the scan then runs here, as before). Bounded: a scan whose record does not change for
+// the results timeout plus 10 minutes is left to the daemon, and SIGINT/SIGTERM stop following.
+std::optional<int> ScanThroughDaemon(const config::AgentConfig& cfg, const Args& args, const SignalWatcher& signals) {
+  const auto socket = config::ControlSocketPath(cfg);
+  auto client = control::Client::Connect(socket);
+  if (!client) return std::nullopt;
+  auto taken = client->Call("take_scan", nlohmann::json::object(), std::chrono::seconds(120));
+  if (!taken) {
+    std::fprintf(stderr, "ctagent: scan not started: the background agent (%s) answered: %s\n", socket.c_str(),
+                 taken.error().message().c_str());
+    return DaemonErrorExit(taken.error());
+  }
+  const std::string uid = taken->value("scan_uid", "");
+  if (uid.empty()) {
+    std::fprintf(stderr, "ctagent: the background agent took the scan but did not name it; follow it with `ctagent status`\n");
+    return cli::kExitNotCompleted;
+  }
+  std::fprintf(stderr, "ctagent: the background agent takes scan %s; following it (Ctrl-C stops following, not the scan)\n",
+               uid.c_str());
+  const bool quiet = args.Has("--quiet");
+  const bool tty = isatty(STDERR_FILENO) != 0;
+  const auto stall_limit = std::chrono::seconds(cfg.results.timeout_s) + std::chrono::minutes(10);
+  auto last_change = std::chrono::steady_clock::now();
+  auto last_line = std::chrono::steady_clock::time_point{};
+  nlohmann::json last_scan;
+  int lost = 0;
+  while (!signals.stopped()) {
+    auto status = client->Call("status", nlohmann::json::object(), std::chrono::seconds(10));
+    if (!status) {
+      // The daemon restarted or went away: reconnect a few times, then leave the scan to it.
+      if (++lost > 10) {
+        std::fprintf(stderr, "\nctagent: lost the background agent (%s); the scan %s stays in the spool: see "
+                             "`ctagent status`\n", status.error().message().c_str(), uid.c_str());
+        return cli::kExitNotCompleted;
+      }
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      if (auto again = control::Client::Connect(socket)) client = std::move(again);
+      continue;
+    }
+    lost = 0;
+    nlohmann::json scan;
+    for (const auto& s : status->value("scans", nlohmann::json::array())) {
+      if (s.value("scan_uid", "") == uid) scan = s;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (scan != last_scan) last_change = now;
+    last_scan = scan;
+    const std::string state = scan.is_object() ? scan.value("state", "acquiring") : "acquiring";
+    const bool done = ScanDone(state, cfg);
+    if (!quiet && (tty || done || now - last_line >= std::chrono::seconds(5))) {
+      last_line = now;
+      const nlohmann::json progress = scan.is_object() ? scan.value("progress", nlohmann::json::object()) : nlohmann::json::object();
+      const auto views = progress.value("views_acquired", scan.is_object() ? scan.value("views_acquired", 0ULL) : 0ULL);
+      const auto total = progress.value("views_total", 0ULL);
+      std::fprintf(stderr, "%s[%-18s] views %llu", tty ? "\r" : "", progress.value("phase", state).c_str(),
+                   static_cast<unsigned long long>(views));
+      if (total > 0) std::fprintf(stderr, "/%llu", static_cast<unsigned long long>(total));
+      std::fprintf(stderr, "  chunks uploaded %llu/%llu  results %llu%s",
+                   static_cast<unsigned long long>(scan.is_object() ? scan.value("chunks_uploaded", 0ULL) : 0ULL),
+                   static_cast<unsigned long long>(scan.is_object() ? scan.value("chunks_total", 0ULL) : 0ULL),
+                   static_cast<unsigned long long>(scan.is_object() ? scan.value("results", 0ULL) : 0ULL),
+                   tty ? "   " : "\n");
+      std::fflush(stderr);
+    }
+    if (done) {
+      if (!quiet && tty) std::fputc('\n', stderr);
+      std::printf("Scan summary (taken by the background agent)\n");
+      std::printf("  scan id            %s\n", uid.c_str());
+      std::printf("  study              %s\n", scan.value("study_uid", "").c_str());
+      std::printf("  state              %s\n", state.c_str());
+      std::printf("  chunks             %llu uploaded of %llu\n", scan.value("chunks_uploaded", 0ULL),
+                  scan.value("chunks_total", 0ULL));
+      std::printf("  images received    %llu\n", scan.value("results", 0ULL));
+      std::string problem = scan.value("failure_reason", "");
+      if (problem.empty()) problem = scan.value("incomplete_reason", "");
+      if (!problem.empty()) std::printf("  PROBLEM            %s\n", problem.c_str());
+      std::fflush(stdout);
+      return problem.empty() && state != "failed" ? cli::kExitOk : cli::kExitNotCompleted;
+    }
+    if (now - last_change > stall_limit) {
+      std::fprintf(stderr, "\nctagent: scan %s has not moved for %lld s (state %s); the background agent keeps it: see "
+                           "`ctagent status`\n", uid.c_str(),
+                   static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(stall_limit).count()),
+                   state.c_str());
+      return cli::kExitNotCompleted;
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+  std::fprintf(stderr, "\nctagent: stopped following scan %s; the background agent carries on with it (`ctagent "
+                       "status`)\n", uid.c_str());
+  return cli::kExitNotCompleted;
+}
+
 int CmdScan(const Args& args) {
+  if (auto bad = RejectUnknown(args, {"--config"}, {"--no-results", "--quiet"}, kScanHelp)) return *bad;
   if (args.Has("--help")) return std::printf("%s", kScanHelp), 0;
   int code = 0;
   auto cfg = LoadOrExplain(args, kScanHelp, &code);
@@ -593,6 +705,7 @@ int CmdScan(const Args& args) {
   core::Agent agent(*cfg, files);
   // Before the spool is opened: a scan waiting for the daemon to pause must stop on SIGTERM too.
   SignalWatcher signals(&agent);
+  if (auto followed = ScanThroughDaemon(*cfg, args, signals)) return *followed;
   if (!OpenForScan(agent, cfg->spool.directory, signals)) return 1;
   core::Progress progress;
   Expected<core::ScanSummary> summary = MakeError(ErrorKind::kInternal, "not run");
@@ -656,41 +769,119 @@ int CmdRun(const Args& args) {
   return daemon::Run(*cfg, files, options, env);
 }
 
+// The status object (docs/schemas/status.schema.json) as lines for a person.
+void PrintStatus(const nlohmann::json& status) {
+  const nlohmann::json spool = status.value("spool", nlohmann::json::object());
+  std::printf("spool %s: %s used of %s budget, %s free on the file system\n", spool.value("directory", "").c_str(),
+              Mib(spool.value("used_bytes", 0ULL)).c_str(), Mib(spool.value("budget_bytes", 0ULL)).c_str(),
+              Mib(spool.value("filesystem_free_bytes", 0ULL)).c_str());
+  const nlohmann::json backlog = status.value("backlog", nlohmann::json::object());
+  Backlog b;
+  b.bytes = backlog.value("bytes", 0ULL);
+  b.scans = backlog.value("scans", std::size_t{0});
+  b.failed = backlog.value("failed_scans", std::size_t{0});
+  std::optional<RateRecord> rate;
+  if (backlog.contains("rate_bytes_per_second") && backlog["rate_bytes_per_second"].is_number()) {
+    rate = RateRecord{};
+    rate->bytes_per_second = backlog["rate_bytes_per_second"].get<double>();
+    if (backlog.contains("rate_window_s") && backlog["rate_window_s"].is_number()) rate->window_s = backlog["rate_window_s"].get<double>();
+    if (backlog.contains("rate_measured_utc") && backlog["rate_measured_utc"].is_string()) {
+      rate->measured_utc = backlog["rate_measured_utc"].get<std::string>();
+    }
+    if (backlog.contains("rate_age_s") && backlog["rate_age_s"].is_number()) rate->age_s = backlog["rate_age_s"].get<double>();
+  }
+  std::printf("%s\n", DescribeBacklog(b, rate).c_str());
+  if (status.contains("daemon") && status["daemon"].is_object()) {
+    const auto& d = status["daemon"];
+    std::printf("daemon pid %lld: uploads %s\n", d.value("pid", 0LL),
+                d.value("uploads_paused", false) ? "PAUSED (`ctagent resume` resumes them)" : "running");
+  }
+  const nlohmann::json scans = status.value("scans", nlohmann::json::array());
+  if (scans.empty()) std::printf("no scans in the spool\n");
+  for (const auto& r : scans) {
+    const std::string manifest = r.value("manifest", "none");
+    std::printf("%s  %-16s  created %s  chunks %llu/%llu uploaded (%s to go)  manifest %s  results %llu\n",
+                r.value("scan_uid", "").c_str(), r.value("state", "").c_str(), r.value("created_utc", "").c_str(),
+                r.value("chunks_uploaded", 0ULL), r.value("chunks_total", 0ULL), Mib(r.value("bytes_to_upload", 0ULL)).c_str(),
+                manifest == "none" ? "-" : manifest.c_str(), r.value("results", 0ULL));
+    if (r.contains("progress") && r["progress"].is_object()) {
+      const auto& p = r["progress"];
+      std::printf("    now: %s, views %llu/%llu, chunks stored %llu, uploaded %llu\n", p.value("phase", "").c_str(),
+                  p.value("views_acquired", 0ULL), p.value("views_total", 0ULL), p.value("chunks_stored", 0ULL),
+                  p.value("chunks_uploaded", 0ULL));
+    }
+    if (r.contains("failure_reason")) std::printf("    reason: %s\n", r.value("failure_reason", "").c_str());
+    if (r.contains("incomplete_reason")) std::printf("    incomplete: %s\n", r.value("incomplete_reason", "").c_str());
+  }
+}
+
 int CmdStatus(const Args& args) {
+  if (auto bad = RejectUnknown(args, {"--config"}, {"--json"}, kStatusHelp)) return *bad;
   if (args.Has("--help")) return std::printf("%s", kStatusHelp), 0;
   int code = 0;
   auto cfg = LoadOrExplain(args, kStatusHelp, &code);
   if (!cfg) return code;
-  PosixFileStore files;
-  core::Agent agent(*cfg, files);
-  if (!OpenOrExplain(agent, /*read_only=*/true)) return 1;  // alongside a scan or the daemon
-  const auto space = agent.spool().Space();
-  std::printf("spool %s: %s used of %s budget, %s free on the file system\n", cfg->spool.directory.c_str(),
-              Mib(space.used_bytes).c_str(), Mib(cfg->spool.max_bytes).c_str(), Mib(space.filesystem_free_bytes).c_str());
-  std::printf("%s\n", DescribeBacklog(MeasureBacklog(agent.spool()), ReadRateRecord(cfg->spool.directory)).c_str());
-  const auto scans = agent.spool().AllScans();
-  if (scans.empty()) std::printf("no scans in the spool\n");
-  for (const auto& r : scans) {
-    std::size_t uploaded = 0;
-    std::uint64_t pending_bytes = 0;
-    for (const auto& c : r.chunks) {
-      if (c.upload.complete) {
-        ++uploaded;
-      } else {
-        pending_bytes += c.chunk.compressed_bytes - std::min(c.chunk.compressed_bytes, c.upload.confirmed_offset);
-      }
+  std::optional<nlohmann::json> status;
+  if (auto client = control::Client::Connect(config::ControlSocketPath(*cfg))) {
+    auto answer = client->Call("status");
+    if (answer) {
+      status = std::move(*answer);
+    } else {
+      std::fprintf(stderr, "ctagent: the background agent did not answer status (%s); reading the spool\n",
+                   answer.error().message().c_str());
     }
-    std::printf("%s  %-16s  created %s  chunks %zu/%zu uploaded (%s to go)  manifest %s  results %zu\n",
-                r.scan_uid.c_str(), spool::ToString(r.state), r.created_utc.c_str(), uploaded, r.chunks.size(),
-                Mib(pending_bytes).c_str(), r.manifest_upload.complete ? "sent" : (r.manifest_written ? "written" : "-"),
-                r.results.size());
-    if (!r.failure_reason.empty()) std::printf("    reason: %s\n", r.failure_reason.c_str());
-    if (!r.incomplete_reason.empty()) std::printf("    incomplete: %s\n", r.incomplete_reason.c_str());
   }
-  return 0;
+  if (!status) {
+    PosixFileStore files;
+    core::Agent agent(*cfg, files);
+    if (!OpenOrExplain(agent, /*read_only=*/true)) return cli::kExitNotCompleted;  // alongside a scan or the daemon
+    status = control::StatusFromSpool(agent.spool(), {.source = "spool", .budget_bytes = cfg->spool.max_bytes});
+  }
+  if (args.Has("--json")) {
+    std::printf("%s\n", status->dump(2).c_str());
+  } else {
+    PrintStatus(*status);
+  }
+  return cli::kExitOk;
+}
+
+// `pause`, `resume`, `acknowledge SCAN_UID`: one request to the running daemon.
+int CmdControl(const std::string& command, const Args& args, const char* help) {
+  std::vector<std::string> positional;
+  const std::size_t wanted = command == "acknowledge" ? 1 : 0;
+  if (auto bad = RejectUnknown(args, {"--config"}, {"--json"}, help, wanted, &positional)) return *bad;
+  if (args.Has("--help")) return std::printf("%s", help), 0;
+  if (positional.size() != wanted) return Usage("SCAN_UID is required", help);
+  int code = 0;
+  auto cfg = LoadOrExplain(args, help, &code);
+  if (!cfg) return code;
+  const auto socket = config::ControlSocketPath(*cfg);
+  auto client = control::Client::Connect(socket);
+  if (!client) {
+    std::fprintf(stderr, "ctagent %s: %s; is the daemon running (`systemctl status ctagent`)?\n", command.c_str(),
+                 client.error().message().c_str());
+    return client.error().kind() == ErrorKind::kPermission ? cli::kExitRefused : cli::kExitNoDaemon;
+  }
+  nlohmann::json request = nlohmann::json::object();
+  if (wanted == 1) request["scan_uid"] = positional[0];
+  auto result = client->Call(command, request);
+  if (!result) {
+    std::fprintf(stderr, "ctagent %s: %s\n", command.c_str(), result.error().message().c_str());
+    if (result.error().kind() == ErrorKind::kNetwork) return cli::kExitNoDaemon;  // it went away
+    return DaemonErrorExit(result.error());
+  }
+  if (args.Has("--json")) {
+    std::printf("%s\n", result->dump(2).c_str());
+  } else if (command == "acknowledge") {
+    std::printf("scan %s acknowledged\n", positional[0].c_str());
+  } else {
+    std::printf("uploads %s\n", result->value("paused", command == "pause") ? "paused" : "running");
+  }
+  return cli::kExitOk;
 }
 
 int CmdConfig(const Args& args) {
+  if (auto bad = RejectUnknown(args, {}, {}, kConfigHelp, 2)) return *bad;
   if (args.Has("--help") || args.items.empty()) {
     std::printf("%s", kConfigHelp);
     return args.items.empty() ? 2 : 0;
@@ -699,7 +890,7 @@ int CmdConfig(const Args& args) {
   auto cfg = config::CheckConfig(args.items[1]);  // + the files it names (config.hpp)
   if (!cfg) {
     std::fprintf(stderr, "%s\n", cfg.error().message().c_str());
-    return 2;
+    return cli::kExitConfig;
   }
   std::printf("%s: OK\n", args.items[1].c_str());
   return 0;
@@ -714,8 +905,15 @@ int Main(int argc, char** argv) {
   if (command == "--version" || command == "version") return std::printf("ctagent %s\n", CTAGENT_VERSION), 0;
   if (command == "--help" || command == "help" || command == "-h") return std::printf("%s", kMainHelp), 0;
   if (command == "scan") return CmdScan(args);
-  if (command == "run") return CmdRun(args);
+  if (command == "run") {
+    // Here, not in CmdRun: the daemon's loop is its own; its options are checked like every command's.
+    if (auto bad = RejectUnknown(args, {"--config"}, {"--once"}, kRunHelp)) return *bad;
+    return CmdRun(args);
+  }
   if (command == "status") return CmdStatus(args);
+  if (command == "pause") return CmdControl(command, args, kPauseHelp);
+  if (command == "resume") return CmdControl(command, args, kResumeHelp);
+  if (command == "acknowledge") return CmdControl(command, args, kAcknowledgeHelp);
   if (command == "config") return CmdConfig(args);
   if (command == "chunk") return cli::CmdChunk(args.items);
   if (command == "check") return cli::CmdCheck(args.items);
