@@ -40,7 +40,7 @@ Expected<AnnounceOptions> ParseAnnounceOptions(const nlohmann::json& j) {
       if (!s) return MakeError(s.error());
       o.first_after = *s;
     } else if (key == "count") {
-      if (!value.is_number_unsigned() || value.get<std::uint64_t>() > 100000) {
+      if (!value.is_number_integer() || value.get<std::int64_t>() < 0 || value.get<std::int64_t>() > 100000) {
         return AnnounceError("/count", "expected a number of scans from 0 to 100000, found " + value.dump());
       }
       o.count = value.get<std::uint32_t>();

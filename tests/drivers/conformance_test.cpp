@@ -87,7 +87,7 @@ TEST_CASE("conformance: faulty drivers fail with the expected message") {
   }
   const KitRun abi = RunKit({Broken("abi")});
   INFO(abi.output);
-  CHECK(abi.output.find("built for driver ABI 2.1, but this agent speaks ABI 1.1") != std::string::npos);
+  CHECK(abi.output.find("built for driver ABI 2.2, but this agent speaks ABI 1.2") != std::string::npos);
 }
 
 TEST_CASE("conformance: bad usage and a missing file are reported") {

@@ -192,7 +192,7 @@ TEST_CASE("plugin: loading refuses what is not a compatible driver, saying why")
   auto abi = MakeDetector("plugin", nlohmann::json{{"path", std::string(CTAGENT_BROKEN_DIR) + "/libctagent_driver_broken_abi.so"}});
   REQUIRE_FALSE(abi);
   CHECK(abi.error().kind() == ErrorKind::kUnsupported);
-  CHECK(abi.error().message().find("built for driver ABI 2.1, but this agent speaks ABI 1.1") != std::string::npos);
+  CHECK(abi.error().message().find("built for driver ABI 2.2, but this agent speaks ABI 1.2") != std::string::npos);
 
   auto no_path = MakeDetector("plugin", nlohmann::json::object());
   REQUIRE_FALSE(no_path);
