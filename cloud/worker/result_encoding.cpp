@@ -18,6 +18,7 @@
 #include <dcmtk/dcmsr/cmr/tid1500.h>
 #include <dcmtk/dcmsr/dsrdoc.h>
 
+#include <array>
 #include <cstdio>
 #include <ctime>
 #include <memory>
@@ -228,21 +229,27 @@ Expected<ResultObject> WriteSegmentation(const fs::path& path, const ResultInput
     }
   }
 
-  // Frames: one per segment and slice on which the segment has voxels.
+  // Frames: one per segment and slice on which the segment has voxels. One pass over each mask
+  // finds which labels each slice holds, so a frame is only built where there is one.
   const std::size_t plane = std::size_t{size} * size;
+  std::vector<std::array<bool, 256>> lung_present(slice_count), lesion_present(slice_count);
+  for (std::size_t z = 0; z < slice_count; ++z) {
+    lung_present[z].fill(false);
+    lesion_present[z].fill(false);
+    for (std::size_t i = 0; i < plane; ++i) {
+      lung_present[z][analysis.lung_mask.labels[z * plane + i]] = true;
+      lesion_present[z][analysis.lesion_mask.labels[z * plane + i]] = true;
+    }
+  }
   std::vector<Uint8> frame(plane);
   std::size_t frames = 0;
   for (std::size_t s = 0; s < specs.size(); ++s) {
     const SegmentSpec& spec = specs[s];
     const LabelVolume& mask = spec.from_lesions ? analysis.lesion_mask : analysis.lung_mask;
     for (std::size_t z = 0; z < slice_count; ++z) {
+      if (!(spec.from_lesions ? lesion_present : lung_present)[z][spec.mask_value]) continue;
       const std::uint8_t* labels = mask.labels.data() + z * plane;
-      bool any = false;
-      for (std::size_t i = 0; i < plane; ++i) {
-        frame[i] = labels[i] == spec.mask_value ? 1 : 0;
-        any = any || frame[i];
-      }
-      if (!any) continue;
+      for (std::size_t i = 0; i < plane; ++i) frame[i] = labels[i] == spec.mask_value ? 1 : 0;
       const HuImage& image = input.slices[z];
       const double half = (image.size - 1) / 2.0 * image.pixel_spacing_mm;
       FGPlanePosPatient position;
