@@ -117,9 +117,15 @@ Result Client::Call(const std::string& cmd, const nlohmann::json& args, std::chr
       const Json rid = response.contains("id") ? response["id"] : Json(nullptr);
       // An answer with no id is about the connection itself (refused, too many, too long).
       if (!rid.is_null() && rid != Json(id)) continue;  // an answer to an earlier, timed-out call
-      if (response["ok"] == true) return response.contains("result") ? response["result"] : Json::object();
-      const Json error = response.contains("error") ? response["error"] : Json::object();
-      return MakeError(KindFromWire(error.value("kind", "internal")), error.value("message", "the daemon refused " + cmd));
+      if (response["ok"] == true) {
+        if (response.contains("result") && response["result"].is_object()) return response["result"];
+        return MakeError(ErrorKind::kProtocol, "the daemon's answer to " + cmd + " carries no result object");
+      }
+      const Json error = response.contains("error") && response["error"].is_object() ? response["error"] : Json::object();
+      const auto field = [&](const char* key, const std::string& fallback) {
+        return error.contains(key) && error[key].is_string() ? error[key].get<std::string>() : fallback;
+      };
+      return MakeError(KindFromWire(field("kind", "internal")), field("message", "the daemon refused " + cmd));
     }
     if (buffer_.size() > kMaxResponseBytes) return MakeError(ErrorKind::kProtocol, "the daemon's answer is too long");
     if (auto st = WaitReady(fd_, POLLIN, deadline, cmd); !st) return MakeError(st.error());

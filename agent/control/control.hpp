@@ -57,7 +57,8 @@ struct TakeScanRequest {
 // response's error.kind (WireKind) and whose message is shown to the person at the CLI.
 using Result = Expected<nlohmann::json>;
 // Called exactly once per request, from any thread. Calling it after the client went away or the
-// server stopped is harmless (the answer is dropped).
+// server stopped is harmless (the answer is dropped); the io_context itself must still exist (it
+// posts the answer to it), so a daemon joins its workers before destroying its loop.
 using Reply = std::function<void(Result)>;
 
 // Implemented by the daemon. Every method is called on the io_context's thread.

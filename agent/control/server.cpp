@@ -95,7 +95,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void Start() {
     ArmIdleTimer();
-    Next();
+    Read();
   }
 
   // Answers and closes: for a refused peer or one connection too many.
@@ -127,31 +127,44 @@ class Connection : public std::enable_shared_from_this<Connection> {
     });
   }
 
-  // Handles the next complete line in the buffer, or reads more.
-  void Next() {
-    if (closed_ || closing_) return;
-    const auto newline = buffer_.find('\n');
-    if (newline != std::string::npos) {
-      std::string line = buffer_.substr(0, newline);
-      buffer_.erase(0, newline + 1);
-      if (!line.empty() && line.back() == '\r') line.pop_back();
-      if (line.empty()) return Next();
-      return Handle(line);
-    }
+  // Reads while nothing waits in the buffer, also while a request is with the handler, so a
+  // client that leaves is seen at once (its answer is then dropped). A complete line waiting
+  // stops the reading: a connection holds at most one request beyond the one being answered.
+  void Read() {
+    if (reading_ || closed_ || closing_ || buffer_.find('\n') != std::string::npos) return;
     if (buffer_.size() > max_request_bytes_) {
+      if (busy_ || writing_) return Close();  // no answer can be written now
       closing_ = true;
       return Write(ErrorResponse(nullptr, ErrorKind::kInvalidInput,
                                  "request longer than " + std::to_string(max_request_bytes_) +
                                      " bytes without a newline; closing the connection"));
     }
+    reading_ = true;
     socket_.async_read_some(boost::asio::buffer(read_buffer_),
                             [self = shared_from_this()](const boost::system::error_code& ec, std::size_t n) {
+                              self->reading_ = false;
                               if (self->closed_) return;
                               if (ec) return self->Close();  // the client went away, or we closed
                               self->buffer_.append(self->read_buffer_.data(), n);
                               self->ArmIdleTimer();
                               self->Next();
                             });
+  }
+
+  // Handles the next complete line in the buffer when nothing is being answered; reads more.
+  void Next() {
+    if (closed_ || closing_) return;
+    if (!busy_ && !writing_) {
+      const auto newline = buffer_.find('\n');
+      if (newline != std::string::npos) {
+        std::string line = buffer_.substr(0, newline);
+        buffer_.erase(0, newline + 1);
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        if (line.empty()) return Next();
+        Handle(line);
+      }
+    }
+    Read();
   }
 
   void Handle(const std::string& line) {
@@ -245,8 +258,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void Write(const Json& response) {
     out_ = response.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n";
+    writing_ = true;
     boost::asio::async_write(socket_, boost::asio::buffer(out_),
                              [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
+                               self->writing_ = false;
                                if (self->closed_) return;
                                if (ec || self->closing_) return self->Close();
                                self->Next();
@@ -262,6 +277,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::string buffer_;  // received, not yet handled (at most max_request_bytes_ + one read)
   std::string out_;
   bool busy_ = false;     // a request is with the handler
+  bool reading_ = false;  // a read is outstanding
+  bool writing_ = false;  // an answer is being written
   bool closing_ = false;  // close once the pending answer is written
   bool closed_ = false;
 };

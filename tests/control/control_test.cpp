@@ -20,6 +20,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -44,8 +45,13 @@ class FakeDaemon : public control::Handler {
  public:
   void Status(control::Reply reply) override { reply(Json{{"source", "daemon"}, {"scans", Json::array()}}); }
   void Check(control::Reply reply) override {
-    // Later and from another thread, as a daemon's worker pool would.
     ++checks;
+    if (hold_check) {  // answered when the test says so
+      std::lock_guard lock(held_mutex);
+      held = std::move(reply);
+      return;
+    }
+    // Later and from another thread, as a daemon's worker pool would.
     workers.emplace_back([reply = std::move(reply)] {
       std::this_thread::sleep_for(100ms);
       reply(Json{{"verdict", "ok"}, {"failures", 0}, {"warnings", 0}, {"checks", Json::array()}});
@@ -73,6 +79,9 @@ class FakeDaemon : public control::Handler {
 
   std::atomic<bool> paused{false};
   std::atomic<int> checks{0};
+  std::atomic<bool> hold_check{false};
+  std::mutex held_mutex;
+  control::Reply held;
   std::optional<control::TakeScanRequest> last_take;
   std::vector<std::thread> workers;
 };
@@ -461,4 +470,31 @@ TEST_CASE("the socket path: a long one works, a live daemon's is not taken, a st
     CHECK(server.error().kind() == ErrorKind::kInvalidInput);
     CHECK_THAT(server.error().message(), Catch::Contains("no-such-group-ctagent"));
   }
+}
+
+TEST_CASE("an answer that comes after its client left is dropped, and the server goes on", "[control]") {
+  test::TempDir dir("control-late");
+  Harness h(SettingsIn(dir.path()));
+  h.daemon.hold_check = true;
+  {
+    auto client = control::Client::Connect(dir.path() / "control.sock");
+    REQUIRE(client.has_value());
+    auto check = client->Call("check", Json::object(), 300ms);
+    REQUIRE_FALSE(check.has_value());
+    CHECK(check.error().kind() == ErrorKind::kNetwork);  // no answer in time
+  }  // the client leaves
+  REQUIRE(test::WaitFor([&] { return h.OpenConnections() == 0; }, 5s));
+  control::Reply late;
+  {
+    std::lock_guard lock(h.daemon.held_mutex);
+    late = std::move(h.daemon.held);
+  }
+  REQUIRE(late);
+  late(Json{{"verdict", "ok"}});  // from this thread, to a connection that is gone
+  late(Json{{"verdict", "twice"}});  // a second call is ignored
+  auto client = control::Client::Connect(dir.path() / "control.sock");
+  REQUIRE(client.has_value());
+  auto status = client->Call("status");
+  REQUIRE(status.has_value());
+  CHECK((*status)["source"] == "daemon");
 }
