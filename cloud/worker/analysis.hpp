@@ -78,11 +78,12 @@ struct AnalysisOptions {
   // Lesion search: lung voxels at least this far from the lung wall (in-plane) and with lung on
   // the slices above and below, so partial volume at the wall is not taken for a lesion.
   double wall_margin_mm = 4;
-  // Lesion voxels: smoothed HU at or above this (halfway between aerated lung, -850, and ground
-  // glass, -650). A lesion whose peak smoothed HU reaches consolidation_min_hu is a
+  // Lesion voxels: smoothed HU at or above this (a third of the way from aerated lung, -850, to
+  // ground glass, -650, rather than halfway: the blurred peak of a 9 mm ground-glass nodule stays
+  // under -750). A lesion whose peak smoothed HU reaches consolidation_min_hu is a
   // consolidation, and its volume counts the voxels above the halfway point between the
   // measured lung background and consolidation_hu.
-  double lesion_min_hu = -750;
+  double lesion_min_hu = -775;
   double consolidation_min_hu = -300;
   double consolidation_hu = 35;
   // The detection limit: smaller connected regions are noise, not lesions.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numbers>
 
 #include "drivers/sim/sim_detector.hpp"
 
@@ -10,6 +11,7 @@ namespace ctagent::drivers::sim {
 namespace {
 
 constexpr double kLungHu = -850.0;
+constexpr int kSphereCheckPoints = 256;
 // Mixed into the seed so the lesion stream differs from the noise streams of the same seed
 // (those start from SplitMix64(seed)); the bytes spell "lesions".
 constexpr std::uint64_t kLesionStreamKey = 0x6c6573696f6e73ull;
@@ -36,14 +38,16 @@ std::vector<Box> LungBoxes(const ChestPhantom3d& chest) {
 
 bool SphereInsideLung(const ChestPhantom3d& chest, double x_mm, double y_mm, double z_mm, double radius_mm) {
   if (chest.HuAt(x_mm, y_mm, z_mm) != kLungHu) return false;
-  for (int dx = -1; dx <= 1; ++dx) {
-    for (int dy = -1; dy <= 1; ++dy) {
-      for (int dz = -1; dz <= 1; ++dz) {
-        if (dx == 0 && dy == 0 && dz == 0) continue;
-        const double norm = std::sqrt(static_cast<double>(dx * dx + dy * dy + dz * dz));
-        const double k = radius_mm / norm;
-        if (chest.HuAt(x_mm + dx * k, y_mm + dy * k, z_mm + dz * k) != kLungHu) return false;
-      }
+  // Points spread evenly over the sphere (a golden-angle spiral): the lungs are convex, so the
+  // hull of these points, which holds a ball of over 0.98 of the radius, lies in the lung too.
+  const double golden_angle = std::numbers::pi * (3.0 - std::sqrt(5.0));
+  for (int k = 0; k < kSphereCheckPoints; ++k) {
+    const double z = 1.0 - 2.0 * (k + 0.5) / kSphereCheckPoints;
+    const double ring = std::sqrt(1.0 - z * z);
+    const double phi = golden_angle * k;
+    if (chest.HuAt(x_mm + radius_mm * ring * std::cos(phi), y_mm + radius_mm * ring * std::sin(phi),
+                   z_mm + radius_mm * z) != kLungHu) {
+      return false;
     }
   }
   return true;

@@ -34,11 +34,11 @@ inline constexpr int kLesionPlacementTries = 200;
 // The lesions of the 3-D chest phantom (ChestPhantom3d) drawn from `seed`: 0 .. max_count
 // spheres, kind and diameter as above, CT number DefaultLesionHu(kind), each placed wholly
 // inside the right or the left lung (checked with the lesion-free phantom's HuAt at the grown
-// sphere's centre and 26 points of its surface). Options out of range are clamped.
+// sphere's centre and 256 points spread over its surface). Options out of range are clamped.
 std::vector<Lesion> DrawLesions(std::uint64_t seed, const LesionDrawOptions& options = {});
 
 // True when a sphere at (x, y, z) of `radius_mm` lies inside one lung of `chest` (lesion-free
-// lung CT number at its centre and 26 surface points). Exposed for tests.
+// lung CT number at its centre and 256 surface points). Exposed for tests.
 bool SphereInsideLung(const ChestPhantom3d& chest, double x_mm, double y_mm, double z_mm, double radius_mm);
 
 }  // namespace ctagent::drivers::sim

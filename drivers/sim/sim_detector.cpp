@@ -292,7 +292,7 @@ Expected<std::unique_ptr<SimDetector>> SimDetector::Create(const nlohmann::json&
           continue;
         }
         if (!value.is_array()) {
-          return OptionError("lesions", "expected a list of lesion objects, \"drawn\" or draw parameters");
+          return OptionError("lesions", "expected an array of lesion objects, \"drawn\" or draw parameters");
         }
         for (std::size_t i = 0; i < value.size(); ++i) {
           auto l = ParseLesion(value[i], "lesions/" + std::to_string(i));
