@@ -24,6 +24,12 @@ struct CheckReport {
   nlohmann::json ToJson() const;  // {"verdict": "ok"|"fail", "failures", "warnings", "checks": [...]}
 };
 
+// The checks a running daemon runs for the control socket's `check`: all but "detector", since
+// the daemon holds the detector open (a second open of real hardware must not happen behind its
+// back); the daemon reports its own detector's state instead (a "detector" line it adds).
+inline const std::vector<std::string> kChecksBesideOpenDetector = {"disk", "queue", "certificates", "link", "pacs",
+                                                                   "console"};
+
 // Runs the checks named in `only` (empty: all) against the configuration file `config_path`.
 // Blocking (network round trips, a C-ECHO): call it off the event loop. Safe while a daemon or a
 // scan writes the spool (the spool is opened read-only).

@@ -11,7 +11,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/control/control.hpp"
 #include "agent/spool/spool.hpp"
+#include "config/config.hpp"
 
 namespace ctagent::control {
 
@@ -49,6 +51,15 @@ struct StatusSource {
   std::string source;           // "daemon" (answered over the socket) or "spool" (read by the CLI)
   std::uint64_t budget_bytes = 0;  // config spool.max_bytes
 };
+
+// The control server's settings from the configuration (section "control"): the socket path
+// (config::ControlSocketPath), the group; mode 0660 and the protocol's limits.
+inline ServerSettings ServerSettingsFor(const config::AgentConfig& config) {
+  ServerSettings settings;
+  settings.socket_path = config::ControlSocketPath(config);
+  settings.group = config.control.group;
+  return settings;
+}
 
 // The status object of every scan in `spool` (opened read-only or not). The daemon adds its own
 // part with SetDaemon and SetScanProgress before answering.
