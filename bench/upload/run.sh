@@ -30,7 +30,9 @@
 # cell, interleaved (agent, tusjs, curl, agent, ...), and reports each client's median.
 # --agent-spool puts the agent's spool elsewhere (default: under /tmp, a real disk here; a tmpfs
 # shows what the journal's disk syncs cost). --agent-b adds a client "agentb": another build of
-# upload_bench (a variant to compare within one run); list it in --clients, read the "agent-b" column.
+# upload_bench (a variant to compare within one run; build/.../bench/upload/upload_bench_async is the
+# uploads on AsyncHttp, one event loop); list it in --clients, read the "agent-b" columns (Mbit/s,
+# ratio, CPU % as for the agent, and the most uploads in flight upload_bench_async allowed).
 # Environment: AGENT_LOG=debug logs the agent client's uploads (printed under "client errors");
 # AGENT_WRAP="strace -f -tt -o FILE" (or perf ...) runs the agent client under that command.
 set -euo pipefail
@@ -209,8 +211,12 @@ run_agent_exe() {  # $1 upload_bench $2 dir $3 ns $4 url
         --parallel "$parallel"  --spool "$agent_spool" ${AGENT_LOG:+--log $AGENT_LOG} 2>>"$work/clients.log") || { echo fail; return; }
   seconds=$(sed -n 's/^seconds=\([0-9.]*\).*/\1/p' <<<"$out")
   # The client's CPU during the upload, in % of one core (the agent's own cost per byte).
-  [ "$exe" != "$bench_exe" ] || awk -v c="$(sed -n 's/.*cpu_seconds=\([0-9.]*\).*/\1/p' <<<"$out")" -v s="$seconds" \
-    'BEGIN { printf "%.0f\n", 100 * c / s }' >> "$work/agent.cpu"
+  local cpu_file=$work/agent.cpu
+  [ "$exe" = "$bench_exe" ] || cpu_file=$work/agentb.cpu
+  awk -v c="$(sed -n 's/.*cpu_seconds=\([0-9.]*\).*/\1/p' <<<"$out")" -v s="$seconds" \
+    'BEGIN { printf "%.0f\n", 100 * c / s }' >> "$cpu_file"
+  # upload_bench_async also says how many uploads it let in flight at most.
+  sed -n 's/.*max_window=\([0-9]*\).*/\1/p' <<<"$out" >> "$work/agentb.window"
   mbits "$seconds" "$(sed -n 's/.*bytes=\([0-9]*\).*/\1/p' <<<"$out")"
 }
 run_tusjs() {
@@ -260,7 +266,7 @@ IFS=, read -r -a delay_list <<<"$delays"
 IFS=, read -r -a client_list <<<"$clients"
 
 bcol=""; bsep=""
-[ -z "$bench_exe_b" ] || { bcol=" agent-b Mbit/s | agent-b/cap |"; bsep="---|---|"; }
+[ -z "$bench_exe_b" ] || { bcol=" agent-b Mbit/s | agent-b/cap | agent-b CPU % | agent-b window |"; bsep="---|---|---|---|"; }
 printf '\n| link Mbit/s | added RTT ms | MiB | chunks | agent Mbit/s | tus-js Mbit/s | curl Mbit/s | agent/cap | tus-js/cap | curl/cap | agent/tus-js |%s agent CPU %% | load |\n' "$bcol"
 printf '|---|---|---|---|---|---|---|---|---|---|---|%s---|---|\n' "$bsep"
 for rate in "${rate_list[@]}"; do
@@ -279,7 +285,7 @@ for rate in "${rate_list[@]}"; do
     mv "$work/proxy.control.tmp" "$work/proxy.control"
     sleep 0.2
     declare -A got=()
-    : > "$work/agent.cpu"
+    : > "$work/agent.cpu"; : > "$work/agentb.cpu"; : > "$work/agentb.window"
     for _ in $(seq 1 "$repeat"); do
       for c in "${client_list[@]}"; do
         got[$c]="${got[$c]:-} $(run_"$c" "$dir" "$scan" "$url")"
@@ -290,7 +296,7 @@ for rate in "${rate_list[@]}"; do
     cap=$(awk -v r="$rate" -v c="$ceiling" 'BEGIN { if (c == "fail" || c + 0 > r) print r; else print c }')
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "fail" || b == "fail" || a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
     bval=""
-    [ -z "$bench_exe_b" ] || bval=" ${got[agentb]:--} | $(ratio "${got[agentb]:-}" "$cap") |"
+    [ -z "$bench_exe_b" ] || bval=" ${got[agentb]:--} | $(ratio "${got[agentb]:-}" "$cap") | $(median < "$work/agentb.cpu") | $(median < "$work/agentb.window") |"
     printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |%s %s | %s |\n' "$rate" "$delay" "$cell_mib" "$nchunks" \
       "${got[agent]:--}" "${got[tusjs]:--}" "${got[curl]:--}" \
       "$(ratio "${got[agent]:-}" "$cap")" "$(ratio "${got[tusjs]:-}" "$cap")" "$(ratio "${got[curl]:-}" "$cap")" \

@@ -11,52 +11,23 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 
-#include <sys/resource.h>
-
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <string>
-#include <vector>
 
-#include <nlohmann/json.hpp>
-
-#include "agent/codec/manifest.hpp"
 #include "agent/common/allocator.hpp"
 #include "agent/common/durable_file.hpp"
 #include "agent/common/log.hpp"
 #include "agent/core/uploader.hpp"
-#include "agent/spool/spool.hpp"
+#include "bench/upload/bench_spool.hpp"
 #include "config/config.hpp"
 
 using namespace ctagent;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::vector<std::uint8_t> ReadFile(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-std::string ChunkName(std::uint32_t index) {
-  char name[32];
-  std::snprintf(name, sizeof(name), "%06u.ctc", index);
-  return name;
-}
-
-// User + system CPU time of the whole process so far [s].
-double CpuSeconds() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  const auto seconds = [](const timeval& t) {
-    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
-  };
-  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
-}
 
 int Fail(const std::string& what) {
   std::fprintf(stderr, "upload_bench: %s\n", what.c_str());
@@ -93,43 +64,21 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (spool_dir.empty()) spool_dir = dir / "bench-spool";
-  fs::remove_all(spool_dir);
-
-  const auto manifest_bytes = ReadFile(dir / "manifest.json");
-  auto manifest_json = nlohmann::json::parse(manifest_bytes.begin(), manifest_bytes.end(), nullptr, false);
-  if (manifest_json.is_discarded()) return Fail("cannot parse " + (dir / "manifest.json").string());
-  auto manifest = codec::ManifestFromJson(manifest_json);
-  if (!manifest) return Fail(manifest.error().message());
-
   // The spool as acquisition leaves it (not timed).
   PosixFileStore files;
-  spool::SpoolOptions options;
-  options.directory = spool_dir;
-  options.min_free_bytes = 0;
-  auto spool = spool::Spool::Open(options, files);
-  if (!spool) return Fail(spool.error().message());
-  spool::ScanRecord record;
-  record.scan_uid = manifest->scan_uid;
-  record.study_uid = manifest->study_uid;
-  std::uint64_t total = 0;
-  for (const auto& c : manifest->chunks) total += c.compressed_bytes;
-  if (auto st = (*spool)->BeginScan(record, total + (1u << 20)); !st) return Fail(st.error().message());
-  for (const auto& c : manifest->chunks) {
-    const auto bytes = ReadFile(dir / ChunkName(c.index));
-    if (auto st = (*spool)->AddChunk(manifest->scan_uid, c, bytes); !st) return Fail(st.error().message());
-  }
-  if (auto st = (*spool)->FinishAcquisition(manifest->scan_uid, *manifest); !st) return Fail(st.error().message());
-  auto stored_manifest = (*spool)->ReadManifest(manifest->scan_uid);
-  if (!stored_manifest) return Fail(stored_manifest.error().message());
-  total += stored_manifest->size();
+  auto filled = bench::FillSpool(dir, spool_dir, files);
+  if (!filled) return Fail(filled.error().message());
+  const auto& manifest = filled->manifest;
+  auto& spool = filled->spool;
+  const std::uint64_t total = filled->total_bytes;
 
   // The agent's order: every chunk (parallel, bounded), then the manifest.
   boost::asio::io_context io;
   auto work = boost::asio::make_work_guard(io);
-  core::Uploader uploader(io, **spool, cloud);
-  std::size_t chunks_left = manifest->chunks.size();
+  core::Uploader uploader(io, *spool, cloud);
+  std::size_t chunks_left = manifest.chunks.size();
   int failed = 0;
-  const double cpu0 = CpuSeconds();
+  const double cpu0 = bench::CpuSeconds();
   const auto t0 = std::chrono::steady_clock::now();
   auto finish = [&](Status st) {
     if (!st) {
@@ -138,24 +87,24 @@ int main(int argc, char** argv) {
     }
     work.reset();
   };
-  for (const auto& c : manifest->chunks) {
-    uploader.UploadChunk(manifest->scan_uid, c.index, [&](Status st) {
+  for (const auto& c : manifest.chunks) {
+    uploader.UploadChunk(manifest.scan_uid, c.index, [&](Status st) {
       if (!st) {
         ++failed;
         std::fprintf(stderr, "upload_bench: %s\n", st.error().message().c_str());
       }
-      if (--chunks_left == 0) uploader.UploadManifest(manifest->scan_uid, finish);
+      if (--chunks_left == 0) uploader.UploadManifest(manifest.scan_uid, finish);
     });
   }
   // As the agent does once a scan's manifest is in the spool and its chunks are still uploading.
-  uploader.PrepareManifest(manifest->scan_uid);
+  uploader.PrepareManifest(manifest.scan_uid);
   io.run();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const double cpu_seconds = CpuSeconds() - cpu0;
+  const double cpu_seconds = bench::CpuSeconds() - cpu0;
   uploader.Stop();
   fs::remove_all(spool_dir);
   if (failed > 0) return 1;
   std::printf("seconds=%.4f bytes=%llu uploads=%zu cpu_seconds=%.3f\n", seconds,
-              static_cast<unsigned long long>(total), manifest->chunks.size() + 1, cpu_seconds);
+              static_cast<unsigned long long>(total), manifest.chunks.size() + 1, cpu_seconds);
   return 0;
 }

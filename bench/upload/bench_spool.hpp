@@ -1,0 +1,84 @@
+// Shared by the upload bench drivers: a fresh spool filled with a scan's real compressed chunks
+// (the files `ctagent scan` produced, see run.sh), as acquisition leaves it, and the process's
+// CPU time. Not timed.
+#pragma once
+
+#include <sys/resource.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/codec/manifest.hpp"
+#include "agent/common/durable_file.hpp"
+#include "agent/spool/spool.hpp"
+
+namespace ctagent::bench {
+
+inline std::vector<std::uint8_t> ReadFile(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+inline std::string ChunkName(std::uint32_t index) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "%06u.ctc", index);
+  return name;
+}
+
+// User + system CPU time of the whole process so far [s].
+inline double CpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  const auto seconds = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
+  };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
+struct BenchSpool {
+  std::unique_ptr<spool::Spool> spool;
+  codec::Manifest manifest;
+  std::uint64_t total_bytes = 0;  // chunks and the stored manifest
+};
+
+// `dir` holds manifest.json and the chunk files it lists (NNNNNN.ctc, by chunk index).
+inline Expected<BenchSpool> FillSpool(const std::filesystem::path& dir, const std::filesystem::path& spool_dir,
+                                      FileStore& files) {
+  std::filesystem::remove_all(spool_dir);
+  const auto manifest_bytes = ReadFile(dir / "manifest.json");
+  auto manifest_json = nlohmann::json::parse(manifest_bytes.begin(), manifest_bytes.end(), nullptr, false);
+  if (manifest_json.is_discarded()) return MakeError(ErrorKind::kInvalidInput, "cannot parse " + (dir / "manifest.json").string());
+  auto manifest = codec::ManifestFromJson(manifest_json);
+  if (!manifest) return MakeError(manifest.error());
+  spool::SpoolOptions options;
+  options.directory = spool_dir;
+  options.min_free_bytes = 0;
+  auto spool = spool::Spool::Open(options, files);
+  if (!spool) return MakeError(spool.error());
+  spool::ScanRecord record;
+  record.scan_uid = manifest->scan_uid;
+  record.study_uid = manifest->study_uid;
+  BenchSpool out;
+  for (const auto& c : manifest->chunks) out.total_bytes += c.compressed_bytes;
+  if (auto st = (*spool)->BeginScan(record, out.total_bytes + (1u << 20)); !st) return MakeError(st.error());
+  for (const auto& c : manifest->chunks) {
+    const auto bytes = ReadFile(dir / ChunkName(c.index));
+    if (auto st = (*spool)->AddChunk(manifest->scan_uid, c, bytes); !st) return MakeError(st.error());
+  }
+  if (auto st = (*spool)->FinishAcquisition(manifest->scan_uid, *manifest); !st) return MakeError(st.error());
+  auto stored_manifest = (*spool)->ReadManifest(manifest->scan_uid);
+  if (!stored_manifest) return MakeError(stored_manifest.error());
+  out.total_bytes += stored_manifest->size();
+  out.spool = std::move(*spool);
+  out.manifest = std::move(*manifest);
+  return out;
+}
+
+}  // namespace ctagent::bench
