@@ -345,7 +345,7 @@ ResultSetVerdict CheckResultSet(const std::string& study_uid, const SrSummary& s
   return verdict;
 }
 
-Status WriteScanFindings(const std::filesystem::path& results_dir, const ScanFindings& findings) {
+nlohmann::json FindingsToJson(const ScanFindings& findings) {
   nlohmann::json j;
   j["version"] = 1;
   j["report"] = findings.report;
@@ -357,6 +357,13 @@ Status WriteScanFindings(const std::filesystem::path& results_dir, const ScanFin
   if (f.involvement_left_percent) j["involvement_left_percent"] = *f.involvement_left_percent;
   if (!findings.refused_reason.empty()) j["refused_reason"] = findings.refused_reason;
   j["console_refused"] = findings.console_refused;
+  j["summary"] = DescribeFindings(findings);
+  return j;
+}
+
+Status WriteScanFindings(const std::filesystem::path& results_dir, const ScanFindings& findings) {
+  nlohmann::json j = FindingsToJson(findings);
+  j.erase("summary");
   const std::string text = j.dump(2) + "\n";
 
   std::error_code ec;
@@ -387,7 +394,10 @@ Status WriteScanFindings(const std::filesystem::path& results_dir, const ScanFin
 }
 
 Expected<ScanFindings> ReadScanFindings(const std::filesystem::path& spool_dir, const std::string& scan_uid) {
-  const auto results_dir = spool_dir / "scans" / scan_uid / "results";
+  return ReadFindingsInResultsDir(spool_dir / "scans" / scan_uid / "results");
+}
+
+Expected<ScanFindings> ReadFindingsInResultsDir(const std::filesystem::path& results_dir) {
   const auto path = results_dir / kFindingsFileName;
   std::ifstream in(path);
   if (in) {
@@ -438,7 +448,7 @@ Expected<ScanFindings> ReadScanFindings(const std::filesystem::path& spool_dir, 
       return out;
     }
   }
-  return MakeError(ErrorKind::kNotFound, "no AI findings recorded for scan " + scan_uid);
+  return MakeError(ErrorKind::kNotFound, "no AI findings recorded in " + results_dir.string());
 }
 
 std::string DescribeFindings(const ScanFindings& findings) {

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "agent/common/error.hpp"
 
 namespace ctagent::results {
@@ -112,6 +114,12 @@ Status WriteScanFindings(const std::filesystem::path& results_dir, const ScanFin
 // (`<spool_dir>/scans/<scan_uid>/results/findings.json`). When that file is missing but an SR is
 // stored in the results folder, the findings are read from the SR. kNotFound when neither.
 Expected<ScanFindings> ReadScanFindings(const std::filesystem::path& spool_dir, const std::string& scan_uid);
+// The same from the scan's results folder (Spool::ResultPath(scan, "x").parent_path()).
+Expected<ScanFindings> ReadFindingsInResultsDir(const std::filesystem::path& results_dir);
+
+// The findings as the JSON object findings.json holds, plus "summary": DescribeFindings' line
+// (for `ctagent status --json` and the status line).
+nlohmann::json FindingsToJson(const ScanFindings& findings);
 
 // One line for `ctagent status`, e.g. "AI: HIGH-RISK, 3 lesion(s), involvement right 4.2 %,
 // left 0.8 %" or "AI: no report (CT only)"; refusals appended. No patient data.

@@ -99,7 +99,7 @@ results::SegReferences SegRefs(const fs::path& path) {
 
 }  // namespace
 
-TEST_CASE("result set: SR (three classes), SEG and the readable report validate; their checks refuse bad ones",
+TEST_CASE("result set: SR (three classes), SEG and the readable report validate, and their checks refuse bad ones",
           "[results][validate][aiset]") {
   TempDir dir("aiset-validate");
   ResultSet set;
@@ -342,6 +342,15 @@ TEST_CASE("result set: the findings record round-trips and is read back for stat
         "AI: HIGH-RISK, 3 lesion(s), involvement right 4.2 %, left 0.5 %; console refused "
         "ComprehensiveSRStorage (1.2.840.10008.5.1.4.1.1.88.33): 1 instance(s) not accepted by the console");
 
+  // The status object's form: the record plus the status line.
+  const nlohmann::json as_json = results::FindingsToJson(*back);
+  CHECK(as_json.value("category", "") == "HIGH-RISK");
+  CHECK(as_json.value("lesion_count", 0) == 3);
+  CHECK(as_json.value("summary", "") == results::DescribeFindings(*back));
+  auto in_dir = results::ReadFindingsInResultsDir(results_dir);
+  REQUIRE(in_dir);
+  CHECK(in_dir->findings.involvement_left_percent == 0.5);
+
   SECTION("no record but an SR in the results folder: the findings come from the SR") {
     fs::remove(results_dir / results::kFindingsFileName);
     ResultSet set;
@@ -404,7 +413,7 @@ results::ConsoleNode Node(std::uint16_t port) { return {"127.0.0.1", port, "CONS
 
 }  // namespace
 
-TEST_CASE("result set: a console that accepts everything gets CT, SEG, report and SR; one without SR gets the rest",
+TEST_CASE("result set: a console that accepts everything gets CT, SEG, report and SR, one without SR gets the rest",
           "[results][console][aiset]") {
   TempDir dir("aiset-console");
   ResultSet set;
