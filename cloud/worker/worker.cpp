@@ -5,6 +5,7 @@
 #include <cstring>
 #include <ctime>
 #include <optional>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -166,13 +167,12 @@ std::map<std::string, Worker::Upload> ListUploads(const fs::path& store_dir);
 }  // namespace
 
 Worker::Worker(WorkerConfig config) : config_(std::move(config)) {
-  transport::HttpOptions options;
-  options.tls.ca_file = config_.ca_file;
-  options.basic_auth_user = config_.orthanc_user;
-  options.basic_auth_password = config_.orthanc_password;
-  options.request_timeout_s = 120;
-  options.user_agent = "ctcloud-worker";
-  http_ = std::make_unique<transport::HttpClient>(options);
+  http_options_.tls.ca_file = config_.ca_file;
+  http_options_.basic_auth_user = config_.orthanc_user;
+  http_options_.basic_auth_password = config_.orthanc_password;
+  http_options_.request_timeout_s = 120;
+  http_options_.user_agent = "ctcloud-worker";
+  http_ = std::make_unique<transport::HttpClient>(http_options_);
 }
 
 Worker::~Worker() = default;
@@ -231,6 +231,39 @@ Expected<std::string> Worker::HashOf(const Upload& upload) {
   if (!hash) return MakeError(hash.error());
   hash_cache_[upload.id] = {upload.present_size, *hash};
   return *hash;
+}
+
+Worker::StoreAttempt Worker::StoreInstance(transport::HttpClient& http, const std::string& url, const fs::path& file) {
+  PosixFileStore store;
+  auto bytes = store.ReadAll(file, 1ull << 30);
+  if (!bytes) return {StoreAttempt::kRejected, "instance to store is missing: " + bytes.error().message(), {}};
+  transport::HttpRequest request;
+  request.method = "POST";
+  request.url = url;
+  request.headers = {{"Content-Type", "application/dicom"}, {"Accept", "application/json"}};
+  request.body = std::move(*bytes);
+  auto response = http.Perform(request, 1ull << 20);
+  if (!response) return {StoreAttempt::kRetry, "cannot store in Orthanc at " + url + ": " + response.error().message(), {}};
+  if (response->status == 401 || response->status == 403) {
+    return {StoreAttempt::kRetry,
+            "Orthanc at " + url + " refused the credentials of user '" + config_.orthanc_user + "' (HTTP " +
+                std::to_string(response->status) + "); check --orthanc-user and --orthanc-password-file",
+            {}};
+  }
+  if (response->status >= 400 && response->status < 500 && response->status != 408 && response->status != 429) {
+    return {StoreAttempt::kRejected,
+            "Orthanc rejected " + file.filename().string() + " with HTTP " + std::to_string(response->status) + ": " +
+                response->body.substr(0, 200),
+            {}};
+  }
+  if (response->status < 200 || response->status >= 300) {
+    return {StoreAttempt::kRetry,
+            "Orthanc answered HTTP " + std::to_string(response->status) + " for " + file.filename().string(), {}};
+  }
+  const auto answer = nlohmann::json::parse(response->body, nullptr, false);
+  return {StoreAttempt::kStored, {},
+          answer.is_object() && answer.contains("ID") && answer["ID"].is_string() ? answer["ID"].get<std::string>()
+                                                                                  : std::string()};
 }
 
 Worker::Outcome Worker::Fail(const std::string& scan_uid, const std::string& manifest_upload_id,
@@ -529,49 +562,54 @@ Worker::Outcome Worker::ProcessManifest(const Upload& manifest_upload, const std
   // agent takes the set as complete when the SR and everything it lists are there).
   const auto store_start = Clock::now();
   const std::string url = TrimSlash(config_.orthanc_url) + "/instances";
-  nlohmann::json orthanc_ids = nlohmann::json::array();
-  PosixFileStore store;
   std::vector<nlohmann::json> to_store(series_record.at("instances").begin(), series_record.at("instances").end());
   const std::size_t ct_count = to_store.size();
   for (const auto& object : series_record.value("results", nlohmann::json::array())) to_store.push_back(object);
-  for (const auto& instance : to_store) {
-    if (stop) return Outcome::kSkipped;
-    const fs::path file = series_dir / instance.at("file").get<std::string>();
-    auto bytes = store.ReadAll(file, 1ull << 30);
-    if (!bytes) {
-      return Fail(scan_uid, manifest_upload.id, "reconstructed instance missing: " + bytes.error().message());
+  const bool has_sr = !to_store.empty() && to_store.back().value("kind", std::string()) == "sr";
+  // Everything but the SR goes in parallel over kStoreConnections connections (Orthanc spends most
+  // of each store waiting on its database, one at a time would leave both cores idle); the SR
+  // only after every other instance was stored.
+  std::vector<StoreAttempt> attempts(to_store.size());
+  const std::size_t parallel_count = has_sr ? to_store.size() - 1 : to_store.size();
+  std::atomic<std::size_t> next{0};
+  auto store_some = [&](transport::HttpClient& http) {
+    for (std::size_t i = next++; i < parallel_count; i = next++) {
+      if (stop) return;
+      attempts[i] = StoreInstance(http, url, series_dir / to_store[i].at("file").get<std::string>());
     }
-    transport::HttpRequest request;
-    request.method = "POST";
-    request.url = url;
-    request.headers = {{"Content-Type", "application/dicom"}, {"Accept", "application/json"}};
-    request.body = *bytes;
-    auto response = http_->Perform(request, 1ull << 20);
-    if (!response) {
-      log::Error(kLog, "scan " + scan_uid + ": cannot store in Orthanc at " + url + ": " + response.error().message() +
-                           " (retrying next pass)");
-      return Outcome::kRetry;
+  };
+  {
+    const std::size_t threads = std::min<std::size_t>(kStoreConnections, parallel_count);
+    std::vector<std::unique_ptr<transport::HttpClient>> clients;
+    std::vector<std::thread> workers;
+    for (std::size_t t = 1; t < threads; ++t) {
+      clients.push_back(std::make_unique<transport::HttpClient>(http_options_));
+      workers.emplace_back(store_some, std::ref(*clients.back()));
     }
-    if (response->status == 401 || response->status == 403) {
-      log::Error(kLog, "scan " + scan_uid + ": Orthanc at " + url + " refused the credentials of user '" +
-                           config_.orthanc_user + "' (HTTP " + std::to_string(response->status) +
-                           "); check --orthanc-user and --orthanc-password-file");
-      return Outcome::kRetry;
-    }
-    if (response->status >= 400 && response->status < 500 && response->status != 408 && response->status != 429) {
-      return Fail(scan_uid, manifest_upload.id, "Orthanc rejected " + file.filename().string() + " with HTTP " +
-                                                    std::to_string(response->status) + ": " + response->body.substr(0, 200));
-    }
-    if (response->status < 200 || response->status >= 300) {
-      log::Error(kLog, "scan " + scan_uid + ": Orthanc answered HTTP " + std::to_string(response->status) +
-                           " for " + file.filename().string() + " (retrying next pass)");
-      return Outcome::kRetry;
-    }
-    const auto answer = nlohmann::json::parse(response->body, nullptr, false);
-    orthanc_ids.push_back(answer.is_object() && answer.contains("ID") && answer["ID"].is_string()
-                              ? answer["ID"].get<std::string>()
-                              : std::string());
+    store_some(*http_);
+    for (auto& worker : workers) worker.join();
   }
+  auto outcome_of = [&](std::size_t count) -> std::optional<Outcome> {
+    for (std::size_t i = 0; i < count; ++i) {  // a rejection fails the scan, before any retry
+      if (attempts[i].state == StoreAttempt::kRejected) return Fail(scan_uid, manifest_upload.id, attempts[i].message);
+    }
+    for (std::size_t i = 0; i < count; ++i) {
+      if (attempts[i].state == StoreAttempt::kRetry) {
+        log::Error(kLog, "scan " + scan_uid + ": " + attempts[i].message + " (retrying next pass)");
+        return Outcome::kRetry;
+      }
+      if (attempts[i].state == StoreAttempt::kNotTried) return Outcome::kSkipped;  // stopping
+    }
+    return std::nullopt;
+  };
+  if (auto outcome = outcome_of(parallel_count)) return *outcome;
+  if (has_sr) {
+    if (stop) return Outcome::kSkipped;
+    attempts.back() = StoreInstance(*http_, url, series_dir / to_store.back().at("file").get<std::string>());
+    if (auto outcome = outcome_of(to_store.size())) return *outcome;
+  }
+  nlohmann::json orthanc_ids = nlohmann::json::array();
+  for (const auto& attempt : attempts) orthanc_ids.push_back(attempt.orthanc_id);
 
   nlohmann::json done = series_record;
   done["instance_count"] = ct_count;  // the CT series (the soak test compares it with Orthanc's)

@@ -26,10 +26,7 @@
 
 #include "agent/common/error.hpp"
 #include "cloud/worker/recon.hpp"
-
-namespace ctagent::transport {
-class HttpClient;
-}
+#include "transport/http.hpp"
 
 namespace ctagent::cloud {
 
@@ -68,6 +65,15 @@ class Worker {
 
  private:
   enum class Outcome { kStored, kFailed, kWaiting, kRetry, kSkipped };
+  // Instances other than the SR are stored over this many connections at once.
+  static constexpr std::size_t kStoreConnections = 4;
+  struct StoreAttempt {
+    enum State { kNotTried, kStored, kRetry, kRejected } state = kNotTried;
+    std::string message;     // kRetry, kRejected: what happened
+    std::string orthanc_id;  // kStored
+  };
+  // POSTs one Part 10 file to Orthanc's /instances. Thread-safe with one `http` per thread.
+  StoreAttempt StoreInstance(transport::HttpClient& http, const std::string& url, const std::filesystem::path& file);
 
   Outcome ProcessManifest(const Upload& manifest_upload, const std::map<std::string, Upload>& uploads,
                           const std::atomic<bool>& stop);
@@ -75,6 +81,7 @@ class Worker {
   Expected<std::string> HashOf(const Upload& upload);
 
   WorkerConfig config_;
+  transport::HttpOptions http_options_;
   std::unique_ptr<transport::HttpClient> http_;
   std::map<std::string, std::pair<std::uint64_t, std::string>> hash_cache_;  // upload id -> (size, sha256)
   std::set<std::string> reported_bad_manifests_;  // manifests without a usable scan UID, logged once
