@@ -735,6 +735,7 @@ int CmdRun(const Args& args) {
   const auto notifier = service::ServiceNotifier::FromEnvironment();
   daemon::Options options;
   options.once = args.Has("--once");
+  options.config_path = args.Value("--config");
   if (notifier.watchdog_timeout().count() > 0) {
     options.heartbeat.period = std::max(
         std::chrono::milliseconds(1), std::chrono::duration_cast<std::chrono::milliseconds>(notifier.watchdog_timeout() / 2));

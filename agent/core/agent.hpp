@@ -75,6 +75,17 @@ struct ServiceHooks {
   std::function<void(const ServiceStatus&)> on_status;     // when what the daemon does changes
   // Scans whose upload or results failed for now are taken up again this often.
   std::chrono::milliseconds retry_every{30000};
+  // Called on the serving thread before the loop runs; what it returns (e.g. the control
+  // socket's server, on this loop) is released on that thread once the loop has stopped.
+  std::function<std::shared_ptr<void>(boost::asio::io_context&)> on_loop;
+};
+
+// A scan the daemon works on right now (Agent::ActiveScans).
+struct ActiveScan {
+  std::string scan_uid;
+  std::string phase;  // "acquiring", "uploading", "waiting for images"
+  std::uint32_t chunks_stored = 0;
+  std::uint32_t chunks_uploaded = 0;
 };
 
 // A scan asked for by a person (the control socket's take_scan) rather than announced.
@@ -115,6 +126,8 @@ class Agent {
   // From any thread, while Serve() runs: acquire one scan as soon as the detector is free.
   // order.armed gets the scan's UID, or kBusy (a scan is being acquired, or none is served).
   void TakeScan(TakeScanOrder order);
+  // The scans Serve() works on; on its loop's thread only (the control socket's handlers).
+  std::vector<ActiveScan> ActiveScans() const;
 
   // Stops the event loop from a signal handler's thread.
   void RequestStop();

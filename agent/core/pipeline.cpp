@@ -884,6 +884,8 @@ Status Agent::Serve(const ServiceHooks& hooks) {
     if (stop_requested_) stop_hook_();
     service_ = &sv;
   }
+  std::shared_ptr<void> loop_attachment;
+  if (hooks.on_loop) loop_attachment = hooks.on_loop(sv.io);
   if (sv.detector) sv.acquisition = std::thread([&sv] { sv.AcquisitionLoop(); });
   boost::asio::post(sv.io, [&sv] {
     sv.ResumeUnfinished();
@@ -894,6 +896,7 @@ Status Agent::Serve(const ServiceHooks& hooks) {
     LoopHeartbeat heartbeat(sv.io, heartbeat_);
     sv.io.run();
   }
+  loop_attachment.reset();  // on this thread, with the loop stopped
   {
     std::lock_guard lock(stop_mutex_);
     stop_hook_ = nullptr;
@@ -920,6 +923,22 @@ Status Agent::Serve(const ServiceHooks& hooks) {
     if (summary && hooks.on_scan_end) hooks.on_scan_end(*summary);
   }
   return Ok();
+}
+
+std::vector<ActiveScan> Agent::ActiveScans() const {
+  std::vector<ActiveScan> scans;
+  if (service_ == nullptr) return scans;
+  for (const Run* run : service_->active) {
+    ActiveScan a;
+    a.scan_uid = run->scan_uid;
+    a.phase = run->scan_uid == service_->acquiring ? "acquiring"
+              : run->chunks_uploaded < run->stored_chunks.size() || !run->manifest_written ? "uploading"
+                                                                                          : "waiting for images";
+    a.chunks_stored = static_cast<std::uint32_t>(run->stored_chunks.size());
+    a.chunks_uploaded = run->chunks_uploaded;
+    scans.push_back(std::move(a));
+  }
+  return scans;
 }
 
 void Agent::TakeScan(TakeScanOrder take) {

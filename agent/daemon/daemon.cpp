@@ -5,6 +5,9 @@
 #include <set>
 
 #include "agent/common/log.hpp"
+#include "agent/control/control.hpp"
+#include "agent/control/status.hpp"
+#include "agent/daemon/control_handler.hpp"
 
 namespace ctagent::daemon {
 namespace {
@@ -34,10 +37,10 @@ void LogSummary(const core::ScanSummary& s, int* problems) {
 
 // A failed scan (damaged or unreadable spool files, refused by the driver...) is never retried:
 // it needs a person, so each one is an error, logged when first seen, and a problem.
-int CountFailed(spool::Spool& spool, std::set<std::string>& failed_seen) {
+int CountFailed(spool::Spool& spool, std::set<std::string>& failed_seen, const std::set<std::string>& acknowledged) {
   int failed = 0;
   for (const auto& r : spool.AllScans()) {
-    if (r.state != spool::ScanState::kFailed) continue;
+    if (r.state != spool::ScanState::kFailed || acknowledged.count(r.scan_uid) > 0) continue;
     ++failed;
     if (failed_seen.insert(r.scan_uid).second) {
       log::Error("agent", "scan " + r.scan_uid + " FAILED and needs attention (see `ctagent status`): " +
@@ -68,6 +71,7 @@ int Run(const config::AgentConfig& config, FileStore& files, const Options& opti
   };
   int problems = 0;
   std::set<std::string> failed_seen;
+  std::set<std::string> acknowledged;  // through the control socket
   bool waiting_logged = false;
   // Bounded in time by the operator's signal. The spool is held for the daemon's life, except
   // while a standalone `ctagent scan` asks for it (or holds it: the daemon then waits).
@@ -117,6 +121,22 @@ int Run(const config::AgentConfig& config, FileStore& files, const Options& opti
         env.scan_ended(s);
         LogSummary(s, nullptr);
       };
+      hooks.on_loop = [&](boost::asio::io_context& io) -> std::shared_ptr<void> {
+        struct Control {
+          std::unique_ptr<ControlHandler> handler;
+          std::unique_ptr<control::Server> server;  // declared last: closed before the handler goes
+        };
+        auto c = std::make_shared<Control>();
+        c->handler = std::make_unique<ControlHandler>(*agent, config, options.config_path, acknowledged);
+        auto server = control::Server::Open(io, control::ServerSettingsFor(config), *c->handler);
+        if (!server) {
+          log::Warn("agent", "the control socket is not available (`ctagent status`, `scan` and `check` work on "
+                             "their own instead): " + server.error().message());
+        } else {
+          c->server = std::move(*server);
+        }
+        return c;
+      };
       served = agent->Serve(hooks);
     });
     if (!served) {
@@ -125,7 +145,7 @@ int Run(const config::AgentConfig& config, FileStore& files, const Options& opti
       env.attach(nullptr);
       return 1;
     }
-    problems += CountFailed(agent->spool(), failed_seen);
+    problems += CountFailed(agent->spool(), failed_seen, acknowledged);
     const std::string backlog = env.describe_backlog(agent->spool());
     // A pass stopped before it reached a pending scan gives no summary for it; the scan is still
     // pending all the same, which `run --once` must answer with 1.

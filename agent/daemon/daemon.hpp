@@ -7,6 +7,7 @@
 #pragma once
 
 #include <chrono>
+#include <filesystem>
 #include <functional>
 #include <string>
 
@@ -34,6 +35,7 @@ struct Environment {
 };
 
 struct Options {
+  std::filesystem::path config_path;  // for the control socket's `check`
   bool once = false;                 // one pass over the spool, then exit (0: nothing left)
   core::HeartbeatSettings heartbeat;  // the service manager's watchdog
   std::chrono::milliseconds retry_every{30000};  // failed uploads and results are retried this often
@@ -42,6 +44,8 @@ struct Options {
 // The status line the service manager shows for what the service does.
 std::string DescribeService(const core::ServiceStatus& status);
 
+// While it serves, the daemon answers on the control socket (config section "control";
+// agent/daemon/control_handler.hpp); a socket that cannot be opened is logged and left out.
 // Runs until stopped (or, with --once, one pass). Exit status: 0 when stopped on request (a
 // pending scan is the daemon's normal work) or, with --once, when nothing needs attention;
 // 1 when the spool cannot be opened, or with --once when scans are pending or failed.
