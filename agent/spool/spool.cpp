@@ -147,6 +147,16 @@ void PutChunk(ScanRecord& r, ChunkRecord chunk) {
   }
 }
 
+// A chunk's record, found without copying: by binary search, as PutChunk keeps them sorted by
+// index, else (a record written whole by an older build) by a scan of the list.
+const ChunkRecord* FindChunk(const ScanRecord& r, std::uint32_t index) {
+  auto pos = std::lower_bound(r.chunks.begin(), r.chunks.end(), index,
+                              [](const ChunkRecord& c, std::uint32_t i) { return c.chunk.index < i; });
+  if (pos != r.chunks.end() && pos->chunk.index == index) return &*pos;
+  const auto it = std::find_if(r.chunks.begin(), r.chunks.end(), [&](const ChunkRecord& c) { return c.chunk.index == index; });
+  return it == r.chunks.end() ? nullptr : &*it;
+}
+
 // Applies one journal operation to the in-memory state. Used both live and on replay, so
 // the state after a restart is exactly the state before it.
 Status ApplyOp(std::map<std::string, ScanRecord>& scans, const nlohmann::json& op) {
@@ -953,20 +963,73 @@ std::vector<ScanRecord> Spool::AllScans() {
   return scans;
 }
 
-Expected<std::vector<std::uint8_t>> Spool::ReadChunk(const std::string& scan_uid, std::uint32_t index) {
-  auto record = Get(scan_uid);
-  if (!record) return MakeError(record.error());
-  const auto it = std::find_if(record->chunks.begin(), record->chunks.end(),
-                               [&](const ChunkRecord& c) { return c.chunk.index == index; });
-  if (it == record->chunks.end()) {
+// What reading a file back needs from a scan's record, copied under the lock. Only these few
+// fields: a copy of the whole record grows with the scan (~0.4 KiB a chunk), and every upload
+// reads its chunk back, up to cloud.parallel_uploads at once (docs/configuration.md, "Memory").
+struct Spool::FileCheck {
+  std::string sha256;
+  bool damaged = false;
+  bool raw_deleted = false;
+  bool manifest_written = false;
+};
+
+Expected<Spool::FileCheck> Spool::CheckOf(const std::string& scan_uid, std::int64_t chunk_index) {
+  if (!IsValidDicomUid(scan_uid)) return MakeError(ErrorKind::kInvalidInput, "\"" + scan_uid + "\" is not a scan UID");
+  std::lock_guard lock(mutex_);
+  const auto it = scans_.find(scan_uid);
+  if (it == scans_.end()) {
+    return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
+  }
+  const ScanRecord& r = it->second;
+  FileCheck check;
+  check.raw_deleted = r.raw_deleted;
+  check.manifest_written = r.manifest_written;
+  if (chunk_index < 0) {
+    check.sha256 = r.manifest_sha256;
+    return check;
+  }
+  const ChunkRecord* chunk = FindChunk(r, static_cast<std::uint32_t>(chunk_index));
+  if (chunk == nullptr) {
+    return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " has no chunk " + std::to_string(chunk_index));
+  }
+  check.sha256 = chunk->chunk.sha256;
+  check.damaged = chunk->damaged;
+  return check;
+}
+
+Expected<ChunkRecord> Spool::GetChunk(const std::string& scan_uid, std::uint32_t index) {
+  if (!IsValidDicomUid(scan_uid)) return MakeError(ErrorKind::kInvalidInput, "\"" + scan_uid + "\" is not a scan UID");
+  std::lock_guard lock(mutex_);
+  const auto it = scans_.find(scan_uid);
+  if (it == scans_.end()) {
+    return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
+  }
+  const ChunkRecord* chunk = FindChunk(it->second, index);
+  if (chunk == nullptr) {
     return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " has no chunk " + std::to_string(index));
   }
+  return *chunk;
+}
+
+Expected<UploadState> Spool::GetManifestUpload(const std::string& scan_uid) {
+  if (!IsValidDicomUid(scan_uid)) return MakeError(ErrorKind::kInvalidInput, "\"" + scan_uid + "\" is not a scan UID");
+  std::lock_guard lock(mutex_);
+  const auto it = scans_.find(scan_uid);
+  if (it == scans_.end()) {
+    return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
+  }
+  return it->second.manifest_upload;
+}
+
+Expected<std::vector<std::uint8_t>> Spool::ReadChunk(const std::string& scan_uid, std::uint32_t index) {
+  auto check = CheckOf(scan_uid, index);
+  if (!check) return MakeError(check.error());
   const auto path = ChunkPath(scan_uid, index);
-  if (record->raw_deleted) {
+  if (check->raw_deleted) {
     return MakeError(ErrorKind::kNotFound, "chunk file " + path.string() +
                                                " was deleted by retention after the cloud confirmed it");
   }
-  if (it->damaged) {
+  if (check->damaged) {
     return MakeError(ErrorKind::kCorrupt, "spool file " + path.string() +
                                               " was found damaged; it will not be uploaded. The scan needs attention "
                                               "(see docs/durability.md)");
@@ -975,8 +1038,8 @@ Expected<std::vector<std::uint8_t>> Spool::ReadChunk(const std::string& scan_uid
   std::string why;
   if (!bytes) {
     why = bytes.error().message();
-  } else if (const auto found = Sha256Hex(*bytes); found != it->chunk.sha256) {
-    why = "expected SHA-256 " + it->chunk.sha256 + ", found " + found;
+  } else if (const auto found = Sha256Hex(*bytes); found != check->sha256) {
+    why = "expected SHA-256 " + check->sha256 + ", found " + found;
   }
   if (why.empty()) return bytes;
   {
@@ -992,17 +1055,17 @@ Expected<std::vector<std::uint8_t>> Spool::ReadChunk(const std::string& scan_uid
 }
 
 Expected<std::vector<std::uint8_t>> Spool::ReadManifest(const std::string& scan_uid) {
-  auto record = Get(scan_uid);
-  if (!record) return MakeError(record.error());
+  auto check = CheckOf(scan_uid, -1);
+  if (!check) return MakeError(check.error());
   const auto path = ScanDir(scan_uid) / "manifest.json";
   auto bytes = files_.ReadAll(path, kMaxRecordBytes);
   std::string why;
   if (!bytes) {
-    if (!record->manifest_written) return bytes;  // not written yet: nothing is damaged
+    if (!check->manifest_written) return bytes;  // not written yet: nothing is damaged
     why = bytes.error().message();
-  } else if (!record->manifest_sha256.empty()) {
-    if (const auto found = Sha256Hex(*bytes); found != record->manifest_sha256) {
-      why = "expected SHA-256 " + record->manifest_sha256 + ", found " + found;
+  } else if (!check->sha256.empty()) {
+    if (const auto found = Sha256Hex(*bytes); found != check->sha256) {
+      why = "expected SHA-256 " + check->sha256 + ", found " + found;
     }
   }
   if (why.empty()) return bytes;

@@ -182,7 +182,11 @@ class Spool {
 
   // Applies `change` to the scan's record and persists it durably.
   Status Update(const std::string& scan_uid, const std::function<void(ScanRecord&)>& change);
+  // A copy of the scan's whole record: it grows with the scan (~0.4 KiB a chunk), so paths that
+  // run per chunk use GetChunk / GetManifestUpload, which copy only what they return.
   Expected<ScanRecord> Get(const std::string& scan_uid);
+  Expected<ChunkRecord> GetChunk(const std::string& scan_uid, std::uint32_t index);
+  Expected<UploadState> GetManifestUpload(const std::string& scan_uid);
   std::vector<ScanRecord> AllScans();
 
   // Reads a chunk file and checks it against the SHA-256 recorded when it was written.
@@ -217,6 +221,8 @@ class Spool {
   Spool(SpoolOptions options, FileStore& files) : options_(std::move(options)), files_(files) {}
   std::filesystem::path ScanDir(const std::string& scan_uid) const;
   std::filesystem::path ChunkPath(const std::string& scan_uid, std::uint32_t index) const;
+  struct FileCheck;  // what ReadChunk / ReadManifest check a file against
+  Expected<FileCheck> CheckOf(const std::string& scan_uid, std::int64_t chunk_index);  // -1: the manifest
   Status Recover();
   Status Writable() const;  // refuses changes to a read-only spool
   Status LoadSnapshot();

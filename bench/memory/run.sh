@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# bench/memory: the agent's peak resident memory against the size of a scan.
+#
+# For each size, `ctagent scan --no-results` of config/demo.json's protocol (the 16-slice helical
+# scan at 1/5 dose) with as many rotations as make about that many MiB of raw samples, unpaced
+# (real_time false), with the default codec, spool and cloud settings (only the spool directory,
+# the upload URL and its CA are set). The scan uploads to the reference tus server on loopback
+# (cloud/tus-server, a throwaway PKI), or with --cloud none to a port where nothing listens: the
+# scan is spooled either way, and its uploads fail and wait for the next run. Peak RSS is
+# /usr/bin/time -v's "Maximum resident set size" of the ctagent process.
+#
+# Prints a table (raw MiB, chunks, peak RSS MiB, ratio to the first size) and the bound the
+# configuration sets (docs/configuration.md, "Memory"). Prints figures; asserts nothing.
+#
+# Usage: bench/memory/run.sh [--build DIR] [--sizes 64,4096,8192] [--cloud tus|none]
+#                            [--work DIR] [--keep] [--set KEY=JSON]...
+#   --set codec.threads=4   overrides one config key (dotted path, JSON value) for every size
+# Disk: each size needs about half its raw size in the spool and, with --cloud tus, the same
+# again in the tus store; both are deleted after each size. 64 MiB, 4 GiB and 8 GiB take about
+# 4 minutes on 2 idle cores.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+src=$(cd "$here/../.." && pwd)
+build=$src/build/release
+sizes=64,4096,8192
+cloud=tus
+work=""
+keep=0
+sets=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --build) build=$(cd "$2" && pwd); shift 2 ;;
+    --sizes) sizes=$2; shift 2 ;;
+    --cloud) cloud=$2; shift 2 ;;
+    --work) work=$2; shift 2 ;;
+    --keep) keep=1; shift ;;
+    --set) sets+=("$2"); shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+case "$cloud" in tus|none) ;; *) echo "run.sh: --cloud is tus or none, not $cloud" >&2; exit 2 ;; esac
+
+agent_exe=$build/agent/ctagent
+[ -x "$agent_exe" ] || { echo "run.sh: $agent_exe missing; build the ctagent target of $build first" >&2; exit 2; }
+[ -x /usr/bin/time ] || { echo "run.sh: /usr/bin/time missing (apt-get install time)" >&2; exit 2; }
+command -v node >/dev/null || { echo "run.sh: node missing (scripts/bootstrap)" >&2; exit 2; }
+
+if [ -z "$work" ]; then work=$(mktemp -d /tmp/ctagent-memory-bench.XXXXXX); fi
+mkdir -p "$work"
+work=$(cd "$work" && pwd)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [ "$keep" = 0 ]; then rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+wait_file() {  # $1 file, $2 what
+  for _ in $(seq 1 300); do [ -s "$1" ] && return 0; sleep 0.1; done
+  echo "run.sh: $2 did not start" >&2; exit 1
+}
+
+pki=$work/pki
+bash "$src/tests/support/make_pki.sh" "$pki" >/dev/null
+if [ "$cloud" = tus ]; then
+  mkdir -p "$work/store"
+  node "$src/cloud/tus-server/server.mjs" --host 127.0.0.1 --port 0 --dir "$work/store" \
+    --max-size $((64 << 20)) --cert "$pki/server.pem" --key "$pki/server.key" \
+    --ready-file "$work/tus.port" > "$work/tus.log" 2>&1 &
+  pids+=($!)
+  wait_file "$work/tus.port" "tus server"
+  url="https://127.0.0.1:$(cat "$work/tus.port")/files/"
+else
+  # A loopback port nobody listens on: bind one, note it, let it go.
+  port=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close();});')
+  url="https://127.0.0.1:$port/files/"
+fi
+
+# What the defaults bound memory by: printed with the table (docs/configuration.md, "Memory").
+config_for() {  # $1 raw MiB, $2 out file, $3 spool dir
+  node -e '
+    const fs = require("fs");
+    const [demo, mib, out, spool, url, ca, ...sets] = process.argv.slice(1);
+    const d = JSON.parse(fs.readFileSync(demo));
+    const s = d.scan;
+    const rotationMib = s.views_per_rotation * s.rows * s.channels * 2 / 1048576;
+    const cfg = {
+      terminal_id: "bench-memory", log_level: "warn", driver: { name: "sim", options: {} },
+      scan: { ...s, real_time: false, rotations: Math.max(1, Math.round(Number(mib) / rotationMib)) },
+      study: { patient_id: "BENCH-0001", patient_name: "BENCH^MEMORY", study_description: "BENCH" },
+      spool: { directory: spool, max_bytes: "64 GiB", min_free_bytes: "1 GiB" },
+      cloud: { upload_url: url, tls: { ca_file: ca } },
+      results: { enabled: false }, console: { enabled: false } };
+    for (const kv of sets) {
+      const eq = kv.indexOf("=");
+      const keys = kv.slice(0, eq).split(".");
+      let o = cfg;
+      for (const k of keys.slice(0, -1)) o = (o[k] ??= {});
+      o[keys[keys.length - 1]] = JSON.parse(kv.slice(eq + 1));
+    }
+    fs.writeFileSync(out, JSON.stringify(cfg, null, 2));
+    console.log(cfg.scan.rotations);' \
+    "$src/config/demo.json" "$1" "$2" "$3" "$url" "$pki/ca.pem" "${sets[@]}"
+}
+
+echo "# ctagent scan --no-results, demo protocol unpaced, cloud: $cloud, $(nproc) CPUs, $(date -u +%FT%TZ)"
+[ ${#sets[@]} -gt 0 ] && echo "# overrides: ${sets[*]}"
+printf '%10s %10s %8s %10s %14s %8s %8s\n' "raw_MiB" "rotations" "chunks" "seconds" "peak_RSS_MiB" "ratio" "exit"
+first_rss=""
+IFS=, read -r -a size_list <<< "$sizes"
+for mib in "${size_list[@]}"; do
+  spool=$work/spool-$mib
+  rotations=$(config_for "$mib" "$work/scan-$mib.json" "$spool")
+  start=$(date +%s.%N)
+  set +e
+  /usr/bin/time -v -o "$work/time-$mib.txt" "$agent_exe" scan --config "$work/scan-$mib.json" --quiet --no-results \
+    > "$work/scan-$mib.log" 2>&1
+  rc=$?
+  set -e
+  end=$(date +%s.%N)
+  rss_kib=$(awk -F: '/Maximum resident set size/ { gsub(/ /, "", $2); print $2 }' "$work/time-$mib.txt")
+  chunks=$(find "$spool/scans" -name '*.ctc' 2>/dev/null | wc -l)
+  raw=$(awk -v r="$rotations" 'BEGIN { printf "%.0f", r * 1160 * 16 * 896 * 2 / 1048576 }')
+  rss_mib=$(awk -v k="$rss_kib" 'BEGIN { printf "%.1f", k / 1024 }')
+  [ -z "$first_rss" ] && first_rss=$rss_mib
+  ratio=$(awk -v a="$rss_mib" -v b="$first_rss" 'BEGIN { printf "%.3f", a / b }')
+  secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.0f", b - a }')
+  printf '%10s %10s %8s %10s %14s %8s %8s\n' "$raw" "$rotations" "$chunks" "$secs" "$rss_mib" "$ratio" "$rc"
+  if [ "$rc" != 0 ] && [ "$cloud" = tus ]; then
+    echo "# scan of $mib MiB exited $rc:" >&2; tail -5 "$work/scan-$mib.log" >&2
+  fi
+  rm -rf "$spool"
+  [ "$cloud" = tus ] && find "$work/store" -mindepth 1 -delete
+done
+
+# The configured bound (docs/configuration.md, "Memory"), from the config the runs used.
+node -e '
+  const fs = require("fs");
+  const cfg = JSON.parse(fs.readFileSync(process.argv[1]));
+  const c = cfg.codec || {}, cl = cfg.cloud || {}, sp = cfg.spool || {};
+  const size = (v, d) => { if (v === undefined) return d; if (typeof v === "number") return v;
+    const m = /^(\d+)\s*(B|KiB|MiB|GiB)$/.exec(v); return Number(m[1]) * { B: 1, KiB: 1024, MiB: 1 << 20, GiB: 1 << 30 }[m[2]]; };
+  const s = cfg.scan, viewBytes = s.rows * s.channels * 2;
+  const chunk = (c.views_per_chunk ?? 64) * viewBytes, threads = c.threads ?? 2;
+  const queue = size(c.queue_bytes, 64 << 20), parallel = cl.parallel_uploads ?? 8;
+  const patch = size(cl.patch_bytes, 4 << 20), batch = size(sp.sync_batch_bytes, 8 << 20);
+  const MiB = (b) => (b / 1048576).toFixed(1);
+  console.log(`# bound from the config: chunks waiting ${MiB(2 * queue)} MiB (2 x codec.queue_bytes, when compression falls behind)` +
+              ` + being encoded ${MiB((threads + 2) * 2 * chunk)} MiB ((codec.threads + 2) x 2 x chunk of ${MiB(chunk)} MiB)` +
+              ` + uploads ${MiB(parallel * chunk)} MiB (cloud.parallel_uploads x chunk, PATCH ${MiB(patch)} MiB) + code and libraries`);' \
+  "$work/scan-${size_list[0]}.json"

@@ -1,0 +1,120 @@
+// The spool's per-chunk paths allocate the same whatever the length of the scan: reading a chunk
+// back for its upload, or looking up one chunk's upload state, must not copy the scan's whole
+// record (it grows ~0.4 KiB a chunk, and up to cloud.parallel_uploads of these run at once;
+// docs/configuration.md, "Memory"). Bytes are counted by replacing operator new for this test
+// binary, on the test's thread only; not under AddressSanitizer, whose own operator new would
+// meet this one's delete, so there the test says so and checks nothing (the release suite runs it).
+#include <catch2/catch.hpp>
+
+#include <cstdlib>
+#include <new>
+
+#include "agent/common/sha256.hpp"
+#include "agent/common/uid.hpp"
+#include "agent/spool/spool.hpp"
+#include "tests/support/process.hpp"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define CTAGENT_COUNTS_ALLOCATIONS 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CTAGENT_COUNTS_ALLOCATIONS 0
+#endif
+#endif
+#ifndef CTAGENT_COUNTS_ALLOCATIONS
+#define CTAGENT_COUNTS_ALLOCATIONS 1
+#endif
+
+namespace {
+thread_local bool counting = false;
+thread_local std::uint64_t counted_bytes = 0;
+}  // namespace
+
+#if CTAGENT_COUNTS_ALLOCATIONS
+void* operator new(std::size_t size) {
+  if (counting) counted_bytes += size;
+  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+#endif
+
+using namespace ctagent;
+
+namespace {
+
+// Bytes operator new handed out while `f` ran on this thread (an upper bound of its peak).
+template <typename F>
+std::uint64_t BytesAllocatedBy(F&& f) {
+  counted_bytes = 0;
+  counting = true;
+  f();
+  counting = false;
+  return counted_bytes;
+}
+
+struct Allocations {
+  std::uint64_t read_chunk = 0;
+  std::uint64_t get_chunk = 0;
+  std::uint64_t manifest_upload = 0;
+  std::uint64_t whole_record = 0;
+};
+
+// A scan of `chunks` chunk records with upload URLs, of which chunk 0 has a real file.
+Allocations MeasureWith(std::uint32_t chunks) {
+  test::TempDir dir("spool-memory");
+  PosixFileStore files;
+  auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+  REQUIRE(s);
+  spool::ScanRecord record;
+  record.scan_uid = MintDicomUid();
+  record.study_uid = MintDicomUid();
+  record.created_utc = "2026-12-05T07:00:00Z";
+  const std::vector<std::uint8_t> bytes(64 << 10, 7);
+  const std::string hash = Sha256Hex(bytes);
+  for (std::uint32_t i = 0; i < chunks; ++i) {
+    spool::ChunkRecord c;
+    c.chunk = {i, i * 64ull, 64, bytes.size() * 2, bytes.size(), hash, hash};
+    c.upload.url = "https://imaging.example.org/files/" + std::string(32, 'a') + std::to_string(i);
+    record.chunks.push_back(c);
+  }
+  REQUIRE((*s)->BeginScan(record, 1 << 20));
+  REQUIRE((*s)->AddChunk(record.scan_uid, record.chunks[0].chunk, bytes));  // the file of chunk 0
+  spool::Spool& sp = **s;
+
+  Allocations a;
+  a.read_chunk = BytesAllocatedBy([&] {
+    auto read = sp.ReadChunk(record.scan_uid, 0);
+    REQUIRE(read);
+    CHECK(read->size() == bytes.size());
+  });
+  a.get_chunk = BytesAllocatedBy([&] {
+    auto chunk = sp.GetChunk(record.scan_uid, chunks - 1);
+    REQUIRE(chunk);
+    CHECK(chunk->chunk.index == chunks - 1);
+  });
+  a.manifest_upload = BytesAllocatedBy([&] { REQUIRE(sp.GetManifestUpload(record.scan_uid)); });
+  a.whole_record = BytesAllocatedBy([&] { REQUIRE(sp.Get(record.scan_uid)); });
+  return a;
+}
+
+}  // namespace
+
+TEST_CASE("reading a chunk back allocates the same for a scan of 8 chunks as for one of 8000", "[spool][memory]") {
+  if (!CTAGENT_COUNTS_ALLOCATIONS) {
+    WARN("built with AddressSanitizer: allocations are not counted, nothing checked (run the release build)");
+    return;
+  }
+  const Allocations small = MeasureWith(8);
+  const Allocations large = MeasureWith(8000);
+  // The counter sees a whole-record copy: it grows with the chunks (so the checks below can fail).
+  CHECK(large.whole_record > small.whole_record + 8000ull * 128);
+  // The per-chunk paths: at most a few strings more (longer numbers in paths and messages).
+  CHECK(large.read_chunk <= small.read_chunk + 256);
+  CHECK(large.get_chunk <= small.get_chunk + 256);
+  CHECK(large.manifest_upload <= small.manifest_upload + 256);
+  // And none of them is anywhere near a record's size.
+  CHECK(large.read_chunk < (64u << 10) + 4096);  // the chunk's bytes and a few paths
+  CHECK(large.get_chunk < 1024);
+}
