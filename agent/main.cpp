@@ -813,6 +813,10 @@ void PrintStatus(const nlohmann::json& status) {
     }
     if (r.contains("failure_reason")) std::printf("    reason: %s\n", r.value("failure_reason", "").c_str());
     if (r.contains("incomplete_reason")) std::printf("    incomplete: %s\n", r.value("incomplete_reason", "").c_str());
+    if (r.contains("findings") && r["findings"].is_object() && r["findings"].contains("summary") &&
+        r["findings"]["summary"].is_string()) {
+      std::printf("    %s\n", r["findings"]["summary"].get<std::string>().c_str());
+    }
   }
 }
 

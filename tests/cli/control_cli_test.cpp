@@ -4,6 +4,7 @@
 // (answered here by a fake daemon: agent/control's real Server with a Handler of the test).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -19,6 +20,7 @@
 
 #include "agent/common/durable_file.hpp"
 #include "agent/control/control.hpp"
+#include "agent/results/result_set.hpp"
 #include "agent/spool/spool.hpp"
 #include "tests/cli/json_schema.hpp"
 #include "tests/support/process.hpp"
@@ -106,6 +108,15 @@ void FillSpool(const fs::path& spool_dir) {
                          r.failure_reason = "the driver refused to arm: detector offline";
                        })
               .has_value());
+  // The other one delivered, with the AI result set's findings in its results folder.
+  REQUIRE((*spool)->Update("2.25.502", [](spool::ScanRecord& r) { r.state = spool::ScanState::kDelivered; }).has_value());
+  results::ScanFindings findings;
+  findings.report = "received";
+  findings.findings.category = "HIGH-RISK";
+  findings.findings.lesion_count = 3;
+  findings.findings.involvement_right_percent = 4.2;
+  findings.findings.involvement_left_percent = 0.8;
+  REQUIRE(results::WriteScanFindings((*spool)->ResultPath("2.25.502", "x").parent_path(), findings).has_value());
 }
 
 // A daemon as the CLI sees it: the real control Server, answered by the test.
@@ -290,11 +301,18 @@ TEST_CASE("status --json and check --json follow their schemas when no daemon ru
     }
   }
   CHECK(saw_failed);
+  const auto delivered = std::find_if(s["scans"].begin(), s["scans"].end(),
+                                      [](const Json& scan) { return scan["scan_uid"] == "2.25.502"; });
+  REQUIRE(delivered != s["scans"].end());
+  CHECK((*delivered)["state"] == "delivered");
+  CHECK((*delivered)["findings"]["category"] == "HIGH-RISK");
+  CHECK((*delivered)["findings"]["lesion_count"] == 3);
 
   // The text form tells the same.
   const auto text = Run(dir.path(), {"status", "--config", cfg});
   CHECK(text.exit_code == 0);
   CHECK_THAT(text.out, Catch::Contains("2.25.501  failed") && Catch::Contains("1 scan(s) FAILED"));
+  CHECK_THAT(text.out, Catch::Contains("AI: HIGH-RISK"));
 
   const auto check = Run(dir.path(), {"check", "--json", "--only", "config,detector,disk,queue,certificates", "--config", cfg});
   INFO(check.out + check.err);
