@@ -241,6 +241,15 @@ Expected<bool> ResultsFetcher::EvaluateSet(Job& job, const spool::ScanRecord& re
     if (!job.ct_complete_at) job.ct_complete_at = now;
     if (now - *job.ct_complete_at < report_wait_) return false;
     job.findings = {};
+    if (!job.refused.empty()) {
+      // Something was refused (it may have been the SR): nothing but the CT images is vouched
+      // for, so a SEG or report page without its SR does not reach the console.
+      job.findings.report = "refused";
+      job.findings.refused_reason = job.first_refusal;
+      job.to_deliver = all_ct();
+      log::Warn("results", "scan " + job.scan_uid + ": no usable AI report (an instance was refused); delivering the CT only");
+      return true;
+    }
     job.findings.report = "none";
     job.to_deliver.clear();
     for (const auto& [uid, inst] : stored) job.to_deliver.insert(uid);

@@ -608,6 +608,24 @@ TEST_CASE("results fetch: the AI result set is fetched whole, checked, delivered
     CHECK(findings->report == "refused");
     CHECK_THAT(findings->refused_reason, Catch::Contains("structured report " + cloud.sr));
   }
+  SECTION("an SR of another study listed under this one: refused at validation, SEG and report not delivered") {
+    auto spec = cloud.Sr();
+    spec.study = MintDicomUid();
+    cloud.Build(dir.path(), true, spec);
+    auto server = HostileServer::Start(cloud.Rules(dir.path()));
+    Console console(dir.path());
+    auto config = ConfigFor(*server, 30);
+    console.Configure(config);
+    const auto run = Fetch(*scan.spool, config, scan.record, std::chrono::seconds(90));
+    REQUIRE(run.outcome);
+    const std::string message = Message(*run.outcome);
+    INFO(message);
+    REQUIRE_FALSE(run.outcome->status);
+    CHECK_THAT(message, Catch::Contains("instance " + cloud.sr + " belongs to study " + spec.study));
+    CHECK(run.outcome->instances_refused == 1);
+    CHECK(console.Received() == ct);
+    CHECK(run.outcome->findings.report == "refused");
+  }
   SECTION("a SEG that refers to images not of this scan: the set is refused, only the CT is delivered") {
     cloud.Build(dir.path(), true);
     cloud.instances[cloud.seg].bytes =
