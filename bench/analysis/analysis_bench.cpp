@@ -130,7 +130,7 @@ struct Tally {
   int detections = 0, detections_true = 0;     // precision
   int normal_scans = 0, normal_right = 0;      // lesion-free seeds that came out normal
   std::vector<double> volume_error_pct;        // |measured - true| / true, matched lesions
-  std::vector<double> involvement_error_pp;    // |measured - true| per lung, percentage points
+  std::vector<double> involvement_error_pp;    // |measured - true| per lung with lesions, percentage points
   std::vector<double> lung_volume_error_pct;
   std::vector<double> sim_s, recon_s, analysis_s;
 };
@@ -183,7 +183,8 @@ void Score(const std::vector<Lesion>& truth, const AnalysisResult& r, const ctag
       if ((l.x_mm < 0) == (side == 0)) lesion_ml += SphereMl(l.diameter_mm);
     }
     const auto& lung = r.lungs[static_cast<std::size_t>(side)];
-    t.involvement_error_pp.push_back(std::fabs(lung.involvement_percent - 100.0 * lesion_ml / lung_ml));
+    // Over the lungs with drawn lesions only: a lesion-free lung would add an error of 0.
+    if (lesion_ml > 0) t.involvement_error_pp.push_back(std::fabs(lung.involvement_percent - 100.0 * lesion_ml / lung_ml));
     t.lung_volume_error_pct.push_back(100.0 * std::fabs(lung.volume_ml - lung_ml) / lung_ml);
   }
   if (truth.empty()) {
@@ -256,7 +257,7 @@ int main(int argc, char** argv) {
               static_cast<unsigned long long>(first_seed), static_cast<unsigned long long>(first_seed + seeds - 1),
               options.min_lesion_ml, options.lesion_min_hu);
   std::printf("\n| dose | scans | truth lesions >= limit | detections | precision | recall | volume error median / p90 "
-              "| involvement error median / max (pp) | lung volume error median | lesion-free -> normal | sim / recon / analysis s per scan |\n");
+              "| involvement error median / max (pp, lungs with lesions) | lung volume error median | lesion-free -> normal | sim / recon / analysis s per scan |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
   const auto bench_start = Clock::now();
   for (double dose : doses) {
