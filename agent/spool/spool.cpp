@@ -537,6 +537,9 @@ Status Spool::RemoveOrphans() {
     }
     std::set<std::string> result_names;
     for (const auto& res : r.results) result_names.insert(res.sop_instance_uid + ".dcm");
+    // The results module's per-scan findings record (results::kFindingsFileName: category, lesion
+    // count, what the console refused), written beside the instances once the set is checked.
+    result_names.insert("findings.json");
     for (const auto& [sub, wanted] : {std::pair{"chunks", &chunk_names}, std::pair{"results", &result_names}}) {
       auto listing = files_.List(dir / sub);
       if (!listing) {

@@ -563,6 +563,7 @@ struct SeenSeries {
   std::string series_uid;
   std::string protocol_name;
   std::string images_in_acquisition;
+  std::string modality;
   std::vector<std::pair<std::string, std::string>> instances;  // (SOP Instance UID, InstanceNumber)
 };
 
@@ -578,6 +579,11 @@ Expected<std::vector<SeenSeries>> SeriesInOrthanc(OrthancPeer& orthanc) {
     seen.series_uid = tags.value("SeriesInstanceUID", "");
     seen.protocol_name = tags.value("ProtocolName", "");
     seen.images_in_acquisition = tags.value("ImagesInAcquisition", "");
+    seen.modality = tags.value("Modality", "");
+    // Only the CT series follow the series contract checked here (Images in Acquisition, one
+    // series per scan). The AI result objects beside them (SEG, report pages, SR: no Images in
+    // Acquisition) are checked by cloud_worker_test, including that storing again keeps one copy.
+    if (seen.modality != "CT") continue;
     by_id[s.value("ID", "")] = std::move(seen);
   }
   for (const auto& i : *instances) {

@@ -220,12 +220,32 @@ void RunScanEndToEnd(const ScanCase& scan_case) {
   }
   CHECK(seen.size() == manifest->chunks.size());
 
-  // --- 2. The console received the reconstructed series of the scan's study. ---
-  std::vector<fs::path> received;
+  // --- 2. The console received the reconstructed series of the scan's study, and the AI result
+  // set beside it (this short scan covers too little of the lungs for the analysis: the report
+  // page and an SR that says FAILED, no SEG; docs/results.md "The AI result set"). ---
+  std::vector<fs::path> received;  // the CT images
+  std::size_t result_objects = 0, srs = 0;
   for (const auto& entry : fs::recursive_directory_iterator(console_dir)) {
-    if (entry.is_regular_file()) received.push_back(entry.path());
+    if (!entry.is_regular_file()) continue;
+    DcmFileFormat file;
+    INFO("received file " << entry.path());
+    REQUIRE(file.loadFile(entry.path().c_str()).good());
+    OFString sop_class, study;
+    REQUIRE(file.getDataset()->findAndGetOFString(DCM_SOPClassUID, sop_class).good());
+    if (std::string(sop_class.c_str()) == UID_CTImageStorage) {
+      received.push_back(entry.path());
+      continue;
+    }
+    ++result_objects;
+    REQUIRE(file.getDataset()->findAndGetOFString(DCM_StudyInstanceUID, study).good());
+    CHECK(std::string(study.c_str()) == manifest->study_uid);
+    const std::string cls = sop_class.c_str();
+    CHECK((cls == UID_EnhancedSRStorage || cls == UID_SecondaryCaptureImageStorage || cls == UID_SegmentationStorage));
+    if (cls == UID_EnhancedSRStorage) ++srs;
   }
   REQUIRE(received.size() == scan_case.images);
+  CHECK(srs == 1);
+  CHECK(result_objects >= 2);  // the SR and at least the report's first page
 
   const auto& rois = drivers::sim::ChestPhantomRois();
   std::set<std::string> sop_uids;
@@ -291,7 +311,7 @@ void RunScanEndToEnd(const ScanCase& scan_case) {
   for (const auto& entry : fs::recursive_directory_iterator(work.path() / "spool")) {
     if (entry.path().extension() == ".dcm") ++spooled;
   }
-  CHECK(spooled == received.size());
+  CHECK(spooled == received.size() + result_objects);
 
   // --- 4. The field diagnostics see every peer healthy and the queue empty. ---
   test::ChildProcess check({(fs::path(CTAGENT_BINARY_DIR) / "agent/ctagent").string(), "check", "--config",
