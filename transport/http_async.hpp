@@ -62,8 +62,9 @@ class AsyncHttp {
  public:
   using RequestId = std::uint64_t;
 
-  // `options` apply to every request (TLS, binding, timeouts; `share` is not needed: the multi
-  // handle shares connections, TLS sessions and DNS answers between its requests).
+  // `options` apply to every request (TLS, binding, timeouts). The multi handle shares
+  // connections between its requests; TLS sessions and DNS answers go through `share`, made here
+  // when not given.
   AsyncHttp(boost::asio::io_context& io, HttpOptions options, AsyncHttpLimits limits = {});
   // Ends every request in flight without calling its completion. Call it on the event loop's
   // thread, or once the loop no longer runs.

@@ -106,6 +106,9 @@ struct AsyncHttp::Impl : std::enable_shared_from_this<AsyncHttp::Impl> {
 
   void Init() {
     if (curl::GlobalInit() != CURLE_OK) return;
+    // libcurl 7.88 keeps TLS sessions per easy handle, and each request has a new one: without a
+    // share, every new connection would pay a full TLS handshake instead of resuming a session.
+    if (options.share == nullptr) options.share = std::make_shared<HttpShare>();
     multi = curl_multi_init();
     if (multi == nullptr) return;
     curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, &Impl::OnSocket);
