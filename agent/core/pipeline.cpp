@@ -828,6 +828,9 @@ struct Agent::Service {
     {
       std::lock_guard lock(mutex);
       claimed.insert(run->scan_uid);
+      // A stop that came while the scan was armed (Arm clears an earlier abort): what is
+      // acquired stays spooled and resumes on the next start.
+      if (stopping) detector->Abort();
     }
     boost::asio::post(io, [this, run] {
       active.insert(run);
