@@ -1,6 +1,7 @@
 #include "config/config.hpp"
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -120,6 +121,16 @@ Status CheckUrlScheme(const Loader& loader, const std::string& path, const std::
   return Ok();
 }
 
+// 127.0.0.0/8, ::1, or ::ffff:127.x.y.z.
+bool IsLoopbackAddress(const std::string& address) {
+  in_addr v4{};
+  if (inet_pton(AF_INET, address.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  if (inet_pton(AF_INET6, address.c_str(), &v6) != 1) return false;
+  if (IN6_IS_ADDR_LOOPBACK(&v6)) return true;
+  return IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127;
+}
+
 Status CrossChecks(const Loader& loader, const AgentConfig& c) {
   const TlsConfig& tls = c.cloud.tls;
   if (!tls.client_cert_file.empty() && tls.client_key_file.empty()) {
@@ -152,6 +163,13 @@ Status CrossChecks(const Loader& loader, const AgentConfig& c) {
   if (c.results.enabled && c.cloud.dicomweb_url.empty()) {
     return loader.Fail("/cloud/dicomweb_url",
                        "required when /results/enabled is true (set the DICOMweb root, or set /results/enabled to false)");
+  }
+  // The metrics endpoint answers anyone who can reach it: loopback only, unless asked for.
+  if (c.metrics.enabled && !c.metrics.allow_non_loopback && !IsLoopbackAddress(c.metrics.address)) {
+    return loader.Fail("/metrics/address",
+                       "\"" + c.metrics.address + "\" is not a loopback address, and the metrics endpoint has no "
+                       "authentication; use 127.0.0.1 (and a proxy or SSH tunnel for remote reading), or set "
+                       "/metrics/allow_non_loopback to true behind a firewall");
   }
   if (c.results.poll_max_interval_ms < c.results.poll_interval_ms) {
     return loader.Fail("/results/poll_max_interval_ms",

@@ -91,6 +91,15 @@ struct ControlConfig {
   std::string group;             // members may use the socket besides root and the daemon's user
 };
 
+// The daemon's metrics endpoint (agent/metrics, docs/metrics.md): Prometheus text on GET /metrics.
+// It has no authentication, so it listens on loopback unless allow_non_loopback says otherwise.
+struct MetricsConfig {
+  bool enabled = false;
+  std::string address = "127.0.0.1";  // an IPv4 or IPv6 address of this machine
+  std::uint16_t port = 9464;
+  bool allow_non_loopback = false;
+};
+
 struct StudyConfig {
   // The identity the cloud may see. A real deployment takes these from the worklist; the
   // demo uses pseudonyms. Never logged.
@@ -120,6 +129,7 @@ struct AgentConfig {
   ResultsConfig results;
   ConsoleConfig console;
   ControlConfig control;
+  MetricsConfig metrics;
 };
 
 // Where the daemon listens and the CLI connects: control.socket, or control.sock in the spool.

@@ -1,5 +1,8 @@
 #include "config/schema.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -90,6 +93,11 @@ bool GroupNameOk(const std::string& s) {
 bool DicomLongString(const std::string& s) { return s.size() <= 64 && NoBackslash(s); }
 
 bool StudyUidOk(const std::string& s) { return s.empty() || IsValidDicomUid(s); }
+
+bool IpAddressOk(const std::string& s) {
+  unsigned char buffer[sizeof(in6_addr)];
+  return inet_pton(AF_INET, s.c_str(), buffer) == 1 || inet_pton(AF_INET6, s.c_str(), buffer) == 1;
+}
 
 bool HostOk(const std::string& s) {
   if (s.empty() || s.size() > 253) return false;
@@ -392,6 +400,22 @@ std::vector<Entry> MakeEntries() {
        .description = "Group whose members may use the socket, besides root and the daemon's user. Empty: none.",
        .string_ok = GroupNameOk, .string_rule = "empty, or a group name of 1 to 32 characters from a-z A-Z 0-9 _ - . (not starting with -)",
        CTAGENT_TARGET(control.group)},
+
+      {.path = "/metrics", .type = Type::kSection,
+       .description = "The daemon's Prometheus metrics endpoint, GET /metrics (docs/metrics.md). Off by default."},
+      {.path = "/metrics/enabled", .type = Type::kBool, .description = "Serve metrics while `ctagent run` runs.",
+       CTAGENT_TARGET(metrics.enabled)},
+      {.path = "/metrics/address", .type = Type::kString,
+       .description = "Address to listen on. The endpoint has no authentication: an address other than loopback "
+                      "(127.0.0.0/8, ::1) needs /metrics/allow_non_loopback.",
+       .string_ok = IpAddressOk, .string_rule = "an IPv4 or IPv6 address (like 127.0.0.1 or ::1)",
+       CTAGENT_TARGET(metrics.address)},
+      {.path = "/metrics/port", .type = Type::kInteger, .description = "TCP port to listen on.", .min = 1,
+       .max = 65535, CTAGENT_TARGET(metrics.port)},
+      {.path = "/metrics/allow_non_loopback", .type = Type::kBool,
+       .description = "Allow an /metrics/address other than loopback, so other machines can read the metrics "
+                      "(no authentication: put a firewall or an authenticating proxy in front).",
+       CTAGENT_TARGET(metrics.allow_non_loopback)},
   };
 }
 

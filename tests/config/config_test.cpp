@@ -559,3 +559,39 @@ TEST_CASE("config: the control socket defaults to the spool, and takes a path an
   CHECK(ErrorOf(With("/control/group", "ops staff")).find("/control/group") != std::string::npos);
   CHECK(ErrorOf(With("/control/mode", "0777")).find("/control/mode") != std::string::npos);  // unknown key
 }
+
+// ---- issue 13, item 6: the metrics endpoint, off by default and on loopback ------------------
+
+TEST_CASE("config: metrics are off by default, on 127.0.0.1, and another address needs allow_non_loopback") {
+  auto defaults = ParseConfig(Minimal().dump(), "site/agent.json");
+  REQUIRE(defaults.has_value());
+  CHECK_FALSE(defaults->metrics.enabled);
+  CHECK(defaults->metrics.address == "127.0.0.1");
+  CHECK_FALSE(defaults->metrics.allow_non_loopback);
+
+  for (const char* loopback : {"127.0.0.1", "127.0.0.53", "::1", "::ffff:127.0.0.1"}) {
+    INFO(loopback);
+    auto doc = With("/metrics", {{"enabled", true}, {"address", loopback}, {"port", 9500}});
+    auto c = ParseConfig(doc.dump(), "site/agent.json");
+    REQUIRE(c.has_value());
+    CHECK(c->metrics.port == 9500);
+  }
+  for (const char* remote : {"0.0.0.0", "192.0.2.10", "::", "2001:db8::10"}) {
+    INFO(remote);
+    auto doc = With("/metrics", {{"enabled", true}, {"address", remote}});
+    const std::string message = ErrorOf(doc);
+    CHECK(message.find("site/agent.json: /metrics/address: \"" + std::string(remote) + "\" is not a loopback address") == 0);
+    CHECK(message.find("no authentication") != std::string::npos);
+    CHECK(message.find("/metrics/allow_non_loopback") != std::string::npos);
+    doc["metrics"]["allow_non_loopback"] = true;
+    CHECK(ParseConfig(doc.dump(), "site/agent.json").has_value());
+    // Off, the address is not a listening one: nothing to refuse.
+    auto off = With("/metrics", {{"enabled", false}, {"address", remote}});
+    CHECK(ParseConfig(off.dump(), "site/agent.json").has_value());
+  }
+  CHECK(ErrorOf(With("/metrics/address", "localhost")) ==
+        "site/agent.json: /metrics/address: expected an IPv4 or IPv6 address (like 127.0.0.1 or ::1), found string "
+        "\"localhost\"");
+  CHECK(ErrorOf(With("/metrics/port", 0)) ==
+        "site/agent.json: /metrics/port: expected an integer from 1 to 65535, found 0");
+}
