@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <mutex>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -20,6 +21,7 @@
 
 #include "agent/common/durable_file.hpp"
 #include "agent/core/heartbeat.hpp"
+#include "agent/core/uploader.hpp"
 #include "agent/codec/chunk_stage.hpp"
 #include "agent/spool/spool.hpp"
 #include "config/config.hpp"
@@ -38,7 +40,10 @@ struct ScanSummary {
   std::uint64_t compressed_bytes = 0;
   double acquisition_seconds = 0;
   double upload_seconds = 0;         // from the first upload to the manifest's confirmation
-  std::uint64_t uploaded_bytes = 0;  // bytes the server confirmed in this run
+  std::uint64_t uploaded_bytes = 0;  // bytes the server confirmed for this scan in this run
+  // From the end of acquisition to the results stored and delivered (when this process
+  // acquired the scan and its results came): the scan end -> images latency.
+  std::optional<double> images_seconds;
   std::uint32_t results_received = 0;
   std::uint32_t results_delivered = 0;
   std::filesystem::path results_dir;
@@ -69,6 +74,16 @@ struct ServiceStatus {
   std::size_t in_progress = 0;  // other scans uploading, awaiting results or being delivered
 };
 
+// What the daemon did since it started, for its metrics (docs/metrics.md). Owned by the caller of
+// Serve() for the process's life, so counts go on across passes (ServiceHooks::counters).
+struct ServiceCounters {
+  std::atomic<std::uint64_t> acquired_bytes{0};  // raw bytes of the chunks made durable in the spool
+  std::atomic<std::uint64_t> spooled_bytes{0};   // the same chunks compressed
+  UploadCounters upload;                          // the uploader's: bytes confirmed, retries by class
+  // Results polls retried after a transient error, by ErrorKind name; loop thread only.
+  std::map<std::string, std::uint64_t> results_retries_by_class;
+};
+
 struct ServiceHooks {
   std::function<void()> on_ready;                          // the loop runs and has resumed the spool
   std::function<void(const ScanSummary&)> on_scan_end;     // a scan ended (done, or stopped for now)
@@ -78,6 +93,8 @@ struct ServiceHooks {
   // Called on the serving thread before the loop runs; what it returns (e.g. the control
   // socket's server, on this loop) is released on that thread once the loop has stopped.
   std::function<std::shared_ptr<void>(boost::asio::io_context&)> on_loop;
+  // Where Serve() counts (may be null); must outlive Serve().
+  ServiceCounters* counters = nullptr;
 };
 
 // A scan the daemon works on right now (Agent::ActiveScans).
@@ -137,6 +154,8 @@ class Agent {
   void SetHeartbeat(HeartbeatSettings heartbeat) { heartbeat_ = std::move(heartbeat); }
 
   spool::Spool& spool() { return *spool_; }
+  // The link manager (cloud.links), or null with the system's routing. After Open().
+  LinkManager* link_manager() { return links_.get(); }
 
  private:
   struct Run;

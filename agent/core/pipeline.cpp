@@ -83,6 +83,10 @@ struct Agent::Run {
   Status results_failure = Ok();
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   std::chrono::steady_clock::time_point upload_started{};
+  // Set when this process saw the scan's acquisition end (not for a scan resumed from the spool).
+  std::optional<std::chrono::steady_clock::time_point> acquisition_ended;
+  std::optional<double> images_seconds;
+  ServiceCounters* counters = nullptr;  // the daemon's, or null
   double acquisition_seconds = 0;
   double upload_seconds = 0;
 
@@ -128,6 +132,10 @@ struct Agent::Run {
     }
     stored_chunks.push_back(*chunk);
     if (progress) ++progress->chunks_stored;
+    if (counters != nullptr) {
+      counters->acquired_bytes += chunk->raw_bytes;
+      counters->spooled_bytes += chunk->compressed_bytes;
+    }
     StartChunkUpload(chunk->index);
   }
 
@@ -160,6 +168,7 @@ struct Agent::Run {
     acquisition_done = true;
     chunks_expected = chunks_submitted;
     acquisition_seconds = SecondsSince(started);
+    acquisition_ended = std::chrono::steady_clock::now();
     SetPhase(1);
     MaybeWriteManifest();
   }
@@ -281,7 +290,7 @@ struct Agent::Run {
   void ReleaseUploader() {
     if (!uploader) return;
     uploader->Stop();
-    uploaded_bytes = uploader->counters().bytes_sent;
+    uploaded_bytes += uploader->TakeScanBytes(scan_uid);
     uploader.reset();
   }
 
@@ -304,6 +313,9 @@ struct Agent::Run {
     results_failure = outcome.status;
     results_received = outcome.instances_received;
     results_delivered = outcome.instances_delivered;
+    if (outcome.status && outcome.instances_received > 0 && acquisition_ended) {
+      images_seconds = SecondsSince(*acquisition_ended);
+    }
   }
 };
 
@@ -539,7 +551,11 @@ Expected<ScanSummary> Agent::Finish(Run& run) {
   s.study_uid = run.study_uid;
   s.acquisition_seconds = run.acquisition_seconds;
   s.upload_seconds = run.upload_seconds;
+  // The daemon's shared uploader counted this scan's bytes apart (a Run's own does too; it
+  // hands them over in ReleaseUploader).
+  if (!run.uploader && run.shared_uploader != nullptr) run.uploaded_bytes += run.shared_uploader->TakeScanBytes(run.scan_uid);
   run.ReleaseUploader();
+  s.images_seconds = run.images_seconds;
   s.uploaded_bytes = run.uploaded_bytes;
   s.results_received = run.results_received;
   s.results_delivered = run.results_delivered;
@@ -692,6 +708,7 @@ struct Agent::Service {
     auto run = std::make_unique<Run>(agent.config_, *agent.spool_, io);
     run->shared_uploader = uploader.get();
     run->shared_results = results.get();
+    run->counters = hooks.counters;
     Run* raw = run.get();
     // Stop() is called on the loop; the end is handled after the handler that ended the scan.
     raw->on_end = [this, raw] { boost::asio::post(io, [this, raw] { OnRunEnded(raw); }); };
@@ -867,11 +884,13 @@ Status Agent::Serve(const ServiceHooks& hooks) {
     log::Error("agent", "the detector cannot be opened, so no scan can be acquired until the daemon restarts: " +
                             detector.error().WithContext("driver \"" + config_.driver.name + "\"").message());
   }
-  sv.uploader = std::make_unique<Uploader>(sv.io, *spool_, config_.cloud, RetryPolicy{}, links_.get());
+  sv.uploader = std::make_unique<Uploader>(sv.io, *spool_, config_.cloud, RetryPolicy{}, links_.get(),
+                                           hooks.counters != nullptr ? &hooks.counters->upload : nullptr);
   if (config_.results.enabled) {
     auto fetcher = ResultsFetcher::Create(sv.io, *spool_, config_);
     if (!fetcher) return MakeError(fetcher.error());
     sv.results = std::move(*fetcher);
+    if (hooks.counters != nullptr) sv.results->SetRetryCounts(&hooks.counters->results_retries_by_class);
   }
   {
     std::lock_guard lock(stop_mutex_);

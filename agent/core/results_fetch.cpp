@@ -112,6 +112,7 @@ void ResultsFetcher::Poll(std::shared_ptr<Job> job) {
       if (!complete) {
         job->last_problem = complete.error().message();
         log::Warn("results", "scan " + job->scan_uid + ": " + job->last_problem + "; will retry");
+        if (retry_counts_ != nullptr) ++(*retry_counts_)[ToString(complete.error().kind())];
       }
       if (std::chrono::steady_clock::now() + job->interval > job->deadline) {
         const std::string problem = job->last_problem.empty() ? "" : " (last problem: " + job->last_problem + ")";

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -68,6 +69,11 @@ class ResultsFetcher {
   void SetReportWait(std::chrono::milliseconds wait) { report_wait_ = wait; }
   static constexpr std::chrono::milliseconds kDefaultReportWait{20000};
 
+  // Where to count polls retried after a transient error, by ErrorKind name ("network"): the
+  // daemon's metrics. Changed on the io_context's thread; must outlive the fetcher. Call before
+  // FetchAndDeliver.
+  void SetRetryCounts(std::map<std::string, std::uint64_t>* counts) { retry_counts_ = counts; }
+
  private:
   struct Job;
   ResultsFetcher(boost::asio::io_context& io, spool::Spool& spool, const config::AgentConfig& config,
@@ -96,6 +102,7 @@ class ResultsFetcher {
   boost::asio::thread_pool worker_{1};
   std::atomic<bool> stopping_{false};
   std::chrono::milliseconds report_wait_ = kDefaultReportWait;
+  std::map<std::string, std::uint64_t>* retry_counts_ = nullptr;
 };
 
 }  // namespace ctagent::core

@@ -101,7 +101,7 @@ struct Uploader::Job {
 };
 
 Uploader::Uploader(boost::asio::io_context& io, spool::Spool& spool, const config::CloudConfig& cloud,
-                   RetryPolicy retry, LinkProvider* links)
+                   RetryPolicy retry, LinkProvider* links, UploadCounters* counters)
     : io_(io),
       spool_(spool),
       cloud_(cloud),
@@ -110,7 +110,8 @@ Uploader::Uploader(boost::asio::io_context& io, spool::Spool& spool, const confi
       share_(std::make_shared<transport::HttpShare>()),
       allowed_origins_(transport::tus::ParseOriginList(cloud.upload_origins_allowed)),
       creators_(cloud.parallel_uploads),
-      transfers_(cloud.parallel_uploads) {}
+      transfers_(cloud.parallel_uploads),
+      counters_(counters != nullptr ? *counters : own_counters_) {}
 
 Uploader::~Uploader() { Stop(); }
 
@@ -389,11 +390,29 @@ void Uploader::Finish(std::shared_ptr<Job> job) {
     const auto delay = retry_.Delay(job->failure, job->attempt, rng_);
     ++job->attempt;
     ++counters_.retries;
+    ++counters_.retries_by_class[transport::ToString(job->failure)];
     log::Warn("upload", job->Name() + ": " + status.error().message() + " [" + label + "]; retry " +
                             std::to_string(job->attempt) + " in " + std::to_string(delay.count()) + " ms");
     auto timer = std::make_shared<boost::asio::steady_timer>(io_, delay);
     timer->async_wait([this, job, timer](const boost::system::error_code&) { Start(job); });
   });
+}
+
+void Uploader::CountConfirmed(const Job& job, std::uint64_t bytes) {
+  if (bytes == 0) return;
+  counters_.bytes_sent += bytes;
+  if (job.manifest) counters_.manifest_bytes_sent += bytes;
+  std::lock_guard lock(scan_bytes_mutex_);
+  scan_bytes_[job.scan_uid] += bytes;
+}
+
+std::uint64_t Uploader::TakeScanBytes(const std::string& scan_uid) {
+  std::lock_guard lock(scan_bytes_mutex_);
+  const auto it = scan_bytes_.find(scan_uid);
+  if (it == scan_bytes_.end()) return 0;
+  const std::uint64_t bytes = it->second;
+  scan_bytes_.erase(it);
+  return bytes;
 }
 
 Expected<transport::tus::ServerCapabilities> Uploader::Capabilities(transport::tus::Client& tus) {
@@ -567,7 +586,7 @@ Status Uploader::Transfer(Job& job, transport::HttpClient& http, const std::func
     if (!created) return MakeError(created.error());
     state = *created;
     offset = state.confirmed_offset;
-    counters_.bytes_sent += offset;
+    CountConfirmed(job, offset);
   }
   const std::uint64_t start_offset = offset;
   std::uint64_t last_journaled = offset;
@@ -585,7 +604,7 @@ Status Uploader::Transfer(Job& job, transport::HttpClient& http, const std::func
   } count_body_bytes{job, tus, counters_};
   auto final_offset = tus.UploadFrom(state.url, *bytes, offset, cloud_.patch_bytes, [&](std::uint64_t confirmed) {
     // After a 409 the server's offset may be lower than what we counted.
-    if (confirmed > last_journaled) counters_.bytes_sent += confirmed - last_journaled;
+    if (confirmed > last_journaled) CountConfirmed(job, confirmed - last_journaled);
     last_journaled = confirmed;
     state.confirmed_offset = confirmed;
     // Progress only (the server's offset stays the authority on resume), and not after the last

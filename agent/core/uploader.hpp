@@ -36,6 +36,10 @@ struct UploadCounters {
   // PATCH body bytes handed to the connection, including requests that failed: the excess over
   // bytes_sent is what interruptions cost.
   std::atomic<std::uint64_t> body_bytes_sent{0};
+  std::atomic<std::uint64_t> manifest_bytes_sent{0};  // the part of bytes_sent that were manifests
+  // Retries by failure class (transport::ToString names: "connect", "stall", ...); changed and
+  // read on the io_context's thread only.
+  std::map<std::string, std::uint64_t> retries_by_class;
 };
 
 class Uploader {
@@ -44,8 +48,10 @@ class Uploader {
 
   // `links`: the link manager that picks the network link for each transfer attempt and paces
   // its bytes; nullptr: the system's routing, no pacing. It must outlive the Uploader.
+  // `counters`: where to count (the daemon's, kept across its Uploaders for its metrics);
+  // nullptr: this Uploader's own. It must outlive the Uploader.
   Uploader(boost::asio::io_context& io, spool::Spool& spool, const config::CloudConfig& cloud,
-           RetryPolicy retry = {}, LinkProvider* links = nullptr);
+           RetryPolicy retry = {}, LinkProvider* links = nullptr, UploadCounters* counters = nullptr);
   ~Uploader();
 
   // Both run the blocking transfer on a transfer thread and call `done` on the io_context,
@@ -61,6 +67,9 @@ class Uploader {
   void PrepareManifest(const std::string& scan_uid);
 
   const UploadCounters& counters() const { return counters_; }
+  // The bytes the server confirmed for this scan's uploads (chunks and manifest) since the last
+  // call for it; the scan's entry is then forgotten (a scan's summary takes it once, at its end).
+  std::uint64_t TakeScanBytes(const std::string& scan_uid);
   void Stop();
 
  private:
@@ -86,6 +95,8 @@ class Uploader {
   Expected<spool::UploadState> CreateUpload(Job& job, transport::tus::Client& tus, std::uint64_t length,
                                             const std::string& sha256);
   Status JournalUpload(const Job& job, const spool::UploadState& state);
+  // Bytes the server confirmed for `job`: counters (with manifests apart) and the scan's share.
+  void CountConfirmed(const Job& job, std::uint64_t bytes);
   // The server's capabilities: known, or learned by a warm-up in flight (waited for), or asked
   // for now with OPTIONS.
   Expected<transport::tus::ServerCapabilities> Capabilities(transport::tus::Client& tus);
@@ -136,7 +147,11 @@ class Uploader {
   std::uint32_t ahead_ = 0;  // jobs prepared or being prepared, not yet on a transfer thread
   boost::asio::thread_pool creators_;   // POST + journal (parallel_uploads threads)
   boost::asio::thread_pool transfers_;  // PATCH (parallel_uploads threads)
-  UploadCounters counters_;
+  UploadCounters own_counters_;
+  UploadCounters& counters_;  // own_counters_ or the caller's
+  // Confirmed bytes per scan not yet taken by TakeScanBytes (transfer threads add to it).
+  std::mutex scan_bytes_mutex_;
+  std::map<std::string, std::uint64_t> scan_bytes_;
   std::mt19937_64 rng_{std::random_device{}()};
   std::atomic<bool> stopping_{false};
 };
