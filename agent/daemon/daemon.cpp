@@ -8,6 +8,7 @@
 #include "agent/control/control.hpp"
 #include "agent/control/status.hpp"
 #include "agent/daemon/control_handler.hpp"
+#include "agent/daemon/metrics_collector.hpp"
 
 namespace ctagent::daemon {
 namespace {
@@ -73,6 +74,8 @@ int Run(const config::AgentConfig& config, FileStore& files, const Options& opti
   std::set<std::string> failed_seen;
   std::set<std::string> acknowledged;  // through the control socket
   bool waiting_logged = false;
+  // Kept across passes, so the counters and the latency histogram go on (docs/metrics.md).
+  MetricsCollector metrics;
   // Bounded in time by the operator's signal. The spool is held for the daemon's life, except
   // while a standalone `ctagent scan` asks for it (or holds it: the daemon then waits).
   while (!env.stopped()) {
@@ -108,6 +111,7 @@ int Run(const config::AgentConfig& config, FileStore& files, const Options& opti
       }
       core::ServiceHooks hooks;
       hooks.retry_every = options.retry_every;
+      hooks.counters = &metrics.counters();
       hooks.on_ready = [&] { say_ready(); };
       hooks.on_status = [&](const core::ServiceStatus& status) {
         std::string line = DescribeService(status);
@@ -119,10 +123,12 @@ int Run(const config::AgentConfig& config, FileStore& files, const Options& opti
       };
       hooks.on_scan_end = [&](const core::ScanSummary& s) {
         env.scan_ended(s);
+        metrics.OnScanEnd(s);
         LogSummary(s, nullptr);
       };
       hooks.on_loop = [&](boost::asio::io_context& io) -> std::shared_ptr<void> {
         struct Control {
+          std::shared_ptr<void> metrics;  // the metrics endpoint, when configured (config section "metrics")
           std::unique_ptr<ControlHandler> handler;
           std::unique_ptr<control::Server> server;  // declared last: closed before the handler goes
         };
@@ -135,6 +141,7 @@ int Run(const config::AgentConfig& config, FileStore& files, const Options& opti
         } else {
           c->server = std::move(*server);
         }
+        if (config.metrics.enabled) c->metrics = StartMetricsEndpoint(io, config.metrics, metrics, *agent);
         return c;
       };
       served = agent->Serve(hooks);
