@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -216,6 +217,13 @@ TEST_CASE("uploader: a 423 is retried after a backoff and the upload completes b
   REQUIRE(*result);
   CHECK(locked == 2);
   CHECK(uploader.counters().retries == 2);
+  // Counted by class, for the daemon's metrics (ctagent_retries_total{stage="upload",class=...}).
+  CHECK(uploader.counters().retries_by_class == std::map<std::string, std::uint64_t>{{"http-423", 2}});
+  // The chunk's confirmed bytes, once, for the scan's summary; none of them a manifest's.
+  CHECK(uploader.TakeScanBytes(f.scan_uid) == f.chunk.size());
+  CHECK(uploader.TakeScanBytes(f.scan_uid) == 0);
+  CHECK(uploader.counters().bytes_sent == f.chunk.size());
+  CHECK(uploader.counters().manifest_bytes_sent == 0);
   CHECK(f.fake.Count("POST") == 1);  // the upload was resumed, never created twice
   CHECK(f.fake.Count("OPTIONS") == 1);  // discovery once per uploader
   CHECK(f.fake.Data("/files/u1") == std::string(f.chunk.begin(), f.chunk.end()));
@@ -250,6 +258,7 @@ TEST_CASE("uploader: a lease revoked mid-PATCH aborts it, and the next lease res
   CHECK(paced[3] == f.chunk.size() - kept);
   CHECK(links.report_ok() == std::vector<bool>{true, true, false, true});
   CHECK(uploader.counters().retries == 1);
+  CHECK(uploader.counters().retries_by_class == std::map<std::string, std::uint64_t>{{"link-down", 1}});
 }
 
 namespace {
