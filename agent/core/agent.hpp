@@ -145,6 +145,11 @@ class Agent {
   void TakeScan(TakeScanOrder order);
   // The scans Serve() works on; on its loop's thread only (the control socket's handlers).
   std::vector<ActiveScan> ActiveScans() const;
+  // Pauses or resumes the daemon's uploads (Uploader::SetPaused): before Serve() (a pause the
+  // daemon recorded before a restart) or on its loop's thread. Acquisition into the spool and
+  // results fetches go on while paused.
+  void SetUploadsPaused(bool paused);
+  bool uploads_paused() const { return uploads_paused_; }
 
   // Stops the event loop from a signal handler's thread.
   void RequestStop();
@@ -184,6 +189,7 @@ class Agent {
   std::function<void()> stop_hook_;
   std::mutex stop_mutex_;
   Service* service_ = nullptr;  // while Serve() runs; guarded by stop_mutex_
+  bool uploads_paused_ = false;  // before Serve(), or on its loop's thread
   HeartbeatSettings heartbeat_;
 };
 

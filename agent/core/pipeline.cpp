@@ -886,6 +886,7 @@ Status Agent::Serve(const ServiceHooks& hooks) {
   }
   sv.uploader = std::make_unique<Uploader>(sv.io, *spool_, config_.cloud, RetryPolicy{}, links_.get(),
                                            hooks.counters != nullptr ? &hooks.counters->upload : nullptr);
+  sv.uploader->SetPaused(uploads_paused_);  // before any scan is resumed: a recorded pause holds from the start
   if (config_.results.enabled) {
     auto fetcher = ResultsFetcher::Create(sv.io, *spool_, config_);
     if (!fetcher) return MakeError(fetcher.error());
@@ -961,6 +962,13 @@ std::vector<ActiveScan> Agent::ActiveScans() const {
     scans.push_back(std::move(a));
   }
   return scans;
+}
+
+void Agent::SetUploadsPaused(bool paused) {
+  uploads_paused_ = paused;
+  if (service_ != nullptr) service_->uploader->SetPaused(paused);
+  log::Info("upload", paused ? "uploads paused: no upload request starts until they are resumed; acquisition and results go on"
+                             : "uploads resumed");
 }
 
 void Agent::TakeScan(TakeScanOrder take) {

@@ -94,6 +94,8 @@ struct Uploader::Job {
   // PATCH body bytes sent over every attempt, and attempts that sent bytes: what resumes cost.
   std::uint64_t body_bytes_sent = 0;
   std::uint32_t sending_attempts = 0;
+  // The last attempt was cut short by a pause (not a failure): it is held, not retried.
+  bool paused_out = false;
 
   std::string Name() const {
     return manifest ? "manifest of scan " + scan_uid : "chunk " + std::to_string(index) + " of scan " + scan_uid;
@@ -141,7 +143,21 @@ void Uploader::UploadManifest(const std::string& scan_uid, Done done) {
   Start(std::move(job));
 }
 
+void Uploader::SetPaused(bool paused) {
+  paused_ = paused;
+  if (paused) return;
+  std::vector<std::shared_ptr<Job>> held;
+  held.swap(held_);
+  for (auto& job : held) Start(std::move(job));  // in the order they were held
+}
+
+void Uploader::Requeue(std::shared_ptr<Job> job) {
+  boost::asio::post(io_, [this, job = std::move(job)] { Start(job); });
+}
+
 void Uploader::PrepareManifest(const std::string& scan_uid) {
+  // Optional (UploadManifest creates the upload when it is not there): skipped while paused.
+  if (paused_) return;
   auto job = std::make_shared<Job>();
   job->scan_uid = scan_uid;
   job->manifest = true;
@@ -149,7 +165,7 @@ void Uploader::PrepareManifest(const std::string& scan_uid) {
   StartWarmUp();
   // Not counted against the creators' lead (WaitForRoomAhead): it has no transfer stage.
   boost::asio::post(creators_, [this, job] {
-    if (stopping_) return;
+    if (stopping_ || paused_) return;
     Attempt(*job, /*prepare=*/true);
     if (!job->last_status) {
       log::Debug("upload", job->Name() + ": not created ahead (" + job->last_status.error().message() +
@@ -161,7 +177,8 @@ void Uploader::PrepareManifest(const std::string& scan_uid) {
 void Uploader::WarmUp() {
   std::optional<transport::tus::ServerCapabilities> discovered;
   LinkLease lease;
-  bool leased = !stopping_;
+  // Paused: no OPTIONS either; the first job after the resume asks the server itself.
+  bool leased = !stopping_ && !paused_;
   if (leased && links_ != nullptr) {
     auto acquired = links_->Acquire();
     leased = acquired.has_value();  // if not, the jobs' own attempts report it
@@ -292,8 +309,11 @@ void Uploader::Attempt(Job& job, bool prepare) {
   job.label.clear();
   // Stop() ends a PATCH in flight at its next block instead of waiting for all its bytes (a
   // shutdown, or a daemon pausing for a scan): the server keeps what it got, the next run resumes.
-  const std::function<bool(std::size_t)> before_send = [this, &lease](std::size_t n) {
-    return !stopping_ && (!lease.before_send || lease.before_send(n));
+  // A pause ends it the same way; the job is then held, not failed (Finish).
+  job.paused_out = false;
+  const std::function<bool(std::size_t)> before_send = [this, &lease, &job](std::size_t n) {
+    if (paused_) job.paused_out = true;
+    return !stopping_ && !paused_ && (!lease.before_send || lease.before_send(n));
   };
   job.last_status = prepare ? Prepare(job, *client) : Transfer(job, *client, before_send);
   ReturnClient(lease.link_name, std::move(client));
@@ -322,12 +342,22 @@ void Uploader::Start(std::shared_ptr<Job> job) {
   // upload (POST) and journals its URL, then a transfer thread sends the bytes (PATCH). So the
   // creation round trip of the next uploads overlaps the PATCHes in flight instead of leaving
   // a transfer connection idle for it. Creators stay at most `parallel_uploads` uploads ahead.
+  // Paused (on the loop, like every caller of Start): the job waits in held_ for SetPaused(false).
+  if (paused_) {
+    held_.push_back(std::move(job));
+    return;
+  }
   StartWarmUp();
   boost::asio::post(creators_, [this, job] {
     if (!WaitForRoomAhead()) {
       job->failure = FailureClass::kCancelled;
       job->last_status = MakeError(ErrorKind::kCancelled, "agent is stopping");
       Finish(job);
+      return;
+    }
+    if (paused_) {  // paused while it waited for a creator: no POST
+      LeaveAhead();
+      Requeue(job);
       return;
     }
     Attempt(*job, /*prepare=*/true);
@@ -338,6 +368,10 @@ void Uploader::Start(std::shared_ptr<Job> job) {
     }
     boost::asio::post(transfers_, [this, job] {
       LeaveAhead();
+      if (paused_ && !stopping_) {  // paused while it waited for a transfer thread: no HEAD, no PATCH
+        Requeue(job);
+        return;
+      }
       if (stopping_) {
         job->failure = FailureClass::kCancelled;
         job->last_status = MakeError(ErrorKind::kCancelled, "agent is stopping");
@@ -372,6 +406,14 @@ void Uploader::Finish(std::shared_ptr<Job> job) {
     const Status status = job->last_status;
     if (status) {
       job->done(status);
+      return;
+    }
+    if (job->paused_out && !stopping_) {
+      // Cut short by a pause, not failed: held until the resume (or started again at once if
+      // the resume already came); the server's offset says where it goes on.
+      job->paused_out = false;
+      log::Info("upload", job->Name() + ": paused in flight; it continues from the server's offset on resume");
+      Start(job);
       return;
     }
     const ClassRetry rule = retry_.For(job->failure);

@@ -72,10 +72,21 @@ class Uploader {
   std::uint64_t TakeScanBytes(const std::string& scan_uid);
   void Stop();
 
+  // Pausing (the daemon's `ctagent pause`; on the io_context's thread only): no request of an
+  // upload starts while paused. Jobs asked for, retried, or waiting for a thread are held (one
+  // small record each, no bytes) until SetPaused(false) starts them again; a PATCH in flight is
+  // cancelled at its next block or progress tick (the server keeps what it received, and the
+  // resumed job asks it for the offset, so nothing is lost and nothing but that block is re-sent).
+  void SetPaused(bool paused);
+  bool paused() const { return paused_; }
+
  private:
   struct Job;
   void Start(std::shared_ptr<Job> job);
   void Finish(std::shared_ptr<Job> job);
+  // From a pool thread that found the uploader paused: hands the job back to the loop, where
+  // Start() holds it (or starts it again if a resume came in between).
+  void Requeue(std::shared_ptr<Job> job);
   // Blocks a creator until fewer than parallel_uploads prepared jobs wait for a transfer thread;
   // false when stopping.
   bool WaitForRoomAhead();
@@ -154,6 +165,8 @@ class Uploader {
   std::map<std::string, std::uint64_t> scan_bytes_;
   std::mt19937_64 rng_{std::random_device{}()};
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> paused_{false};         // written on the loop; read by the pools' threads
+  std::vector<std::shared_ptr<Job>> held_;  // loop thread only: jobs waiting for SetPaused(false)
 };
 
 }  // namespace ctagent::core
