@@ -98,7 +98,8 @@ nlohmann::json ScalarsToJson(const ScanRecord& r) {
           {"manifest_base", r.manifest_base},
           {"manifest_sha256", r.manifest_sha256},
           {"confirmed_unix_s", r.confirmed_unix_s},
-          {"raw_deleted", r.raw_deleted}};
+          {"raw_deleted", r.raw_deleted},
+          {"acknowledged_utc", r.acknowledged_utc}};
 }
 
 Status ScalarsFromJson(const nlohmann::json& j, ScanRecord& r) {
@@ -122,6 +123,7 @@ Status ScalarsFromJson(const nlohmann::json& j, ScanRecord& r) {
   r.manifest_sha256 = j.value("manifest_sha256", std::string());
   r.confirmed_unix_s = j.value("confirmed_unix_s", std::int64_t{0});
   r.raw_deleted = j.value("raw_deleted", false);
+  r.acknowledged_utc = j.value("acknowledged_utc", std::string());  // absent in records written before it
   return Ok();
 }
 

@@ -88,6 +88,9 @@ struct ScanRecord {
   // 0: not yet). Retention "keep_days" counts from here.
   std::int64_t confirmed_unix_s = 0;
   bool raw_deleted = false;       // retention removed the chunk files and the manifest
+  // When a person acknowledged this failed scan (`ctagent acknowledge`; UTC, ISO 8601); empty:
+  // not acknowledged. Kept with the record, so the daemon stops reporting it across restarts.
+  std::string acknowledged_utc;
 };
 
 nlohmann::json ToJson(const ScanRecord& record);

@@ -554,3 +554,50 @@ TEST_CASE("a read-only open of a spool that does not exist yet is empty and crea
   CHECK((*reader)->AllScans().empty());
   CHECK(!std::filesystem::exists(dir.path() / "not-yet"));
 }
+
+TEST_CASE("a failed scan's acknowledgement is kept with its record across reopening and compaction", "[spool]") {
+  test::TempDir dir("spool-ack");
+  PosixFileStore files;
+  auto failed = NewRecord();
+  auto other = NewRecord();
+  {
+    auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+    REQUIRE(s);
+    REQUIRE((*s)->BeginScan(failed, 1 << 20));
+    REQUIRE((*s)->BeginScan(other, 1 << 20));
+    REQUIRE((*s)->Update(failed.scan_uid, [](spool::ScanRecord& r) {
+      r.state = spool::ScanState::kFailed;
+      r.failure_reason = "spool file damaged: chunk 0";
+    }));
+    auto before = (*s)->Get(failed.scan_uid);
+    REQUIRE(before);
+    CHECK(before->acknowledged_utc.empty());
+    REQUIRE((*s)->Update(failed.scan_uid, [](spool::ScanRecord& r) { r.acknowledged_utc = "2026-11-23T10:05:00Z"; }));
+  }
+  {  // from the journal
+    auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+    REQUIRE(s);
+    auto back = (*s)->Get(failed.scan_uid);
+    REQUIRE(back);
+    CHECK(back->state == spool::ScanState::kFailed);
+    CHECK(back->acknowledged_utc == "2026-11-23T10:05:00Z");
+    auto untouched = (*s)->Get(other.scan_uid);
+    REQUIRE(untouched);
+    CHECK(untouched->acknowledged_utc.empty());
+    REQUIRE((*s)->Compact());
+  }
+  // From the snapshot compaction wrote (the journal after it is empty).
+  auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+  REQUIRE(s);
+  auto back = (*s)->Get(failed.scan_uid);
+  REQUIRE(back);
+  CHECK(back->acknowledged_utc == "2026-11-23T10:05:00Z");
+  // The record's JSON carries it, and a record without the field (written before it existed) reads as not acknowledged.
+  nlohmann::json j = spool::ToJson(*back);
+  CHECK(j.dump().find("2026-11-23T10:05:00Z") != std::string::npos);
+  auto old = spool::ToJson(*back);
+  old.erase("acknowledged_utc");
+  auto parsed = spool::ScanRecordFromJson(old);
+  REQUIRE(parsed);
+  CHECK(parsed->acknowledged_utc.empty());
+}
