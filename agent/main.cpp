@@ -794,8 +794,10 @@ void PrintStatus(const nlohmann::json& status) {
   std::printf("%s\n", DescribeBacklog(b, rate).c_str());
   if (status.contains("daemon") && status["daemon"].is_object()) {
     const auto& d = status["daemon"];
+    const std::string paused = "PAUSED since " + d.value("uploads_paused_since_utc", std::string("unknown")) +
+                               " (scans are acquired and wait in the spool; `ctagent resume` resumes uploads)";
     std::printf("daemon pid %lld: uploads %s\n", d.value("pid", 0LL),
-                d.value("uploads_paused", false) ? "PAUSED (`ctagent resume` resumes them)" : "running");
+                d.value("uploads_paused", false) ? paused.c_str() : "running");
   }
   const nlohmann::json scans = status.value("scans", nlohmann::json::array());
   if (scans.empty()) std::printf("no scans in the spool\n");
@@ -812,6 +814,7 @@ void PrintStatus(const nlohmann::json& status) {
                   p.value("chunks_uploaded", 0ULL));
     }
     if (r.contains("failure_reason")) std::printf("    reason: %s\n", r.value("failure_reason", "").c_str());
+    if (r.contains("acknowledged_utc")) std::printf("    acknowledged %s\n", r.value("acknowledged_utc", "").c_str());
     if (r.contains("incomplete_reason")) std::printf("    incomplete: %s\n", r.value("incomplete_reason", "").c_str());
     if (r.contains("findings") && r["findings"].is_object() && r["findings"].contains("summary") &&
         r["findings"]["summary"].is_string()) {

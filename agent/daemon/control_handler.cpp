@@ -4,6 +4,7 @@
 
 #include <utility>
 
+#include "agent/common/clock.hpp"
 #include "agent/control/check.hpp"
 #include "agent/control/status.hpp"
 #include "drivers/detector.hpp"
@@ -11,8 +12,12 @@
 namespace ctagent::daemon {
 
 ControlHandler::ControlHandler(core::Agent& agent, const config::AgentConfig& config, std::filesystem::path config_path,
-                               std::set<std::string>& acknowledged)
-    : agent_(agent), config_(config), config_path_(std::move(config_path)), acknowledged_(acknowledged) {}
+                               FileStore& files, std::optional<UploadPause> pause)
+    : agent_(agent),
+      config_(config),
+      config_path_(std::move(config_path)),
+      files_(files),
+      pause_(std::move(pause)) {}
 
 ControlHandler::~ControlHandler() {
   if (check_.joinable()) check_.join();
@@ -20,7 +25,8 @@ ControlHandler::~ControlHandler() {
 
 void ControlHandler::Status(control::Reply reply) {
   nlohmann::json status = control::StatusFromSpool(agent_.spool(), {"daemon", config_.spool.max_bytes});
-  control::SetDaemon(status, static_cast<long>(::getpid()), /*uploads_paused=*/false);
+  control::SetDaemon(status, static_cast<long>(::getpid()), pause_.has_value());
+  if (pause_) status["daemon"]["uploads_paused_since_utc"] = pause_->since_utc;
   for (const core::ActiveScan& scan : agent_.ActiveScans()) {
     control::ScanProgress progress;
     progress.phase = scan.phase;
@@ -75,16 +81,50 @@ void ControlHandler::Acknowledge(const std::string& scan_uid, control::Reply rep
     reply(MakeError(ErrorKind::kNotFound, "no scan " + scan_uid + " in the spool; see `ctagent status`"));
     return;
   }
-  acknowledged_.insert(scan_uid);
-  reply(nlohmann::json{{"scan_uid", scan_uid}, {"state", spool::ToString(record->state)}});
+  if (record->state != spool::ScanState::kFailed) {
+    reply(MakeError(ErrorKind::kInvalidInput, "scan " + scan_uid + " is " + spool::ToString(record->state) +
+                                                  ", not failed: only a failed scan needs acknowledging"));
+    return;
+  }
+  std::string when = record->acknowledged_utc;
+  if (when.empty()) {
+    // With the scan's record (one synced journal record: a rare, small write on the loop), so
+    // the daemon stops reporting the scan as needing attention across restarts too.
+    when = UtcNowIso8601();
+    if (auto st = agent_.spool().Update(scan_uid, [&](spool::ScanRecord& r) { r.acknowledged_utc = when; }); !st) {
+      reply(MakeError(st.error().WithContext("recording the acknowledgement of scan " + scan_uid)));
+      return;
+    }
+  }
+  reply(nlohmann::json{{"scan_uid", scan_uid}, {"state", spool::ToString(record->state)}, {"acknowledged_utc", when}});
 }
 
 void ControlHandler::Pause(control::Reply reply) {
-  reply(MakeError(ErrorKind::kUnsupported, "pausing uploads is not in this build of the daemon yet"));
+  if (!pause_) {
+    // Recorded before it takes effect: if the record cannot be written, nothing changed and the
+    // technician is told (a pause a restart would silently undo is not offered).
+    UploadPause pause{UtcNowIso8601()};
+    if (auto st = RecordUploadPause(files_, config_.spool.directory, pause); !st) {
+      reply(MakeError(st.error().WithContext("uploads were not paused")));
+      return;
+    }
+    pause_ = pause;
+    agent_.SetUploadsPaused(true);
+  }
+  reply(nlohmann::json{{"paused", true}, {"since_utc", pause_->since_utc}});
 }
 
 void ControlHandler::Resume(control::Reply reply) {
-  reply(MakeError(ErrorKind::kUnsupported, "pausing uploads is not in this build of the daemon yet"));
+  if (pause_) {
+    // The record goes first: a resume that a restart would undo is not reported as done.
+    if (auto st = ClearUploadPause(files_, config_.spool.directory); !st) {
+      reply(MakeError(st.error().WithContext("uploads stay paused")));
+      return;
+    }
+    pause_.reset();
+    agent_.SetUploadsPaused(false);
+  }
+  reply(nlohmann::json{{"paused", false}});
 }
 
 }  // namespace ctagent::daemon

@@ -1,27 +1,30 @@
 // The daemon's side of the control socket (agent/control/control.hpp): status from the spool
 // and the scans in progress, the checks beside the detector the daemon holds, take_scan into
-// core::Agent::TakeScan, acknowledge of failed scans. Pause and resume of uploads are refused as
-// unsupported in this build.
+// core::Agent::TakeScan, acknowledge of failed scans (recorded with the scan in the spool), and
+// pause and resume of uploads (core::Agent::SetUploadsPaused, recorded in the spool directory by
+// upload_pause.hpp so a restart keeps the pause).
 #pragma once
 
 #include <atomic>
 #include <filesystem>
-#include <set>
+#include <optional>
 #include <string>
 #include <thread>
 
 #include "agent/control/control.hpp"
+#include "agent/common/durable_file.hpp"
 #include "agent/core/agent.hpp"
+#include "agent/daemon/upload_pause.hpp"
 #include "config/config.hpp"
 
 namespace ctagent::daemon {
 
 class ControlHandler final : public control::Handler {
  public:
-  // `acknowledged`: the failed scans a person has seen, kept by the daemon across passes; read
-  // by the daemon only while no handler runs (after the loop stopped).
+  // `files`: where the pause is recorded (the spool's directory); `pause`: the pause recorded
+  // when this pass began (the agent is already paused then), or none.
   ControlHandler(core::Agent& agent, const config::AgentConfig& config, std::filesystem::path config_path,
-                 std::set<std::string>& acknowledged);
+                 FileStore& files, std::optional<UploadPause> pause);
   ~ControlHandler() override;  // waits for a check in progress (bounded by its network deadlines)
 
   void Status(control::Reply reply) override;
@@ -37,7 +40,8 @@ class ControlHandler final : public control::Handler {
   std::filesystem::path config_path_;
   std::thread check_;              // at most one check at a time, off the loop
   std::atomic<bool> checking_{false};
-  std::set<std::string>& acknowledged_;  // loop thread only
+  FileStore& files_;
+  std::optional<UploadPause> pause_;  // loop thread only; set while uploads are paused
 };
 
 }  // namespace ctagent::daemon

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <set>
 
 #include "agent/common/log.hpp"
@@ -9,6 +10,7 @@
 #include "agent/control/status.hpp"
 #include "agent/daemon/control_handler.hpp"
 #include "agent/daemon/metrics_collector.hpp"
+#include "agent/daemon/upload_pause.hpp"
 
 namespace ctagent::daemon {
 namespace {
@@ -37,11 +39,12 @@ void LogSummary(const core::ScanSummary& s, int* problems) {
 }
 
 // A failed scan (damaged or unreadable spool files, refused by the driver...) is never retried:
-// it needs a person, so each one is an error, logged when first seen, and a problem.
-int CountFailed(spool::Spool& spool, std::set<std::string>& failed_seen, const std::set<std::string>& acknowledged) {
+// it needs a person, so each one is an error, logged when first seen, and a problem, until a
+// person acknowledges it (`ctagent acknowledge`, recorded with the scan in the spool).
+int CountFailed(spool::Spool& spool, std::set<std::string>& failed_seen) {
   int failed = 0;
   for (const auto& r : spool.AllScans()) {
-    if (r.state != spool::ScanState::kFailed || acknowledged.count(r.scan_uid) > 0) continue;
+    if (r.state != spool::ScanState::kFailed || !r.acknowledged_utc.empty()) continue;
     ++failed;
     if (failed_seen.insert(r.scan_uid).second) {
       log::Error("agent", "scan " + r.scan_uid + " FAILED and needs attention (see `ctagent status`): " +
@@ -72,7 +75,6 @@ int Run(const config::AgentConfig& config, FileStore& files, const Options& opti
   };
   int problems = 0;
   std::set<std::string> failed_seen;
-  std::set<std::string> acknowledged;  // through the control socket
   bool waiting_logged = false;
   // Kept across passes, so the counters and the latency histogram go on (docs/metrics.md).
   MetricsCollector metrics;
@@ -96,6 +98,25 @@ int Run(const config::AgentConfig& config, FileStore& files, const Options& opti
       return 1;
     }
     waiting_logged = false;
+    // A pause of uploads recorded by `ctagent pause` holds across restarts until `ctagent resume`.
+    std::optional<UploadPause> pause;
+    if (auto recorded = ReadUploadPause(files, config.spool.directory); !recorded) {
+      // Unreadable (not missing): uploads are kept paused rather than resumed behind a person's back.
+      log::Error("agent", recorded.error().message() + "; uploads stay paused until `ctagent resume`");
+      pause = UploadPause{"unknown"};
+    } else {
+      pause = *recorded;
+    }
+    if (pause && !options.once) {
+      log::Warn("agent", "uploads are paused since " + pause->since_utc +
+                             " (`ctagent pause`); scans are acquired into the spool and wait; `ctagent resume` "
+                             "resumes them");
+      agent->SetUploadsPaused(true);
+    } else if (pause) {
+      // --once is a person's explicit request for one pass; it serves no socket to resume from.
+      log::Warn("agent", "uploads were paused since " + pause->since_utc +
+                             " (`ctagent pause`); run --once uploads anyway, and the daemon stays paused");
+    }
     env.attach(agent.get());
     problems = 0;
     Status served = Ok();
@@ -133,7 +154,7 @@ int Run(const config::AgentConfig& config, FileStore& files, const Options& opti
           std::unique_ptr<control::Server> server;  // declared last: closed before the handler goes
         };
         auto c = std::make_shared<Control>();
-        c->handler = std::make_unique<ControlHandler>(*agent, config, options.config_path, acknowledged);
+        c->handler = std::make_unique<ControlHandler>(*agent, config, options.config_path, files, pause);
         auto server = control::Server::Open(io, control::ServerSettingsFor(config), *c->handler);
         if (!server) {
           log::Warn("agent", "the control socket is not available (`ctagent status`, `scan` and `check` work on "
@@ -152,7 +173,7 @@ int Run(const config::AgentConfig& config, FileStore& files, const Options& opti
       env.attach(nullptr);
       return 1;
     }
-    problems += CountFailed(agent->spool(), failed_seen, acknowledged);
+    problems += CountFailed(agent->spool(), failed_seen);
     const std::string backlog = env.describe_backlog(agent->spool());
     // A pass stopped before it reached a pending scan gives no summary for it; the scan is still
     // pending all the same, which `run --once` must answer with 1.
