@@ -134,15 +134,18 @@ error.
 
 constexpr const char* kPauseHelp = R"(Usage: ctagent pause --config FILE [--json]
 
-Asks the running daemon to pause uploads: requests in flight stop, acquisition and the spool go
-on, and nothing is lost. Uploads stay paused until `ctagent resume` or the daemon restarts.
+Asks the running daemon to pause uploads: requests in flight are cancelled (the server keeps
+what it received), no new one starts, and nothing is lost; scans are still acquired into the
+spool and wait, and images of scans already uploaded still come. Uploads stay paused until
+`ctagent resume`, also across restarts of the daemon (the pause is recorded in the spool).
 Exit status: 0 paused, 1 the daemon could not do it, 2 bad usage, 3 a configuration error, 4 no
 daemon answers on the control socket, 5 the daemon refused (this user may not use the socket).
 )";
 
 constexpr const char* kResumeHelp = R"(Usage: ctagent resume --config FILE [--json]
 
-Asks the running daemon to resume uploads paused by `ctagent pause`.
+Asks the running daemon to resume uploads paused by `ctagent pause`: they go on where they
+stopped, from the server's offset.
 Exit status: 0 resumed, 1 the daemon could not do it, 2 bad usage, 3 a configuration error, 4 no
 daemon answers on the control socket, 5 the daemon refused (this user may not use the socket).
 )";
@@ -150,7 +153,9 @@ daemon answers on the control socket, 5 the daemon refused (this user may not us
 constexpr const char* kAcknowledgeHelp = R"(Usage: ctagent acknowledge --config FILE [--json] SCAN_UID
 
 Tells the running daemon that a person has seen the failed scan SCAN_UID (from `ctagent status`),
-so it is no longer reported as needing attention. Its data stays in the spool.
+so it is no longer reported as needing attention, also after a restart (recorded with the scan in
+the spool; `ctagent status` shows when). Its data stays in the spool. A scan that is not failed
+is refused.
 Exit status: 0 acknowledged, 1 the daemon could not do it, 2 bad usage, 3 a configuration error,
 4 no daemon answers on the control socket, 5 the daemon refused (no such scan, or this user may
 not use the socket).
