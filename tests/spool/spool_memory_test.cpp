@@ -31,6 +31,10 @@ thread_local std::uint64_t counted_bytes = 0;
 }  // namespace
 
 #if CTAGENT_COUNTS_ALLOCATIONS
+// The replacements pair malloc with free, as the standard allows; GCC 12 -O2 inlines them into
+// callers and then reports free() of a pointer "returned from operator new" (a false
+// -Wmismatched-new-delete that only the release build sees).
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 void* operator new(std::size_t size) {
   if (counting) counted_bytes += size;
   if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
@@ -115,6 +119,6 @@ TEST_CASE("reading a chunk back allocates the same for a scan of 8 chunks as for
   CHECK(large.get_chunk <= small.get_chunk + 256);
   CHECK(large.manifest_upload <= small.manifest_upload + 256);
   // And none of them is anywhere near a record's size.
-  CHECK(large.read_chunk < (64u << 10) + 4096);  // the chunk's bytes and a few paths
+  CHECK(large.read_chunk < (64u << 10) + (8u << 10));  // the chunk's bytes, its paths and checksums (5.5 KiB)
   CHECK(large.get_chunk < 1024);
 }
