@@ -46,6 +46,8 @@ std::string DescribeService(const core::ServiceStatus& status);
 
 // While it serves, the daemon answers on the control socket (config section "control";
 // agent/daemon/control_handler.hpp); a socket that cannot be opened is logged and left out.
+// With the config section "metrics" on, it also serves GET /metrics on the same loop
+// (agent/daemon/metrics_collector.hpp, docs/metrics.md); a port that cannot be opened likewise.
 // Runs until stopped (or, with --once, one pass). Exit status: 0 when stopped on request (a
 // pending scan is the daemon's normal work) or, with --once, when nothing needs attention;
 // 1 when the spool cannot be opened, or with --once when scans are pending or failed.

@@ -24,6 +24,7 @@
 #include "agent/codec/manifest.hpp"
 #include "agent/common/sha256.hpp"
 #include "drivers/detector.hpp"
+#include "tests/metrics/exposition_parser.hpp"
 #include "tests/support/process.hpp"
 
 using namespace ctagent;
@@ -203,6 +204,9 @@ TEST_CASE("ctagent run takes 5 announced scans back to back while it uploads and
       {"console",
        {{"enabled", true}, {"host", "127.0.0.1"}, {"port", console_port}, {"called_ae", "CONSOLE"},
         {"calling_ae", "CTAGENT"}}}};
+  // The metrics endpoint on (docs/metrics.md): its scan end -> images latency is checked below.
+  const auto metrics_port = test::FreeLoopbackPort();
+  cfg["metrics"] = {{"enabled", true}, {"port", metrics_port}};
   const fs::path cfg_path = work.path() / "agent.json";
   std::ofstream(cfg_path) << cfg.dump(2);
 
@@ -228,6 +232,21 @@ TEST_CASE("ctagent run takes 5 announced scans back to back while it uploads and
   INFO("worker log:\n" << test::ReadText(work.path() / "center/logs/worker.log"));
   REQUIRE(all_delivered);
   REQUIRE(daemon.Running());
+
+  // --- Metrics: every scan delivered, each with its scan end -> images latency observed. ---
+  const std::string metrics_text = test::ScrapeMetrics(metrics_port);
+  INFO("metrics:\n" << metrics_text);
+  const auto metrics = test::ParseExposition(metrics_text);
+  CHECK(metrics.error.empty());
+  CHECK(metrics.Value("ctagent_scans", {{"state", "delivered"}}) == kScans);
+  CHECK(metrics.Value("ctagent_scan_images_latency_seconds_count") == kScans);
+  CHECK(metrics.Value("ctagent_scan_images_latency_seconds_sum") > 0.0);
+  std::printf("service e2e: scan end -> images %.1f s on average over %.0f scans (metrics histogram)\n",
+              metrics.Value("ctagent_scan_images_latency_seconds_sum").value_or(0) / kScans,
+              metrics.Value("ctagent_scan_images_latency_seconds_count").value_or(0));
+  // Every scan's images came within the wait above (150 s): all in the le="300" bucket.
+  CHECK(metrics.Value("ctagent_scan_images_latency_seconds_bucket", {{"le", "300"}}) == kScans);
+  CHECK(metrics.Value("ctagent_backlog_bytes") == 0.0);
   daemon.Kill(SIGTERM);
   CHECK(daemon.Wait(30s) == 0);
 

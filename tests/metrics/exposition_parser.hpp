@@ -1,10 +1,17 @@
 // A strict reader of the Prometheus text exposition format 0.0.4, for tests: every line must be a
 // # HELP, a # TYPE (before its family's samples, once) or a sample `name{labels} value`; label
 // values are unescaped. Anything else is a parse error naming the line, so a test that scrapes
-// the daemon also checks that what it serves is well formed.
+// the daemon also checks that what it serves is well formed. ScrapeMetrics: GET /metrics on loopback.
 #pragma once
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <map>
 #include <optional>
@@ -139,6 +146,36 @@ inline ParsedPage ParseExposition(const std::string& text) {
     page.samples.push_back(std::move(sample));
   }
   return page;
+}
+
+// GET /metrics over a plain loopback socket (every call bounded by a 5 s socket timeout); the
+// body, or "" when nobody answers.
+inline std::string ScrapeMetrics(std::uint16_t port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return "";
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string response;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+    const std::string request = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size())) {
+      char buffer[8192];
+      for (int i = 0; i < 1000; ++i) {  // bounded: 8 MB
+        const ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);
+        if (n <= 0) break;
+        response.append(buffer, static_cast<std::size_t>(n));
+      }
+    }
+  }
+  ::close(fd);
+  if (response.rfind("HTTP/1.1 200 ", 0) != 0) return "";
+  const auto at = response.find("\r\n\r\n");
+  return at == std::string::npos ? "" : response.substr(at + 4);
 }
 
 }  // namespace ctagent::test

@@ -5,11 +5,7 @@
 // metrics section the daemon opens no TCP port at all.
 #include <catch2/catch.hpp>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -46,36 +42,6 @@ nlohmann::json DaemonConfig(const fs::path& dir, const std::string& upload_url, 
           {"cloud", {{"upload_url", upload_url}, {"tls", {{"ca_file", ca.string()}}}, {"parallel_uploads", 2}}},
           {"results", {{"enabled", false}}},
           {"console", {{"enabled", false}}}};
-}
-
-// GET /metrics over a plain loopback socket (every call bounded by a 5 s socket timeout); the
-// body, or "" when nobody answers.
-std::string Scrape(std::uint16_t port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return "";
-  timeval tv{5, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string response;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
-    const std::string request = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
-    if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size())) {
-      char buffer[8192];
-      for (int i = 0; i < 1000; ++i) {  // bounded: 8 MB
-        const ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);
-        if (n <= 0) break;
-        response.append(buffer, static_cast<std::size_t>(n));
-      }
-    }
-  }
-  ::close(fd);
-  if (response.rfind("HTTP/1.1 200 ", 0) != 0) return "";
-  const auto at = response.find("\r\n\r\n");
-  return at == std::string::npos ? "" : response.substr(at + 4);
 }
 
 std::uint64_t SizeOfFiles(const fs::path& dir, const std::function<bool(const fs::path&)>& take) {
@@ -138,7 +104,7 @@ TEST_CASE("ctagent run serves /metrics: bytes uploaded equal the bytes spooled a
   int scrapes = 0;
   const bool uploaded = test::WaitFor(
       [&] {
-        text = Scrape(port);
+        text = test::ScrapeMetrics(port);
         if (text.empty()) return !daemon.Running();
         ++scrapes;
         page = test::ParseExposition(text);
