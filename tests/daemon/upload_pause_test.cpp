@@ -121,7 +121,7 @@ std::uint64_t WaitUntilQuiet(test::FaultProxy& proxy) {
 
 }  // namespace
 
-TEST_CASE("paused uploads send nothing, across a restart, and resume where they stopped; acknowledgements are kept",
+TEST_CASE("paused uploads send nothing, across a restart, and resume where they stopped, and acknowledgements are kept",
           "[daemon][service]") {
   test::TempDir dir("upload-pause");
   const fs::path pki = fs::path(CTAGENT_BINARY_DIR) / "test-pki";
