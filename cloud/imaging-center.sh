@@ -2,28 +2,31 @@
 # The reference imaging center on one machine, for ctagent demos and tests only (not a diagnostic
 # product): the tus upload server, Orthanc (DICOMweb, behind TLS) and the reconstruction worker.
 #
-# Usage: imaging-center.sh start|stop|status RUNDIR [--tus-port N] [--orthanc-port N]
+# Usage: imaging-center.sh start|stop|status RUNDIR [--tus-port N] [--orthanc-port N] [--image-size N]
 #   start   makes the PKI (RUNDIR/pki) if missing, starts the three services in the background
 #           (logs in RUNDIR/logs, PIDs in RUNDIR/pids), waits until each answers, then writes and
 #           prints RUNDIR/center.env. Already running: says so and exits 0.
 #   stop    stops exactly the recorded PIDs (TERM, up to 10 s, then KILL).
 #   status  prints each service's state; exit 0 when all run, 3 otherwise.
 # Ports: tus 18080, Orthanc 18042 (HTTPS; Orthanc's own plain-HTTP port is that + 1) by default.
+# --image-size: the worker's reconstruction matrix (N x N; the worker's default, 512, without it).
 # The worker binary: $CTCLOUD_WORKER, else the newest build/*/cloud/worker/ctcloud-worker.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
-usage="usage: imaging-center.sh start|stop|status RUNDIR [--tus-port N] [--orthanc-port N]"
+usage="usage: imaging-center.sh start|stop|status RUNDIR [--tus-port N] [--orthanc-port N] [--image-size N]"
 action=${1:-}
 rundir=${2:-}
 [ -n "$action" ] && [ -n "$rundir" ] || { echo "$usage" >&2; exit 2; }
 shift 2
 tus_port=18080
 orthanc_port=18042
+worker_args=()
 while [ $# -gt 0 ]; do
   case $1 in
     --tus-port) tus_port=${2:?--tus-port needs a value}; shift 2 ;;
     --orthanc-port) orthanc_port=${2:?--orthanc-port needs a value}; shift 2 ;;
+    --image-size) worker_args+=(--image-size "${2:?--image-size needs a value}"); shift 2 ;;
     *) echo "imaging-center.sh: unknown argument $1" >&2; echo "$usage" >&2; exit 2 ;;
   esac
 done
@@ -145,7 +148,7 @@ start() {
 
   nohup "$worker" --store "$rundir/tus-store" --work "$rundir/work" \
     --orthanc "https://127.0.0.1:$orthanc_port" --orthanc-user ctcloud \
-    --orthanc-password-file "$rundir/orthanc/orthanc-ctcloud-password" --ca "$rundir/pki/ca.pem" \
+    --orthanc-password-file "$rundir/orthanc/orthanc-ctcloud-password" --ca "$rundir/pki/ca.pem" ${worker_args[@]+"${worker_args[@]}"} \
     >> "$rundir/logs/worker.log" 2>&1 < /dev/null &
   echo $! > "$rundir/pids/worker.pid"
   wait_until "ctcloud-worker" 30 grep -q "watching $rundir/tus-store" "$rundir/logs/worker.log" || return 1

@@ -24,7 +24,7 @@ struct Case {
   ScanProtocol protocol;
 };
 
-ScanProtocol DemoParallel() {  // config/demo.json's scan
+ScanProtocol DemoParallel() {  // the parallel-beam scan config/demo.json had before the fan-beam protocols
   ScanProtocol p;
   p.views_per_rotation = 720;
   p.rotations = 2;

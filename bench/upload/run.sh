@@ -5,8 +5,8 @@
 # shaped with tc tbf (the link rate); in "cloud" the reference tus server, and the fault proxy
 # in front of it adding delay (netem does not work on this machine).
 #
-# What is uploaded: the real compressed chunks of a scan. `ctagent scan` (sim driver, the demo's
-# 16-slice helical protocol and codec settings, more rotations) runs once against the server; its chunk
+# What is uploaded: the real compressed chunks of a scan. `ctagent scan` (sim driver, the
+# 16-slice helical protocol and codec settings of config/examples/sixteen-slice-helical.json, more rotations) runs once against the server; its chunk
 # files and manifest are taken from the server's store. Each cell uploads the first chunks of
 # that scan (about --seconds at the link rate, at most --max-mib) and their manifest, the way the
 # agent does: one tus upload per chunk, --parallel at a time, the manifest last. Three clients
@@ -143,8 +143,9 @@ url=https://10.78.1.1:$(cat "$work/proxy.port")/files/
 patch_bytes=$((patch_mib * 1048576))
 
 # The scan: `ctagent scan` over the cloud's loopback (unshaped), then its chunks and manifest
-# are taken from the store. Protocol and codec are config/demo.json's (the 16-slice helical
-# scan at 1/5 dose, 64 views per chunk: ~0.9 MiB compressed chunks), with as many rotations as
+# are taken from the store. Protocol and codec are config/examples/sixteen-slice-helical.json's
+# (the 16-slice helical scan at 1/5 dose, the demo's before it scanned the low-dose chest; 64
+# views per chunk: ~0.9 MiB compressed chunks), with as many rotations as
 # make about --max-mib compressed (~17 MiB per rotation) and no real-time pacing.
 node -e '
   const fs = require("fs");
@@ -158,7 +159,7 @@ node -e '
     spool: { directory: spool, max_bytes: "16 GiB", min_free_bytes: 0 },
     cloud: { upload_url: url, tls: { ca_file: ca }, parallel_uploads: 4 },
     results: { enabled: false }, console: { enabled: false } }, null, 2));' \
-  "$src/config/demo.json" "$work/scan.json" "$work/scan-spool" "https://127.0.0.1:$tus_port/files/" "$pki/ca.pem" "$max_mib"
+  "$src/config/examples/sixteen-slice-helical.json" "$work/scan.json" "$work/scan-spool" "https://127.0.0.1:$tus_port/files/" "$pki/ca.pem" "$max_mib"
 ip netns exec "$cloud" "$agent_exe" scan --config "$work/scan.json" --quiet --no-results > "$work/scan.log" 2>&1 \
   || { echo "run.sh: ctagent scan failed:" >&2; cat "$work/scan.log" >&2; exit 1; }
 mkdir -p "$work/scan"
