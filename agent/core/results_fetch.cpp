@@ -14,6 +14,15 @@
 
 namespace ctagent::core {
 
+namespace {
+
+std::int64_t UnixMsNow() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
 struct ResultsFetcher::Job {
   std::string scan_uid;
   std::string study_uid;
@@ -37,6 +46,8 @@ struct ResultsFetcher::Job {
   std::map<std::string, results::SegReferences> segs;
   std::set<std::string> to_deliver;  // SOP instance UIDs chosen when the set was complete
   results::ScanFindings findings;
+  // Milestones of the results phase (kept apart from `findings`, which each evaluation rebuilds).
+  results::ScanFindings::Timeline timeline;
   std::string set_refusal;  // why the AI result set was refused (logged once)
   std::string console_refusal;  // what the console refused, for the outcome
 };
@@ -139,6 +150,11 @@ Expected<bool> ResultsFetcher::PollOnce(Job& job) {
   dicomweb.SetDeadline(job.deadline, [this] { return !stopping_.load(); });
   auto series = dicomweb.SearchSeries(job.study_uid);
   if (!series) return MakeError(series.error());
+  // When the SR was first seen listed (its series' modality, or its instance's SOP class below).
+  if (job.timeline.discovered == 0 &&
+      std::any_of(series->begin(), series->end(), [](const auto& s) { return s.modality == "SR"; })) {
+    job.timeline.discovered = UnixMsNow();
+  }
   auto record = spool_.Get(job.scan_uid);
   if (!record) return MakeError(record.error());
   std::set<std::string> have;
@@ -158,6 +174,11 @@ Expected<bool> ResultsFetcher::PollOnce(Job& job) {
     if (!series_seen.insert(s.series_uid).second) continue;
     auto instances = dicomweb.SearchInstances(job.study_uid, s.series_uid);
     if (!instances) return MakeError(instances.error());
+    if (job.timeline.discovered == 0 &&
+        std::any_of(instances->begin(), instances->end(),
+                    [](const auto& inst) { return results::IsStructuredReport(inst.sop_class_uid); })) {
+      job.timeline.discovered = UnixMsNow();
+    }
     std::uint32_t stored = 0;
     std::uint32_t expected = 0;
     for (const auto& inst : *instances) {
@@ -190,10 +211,14 @@ Expected<bool> ResultsFetcher::PollOnce(Job& job) {
   for (const auto& uid : listed) {
     if (!have.count(uid) && !job.refused.count(uid)) pending.insert(uid);
   }
+  const std::int64_t retrieved = UnixMsNow();
   auto updated = spool_.Get(job.scan_uid);
   if (!updated) return MakeError(updated.error());
   auto complete = EvaluateSet(job, *updated, pending, any_complete);
   if (!complete || !*complete) return complete;
+  job.timeline.retrieved = retrieved;
+  job.timeline.validated = UnixMsNow();
+  job.findings.timeline_unix_ms = job.timeline;
   if (auto st = spool_.Update(job.scan_uid, [](spool::ScanRecord& r) {
         if (r.state == spool::ScanState::kUploaded) r.state = spool::ScanState::kResultsReceived;
       });
@@ -373,6 +398,7 @@ void ResultsFetcher::Deliver(std::shared_ptr<Job> job) {
       }
       results::ConsoleNode node{console_.host, console_.port, console_.called_ae, console_.calling_ae, 30};
       auto report = results::DeliverToConsole(node, files);
+      if (report) job->findings.timeline_unix_ms.delivered = UnixMsNow();
       if (!report) {
         status = MakeError(report.error());
       } else {
@@ -405,10 +431,11 @@ void ResultsFetcher::Deliver(std::shared_ptr<Job> job) {
           job->console_refusal = "the console (" + console_.called_ae + ") did not take " + classes +
                                  "; the other " + std::to_string(delivered.size()) +
                                  " instance(s) were delivered; check the console's storage configuration";
-          if (Status st = results::WriteScanFindings(spool_.ResultPath(job->scan_uid, "x").parent_path(), job->findings);
-              !st) {
-            log::Warn("results", "scan " + job->scan_uid + ": findings not recorded for status: " + st.error().message());
-          }
+        }
+        // Again after the delivery: what the console refused, and when it acknowledged.
+        if (Status st = results::WriteScanFindings(spool_.ResultPath(job->scan_uid, "x").parent_path(), job->findings);
+            !st) {
+          log::Warn("results", "scan " + job->scan_uid + ": findings not recorded for status: " + st.error().message());
         }
         const bool all_done = failed_status.empty();
         status = spool_.Update(job->scan_uid, [&](spool::ScanRecord& r) {

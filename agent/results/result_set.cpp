@@ -357,6 +357,13 @@ nlohmann::json FindingsToJson(const ScanFindings& findings) {
   if (f.involvement_left_percent) j["involvement_left_percent"] = *f.involvement_left_percent;
   if (!findings.refused_reason.empty()) j["refused_reason"] = findings.refused_reason;
   j["console_refused"] = findings.console_refused;
+  const ScanFindings::Timeline& t = findings.timeline_unix_ms;
+  nlohmann::json timeline = nlohmann::json::object();
+  if (t.discovered > 0) timeline["discovered"] = t.discovered;
+  if (t.retrieved > 0) timeline["retrieved"] = t.retrieved;
+  if (t.validated > 0) timeline["validated"] = t.validated;
+  if (t.delivered > 0) timeline["delivered"] = t.delivered;
+  if (!timeline.empty()) j["timeline_unix_ms"] = timeline;
   j["summary"] = DescribeFindings(findings);
   return j;
 }
@@ -421,6 +428,13 @@ Expected<ScanFindings> ReadFindingsInResultsDir(const std::filesystem::path& res
       }
       out.refused_reason = j.value("refused_reason", std::string());
       if (j.contains("console_refused")) out.console_refused = j.at("console_refused").get<std::vector<std::string>>();
+      if (j.contains("timeline_unix_ms")) {
+        const nlohmann::json& t = j.at("timeline_unix_ms");
+        out.timeline_unix_ms.discovered = t.value("discovered", std::int64_t{0});
+        out.timeline_unix_ms.retrieved = t.value("retrieved", std::int64_t{0});
+        out.timeline_unix_ms.validated = t.value("validated", std::int64_t{0});
+        out.timeline_unix_ms.delivered = t.value("delivered", std::int64_t{0});
+      }
       return out;
     } catch (const nlohmann::json::exception& e) {
       return MakeError(ErrorKind::kCorrupt, path.string() + " is not a findings record: " + e.what());

@@ -103,6 +103,19 @@ struct ScanFindings {
   std::string refused_reason;
   // What the console refused: "<SOP class name> (<uid>): <count> instance(s): <reason>".
   std::vector<std::string> console_refused;
+  // When the results phase passed each milestone, in milliseconds since the Unix epoch (0: not
+  // reached, e.g. `delivered` with the console off); what bench/latency splits the agent's share
+  // by (docs/results.md, "Latency"). discovered: a QIDO-RS answer first listed an SR series of
+  // the study; retrieved: the round that completed the set had downloaded, checked and spooled
+  // its last instance; validated: the set check accepted (or refused) the set; delivered: the
+  // console acknowledged the C-STORE batch.
+  struct Timeline {
+    std::int64_t discovered = 0;
+    std::int64_t retrieved = 0;
+    std::int64_t validated = 0;
+    std::int64_t delivered = 0;
+  };
+  Timeline timeline_unix_ms;
 };
 
 inline constexpr const char* kFindingsFileName = "findings.json";

@@ -329,6 +329,7 @@ TEST_CASE("result set: the findings record round-trips and is read back for stat
   written.findings.involvement_right_percent = 4.25;
   written.findings.involvement_left_percent = 0.5;
   written.console_refused = {"ComprehensiveSRStorage (1.2.840.10008.5.1.4.1.1.88.33): 1 instance(s) not accepted by the console"};
+  written.timeline_unix_ms = {1767225600123, 1767225600456, 1767225600789, 0};  // not delivered
   REQUIRE(results::WriteScanFindings(results_dir, written));
   auto back = results::ReadScanFindings(dir.path(), scan);
   REQUIRE(back);
@@ -338,6 +339,10 @@ TEST_CASE("result set: the findings record round-trips and is read back for stat
   CHECK(back->findings.involvement_right_percent == 4.25);
   CHECK(back->findings.involvement_left_percent == 0.5);
   CHECK(back->console_refused == written.console_refused);
+  CHECK(back->timeline_unix_ms.discovered == 1767225600123);
+  CHECK(back->timeline_unix_ms.retrieved == 1767225600456);
+  CHECK(back->timeline_unix_ms.validated == 1767225600789);
+  CHECK(back->timeline_unix_ms.delivered == 0);
   CHECK(results::DescribeFindings(*back) ==
         "AI: HIGH-RISK, 3 lesion(s), involvement right 4.2 %, left 0.5 %; console refused "
         "ComprehensiveSRStorage (1.2.840.10008.5.1.4.1.1.88.33): 1 instance(s) not accepted by the console");
@@ -347,6 +352,9 @@ TEST_CASE("result set: the findings record round-trips and is read back for stat
   CHECK(as_json.value("category", "") == "HIGH-RISK");
   CHECK(as_json.value("lesion_count", 0) == 3);
   CHECK(as_json.value("summary", "") == results::DescribeFindings(*back));
+  CHECK(as_json.at("timeline_unix_ms") == nlohmann::json{{"discovered", 1767225600123},
+                                                         {"retrieved", 1767225600456},
+                                                         {"validated", 1767225600789}});
   auto in_dir = results::ReadFindingsInResultsDir(results_dir);
   REQUIRE(in_dir);
   CHECK(in_dir->findings.involvement_left_percent == 0.5);

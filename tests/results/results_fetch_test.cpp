@@ -184,7 +184,14 @@ config::AgentConfig ConfigFor(const HostileServer& server, std::uint32_t timeout
 struct FetchRun {
   std::optional<core::ResultsOutcome> outcome;
   std::chrono::steady_clock::duration took{};
+  std::int64_t started_unix_ms = 0;  // wall clock around the fetch, for the findings' timeline
+  std::int64_t finished_unix_ms = 0;
 };
+
+std::int64_t UnixMsNow() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
 // Runs one FetchAndDeliver to its end, or until `bound` passes (then `outcome` is empty).
 // `report_wait`: how long the fetcher waits for an SR after a complete CT series; 0 for the cases
@@ -197,9 +204,11 @@ FetchRun Fetch(spool::Spool& sp, const config::AgentConfig& config, const spool:
   (*fetcher)->SetReportWait(report_wait);
   FetchRun run;
   const auto started = std::chrono::steady_clock::now();
+  run.started_unix_ms = UnixMsNow();
   (*fetcher)->FetchAndDeliver(scan.scan_uid, scan.study_uid, [&](const core::ResultsOutcome& outcome) {
     run.outcome = outcome;
     run.took = std::chrono::steady_clock::now() - started;
+    run.finished_unix_ms = UnixMsNow();
     io.stop();
   });
   boost::asio::steady_timer guard(io, bound);
@@ -582,6 +591,15 @@ TEST_CASE("results fetch: the AI result set is fetched whole, checked, delivered
     auto findings = results::ReadScanFindings(spool_dir, scan.record.scan_uid);
     REQUIRE(findings);
     CHECK(results::DescribeFindings(*findings) == "AI: HIGH-RISK, 2 lesion(s), involvement right 4.5 %, left 1.2 %");
+    // The results phase's milestones (what bench/latency reads), in order, within this run.
+    const auto& t = findings->timeline_unix_ms;
+    INFO("discovered " << t.discovered << " retrieved " << t.retrieved << " validated " << t.validated
+                       << " delivered " << t.delivered << " fetch started " << run.started_unix_ms);
+    CHECK(t.discovered >= run.started_unix_ms);
+    CHECK(t.retrieved >= t.discovered);
+    CHECK(t.validated >= t.retrieved);
+    CHECK(t.delivered >= t.validated);
+    CHECK(t.delivered <= run.finished_unix_ms);
   }
   SECTION("a foreign SR: the set is refused, only the CT series reaches the console") {
     auto spec = cloud.Sr();
