@@ -34,6 +34,10 @@ const server = tls.createServer(
   { cert: fs.readFileSync(args.cert), key: fs.readFileSync(args.key), minVersion: 'TLSv1.2' },
   (client) => {
     const upstream = net.connect(args.targetPort, '127.0.0.1');
+    // No Nagle on either side: a response's last small segment would otherwise wait for the
+    // peer's delayed ACK (~40 ms per WADO-RS instance or STOW/POST, docs/results.md "Latency").
+    client.setNoDelay(true);
+    upstream.setNoDelay(true);
     const close = () => { client.destroy(); upstream.destroy(); };
     client.on('error', close);
     upstream.on('error', close);
