@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # bench/memory: the agent's peak resident memory against the size of a scan.
 #
-# For each size, `ctagent scan --no-results` of config/demo.json's protocol (the 16-slice helical
-# scan at 1/5 dose) with as many rotations as make about that many MiB of raw samples, unpaced
+# For each size, `ctagent scan --no-results` of config/examples/sixteen-slice-helical.json's protocol
+# (the 16 x 896 helical scan at 1/5 dose, the example a new user starts from) with as many
+# rotations as make about that many MiB of raw samples, unpaced
 # (real_time false), with the default codec, spool and cloud settings (only the spool directory,
 # the upload URL and its CA are set). The scan uploads to the reference tus server on loopback
 # (cloud/tus-server, a throwaway PKI), or with --cloud none to a port where nothing listens: the
@@ -42,6 +43,7 @@ while [ $# -gt 0 ]; do
 done
 case "$cloud" in tus|none) ;; *) echo "run.sh: --cloud is tus or none, not $cloud" >&2; exit 2 ;; esac
 
+protocol=$src/config/examples/sixteen-slice-helical.json
 agent_exe=$build/agent/ctagent
 [ -x "$agent_exe" ] || { echo "run.sh: $agent_exe missing; build the ctagent target of $build first" >&2; exit 2; }
 [ -x /usr/bin/time ] || { echo "run.sh: /usr/bin/time missing (apt-get install time)" >&2; exit 2; }
@@ -83,8 +85,8 @@ fi
 config_for() {  # $1 raw MiB, $2 out file, $3 spool dir
   node -e '
     const fs = require("fs");
-    const [demo, mib, out, spool, url, ca, ...sets] = process.argv.slice(1);
-    const d = JSON.parse(fs.readFileSync(demo));
+    const [protocol, mib, out, spool, url, ca, ...sets] = process.argv.slice(1);
+    const d = JSON.parse(fs.readFileSync(protocol));
     const s = d.scan;
     const rotationMib = s.views_per_rotation * s.rows * s.channels * 2 / 1048576;
     const cfg = {
@@ -103,10 +105,10 @@ config_for() {  # $1 raw MiB, $2 out file, $3 spool dir
     }
     fs.writeFileSync(out, JSON.stringify(cfg, null, 2));
     console.log(cfg.scan.rotations);' \
-    "$src/config/demo.json" "$1" "$2" "$3" "$url" "$pki/ca.pem" "${sets[@]}"
+    "$protocol" "$1" "$2" "$3" "$url" "$pki/ca.pem" "${sets[@]}"
 }
 
-echo "# ctagent scan --no-results, demo protocol unpaced, cloud: $cloud, $(nproc) CPUs, $(date -u +%FT%TZ)"
+echo "# ctagent scan --no-results, $(basename "$protocol") unpaced, cloud: $cloud, $(nproc) CPUs, $(date -u +%FT%TZ)"
 [ ${#sets[@]} -gt 0 ] && echo "# overrides: ${sets[*]}"
 printf '%10s %10s %8s %10s %14s %8s %8s\n' "raw_MiB" "rotations" "chunks" "seconds" "peak_RSS_MiB" "ratio" "exit"
 first_rss=""
@@ -123,7 +125,8 @@ for mib in "${size_list[@]}"; do
   end=$(date +%s.%N)
   rss_kib=$(awk -F: '/Maximum resident set size/ { gsub(/ /, "", $2); print $2 }' "$work/time-$mib.txt")
   chunks=$(find "$spool/scans" -name '*.ctc' 2>/dev/null | wc -l)
-  raw=$(awk -v r="$rotations" 'BEGIN { printf "%.0f", r * 1160 * 16 * 896 * 2 / 1048576 }')
+  raw=$(node -e 'const s = JSON.parse(require("fs").readFileSync(process.argv[1])).scan;
+    console.log((s.rotations * s.views_per_rotation * s.rows * s.channels * 2 / 1048576).toFixed(0));' "$work/scan-$mib.json")
   rss_mib=$(awk -v k="$rss_kib" 'BEGIN { printf "%.1f", k / 1024 }')
   [ -z "$first_rss" ] && first_rss=$rss_mib
   ratio=$(awk -v a="$rss_mib" -v b="$first_rss" 'BEGIN { printf "%.3f", a / b }')
@@ -140,15 +143,18 @@ done
 node -e '
   const fs = require("fs");
   const cfg = JSON.parse(fs.readFileSync(process.argv[1]));
-  const c = cfg.codec || {}, cl = cfg.cloud || {}, sp = cfg.spool || {};
+  const c = cfg.codec || {}, cl = cfg.cloud || {};
   const size = (v, d) => { if (v === undefined) return d; if (typeof v === "number") return v;
     const m = /^(\d+)\s*(B|KiB|MiB|GiB)$/.exec(v); return Number(m[1]) * { B: 1, KiB: 1024, MiB: 1 << 20, GiB: 1 << 30 }[m[2]]; };
   const s = cfg.scan, viewBytes = s.rows * s.channels * 2;
   const chunk = (c.views_per_chunk ?? 64) * viewBytes, threads = c.threads ?? 2;
   const queue = size(c.queue_bytes, 64 << 20), parallel = cl.parallel_uploads ?? 8;
-  const patch = size(cl.patch_bytes, 4 << 20), batch = size(sp.sync_batch_bytes, 8 << 20);
   const MiB = (b) => (b / 1048576).toFixed(1);
-  console.log(`# bound from the config: chunks waiting ${MiB(2 * queue)} MiB (2 x codec.queue_bytes, when compression falls behind)` +
-              ` + being encoded ${MiB((threads + 2) * 2 * chunk)} MiB ((codec.threads + 2) x 2 x chunk of ${MiB(chunk)} MiB)` +
-              ` + uploads ${MiB(parallel * chunk)} MiB (cloud.parallel_uploads x chunk, PATCH ${MiB(patch)} MiB) + code and libraries`);' \
+  const compressed = chunk * 0.55;  // this protocol at 1/5 dose compresses about 1.8:1
+  const base = 14 << 20, acquisition = 2 * chunk, encoding = (threads + 1) * (3 * chunk + (1 << 20));
+  const uploads = parallel * (compressed + (2 << 20));
+  console.log(`# bound from the config (docs/configuration.md, "Memory"): ${MiB(base)} base + ${MiB(acquisition)} acquisition` +
+              ` + ${MiB(encoding)} encoding + ${MiB(uploads)} uploads = ${MiB(base + acquisition + encoding + uploads)} MiB` +
+              ` while compression keeps up; + up to ${MiB(2 * queue)} MiB (2 x codec.queue_bytes) when it falls behind;` +
+              ` + ~0.7 KiB a chunk`);' \
   "$work/scan-${size_list[0]}.json"
