@@ -3,10 +3,10 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <algorithm>
+#include <latch>
 #include <map>
 #include <set>
-
-#include <algorithm>
 
 #include "agent/common/log.hpp"
 #include "agent/core/http_options.hpp"
@@ -30,6 +30,9 @@ struct ResultsFetcher::Job {
   std::chrono::milliseconds interval{1000};
   Done done;
   std::unique_ptr<transport::HttpClient> http;  // used on the worker thread only
+  // One per download thread slot (FetchBatch), made at the first batch; slot i is used by one
+  // download at a time.
+  std::vector<std::unique_ptr<transport::HttpClient>> download_http;
   std::uint32_t received = 0;                   // counted on the worker thread
   std::uint32_t delivered = 0;
   // Instances refused by this job (by the UID QIDO listed): not downloaded again while the job
@@ -94,7 +97,8 @@ ResultsFetcher::~ResultsFetcher() { Stop(); }
 
 void ResultsFetcher::Stop() {
   stopping_ = true;
-  worker_.join();
+  worker_.join();  // a round waits for its downloads, so none is left after this
+  downloads_.join();
 }
 
 void ResultsFetcher::FetchAndDeliver(const std::string& scan_uid, const std::string& study_uid, Done done) {
@@ -181,6 +185,7 @@ Expected<bool> ResultsFetcher::PollOnce(Job& job) {
     }
     std::uint32_t stored = 0;
     std::uint32_t expected = 0;
+    std::vector<std::string> to_fetch;  // listed, new, not refused; in the order listed
     for (const auto& inst : *instances) {
       if (!listed.insert(inst.sop_instance_uid).second) {
         if (job.duplicates_logged.insert(inst.sop_instance_uid).second) {
@@ -191,19 +196,31 @@ Expected<bool> ResultsFetcher::PollOnce(Job& job) {
       }
       if (job.refused.count(inst.sop_instance_uid)) continue;
       if (!have.count(inst.sop_instance_uid)) {
-        auto info = FetchInstance(job, dicomweb, s.series_uid, inst.sop_instance_uid);
-        if (!info) return MakeError(info.error());
-        if (!*info) continue;  // refused
-        have.insert(inst.sop_instance_uid);
-        ++job.received;
-        job.progress = true;
-        expected = std::max(expected, (*info)->images_in_acquisition);
-      } else if (expected == 0 && have_ct.count(inst.sop_instance_uid)) {
+        to_fetch.push_back(inst.sop_instance_uid);
+        continue;
+      }
+      if (expected == 0 && have_ct.count(inst.sop_instance_uid)) {
         auto info = results::ValidateInstanceFile(spool_.ResultPath(job.scan_uid, inst.sop_instance_uid),
                                                   job.study_uid, results::DefaultAllowedSopClasses());
         if (info) expected = info->images_in_acquisition;
       }
       ++stored;
+    }
+    for (std::size_t first = 0; first < to_fetch.size(); first += kParallelFetches) {
+      const std::vector<std::string> batch(
+          to_fetch.begin() + static_cast<std::ptrdiff_t>(first),
+          to_fetch.begin() + static_cast<std::ptrdiff_t>(std::min(to_fetch.size(), first + kParallelFetches)));
+      std::vector<results::InstanceInfo> kept;
+      const Status fetched = FetchBatch(job, dicomweb, s.series_uid, batch, kept);
+      // Counted also when the batch ended in an error: they are stored and in the record.
+      for (const auto& info : kept) {
+        have.insert(info.sop_instance_uid);
+        ++job.received;
+        job.progress = true;
+        expected = std::max(expected, info.images_in_acquisition);
+        ++stored;
+      }
+      if (!fetched) return MakeError(fetched.error());
     }
     if (expected > 0 && stored >= expected) any_complete = true;
   }
@@ -375,6 +392,127 @@ Expected<std::optional<results::InstanceInfo>> ResultsFetcher::FetchInstance(Job
     return MakeError(st.error());
   }
   return std::optional<results::InstanceInfo>(std::move(*info));
+}
+
+Status ResultsFetcher::FetchBatch(Job& job, transport::dicomweb::Client& dicomweb, const std::string& series_uid,
+                                  const std::vector<std::string>& sop_instance_uids,
+                                  std::vector<results::InstanceInfo>& kept) {
+  if (sop_instance_uids.empty()) return Ok();
+  const std::uint64_t room = spool_.ResultsRoom();
+  if (room == 0) {
+    const std::string label = "result instance " + sop_instance_uids.front() + " of scan " + job.scan_uid;
+    auto st = spool_.CheckResultsRoom(1, label);
+    return MakeError(st ? Error(ErrorKind::kNoSpace, label + " not downloaded: the spool has no room left") : st.error());
+  }
+  // Each parallel download gets its share of max_instance_bytes (so memory stays bounded as
+  // with one download at a time) and no more than the room left; one past its cap is fetched
+  // again alone below, where FetchInstance tells a too-large instance from a full spool.
+  const std::uint64_t cap = std::min<std::uint64_t>(results_.max_instance_bytes / kParallelFetches, room);
+  while (job.download_http.size() < kParallelFetches) {
+    job.download_http.push_back(std::make_unique<transport::HttpClient>(http_options_));
+  }
+  struct Download {
+    std::optional<Expected<std::vector<std::uint8_t>>> bytes;
+    bool over_limit = false;
+    std::optional<Expected<results::InstanceInfo>> info;
+  };
+  std::vector<Download> downloads(sop_instance_uids.size());
+  std::latch finished(static_cast<std::ptrdiff_t>(sop_instance_uids.size()));
+  for (std::size_t i = 0; i < sop_instance_uids.size(); ++i) {
+    boost::asio::post(downloads_, [&, i] {
+      transport::dicomweb::Client client(*job.download_http[i], dicomweb_url_);
+      client.SetDeadline(job.deadline, [this] { return !stopping_.load(); });
+      Download& d = downloads[i];
+      d.bytes = client.RetrieveInstance(job.study_uid, series_uid, sop_instance_uids[i], cap, &d.over_limit);
+      if (*d.bytes) d.info = results::ValidateInstance(**d.bytes, job.study_uid, results::DefaultAllowedSopClasses());
+      finished.count_down();
+    });
+  }
+  finished.wait();
+
+  // In the order listed: refusals recorded, the accepted ones kept together, the first
+  // download error returned once they are.
+  Status first_error = Ok();
+  std::vector<std::string> alone;  // past the parallel cap: fetched one at a time
+  std::vector<std::size_t> accepted;
+  for (std::size_t i = 0; i < downloads.size(); ++i) {
+    const std::string& uid = sop_instance_uids[i];
+    const Download& d = downloads[i];
+    if (!*d.bytes) {
+      if (d.over_limit) {
+        alone.push_back(uid);
+      } else if (first_error) {
+        first_error = MakeError(d.bytes->error());
+      }
+      continue;
+    }
+    // A bad instance from the cloud is refused: never stored, never delivered, and it does not
+    // count towards a complete series.
+    std::string refusal;
+    if (!*d.info) {
+      refusal = "instance " + uid + ": " + d.info->error().message();
+    } else if ((*d.info)->sop_instance_uid != uid || (*d.info)->series_uid != series_uid) {
+      // The bytes must be the instance that was asked for: filed under another UID they could
+      // replace a result already kept, or be counted and delivered twice.
+      refusal = "instance " + uid + " of series " + series_uid + ": the imaging center answered with instance " +
+                (*d.info)->sop_instance_uid + " of series " + (*d.info)->series_uid +
+                " instead (WADO-RS answer does not match its QIDO-RS entry)";
+    }
+    if (!refusal.empty()) {
+      log::Error("results", "scan " + job.scan_uid + ": refused " + refusal);
+      if (job.refused.empty()) job.first_refusal = refusal;
+      job.refused.insert(uid);
+      continue;
+    }
+    accepted.push_back(i);
+  }
+
+  // Files first, durably as one batch, then the record once: what the record lists is on disk.
+  std::vector<std::size_t> stored;
+  Status store_error = Ok();
+  if (!accepted.empty()) {
+    std::vector<spool::Spool::ResultToStore> items;
+    for (std::size_t i : accepted) items.push_back({sop_instance_uids[i], **downloads[i].bytes});
+    auto paths = spool_.StoreResults(job.scan_uid, items);
+    if (paths) {
+      stored = accepted;
+    } else if (paths.error().kind() == ErrorKind::kNoSpace) {
+      // Not all of them fit: one at a time, as many as there is room for.
+      for (std::size_t i : accepted) {
+        auto path = spool_.StoreResult(job.scan_uid, sop_instance_uids[i], **downloads[i].bytes);
+        if (!path) {
+          store_error = MakeError(path.error());
+          break;
+        }
+        stored.push_back(i);
+      }
+    } else {
+      store_error = MakeError(paths.error());
+    }
+  }
+  if (!stored.empty()) {
+    if (auto st = spool_.Update(job.scan_uid, [&](spool::ScanRecord& r) {
+          for (std::size_t i : stored) {
+            const results::InstanceInfo& info = **downloads[i].info;
+            const bool known = std::any_of(r.results.begin(), r.results.end(), [&](const spool::ResultRecord& e) {
+              return e.sop_instance_uid == info.sop_instance_uid;
+            });
+            if (!known) r.results.push_back({info.sop_instance_uid, info.series_uid, info.sop_class_uid, false});
+          }
+        });
+        !st) {
+      return MakeError(st.error());
+    }
+    for (std::size_t i : stored) kept.push_back(std::move(**downloads[i].info));
+  }
+  if (!store_error) return store_error;
+  if (!first_error) return first_error;
+  for (const auto& uid : alone) {
+    auto info = FetchInstance(job, dicomweb, series_uid, uid);
+    if (!info) return MakeError(info.error());
+    if (*info) kept.push_back(std::move(**info));
+  }
+  return Ok();
 }
 
 void ResultsFetcher::Deliver(std::shared_ptr<Job> job) {

@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "agent/results/result_set.hpp"
 #include "agent/results/results.hpp"
@@ -38,8 +39,9 @@ struct ResultsOutcome {
 };
 
 // One fetcher serves any number of scans at once on one event loop: each FetchAndDeliver is an
-// independent job (its own backoff, deadline and HTTP client); the blocking DICOMweb and
-// C-STORE calls of all jobs take turns on one worker thread.
+// independent job (its own backoff, deadline and HTTP clients); the blocking DICOMweb and
+// C-STORE calls of all jobs take turns on one worker thread, which hands a round's downloads to
+// kParallelFetches download threads and waits for them.
 class ResultsFetcher {
  public:
   using Done = std::function<void(const ResultsOutcome&)>;
@@ -92,6 +94,20 @@ class ResultsFetcher {
   Expected<std::optional<results::InstanceInfo>> FetchInstance(Job& job, transport::dicomweb::Client& dicomweb,
                                                                const std::string& series_uid,
                                                                const std::string& sop_instance_uid);
+  // Blocking: up to kParallelFetches listed instances of one series at once, each downloaded and
+  // checked on its own connection, then the accepted ones stored as one durable batch and the
+  // scan record updated once. What was kept (stored and recorded) is appended to `kept` also
+  // when an error ends the round. An instance larger than its share of memory
+  // (max_instance_bytes / kParallelFetches) is fetched again alone by FetchInstance.
+  Status FetchBatch(Job& job, transport::dicomweb::Client& dicomweb, const std::string& series_uid,
+                    const std::vector<std::string>& sop_instance_uids, std::vector<results::InstanceInfo>& kept);
+
+ public:
+  // Downloads of one round in flight at once. Memory: at most max_instance_bytes of downloads
+  // in flight (each parallel one is capped at its share), as with one download at a time.
+  static constexpr std::size_t kParallelFetches = 4;
+
+ private:
 
   boost::asio::io_context& io_;
   spool::Spool& spool_;
@@ -100,6 +116,9 @@ class ResultsFetcher {
   std::string dicomweb_url_;
   transport::HttpOptions http_options_;
   boost::asio::thread_pool worker_{1};
+  // The downloads (and DCMTK checks) of the one round the worker runs; never more than
+  // kParallelFetches tasks queued.
+  boost::asio::thread_pool downloads_{kParallelFetches};
   std::atomic<bool> stopping_{false};
   std::chrono::milliseconds report_wait_ = kDefaultReportWait;
   std::map<std::string, std::uint64_t>* retry_counts_ = nullptr;

@@ -1108,6 +1108,36 @@ Expected<std::filesystem::path> Spool::StoreResult(const std::string& scan_uid, 
   return path;
 }
 
+Expected<std::vector<std::filesystem::path>> Spool::StoreResults(const std::string& scan_uid,
+                                                                 const std::vector<ResultToStore>& instances) {
+  if (auto st = Writable(); !st) return MakeError(st.error());
+  if (!IsValidDicomUid(scan_uid)) return MakeError(ErrorKind::kInvalidInput, "\"" + scan_uid + "\" is not a scan UID");
+  std::uint64_t total = 0;
+  for (const auto& instance : instances) {
+    if (!IsValidDicomUid(instance.sop_instance_uid)) {
+      return MakeError(ErrorKind::kProtocol, "\"" + instance.sop_instance_uid + "\" is not a valid SOP instance UID");
+    }
+    total += instance.part10.size();
+  }
+  std::vector<std::filesystem::path> paths;
+  if (instances.empty()) return paths;
+  {
+    // All of the batch is checked before any byte is written (as StoreResult does for one).
+    std::lock_guard lock(mutex_);
+    if (auto st = CheckResultsRoomLocked(total, std::to_string(instances.size()) + " result instances"); !st) {
+      return MakeError(st.error());
+    }
+  }
+  const auto dir = ScanDir(scan_uid) / "results";
+  if (auto st = files_.CreateDirectories(dir); !st) return MakeError(st.error());
+  for (const auto& instance : instances) {
+    paths.push_back(ResultPath(scan_uid, instance.sop_instance_uid));
+    if (auto st = files_.WriteUnsynced(paths.back(), instance.part10); !st) return MakeError(st.error());
+  }
+  if (auto st = files_.SyncBatch(paths, {dir}); !st) return MakeError(st.error());
+  return paths;
+}
+
 // ---- Retention ------------------------------------------------------------------------------
 
 Expected<RetentionReport> Spool::ApplyRetention(std::chrono::system_clock::time_point now) {

@@ -207,6 +207,16 @@ class Spool {
   // Refused (kNoSpace, nothing written) when it does not fit ResultsRoom().
   Expected<std::filesystem::path> StoreResult(const std::string& scan_uid, const std::string& sop_instance_uid,
                                               std::span<const std::uint8_t> part10);
+  // Stores several result instances of one scan as one batch (the results fetch's): refused
+  // (kNoSpace, nothing written) unless all of them fit ResultsRoom() together; then each file is
+  // written unsynced and their data and the results/ folder are synced once (FileStore::SyncBatch),
+  // a few flushes instead of three per file. Returns their paths in order, only once durable.
+  struct ResultToStore {
+    std::string sop_instance_uid;
+    std::span<const std::uint8_t> part10;
+  };
+  Expected<std::vector<std::filesystem::path>> StoreResults(const std::string& scan_uid,
+                                                            const std::vector<ResultToStore>& instances);
   std::filesystem::path ResultPath(const std::string& scan_uid, const std::string& sop_instance_uid) const;
 
   SpaceReport Space();

@@ -390,6 +390,107 @@ TEST_CASE("results fetch: downloads keep spool.min_free_bytes free on the spool'
   CHECK(scan.Now().state == spool::ScanState::kUploaded);
 }
 
+TEST_CASE("results fetch: a power cut anywhere in a fetch leaves every instance the record lists on disk, intact",
+          "[results][fetch][hostile][durability]") {
+  // Instances are downloaded several at once and kept in batches (files synced together, the
+  // record updated once per batch): the record must never list a file that is not yet durable.
+  TempDir dir("results-fetch-crash");
+  Cloud cloud;
+  constexpr int kImages = 6;  // a full batch and a partial one
+  for (int i = 0; i < kImages; ++i) {
+    const std::string uid = MintDicomUid();
+    cloud.listed.push_back(uid);
+    cloud.answers[uid] = MakeCt(cloud.study, cloud.series, uid, kImages, i, dir.path());
+  }
+  auto server = HostileServer::Start(cloud.Rules(dir.path()));
+  const spool::SpoolOptions options{"/spool", 1ull << 30, 0};
+  std::size_t crashes = 0;
+  std::size_t recovered_with_results = 0;
+  bool completed = false;
+  for (std::uint64_t op = 1; op <= 200 && !completed; ++op) {
+    INFO("crash at mutating operation " << op << " of the fetch");
+    SimulatedDisk disk;
+    ScanInSpool scan(disk, options, cloud.study);
+    disk.CrashAtOp(op);
+    const auto run = Fetch(*scan.spool, ConfigFor(*server, 20), scan.record, std::chrono::seconds(60));
+    REQUIRE(run.outcome);
+    if (!disk.crashed()) {
+      // The whole fetch ran before the crash point: all of it is kept.
+      REQUIRE(run.outcome->status);
+      CHECK(scan.Now().results.size() == kImages);
+      completed = true;
+      break;
+    }
+    ++crashes;
+    CHECK_FALSE(run.outcome->status);
+    disk.Reboot(op);
+    auto reopened = spool::Spool::Open(options, disk);
+    REQUIRE(reopened);
+    auto record = (*reopened)->Get(scan.record.scan_uid);
+    REQUIRE(record);
+    for (const auto& r : record->results) {
+      auto bytes = disk.ReadAll((*reopened)->ResultPath(scan.record.scan_uid, r.sop_instance_uid), 1 << 20);
+      REQUIRE(bytes);
+      CHECK(*bytes == cloud.answers.at(r.sop_instance_uid));
+    }
+    if (!record->results.empty()) ++recovered_with_results;
+    auto chunk = (*reopened)->ReadChunk(scan.record.scan_uid, 0);
+    REQUIRE(chunk);
+    CHECK(*chunk == scan.chunk);
+  }
+  CHECK(completed);
+  // The crash points covered the batches' writes, syncs and record updates.
+  CHECK(crashes >= 6);
+  CHECK(recovered_with_results >= 1);
+}
+
+TEST_CASE("results fetch: an instance larger than a parallel download's share of max_instance_bytes is still fetched",
+          "[results][fetch][hostile]") {
+  TempDir dir("results-fetch-share");
+  Cloud cloud;
+  constexpr int kImages = 5;  // about 8.5 KiB each
+  for (int i = 0; i < kImages; ++i) {
+    const std::string uid = MintDicomUid();
+    cloud.listed.push_back(uid);
+    cloud.answers[uid] = MakeCt(cloud.study, cloud.series, uid, kImages, i, dir.path());
+  }
+  auto server = HostileServer::Start(cloud.Rules(dir.path()));
+  PosixFileStore files;
+  ScanInSpool scan(files, {dir.path() / "spool", 1ull << 30, 0}, cloud.study);
+  auto config = ConfigFor(*server, 20);
+  // Each of the parallel downloads may hold 16 KiB / 4 = 4 KiB: every image is past its share
+  // and within the limit, so each is fetched again alone, with the whole limit.
+  config.results.max_instance_bytes = 16 * 1024;
+  const auto run = Fetch(*scan.spool, config, scan.record, std::chrono::seconds(60));
+  REQUIRE(run.outcome);
+  INFO(Message(*run.outcome));
+  REQUIRE(run.outcome->status);
+  CHECK(run.outcome->instances_received == kImages);
+  CHECK(run.outcome->instances_refused == 0);
+  const auto record = scan.Now();
+  CHECK(record.state == spool::ScanState::kResultsReceived);
+  REQUIRE(record.results.size() == kImages);
+  for (const auto& r : record.results) {
+    const std::string kept = test::ReadText(scan.spool->ResultPath(scan.record.scan_uid, r.sop_instance_uid));
+    CHECK(std::vector<std::uint8_t>(kept.begin(), kept.end()) == cloud.answers.at(r.sop_instance_uid));
+    CHECK(Cloud::Retrievals(*server, r.sop_instance_uid) == 2);
+  }
+
+  SECTION("one past max_instance_bytes itself is not kept, and the round says why") {
+    TempDir dir2("results-fetch-share-over");
+    PosixFileStore files2;
+    ScanInSpool other(files2, {dir2.path() / "spool", 1ull << 30, 0}, cloud.study);
+    config.results.max_instance_bytes = 8 * 1024;  // below every image
+    config.results.timeout_s = 3;
+    const auto over = Fetch(*other.spool, config, other.record, std::chrono::seconds(60));
+    REQUIRE(over.outcome);
+    INFO(Message(*over.outcome));
+    CHECK_FALSE(over.outcome->status);
+    CHECK(over.outcome->instances_received == 0);
+    CHECK(other.Now().results.empty());
+  }
+}
+
 TEST_CASE("results fetch: a trickled QIDO-RS answer ends the results phase at results.timeout_s, data kept",
           "[results][fetch][hostile]") {
   TempDir dir("results-fetch-trickle");
