@@ -25,6 +25,7 @@
 
 #include "agent/results/result_set.hpp"
 #include "drivers/sim/lesion_draw.hpp"
+#include "tests/e2e/imaging_center.hpp"
 #include "tests/support/process.hpp"
 
 using namespace ctagent;
@@ -57,54 +58,6 @@ double LungSlabMl(double z0, double z1) {
   const double a = 50, b = 75, c = 150;
   auto primitive = [&](double z) { return z - z * z * z / (3 * c * c); };
   return std::numbers::pi * a * b * (primitive(z1) - primitive(z0)) / 1000.0;
-}
-
-std::map<std::string, std::string> ReadEnvFile(const fs::path& path) {
-  std::map<std::string, std::string> env;
-  std::ifstream in(path);
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto eq = line.find('=');
-    if (eq == std::string::npos || line.starts_with("#")) continue;
-    std::string value = line.substr(eq + 1);
-    if (value.size() >= 2 && (value.front() == '"' || value.front() == '\'')) value = value.substr(1, value.size() - 2);
-    env[line.substr(0, eq)] = value;
-  }
-  return env;
-}
-
-struct ImagingCenter {
-  fs::path run_dir;
-  std::map<std::string, std::string> env;
-  ~ImagingCenter() {
-    const std::string cmd = std::string("'") + CTAGENT_SOURCE_DIR + "/cloud/imaging-center.sh' stop '" +
-                            run_dir.string() + "' >/dev/null 2>&1";
-    (void)std::system(cmd.c_str());
-  }
-};
-
-// The reference imaging center on free loopback ports (as tests/e2e/e2e_test.cpp starts it).
-std::unique_ptr<ImagingCenter> StartImagingCenter(const fs::path& run_dir) {
-  auto center = std::make_unique<ImagingCenter>();
-  center->run_dir = run_dir;
-  const auto tus_port = test::FreeLoopbackPort();
-  auto orthanc_port = test::FreeLoopbackPort();
-  for (int i = 0; i < 100 && (orthanc_port == tus_port || orthanc_port + 1 == tus_port || orthanc_port == 65535 ||
-                              test::PortAcceptsConnections(static_cast<std::uint16_t>(orthanc_port + 1)));
-       ++i) {
-    orthanc_port = test::FreeLoopbackPort();
-  }
-  ::setenv("CTCLOUD_WORKER", (fs::path(CTAGENT_BINARY_DIR) / "cloud/worker/ctcloud-worker").c_str(), 1);
-  const std::string cmd = std::string("'") + CTAGENT_SOURCE_DIR + "/cloud/imaging-center.sh' start '" +
-                          run_dir.string() + "' --tus-port " + std::to_string(tus_port) + " --orthanc-port " +
-                          std::to_string(orthanc_port) + " > '" + (run_dir.string() + "-start.log") + "' 2>&1";
-  const int rc = std::system(cmd.c_str());
-  INFO(test::ReadText(run_dir.string() + "-start.log"));
-  REQUIRE(rc == 0);
-  center->env = ReadEnvFile(run_dir / "center.env");
-  REQUIRE(center->env.count("TUS_URL"));
-  REQUIRE(center->env.count("DICOMWEB_URL"));
-  return center;
 }
 
 struct Received {
@@ -140,7 +93,7 @@ ScanRun ScanThroughReferenceCenter(std::uint64_t seed) {
   test::TempDir work("e2e-ai");
   const fs::path logs = work.path() / "logs";
   fs::create_directories(logs);
-  auto center = StartImagingCenter(work.path() / "center");
+  auto center = test::StartImagingCenter(work.path() / "center");
 
   const fs::path console_dir = work.path() / "console";
   fs::create_directories(console_dir);

@@ -22,6 +22,7 @@
 #include "config/config.hpp"
 #include "drivers/detector.hpp"
 #include "drivers/sim/phantom.hpp"
+#include "tests/e2e/imaging_center.hpp"
 #include "tests/support/process.hpp"
 
 using namespace ctagent;
@@ -33,81 +34,6 @@ namespace {
 // FBP of a noisy scan; the region means are within a few HU in practice, the bound leaves room
 // for partial-volume at region edges and noise at this dose.
 constexpr double kHuTolerance = 40.0;
-
-std::map<std::string, std::string> ReadEnvFile(const fs::path& path) {
-  std::map<std::string, std::string> env;
-  std::ifstream in(path);
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto eq = line.find('=');
-    if (eq == std::string::npos || line.starts_with("#")) continue;
-    std::string value = line.substr(eq + 1);
-    if (value.size() >= 2 && (value.front() == '"' || value.front() == '\'')) value = value.substr(1, value.size() - 2);
-    env[line.substr(0, eq)] = value;
-  }
-  return env;
-}
-
-struct ImagingCenter {
-  fs::path run_dir;
-  std::map<std::string, std::string> env;
-  ~ImagingCenter() {
-    const std::string cmd = std::string("'") + CTAGENT_SOURCE_DIR + "/cloud/imaging-center.sh' stop '" +
-                            run_dir.string() + "' >/dev/null 2>&1";
-    (void)std::system(cmd.c_str());
-  }
-};
-
-std::unique_ptr<ImagingCenter> StartImagingCenter(const fs::path& run_dir) {
-  auto center = std::make_unique<ImagingCenter>();
-  center->run_dir = run_dir;
-  const auto tus_port = test::FreeLoopbackPort();
-  // Orthanc itself listens on orthanc_port + 1 behind the TLS proxy (docs/reference-imaging-center.md).
-  auto orthanc_port = test::FreeLoopbackPort();
-  for (int i = 0; i < 100 && (orthanc_port == tus_port || orthanc_port + 1 == tus_port || orthanc_port == 65535 ||
-                              test::PortAcceptsConnections(static_cast<std::uint16_t>(orthanc_port + 1)));
-       ++i) {
-    orthanc_port = test::FreeLoopbackPort();
-  }
-  ::setenv("CTCLOUD_WORKER", (fs::path(CTAGENT_BINARY_DIR) / "cloud/worker/ctcloud-worker").c_str(), 1);
-  const std::string cmd = std::string("'") + CTAGENT_SOURCE_DIR + "/cloud/imaging-center.sh' start '" +
-                          run_dir.string() + "' --tus-port " + std::to_string(tus_port) + " --orthanc-port " +
-                          std::to_string(orthanc_port) + " > '" + (run_dir.string() + "-start.log") + "' 2>&1";
-  const int rc = std::system(cmd.c_str());
-  INFO(test::ReadText(run_dir.string() + "-start.log"));
-  REQUIRE(rc == 0);
-  center->env = ReadEnvFile(run_dir / "center.env");
-  REQUIRE(center->env.count("TUS_URL"));
-  REQUIRE(center->env.count("DICOMWEB_URL"));
-  return center;
-}
-
-// Finds the uploads in the tus file store: data file DIR/<id>, info DIR/<id>.json.
-struct StoredUpload {
-  fs::path data;
-  nlohmann::json metadata;
-  std::uint64_t size = 0;
-};
-
-std::vector<StoredUpload> ListUploads(const fs::path& store) {
-  std::vector<StoredUpload> uploads;
-  for (const auto& entry : fs::directory_iterator(store)) {
-    if (entry.path().extension() != ".json") continue;
-    auto info = nlohmann::json::parse(test::ReadText(entry.path()), nullptr, false);
-    if (info.is_discarded()) continue;
-    StoredUpload u;
-    u.data = entry.path().parent_path() / entry.path().stem();
-    u.metadata = info.value("metadata", nlohmann::json::object());
-    u.size = info.value("size", std::uint64_t{0});
-    uploads.push_back(std::move(u));
-  }
-  return uploads;
-}
-
-std::vector<std::uint8_t> ReadBytes(const fs::path& path) {
-  const std::string text = test::ReadText(path);
-  return {text.begin(), text.end()};
-}
 
 struct RoiStats {
   double mean = 0;
@@ -129,7 +55,7 @@ void RunScanEndToEnd(const ScanCase& scan_case) {
   test::TempDir work("e2e");
   const fs::path logs = work.path() / "logs";
   fs::create_directories(logs);
-  auto center = StartImagingCenter(work.path() / "center");
+  auto center = test::StartImagingCenter(work.path() / "center");
 
   // The console: DCMTK's storescp on a free port.
   const fs::path console_dir = work.path() / "console";
@@ -177,8 +103,8 @@ void RunScanEndToEnd(const ScanCase& scan_case) {
   CHECK_THAT(agent_log, Catch::Contains("images delivered"));
 
   // --- 1. Every chunk the server holds decodes to exactly the bytes the driver produced. ---
-  const auto uploads = ListUploads(center->env["TUS_STORE"]);
-  const StoredUpload* manifest_upload = nullptr;
+  const auto uploads = test::ListUploads(center->env["TUS_STORE"]);
+  const test::StoredUpload* manifest_upload = nullptr;
   for (const auto& u : uploads) {
     if (u.metadata.value("kind", "") == "manifest") manifest_upload = &u;
   }
@@ -205,7 +131,7 @@ void RunScanEndToEnd(const ScanCase& scan_case) {
   std::set<std::uint32_t> seen;
   for (const auto& u : uploads) {
     if (u.metadata.value("kind", "") != "chunk") continue;
-    const auto bytes = ReadBytes(u.data);
+    const auto bytes = test::ReadBytes(u.data);
     REQUIRE(bytes.size() == u.size);  // the upload is complete on the server
     auto decoded = codec::DecodeChunk(bytes);
     REQUIRE(decoded);

@@ -25,6 +25,7 @@
 #include "agent/common/sha256.hpp"
 #include "drivers/detector.hpp"
 #include "tests/metrics/exposition_parser.hpp"
+#include "tests/e2e/imaging_center.hpp"
 #include "tests/support/process.hpp"
 
 using namespace ctagent;
@@ -37,76 +38,6 @@ constexpr int kScans = 5;
 // The bound of docs/architecture.md ("The daemon's threads") for this configuration:
 // parallel_uploads 2 and codec.threads 2, no link manager.
 constexpr int kThreadBound = 20;
-
-std::map<std::string, std::string> ReadEnvFile(const fs::path& path) {
-  std::map<std::string, std::string> env;
-  std::ifstream in(path);
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto eq = line.find('=');
-    if (eq == std::string::npos || line.starts_with("#")) continue;
-    std::string value = line.substr(eq + 1);
-    if (value.size() >= 2 && (value.front() == '"' || value.front() == '\'')) value = value.substr(1, value.size() - 2);
-    env[line.substr(0, eq)] = value;
-  }
-  return env;
-}
-
-// The reference imaging center (cloud/imaging-center.sh), stopped when this goes.
-struct ImagingCenter {
-  fs::path run_dir;
-  std::map<std::string, std::string> env;
-  ~ImagingCenter() {
-    const std::string cmd = std::string("'") + CTAGENT_SOURCE_DIR + "/cloud/imaging-center.sh' stop '" +
-                            run_dir.string() + "' >/dev/null 2>&1";
-    (void)std::system(cmd.c_str());
-  }
-};
-
-std::unique_ptr<ImagingCenter> StartImagingCenter(const fs::path& run_dir) {
-  auto center = std::make_unique<ImagingCenter>();
-  center->run_dir = run_dir;
-  const auto tus_port = test::FreeLoopbackPort();
-  // Orthanc itself listens on orthanc_port + 1 behind the TLS proxy.
-  auto orthanc_port = test::FreeLoopbackPort();
-  for (int i = 0; i < 100 && (orthanc_port == tus_port || orthanc_port + 1 == tus_port || orthanc_port == 65535 ||
-                              test::PortAcceptsConnections(static_cast<std::uint16_t>(orthanc_port + 1)));
-       ++i) {
-    orthanc_port = test::FreeLoopbackPort();
-  }
-  ::setenv("CTCLOUD_WORKER", (fs::path(CTAGENT_BINARY_DIR) / "cloud/worker/ctcloud-worker").c_str(), 1);
-  const std::string cmd = std::string("'") + CTAGENT_SOURCE_DIR + "/cloud/imaging-center.sh' start '" +
-                          run_dir.string() + "' --tus-port " + std::to_string(tus_port) + " --orthanc-port " +
-                          std::to_string(orthanc_port) + " > '" + (run_dir.string() + "-start.log") + "' 2>&1";
-  const int rc = std::system(cmd.c_str());
-  INFO(test::ReadText(run_dir.string() + "-start.log"));
-  REQUIRE(rc == 0);
-  center->env = ReadEnvFile(run_dir / "center.env");
-  REQUIRE(center->env.count("TUS_URL"));
-  REQUIRE(center->env.count("DICOMWEB_URL"));
-  return center;
-}
-
-struct StoredUpload {
-  fs::path data;
-  nlohmann::json metadata;
-  std::uint64_t size = 0;
-};
-
-std::vector<StoredUpload> ListUploads(const fs::path& store) {
-  std::vector<StoredUpload> uploads;
-  for (const auto& entry : fs::directory_iterator(store)) {
-    if (entry.path().extension() != ".json") continue;
-    auto info = nlohmann::json::parse(test::ReadText(entry.path()), nullptr, false);
-    if (info.is_discarded()) continue;
-    StoredUpload u;
-    u.data = entry.path().parent_path() / entry.path().stem();
-    u.metadata = info.value("metadata", nlohmann::json::object());
-    u.size = info.value("size", std::uint64_t{0});
-    uploads.push_back(std::move(u));
-  }
-  return uploads;
-}
 
 // Seconds since the epoch of a log line's "2026-12-05T07:24:38.132Z" prefix.
 double LogTime(const std::string& line) {
@@ -166,7 +97,7 @@ TEST_CASE("ctagent run takes 5 announced scans back to back while it uploads and
   test::TempDir work("service-e2e");
   const fs::path logs = work.path() / "logs";
   fs::create_directories(logs);
-  auto center = StartImagingCenter(work.path() / "center");
+  auto center = test::StartImagingCenter(work.path() / "center");
 
   const fs::path console_dir = work.path() / "console";
   fs::create_directories(console_dir);
@@ -279,7 +210,7 @@ TEST_CASE("ctagent run takes 5 announced scans back to back while it uploads and
   }
 
   // --- Bit-exact: every chunk on the server decodes to the sim's views of its scan's seed. ---
-  const auto uploads = ListUploads(center->env["TUS_STORE"]);
+  const auto uploads = test::ListUploads(center->env["TUS_STORE"]);
   std::map<std::string, codec::Manifest> manifests;
   for (const auto& u : uploads) {
     if (u.metadata.value("kind", "") != "manifest") continue;
