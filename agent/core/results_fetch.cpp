@@ -206,10 +206,10 @@ Expected<bool> ResultsFetcher::PollOnce(Job& job) {
       }
       ++stored;
     }
-    for (std::size_t first = 0; first < to_fetch.size(); first += kParallelFetches) {
+    for (std::size_t first = 0; first < to_fetch.size(); first += kBatchInstances) {
       const std::vector<std::string> batch(
           to_fetch.begin() + static_cast<std::ptrdiff_t>(first),
-          to_fetch.begin() + static_cast<std::ptrdiff_t>(std::min(to_fetch.size(), first + kParallelFetches)));
+          to_fetch.begin() + static_cast<std::ptrdiff_t>(std::min(to_fetch.size(), first + kBatchInstances)));
       std::vector<results::InstanceInfo> kept;
       const Status fetched = FetchBatch(job, dicomweb, s.series_uid, batch, kept);
       // Counted also when the batch ended in an error: they are stored and in the record.
@@ -404,10 +404,10 @@ Status ResultsFetcher::FetchBatch(Job& job, transport::dicomweb::Client& dicomwe
     auto st = spool_.CheckResultsRoom(1, label);
     return MakeError(st ? Error(ErrorKind::kNoSpace, label + " not downloaded: the spool has no room left") : st.error());
   }
-  // Each parallel download gets its share of max_instance_bytes (so memory stays bounded as
-  // with one download at a time) and no more than the room left; one past its cap is fetched
+  // Each download of the batch gets its share of max_instance_bytes (so the batch holds no more
+  // than one download at a time did) and no more than the room left; one past its cap is fetched
   // again alone below, where FetchInstance tells a too-large instance from a full spool.
-  const std::uint64_t cap = std::min<std::uint64_t>(results_.max_instance_bytes / kParallelFetches, room);
+  const std::uint64_t cap = std::min<std::uint64_t>(results_.max_instance_bytes / kBatchInstances, room);
   while (job.download_http.size() < kParallelFetches) {
     job.download_http.push_back(std::make_unique<transport::HttpClient>(http_options_));
   }
@@ -417,14 +417,21 @@ Status ResultsFetcher::FetchBatch(Job& job, transport::dicomweb::Client& dicomwe
     std::optional<Expected<results::InstanceInfo>> info;
   };
   std::vector<Download> downloads(sop_instance_uids.size());
-  std::latch finished(static_cast<std::ptrdiff_t>(sop_instance_uids.size()));
-  for (std::size_t i = 0; i < sop_instance_uids.size(); ++i) {
-    boost::asio::post(downloads_, [&, i] {
-      transport::dicomweb::Client client(*job.download_http[i], dicomweb_url_);
+  // Each download thread takes the next instance of the batch until none is left.
+  std::atomic<std::size_t> next{0};
+  const std::size_t threads = std::min(kParallelFetches, sop_instance_uids.size());
+  std::latch finished(static_cast<std::ptrdiff_t>(threads));
+  for (std::size_t t = 0; t < threads; ++t) {
+    boost::asio::post(downloads_, [&, t] {
+      transport::dicomweb::Client client(*job.download_http[t], dicomweb_url_);
       client.SetDeadline(job.deadline, [this] { return !stopping_.load(); });
-      Download& d = downloads[i];
-      d.bytes = client.RetrieveInstance(job.study_uid, series_uid, sop_instance_uids[i], cap, &d.over_limit);
-      if (*d.bytes) d.info = results::ValidateInstance(**d.bytes, job.study_uid, results::DefaultAllowedSopClasses());
+      for (std::size_t i = next++; i < sop_instance_uids.size(); i = next++) {
+        Download& d = downloads[i];
+        d.bytes = client.RetrieveInstance(job.study_uid, series_uid, sop_instance_uids[i], cap, &d.over_limit);
+        if (*d.bytes) {
+          d.info = results::ValidateInstance(**d.bytes, job.study_uid, results::DefaultAllowedSopClasses());
+        }
+      }
       finished.count_down();
     });
   }
@@ -507,6 +514,8 @@ Status ResultsFetcher::FetchBatch(Job& job, transport::dicomweb::Client& dicomwe
   }
   if (!store_error) return store_error;
   if (!first_error) return first_error;
+  downloads.clear();  // the batch's bytes are freed before one is fetched alone
+  downloads.shrink_to_fit();
   for (const auto& uid : alone) {
     auto info = FetchInstance(job, dicomweb, series_uid, uid);
     if (!info) return MakeError(info.error());

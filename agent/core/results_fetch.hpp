@@ -94,18 +94,21 @@ class ResultsFetcher {
   Expected<std::optional<results::InstanceInfo>> FetchInstance(Job& job, transport::dicomweb::Client& dicomweb,
                                                                const std::string& series_uid,
                                                                const std::string& sop_instance_uid);
-  // Blocking: up to kParallelFetches listed instances of one series at once, each downloaded and
-  // checked on its own connection, then the accepted ones stored as one durable batch and the
-  // scan record updated once. What was kept (stored and recorded) is appended to `kept` also
-  // when an error ends the round. An instance larger than its share of memory
-  // (max_instance_bytes / kParallelFetches) is fetched again alone by FetchInstance.
+  // Blocking: up to kBatchInstances listed instances of one series, downloaded and checked
+  // kParallelFetches at a time (each download thread on its own connection), then the accepted
+  // ones stored as one durable batch and the scan record updated once. What was kept (stored and
+  // recorded) is appended to `kept` also when an error ends the round. An instance larger than
+  // its share of memory (max_instance_bytes / kBatchInstances) is fetched again alone by
+  // FetchInstance once the batch's bytes are freed.
   Status FetchBatch(Job& job, transport::dicomweb::Client& dicomweb, const std::string& series_uid,
                     const std::vector<std::string>& sop_instance_uids, std::vector<results::InstanceInfo>& kept);
 
  public:
-  // Downloads of one round in flight at once. Memory: at most max_instance_bytes of downloads
-  // in flight (each parallel one is capped at its share), as with one download at a time.
+  // Downloads in flight at once, and instances kept per durable batch (one sync of their files
+  // and folder, one record update). Memory: a batch holds at most max_instance_bytes (each of
+  // its downloads is capped at its share), as one download at a time did.
   static constexpr std::size_t kParallelFetches = 4;
+  static constexpr std::size_t kBatchInstances = 16;
 
  private:
 
@@ -117,7 +120,7 @@ class ResultsFetcher {
   transport::HttpOptions http_options_;
   boost::asio::thread_pool worker_{1};
   // The downloads (and DCMTK checks) of the one round the worker runs; never more than
-  // kParallelFetches tasks queued.
+  // kParallelFetches tasks queued, each working through the batch on its own connection.
   boost::asio::thread_pool downloads_{kParallelFetches};
   std::atomic<bool> stopping_{false};
   std::chrono::milliseconds report_wait_ = kDefaultReportWait;

@@ -396,7 +396,8 @@ TEST_CASE("results fetch: a power cut anywhere in a fetch leaves every instance 
   // record updated once per batch): the record must never list a file that is not yet durable.
   TempDir dir("results-fetch-crash");
   Cloud cloud;
-  constexpr int kImages = 6;  // a full batch and a partial one
+  // A full batch and a partial one.
+  constexpr int kImages = static_cast<int>(core::ResultsFetcher::kBatchInstances) + 3;
   for (int i = 0; i < kImages; ++i) {
     const std::string uid = MintDicomUid();
     cloud.listed.push_back(uid);
@@ -458,9 +459,10 @@ TEST_CASE("results fetch: an instance larger than a parallel download's share of
   PosixFileStore files;
   ScanInSpool scan(files, {dir.path() / "spool", 1ull << 30, 0}, cloud.study);
   auto config = ConfigFor(*server, 20);
-  // Each of the parallel downloads may hold 16 KiB / 4 = 4 KiB: every image is past its share
+  // Each download of a batch may hold 16 KiB / kBatchInstances: every image is past its share
   // and within the limit, so each is fetched again alone, with the whole limit.
   config.results.max_instance_bytes = 16 * 1024;
+  static_assert(16 * 1024 / core::ResultsFetcher::kBatchInstances < 8 * 1024);
   const auto run = Fetch(*scan.spool, config, scan.record, std::chrono::seconds(60));
   REQUIRE(run.outcome);
   INFO(Message(*run.outcome));
