@@ -272,7 +272,7 @@ TEST_CASE("async http: requests to a peer that never answers end as stalled, eac
   }
 }
 
-TEST_CASE("async http: Cancel and the cancel hook end a request with kCancelled; the others go on",
+TEST_CASE("async http: Cancel and the cancel hook end a request with kCancelled, and the others go on",
           "[transport][async][integration]") {
   SilentListener silent;
   TusFixture f;
