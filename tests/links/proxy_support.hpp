@@ -51,7 +51,11 @@ class FaultProxy {
     const auto tmp = control_.string() + ".tmp";
     std::ofstream(tmp) << text << "# generation " << ++generation_ << "\n";
     std::filesystem::rename(tmp, control_);
-    WaitFor([&] { return Count(ReadText(log()), "control file applied") > before; }, std::chrono::seconds(5));
+    // Bounded; a proxy that did not apply it (starved of CPU, or dead) fails the test here, not
+    // later as a fault that mysteriously never happened.
+    if (!WaitFor([&] { return Count(ReadText(log()), "control file applied") > before; }, std::chrono::seconds(30))) {
+      throw std::runtime_error("fault_proxy did not apply the control file within 30 s; see " + log().string());
+    }
   }
 
   std::map<std::string, std::uint64_t> Stats() const {
@@ -65,10 +69,23 @@ class FaultProxy {
     return out;
   }
 
-  // Counters as of now (the stats file is rewritten every 100 ms).
+  // Counters as of now: waits for a copy of the stats file written after this call (the proxy
+  // rewrites it every 100 ms, and stamps each copy), rather than for a fixed time, which a loaded
+  // machine can outlast. Bounded by 30 s.
   std::map<std::string, std::uint64_t> FreshStats() const {
-    std::this_thread::sleep_for(std::chrono::milliseconds(250));
-    return Stats();
+    const auto asked = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count());
+    std::map<std::string, std::uint64_t> stats;
+    const bool fresh = WaitFor(
+        [&] {
+          stats = Stats();
+          const auto written = stats.find("written_unix_ms");
+          return written != stats.end() && written->second > asked;
+        },
+        std::chrono::seconds(30));
+    if (!fresh) throw std::runtime_error("fault_proxy wrote no stats within 30 s; see " + log().string());
+    return stats;
   }
 
   ChildProcess& process() { return *process_; }

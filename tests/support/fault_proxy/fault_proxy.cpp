@@ -6,7 +6,8 @@
 // --ready-file receives the listening port once it listens (so tests can use port 0);
 // --stats-file is rewritten every 100 ms with up_bytes, down_bytes (forwarded payload bytes,
 // client->target and back), accepted, open and resets (connections), and last_fault_unix_ms
-// (wall-clock time the last stall, reset or half-open fired).
+// (wall-clock time the last stall, reset or half-open fired), and written_unix_ms (when this
+// copy was written, so a reader can wait for one written after it asked).
 //
 // Keys (also accepted, one per line, in the control file, which is re-read whenever its
 // content changes, so a test can change the link while traffic flows):
@@ -448,6 +449,9 @@ void WriteStats(Proxy& proxy, asio::steady_timer& timer, const std::string& path
       out << "up_bytes=" << proxy.faults.up_bytes << "\ndown_bytes=" << proxy.faults.down_bytes
           << "\naccepted=" << proxy.faults.accepted << "\nopen=" << proxy.connections.size()
           << "\nresets=" << proxy.faults.resets << "\nlast_fault_unix_ms=" << proxy.faults.last_fault_unix_ms
+          << "\nwritten_unix_ms="
+          << std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+                 .count()
           << "\n";
     }
     std::rename(tmp.c_str(), path.c_str());
