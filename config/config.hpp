@@ -100,6 +100,18 @@ struct MetricsConfig {
   bool allow_non_loopback = false;
 };
 
+// The hospital's Modality Worklist server (agent/worklist/worklist.hpp, docs/privacy.md). Off by
+// default: without it every scan carries the `study` identity, as before.
+struct WorklistConfig {
+  bool enabled = false;
+  std::string host;                    // required when enabled
+  std::uint16_t port = 104;
+  std::string called_ae;               // the worklist server's AE title; required when enabled
+  std::string calling_ae = "CTAGENT";  // this station's AE title, also the Scheduled Station AE Title asked for
+  std::uint32_t timeout_s = 10;        // connect, association, and each answer
+  std::uint32_t max_answers = 500;     // more answers than this: the query is cancelled and fails
+};
+
 struct StudyConfig {
   // The identity the cloud may see. A real deployment takes these from the worklist; the
   // demo uses pseudonyms. Never logged.
@@ -128,6 +140,7 @@ struct AgentConfig {
   CloudConfig cloud;
   ResultsConfig results;
   ConsoleConfig console;
+  WorklistConfig worklist;
   ControlConfig control;
   MetricsConfig metrics;
 };
