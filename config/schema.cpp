@@ -395,8 +395,9 @@ std::vector<Entry> MakeEntries() {
        CTAGENT_TARGET(console.calling_ae)},
 
       {.path = "/worklist", .type = Type::kSection,
-       .description = "The hospital's Modality Worklist server (C-FIND), from which each scan takes its patient and "
-                      "exam (docs/privacy.md). Off by default: without it every scan carries the `/study` identity."},
+       .description = "The hospital's Modality Worklist server (C-FIND), from which each scan is to take its patient "
+                      "and exam (docs/privacy.md). Off by default. Parsed and checked; scans do not use it yet: "
+                      "they carry the `/study` identity."},
       {.path = "/worklist/enabled", .type = Type::kBool, .description = "Ask the worklist for each scan's patient.",
        CTAGENT_TARGET(worklist.enabled)},
       {.path = "/worklist/host", .type = Type::kString,
@@ -418,6 +419,19 @@ std::vector<Entry> MakeEntries() {
       {.path = "/worklist/max_answers", .type = Type::kInteger,
        .description = "More answers than this cancel the query with an error (a worklist query must stay bounded).",
        .min = 1, .max = 100000, CTAGENT_TARGET(worklist.max_answers)},
+
+      {.path = "/privacy", .type = Type::kSection,
+       .description = "Pseudonymisation (docs/privacy.md). Parsed and checked; uploads do not use it yet."},
+      {.path = "/privacy/key_file", .type = Type::kPath,
+       .description = "The per-site secret key (64 hex digits, mode 0600, owned by the agent's user); made at first "
+                      "use when missing. Empty: `site.key` in the spool directory. Back it up: a new key gives every "
+                      "patient new pseudonyms.",
+       CTAGENT_TARGET(privacy.key_file)},
+      {.path = "/privacy/age_band", .type = Type::kBool,
+       .description = "Disclose a five-year band of the patient's age at the scan (90 and over: one band).",
+       CTAGENT_TARGET(privacy.age_band)},
+      {.path = "/privacy/sex", .type = Type::kBool, .description = "Disclose the patient's sex (M, F or O).",
+       CTAGENT_TARGET(privacy.sex)},
 
       {.path = "/control", .type = Type::kSection,
        .description = "The daemon's control socket for the CLI (docs/control-protocol.md)."},

@@ -120,6 +120,9 @@ TEST_CASE("config: full example sets every key of the schema and resolves relati
   CHECK(c->cloud.patch_bytes == (4ull << 20));
   CHECK(c->cloud.floor_rate_bits_per_s == 2'000'000);
   CHECK(c->cloud.upload_origins_allowed == "https://uploads-2.imaging-center.example:8443");
+  CHECK(c->privacy.key_file == dir / "secrets" / "site.key");
+  CHECK(SiteKeyPath(*c) == dir / "secrets" / "site.key");
+  CHECK(c->privacy.age_band);
 }
 
 TEST_CASE("config: relative paths resolve against the config file's directory, absolute ones stay") {
@@ -602,6 +605,9 @@ TEST_CASE("config: no worklist section keeps the study identity, and an enabled 
   auto plain = ParseConfig(Minimal().dump(), "site/agent.json");
   REQUIRE(plain);
   CHECK_FALSE(plain->worklist.enabled);
+  CHECK(SiteKeyPath(*plain) == "/var/spool/ctagent/site.key");
+  CHECK_FALSE(plain->privacy.age_band);
+  CHECK_FALSE(plain->privacy.sex);
   CHECK(plain->worklist.max_answers == 500);
 
   auto full = Minimal();
