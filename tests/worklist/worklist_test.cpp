@@ -2,17 +2,21 @@
 // whose entries each test writes with dump2dcm, on a free loopback port, stopped by PID.
 #include "agent/worklist/worklist.hpp"
 
+#include <fcntl.h>
 #include <iconv.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 
 #include <chrono>
 #include <cstdint>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "agent/common/log.hpp"
 #include "tests/support/process.hpp"
 
 namespace fs = std::filesystem;
@@ -161,6 +165,27 @@ class WorklistServer {
   std::uint16_t port_ = 0;
   std::unique_ptr<ChildProcess> process_;
 };
+
+// Everything this process writes to stdout and stderr while `run` runs, captured in `file`.
+std::string CaptureOutput(const fs::path& file, const std::function<void()>& run) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const int saved_out = ::dup(1);
+  const int saved_err = ::dup(2);
+  const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  REQUIRE((saved_out >= 0 && saved_err >= 0 && fd >= 0));
+  ::dup2(fd, 1);
+  ::dup2(fd, 2);
+  ::close(fd);
+  run();
+  std::fflush(stdout);
+  std::fflush(stderr);
+  ::dup2(saved_out, 1);
+  ::dup2(saved_err, 2);
+  ::close(saved_out);
+  ::close(saved_err);
+  return ReadText(file);
+}
 
 WorklistQuery TodayWithAccession(const std::string& accession) {
   WorklistQuery query = TodaysSteps(std::chrono::system_clock::now());
@@ -408,4 +433,33 @@ TEST_CASE("worklist: a server that does not answer in timeout_s fails with the t
   REQUIRE_FALSE(steps);
   CHECK(steps.error().kind() == ErrorKind::kNetwork);
   CHECK_THAT(steps.error().message(), Catch::Contains("did not answer the worklist query within 1 s (worklist.timeout_s)"));
+}
+
+TEST_CASE("worklist: queries write no patient data to the agent's output", "[worklist]") {
+  WorklistServer server;
+  Entry e;
+  e.patient_name = kChineseName;
+  e.patient_id = "PID-SECRET-7";
+  e.birth_date = "19511108";
+  e.accession = "ACC-SECRET";
+  server.Write("good", e);
+  Entry bad = e;
+  bad.accession = "ACC-SECRET-2";
+  bad.study_uid = "1.2.03.4";  // malformed: the failing path must be as quiet
+  server.Write("bad", bad);
+  server.Start();
+  ctagent::log::SetLevel(ctagent::log::Level::kInfo);
+  bool found = false;
+  bool refused = false;
+  const std::string output = CaptureOutput(server.path() / "agent-output.txt", [&] {
+    found = static_cast<bool>(FindByAccession(server.Node(), TodayWithAccession("ACC-SECRET")));
+    refused = !Query(server.Node(), TodaysSteps(std::chrono::system_clock::now()));
+    (void)FindByAccession(server.Node(), TodayWithAccession("ACC-SECRET-9"));
+  });
+  CHECK(found);
+  CHECK(refused);
+  for (const std::string& identity : {kChineseName, std::string("PID-SECRET"), std::string("19511108"),
+                                      std::string("ACC-SECRET"), Encode(kChineseName, "GB18030")}) {
+    CHECK(output.find(identity) == std::string::npos);
+  }
 }
