@@ -171,6 +171,15 @@ Status CrossChecks(const Loader& loader, const AgentConfig& c) {
                        "authentication; use 127.0.0.1 (and a proxy or SSH tunnel for remote reading), or set "
                        "/metrics/allow_non_loopback to true behind a firewall");
   }
+  // A worklist without a server to ask would leave every scan without a patient.
+  if (c.worklist.enabled && c.worklist.host.empty()) {
+    return loader.Fail("/worklist/host",
+                       "required when /worklist/enabled is true (the RIS worklist server's host name or address)");
+  }
+  if (c.worklist.enabled && c.worklist.called_ae.empty()) {
+    return loader.Fail("/worklist/called_ae",
+                       "required when /worklist/enabled is true (the RIS worklist server's AE title)");
+  }
   if (c.results.poll_max_interval_ms < c.results.poll_interval_ms) {
     return loader.Fail("/results/poll_max_interval_ms",
                        "expected at least /results/poll_interval_ms (" + std::to_string(c.results.poll_interval_ms) +

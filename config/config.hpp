@@ -100,6 +100,25 @@ struct MetricsConfig {
   bool allow_non_loopback = false;
 };
 
+// The hospital's Modality Worklist server (agent/worklist/worklist.hpp, docs/privacy.md). Off by
+// default: without it every scan carries the `study` identity, as before.
+struct WorklistConfig {
+  bool enabled = false;
+  std::string host;                    // required when enabled
+  std::uint16_t port = 104;
+  std::string called_ae;               // the worklist server's AE title; required when enabled
+  std::string calling_ae = "CTAGENT";  // this station's AE title, also the Scheduled Station AE Title asked for
+  std::uint32_t timeout_s = 10;        // connect, association, and each answer
+  std::uint32_t max_answers = 500;     // more answers than this: the query is cancelled and fails
+};
+
+// Pseudonymisation (agent/privacy/privacy.hpp, docs/privacy.md).
+struct PrivacyConfig {
+  std::filesystem::path key_file;  // the per-site secret; empty: <spool.directory>/site.key (SiteKeyPath)
+  bool age_band = false;           // disclose a five-year band of the patient's age
+  bool sex = false;                // disclose the patient's sex
+};
+
 struct StudyConfig {
   // The identity the cloud may see. A real deployment takes these from the worklist; the
   // demo uses pseudonyms. Never logged.
@@ -128,6 +147,8 @@ struct AgentConfig {
   CloudConfig cloud;
   ResultsConfig results;
   ConsoleConfig console;
+  WorklistConfig worklist;
+  PrivacyConfig privacy;
   ControlConfig control;
   MetricsConfig metrics;
 };
@@ -135,6 +156,11 @@ struct AgentConfig {
 // Where the daemon listens and the CLI connects: control.socket, or control.sock in the spool.
 inline std::filesystem::path ControlSocketPath(const AgentConfig& config) {
   return config.control.socket.empty() ? config.spool.directory / "control.sock" : config.control.socket;
+}
+
+// The site key file: privacy.key_file, or site.key in the spool.
+inline std::filesystem::path SiteKeyPath(const AgentConfig& config) {
+  return config.privacy.key_file.empty() ? config.spool.directory / "site.key" : config.privacy.key_file;
 }
 
 // Loads and validates. Error messages look like:

@@ -118,6 +118,9 @@ bool AeTitleOk(const std::string& s) {
   return any_non_space;
 }
 
+bool EmptyOrHost(const std::string& s) { return s.empty() || HostOk(s); }
+bool EmptyOrAeTitle(const std::string& s) { return s.empty() || AeTitleOk(s); }
+
 bool UrlOk(const std::string& s) { return (IsHttpUrl(s) || IsHttpsUrl(s)) && UrlProblem(s).empty(); }
 bool EmptyOrUrl(const std::string& s) { return s.empty() || UrlOk(s); }
 bool UsernameOk(const std::string& s) { return s.find(':') == std::string::npos && s.size() <= 256; }
@@ -390,6 +393,45 @@ std::vector<Entry> MakeEntries() {
       {.path = "/console/calling_ae", .type = Type::kString, .description = "The agent's AE title.",
        .string_ok = AeTitleOk, .string_rule = "an AE title of 1 to 16 characters without backslash",
        CTAGENT_TARGET(console.calling_ae)},
+
+      {.path = "/worklist", .type = Type::kSection,
+       .description = "The hospital's Modality Worklist server (C-FIND), from which each scan is to take its patient "
+                      "and exam (docs/privacy.md). Off by default. Parsed and checked; scans do not use it yet: "
+                      "they carry the `/study` identity."},
+      {.path = "/worklist/enabled", .type = Type::kBool, .description = "Ask the worklist for each scan's patient.",
+       CTAGENT_TARGET(worklist.enabled)},
+      {.path = "/worklist/host", .type = Type::kString,
+       .description = "Worklist server (RIS) host; required when enabled.", .string_ok = EmptyOrHost,
+       .string_rule = "a host name or IP address, or \"\"", CTAGENT_TARGET(worklist.host)},
+      {.path = "/worklist/port", .type = Type::kInteger, .description = "Worklist server port.", .min = 1,
+       .max = 65535, CTAGENT_TARGET(worklist.port)},
+      {.path = "/worklist/called_ae", .type = Type::kString,
+       .description = "The worklist server's AE title; required when enabled.", .string_ok = EmptyOrAeTitle,
+       .string_rule = "an AE title of 1 to 16 characters without backslash, or \"\"",
+       CTAGENT_TARGET(worklist.called_ae)},
+      {.path = "/worklist/calling_ae", .type = Type::kString,
+       .description = "This station's AE title: the calling AE title, and the Scheduled Station AE Title asked for.",
+       .string_ok = AeTitleOk, .string_rule = "an AE title of 1 to 16 characters without backslash",
+       CTAGENT_TARGET(worklist.calling_ae)},
+      {.path = "/worklist/timeout_s", .type = Type::kInteger,
+       .description = "Wait at most this long for the connection, the association and each answer [s].", .min = 1,
+       .max = 600, CTAGENT_TARGET(worklist.timeout_s)},
+      {.path = "/worklist/max_answers", .type = Type::kInteger,
+       .description = "More answers than this cancel the query with an error (a worklist query must stay bounded).",
+       .min = 1, .max = 100000, CTAGENT_TARGET(worklist.max_answers)},
+
+      {.path = "/privacy", .type = Type::kSection,
+       .description = "Pseudonymisation (docs/privacy.md). Parsed and checked; uploads do not use it yet."},
+      {.path = "/privacy/key_file", .type = Type::kPath,
+       .description = "The per-site secret key (64 hex digits, mode 0600, owned by the agent's user); made at first "
+                      "use when missing. Empty: `site.key` in the spool directory. Back it up: a new key gives every "
+                      "patient new pseudonyms.",
+       CTAGENT_TARGET(privacy.key_file)},
+      {.path = "/privacy/age_band", .type = Type::kBool,
+       .description = "Disclose a five-year band of the patient's age at the scan (90 and over: one band).",
+       CTAGENT_TARGET(privacy.age_band)},
+      {.path = "/privacy/sex", .type = Type::kBool, .description = "Disclose the patient's sex (M, F or O).",
+       CTAGENT_TARGET(privacy.sex)},
 
       {.path = "/control", .type = Type::kSection,
        .description = "The daemon's control socket for the CLI (docs/control-protocol.md)."},

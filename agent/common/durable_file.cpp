@@ -130,9 +130,18 @@ void KeepAppendSlack(int fd) {
 
 // Creates (or truncates) `path` and writes `bytes`; returns the open descriptor. On failure
 // nothing is left behind: the descriptor is closed and the partial file removed.
-Expected<int> CreateWithBytes(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+// With `owner_only` the file is mode 0600 before any byte is written, also when an older file
+// of that name (a temporary left by a crash) had a wider mode.
+Expected<int> CreateWithBytes(const std::filesystem::path& path, std::span<const std::uint8_t> bytes,
+                              bool owner_only = false) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, owner_only ? 0600 : 0640);
   if (fd < 0) return ErrnoError("cannot create", path, errno);
+  if (owner_only && ::fchmod(fd, 0600) != 0) {
+    const int err = errno;
+    ::close(fd);
+    ::unlink(path.c_str());
+    return ErrnoError("cannot make owner-only (chmod 600)", path, err);
+  }
   if (auto st = WriteAll(fd, path, bytes); !st) {
     ::close(fd);
     ::unlink(path.c_str());
@@ -145,6 +154,9 @@ Expected<int> CreateWithBytes(const std::filesystem::path& path, std::span<const
 
 // ---- Defaults for file stores that predate the journal -------------------------------------
 
+Status FileStore::WriteDurablyOwnerOnly(const std::filesystem::path&, std::span<const std::uint8_t>) {
+  return Unsupported("WriteDurablyOwnerOnly");
+}
 Status FileStore::AppendDurably(const std::filesystem::path&, std::span<const std::uint8_t>) {
   return Unsupported("AppendDurably");
 }
@@ -223,9 +235,18 @@ std::string ProcessCommandLine(int pid) {
 // ---- POSIX ----------------------------------------------------------------------------------
 
 Status PosixFileStore::WriteDurably(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) {
+  return WriteDurablyWithMode(path, bytes, false);
+}
+
+Status PosixFileStore::WriteDurablyOwnerOnly(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) {
+  return WriteDurablyWithMode(path, bytes, true);
+}
+
+Status PosixFileStore::WriteDurablyWithMode(const std::filesystem::path& path, std::span<const std::uint8_t> bytes,
+                                            bool owner_only) {
   const std::filesystem::path tmp = path.string() + ".tmp";
   BeforeMutation();
-  auto created = CreateWithBytes(tmp, bytes);
+  auto created = CreateWithBytes(tmp, bytes, owner_only);
   if (!created) return MakeError(created.error());
   const int fd = *created;
   if (durable()) BeforeMutation();

@@ -33,6 +33,10 @@ class FileStore {
 
   // Atomically replaces `path` with `bytes`; returns only after the data and the rename are synced.
   virtual Status WriteDurably(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) = 0;
+  // WriteDurably for a file only its owner may read or write: mode 0600 from its creation on,
+  // whatever the umask or a stale temporary file would have given (secrets, and the maps from
+  // pseudonyms back to patients). The default refuses.
+  virtual Status WriteDurablyOwnerOnly(const std::filesystem::path& path, std::span<const std::uint8_t> bytes);
   // Reads a whole file, refusing files larger than `max_bytes` (a lying size must not exhaust memory).
   virtual Expected<std::vector<std::uint8_t>> ReadAll(const std::filesystem::path& path,
                                                       std::uint64_t max_bytes) = 0;
@@ -98,6 +102,7 @@ class PosixFileStore final : public FileStore {
   explicit PosixFileStore(Sync sync = Sync::kDurable) : sync_(sync) {}
 
   Status WriteDurably(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) override;
+  Status WriteDurablyOwnerOnly(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) override;
   Expected<std::vector<std::uint8_t>> ReadAll(const std::filesystem::path& path,
                                               std::uint64_t max_bytes) override;
   Status CreateDirectories(const std::filesystem::path& path) override;
@@ -118,6 +123,7 @@ class PosixFileStore final : public FileStore {
 
  private:
   bool durable() const { return sync_ == Sync::kDurable; }
+  Status WriteDurablyWithMode(const std::filesystem::path& path, std::span<const std::uint8_t> bytes, bool owner_only);
   Sync sync_;
 };
 

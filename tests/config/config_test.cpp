@@ -120,6 +120,9 @@ TEST_CASE("config: full example sets every key of the schema and resolves relati
   CHECK(c->cloud.patch_bytes == (4ull << 20));
   CHECK(c->cloud.floor_rate_bits_per_s == 2'000'000);
   CHECK(c->cloud.upload_origins_allowed == "https://uploads-2.imaging-center.example:8443");
+  CHECK(c->privacy.key_file == dir / "secrets" / "site.key");
+  CHECK(SiteKeyPath(*c) == dir / "secrets" / "site.key");
+  CHECK(c->privacy.age_band);
 }
 
 TEST_CASE("config: relative paths resolve against the config file's directory, absolute ones stay") {
@@ -594,4 +597,43 @@ TEST_CASE("config: metrics are off by default, on 127.0.0.1, and another address
         "\"localhost\"");
   CHECK(ErrorOf(With("/metrics/port", 0)) ==
         "site/agent.json: /metrics/port: expected an integer from 1 to 65535, found 0");
+}
+
+// ---- issue 15: the worklist section ---------------------------------------------------------
+
+TEST_CASE("config: no worklist section keeps the study identity, and an enabled one needs host and called AE") {
+  auto plain = ParseConfig(Minimal().dump(), "site/agent.json");
+  REQUIRE(plain);
+  CHECK_FALSE(plain->worklist.enabled);
+  CHECK(SiteKeyPath(*plain) == "/var/spool/ctagent/site.key");
+  CHECK_FALSE(plain->privacy.age_band);
+  CHECK_FALSE(plain->privacy.sex);
+  CHECK(plain->worklist.max_answers == 500);
+
+  auto full = Minimal();
+  full["worklist"] = nlohmann::json::parse(R"({"enabled": true, "host": "ris.hospital.example", "port": 4242,
+      "called_ae": "RISWL", "calling_ae": "CT1", "timeout_s": 5, "max_answers": 50})");
+  auto c = ParseConfig(full.dump(), "site/agent.json");
+  INFO((c ? "" : c.error().message()));
+  REQUIRE(c);
+  CHECK(c->worklist.enabled);
+  CHECK(c->worklist.host == "ris.hospital.example");
+  CHECK(c->worklist.port == 4242);
+  CHECK(c->worklist.called_ae == "RISWL");
+  CHECK(c->worklist.calling_ae == "CT1");
+  CHECK(c->worklist.timeout_s == 5);
+  CHECK(c->worklist.max_answers == 50);
+
+  CHECK(ErrorOf(With("/worklist/enabled", true)) ==
+        "site/agent.json: /worklist/host: required when /worklist/enabled is true (the RIS worklist server's host "
+        "name or address)");
+  CHECK(ErrorOf(With("/worklist/called_ae", "", With("/worklist/host", "ris", With("/worklist/enabled", true)))) ==
+        "site/agent.json: /worklist/called_ae: required when /worklist/enabled is true (the RIS worklist server's AE "
+        "title)");
+  CHECK(ErrorOf(With("/worklist/max_answers", 0)) ==
+        "site/agent.json: /worklist/max_answers: expected an integer from 1 to 100000, found 0");
+  CHECK(ErrorOf(With("/worklist/calling_ae", "A\\B")) ==
+        "site/agent.json: /worklist/calling_ae: expected an AE title of 1 to 16 characters without backslash, found "
+        "string \"A\\\\B\"");
+  CHECK_THAT(ErrorOf(With("/worklist/hots", "ris")), Catch::Contains("unknown key; did you mean \"host\"?"));
 }
