@@ -75,7 +75,7 @@ int RecordCommand(const std::vector<std::string>& args) {
   auto config = config::LoadConfig(config_path);
   if (!config) {
     std::fprintf(stderr, "record: %s\n", config.error().message().c_str());
-    return 1;
+    return 3;  // the CLI's "configuration cannot be read or is invalid" (cli::kExitConfig), as for every command
   }
   auto detector = MakeDetector(config->driver.name, config->driver.options);
   if (!detector) {

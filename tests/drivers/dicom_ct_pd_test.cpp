@@ -284,4 +284,22 @@ TEST_CASE("dicom-ct-pd: the real file replays through ctagent check and record a
   REQUIRE(b->has_value());
   CHECK((**a).samples == (**b).samples);
 }
+
+TEST_CASE("record: a configuration that cannot be read or is invalid exits 3, naming the file", "[replay][cli]") {
+  ctagent::test::TempDir dir("record-config");
+  const fs::path out = dir.path() / "recorded";
+  const fs::path missing = dir.path() / "no-such-agent.json";
+  const Run absent = Ctagent(dir.path(), {"record", "--config", missing.string(), "--out", out.string()});
+  INFO(absent.output);
+  CHECK(absent.exit_code == 3);
+  CHECK(absent.output.find(missing.string()) != std::string::npos);
+
+  const fs::path broken = dir.path() / "broken-agent.json";
+  std::ofstream(broken) << "{ \"spool\": ";
+  const Run invalid = Ctagent(dir.path(), {"record", "--config", broken.string(), "--out", out.string()});
+  INFO(invalid.output);
+  CHECK(invalid.exit_code == 3);
+  CHECK(invalid.output.find(broken.string()) != std::string::npos);
+  CHECK_FALSE(fs::exists(out));  // nothing recorded
+}
 #endif
