@@ -83,13 +83,18 @@ The status, check, scan, pause, resume and acknowledge commands talk to a runnin
 over its control socket (config "control"; docs/control-protocol.md).
 )";
 
-constexpr const char* kScanHelp = R"(Usage: ctagent scan --config FILE [--no-results] [--quiet]
+constexpr const char* kScanHelp = R"(Usage: ctagent scan --config FILE [--accession N | --emergency] [--no-results] [--quiet]
 
 Arms the configured driver with the configured protocol (config "scan"), acquires one scan, and
 carries it through compression, the durable spool and the upload, then waits for the images and
 the report from the imaging center and sends them to the console.
+With a worklist configured, the scan's patient is the worklist's step with accession number N, or
+without --accession the one step scheduled for this station today (several or none: refused); only
+pseudonyms leave the terminal. Without a worklist the configuration's "study" identity is used.
 
   --config FILE   the agent configuration (JSON)
+  --accession N   the exam's accession number on the worklist
+  --emergency     no worklist entry: a temporary identity, flagged for reconciliation
   --no-results    stop after the upload (do not wait for images)
   --quiet         no progress display
 Every accepted view is on disk before it is reported; if the upload or the results cannot be
@@ -613,7 +618,10 @@ std::optional<int> ScanThroughDaemon(const config::AgentConfig& cfg, const Args&
   const auto socket = config::ControlSocketPath(cfg);
   auto client = control::Client::Connect(socket);
   if (!client) return std::nullopt;
-  auto taken = client->Call("take_scan", nlohmann::json::object(), std::chrono::seconds(120));
+  nlohmann::json request = nlohmann::json::object();
+  if (args.Has("--accession")) request["accession_number"] = args.Value("--accession");
+  if (args.Has("--emergency")) request["emergency"] = true;
+  auto taken = client->Call("take_scan", request, std::chrono::seconds(120));
   if (!taken) {
     std::fprintf(stderr, "ctagent: scan not started: the background agent (%s) answered: %s\n", socket.c_str(),
                  taken.error().message().c_str());
@@ -701,8 +709,17 @@ std::optional<int> ScanThroughDaemon(const config::AgentConfig& cfg, const Args&
 }
 
 int CmdScan(const Args& args) {
-  if (auto bad = RejectUnknown(args, {"--config"}, {"--no-results", "--quiet"}, kScanHelp)) return *bad;
+  if (auto bad = RejectUnknown(args, {"--config", "--accession"}, {"--no-results", "--quiet", "--emergency"}, kScanHelp)) {
+    return *bad;
+  }
   if (args.Has("--help")) return std::printf("%s", kScanHelp), 0;
+  core::ExamIdentity exam;
+  exam.accession_number = args.Has("--accession") ? args.Value("--accession") : "";
+  exam.emergency = args.Has("--emergency");
+  if (exam.emergency && !exam.accession_number.empty()) {
+    std::fprintf(stderr, "ctagent: --accession and --emergency exclude each other: an emergency scan has no worklist entry\n");
+    return cli::kExitUsage;
+  }
   int code = 0;
   auto cfg = LoadOrExplain(args, kScanHelp, &code);
   if (!cfg) return code;
@@ -719,7 +736,7 @@ int CmdScan(const Args& args) {
     LagMonitor lag(agent.spool(), /*log_backlog=*/false);
     std::unique_ptr<ProgressDisplay> display;
     if (!args.Has("--quiet")) display = std::make_unique<ProgressDisplay>(progress);
-    summary = agent.RunScan(&progress);
+    summary = agent.RunScan(&progress, exam);
   }
   if (!summary) {
     std::fprintf(stderr, "ctagent: scan not started: %s\n", summary.error().message().c_str());

@@ -255,7 +255,9 @@ std::vector<Entry> MakeEntries() {
        CTAGENT_TARGET(protocol.line_integral_intercept)},
 
       {.path = "/study", .type = Type::kSection,
-       .description = "Study identity the cloud may see (demo pseudonyms; a deployment takes it from the worklist)."},
+       .description = "The patient every scan carries when no worklist is configured (the fallback of a terminal without a RIS), "
+                      "sent to the imaging center as it is: use pseudonyms (docs/privacy.md). With `/worklist` "
+                      "enabled it is not used."},
       {.path = "/study/patient_id", .type = Type::kString, .description = "Patient ID. Never logged.",
        .sensitive = true, .string_ok = DicomLongString, .string_rule = "at most 64 characters without backslash",
        CTAGENT_TARGET(study.patient_id)},
@@ -395,9 +397,10 @@ std::vector<Entry> MakeEntries() {
        CTAGENT_TARGET(console.calling_ae)},
 
       {.path = "/worklist", .type = Type::kSection,
-       .description = "The hospital's Modality Worklist server (C-FIND), from which each scan is to take its patient "
-                      "and exam (docs/privacy.md). Off by default. Parsed and checked; scans do not use it yet: "
-                      "they carry the `/study` identity."},
+       .description = "The hospital's Modality Worklist server (C-FIND), from which each scan takes its patient and "
+                      "exam: the step with the accession number given (`ctagent scan --accession`, take_scan, the "
+                      "scanner's announcement), else the one step scheduled today for this station "
+                      "(docs/privacy.md). Off by default: scans then carry the `/study` identity."},
       {.path = "/worklist/enabled", .type = Type::kBool, .description = "Ask the worklist for each scan's patient.",
        CTAGENT_TARGET(worklist.enabled)},
       {.path = "/worklist/host", .type = Type::kString,
@@ -421,7 +424,8 @@ std::vector<Entry> MakeEntries() {
        .min = 1, .max = 100000, CTAGENT_TARGET(worklist.max_answers)},
 
       {.path = "/privacy", .type = Type::kSection,
-       .description = "Pseudonymisation (docs/privacy.md). Parsed and checked; uploads do not use it yet."},
+       .description = "Pseudonymisation (docs/privacy.md): what a worklist or emergency scan sends the imaging "
+                      "center instead of the patient's identity."},
       {.path = "/privacy/key_file", .type = Type::kPath,
        .description = "The per-site secret key (64 hex digits, mode 0600, owned by the agent's user); made at first "
                       "use when missing. Empty: `site.key` in the spool directory. Back it up: a new key gives every "

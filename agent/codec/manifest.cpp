@@ -30,11 +30,15 @@ nlohmann::json ToJson(const Manifest& m) {
                       {"raw_sha256", c.raw_sha256},
                       {"sha256", c.sha256}});
   }
+  nlohmann::json patient = {{"id", m.patient_id}, {"name", m.patient_name}};
+  if (!m.accession_number.empty()) patient["accession"] = m.accession_number;
+  if (!m.patient_age.empty()) patient["age"] = m.patient_age;
+  if (!m.patient_sex.empty()) patient["sex"] = m.patient_sex;
   return {{"format", "ctagent-manifest"},
           {"version", kManifestVersion},
           {"scan_uid", m.scan_uid},
           {"study_uid", m.study_uid},
-          {"patient", {{"id", m.patient_id}, {"name", m.patient_name}}},
+          {"patient", patient},
           {"study_description", m.study_description},
           {"terminal_id", m.terminal_id},
           {"acquisition", {{"start_utc", m.acquisition_start_utc},
@@ -72,6 +76,10 @@ Expected<Manifest> ManifestFromJson(const nlohmann::json& j) {
   chain(Read(j, "terminal_id", "", &m.terminal_id));
   chain(Read(patient, "id", "/patient", &m.patient_id));
   chain(Read(patient, "name", "/patient", &m.patient_name));
+  for (auto [key, out] : {std::pair{"accession", &m.accession_number}, std::pair{"age", &m.patient_age},
+                          std::pair{"sex", &m.patient_sex}}) {
+    if (patient.contains(key)) chain(Read(patient, key, "/patient", out));
+  }
   chain(Read(acquisition, "start_utc", "/acquisition", &m.acquisition_start_utc));
   chain(Read(acquisition, "end_utc", "/acquisition", &m.acquisition_end_utc));
   chain(Read(acquisition, "views", "/acquisition", &m.views_acquired));

@@ -29,8 +29,14 @@ struct ManifestChunk {
 struct Manifest {
   std::string scan_uid;
   std::string study_uid;
-  std::string patient_id;     // the identity the cloud may see (pseudonymous in demos)
+  // The identity the cloud may see: with a worklist, only pseudonyms (docs/privacy.md): the
+  // pseudonymous patient ID, no name, the pseudonymous accession; the age band ("040Y") and sex
+  // only when the site discloses them. Empty optional fields are left out of the JSON.
+  std::string patient_id;
   std::string patient_name;
+  std::string accession_number;
+  std::string patient_age;
+  std::string patient_sex;
   std::string study_description;
   std::string terminal_id;
   std::string acquisition_start_utc;  // ISO 8601

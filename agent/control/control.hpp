@@ -51,6 +51,8 @@ struct TakeScanRequest {
   std::optional<nlohmann::json> protocol;         // a "scan" section as in the config, for this scan only
   std::optional<std::string> accession_number;    // the exam's accession number (DICOM 0008,0050)
   std::optional<std::string> procedure_step_id;   // scheduled procedure step ID (DICOM 0040,0009)
+  // No worklist entry: a temporary identity flagged for reconciliation (docs/privacy.md).
+  bool emergency = false;
 };
 
 // The answer to one request: a JSON object (the "result") or an error, whose kind becomes the

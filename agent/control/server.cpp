@@ -226,6 +226,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
         (std::string(key) == "accession_number" ? take.accession_number : take.procedure_step_id) =
             request[key].get<std::string>();
       }
+      if (request.contains("emergency") && !request["emergency"].is_null()) {
+        if (!request["emergency"].is_boolean()) {
+          return reply(MakeError(ErrorKind::kInvalidInput, "take_scan: \"emergency\" must be true or false"));
+        }
+        take.emergency = request["emergency"].get<bool>();
+      }
       return handler.TakeScan(take, std::move(reply));
     }
     return reply(MakeError(ErrorKind::kUnsupported,

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "agent/common/durable_file.hpp"
+#include "agent/core/exam_context.hpp"
 #include "agent/core/heartbeat.hpp"
 #include "agent/core/uploader.hpp"
 #include "agent/codec/chunk_stage.hpp"
@@ -60,12 +61,6 @@ struct Progress {
   std::atomic<std::uint64_t> bytes_uploaded{0};
   std::atomic<std::uint32_t> results_received{0};
   std::atomic<int> phase{0};  // 0 acquiring, 1 uploading, 2 waiting for results, 3 delivering, 4 done
-};
-
-// The exam a scan belongs to, when the scanner (an announcement) or the caller (take_scan) knows it.
-struct ExamIdentity {
-  std::string accession_number;
-  std::string procedure_step_id;
 };
 
 // What the daemon is doing, for its service manager's status line.
@@ -125,8 +120,9 @@ class Agent {
 
   // Arms the configured driver with the configured protocol, acquires one scan, and carries it
   // as far as it can: spool, upload, results, console. The raw data is safe in the spool as
-  // soon as each chunk is written, whatever happens later.
-  Expected<ScanSummary> RunScan(Progress* progress = nullptr);
+  // soon as each chunk is written, whatever happens later. The scan's patient comes from `exam`
+  // (ResolveExam, before the detector is armed).
+  Expected<ScanSummary> RunScan(Progress* progress = nullptr, const ExamIdentity& exam = {});
 
   // Continues every unfinished scan in the spool: first the upload of every scan with bytes
   // still to send, then results and delivery for every uploaded scan, all of them at once (so
@@ -168,8 +164,9 @@ class Agent {
   Expected<ScanSummary> Finish(Run& run);
   // The configured protocol (a replayed recording's own shape, with its changes logged).
   Expected<drivers::ScanProtocol> ConfiguredProtocol() const;
-  // A new scan: spool record and reservation, the detector armed (unless it armed itself), and
-  // the chunk stage and ingest that carry its views to the spool.
+  // A new scan: its patient resolved (blocking on the worklist: never on the event loop) and
+  // pseudonymised with its mapping record written, spool record and reservation, the detector
+  // armed (unless it armed itself), and the chunk stage and ingest that carry its views to the spool.
   Status BeginAcquisition(Run& run, const drivers::ScanProtocol& protocol, drivers::Detector& detector, bool armed,
                           const ExamIdentity& exam);
   // On the acquisition thread: every view into the spool, ending with the last batch synced.

@@ -356,7 +356,7 @@ void Agent::RequestStop() {
   if (stop_hook_) stop_hook_();
 }
 
-Expected<ScanSummary> Agent::RunScan(Progress* progress) {
+Expected<ScanSummary> Agent::RunScan(Progress* progress, const ExamIdentity& exam) {
   // A stop that came before the scan (SIGTERM while `ctagent scan` waited for the spool).
   if (stop_requested_) {
     return MakeError(ErrorKind::kCancelled, "stopped on request before the detector was armed; nothing was acquired");
@@ -375,7 +375,7 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress) {
     if (!fetcher) return MakeError(fetcher.error());
     run->results = std::move(*fetcher);
   }
-  if (auto st = BeginAcquisition(*run, *protocol, **detector, /*armed=*/false, {}); !st) return MakeError(st.error());
+  if (auto st = BeginAcquisition(*run, *protocol, **detector, /*armed=*/false, exam); !st) return MakeError(st.error());
 
   run->uploader = std::make_unique<Uploader>(run->io, *spool_, config_.cloud, RetryPolicy{}, links_.get());
   {
@@ -428,13 +428,53 @@ Status Agent::BeginAcquisition(Run& run, const drivers::ScanProtocol& protocol, 
   auto filter = codec::FilterFromString(config_.codec.filter);
   if (!filter) return MakeError(filter.error());
   run.scan_uid = MintDicomUid();
-  run.study_uid = config_.study.study_uid.empty() ? MintDicomUid() : config_.study.study_uid;
+  // The patient first (the worklist's C-FIND blocks; this runs on the acquisition thread or
+  // before RunScan's loop, never on the event loop): no identity, no scan.
+  auto context = ResolveExam(config_, exam, std::chrono::system_clock::now());
+  if (!context) {
+    if (armed) detector.Abort();
+    return MakeError(context.error().WithContext("the scan's patient"));
+  }
 
   codec::Manifest base;
   base.scan_uid = run.scan_uid;
+  std::optional<std::filesystem::path> mapping_path;
+  if (context->pseudonymise()) {
+    // Only pseudonyms leave the terminal (docs/privacy.md); the mapping back is written durably,
+    // owner-only, before anything of the scan exists, so every later step can re-identify.
+    auto key = privacy::SiteKey::LoadOrCreate(config::SiteKeyPath(config_), files_);
+    if (!key) {
+      if (armed) detector.Abort();
+      return MakeError(key.error().WithContext("the site key for pseudonymisation"));
+    }
+    privacy::MappingRecord mapping = privacy::Pseudonymise(*key, run.scan_uid, context->identity);
+    mapping.reconcile = context->reconcile;
+    mapping_path = spool_->MappingPath(run.scan_uid);
+    Status written = files_.CreateDirectories(mapping_path->parent_path());
+    if (written) written = privacy::WriteMapping(files_, *mapping_path, mapping);
+    if (!written) {
+      if (armed) detector.Abort();
+      (void)files_.Remove(mapping_path->parent_path());  // the new scan's own directory
+      return MakeError(written.error().WithContext("writing the scan's mapping record"));
+    }
+    run.study_uid = mapping.study_instance_uid.pseudonymous;
+    base.patient_id = mapping.patient_id.pseudonymous;
+    if (!mapping.accession_number.real.empty()) base.accession_number = mapping.accession_number.pseudonymous;
+    const privacy::DisclosureOptions disclose{config_.privacy.age_band, config_.privacy.sex};
+    if (disclose.age_band) {
+      const std::string today = UtcNowIso8601();
+      const std::string date = today.substr(0, 4) + today.substr(5, 2) + today.substr(8, 2);
+      if (auto band = privacy::CoarsenAge(context->identity.patient_birth_date, date)) {
+        base.patient_age = band->ToAgeString();
+      }
+    }
+    base.patient_sex = privacy::DisclosedSex(disclose, context->identity.patient_sex);
+  } else {
+    run.study_uid = context->identity.study_instance_uid;
+    base.patient_id = context->identity.patient_id;
+    base.patient_name = context->identity.patient_name;
+  }
   base.study_uid = run.study_uid;
-  base.patient_id = config_.study.patient_id;
-  base.patient_name = config_.study.patient_name;
   base.study_description = config_.study.study_description;
   base.terminal_id = config_.terminal_id;
   base.acquisition_start_utc = UtcNowIso8601();
@@ -449,6 +489,7 @@ Status Agent::BeginAcquisition(Run& run, const drivers::ScanProtocol& protocol, 
   const std::uint64_t reserve = protocol.RawBytes() + protocol.RawBytes() / 64 + (1 << 20);
   if (auto st = spool_->BeginScan(record, reserve); !st) {
     if (armed) detector.Abort();  // the scanner's scan cannot be taken; the driver returns to idle
+    if (mapping_path) (void)files_.Remove(mapping_path->parent_path());  // the new scan's own directory
     return MakeError(st.error());
   }
   if (!armed) {
@@ -461,9 +502,10 @@ Status Agent::BeginAcquisition(Run& run, const drivers::ScanProtocol& protocol, 
       return MakeError(st.error().WithContext("arming the detector"));
     }
   }
-  std::string exam_text;
-  if (!exam.accession_number.empty()) exam_text += ", accession " + exam.accession_number;
-  if (!exam.procedure_step_id.empty()) exam_text += ", procedure step " + exam.procedure_step_id;
+  // No patient data in logs: how the patient was found, never who it is (nor the accession).
+  std::string exam_text = context->reconcile        ? ", emergency identity (to be reconciled)"
+                          : context->from_worklist ? ", patient from the worklist"
+                                                   : ", patient from the configuration";
   log::Info("scan", "scan " + run.scan_uid + (armed ? " announced by the detector" : " armed") + ": " +
                         std::to_string(protocol.TotalViews()) + " views of " + std::to_string(protocol.rows) + " x " +
                         std::to_string(protocol.channels) + " samples, dose " + std::to_string(protocol.dose_fraction) +
@@ -820,7 +862,7 @@ struct Agent::Service {
         std::lock_guard lock(mutex);
         acquisition_busy = true;
       }
-      ExamIdentity exam{(*announced)->accession_number, (*announced)->procedure_step_id};
+      ExamIdentity exam{(*announced)->accession_number, (*announced)->procedure_step_id, false};
       AcquireOne((*announced)->protocol, /*armed=*/true, exam, nullptr);
     }
   }

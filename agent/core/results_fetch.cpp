@@ -1,5 +1,8 @@
 #include "agent/core/results_fetch.hpp"
 
+#include "agent/privacy/privacy.hpp"
+#include "agent/results/reidentify.hpp"
+
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
@@ -25,7 +28,13 @@ std::int64_t UnixMsNow() {
 
 struct ResultsFetcher::Job {
   std::string scan_uid;
-  std::string study_uid;
+  std::string study_uid;  // the one the imaging center knows (pseudonymous for a worklist scan)
+  // The scan's privacy mapping (a worklist or emergency scan), read at the first round: every
+  // object is re-identified with it before it is stored, and stored objects carry the real study
+  // UID (local_study_uid); without one both are study_uid.
+  bool mapping_read = false;
+  std::optional<privacy::MappingRecord> mapping;
+  std::string local_study_uid;
   std::chrono::steady_clock::time_point deadline;
   std::chrono::milliseconds interval{1000};
   Done done;
@@ -149,6 +158,19 @@ void ResultsFetcher::Poll(std::shared_ptr<Job> job) {
 }
 
 Expected<bool> ResultsFetcher::PollOnce(Job& job) {
+  if (!job.mapping_read) {
+    const auto path = spool_.MappingPath(job.scan_uid);
+    job.local_study_uid = job.study_uid;
+    std::error_code ec;
+    if (std::filesystem::exists(path, ec)) {
+      PosixFileStore files;
+      auto mapping = privacy::ReadMapping(files, path);
+      if (!mapping) return MakeError(mapping.error().WithContext("scan " + job.scan_uid + "'s results"));
+      job.local_study_uid = mapping->study_instance_uid.real;
+      job.mapping = std::move(*mapping);
+    }
+    job.mapping_read = true;
+  }
   transport::dicomweb::Client dicomweb(*job.http, dicomweb_url_);
   // Each request ends by the job's deadline or when the fetcher stops, whatever the server does.
   dicomweb.SetDeadline(job.deadline, [this] { return !stopping_.load(); });
@@ -201,7 +223,7 @@ Expected<bool> ResultsFetcher::PollOnce(Job& job) {
       }
       if (expected == 0 && have_ct.count(inst.sop_instance_uid)) {
         auto info = results::ValidateInstanceFile(spool_.ResultPath(job.scan_uid, inst.sop_instance_uid),
-                                                  job.study_uid, results::DefaultAllowedSopClasses());
+                                                  job.local_study_uid, results::DefaultAllowedSopClasses());
         if (info) expected = info->images_in_acquisition;
       }
       ++stored;
@@ -307,7 +329,7 @@ Expected<bool> ResultsFetcher::EvaluateSet(Job& job, const spool::ScanRecord& re
   std::string waiting;
   for (const auto& uid : report_uids) {
     const results::SrSummary& sr = job.reports.at(uid);
-    auto verdict = results::CheckResultSet(job.study_uid, sr, stored, pending, job.refused, segs);
+    auto verdict = results::CheckResultSet(job.local_study_uid, sr, stored, pending, job.refused, segs);
     if (verdict.state == results::ResultSetVerdict::State::kRefused) {
       if (job.set_refusal.empty()) {
         job.set_refusal = verdict.reason;
@@ -380,6 +402,12 @@ Expected<std::optional<results::InstanceInfo>> ResultsFetcher::FetchInstance(Job
                   ": the imaging center answered with instance " + info->sop_instance_uid + " of series " +
                   info->series_uid + " instead (WADO-RS answer does not match its QIDO-RS entry)");
   }
+  if (job.mapping) {
+    // The real identity back before anything is stored; an object of another scan is refused.
+    auto reidentified = results::ReidentifyPart10(*bytes, *job.mapping);
+    if (!reidentified) return refuse("instance " + sop_instance_uid + ": " + reidentified.error().message());
+    *bytes = std::move(*reidentified);
+  }
   auto stored_path = spool_.StoreResult(job.scan_uid, sop_instance_uid, *bytes);
   if (!stored_path) return MakeError(stored_path.error());
   if (auto st = spool_.Update(job.scan_uid, [&](spool::ScanRecord& r) {
@@ -444,7 +472,7 @@ Status ResultsFetcher::FetchBatch(Job& job, transport::dicomweb::Client& dicomwe
   std::vector<std::size_t> accepted;
   for (std::size_t i = 0; i < downloads.size(); ++i) {
     const std::string& uid = sop_instance_uids[i];
-    const Download& d = downloads[i];
+    Download& d = downloads[i];
     if (!*d.bytes) {
       if (d.over_limit) {
         alone.push_back(uid);
@@ -464,6 +492,14 @@ Status ResultsFetcher::FetchBatch(Job& job, transport::dicomweb::Client& dicomwe
       refusal = "instance " + uid + " of series " + series_uid + ": the imaging center answered with instance " +
                 (*d.info)->sop_instance_uid + " of series " + (*d.info)->series_uid +
                 " instead (WADO-RS answer does not match its QIDO-RS entry)";
+    } else if (job.mapping) {
+      // The real identity back before anything is stored; an object of another scan is refused.
+      auto reidentified = results::ReidentifyPart10(**d.bytes, *job.mapping);
+      if (reidentified) {
+        **d.bytes = std::move(*reidentified);
+      } else {
+        refusal = "instance " + uid + ": " + reidentified.error().message();
+      }
     }
     if (!refusal.empty()) {
       log::Error("results", "scan " + job.scan_uid + ": refused " + refusal);

@@ -71,6 +71,7 @@ void ControlHandler::TakeScan(const control::TakeScanRequest& request, control::
   }
   order.exam.accession_number = request.accession_number.value_or("");
   order.exam.procedure_step_id = request.procedure_step_id.value_or("");
+  order.exam.emergency = request.emergency;
   order.armed = [reply = std::move(reply)](Expected<std::string> uid) {
     if (!uid) {
       reply(MakeError(uid.error()));

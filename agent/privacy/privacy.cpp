@@ -257,6 +257,7 @@ std::string ToJson(const MappingRecord& r) {
       {"accession_number", PairJson(r.accession_number)},
       {"study_instance_uid", PairJson(r.study_instance_uid)},
       {"uids", uids},
+      {"reconcile", r.reconcile},
   };
   // Names stay UTF-8 in the file (no \u escapes), as the worklist gave them.
   return j.dump(2) + "\n";
@@ -296,6 +297,13 @@ Expected<MappingRecord> MappingFromJson(std::string_view text, const std::string
   r.patient_id = pair_at("patient_id");
   r.accession_number = pair_at("accession_number");
   r.study_instance_uid = pair_at("study_instance_uid");
+  if (j.contains("reconcile")) {
+    if (j["reconcile"].is_boolean()) {
+      r.reconcile = j["reconcile"].get<bool>();
+    } else if (problem.empty()) {
+      problem = "/reconcile: expected true or false";
+    }
+  }
   if (!j.contains("uids") || !j["uids"].is_array()) {
     if (problem.empty()) problem = "/uids: expected an array";
   } else {

@@ -91,6 +91,7 @@ struct MappingRecord {
   Pair accession_number;
   Pair study_instance_uid;
   std::vector<Pair> uids;        // every other UID remapped for this scan (series, instances)
+  bool reconcile = false;        // an emergency scan's minted identity: a person must reconcile it
 };
 
 // The real identity a scan starts from (from the worklist).

@@ -527,8 +527,11 @@ Status Spool::RemoveOrphans() {
     auto files = files_.List(dir);
     if (!files) return MakeError(files.error());
     for (const auto& f : *files) {
+      // mapping.json: the scan's privacy mapping (MappingPath), written before its record, so
+      // a scan with a record may have one; only the terminal can re-identify its results with it.
       const bool keep = (f.name == "chunks" && f.is_directory) || (f.name == "results" && f.is_directory) ||
-                        (f.name == "manifest.json" && r.manifest_written && !r.raw_deleted);
+                        (f.name == "manifest.json" && r.manifest_written && !r.raw_deleted) ||
+                        (f.name == "mapping.json" && !f.is_directory);
       if (!keep) {
         if (auto st = remove(dir / f.name); !st) return st;
       }

@@ -218,6 +218,9 @@ class Spool {
   Expected<std::vector<std::filesystem::path>> StoreResults(const std::string& scan_uid,
                                                             const std::vector<ResultToStore>& instances);
   std::filesystem::path ResultPath(const std::string& scan_uid, const std::string& sop_instance_uid) const;
+  // The scan's privacy mapping record (agent/privacy/privacy.hpp), in the scan's directory: it
+  // is never uploaded, and goes when the scan's directory goes.
+  std::filesystem::path MappingPath(const std::string& scan_uid) const { return ScanDir(scan_uid) / "mapping.json"; }
 
   SpaceReport Space();
   const std::filesystem::path& directory() const { return options_.directory; }

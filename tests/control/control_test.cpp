@@ -252,6 +252,9 @@ TEST_CASE("every command is answered with the handler's result and the request's
   CHECK(h.daemon.last_take->accession_number == "ACC-7");
   CHECK_FALSE(h.daemon.last_take->procedure_step_id.has_value());
   CHECK((*h.daemon.last_take->protocol)["rotations"] == 2);
+  CHECK_FALSE(h.daemon.last_take->emergency);
+  REQUIRE(client->Call("take_scan", Json{{"emergency", true}}).has_value());
+  CHECK(h.daemon.last_take->emergency);
 
   auto acknowledged = client->Call("acknowledge", Json{{"scan_uid", "2.25.42"}});
   REQUIRE(acknowledged.has_value());
@@ -302,6 +305,10 @@ TEST_CASE("an unknown version, an unknown command and malformed requests are cle
   SendAll(fd, "{\"v\":1,\"id\":4,\"cmd\":\"take_scan\",\"accession_number\":12}\n");
   r = Json::parse(ReadLine(fd));
   CHECK(r["error"]["kind"] == "invalid_input");
+  SendAll(fd, "{\"v\":1,\"id\":4,\"cmd\":\"take_scan\",\"emergency\":\"yes\"}\n");
+  r = Json::parse(ReadLine(fd));
+  CHECK(r["error"]["kind"] == "invalid_input");
+  CHECK_THAT(r["error"]["message"].get<std::string>(), Catch::Contains("emergency"));
 
   // After all that, the connection still serves.
   SendAll(fd, "{\"v\":1,\"id\":5,\"cmd\":\"status\"}\n");

@@ -2,7 +2,9 @@
 // on loopback (tests/support/hostile_server): QIDO-RS answers and WADO-RS instances are static
 // rules, the instances real DICOM built here with DCMTK. Each case is a defect of issue 18:
 // an instance listed twice, a WADO-RS answer carrying another instance than asked, downloads
-// past the spool budget, and a QIDO-RS answer trickled a byte at a time.
+// past the spool budget, and a QIDO-RS answer trickled a byte at a time. Then the AI result set
+// delivered to a real DCMTK storescp, and (issue 15) a worklist scan's set re-identified from the
+// scan's mapping.json before it is stored or sent.
 #include <vector>
 
 #include <dcmtk/config/osconfig.h>
@@ -16,6 +18,8 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <fstream>
@@ -30,11 +34,14 @@
 #include "agent/common/sha256.hpp"
 #include "agent/common/uid.hpp"
 #include "agent/core/results_fetch.hpp"
+#include "agent/privacy/privacy.hpp"
+#include "agent/results/result_set.hpp"
 #include "agent/spool/simulated_disk.hpp"
 #include "agent/spool/spool.hpp"
 #include "tests/results/result_objects.hpp"
 #include "tests/support/hostile_server.hpp"
 #include "tests/support/process.hpp"
+#include "tests/worklist/worklist_server.hpp"
 
 namespace fs = std::filesystem;
 using namespace ctagent;
@@ -828,5 +835,247 @@ TEST_CASE("results fetch: the AI result set is fetched whole, checked, delivered
     REQUIRE(findings->console_refused.size() == 1);
     CHECK_THAT(findings->console_refused[0], Catch::Contains("ComprehensiveSRStorage"));
     CHECK(findings->findings.category == "HIGH-RISK");
+  }
+}
+
+namespace {
+
+// A worklist scan (issue 15): the patient's real identity, as the worklist gave it.
+const std::string kRealName = "\xE7\x8E\x8B^\xE5\xB0\x8F\xE6\x98\x8E";  // 王小明, UTF-8
+const std::string kRealId = "PID-ZH-8812";
+const std::string kRealBirthDate = "19580611";
+const std::string kRealAccession = "ACCZH0042";
+const std::string kRealStudy = "1.2.826.0.1.3680043.2.1125.77.4242";
+// A UID of the scan the agent remapped besides the study (the acquisition's frame of reference),
+// which the center's CT and SEG carry on.
+const std::string kRealFrame = "1.2.826.0.1.3680043.2.1125.77.4243";
+
+privacy::SiteKey TestSiteKey() {
+  std::array<std::uint8_t, privacy::SiteKey::kBytes> bytes{};
+  for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<std::uint8_t>(i * 29 + 7);
+  return privacy::SiteKey::FromBytes(bytes);
+}
+
+DcmDataset& LoadInto(DcmFileFormat& file, const fs::path& path) {
+  const OFCondition loaded = file.loadFile(OFFilename(path.c_str()));
+  INFO(path << ": " << loaded.text());
+  REQUIRE(loaded.good());
+  return *file.getDataset();
+}
+
+std::string Value(DcmItem& item, const DcmTagKey& tag) {
+  OFString value;
+  item.findAndGetOFStringArray(tag, value);
+  return value.c_str();
+}
+
+// What the center makes of a pseudonymised upload: each object of `cloud` carries the patient
+// pseudonym `patient_id`, the accession pseudonym, no name, an age band, text in ISO_IR 100, and
+// (CT and SEG) the remapped frame of reference.
+void AsFromCenter(AiCloud& cloud, const std::string& patient_id, const privacy::MappingRecord& mapping,
+                  const std::string& frame_pseudonym, const fs::path& dir) {
+  for (auto& [uid, inst] : cloud.instances) {
+    const fs::path path = dir / ("center-" + uid + ".dcm");
+    std::ofstream(path, std::ios::binary)
+        .write(reinterpret_cast<const char*>(inst.bytes.data()), static_cast<std::streamsize>(inst.bytes.size()));
+    DcmFileFormat file;
+    DcmDataset& ds = LoadInto(file, path);
+    REQUIRE(ds.putAndInsertString(DCM_SpecificCharacterSet, "ISO_IR 100").good());
+    REQUIRE(ds.putAndInsertString(DCM_PatientName, "").good());
+    REQUIRE(ds.putAndInsertString(DCM_PatientID, patient_id.c_str()).good());
+    REQUIRE(ds.putAndInsertString(DCM_PatientAge, "065Y").good());
+    REQUIRE(ds.putAndInsertString(DCM_AccessionNumber, mapping.accession_number.pseudonymous.c_str()).good());
+    REQUIRE(ds.putAndInsertString(DCM_StudyDescription, "Thorax, \xDC" "bersicht").good());
+    if (inst.sop_class == UID_CTImageStorage || inst.sop_class == UID_SegmentationStorage) {
+      REQUIRE(ds.putAndInsertString(DCM_FrameOfReferenceUID, frame_pseudonym.c_str()).good());
+    }
+    inst.bytes = objects::SaveBytes(file, path);
+  }
+}
+
+// Every needle that is found in `haystack`, for a message.
+std::string Found(const std::string& haystack, const std::vector<std::string>& needles) {
+  std::string found;
+  for (const auto& n : needles) {
+    if (haystack.find(n) != std::string::npos) found += " [" + n + "]";
+  }
+  return found;
+}
+
+}  // namespace
+
+TEST_CASE("results fetch: a worklist scan's result set reaches the console and the spool under the real identity",
+          "[results][fetch][aiset][privacy]") {
+  TempDir dir("results-fetch-reid");
+  const auto key = TestSiteKey();
+  const std::string pseudonymous_study = privacy::RemapUid(key, kRealStudy);
+  AiCloud cloud;
+  cloud.study = pseudonymous_study;  // the center only knows the remapped study
+  PosixFileStore files;
+  // The spool as a worklist scan leaves it: the record's study UID is the pseudonymous one (the
+  // one results are searched by) and mapping.json holds the way back.
+  ScanInSpool scan(files, {dir.path() / "spool", 1ull << 30, 0}, pseudonymous_study);
+  privacy::RealIdentity real;
+  real.patient_name = kRealName;
+  real.patient_id = kRealId;
+  real.patient_birth_date = kRealBirthDate;
+  real.patient_sex = "M";
+  real.accession_number = kRealAccession;
+  real.study_instance_uid = kRealStudy;
+  auto mapping = privacy::Pseudonymise(key, scan.record.scan_uid, real);
+  const std::string frame_pseudonym = privacy::RemapAndRecord(key, mapping, kRealFrame);
+  REQUIRE(mapping.study_instance_uid.pseudonymous == pseudonymous_study);
+  REQUIRE(privacy::WriteMapping(files, scan.spool->MappingPath(scan.record.scan_uid), mapping));
+  const std::vector<std::string> pseudonyms = {mapping.patient_id.pseudonymous, mapping.accession_number.pseudonymous,
+                                               pseudonymous_study, frame_pseudonym};
+  const std::vector<std::string> real_values = {kRealName, kRealId, kRealBirthDate, kRealAccession, kRealStudy};
+  const std::set<std::string> ct(cloud.ct.begin(), cloud.ct.end());
+  const std::set<std::string> all = {cloud.ct[0], cloud.ct[1], cloud.seg, cloud.report, cloud.sr};
+
+  SECTION("the console (storescp) and the spool get CT, SEG, report and SR with the real patient, study and references") {
+    cloud.Build(dir.path(), true);
+    AsFromCenter(cloud, mapping.patient_id.pseudonymous, mapping, frame_pseudonym, dir.path());
+    auto server = HostileServer::Start(cloud.Rules(dir.path()));
+    Console console(dir.path());
+    auto config = ConfigFor(*server, 30);
+    console.Configure(config);
+    FetchRun run;
+    const std::string output = test::worklist_peer::CaptureOutput(dir.path() / "agent-output.txt", [&] {
+      run = Fetch(*scan.spool, config, scan.record, std::chrono::seconds(90), std::chrono::minutes(10));
+    });
+    REQUIRE(run.outcome);
+    INFO(Message(*run.outcome));
+    REQUIRE(run.outcome->status);
+    CHECK(run.outcome->instances_received == 5);
+    CHECK(run.outcome->instances_refused == 0);
+    CHECK(run.outcome->instances_delivered == 5);
+    CHECK(run.outcome->findings.findings.category == "HIGH-RISK");
+    CHECK(console.Received() == all);
+    CHECK(scan.Now().state == spool::ScanState::kDelivered);
+    // The agent's own output names no patient (it runs with the real identity in memory).
+    CHECK(Found(output, real_values).empty());
+
+    // What storescp wrote, read back with DCMTK: every object is the real patient's, in UTF-8.
+    std::set<std::string> delivered_ct;
+    std::string ct_series;
+    fs::path sr_file, seg_file, any_ct;
+    std::size_t files_seen = 0;
+    for (const auto& entry : fs::directory_iterator(console.out)) {
+      ++files_seen;
+      INFO("delivered " << entry.path());
+      DcmFileFormat file;
+      DcmDataset& ds = LoadInto(file, entry.path());
+      CHECK(Value(ds, DCM_SpecificCharacterSet) == "ISO_IR 192");
+      CHECK(Value(ds, DCM_PatientName) == kRealName);
+      CHECK(Value(ds, DCM_PatientID) == kRealId);
+      CHECK(Value(ds, DCM_PatientBirthDate) == kRealBirthDate);
+      CHECK(Value(ds, DCM_PatientSex) == "M");
+      CHECK(Value(ds, DCM_AccessionNumber) == kRealAccession);
+      CHECK(Value(ds, DCM_StudyInstanceUID) == kRealStudy);
+      CHECK(Value(ds, DCM_StudyDescription) == "Thorax, \xC3\x9C" "bersicht");  // Latin-1 became UTF-8
+      const std::string sop_class = Value(ds, DCM_SOPClassUID);
+      if (sop_class == UID_CTImageStorage || sop_class == UID_SegmentationStorage) {
+        CHECK(Value(ds, DCM_FrameOfReferenceUID) == kRealFrame);
+      }
+      if (sop_class == UID_CTImageStorage) {
+        delivered_ct.insert(Value(ds, DCM_SOPInstanceUID));
+        ct_series = Value(ds, DCM_SeriesInstanceUID);
+        any_ct = entry.path();
+      }
+      if (sop_class == UID_ComprehensiveSRStorage) sr_file = entry.path();
+      if (sop_class == UID_SegmentationStorage) seg_file = entry.path();
+      // No pseudonym is left anywhere in the object's bytes.
+      CHECK(Found(test::ReadText(entry.path()), pseudonyms).empty());
+    }
+    CHECK(files_seen == 5);
+    CHECK(delivered_ct == ct);
+    // The SR's study, evidence and image references resolve to the delivered objects' real UIDs.
+    REQUIRE_FALSE(sr_file.empty());
+    auto sr = results::ReadSrSummary(sr_file);
+    INFO((sr ? "" : sr.error().message()));
+    REQUIRE(sr);
+    CHECK(sr->study_uid == kRealStudy);
+    REQUIRE(sr->evidence.size() == 4);
+    for (const auto& ref : sr->evidence) {
+      CHECK(ref.study_uid == kRealStudy);
+      CHECK(all.count(ref.sop_instance_uid) == 1);
+      if (ref.sop_class_uid == UID_CTImageStorage) {
+        CHECK(ref.series_uid == ct_series);
+        CHECK(delivered_ct.count(ref.sop_instance_uid) == 1);
+      }
+    }
+    REQUIRE(sr->image_references.size() == 2);
+    for (const auto& ref : sr->image_references) CHECK(delivered_ct.count(ref.sop_instance_uid) == 1);
+    // The SEG's referenced series and source images are the delivered CT.
+    REQUIRE_FALSE(seg_file.empty());
+    auto seg = results::ReadSegReferences(seg_file);
+    INFO((seg ? "" : seg.error().message()));
+    REQUIRE(seg);
+    CHECK(seg->referenced_series == std::vector<std::string>{ct_series});
+    // (Each CT image is named twice: in the Referenced Series Sequence and as a frame's source.)
+    std::set<std::string> seg_sources;
+    for (const auto& ref : seg->referenced_instances) seg_sources.insert(ref.sop_instance_uid);
+    CHECK(seg_sources == delivered_ct);
+    // dcmdump, as a person at the terminal would look, shows the real name in UTF-8.
+    const fs::path dump = dir.path() / "dcmdump.txt";
+    REQUIRE_FALSE(any_ct.empty());
+    test::ChildProcess dcmdump({"dcmdump", "+P", "0010,0010", "+P", "0010,0020", "+P", "0008,0005", any_ct.string()}, dump);
+    REQUIRE(test::WaitFor([&] { return !dcmdump.Running(); }, std::chrono::seconds(20)));
+    const std::string dumped = test::ReadText(dump);
+    INFO("dcmdump: " << dumped);
+    CHECK(dumped.find("[" + kRealName + "]") != std::string::npos);
+    CHECK(dumped.find("[" + kRealId + "]") != std::string::npos);
+    CHECK(dumped.find("[ISO_IR 192]") != std::string::npos);
+
+    // What the spool keeps (the results the record lists, re-sent from there on a later retry) is
+    // the re-identified object too, never the center's pseudonymous one.
+    const auto record = scan.Now();
+    REQUIRE(record.results.size() == 5);
+    for (const auto& r : record.results) {
+      const auto path = scan.spool->ResultPath(scan.record.scan_uid, r.sop_instance_uid);
+      INFO("kept " << path);
+      DcmFileFormat file;
+      DcmDataset& ds = LoadInto(file, path);
+      CHECK(Value(ds, DCM_PatientName) == kRealName);
+      CHECK(Value(ds, DCM_PatientID) == kRealId);
+      CHECK(Value(ds, DCM_StudyInstanceUID) == kRealStudy);
+      CHECK(Found(test::ReadText(path), pseudonyms).empty());
+    }
+  }
+
+  SECTION("a set under another patient's pseudonym is refused: nothing reaches the console or the spool") {
+    cloud.Build(dir.path(), true);
+    const std::string other_patient = privacy::PseudonymousPatientId(key, "PID-OTHER-0001");
+    AsFromCenter(cloud, other_patient, mapping, frame_pseudonym, dir.path());
+    auto server = HostileServer::Start(cloud.Rules(dir.path()));
+    Console console(dir.path());
+    auto config = ConfigFor(*server, 3);
+    console.Configure(config);
+    FetchRun run;
+    const std::string output = test::worklist_peer::CaptureOutput(dir.path() / "agent-output.txt", [&] {
+      run = Fetch(*scan.spool, config, scan.record, std::chrono::seconds(60), std::chrono::milliseconds(300));
+    });
+    REQUIRE(run.outcome);
+    const std::string message = Message(*run.outcome);
+    INFO(message);
+    INFO("agent output: " << output);
+    REQUIRE_FALSE(run.outcome->status);
+    CHECK(run.outcome->instances_received == 0);
+    CHECK(run.outcome->instances_refused == 5);
+    CHECK(run.outcome->instances_delivered == 0);
+    CHECK(console.Received().empty());
+    CHECK(scan.Now().results.empty());
+    for (const auto& uid : all) CHECK_FALSE(fs::exists(scan.spool->ResultPath(scan.record.scan_uid, uid)));
+    // Refused once: the job does not download them again, however often it polls.
+    for (const auto& uid : all) CHECK(Cloud::Retrievals(*server, uid) == 1);
+    CHECK(scan.Now().state == spool::ScanState::kUploaded);
+    scan.CheckDataKept();
+    // Why, in the outcome and the agent's output: the Patient ID is not this scan's pseudonym; never whose it is.
+    const std::string why = "refused to re-identify: its Patient ID (0010,0020) is not the pseudonym of scan " +
+                            scan.record.scan_uid;
+    CHECK_THAT(message, Catch::Contains("5 result instance(s) refused and not delivered") && Catch::Contains(why));
+    CHECK_THAT(output, Catch::Contains(why));
+    CHECK(Found(message, real_values).empty());
+    CHECK(Found(output, real_values).empty());
   }
 }
