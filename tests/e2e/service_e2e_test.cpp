@@ -57,12 +57,11 @@ struct ScanTimes {
   double announced = -1;  // acquisition starts (the detector announced it and is armed)
   double durable = -1;    // acquisition ends: every chunk on stable storage
   double ended = -1;      // its images delivered ("scan UID: delivered")
-  std::string accession;
 };
 
 std::map<std::string, ScanTimes> ParseTimes(const std::string& log) {
   std::map<std::string, ScanTimes> scans;
-  const std::regex announced(R"(\[scan\] scan ([0-9.]+) announced by the detector: .*accession (\S+),)");
+  const std::regex announced(R"(\[scan\] scan ([0-9.]+) announced by the detector: )");
   const std::regex durable(R"(\[scan\] scan ([0-9.]+): \d+ chunks .* made durable)");
   const std::regex ended(R"(\[agent\] scan ([0-9.]+): delivered)");
   std::istringstream in(log);
@@ -71,7 +70,6 @@ std::map<std::string, ScanTimes> ParseTimes(const std::string& log) {
     std::smatch m;
     if (std::regex_search(line, m, announced)) {
       scans[m[1]].announced = LogTime(line);
-      scans[m[1]].accession = m[2];
     } else if (std::regex_search(line, m, durable)) {
       scans[m[1]].durable = LogTime(line);
     } else if (std::regex_search(line, m, ended)) {
@@ -192,15 +190,18 @@ TEST_CASE("ctagent run takes 5 announced scans back to back while it uploads and
   REQUIRE(times.size() == kScans);
   std::vector<ScanTimes> ordered;
   for (const auto& [uid, t] : times) ordered.push_back(t);
-  std::sort(ordered.begin(), ordered.end(), [](const auto& a, const auto& b) { return a.accession < b.accession; });
+  // In the order the detector announced them. The sim's announcements carry accessions ACC0001..;
+  // the log never names them (no patient data in logs, issue 15).
+  CHECK(log.find("ACC000") == std::string::npos);
+  std::sort(ordered.begin(), ordered.end(), [](const auto& a, const auto& b) { return a.announced < b.announced; });
   for (int k = 0; k < kScans; ++k) {
     const ScanTimes& t = ordered[static_cast<std::size_t>(k)];
-    INFO("scan " << t.accession);
-    CHECK(t.accession == "ACC000" + std::to_string(k + 1));
+    const std::string name = "scan " + std::to_string(k + 1);
+    INFO(name);
     CHECK(t.announced >= 0);
     CHECK(t.durable >= t.announced);
     CHECK(t.ended >= t.durable);
-    std::printf("service e2e: %s acquired %.3f .. %.3f, images delivered %.3f\n", t.accession.c_str(),
+    std::printf("service e2e: %s acquired %.3f .. %.3f, images delivered %.3f\n", name.c_str(),
                 t.announced - ordered[0].announced, t.durable - ordered[0].announced, t.ended - ordered[0].announced);
     if (k == 0) continue;
     const ScanTimes& before = ordered[static_cast<std::size_t>(k - 1)];
