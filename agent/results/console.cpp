@@ -22,10 +22,14 @@
 #include <map>
 #include <string_view>
 
+#include "agent/common/dcmnet_conditions.hpp"
 #include "agent/common/log.hpp"
 
 namespace ctagent::results {
 namespace {
+
+using dcmnet::IsNetworkCondition;
+using dcmnet::OneLine;
 
 constexpr std::string_view kComponent = "results";
 constexpr std::size_t kMaxPresentationContexts = 128;  // odd IDs 1..255 (PS3.8 9.3.2.2)
@@ -40,15 +44,6 @@ void QuietDcmtkLogging() {
 
 std::string NodeLabel(const ConsoleNode& node) {
   return "console " + node.called_ae + "@" + node.host + ":" + std::to_string(node.port);
-}
-
-// DCMTK condition texts span several lines (condition, then its cause); keep one line.
-std::string OneLine(const OFCondition& cond) {
-  std::string text = cond.text();
-  for (std::size_t pos = text.find('\n'); pos != std::string::npos; pos = text.find('\n', pos)) {
-    text.replace(pos, 1, "; ");
-  }
-  return text;
 }
 
 std::string Hex16(std::uint16_t value) {
@@ -81,25 +76,6 @@ void Configure(DcmSCU& scu, const ConsoleNode& node) {
   // Lets DCMTK convert between uncompressed transfer syntaxes when the console accepted
   // a different one than the file's.
   scu.setDatasetConversionMode(OFTrue);
-}
-
-// Conditions that mean the console could not be reached or the connection broke: worth a
-// retry later. DCMTK reports the TCP cause as a sub-condition of its own code.
-bool IsNetworkCondition(const OFCondition& cond) {
-  if (cond == DIMSE_NODATAAVAILABLE || cond == DIMSE_RECEIVEFAILED || cond == DIMSE_SENDFAILED) return true;
-  if (cond.module() != OFM_dcmnet) return false;
-  switch (cond.code()) {
-    case DULC_TCPINITERROR:
-    case DULC_TCPIOERROR:
-    case DULC_UNKNOWNHOST:
-    case DULC_NETWORKCLOSED:
-    case DULC_READTIMEOUT:
-    case DULC_PEERABORTEDASSOCIATION:
-    case DULC_REQUESTASSOCIATIONFAILED:
-      return true;
-    default:
-      return false;
-  }
 }
 
 // Maps a failed initNetwork/negotiateAssociation to the error a technician sees.

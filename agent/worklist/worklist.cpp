@@ -22,11 +22,15 @@
 #include <limits>
 #include <optional>
 
+#include "agent/common/dcmnet_conditions.hpp"
 #include "agent/common/log.hpp"
 #include "agent/common/uid.hpp"
 
 namespace ctagent::worklist {
 namespace {
+
+using dcmnet::IsNetworkCondition;
+using dcmnet::OneLine;
 
 // DCMTK logs through its own log4cplus copy, and at info level it would print the answers
 // (patient names). Quiet unless the agent runs at debug level.
@@ -34,15 +38,6 @@ void QuietDcmtkLogging() {
   dcmtk::log4cplus::Logger::getRoot().setLogLevel(log::GetLevel() == log::Level::kDebug
                                                       ? dcmtk::log4cplus::DEBUG_LOG_LEVEL
                                                       : dcmtk::log4cplus::OFF_LOG_LEVEL);
-}
-
-// DCMTK condition texts span several lines (condition, then its cause); keep one line.
-std::string OneLine(const OFCondition& cond) {
-  std::string text = cond.text();
-  for (std::size_t pos = text.find('\n'); pos != std::string::npos; pos = text.find('\n', pos)) {
-    text.replace(pos, 1, "; ");
-  }
-  return text;
 }
 
 std::string Hex16(unsigned value) {
@@ -65,23 +60,6 @@ std::string AttributeLabel(const DcmTagKey& key) {
                 static_cast<unsigned>(key.getElement()));
   DcmTag tag(key);
   return std::string(buf) + " " + tag.getTagName();
-}
-
-bool IsNetworkCondition(const OFCondition& cond) {
-  if (cond == DIMSE_NODATAAVAILABLE || cond == DIMSE_RECEIVEFAILED || cond == DIMSE_SENDFAILED) return true;
-  if (cond.module() != OFM_dcmnet) return false;
-  switch (cond.code()) {
-    case DULC_TCPINITERROR:
-    case DULC_TCPIOERROR:
-    case DULC_UNKNOWNHOST:
-    case DULC_NETWORKCLOSED:
-    case DULC_READTIMEOUT:
-    case DULC_PEERABORTEDASSOCIATION:
-    case DULC_REQUESTASSOCIATIONFAILED:
-      return true;
-    default:
-      return false;
-  }
 }
 
 Error AssociationError(const WorklistNode& node, const OFCondition& cond) {
