@@ -22,7 +22,7 @@
 #include <map>
 #include <string_view>
 
-#include "agent/common/dcmnet_conditions.hpp"
+#include "agent/common/dcmnet_support.hpp"
 #include "agent/common/log.hpp"
 
 namespace ctagent::results {
@@ -61,18 +61,8 @@ bool IsAcceptedStoreStatus(Uint16 status) {
 }
 
 void Configure(DcmSCU& scu, const ConsoleNode& node) {
-  scu.setAETitle(node.calling_ae.c_str());
-  scu.setPeerAETitle(node.called_ae.c_str());
-  scu.setPeerHostName(node.host.c_str());
-  scu.setPeerPort(node.port);
-  const std::uint32_t timeout =
-      std::min<std::uint32_t>(node.timeout_s, static_cast<std::uint32_t>(std::numeric_limits<Sint32>::max()));
-  scu.setConnectionTimeout(static_cast<Sint32>(timeout));
-  scu.setACSETimeout(timeout);
-  // Non-blocking DIMSE so the DIMSE timeout applies: a console that stops answering mid-
-  // transfer fails the call instead of hanging delivery.
-  scu.setDIMSEBlockingMode(DIMSE_NONBLOCKING);
-  scu.setDIMSETimeout(timeout);
+  // A console that stops answering mid-transfer fails the call instead of hanging delivery.
+  dcmnet::ConfigureAssociation(scu, node.calling_ae, node.called_ae, node.host, node.port, node.timeout_s);
   // Lets DCMTK convert between uncompressed transfer syntaxes when the console accepted
   // a different one than the file's.
   scu.setDatasetConversionMode(OFTrue);

@@ -22,7 +22,7 @@
 #include <limits>
 #include <optional>
 
-#include "agent/common/dcmnet_conditions.hpp"
+#include "agent/common/dcmnet_support.hpp"
 #include "agent/common/log.hpp"
 #include "agent/common/uid.hpp"
 
@@ -277,17 +277,8 @@ Expected<std::vector<ScheduledStep>> Query(const WorklistNode& node, const Workl
   QuietDcmtkLogging();
 
   FindScu scu(node);
-  scu.setAETitle(node.calling_ae.c_str());
-  scu.setPeerAETitle(node.called_ae.c_str());
-  scu.setPeerHostName(node.host.c_str());
-  scu.setPeerPort(node.port);
-  const std::uint32_t timeout =
-      std::min<std::uint32_t>(node.timeout_s, static_cast<std::uint32_t>(std::numeric_limits<Sint32>::max()));
-  scu.setConnectionTimeout(static_cast<Sint32>(timeout));
-  scu.setACSETimeout(timeout);
-  // Non-blocking DIMSE, so that the timeout bounds the wait for each answer.
-  scu.setDIMSEBlockingMode(DIMSE_NONBLOCKING);
-  scu.setDIMSETimeout(timeout);
+  // The timeout bounds the connect, the association and the wait for each answer.
+  dcmnet::ConfigureAssociation(scu, node.calling_ae, node.called_ae, node.host, node.port, node.timeout_s);
   OFList<OFString> syntaxes;
   syntaxes.push_back(UID_LittleEndianExplicitTransferSyntax);
   syntaxes.push_back(UID_LittleEndianImplicitTransferSyntax);
