@@ -24,6 +24,28 @@ std::int64_t UnixMsNow() {
       .count();
 }
 
+// Why a fetched instance is refused, or empty when it is kept. Refused: it failed validation,
+// or it is not the instance that was asked for (filed under another UID it could replace a
+// result already kept, or be counted and delivered twice), or, for a scan with a privacy mapping,
+// it cannot be given the real identity back (an object of another scan). A kept instance of such
+// a scan has its bytes re-identified in place, before anything stores them.
+std::string RefusalOf(const Expected<results::InstanceInfo>& info, const std::string& sop_instance_uid,
+                      const std::string& series_uid, const std::optional<privacy::MappingRecord>& mapping,
+                      std::vector<std::uint8_t>& bytes) {
+  if (!info) return "instance " + sop_instance_uid + ": " + info.error().message();
+  if (info->sop_instance_uid != sop_instance_uid || info->series_uid != series_uid) {
+    return "instance " + sop_instance_uid + " of series " + series_uid + ": the imaging center answered with instance " +
+           info->sop_instance_uid + " of series " + info->series_uid +
+           " instead (WADO-RS answer does not match its QIDO-RS entry)";
+  }
+  if (mapping) {
+    auto reidentified = results::ReidentifyPart10(bytes, *mapping);
+    if (!reidentified) return "instance " + sop_instance_uid + ": " + reidentified.error().message();
+    bytes = std::move(*reidentified);
+  }
+  return {};
+}
+
 }  // namespace
 
 struct ResultsFetcher::Job {
@@ -394,19 +416,8 @@ Expected<std::optional<results::InstanceInfo>> ResultsFetcher::FetchInstance(Job
     return std::optional<results::InstanceInfo>();
   };
   auto info = results::ValidateInstance(*bytes, job.study_uid, results::DefaultAllowedSopClasses());
-  if (!info) return refuse("instance " + sop_instance_uid + ": " + info.error().message());
-  // The bytes must be the instance that was asked for: filed under another UID they could
-  // replace a result already kept, or be counted and delivered twice.
-  if (info->sop_instance_uid != sop_instance_uid || info->series_uid != series_uid) {
-    return refuse("instance " + sop_instance_uid + " of series " + series_uid +
-                  ": the imaging center answered with instance " + info->sop_instance_uid + " of series " +
-                  info->series_uid + " instead (WADO-RS answer does not match its QIDO-RS entry)");
-  }
-  if (job.mapping) {
-    // The real identity back before anything is stored; an object of another scan is refused.
-    auto reidentified = results::ReidentifyPart10(*bytes, *job.mapping);
-    if (!reidentified) return refuse("instance " + sop_instance_uid + ": " + reidentified.error().message());
-    *bytes = std::move(*reidentified);
+  if (const std::string why = RefusalOf(info, sop_instance_uid, series_uid, job.mapping, *bytes); !why.empty()) {
+    return refuse(why);
   }
   auto stored_path = spool_.StoreResult(job.scan_uid, sop_instance_uid, *bytes);
   if (!stored_path) return MakeError(stored_path.error());
@@ -483,24 +494,7 @@ Status ResultsFetcher::FetchBatch(Job& job, transport::dicomweb::Client& dicomwe
     }
     // A bad instance from the cloud is refused: never stored, never delivered, and it does not
     // count towards a complete series.
-    std::string refusal;
-    if (!*d.info) {
-      refusal = "instance " + uid + ": " + d.info->error().message();
-    } else if ((*d.info)->sop_instance_uid != uid || (*d.info)->series_uid != series_uid) {
-      // The bytes must be the instance that was asked for: filed under another UID they could
-      // replace a result already kept, or be counted and delivered twice.
-      refusal = "instance " + uid + " of series " + series_uid + ": the imaging center answered with instance " +
-                (*d.info)->sop_instance_uid + " of series " + (*d.info)->series_uid +
-                " instead (WADO-RS answer does not match its QIDO-RS entry)";
-    } else if (job.mapping) {
-      // The real identity back before anything is stored; an object of another scan is refused.
-      auto reidentified = results::ReidentifyPart10(**d.bytes, *job.mapping);
-      if (reidentified) {
-        **d.bytes = std::move(*reidentified);
-      } else {
-        refusal = "instance " + uid + ": " + reidentified.error().message();
-      }
-    }
+    const std::string refusal = RefusalOf(*d.info, uid, series_uid, job.mapping, **d.bytes);
     if (!refusal.empty()) {
       log::Error("results", "scan " + job.scan_uid + ": refused " + refusal);
       if (job.refused.empty()) job.first_refusal = refusal;
