@@ -36,6 +36,7 @@
 #include "agent/control/status.hpp"
 #include "agent/core/agent.hpp"
 #include "agent/daemon/daemon.hpp"
+#include "agent/privacy/privacy.hpp"
 #include "config/config.hpp"
 #include "drivers/record.hpp"
 #include "transport/http.hpp"
@@ -63,6 +64,8 @@ Commands:
   acknowledge --config FILE SCAN_UID
                          tell the running daemon a person has seen a failed scan
   config check FILE      validate a configuration file
+  rotate-key --config FILE --yes
+                         replace the site key behind the pseudonyms (docs/privacy.md)
   record --config FILE --out DIR [--format ctagent|dicom-ct-pd]
                          save the configured driver's scan to disk for the replay driver
   check --config FILE [--json]
@@ -165,6 +168,20 @@ is refused.
 Exit status: 0 acknowledged, 1 the daemon could not do it, 2 bad usage, 3 a configuration error,
 4 no daemon answers on the control socket, 5 the daemon refused (no such scan, or this user may
 not use the socket).
+)";
+
+constexpr const char* kRotateKeyHelp = R"(Usage: ctagent rotate-key --config FILE --yes
+
+Replaces the site key that makes the pseudonyms the imaging center sees (config
+privacy.key_file, by default site.key in the spool directory) with a new random one: do it when
+the key may have leaked, or on the site's schedule (docs/privacy.md, "The site key").
+From the next scan on every patient gets new pseudonyms, so the imaging center sees a returning
+patient as a new one. Scans already sent are not affected: their results are re-identified from
+their mapping records, which hold the real values. The old key is not kept.
+A running daemon needs no restart: it reads the key at each scan.
+  --yes   required: the rotation cannot be undone
+Exit status: 0 rotated, 1 not rotated (no key yet, or the key file is refused: the reason is
+printed), 2 bad usage (also without --yes), 3 a configuration error.
 )";
 
 constexpr const char* kConfigHelp = R"(Usage: ctagent config check FILE
@@ -838,6 +855,10 @@ void PrintStatus(const nlohmann::json& status) {
     }
     if (r.contains("failure_reason")) std::printf("    reason: %s\n", r.value("failure_reason", "").c_str());
     if (r.contains("acknowledged_utc")) std::printf("    acknowledged %s\n", r.value("acknowledged_utc", "").c_str());
+    if (r.value("reconcile", false)) {
+      std::printf("    EMERGENCY identity: no worklist entry; its images carry a temporary EMERGENCY-... patient ID.\n"
+                  "    Reconcile them with the real patient in the hospital's RIS/PACS.\n");
+    }
     if (r.contains("incomplete_reason")) std::printf("    incomplete: %s\n", r.value("incomplete_reason", "").c_str());
     if (r.contains("findings") && r["findings"].is_object() && r["findings"].contains("summary") &&
         r["findings"]["summary"].is_string()) {
@@ -911,6 +932,38 @@ int CmdControl(const std::string& command, const Args& args, const char* help) {
   return cli::kExitOk;
 }
 
+int CmdRotateKey(const Args& args) {
+  if (auto bad = RejectUnknown(args, {"--config"}, {"--yes"}, kRotateKeyHelp)) return *bad;
+  if (args.Has("--help")) return std::printf("%s", kRotateKeyHelp), 0;
+  int code = 0;
+  auto cfg = LoadOrExplain(args, kRotateKeyHelp, &code);
+  if (!cfg) return code;
+  const std::filesystem::path key_file = config::SiteKeyPath(*cfg);
+  if (!args.Has("--yes")) {
+    return Usage("rotating " + key_file.string() + " cannot be undone; add --yes to do it", kRotateKeyHelp);
+  }
+  PosixFileStore files;
+  auto rotation = privacy::SiteKey::Rotate(key_file, files);
+  if (!rotation) {
+    std::fprintf(stderr, "ctagent: %s\n", rotation.error().message().c_str());
+    return cli::kExitNotCompleted;
+  }
+  // How many scans on this terminal were pseudonymised under the old key (informational: their
+  // mapping records re-identify their results whatever the key is now).
+  std::size_t under_old_key = 0;
+  std::error_code ec;
+  const auto scans_dir = std::filesystem::path(cfg->spool.directory) / "scans";
+  for (std::filesystem::directory_iterator it(scans_dir, ec), end; !ec && it != end; it.increment(ec)) {
+    auto record = privacy::ReadMapping(files, it->path() / "mapping.json");
+    if (record && record->key_fingerprint == rotation->old_fingerprint) ++under_old_key;
+  }
+  std::printf("site key %s rotated: fingerprint %s -> %s\n"
+              "new scans get new pseudonyms; %zu scan(s) in the spool were pseudonymised under the old key "
+              "and are re-identified from their mapping records as before\n",
+              key_file.c_str(), rotation->old_fingerprint.c_str(), rotation->new_fingerprint.c_str(), under_old_key);
+  return cli::kExitOk;
+}
+
 int CmdConfig(const Args& args) {
   if (auto bad = RejectUnknown(args, {}, {}, kConfigHelp, 2)) return *bad;
   if (args.Has("--help") || args.items.empty()) {
@@ -946,6 +999,7 @@ int Main(int argc, char** argv) {
   if (command == "resume") return CmdControl(command, args, kResumeHelp);
   if (command == "acknowledge") return CmdControl(command, args, kAcknowledgeHelp);
   if (command == "config") return CmdConfig(args);
+  if (command == "rotate-key") return CmdRotateKey(args);
   if (command == "chunk") return cli::CmdChunk(args.items);
   if (command == "check") return cli::CmdCheck(args.items);
   if (command == "record") return drivers::RecordCommand(args.items);

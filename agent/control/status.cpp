@@ -154,6 +154,10 @@ Json StatusFromSpool(spool::Spool& spool, const StatusSource& source) {
     if (!r.failure_reason.empty()) scan["failure_reason"] = r.failure_reason;
     if (!r.incomplete_reason.empty()) scan["incomplete_reason"] = r.incomplete_reason;
     if (!r.acknowledged_utc.empty()) scan["acknowledged_utc"] = r.acknowledged_utc;
+    if (!r.patient_source.empty()) {
+      scan["patient_source"] = r.patient_source;
+      scan["reconcile"] = r.patient_source == "emergency";
+    }
     // The AI result set's findings, once the results folder holds them (findings.json or an SR).
     if (!r.results.empty() || r.state == spool::ScanState::kResultsReceived || r.state == spool::ScanState::kDelivered) {
       auto findings = results::ReadFindingsInResultsDir(spool.ResultPath(r.scan_uid, "x").parent_path());

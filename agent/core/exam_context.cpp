@@ -34,6 +34,7 @@ privacy::RealIdentity FromStep(const worklist::ScheduledStep& step) {
 Expected<ExamContext> ResolveExam(const config::AgentConfig& config, const ExamIdentity& exam,
                                   std::chrono::system_clock::time_point now) {
   ExamContext context;
+  context.local_date = worklist::TodaysSteps(now, "CT").date_from;
   if (exam.emergency) {
     if (!exam.accession_number.empty()) {
       return MakeError(ErrorKind::kInvalidInput,

@@ -26,6 +26,9 @@ struct ExamContext {
   bool from_worklist = false;
   // An emergency scan's minted identity: a person must reconcile it with the real patient.
   bool reconcile = false;
+  // The terminal's local date of the exam (YYYYMMDD): the "today" the worklist step was chosen
+  // for, and the date an age band is computed on (a patient's age changes at local midnight).
+  std::string local_date;
   // Whether what leaves the terminal is pseudonymised (a worklist or an emergency identity);
   // false only for the configuration's fallback identity, which is itself not a patient's.
   bool pseudonymise() const { return from_worklist || reconcile; }

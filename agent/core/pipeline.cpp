@@ -462,9 +462,7 @@ Status Agent::BeginAcquisition(Run& run, const drivers::ScanProtocol& protocol, 
     if (!mapping.accession_number.real.empty()) base.accession_number = mapping.accession_number.pseudonymous;
     const privacy::DisclosureOptions disclose{config_.privacy.age_band, config_.privacy.sex};
     if (disclose.age_band) {
-      const std::string today = UtcNowIso8601();
-      const std::string date = today.substr(0, 4) + today.substr(5, 2) + today.substr(8, 2);
-      if (auto band = privacy::CoarsenAge(context->identity.patient_birth_date, date)) {
+      if (auto band = privacy::CoarsenAge(context->identity.patient_birth_date, context->local_date)) {
         base.patient_age = band->ToAgeString();
       }
     }
@@ -485,6 +483,7 @@ Status Agent::BeginAcquisition(Run& run, const drivers::ScanProtocol& protocol, 
   record.scan_uid = run.scan_uid;
   record.study_uid = run.study_uid;
   record.created_utc = base.acquisition_start_utc;
+  record.patient_source = context->reconcile ? "emergency" : context->from_worklist ? "worklist" : "configuration";
   record.manifest_base = codec::ToJson(base);
   const std::uint64_t reserve = protocol.RawBytes() + protocol.RawBytes() / 64 + (1 << 20);
   if (auto st = spool_->BeginScan(record, reserve); !st) {

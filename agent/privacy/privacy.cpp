@@ -141,19 +141,55 @@ Expected<SiteKey> SiteKey::Load(const fs::path& file) {
   return SiteKey(bytes);
 }
 
-Expected<SiteKey> SiteKey::LoadOrCreate(const fs::path& file, FileStore& store) {
-  Expected<SiteKey> loaded = Load(file);
-  if (loaded || loaded.error().kind() != ErrorKind::kNotFound) return loaded;
-  std::array<std::uint8_t, kBytes> bytes{};
+namespace {
+
+// A new random key written owner-only and durably to `file` (replacing what is there).
+Expected<std::array<std::uint8_t, SiteKey::kBytes>> WriteNewKey(const fs::path& file, FileStore& store,
+                                                                const char* what) {
+  std::array<std::uint8_t, SiteKey::kBytes> bytes{};
   if (RAND_bytes(bytes.data(), static_cast<int>(bytes.size())) != 1) {
-    return MakeError(ErrorKind::kInternal, "cannot generate the site key " + file.string() +
+    return MakeError(ErrorKind::kInternal, std::string("cannot ") + what + " the site key " + file.string() +
                                                ": the system's random number generator failed");
   }
   std::string text = Hex(bytes.data(), bytes.size()) + "\n";
   const Status written = store.WriteDurablyOwnerOnly(file, AsBytes(text));
   OPENSSL_cleanse(text.data(), text.size());
-  if (!written) return MakeError(written.error().WithContext("cannot create the site key " + file.string()));
-  return SiteKey(bytes);
+  if (!written) {
+    OPENSSL_cleanse(bytes.data(), bytes.size());
+    return MakeError(written.error().WithContext(std::string("cannot ") + what + " the site key " + file.string()));
+  }
+  return bytes;
+}
+
+}  // namespace
+
+Expected<SiteKey> SiteKey::LoadOrCreate(const fs::path& file, FileStore& store) {
+  Expected<SiteKey> loaded = Load(file);
+  if (loaded || loaded.error().kind() != ErrorKind::kNotFound) return loaded;
+  auto bytes = WriteNewKey(file, store, "create");
+  if (!bytes) return MakeError(bytes.error());
+  return SiteKey(*bytes);
+}
+
+Expected<SiteKey::Rotation> SiteKey::Rotate(const fs::path& file, FileStore& store) {
+  auto lock = store.LockExclusive(fs::path(file.string() + ".lock"));
+  if (!lock) return MakeError(lock.error().WithContext("another rotation of the site key " + file.string() + " is running"));
+  Expected<SiteKey> current = Load(file);
+  if (!current) {
+    if (current.error().kind() == ErrorKind::kNotFound) {
+      return MakeError(ErrorKind::kNotFound, "there is no site key at " + file.string() +
+                                                 " yet, so nothing to rotate: the agent makes one at the first "
+                                                 "worklist or emergency scan");
+    }
+    return MakeError(current.error().WithContext("the site key was not rotated"));
+  }
+  Rotation rotation;
+  rotation.old_fingerprint = current->Fingerprint();
+  auto bytes = WriteNewKey(file, store, "rotate");
+  if (!bytes) return MakeError(bytes.error());
+  rotation.new_fingerprint = SiteKey(*bytes).Fingerprint();
+  OPENSSL_cleanse(bytes->data(), bytes->size());
+  return rotation;
 }
 
 std::array<std::uint8_t, 32> SiteKey::Mac(std::string_view domain, std::string_view value) const {

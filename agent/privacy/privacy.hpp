@@ -34,6 +34,16 @@ class SiteKey {
   // through `store` (the directory must exist). Only one process may call it for a file at a
   // time (the daemon holds the spool lock).
   static Expected<SiteKey> LoadOrCreate(const std::filesystem::path& file, FileStore& store);
+  // Replaces an existing key with a new random one (a key that leaked, or a site's scheduled
+  // rotation): loads the current key (refusing it as Load does: nothing is replaced on a doubt),
+  // then writes the new one owner-only and durably in its place, under `<file>.lock` so two
+  // rotations cannot interleave. The old key is not kept: re-identification reads the real values
+  // from each scan's mapping record and never needs a key. kNotFound when there is no key yet.
+  struct Rotation {
+    std::string old_fingerprint;
+    std::string new_fingerprint;
+  };
+  static Expected<Rotation> Rotate(const std::filesystem::path& file, FileStore& store);
   static SiteKey FromBytes(const std::array<std::uint8_t, kBytes>& bytes) { return SiteKey(bytes); }
 
   // HMAC-SHA256(key, domain || 0x00 || value).

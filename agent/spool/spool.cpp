@@ -99,7 +99,8 @@ nlohmann::json ScalarsToJson(const ScanRecord& r) {
           {"manifest_sha256", r.manifest_sha256},
           {"confirmed_unix_s", r.confirmed_unix_s},
           {"raw_deleted", r.raw_deleted},
-          {"acknowledged_utc", r.acknowledged_utc}};
+          {"acknowledged_utc", r.acknowledged_utc},
+          {"patient_source", r.patient_source}};
 }
 
 Status ScalarsFromJson(const nlohmann::json& j, ScanRecord& r) {
@@ -124,6 +125,7 @@ Status ScalarsFromJson(const nlohmann::json& j, ScanRecord& r) {
   r.confirmed_unix_s = j.value("confirmed_unix_s", std::int64_t{0});
   r.raw_deleted = j.value("raw_deleted", false);
   r.acknowledged_utc = j.value("acknowledged_utc", std::string());  // absent in records written before it
+  r.patient_source = j.value("patient_source", std::string());      // likewise
   return Ok();
 }
 

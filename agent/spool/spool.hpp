@@ -91,6 +91,10 @@ struct ScanRecord {
   // When a person acknowledged this failed scan (`ctagent acknowledge`; UTC, ISO 8601); empty:
   // not acknowledged. Kept with the record, so the daemon stops reporting it across restarts.
   std::string acknowledged_utc;
+  // Where the scan's patient came from: "worklist", "emergency" (a minted identity a person must
+  // reconcile with the hospital's records), "configuration" (no worklist configured); empty in
+  // records written before it was kept. Never the identity itself: that is only in mapping.json.
+  std::string patient_source;
 };
 
 nlohmann::json ToJson(const ScanRecord& record);

@@ -20,6 +20,7 @@
 
 #include "agent/common/durable_file.hpp"
 #include "agent/control/control.hpp"
+#include "agent/privacy/privacy.hpp"
 #include "agent/results/result_set.hpp"
 #include "agent/spool/spool.hpp"
 #include "tests/cli/json_schema.hpp"
@@ -99,6 +100,8 @@ void FillSpool(const fs::path& spool_dir) {
     record.scan_uid = uid;
     record.study_uid = std::string(uid) + "1";
     record.created_utc = "2026-12-05T00:00:00Z";
+    // The failed one an emergency scan (a minted identity to reconcile), the other from the worklist.
+    record.patient_source = std::string(uid) == "2.25.501" ? "emergency" : "worklist";
     REQUIRE((*spool)->BeginScan(record, 0).has_value());
   }
   REQUIRE((*spool)
@@ -219,7 +222,8 @@ TEST_CASE("every command refuses an unknown option with exit status 2", "[cli][c
       {"scan", "--config", cfg},        {"run", "--config", cfg},      {"status", "--config", cfg},
       {"check", "--config", cfg},       {"pause", "--config", cfg},    {"resume", "--config", cfg},
       {"acknowledge", "--config", cfg, "2.25.1"},                      {"config", "check", cfg},
-      {"chunk", "inspect", cfg},        {"record", "--config", cfg, "--out", (dir.path() / "rec").string()}};
+      {"chunk", "inspect", cfg},        {"record", "--config", cfg, "--out", (dir.path() / "rec").string()},
+      {"rotate-key", "--config", cfg, "--yes"}};
   for (auto command : commands) {
     command.push_back("--frobnicate");
     INFO(command[0]);
@@ -233,7 +237,8 @@ TEST_CASE("every command refuses an unknown option with exit status 2", "[cli][c
   CHECK(Run(dir.path(), {"pause", "--config", cfg, "extra"}).exit_code == 2);
   CHECK(Run(dir.path(), {"acknowledge", "--config", cfg}).exit_code == 2);
   // The help of each says what its exit statuses mean.
-  for (const char* command : {"scan", "run", "status", "check", "pause", "resume", "acknowledge", "chunk", "config"}) {
+  for (const char* command :
+       {"scan", "run", "status", "check", "pause", "resume", "acknowledge", "chunk", "config", "rotate-key"}) {
     INFO(command);
     const auto help = Run(dir.path(), {command, "--help"});
     CHECK(help.exit_code == 0);
@@ -245,7 +250,7 @@ TEST_CASE("a configuration that cannot be read is exit status 3", "[cli][control
   test::TempDir dir("cli-bad-config");
   const fs::path bad = dir.path() / "bad.json";
   std::ofstream(bad) << "{\"spool\": ";
-  for (const char* command : {"scan", "run", "status", "pause", "resume"}) {
+  for (const char* command : {"scan", "run", "status", "pause", "resume", "rotate-key"}) {
     INFO(command);
     const auto r = Run(dir.path(), {command, "--config", bad.string()});
     INFO(r.err);
@@ -253,6 +258,50 @@ TEST_CASE("a configuration that cannot be read is exit status 3", "[cli][control
     CHECK_THAT(r.err, Catch::Contains(bad.string()));
   }
   CHECK(Run(dir.path(), {"config", "check", bad.string()}).exit_code == 3);
+}
+
+TEST_CASE("rotate-key replaces the site key only with --yes, and counts the scans made under the old one",
+          "[cli][privacy]") {
+  test::TempDir dir("cli-rotate-key");
+  const std::string cfg = WriteConfig(dir.path()).string();
+  const fs::path key_file = dir.path() / "spool" / "site.key";
+  fs::create_directories(dir.path() / "spool");
+
+  const auto none = Run(dir.path(), {"rotate-key", "--config", cfg, "--yes"});
+  INFO(none.out + none.err);
+  CHECK(none.exit_code == 1);
+  CHECK_THAT(none.err, Catch::Contains(key_file.string()) && Catch::Contains("nothing to rotate"));
+
+  PosixFileStore files;
+  auto old_key = privacy::SiteKey::LoadOrCreate(key_file, files);
+  REQUIRE(old_key);
+  // Two scans pseudonymised under the old key, as the agent writes their mapping records.
+  for (const char* uid : {"2.25.601", "2.25.602"}) {
+    const fs::path mapping = dir.path() / "spool" / "scans" / uid / "mapping.json";
+    fs::create_directories(mapping.parent_path());
+    const auto record = privacy::Pseudonymise(*old_key, uid, {"Li^Na", "PID-1", "19800101", "F", "ACC-1", "1.2.3"});
+    REQUIRE(privacy::WriteMapping(files, mapping, record));
+  }
+  const std::string old_text = test::ReadText(key_file);
+
+  const auto unconfirmed = Run(dir.path(), {"rotate-key", "--config", cfg});
+  CHECK(unconfirmed.exit_code == 2);
+  CHECK_THAT(unconfirmed.err, Catch::Contains("--yes") && Catch::Contains("cannot be undone"));
+  CHECK(test::ReadText(key_file) == old_text);
+
+  const auto rotated = Run(dir.path(), {"rotate-key", "--config", cfg, "--yes"});
+  INFO(rotated.out + rotated.err);
+  REQUIRE(rotated.exit_code == 0);
+  auto new_key = privacy::SiteKey::Load(key_file);
+  REQUIRE(new_key);
+  CHECK(new_key->Fingerprint() != old_key->Fingerprint());
+  CHECK_THAT(rotated.out, Catch::Contains(old_key->Fingerprint() + " -> " + new_key->Fingerprint()) &&
+                              Catch::Contains("2 scan(s) in the spool were pseudonymised under the old key"));
+  CHECK_THAT(rotated.out + rotated.err, !Catch::Contains("Li^Na") && !Catch::Contains("PID-1"));
+  // The old records still read back whole: their results are re-identified from them.
+  auto kept = privacy::ReadMapping(files, dir.path() / "spool" / "scans" / "2.25.601" / "mapping.json");
+  REQUIRE(kept);
+  CHECK(kept->patient_id.real == "PID-1");
 }
 
 TEST_CASE("pause, resume and acknowledge with no daemon running exit 4 and say so", "[cli][control]") {
@@ -298,6 +347,8 @@ TEST_CASE("status --json and check --json follow their schemas when no daemon ru
       saw_failed = true;
       CHECK(scan["state"] == "failed");
       CHECK(scan["failure_reason"] == "the driver refused to arm: detector offline");
+      CHECK(scan["patient_source"] == "emergency");
+      CHECK(scan["reconcile"] == true);
     }
   }
   CHECK(saw_failed);
@@ -307,12 +358,20 @@ TEST_CASE("status --json and check --json follow their schemas when no daemon ru
   CHECK((*delivered)["state"] == "delivered");
   CHECK((*delivered)["findings"]["category"] == "HIGH-RISK");
   CHECK((*delivered)["findings"]["lesion_count"] == 3);
+  CHECK((*delivered)["patient_source"] == "worklist");
+  CHECK((*delivered)["reconcile"] == false);
 
   // The text form tells the same.
   const auto text = Run(dir.path(), {"status", "--config", cfg});
   CHECK(text.exit_code == 0);
   CHECK_THAT(text.out, Catch::Contains("2.25.501  failed") && Catch::Contains("1 scan(s) FAILED"));
   CHECK_THAT(text.out, Catch::Contains("AI: HIGH-RISK"));
+  // The emergency scan says so, once (the worklist scan does not).
+  const auto emergency_at = text.out.find("EMERGENCY identity");
+  REQUIRE(emergency_at != std::string::npos);
+  CHECK(text.out.find("EMERGENCY identity", emergency_at + 1) == std::string::npos);
+  CHECK(text.out.find("2.25.501  failed") < emergency_at);
+  CHECK(text.out.find("2.25.502  delivered") > emergency_at);
 
   const auto check = Run(dir.path(), {"check", "--json", "--only", "config,detector,disk,queue,certificates", "--config", cfg});
   INFO(check.out + check.err);

@@ -15,6 +15,7 @@
 
 #include "agent/codec/manifest.hpp"
 #include "agent/common/log.hpp"
+#include "agent/control/status.hpp"
 #include "agent/core/agent.hpp"
 #include "agent/privacy/privacy.hpp"
 #include "agent/spool/spool.hpp"
@@ -264,4 +265,22 @@ TEST_CASE("privacy scan: the one step of today binds without an accession and an
   CHECK(urgent->study_uid == minted->study_instance_uid.pseudonymous);
   CHECK(Hits(site.dir.path() / "store", Needles(only)).empty());
   CHECK(Hits(site.dir.path() / "store", {minted->patient_id.real, minted->patient_name}).empty());
+
+  // `ctagent status` (and the daemon's status) flags the emergency scan for reconciliation, and
+  // only it; it names where the patient came from, never who.
+  const auto status = control::StatusFromSpool(agent.spool(), {"spool", 0});
+  int flagged = 0;
+  for (const auto& scan : status["scans"]) {
+    INFO(scan.dump());
+    if (scan["scan_uid"] == urgent->scan_uid) {
+      CHECK(scan["patient_source"] == "emergency");
+      CHECK(scan["reconcile"] == true);
+      ++flagged;
+    } else if (scan["scan_uid"] == scheduled->scan_uid) {
+      CHECK(scan["patient_source"] == "worklist");
+      CHECK(scan["reconcile"] == false);
+    }
+  }
+  CHECK(flagged == 1);
+  CHECK_THAT(status.dump(), !Catch::Contains(minted->patient_id.real) && !Catch::Contains(only.patient_id));
 }

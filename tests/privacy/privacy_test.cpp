@@ -225,6 +225,62 @@ TEST_CASE("privacy: a site key others may read, or that is not 64 hex digits, is
   CHECK_THAT(via_link.error().message(), Catch::Contains("symbolic link"));
 }
 
+TEST_CASE("privacy: rotating the site key replaces it with a new one, 0600, and needs an existing, sound key",
+          "[privacy]") {
+  TempDir dir("privacy-rotate");
+  const fs::path file = dir.path() / "site.key";
+  UmaskGuard permissive(0);
+  PosixFileStore store;
+
+  auto none = SiteKey::Rotate(file, store);
+  REQUIRE_FALSE(none);
+  CHECK(none.error().kind() == ErrorKind::kNotFound);
+  CHECK_THAT(none.error().message(), Catch::Contains(file.string()) && Catch::Contains("nothing to rotate"));
+  CHECK_FALSE(fs::exists(file));  // a rotation never makes the first key
+
+  auto old_key = SiteKey::LoadOrCreate(file, store);
+  REQUIRE(old_key);
+  const std::string old_text = ReadText(file);
+  // A scan pseudonymised under the old key: its record keeps the real values.
+  const MappingRecord before = Pseudonymise(*old_key, "2.25.1", {"Wang^Xiaoming", "PID-7", "19700101", "M", "ACC-1", "1.2.3"});
+
+  auto rotation = SiteKey::Rotate(file, store);
+  INFO((rotation ? "" : rotation.error().message()));
+  REQUIRE(rotation);
+  CHECK(rotation->old_fingerprint == old_key->Fingerprint());
+  CHECK(rotation->new_fingerprint != rotation->old_fingerprint);
+  CHECK(ModeOf(file) == 0600);
+  CHECK(ReadText(file) != old_text);
+  CHECK_FALSE(fs::exists(file.string() + ".tmp"));
+  auto new_key = SiteKey::Load(file);
+  REQUIRE(new_key);
+  CHECK(new_key->Fingerprint() == rotation->new_fingerprint);
+  // New pseudonyms from now on; the old record still maps back without any key.
+  const MappingRecord after = Pseudonymise(*new_key, "2.25.2", {"Wang^Xiaoming", "PID-7", "19700101", "M", "ACC-1", "1.2.3"});
+  CHECK(after.patient_id.pseudonymous != before.patient_id.pseudonymous);
+  CHECK(after.study_instance_uid.pseudonymous != before.study_instance_uid.pseudonymous);
+  CHECK(after.key_fingerprint == rotation->new_fingerprint);
+  CHECK(before.patient_id.real == "PID-7");
+
+  // A key file that is refused is left alone: no rotation on a doubt.
+  ::chmod(file.c_str(), 0644);
+  const std::string current = ReadText(file);
+  auto refused = SiteKey::Rotate(file, store);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().kind() == ErrorKind::kPermission);
+  CHECK_THAT(refused.error().message(), Catch::Contains("chmod 600") && Catch::Contains("not rotated"));
+  CHECK(ReadText(file) == current);
+
+  // Two rotations cannot interleave: the second is refused while the first holds the lock.
+  ::chmod(file.c_str(), 0600);
+  auto held = store.LockExclusive(fs::path(file.string() + ".lock"));
+  REQUIRE(held);
+  auto busy = SiteKey::Rotate(file, store);
+  REQUIRE_FALSE(busy);
+  CHECK_THAT(busy.error().message(), Catch::Contains("another rotation"));
+  CHECK(ReadText(file) == current);
+}
+
 TEST_CASE("privacy: the mapping record is written atomically with mode 0600 and reads back", "[privacy]") {
   TempDir dir("privacy-mapping");
   const SiteKey key = KeyOf(6);
