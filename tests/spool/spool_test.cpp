@@ -416,6 +416,59 @@ TEST_CASE("retention after_upload deletes only what the cloud confirmed", "[spoo
   CHECK_FALSE(disk.Exists(kSim / "scans" / confirmed.scan_uid));
 }
 
+TEST_CASE("retention keeps a scan's mapping record while its results may come, and deletes it with the scan",
+          "[spool][privacy]") {
+  // The mapping from pseudonyms back to the patient (docs/privacy.md) lives in the scan's
+  // directory: raw-data retention must keep it (the results still to come are re-identified from
+  // it), and removing the delivered scan must remove it (nothing of the patient stays behind).
+  test::TempDir dir("spool-retention-mapping");
+  PosixFileStore files;
+  auto now = kT0;
+  spool::SpoolOptions options{dir.path(), 1ull << 30, 0};
+  options.retention = spool::RetentionPolicy::kAfterUpload;
+  options.keep_days = 7;
+  options.clock = [&now] { return now; };
+  auto s = spool::Spool::Open(options, files);
+  REQUIRE(s);
+  auto WriteMappingFor = [&](const std::string& uid) {
+    const std::string text = "{\"version\": 1, \"scan_uid\": \"" + uid + "\"}";
+    REQUIRE(files.WriteDurablyOwnerOnly((*s)->MappingPath(uid),
+                                        {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()}));
+  };
+  auto done = AddScan(**s, 2, true);
+  auto pending = AddScan(**s, 2, false);
+  WriteMappingFor(done.scan_uid);
+  WriteMappingFor(pending.scan_uid);
+
+  // Uploaded: the raw data goes, the mapping stays (the results are not back yet); also across
+  // a restart, whose recovery must not take it for an orphan.
+  auto report = (*s)->ApplyRetention(now);
+  REQUIRE(report);
+  REQUIRE(report->raw_deleted == std::vector<std::string>{done.scan_uid});
+  CHECK_FALSE(std::filesystem::exists(dir.path() / "scans" / done.scan_uid / "chunks"));
+  CHECK(std::filesystem::exists((*s)->MappingPath(done.scan_uid)));
+  s->reset();
+  s = spool::Spool::Open(options, files);
+  REQUIRE(s);
+  CHECK(std::filesystem::exists((*s)->MappingPath(done.scan_uid)));
+  CHECK(std::filesystem::exists((*s)->MappingPath(pending.scan_uid)));
+
+  // Delivered, and keep_days later: the whole scan goes, its mapping with it; the pending scan's stays.
+  REQUIRE((*s)->Update(done.scan_uid, [](spool::ScanRecord& r) { r.state = spool::ScanState::kDelivered; }));
+  now = kT0 + std::chrono::hours(24 * 7);
+  report = (*s)->ApplyRetention(now);
+  REQUIRE(report);
+  CHECK(report->scans_removed == std::vector<std::string>{done.scan_uid});
+  CHECK_FALSE(std::filesystem::exists((*s)->MappingPath(done.scan_uid)));
+  CHECK_FALSE(std::filesystem::exists(dir.path() / "scans" / done.scan_uid));
+  CHECK(std::filesystem::exists((*s)->MappingPath(pending.scan_uid)));
+  s->reset();
+  s = spool::Spool::Open(options, files);
+  REQUIRE(s);
+  CHECK_FALSE((*s)->Get(done.scan_uid));
+  CHECK(std::filesystem::exists((*s)->MappingPath(pending.scan_uid)));
+}
+
 TEST_CASE("retention after_results and after_delivery wait for the results", "[spool]") {
   SimulatedDisk disk;
   for (auto policy : {spool::RetentionPolicy::kAfterResults, spool::RetentionPolicy::kAfterDelivery}) {
