@@ -113,6 +113,10 @@ node -e '
   cfg.cloud = { ...cfg.cloud, upload_url: tus, dicomweb_url: dicomweb.replace(/\/$/, ""), password_file: password,
                 tls: { ...(cfg.cloud.tls || {}), ca_file: ca } };
   cfg.console = { ...cfg.console, port: Number(consolePort) };
+  // The demo takes its patient from a worklist (scripts/demo starts one); the bench measures the
+  // pipeline, so its scans carry the configuration fallback identity instead.
+  cfg.worklist = { ...cfg.worklist, enabled: false };
+  cfg.study = { ...cfg.study, patient_id: "BENCH-LATENCY", patient_name: "BENCH^LATENCY" };
   for (const kv of sets) {
     const eq = kv.indexOf("=");
     const keys = kv.slice(0, eq).split(".");
