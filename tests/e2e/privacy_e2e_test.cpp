@@ -244,8 +244,8 @@ std::string Kind(const std::string& sop_class) {
 
 }  // namespace
 
-TEST_CASE("privacy e2e: two worklist patients with Chinese names scanned back to back; the center holds no "
-          "identity, the console gets each scan under its own",
+TEST_CASE("privacy e2e: two worklist patients with Chinese names scanned back to back, the center holds no "
+          "identity and the console gets each scan under its own",
           "[e2e][privacy]") {
   const auto started = std::chrono::steady_clock::now();
   const auto patients = Patients();
@@ -377,6 +377,13 @@ TEST_CASE("privacy e2e: two worklist patients with Chinese names scanned back to
     const fs::path out = rest / (std::to_string(rest_files++) + ".json");
     INFO("GET " << path << "\n" << test::ReadText(work.path() / "curl.log"));
     REQUIRE(OrthancGet(center_env, path, out, work.path() / "curl.log") == 0);
+    // Orthanc's JSON writes text beyond ASCII as \uXXXX escapes, where a raw search would never
+    // find a Chinese name: each answer is also searched decoded, as UTF-8.
+    const auto parsed = nlohmann::json::parse(test::ReadText(out), nullptr, false);
+    INFO("GET " << path << " answered " << test::ReadText(out));
+    REQUIRE_FALSE(parsed.is_discarded());
+    std::ofstream(out.string() + ".utf8", std::ios::binary)
+        << parsed.dump(1, ' ', /*ensure_ascii=*/false, nlohmann::json::error_handler_t::strict);
     return out;
   };
   for (const char* path : {"/patients?expand", "/studies?expand", "/series?expand", "/instances?expand",
