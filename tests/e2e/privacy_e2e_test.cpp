@@ -274,7 +274,9 @@ TEST_CASE("privacy e2e: two worklist patients with Chinese names scanned back to
   // --- The terminal: worklist and privacy configured, no patient in the configuration. ---
   const auto node = worklist.Node();
   // The AI results test's short low-dose chest protocol (the lung analysis needs 100 mm along z
-  // to make a SEG), reconstructed at 256 x 256 to stay fast.
+  // to make a SEG), reconstructed at 256 x 256 to stay fast. Both scans run it with the same seed
+  // (`ctagent scan` takes the configured protocol): their pixels are alike, so only the identity
+  // the agent gives each returned object tells the two apart at the console.
   const nlohmann::json scan = {{"geometry", "fan"},        {"views_per_rotation", 480},
                                {"rotations", 5},           {"rows", 8},
                                {"row_pitch_mm", 5},        {"channels", 256},
