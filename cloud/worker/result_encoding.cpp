@@ -166,7 +166,6 @@ Expected<ResultObject> WriteSegmentation(const fs::path& path, const ResultInput
     return MakeError(ErrorKind::kInternal, std::string("cannot create the segmentation: ") + cond.text());
   }
   Putter put;
-  put(seg->getPatient().setPatientName(input.ct.patient_name.c_str()), "PatientName");
   put(seg->getPatient().setPatientID(input.ct.patient_id.c_str()), "PatientID");
   put(seg->getStudy().setStudyInstanceUID(input.ct.study_uid.c_str()), "StudyInstanceUID");
   const std::string study_date =
@@ -311,6 +310,9 @@ Expected<ResultObject> WriteSegmentation(const fs::path& path, const ResultInput
     }
   }
   put(ds->putAndInsertString(DCM_SpecificCharacterSet, "ISO_IR 192"), "SpecificCharacterSet");
+  // The name goes into the written data set, not through dcmiod: its value checks (when set and
+  // again on write) know no character set and refuse any name beyond ASCII ("Invalid character").
+  put(ds->putAndInsertString(DCM_PatientName, input.ct.patient_name.c_str()), "PatientName");
   put(ds->putAndInsertString(DCM_ImageComments, "Reference lung analysis from the ctagent reference imaging center. "
                                                 "NOT A DIAGNOSTIC PRODUCT."),
       "ImageComments");

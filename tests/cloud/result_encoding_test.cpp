@@ -401,6 +401,32 @@ TEST_CASE("result set: no lesions give category NORMAL, the two lung segments an
   REQUIRE(Run({"dsrdump", objects->back().file.string()}, f.dir.path() / "dsrdump.txt") == 0);
 }
 
+TEST_CASE("result set: a patient name beyond ASCII is kept exactly in the SEG, the report page and the SR",
+          "[cloud][encoding]") {
+  // A manifest from a terminal without a worklist carries the configuration's name as it is
+  // (docs/privacy.md); 王^小明 in UTF-8. The SEG was refused for it ("PatientName: Invalid
+  // character") and the analysis stored as FAILED.
+  Fixture f(0);
+  const std::string name = "\xE7\x8E\x8B^\xE5\xB0\x8F\xE6\x98\x8E";
+  f.input.ct.patient_name = name;
+  auto objects = WriteResultSet(f.dir.path(), f.input, f.analysis);
+  INFO((objects ? "" : objects.error().message()));
+  REQUIRE(objects);
+  REQUIRE(objects->size() == 3);  // seg, summary page, sr
+  for (const auto& object : *objects) {
+    INFO(object.kind);
+    DcmFileFormat file;
+    REQUIRE(file.loadFile(object.file.c_str()).good());
+    CHECK(Get(file.getDataset(), DCM_SpecificCharacterSet) == "ISO_IR 192");
+    CHECK(Get(file.getDataset(), DCM_PatientName) == name);
+  }
+  REQUIRE((*objects)[0].kind == "seg");
+  DcmSegmentation* raw = nullptr;
+  REQUIRE(DcmSegmentation::loadFile((*objects)[0].file.c_str(), raw).good());
+  std::unique_ptr<DcmSegmentation> seg(raw);
+  CHECK(seg->getNumberOfSegments() == 2);
+}
+
 TEST_CASE("result set: a failed analysis gives no SEG, a report page with the reason and an SR saying FAILED",
           "[cloud][encoding]") {
   Fixture f(0, /*failed=*/true);
