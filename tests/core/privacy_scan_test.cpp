@@ -50,13 +50,7 @@ nlohmann::json ScanConfig(const fs::path& spool_dir, const std::string& upload_u
         {"stall_timeout_s", 10}}},
       {"results", {{"enabled", false}}},
       {"console", {{"enabled", false}}},
-      {"worklist",
-       {{"enabled", true},
-        {"host", node.host},
-        {"port", node.port},
-        {"called_ae", node.called_ae},
-        {"calling_ae", node.calling_ae},
-        {"timeout_s", 20}}},
+      {"worklist", WorklistSection(node)},
       {"privacy", {{"age_band", true}, {"sex", true}}}};
 }
 

@@ -304,13 +304,7 @@ TEST_CASE("privacy e2e: two worklist patients with Chinese names scanned back to
       {"console",
        {{"enabled", true}, {"host", "127.0.0.1"}, {"port", console_port}, {"called_ae", "CONSOLE"},
         {"calling_ae", "CTAGENT"}}},
-      {"worklist",
-       {{"enabled", true},
-        {"host", node.host},
-        {"port", node.port},
-        {"called_ae", node.called_ae},
-        {"calling_ae", node.calling_ae},
-        {"timeout_s", 20}}},
+      {"worklist", WorklistSection(node)},
       {"privacy", {{"age_band", true}, {"sex", true}}}};
   REQUIRE_FALSE(cfg.contains("study"));
   const fs::path cfg_path = work.path() / "agent.json";

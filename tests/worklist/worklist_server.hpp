@@ -9,6 +9,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <nlohmann/json.hpp>
+
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -164,6 +166,16 @@ class WorklistServer {
 };
 
 // Everything this process writes to stdout and stderr while `run` runs, captured in `file`.
+// The agent configuration's `worklist` section for this node (docs/configuration.md).
+inline nlohmann::json WorklistSection(const WorklistNode& node) {
+  return {{"enabled", true},
+          {"host", node.host},
+          {"port", node.port},
+          {"called_ae", node.called_ae},
+          {"calling_ae", node.calling_ae},
+          {"timeout_s", 20}};
+}
+
 inline std::string CaptureOutput(const fs::path& file, const std::function<void()>& run) {
   std::fflush(stdout);
   std::fflush(stderr);
