@@ -100,6 +100,14 @@ struct MetricsConfig {
   bool allow_non_loopback = false;
 };
 
+// The operator's local page (agent/ui, docs/operator-guide.md): plain HTTP for now, so it listens
+// on loopback only (config validation refuses any other address until TLS and a password exist).
+struct UiConfig {
+  bool enabled = true;
+  std::string address = "127.0.0.1";  // a loopback address
+  std::uint16_t port = 8471;
+};
+
 // The hospital's Modality Worklist server (agent/worklist/worklist.hpp, docs/privacy.md). Off by
 // default: without it every scan carries the `study` identity, as before.
 struct WorklistConfig {
@@ -151,6 +159,7 @@ struct AgentConfig {
   PrivacyConfig privacy;
   ControlConfig control;
   MetricsConfig metrics;
+  UiConfig ui;
 };
 
 // Where the daemon listens and the CLI connects: control.socket, or control.sock in the spool.

@@ -294,7 +294,7 @@ TEST_CASE("ui server: /api/events sends the status at once, then each change onc
   CHECK(stream.find("version\":2}") == stream.rfind("version\":2}"));
 }
 
-TEST_CASE("ui server: event streams beyond the bound get 503; a closed page frees its place") {
+TEST_CASE("ui server: event streams beyond the bound get 503, and a closed page frees its place") {
   ServerOnLoop server({.address = "127.0.0.1", .port = 0, .max_event_clients = 1, .event_interval = 20ms});
   const std::string request = "GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
   {
@@ -338,7 +338,7 @@ TEST_CASE("ui server: a client that does not read its event stream is dropped, n
   CHECK(Get(server.port(), "/api/status").rfind("HTTP/1.1 200 ", 0) == 0);
 }
 
-TEST_CASE("ui server: only loopback; an address elsewhere or a port in use is an error that says what to change") {
+TEST_CASE("ui server: only loopback, and an address elsewhere or a port in use is an error that says what to change") {
   boost::asio::io_context io;
   const auto status = [] { return nlohmann::json::object(); };
   for (const char* remote : {"0.0.0.0", "192.0.2.10", "::"}) {
