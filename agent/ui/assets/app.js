@@ -26,8 +26,8 @@ function describe(scan, status) {
   if (scan.state === 'uploaded') return {key: 'waiting', word: 'Uploaded; waiting for results'};
   if (scan.state === 'acquiring' || progress.phase === 'acquiring') {
     const views = progress.views_acquired || scan.views_acquired || 0;
-    return {key: 'acquiring', word: 'Acquiring', detail: views + ' views so far, ' +
-            (progress.chunks_stored || 0) + ' parts safe on disk'};
+    const parts = (progress.chunks_stored || 0) + ' parts safe on disk, ' + uploaded + ' uploaded';
+    return {key: 'acquiring', word: 'Acquiring', detail: (views > 0 ? views + ' views, ' : '') + parts};
   }
   // Acquired: every view is safe on disk; the parts go up to the imaging center.
   if (paused) return {key: 'safe', word: 'Safe on disk; uploads are paused'};
@@ -68,7 +68,8 @@ function findingsText(scan) {
   if (!f) return '';
   const words = {'NORMAL': 'Normal', 'HIGH-RISK': 'High risk', 'FAILED': 'Analysis failed'};
   let text = words[f.category] || '';
-  if (f.lesion_count !== undefined) text += (text ? ', ' : '') + f.lesion_count + ' lesion(s)';
+  if (f.category === 'FAILED' && f.failure_reason) text += ': ' + f.failure_reason;
+  else if (f.lesion_count !== undefined) text += (text ? ', ' : '') + f.lesion_count + ' lesion(s)';
   return text;
 }
 
