@@ -171,6 +171,13 @@ Status CrossChecks(const Loader& loader, const AgentConfig& c) {
                        "authentication; use 127.0.0.1 (and a proxy or SSH tunnel for remote reading), or set "
                        "/metrics/allow_non_loopback to true behind a firewall");
   }
+  // The operator's page has neither TLS nor a password yet: nothing but loopback may reach it.
+  if (c.ui.enabled && !IsLoopbackAddress(c.ui.address)) {
+    return loader.Fail("/ui/address",
+                       "\"" + c.ui.address + "\" is not a loopback address, and the operator's page has no TLS or "
+                       "password yet; use 127.0.0.1 and open the page in a browser on the terminal itself (or set "
+                       "/ui/enabled to false)");
+  }
   // A worklist without a server to ask would leave every scan without a patient.
   if (c.worklist.enabled && c.worklist.host.empty()) {
     return loader.Fail("/worklist/host",

@@ -100,6 +100,16 @@ struct MetricsConfig {
   bool allow_non_loopback = false;
 };
 
+// The operator's local page (agent/ui, docs/operator-guide.md): plain HTTP for now, so it listens
+// on loopback only (config validation refuses any other address until TLS and a password exist).
+struct UiConfig {
+  // Off unless configured, like the metrics: the package's configuration and the demo turn it on,
+  // and tests that start daemons on shared machines open no fixed port by default.
+  bool enabled = false;
+  std::string address = "127.0.0.1";  // a loopback address
+  std::uint16_t port = 8471;
+};
+
 // The hospital's Modality Worklist server (agent/worklist/worklist.hpp, docs/privacy.md). Off by
 // default: without it every scan carries the `study` identity, as before.
 struct WorklistConfig {
@@ -151,6 +161,7 @@ struct AgentConfig {
   PrivacyConfig privacy;
   ControlConfig control;
   MetricsConfig metrics;
+  UiConfig ui;
 };
 
 // Where the daemon listens and the CLI connects: control.socket, or control.sock in the spool.

@@ -462,6 +462,20 @@ std::vector<Entry> MakeEntries() {
        .description = "Allow an /metrics/address other than loopback, so other machines can read the metrics "
                       "(no authentication: put a firewall or an authenticating proxy in front).",
        CTAGENT_TARGET(metrics.allow_non_loopback)},
+
+      {.path = "/ui", .type = Type::kSection,
+       .description = "The operator's page in a browser on the terminal, served by `ctagent run` "
+                      "(docs/operator-guide.md). Off unless enabled (the Debian package's configuration enables it); loopback only."},
+      {.path = "/ui/enabled", .type = Type::kBool, .description = "Serve the page while `ctagent run` runs.",
+       CTAGENT_TARGET(ui.enabled)},
+      {.path = "/ui/address", .type = Type::kString,
+       .description = "Address to listen on. The page is plain HTTP without a password, so only a loopback "
+                      "address (127.0.0.0/8, ::1) is accepted.",
+       .string_ok = IpAddressOk, .string_rule = "an IPv4 or IPv6 loopback address (like 127.0.0.1 or ::1)",
+       CTAGENT_TARGET(ui.address)},
+      {.path = "/ui/port", .type = Type::kInteger,
+       .description = "TCP port to listen on (open http://127.0.0.1:PORT/ in a browser on the terminal).", .min = 1,
+       .max = 65535, CTAGENT_TARGET(ui.port)},
   };
 }
 

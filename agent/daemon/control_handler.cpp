@@ -24,7 +24,7 @@ ControlHandler::~ControlHandler() {
   if (check_.joinable()) check_.join();
 }
 
-void ControlHandler::Status(control::Reply reply) {
+nlohmann::json ControlHandler::StatusNow() const {
   nlohmann::json status = control::StatusFromSpool(agent_.spool(), {"daemon", config_.spool.max_bytes});
   control::SetDaemon(status, static_cast<long>(::getpid()), pause_.has_value());
   if (pause_) status["daemon"]["uploads_paused_since_utc"] = pause_->since_utc;
@@ -35,8 +35,10 @@ void ControlHandler::Status(control::Reply reply) {
     progress.chunks_uploaded = scan.chunks_uploaded;
     control::SetScanProgress(status, scan.scan_uid, progress);
   }
-  reply(std::move(status));
+  return status;
 }
+
+void ControlHandler::Status(control::Reply reply) { reply(StatusNow()); }
 
 void ControlHandler::Check(control::Reply reply) {
   if (checking_.exchange(true)) {

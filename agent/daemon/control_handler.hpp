@@ -27,6 +27,10 @@ class ControlHandler final : public control::Handler {
                  FileStore& files, std::optional<UploadPause> pause);
   ~ControlHandler() override;  // waits for a check in progress (bounded by its network deadlines)
 
+  // The status object with the daemon's part and each active scan's live progress: what
+  // `status` answers, and what the operator's page shows (agent/ui).
+  nlohmann::json StatusNow() const;
+
   void Status(control::Reply reply) override;
   void Check(control::Reply reply) override;
   void TakeScan(const control::TakeScanRequest& request, control::Reply reply) override;

@@ -11,6 +11,7 @@
 #include "agent/daemon/control_handler.hpp"
 #include "agent/daemon/metrics_collector.hpp"
 #include "agent/daemon/upload_pause.hpp"
+#include "agent/ui/server.hpp"
 
 namespace ctagent::daemon {
 namespace {
@@ -52,6 +53,23 @@ int CountFailed(spool::Spool& spool, std::set<std::string>& failed_seen) {
     }
   }
   return failed;
+}
+
+// The operator's page (config section "ui") on Serve's loop, showing what `status` answers; a
+// port that cannot be opened is logged and the daemon goes on without the page.
+std::unique_ptr<ui::Server> StartOperatorPage(boost::asio::io_context& io, const config::UiConfig& config,
+                                              const ControlHandler& handler) {
+  ui::ServerSettings settings;
+  settings.address = config.address;
+  settings.port = config.port;
+  auto server = ui::Server::Open(io, settings, [&handler] { return handler.StatusNow(); });
+  if (!server) {
+    log::Warn("ui", server.error().message() + "; the daemon goes on without the operator's page");
+    return nullptr;
+  }
+  const std::string host = config.address.find(':') != std::string::npos ? "[" + config.address + "]" : config.address;
+  log::Info("ui", "the operator's page is at http://" + host + ":" + std::to_string((*server)->port()) + "/");
+  return std::move(*server);
 }
 
 }  // namespace
@@ -151,6 +169,7 @@ int Run(const config::AgentConfig& config, FileStore& files, const Options& opti
         struct Control {
           std::shared_ptr<void> metrics;  // the metrics endpoint, when configured (config section "metrics")
           std::unique_ptr<ControlHandler> handler;
+          std::unique_ptr<ui::Server> page;  // the operator's page (config section "ui"); closed before the handler
           std::unique_ptr<control::Server> server;  // declared last: closed before the handler goes
         };
         auto c = std::make_shared<Control>();
@@ -163,6 +182,7 @@ int Run(const config::AgentConfig& config, FileStore& files, const Options& opti
           c->server = std::move(*server);
         }
         if (config.metrics.enabled) c->metrics = StartMetricsEndpoint(io, config.metrics, metrics, *agent);
+        if (config.ui.enabled) c->page = StartOperatorPage(io, config.ui, *c->handler);
         return c;
       };
       served = agent->Serve(hooks);

@@ -637,3 +637,28 @@ TEST_CASE("config: no worklist section keeps the study identity, and an enabled 
         "string \"A\\\\B\"");
   CHECK_THAT(ErrorOf(With("/worklist/hots", "ris")), Catch::Contains("unknown key; did you mean \"host\"?"));
 }
+
+// ---- issue 16: the operator's page, off unless configured, and on loopback only -------------
+
+TEST_CASE("config: the operator's page is off by default, at 127.0.0.1:8471 when on, and refuses any address but "
+          "loopback") {
+  auto defaults = ParseConfig(Minimal().dump(), "site/agent.json");
+  REQUIRE(defaults.has_value());
+  CHECK_FALSE(defaults->ui.enabled);
+  CHECK(defaults->ui.address == "127.0.0.1");
+  CHECK(defaults->ui.port == 8471);
+  for (const char* loopback : {"127.0.0.1", "::1"}) {
+    INFO(loopback);
+    auto c = ParseConfig(With("/ui", {{"enabled", true}, {"address", loopback}, {"port", 9600}}).dump(), "site/agent.json");
+    REQUIRE(c.has_value());
+    CHECK(c->ui.port == 9600);
+  }
+  for (const char* remote : {"0.0.0.0", "192.0.2.10", "::"}) {
+    INFO(remote);
+    const std::string message = ErrorOf(With("/ui", {{"enabled", true}, {"address", remote}}));
+    CHECK(message.find("site/agent.json: /ui/address: \"" + std::string(remote) + "\" is not a loopback address") == 0);
+    CHECK(message.find("no TLS or password yet") != std::string::npos);
+    // Off, nothing listens: nothing to refuse.
+    CHECK(ParseConfig(With("/ui", {{"enabled", false}, {"address", remote}}).dump(), "site/agent.json").has_value());
+  }
+}

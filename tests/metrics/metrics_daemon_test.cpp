@@ -172,12 +172,15 @@ TEST_CASE("ctagent run serves /metrics: bytes uploaded equal the bytes spooled a
   CHECK_FALSE(test::PortAcceptsConnections(port));
 }
 
-TEST_CASE("ctagent run without a metrics section opens no TCP port", "[metrics][service]") {
+TEST_CASE("ctagent run without a metrics section and with the operator's page off opens no TCP port",
+          "[metrics][service]") {
   test::TempDir dir("metrics-off");
   test::MakeTestPki(dir.path() / "pki");
   fs::create_directories(dir.path() / "store");
   auto tus = test::StartTusServer(dir.path() / "pki", dir.path() / "store", dir.path() / "tus.log");
   auto cfg = DaemonConfig(dir.path(), tus.endpoint, dir.path() / "pki" / "ca.pem");
+  // The operator's page is on by default (on loopback, docs/operator-guide.md); off here.
+  cfg["ui"] = {{"enabled", false}};
   const fs::path cfg_path = dir.path() / "agent.json";
   std::ofstream(cfg_path) << cfg.dump(2);
   const fs::path log_path = dir.path() / "daemon.log";

@@ -1,0 +1,408 @@
+// The operator's page's HTTP/1.1 server: Beast parses each request head (bounded), responses are
+// written whole and the connection closed after each (Connection: close), except an event stream,
+// which stays open with a bounded queue of its own.
+#include "agent/ui/server.hpp"
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/error.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+
+#include <array>
+#include <deque>
+#include <optional>
+#include <set>
+#include <string_view>
+
+#include "agent/common/log.hpp"
+#include "agent/ui/assets.hpp"
+
+namespace ctagent::ui {
+namespace {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = boost::asio::ip::tcp;
+
+// Nothing but this server's own files: no inline script or style, no other origin, no framing.
+constexpr std::string_view kContentSecurityPolicy =
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+// The headers every response carries, the event stream's too.
+std::string CommonHeaders(std::string_view cache_control) {
+  std::string h = "Content-Security-Policy: " + std::string(kContentSecurityPolicy) + "\r\n";
+  h += "X-Content-Type-Options: nosniff\r\n";
+  h += "X-Frame-Options: DENY\r\n";
+  h += "Referrer-Policy: no-referrer\r\n";
+  h += "Cache-Control: " + std::string(cache_control) + "\r\n";
+  h += "Connection: close\r\n";
+  return h;
+}
+
+std::string Response(int code, std::string_view reason, std::string_view content_type, std::string_view body,
+                     std::string_view cache_control = "no-store", std::string_view extra_headers = "") {
+  std::string out = "HTTP/1.1 " + std::to_string(code) + " " + std::string(reason) + "\r\n";
+  out += "Content-Type: " + std::string(content_type) + "\r\n";
+  out += "Content-Length: " + std::to_string(body.size()) + "\r\n";
+  out += CommonHeaders(cache_control);
+  out += extra_headers;
+  out += "\r\n";
+  out += body;
+  return out;
+}
+
+std::string Plain(int code, std::string_view reason, std::string_view text, std::string_view extra_headers = "") {
+  return Response(code, reason, "text/plain; charset=utf-8", std::string(text) + "\n", "no-store", extra_headers);
+}
+
+bool IsLoopback(const boost::asio::ip::address& a) {
+  if (a.is_loopback()) return true;
+  return a.is_v6() && a.to_v6().is_v4_mapped() &&
+         boost::asio::ip::make_address_v4(boost::asio::ip::v4_mapped, a.to_v6()).is_loopback();
+}
+
+// Host: 127.0.0.1:8471, [::1]:8471, localhost:8471. A name that is not loopback is a page
+// elsewhere reaching this server through DNS rebinding, or a proxy: neither is answered.
+bool IsLoopbackHost(std::string_view host) {
+  std::string name(host);
+  if (!name.empty() && name.front() == '[') {
+    const auto end = name.find(']');
+    if (end == std::string::npos) return false;
+    name = name.substr(1, end - 1);
+  } else if (const auto colon = name.find(':'); colon != std::string::npos) {
+    name = name.substr(0, colon);
+  }
+  if (name == "localhost") return true;
+  boost::system::error_code ec;
+  const auto address = boost::asio::ip::make_address(name, ec);
+  return !ec && IsLoopback(address);
+}
+
+// Beast's string_view is Boost's in this Boost version.
+std::string_view View(beast::string_view v) { return {v.data(), v.size()}; }
+
+const Asset* FindAsset(std::string_view path) {
+  if (path == "/") path = "/index.html";
+  for (const Asset& asset : EmbeddedAssets()) {
+    if (asset.path == path) return &asset;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+class Connection;
+
+class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
+ public:
+  Impl(boost::asio::io_context& io, ServerSettings settings, StatusSource status)
+      : settings_(std::move(settings)), status_(std::move(status)), acceptor_(io), timer_(io) {}
+
+  Status Listen();
+  void Accept();
+  void Close();
+  // The status object as one line of JSON (invalid UTF-8 replaced, never thrown).
+  std::string Snapshot() const {
+    return status_().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+  // A new event stream: it gets the status now, and the others too if it changed.
+  void AddEventClient(const std::shared_ptr<Connection>& client, std::string head);
+  void Tick();
+
+  const ServerSettings settings_;
+  const StatusSource status_;
+  tcp::acceptor acceptor_;
+  boost::asio::steady_timer timer_;
+  std::uint16_t port_ = 0;
+  std::set<std::shared_ptr<Connection>> connections_;
+  std::set<std::shared_ptr<Connection>> event_clients_;
+  std::string last_event_;  // the status text last sent to the event streams
+  std::chrono::steady_clock::time_point last_sent_{};
+  bool ticking_ = false;
+  bool closed_ = false;
+  std::uint64_t dropped_ = 0;
+};
+
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  Connection(tcp::socket socket, std::weak_ptr<Server::Impl> server, const ServerSettings& settings)
+      : stream_(std::move(socket)),
+        buffer_(settings.max_request_bytes),
+        server_(std::move(server)),
+        max_request_bytes_(settings.max_request_bytes),
+        max_backlog_bytes_(settings.max_event_backlog_bytes),
+        timeout_(settings.request_timeout) {}
+
+  void Start() {
+    parser_.emplace();
+    parser_->header_limit(static_cast<std::uint32_t>(max_request_bytes_));
+    parser_->body_limit(0);  // GET has no body; nothing here takes one
+    stream_.expires_after(timeout_);
+    http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      self->OnRequest(ec);
+    });
+  }
+
+  // Queues one piece of the event stream; false (and the client dropped) when it would pass the
+  // backlog bound.
+  bool Send(std::string text) {
+    if (closed_) return false;
+    if (queued_bytes_ + text.size() > max_backlog_bytes_) {
+      Drop("it reads more slowly than the page changes");
+      return false;
+    }
+    queued_bytes_ += text.size();
+    queue_.push_back(std::move(text));
+    if (!writing_) WriteNext();
+    return true;
+  }
+
+  void Close() {
+    if (closed_) return;
+    closed_ = true;
+    auto self = shared_from_this();  // the sets below may hold the last reference
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    stream_.close();
+    if (auto server = server_.lock()) {
+      server->event_clients_.erase(self);
+      server->connections_.erase(self);
+    }
+  }
+
+ private:
+  void OnRequest(beast::error_code ec) {
+    if (closed_) return;
+    auto server = server_.lock();
+    if (!server) return Close();
+    if (ec == http::error::header_limit || ec == http::error::buffer_overflow) {
+      return Answer(Plain(431, "Request Header Fields Too Large", "request head too large"));
+    }
+    if (ec == http::error::body_limit || ec == http::error::unexpected_body) {
+      return Answer(Plain(413, "Content Too Large", "this server takes no request body"));
+    }
+    if (ec && ec.category() == http::make_error_code(http::error::bad_target).category()) {
+      return Answer(Plain(400, "Bad Request", "malformed request"));
+    }
+    if (ec) return Close();  // the peer went away, the head did not come in time, or the server closed
+    const auto& request = parser_->get();
+    if (!IsLoopbackHost(View(request[http::field::host]))) {
+      return Answer(Plain(421, "Misdirected Request",
+                          "this page answers only at a loopback address such as 127.0.0.1; open it on the terminal"));
+    }
+    const std::string_view target = View(request.target());
+    const std::string_view path = target.substr(0, target.find('?'));
+    const Asset* asset = FindAsset(path);
+    if (asset == nullptr && path != "/api/status" && path != "/api/events") {
+      return Answer(Plain(404, "Not Found", "no such page here; the operator's page is at /"));
+    }
+    if (request.method() != http::verb::get) {
+      return Answer(Plain(405, "Method Not Allowed", "only GET is answered", "Allow: GET\r\n"));
+    }
+    // Assets change only with the binary; "no-cache" has the browser ask again after an update.
+    if (asset != nullptr) return Answer(Response(200, "OK", asset->content_type, asset->body, "no-cache"));
+    if (path == "/api/status") return Answer(Response(200, "OK", "application/json", server->Snapshot() + "\n"));
+    if (server->event_clients_.size() >= server->settings_.max_event_clients) {
+      return Answer(Plain(503, "Service Unavailable", "too many live pages open; close one and reload",
+                          "Retry-After: 5\r\n"));
+    }
+    stream_.expires_never();  // an event stream lives as long as the page; each write is bounded
+    std::string head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n" +
+                       CommonHeaders("no-store") + "\r\n" + "retry: 2000\n\n";
+    server->AddEventClient(shared_from_this(), std::move(head));
+  }
+
+  // A whole response, then the connection ends: the sending side first, and what the peer
+  // still sends is read and dropped for a moment, so it reads our answer before the close
+  // (closing with unread input would reset the connection and could lose the answer).
+  void Answer(std::string response) {
+    response_ = std::move(response);
+    stream_.expires_after(timeout_);
+    boost::asio::async_write(stream_, boost::asio::buffer(response_),
+                             [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                               if (ec || self->closed_) return self->Close();
+                               beast::error_code ignored;
+                               self->stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+                               self->stream_.expires_after(std::chrono::seconds(1));
+                               self->Drain();
+                             });
+  }
+
+  void Drain() {
+    stream_.async_read_some(boost::asio::buffer(drain_), [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      if (ec || self->closed_) return self->Close();  // end of input, or a second passed
+      self->Drain();
+    });
+  }
+
+  void WriteNext() {
+    if (queue_.empty()) {
+      writing_ = false;
+      return;
+    }
+    writing_ = true;
+    stream_.expires_after(timeout_);
+    boost::asio::async_write(stream_, boost::asio::buffer(queue_.front()),
+                             [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                               if (self->closed_) return;
+                               if (ec == beast::error::timeout) return self->Drop("its writes stalled");
+                               if (ec) return self->Close();  // the page was closed
+                               self->queued_bytes_ -= self->queue_.front().size();
+                               self->queue_.pop_front();
+                               self->WriteNext();
+                             });
+  }
+
+  void Drop(const std::string& why) {
+    if (auto server = server_.lock()) ++server->dropped_;
+    // No address or content: only that a page was too slow (it reconnects by itself).
+    log::Warn("ui", "dropped a live page's event stream: " + why + "; the page reconnects by itself");
+    Close();
+  }
+
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::empty_body>> parser_;
+  std::weak_ptr<Server::Impl> server_;
+  const std::size_t max_request_bytes_;
+  const std::size_t max_backlog_bytes_;
+  const std::chrono::milliseconds timeout_;
+  std::string response_;
+  std::array<char, 512> drain_{};
+  std::deque<std::string> queue_;  // the event stream's pieces not yet written
+  std::size_t queued_bytes_ = 0;
+  bool writing_ = false;
+  bool closed_ = false;
+};
+
+void Server::Impl::AddEventClient(const std::shared_ptr<Connection>& client, std::string head) {
+  const std::string text = Snapshot();
+  const auto now = std::chrono::steady_clock::now();
+  if (text != last_event_) {
+    last_event_ = text;
+    last_sent_ = now;
+    const std::string event = "data: " + text + "\n\n";
+    auto clients = event_clients_;  // a dropped client leaves the set
+    for (const auto& c : clients) c->Send(event);
+  }
+  event_clients_.insert(client);
+  client->Send(std::move(head) + "data: " + text + "\n\n");
+  if (!ticking_) {
+    ticking_ = true;
+    timer_.expires_after(settings_.event_interval);
+    timer_.async_wait([weak = weak_from_this()](const boost::system::error_code& ec) {
+      if (auto self = weak.lock(); self && !ec) self->Tick();
+    });
+  }
+}
+
+void Server::Impl::Tick() {
+  if (closed_ || event_clients_.empty()) {
+    ticking_ = false;
+    return;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  std::string message;
+  if (std::string text = Snapshot(); text != last_event_) {
+    message = "data: " + text + "\n\n";
+    last_event_ = std::move(text);
+  } else if (now - last_sent_ >= settings_.event_keepalive) {
+    message = ": keep-alive\n\n";  // a comment: it tells a proxy and the page the stream lives
+  }
+  if (!message.empty()) {
+    last_sent_ = now;
+    auto clients = event_clients_;  // a dropped client leaves the set
+    for (const auto& c : clients) c->Send(message);
+  }
+  timer_.expires_after(settings_.event_interval);
+  timer_.async_wait([weak = weak_from_this()](const boost::system::error_code& ec) {
+    if (auto self = weak.lock(); self && !ec) self->Tick();
+  });
+}
+
+Status Server::Impl::Listen() {
+  boost::system::error_code ec;
+  const auto address = boost::asio::ip::make_address(settings_.address, ec);
+  if (ec) {
+    return MakeError(ErrorKind::kInvalidInput,
+                     "ui address \"" + settings_.address + "\" is not an IPv4 or IPv6 address (/ui/address)");
+  }
+  if (!IsLoopback(address)) {
+    return MakeError(ErrorKind::kInvalidInput, "ui address \"" + settings_.address +
+                                                   "\" is not a loopback address; the operator's page has no TLS or "
+                                                   "password yet, so it listens on 127.0.0.1 or ::1 only (/ui/address)");
+  }
+  const tcp::endpoint endpoint(address, settings_.port);
+  const std::string where = endpoint.address().to_string() + " port " + std::to_string(settings_.port);
+  acceptor_.open(endpoint.protocol(), ec);
+  if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) acceptor_.bind(endpoint, ec);
+  if (!ec) acceptor_.listen(static_cast<int>(settings_.max_connections), ec);
+  if (ec) {
+    return MakeError(ErrorKind::kIo, "the operator's page cannot listen on " + where + ": " + ec.message() +
+                                         " (is another program on that port? change /ui/port)");
+  }
+  port_ = acceptor_.local_endpoint(ec).port();
+  return Ok();
+}
+
+void Server::Impl::Accept() {
+  acceptor_.async_accept([self = shared_from_this()](const boost::system::error_code& ec, tcp::socket socket) {
+    if (self->closed_) return;
+    if (!ec) {
+      if (self->connections_.size() >= self->settings_.max_connections) {
+        // One too many: a short answer, never blocking the loop (a new socket's send buffer is
+        // empty, so it fits or is dropped), then closed.
+        boost::system::error_code ignored;
+        socket.non_blocking(true, ignored);
+        const std::string busy = Plain(503, "Service Unavailable", "too many connections; try again", "Retry-After: 5\r\n");
+        socket.write_some(boost::asio::buffer(busy), ignored);
+        socket.shutdown(tcp::socket::shutdown_both, ignored);
+        socket.close(ignored);
+      } else {
+        auto connection = std::make_shared<Connection>(std::move(socket), self, self->settings_);
+        self->connections_.insert(connection);
+        connection->Start();
+      }
+    }
+    // Accept errors (a peer that left before accept, EMFILE) end one attempt, not the server.
+    if (ec != boost::asio::error::operation_aborted) self->Accept();
+  });
+}
+
+void Server::Impl::Close() {
+  if (closed_) return;
+  closed_ = true;
+  boost::system::error_code ignored;
+  acceptor_.close(ignored);
+  timer_.cancel();
+  auto connections = connections_;  // Close() erases from the sets
+  for (auto& c : connections) c->Close();
+  connections_.clear();
+  event_clients_.clear();
+}
+
+Expected<std::unique_ptr<Server>> Server::Open(boost::asio::io_context& io, const ServerSettings& settings,
+                                               StatusSource status) {
+  auto impl = std::make_shared<Impl>(io, settings, std::move(status));
+  if (auto st = impl->Listen(); !st) return MakeError(st.error());
+  impl->Accept();
+  return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+Server::Server(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Server::~Server() { Close(); }
+void Server::Close() { impl_->Close(); }
+std::uint16_t Server::port() const { return impl_->port_; }
+std::size_t Server::open_connections() const { return impl_->connections_.size(); }
+std::size_t Server::event_clients() const { return impl_->event_clients_.size(); }
+std::uint64_t Server::dropped_event_clients() const { return impl_->dropped_; }
+
+}  // namespace ctagent::ui

@@ -1,0 +1,75 @@
+// The operator's page: a small HTTP/1.1 server (Boost.Beast) on the daemon's io_context, with no
+// thread of its own, that serves the page's embedded files (assets.hpp) and its live data:
+//   GET /            the page (index.html)          GET /app.js, /app.css   its script and style
+//   GET /api/status  the status object, as the control socket's `status` (docs/control-protocol.md)
+//   GET /api/events  server-sent events: that status object whenever it changed (checked every
+//                    event_interval, so at most one snapshot per interval), a comment line as a
+//                    keep-alive otherwise
+// Plain HTTP without a password: it listens on loopback only (Open refuses anything else), and it
+// answers only requests whose Host is a loopback name, so a web page elsewhere cannot reach it
+// through DNS rebinding. Every response carries a strict Content-Security-Policy (nothing but this
+// server's own script and style, no inline code) and X-Content-Type-Options: nosniff; /api is
+// never cached.
+// Bounded: at most max_connections at once (one more is answered 503), a request head of at most
+// max_request_bytes (431), no request body (413), one request per connection, a request head
+// that must arrive within request_timeout; at most max_event_clients event streams (503 beyond),
+// each with at most max_event_backlog_bytes waiting to be sent: a client that reads slower than
+// that is dropped, never buffered without bound, as is one whose write stalls for request_timeout.
+#pragma once
+
+#include <boost/asio/io_context.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/common/error.hpp"
+
+namespace ctagent::ui {
+
+struct ServerSettings {
+  std::string address = "127.0.0.1";  // a loopback IPv4 or IPv6 literal
+  std::uint16_t port = 0;             // 0: a free port chosen by the system (Server::port() says which)
+  std::size_t max_connections = 16;
+  std::size_t max_request_bytes = 8192;  // request line and headers
+  std::chrono::milliseconds request_timeout{10000};
+  std::size_t max_event_clients = 4;
+  std::size_t max_event_backlog_bytes = 1024 * 1024;
+  std::chrono::milliseconds event_interval{500};   // how often the status is checked for a change
+  std::chrono::milliseconds event_keepalive{15000};  // a comment line after this long without an event
+};
+
+class Server {
+ public:
+  // The status object; called on the io_context's thread, for each GET /api/status, for each new
+  // event stream, and every event_interval while an event stream is open.
+  using StatusSource = std::function<nlohmann::json()>;
+
+  // Listens at once. Errors (kInvalidInput: not a loopback IP address; kIo: bind refused, e.g.
+  // the port is in use) name the address and port and the configuration key to change.
+  static Expected<std::unique_ptr<Server>> Open(boost::asio::io_context& io, const ServerSettings& settings,
+                                                StatusSource status);
+  ~Server();  // closes (on the io_context's thread, or with the loop stopped)
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Stops accepting and ends every connection and event stream.
+  void Close();
+  std::uint16_t port() const;
+  std::size_t open_connections() const;  // event streams included
+  std::size_t event_clients() const;
+  std::uint64_t dropped_event_clients() const;  // since Open: too slow, or their write stalled
+
+  class Impl;
+
+ private:
+  explicit Server(std::shared_ptr<Impl> impl);
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace ctagent::ui

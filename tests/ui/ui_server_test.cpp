@@ -1,0 +1,366 @@
+// The operator's page's server (agent/ui/server.hpp) on a real loopback socket: what each route
+// answers and with which headers (a strict Content-Security-Policy, nosniff, /api never cached),
+// the live event stream, and every bound: request head size, request body, connections, silent
+// connections, event streams, and a client too slow for its event stream, which is dropped
+// rather than buffered.
+#include <catch2/catch.hpp>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <regex>
+#include <string>
+#include <thread>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <nlohmann/json.hpp>
+
+#include "agent/ui/assets.hpp"
+#include "agent/ui/server.hpp"
+#include "tests/support/process.hpp"
+
+using namespace ctagent;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr const char* kCsp =
+    "Content-Security-Policy: default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'\r\n";
+
+// What the server shows as the status: a version the test sets, and padding to make it large.
+struct FakeStatus {
+  std::atomic<int> version{1};
+  std::atomic<bool> change_every_call{false};
+  std::atomic<std::size_t> padding{0};
+  std::atomic<int> calls{0};
+  nlohmann::json Build() {
+    const int call = ++calls;
+    return {{"version", change_every_call ? call : version.load()}, {"padding", std::string(padding.load(), 'x')}};
+  }
+};
+
+// The server on its own io_context, run by one thread as the daemon's loop is.
+class ServerOnLoop {
+ public:
+  explicit ServerOnLoop(ui::ServerSettings settings) {
+    auto server = ui::Server::Open(io_, settings, [this] { return status.Build(); });
+    REQUIRE(server.has_value());
+    server_ = std::move(*server);
+    port_ = server_->port();
+    thread_ = std::thread([this] {
+      auto guard = boost::asio::make_work_guard(io_);
+      io_.run();
+    });
+  }
+  ~ServerOnLoop() {
+    boost::asio::post(io_, [this] {
+      server_.reset();
+      io_.stop();
+    });
+    thread_.join();
+  }
+  std::uint16_t port() const { return port_; }
+  // A question to the server, asked on its loop (its counters are the loop's).
+  template <class F>
+  auto OnLoop(F f) {
+    std::promise<decltype(f(*server_))> answer;
+    boost::asio::post(io_, [&] { answer.set_value(f(*server_)); });
+    return answer.get_future().get();
+  }
+
+  FakeStatus status;
+
+ private:
+  boost::asio::io_context io_;
+  std::unique_ptr<ui::Server> server_;
+  std::uint16_t port_ = 0;
+  std::thread thread_;
+};
+
+// A blocking loopback client, every call bounded by a 5 s socket timeout.
+class Client {
+ public:
+  explicit Client(std::uint16_t port, int receive_buffer = 0) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd_ >= 0);
+    timeval tv{5, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (receive_buffer > 0) ::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof receive_buffer);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  }
+  ~Client() { ::close(fd_); }
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+  void Send(const std::string& data) {
+    REQUIRE(::send(fd_, data.data(), data.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(data.size()));
+  }
+  // Everything until the server closes (or 5 s without a byte).
+  std::string ReadAll() {
+    std::string out;
+    for (int i = 0; i < 10000; ++i) {  // bounded: 40 MB at most
+      if (!ReadSome(out)) break;
+    }
+    return out;
+  }
+  // Reads until `text` is in `out` past `from`; false when the server closed or 5 s passed.
+  bool ReadUntil(std::string& out, const std::string& text, std::size_t from = 0) {
+    for (int i = 0; i < 10000 && out.find(text, from) == std::string::npos; ++i) {
+      if (!ReadSome(out)) return false;
+    }
+    return out.find(text, from) != std::string::npos;
+  }
+
+ private:
+  bool ReadSome(std::string& out) {
+    char buffer[4096];
+    const ssize_t n = ::recv(fd_, buffer, sizeof buffer, 0);
+    if (n <= 0) return false;
+    out.append(buffer, static_cast<std::size_t>(n));
+    return true;
+  }
+  int fd_ = -1;
+};
+
+std::string Get(std::uint16_t port, const std::string& path, const std::string& host = "127.0.0.1") {
+  Client c(port);
+  c.Send("GET " + path + " HTTP/1.1\r\nHost: " + host + ":" + std::to_string(port) + "\r\n\r\n");
+  return c.ReadAll();
+}
+
+std::string HeadOf(const std::string& response) { return response.substr(0, response.find("\r\n\r\n") + 2); }
+
+std::string BodyOf(const std::string& response) {
+  const auto at = response.find("\r\n\r\n");
+  return at == std::string::npos ? "" : response.substr(at + 4);
+}
+
+}  // namespace
+
+TEST_CASE("ui server: the page, its script and style, and /api/status, each with a strict CSP and nosniff") {
+  ServerOnLoop server({.address = "127.0.0.1", .port = 0});
+  REQUIRE(server.port() != 0);
+  struct Route {
+    std::string path;
+    std::string type;
+    std::string cache;
+  };
+  for (const Route& r : {Route{"/", "text/html; charset=utf-8", "no-cache"},
+                         Route{"/index.html", "text/html; charset=utf-8", "no-cache"},
+                         Route{"/app.js", "text/javascript; charset=utf-8", "no-cache"},
+                         Route{"/app.css", "text/css; charset=utf-8", "no-cache"},
+                         Route{"/api/status", "application/json", "no-store"},
+                         Route{"/api/status?x=1", "application/json", "no-store"}}) {
+    INFO(r.path);
+    const std::string response = Get(server.port(), r.path);
+    const std::string head = HeadOf(response);
+    INFO(head);
+    CHECK(head.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+    CHECK(head.find("Content-Type: " + r.type + "\r\n") != std::string::npos);
+    CHECK(head.find(kCsp) != std::string::npos);
+    CHECK(head.find("X-Content-Type-Options: nosniff\r\n") != std::string::npos);
+    CHECK(head.find("Cache-Control: " + r.cache + "\r\n") != std::string::npos);
+    CHECK(head.find("Content-Length: " + std::to_string(BodyOf(response).size()) + "\r\n") != std::string::npos);
+  }
+  // The page is the embedded file; the status is the source's, built for the request.
+  const std::string page = BodyOf(Get(server.port(), "/"));
+  CHECK(page.find("<script src=\"/app.js\"") != std::string::npos);
+  const auto status = nlohmann::json::parse(BodyOf(Get(server.port(), "/api/status")));
+  CHECK(status["version"] == 1);
+  server.status.version = 7;
+  CHECK(nlohmann::json::parse(BodyOf(Get(server.port(), "/api/status")))["version"] == 7);
+  // localhost and [::1] are loopback names too.
+  CHECK(Get(server.port(), "/api/status", "localhost").rfind("HTTP/1.1 200 ", 0) == 0);
+  CHECK(Get(server.port(), "/api/status", "[::1]").rfind("HTTP/1.1 200 ", 0) == 0);
+}
+
+TEST_CASE("ui server: the embedded page has no inline script or style, which its CSP would block") {
+  bool page = false;
+  for (const ui::Asset& asset : ui::EmbeddedAssets()) {
+    if (asset.content_type.rfind("text/html", 0) != 0) continue;
+    page = page || asset.path == "/index.html";
+    const std::string html(asset.body);
+    INFO(asset.path);
+    CHECK(html.find("<script>") == std::string::npos);
+    CHECK(html.find("<style") == std::string::npos);
+    CHECK(html.find("style=") == std::string::npos);
+    CHECK_FALSE(std::regex_search(html, std::regex(R"(\son[a-z]+\s*=)")));  // no onclick= / onload= handlers
+    CHECK(html.find("http://") == std::string::npos);  // nothing from elsewhere
+    CHECK(html.find("https://") == std::string::npos);
+  }
+  CHECK(page);
+}
+
+TEST_CASE("ui server: other paths 404, other methods 405, a foreign Host 421, a malformed request 400") {
+  ServerOnLoop server({.address = "127.0.0.1", .port = 0});
+  const std::string missing = Get(server.port(), "/etc/passwd");
+  CHECK(missing.rfind("HTTP/1.1 404 Not Found\r\n", 0) == 0);
+  CHECK(missing.find(kCsp) != std::string::npos);  // errors carry the headers too
+  CHECK(Get(server.port(), "/api/statusx").rfind("HTTP/1.1 404 ", 0) == 0);
+  {
+    Client c(server.port());
+    c.Send("POST /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n");
+    const std::string post = c.ReadAll();
+    CHECK(post.rfind("HTTP/1.1 405 Method Not Allowed\r\n", 0) == 0);
+    CHECK(post.find("Allow: GET\r\n") != std::string::npos);
+  }
+  // A page elsewhere that rebinds its name to 127.0.0.1 sends its own name as Host.
+  const std::string rebound = Get(server.port(), "/api/status", "attacker.example");
+  CHECK(rebound.rfind("HTTP/1.1 421 ", 0) == 0);
+  CHECK(BodyOf(rebound).find("version") == std::string::npos);
+  {
+    Client c(server.port());
+    c.Send("GET /api/status HTTP/1.1\r\n\r\n");  // no Host at all
+    CHECK(c.ReadAll().rfind("HTTP/1.1 421 ", 0) == 0);
+  }
+  {
+    Client c(server.port());
+    c.Send("GARBAGE\r\n\r\n");
+    CHECK(c.ReadAll().rfind("HTTP/1.1 400 ", 0) == 0);
+  }
+  CHECK(server.status.calls == 0);  // none of those built a status
+}
+
+TEST_CASE("ui server: a request head over the bound is refused with 431, a request body with 413") {
+  ServerOnLoop server({.address = "127.0.0.1", .port = 0, .max_request_bytes = 1024});
+  {
+    Client c(server.port());
+    c.Send("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + std::string(4000, 'a') + "\r\n\r\n");
+    CHECK(c.ReadAll().rfind("HTTP/1.1 431 ", 0) == 0);
+  }
+  {
+    Client c(server.port());
+    c.Send("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n" + std::string(1000, 'b'));
+    CHECK(c.ReadAll().rfind("HTTP/1.1 413 ", 0) == 0);
+  }
+  CHECK(Get(server.port(), "/").rfind("HTTP/1.1 200 ", 0) == 0);
+}
+
+TEST_CASE("ui server: connections beyond the bound get 503, and a silent one is closed after the timeout") {
+  ServerOnLoop server({.address = "127.0.0.1", .port = 0, .max_connections = 2, .request_timeout = 300ms});
+  {
+    Client a(server.port());
+    Client b(server.port());
+    REQUIRE(test::WaitFor([&] { return server.OnLoop([](ui::Server& s) { return s.open_connections(); }) == 2; }, 5s));
+    CHECK(Get(server.port(), "/").rfind("HTTP/1.1 503 ", 0) == 0);
+    // The silent ones are closed by the server (recv sees EOF well within its 5 s timeout).
+    CHECK(a.ReadAll().empty());
+    CHECK(b.ReadAll().empty());
+  }
+  CHECK(Get(server.port(), "/").rfind("HTTP/1.1 200 ", 0) == 0);
+}
+
+TEST_CASE("ui server: /api/events sends the status at once, then each change once, and keeps the stream open") {
+  ServerOnLoop server({.address = "127.0.0.1", .port = 0, .request_timeout = 300ms, .event_interval = 20ms});
+  Client c(server.port());
+  c.Send("GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n");
+  std::string stream;
+  REQUIRE(c.ReadUntil(stream, "data: {\"padding\":\"\",\"version\":1}\n\n"));
+  const std::string head = HeadOf(stream);
+  CHECK(head.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+  CHECK(head.find("Content-Type: text/event-stream; charset=utf-8\r\n") != std::string::npos);
+  CHECK(head.find("Cache-Control: no-store\r\n") != std::string::npos);
+  CHECK(head.find(kCsp) != std::string::npos);
+  CHECK(head.find("X-Content-Type-Options: nosniff\r\n") != std::string::npos);
+  CHECK(head.find("Content-Length") == std::string::npos);
+  CHECK(server.OnLoop([](ui::Server& s) { return s.event_clients(); }) == 1);
+
+  // Past the request timeout the stream stays open; a change arrives as one event.
+  const int calls_before = server.status.calls;
+  REQUIRE(test::WaitFor([&] { return server.status.calls >= calls_before + 20; }, 10s));  // > 300 ms of checks
+  std::size_t from = stream.size();
+  server.status.version = 2;
+  REQUIRE(c.ReadUntil(stream, "\"version\":2}\n\n", from));
+  // Unchanged, it is not sent again: the next event is the next change.
+  const int calls_after = server.status.calls;
+  REQUIRE(test::WaitFor([&] { return server.status.calls >= calls_after + 10; }, 10s));
+  from = stream.size();
+  server.status.version = 3;
+  REQUIRE(c.ReadUntil(stream, "\"version\":3}\n\n", from));
+  CHECK(stream.find("\"version\":2}", from) == std::string::npos);
+  CHECK(stream.find("version\":2}") == stream.rfind("version\":2}"));
+}
+
+TEST_CASE("ui server: event streams beyond the bound get 503, and a closed page frees its place") {
+  ServerOnLoop server({.address = "127.0.0.1", .port = 0, .max_event_clients = 1, .event_interval = 20ms});
+  const std::string request = "GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+  {
+    Client first(server.port());
+    first.Send(request);
+    std::string stream;
+    REQUIRE(first.ReadUntil(stream, "data: "));
+    Client second(server.port());
+    second.Send(request);
+    const std::string refused = second.ReadAll();
+    CHECK(refused.rfind("HTTP/1.1 503 ", 0) == 0);
+    CHECK(refused.find("Retry-After: 5\r\n") != std::string::npos);
+  }
+  // The first page closed: the server notices at its next write (a change) and frees the place.
+  server.status.change_every_call = true;
+  REQUIRE(test::WaitFor([&] { return server.OnLoop([](ui::Server& s) { return s.event_clients(); }) == 0; }, 10s));
+  Client third(server.port());
+  third.Send(request);
+  std::string stream;
+  CHECK(third.ReadUntil(stream, "data: "));
+  CHECK(server.OnLoop([](ui::Server& s) { return s.dropped_event_clients(); }) == 0);  // closed, not dropped
+}
+
+TEST_CASE("ui server: a client that does not read its event stream is dropped, not buffered without bound") {
+  ServerOnLoop server({.address = "127.0.0.1",
+                       .port = 0,
+                       .request_timeout = 30s,  // the backlog bound is what drops it here, not a stalled write
+                       .max_event_backlog_bytes = 1024 * 1024,
+                       .event_interval = 5ms});
+  server.status.padding = 256 * 1024;
+  server.status.change_every_call = true;  // a new 256 KiB snapshot every 5 ms
+  Client slow(server.port(), 4096);
+  slow.Send("GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+  // Never read: the kernel's buffers fill (a few MiB at most on loopback), then the server's
+  // queue passes 1 MiB and the client is dropped.
+  REQUIRE(test::WaitFor([&] { return server.OnLoop([](ui::Server& s) { return s.dropped_event_clients(); }) == 1; },
+                        30s));
+  CHECK(server.OnLoop([](ui::Server& s) { return s.event_clients(); }) == 0);
+  // The server goes on serving.
+  server.status.padding = 0;
+  CHECK(Get(server.port(), "/api/status").rfind("HTTP/1.1 200 ", 0) == 0);
+}
+
+TEST_CASE("ui server: only loopback, and an address elsewhere or a port in use is an error that says what to change") {
+  boost::asio::io_context io;
+  const auto status = [] { return nlohmann::json::object(); };
+  for (const char* remote : {"0.0.0.0", "192.0.2.10", "::"}) {
+    INFO(remote);
+    auto refused = ui::Server::Open(io, {.address = remote, .port = 0}, status);
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().kind() == ErrorKind::kInvalidInput);
+    CHECK_THAT(refused.error().message(), Catch::Contains("not a loopback address"));
+    CHECK_THAT(refused.error().message(), Catch::Contains("/ui/address"));
+  }
+  auto bad = ui::Server::Open(io, {.address = "localhost", .port = 0}, status);
+  REQUIRE_FALSE(bad.has_value());
+  CHECK_THAT(bad.error().message(), Catch::Contains("/ui/address"));
+  auto six = ui::Server::Open(io, {.address = "::1", .port = 0}, status);
+  CHECK(six.has_value());
+
+  std::uint16_t port = 0;
+  const int taken = test::ListenOnLoopback(&port);
+  auto busy = ui::Server::Open(io, {.address = "127.0.0.1", .port = port}, status);
+  ::close(taken);
+  REQUIRE_FALSE(busy.has_value());
+  CHECK(busy.error().kind() == ErrorKind::kIo);
+  CHECK_THAT(busy.error().message(), Catch::Contains("127.0.0.1 port " + std::to_string(port)));
+  CHECK_THAT(busy.error().message(), Catch::Contains("/ui/port"));
+}
