@@ -12,6 +12,7 @@
 #include <istream>
 #include <set>
 
+#include "agent/common/tcp_listener.hpp"
 #include "agent/metrics/metrics.hpp"
 
 namespace ctagent::metrics {
@@ -145,17 +146,10 @@ Status Server::Impl::Listen() {
     return MakeError(ErrorKind::kInvalidInput,
                      "metrics address \"" + settings_.address + "\" is not an IPv4 or IPv6 address (/metrics/address)");
   }
-  const tcp::endpoint endpoint(address, settings_.port);
-  const std::string where = endpoint.address().to_string() + " port " + std::to_string(settings_.port);
-  acceptor_.open(endpoint.protocol(), ec);
-  if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
-  if (!ec) acceptor_.bind(endpoint, ec);
-  if (!ec) acceptor_.listen(static_cast<int>(settings_.max_connections), ec);
-  if (ec) {
-    return MakeError(ErrorKind::kIo, "the metrics endpoint cannot listen on " + where + ": " + ec.message() +
-                                         " (is another program on that port? change /metrics/port)");
-  }
-  port_ = acceptor_.local_endpoint(ec).port();
+  auto port = net::OpenListener(acceptor_, address, settings_.port, static_cast<int>(settings_.max_connections),
+                                "the metrics endpoint", "/metrics/port");
+  if (!port) return MakeError(port.error());
+  port_ = *port;
   return Ok();
 }
 
@@ -164,14 +158,7 @@ void Server::Impl::Accept() {
     if (self->closed_) return;
     if (!ec) {
       if (self->connections_.size() >= self->settings_.max_connections) {
-        // One too many: a short answer, never blocking the loop (a new socket's send buffer is
-        // empty, so it fits or is dropped), then closed.
-        boost::system::error_code ignored;
-        socket.non_blocking(true, ignored);
-        const std::string busy = TextResponse(503, "Service Unavailable", "too many connections; try again");
-        socket.write_some(boost::asio::buffer(busy), ignored);
-        socket.shutdown(tcp::socket::shutdown_both, ignored);
-        socket.close(ignored);
+        net::AnswerAndClose(socket, TextResponse(503, "Service Unavailable", "too many connections; try again"));
       } else {
         auto connection = std::make_shared<Connection>(std::move(socket), self, self->settings_);
         self->connections_.insert(connection);

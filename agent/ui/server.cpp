@@ -21,6 +21,7 @@
 #include <string_view>
 
 #include "agent/common/log.hpp"
+#include "agent/common/tcp_listener.hpp"
 #include "agent/ui/assets.hpp"
 
 namespace ctagent::ui {
@@ -339,17 +340,10 @@ Status Server::Impl::Listen() {
                                                    "\" is not a loopback address; the operator's page has no TLS or "
                                                    "password yet, so it listens on 127.0.0.1 or ::1 only (/ui/address)");
   }
-  const tcp::endpoint endpoint(address, settings_.port);
-  const std::string where = endpoint.address().to_string() + " port " + std::to_string(settings_.port);
-  acceptor_.open(endpoint.protocol(), ec);
-  if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
-  if (!ec) acceptor_.bind(endpoint, ec);
-  if (!ec) acceptor_.listen(static_cast<int>(settings_.max_connections), ec);
-  if (ec) {
-    return MakeError(ErrorKind::kIo, "the operator's page cannot listen on " + where + ": " + ec.message() +
-                                         " (is another program on that port? change /ui/port)");
-  }
-  port_ = acceptor_.local_endpoint(ec).port();
+  auto port = net::OpenListener(acceptor_, address, settings_.port, static_cast<int>(settings_.max_connections),
+                                "the operator's page", "/ui/port");
+  if (!port) return MakeError(port.error());
+  port_ = *port;
   return Ok();
 }
 
@@ -358,14 +352,8 @@ void Server::Impl::Accept() {
     if (self->closed_) return;
     if (!ec) {
       if (self->connections_.size() >= self->settings_.max_connections) {
-        // One too many: a short answer, never blocking the loop (a new socket's send buffer is
-        // empty, so it fits or is dropped), then closed.
-        boost::system::error_code ignored;
-        socket.non_blocking(true, ignored);
-        const std::string busy = Plain(503, "Service Unavailable", "too many connections; try again", "Retry-After: 5\r\n");
-        socket.write_some(boost::asio::buffer(busy), ignored);
-        socket.shutdown(tcp::socket::shutdown_both, ignored);
-        socket.close(ignored);
+        net::AnswerAndClose(socket,
+                            Plain(503, "Service Unavailable", "too many connections; try again", "Retry-After: 5\r\n"));
       } else {
         auto connection = std::make_shared<Connection>(std::move(socket), self, self->settings_);
         self->connections_.insert(connection);
