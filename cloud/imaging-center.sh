@@ -74,14 +74,22 @@ status() {
   return $all
 }
 
-wait_until() {  # $1 = what, $2 = seconds, rest = command that succeeds when ready
-  local what=$1 seconds=$2
-  shift 2
+wait_until() {  # $1 = service (tus, orthanc, worker), $2 = what, $3 = seconds, rest = command that succeeds when ready
+  local name=$1 what=$2 seconds=$3
+  shift 3
   for _ in $(seq 1 $((seconds * 5))); do
     if "$@" >/dev/null 2>&1; then return 0; fi
+    # A service that exited will not answer: say why at once (its log's last lines; e.g. a port
+    # another program took since it was chosen) instead of waiting out the time.
+    if ! pid_of "$name" >/dev/null; then
+      echo "imaging-center: $what exited before it answered; the end of $rundir/logs/$name.log:" >&2
+      tail -n 8 "$rundir/logs/$name.log" >&2 || true
+      return 1
+    fi
     sleep 0.2
   done
-  echo "imaging-center: $what did not answer within $seconds s; see $rundir/logs/" >&2
+  echo "imaging-center: $what did not answer within $seconds s; the end of $rundir/logs/$name.log:" >&2
+  tail -n 8 "$rundir/logs/$name.log" >&2 || true
   return 1
 }
 
@@ -141,9 +149,9 @@ start() {
     >> "$rundir/logs/orthanc.log" 2>&1 < /dev/null &
   echo $! > "$rundir/pids/orthanc.pid"
 
-  wait_until "tus server" 30 http_ok "https://127.0.0.1:$tus_port/files/" -X OPTIONS || return 1
-  wait_until "Orthanc" 30 bash -c '[ -s "$1" ]' _ "$rundir/orthanc/orthanc-ctcloud-password" || return 1
-  wait_until "Orthanc" 30 http_ok "https://127.0.0.1:$orthanc_port/system" \
+  wait_until tus "tus server" 30 http_ok "https://127.0.0.1:$tus_port/files/" -X OPTIONS || return 1
+  wait_until orthanc "Orthanc" 30 bash -c '[ -s "$1" ]' _ "$rundir/orthanc/orthanc-ctcloud-password" || return 1
+  wait_until orthanc "Orthanc" 30 http_ok "https://127.0.0.1:$orthanc_port/system" \
     -u "ctagent:$(cat "$rundir/orthanc/orthanc-ctagent-password")" || return 1
 
   nohup "$worker" --store "$rundir/tus-store" --work "$rundir/work" \
@@ -151,7 +159,7 @@ start() {
     --orthanc-password-file "$rundir/orthanc/orthanc-ctcloud-password" --ca "$rundir/pki/ca.pem" ${worker_args[@]+"${worker_args[@]}"} \
     >> "$rundir/logs/worker.log" 2>&1 < /dev/null &
   echo $! > "$rundir/pids/worker.pid"
-  wait_until "ctcloud-worker" 30 grep -q "watching $rundir/tus-store" "$rundir/logs/worker.log" || return 1
+  wait_until worker "ctcloud-worker" 30 grep -q "watching $rundir/tus-store" "$rundir/logs/worker.log" || return 1
   pid_of worker >/dev/null || { echo "imaging-center: ctcloud-worker exited; see $rundir/logs/worker.log" >&2; return 1; }
 
   echo "imaging-center: running in $rundir (reference center for demos and tests; not a diagnostic product)"

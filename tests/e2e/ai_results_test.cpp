@@ -95,13 +95,9 @@ ScanRun ScanThroughReferenceCenter(std::uint64_t seed) {
   fs::create_directories(logs);
   auto center = test::StartImagingCenter(work.path() / "center");
 
-  const fs::path console_dir = work.path() / "console";
-  fs::create_directories(console_dir);
-  const auto console_port = test::FreeLoopbackPort();
-  test::ChildProcess console({"storescp", "--aetitle", "CONSOLE", "--output-directory", console_dir.string(),
-                              std::to_string(console_port)},
-                             logs / "storescp.log");
-  REQUIRE(test::WaitFor([&] { return test::PortAcceptsConnections(console_port); }, std::chrono::seconds(20)));
+  const auto console = test::StartConsole(work.path() / "console", logs / "storescp.log");
+  const fs::path console_dir = console.dir;
+  const auto console_port = console.port;
 
   // The low-dose chest protocol's geometry (8 rows of 5 mm, 30 mm per rotation, 1/5 dose) over
   // z -62.5 .. 62.5 mm with fewer channels and views, so it runs in a debug build.

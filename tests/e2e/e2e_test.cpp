@@ -58,13 +58,9 @@ void RunScanEndToEnd(const ScanCase& scan_case) {
   auto center = test::StartImagingCenter(work.path() / "center");
 
   // The console: DCMTK's storescp on a free port.
-  const fs::path console_dir = work.path() / "console";
-  fs::create_directories(console_dir);
-  const auto console_port = test::FreeLoopbackPort();
-  test::ChildProcess console({"storescp", "--aetitle", "CONSOLE", "--output-directory", console_dir.string(),
-                              std::to_string(console_port)},
-                             logs / "storescp.log");
-  REQUIRE(test::WaitFor([&] { return test::PortAcceptsConnections(console_port); }, std::chrono::seconds(20)));
+  const auto console = test::StartConsole(work.path() / "console", logs / "storescp.log");
+  const fs::path console_dir = console.dir;
+  const auto console_port = console.port;
 
   nlohmann::json cfg = {
       {"terminal_id", "e2e-terminal"},

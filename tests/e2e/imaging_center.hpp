@@ -51,26 +51,60 @@ inline std::unique_ptr<ImagingCenter> StartImagingCenter(const std::filesystem::
                                                          const std::string& extra_args = "") {
   auto center = std::make_unique<ImagingCenter>();
   center->run_dir = run_dir;
-  const auto tus_port = FreeLoopbackPort();
-  // Orthanc itself listens on orthanc_port + 1 behind the TLS proxy (docs/reference-imaging-center.md).
-  auto orthanc_port = FreeLoopbackPort();
-  for (int i = 0; i < 100 && (orthanc_port == tus_port || orthanc_port + 1 == tus_port || orthanc_port == 65535 ||
-                              PortAcceptsConnections(static_cast<std::uint16_t>(orthanc_port + 1)));
-       ++i) {
-    orthanc_port = FreeLoopbackPort();
-  }
   ::setenv("CTCLOUD_WORKER", (std::filesystem::path(CTAGENT_BINARY_DIR) / "cloud/worker/ctcloud-worker").c_str(), 1);
-  const std::string cmd = std::string("'") + CTAGENT_SOURCE_DIR + "/cloud/imaging-center.sh' start '" +
-                          run_dir.string() + "' --tus-port " + std::to_string(tus_port) + " --orthanc-port " +
-                          std::to_string(orthanc_port) + (extra_args.empty() ? "" : " " + extra_args) + " > '" +
-                          (run_dir.string() + "-start.log") + "' 2>&1";
-  const int rc = std::system(cmd.c_str());
-  INFO(ReadText(run_dir.string() + "-start.log"));
+  const std::string start_log = run_dir.string() + "-start.log";
+  int rc = -1;
+  // The ports are free when chosen, but not reserved: another test's outgoing connection or
+  // server may take one before a service binds it (Orthanc's internal port, orthanc_port + 1, is
+  // not even bound to choose it). A start that failed on a port in use is tried once more on new
+  // ports; any other failure fails the test.
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const auto tus_port = FreeLoopbackPort();
+    // Orthanc itself listens on orthanc_port + 1 behind the TLS proxy (docs/reference-imaging-center.md).
+    auto orthanc_port = FreeLoopbackPort();
+    for (int i = 0; i < 100 && (orthanc_port == tus_port || orthanc_port + 1 == tus_port || orthanc_port == 65535 ||
+                                PortAcceptsConnections(static_cast<std::uint16_t>(orthanc_port + 1)));
+         ++i) {
+      orthanc_port = FreeLoopbackPort();
+    }
+    const std::string cmd = std::string("'") + CTAGENT_SOURCE_DIR + "/cloud/imaging-center.sh' start '" +
+                            run_dir.string() + "' --tus-port " + std::to_string(tus_port) + " --orthanc-port " +
+                            std::to_string(orthanc_port) + (extra_args.empty() ? "" : " " + extra_args) + " >> '" +
+                            start_log + "' 2>&1";
+    rc = std::system(cmd.c_str());
+    if (rc == 0) break;
+    const std::string log = ReadText(start_log);
+    if (log.find("already in use") == std::string::npos && log.find("EADDRINUSE") == std::string::npos) break;
+    WARN("the reference center's start found a port taken; starting it again on other ports:\n" << log);
+  }
+  INFO(ReadText(start_log));
   REQUIRE(rc == 0);
   center->env = ReadEnvFile(run_dir / "center.env");
   REQUIRE(center->env.count("TUS_URL"));
   REQUIRE(center->env.count("DICOMWEB_URL"));
   return center;
+}
+
+// The scanner console: DCMTK's storescp (AE title CONSOLE) on a free loopback port, writing
+// every object it receives into `dir`; stopped by its PID when the handle goes.
+struct Console {
+  std::filesystem::path dir;
+  std::uint16_t port = 0;
+  std::unique_ptr<ChildProcess> process;
+};
+
+inline Console StartConsole(const std::filesystem::path& dir, const std::filesystem::path& log) {
+  Console console;
+  console.dir = dir;
+  std::filesystem::create_directories(dir);
+  console.port = FreeLoopbackPort();
+  console.process = std::make_unique<ChildProcess>(
+      std::vector<std::string>{"storescp", "--aetitle", "CONSOLE", "--output-directory", dir.string(),
+                               std::to_string(console.port)},
+      log);
+  INFO("storescp log: " << ReadText(log));
+  REQUIRE(WaitFor([&] { return PortAcceptsConnections(console.port); }, std::chrono::seconds(20)));
+  return console;
 }
 
 // An upload in the tus file store: data file DIR/<id>, info DIR/<id>.json.

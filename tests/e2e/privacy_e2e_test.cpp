@@ -263,13 +263,9 @@ TEST_CASE("privacy e2e: two worklist patients with Chinese names scanned back to
   const fs::path center_dir = center->run_dir;
   const auto center_env = center->env;
 
-  const fs::path console_dir = work.path() / "console";
-  fs::create_directories(console_dir);
-  const auto console_port = test::FreeLoopbackPort();
-  test::ChildProcess console({"storescp", "--aetitle", "CONSOLE", "--output-directory", console_dir.string(),
-                              std::to_string(console_port)},
-                             work.path() / "storescp.log");
-  REQUIRE(test::WaitFor([&] { return test::PortAcceptsConnections(console_port); }, 20s));
+  auto console = test::StartConsole(work.path() / "console", work.path() / "storescp.log");
+  const fs::path console_dir = console.dir;
+  const auto console_port = console.port;
 
   // --- The terminal: worklist and privacy configured, no patient in the configuration. ---
   const auto node = worklist.Node();
@@ -424,7 +420,7 @@ TEST_CASE("privacy e2e: two worklist patients with Chinese names scanned back to
   }
 
   // --- The console: each scan's objects under its real identity, the worklist's. ---
-  console.Stop();
+  console.process->Stop();
   // The terms are the bytes a holder would have: the UTF-8 ones are in what the console got, the
   // GB18030 ones in the GB18030 worklist file (all but the name without ^, which nothing holds).
   for (const auto& p : patients) {

@@ -97,13 +97,9 @@ TEST_CASE("ctagent run takes 5 announced scans back to back while it uploads and
   fs::create_directories(logs);
   auto center = test::StartImagingCenter(work.path() / "center");
 
-  const fs::path console_dir = work.path() / "console";
-  fs::create_directories(console_dir);
-  const auto console_port = test::FreeLoopbackPort();
-  test::ChildProcess console({"storescp", "--aetitle", "CONSOLE", "--output-directory", console_dir.string(),
-                              std::to_string(console_port)},
-                             logs / "storescp.log");
-  REQUIRE(test::WaitFor([&] { return test::PortAcceptsConnections(console_port); }, 20s));
+  const auto console = test::StartConsole(work.path() / "console", logs / "storescp.log");
+  const fs::path console_dir = console.dir;
+  const auto console_port = console.port;
 
   // What the simulated scanner runs: a small parallel-beam scan paced in real time (1.5 s of
   // acquisition), announced every 2.5 s: each scan starts while the one before still uploads or

@@ -22,6 +22,7 @@
 #include "agent/metrics/http_server.hpp"
 #include "agent/metrics/metrics.hpp"
 #include "tests/metrics/exposition_parser.hpp"
+#include "tests/support/loopback_http.hpp"
 #include "tests/support/process.hpp"
 
 using namespace ctagent;
@@ -103,75 +104,27 @@ TEST_CASE("metrics: a histogram has cumulative buckets up to +Inf, a sum and a c
 
 namespace {
 
-// The server on its own loop thread, stopped and joined by the destructor.
+// The server with a page that counts its scrapes, on its own loop thread.
 class ServerOnLoop {
  public:
-  explicit ServerOnLoop(metrics::ServerSettings settings) {
-    auto server = metrics::Server::Open(io_, settings, [this] {
-      ++scrapes_;
-      metrics::Registry r;
-      r.Counter("ctagent_test_scrapes_total", "Scrapes so far.").Add({}, scrapes_);
-      return r.Render();
-    });
-    REQUIRE(server.has_value());
-    server_ = std::move(*server);
-    port_ = server_->port();
-    thread_ = std::thread([this] {
-      auto guard = boost::asio::make_work_guard(io_);
-      io_.run();
-    });
-  }
-  ~ServerOnLoop() {
-    boost::asio::post(io_, [this] {
-      server_.reset();
-      io_.stop();
-    });
-    thread_.join();
-  }
-  std::uint16_t port() const { return port_; }
+  explicit ServerOnLoop(metrics::ServerSettings settings)
+      : loop_([&](boost::asio::io_context& io) {
+          return metrics::Server::Open(io, settings, [this] {
+            ++scrapes_;
+            metrics::Registry r;
+            r.Counter("ctagent_test_scrapes_total", "Scrapes so far.").Add({}, scrapes_);
+            return r.Render();
+          });
+        }) {}
+  std::uint16_t port() const { return loop_.port(); }
 
  private:
-  boost::asio::io_context io_;
-  std::unique_ptr<metrics::Server> server_;
-  std::uint16_t port_ = 0;
-  int scrapes_ = 0;
-  std::thread thread_;
+  int scrapes_ = 0;  // before loop_: the page counts from the first scrape on
+  test::ServerOnLoop<metrics::Server> loop_;
 };
 
-// A blocking loopback client, every call bounded by a 5 s socket timeout.
-class Client {
- public:
-  explicit Client(std::uint16_t port) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    REQUIRE(fd_ >= 0);
-    timeval tv{5, 0};
-    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  }
-  ~Client() { ::close(fd_); }
-  void Send(const std::string& data) {
-    REQUIRE(::send(fd_, data.data(), data.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(data.size()));
-  }
-  // Everything until the server closes (or 5 s without a byte).
-  std::string ReadAll() {
-    std::string out;
-    char buffer[4096];
-    for (int i = 0; i < 10000; ++i) {  // bounded: 40 MB at most
-      const ssize_t n = ::recv(fd_, buffer, sizeof buffer, 0);
-      if (n <= 0) break;
-      out.append(buffer, static_cast<std::size_t>(n));
-    }
-    return out;
-  }
-
- private:
-  int fd_ = -1;
-};
+using Client = test::LoopbackClient;
+using test::BodyOf;
 
 std::string Get(std::uint16_t port, const std::string& request) {
   Client c(port);
@@ -179,10 +132,6 @@ std::string Get(std::uint16_t port, const std::string& request) {
   return c.ReadAll();
 }
 
-std::string BodyOf(const std::string& response) {
-  const auto at = response.find("\r\n\r\n");
-  return at == std::string::npos ? "" : response.substr(at + 4);
-}
 
 }  // namespace
 

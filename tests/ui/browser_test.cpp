@@ -36,13 +36,9 @@ TEST_CASE("the operator's page in headless Chromium follows a scan live to deliv
   fs::create_directories(logs);
   auto center = test::StartImagingCenter(work.path() / "center");
 
-  const fs::path console_dir = work.path() / "console";
-  fs::create_directories(console_dir);
-  const auto console_port = test::FreeLoopbackPort();
-  test::ChildProcess console({"storescp", "--aetitle", "CONSOLE", "--output-directory", console_dir.string(),
-                              std::to_string(console_port)},
-                             logs / "storescp.log");
-  REQUIRE(test::WaitFor([&] { return test::PortAcceptsConnections(console_port); }, 20s));
+  const auto console = test::StartConsole(work.path() / "console", logs / "storescp.log");
+  const fs::path console_dir = console.dir;
+  const auto console_port = console.port;
 
   // A small parallel-beam scan paced in real time: 2 rotations of 1.5 s, so the page sees it
   // acquiring for a few seconds before it uploads and waits for its images; 24 rows of 5 mm, the

@@ -25,6 +25,7 @@
 
 #include "agent/ui/assets.hpp"
 #include "agent/ui/server.hpp"
+#include "tests/support/loopback_http.hpp"
 #include "tests/support/process.hpp"
 
 using namespace ctagent;
@@ -48,92 +49,27 @@ struct FakeStatus {
   }
 };
 
-// The server on its own io_context, run by one thread as the daemon's loop is.
+// The server with a fake status, on its own loop thread.
 class ServerOnLoop {
  public:
-  explicit ServerOnLoop(ui::ServerSettings settings) {
-    auto server = ui::Server::Open(io_, settings, [this] { return status.Build(); });
-    REQUIRE(server.has_value());
-    server_ = std::move(*server);
-    port_ = server_->port();
-    thread_ = std::thread([this] {
-      auto guard = boost::asio::make_work_guard(io_);
-      io_.run();
-    });
-  }
-  ~ServerOnLoop() {
-    boost::asio::post(io_, [this] {
-      server_.reset();
-      io_.stop();
-    });
-    thread_.join();
-  }
-  std::uint16_t port() const { return port_; }
-  // A question to the server, asked on its loop (its counters are the loop's).
+  explicit ServerOnLoop(ui::ServerSettings settings)
+      : loop_([&](boost::asio::io_context& io) {
+          return ui::Server::Open(io, settings, [this] { return status.Build(); });
+        }) {}
+  std::uint16_t port() const { return loop_.port(); }
   template <class F>
   auto OnLoop(F f) {
-    std::promise<decltype(f(*server_))> answer;
-    boost::asio::post(io_, [&] { answer.set_value(f(*server_)); });
-    return answer.get_future().get();
+    return loop_.OnLoop(std::move(f));
   }
 
-  FakeStatus status;
+  FakeStatus status;  // before loop_: the server reads it from its first request on
 
  private:
-  boost::asio::io_context io_;
-  std::unique_ptr<ui::Server> server_;
-  std::uint16_t port_ = 0;
-  std::thread thread_;
+  test::ServerOnLoop<ui::Server> loop_;
 };
 
-// A blocking loopback client, every call bounded by a 5 s socket timeout.
-class Client {
- public:
-  explicit Client(std::uint16_t port, int receive_buffer = 0) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    REQUIRE(fd_ >= 0);
-    timeval tv{5, 0};
-    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    if (receive_buffer > 0) ::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof receive_buffer);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  }
-  ~Client() { ::close(fd_); }
-  Client(const Client&) = delete;
-  Client& operator=(const Client&) = delete;
-  void Send(const std::string& data) {
-    REQUIRE(::send(fd_, data.data(), data.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(data.size()));
-  }
-  // Everything until the server closes (or 5 s without a byte).
-  std::string ReadAll() {
-    std::string out;
-    for (int i = 0; i < 10000; ++i) {  // bounded: 40 MB at most
-      if (!ReadSome(out)) break;
-    }
-    return out;
-  }
-  // Reads until `text` is in `out` past `from`; false when the server closed or 5 s passed.
-  bool ReadUntil(std::string& out, const std::string& text, std::size_t from = 0) {
-    for (int i = 0; i < 10000 && out.find(text, from) == std::string::npos; ++i) {
-      if (!ReadSome(out)) return false;
-    }
-    return out.find(text, from) != std::string::npos;
-  }
-
- private:
-  bool ReadSome(std::string& out) {
-    char buffer[4096];
-    const ssize_t n = ::recv(fd_, buffer, sizeof buffer, 0);
-    if (n <= 0) return false;
-    out.append(buffer, static_cast<std::size_t>(n));
-    return true;
-  }
-  int fd_ = -1;
-};
+using Client = test::LoopbackClient;
+using test::BodyOf;
 
 std::string Get(std::uint16_t port, const std::string& path, const std::string& host = "127.0.0.1") {
   Client c(port);
@@ -143,10 +79,6 @@ std::string Get(std::uint16_t port, const std::string& path, const std::string& 
 
 std::string HeadOf(const std::string& response) { return response.substr(0, response.find("\r\n\r\n") + 2); }
 
-std::string BodyOf(const std::string& response) {
-  const auto at = response.find("\r\n\r\n");
-  return at == std::string::npos ? "" : response.substr(at + 4);
-}
 
 }  // namespace
 
