@@ -8,11 +8,11 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <ctime>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
+#include "agent/common/clock.hpp"
 #include "agent/ui/server.hpp"
 
 namespace {
@@ -20,15 +20,6 @@ namespace {
 std::int64_t UnixMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
-}
-
-std::string UtcNow() {
-  const std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&now, &tm);
-  char buffer[32];
-  std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buffer;
 }
 
 }  // namespace
@@ -41,7 +32,7 @@ int main(int argc, char** argv) {
   const int scans = std::atoi(argv[1]);
   const int seconds = std::atoi(argv[2]);
   const std::int64_t start_ms = UnixMs();
-  const std::string created = UtcNow();
+  const std::string created = ctagent::UtcNowIso8601();
   nlohmann::json base = {{"source", "daemon"}, {"daemon", {{"pid", 1}, {"uploads_paused", false}}},
                          {"backlog", {{"rate_bytes_per_second", 10e6}}}, {"scans", nlohmann::json::array()}};
   for (int i = 0; i < scans; ++i) {
