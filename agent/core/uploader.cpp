@@ -61,20 +61,24 @@ struct SpooledUpload {
 
 Expected<SpooledUpload> SpooledUploadOf(spool::Spool& spool, const std::string& scan_uid, bool manifest,
                                         std::uint32_t index) {
-  auto record = spool.Get(scan_uid);
-  if (!record) return MakeError(record.error());
+  // Only this upload's part of the record: a copy of the whole record grows with the scan, and
+  // every attempt of every upload asks (docs/configuration.md, "Memory").
   SpooledUpload upload;
   if (manifest) {
-    upload.state = record->manifest_upload;
+    auto state = spool.GetManifestUpload(scan_uid);
+    if (!state) return MakeError(state.error());
+    upload.state = std::move(*state);
     return upload;
   }
-  for (const auto& c : record->chunks) {
-    if (c.chunk.index == index) {
-      upload.state = c.upload;
-      upload.sha256 = c.chunk.sha256;
-      upload.length = c.chunk.compressed_bytes;  // the chunk file's size
-    }
+  auto chunk = spool.GetChunk(scan_uid, index);
+  if (!chunk) {
+    // A chunk the record does not list has no upload yet (the caller then finds no file).
+    if (chunk.error().kind() == ErrorKind::kNotFound && spool.GetManifestUpload(scan_uid)) return upload;
+    return MakeError(chunk.error());
   }
+  upload.state = std::move(chunk->upload);
+  upload.sha256 = std::move(chunk->chunk.sha256);
+  upload.length = chunk->chunk.compressed_bytes;  // the chunk file's size
   return upload;
 }
 
@@ -239,7 +243,7 @@ void Uploader::ReturnClient(const std::string& link_name, std::unique_ptr<transp
   idle_clients_[link_name].push_back(std::move(client));
 }
 
-Status Uploader::Journal(const std::string& scan_uid, std::function<void(spool::ScanRecord&)> change) {
+Status Uploader::Journal(const std::string& scan_uid, spool::Spool::UploadChange change) {
   std::uint64_t ticket = 0;
   {
     std::lock_guard lock(journal_queue_mutex_);
@@ -262,9 +266,10 @@ Status Uploader::Journal(const std::string& scan_uid, std::function<void(spool::
   Status mine = Ok();
   std::map<std::uint64_t, Status> others;
   for (const auto& [uid, changes] : by_scan) {
-    const Status st = spool_.Update(uid, [&](spool::ScanRecord& r) {
-      for (const auto* p : changes) p->change(r);
-    });
+    std::vector<spool::Spool::UploadChange> upload_changes;
+    upload_changes.reserve(changes.size());
+    for (const auto* p : changes) upload_changes.push_back(p->change);
+    const Status st = spool_.SetUploads(uid, upload_changes);
     for (const auto* p : changes) {
       if (p->ticket == ticket) {
         mine = st;
@@ -503,15 +508,7 @@ Expected<spool::UploadState> Uploader::CreateUpload(Job& job, transport::tus::Cl
 }
 
 Status Uploader::JournalUpload(const Job& job, const spool::UploadState& state) {
-  return Journal(job.scan_uid, [&](spool::ScanRecord& r) {
-    if (job.manifest) {
-      r.manifest_upload = state;
-      return;
-    }
-    for (auto& c : r.chunks) {
-      if (c.chunk.index == job.index) c.upload = state;
-    }
-  });
+  return Journal(job.scan_uid, {job.manifest ? -1 : static_cast<std::int64_t>(job.index), state});
 }
 
 Status Uploader::Prepare(Job& job, transport::HttpClient& http) {

@@ -116,10 +116,10 @@ class Uploader {
   // one, of `length` bytes).
   bool TakeFresh(const std::string& url, std::uint64_t length);
   std::unique_ptr<transport::HttpClient> TakeClient(const LinkLease& lease);
-  // Applies `change` to the scan's record durably. Concurrent calls from transfer threads are
-  // group-committed: one spool Update (one synced journal record) per scan for all changes
-  // queued while the previous batch was syncing. Returns once this change is durable.
-  Status Journal(const std::string& scan_uid, std::function<void(spool::ScanRecord&)> change);
+  // Sets an upload's new state in the scan's record durably. Concurrent calls from transfer
+  // threads are group-committed: one Spool::SetUploads (one synced journal record) per scan for
+  // all changes queued while the previous batch was syncing. Returns once this change is durable.
+  Status Journal(const std::string& scan_uid, spool::Spool::UploadChange change);
   void ReturnClient(const std::string& link_name, std::unique_ptr<transport::HttpClient> client);
 
   boost::asio::io_context& io_;
@@ -146,7 +146,7 @@ class Uploader {
   struct PendingChange {
     std::uint64_t ticket = 0;
     std::string scan_uid;
-    std::function<void(spool::ScanRecord&)> change;
+    spool::Spool::UploadChange change;
   };
   std::mutex journal_queue_mutex_;  // guards the three below
   std::vector<PendingChange> journal_queue_;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <set>
+#include <utility>
 
 #include "agent/common/log.hpp"
 #include "agent/common/sha256.hpp"
@@ -160,6 +161,9 @@ const ChunkRecord* FindChunk(const ScanRecord& r, std::uint32_t index) {
   const auto it = std::find_if(r.chunks.begin(), r.chunks.end(), [&](const ChunkRecord& c) { return c.chunk.index == index; });
   return it == r.chunks.end() ? nullptr : &*it;
 }
+ChunkRecord* FindChunk(ScanRecord& r, std::uint32_t index) {
+  return const_cast<ChunkRecord*>(FindChunk(std::as_const(r), index));
+}
 
 // Applies one journal operation to the in-memory state. Used both live and on replay, so
 // the state after a restart is exactly the state before it.
@@ -196,11 +200,9 @@ Status ApplyOp(std::map<std::string, ScanRecord>& scans, const nlohmann::json& o
         r.manifest_upload = u;
         return Ok();
       }
-      for (auto& c : r.chunks) {
-        if (c.chunk.index == static_cast<std::uint32_t>(index)) {
-          c.upload = u;
-          return Ok();
-        }
+      if (ChunkRecord* c = FindChunk(r, static_cast<std::uint32_t>(index)); c != nullptr) {
+        c->upload = u;
+        return Ok();
       }
       return MakeError(ErrorKind::kCorrupt, "journal upload state for unknown chunk " + std::to_string(index) +
                                                 " of scan " + uid);
@@ -952,6 +954,47 @@ Status Spool::Update(const std::string& scan_uid, const std::function<void(ScanR
   }
   if (after.confirmed_unix_s == 0 && FullyConfirmed(after)) after.confirmed_unix_s = NowUnixSeconds();
   return Commit(Diff(it->second, after));
+}
+
+Status Spool::SetUploads(const std::string& scan_uid, const std::vector<UploadChange>& changes) {
+  std::lock_guard lock(mutex_);
+  const auto it = scans_.find(scan_uid);
+  if (it == scans_.end()) {
+    return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
+  }
+  const ScanRecord& r = it->second;
+  // The last change of each upload wins, as if applied in order; unchanged ones write nothing.
+  std::map<std::int64_t, const UploadState*> last;
+  for (const UploadChange& change : changes) {
+    const std::int64_t index = change.chunk_index < 0 ? -1 : change.chunk_index;
+    if (index >= 0 && FindChunk(r, static_cast<std::uint32_t>(index)) == nullptr) {
+      return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " has no chunk " + std::to_string(index));
+    }
+    last[index] = &change.state;
+  }
+  nlohmann::json ops = nlohmann::json::array();
+  bool completes = false;
+  for (const auto& [index, state] : last) {
+    const UploadState& now = index < 0 ? r.manifest_upload : FindChunk(r, static_cast<std::uint32_t>(index))->upload;
+    if (SameUpload(now, *state)) continue;
+    completes = completes || (state->complete && !now.complete);
+    ops.push_back({{"op", "up"}, {"uid", scan_uid}, {"i", index}, {"url", state->url},
+                   {"off", state->confirmed_offset}, {"done", state->complete}});
+  }
+  // Update's rule (the scan confirmed when its last upload completes), without a copy: one pass
+  // over the chunks, only when this batch completes an upload.
+  if (completes && r.confirmed_unix_s == 0) {
+    const auto complete_after = [&](std::int64_t index, const UploadState& now) {
+      const auto change = last.find(index);
+      return change == last.end() ? now.complete : change->second->complete;
+    };
+    const bool fully = r.manifest_written && complete_after(-1, r.manifest_upload) &&
+                       std::all_of(r.chunks.begin(), r.chunks.end(), [&](const ChunkRecord& c) {
+                         return complete_after(c.chunk.index, c.upload);
+                       });
+    if (fully) ops.push_back({{"op", "set"}, {"uid", scan_uid}, {"fields", {{"confirmed_unix_s", NowUnixSeconds()}}}});
+  }
+  return Commit(std::move(ops));
 }
 
 Expected<ScanRecord> Spool::Get(const std::string& scan_uid) {

@@ -196,6 +196,20 @@ class Spool {
   Expected<UploadState> GetManifestUpload(const std::string& scan_uid);
   std::vector<ScanRecord> AllScans();
 
+  // One upload's new state: a chunk's (`chunk_index` >= 0) or the manifest's (-1).
+  struct UploadChange {
+    std::int64_t chunk_index = -1;
+    UploadState state;
+  };
+  // Sets upload states of one scan in one synced journal record, as Update would, but without
+  // copying the scan's record: the uploader's hot path (a URL, offsets, done: several per chunk,
+  // from up to cloud.parallel_uploads threads at once). Update copied the whole record and built
+  // an index of its chunks for each of them, so the cost grew with the scan's length, and the
+  // copies of growing size left the heap fragmented (docs/configuration.md, "Memory"). Changes
+  // apply in order; when the last chunk and the manifest are complete the scan's confirmation
+  // time is set in the same record. A chunk the scan does not have: kNotFound, nothing written.
+  Status SetUploads(const std::string& scan_uid, const std::vector<UploadChange>& changes);
+
   // Reads a chunk file and checks it against the SHA-256 recorded when it was written.
   Expected<std::vector<std::uint8_t>> ReadChunk(const std::string& scan_uid, std::uint32_t index);
   Expected<std::vector<std::uint8_t>> ReadManifest(const std::string& scan_uid);

@@ -1,5 +1,6 @@
 // The spool's per-chunk paths allocate the same whatever the length of the scan: reading a chunk
-// back for its upload, or looking up one chunk's upload state, must not copy the scan's whole
+// back for its upload, looking up one chunk's upload state, or journaling it (SetUploads, the
+// uploader's group commit) must not copy the scan's whole
 // record (it grows ~0.4 KiB a chunk, and up to cloud.parallel_uploads of these run at once;
 // docs/configuration.md, "Memory"). Bytes are counted by replacing operator new for this test
 // binary, on the test's thread only; not under AddressSanitizer, whose own operator new would
@@ -62,6 +63,7 @@ struct Allocations {
   std::uint64_t read_chunk = 0;
   std::uint64_t get_chunk = 0;
   std::uint64_t manifest_upload = 0;
+  std::uint64_t set_uploads = 0;
   std::uint64_t whole_record = 0;
 };
 
@@ -69,7 +71,10 @@ struct Allocations {
 Allocations MeasureWith(std::uint32_t chunks) {
   test::TempDir dir("spool-memory");
   PosixFileStore files;
-  auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+  spool::SpoolOptions options{dir.path(), 1ull << 30, 0};
+  // No compaction inside a measured call: it writes every record whole, by design.
+  options.journal_compact_bytes = 1ull << 30;
+  auto s = spool::Spool::Open(options, files);
   REQUIRE(s);
   spool::ScanRecord record;
   record.scan_uid = MintDicomUid();
@@ -99,13 +104,20 @@ Allocations MeasureWith(std::uint32_t chunks) {
     CHECK(chunk->chunk.index == chunks - 1);
   });
   a.manifest_upload = BytesAllocatedBy([&] { REQUIRE(sp.GetManifestUpload(record.scan_uid)); });
+  // The uploader's journal path: a confirmed offset, then done, for the scan's last chunk.
+  const std::vector<spool::Spool::UploadChange> changes{
+      {chunks - 1, {record.chunks.back().upload.url, 1000, false}},
+      {chunks - 1, {record.chunks.back().upload.url, bytes.size(), true}}};
+  a.set_uploads = BytesAllocatedBy([&] { REQUIRE(sp.SetUploads(record.scan_uid, changes)); });
+  CHECK(sp.GetChunk(record.scan_uid, chunks - 1)->upload.complete);
   a.whole_record = BytesAllocatedBy([&] { REQUIRE(sp.Get(record.scan_uid)); });
   return a;
 }
 
 }  // namespace
 
-TEST_CASE("reading a chunk back allocates the same for a scan of 8 chunks as for one of 8000", "[spool][memory]") {
+TEST_CASE("reading a chunk back and journaling its upload allocate the same for a scan of 8 chunks as for one of 8000",
+          "[spool][memory]") {
   if (!CTAGENT_COUNTS_ALLOCATIONS) {
     WARN("built with AddressSanitizer: allocations are not counted, nothing checked (run the release build)");
     return;
@@ -118,7 +130,9 @@ TEST_CASE("reading a chunk back allocates the same for a scan of 8 chunks as for
   CHECK(large.read_chunk <= small.read_chunk + 256);
   CHECK(large.get_chunk <= small.get_chunk + 256);
   CHECK(large.manifest_upload <= small.manifest_upload + 256);
+  CHECK(large.set_uploads <= small.set_uploads + 256);
   // And none of them is anywhere near a record's size.
   CHECK(large.read_chunk < (64u << 10) + (8u << 10));  // the chunk's bytes, its paths and checksums (5.5 KiB)
   CHECK(large.get_chunk < 1024);
+  CHECK(large.set_uploads < 8 * 1024);  // the journal record (JSON and its frame), not the scan's
 }

@@ -201,6 +201,53 @@ TEST_CASE("a confirmed-offset update appends a small journal record, not the who
   CHECK(spool::ToJson(*(*s)->Get(record.scan_uid)).dump().size() > 8 * grew);
 }
 
+TEST_CASE("SetUploads journals upload states like Update, survives reopening, and confirms the scan with its last upload",
+          "[spool]") {
+  SimulatedDisk disk;
+  auto now = kT0;
+  std::string uid;
+  {
+    auto s = spool::Spool::Open(SimOptions(spool::RetentionPolicy::kKeepDays, &now), disk);
+    REQUIRE(s);
+    const auto record = AddScan(**s, 3, false);
+    uid = record.scan_uid;
+    using Change = spool::Spool::UploadChange;
+    // The last change of an upload wins, as if applied in order.
+    REQUIRE((*s)->SetUploads(uid, {Change{1, {"https://cloud.invalid/files/1", 100, false}},
+                                   Change{1, {"https://cloud.invalid/files/1", 0, false}},
+                                   Change{-1, {"https://cloud.invalid/files/m", 0, false}}}));
+    auto back = (*s)->Get(uid);
+    REQUIRE(back);
+    CHECK(back->chunks[1].upload.url == "https://cloud.invalid/files/1");
+    CHECK(back->chunks[1].upload.confirmed_offset == 0);
+    CHECK(back->manifest_upload.url == "https://cloud.invalid/files/m");
+    // A chunk the scan does not have: refused, and nothing of the batch is written.
+    const auto refused = (*s)->SetUploads(uid, {Change{0, {"https://cloud.invalid/files/0", 5, false}},
+                                                Change{7, {"https://cloud.invalid/files/7", 0, false}}});
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error().kind() == ErrorKind::kNotFound);
+    CHECK((*s)->GetChunk(uid, 0)->upload.url.empty());
+    // Every upload complete but one: not confirmed yet; the last one confirms it in the same record.
+    for (std::int64_t i = 0; i < 3; ++i) {
+      REQUIRE((*s)->SetUploads(uid, {Change{i, {"https://cloud.invalid/files/c", 500 + static_cast<std::uint64_t>(i), true}}}));
+    }
+    CHECK((*s)->Get(uid)->confirmed_unix_s == 0);
+    now = kT0 + std::chrono::seconds(90);
+    REQUIRE((*s)->SetUploads(uid, {Change{-1, {"https://cloud.invalid/files/m", 10, true}}}));
+  }
+  auto s = spool::Spool::Open(SimOptions(spool::RetentionPolicy::kKeepDays, &now), disk);
+  REQUIRE(s);
+  auto back = (*s)->Get(uid);
+  REQUIRE(back);
+  for (const auto& c : back->chunks) {
+    CHECK(c.upload.complete);
+    CHECK(c.upload.confirmed_offset == c.chunk.compressed_bytes);
+  }
+  CHECK(back->manifest_upload.complete);
+  CHECK(back->confirmed_unix_s ==
+        std::chrono::duration_cast<std::chrono::seconds>((kT0 + std::chrono::seconds(90)).time_since_epoch()).count());
+}
+
 TEST_CASE("the journal stays bounded: compaction writes a snapshot and starts a new journal", "[spool]") {
   test::TempDir dir("spool");
   PosixFileStore files;
