@@ -27,7 +27,10 @@ Unexpected Unsupported(const char* what) {
 }
 
 // ---- Test-only fault hooks (docs/durability.md) -------------------------------------------
+// Compiled only where the tests are built (CMake option CTAGENT_FAULT_HOOKS); in what ships they
+// are empty functions and no environment variable is read.
 
+#if defined(CTAGENT_FAULT_HOOKS)
 struct FaultHooks {
   std::uint64_t kill_at_op = 0;  // 0: off
   std::string eio_read_substring;
@@ -56,6 +59,10 @@ bool ReadFails(const std::filesystem::path& path) {
   const FaultHooks& h = Hooks();
   return !h.eio_read_substring.empty() && path.string().find(h.eio_read_substring) != std::string::npos;
 }
+#else
+void BeforeMutation() {}
+bool ReadFails(const std::filesystem::path&) { return false; }
+#endif
 
 // Opens `path` for reading (kNotFound if it does not exist); honours the EIO test hook.
 Expected<int> OpenForReading(const std::filesystem::path& path) {

@@ -93,6 +93,8 @@ std::string ProcessCommandLine(int pid);
 //                                    mkdir, truncate, journal append), counting from 1
 //   CTAGENT_FAULT_EIO_READ=<text>    reads of files whose path contains <text> fail with EIO
 // They exist for the process-kill soak harness (docs/durability.md); unset, they cost one branch.
+// Only builds with the CMake option CTAGENT_FAULT_HOOKS have them (on where the tests are built,
+// off in the firmware presets and the Debian package).
 class PosixFileStore final : public FileStore {
  public:
   // Whether anything is ever flushed to stable storage. kNone is for benches and tests that
