@@ -333,7 +333,7 @@ void FillSpool(spool::Spool& spool) {
 
 }  // namespace
 
-TEST_CASE("ui server: POST /api/scans/<uid>/confirm with this page's Origin and token confirms, durably; "
+TEST_CASE("ui server: POST /api/scans/<uid>/confirm with this page's Origin and token confirms, durably, and "
           "anything else is refused and confirms nothing") {
   test::TempDir dir("ui-confirm");
   PosixFileStore files;
