@@ -44,6 +44,7 @@ class ControlHandler final : public control::Handler {
   Expected<nlohmann::json> ConfirmHighRisk(const std::string& scan_uid, const std::string& by) const;
   // The real patient of each scan that has a mapping record (agent/privacy): {"<scan uid>":
   // {"name": ..., "id": ...}}. For the operator's page only: never in `status`, never logged.
+  // Reads each scan's small mapping file on the loop; the page asks only when a scan appears.
   nlohmann::json PatientsNow() const;
   void Pause(control::Reply reply) override;
   void Resume(control::Reply reply) override;
