@@ -63,6 +63,8 @@ Commands:
   resume --config FILE   ask the running daemon to resume uploads
   acknowledge --config FILE SCAN_UID
                          tell the running daemon a person has seen a failed scan
+  confirm --config FILE [--by NAME] SCAN_UID
+                         tell the running daemon a person has seen a scan's HIGH-RISK finding
   config check FILE      validate a configuration file
   rotate-key --config FILE --yes
                          replace the site key behind the pseudonyms (docs/privacy.md)
@@ -80,9 +82,9 @@ Exit status (every command; each one's --help says which apply):
   1  the work could not be completed (the reason is printed)
   2  bad usage: an unknown command or option, a missing value
   3  the configuration cannot be read or is invalid
-  4  no daemon answers on the control socket (pause, resume, acknowledge need one)
+  4  no daemon answers on the control socket (pause, resume, acknowledge, confirm need one)
   5  the daemon refused the request (this user may not use the socket, an unknown scan)
-The status, check, scan, pause, resume and acknowledge commands talk to a running `ctagent run`
+The status, check, scan, pause, resume, acknowledge and confirm commands talk to a running `ctagent run`
 over its control socket (config "control"; docs/control-protocol.md).
 )";
 
@@ -168,6 +170,19 @@ is refused.
 Exit status: 0 acknowledged, 1 the daemon could not do it, 2 bad usage, 3 a configuration error,
 4 no daemon answers on the control socket, 5 the daemon refused (no such scan, or this user may
 not use the socket).
+)";
+
+constexpr const char* kConfirmHelp = R"(Usage: ctagent confirm --config FILE [--by NAME] [--json] SCAN_UID
+
+Tells the running daemon that a person has seen the HIGH-RISK finding of scan SCAN_UID (from
+`ctagent status`): the operator's page stops alerting for it. Recorded with the scan in the spool
+(when, and by whom: NAME, or without --by the configured ui.console_user, or "operator at this
+terminal"), so it holds across restarts; `ctagent status` and the page show it. The page's Confirm
+button does the same. A scan whose report is not HIGH-RISK is refused; confirming again answers
+the first confirmation.
+Exit status: 0 confirmed, 1 the daemon could not do it, 2 bad usage, 3 a configuration error,
+4 no daemon answers on the control socket, 5 the daemon refused (no such scan, not high risk, or
+this user may not use the socket).
 )";
 
 constexpr const char* kRotateKeyHelp = R"(Usage: ctagent rotate-key --config FILE --yes
@@ -855,6 +870,15 @@ void PrintStatus(const nlohmann::json& status) {
     }
     if (r.contains("failure_reason")) std::printf("    reason: %s\n", r.value("failure_reason", "").c_str());
     if (r.contains("acknowledged_utc")) std::printf("    acknowledged %s\n", r.value("acknowledged_utc", "").c_str());
+    const bool high_risk = r.contains("findings") && r["findings"].is_object() &&
+                           r["findings"].value("category", std::string()) == "HIGH-RISK";
+    if (r.contains("high_risk_confirmed_utc")) {
+      std::printf("    HIGH RISK - confirmed at %s by %s\n", r.value("high_risk_confirmed_utc", "").c_str(),
+                  r.value("high_risk_confirmed_by", "").c_str());
+    } else if (high_risk) {
+      std::printf("    HIGH RISK - awaiting confirmation (the operator's page, or `ctagent confirm %s`)\n",
+                  r.value("scan_uid", "").c_str());
+    }
     if (r.value("reconcile", false)) {
       std::printf("    EMERGENCY identity: no worklist entry; its images carry a temporary EMERGENCY-... patient ID.\n"
                   "    Reconcile them with the real patient in the hospital's RIS/PACS.\n");
@@ -897,11 +921,13 @@ int CmdStatus(const Args& args) {
   return cli::kExitOk;
 }
 
-// `pause`, `resume`, `acknowledge SCAN_UID`: one request to the running daemon.
+// `pause`, `resume`, `acknowledge SCAN_UID`, `confirm SCAN_UID`: one request to the running daemon.
 int CmdControl(const std::string& command, const Args& args, const char* help) {
   std::vector<std::string> positional;
-  const std::size_t wanted = command == "acknowledge" ? 1 : 0;
-  if (auto bad = RejectUnknown(args, {"--config"}, {"--json"}, help, wanted, &positional)) return *bad;
+  const std::size_t wanted = command == "acknowledge" || command == "confirm" ? 1 : 0;
+  const auto bad = command == "confirm" ? RejectUnknown(args, {"--config", "--by"}, {"--json"}, help, wanted, &positional)
+                                        : RejectUnknown(args, {"--config"}, {"--json"}, help, wanted, &positional);
+  if (bad) return *bad;
   if (args.Has("--help")) return std::printf("%s", help), 0;
   if (positional.size() != wanted) return Usage("SCAN_UID is required", help);
   int code = 0;
@@ -916,6 +942,7 @@ int CmdControl(const std::string& command, const Args& args, const char* help) {
   }
   nlohmann::json request = nlohmann::json::object();
   if (wanted == 1) request["scan_uid"] = positional[0];
+  if (command == "confirm" && args.Has("--by")) request["by"] = args.Value("--by");
   auto result = client->Call(command, request);
   if (!result) {
     std::fprintf(stderr, "ctagent %s: %s\n", command.c_str(), result.error().message().c_str());
@@ -926,6 +953,9 @@ int CmdControl(const std::string& command, const Args& args, const char* help) {
     std::printf("%s\n", result->dump(2).c_str());
   } else if (command == "acknowledge") {
     std::printf("scan %s acknowledged\n", positional[0].c_str());
+  } else if (command == "confirm") {
+    std::printf("scan %s: HIGH RISK - confirmed at %s by %s\n", positional[0].c_str(),
+                result->value("high_risk_confirmed_utc", "").c_str(), result->value("high_risk_confirmed_by", "").c_str());
   } else {
     std::printf("uploads %s\n", result->value("paused", command == "pause") ? "paused" : "running");
   }
@@ -998,6 +1028,7 @@ int Main(int argc, char** argv) {
   if (command == "pause") return CmdControl(command, args, kPauseHelp);
   if (command == "resume") return CmdControl(command, args, kResumeHelp);
   if (command == "acknowledge") return CmdControl(command, args, kAcknowledgeHelp);
+  if (command == "confirm") return CmdControl(command, args, kConfirmHelp);
   if (command == "config") return CmdConfig(args);
   if (command == "rotate-key") return CmdRotateKey(args);
   if (command == "chunk") return cli::CmdChunk(args.items);

@@ -108,6 +108,9 @@ struct UiConfig {
   bool enabled = false;
   std::string address = "127.0.0.1";  // a loopback address
   std::uint16_t port = 8471;
+  // Who confirms a high-risk finding at this terminal's page (recorded with the confirmation);
+  // empty: "operator at this terminal".
+  std::string console_user;
 };
 
 // The hospital's Modality Worklist server (agent/worklist/worklist.hpp, docs/privacy.md). Off by

@@ -89,6 +89,16 @@ bool GroupNameOk(const std::string& s) {
   return true;
 }
 
+// A console user's name as the page shows it: at most 64 bytes, no control characters (it is
+// printed by `ctagent status`, one line per field). UTF-8 names are welcome.
+bool ConsoleUserOk(const std::string& s) {
+  if (s.size() > 64) return false;
+  for (unsigned char ch : s) {
+    if (ch < 0x20 || ch == 0x7f) return false;
+  }
+  return true;
+}
+
 // DICOM LO / PN values: at most 64 characters, no backslash (the value delimiter).
 bool DicomLongString(const std::string& s) { return s.size() <= 64 && NoBackslash(s); }
 
@@ -476,6 +486,11 @@ std::vector<Entry> MakeEntries() {
       {.path = "/ui/port", .type = Type::kInteger,
        .description = "TCP port to listen on (open http://127.0.0.1:PORT/ in a browser on the terminal).", .min = 1,
        .max = 65535, CTAGENT_TARGET(ui.port)},
+      {.path = "/ui/console_user", .type = Type::kString,
+       .description = "The console user recorded as having confirmed a high-risk finding on the page (and by "
+                      "`ctagent confirm` without --by). Empty: \"operator at this terminal\". No patient data.",
+       .string_ok = ConsoleUserOk, .string_rule = "empty, or 1 to 64 printable characters",
+       CTAGENT_TARGET(ui.console_user)},
   };
 }
 

@@ -1,4 +1,4 @@
-// The control socket: how the CLI (`ctagent status|check|scan|pause|resume|acknowledge`) talks to
+// The control socket: how the CLI (`ctagent status|check|scan|pause|resume|acknowledge|confirm`) talks to
 // a running `ctagent run`. A Unix stream socket carrying newline-delimited JSON, one request and
 // one response per line, versioned (docs/control-protocol.md has the commands, fields, errors and
 // permissions; docs/schemas/ the JSON Schemas of the status and check results).
@@ -33,6 +33,8 @@ namespace ctagent::control {
 // "unsupported" error naming the versions this build accepts; fields are only ever added within
 // a version, and a reader ignores fields it does not know.
 inline constexpr int kProtocolVersion = 1;
+// The longest `by` a `confirm` may carry (a console user's name).
+inline constexpr std::size_t kMaxConfirmedByBytes = 64;
 
 struct ServerSettings {
   std::filesystem::path socket_path;     // created by the server; an old file there is replaced
@@ -77,6 +79,14 @@ class Handler {
   virtual void TakeScan(const TakeScanRequest& request, Reply reply) = 0;
   // A person has seen a failed scan: {"scan_uid": ..., "state": ...}; not_found for an unknown UID.
   virtual void Acknowledge(const std::string& scan_uid, Reply reply) = 0;
+  // A person confirmed having seen a scan's HIGH-RISK finding; `by` names them (empty: the
+  // daemon's default, its configured console user). Answers {"scan_uid", "high_risk_confirmed_utc",
+  // "high_risk_confirmed_by"} (ConfirmHighRisk in status.hpp). Not overridden: unsupported.
+  virtual void Confirm(const std::string& scan_uid, const std::string& by, Reply reply) {
+    (void)scan_uid;
+    (void)by;
+    reply(MakeError(ErrorKind::kUnsupported, "this daemon does not record confirmations of high-risk findings"));
+  }
   // Pause and resume uploads (acquisition and results go on). Answer {"paused": true|false}.
   virtual void Pause(Reply reply) = 0;
   virtual void Resume(Reply reply) = 0;

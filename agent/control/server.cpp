@@ -210,6 +210,21 @@ class Connection : public std::enable_shared_from_this<Connection> {
       }
       return handler.Acknowledge(request["scan_uid"].get<std::string>(), std::move(reply));
     }
+    if (cmd == "confirm") {
+      if (!request.contains("scan_uid") || !request["scan_uid"].is_string() ||
+          request["scan_uid"].get<std::string>().empty()) {
+        return reply(MakeError(ErrorKind::kInvalidInput, "confirm needs \"scan_uid\" (a string)"));
+      }
+      std::string by;
+      if (request.contains("by") && !request["by"].is_null()) {
+        if (!request["by"].is_string() || request["by"].get<std::string>().size() > kMaxConfirmedByBytes) {
+          return reply(MakeError(ErrorKind::kInvalidInput, "confirm: \"by\" must be a string of at most " +
+                                                               std::to_string(kMaxConfirmedByBytes) + " bytes"));
+        }
+        by = request["by"].get<std::string>();
+      }
+      return handler.Confirm(request["scan_uid"].get<std::string>(), by, std::move(reply));
+    }
     if (cmd == "take_scan") {
       TakeScanRequest take;
       if (request.contains("protocol") && !request["protocol"].is_null()) {
@@ -236,7 +251,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
     return reply(MakeError(ErrorKind::kUnsupported,
                            "unknown command \"" + cmd +
-                               "\"; version 1 knows status, check, take_scan, acknowledge, pause, resume"));
+                               "\"; version 1 knows status, check, take_scan, acknowledge, confirm, pause, resume"));
   }
 
   // Exactly once, from any thread: the answer is posted to the loop; dropped if the connection

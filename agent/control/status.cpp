@@ -154,6 +154,10 @@ Json StatusFromSpool(spool::Spool& spool, const StatusSource& source) {
     if (!r.failure_reason.empty()) scan["failure_reason"] = r.failure_reason;
     if (!r.incomplete_reason.empty()) scan["incomplete_reason"] = r.incomplete_reason;
     if (!r.acknowledged_utc.empty()) scan["acknowledged_utc"] = r.acknowledged_utc;
+    if (!r.high_risk_confirmed_utc.empty()) {
+      scan["high_risk_confirmed_utc"] = r.high_risk_confirmed_utc;
+      scan["high_risk_confirmed_by"] = r.high_risk_confirmed_by;
+    }
     if (!r.patient_source.empty()) {
       scan["patient_source"] = r.patient_source;
       scan["reconcile"] = r.patient_source == "emergency";
@@ -166,6 +170,45 @@ Json StatusFromSpool(spool::Spool& spool, const StatusSource& source) {
     status["scans"].push_back(std::move(scan));
   }
   return status;
+}
+
+std::string FindingsCategory(spool::Spool& spool, const spool::ScanRecord& r) {
+  if (r.results.empty() && r.state != spool::ScanState::kResultsReceived && r.state != spool::ScanState::kDelivered) {
+    return "";
+  }
+  auto findings = results::ReadFindingsInResultsDir(spool.ResultPath(r.scan_uid, "x").parent_path());
+  return findings ? findings->findings.category : "";
+}
+
+Expected<Json> ConfirmHighRisk(spool::Spool& spool, const std::string& scan_uid, const std::string& by) {
+  auto record = spool.Get(scan_uid);
+  if (!record) {
+    return MakeError(ErrorKind::kNotFound, "no scan " + scan_uid + " in the spool; see `ctagent status`");
+  }
+  if (record->high_risk_confirmed_utc.empty()) {
+    const std::string category = FindingsCategory(spool, *record);
+    if (category != "HIGH-RISK") {
+      return MakeError(ErrorKind::kInvalidInput,
+                       "scan " + scan_uid + "'s report is " + (category.empty() ? "not back yet" : category) +
+                           ", not HIGH-RISK: only a high-risk finding needs confirming");
+    }
+    const std::string now = UtcNowIso8601();
+    // Set only if still unset: a confirmation that came first (another caller) is kept.
+    if (auto st = spool.Update(scan_uid,
+                               [&](spool::ScanRecord& r) {
+                                 if (!r.high_risk_confirmed_utc.empty()) return;
+                                 r.high_risk_confirmed_utc = now;
+                                 r.high_risk_confirmed_by = by;
+                               });
+        !st) {
+      return MakeError(st.error().WithContext("recording the confirmation of scan " + scan_uid + "'s high-risk finding"));
+    }
+    record = spool.Get(scan_uid);
+    if (!record) return MakeError(record.error());
+  }
+  return Json{{"scan_uid", scan_uid},
+              {"high_risk_confirmed_utc", record->high_risk_confirmed_utc},
+              {"high_risk_confirmed_by", record->high_risk_confirmed_by}};
 }
 
 void SetDaemon(Json& status, long pid, bool uploads_paused) {

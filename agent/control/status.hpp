@@ -64,6 +64,16 @@ inline ServerSettings ServerSettingsFor(const config::AgentConfig& config) {
 // The status object of every scan in `spool` (opened read-only or not). The daemon adds its own
 // part with SetDaemon and SetScanProgress before answering.
 nlohmann::json StatusFromSpool(spool::Spool& spool, const StatusSource& source);
+// Records that a person confirmed having seen the HIGH-RISK finding of `scan_uid` (when: now, UTC;
+// `by`: who, as given), with the scan's record in the spool (one synced journal record), so the
+// alert stays confirmed across restarts. The one way both the control socket's `confirm` and the
+// operator's page's Confirm button take. Confirming again answers the first confirmation.
+// Answers {"scan_uid", "high_risk_confirmed_utc", "high_risk_confirmed_by"}. Errors: kNotFound
+// (no such scan in the spool), kInvalidInput (its findings are not HIGH-RISK, or not back yet).
+Expected<nlohmann::json> ConfirmHighRisk(spool::Spool& spool, const std::string& scan_uid, const std::string& by);
+// The findings category of a scan's AI report ("NORMAL", "HIGH-RISK", "FAILED"), "" when none yet.
+std::string FindingsCategory(spool::Spool& spool, const spool::ScanRecord& record);
+
 // {"daemon": {"pid": ..., "uploads_paused": ...}}
 void SetDaemon(nlohmann::json& status, long pid, bool uploads_paused);
 // Adds "progress" to the scan `scan_uid` in status["scans"] (a scan not there yet is added with

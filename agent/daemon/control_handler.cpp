@@ -8,6 +8,7 @@
 #include "agent/common/clock.hpp"
 #include "agent/control/check.hpp"
 #include "agent/control/status.hpp"
+#include "agent/privacy/privacy.hpp"
 #include "drivers/detector.hpp"
 
 namespace ctagent::daemon {
@@ -106,6 +107,27 @@ void ControlHandler::Acknowledge(const std::string& scan_uid, control::Reply rep
     }
   }
   reply(nlohmann::json{{"scan_uid", scan_uid}, {"state", spool::ToString(record->state)}, {"acknowledged_utc", when}});
+}
+
+Expected<nlohmann::json> ControlHandler::ConfirmHighRisk(const std::string& scan_uid, const std::string& by) const {
+  // One synced journal record: a rare, small write on the loop, as for an acknowledgement.
+  const std::string who = !by.empty() ? by : !config_.ui.console_user.empty() ? config_.ui.console_user
+                                                                              : std::string("operator at this terminal");
+  return control::ConfirmHighRisk(agent_.spool(), scan_uid, who);
+}
+
+void ControlHandler::Confirm(const std::string& scan_uid, const std::string& by, control::Reply reply) {
+  reply(ConfirmHighRisk(scan_uid, by));
+}
+
+nlohmann::json ControlHandler::PatientsNow() const {
+  nlohmann::json patients = nlohmann::json::object();
+  for (const spool::ScanRecord& r : agent_.spool().AllScans()) {
+    auto mapping = privacy::ReadMapping(files_, agent_.spool().MappingPath(r.scan_uid));
+    if (!mapping) continue;  // no record (no identity, or an older scan): the page shows none
+    patients[r.scan_uid] = {{"name", mapping->patient_name}, {"id", mapping->patient_id.real}};
+  }
+  return patients;
 }
 
 void ControlHandler::Pause(control::Reply reply) {

@@ -1,6 +1,7 @@
 // The daemon's side of the control socket (agent/control/control.hpp): status from the spool
 // and the scans in progress, the checks beside the detector the daemon holds, take_scan into
-// core::Agent::TakeScan, acknowledge of failed scans (recorded with the scan in the spool), and
+// core::Agent::TakeScan, acknowledge of failed scans and confirm of high-risk findings (both
+// recorded with the scan in the spool), and
 // pause and resume of uploads (core::Agent::SetUploadsPaused, recorded in the spool directory by
 // upload_pause.hpp so a restart keeps the pause).
 #pragma once
@@ -35,6 +36,16 @@ class ControlHandler final : public control::Handler {
   void Check(control::Reply reply) override;
   void TakeScan(const control::TakeScanRequest& request, control::Reply reply) override;
   void Acknowledge(const std::string& scan_uid, control::Reply reply) override;
+  void Confirm(const std::string& scan_uid, const std::string& by, control::Reply reply) override;
+
+  // Confirms a scan's high-risk finding (control::ConfirmHighRisk) by `by`, or when empty by the
+  // configured console user (ui.console_user), or "operator at this terminal": what `confirm`
+  // and the operator's page's Confirm button both call.
+  Expected<nlohmann::json> ConfirmHighRisk(const std::string& scan_uid, const std::string& by) const;
+  // The real patient of each scan that has a mapping record (agent/privacy): {"<scan uid>":
+  // {"name": ..., "id": ...}}. For the operator's page only: never in `status`, never logged.
+  // Reads each scan's small mapping file on the loop; the page asks only when a scan appears.
+  nlohmann::json PatientsNow() const;
   void Pause(control::Reply reply) override;
   void Resume(control::Reply reply) override;
 

@@ -67,6 +67,9 @@ std::unique_ptr<ui::Server> StartOperatorPage(boost::asio::io_context& io, const
     log::Warn("ui", server.error().message() + "; the daemon goes on without the operator's page");
     return nullptr;
   }
+  // The page's Confirm button takes the same way as `ctagent confirm` (by the console user).
+  (*server)->OnConfirm([&handler](const std::string& scan_uid) { return handler.ConfirmHighRisk(scan_uid, ""); });
+  (*server)->OnPatients([&handler] { return handler.PatientsNow(); });
   const std::string host = config.address.find(':') != std::string::npos ? "[" + config.address + "]" : config.address;
   log::Info("ui", "the operator's page is at http://" + host + ":" + std::to_string((*server)->port()) + "/");
   return std::move(*server);

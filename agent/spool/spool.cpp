@@ -101,6 +101,8 @@ nlohmann::json ScalarsToJson(const ScanRecord& r) {
           {"confirmed_unix_s", r.confirmed_unix_s},
           {"raw_deleted", r.raw_deleted},
           {"acknowledged_utc", r.acknowledged_utc},
+          {"high_risk_confirmed_utc", r.high_risk_confirmed_utc},
+          {"high_risk_confirmed_by", r.high_risk_confirmed_by},
           {"patient_source", r.patient_source}};
 }
 
@@ -127,6 +129,8 @@ Status ScalarsFromJson(const nlohmann::json& j, ScanRecord& r) {
   r.raw_deleted = j.value("raw_deleted", false);
   r.acknowledged_utc = j.value("acknowledged_utc", std::string());  // absent in records written before it
   r.patient_source = j.value("patient_source", std::string());      // likewise
+  r.high_risk_confirmed_utc = j.value("high_risk_confirmed_utc", std::string());  // likewise
+  r.high_risk_confirmed_by = j.value("high_risk_confirmed_by", std::string());
   return Ok();
 }
 

@@ -91,6 +91,12 @@ struct ScanRecord {
   // When a person acknowledged this failed scan (`ctagent acknowledge`; UTC, ISO 8601); empty:
   // not acknowledged. Kept with the record, so the daemon stops reporting it across restarts.
   std::string acknowledged_utc;
+  // When a person confirmed having seen this scan's HIGH-RISK finding (the operator's page or
+  // `ctagent confirm`; UTC, ISO 8601) and who (the configured console user, or "operator at this
+  // terminal"); empty: not confirmed, the page keeps alerting. Kept with the record (journal and
+  // snapshot), so a restart never brings a confirmed alert back or loses an unconfirmed one.
+  std::string high_risk_confirmed_utc;
+  std::string high_risk_confirmed_by;
   // Where the scan's patient came from: "worklist", "emergency" (a minted identity a person must
   // reconcile with the hospital's records), "configuration" (no worklist configured); empty in
   // records written before it was kept. Never the identity itself: that is only in mapping.json.

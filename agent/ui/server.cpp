@@ -3,6 +3,8 @@
 // which stays open with a bounded queue of its own.
 #include "agent/ui/server.hpp"
 
+#include <sys/random.h>
+
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
@@ -14,6 +16,7 @@
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
 
+#include <algorithm>
 #include <array>
 #include <deque>
 #include <optional>
@@ -89,6 +92,50 @@ bool IsLoopbackHost(std::string_view host) {
 // Beast's string_view is Boost's in this Boost version.
 std::string_view View(beast::string_view v) { return {v.data(), v.size()}; }
 
+// The scan UID in "/api/scans/<uid>/confirm", or nullopt for another path. The UID may be
+// malformed here; the route says 404 for it after the request passed its checks.
+std::optional<std::string> ConfirmTarget(std::string_view path) {
+  constexpr std::string_view kPrefix = "/api/scans/";
+  constexpr std::string_view kSuffix = "/confirm";
+  if (path.size() < kPrefix.size() + kSuffix.size() || path.substr(0, kPrefix.size()) != kPrefix ||
+      path.substr(path.size() - kSuffix.size()) != kSuffix) {
+    return std::nullopt;
+  }
+  return std::string(path.substr(kPrefix.size(), path.size() - kPrefix.size() - kSuffix.size()));
+}
+
+// A DICOM UID as the agent mints them (digits and dots, at most 64 characters).
+bool LooksLikeUid(std::string_view uid) {
+  if (uid.empty() || uid.size() > 64) return false;
+  return std::all_of(uid.begin(), uid.end(), [](char c) { return (c >= '0' && c <= '9') || c == '.'; });
+}
+
+// Compares in time independent of where they differ.
+bool SameSecret(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+// 32 random bytes from the kernel as 64 hex digits; empty if the kernel would not give them.
+std::string RandomToken() {
+  std::array<unsigned char, 32> bytes{};
+  std::size_t got = 0;
+  for (int i = 0; i < 16 && got < bytes.size(); ++i) {  // bounded; a short read is rare
+    const ssize_t n = ::getrandom(bytes.data() + got, bytes.size() - got, 0);
+    if (n > 0) got += static_cast<std::size_t>(n);
+  }
+  if (got < bytes.size()) return "";
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string token;
+  for (unsigned char b : bytes) {
+    token += kHex[b >> 4];
+    token += kHex[b & 0xf];
+  }
+  return token;
+}
+
 const Asset* FindAsset(std::string_view path) {
   if (path == "/") path = "/index.html";
   for (const Asset& asset : EmbeddedAssets()) {
@@ -119,6 +166,9 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
 
   const ServerSettings settings_;
   const StatusSource status_;
+  ConfirmAction confirm_;
+  PatientsSource patients_;
+  std::string token_;  // RandomToken(), made in Listen
   tcp::acceptor acceptor_;
   boost::asio::steady_timer timer_;
   std::uint16_t port_ = 0;
@@ -200,8 +250,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
     const std::string_view target = View(request.target());
     const std::string_view path = target.substr(0, target.find('?'));
+    if (auto scan_uid = ConfirmTarget(path)) return Confirm(*server, request, *scan_uid);
     const Asset* asset = FindAsset(path);
-    if (asset == nullptr && path != "/api/status" && path != "/api/events") {
+    if (asset == nullptr && path != "/api/status" && path != "/api/events" && path != "/api/token" &&
+        path != "/api/patients") {
       return Answer(Plain(404, "Not Found", "no such page here; the operator's page is at /"));
     }
     if (request.method() != http::verb::get) {
@@ -210,6 +262,17 @@ class Connection : public std::enable_shared_from_this<Connection> {
     // Assets change only with the binary; "no-cache" has the browser ask again after an update.
     if (asset != nullptr) return Answer(Response(200, "OK", asset->content_type, asset->body, "no-cache"));
     if (path == "/api/status") return Answer(Response(200, "OK", "application/json", server->Snapshot() + "\n"));
+    if (path == "/api/token") {
+      return Answer(Response(200, "OK", "application/json", nlohmann::json{{"token", server->token_}}.dump() + "\n"));
+    }
+    if (path == "/api/patients") {
+      if (!SameSecret(View(request["X-CTAgent-Token"]), server->token_)) {
+        return Answer(Plain(403, "Forbidden", "refused: this page's token is missing or stale; reload the page"));
+      }
+      const nlohmann::json patients = server->patients_ ? server->patients_() : nlohmann::json::object();
+      return Answer(Response(200, "OK", "application/json",
+                             patients.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n"));
+    }
     if (server->event_clients_.size() >= server->settings_.max_event_clients) {
       return Answer(Plain(503, "Service Unavailable", "too many live pages open; close one and reload",
                           "Retry-After: 5\r\n"));
@@ -218,6 +281,35 @@ class Connection : public std::enable_shared_from_this<Connection> {
     std::string head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n" +
                        CommonHeaders("no-store") + "\r\n" + "retry: 2000\n\n";
     server->AddEventClient(shared_from_this(), std::move(head));
+  }
+
+  // POST /api/scans/<uid>/confirm: only from this page itself (its Origin and its token), then
+  // the action. Refusals say why in one short line and never reach the action.
+  void Confirm(Server::Impl& server, const http::request<http::empty_body>& request, const std::string& scan_uid) {
+    if (request.method() != http::verb::post) {
+      return Answer(Plain(405, "Method Not Allowed", "only POST is answered here", "Allow: POST\r\n"));
+    }
+    const std::string_view host = View(request[http::field::host]);
+    if (View(request[http::field::origin]) != "http://" + std::string(host)) {
+      return Answer(Plain(403, "Forbidden", "refused: only the operator's page itself may confirm (Origin)"));
+    }
+    if (!SameSecret(View(request["X-CTAgent-Token"]), server.token_)) {
+      return Answer(Plain(403, "Forbidden", "refused: this page's token is missing or stale; reload the page"));
+    }
+    if (!LooksLikeUid(scan_uid) || !server.confirm_) {
+      return Answer(Plain(404, "Not Found", "no such scan here"));
+    }
+    auto confirmed = server.confirm_(scan_uid);
+    if (!confirmed) {
+      const ErrorKind kind = confirmed.error().kind();
+      if (kind == ErrorKind::kNotFound) return Answer(Plain(404, "Not Found", "no such scan here"));
+      if (kind == ErrorKind::kInvalidInput) return Answer(Plain(409, "Conflict", confirmed.error().message()));
+      log::Error("ui", "a confirmation from the operator's page was not recorded: " + confirmed.error().message());
+      return Answer(Plain(500, "Internal Server Error", "not recorded: " + confirmed.error().message()));
+    }
+    log::Info("ui", "scan " + scan_uid + "'s high-risk finding confirmed on the operator's page by " +
+                        confirmed->value("high_risk_confirmed_by", std::string()));
+    return Answer(Response(200, "OK", "application/json", confirmed->dump() + "\n"));
   }
 
   // A whole response, then the connection ends: the sending side first, and what the peer
@@ -335,6 +427,10 @@ Status Server::Impl::Listen() {
     return MakeError(ErrorKind::kInvalidInput,
                      "ui address \"" + settings_.address + "\" is not an IPv4 or IPv6 address (/ui/address)");
   }
+  token_ = RandomToken();
+  if (token_.empty()) {
+    return MakeError(ErrorKind::kIo, "the operator's page could not get random bytes from the kernel for its token");
+  }
   if (!IsLoopback(address)) {
     return MakeError(ErrorKind::kInvalidInput, "ui address \"" + settings_.address +
                                                    "\" is not a loopback address; the operator's page has no TLS or "
@@ -392,5 +488,8 @@ std::uint16_t Server::port() const { return impl_->port_; }
 std::size_t Server::open_connections() const { return impl_->connections_.size(); }
 std::size_t Server::event_clients() const { return impl_->event_clients_.size(); }
 std::uint64_t Server::dropped_event_clients() const { return impl_->dropped_; }
+void Server::OnConfirm(ConfirmAction confirm) { impl_->confirm_ = std::move(confirm); }
+void Server::OnPatients(PatientsSource patients) { impl_->patients_ = std::move(patients); }
+const std::string& Server::token() const { return impl_->token_; }
 
 }  // namespace ctagent::ui

@@ -5,6 +5,15 @@
 //   GET /api/events  server-sent events: that status object whenever it changed (checked every
 //                    event_interval, so at most one snapshot per interval), a comment line as a
 //                    keep-alive otherwise
+//   GET /api/token   {"token": "..."}: a random token made when the server opens (each daemon
+//                    start), which the routes below require in the X-CTAgent-Token header
+//   GET /api/patients  (token) the real patient of each scan (OnPatients): only on this page,
+//                    never in /api/status, in a URL or in a log
+//   POST /api/scans/<scan uid>/confirm  (token, and an Origin header of this very page) confirms
+//                    the scan's high-risk finding (OnConfirm); no request body. A page of another
+//                    origin cannot read the token (same-origin policy; no CORS header is ever
+//                    sent) nor send a same-origin Origin, so it cannot confirm (CSRF); anything
+//                    else is 403 with a one-line body.
 // Plain HTTP without a password: it listens on loopback only (Open refuses anything else), and it
 // answers only requests whose Host is a loopback name, so a web page elsewhere cannot reach it
 // through DNS rebinding. Every response carries a strict Content-Security-Policy (nothing but this
@@ -57,6 +66,17 @@ class Server {
   ~Server();  // closes (on the io_context's thread, or with the loop stopped)
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
+
+  // What POST /api/scans/<uid>/confirm does (on the io_context's thread): the answer's JSON, or
+  // an error (kNotFound: 404, kInvalidInput: 409, others 500). Not set: 404.
+  using ConfirmAction = std::function<Expected<nlohmann::json>(const std::string& scan_uid)>;
+  void OnConfirm(ConfirmAction confirm);
+  // What GET /api/patients answers (on the io_context's thread): {"<scan uid>": {"name", "id"}}.
+  // Not set: {}.
+  using PatientsSource = std::function<nlohmann::json()>;
+  void OnPatients(PatientsSource patients);
+  // The token GET /api/token gives the page (64 hex digits; new at each Open).
+  const std::string& token() const;
 
   // Stops accepting and ends every connection and event stream.
   void Close();

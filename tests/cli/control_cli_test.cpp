@@ -20,6 +20,7 @@
 
 #include "agent/common/durable_file.hpp"
 #include "agent/control/control.hpp"
+#include "agent/control/status.hpp"
 #include "agent/privacy/privacy.hpp"
 #include "agent/results/result_set.hpp"
 #include "agent/spool/spool.hpp"
@@ -173,6 +174,12 @@ class FakeDaemon : public control::Handler {
     acknowledged = scan_uid;
     reply(Json{{"scan_uid", scan_uid}, {"state", "failed"}});
   }
+  void Confirm(const std::string& scan_uid, const std::string& by, control::Reply reply) override {
+    if (scan_uid != "2.25.502") return reply(MakeError(ErrorKind::kNotFound, "no scan " + scan_uid + " in the spool"));
+    confirmed_by = by;
+    reply(Json{{"scan_uid", scan_uid}, {"high_risk_confirmed_utc", "2026-12-05T10:00:00Z"},
+               {"high_risk_confirmed_by", by.empty() ? "operator at this terminal" : by}});
+  }
   void Pause(control::Reply reply) override {
     paused = true;
     reply(Json{{"paused", true}});
@@ -187,6 +194,7 @@ class FakeDaemon : public control::Handler {
   std::atomic<int> scan_steps{0};
   std::atomic<int> status_calls{0};
   std::string acknowledged;  // written on the loop thread, read after the command ended
+  std::string confirmed_by = "(not asked)";  // likewise
 };
 
 class DaemonOnSocket {
@@ -222,6 +230,7 @@ TEST_CASE("every command refuses an unknown option with exit status 2", "[cli][c
       {"scan", "--config", cfg},        {"run", "--config", cfg},      {"status", "--config", cfg},
       {"check", "--config", cfg},       {"pause", "--config", cfg},    {"resume", "--config", cfg},
       {"acknowledge", "--config", cfg, "2.25.1"},                      {"config", "check", cfg},
+      {"confirm", "--config", cfg, "2.25.1"},
       {"chunk", "inspect", cfg},        {"record", "--config", cfg, "--out", (dir.path() / "rec").string()},
       {"rotate-key", "--config", cfg, "--yes"}};
   for (auto command : commands) {
@@ -238,7 +247,7 @@ TEST_CASE("every command refuses an unknown option with exit status 2", "[cli][c
   CHECK(Run(dir.path(), {"acknowledge", "--config", cfg}).exit_code == 2);
   // The help of each says what its exit statuses mean.
   for (const char* command :
-       {"scan", "run", "status", "check", "pause", "resume", "acknowledge", "chunk", "config", "rotate-key"}) {
+       {"scan", "run", "status", "check", "pause", "resume", "acknowledge", "confirm", "chunk", "config", "rotate-key"}) {
     INFO(command);
     const auto help = Run(dir.path(), {command, "--help"});
     CHECK(help.exit_code == 0);
@@ -397,6 +406,61 @@ TEST_CASE("status --json and check --json follow their schemas when no daemon ru
   CHECK(f["checks"][0]["outcome"] == "fail");
 }
 
+TEST_CASE("a high-risk finding awaits confirmation in status until confirmed, then says when and by whom",
+          "[cli][control]") {
+  test::TempDir dir("cli-confirm");
+  const std::string cfg = WriteConfig(dir.path()).string();
+  FillSpool(dir.path() / "spool");
+
+  auto text = Run(dir.path(), {"status", "--config", cfg});
+  CHECK(text.exit_code == 0);
+  CHECK_THAT(text.out, Catch::Contains("HIGH RISK - awaiting confirmation (the operator's page, or `ctagent confirm "
+                                       "2.25.502`)"));
+  {
+    // The one function the control socket's `confirm` and the page's Confirm button both take.
+    PosixFileStore files;
+    auto spool = spool::Spool::Open({dir.path() / "spool", 1ull << 30, 0}, files);
+    REQUIRE(spool.has_value());
+    auto unknown = control::ConfirmHighRisk(**spool, "2.25.9", "Nurse Wang");
+    REQUIRE_FALSE(unknown.has_value());
+    CHECK(unknown.error().kind() == ErrorKind::kNotFound);
+    auto failed = control::ConfirmHighRisk(**spool, "2.25.501", "Nurse Wang");  // no report: nothing to confirm
+    REQUIRE_FALSE(failed.has_value());
+    CHECK(failed.error().kind() == ErrorKind::kInvalidInput);
+    CHECK_THAT(failed.error().message(), Catch::Contains("not HIGH-RISK"));
+    auto confirmed = control::ConfirmHighRisk(**spool, "2.25.502", "Nurse Wang");
+    INFO((confirmed ? "" : confirmed.error().message()));
+    REQUIRE(confirmed.has_value());
+    CHECK((*confirmed)["high_risk_confirmed_by"] == "Nurse Wang");
+    const std::string when = (*confirmed)["high_risk_confirmed_utc"].get<std::string>();
+    CHECK(when.size() == 20);  // 2026-12-05T10:00:00Z
+    // Again (another person, later): the first confirmation stands.
+    auto again = control::ConfirmHighRisk(**spool, "2.25.502", "Dr Li");
+    REQUIRE(again.has_value());
+    CHECK(*again == *confirmed);
+  }
+  // Read back from the spool by another process (durable): JSON by the schema, and the text.
+  const auto status = Run(dir.path(), {"status", "--json", "--config", cfg});
+  REQUIRE(status.exit_code == 0);
+  const Json s = Json::parse(status.out);
+  INFO(Joined(test::SchemaErrors(Schema("status.schema.json"), s)));
+  CHECK(test::SchemaErrors(Schema("status.schema.json"), s).empty());
+  bool seen = false;
+  for (const auto& scan : s["scans"]) {
+    if (scan["scan_uid"] == "2.25.502") {
+      seen = true;
+      CHECK(scan["high_risk_confirmed_by"] == "Nurse Wang");
+      CHECK(scan["high_risk_confirmed_utc"].is_string());
+    } else {
+      CHECK_FALSE(scan.contains("high_risk_confirmed_utc"));
+    }
+  }
+  CHECK(seen);
+  text = Run(dir.path(), {"status", "--config", cfg});
+  CHECK_THAT(text.out, Catch::Contains("HIGH RISK - confirmed at 20") && Catch::Contains(" by Nurse Wang"));
+  CHECK_THAT(text.out, !Catch::Contains("awaiting confirmation"));
+}
+
 TEST_CASE("with a daemon on the control socket, status, check, pause, resume, acknowledge and scan go to it",
           "[cli][control]") {
   test::TempDir dir("cli-daemon");
@@ -438,6 +502,21 @@ TEST_CASE("with a daemon on the control socket, status, check, pause, resume, ac
   CHECK(r.exit_code == 0);
   CHECK(Json::parse(r.out)["scan_uid"] == "2.25.501");
   CHECK(d.daemon.acknowledged == "2.25.501");
+
+  // confirm: a high-risk finding seen by a person, by the name given (or the daemon's default).
+  r = Run(dir.path(), {"confirm", "--config", cfg, "2.25.9"});
+  CHECK(r.exit_code == 5);
+  CHECK_THAT(r.err, Catch::Contains("no scan 2.25.9"));
+  r = Run(dir.path(), {"confirm", "--config", cfg, "--by", "Dr Li", "2.25.502"});
+  INFO(r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(d.daemon.confirmed_by == "Dr Li");
+  CHECK_THAT(r.out, Catch::Contains("2.25.502: HIGH RISK - confirmed at 2026-12-05T10:00:00Z by Dr Li"));
+  r = Run(dir.path(), {"confirm", "--json", "--config", cfg, "2.25.502"});
+  CHECK(r.exit_code == 0);
+  CHECK(d.daemon.confirmed_by.empty());
+  CHECK(Json::parse(r.out)["high_risk_confirmed_by"] == "operator at this terminal");
+  CHECK(Run(dir.path(), {"confirm", "--config", cfg}).exit_code == 2);  // no SCAN_UID
 
   // scan: the daemon takes it; the CLI follows it through status until it is delivered.
   const auto scan = Run(dir.path(), {"scan", "--config", cfg}, 60s);

@@ -661,4 +661,12 @@ TEST_CASE("config: the operator's page is off by default, at 127.0.0.1:8471 when
     // Off, nothing listens: nothing to refuse.
     CHECK(ParseConfig(With("/ui", {{"enabled", false}, {"address", remote}}).dump(), "site/agent.json").has_value());
   }
+  // Who confirms high-risk findings at this terminal: empty by default, a name of at most 64
+  // bytes without control characters (UTF-8 welcome).
+  CHECK(defaults->ui.console_user.empty());
+  auto named = ParseConfig(With("/ui/console_user", "\xE7\x8E\x8B Nurse").dump(), "site/agent.json");
+  REQUIRE(named.has_value());
+  CHECK(named->ui.console_user == "\xE7\x8E\x8B Nurse");
+  CHECK(ErrorOf(With("/ui/console_user", std::string(65, 'a'))).find("site/agent.json: /ui/console_user: expected") == 0);
+  CHECK(ErrorOf(With("/ui/console_user", "two\nlines")).find("/ui/console_user") != std::string::npos);
 }

@@ -65,6 +65,10 @@ class FakeDaemon : public control::Handler {
     if (scan_uid != "2.25.42") return reply(MakeError(ErrorKind::kNotFound, "no scan " + scan_uid + " in the spool"));
     reply(Json{{"scan_uid", scan_uid}, {"state", "failed"}});
   }
+  void Confirm(const std::string& scan_uid, const std::string& by, control::Reply reply) override {
+    last_confirmed_by = by;
+    reply(Json{{"scan_uid", scan_uid}, {"high_risk_confirmed_utc", "2026-12-05T10:00:00Z"}, {"high_risk_confirmed_by", by}});
+  }
   void Pause(control::Reply reply) override {
     paused = true;
     reply(Json{{"paused", true}});
@@ -83,6 +87,7 @@ class FakeDaemon : public control::Handler {
   std::mutex held_mutex;
   control::Reply held;
   std::optional<control::TakeScanRequest> last_take;
+  std::string last_confirmed_by = "(not asked)";
   std::vector<std::thread> workers;
 };
 
@@ -262,6 +267,20 @@ TEST_CASE("every command is answered with the handler's result and the request's
   REQUIRE_FALSE(unknown_scan.has_value());
   CHECK(unknown_scan.error().kind() == ErrorKind::kNotFound);
   CHECK_THAT(unknown_scan.error().message(), Catch::Contains("no scan 2.25.9"));
+
+  auto confirmed = client->Call("confirm", Json{{"scan_uid", "2.25.42"}, {"by", "Dr Li"}});
+  REQUIRE(confirmed.has_value());
+  CHECK((*confirmed)["high_risk_confirmed_by"] == "Dr Li");
+  CHECK(h.daemon.last_confirmed_by == "Dr Li");
+  REQUIRE(client->Call("confirm", Json{{"scan_uid", "2.25.42"}}).has_value());
+  CHECK(h.daemon.last_confirmed_by.empty());  // the daemon's default applies
+  for (const Json& bad : {Json{{"by", "Dr Li"}}, Json{{"scan_uid", ""}}, Json{{"scan_uid", "2.25.42"}, {"by", 7}},
+                          Json{{"scan_uid", "2.25.42"}, {"by", std::string(65, 'x')}}}) {
+    INFO(bad.dump());
+    auto refused = client->Call("confirm", bad);
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().kind() == ErrorKind::kInvalidInput);
+  }
 
   // The raw line: version, id echoed, ok.
   const int fd = RawConnect(dir.path() / "control.sock");

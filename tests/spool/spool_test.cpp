@@ -701,3 +701,53 @@ TEST_CASE("a failed scan's acknowledgement is kept with its record across reopen
   REQUIRE(parsed);
   CHECK(parsed->acknowledged_utc.empty());
 }
+
+TEST_CASE("a high-risk finding's confirmation (when, by whom) is kept with its record across reopening and compaction",
+          "[spool]") {
+  test::TempDir dir("spool-confirm");
+  PosixFileStore files;
+  auto scan = NewRecord();
+  auto other = NewRecord();
+  {
+    auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+    REQUIRE(s);
+    REQUIRE((*s)->BeginScan(scan, 1 << 20));
+    REQUIRE((*s)->BeginScan(other, 1 << 20));
+    REQUIRE((*s)->Update(scan.scan_uid, [](spool::ScanRecord& r) { r.state = spool::ScanState::kDelivered; }));
+    auto before = (*s)->Get(scan.scan_uid);
+    REQUIRE(before);
+    CHECK(before->high_risk_confirmed_utc.empty());
+    CHECK(before->high_risk_confirmed_by.empty());
+    REQUIRE((*s)->Update(scan.scan_uid, [](spool::ScanRecord& r) {
+      r.high_risk_confirmed_utc = "2026-12-05T10:05:00Z";
+      r.high_risk_confirmed_by = "Nurse Wang";
+    }));
+  }
+  {  // from the journal
+    auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+    REQUIRE(s);
+    auto back = (*s)->Get(scan.scan_uid);
+    REQUIRE(back);
+    CHECK(back->high_risk_confirmed_utc == "2026-12-05T10:05:00Z");
+    CHECK(back->high_risk_confirmed_by == "Nurse Wang");
+    auto untouched = (*s)->Get(other.scan_uid);
+    REQUIRE(untouched);
+    CHECK(untouched->high_risk_confirmed_utc.empty());
+    REQUIRE((*s)->Compact());
+  }
+  // From the snapshot compaction wrote.
+  auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+  REQUIRE(s);
+  auto back = (*s)->Get(scan.scan_uid);
+  REQUIRE(back);
+  CHECK(back->high_risk_confirmed_utc == "2026-12-05T10:05:00Z");
+  CHECK(back->high_risk_confirmed_by == "Nurse Wang");
+  // A record written before the fields existed reads as not confirmed.
+  auto old = spool::ToJson(*back);
+  old.erase("high_risk_confirmed_utc");
+  old.erase("high_risk_confirmed_by");
+  auto parsed = spool::ScanRecordFromJson(old);
+  REQUIRE(parsed);
+  CHECK(parsed->high_risk_confirmed_utc.empty());
+  CHECK(parsed->high_risk_confirmed_by.empty());
+}

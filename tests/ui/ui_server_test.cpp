@@ -23,6 +23,10 @@
 #include <boost/asio/post.hpp>
 #include <nlohmann/json.hpp>
 
+#include "agent/common/durable_file.hpp"
+#include "agent/control/status.hpp"
+#include "agent/results/result_set.hpp"
+#include "agent/spool/spool.hpp"
 #include "agent/ui/assets.hpp"
 #include "agent/ui/server.hpp"
 #include "tests/support/loopback_http.hpp"
@@ -49,12 +53,14 @@ struct FakeStatus {
   }
 };
 
-// The server with a fake status, on its own loop thread.
+// The server with a fake status, on its own loop thread; `setup` runs before the loop starts.
 class ServerOnLoop {
  public:
-  explicit ServerOnLoop(ui::ServerSettings settings)
+  explicit ServerOnLoop(ui::ServerSettings settings, const std::function<void(ui::Server&)>& setup = {})
       : loop_([&](boost::asio::io_context& io) {
-          return ui::Server::Open(io, settings, [this] { return status.Build(); });
+          auto server = ui::Server::Open(io, settings, [this] { return status.Build(); });
+          if (server && setup) setup(**server);
+          return server;
         }) {}
   std::uint16_t port() const { return loop_.port(); }
   template <class F>
@@ -295,4 +301,174 @@ TEST_CASE("ui server: only loopback, and an address elsewhere or a port in use i
   CHECK(busy.error().kind() == ErrorKind::kIo);
   CHECK_THAT(busy.error().message(), Catch::Contains("127.0.0.1 port " + std::to_string(port)));
   CHECK_THAT(busy.error().message(), Catch::Contains("/ui/port"));
+}
+
+namespace {
+
+// A POST to the confirm route with the given headers (each "Name: value\r\n").
+std::string Post(std::uint16_t port, const std::string& path, const std::string& headers) {
+  Client c(port);
+  c.Send("POST " + path + " HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(port) + "\r\n" + headers +
+         "Content-Length: 0\r\n\r\n");
+  return c.ReadAll();
+}
+
+// A spool with a delivered HIGH-RISK scan (2.25.702) and a delivered NORMAL one (2.25.701), their
+// findings where the results fetch writes them.
+void FillSpool(spool::Spool& spool) {
+  for (const char* uid : {"2.25.701", "2.25.702"}) {
+    spool::ScanRecord record;
+    record.scan_uid = uid;
+    record.study_uid = std::string(uid) + "1";
+    record.created_utc = "2026-12-05T09:00:00Z";
+    REQUIRE(spool.BeginScan(record, 0).has_value());
+    REQUIRE(spool.Update(uid, [](spool::ScanRecord& r) { r.state = spool::ScanState::kDelivered; }).has_value());
+    results::ScanFindings findings;
+    findings.report = "received";
+    findings.findings.category = std::string(uid) == "2.25.702" ? "HIGH-RISK" : "NORMAL";
+    findings.findings.lesion_count = std::string(uid) == "2.25.702" ? 2 : 0;
+    REQUIRE(results::WriteScanFindings(spool.ResultPath(uid, "x").parent_path(), findings).has_value());
+  }
+}
+
+}  // namespace
+
+TEST_CASE("ui server: POST /api/scans/<uid>/confirm with this page's Origin and token confirms, durably, and "
+          "anything else is refused and confirms nothing") {
+  test::TempDir dir("ui-confirm");
+  PosixFileStore files;
+  auto opened = spool::Spool::Open({dir.path() / "spool", 1ull << 30, 0}, files);
+  REQUIRE(opened.has_value());
+  spool::Spool& spool = **opened;
+  FillSpool(spool);
+  std::atomic<int> confirm_calls{0};
+  ServerOnLoop server({.address = "127.0.0.1", .port = 0}, [&](ui::Server& s) {
+    // As the daemon wires it: the spool's one confirmation function, by the console user.
+    s.OnConfirm([&](const std::string& uid) {
+      ++confirm_calls;
+      return control::ConfirmHighRisk(spool, uid, "Nurse Wang");
+    });
+  });
+  const std::uint16_t port = server.port();
+  const std::string origin = "Origin: http://127.0.0.1:" + std::to_string(port) + "\r\n";
+
+  // The token the page fetches: 64 hex digits, this server's.
+  const std::string token_response = Get(port, "/api/token");
+  CHECK(token_response.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+  CHECK(HeadOf(token_response).find("Cache-Control: no-store\r\n") != std::string::npos);
+  const std::string token = nlohmann::json::parse(BodyOf(token_response))["token"].get<std::string>();
+  CHECK(std::regex_match(token, std::regex("[0-9a-f]{64}")));
+  CHECK(token == server.OnLoop([](ui::Server& s) { return s.token(); }));
+  const std::string with_token = "X-CTAgent-Token: " + token + "\r\n";
+  std::string wrong_token = token;
+  wrong_token[10] = wrong_token[10] == 'a' ? 'b' : 'a';
+
+  const std::string path = "/api/scans/2.25.702/confirm";
+  struct Refused {
+    std::string why;
+    std::string response;
+    std::string status;
+  };
+  const std::vector<Refused> refused = {
+      {"no token", Post(port, path, origin), "403"},
+      {"a wrong token", Post(port, path, origin + "X-CTAgent-Token: " + wrong_token + "\r\n"), "403"},
+      {"an empty token", Post(port, path, origin + "X-CTAgent-Token: \r\n"), "403"},
+      {"no Origin", Post(port, path, with_token), "403"},
+      {"a foreign Origin", Post(port, path, "Origin: http://attacker.example\r\n" + with_token), "403"},
+      {"an Origin of another port", Post(port, path, "Origin: http://127.0.0.1:1\r\n" + with_token), "403"},
+      {"Origin null", Post(port, path, "Origin: null\r\n" + with_token), "403"},
+      {"GET instead of POST", Get(port, path), "405"},
+  };
+  for (const Refused& r : refused) {
+    INFO(r.why << ":\n" << r.response);
+    CHECK(r.response.rfind("HTTP/1.1 " + r.status + " ", 0) == 0);
+    CHECK(r.response.find(kCsp) != std::string::npos);
+    CHECK(BodyOf(r.response).size() < 200);  // one short line
+  }
+  CHECK(refused.back().response.find("Allow: POST\r\n") != std::string::npos);
+  {  // A request body is never read: 413.
+    Client c(port);
+    c.Send("POST " + path + " HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(port) + "\r\n" + origin + with_token +
+           "Content-Length: 5\r\n\r\nhello");
+    CHECK(c.ReadAll().rfind("HTTP/1.1 413 ", 0) == 0);
+  }
+  CHECK(confirm_calls == 0);
+  auto untouched = spool.Get("2.25.702");
+  REQUIRE(untouched);
+  CHECK(untouched->high_risk_confirmed_utc.empty());
+
+  // Unknown and malformed scan UIDs: 404; a scan that is not high risk: 409.
+  CHECK(Post(port, "/api/scans/2.25.999/confirm", origin + with_token).rfind("HTTP/1.1 404 ", 0) == 0);
+  CHECK(Post(port, "/api/scans/..%2Fetc/confirm", origin + with_token).rfind("HTTP/1.1 404 ", 0) == 0);
+  CHECK(Post(port, "/api/scans//confirm", origin + with_token).rfind("HTTP/1.1 404 ", 0) == 0);
+  const std::string normal = Post(port, "/api/scans/2.25.701/confirm", origin + with_token);
+  CHECK(normal.rfind("HTTP/1.1 409 ", 0) == 0);
+  CHECK_THAT(BodyOf(normal), Catch::Contains("not HIGH-RISK"));
+
+  // This page's Origin and token: confirmed, by the console user, and answered with when and who.
+  const std::string ok = Post(port, path, origin + with_token);
+  INFO(ok);
+  REQUIRE(ok.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+  CHECK(HeadOf(ok).find("Content-Type: application/json\r\n") != std::string::npos);
+  const auto answer = nlohmann::json::parse(BodyOf(ok));
+  CHECK(answer["scan_uid"] == "2.25.702");
+  CHECK(answer["high_risk_confirmed_by"] == "Nurse Wang");
+  // localhost is this page too, when it was opened under that name.
+  {
+    Client c(port);
+    c.Send("POST " + path + " HTTP/1.1\r\nHost: localhost:" + std::to_string(port) + "\r\nOrigin: http://localhost:" +
+           std::to_string(port) + "\r\n" + with_token + "\r\n");
+    const std::string again = c.ReadAll();
+    CHECK(again.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+    CHECK(nlohmann::json::parse(BodyOf(again)) == answer);  // the first confirmation stands
+  }
+  // Durable: another reader of the spool (as `ctagent status` opens it) sees it in the journal.
+  auto reader = spool::Spool::Open({.directory = dir.path() / "spool", .read_only = true}, files);
+  REQUIRE(reader.has_value());
+  auto back = (*reader)->Get("2.25.702");
+  REQUIRE(back);
+  CHECK(back->high_risk_confirmed_utc == answer["high_risk_confirmed_utc"].get<std::string>());
+  CHECK(back->high_risk_confirmed_by == "Nurse Wang");
+  auto other = (*reader)->Get("2.25.701");
+  REQUIRE(other);
+  CHECK(other->high_risk_confirmed_utc.empty());
+}
+
+TEST_CASE("ui server: /api/patients answers the page's token only, and a server without the action says 404") {
+  std::atomic<int> patient_calls{0};
+  ServerOnLoop server({.address = "127.0.0.1", .port = 0}, [&](ui::Server& s) {
+    s.OnPatients([&] {
+      ++patient_calls;
+      return nlohmann::json{{"2.25.702", {{"name", "WANG^XIAOMING"}, {"id", "PID-7"}}}};
+    });
+  });
+  const std::uint16_t port = server.port();
+  const std::string token = server.OnLoop([](ui::Server& s) { return s.token(); });
+  CHECK(Get(port, "/api/patients").rfind("HTTP/1.1 403 ", 0) == 0);
+  {
+    Client c(port);
+    c.Send("GET /api/patients HTTP/1.1\r\nHost: 127.0.0.1\r\nX-CTAgent-Token: " + std::string(64, '0') + "\r\n\r\n");
+    CHECK(c.ReadAll().rfind("HTTP/1.1 403 ", 0) == 0);
+  }
+  CHECK(patient_calls == 0);
+  Client c(port);
+  c.Send("GET /api/patients HTTP/1.1\r\nHost: 127.0.0.1\r\nX-CTAgent-Token: " + token + "\r\n\r\n");
+  const std::string response = c.ReadAll();
+  REQUIRE(response.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+  CHECK(HeadOf(response).find("Cache-Control: no-store\r\n") != std::string::npos);
+  CHECK(nlohmann::json::parse(BodyOf(response))["2.25.702"]["name"] == "WANG^XIAOMING");
+  CHECK(patient_calls == 1);
+  // The status the page and the control socket share has no names.
+  CHECK(BodyOf(Get(port, "/api/status")).find("WANG") == std::string::npos);
+
+  // A server that was given no confirm action (and a new token at each start).
+  ServerOnLoop bare({.address = "127.0.0.1", .port = 0});
+  const std::string bare_token = bare.OnLoop([](ui::Server& s) { return s.token(); });
+  CHECK(bare_token != token);
+  const std::string post = "POST /api/scans/2.25.702/confirm HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(bare.port()) +
+                           "\r\nOrigin: http://127.0.0.1:" + std::to_string(bare.port()) +
+                           "\r\nX-CTAgent-Token: " + bare_token + "\r\n\r\n";
+  Client b(bare.port());
+  b.Send(post);
+  CHECK(b.ReadAll().rfind("HTTP/1.1 404 ", 0) == 0);
 }
