@@ -103,8 +103,12 @@ class Connection;
 
 class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
  public:
-  Impl(boost::asio::io_context& io, ServerSettings settings, StatusSource status)
-      : settings_(std::move(settings)), status_(std::move(status)), acceptor_(io), timer_(io) {}
+  Impl(boost::asio::io_context& io, ServerSettings settings, StatusSource status, ScanRoutes scan_routes)
+      : settings_(std::move(settings)),
+        status_(std::move(status)),
+        scan_routes_(std::move(scan_routes)),
+        acceptor_(io),
+        timer_(io) {}
 
   Status Listen();
   void Accept();
@@ -119,6 +123,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
 
   const ServerSettings settings_;
   const StatusSource status_;
+  const ScanRoutes scan_routes_;
   tcp::acceptor acceptor_;
   boost::asio::steady_timer timer_;
   std::uint16_t port_ = 0;
@@ -201,7 +206,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     const std::string_view target = View(request.target());
     const std::string_view path = target.substr(0, target.find('?'));
     const Asset* asset = FindAsset(path);
-    if (asset == nullptr && path != "/api/status" && path != "/api/events") {
+    const bool scan_route = server->scan_routes_ && path.starts_with("/api/scans/");
+    if (asset == nullptr && path != "/api/status" && path != "/api/events" && !scan_route) {
       return Answer(Plain(404, "Not Found", "no such page here; the operator's page is at /"));
     }
     if (request.method() != http::verb::get) {
@@ -209,6 +215,18 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
     // Assets change only with the binary; "no-cache" has the browser ask again after an update.
     if (asset != nullptr) return Answer(Response(200, "OK", asset->content_type, asset->body, "no-cache"));
+    if (scan_route) {
+      return server->scan_routes_(std::string(path), [self = shared_from_this()](Server::Reply reply) {
+        const bool json = reply.content_type == "application/json";
+        if (reply.code == 200) return self->Answer(Response(200, "OK", reply.content_type, reply.body));
+        const std::string_view reason = reply.code == 404   ? "Not Found"
+                                        : reply.code == 409 ? "Conflict"
+                                        : reply.code == 503 ? "Service Unavailable"
+                                                            : "Internal Server Error";
+        self->Answer(json ? Response(reply.code, reason, reply.content_type, reply.body)
+                          : Plain(reply.code, reason, reply.body));
+      });
+    }
     if (path == "/api/status") return Answer(Response(200, "OK", "application/json", server->Snapshot() + "\n"));
     if (server->event_clients_.size() >= server->settings_.max_event_clients) {
       return Answer(Plain(503, "Service Unavailable", "too many live pages open; close one and reload",
@@ -378,8 +396,8 @@ void Server::Impl::Close() {
 }
 
 Expected<std::unique_ptr<Server>> Server::Open(boost::asio::io_context& io, const ServerSettings& settings,
-                                               StatusSource status) {
-  auto impl = std::make_shared<Impl>(io, settings, std::move(status));
+                                               StatusSource status, ScanRoutes scan_routes) {
+  auto impl = std::make_shared<Impl>(io, settings, std::move(status), std::move(scan_routes));
   if (auto st = impl->Listen(); !st) return MakeError(st.error());
   impl->Accept();
   return std::unique_ptr<Server>(new Server(std::move(impl)));
