@@ -68,7 +68,8 @@ std::unique_ptr<ui::Server> StartOperatorPage(boost::asio::io_context& io, const
     std::vector<ui::ScanEntry> scans;
     for (const auto& r : agent.spool().AllScans()) {
       scans.push_back({r.scan_uid, spool::ToString(r.state), r.created_utc,
-                       agent.spool().MappingPath(r.scan_uid).parent_path()});
+                       agent.spool().MappingPath(r.scan_uid).parent_path(),
+                       r.manifest_base.is_object() ? r.manifest_base.value("acquisition_end_utc", "") : ""});
     }
     return scans;
   });

@@ -520,12 +520,12 @@ Server::Reply ScanView::Answer(const std::string& scan_uid, const std::string& r
     nlohmann::json j = {{"scan_uid", entry.scan_uid}, {"state", entry.state}, {"created_utc", entry.created_utc}};
     // Timing: scan end (the manifest's acquisition end) -> report (the result set checked).
     nlohmann::json timing = nlohmann::json::object();
-    std::optional<std::int64_t> end_ms;
-    if (auto manifest = ReadJsonFile(entry.scan_dir / "manifest.json")) {
-      const std::string end = manifest->value("acquisition_end_utc", "");
-      if (!end.empty()) timing["scan_end_utc"] = end;
-      end_ms = ParseUtcMs(end);
+    std::string end = entry.acquisition_end_utc;
+    if (end.empty()) {
+      if (auto manifest = ReadJsonFile(entry.scan_dir / "manifest.json")) end = manifest->value("acquisition_end_utc", "");
     }
+    if (!end.empty()) timing["scan_end_utc"] = end;
+    const std::optional<std::int64_t> end_ms = ParseUtcMs(end);
     auto findings = results::ReadFindingsInResultsDir(entry.scan_dir / "results");
     if (findings) {
       j["findings"] = results::FindingsToJson(*findings);

@@ -90,6 +90,8 @@ struct ScanEntry {
   std::string state;         // spool::ToString(ScanState)
   std::string created_utc;   // when the scan was armed
   std::filesystem::path scan_dir;  // <spool>/scans/<uid>: mapping.json, manifest.json, results/
+  // When acquisition ended (the spool record's manifest_base; empty: read from manifest.json).
+  std::string acquisition_end_utc;
 };
 
 class ScanView {

@@ -291,10 +291,12 @@ TEST_CASE("scan view: the routes on the page's server, follow-up of the same pat
   const std::string waiting_uid = MintDicomUid();
   fs::create_directories(spool.path() / "scans" / waiting_uid);
   std::vector<ui::ScanEntry> entries = {
-      {earlier.scan_uid, "delivered", "2025-12-01T09:00:00Z", earlier.scan_dir},
-      {now.scan_uid, "delivered", "2025-12-05T10:00:00Z", now.scan_dir},
-      {other.scan_uid, "delivered", "2025-12-03T10:00:00Z", other.scan_dir},
-      {waiting_uid, "uploaded", "2025-12-05T11:00:00Z", spool.path() / "scans" / waiting_uid},
+      // The earlier scan's end from its manifest.json (not yet deleted by retention), today's
+      // from the spool record.
+      {earlier.scan_uid, "delivered", "2025-12-01T09:00:00Z", earlier.scan_dir, ""},
+      {now.scan_uid, "delivered", "2025-12-05T10:00:00Z", now.scan_dir, "2025-12-05T10:19:30Z"},
+      {other.scan_uid, "delivered", "2025-12-03T10:00:00Z", other.scan_dir, ""},
+      {waiting_uid, "uploaded", "2025-12-05T11:00:00Z", spool.path() / "scans" / waiting_uid, ""},
   };
   std::shared_ptr<ui::ScanView> view;
   test::ServerOnLoop<ui::Server> server([&](boost::asio::io_context& io) {
@@ -315,8 +317,9 @@ TEST_CASE("scan view: the routes on the page's server, follow-up of the same pat
   CHECK(j["rows"] == kSize);
   CHECK(j["report"]["lesions"].size() == 2);
   CHECK(j["findings"]["category"] == "HIGH-RISK");
-  CHECK(j["timing"]["scan_end_utc"] == "2025-12-05T10:19:00Z");
-  CHECK(j["timing"]["scan_end_to_report_s"].get<double>() == Approx(60.0));
+  CHECK(j["timing"]["scan_end_utc"] == "2025-12-05T10:19:30Z");
+  CHECK(j["timing"]["report_utc"] == "2025-12-05T10:20:00Z");
+  CHECK(j["timing"]["scan_end_to_report_s"].get<double>() == Approx(30.0));
   // Never a patient identifier or name in what the page gets.
   CHECK(info.body.find("VIEW-2") == std::string::npos);
   CHECK(info.body.find("PHANTOM") == std::string::npos);
@@ -335,8 +338,10 @@ TEST_CASE("scan view: the routes on the page's server, follow-up of the same pat
   CHECK(f["change_involvement_points"]["left"].get<double>() ==
         Approx(now.analysis.lungs[1].involvement_percent - earlier.analysis.lungs[1].involvement_percent).margin(0.02));
   CHECK(f["change_involvement_points"]["right"].get<double>() == Approx(0).margin(0.02));
-  // The earlier scan has no later one to compare with.
-  CHECK(nlohmann::json::parse(Get(port, "/api/scans/" + earlier.scan_uid).body)["followup"].empty());
+  // The earlier scan has no earlier one to compare with; its scan end is its manifest's.
+  const auto was = nlohmann::json::parse(Get(port, "/api/scans/" + earlier.scan_uid).body);
+  CHECK(was["followup"].empty());
+  CHECK(was["timing"]["scan_end_to_report_s"].get<double>() == Approx(60.0));
 
   // Slices: rows x columns bytes; the overlay matches the lesion mask.
   const std::size_t slice = (now.analysis.lesions[1].first_slice + now.analysis.lesions[1].last_slice) / 2;
@@ -394,7 +399,7 @@ TEST_CASE("scan view: the routes on the page's server, follow-up of the same pat
 TEST_CASE("scan view: requests beyond the waiting bound are turned away, never queued", "[ui][scan-view]") {
   test::TempDir spool("scan-view-bound");
   const PhantomScan scan = MakeScan(spool.path(), kTwoLesions, "VIEW-3");
-  std::vector<ui::ScanEntry> entries = {{scan.scan_uid, "delivered", "2025-12-05T10:00:00Z", scan.scan_dir}};
+  std::vector<ui::ScanEntry> entries = {{scan.scan_uid, "delivered", "2025-12-05T10:00:00Z", scan.scan_dir, ""}};
   boost::asio::io_context io;
   auto guard = boost::asio::make_work_guard(io);  // run_for waits for the worker's answers
   ui::ScanView view(io, [&] { return entries; }, /*max_pending=*/2);
