@@ -111,6 +111,9 @@ try {
   }
   if (report.slices < 10) fail('only ' + report.slices + ' slices');
   await page.screenshot({path: path.join(screenshotDir, 'ui-scan.png')});
+  // A smaller copy for docs/images (the operator guide).
+  await page.screenshot({path: path.join(screenshotDir, 'ui-scan-small.png'),
+                         clip: {x: 0, y: 0, width: 1400, height: 1000, scale: 0.5}});
 
   // The canvas as the page drew it: its pixels and what the page says it shows.
   const drawn = async () => page.$eval('#slice', (c) => Number(c.dataset.drawn || 0));

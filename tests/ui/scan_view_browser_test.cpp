@@ -5,7 +5,8 @@
 // driven by tests/browser/scan_view.mjs (puppeteer-core), opens the newer scan's view from its
 // Today row: report, follow-up of the earlier scan, slice scrolling, window switch, and the lesion
 // overlay toggled with the canvas checked against the SEG's pixels. No request may leave
-// 127.0.0.1. Screenshots go to the build tree (ui-scan.png, ui-scan-mediastinal.png).
+// 127.0.0.1. Screenshots go to the build tree (ui-scan.png, ui-scan-mediastinal.png, and
+// ui-scan-small.png, the one docs/images/ui-scan.png is copied from).
 #include <catch2/catch.hpp>
 
 #include <signal.h>
@@ -116,8 +117,7 @@ TEST_CASE("a scan's view in headless Chromium: images, windows, lesion overlay, 
   const std::string url = "http://127.0.0.1:" + std::to_string(ui_port) + "/";
 
   const fs::path shots = CTAGENT_BINARY_DIR;
-  fs::remove(shots / "ui-scan.png");
-  fs::remove(shots / "ui-scan-mediastinal.png");
+  for (const char* shot : {"ui-scan.png", "ui-scan-mediastinal.png", "ui-scan-small.png"}) fs::remove(shots / shot);
   const fs::path browser_log = logs / "browser.log";
   test::ChildProcess browser({"node", (browser_dir / "scan_view.mjs").string(), "--url", url, "--screenshot-dir",
                               shots.string(), "--timeout-s", "60"},
@@ -129,7 +129,7 @@ TEST_CASE("a scan's view in headless Chromium: images, windows, lesion overlay, 
   CHECK(browser_exit == 0);
   CHECK(browser_text.find("scan-view: {") != std::string::npos);
   CHECK(browser_text.find("\"failures\":[]") != std::string::npos);
-  for (const char* shot : {"ui-scan.png", "ui-scan-mediastinal.png"}) {
+  for (const char* shot : {"ui-scan.png", "ui-scan-mediastinal.png", "ui-scan-small.png"}) {
     INFO(shot);
     REQUIRE(fs::exists(shots / shot));
     CHECK(test::ReadText(shots / shot).rfind("\x89PNG", 0) == 0);
