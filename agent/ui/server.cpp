@@ -220,7 +220,6 @@ class Connection : public std::enable_shared_from_this<Connection> {
         const bool json = reply.content_type == "application/json";
         if (reply.code == 200) return self->Answer(Response(200, "OK", reply.content_type, reply.body));
         const std::string_view reason = reply.code == 404   ? "Not Found"
-                                        : reply.code == 409 ? "Conflict"
                                         : reply.code == 503 ? "Service Unavailable"
                                                             : "Internal Server Error";
         self->Answer(json ? Response(reply.code, reason, reply.content_type, reply.body)
