@@ -82,7 +82,11 @@ try {
   const newest = scans[scans.length - 1].scan_uid;
   const earlier = scans[scans.length - 2].scan_uid;
   const link = 'tr[data-scan-uid="' + newest + '"] a.open-scan';
-  await Promise.all([page.waitForNavigation({waitUntil: 'load'}), page.click(link)]);
+  // Found and clicked in one step inside the page: the live rows are rebuilt on every status
+  // event, so an element handle taken a moment before may already be detached.
+  await page.waitForSelector(link);
+  await Promise.all([page.waitForNavigation({waitUntil: 'load'}),
+                     page.evaluate((selector) => document.querySelector(selector).click(), link)]);
   if (!page.url().endsWith('/scan.html?scan=' + newest)) fail('the row opened ' + page.url());
   await page.waitForFunction(() => document.body.dataset.ready !== undefined);
   const ready = await page.$eval('body', (b) => b.dataset.ready);
