@@ -11,6 +11,7 @@
 #include "agent/daemon/control_handler.hpp"
 #include "agent/daemon/metrics_collector.hpp"
 #include "agent/daemon/upload_pause.hpp"
+#include "agent/ui/scan_view.hpp"
 #include "agent/ui/server.hpp"
 
 namespace ctagent::daemon {
@@ -55,14 +56,28 @@ int CountFailed(spool::Spool& spool, std::set<std::string>& failed_seen) {
   return failed;
 }
 
-// The operator's page (config section "ui") on Serve's loop, showing what `status` answers; a
-// port that cannot be opened is logged and the daemon goes on without the page.
+// The operator's page (config section "ui") on Serve's loop, showing what `status` answers and a
+// scan's images and report (ui::ScanView, from the spool's scan folders); a port that cannot be
+// opened is logged and the daemon goes on without the page.
 std::unique_ptr<ui::Server> StartOperatorPage(boost::asio::io_context& io, const config::UiConfig& config,
-                                              const ControlHandler& handler) {
+                                              const ControlHandler& handler, core::Agent& agent) {
   ui::ServerSettings settings;
   settings.address = config.address;
   settings.port = config.port;
-  auto server = ui::Server::Open(io, settings, [&handler] { return handler.StatusNow(); });
+  auto scan_view = std::make_shared<ui::ScanView>(io, [&agent] {
+    std::vector<ui::ScanEntry> scans;
+    for (const auto& r : agent.spool().AllScans()) {
+      scans.push_back({r.scan_uid, spool::ToString(r.state), r.created_utc,
+                       agent.spool().MappingPath(r.scan_uid).parent_path(),
+                       r.manifest_base.is_object() ? r.manifest_base.value("acquisition_end_utc", "") : ""});
+    }
+    return scans;
+  });
+  auto server = ui::Server::Open(
+      io, settings, [&handler] { return handler.StatusNow(); },
+      [scan_view](const std::string& path, std::function<void(ui::Server::Reply)> done) {
+        scan_view->Handle(path, std::move(done));
+      });
   if (!server) {
     log::Warn("ui", server.error().message() + "; the daemon goes on without the operator's page");
     return nullptr;
@@ -185,7 +200,7 @@ int Run(const config::AgentConfig& config, FileStore& files, const Options& opti
           c->server = std::move(*server);
         }
         if (config.metrics.enabled) c->metrics = StartMetricsEndpoint(io, config.metrics, metrics, *agent);
-        if (config.ui.enabled) c->page = StartOperatorPage(io, config.ui, *c->handler);
+        if (config.ui.enabled) c->page = StartOperatorPage(io, config.ui, *c->handler, *agent);
         return c;
       };
       served = agent->Serve(hooks);

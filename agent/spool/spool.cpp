@@ -939,6 +939,8 @@ Status Spool::FinishAcquisition(const std::string& scan_uid, const codec::Manife
   return Update(scan_uid, [&](ScanRecord& r) {
     r.manifest_written = true;
     r.manifest_sha256 = sha;
+    // Kept past retention (which deletes manifest.json): the operator's page times scan end -> report.
+    r.manifest_base["acquisition_end_utc"] = manifest.acquisition_end_utc;
     r.views_acquired = manifest.views_acquired;
     r.reserved_bytes = 0;
     if (r.state == ScanState::kAcquiring) r.state = ScanState::kAcquired;

@@ -150,8 +150,12 @@ class Connection;
 
 class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
  public:
-  Impl(boost::asio::io_context& io, ServerSettings settings, StatusSource status)
-      : settings_(std::move(settings)), status_(std::move(status)), acceptor_(io), timer_(io) {}
+  Impl(boost::asio::io_context& io, ServerSettings settings, StatusSource status, ScanRoutes scan_routes)
+      : settings_(std::move(settings)),
+        status_(std::move(status)),
+        scan_routes_(std::move(scan_routes)),
+        acceptor_(io),
+        timer_(io) {}
 
   Status Listen();
   void Accept();
@@ -169,6 +173,7 @@ class Server::Impl : public std::enable_shared_from_this<Server::Impl> {
   ConfirmAction confirm_;
   PatientsSource patients_;
   std::string token_;  // RandomToken(), made in Listen
+  const ScanRoutes scan_routes_;
   tcp::acceptor acceptor_;
   boost::asio::steady_timer timer_;
   std::uint16_t port_ = 0;
@@ -252,8 +257,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
     const std::string_view path = target.substr(0, target.find('?'));
     if (auto scan_uid = ConfirmTarget(path)) return Confirm(*server, request, *scan_uid);
     const Asset* asset = FindAsset(path);
+    const bool scan_route = server->scan_routes_ && path.starts_with("/api/scans/");
     if (asset == nullptr && path != "/api/status" && path != "/api/events" && path != "/api/token" &&
-        path != "/api/patients") {
+        path != "/api/patients" && !scan_route) {
       return Answer(Plain(404, "Not Found", "no such page here; the operator's page is at /"));
     }
     if (request.method() != http::verb::get) {
@@ -261,6 +267,17 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
     // Assets change only with the binary; "no-cache" has the browser ask again after an update.
     if (asset != nullptr) return Answer(Response(200, "OK", asset->content_type, asset->body, "no-cache"));
+    if (scan_route) {
+      return server->scan_routes_(std::string(path), [self = shared_from_this()](Server::Reply reply) {
+        const bool json = reply.content_type == "application/json";
+        if (reply.code == 200) return self->Answer(Response(200, "OK", reply.content_type, reply.body));
+        const std::string_view reason = reply.code == 404   ? "Not Found"
+                                        : reply.code == 503 ? "Service Unavailable"
+                                                            : "Internal Server Error";
+        self->Answer(json ? Response(reply.code, reason, reply.content_type, reply.body)
+                          : Plain(reply.code, reason, reply.body));
+      });
+    }
     if (path == "/api/status") return Answer(Response(200, "OK", "application/json", server->Snapshot() + "\n"));
     if (path == "/api/token") {
       return Answer(Response(200, "OK", "application/json", nlohmann::json{{"token", server->token_}}.dump() + "\n"));
@@ -474,8 +491,8 @@ void Server::Impl::Close() {
 }
 
 Expected<std::unique_ptr<Server>> Server::Open(boost::asio::io_context& io, const ServerSettings& settings,
-                                               StatusSource status) {
-  auto impl = std::make_shared<Impl>(io, settings, std::move(status));
+                                               StatusSource status, ScanRoutes scan_routes) {
+  auto impl = std::make_shared<Impl>(io, settings, std::move(status), std::move(scan_routes));
   if (auto st = impl->Listen(); !st) return MakeError(st.error());
   impl->Accept();
   return std::unique_ptr<Server>(new Server(std::move(impl)));

@@ -14,6 +14,8 @@
 //                    origin cannot read the token (same-origin policy; no CORS header is ever
 //                    sent) nor send a same-origin Origin, so it cannot confirm (CSRF); anything
 //                    else is 403 with a one-line body.
+//   GET /api/scans/… a scan's view (images, overlay, report), answered by the optional
+//                    ScanRoutes (agent/ui/scan_view.hpp); 404 without them
 // Plain HTTP without a password: it listens on loopback only (Open refuses anything else), and it
 // answers only requests whose Host is a loopback name, so a web page elsewhere cannot reach it
 // through DNS rebinding. Every response carries a strict Content-Security-Policy (nothing but this
@@ -59,10 +61,20 @@ class Server {
   // event stream, and every event_interval while an event stream is open.
   using StatusSource = std::function<nlohmann::json()>;
 
+  // A whole answer to a GET under /api/scans/.
+  struct Reply {
+    int code = 200;
+    std::string content_type = "application/json";
+    std::string body;
+  };
+  // Called on the io_context's thread with the request's path (no query); it must call `done`
+  // exactly once, on the io_context's thread (it may do its work elsewhere first).
+  using ScanRoutes = std::function<void(const std::string& path, std::function<void(Reply)> done)>;
+
   // Listens at once. Errors (kInvalidInput: not a loopback IP address; kIo: bind refused, e.g.
   // the port is in use) name the address and port and the configuration key to change.
   static Expected<std::unique_ptr<Server>> Open(boost::asio::io_context& io, const ServerSettings& settings,
-                                                StatusSource status);
+                                                StatusSource status, ScanRoutes scan_routes = {});
   ~Server();  // closes (on the io_context's thread, or with the loop stopped)
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;

@@ -117,17 +117,27 @@ TEST_CASE("finishing acquisition writes the manifest and releases the reservatio
   m.scan_uid = record.scan_uid;
   m.study_uid = record.study_uid;
   m.views_acquired = 42;
+  m.acquisition_end_utc = "2026-12-05T10:19:30Z";
   REQUIRE((*s)->FinishAcquisition(record.scan_uid, m));
   auto back = (*s)->Get(record.scan_uid);
   REQUIRE(back);
   CHECK(back->state == spool::ScanState::kAcquired);
   CHECK(back->reserved_bytes == 0);
   CHECK(back->manifest_written);
+  // The record keeps the acquisition end (retention deletes manifest.json; the operator's page
+  // times scan end -> report from it), also after a reopen.
+  CHECK(back->manifest_base.value("acquisition_end_utc", "") == "2026-12-05T10:19:30Z");
   auto text = (*s)->ReadManifest(record.scan_uid);
   REQUIRE(text);
   auto parsed = codec::ManifestFromJson(nlohmann::json::parse(text->begin(), text->end()));
   REQUIRE(parsed);
   CHECK(parsed->views_acquired == 42);
+  s->reset();
+  auto reopened = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+  REQUIRE(reopened);
+  auto again = (*reopened)->Get(record.scan_uid);
+  REQUIRE(again);
+  CHECK(again->manifest_base.value("acquisition_end_utc", "") == "2026-12-05T10:19:30Z");
 }
 
 TEST_CASE("names that are not UIDs never become paths", "[spool]") {

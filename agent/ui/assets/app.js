@@ -271,7 +271,12 @@ function render(status) {
         askPatients = true;
       }
     }
-    cell(row, 'scan', span('uid', '…' + uid.slice(-8)));
+    // The scan's images and report (scan.html); only the scan UID, never patient data, in the URL.
+    const open = document.createElement('a');
+    open.className = 'open-scan';
+    open.href = '/scan.html?scan=' + encodeURIComponent(uid);
+    open.textContent = 'images & report';
+    cell(row, 'scan', span('uid', '…' + uid.slice(-8)), open);
     cell(row, 'started', document.createTextNode(scan.created_utc ? localTime(scan.created_utc) : 'now'));
     const state = cell(row, 'state', span('word', d.word));
     if (d.percent !== undefined) {
