@@ -24,6 +24,7 @@ struct DriverConfig {
 struct CodecConfig {
   int zstd_level = 3;
   std::string filter = "predict";    // agent/codec/filter.hpp; chosen by measurement (docs/codec.md)
+  std::string coder = "context_rans";  // agent/codec/chunk.hpp Codec; chosen by measurement (docs/codec.md)
   std::uint32_t views_per_chunk = 64;
   std::uint32_t threads = 2;         // compression workers
   std::uint64_t queue_bytes = 64ull << 20;  // raw chunks waiting for the workers (agent/codec/chunk_stage.hpp)
