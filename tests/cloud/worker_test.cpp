@@ -215,7 +215,7 @@ Scan MakeScan(std::uint32_t rows = 2) {
       }
     }
     const std::span<const std::uint8_t> raw(reinterpret_cast<const std::uint8_t*>(samples.data()), samples.size() * 2);
-    // The agent's default (predict, codec 2 context_rans) on even chunks, the overflow path's
+    // Codec 2 (predict, context_rans) on even chunks, the overflow path's
     // (filter none, zstd -1) on odd ones: one scan mixes both codecs, as a busy agent's may.
     ctagent::codec::EncodeOptions options{ctagent::codec::Filter::kNone, 1};
     if (index % 2 == 0) options = {ctagent::codec::Filter::kPredict, 3, ctagent::codec::Codec::kContextRans};

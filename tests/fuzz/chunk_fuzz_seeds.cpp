@@ -48,7 +48,7 @@ int main(int argc, char** argv) {
     }
   }
   // Codec 2 (context_rans): smooth uint16 views large enough for it to pay.
-  for (const std::uint32_t views : {1u, 4u}) {
+  for (const std::uint32_t views : {4u, 8u}) {
     ctagent::codec::ChunkInfo info;
     info.scan_uid = "2.25.1";
     info.rows = 2;
