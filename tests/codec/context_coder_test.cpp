@@ -136,7 +136,7 @@ TEST_CASE("context rANS: chunks use codec 2 where it pays and codec 1 where it d
   }
 }
 
-TEST_CASE("context rANS: codec 2 applies to predict on uint16 only; other chunks are written with zstd") {
+TEST_CASE("context rANS: codec 2 applies to predict on uint16 only, other chunks are written with zstd") {
   std::mt19937_64 rng(3);
   const SampleShape shape{8, 2, 64};
   const auto u16 = Samples(Kind::kDetector, shape, rng);
