@@ -182,7 +182,11 @@ void PrintInfo(const std::string& path, const codec::ChunkInfo& info) {
               static_cast<unsigned long long>(info.FirstView()),
               static_cast<unsigned long long>(info.FirstView() + info.views.size() - 1), info.views.size());
   std::printf("  shape           %u rows x %u channels, %s\n", info.rows, info.channels, drivers::ToString(info.sample_type));
-  std::printf("  codec           zstd level %d, filter %s\n", info.zstd_level, codec::ToString(info.filter));
+  if (info.codec == codec::Codec::kZstd) {
+    std::printf("  codec           zstd level %d, filter %s\n", info.zstd_level, codec::ToString(info.filter));
+  } else {
+    std::printf("  codec           %s, filter %s\n", codec::ToString(info.codec), codec::ToString(info.filter));
+  }
   std::printf("  raw             %llu bytes, sha256 %s\n", static_cast<unsigned long long>(info.raw_length),
               info.raw_sha256.c_str());
   std::printf("  compressed      %llu bytes, sha256 %s, ratio %.2f:1\n",

@@ -288,6 +288,10 @@ std::vector<Entry> MakeEntries() {
       {.path = "/codec/filter", .type = Type::kEnum, .description = "Filter applied before zstd.",
        .choices = {"none", "shuffle", "delta_channel", "delta_view", "med", "predict"},
        CTAGENT_TARGET(codec.filter)},
+      {.path = "/codec/coder", .type = Type::kEnum,
+       .description = "Entropy coder after the filter: `context_rans` (codec 2, for filter `predict` on uint16; "
+                      "other chunks, and chunks it would not shrink, use zstd) or `zstd` (codec 1).",
+       .choices = {"context_rans", "zstd"}, CTAGENT_TARGET(codec.coder)},
       {.path = "/codec/views_per_chunk", .type = Type::kInteger, .description = "Views per chunk.", .min = 1,
        .max = 4096, CTAGENT_TARGET(codec.views_per_chunk)},
       {.path = "/codec/threads", .type = Type::kInteger, .description = "Compression worker threads.", .min = 1,

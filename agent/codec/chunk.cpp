@@ -11,6 +11,7 @@
 #include <limits>
 #include <memory>
 
+#include "agent/codec/context_coder.hpp"
 #include "agent/common/sha256.hpp"
 
 namespace ctagent::codec {
@@ -159,6 +160,20 @@ Expected<Filter> FilterFromString(const std::string& name) {
                                                  "\" (known: none, shuffle, delta_channel, delta_view, med, predict)");
 }
 
+const char* ToString(Codec codec) {
+  switch (codec) {
+    case Codec::kZstd: return "zstd";
+    case Codec::kContextRans: return "context_rans";
+  }
+  return "unknown";
+}
+
+Expected<Codec> CodecFromString(const std::string& name) {
+  if (name == "zstd") return Codec::kZstd;
+  if (name == "context_rans") return Codec::kContextRans;
+  return MakeError(ErrorKind::kInvalidInput, "unknown codec \"" + name + "\" (known: zstd, context_rans)");
+}
+
 std::size_t CompressBound(std::size_t filtered_bytes) { return ZSTD_compressBound(filtered_bytes); }
 
 Expected<std::size_t> CompressFiltered(std::span<const std::uint8_t> filtered, std::span<std::uint8_t> out,
@@ -211,32 +226,48 @@ Expected<std::vector<std::uint8_t>> EncodeChunk(ChunkInfo info, std::span<const 
   info.raw_length = samples.size();
   info.raw_sha256 = Sha256Hex(samples);
 
-  // Filter, then compress into a standard zstd frame (with content size and checksum).
   if (static_cast<std::uint8_t>(options.filter) > kMaxFilterCode) {
     return MakeError(ErrorKind::kInvalidInput,
                      "unknown filter code " + std::to_string(static_cast<unsigned>(options.filter)));
-  }
-  const SampleShape shape{view_count, info.rows, info.channels};
-  std::vector<std::uint8_t> filtered;
-  std::span<const std::uint8_t> to_compress = samples;
-  if (options.filter != Filter::kNone) {
-    filtered.resize(samples.size());
-    ApplyFilter(options.filter, info.sample_type, shape, samples, filtered);
-    to_compress = filtered;
   }
   const std::string descriptor = info.descriptor.dump();
   if (descriptor.size() > kMaxDescriptorBytes) {
     return MakeError(ErrorKind::kInvalidInput, "chunk descriptor is larger than 64 KiB");
   }
   const std::size_t header_length = kFixedHeaderBytes + kViewRecordBytes * view_count + descriptor.size();
-  const std::size_t bound = CompressBound(to_compress.size());
-  std::vector<std::uint8_t> out(header_length + bound);
+  const SampleShape shape{view_count, info.rows, info.channels};
+  std::vector<std::uint8_t> out;
+  std::size_t payload_size = 0;
 
-  const auto csize = CompressFiltered(to_compress, {out.data() + header_length, bound}, options);
-  if (!csize) return MakeError(csize.error());
-  out.resize(header_length + *csize);
-  const std::span<const std::uint8_t> payload(out.data() + header_length, *csize);
-  info.compressed_length = *csize;
+  // Codec 2 where it applies and pays; codec 1 otherwise.
+  if (options.codec == Codec::kContextRans && options.filter == Filter::kPredict &&
+      info.sample_type == drivers::SampleType::kUint16) {
+    out.resize(header_length);
+    EncodeContextRans(shape, samples, out);
+    if (out.size() - header_length < samples.size() - samples.size() / 64) {
+      info.codec = Codec::kContextRans;
+      info.zstd_level = 0;
+      payload_size = out.size() - header_length;
+    }
+  }
+  if (info.codec == Codec::kZstd) {
+    // Filter, then compress into a standard zstd frame (with content size and checksum).
+    std::vector<std::uint8_t> filtered;
+    std::span<const std::uint8_t> to_compress = samples;
+    if (options.filter != Filter::kNone) {
+      filtered.resize(samples.size());
+      ApplyFilter(options.filter, info.sample_type, shape, samples, filtered);
+      to_compress = filtered;
+    }
+    const std::size_t bound = CompressBound(to_compress.size());
+    out.resize(header_length + bound);
+    const auto csize = CompressFiltered(to_compress, {out.data() + header_length, bound}, options);
+    if (!csize) return MakeError(csize.error());
+    payload_size = *csize;
+    out.resize(header_length + payload_size);
+  }
+  const std::span<const std::uint8_t> payload(out.data() + header_length, payload_size);
+  info.compressed_length = payload_size;
   info.compressed_sha256 = Sha256Hex(payload);
   info.header_length = header_length;
 
@@ -326,12 +357,19 @@ Expected<ChunkInfo> ParseChunkHeader(std::span<const std::uint8_t> bytes) {
                                                   " (this decoder knows 0.." + std::to_string(kMaxFilterCode) +
                                                   "); the chunk was written by a newer agent: update the decoder");
   }
-  if (codec != static_cast<std::uint8_t>(Codec::kZstd)) {
-    return MakeError(ErrorKind::kUnsupported, "unknown codec code " + std::to_string(codec));
+  if (codec != static_cast<std::uint8_t>(Codec::kZstd) && codec != static_cast<std::uint8_t>(Codec::kContextRans)) {
+    return MakeError(ErrorKind::kUnsupported, "unknown codec code " + std::to_string(codec) +
+                                                  " (this decoder knows 1 zstd, 2 context_rans); the chunk was "
+                                                  "written by a newer agent: update the decoder");
+  }
+  if (codec == static_cast<std::uint8_t>(Codec::kContextRans) &&
+      (filter != static_cast<std::uint8_t>(Filter::kPredict) ||
+       sample_type != static_cast<std::uint8_t>(drivers::SampleType::kUint16))) {
+    return Corrupt("codec 2 (context_rans) is defined for filter predict on uint16 samples only");
   }
   info.sample_type = static_cast<drivers::SampleType>(sample_type);
   info.filter = static_cast<Filter>(filter);
-  info.codec = Codec::kZstd;
+  info.codec = static_cast<Codec>(codec);
   info.zstd_level = Get<std::int8_t>(bytes, kOffZstdLevel);
   info.raw_length = Get<std::uint64_t>(bytes, kOffRawLength);
   info.compressed_length = Get<std::uint64_t>(bytes, kOffCompressedLength);
@@ -380,6 +418,15 @@ Expected<DecodedChunk> DecodeChunk(std::span<const std::uint8_t> bytes, std::uin
   }
   const auto payload = bytes.subspan(info->header_length);
   if (Sha256Hex(payload) != info->compressed_sha256) return Corrupt("payload checksum mismatch");
+  if (info->codec == Codec::kContextRans) {
+    DecodedChunk out;
+    out.samples.resize(static_cast<std::size_t>(info->raw_length));
+    const SampleShape shape{info->views.size(), info->rows, info->channels};
+    if (auto st = DecodeContextRans(shape, payload, out.samples); !st) return MakeError(st.error());
+    if (Sha256Hex(out.samples) != info->raw_sha256) return Corrupt("raw checksum mismatch after decoding");
+    out.info = std::move(*info);
+    return out;
+  }
   const unsigned long long frame_size = ZSTD_getFrameContentSize(payload.data(), payload.size());
   if (frame_size == ZSTD_CONTENTSIZE_ERROR || frame_size == ZSTD_CONTENTSIZE_UNKNOWN ||
       frame_size != info->raw_length) {

@@ -17,13 +17,21 @@ namespace ctagent::codec {
 
 inline constexpr std::uint16_t kFormatMajor = 1;
 // 1.1 added filter codes 2-5; a 1.0 decoder refuses those chunks as "unknown filter code".
-inline constexpr std::uint16_t kFormatMinor = 1;
+// 1.2 added codec 2 (context rANS); a 1.1 decoder refuses those chunks as "unknown codec code".
+inline constexpr std::uint16_t kFormatMinor = 2;
 
 // Filter codes and their rules: agent/codec/filter.hpp.
 const char* ToString(Filter filter);
 Expected<Filter> FilterFromString(const std::string& name);
 
-enum class Codec : std::uint8_t { kZstd = 1 };
+// Codes are stored in the chunk header (offset 42); never renumber.
+enum class Codec : std::uint8_t {
+  kZstd = 1,         // the filtered samples in one standard zstd frame
+  kContextRans = 2,  // filter `predict` on uint16 only: residuals coded with per-context rANS tables
+                     // (agent/codec/context_coder.hpp)
+};
+const char* ToString(Codec codec);
+Expected<Codec> CodecFromString(const std::string& name);
 
 struct ViewRecord {
   std::uint64_t sequence = 0;
@@ -43,13 +51,13 @@ struct ChunkInfo {
   drivers::SampleType sample_type = drivers::SampleType::kUint16;
   Filter filter = Filter::kShuffle;
   Codec codec = Codec::kZstd;
-  int zstd_level = 3;
+  int zstd_level = 3;                   // 0 with codec kContextRans
   std::vector<ViewRecord> views;        // view_count = views.size()
   nlohmann::json descriptor = nlohmann::json::object();  // scan geometry and protocol (JSON)
   std::uint64_t raw_length = 0;         // bytes of samples
-  std::uint64_t compressed_length = 0;  // bytes of the zstd frame
+  std::uint64_t compressed_length = 0;  // bytes of the payload
   std::string raw_sha256;               // hex, of the samples
-  std::string compressed_sha256;        // hex, of the zstd frame
+  std::string compressed_sha256;        // hex, of the payload
   std::uint64_t header_length = 0;      // bytes before the payload
 
   std::uint64_t FirstView() const { return views.empty() ? 0 : views.front().sequence; }
@@ -58,6 +66,9 @@ struct ChunkInfo {
 struct EncodeOptions {
   Filter filter = Filter::kShuffle;
   int zstd_level = 3;
+  // kContextRans applies to filter `predict` on uint16 samples; other chunks, and chunks where it
+  // would save less than 1/64 of the raw size (noise-like data), are written with kZstd.
+  Codec codec = Codec::kZstd;
 };
 
 // Builds a chunk from `samples` (views.size() * rows * channels samples). `info` supplies the

@@ -427,6 +427,8 @@ Status Agent::BeginAcquisition(Run& run, const drivers::ScanProtocol& protocol, 
                                bool armed, const ExamIdentity& exam) {
   auto filter = codec::FilterFromString(config_.codec.filter);
   if (!filter) return MakeError(filter.error());
+  auto coder = codec::CodecFromString(config_.codec.coder);
+  if (!coder) return MakeError(coder.error());
   run.scan_uid = MintDicomUid();
   // The patient first (the worklist's C-FIND blocks; this runs on the acquisition thread or
   // before RunScan's loop, never on the event loop): no identity, no scan.
@@ -540,7 +542,7 @@ Status Agent::BeginAcquisition(Run& run, const drivers::ScanProtocol& protocol, 
   stage_options.views_per_chunk = config_.codec.views_per_chunk;
   stage_options.threads = config_.codec.threads;
   stage_options.queue_bytes = config_.codec.queue_bytes;
-  stage_options.encode = {*filter, config_.codec.zstd_level};
+  stage_options.encode = {*filter, config_.codec.zstd_level, *coder};
   run.chunk_stage = std::make_unique<codec::ChunkStage>(
       stage_options, [r = &run](const codec::RawChunk& raw, Expected<std::vector<std::uint8_t>> bytes) {
         Status st = Ok();

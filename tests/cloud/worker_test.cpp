@@ -215,8 +215,14 @@ Scan MakeScan(std::uint32_t rows = 2) {
       }
     }
     const std::span<const std::uint8_t> raw(reinterpret_cast<const std::uint8_t*>(samples.data()), samples.size() * 2);
-    auto encoded = ctagent::codec::EncodeChunk(info, raw, {});
+    // Codec 2 (predict, context_rans) on even chunks, the overflow path's
+    // (filter none, zstd -1) on odd ones: one scan mixes both codecs, as a busy agent's may.
+    ctagent::codec::EncodeOptions options{ctagent::codec::Filter::kNone, 1};
+    if (index % 2 == 0) options = {ctagent::codec::Filter::kPredict, 3, ctagent::codec::Codec::kContextRans};
+    auto encoded = ctagent::codec::EncodeChunk(info, raw, options);
     REQUIRE(encoded);
+    REQUIRE(ctagent::codec::ParseChunkHeader(*encoded)->codec ==
+            (index % 2 == 0 ? ctagent::codec::Codec::kContextRans : ctagent::codec::Codec::kZstd));
     ctagent::codec::ManifestChunk entry;
     entry.index = index;
     entry.first_view = first;

@@ -252,8 +252,15 @@ TEST_CASE("codec: chunks whose sealed header lies are rejected before any large 
     Poke<std::uint8_t>(bad, 40, 3);
     expect_rejected(bad, "unknown sample type", ErrorKind::kUnsupported);
     bad = *good;
+    Poke<std::uint8_t>(bad, 42, 3);  // 1 zstd and 2 context_rans are known (format 1.2)
+    expect_rejected(bad, "unknown codec code 3", ErrorKind::kUnsupported);
+  }
+  SECTION("codec 2 on a zstd payload, or with another filter than predict") {
+    auto bad = *good;
     Poke<std::uint8_t>(bad, 42, 2);
-    expect_rejected(bad, "unknown codec", ErrorKind::kUnsupported);
+    expect_rejected(bad, "context rANS payload", ErrorKind::kCorrupt);
+    Poke<std::uint8_t>(bad, 41, 3);
+    expect_rejected(bad, "codec 2 (context_rans) is defined for filter predict on uint16 samples only", ErrorKind::kCorrupt);
   }
   SECTION("a raw length that disagrees with the shape") {
     auto bad = *good;

@@ -77,6 +77,7 @@ TEST_CASE("config: minimal example loads and takes every default from the struct
   CHECK(ctagent::drivers::ToJson(c->protocol) == ctagent::drivers::ToJson(defaults.protocol));
   CHECK(c->codec.zstd_level == 3);
   CHECK(c->codec.filter == "predict");
+  CHECK(c->codec.coder == "zstd");
   CHECK(c->codec.views_per_chunk == 64);
   CHECK(c->spool.directory == "/var/spool/ctagent");
   CHECK(c->spool.max_bytes == (64ull << 30));
@@ -282,7 +283,7 @@ TEST_CASE("config: an unknown key is named, with the closest known key suggested
         "site/agent.json: /spoool: unknown key; did you mean \"spool\"?");
   CHECK(ErrorOf(With("/cloud/tls/ca_fle", "x")) == "site/agent.json: /cloud/tls/ca_fle: unknown key; did you mean \"ca_file\"?");
   CHECK(ErrorOf(With("/codec/banana", 1)) ==
-        "site/agent.json: /codec/banana: unknown key; known keys here: zstd_level, filter, views_per_chunk, threads, queue_bytes");
+        "site/agent.json: /codec/banana: unknown key; known keys here: zstd_level, filter, coder, views_per_chunk, threads, queue_bytes");
 }
 
 TEST_CASE("config: a missing required key is named with what it expects") {

@@ -1,0 +1,548 @@
+#include "agent/codec/context_coder.hpp"
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cstring>
+#include <memory>
+#include <string>
+
+namespace ctagent::codec {
+namespace {
+
+// rANS with 64-bit states and 32-bit renormalisation (F. Giesen's rans64), probabilities in
+// 12 bits, four states interleaved by channel (channel c uses state c % 4) so that the decoder
+// has four independent dependency chains.
+constexpr unsigned kScaleBits = 12;
+constexpr std::uint32_t kTotal = 1u << kScaleBits;
+constexpr std::uint64_t kRansLow = 1ull << 31;
+constexpr unsigned kStates = 4;
+
+// A residual's zigzag code z is sent as a token (rANS) plus raw bits: z < 16 is its own token;
+// otherwise the token holds the position of z's top bit and the two bits below it, and the
+// remaining low bits follow raw. Tokens 16 + 4 (m - 4) + b for top bit m in 4..15.
+constexpr unsigned kTokens = 64;
+constexpr unsigned kDirectTokens = 16;
+
+// Context of a sample: the intensity of the same channel in the previous view in quarter
+// octaves (the Poisson noise of the residual grows with the counts), 0..59; 60 for the first
+// view of the chunk, which has no previous view.
+constexpr unsigned kIntensityContexts = 60;
+constexpr unsigned kFirstViewContext = 60;
+constexpr unsigned kContexts = 61;
+
+inline unsigned IntensityContext(std::uint32_t up) {
+  if (up < 8) return up;
+  const unsigned top = static_cast<unsigned>(std::bit_width(up)) - 1;  // 3..15
+  return top * 4 - 4 + ((up >> (top - 2)) & 3u);
+}
+
+inline unsigned Token(std::uint32_t z, unsigned& extra_bits) {
+  if (z < kDirectTokens) {
+    extra_bits = 0;
+    return z;
+  }
+  const unsigned top = static_cast<unsigned>(std::bit_width(z)) - 1;  // 4..15
+  extra_bits = top - 2;
+  return kDirectTokens + (top - 4) * 4 + ((z >> (top - 2)) & 3u);
+}
+
+// Token and raw bit count of every z below 4096 (most residuals), token | bits << 8.
+struct TokenTable {
+  std::array<std::uint16_t, 4096> entry{};
+  TokenTable() {
+    for (std::uint32_t z = 0; z < entry.size(); ++z) {
+      unsigned extra_bits = 0;
+      const unsigned token = Token(z, extra_bits);
+      entry[z] = static_cast<std::uint16_t>(token | extra_bits << 8);
+    }
+  }
+};
+const TokenTable kTokenTable;
+
+// Decoder side: the top bits of z and the raw bit count of each token.
+struct TokenBase {
+  std::array<std::uint16_t, kTokens> base{};
+  std::array<std::uint8_t, kTokens> bits{};
+  TokenBase() {
+    for (unsigned s = 0; s < kTokens; ++s) {
+      if (s < kDirectTokens) {
+        base[s] = static_cast<std::uint16_t>(s);
+        continue;
+      }
+      const unsigned top = ((s - kDirectTokens) >> 2) + 4;
+      bits[s] = static_cast<std::uint8_t>(top - 2);
+      base[s] = static_cast<std::uint16_t>((4u | (s & 3u)) << (top - 2));
+    }
+  }
+};
+const TokenBase kTokenBase;
+
+inline std::uint16_t ZigZag16(std::uint16_t e) {
+  return static_cast<std::uint16_t>((e << 1) ^ ((e & 0x8000u) ? 0xffffu : 0u));
+}
+inline std::uint16_t UnZigZag16(std::uint32_t z) {
+  return static_cast<std::uint16_t>((z >> 1) ^ (0u - (z & 1u)));
+}
+
+// The `predict` filter's rule (docs/wire-format.md §1) for channel c of a row whose previous
+// view's row is `up` (nullptr in the first view).
+inline std::uint16_t Predict(const std::uint16_t* cur, const std::uint16_t* up, std::size_t c, std::size_t channels) {
+  if (up == nullptr) return c == 0 ? 0 : cur[c - 1];
+  if (c == 0 || c + 1 == channels) return up[c];
+  return static_cast<std::uint16_t>((2u * cur[c - 1] + up[c - 1] + 3u * up[c] + 2u * up[c + 1] + 4u) >> 3);
+}
+
+inline std::uint64_t MulHi64(std::uint64_t a, std::uint64_t b) {
+#if defined(__SIZEOF_INT128__)
+  __extension__ using U128 = unsigned __int128;  // GCC and clang on 64-bit targets
+  return static_cast<std::uint64_t>((static_cast<U128>(a) * b) >> 64);
+#else
+  const std::uint64_t a_lo = a & 0xffffffffu, a_hi = a >> 32, b_lo = b & 0xffffffffu, b_hi = b >> 32;
+  const std::uint64_t lo_lo = a_lo * b_lo, hi_lo = a_hi * b_lo, lo_hi = a_lo * b_hi, hi_hi = a_hi * b_hi;
+  const std::uint64_t cross = (lo_lo >> 32) + (hi_lo & 0xffffffffu) + lo_hi;
+  return hi_hi + (hi_lo >> 32) + (cross >> 32);
+#endif
+}
+
+// Encoder side of one symbol: division by the frequency replaced by a multiplication (rans64).
+struct EncSymbol {
+  std::uint64_t x_max = 0;
+  std::uint64_t rcp_freq = 0;
+  std::uint32_t bias = 0;
+  std::uint32_t cmpl_freq = 0;
+  std::uint32_t rcp_shift = 0;
+};
+
+EncSymbol MakeEncSymbol(std::uint32_t start, std::uint32_t freq) {
+  EncSymbol s;
+  s.x_max = ((kRansLow >> kScaleBits) << 32) * freq;
+  s.cmpl_freq = kTotal - freq;
+  if (freq < 2) {
+    s.rcp_freq = ~0ull;
+    s.rcp_shift = 0;
+    s.bias = start + kTotal - 1;
+  } else {
+    std::uint32_t shift = 0;
+    while (freq > (1u << shift)) ++shift;
+    std::uint64_t x0 = freq - 1;
+    const std::uint64_t x1 = 1ull << (shift + 31);
+    const std::uint64_t t1 = x1 / freq;
+    x0 += (x1 % freq) << 32;
+    const std::uint64_t t0 = x0 / freq;
+    s.rcp_freq = t0 + (t1 << 32);
+    s.rcp_shift = shift - 1;
+    s.bias = start;
+  }
+  return s;
+}
+
+// Scales a histogram to frequencies summing to kTotal, every seen symbol at least 1.
+void Normalize(const std::uint32_t* counts, std::uint64_t total, std::uint32_t* freq) {
+  std::int64_t sum = 0;
+  unsigned largest = 0;
+  for (unsigned s = 0; s < kTokens; ++s) {
+    if (counts[s] == 0) {
+      freq[s] = 0;
+      continue;
+    }
+    freq[s] = std::max<std::uint32_t>(1, static_cast<std::uint32_t>((std::uint64_t{counts[s]} * kTotal + total / 2) / total));
+    sum += freq[s];
+    if (freq[s] > freq[largest] || counts[largest] == 0) largest = s;
+  }
+  // At most 64 symbols are rounded up to 1, and the largest holds at least kTotal / 64, so the
+  // correction fits in it; the loop covers the general case anyway.
+  while (sum != kTotal) {
+    if (sum < kTotal) {
+      freq[largest] += static_cast<std::uint32_t>(kTotal - sum);
+      sum = kTotal;
+    } else {
+      unsigned biggest = 0;
+      for (unsigned s = 0; s < kTokens; ++s) biggest = freq[s] > freq[biggest] ? s : biggest;
+      const auto cut = static_cast<std::uint32_t>(std::min<std::int64_t>(sum - kTotal, freq[biggest] - 1));
+      freq[biggest] -= cut;
+      sum -= cut;
+    }
+  }
+}
+
+// Writes raw bits LSB first into a buffer the caller sized for the worst case (13 bits per
+// sample) plus 8 bytes: every Put stores 8 bytes and advances by the whole bytes filled.
+class BitWriter {
+ public:
+  explicit BitWriter(std::uint8_t* out) : begin_(out), out_(out) {}
+  void Put(std::uint32_t value, unsigned bits) {
+    acc_ |= std::uint64_t{value} << filled_;
+    filled_ += bits;
+    std::memcpy(out_, &acc_, 8);
+    out_ += filled_ >> 3;
+    acc_ >>= filled_ & ~7u;
+    filled_ &= 7;
+  }
+  // Flushes the last bits; returns the bytes written.
+  std::size_t Finish() {
+    if (filled_ > 0) *out_++ = static_cast<std::uint8_t>(acc_);
+    return static_cast<std::size_t>(out_ - begin_);
+  }
+
+ private:
+  std::uint8_t* begin_;
+  std::uint8_t* out_;
+  std::uint64_t acc_ = 0;
+  unsigned filled_ = 0;
+};
+
+void PutVarint(std::vector<std::uint8_t>& out, std::uint32_t v) {
+  while (v >= 0x80) {
+    out.push_back(static_cast<std::uint8_t>(v | 0x80));
+    v >>= 7;
+  }
+  out.push_back(static_cast<std::uint8_t>(v));
+}
+
+// Decoder side of one context's table.
+struct DecTable {
+  std::array<std::uint16_t, kTokens> freq{};
+  std::array<std::uint16_t, kTokens> start{};
+  std::array<std::uint8_t, kTotal> symbol{};
+};
+
+Unexpected Corrupt(const std::string& what) {
+  return MakeError(ErrorKind::kCorrupt, "corrupt chunk: context rANS payload: " + what);
+}
+
+// One rANS step: the token of `x` in table `t`, `x` advanced and renormalised from `rp`
+// without a branch (the renormalisation happens about once every three symbols, unpredictably).
+inline std::uint8_t DecodeToken(std::uint64_t& x, const DecTable& t, const std::uint8_t*& rp) {
+  const auto slot = static_cast<std::uint32_t>(x & (kTotal - 1));
+  const std::uint8_t s = t.symbol[slot];
+  x = t.freq[s] * (x >> kScaleBits) + slot - t.start[s];
+  std::uint32_t w;
+  std::memcpy(&w, rp, 4);
+  const bool refill = x < kRansLow;
+  x = refill ? (x << 32) | w : x;
+  rp += refill ? 4 : 0;
+  return s;
+}
+
+}  // namespace
+
+void EncodeContextRans(const SampleShape& shape, std::span<const std::uint8_t> samples, std::vector<std::uint8_t>& out) {
+  const std::size_t channels = shape.channels;
+  const std::size_t row_count = shape.views * shape.rows;
+  const std::size_t n = row_count * channels;
+  const std::size_t view_bytes = shape.rows * channels * 2;
+  // Scratch reused by each codec worker thread (chunks of one scan have one size): fresh
+  // buffers of this size cost a page fault per 4 KiB on every chunk.
+  thread_local std::vector<std::uint16_t> symbols;
+  thread_local std::vector<std::uint32_t> words;
+  thread_local std::vector<std::uint8_t> extra;
+  if (symbols.size() < n) symbols.resize(n);
+  if (words.size() < n + 2 * kStates) words.resize(n + 2 * kStates);
+  if (extra.size() < 2 * n + 16) extra.resize(2 * n + 16);
+
+  // Pass 1: residuals -> (context, token) indices, raw bits, histograms.
+  // Four histograms, by channel % 4: consecutive samples mostly hit the same few bins, and one
+  // histogram would make each increment wait for the previous one's store.
+  thread_local std::vector<std::uint32_t> counts4;
+  counts4.assign(4 * kContexts * kTokens, 0);
+  BitWriter bits(extra.data());
+  auto load = [](const std::uint8_t* p, std::size_t i) {
+    std::uint16_t w;
+    std::memcpy(&w, p + 2 * i, 2);
+    return static_cast<std::uint32_t>(w);
+  };
+  for (std::size_t row = 0; row < row_count; ++row) {
+    const std::uint8_t* cur = samples.data() + row * channels * 2;
+    std::uint16_t* sym = symbols.data() + row * channels;
+    auto emit = [&](std::size_t c, std::uint32_t predicted, unsigned context) {
+      const auto z = ZigZag16(static_cast<std::uint16_t>(load(cur, c) - predicted));
+      unsigned extra_bits = 0;
+      unsigned token = 0;
+      if (z < kTokenTable.entry.size()) [[likely]] {
+        token = kTokenTable.entry[z] & 0xffu;
+        extra_bits = kTokenTable.entry[z] >> 8;
+      } else {
+        token = Token(z, extra_bits);
+      }
+      bits.Put(z & ((1u << extra_bits) - 1u), extra_bits);
+      const auto index = static_cast<std::uint16_t>(context * kTokens + token);
+      sym[c] = index;
+      ++counts4[(c & 3) * (kContexts * kTokens) + index];
+    };
+    if (row * channels * 2 < view_bytes) {
+      for (std::size_t c = 0; c < channels; ++c) emit(c, c == 0 ? 0 : load(cur, c - 1), kFirstViewContext);
+      continue;
+    }
+    const std::uint8_t* up = cur - view_bytes;
+    emit(0, load(up, 0), IntensityContext(load(up, 0)));
+    if (channels == 1) continue;
+    for (std::size_t c = 1; c + 1 < channels; ++c) {
+      const std::uint32_t u = load(up, c);
+      emit(c, (2u * load(cur, c - 1) + load(up, c - 1) + 3u * u + 2u * load(up, c + 1) + 4u) >> 3, IntensityContext(u));
+    }
+    emit(channels - 1, load(up, channels - 1), IntensityContext(load(up, channels - 1)));
+  }
+  const std::size_t extra_bytes = bits.Finish();
+
+  // Tables: the contexts that occur, each scaled to kTotal.
+  std::array<std::uint32_t, kContexts * kTokens> counts{};
+  for (std::size_t i = 0; i < counts.size(); ++i) {
+    counts[i] = counts4[i] + counts4[i + counts.size()] + counts4[i + 2 * counts.size()] + counts4[i + 3 * counts.size()];
+  }
+  std::vector<EncSymbol> enc(kContexts * kTokens);
+  std::vector<std::uint8_t> tables;
+  unsigned table_count = 0;
+  for (unsigned ctx = 0; ctx < kContexts; ++ctx) {
+    const std::uint32_t* h = counts.data() + std::size_t{ctx} * kTokens;
+    std::uint64_t total = 0;
+    unsigned used = 0;
+    for (unsigned s = 0; s < kTokens; ++s) {
+      total += h[s];
+      if (h[s] != 0) used = s + 1;
+    }
+    if (total == 0) continue;
+    std::array<std::uint32_t, kTokens> freq{};
+    Normalize(h, total, freq.data());
+    ++table_count;
+    tables.push_back(static_cast<std::uint8_t>(ctx));
+    tables.push_back(static_cast<std::uint8_t>(used));
+    std::uint32_t start = 0;
+    for (unsigned s = 0; s < used; ++s) {
+      PutVarint(tables, freq[s]);
+      if (freq[s] != 0) enc[ctx * kTokens + s] = MakeEncSymbol(start, freq[s]);
+      start += freq[s];
+    }
+  }
+  out.push_back(static_cast<std::uint8_t>(table_count));
+  out.insert(out.end(), tables.begin(), tables.end());
+  out.reserve(out.size() + 4 + 4 * (n + 2 * kStates) + extra_bytes);
+
+  // Pass 2: rANS, backwards, so that the decoder reads forwards. At most one 32-bit word per symbol.
+  std::uint32_t* const words_end = words.data() + n + 2 * kStates;
+  std::uint32_t* ptr = words_end;
+  // The renormalisation stores its word unconditionally and keeps it only when needed: it
+  // happens about once every three symbols, unpredictably. ptr[-1] stays inside `words` (at most
+  // n words plus the 8 of the final states).
+  auto put = [](std::uint64_t& x, const EncSymbol& s, std::uint32_t*& p) {
+    const bool flush = x >= s.x_max;
+    p[-1] = static_cast<std::uint32_t>(x);
+    p -= flush ? 1 : 0;
+    x = flush ? x >> 32 : x;
+    const std::uint64_t q = MulHi64(x, s.rcp_freq) >> s.rcp_shift;
+    x = x + s.bias + q * s.cmpl_freq;
+  };
+  std::uint64_t x0 = kRansLow, x1 = kRansLow, x2 = kRansLow, x3 = kRansLow;
+  const EncSymbol* table = enc.data();
+  for (std::size_t row = row_count; row-- > 0;) {
+    const std::uint16_t* sym = symbols.data() + row * channels;
+    std::size_t c = channels;
+    // The channels past the last multiple of 4 first (their states are c % 4).
+    while (c % 4 != 0) {
+      --c;
+      std::uint64_t& x = c % 4 == 0 ? x0 : c % 4 == 1 ? x1 : x2;
+      put(x, table[sym[c]], ptr);
+    }
+    while (c != 0) {
+      c -= 4;
+      put(x3, table[sym[c + 3]], ptr);
+      put(x2, table[sym[c + 2]], ptr);
+      put(x1, table[sym[c + 1]], ptr);
+      put(x0, table[sym[c]], ptr);
+    }
+  }
+  const std::uint64_t final_states[kStates] = {x0, x1, x2, x3};
+  for (unsigned k = kStates; k-- > 0;) {
+    ptr -= 2;
+    ptr[0] = static_cast<std::uint32_t>(final_states[k]);
+    ptr[1] = static_cast<std::uint32_t>(final_states[k] >> 32);
+  }
+  const auto rans_bytes = static_cast<std::uint32_t>((words_end - ptr) * 4);
+  const std::size_t at = out.size();
+  out.resize(at + 4 + rans_bytes + extra_bytes);
+  std::memcpy(out.data() + at, &rans_bytes, 4);
+  std::memcpy(out.data() + at + 4, ptr, rans_bytes);
+  if (extra_bytes != 0) std::memcpy(out.data() + at + 4 + rans_bytes, extra.data(), extra_bytes);
+}
+
+Status DecodeContextRans(const SampleShape& shape, std::span<const std::uint8_t> payload, std::span<std::uint8_t> out) {
+  const std::size_t channels = shape.channels;
+  const std::size_t row_count = shape.views * shape.rows;
+  const std::size_t n = row_count * channels;
+  const std::size_t view_samples = shape.rows * channels;
+  if (n == 0 || out.size() != n * 2) return Corrupt("output size does not match the shape");
+
+  // Tables.
+  std::size_t pos = 0;
+  auto byte = [&]() -> int { return pos < payload.size() ? payload[pos++] : -1; };
+  const int table_count = byte();
+  if (table_count < 1 || table_count > static_cast<int>(kContexts)) {
+    return Corrupt("table count " + std::to_string(table_count) + " is outside 1.." + std::to_string(kContexts));
+  }
+  // Contexts without a table decode through a valid dummy table (one symbol): a payload that
+  // uses one is malformed and fails the final state check or the raw hash, never memory safety.
+  auto tables = std::make_unique<DecTable[]>(static_cast<std::size_t>(table_count) + 1);
+  DecTable& dummy = tables[static_cast<std::size_t>(table_count)];
+  dummy.freq[0] = kTotal;
+  std::array<const DecTable*, kContexts> by_context;
+  by_context.fill(&dummy);
+  int previous = -1;
+  for (int t = 0; t < table_count; ++t) {
+    const int ctx = byte();
+    const int used = byte();
+    if (ctx <= previous || ctx >= static_cast<int>(kContexts)) return Corrupt("table contexts out of order or range");
+    if (used < 1 || used > static_cast<int>(kTokens)) return Corrupt("table symbol count out of range");
+    previous = ctx;
+    DecTable& table = tables[static_cast<std::size_t>(t)];
+    std::uint32_t start = 0;
+    for (int s = 0; s < used; ++s) {
+      std::uint32_t f = 0;
+      int shift = 0;
+      for (;;) {
+        const int b = byte();
+        if (b < 0 || shift > 14) return Corrupt("table truncated or frequency too long");
+        f |= static_cast<std::uint32_t>(b & 0x7f) << shift;
+        shift += 7;
+        if ((b & 0x80) == 0) break;
+      }
+      if (f > kTotal - start) return Corrupt("table frequencies exceed " + std::to_string(kTotal));
+      table.freq[static_cast<std::size_t>(s)] = static_cast<std::uint16_t>(f);
+      table.start[static_cast<std::size_t>(s)] = static_cast<std::uint16_t>(start);
+      std::memset(table.symbol.data() + start, s, f);
+      start += f;
+    }
+    if (start != kTotal) return Corrupt("table frequencies sum to " + std::to_string(start) + ", not " + std::to_string(kTotal));
+    by_context[static_cast<std::size_t>(ctx)] = &table;
+  }
+  if (payload.size() - pos < 4) return Corrupt("truncated before the rANS stream length");
+  std::uint32_t rans_bytes = 0;
+  std::memcpy(&rans_bytes, payload.data() + pos, 4);
+  pos += 4;
+  if (rans_bytes % 4 != 0 || rans_bytes < 8 * kStates || rans_bytes > payload.size() - pos) {
+    return Corrupt("rANS stream length " + std::to_string(rans_bytes) + " does not fit the payload");
+  }
+  // The streams are copied into a buffer with zero padding behind them, so that the loops
+  // below read without bounds checks: within one row neither stream advances by more than 4
+  // bytes per channel, and after every row both positions are checked against their ends.
+  const std::size_t stream_bytes = payload.size() - pos;
+  const std::size_t padding = 4 * channels + 64;
+  thread_local std::vector<std::uint8_t> buffer;
+  if (buffer.size() < stream_bytes + padding) buffer.resize(stream_bytes + padding);
+  std::memcpy(buffer.data(), payload.data() + pos, stream_bytes);
+  std::memset(buffer.data() + stream_bytes, 0, padding);
+  const std::uint8_t* rp = buffer.data();
+  const std::uint8_t* const rend = rp + rans_bytes;
+  const std::uint8_t* const bend = buffer.data() + stream_bytes;
+  std::uint64_t s0, s1, s2, s3;
+  std::memcpy(&s0, rp, 8);
+  std::memcpy(&s1, rp + 8, 8);
+  std::memcpy(&s2, rp + 16, 8);
+  std::memcpy(&s3, rp + 24, 8);
+  rp += 32;
+  const std::uint8_t* bp = rend;  // raw bits
+  std::uint64_t bit_acc = 0;
+  unsigned bit_avail = 0;
+
+  thread_local std::vector<std::uint8_t> tokens;
+  thread_local std::vector<std::uint16_t> residuals;
+  thread_local std::vector<const DecTable*> row_tables;
+  if (tokens.size() < channels) tokens.resize(channels);
+  if (residuals.size() < channels) residuals.resize(channels);
+  if (row_tables.size() < channels) row_tables.resize(channels);
+  auto* samples = out.data();
+  for (std::size_t row = 0; row < row_count; ++row) {
+    std::uint8_t* cur_bytes = samples + row * channels * 2;
+    const bool first_view = row * channels < view_samples;
+    const std::uint8_t* up_bytes = first_view ? nullptr : cur_bytes - view_samples * 2;
+    if (first_view) {
+      std::fill(row_tables.begin(), row_tables.begin() + static_cast<std::ptrdiff_t>(channels), by_context[kFirstViewContext]);
+    } else {
+      for (std::size_t c = 0; c < channels; ++c) {
+        std::uint16_t u;
+        std::memcpy(&u, up_bytes + 2 * c, 2);
+        row_tables[c] = by_context[IntensityContext(u)];
+      }
+    }
+    // Tokens: four independent rANS chains.
+    std::uint8_t* tok = tokens.data();
+    std::size_t c = 0;
+    for (; c + 4 <= channels; c += 4) {
+      tok[c] = DecodeToken(s0, *row_tables[c], rp);
+      tok[c + 1] = DecodeToken(s1, *row_tables[c + 1], rp);
+      tok[c + 2] = DecodeToken(s2, *row_tables[c + 2], rp);
+      tok[c + 3] = DecodeToken(s3, *row_tables[c + 3], rp);
+    }
+    if (c < channels) tok[c] = DecodeToken(s0, *row_tables[c], rp), ++c;
+    if (c < channels) tok[c] = DecodeToken(s1, *row_tables[c], rp), ++c;
+    if (c < channels) tok[c] = DecodeToken(s2, *row_tables[c], rp), ++c;
+
+    // Residuals: token + raw bits, LSB first, refilled to 56..63 bits before each residual
+    // (F. Giesen's branchless refill), so the bits of one residual (at most 13) are there.
+    std::uint16_t* res = residuals.data();
+    {
+      std::uint64_t acc = bit_acc;
+      unsigned avail = bit_avail;
+      const std::uint8_t* p = bp;
+      for (std::size_t k = 0; k < channels; ++k) {
+        std::uint64_t w;
+        std::memcpy(&w, p, 8);
+        acc |= w << avail;
+        p += (63 - avail) >> 3;
+        avail |= 56;
+        const std::uint32_t s = tok[k];
+        const unsigned n_bits = kTokenBase.bits[s];
+        const auto low = static_cast<std::uint32_t>(acc & ((1u << n_bits) - 1u));
+        acc >>= n_bits;
+        avail -= n_bits;
+        res[k] = UnZigZag16(kTokenBase.base[s] | low);
+      }
+      bit_acc = acc;
+      bit_avail = avail;
+      bp = p;
+    }
+    // The predict rule with the residuals.
+    auto load = [](const std::uint8_t* q, std::size_t i) {
+      std::uint16_t w;
+      std::memcpy(&w, q + 2 * i, 2);
+      return static_cast<std::uint32_t>(w);
+    };
+    auto store = [](std::uint8_t* q, std::size_t i, std::uint32_t w) {
+      const auto v = static_cast<std::uint16_t>(w);
+      std::memcpy(q + 2 * i, &v, 2);
+    };
+    if (first_view) {
+      std::uint32_t left = 0;
+      for (std::size_t k = 0; k < channels; ++k) {
+        left = static_cast<std::uint16_t>(left + res[k]);
+        store(cur_bytes, k, left);
+      }
+    } else {
+      std::uint32_t left = static_cast<std::uint16_t>(load(up_bytes, 0) + res[0]);
+      store(cur_bytes, 0, left);
+      if (channels > 1) {
+        std::uint32_t ul = load(up_bytes, 0);
+        std::uint32_t u = load(up_bytes, 1);
+        for (std::size_t k = 1; k + 1 < channels; ++k) {
+          const std::uint32_t ur = load(up_bytes, k + 1);
+          left = static_cast<std::uint16_t>(((2u * left + ul + 3u * u + 2u * ur + 4u) >> 3) + res[k]);
+          store(cur_bytes, k, left);
+          ul = u;
+          u = ur;
+        }
+        store(cur_bytes, channels - 1, static_cast<std::uint16_t>(load(up_bytes, channels - 1) + res[channels - 1]));
+      }
+    }
+    if (rp > rend) return Corrupt("the rANS stream ended early");
+    if (bp > bend + 8) return Corrupt("the raw bit stream ended early");  // bp runs up to 8 bytes ahead
+  }
+  if (rp != rend) return Corrupt("the rANS stream has unread words");
+  if (s0 != kRansLow || s1 != kRansLow || s2 != kRansLow || s3 != kRansLow) return Corrupt("rANS final states do not match");
+  const auto extra_bytes = static_cast<std::uint64_t>(bend - rend);
+  const std::uint64_t loaded_bits = static_cast<std::uint64_t>(bp - rend) * 8;
+  if (loaded_bits < bit_avail) return Corrupt("raw bit stream length does not match");
+  const std::uint64_t bits_read = loaded_bits - bit_avail;
+  if ((bits_read + 7) / 8 != extra_bytes) return Corrupt("raw bit stream length does not match");
+  return Ok();
+}
+
+}  // namespace ctagent::codec
