@@ -986,12 +986,12 @@ std::optional<std::string> ReadSecretLine(const char* prompt, bool tty) {
     ::tcgetattr(STDIN_FILENO, &saved);
     termios quiet = saved;
     quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
-    ::tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+    ::tcsetattr(STDIN_FILENO, TCSANOW, &quiet);
   }
   std::string line;
   const bool got = static_cast<bool>(std::getline(std::cin, line));
   if (tty) {
-    ::tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved);
+    ::tcsetattr(STDIN_FILENO, TCSANOW, &saved);
     std::fprintf(stderr, "\n");
   }
   if (!got) return std::nullopt;
