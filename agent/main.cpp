@@ -1,6 +1,7 @@
 // ctagent: the scanner-side terminal agent of a cloud CT system.
 // Exceptions are caught here and only here; everything below returns errors as values.
 #include <signal.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -37,6 +38,7 @@
 #include "agent/core/agent.hpp"
 #include "agent/daemon/daemon.hpp"
 #include "agent/privacy/privacy.hpp"
+#include "agent/ui/password.hpp"
 #include "config/config.hpp"
 #include "drivers/record.hpp"
 #include "transport/http.hpp"
@@ -68,6 +70,8 @@ Commands:
   config check FILE      validate a configuration file
   rotate-key --config FILE --yes
                          replace the site key behind the pseudonyms (docs/privacy.md)
+  ui-password --config FILE
+                         set the operator's page's password (read from stdin; docs/operator-guide.md)
   record --config FILE --out DIR [--format ctagent|dicom-ct-pd]
                          save the configured driver's scan to disk for the replay driver
   check --config FILE [--json]
@@ -183,6 +187,17 @@ the first confirmation.
 Exit status: 0 confirmed, 1 the daemon could not do it, 2 bad usage, 3 a configuration error,
 4 no daemon answers on the control socket, 5 the daemon refused (no such scan, not high risk, or
 this user may not use the socket).
+)";
+
+constexpr const char* kUiPasswordHelp = R"(Usage: ctagent ui-password --config FILE
+
+Sets the password of the operator's page: reads it from standard input (on a terminal: asked
+twice, not shown), refuses one shorter than 12 characters, and writes its PBKDF2-SHA256 hash
+with mode 0600 to the file the configuration names at ui.password_file (which needs ui.tls).
+The password itself is stored nowhere. A running daemon reads the file when it starts: restart
+it (systemctl restart ctagent) for the new password to count.
+Exit status: 0 written, 1 not written (the reason is printed), 2 bad usage (also a short
+password, or two different ones), 3 a configuration error (also no ui.password_file).
 )";
 
 constexpr const char* kRotateKeyHelp = R"(Usage: ctagent rotate-key --config FILE --yes
@@ -962,6 +977,63 @@ int CmdControl(const std::string& command, const Args& args, const char* help) {
   return cli::kExitOk;
 }
 
+// One line from stdin; on a terminal with a prompt on stderr and without echo. nullopt at end of input.
+std::optional<std::string> ReadSecretLine(const char* prompt, bool tty) {
+  termios saved{};
+  if (tty) {
+    std::fprintf(stderr, "%s", prompt);
+    std::fflush(stderr);
+    ::tcgetattr(STDIN_FILENO, &saved);
+    termios quiet = saved;
+    quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
+    ::tcsetattr(STDIN_FILENO, TCSANOW, &quiet);
+  }
+  std::string line;
+  const bool got = static_cast<bool>(std::getline(std::cin, line));
+  if (tty) {
+    ::tcsetattr(STDIN_FILENO, TCSANOW, &saved);
+    std::fprintf(stderr, "\n");
+  }
+  if (!got) return std::nullopt;
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  return line;
+}
+
+int CmdUiPassword(const Args& args) {
+  if (auto bad = RejectUnknown(args, {"--config"}, {}, kUiPasswordHelp)) return *bad;
+  if (args.Has("--help")) return std::printf("%s", kUiPasswordHelp), 0;
+  int code = 0;
+  auto cfg = LoadOrExplain(args, kUiPasswordHelp, &code);
+  if (!cfg) return code;
+  const std::filesystem::path file = cfg->ui.password_file;
+  if (file.empty()) {
+    std::fprintf(stderr, "ctagent: %s: /ui/password_file is not set; set it (and /ui/tls) to the file the page's "
+                         "password hash should go to, then run this again\n",
+                 cfg->source_file.c_str());
+    return cli::kExitConfig;
+  }
+  const bool tty = ::isatty(STDIN_FILENO) == 1;
+  auto password = ReadSecretLine("New password for the operator's page: ", tty);
+  if (!password) return Usage("no password on standard input", kUiPasswordHelp);
+  if (tty) {
+    auto again = ReadSecretLine("The same password again: ", tty);
+    if (!again || *again != *password) return Usage("the two passwords differ; nothing was written", kUiPasswordHelp);
+  }
+  auto line = ui::HashPassword(*password);
+  if (!line) {
+    if (line.error().kind() == ErrorKind::kInvalidInput) return Usage(line.error().message(), kUiPasswordHelp);
+    std::fprintf(stderr, "ctagent: %s\n", line.error().message().c_str());
+    return cli::kExitNotCompleted;
+  }
+  if (auto st = ui::WritePasswordFile(file, *line); !st) {
+    std::fprintf(stderr, "ctagent: %s\n", st.error().message().c_str());
+    return cli::kExitNotCompleted;
+  }
+  std::printf("wrote the operator's page's password hash to %s (mode 0600); restart the daemon for it to count\n",
+              file.c_str());
+  return cli::kExitOk;
+}
+
 int CmdRotateKey(const Args& args) {
   if (auto bad = RejectUnknown(args, {"--config"}, {"--yes"}, kRotateKeyHelp)) return *bad;
   if (args.Has("--help")) return std::printf("%s", kRotateKeyHelp), 0;
@@ -1031,6 +1103,7 @@ int Main(int argc, char** argv) {
   if (command == "confirm") return CmdControl(command, args, kConfirmHelp);
   if (command == "config") return CmdConfig(args);
   if (command == "rotate-key") return CmdRotateKey(args);
+  if (command == "ui-password") return CmdUiPassword(args);
   if (command == "chunk") return cli::CmdChunk(args.items);
   if (command == "check") return cli::CmdCheck(args.items);
   if (command == "record") return drivers::RecordCommand(args.items);

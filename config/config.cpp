@@ -15,6 +15,7 @@
 #include <system_error>
 #include <utility>
 
+#include "agent/common/private_file.hpp"
 #include "config/schema.hpp"
 
 namespace ctagent::config {
@@ -131,6 +132,43 @@ bool IsLoopbackAddress(const std::string& address) {
   return IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127;
 }
 
+// The operator's page: TLS needs its certificate and key; off loopback it needs TLS and a way to
+// tell the operator from anyone else on the network (a password, a client certificate or both).
+// Secret files that exist must not be readable by other users (a missing password file is made by
+// `ctagent ui-password`, which reads this configuration first; the page refuses to start without it).
+Status CheckUi(const Loader& loader, const UiConfig& ui) {
+  const bool tls = !ui.tls.cert_file.empty() || !ui.tls.key_file.empty() || !ui.tls.client_ca_file.empty();
+  if (tls && ui.tls.cert_file.empty()) {
+    return loader.Fail("/ui/tls/cert_file", "required when /ui/tls is set (the page's certificate chain, PEM)");
+  }
+  if (tls && ui.tls.key_file.empty()) {
+    return loader.Fail("/ui/tls/key_file", "required when /ui/tls is set (the private key of /ui/tls/cert_file, PEM)");
+  }
+  if (!tls && !ui.password_file.empty()) {
+    return loader.Fail("/ui/password_file", "needs /ui/tls (set /ui/tls/cert_file and /ui/tls/key_file): a password "
+                                            "sent over plain HTTP could be read on the way");
+  }
+  if (!ui.enabled) return Ok();
+  if (!IsLoopbackAddress(ui.address) && (!tls || (ui.password_file.empty() && ui.tls.client_ca_file.empty()))) {
+    return loader.Fail("/ui/address",
+                       "\"" + ui.address + "\" is not a loopback address; the page may listen there only with TLS "
+                       "(set /ui/tls/cert_file and /ui/tls/key_file) and a password (set /ui/password_file and run "
+                       "`ctagent ui-password`) or a client certificate (set /ui/tls/client_ca_file); or use 127.0.0.1");
+  }
+  struct Secret {
+    const fs::path& file;
+    const char* what;
+    const char* key;
+  };
+  for (const Secret& secret : {Secret{ui.tls.key_file, "the page's TLS key", "/ui/tls/key_file"},
+                               Secret{ui.password_file, "the page's password file", "/ui/password_file"}}) {
+    if (secret.file.empty()) continue;
+    auto s = CheckPrivateFile(secret.file, secret.what, secret.key);
+    if (!s && s.error().kind() != ErrorKind::kNotFound) return loader.Fail(secret.key, s.error().message());
+  }
+  return Ok();
+}
+
 Status CrossChecks(const Loader& loader, const AgentConfig& c) {
   const TlsConfig& tls = c.cloud.tls;
   if (!tls.client_cert_file.empty() && tls.client_key_file.empty()) {
@@ -171,13 +209,7 @@ Status CrossChecks(const Loader& loader, const AgentConfig& c) {
                        "authentication; use 127.0.0.1 (and a proxy or SSH tunnel for remote reading), or set "
                        "/metrics/allow_non_loopback to true behind a firewall");
   }
-  // The operator's page has neither TLS nor a password yet: nothing but loopback may reach it.
-  if (c.ui.enabled && !IsLoopbackAddress(c.ui.address)) {
-    return loader.Fail("/ui/address",
-                       "\"" + c.ui.address + "\" is not a loopback address, and the operator's page has no TLS or "
-                       "password yet; use 127.0.0.1 and open the page in a browser on the terminal itself (or set "
-                       "/ui/enabled to false)");
-  }
+  if (auto s = CheckUi(loader, c.ui); !s) return s;
   // A worklist without a server to ask would leave every scan without a patient.
   if (c.worklist.enabled && c.worklist.host.empty()) {
     return loader.Fail("/worklist/host",
@@ -337,6 +369,7 @@ Expected<AgentConfig> LoadConfig(const fs::path& path) {
 }
 
 std::vector<FileFinding> CheckFiles(const AgentConfig& c) {
+  static const fs::path kNoFile;
   struct Named {
     const char* key;
     const fs::path* path;
@@ -347,6 +380,11 @@ std::vector<FileFinding> CheckFiles(const AgentConfig& c) {
       {"/cloud/tls/client_cert_file", &c.cloud.tls.client_cert_file, false},
       {"/cloud/tls/client_key_file", &c.cloud.tls.client_key_file, true},
       {"/cloud/password_file", &c.cloud.password_file, true},
+      // The operator's page's files, when it runs (a missing password file: `ctagent ui-password`).
+      {"/ui/tls/cert_file", c.ui.enabled ? &c.ui.tls.cert_file : &kNoFile, false},
+      {"/ui/tls/key_file", c.ui.enabled ? &c.ui.tls.key_file : &kNoFile, true},
+      {"/ui/tls/client_ca_file", c.ui.enabled ? &c.ui.tls.client_ca_file : &kNoFile, false},
+      {"/ui/password_file", c.ui.enabled ? &c.ui.password_file : &kNoFile, true},
   };
   const std::string source = c.source_file.string();
   std::vector<FileFinding> out;

@@ -103,14 +103,23 @@ struct MetricsConfig {
   bool allow_non_loopback = false;
 };
 
-// The operator's local page (agent/ui, docs/operator-guide.md): plain HTTP for now, so it listens
-// on loopback only (config validation refuses any other address until TLS and a password exist).
+// The operator's local page (agent/ui, docs/operator-guide.md): plain HTTP on loopback by
+// default; any other address needs TLS and a password or a client CA (config validation).
+struct UiTlsConfig {
+  std::filesystem::path cert_file;       // the page's certificate chain (PEM); empty: no TLS
+  std::filesystem::path key_file;        // its private key (PEM), not readable by other users
+  std::filesystem::path client_ca_file;  // empty: no client certificate asked for
+};
+
 struct UiConfig {
   // Off unless configured, like the metrics: the package's configuration and the demo turn it on,
   // and tests that start daemons on shared machines open no fixed port by default.
   bool enabled = false;
-  std::string address = "127.0.0.1";  // a loopback address
+  std::string address = "127.0.0.1";  // loopback; another address only with tls and a password or client CA
   std::uint16_t port = 8471;
+  std::string server_name;  // a host name the page is opened by (Host check off loopback); empty: the address
+  UiTlsConfig tls;
+  std::filesystem::path password_file;  // `ctagent ui-password` writes it; empty: no password
   // Who confirms a high-risk finding at this terminal's page (recorded with the confirmation);
   // empty: "operator at this terminal".
   std::string console_user;

@@ -479,17 +479,36 @@ std::vector<Entry> MakeEntries() {
 
       {.path = "/ui", .type = Type::kSection,
        .description = "The operator's page in a browser on the terminal, served by `ctagent run` "
-                      "(docs/operator-guide.md). Off unless enabled (the Debian package's configuration enables it); loopback only."},
+                      "(docs/operator-guide.md). Off unless enabled (the Debian package's configuration enables it); loopback "
+                      "only, unless TLS and a password or client certificate are set."},
       {.path = "/ui/enabled", .type = Type::kBool, .description = "Serve the page while `ctagent run` runs.",
        CTAGENT_TARGET(ui.enabled)},
       {.path = "/ui/address", .type = Type::kString,
-       .description = "Address to listen on. The page is plain HTTP without a password, so only a loopback "
-                      "address (127.0.0.0/8, ::1) is accepted.",
-       .string_ok = IpAddressOk, .string_rule = "an IPv4 or IPv6 loopback address (like 127.0.0.1 or ::1)",
+       .description = "Address to listen on. Any address but loopback (127.0.0.0/8, ::1) needs /ui/tls and "
+                      "/ui/password_file or /ui/tls/client_ca_file.",
+       .string_ok = IpAddressOk, .string_rule = "an IPv4 or IPv6 address (like 127.0.0.1 or ::1)",
        CTAGENT_TARGET(ui.address)},
       {.path = "/ui/port", .type = Type::kInteger,
        .description = "TCP port to listen on (open http://127.0.0.1:PORT/ in a browser on the terminal).", .min = 1,
        .max = 65535, CTAGENT_TARGET(ui.port)},
+      {.path = "/ui/server_name", .type = Type::kString,
+       .description = "Off loopback: the host name browsers open the page by (the Host header it answers besides "
+                      "/ui/address). Empty: the address only.",
+       .string_ok = EmptyOrHost, .string_rule = "empty, or a host name or IP address", CTAGENT_TARGET(ui.server_name)},
+      {.path = "/ui/tls", .type = Type::kSection,
+       .description = "HTTPS for the page (TLS 1.2 or later); needed for any address but loopback."},
+      {.path = "/ui/tls/cert_file", .type = Type::kPath,
+       .description = "The page's certificate chain (PEM). Empty: plain HTTP.", CTAGENT_TARGET(ui.tls.cert_file)},
+      {.path = "/ui/tls/key_file", .type = Type::kPath,
+       .description = "The certificate's private key (PEM); must not be readable by other users.",
+       CTAGENT_TARGET(ui.tls.key_file)},
+      {.path = "/ui/tls/client_ca_file", .type = Type::kPath,
+       .description = "CA certificates (PEM): when set, every browser must present a client certificate they signed.",
+       CTAGENT_TARGET(ui.tls.client_ca_file)},
+      {.path = "/ui/password_file", .type = Type::kPath,
+       .description = "The page's password (a PBKDF2-SHA256 hash written by `ctagent ui-password`, mode 0600): "
+                      "every request then needs it (HTTP Basic, any user name). Needs /ui/tls. Empty: no password.",
+       CTAGENT_TARGET(ui.password_file)},
       {.path = "/ui/console_user", .type = Type::kString,
        .description = "The console user recorded as having confirmed a high-risk finding on the page (and by "
                       "`ctagent confirm` without --by). Empty: \"operator at this terminal\". No patient data.",

@@ -64,6 +64,11 @@ std::unique_ptr<ui::Server> StartOperatorPage(boost::asio::io_context& io, const
   ui::ServerSettings settings;
   settings.address = config.address;
   settings.port = config.port;
+  settings.server_name = config.server_name;
+  settings.tls_cert_file = config.tls.cert_file;
+  settings.tls_key_file = config.tls.key_file;
+  settings.tls_client_ca_file = config.tls.client_ca_file;
+  settings.password_file = config.password_file;
   auto scan_view = std::make_shared<ui::ScanView>(io, [&agent] {
     std::vector<ui::ScanEntry> scans;
     for (const auto& r : agent.spool().AllScans()) {
@@ -85,8 +90,9 @@ std::unique_ptr<ui::Server> StartOperatorPage(boost::asio::io_context& io, const
   // The page's Confirm button takes the same way as `ctagent confirm` (by the console user).
   (*server)->OnConfirm([&handler](const std::string& scan_uid) { return handler.ConfirmHighRisk(scan_uid, ""); });
   (*server)->OnPatients([&handler] { return handler.PatientsNow(); });
-  const std::string host = config.address.find(':') != std::string::npos ? "[" + config.address + "]" : config.address;
-  log::Info("ui", "the operator's page is at http://" + host + ":" + std::to_string((*server)->port()) + "/");
+  const std::string address = config.server_name.empty() ? config.address : config.server_name;
+  const std::string host = address.find(':') != std::string::npos ? "[" + address + "]" : address;
+  log::Info("ui", std::string("the operator's page is at ") + (config.tls.cert_file.empty() ? "http://" : "https://") + host + ":" + std::to_string((*server)->port()) + "/");
   return std::move(*server);
 }
 

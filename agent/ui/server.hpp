@@ -16,9 +16,16 @@
 //                    else is 403 with a one-line body.
 //   GET /api/scans/… a scan's view (images, overlay, report), answered by the optional
 //                    ScanRoutes (agent/ui/scan_view.hpp); 404 without them
-// Plain HTTP without a password: it listens on loopback only (Open refuses anything else), and it
-// answers only requests whose Host is a loopback name, so a web page elsewhere cannot reach it
-// through DNS rebinding. Every response carries a strict Content-Security-Policy (nothing but this
+// Plain HTTP without a password by default: then it listens on loopback only, and it answers only
+// requests whose Host is a loopback name, so a web page elsewhere cannot reach it through DNS
+// rebinding. With a TLS certificate every connection is TLS 1.2 or later (the handshake within
+// request_timeout) and responses carry Strict-Transport-Security; with a password file every
+// request, the assets and the event stream included, needs HTTP Basic authentication with that
+// password (401 otherwise; a wrong one is answered only after wrong_password_delay, and the
+// PBKDF2 check runs on a thread of its own, never on the loop; a credential once verified is
+// remembered, as a digest, for later requests); with a client CA every connection must present
+// a certificate it signed. Any address but loopback needs TLS and a password or a client CA
+// (Open refuses it otherwise); there, Host must name that address or server_name. Every response carries a strict Content-Security-Policy (nothing but this
 // server's own script and style, no inline code) and X-Content-Type-Options: nosniff; /api is
 // never cached.
 // Bounded: at most max_connections at once (one more is answered 503), a request head of at most
@@ -33,6 +40,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <string>
@@ -44,7 +52,7 @@
 namespace ctagent::ui {
 
 struct ServerSettings {
-  std::string address = "127.0.0.1";  // a loopback IPv4 or IPv6 literal
+  std::string address = "127.0.0.1";  // an IPv4 or IPv6 literal; loopback unless TLS and a password or client CA
   std::uint16_t port = 0;             // 0: a free port chosen by the system (Server::port() says which)
   std::size_t max_connections = 16;
   std::size_t max_request_bytes = 8192;  // request line and headers
@@ -53,6 +61,15 @@ struct ServerSettings {
   std::size_t max_event_backlog_bytes = 1024 * 1024;
   std::chrono::milliseconds event_interval{500};   // how often the status is checked for a change
   std::chrono::milliseconds event_keepalive{15000};  // a comment line after this long without an event
+  // HTTPS (config /ui/tls): empty tls_cert_file is plain HTTP. The key file and the password file
+  // must not be readable by other users.
+  // (Each with an initializer: designated initializers may leave them out.)
+  std::filesystem::path tls_cert_file{};
+  std::filesystem::path tls_key_file{};
+  std::filesystem::path tls_client_ca_file{};  // empty: no client certificate asked for
+  std::filesystem::path password_file{};       // empty: no password (agent/ui/password.hpp)
+  std::string server_name{};                   // off loopback: a Host name answered besides the address
+  std::chrono::milliseconds wrong_password_delay{1000};
 };
 
 class Server {
@@ -71,8 +88,9 @@ class Server {
   // exactly once, on the io_context's thread (it may do its work elsewhere first).
   using ScanRoutes = std::function<void(const std::string& path, std::function<void(Reply)> done)>;
 
-  // Listens at once. Errors (kInvalidInput: not a loopback IP address; kIo: bind refused, e.g.
-  // the port is in use) name the address and port and the configuration key to change.
+  // Listens at once. Errors (kInvalidInput: not an IP address, or not loopback without TLS and a
+  // password or client CA; kIo: bind refused, e.g. the port is in use; a certificate, key or
+  // password file that cannot be used) name the file or address and the configuration key.
   static Expected<std::unique_ptr<Server>> Open(boost::asio::io_context& io, const ServerSettings& settings,
                                                 StatusSource status, ScanRoutes scan_routes = {});
   ~Server();  // closes (on the io_context's thread, or with the loop stopped)

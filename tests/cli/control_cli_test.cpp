@@ -232,7 +232,7 @@ TEST_CASE("every command refuses an unknown option with exit status 2", "[cli][c
       {"acknowledge", "--config", cfg, "2.25.1"},                      {"config", "check", cfg},
       {"confirm", "--config", cfg, "2.25.1"},
       {"chunk", "inspect", cfg},        {"record", "--config", cfg, "--out", (dir.path() / "rec").string()},
-      {"rotate-key", "--config", cfg, "--yes"}};
+      {"rotate-key", "--config", cfg, "--yes"}, {"ui-password", "--config", cfg}};
   for (auto command : commands) {
     command.push_back("--frobnicate");
     INFO(command[0]);
@@ -247,7 +247,8 @@ TEST_CASE("every command refuses an unknown option with exit status 2", "[cli][c
   CHECK(Run(dir.path(), {"acknowledge", "--config", cfg}).exit_code == 2);
   // The help of each says what its exit statuses mean.
   for (const char* command :
-       {"scan", "run", "status", "check", "pause", "resume", "acknowledge", "confirm", "chunk", "config", "rotate-key"}) {
+       {"scan", "run", "status", "check", "pause", "resume", "acknowledge", "confirm", "chunk", "config", "rotate-key",
+        "ui-password"}) {
     INFO(command);
     const auto help = Run(dir.path(), {command, "--help"});
     CHECK(help.exit_code == 0);
@@ -259,7 +260,7 @@ TEST_CASE("a configuration that cannot be read is exit status 3", "[cli][control
   test::TempDir dir("cli-bad-config");
   const fs::path bad = dir.path() / "bad.json";
   std::ofstream(bad) << "{\"spool\": ";
-  for (const char* command : {"scan", "run", "status", "pause", "resume", "rotate-key"}) {
+  for (const char* command : {"scan", "run", "status", "pause", "resume", "rotate-key", "ui-password"}) {
     INFO(command);
     const auto r = Run(dir.path(), {command, "--config", bad.string()});
     INFO(r.err);

@@ -3,6 +3,7 @@
 // and what was found.
 #include <catch2/catch.hpp>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -642,7 +643,7 @@ TEST_CASE("config: no worklist section keeps the study identity, and an enabled 
 // ---- issue 16: the operator's page, off unless configured, and on loopback only -------------
 
 TEST_CASE("config: the operator's page is off by default, at 127.0.0.1:8471 when on, and refuses any address but "
-          "loopback") {
+          "loopback without TLS") {
   auto defaults = ParseConfig(Minimal().dump(), "site/agent.json");
   REQUIRE(defaults.has_value());
   CHECK_FALSE(defaults->ui.enabled);
@@ -658,7 +659,8 @@ TEST_CASE("config: the operator's page is off by default, at 127.0.0.1:8471 when
     INFO(remote);
     const std::string message = ErrorOf(With("/ui", {{"enabled", true}, {"address", remote}}));
     CHECK(message.find("site/agent.json: /ui/address: \"" + std::string(remote) + "\" is not a loopback address") == 0);
-    CHECK(message.find("no TLS or password yet") != std::string::npos);
+    CHECK(message.find("only with TLS (set /ui/tls/cert_file and /ui/tls/key_file) and a password (set "
+                       "/ui/password_file") != std::string::npos);
     // Off, nothing listens: nothing to refuse.
     CHECK(ParseConfig(With("/ui", {{"enabled", false}, {"address", remote}}).dump(), "site/agent.json").has_value());
   }
@@ -670,4 +672,56 @@ TEST_CASE("config: the operator's page is off by default, at 127.0.0.1:8471 when
   CHECK(named->ui.console_user == "\xE7\x8E\x8B Nurse");
   CHECK(ErrorOf(With("/ui/console_user", std::string(65, 'a'))).find("site/agent.json: /ui/console_user: expected") == 0);
   CHECK(ErrorOf(With("/ui/console_user", "two\nlines")).find("/ui/console_user") != std::string::npos);
+}
+
+// ---- issue 16: the page off loopback, only with TLS and a password or client certificate ------
+
+TEST_CASE("config: the page off loopback needs TLS and a password or a client CA, and its secrets private") {
+  ctagent::test::TempDir dir("config_ui_tls");
+  const fs::path cert = dir.path() / "page.pem";
+  const fs::path key = dir.path() / "page.key";
+  const fs::path password = dir.path() / "ui.password";
+  WriteText(cert, "not parsed here\n");
+  WriteText(key, "secret\n");
+  WriteText(password, "pbkdf2-sha256$1000$00$00\n");
+  ::chmod(key.c_str(), 0600);
+  ::chmod(password.c_str(), 0600);
+  const nlohmann::json tls = {{"cert_file", cert.string()}, {"key_file", key.string()}};
+  auto ui = [&](nlohmann::json section) {
+    section["enabled"] = true;
+    return With("/ui", section);
+  };
+  // Off loopback: TLS alone is not enough, nor a password without TLS.
+  CHECK(ErrorOf(ui({{"address", "192.0.2.10"}, {"tls", tls}}))
+            .find("site/agent.json: /ui/address: \"192.0.2.10\" is not a loopback address; the page may listen there "
+                  "only with TLS") == 0);
+  CHECK(ErrorOf(ui({{"address", "192.0.2.10"}, {"password_file", password.string()}})).find("/ui/password_file: needs /ui/tls") !=
+        std::string::npos);
+  CHECK(ErrorOf(ui({{"address", "0.0.0.0"}, {"tls", {{"cert_file", cert.string()}}}, {"password_file", password.string()}}))
+            .find("/ui/tls/key_file: required when /ui/tls is set") != std::string::npos);
+  // TLS and a password, or TLS and a client CA: accepted; TLS on loopback too.
+  auto with_password = ParseConfig(ui({{"address", "192.0.2.10"}, {"server_name", "ct-terminal.example"},
+                                       {"tls", tls}, {"password_file", password.string()}}).dump(), "site/agent.json");
+  REQUIRE(with_password.has_value());
+  CHECK(with_password->ui.tls.key_file == key);
+  CHECK(with_password->ui.password_file == password);
+  CHECK(with_password->ui.server_name == "ct-terminal.example");
+  nlohmann::json with_ca = tls;
+  with_ca["client_ca_file"] = cert.string();
+  CHECK(ParseConfig(ui({{"address", "::"}, {"tls", with_ca}}).dump(), "site/agent.json").has_value());
+  CHECK(ParseConfig(ui({{"address", "127.0.0.1"}, {"tls", tls}}).dump(), "site/agent.json").has_value());
+  // Secret files other users may read are refused, naming the key and what to do.
+  ::chmod(key.c_str(), 0644);
+  const std::string key_error = ErrorOf(ui({{"address", "127.0.0.1"}, {"tls", tls}}));
+  CHECK(key_error.find("site/agent.json: /ui/tls/key_file: the page's TLS key " + key.string()) == 0);
+  CHECK(key_error.find("may be read by other users (mode 0644); run chmod 600") != std::string::npos);
+  ::chmod(key.c_str(), 0600);
+  ::chmod(password.c_str(), 0640);
+  CHECK(ParseConfig(ui({{"tls", tls}, {"password_file", password.string()}}).dump(), "site/agent.json").has_value());
+  ::chmod(password.c_str(), 0604);
+  CHECK(ErrorOf(ui({{"tls", tls}, {"password_file", password.string()}})).find("site/agent.json: /ui/password_file: ") == 0);
+  // A password file not made yet is `ctagent ui-password`'s to write: not an error here.
+  CHECK(ParseConfig(ui({{"tls", tls}, {"password_file", (dir.path() / "later.password").string()}}).dump(),
+                    "site/agent.json")
+            .has_value());
 }

@@ -276,7 +276,7 @@ TEST_CASE("ui server: a client that does not read its event stream is dropped, n
   CHECK(Get(server.port(), "/api/status").rfind("HTTP/1.1 200 ", 0) == 0);
 }
 
-TEST_CASE("ui server: only loopback, and an address elsewhere or a port in use is an error that says what to change") {
+TEST_CASE("ui server: without TLS only loopback, and an address elsewhere or a port in use is an error that says what to change") {
   boost::asio::io_context io;
   const auto status = [] { return nlohmann::json::object(); };
   for (const char* remote : {"0.0.0.0", "192.0.2.10", "::"}) {
