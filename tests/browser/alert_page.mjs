@@ -24,14 +24,7 @@
 // prints a JSON summary line ("alert-page: {...}").
 import fs from 'node:fs';
 import path from 'node:path';
-import puppeteer from 'puppeteer-core';
-
-function arg(name, fallback) {
-  const i = process.argv.indexOf('--' + name);
-  if (i >= 0 && i + 1 < process.argv.length) return process.argv[i + 1];
-  if (fallback === undefined) throw new Error('missing --' + name);
-  return fallback;
-}
+import {arg, failures as failures_, guard, launch} from './harness.mjs';
 
 const url = arg('url');
 const screenshotDir = arg('screenshot-dir');
@@ -44,11 +37,7 @@ const confirmedFile = arg('confirmed-file');
 const restartedFile = arg('restarted-file');
 const deadline = Date.now() + timeoutMs;
 
-const failures = [];
-const fail = (why) => {
-  failures.push(why);
-  console.error('alert-page: FAIL: ' + why);
-};
+const {list: failures, fail} = failures_('alert-page');
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // The page down to its footer (not the empty window below): small enough for the docs.
@@ -67,46 +56,22 @@ async function until(test, what) {
   return false;
 }
 
-const browser = await puppeteer.launch({
-  executablePath: chromium,
-  headless: true,
-  // As in today_page.mjs: --no-sandbox because the tests run as root; the rest keeps Chromium
-  // quiet on the network so that the only traffic is the page's.
-  args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--no-first-run', '--no-default-browser-check',
-         '--disable-background-networking', '--disable-component-update', '--disable-sync',
-         '--disable-default-apps', '--disable-domain-reliability', '--disable-breakpad',
-         '--disable-features=Translate,OptimizationHints,MediaRouter', '--window-size=1280,800'],
-  defaultViewport: {width: 1280, height: 800},
-  timeout: 30000,
-});
+const browser = await launch({chromium});
 const summary = {requests: 0, urls: []};
 let restarting = false;  // while the daemon is down, the page's failed requests are expected
 try {
   const page = await browser.newPage();
   page.setDefaultTimeout(30000);
-  await page.setRequestInterception(true);
-  page.on('request', (request) => {
-    ++summary.requests;
-    let host = '';
-    try {
-      host = new URL(request.url()).hostname;
-    } catch {
-      host = '(unparsable: ' + request.url() + ')';
-    }
-    if (!summary.urls.includes(request.url())) summary.urls.push(request.url());
-    if (host !== '127.0.0.1') {
-      fail('a request left 127.0.0.1: ' + request.url());
-      request.abort();
-      return;
-    }
-    request.continue();
-  });
-  page.on('console', (message) => {
+  await guard(page, {
+    fail,
+    summary,
+    onRequest: (request) => {
+      if (!summary.urls.includes(request.url())) summary.urls.push(request.url());
+    },
     // After the daemon is killed the event stream and a fetch fail until it is back: the
     // browser reports those as console errors; they are expected only then.
-    if (message.type() === 'error' && !restarting) fail('console error: ' + message.text());
+    consoleErrorsExpected: () => restarting,
   });
-  page.on('pageerror', (error) => fail('page error: ' + error.message));
 
   await page.goto(url, {waitUntil: 'load'});
   await page.waitForFunction(() => document.getElementById('live').textContent === 'live', {timeout: 30000});

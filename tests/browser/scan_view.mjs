@@ -14,64 +14,29 @@
 // Saves screenshots (--screenshot-dir) and prints a JSON summary line ("scan-view: {...}").
 import fs from 'node:fs';
 import path from 'node:path';
-import puppeteer from 'puppeteer-core';
-
-function arg(name, fallback) {
-  const i = process.argv.indexOf('--' + name);
-  if (i >= 0 && i + 1 < process.argv.length) return process.argv[i + 1];
-  if (fallback === undefined) throw new Error('missing --' + name);
-  return fallback;
-}
+import {arg, failures as failures_, guard, launch} from './harness.mjs';
 
 const url = arg('url');
 const screenshotDir = arg('screenshot-dir');
 const chromium = arg('chromium', '/usr/bin/chromium');
 const timeoutMs = Number(arg('timeout-s', '60')) * 1000;
 
-const failures = [];
-const fail = (why) => {
-  failures.push(why);
-  console.error('scan-view: FAIL: ' + why);
-};
+const {list: failures, fail} = failures_('scan-view');
 
-const browser = await puppeteer.launch({
-  executablePath: chromium,
-  headless: true,
-  // As tests/browser/today_page.mjs: no sandbox as root, and Chromium kept quiet on the network.
-  args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--no-first-run', '--no-default-browser-check',
-         '--disable-background-networking', '--disable-component-update', '--disable-sync',
-         '--disable-default-apps', '--disable-domain-reliability', '--disable-breakpad',
-         '--disable-features=Translate,OptimizationHints,MediaRouter', '--window-size=1400,1000'],
-  defaultViewport: {width: 1400, height: 1000},
-  timeout: 30000,
-});
+const browser = await launch({chromium, width: 1400, height: 1000});
 const summary = {requests: 0, api: {}};
 try {
   const page = await browser.newPage();
   page.setDefaultTimeout(timeoutMs);
-  await page.setRequestInterception(true);
-  page.on('request', (request) => {
-    ++summary.requests;
-    let host = '';
-    try {
-      host = new URL(request.url()).hostname;
-    } catch {
-      host = '(unparsable: ' + request.url() + ')';
-    }
-    if (host !== '127.0.0.1') {
-      fail('a request left 127.0.0.1: ' + request.url());
-      request.abort();
-      return;
-    }
-    const p = new URL(request.url()).pathname;
-    const kind = p.startsWith('/api/scans/') ? (p.split('/')[5] || 'scan') : p;
-    summary.api[kind] = (summary.api[kind] || 0) + 1;
-    request.continue();
+  await guard(page, {
+    fail,
+    summary,
+    onRequest: (request) => {
+      const p = new URL(request.url()).pathname;
+      const kind = p.startsWith('/api/scans/') ? (p.split('/')[5] || 'scan') : p;
+      summary.api[kind] = (summary.api[kind] || 0) + 1;
+    },
   });
-  page.on('console', (message) => {
-    if (message.type() === 'error') fail('console error: ' + message.text());
-  });
-  page.on('pageerror', (error) => fail('page error: ' + error.message));
 
   // Today: the newest scan's row links to its view.
   await page.goto(url, {waitUntil: 'load'});

@@ -12,14 +12,7 @@
 //     aborted and fails the test).
 // Saves a screenshot at --screenshot and prints a JSON summary line ("today-page: {...}").
 import fs from 'node:fs';
-import puppeteer from 'puppeteer-core';
-
-function arg(name, fallback) {
-  const i = process.argv.indexOf('--' + name);
-  if (i >= 0 && i + 1 < process.argv.length) return process.argv[i + 1];
-  if (fallback === undefined) throw new Error('missing --' + name);
-  return fallback;
-}
+import {arg, failures as failures_, guard, launch} from './harness.mjs';
 
 const url = arg('url');
 const screenshot = arg('screenshot');
@@ -30,50 +23,14 @@ const expectScans = Number(arg('expect-scans', '1'));
 const readyFile = arg('ready-file', '');
 const deadline = Date.now() + timeoutMs;
 
-const failures = [];
-const fail = (why) => {
-  failures.push(why);
-  console.error('today-page: FAIL: ' + why);
-};
+const {list: failures, fail} = failures_('today-page');
 
-const browser = await puppeteer.launch({
-  executablePath: chromium,
-  headless: true,
-  // --no-sandbox: the tests run as root (CI containers), and Chromium refuses its sandbox as root.
-  // The page is our own, served on loopback; nothing else is opened.
-  // The rest keeps Chromium itself quiet on the network (no component updates, no sync, no
-  // field trials), so that the only traffic is the page's.
-  args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--no-first-run', '--no-default-browser-check',
-         '--disable-background-networking', '--disable-component-update', '--disable-sync',
-         '--disable-default-apps', '--disable-domain-reliability', '--disable-breakpad',
-         '--disable-features=Translate,OptimizationHints,MediaRouter', '--window-size=1280,800'],
-  defaultViewport: {width: 1280, height: 800},
-  timeout: 30000,
-});
+const browser = await launch({chromium});
 const summary = {requests: 0, states: [], updates: 0};
 try {
   const page = await browser.newPage();
   page.setDefaultTimeout(30000);
-  await page.setRequestInterception(true);
-  page.on('request', (request) => {
-    ++summary.requests;
-    let host = '';
-    try {
-      host = new URL(request.url()).hostname;
-    } catch {
-      host = '(unparsable: ' + request.url() + ')';
-    }
-    if (host !== '127.0.0.1') {
-      fail('a request left 127.0.0.1: ' + request.url());
-      request.abort();
-      return;
-    }
-    request.continue();
-  });
-  page.on('console', (message) => {
-    if (message.type() === 'error') fail('console error: ' + message.text());
-  });
-  page.on('pageerror', (error) => fail('page error: ' + error.message));
+  await guard(page, {fail, summary});
 
   await page.goto(url, {waitUntil: 'load'});
   await page.waitForFunction(() => document.getElementById('live').textContent === 'live', {timeout: 30000});

@@ -25,6 +25,7 @@
 
 #include "agent/results/result_set.hpp"
 #include "drivers/sim/lesion_draw.hpp"
+#include "tests/e2e/chest_lesions.hpp"
 #include "tests/e2e/imaging_center.hpp"
 #include "tests/support/process.hpp"
 
@@ -39,17 +40,6 @@ namespace {
 constexpr double kDetectionLimitMl = 0.2;
 double InvolvementTolerance(double truth_percent) { return 0.1 + 0.25 * truth_percent; }
 
-// Draw parameters of the short chest scan below: centres within |z| <= 25 mm, 10 .. 24 mm across
-// (as the analysis' own simulated-scan test).
-drivers::sim::LesionDrawOptions DrawOptions() {
-  drivers::sim::LesionDrawOptions o;
-  o.z_min_mm = -25;
-  o.z_max_mm = 25;
-  o.min_diameter_mm = 10;
-  o.max_diameter_mm = 24;
-  return o;
-}
-const nlohmann::json kDrawOptions = {{"z_min_mm", -25}, {"z_max_mm", 25}, {"min_diameter_mm", 10}, {"max_diameter_mm", 24}};
 
 double SphereMl(double diameter_mm) { return std::numbers::pi / 6.0 * std::pow(diameter_mm, 3) / 1000.0; }
 
@@ -112,19 +102,12 @@ ScanRun ScanThroughReferenceCenter(std::uint64_t seed) {
   nlohmann::json cfg = {
       {"terminal_id", "e2e-ai-terminal"},
       {"log_level", "info"},
-      {"driver", {{"name", "sim"}, {"options", {{"lesions", kDrawOptions}}}}},
+      {"driver", {{"name", "sim"}, {"options", {{"lesions", test::ChestLesionDrawJson()}}}}},
       {"scan", scan},
       {"study", {{"patient_id", "E2E-AI"}, {"patient_name", "E2E^AI"}, {"study_description", "E2E AI"}}},
       {"codec", {{"zstd_level", 3}, {"filter", "shuffle"}, {"views_per_chunk", 64}, {"threads", 2}}},
       {"spool", {{"directory", spool_dir.string()}, {"max_bytes", "2 GiB"}, {"min_free_bytes", 0}}},
-      {"cloud",
-       {{"upload_url", center->env["TUS_URL"]},
-        {"dicomweb_url", center->env["DICOMWEB_URL"]},
-        {"username", center->env["AGENT_USER"]},
-        {"password_file", center->env["AGENT_PASSWORD_FILE"]},
-        {"tls", {{"ca_file", center->env["CA_FILE"]}}},
-        {"parallel_uploads", 2},
-        {"patch_bytes", 4u << 20}}},
+      {"cloud", center->CloudSection({{"parallel_uploads", 2}, {"patch_bytes", 4u << 20}})},
       {"results", {{"enabled", true}, {"poll_interval_ms", 300}, {"poll_max_interval_ms", 2000}, {"timeout_s", 480}}},
       {"console",
        {{"enabled", true}, {"host", "127.0.0.1"}, {"port", console_port}, {"called_ae", "CONSOLE"},
@@ -177,10 +160,10 @@ TEST_CASE("AI results: a 1/5-dose chest scan with drawn lesions brings CT, SEG, 
   // The first seed whose draw has at least two lesions (deterministic: the draw is SimRng's).
   std::uint64_t seed = 0;
   for (std::uint64_t s = 1; s <= 100 && seed == 0; ++s) {
-    if (drivers::sim::DrawLesions(s, DrawOptions()).size() >= 2) seed = s;
+    if (drivers::sim::DrawLesions(s, test::ChestLesionDrawOptions()).size() >= 2) seed = s;
   }
   REQUIRE(seed != 0);
-  const auto truth = drivers::sim::DrawLesions(seed, DrawOptions());
+  const auto truth = drivers::sim::DrawLesions(seed, test::ChestLesionDrawOptions());
   std::size_t above_limit = 0;
   double truth_ml[2] = {0, 0};  // right (x < 0), left
   for (const auto& lesion : truth) {
@@ -223,7 +206,7 @@ TEST_CASE("AI results: a 1/5-dose chest scan with drawn lesions brings CT, SEG, 
 TEST_CASE("AI results: a lesion-free 1/5-dose chest scan is NORMAL with no lesions", "[e2e][ai]") {
   std::uint64_t seed = 0;
   for (std::uint64_t s = 1; s <= 100 && seed == 0; ++s) {
-    if (drivers::sim::DrawLesions(s, DrawOptions()).empty()) seed = s;
+    if (drivers::sim::DrawLesions(s, test::ChestLesionDrawOptions()).empty()) seed = s;
   }
   REQUIRE(seed != 0);
   const ScanRun run = ScanThroughReferenceCenter(seed);

@@ -39,6 +39,22 @@ inline std::map<std::string, std::string> ReadEnvFile(const std::filesystem::pat
 struct ImagingCenter {
   std::filesystem::path run_dir;
   std::map<std::string, std::string> env;  // center.env: TUS_URL, DICOMWEB_URL, the CA, the password file...
+
+  // The agent's `cloud` section for this center (upload and DICOMweb URLs, its user, password
+  // file and CA), with `extra` keys (parallel_uploads, patch_bytes...) added.
+  nlohmann::json CloudSection(const nlohmann::json& extra = nlohmann::json::object()) const {
+    const auto get = [this](const char* key) {
+      const auto it = env.find(key);
+      return it == env.end() ? std::string() : it->second;
+    };
+    nlohmann::json cloud = {{"upload_url", get("TUS_URL")},
+                            {"dicomweb_url", get("DICOMWEB_URL")},
+                            {"username", get("AGENT_USER")},
+                            {"password_file", get("AGENT_PASSWORD_FILE")},
+                            {"tls", {{"ca_file", get("CA_FILE")}}}};
+    cloud.update(extra);
+    return cloud;
+  }
   ~ImagingCenter() {
     const std::string cmd = std::string("'") + CTAGENT_SOURCE_DIR + "/cloud/imaging-center.sh' stop '" +
                             run_dir.string() + "' >/dev/null 2>&1";

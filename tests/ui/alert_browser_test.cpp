@@ -21,6 +21,7 @@
 
 #include "agent/control/control.hpp"
 #include "drivers/sim/lesion_draw.hpp"
+#include "tests/e2e/chest_lesions.hpp"
 #include "tests/e2e/imaging_center.hpp"
 #include "tests/support/process.hpp"
 #include "tests/worklist/worklist_server.hpp"
@@ -32,16 +33,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// As tests/e2e/ai_results_test.cpp: lesion centres within |z| <= 25 mm, 10 .. 24 mm across.
-drivers::sim::LesionDrawOptions DrawOptions() {
-  drivers::sim::LesionDrawOptions o;
-  o.z_min_mm = -25;
-  o.z_max_mm = 25;
-  o.min_diameter_mm = 10;
-  o.max_diameter_mm = 24;
-  return o;
-}
-const nlohmann::json kDrawOptions = {{"z_min_mm", -25}, {"z_max_mm", 25}, {"min_diameter_mm", 10}, {"max_diameter_mm", 24}};
 
 // The AI results test's short low-dose chest protocol (the analysis needs 100 mm along z).
 nlohmann::json Protocol(std::uint64_t seed) {
@@ -80,7 +71,7 @@ TEST_CASE("the operator's page turns a high-risk scan red with a banner and a to
   // test), and the first with none (NORMAL).
   std::uint64_t lesion_seed = 0, clean_seed = 0;
   for (std::uint64_t s = 1; s <= 100 && (lesion_seed == 0 || clean_seed == 0); ++s) {
-    const auto drawn = drivers::sim::DrawLesions(s, DrawOptions()).size();
+    const auto drawn = drivers::sim::DrawLesions(s, test::ChestLesionDrawOptions()).size();
     if (lesion_seed == 0 && drawn >= 2) lesion_seed = s;
     if (clean_seed == 0 && drawn == 0) clean_seed = s;
   }
@@ -118,18 +109,11 @@ TEST_CASE("the operator's page turns a high-risk scan red with a banner and a to
   const nlohmann::json cfg = {
       {"terminal_id", "ui-alert"},
       {"log_level", "info"},
-      {"driver", {{"name", "sim"}, {"options", {{"lesions", kDrawOptions}}}}},
+      {"driver", {{"name", "sim"}, {"options", {{"lesions", test::ChestLesionDrawJson()}}}}},
       {"scan", Protocol(clean_seed)},
       {"codec", {{"zstd_level", 3}, {"filter", "shuffle"}, {"views_per_chunk", 64}, {"threads", 2}}},
       {"spool", {{"directory", spool_dir.string()}, {"max_bytes", "1 GiB"}, {"min_free_bytes", 0}}},
-      {"cloud",
-       {{"upload_url", center->env["TUS_URL"]},
-        {"dicomweb_url", center->env["DICOMWEB_URL"]},
-        {"username", center->env["AGENT_USER"]},
-        {"password_file", center->env["AGENT_PASSWORD_FILE"]},
-        {"tls", {{"ca_file", center->env["CA_FILE"]}}},
-        {"parallel_uploads", 2},
-        {"patch_bytes", 1u << 20}}},
+      {"cloud", center->CloudSection({{"parallel_uploads", 2}, {"patch_bytes", 1u << 20}})},
       {"results", {{"enabled", true}, {"poll_interval_ms", 300}, {"poll_max_interval_ms", 2000}, {"timeout_s", 300}}},
       {"console",
        {{"enabled", true}, {"host", "127.0.0.1"}, {"port", console.port}, {"called_ae", "CONSOLE"},

@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "drivers/sim/lesion_draw.hpp"
+#include "tests/e2e/chest_lesions.hpp"
 #include "tests/e2e/imaging_center.hpp"
 #include "tests/support/process.hpp"
 
@@ -28,17 +29,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// Lesion centres within |z| <= 25 mm of the 120 mm this scan covers, 10 .. 24 mm across: every
-// one above the analysis' detection limit (0.2 mL), as in tests/e2e/ai_results_test.cpp.
-drivers::sim::LesionDrawOptions DrawOptions() {
-  drivers::sim::LesionDrawOptions o;
-  o.z_min_mm = -25;
-  o.z_max_mm = 25;
-  o.min_diameter_mm = 10;
-  o.max_diameter_mm = 24;
-  return o;
-}
-const nlohmann::json kDrawOptions = {{"z_min_mm", -25}, {"z_max_mm", 25}, {"min_diameter_mm", 10}, {"max_diameter_mm", 24}};
 
 }  // namespace
 
@@ -52,7 +42,7 @@ TEST_CASE("a scan's view in headless Chromium: images, windows, lesion overlay, 
   // Two seeds that each draw at least one lesion (deterministic: the draw is SimRng's).
   std::vector<std::uint64_t> seeds;
   for (std::uint64_t s = 1; s <= 100 && seeds.size() < 2; ++s) {
-    if (!drivers::sim::DrawLesions(s, DrawOptions()).empty()) seeds.push_back(s);
+    if (!drivers::sim::DrawLesions(s, test::ChestLesionDrawOptions()).empty()) seeds.push_back(s);
   }
   REQUIRE(seeds.size() == 2);
 
@@ -77,18 +67,12 @@ TEST_CASE("a scan's view in headless Chromium: images, windows, lesion overlay, 
     return nlohmann::json{
         {"terminal_id", "ui-scan-view"},
         {"log_level", "info"},
-        {"driver", {{"name", "sim"}, {"options", {{"lesions", kDrawOptions}}}}},
+        {"driver", {{"name", "sim"}, {"options", {{"lesions", test::ChestLesionDrawJson()}}}}},
         {"scan", scan},
         {"study", {{"patient_id", "UI-FOLLOW-1"}, {"patient_name", "FOLLOW^UP"}, {"study_description", "UI"}}},
         {"codec", {{"views_per_chunk", 64}, {"threads", 2}}},
         {"spool", {{"directory", (work.path() / "spool").string()}, {"max_bytes", "1 GiB"}, {"min_free_bytes", 0}}},
-        {"cloud",
-         {{"upload_url", center->env["TUS_URL"]},
-          {"dicomweb_url", center->env["DICOMWEB_URL"]},
-          {"username", center->env["AGENT_USER"]},
-          {"password_file", center->env["AGENT_PASSWORD_FILE"]},
-          {"tls", {{"ca_file", center->env["CA_FILE"]}}},
-          {"parallel_uploads", 2}}},
+        {"cloud", center->CloudSection({{"parallel_uploads", 2}})},
         {"results", {{"enabled", true}, {"poll_interval_ms", 300}, {"poll_max_interval_ms", 2000}, {"timeout_s", 240}}},
         {"console",
          {{"enabled", true}, {"host", "127.0.0.1"}, {"port", console.port}, {"called_ae", "CONSOLE"},
