@@ -24,6 +24,7 @@
 #include "tests/e2e/chest_lesions.hpp"
 #include "tests/e2e/imaging_center.hpp"
 #include "tests/support/process.hpp"
+#include "tests/ui/browser_harness.hpp"
 #include "tests/worklist/worklist_server.hpp"
 
 using namespace ctagent;
@@ -62,10 +63,7 @@ std::string StateOf(const fs::path& socket, const std::string& scan_uid) {
 TEST_CASE("the operator's page turns a high-risk scan red with a banner and a tone until confirmed, and the "
           "confirmation survives a restart of the agent",
           "[ui][browser][e2e]") {
-  const fs::path browser_dir = fs::path(CTAGENT_SOURCE_DIR) / "tests" / "browser";
-  INFO("scripts/bootstrap installs both (Debian's chromium; npm ci in tests/browser)");
-  REQUIRE(::access("/usr/bin/chromium", X_OK) == 0);
-  REQUIRE(fs::exists(browser_dir / "node_modules" / "puppeteer-core"));
+  const fs::path browser_dir = test::BrowserScriptsDir();
 
   // The seeds: the first whose draw has at least two lesions (HIGH-RISK, as in the AI results
   // test), and the first with none (NORMAL).
@@ -198,14 +196,8 @@ TEST_CASE("the operator's page turns a high-risk scan red with a banner and a to
 
   const int browser_exit = browser.Wait(180s);
   const std::string browser_text = test::ReadText(browser_log);
-  CHECK(browser_exit == 0);
-  CHECK(browser_text.find("alert-page: {") != std::string::npos);
-  CHECK(browser_text.find("\"failures\":[]") != std::string::npos);
-  for (const char* name : {"ui-alert.png", "ui-confirmed.png", "ui-after-restart.png"}) {
-    INFO(name);
-    REQUIRE(fs::exists(shots / name));
-    CHECK(test::ReadText(shots / name).rfind("\x89PNG", 0) == 0);
-  }
+  test::CheckBrowserScriptPassed(browser_exit, browser_text, "alert-page",
+                                 {shots / "ui-alert.png", shots / "ui-confirmed.png", shots / "ui-after-restart.png"});
   // The confirmation was logged with who confirmed; no patient's name or ID in either log.
   const std::string all_logs = test::ReadText(daemon_log) + test::ReadText(daemon_log2);
   CHECK_THAT(all_logs, Catch::Contains("high-risk finding confirmed on the operator's page by " + console_user));

@@ -19,6 +19,7 @@
 
 #include "tests/e2e/imaging_center.hpp"
 #include "tests/support/process.hpp"
+#include "tests/ui/browser_harness.hpp"
 
 using namespace ctagent;
 namespace fs = std::filesystem;
@@ -26,10 +27,7 @@ using namespace std::chrono_literals;
 
 TEST_CASE("the operator's page in headless Chromium follows a scan live to delivered, all from 127.0.0.1",
           "[ui][browser][e2e]") {
-  const fs::path browser_dir = fs::path(CTAGENT_SOURCE_DIR) / "tests" / "browser";
-  INFO("scripts/bootstrap installs both (Debian's chromium; npm ci in tests/browser)");
-  REQUIRE(::access("/usr/bin/chromium", X_OK) == 0);
-  REQUIRE(fs::exists(browser_dir / "node_modules" / "puppeteer-core"));
+  const fs::path browser_dir = test::BrowserScriptsDir();
 
   test::TempDir work("ui-browser");
   const fs::path logs = work.path() / "logs";
@@ -90,14 +88,9 @@ TEST_CASE("the operator's page in headless Chromium follows a scan live to deliv
   INFO("scan log:\n" << test::ReadText(logs / "scan.log"));
   INFO("worker log:\n" << test::ReadText(work.path() / "center/logs/worker.log"));
   INFO("daemon log at the end:\n" << test::ReadText(daemon_log));
-  CHECK(browser_exit == 0);
   CHECK(scan_cli.Wait(60s) == 0);
   const std::string browser_text = test::ReadText(browser_log);
-  CHECK(browser_text.find("today-page: {") != std::string::npos);
-  CHECK(browser_text.find("\"failures\":[]") != std::string::npos);
-  // A PNG was saved.
-  REQUIRE(fs::exists(screenshot));
-  CHECK(test::ReadText(screenshot).rfind("\x89PNG", 0) == 0);
+  test::CheckBrowserScriptPassed(browser_exit, browser_text, "today-page", {screenshot});
   // No patient name in the page's data or the daemon's log.
   CHECK(test::ReadText(daemon_log).find("BROWSER^TEST") == std::string::npos);
 

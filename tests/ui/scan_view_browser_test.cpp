@@ -22,22 +22,15 @@
 #include "tests/e2e/chest_lesions.hpp"
 #include "tests/e2e/imaging_center.hpp"
 #include "tests/support/process.hpp"
+#include "tests/ui/browser_harness.hpp"
 
 using namespace ctagent;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
-namespace {
-
-
-}  // namespace
-
 TEST_CASE("a scan's view in headless Chromium: images, windows, lesion overlay, report and follow-up, all from 127.0.0.1",
           "[ui][browser][e2e]") {
-  const fs::path browser_dir = fs::path(CTAGENT_SOURCE_DIR) / "tests" / "browser";
-  INFO("scripts/bootstrap installs both (Debian's chromium; npm ci in tests/browser)");
-  REQUIRE(::access("/usr/bin/chromium", X_OK) == 0);
-  REQUIRE(fs::exists(browser_dir / "node_modules" / "puppeteer-core"));
+  const fs::path browser_dir = test::BrowserScriptsDir();
 
   // Two seeds that each draw at least one lesion (deterministic: the draw is SimRng's).
   std::vector<std::uint64_t> seeds;
@@ -110,14 +103,8 @@ TEST_CASE("a scan's view in headless Chromium: images, windows, lesion overlay, 
   const std::string browser_text = test::ReadText(browser_log);
   INFO("browser log:\n" << browser_text);
   INFO("daemon log at the end:\n" << test::ReadText(daemon_log));
-  CHECK(browser_exit == 0);
-  CHECK(browser_text.find("scan-view: {") != std::string::npos);
-  CHECK(browser_text.find("\"failures\":[]") != std::string::npos);
-  for (const char* shot : {"ui-scan.png", "ui-scan-mediastinal.png", "ui-scan-small.png"}) {
-    INFO(shot);
-    REQUIRE(fs::exists(shots / shot));
-    CHECK(test::ReadText(shots / shot).rfind("\x89PNG", 0) == 0);
-  }
+  test::CheckBrowserScriptPassed(browser_exit, browser_text, "scan-view",
+                                 {shots / "ui-scan.png", shots / "ui-scan-mediastinal.png", shots / "ui-scan-small.png"});
   // No patient name or ID in the daemon's log.
   CHECK(test::ReadText(daemon_log).find("FOLLOW^UP") == std::string::npos);
   CHECK(test::ReadText(daemon_log).find("UI-FOLLOW-1") == std::string::npos);
