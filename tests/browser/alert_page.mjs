@@ -165,7 +165,14 @@ try {
   await shoot(page, 'ui-alert.png');
 
   // Confirm.
-  await page.click('#scans tbody tr[data-scan-uid="' + expect.high_risk.uid + '"] button.confirm');
+  // Clicked in one step inside the page: the rows are rebuilt on every status event, so a handle
+  // taken a moment before can be detached when it is clicked (it was, under ASan, 2 runs of 3).
+  await until(() => page.evaluate((u) => {
+    const button = document.querySelector('#scans tbody tr[data-scan-uid="' + u + '"] button.confirm');
+    if (!button) return false;
+    button.click();
+    return true;
+  }, expect.high_risk.uid), 'the Confirm button to click');
   const confirmedText = 'Confirmed at ';
   await until(async () => (await rowOf(expect.high_risk.uid)).findings.includes(confirmedText),
               'the confirmation on the line');
