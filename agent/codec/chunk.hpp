@@ -11,7 +11,7 @@
 
 #include "agent/codec/filter.hpp"
 #include "agent/common/error.hpp"
-#include "drivers/detector.hpp"
+#include "drivers/scan_types.hpp"
 
 namespace ctagent::codec {
 

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <span>
 
-#include "drivers/detector.hpp"
+#include "drivers/scan_types.hpp"
 
 namespace ctagent::codec {
 

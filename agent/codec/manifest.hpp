@@ -10,7 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/common/error.hpp"
-#include "drivers/detector.hpp"
+#include "drivers/scan_types.hpp"
 
 namespace ctagent::codec {
 

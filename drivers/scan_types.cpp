@@ -1,4 +1,4 @@
-#include "drivers/detector.hpp"
+#include "drivers/scan_types.hpp"
 
 #include <cmath>
 #include <functional>
@@ -6,7 +6,6 @@
 #include <string_view>
 #include <utility>
 #include <vector>
-
 
 namespace ctagent::drivers {
 
@@ -263,12 +262,6 @@ Expected<ScanProtocol> ProtocolFromJson(const nlohmann::json& j) {
                                                    std::to_string(p.source_to_isocenter_mm) + ") for a fan beam");
   }
   return p;
-}
-
-Expected<std::optional<ScanAnnouncement>> Detector::WaitForScan(std::chrono::milliseconds /*timeout*/) {
-  return MakeError(ErrorKind::kUnsupported,
-                   "detector driver \"" + Info().name +
-                       "\" does not announce scans (driver ABI 1.2 wait_scan); scans start from `ctagent scan` only");
 }
 
 }  // namespace ctagent::drivers
