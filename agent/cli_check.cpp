@@ -13,7 +13,7 @@
 namespace ctagent::cli {
 namespace {
 
-constexpr const char* kHelp = R"(Usage: ctagent check --config FILE [--only NAME[,NAME...]] [--json] [--local]
+constexpr const char* kCheckHelp = R"(Usage: ctagent check --config FILE [--only NAME[,NAME...]] [--json] [--local]
 
 Field diagnostics, one line per check (OK / WARN / FAIL), then a verdict. Checks:
   config        the configuration file is valid; then `files` (FAIL) for a CA, certificate, key or
@@ -66,7 +66,7 @@ int CmdCheck(const std::vector<std::string>& args) {
   std::vector<std::string> only;
   bool json = false, local = false;
   for (std::size_t i = 0; i < args.size(); ++i) {
-    if (args[i] == "--help" || args[i] == "-h") return std::printf("%s", kHelp), 0;
+    if (args[i] == "--help" || args[i] == "-h") return std::printf("%s", kCheckHelp), 0;
     if (args[i] == "--config" && i + 1 < args.size()) {
       config_path = args[++i];
     } else if (args[i] == "--only" && i + 1 < args.size()) {
@@ -80,12 +80,12 @@ int CmdCheck(const std::vector<std::string>& args) {
     } else if (args[i] == "--local") {
       local = true;
     } else {
-      std::fprintf(stderr, "ctagent check: unexpected argument \"%s\"\n\n%s", args[i].c_str(), kHelp);
+      std::fprintf(stderr, "ctagent check: unexpected argument \"%s\"\n\n%s", args[i].c_str(), kCheckHelp);
       return kExitUsage;
     }
   }
   if (config_path.empty()) {
-    std::fprintf(stderr, "ctagent check: --config FILE is required\n\n%s", kHelp);
+    std::fprintf(stderr, "ctagent check: --config FILE is required\n\n%s", kCheckHelp);
     return kExitUsage;
   }
   std::optional<nlohmann::json> report;

@@ -14,7 +14,7 @@
 namespace ctagent::cli {
 namespace {
 
-constexpr const char* kHelp = R"(Usage: ctagent chunk <inspect|verify|decode> FILE... [--out FILE]
+constexpr const char* kChunkHelp = R"(Usage: ctagent chunk <inspect|verify|decode> FILE... [--out FILE]
 
   inspect FILE...      print each chunk's header (identity, shape, codec, sizes, checksums)
   verify FILE...       fully decode each chunk and check every checksum; exit 1 if any fails
@@ -198,30 +198,30 @@ void PrintInfo(const std::string& path, const codec::ChunkInfo& info) {
 
 int CmdChunk(const std::vector<std::string>& args) {
   if (args.empty() || args[0] == "--help" || args[0] == "-h") {
-    std::printf("%s", kHelp);
+    std::printf("%s", kChunkHelp);
     return args.empty() ? 2 : 0;
   }
   const std::string& action = args[0];
   if (action != "inspect" && action != "verify" && action != "decode") {
-    std::fprintf(stderr, "ctagent chunk: unknown action \"%s\"\n\n%s", action.c_str(), kHelp);
+    std::fprintf(stderr, "ctagent chunk: unknown action \"%s\"\n\n%s", action.c_str(), kChunkHelp);
     return 2;
   }
   std::vector<std::string> paths;
   std::string out;
   for (std::size_t i = 1; i < args.size(); ++i) {
-    if (args[i] == "--help" || args[i] == "-h") return std::printf("%s", kHelp), 0;
+    if (args[i] == "--help" || args[i] == "-h") return std::printf("%s", kChunkHelp), 0;
     if (args[i] == "--out" && i + 1 < args.size()) {
       out = args[++i];
     } else if (args[i].size() > 1 && args[i][0] == '-') {  // an option we do not know, never a file
       std::fprintf(stderr, "ctagent chunk: unknown option \"%s\" (a file whose name starts with '-' is given as ./%s)\n\n%s",
-                   args[i].c_str(), args[i].c_str(), kHelp);
+                   args[i].c_str(), args[i].c_str(), kChunkHelp);
       return 2;
     } else {
       paths.push_back(args[i]);
     }
   }
   if (paths.empty() || (action == "decode" && (paths.size() != 1 || out.empty()))) {
-    std::fprintf(stderr, "ctagent chunk: missing file arguments\n\n%s", kHelp);
+    std::fprintf(stderr, "ctagent chunk: missing file arguments\n\n%s", kChunkHelp);
     return 2;
   }
   if (action == "decode") {

@@ -23,6 +23,7 @@
 #include <string_view>
 
 #include "agent/common/dcmnet_support.hpp"
+#include "agent/common/dcmtk_logging.hpp"
 #include "agent/common/log.hpp"
 
 namespace ctagent::results {
@@ -34,13 +35,7 @@ using dcmnet::OneLine;
 constexpr std::string_view kComponent = "results";
 constexpr std::size_t kMaxPresentationContexts = 128;  // odd IDs 1..255 (PS3.8 9.3.2.2)
 
-// DCMTK logs through its own log4cplus copy; our errors already carry what it would say, so
-// it stays quiet unless the agent runs at debug level.
-void QuietDcmtkLogging() {
-  dcmtk::log4cplus::Logger::getRoot().setLogLevel(log::GetLevel() == log::Level::kDebug
-                                                      ? dcmtk::log4cplus::DEBUG_LOG_LEVEL
-                                                      : dcmtk::log4cplus::OFF_LOG_LEVEL);
-}
+using dcmtk_support::QuietDcmtkLogging;
 
 std::string NodeLabel(const ConsoleNode& node) {
   return "console " + node.called_ae + "@" + node.host + ":" + std::to_string(node.port);

@@ -25,6 +25,7 @@
 #include <sstream>
 #include <system_error>
 
+#include "agent/common/dcmtk_logging.hpp"
 #include "agent/common/log.hpp"
 #include "agent/results/results.hpp"
 
@@ -38,11 +39,7 @@ constexpr const char* kRightLung = "3341006";      // SCT "Right lung structure"
 // The SR and SEG files are already validated, so these reads only bound a damaged spool file.
 constexpr std::uintmax_t kMaxReadBytes = std::uintmax_t{1} << 30;
 
-void QuietDcmtkLogging() {
-  dcmtk::log4cplus::Logger::getRoot().setLogLevel(log::GetLevel() == log::Level::kDebug
-                                                      ? dcmtk::log4cplus::DEBUG_LOG_LEVEL
-                                                      : dcmtk::log4cplus::OFF_LOG_LEVEL);
-}
+using dcmtk_support::QuietDcmtkLogging;
 
 std::string GetString(DcmItem& item, const DcmTagKey& tag) {
   OFString value;

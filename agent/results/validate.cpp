@@ -24,6 +24,7 @@
 #include <string_view>
 #include <system_error>
 
+#include "agent/common/dcmtk_logging.hpp"
 #include "agent/common/log.hpp"
 
 namespace ctagent::results {
@@ -34,13 +35,7 @@ constexpr std::size_t kPreambleBytes = 128;
 constexpr std::uint16_t kMaxImageDimension = 8192;
 constexpr long kMaxFrames = 100000;
 
-// DCMTK logs through its own log4cplus copy; our errors already carry what it would say, so
-// it stays quiet unless the agent runs at debug level.
-void QuietDcmtkLogging() {
-  dcmtk::log4cplus::Logger::getRoot().setLogLevel(log::GetLevel() == log::Level::kDebug
-                                                      ? dcmtk::log4cplus::DEBUG_LOG_LEVEL
-                                                      : dcmtk::log4cplus::OFF_LOG_LEVEL);
-}
+using dcmtk_support::QuietDcmtkLogging;
 
 std::string MiB(std::uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
 

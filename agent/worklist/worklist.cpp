@@ -23,6 +23,7 @@
 #include <optional>
 
 #include "agent/common/dcmnet_support.hpp"
+#include "agent/common/dcmtk_logging.hpp"
 #include "agent/common/log.hpp"
 #include "agent/common/uid.hpp"
 
@@ -32,13 +33,7 @@ namespace {
 using dcmnet::IsNetworkCondition;
 using dcmnet::OneLine;
 
-// DCMTK logs through its own log4cplus copy, and at info level it would print the answers
-// (patient names). Quiet unless the agent runs at debug level.
-void QuietDcmtkLogging() {
-  dcmtk::log4cplus::Logger::getRoot().setLogLevel(log::GetLevel() == log::Level::kDebug
-                                                      ? dcmtk::log4cplus::DEBUG_LOG_LEVEL
-                                                      : dcmtk::log4cplus::OFF_LOG_LEVEL);
-}
+using dcmtk_support::QuietDcmtkLogging;
 
 std::string Hex16(unsigned value) {
   char buf[8];

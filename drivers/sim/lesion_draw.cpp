@@ -16,8 +16,6 @@ constexpr int kSphereCheckPoints = 256;
 // (those start from SplitMix64(seed)); the bytes spell "lesions".
 constexpr std::uint64_t kLesionStreamKey = 0x6c6573696f6e73ull;
 
-double Uniform01(SimRng& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
-
 struct Box {
   double lo[3];
   double hi[3];

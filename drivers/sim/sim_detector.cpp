@@ -28,10 +28,6 @@ std::uint64_t SplitMix64(std::uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// Uniform in [0, 1) from the top 53 bits: identical on every platform, unlike
-// std::uniform_real_distribution whose algorithm is left to the implementation.
-double Uniform01(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
-
 Unexpected ArmError(ErrorKind kind, const std::string& what) {
   return MakeError(kind, "sim detector: cannot arm: " + what);
 }
@@ -42,7 +38,6 @@ bool Positive(double v) { return std::isfinite(v) && v > 0.0; }
 
 namespace {
 
-double Uniform01(SimRng& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
 // Uniform in (0, 1]: safe under log().
 double UniformOpen0(SimRng& rng) { return (static_cast<double>(rng() >> 11) + 1.0) * 0x1.0p-53; }
 

@@ -64,6 +64,14 @@ class SimRng {
   std::uint64_t state_;
 };
 
+// Uniform in [0, 1) from the top 53 bits of a 64-bit generator (SimRng, std::mt19937_64):
+// identical on every platform, unlike std::uniform_real_distribution whose algorithm is left to
+// the implementation.
+template <typename Generator>
+double Uniform01(Generator& rng) {
+  return static_cast<double>(rng() >> 11) * 0x1.0p-53;
+}
+
 // Means from this on are drawn from the moment-matched normal (see SamplePoisson).
 inline constexpr double kPoissonNormalFromMean = 256.0;
 

@@ -39,20 +39,19 @@ namespace fs = std::filesystem;
 
 namespace {
 
-
-struct Run {
+struct CtagentRun {
   int exit_code = -1;  // -1: still running after the wait (then stopped)
   std::string output;  // stdout and stderr
 };
 
 // Runs ctagent with `args`, waiting at most `timeout` (a command that blocks is then stopped:
 // SIGTERM, then SIGKILL, by the ChildProcess destructor).
-Run Ctagent(const fs::path& dir, const std::vector<std::string>& args, std::chrono::milliseconds timeout = 30s) {
+CtagentRun Ctagent(const fs::path& dir, const std::vector<std::string>& args, std::chrono::milliseconds timeout = 30s) {
   static int serial = 0;
   const fs::path log = dir / ("ctagent-" + std::to_string(++serial) + ".log");
   std::vector<std::string> argv{test::CtagentBinary()};
   argv.insert(argv.end(), args.begin(), args.end());
-  Run run;
+  CtagentRun run;
   {
     test::ChildProcess child(argv, log);
     run.exit_code = child.Wait(timeout);

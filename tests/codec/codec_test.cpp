@@ -7,6 +7,7 @@
 #include "agent/codec/chunk.hpp"
 #include "agent/codec/manifest.hpp"
 #include "agent/common/sha256.hpp"
+#include "tests/codec/chunk_info.hpp"
 
 using namespace ctagent;
 using codec::ChunkInfo;
@@ -14,20 +15,7 @@ using drivers::SampleType;
 
 namespace {
 
-ChunkInfo MakeInfo(std::uint32_t views, std::uint32_t rows, std::uint32_t channels, SampleType type,
-                   std::uint64_t first_view = 100) {
-  ChunkInfo info;
-  info.scan_uid = "2.25.123456789";
-  info.chunk_index = 7;
-  info.rows = rows;
-  info.channels = channels;
-  info.sample_type = type;
-  info.descriptor = {{"geometry", "parallel"}, {"channels", channels}};
-  for (std::uint32_t v = 0; v < views; ++v) {
-    info.views.push_back({first_view + v, 0.25 * v, 12.5, 1000 * static_cast<std::int64_t>(v), v % 3 == 0 ? 1u : 0u});
-  }
-  return info;
-}
+using codec_test::MakeInfo;
 
 std::vector<std::uint8_t> Samples(std::size_t bytes, std::mt19937_64& rng, int kind) {
   std::vector<std::uint8_t> s(bytes);

@@ -14,25 +14,18 @@
 #include "agent/codec/chunk.hpp"
 #include "agent/codec/filter.hpp"
 #include "agent/common/sha256.hpp"
+#include "tests/codec/chunk_info.hpp"
 
 using namespace ctagent;
 using codec::Filter;
 using drivers::SampleType;
+using codec_test::MakeInfo;
 
 namespace {
 
 constexpr Filter kAllFilters[] = {Filter::kNone,      Filter::kShuffle, Filter::kDeltaChannel,
                                   Filter::kDeltaView, Filter::kMed,     Filter::kPredict};
 
-codec::ChunkInfo Info(std::uint32_t views, std::uint32_t rows, std::uint32_t channels, SampleType type) {
-  codec::ChunkInfo info;
-  info.scan_uid = "2.25.42";
-  info.rows = rows;
-  info.channels = channels;
-  info.sample_type = type;
-  for (std::uint32_t v = 0; v < views; ++v) info.views.push_back({v, 0.5 * v, 0, 0, 0});
-  return info;
-}
 
 // Values that stress the wrap-around arithmetic: extremes, random bit patterns, and for float32
 // NaN payloads, infinities, denormals, negative zero and negative numbers (sign-magnitude bits).
@@ -139,7 +132,7 @@ TEST_CASE("codec: every filter inverts exactly on extremes, random bits and spec
           INFO("filter " << codec::ToString(filter) << " type " << drivers::ToString(type) << " shape "
                          << shape.views << "x" << shape.rows << "x" << shape.channels << " kind " << kind);
           REQUIRE(back == samples);
-          auto chunk = codec::EncodeChunk(Info(shape.views, shape.rows, shape.channels, type), samples, {filter, 1});
+          auto chunk = codec::EncodeChunk(MakeInfo(shape.views, shape.rows, shape.channels, type), samples, {filter, 1});
           REQUIRE(chunk);
           auto decoded = codec::DecodeChunk(*chunk);
           REQUIRE(decoded);
@@ -160,7 +153,7 @@ TEST_CASE("codec: prediction filters round-trip random shapes of noisy smooth da
     const auto type = (rng() % 2) ? SampleType::kUint16 : SampleType::kFloat32;
     const auto filter = kAllFilters[rng() % std::size(kAllFilters)];
     const auto samples = Values(std::size_t{views} * rows * channels, type, rng, static_cast<int>(rng() % 5));
-    auto chunk = codec::EncodeChunk(Info(views, rows, channels, type), samples, {filter, static_cast<int>(rng() % 4)});
+    auto chunk = codec::EncodeChunk(MakeInfo(views, rows, channels, type), samples, {filter, static_cast<int>(rng() % 4)});
     REQUIRE(chunk);
     auto decoded = codec::DecodeChunk(*chunk);
     INFO("case " << i << " filter " << codec::ToString(filter));
@@ -211,7 +204,7 @@ TEST_CASE("codec: on simulated scans the predictor beats shuffle and plain zstd 
     std::vector<std::uint8_t> plain(ZSTD_compressBound(samples.size()));
     const std::size_t plain_size = ZSTD_compress(plain.data(), plain.size(), samples.data(), samples.size(), 3);
     REQUIRE_FALSE(ZSTD_isError(plain_size));
-    const auto info = Info(views, 16, 512, SampleType::kUint16);
+    const auto info = MakeInfo(views, 16, 512, SampleType::kUint16);
     auto shuffled = codec::EncodeChunk(info, samples, {Filter::kShuffle, 3});
     auto predicted = codec::EncodeChunk(info, samples, {Filter::kPredict, 3});
     REQUIRE(shuffled);
@@ -231,7 +224,7 @@ TEST_CASE("codec: on simulated scans the predictor beats shuffle and plain zstd 
 TEST_CASE("codec: chunks whose sealed header lies are rejected before any large allocation", "[codec]") {
   std::mt19937_64 rng(5);
   const auto samples = Values(6 * 2 * 50, SampleType::kUint16, rng, 4);
-  auto good = codec::EncodeChunk(Info(6, 2, 50, SampleType::kUint16), samples, {Filter::kPredict, 3});
+  auto good = codec::EncodeChunk(MakeInfo(6, 2, 50, SampleType::kUint16), samples, {Filter::kPredict, 3});
   REQUIRE(good);
   auto expect_rejected = [](std::vector<std::uint8_t> bad, const std::string& reason, ErrorKind kind) {
     Reseal(bad);
@@ -335,7 +328,7 @@ TEST_CASE("codec: filter names map to codes both ways", "[codec]") {
   REQUIRE_FALSE(bad);
   CHECK_THAT(bad.error().message(), Catch::Contains("predict"));
   std::vector<std::uint8_t> samples(8);
-  auto r = codec::EncodeChunk(Info(1, 1, 4, SampleType::kUint16), samples, {static_cast<Filter>(9), 3});
+  auto r = codec::EncodeChunk(MakeInfo(1, 1, 4, SampleType::kUint16), samples, {static_cast<Filter>(9), 3});
   REQUIRE_FALSE(r);
   CHECK(r.error().kind() == ErrorKind::kInvalidInput);
 }

@@ -21,7 +21,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-nlohmann::json SmallProtocol() {
+nlohmann::json SmallAnnouncedProtocolJson() {
   return {{"geometry", "parallel"}, {"views_per_rotation", 30}, {"rotations", 1}, {"rows", 2}, {"channels", 32},
           {"channel_pitch_mm", 8.0}, {"seed", 40}, {"real_time", false}};
 }
@@ -69,7 +69,7 @@ void CheckAnnouncedScans(Detector& d, int count) {
 }
 
 nlohmann::json Schedule(int count) {
-  return {{"every_s", 0.05}, {"first_after_s", 0}, {"count", count}, {"protocol", SmallProtocol()}};
+  return {{"every_s", 0.05}, {"first_after_s", 0}, {"count", count}, {"protocol", SmallAnnouncedProtocolJson()}};
 }
 
 }  // namespace
@@ -93,7 +93,7 @@ TEST_CASE("announce: a sim without the option does not announce, and says so") {
 TEST_CASE("announce: a request file starts a scan, once per file") {
   ctagent::test::TempDir dir("announce-request");
   const fs::path request = dir.path() / "take-scan";
-  auto d = MakeDetector("sim", {{"announce", {{"request_file", request.string()}, {"protocol", SmallProtocol()}}}});
+  auto d = MakeDetector("sim", {{"announce", {{"request_file", request.string()}, {"protocol", SmallAnnouncedProtocolJson()}}}});
   REQUIRE(d);
   auto none = (*d)->WaitForScan(150ms);
   REQUIRE(none);
@@ -177,7 +177,7 @@ TEST_CASE("announce: a table built for ABI 1.1 (without wait_scan) still loads a
   auto a = (*d)->WaitForScan(10ms);
   REQUIRE_FALSE(a);
   CHECK(a.error().kind() == ErrorKind::kUnsupported);
-  auto p = ProtocolFromJson(SmallProtocol());
+  auto p = ProtocolFromJson(SmallAnnouncedProtocolJson());
   REQUIRE(p);
   CHECK(testing::ReadAll(**d, *p).size() == 30);
   // A table shorter than 1.1's is refused with the size it needs.

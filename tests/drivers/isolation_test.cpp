@@ -40,7 +40,7 @@ std::string Fault(const std::string& kind) {
   return std::string(CTAGENT_FAULT_DIR) + "/libctagent_driver_fault_" + kind + ".so";
 }
 
-ScanProtocol Small() {
+ScanProtocol SmallIsolationProtocol() {
   ScanProtocol p;
   p.views_per_rotation = 90;
   p.rotations = 2;
@@ -92,7 +92,7 @@ UntilError ReadUntilError(Detector& d, const ScanProtocol& p) {
 }  // namespace
 
 TEST_CASE("isolation: a driver in ctagent-driver-host delivers the bytes it delivers in process") {
-  const ScanProtocol p = Small();
+  const ScanProtocol p = SmallIsolationProtocol();
   for (const char* so : {CTAGENT_SIM_DRIVER_SO, CTAGENT_C_EXAMPLE_SO}) {
     INFO(so);
     auto in_process = Make({{"path", so}, {"isolation", "in_process"}});
@@ -117,7 +117,7 @@ TEST_CASE("isolation: a driver in ctagent-driver-host delivers the bytes it deli
 
 TEST_CASE("isolation: arm errors and load errors cross the process boundary with their text") {
   auto d = Make({{"path", CTAGENT_C_EXAMPLE_SO}});
-  ScanProtocol p = Small();
+  ScanProtocol p = SmallIsolationProtocol();
   p.rows = 17;
   auto s = d->Arm(p);
   REQUIRE_FALSE(s);
@@ -144,14 +144,14 @@ TEST_CASE("isolation: arm errors and load errors cross the process boundary with
 
 TEST_CASE("isolation: a driver that crashes mid-scan is reported with its signal, and the caller lives on") {
   auto d = Make({{"path", Fault("crash")}});
-  const UntilError r = ReadUntilError(*d, Small());
+  const UntilError r = ReadUntilError(*d, SmallIsolationProtocol());
   REQUIRE(r.failed);
   CHECK(r.views == kFaultView);
   CHECK(r.error.kind() == ErrorKind::kInternal);
   CHECK_THAT(r.error.message(), Catch::Contains("died with signal 11 (SIGSEGV) after 40 views"));
   CHECK(ProcessNamedInMessageIsGone(r.error.message()));
   // Every later call says the same, promptly.
-  auto again = d->Arm(Small());
+  auto again = d->Arm(SmallIsolationProtocol());
   REQUIRE_FALSE(again);
   CHECK_THAT(again.error().message(), Catch::Contains("SIGSEGV"));
 }
@@ -159,7 +159,7 @@ TEST_CASE("isolation: a driver that crashes mid-scan is reported with its signal
 TEST_CASE("isolation: a driver that stalls is killed after the stall timeout") {
   auto d = Make({{"path", Fault("stall")}, {"stall_timeout_s", 0.5}});
   const auto start = Clock::now();
-  const UntilError r = ReadUntilError(*d, Small());
+  const UntilError r = ReadUntilError(*d, SmallIsolationProtocol());
   const double took_s = std::chrono::duration<double>(Clock::now() - start).count();
   REQUIRE(r.failed);
   CHECK(r.views == kFaultView);
@@ -174,17 +174,17 @@ TEST_CASE("isolation: a driver that stalls is killed after the stall timeout") {
 
 TEST_CASE("isolation: a driver error mid-scan passes its last_error text through") {
   auto d = Make({{"path", Fault("error")}});
-  const UntilError r = ReadUntilError(*d, Small());
+  const UntilError r = ReadUntilError(*d, SmallIsolationProtocol());
   REQUIRE(r.failed);
   CHECK(r.views == kFaultView);
   CHECK_THAT(r.error.message(),
              Catch::Contains("next_view failed (CTAGENT_E_HARDWARE): next_view: detector fault at view 40: high-voltage arc"));
   // The host is still serving: the driver can be armed again.
-  CHECK(d->Arm(Small()));
+  CHECK(d->Arm(SmallIsolationProtocol()));
 }
 
 TEST_CASE("isolation: Abort from another thread ends a blocked NextView, killing a host that does not answer") {
-  ScanProtocol p = Small();
+  ScanProtocol p = SmallIsolationProtocol();
   p.real_time = true;
   p.rotation_time_s = 10.0;  // 18 views/s: NextView blocks most of the time
   for (const bool answers : {true, false}) {
@@ -315,7 +315,7 @@ AgentRun RunAgentScan(const ctagent::test::TempDir& work, const std::string& dri
   auto tus = ctagent::test::StartTusServer(pki, run.store, work.path() / "tus.log");
   nlohmann::json options = {{"path", driver}};
   if (stall_timeout_s > 0) options["stall_timeout_s"] = stall_timeout_s;
-  const ScanProtocol p = Small();
+  const ScanProtocol p = SmallIsolationProtocol();
   nlohmann::json cfg = {
       {"terminal_id", "isolation-test"},
       {"log_level", "info"},
@@ -353,7 +353,7 @@ AgentRun RunAgentScan(const ctagent::test::TempDir& work, const std::string& dri
 std::vector<std::uint8_t> ExpectedSamples(std::uint64_t n) {
   auto d = Make({{"path", CTAGENT_C_EXAMPLE_SO}, {"isolation", "in_process"}});
   std::vector<std::uint8_t> bytes;
-  for (const View& v : ReadAll(*d, Small())) {
+  for (const View& v : ReadAll(*d, SmallIsolationProtocol())) {
     if (v.sequence < n) bytes.insert(bytes.end(), v.samples.begin(), v.samples.end());
   }
   return bytes;

@@ -20,7 +20,7 @@ using ctagent::drivers::testing::ReadAll;
 
 namespace {
 
-ScanProtocol Small() {
+ScanProtocol SmallPluginProtocol() {
   ScanProtocol p;
   p.views_per_rotation = 45;
   p.rotations = 2;
@@ -33,7 +33,7 @@ ScanProtocol Small() {
 
 // A small helical fan-beam protocol: only ABI 1.1 carries it.
 ScanProtocol SmallFan() {
-  ScanProtocol p = Small();
+  ScanProtocol p = SmallPluginProtocol();
   p.geometry = GeometryKind::kFan;
   p.views_per_rotation = 60;
   p.rows = 4;
@@ -119,15 +119,15 @@ TEST_CASE("plugin: a driver built for ABI 1.0 is refused fan-beam and line-integ
   CHECK(s.error().kind() == ErrorKind::kUnsupported);
   CHECK(s.error().message().find("was built for driver ABI 1.0, which carries parallel-beam count protocols only; "
                                  "rebuild it against ctagent_driver.h 1.1") != std::string::npos);
-  ScanProtocol line_integrals = Small();
+  ScanProtocol line_integrals = SmallPluginProtocol();
   line_integrals.sample_encoding = SampleEncoding::kLineIntegral;
   CHECK_FALSE((*d)->Arm(line_integrals));
   // Parallel-beam counts still work with it.
-  CHECK(ReadAll(**d, Small()).size() == Small().TotalViews());
+  CHECK(ReadAll(**d, SmallPluginProtocol()).size() == SmallPluginProtocol().TotalViews());
 }
 
 TEST_CASE("plugin: sim through the C ABI (.so and built-in table) gives the bytes of sim called directly") {
-  const ScanProtocol p = Small();
+  const ScanProtocol p = SmallPluginProtocol();
   auto direct = sim::SimDetector::Create(nlohmann::json::object());
   REQUIRE(direct);
   const std::vector<View> expected = ReadAll(**direct, p);
@@ -166,7 +166,7 @@ TEST_CASE("plugin: sim through the C ABI (.so and built-in table) gives the byte
 TEST_CASE("plugin: arm errors carry the driver's own text") {
   auto d = MakeDetector("plugin", nlohmann::json{{"path", CTAGENT_C_EXAMPLE_SO}});
   REQUIRE(d);
-  ScanProtocol p = Small();
+  ScanProtocol p = SmallPluginProtocol();
   p.rows = 17;
   auto s = (*d)->Arm(p);
   REQUIRE_FALSE(s);
@@ -208,7 +208,7 @@ TEST_CASE("plugin: loading refuses what is not a compatible driver, saying why")
 TEST_CASE("plugin: the adapter stops a driver that skips a view") {
   auto d = MakeDetector("plugin", nlohmann::json{{"path", std::string(CTAGENT_BROKEN_DIR) + "/libctagent_driver_broken_gap.so"}});
   REQUIRE(d);
-  REQUIRE((*d)->Arm(Small()));
+  REQUIRE((*d)->Arm(SmallPluginProtocol()));
   for (int i = 0; i < 5; ++i) REQUIRE((*d)->NextView());
   auto v = (*d)->NextView();
   REQUIRE_FALSE(v);
@@ -219,7 +219,7 @@ TEST_CASE("plugin: the adapter stops a driver that skips a view") {
 TEST_CASE("plugin: Abort from another thread ends a blocked NextView of a C driver") {
   auto d = MakeDetector("plugin", nlohmann::json{{"path", CTAGENT_C_EXAMPLE_SO}});
   REQUIRE(d);
-  ScanProtocol p = Small();
+  ScanProtocol p = SmallPluginProtocol();
   p.real_time = true;
   p.rotation_time_s = 45.0;  // 1 view/s: the second view is due a second after the first
   REQUIRE((*d)->Arm(p));

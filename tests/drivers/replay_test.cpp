@@ -29,7 +29,7 @@ using ctagent::drivers::testing::ReadAll;
 
 namespace {
 
-ScanProtocol Small() {
+ScanProtocol SmallReplayProtocol() {
   ScanProtocol p;
   p.views_per_rotation = 30;
   p.rotations = 2;
@@ -47,7 +47,7 @@ ScanProtocol Small() {
 TEST_CASE("replay: a scan recorded from sim plays back identical views") {
   ctagent::test::TempDir dir("replay");
   const auto recording = dir.path() / "scan1";
-  const ScanProtocol p = Small();
+  const ScanProtocol p = SmallReplayProtocol();
   auto sim = MakeDetector("sim", nlohmann::json::object());
   REQUIRE(sim);
   auto recorded = RecordScan(**sim, p, recording);
@@ -84,7 +84,7 @@ TEST_CASE("replay: a scan recorded from sim plays back identical views") {
 TEST_CASE("replay: a ctagent recording sets the whole protocol, the config only real_time, other drivers keep theirs") {
   ctagent::test::TempDir dir("replay-protocol");
   const auto recording = dir.path() / "scan";
-  ScanProtocol p = Small();
+  ScanProtocol p = SmallReplayProtocol();
   p.dose_fraction = 0.25;
   p.rotation_time_s = 0.8;
   auto sim = MakeDetector("sim", nlohmann::json::object());
@@ -121,7 +121,7 @@ TEST_CASE("replay: a ctagent recording sets the whole protocol, the config only 
 TEST_CASE("replay: refuses another shape, reports damage, paces in real time, aborts") {
   ctagent::test::TempDir dir("replay-errors");
   const auto recording = dir.path() / "scan";
-  ScanProtocol p = Small();
+  ScanProtocol p = SmallReplayProtocol();
   auto sim = MakeDetector("sim", nlohmann::json::object());
   REQUIRE(sim);
   REQUIRE(RecordScan(**sim, p, recording));
@@ -189,7 +189,7 @@ TEST_CASE("replay: options and incomplete recordings are refused with a reason")
 TEST_CASE("replay: sim -> DICOM-CT-PD writer -> replay gives the same views") {
   ctagent::test::TempDir dir("dicom-ct-pd");
   const auto out = dir.path() / "ctpd";
-  const ScanProtocol p = Small();
+  const ScanProtocol p = SmallReplayProtocol();
   auto sim = MakeDetector("sim", nlohmann::json::object());
   REQUIRE(sim);
   REQUIRE(RecordScan(**sim, p, out, RecordFormat::kDicomCtPd));
@@ -254,7 +254,7 @@ TEST_CASE("replay: sim line-integral samples -> DICOM-CT-PD -> replay is bit-ide
   for (const GeometryKind geometry : {GeometryKind::kParallel, GeometryKind::kFan}) {
     ctagent::test::TempDir dir("dicom-ct-pd-exact");
     const auto out = dir.path() / "ctpd";
-    ScanProtocol p = Small();
+    ScanProtocol p = SmallReplayProtocol();
     p.geometry = geometry;
     p.sample_encoding = SampleEncoding::kLineIntegral;
     p.line_integral_slope = 1.0 / 3000;  // needs 17 digits: DS (16 characters) rounds it, the FD copy does not
@@ -327,7 +327,7 @@ TEST_CASE("replay: the DICOM-CT-PD writer writes the geometry the reader reads b
     INFO("geometry " << ToString(geometry));
     ctagent::test::TempDir dir("dicom-ct-pd-geometry");
     const auto out = dir.path() / "ctpd";
-    ScanProtocol p = Small();
+    ScanProtocol p = SmallReplayProtocol();
     p.geometry = geometry;
     if (geometry == GeometryKind::kFan) p.channel_pitch_mm = 7.0;
     p.row_pitch_mm = 3.0;
@@ -414,7 +414,7 @@ TEST_CASE("replay: the DICOM-CT-PD writer writes the geometry the reader reads b
 TEST_CASE("replay: damaged DICOM-CT-PD files are refused naming the file and what is wrong") {
   ctagent::test::TempDir dir("dicom-ct-pd-damaged");
   const auto out = dir.path() / "ctpd";
-  const ScanProtocol p = Small();
+  const ScanProtocol p = SmallReplayProtocol();
   auto sim = MakeDetector("sim", nlohmann::json::object());
   REQUIRE(sim);
   REQUIRE(RecordScan(**sim, p, out, RecordFormat::kDicomCtPd));

@@ -25,7 +25,7 @@ std::unique_ptr<SimDetector> MakeSim() {
   return std::move(d).value();
 }
 
-ScanProtocol SmallProtocol() {
+ScanProtocol SmallSimProtocol() {
   ScanProtocol p;
   p.views_per_rotation = 90;
   p.rotations = 2;
@@ -69,7 +69,7 @@ Moments MomentsOf(const std::vector<double>& x) {
 
 // Samples of the channels that only see air (|s| > 170 mm) over a whole small scan.
 std::vector<double> AirSamples(double dose_fraction) {
-  ScanProtocol p = SmallProtocol();
+  ScanProtocol p = SmallSimProtocol();
   p.dose_fraction = dose_fraction;
   p.rows = 8;
   p.views_per_rotation = 200;
@@ -87,7 +87,7 @@ std::vector<double> AirSamples(double dose_fraction) {
 }  // namespace
 
 TEST_CASE("sim: views arrive in order with the protocol's angles, table positions and timestamps") {
-  ScanProtocol p = SmallProtocol();
+  ScanProtocol p = SmallSimProtocol();
   p.table_start_mm = -20;
   p.table_speed_mm_per_rotation = 10;
   p.rotation_time_s = 0.5;
@@ -111,7 +111,7 @@ TEST_CASE("sim: views arrive in order with the protocol's angles, table position
 }
 
 TEST_CASE("sim: the same seed gives the same bytes, another seed other bytes") {
-  ScanProtocol p = SmallProtocol();
+  ScanProtocol p = SmallSimProtocol();
   p.seed = 42;
   auto a = MakeSim();
   auto b = MakeSim();
@@ -134,7 +134,7 @@ TEST_CASE("sim: the same seed gives the same bytes, another seed other bytes") {
 }
 
 TEST_CASE("sim: mean counts follow the phantom's line integrals, also after half a turn") {
-  ScanProtocol p = SmallProtocol();
+  ScanProtocol p = SmallSimProtocol();
   p.rows = 64;  // rows see the same ray: average them to beat the noise
   p.views_per_rotation = 4;
   p.rotations = 2;  // views 4..7 are views 0..3 seen from the opposite side
@@ -225,7 +225,7 @@ TEST_CASE("sim: relative noise grows as the dose falls") {
 }
 
 TEST_CASE("sim: counts above the ADC ceiling are clamped and flagged") {
-  ScanProtocol p = SmallProtocol();
+  ScanProtocol p = SmallSimProtocol();
   p.unattenuated_counts = 80000;
   p.rotations = 1;
   p.views_per_rotation = 2;
@@ -239,7 +239,7 @@ TEST_CASE("sim: counts above the ADC ceiling are clamped and flagged") {
 }
 
 TEST_CASE("sim: real-time pacing follows the view rate") {
-  ScanProtocol p = SmallProtocol();
+  ScanProtocol p = SmallSimProtocol();
   p.real_time = true;
   p.views_per_rotation = 50;
   p.rotation_time_s = 0.5;  // 100 views/s
@@ -254,7 +254,7 @@ TEST_CASE("sim: real-time pacing follows the view rate") {
 }
 
 TEST_CASE("sim: Abort from another thread ends a paced NextView promptly") {
-  ScanProtocol p = SmallProtocol();
+  ScanProtocol p = SmallSimProtocol();
   p.real_time = true;
   p.views_per_rotation = 2;
   p.rotation_time_s = 60;  // a view every 30 s: NextView blocks unless Abort wakes it
@@ -435,7 +435,7 @@ TEST_CASE("sim fan beam: helical table positions, determinism per seed, and lesi
 }
 
 TEST_CASE("sim: dead channels read zero and are flagged, channel gains are fixed per detector") {
-  ScanProtocol p = SmallProtocol();
+  ScanProtocol p = SmallSimProtocol();
   p.rotations = 1;
   p.rows = 8;
   p.views_per_rotation = 100;
