@@ -60,39 +60,48 @@ struct Context {
   std::shared_ptr<Protocol> protocol;
 };
 
+// A PATCH body: a file range, or bytes in memory that `owner` keeps alive.
+struct PatchBody {
+  std::optional<FileBody> file;
+  std::span<const std::uint8_t> bytes;
+  std::shared_ptr<const void> owner;
+  std::uint64_t length() const { return file ? file->length : bytes.size(); }
+};
+
 // One PATCH; returns the request's id (0 when it was refused before sending).
 AsyncHttp::RequestId SendPatch(const Context& ctx, const std::string& upload_url, std::uint64_t offset,
-                               const FileBody& body, const AsyncUploadOptions& options, AsyncDone<std::uint64_t> done) {
+                               PatchBody body, const AsyncUploadOptions& options, AsyncDone<std::uint64_t> done) {
   Failure refusal;
-  std::shared_ptr<std::vector<std::uint8_t>> bytes;
-  if (ctx.protocol->PatchNeedsBytes()) {
-    auto read = ReadRange(body);
+  if (body.file && ctx.protocol->PatchNeedsBytes()) {
+    auto read = ReadRange(*body.file);
     if (!read) {
       PostFailure(ctx.io, std::move(done), read.error(), {FailureClass::kLocal, {}});
       return 0;
     }
-    bytes = std::make_shared<std::vector<std::uint8_t>>(std::move(*read));
+    auto bytes = std::make_shared<const std::vector<std::uint8_t>>(std::move(*read));
+    body = PatchBody{std::nullopt, *bytes, bytes};
   }
-  auto request = ctx.protocol->PatchRequest(upload_url, offset, bytes ? std::span<const std::uint8_t>(*bytes)
-                                                                       : std::span<const std::uint8_t>(), &refusal);
+  const std::uint64_t size = body.length();
+  auto request = ctx.protocol->PatchRequest(upload_url, offset, body.bytes, &refusal);
   if (!request) {
     PostFailure(ctx.io, std::move(done), request.error(), refusal);
     return 0;
   }
   AsyncRequest async;
   async.request = std::move(*request);
-  if (bytes) {
-    async.request.body = *bytes;
-    async.keep_alive = bytes;
+  if (body.file) {
+    async.file_body = *body.file;
   } else {
-    async.file_body = body;
+    async.request.body = body.bytes;
+    async.keep_alive = body.owner;
   }
   async.request.before_send = options.before_send;
+  async.pace = options.pace;
   async.max_response_bytes = kMaxAnswerBytes;
   auto sent = std::make_shared<std::uint64_t>(0);
   async.request.on_upload_progress = [sent](std::uint64_t n) { *sent = n; };
   return ctx.http.Start(
-      std::move(async), [protocol = ctx.protocol, upload_url, offset, size = body.length, sent,
+      std::move(async), [protocol = ctx.protocol, upload_url, offset, size, sent,
                          on_body_bytes = options.on_body_bytes,
                          done = std::move(done)](Expected<HttpResponse> response, FailureClass http_failure) {
         if (on_body_bytes) on_body_bytes(*sent);
@@ -183,17 +192,20 @@ void AsyncClient::Terminate(const std::string& upload_url, AsyncDone<void> done)
 
 void AsyncClient::Patch(const std::string& upload_url, std::uint64_t offset, const FileBody& body,
                         const AsyncUploadOptions& options, AsyncDone<std::uint64_t> done) {
-  SendPatch({io_, http_, protocol_}, upload_url, offset, body, options, std::move(done));
+  SendPatch({io_, http_, protocol_}, upload_url, offset, PatchBody{body, {}, {}}, options, std::move(done));
 }
 
 // The PATCH/HEAD sequence of one UploadFile: one request in flight at a time, each completion
 // deciding the next step (the asynchronous form of Client::UploadFrom's loop).
 struct AsyncClient::Upload : AsyncUpload, std::enable_shared_from_this<AsyncClient::Upload> {
-  Upload(Context context, std::string url, FileBody whole, std::uint64_t start, std::uint64_t patch,
+  Upload(Context context, std::string url, std::optional<FileBody> whole_file,
+         std::shared_ptr<const std::vector<std::uint8_t>> whole_data, std::uint64_t start, std::uint64_t patch,
          AsyncUploadOptions upload_options, AsyncDone<std::uint64_t> completion)
       : ctx(std::move(context)),
         upload_url(std::move(url)),
-        file(std::move(whole)),
+        file(std::move(whole_file)),
+        data(std::move(whole_data)),
+        length(file ? file->length : (data ? data->size() : 0)),
         offset(start),
         patch_bytes(patch),
         options(std::move(upload_options)),
@@ -213,13 +225,19 @@ struct AsyncClient::Upload : AsyncUpload, std::enable_shared_from_this<AsyncClie
              {FailureClass::kCancelled, {}});
       return;
     }
-    if (offset >= file.length) {
+    if (offset >= length) {
       Finish(offset, {});
       return;
     }
-    const std::uint64_t n = std::min<std::uint64_t>(patch_bytes, file.length - offset);
-    const FileBody body{file.path, file.offset + offset, n};
-    in_flight = SendPatch(ctx, upload_url, offset, body, options,
+    const std::uint64_t n = std::min<std::uint64_t>(patch_bytes, length - offset);
+    PatchBody body;
+    if (file) {
+      body.file = FileBody{file->path, file->offset + offset, n};
+    } else {
+      body.bytes = std::span<const std::uint8_t>(*data).subspan(offset, n);
+      body.owner = data;
+    }
+    in_flight = SendPatch(ctx, upload_url, offset, std::move(body), options,
                           [self = shared_from_this()](Expected<std::uint64_t> next, Failure failure) {
                             self->in_flight = 0;
                             self->Patched(std::move(next), std::move(failure));
@@ -256,10 +274,10 @@ struct AsyncClient::Upload : AsyncUpload, std::enable_shared_from_this<AsyncClie
         self->Finish(MakeError(server.error()), std::move(failure));
         return;
       }
-      if (server->offset > self->file.length) {
+      if (server->offset > self->length) {
         self->Finish(MakeError(ErrorKind::kProtocol, "tus upload " + RedactUrl(self->upload_url) +
                                                          ": the server's offset " + std::to_string(server->offset) +
-                                                         " is beyond the data's " + std::to_string(self->file.length) +
+                                                         " is beyond the data's " + std::to_string(self->length) +
                                                          " bytes"),
                      {FailureClass::kProtocol, {}});
         return;
@@ -279,7 +297,9 @@ struct AsyncClient::Upload : AsyncUpload, std::enable_shared_from_this<AsyncClie
 
   Context ctx;
   std::string upload_url;
-  FileBody file;
+  std::optional<FileBody> file;                         // the body: a file range...
+  std::shared_ptr<const std::vector<std::uint8_t>> data;  // ...or bytes in memory
+  std::uint64_t length;
   std::uint64_t offset;
   std::uint64_t patch_bytes;
   AsyncUploadOptions options;
@@ -293,13 +313,25 @@ struct AsyncClient::Upload : AsyncUpload, std::enable_shared_from_this<AsyncClie
 std::shared_ptr<AsyncUpload> AsyncClient::UploadFile(const std::string& upload_url, const FileBody& file,
                                                      std::uint64_t offset, std::uint64_t patch_bytes,
                                                      AsyncUploadOptions options, AsyncDone<std::uint64_t> done) {
-  auto upload = std::make_shared<Upload>(Context{io_, http_, protocol_}, upload_url, file, offset, patch_bytes,
-                                         std::move(options), std::move(done));
-  if (patch_bytes == 0 || offset > file.length) {
-    const std::string why = patch_bytes == 0 ? "tus upload: patch size must be at least 1 byte"
-                                             : "tus upload " + RedactUrl(upload_url) + ": offset " +
-                                                   std::to_string(offset) + " is beyond the data's " +
-                                                   std::to_string(file.length) + " bytes";
+  return StartUpload(std::make_shared<Upload>(Context{io_, http_, protocol_}, upload_url, file, nullptr, offset,
+                                              patch_bytes, std::move(options), std::move(done)));
+}
+
+std::shared_ptr<AsyncUpload> AsyncClient::UploadBytes(const std::string& upload_url,
+                                                      std::shared_ptr<const std::vector<std::uint8_t>> data,
+                                                      std::uint64_t offset, std::uint64_t patch_bytes,
+                                                      AsyncUploadOptions options, AsyncDone<std::uint64_t> done) {
+  if (!data) data = std::make_shared<const std::vector<std::uint8_t>>();
+  return StartUpload(std::make_shared<Upload>(Context{io_, http_, protocol_}, upload_url, std::nullopt, std::move(data),
+                                              offset, patch_bytes, std::move(options), std::move(done)));
+}
+
+std::shared_ptr<AsyncUpload> AsyncClient::StartUpload(std::shared_ptr<Upload> upload) {
+  if (upload->patch_bytes == 0 || upload->offset > upload->length) {
+    const std::string why = upload->patch_bytes == 0 ? "tus upload: patch size must be at least 1 byte"
+                                                     : "tus upload " + RedactUrl(upload->upload_url) + ": offset " +
+                                                           std::to_string(upload->offset) + " is beyond the data's " +
+                                                           std::to_string(upload->length) + " bytes";
     upload->finished = true;
     PostFailure(io_, std::move(upload->done), Error(ErrorKind::kInvalidInput, why), {FailureClass::kLocal, {}});
     return upload;

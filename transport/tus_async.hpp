@@ -6,11 +6,13 @@
 
 #include <boost/asio/io_context.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "agent/common/error.hpp"
 #include "transport/http_async.hpp"
@@ -27,6 +29,8 @@ struct AsyncUploadOptions {
   // Asked before each block of PATCH body bytes and at each progress check, on the loop: it must
   // answer at once (true: go on, false: end the request with kCancelled). Empty: always go on.
   std::function<bool(std::size_t)> before_send;
+  // The pacer (AsyncRequest::pace): how long to hold each block of body bytes. Empty: none.
+  std::function<std::chrono::nanoseconds(std::size_t)> pace;
   // After each PATCH (or offset query) moved the confirmed offset: the server's offset now.
   std::function<void(std::uint64_t)> on_progress;
   // After each PATCH, however it ended: the body bytes it handed to the connection (bytes a
@@ -71,12 +75,18 @@ class AsyncClient {
   // requests of at most `patch_bytes`, with the recoveries of Client::UploadFrom (PatchRecovery:
   // a 460 resends, a 409 or a connection lost mid-PATCH asks HEAD and continues from the server's
   // offset, each bounded). Completes with the final offset (== file.length).
+  // The same from memory: `data` (kept alive until the completion) from `offset`.
+  std::shared_ptr<AsyncUpload> UploadBytes(const std::string& upload_url,
+                                           std::shared_ptr<const std::vector<std::uint8_t>> data, std::uint64_t offset,
+                                           std::uint64_t patch_bytes, AsyncUploadOptions options,
+                                           AsyncDone<std::uint64_t> done);
   std::shared_ptr<AsyncUpload> UploadFile(const std::string& upload_url, const FileBody& file, std::uint64_t offset,
                                           std::uint64_t patch_bytes, AsyncUploadOptions options,
                                           AsyncDone<std::uint64_t> done);
 
  private:
   struct Upload;
+  std::shared_ptr<AsyncUpload> StartUpload(std::shared_ptr<Upload> upload);
   // Starts `request` and calls `done` with the response (or error) and the HTTP failure class.
   AsyncHttp::RequestId Send(AsyncRequest request, AsyncCompletion done);
 

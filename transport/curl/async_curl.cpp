@@ -207,7 +207,18 @@ struct AsyncHttp::Impl : std::enable_shared_from_this<AsyncHttp::Impl> {
       return;
     }
     // Not curl_multi_socket_action from here (libcurl forbids it inside its callback): a 0 ms
-    // timeout runs from the loop at once.
+    // timeout runs from the loop at once, posted rather than as a timer already expired (under
+    // libfaketime with a positive offset, Asio's timerfd never fires for an expired deadline:
+    // the clock test of tests/durability saw the uploads stop).
+    if (timeout_ms == 0) {
+      curl_timer.cancel();
+      boost::asio::post(io, [weak = weak_from_this()] {
+        const auto self = weak.lock();
+        if (!self || self->multi == nullptr) return;
+        self->Action(CURL_SOCKET_TIMEOUT, 0);
+      });
+      return;
+    }
     curl_timer.expires_after(std::chrono::milliseconds(timeout_ms));
     curl_timer.async_wait([weak = weak_from_this()](const boost::system::error_code& ec) {
       const auto self = weak.lock();
@@ -230,6 +241,15 @@ struct AsyncHttp::Impl : std::enable_shared_from_this<AsyncHttp::Impl> {
       if (!request->transfer.paused || request->resume_armed) continue;
       if (!request->resume_timer) request->resume_timer = std::make_unique<boost::asio::steady_timer>(io);
       request->resume_armed = true;
+      if (request->transfer.resume_at <= std::chrono::steady_clock::now()) {
+        // Due already: posted, not a timer that expired before it was set (see SetCurlTimer).
+        boost::asio::post(io, [weak = weak_from_this(), request_id = id] {
+          const auto self = weak.lock();
+          if (!self || self->multi == nullptr) return;
+          self->Resume(request_id);
+        });
+        continue;
+      }
       request->resume_timer->expires_at(request->transfer.resume_at);
       request->resume_timer->async_wait([weak = weak_from_this(), request_id = id](const boost::system::error_code& ec) {
         const auto self = weak.lock();
