@@ -9,6 +9,7 @@
 
 #include <boost/asio/io_context.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -36,6 +37,12 @@ struct AsyncRequest {
   // progress check, but runs on the event loop: it must answer at once (true: go on, false:
   // end the request), never wait to pace.
   HttpRequest request;
+  // Pacing without waiting (a link's bandwidth cap): asked once per block of body bytes, after
+  // `request.before_send`, with the block's size; returns how long the block must be held (0:
+  // send it now). A hold pauses the request and a timer resumes it, so the loop runs everything
+  // else meanwhile; the held time counts neither as a stall nor against the size-derived
+  // deadline. Empty: not paced.
+  std::function<std::chrono::nanoseconds(std::size_t)> pace;
   std::optional<FileBody> file_body;
   std::shared_ptr<const void> keep_alive;  // released once the completion has run
   std::uint64_t max_response_bytes = 256ull << 20;

@@ -358,25 +358,38 @@ std::string ChecksumHeader(const std::string& algorithm, std::span<const std::ui
   return algorithm + " " + Base64Encode(std::span<const std::uint8_t>(digest, size));
 }
 
-Client::Client(HttpClient& http, std::string endpoint) : http_(http), endpoint_(std::move(endpoint)) {}
+std::string Failure::Label() const { return label.empty() ? std::string(ToString(failure)) : label; }
 
-Unexpected Client::Fail(FailureClass failure, Unexpected error, std::string label) {
-  last_failure_ = failure;
-  last_label_ = std::move(label);
+namespace {
+
+// Sets `*failure` and hands the error on.
+Unexpected Fail(Failure* failure, FailureClass failure_class, Unexpected error, std::string label = {}) {
+  failure->failure = failure_class;
+  failure->label = std::move(label);
   return error;
 }
 
-Unexpected Client::FromHttp(const Error& error, const std::string& context) {
-  last_failure_ = http_.last_failure();
-  last_label_.clear();
-  return MakeError(error.WithContext(context));
+// No usable answer: the HTTP layer's error, in the request's words, with its class.
+Unexpected FromHttp(const Error& error, FailureClass http_failure, const std::string& context, Failure* failure) {
+  return Fail(failure, http_failure, MakeError(error.WithContext(context)));
 }
 
-std::string Client::last_failure_label() const {
-  return last_label_.empty() ? std::string(ToString(last_failure_)) : last_label_;
+void Succeeded(Failure* failure) {
+  failure->failure = FailureClass::kNone;
+  failure->label.clear();
 }
 
-bool Client::OriginAllowed(const std::string& upload_url) const {
+std::optional<std::int64_t> ExpiresOf(const HttpResponse& response) {
+  const std::string text = response.Header("Upload-Expires");
+  if (text.empty()) return std::nullopt;
+  return ParseHttpDate(text);
+}
+
+}  // namespace
+
+Protocol::Protocol(std::string endpoint) : endpoint_(std::move(endpoint)) {}
+
+bool Protocol::OriginAllowed(const std::string& upload_url) const {
   const auto origin = ParseOrigin(upload_url);
   if (!origin) return false;
   if (const auto own = ParseOrigin(endpoint_); own && *own == *origin) return true;
@@ -385,10 +398,10 @@ bool Client::OriginAllowed(const std::string& upload_url) const {
 
 // An upload URL (journaled by an earlier run, or handed in) that is off the upload origin gets
 // no request: the bytes it would carry must not leave for a host nobody configured.
-Unexpected Client::ForeignUrl(const std::string& what, const std::string& url) {
+Unexpected Protocol::ForeignUrl(const std::string& what, const std::string& url, Failure* failure) const {
   const auto own = ParseOrigin(endpoint_);
   const auto origin = ParseOrigin(url);
-  return Fail(FailureClass::kLocal,
+  return Fail(failure, FailureClass::kLocal,
               MakeError(ErrorKind::kPermission,
                         what + ": upload URL " + Shown(url) + " is not on the upload origin " +
                             (own ? Shown(own->ToString()) : Shown(endpoint_)) + (origin ? "" : " (not an http(s) URL)") +
@@ -396,34 +409,28 @@ Unexpected Client::ForeignUrl(const std::string& what, const std::string& url) {
               "foreign-location");
 }
 
-void Client::NoteExpires(const HttpResponse& response) {
-  const std::string text = response.Header("Upload-Expires");
-  if (text.empty()) return;
-  if (auto parsed = ParseHttpDate(text)) last_expires_ = parsed;
-}
-
 // Statuses every tus request treats the same way. `what` names the request ("tus patch").
-Unexpected Client::StatusError(const std::string& what, const std::string& url, const HttpResponse& response,
-                               std::uint64_t length) {
+Unexpected Protocol::StatusError(const std::string& what, const std::string& url, const HttpResponse& response,
+                                 std::uint64_t length, Failure* failure) const {
   const long s = response.status;
   const std::string status = "HTTP " + std::to_string(s);
   const std::string shown = Shown(url);
   if (s == 404 || s == 410) {
-    return Fail(FailureClass::kUploadGone,
+    return Fail(failure, FailureClass::kUploadGone,
                 MakeError(ErrorKind::kNotFound, what + ": the server no longer knows upload URL " + shown + " (" +
                                                     status + (s == 410 ? ", expired or terminated" : "") +
                                                     "); create it again"));
   }
   if (s == 401 || s == 403) {
-    return Fail(FailureClass::kAuth, MakeError(ErrorKind::kPermission,
-                                               what + ": " + shown + " refused this terminal (" + status +
-                                                   "); check its credentials or client certificate with the "
-                                                   "imaging center"));
+    return Fail(failure, FailureClass::kAuth,
+                MakeError(ErrorKind::kPermission, what + ": " + shown + " refused this terminal (" + status +
+                                                      "); check its credentials or client certificate with the "
+                                                      "imaging center"));
   }
   if (s == 413) {
     std::string max = response.Header("Tus-Max-Size");
     if (max.empty() && capabilities_ && capabilities_->max_size > 0) max = std::to_string(capabilities_->max_size);
-    return Fail(FailureClass::kTooLarge,
+    return Fail(failure, FailureClass::kTooLarge,
                 MakeError(ErrorKind::kInvalidInput,
                           what + ": " + shown + " refuses an upload of " + std::to_string(length) + " bytes (" + status +
                               ": too large; the server accepts at most " +
@@ -431,7 +438,7 @@ Unexpected Client::StatusError(const std::string& what, const std::string& url, 
                               " bytes); lower the chunk size or ask the imaging center to raise its limit"));
   }
   if (s == 412) {
-    return Fail(FailureClass::kVersion,
+    return Fail(failure, FailureClass::kVersion,
                 MakeError(ErrorKind::kUnsupported, what + ": " + shown + " does not speak tus " + kTusVersion + " (" +
                                                        status + ", server versions: \"" +
                                                        Excerpt(response.Header("Tus-Version")) +
@@ -439,68 +446,67 @@ Unexpected Client::StatusError(const std::string& what, const std::string& url, 
                 "http-412");
   }
   if (s == 409) {
-    return Fail(FailureClass::kConflict, MakeError(ErrorKind::kProtocol, what + ": " + shown + " answered " + status +
-                                                                           " (conflict); query the offset again"));
+    return Fail(failure, FailureClass::kConflict,
+                MakeError(ErrorKind::kProtocol,
+                          what + ": " + shown + " answered " + status + " (conflict); query the offset again"));
   }
   if (s == 423) {
-    return Fail(FailureClass::kLocked, MakeError(ErrorKind::kNetwork, what + ": upload " + shown + " is locked by "
-                                                                          "another request (" + status +
-                                                                          "); retry after a backoff"));
+    return Fail(failure, FailureClass::kLocked,
+                MakeError(ErrorKind::kNetwork, what + ": upload " + shown + " is locked by another request (" +
+                                                   status + "); retry after a backoff"));
   }
   if (s == 460) {
-    return Fail(FailureClass::kChecksum,
+    return Fail(failure, FailureClass::kChecksum,
                 MakeError(ErrorKind::kNetwork, what + ": " + shown + " reports a checksum mismatch (" + status +
                                                    "): the bytes were damaged on the way; resend them"));
   }
   if (s >= 500) {
-    return Fail(FailureClass::kServerError,
+    return Fail(failure, FailureClass::kServerError,
                 MakeError(ErrorKind::kNetwork, what + ": temporary failure at " + shown + " (" + status + "); retry later"));
   }
-  return Fail(FailureClass::kProtocol,
+  return Fail(failure, FailureClass::kProtocol,
               MakeError(ErrorKind::kProtocol, what + ": " + shown + " answered unexpected " + status + ": " +
                                                   Excerpt(response.body)),
               "http-" + std::to_string(s));
 }
 
-Expected<ServerCapabilities> Client::Discover() {
+HttpRequest Protocol::DiscoverRequest() const {
   HttpRequest request;
   request.method = "OPTIONS";
   request.url = endpoint_;
   request.headers = BaseHeaders();
-  auto response = http_.Perform(request, 1 << 20);
-  if (!response) return FromHttp(response.error(), "tus discovery (OPTIONS)");
+  return request;
+}
+
+Expected<ServerCapabilities> Protocol::ReadDiscover(const Expected<HttpResponse>& response, FailureClass http_failure,
+                                                    Failure* failure) const {
+  if (!response) return FromHttp(response.error(), http_failure, "tus discovery (OPTIONS)", failure);
   const long s = response->status;
   if (s == 404) {
-    return Fail(FailureClass::kEndpoint, MakeError(ErrorKind::kNotFound, "tus discovery: no upload endpoint at " +
-                                                                             Shown(endpoint_) +
-                                                                             " (HTTP 404); check cloud.upload_url"),
+    return Fail(failure, FailureClass::kEndpoint,
+                MakeError(ErrorKind::kNotFound, "tus discovery: no upload endpoint at " + Shown(endpoint_) +
+                                                    " (HTTP 404); check cloud.upload_url"),
                 "http-404");
   }
   // Statuses with a meaning of their own (auth, 412, 5xx...) keep it; the rest is read below.
   if (s == 401 || s == 403 || s == 412 || s == 413 || s == 423 || s >= 500) {
-    return StatusError("tus discovery (OPTIONS)", endpoint_, *response);
+    return StatusError("tus discovery (OPTIONS)", endpoint_, *response, 0, failure);
   }
-  FailureClass failure = FailureClass::kNone;
+  FailureClass failure_class = FailureClass::kNone;
   std::string label;
-  auto caps = ParseDiscovery(s, response->headers, Shown(endpoint_), &failure, &label);
-  if (!caps) return Fail(failure, MakeError(caps.error()), std::move(label));
-  capabilities_ = *caps;
-  last_failure_ = FailureClass::kNone;
-  last_label_.clear();
+  auto caps = ParseDiscovery(s, response->headers, Shown(endpoint_), &failure_class, &label);
+  if (!caps) return Fail(failure, failure_class, MakeError(caps.error()), std::move(label));
+  Succeeded(failure);
   return caps;
 }
 
-Expected<std::string> Client::Create(std::uint64_t length, const Metadata& metadata) {
-  auto created = CreateWithUpload(length, metadata, {});
-  if (!created) return MakeError(created.error());
-  return created->url;
-}
-
-Expected<Created> Client::CreateWithUpload(std::uint64_t length, const Metadata& metadata,
-                                           std::span<const std::uint8_t> first_bytes) {
-  if (auto valid = ValidateMetadata(metadata); !valid) return Fail(FailureClass::kLocal, MakeError(valid.error()));
+Expected<HttpRequest> Protocol::CreateRequest(std::uint64_t length, const Metadata& metadata,
+                                              std::span<const std::uint8_t> first_bytes, Failure* failure) const {
+  if (auto valid = ValidateMetadata(metadata); !valid) {
+    return Fail(failure, FailureClass::kLocal, MakeError(valid.error()));
+  }
   if (capabilities_ && capabilities_->max_size > 0 && length > capabilities_->max_size) {
-    return Fail(FailureClass::kTooLarge,
+    return Fail(failure, FailureClass::kTooLarge,
                 MakeError(ErrorKind::kInvalidInput,
                           "tus create: " + Shown(endpoint_) + " accepts uploads of at most " +
                               std::to_string(capabilities_->max_size) + " bytes (Tus-Max-Size) and this one has " +
@@ -519,49 +525,214 @@ Expected<Created> Client::CreateWithUpload(std::uint64_t length, const Metadata&
   if (with_upload) {
     request.headers.emplace_back("Content-Type", "application/offset+octet-stream");
     request.body = first_bytes.subspan(0, std::min<std::size_t>(first_bytes.size(), length));
-    request.before_send = before_send_;
   }
-  auto response = http_.Perform(request, 1 << 20);
-  if (!response) return FromHttp(response.error(), "tus create");
+  Succeeded(failure);
+  return request;
+}
+
+Expected<Created> Protocol::ReadCreate(const Expected<HttpResponse>& response, FailureClass http_failure,
+                                       std::uint64_t length, std::size_t body_size, Failure* failure) const {
+  if (!response) return FromHttp(response.error(), http_failure, "tus create", failure);
   if (response->status == 404) {
-    return Fail(FailureClass::kEndpoint, MakeError(ErrorKind::kNotFound, "tus create: no upload endpoint at " +
-                                                                             Shown(endpoint_) +
-                                                                             " (HTTP 404); check cloud.upload_url"),
+    return Fail(failure, FailureClass::kEndpoint,
+                MakeError(ErrorKind::kNotFound, "tus create: no upload endpoint at " + Shown(endpoint_) +
+                                                    " (HTTP 404); check cloud.upload_url"),
                 "http-404");
   }
   // 201 Created is the protocol's answer; @uploadx/core answers 200 when the POST carried bytes
   // (creation-with-upload). Either way the Location is what matters.
   if (response->status != 201 && response->status != 200) {
-    return StatusError("tus create", endpoint_, *response, length);
+    return StatusError("tus create", endpoint_, *response, length, failure);
   }
   auto url = ResolveUploadLocation(endpoint_, response->Header("Location"), allowed_origins_);
   if (!url) {
     const bool foreign = url.error().kind() == ErrorKind::kPermission;
     // A foreign origin needs a person (configuration or the server); a malformed Location is
     // the server's protocol error.
-    return Fail(foreign ? FailureClass::kLocal : FailureClass::kProtocol, MakeError(url.error()),
+    return Fail(failure, foreign ? FailureClass::kLocal : FailureClass::kProtocol, MakeError(url.error()),
                 foreign ? "foreign-location" : "bad-location");
   }
-  NoteExpires(*response);
   Created created;
   created.url = std::move(*url);
-  created.expires = last_expires_;
-  if (with_upload) {
+  created.expires = ExpiresOf(*response);
+  if (body_size > 0) {
     // The server says how much of the body it kept; without the header, assume nothing (the
     // next PATCH at 0 then either succeeds or gets a 409 and resynchronises).
     std::uint64_t accepted = 0;
     const std::string text = response->Header("Upload-Offset");
-    if (!text.empty() && (!ParseOffset(text, &accepted) || accepted > request.body.size())) {
-      return Fail(FailureClass::kProtocol, MakeError(ErrorKind::kProtocol, "tus create at " + Shown(endpoint_) +
-                                                                               ": invalid Upload-Offset \"" +
-                                                                               Excerpt(text) + "\" in HTTP " +
-                                                                               std::to_string(response->status)));
+    if (!text.empty() && (!ParseOffset(text, &accepted) || accepted > body_size)) {
+      return Fail(failure, FailureClass::kProtocol,
+                  MakeError(ErrorKind::kProtocol, "tus create at " + Shown(endpoint_) + ": invalid Upload-Offset \"" +
+                                                      Excerpt(text) + "\" in HTTP " + std::to_string(response->status)));
     }
     created.offset = accepted;
   }
-  last_failure_ = FailureClass::kNone;
-  last_label_.clear();
+  Succeeded(failure);
   return created;
+}
+
+Expected<HttpRequest> Protocol::QueryRequest(const std::string& upload_url, Failure* failure) const {
+  if (!OriginAllowed(upload_url)) return ForeignUrl("tus offset query", upload_url, failure);
+  HttpRequest request;
+  request.method = "HEAD";
+  request.url = upload_url;
+  request.headers = BaseHeaders();
+  request.headers.emplace_back("Cache-Control", "no-store");
+  Succeeded(failure);
+  return request;
+}
+
+Expected<UploadInfo> Protocol::ReadQuery(const Expected<HttpResponse>& response, FailureClass http_failure,
+                                         const std::string& upload_url, Failure* failure) const {
+  if (!response) return FromHttp(response.error(), http_failure, "tus offset query", failure);
+  if (response->status != 200 && response->status != 204) {
+    return StatusError("tus offset query", upload_url, *response, 0, failure);
+  }
+  UploadInfo info;
+  const std::string text = response->Header("Upload-Offset");
+  if (!ParseOffset(text, &info.offset)) {
+    return Fail(failure, FailureClass::kProtocol,
+                MakeError(ErrorKind::kProtocol, "tus offset query " + Shown(upload_url) + ": invalid Upload-Offset \"" +
+                                                    Excerpt(text) + "\" in HTTP " + std::to_string(response->status)));
+  }
+  std::uint64_t length = 0;
+  if (ParseOffset(response->Header("Upload-Length"), &length)) info.length = length;
+  info.expires = ExpiresOf(*response);
+  Succeeded(failure);
+  return info;
+}
+
+bool Protocol::PatchNeedsBytes() const {
+  return capabilities_ && capabilities_->Has("checksum") && !capabilities_->ChecksumAlgorithm().empty();
+}
+
+Expected<HttpRequest> Protocol::PatchRequest(const std::string& upload_url, std::uint64_t offset,
+                                             std::span<const std::uint8_t> bytes, Failure* failure) const {
+  if (!OriginAllowed(upload_url)) return ForeignUrl("tus patch", upload_url, failure);
+  HttpRequest request;
+  request.method = "PATCH";
+  request.url = upload_url;
+  request.headers = BaseHeaders();
+  request.headers.emplace_back("Upload-Offset", std::to_string(offset));
+  request.headers.emplace_back("Content-Type", "application/offset+octet-stream");
+  if (PatchNeedsBytes()) {
+    request.headers.emplace_back("Upload-Checksum", ChecksumHeader(capabilities_->ChecksumAlgorithm(), bytes));
+  }
+  Succeeded(failure);
+  return request;
+}
+
+Expected<std::uint64_t> Protocol::ReadPatch(const Expected<HttpResponse>& response, FailureClass http_failure,
+                                            const std::string& upload_url, std::uint64_t offset, std::uint64_t size,
+                                            Failure* failure, std::optional<std::int64_t>* expires) const {
+  if (!response) return FromHttp(response.error(), http_failure, "tus patch at offset " + std::to_string(offset), failure);
+  const std::string shown = Shown(upload_url);
+  if (response->status == 409) {
+    const std::string server_offset = response->Header("Upload-Offset");
+    return Fail(failure, FailureClass::kConflict,
+                MakeError(ErrorKind::kProtocol, "tus patch " + shown +
+                                                    ": offset mismatch (HTTP 409): we sent Upload-Offset " +
+                                                    std::to_string(offset) + " but the server's offset differs" +
+                                                    (server_offset.empty() ? "" : " (server: " + Excerpt(server_offset) + ")") +
+                                                    "; query the offset with HEAD again and continue from there"));
+  }
+  // 204 is the protocol's answer; @uploadx/core answers the PATCH that completes an upload with
+  // 200 and a JSON description of the file. The Upload-Offset header decides either way.
+  if (response->status != 204 && response->status != 200) {
+    return StatusError("tus patch", upload_url, *response, 0, failure);
+  }
+  if (auto when = ExpiresOf(*response)) *expires = when;
+  std::uint64_t new_offset = 0;
+  const std::string text = response->Header("Upload-Offset");
+  if (!ParseOffset(text, &new_offset)) {
+    return Fail(failure, FailureClass::kProtocol,
+                MakeError(ErrorKind::kProtocol, "tus patch " + shown + ": invalid Upload-Offset \"" + Excerpt(text) +
+                                                    "\" in HTTP " + std::to_string(response->status)));
+  }
+  if (new_offset < offset || new_offset - offset > size) {
+    return Fail(failure, FailureClass::kProtocol,
+                MakeError(ErrorKind::kProtocol, "tus patch " + shown + ": the server reports offset " + text +
+                                                    " after we sent " + std::to_string(size) + " bytes at offset " +
+                                                    std::to_string(offset)));
+  }
+  Succeeded(failure);
+  return new_offset;
+}
+
+Expected<HttpRequest> Protocol::TerminateRequest(const std::string& upload_url, Failure* failure) const {
+  if (!OriginAllowed(upload_url)) return ForeignUrl("tus termination", upload_url, failure);
+  HttpRequest request;
+  request.method = "DELETE";
+  request.url = upload_url;
+  request.headers = BaseHeaders();
+  Succeeded(failure);
+  return request;
+}
+
+Status Protocol::ReadTerminate(const Expected<HttpResponse>& response, FailureClass http_failure,
+                               const std::string& upload_url, Failure* failure) const {
+  if (!response) return FromHttp(response.error(), http_failure, "tus termination", failure);
+  if (response->status == 204 || response->status == 404 || response->status == 410) {
+    Succeeded(failure);
+    return Ok();
+  }
+  return StatusError("tus termination", upload_url, *response, 0, failure);
+}
+
+PatchRecovery::Step PatchRecovery::After(FailureClass failure) {
+  if (failure == FailureClass::kChecksum && checksum_resends < kMaxChecksumResends) {
+    ++checksum_resends;  // the server kept nothing of that PATCH: send the same bytes again
+    return Step::kResend;
+  }
+  // A connection lost during the PATCH leaves the server's offset unknown: it may have kept
+  // part of the bytes, or answered before reading them (@tus/server sends its 409 and closes)
+  // while our send failed. One HEAD tells; if the network is really gone it fails too, and
+  // the caller's retry policy takes over.
+  if (failure == FailureClass::kConnectionLost && lost_resyncs < kMaxLostResyncs) {
+    ++lost_resyncs;
+    return Step::kResync;
+  }
+  if (failure == FailureClass::kConflict && conflict_resyncs < kMaxConflictResyncs) {
+    ++conflict_resyncs;
+    return Step::kResync;
+  }
+  return Step::kGiveUp;
+}
+
+Client::Client(HttpClient& http, std::string endpoint) : http_(http), protocol_(std::move(endpoint)) {}
+
+Expected<HttpResponse> Client::Send(const HttpRequest& request, FailureClass* http_failure) {
+  auto response = http_.Perform(request, 1 << 20);
+  *http_failure = response ? FailureClass::kNone : http_.last_failure();
+  return response;
+}
+
+Expected<ServerCapabilities> Client::Discover() {
+  FailureClass http_failure = FailureClass::kNone;
+  const auto response = Send(protocol_.DiscoverRequest(), &http_failure);
+  Failure failure;
+  auto caps = protocol_.ReadDiscover(response, http_failure, &failure);
+  if (caps) protocol_.SetCapabilities(*caps);
+  return Note(std::move(caps), failure);
+}
+
+Expected<std::string> Client::Create(std::uint64_t length, const Metadata& metadata) {
+  auto created = CreateWithUpload(length, metadata, {});
+  if (!created) return MakeError(created.error());
+  return created->url;
+}
+
+Expected<Created> Client::CreateWithUpload(std::uint64_t length, const Metadata& metadata,
+                                           std::span<const std::uint8_t> first_bytes) {
+  Failure failure;
+  auto request = protocol_.CreateRequest(length, metadata, first_bytes, &failure);
+  if (!request) return Note<Created>(MakeError(request.error()), failure);
+  if (!request->body.empty()) request->before_send = before_send_;
+  FailureClass http_failure = FailureClass::kNone;
+  const auto response = Send(*request, &http_failure);
+  auto created = protocol_.ReadCreate(response, http_failure, length, request->body.size(), &failure);
+  if (created && created->expires) last_expires_ = created->expires;
+  return Note(std::move(created), failure);
 }
 
 Expected<std::uint64_t> Client::QueryOffset(const std::string& upload_url) {
@@ -571,155 +742,82 @@ Expected<std::uint64_t> Client::QueryOffset(const std::string& upload_url) {
 }
 
 Expected<UploadInfo> Client::Query(const std::string& upload_url) {
-  if (!OriginAllowed(upload_url)) return ForeignUrl("tus offset query", upload_url);
-  HttpRequest request;
-  request.method = "HEAD";
-  request.url = upload_url;
-  request.headers = BaseHeaders();
-  request.headers.emplace_back("Cache-Control", "no-store");
-  auto response = http_.Perform(request, 1 << 20);
-  if (!response) return FromHttp(response.error(), "tus offset query");
-  if (response->status != 200 && response->status != 204) {
-    return StatusError("tus offset query", upload_url, *response);
-  }
-  UploadInfo info;
-  const std::string text = response->Header("Upload-Offset");
-  if (!ParseOffset(text, &info.offset)) {
-    return Fail(FailureClass::kProtocol,
-                MakeError(ErrorKind::kProtocol, "tus offset query " + Shown(upload_url) + ": invalid Upload-Offset \"" +
-                                                    Excerpt(text) + "\" in HTTP " + std::to_string(response->status)));
-  }
-  std::uint64_t length = 0;
-  if (ParseOffset(response->Header("Upload-Length"), &length)) info.length = length;
-  NoteExpires(*response);
-  if (!response->Header("Upload-Expires").empty()) info.expires = last_expires_;
-  last_failure_ = FailureClass::kNone;
-  last_label_.clear();
-  return info;
+  Failure failure;
+  auto request = protocol_.QueryRequest(upload_url, &failure);
+  if (!request) return Note<UploadInfo>(MakeError(request.error()), failure);
+  FailureClass http_failure = FailureClass::kNone;
+  const auto response = Send(*request, &http_failure);
+  auto info = protocol_.ReadQuery(response, http_failure, upload_url, &failure);
+  if (info && info->expires) last_expires_ = info->expires;
+  return Note(std::move(info), failure);
 }
 
 Expected<std::uint64_t> Client::Patch(const std::string& upload_url, std::uint64_t offset,
                                       std::span<const std::uint8_t> bytes) {
-  if (!OriginAllowed(upload_url)) return ForeignUrl("tus patch", upload_url);
-  HttpRequest request;
-  request.method = "PATCH";
-  request.url = upload_url;
-  request.headers = BaseHeaders();
-  request.headers.emplace_back("Upload-Offset", std::to_string(offset));
-  request.headers.emplace_back("Content-Type", "application/offset+octet-stream");
-  if (capabilities_ && capabilities_->Has("checksum")) {
-    const std::string algorithm = capabilities_->ChecksumAlgorithm();
-    if (!algorithm.empty()) request.headers.emplace_back("Upload-Checksum", ChecksumHeader(algorithm, bytes));
-  }
-  request.body = bytes;
-  request.before_send = before_send_;
+  Failure failure;
+  auto request = protocol_.PatchRequest(upload_url, offset, bytes, &failure);
+  if (!request) return Note<std::uint64_t>(MakeError(request.error()), failure);
+  request->body = bytes;
+  request->before_send = before_send_;
   std::uint64_t sent = 0;
-  request.on_upload_progress = [&sent](std::uint64_t n) { sent = n; };
-  auto response = http_.Perform(request, 1 << 20);
+  request->on_upload_progress = [&sent](std::uint64_t n) { sent = n; };
+  FailureClass http_failure = FailureClass::kNone;
+  const auto response = Send(*request, &http_failure);
   body_bytes_sent_ += sent;
-  if (!response) return FromHttp(response.error(), "tus patch at offset " + std::to_string(offset));
-  const std::string shown = Shown(upload_url);
-  if (response->status == 409) {
-    const std::string server_offset = response->Header("Upload-Offset");
-    return Fail(FailureClass::kConflict,
-                MakeError(ErrorKind::kProtocol, "tus patch " + shown +
-                                                    ": offset mismatch (HTTP 409): we sent Upload-Offset " +
-                                                    std::to_string(offset) + " but the server's offset differs" +
-                                                    (server_offset.empty() ? "" : " (server: " + Excerpt(server_offset) + ")") +
-                                                    "; query the offset with HEAD again and continue from there"));
-  }
-  // 204 is the protocol's answer; @uploadx/core answers the PATCH that completes an upload with
-  // 200 and a JSON description of the file. The Upload-Offset header decides either way.
-  if (response->status != 204 && response->status != 200) return StatusError("tus patch", upload_url, *response);
-  NoteExpires(*response);
-  std::uint64_t new_offset = 0;
-  const std::string text = response->Header("Upload-Offset");
-  if (!ParseOffset(text, &new_offset)) {
-    return Fail(FailureClass::kProtocol, MakeError(ErrorKind::kProtocol, "tus patch " + shown +
-                                                                             ": invalid Upload-Offset \"" +
-                                                                             Excerpt(text) + "\" in HTTP " +
-                                                                             std::to_string(response->status)));
-  }
-  if (new_offset < offset || new_offset - offset > bytes.size()) {
-    return Fail(FailureClass::kProtocol,
-                MakeError(ErrorKind::kProtocol, "tus patch " + shown + ": the server reports offset " + text +
-                                                    " after we sent " + std::to_string(bytes.size()) +
-                                                    " bytes at offset " + std::to_string(offset)));
-  }
-  last_failure_ = FailureClass::kNone;
-  last_label_.clear();
-  return new_offset;
+  return Note(protocol_.ReadPatch(response, http_failure, upload_url, offset, bytes.size(), &failure, &last_expires_),
+              failure);
 }
 
 Status Client::Terminate(const std::string& upload_url) {
-  if (!OriginAllowed(upload_url)) return ForeignUrl("tus termination", upload_url);
-  HttpRequest request;
-  request.method = "DELETE";
-  request.url = upload_url;
-  request.headers = BaseHeaders();
-  auto response = http_.Perform(request, 1 << 20);
-  if (!response) return FromHttp(response.error(), "tus termination");
-  if (response->status == 204 || response->status == 404 || response->status == 410) {
-    last_failure_ = FailureClass::kNone;
-    last_label_.clear();
-    return Ok();
-  }
-  return StatusError("tus termination", upload_url, *response);
+  Failure failure;
+  auto request = protocol_.TerminateRequest(upload_url, &failure);
+  if (!request) return Note<void>(MakeError(request.error()), failure);
+  FailureClass http_failure = FailureClass::kNone;
+  const auto response = Send(*request, &http_failure);
+  return Note(protocol_.ReadTerminate(response, http_failure, upload_url, &failure), failure);
 }
 
 Expected<std::uint64_t> Client::UploadFrom(const std::string& upload_url, std::span<const std::uint8_t> data,
                                            std::uint64_t offset, std::uint64_t patch_bytes,
                                            const std::function<void(std::uint64_t)>& on_progress) {
   if (patch_bytes == 0) {
-    return Fail(FailureClass::kLocal,
-                MakeError(ErrorKind::kInvalidInput, "tus upload: patch size must be at least 1 byte"));
+    return Note<std::uint64_t>(MakeError(ErrorKind::kInvalidInput, "tus upload: patch size must be at least 1 byte"),
+                               {FailureClass::kLocal, {}});
   }
   if (offset > data.size()) {
-    return Fail(FailureClass::kLocal, MakeError(ErrorKind::kInvalidInput, "tus upload " + Shown(upload_url) +
-                                                                              ": offset " + std::to_string(offset) +
-                                                                              " is beyond the data's " +
-                                                                              std::to_string(data.size()) + " bytes"));
+    return Note<std::uint64_t>(MakeError(ErrorKind::kInvalidInput, "tus upload " + Shown(upload_url) + ": offset " +
+                                                                       std::to_string(offset) + " is beyond the data's " +
+                                                                       std::to_string(data.size()) + " bytes"),
+                               {FailureClass::kLocal, {}});
   }
-  int checksum_resends = 0;
-  int resyncs = 0;
-  int lost_resyncs = 0;
+  PatchRecovery recovery;
   // Each round either fails, moves the offset forward, or spends one of the bounded resends
   // or resyncs, so the loop ends.
   while (offset < data.size()) {
     const std::uint64_t n = std::min<std::uint64_t>(patch_bytes, data.size() - offset);
     auto next = Patch(upload_url, offset, data.subspan(offset, n));
     if (!next) {
-      if (last_failure_ == FailureClass::kChecksum && checksum_resends < kMaxChecksumResends) {
-        ++checksum_resends;  // the server kept nothing of that PATCH: send the same bytes again
-        continue;
+      const PatchRecovery::Step step = recovery.After(last_failure_.failure);
+      if (step == PatchRecovery::Step::kResend) continue;
+      if (step == PatchRecovery::Step::kGiveUp) return next;
+      auto server = Query(upload_url);
+      if (!server) return MakeError(server.error());
+      if (server->offset > data.size()) {
+        return Note<std::uint64_t>(
+            MakeError(ErrorKind::kProtocol, "tus upload " + Shown(upload_url) + ": the server's offset " +
+                                                std::to_string(server->offset) + " is beyond the data's " +
+                                                std::to_string(data.size()) + " bytes"),
+            {FailureClass::kProtocol, {}});
       }
-      // A connection lost during the PATCH leaves the server's offset unknown: it may have kept
-      // part of the bytes, or answered before reading them (@tus/server sends its 409 and closes)
-      // while our send failed. One HEAD tells; if the network is really gone it fails too, and
-      // the caller's retry policy takes over.
-      const bool lost = last_failure_ == FailureClass::kConnectionLost && lost_resyncs < kMaxLostResyncs;
-      if (lost) ++lost_resyncs;
-      if (lost || (last_failure_ == FailureClass::kConflict && resyncs < kMaxConflictResyncs)) {
-        if (!lost) ++resyncs;
-        auto server = Query(upload_url);
-        if (!server) return MakeError(server.error());
-        if (server->offset > data.size()) {
-          return Fail(FailureClass::kProtocol,
-                      MakeError(ErrorKind::kProtocol, "tus upload " + Shown(upload_url) + ": the server's offset " +
-                                                          std::to_string(server->offset) + " is beyond the data's " +
-                                                          std::to_string(data.size()) + " bytes"));
-        }
-        offset = server->offset;
-        if (on_progress) on_progress(offset);
-        continue;
-      }
-      return next;
+      offset = server->offset;
+      if (on_progress) on_progress(offset);
+      continue;
     }
     if (*next <= offset) {
-      return Fail(FailureClass::kProtocol,
-                  MakeError(ErrorKind::kProtocol, "tus upload " + Shown(upload_url) +
-                                                      ": the server accepted no bytes at offset " +
-                                                      std::to_string(offset)));
+      return Note<std::uint64_t>(MakeError(ErrorKind::kProtocol, "tus upload " + Shown(upload_url) +
+                                                                     ": the server accepted no bytes at offset " +
+                                                                     std::to_string(offset)),
+                                 {FailureClass::kProtocol, {}});
     }
     offset = *next;
     if (on_progress) on_progress(offset);

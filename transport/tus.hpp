@@ -100,6 +100,84 @@ struct Created {
   std::optional<std::int64_t> expires;
 };
 
+// How a tus request failed: its class (what the retry policy keys on) and what happened, for
+// logs and error labels. kNone after a success.
+struct Failure {
+  FailureClass failure = FailureClass::kNone;
+  // "http-412" only when a 412 arrived; "tus-version" when the server named other versions,
+  // "not-tus" for an answer without tus headers, "foreign-location" for a Location off the upload
+  // origin, "tus-max-size" for a length over an announced Tus-Max-Size... "": the class's name.
+  std::string label;
+  std::string Label() const;  // label, or ToString(failure) when it is empty
+};
+
+// The tus protocol without the transport: how each request is built and how its answer is read,
+// shared by the blocking Client and AsyncClient (transport/tus_async.hpp) so the two cannot
+// drift. The Make* functions return the request to send, or an error for a request that must not
+// be sent (foreign upload URL, invalid metadata, length over Tus-Max-Size). The Read* functions
+// take what the HTTP layer returned (a response, or its error and failure class) and return the
+// result or the error; both set `*failure`.
+class Protocol {
+ public:
+  // `endpoint`: the creation URL, e.g. https://127.0.0.1:1080/files/
+  explicit Protocol(std::string endpoint);
+  const std::string& endpoint() const { return endpoint_; }
+
+  void SetCapabilities(ServerCapabilities capabilities) { capabilities_ = std::move(capabilities); }
+  const std::optional<ServerCapabilities>& capabilities() const { return capabilities_; }
+  void SetAllowedOrigins(std::vector<Origin> origins) { allowed_origins_ = std::move(origins); }
+  bool OriginAllowed(const std::string& upload_url) const;
+
+  HttpRequest DiscoverRequest() const;
+  Expected<ServerCapabilities> ReadDiscover(const Expected<HttpResponse>& response, FailureClass http_failure,
+                                            Failure* failure) const;
+  // POST; with creation-with-upload (offered and `first_bytes` not empty) the body is the first
+  // bytes (the caller keeps them alive until the answer).
+  Expected<HttpRequest> CreateRequest(std::uint64_t length, const Metadata& metadata,
+                                      std::span<const std::uint8_t> first_bytes, Failure* failure) const;
+  Expected<Created> ReadCreate(const Expected<HttpResponse>& response, FailureClass http_failure,
+                               std::uint64_t length, std::size_t body_size, Failure* failure) const;
+  Expected<HttpRequest> QueryRequest(const std::string& upload_url, Failure* failure) const;
+  Expected<UploadInfo> ReadQuery(const Expected<HttpResponse>& response, FailureClass http_failure,
+                                 const std::string& upload_url, Failure* failure) const;
+  // PATCH of `size` bytes at `offset`. `bytes` (the body's bytes) is needed only for the
+  // Upload-Checksum header, sent when a checksum algorithm is known from discovery; the body
+  // itself is the caller's to attach.
+  Expected<HttpRequest> PatchRequest(const std::string& upload_url, std::uint64_t offset,
+                                     std::span<const std::uint8_t> bytes, Failure* failure) const;
+  bool PatchNeedsBytes() const;  // whether PatchRequest computes a checksum from `bytes`
+  // The new offset; `*expires` gets Upload-Expires when the answer carries one.
+  Expected<std::uint64_t> ReadPatch(const Expected<HttpResponse>& response, FailureClass http_failure,
+                                    const std::string& upload_url, std::uint64_t offset, std::uint64_t size,
+                                    Failure* failure, std::optional<std::int64_t>* expires) const;
+  Expected<HttpRequest> TerminateRequest(const std::string& upload_url, Failure* failure) const;
+  Status ReadTerminate(const Expected<HttpResponse>& response, FailureClass http_failure,
+                       const std::string& upload_url, Failure* failure) const;
+
+ private:
+  Unexpected ForeignUrl(const std::string& what, const std::string& url, Failure* failure) const;
+  Unexpected StatusError(const std::string& what, const std::string& url, const HttpResponse& response,
+                         std::uint64_t length, Failure* failure) const;
+
+  std::string endpoint_;
+  std::optional<ServerCapabilities> capabilities_;
+  std::vector<Origin> allowed_origins_;
+};
+
+// What UploadFrom (blocking or asynchronous) does after a failed PATCH: send the same bytes again
+// (a 460: the server kept none of them), ask the server's offset with HEAD and go on from there
+// (a 409, or a connection lost mid-PATCH), or give up. Each is bounded per upload call.
+struct PatchRecovery {
+  static constexpr int kMaxChecksumResends = 3;
+  static constexpr int kMaxConflictResyncs = 3;
+  static constexpr int kMaxLostResyncs = 1;  // a HEAD after a connection lost mid-PATCH
+  enum class Step { kResend, kResync, kGiveUp };
+  int checksum_resends = 0;
+  int conflict_resyncs = 0;
+  int lost_resyncs = 0;
+  Step After(FailureClass failure);  // counts the step it returns
+};
+
 class Client {
  public:
   // `endpoint`: the creation URL, e.g. https://127.0.0.1:1080/files/
@@ -111,8 +189,8 @@ class Client {
   // kProtocol when the answer is not a tus answer at all.
   Expected<ServerCapabilities> Discover();
   // Capabilities from an earlier Discover() (possibly by another Client); empty: none known.
-  void SetCapabilities(ServerCapabilities capabilities) { capabilities_ = std::move(capabilities); }
-  const std::optional<ServerCapabilities>& capabilities() const { return capabilities_; }
+  void SetCapabilities(ServerCapabilities capabilities) { protocol_.SetCapabilities(std::move(capabilities)); }
+  const std::optional<ServerCapabilities>& capabilities() const { return protocol_.capabilities(); }
 
   // POST: creates an upload of `length` bytes; returns its absolute URL.
   Expected<std::string> Create(std::uint64_t length, const Metadata& metadata);
@@ -144,21 +222,21 @@ class Client {
   // Origins besides the endpoint's that a creation's Location may point at
   // (cloud.upload_origins_allowed). Upload URLs on any other origin are refused before a request
   // is sent to them (creation, HEAD, PATCH, DELETE).
-  void SetAllowedOrigins(std::vector<Origin> origins) { allowed_origins_ = std::move(origins); }
+  void SetAllowedOrigins(std::vector<Origin> origins) { protocol_.SetAllowedOrigins(std::move(origins)); }
   // Whether `upload_url` may receive requests: on the endpoint's origin or an allowed one.
-  bool OriginAllowed(const std::string& upload_url) const;
+  bool OriginAllowed(const std::string& upload_url) const { return protocol_.OriginAllowed(upload_url); }
 
   // Called before each block of request body bytes (see HttpRequest::before_send).
   void SetBeforeSend(std::function<bool(std::size_t)> before_send) { before_send_ = std::move(before_send); }
 
   // The class of the last failed call's error (kNone after a success): what the retry policy
   // keys on.
-  FailureClass last_failure() const { return last_failure_; }
+  FailureClass last_failure() const { return last_failure_.failure; }
   // What happened, for logs and error labels: "http-412" only when a 412 arrived; "tus-version"
   // when the server named other versions, "not-tus" for an answer without tus headers,
   // "foreign-location" for a Location off the upload origin, "tus-max-size" for a length over an
   // announced Tus-Max-Size... and transport::ToString(last_failure()) otherwise. "none" after success.
-  std::string last_failure_label() const;
+  std::string last_failure_label() const { return last_failure_.Label(); }
   // Upload-Expires of the last response that carried one (Unix seconds).
   std::optional<std::int64_t> last_expires() const { return last_expires_; }
   // PATCH body bytes handed to the connection by this client so far, including those of
@@ -166,25 +244,23 @@ class Client {
   std::uint64_t body_bytes_sent() const { return body_bytes_sent_; }
 
   // Bounds for the in-call recoveries of UploadFrom.
-  static constexpr int kMaxChecksumResends = 3;
-  static constexpr int kMaxConflictResyncs = 3;
-  static constexpr int kMaxLostResyncs = 1;  // a HEAD after a connection lost mid-PATCH
+  static constexpr int kMaxChecksumResends = PatchRecovery::kMaxChecksumResends;
+  static constexpr int kMaxConflictResyncs = PatchRecovery::kMaxConflictResyncs;
+  static constexpr int kMaxLostResyncs = PatchRecovery::kMaxLostResyncs;
 
  private:
-  Unexpected Fail(FailureClass failure, Unexpected error, std::string label = {});
-  Unexpected ForeignUrl(const std::string& what, const std::string& url);
-  Unexpected FromHttp(const Error& error, const std::string& context);
-  Unexpected StatusError(const std::string& what, const std::string& url, const HttpResponse& response,
-                         std::uint64_t length = 0);
-  void NoteExpires(const HttpResponse& response);
+  // Keeps `failure` as the last failure and hands `result` on.
+  template <typename T>
+  Expected<T> Note(Expected<T> result, const Failure& failure) {
+    last_failure_ = failure;
+    return result;
+  }
+  Expected<HttpResponse> Send(const HttpRequest& request, FailureClass* http_failure);
 
   HttpClient& http_;
-  std::string endpoint_;
-  std::optional<ServerCapabilities> capabilities_;
+  Protocol protocol_;
   std::function<bool(std::size_t)> before_send_;
-  FailureClass last_failure_ = FailureClass::kNone;
-  std::string last_label_;  // "" : the class's own name
-  std::vector<Origin> allowed_origins_;
+  Failure last_failure_;
   std::optional<std::int64_t> last_expires_;
   std::uint64_t body_bytes_sent_ = 0;
 };

@@ -4,8 +4,10 @@
 // failover and fail-back, and the per-link bandwidth cap.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "agent/common/error.hpp"
@@ -19,6 +21,11 @@ struct LinkLease {
   // The link's token bucket: blocks until `bytes` may be sent; false when the lease was revoked
   // (the link went down or the agent is stopping). Empty when the link is not capped.
   std::function<bool(std::size_t bytes)> before_send;
+  // The same token bucket for a caller on the event loop, which must not wait: books `bytes`
+  // and returns at once how long to hold them before sending (0: now), or nullopt when the
+  // lease was revoked; reserve(0) only asks whether the lease still holds. For
+  // transport::AsyncRequest::pace and before_send. Empty when the link is not capped.
+  std::function<std::optional<std::chrono::nanoseconds>(std::size_t bytes)> reserve;
 };
 
 class LinkProvider {

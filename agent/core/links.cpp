@@ -393,7 +393,7 @@ LinkManager::Link* LinkManager::BestLocked() {
 }
 
 Expected<LinkLease> LinkManager::Acquire() {
-  if (links_.empty()) return LinkLease{"default", "", "", {}};
+  if (links_.empty()) return LinkLease{"default", "", "", {}, {}};
   std::lock_guard lock(mutex_);
   if (stopping_) return MakeError(ErrorKind::kCancelled, "the link manager is stopping");
   ApplyScheduleLocked();
@@ -407,7 +407,7 @@ Expected<LinkLease> LinkManager::Acquire() {
                                               "); uploads resume when a probe succeeds; check cables, modem and "
                                               "`ctagent check --only link`");
   }
-  LinkLease lease{best->config.name, best->config.interface_name, best->config.source_address, {}};
+  LinkLease lease{best->config.name, best->config.interface_name, best->config.source_address, {}, {}};
   const bool may_cap = best->config.max_bits_per_s > 0 || !best->config.schedule.empty();
   if (may_cap) {
     std::shared_ptr<Link> shared;
@@ -416,6 +416,7 @@ Expected<LinkLease> LinkManager::Acquire() {
     }
     const std::uint64_t generation = best->generation;
     lease.before_send = [this, shared, generation](std::size_t bytes) { return Pace(shared, generation, bytes); };
+    lease.reserve = [this, shared, generation](std::size_t bytes) { return Reserve(shared, generation, bytes); };
   }
   return lease;
 }
@@ -429,6 +430,15 @@ bool LinkManager::Pace(const std::shared_ptr<Link>& link, std::uint64_t generati
   // Real time here (the bucket's booking is exact under any clock); a revocation wakes it early.
   changed_.wait_for(lock, wait, revoked);
   return !revoked();
+}
+
+std::optional<std::chrono::nanoseconds> LinkManager::Reserve(const std::shared_ptr<Link>& link,
+                                                             std::uint64_t generation, std::size_t bytes) {
+  std::lock_guard lock(mutex_);
+  if (stopping_ || link->generation != generation) return std::nullopt;
+  if (bytes == 0) return std::chrono::nanoseconds(0);
+  const auto wait = link->bucket.Reserve(bytes, clock_.now());
+  return wait.count() > 0 ? wait : std::chrono::nanoseconds(0);
 }
 
 void LinkManager::Report(const std::string& link_name, const Status& outcome) {

@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -137,6 +138,8 @@ class LinkManager : public LinkProvider {
   void ApplyScheduleLocked();
   Link* BestLocked();
   bool Pace(const std::shared_ptr<Link>& link, std::uint64_t generation, std::size_t bytes);
+  std::optional<std::chrono::nanoseconds> Reserve(const std::shared_ptr<Link>& link, std::uint64_t generation,
+                                                  std::size_t bytes);
 
   std::vector<std::shared_ptr<Link>> links_;
   std::unique_ptr<LinkProber> prober_;

@@ -3,12 +3,14 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <algorithm>
 #include <utility>
 
 #include "agent/common/log.hpp"
 #include "agent/common/sha256.hpp"
 #include "agent/common/url.hpp"
 #include "transport/tus.hpp"
+#include "transport/tus_async.hpp"
 
 namespace ctagent::core {
 namespace {
@@ -88,6 +90,7 @@ struct Uploader::Job {
   std::string scan_uid;
   bool manifest = false;
   std::uint32_t index = 0;
+  bool prepare_only = false;  // PrepareManifest: the creation stage alone, no `done`
   std::uint32_t attempt = 0;
   FailureClass failure = FailureClass::kNone;  // class of the last attempt's error
   // What happened, as the tus client names it ("http-412" only for a real 412, "tus-version",
@@ -101,8 +104,32 @@ struct Uploader::Job {
   // The last attempt was cut short by a pause (not a failure): it is held, not retried.
   bool paused_out = false;
 
+  // This attempt's lease (leased: Report() is owed) and what its stages carry between requests.
+  LinkLease lease;
+  bool leased = false;
+  transport::tus::AsyncClient* client = nullptr;
+  std::shared_ptr<const std::vector<std::uint8_t>> bytes;
+  spool::UploadState state;
+  std::string sha256;
+  std::uint64_t offset = 0;
+  std::uint64_t start_offset = 0;
+  std::uint64_t last_journaled = 0;
+  std::uint64_t attempt_body_bytes = 0;
+  std::shared_ptr<transport::tus::AsyncUpload> upload;  // the PATCHes in flight
+
   std::string Name() const {
     return manifest ? "manifest of scan " + scan_uid : "chunk " + std::to_string(index) + " of scan " + scan_uid;
+  }
+  // Ends this attempt with the tus client's failure (its class and label).
+  void Fail(const Error& error, const transport::tus::Failure& why) {
+    failure = why.failure == FailureClass::kNone ? FailureClass::kProtocol : why.failure;
+    label = why.label;
+    last_status = MakeError(error);
+  }
+  void FailLocal(const Error& error) {
+    failure = FailureClass::kLocal;
+    label.clear();
+    last_status = MakeError(error);
   }
 };
 
@@ -115,20 +142,41 @@ Uploader::Uploader(boost::asio::io_context& io, spool::Spool& spool, const confi
       links_(links),
       share_(std::make_shared<transport::HttpShare>()),
       allowed_origins_(transport::tus::ParseOriginList(cloud.upload_origins_allowed)),
-      creators_(cloud.parallel_uploads),
-      transfers_(cloud.parallel_uploads),
       counters_(counters != nullptr ? *counters : own_counters_) {}
 
-Uploader::~Uploader() { Stop(); }
+Uploader::~Uploader() {
+  Stop();
+  alive_.reset();
+  clients_.clear();  // ends what is left in flight without completions
+}
+
+void Uploader::Post(std::function<void()> fn) {
+  boost::asio::post(io_, [weak = std::weak_ptr<char>(alive_), fn = std::move(fn)] {
+    if (weak.lock()) fn();
+  });
+}
 
 void Uploader::Stop() {
-  {
-    std::lock_guard lock(ahead_mutex_);
+  if (!stopping_) {
     stopping_ = true;
+    // Jobs not started: cancelled now. Jobs in flight: their requests end with kCancelled and
+    // their completions finish them (the loop may run no more: then nothing is called).
+    std::vector<JobPtr> waiting(to_create_.begin(), to_create_.end());
+    waiting.insert(waiting.end(), to_send_.begin(), to_send_.end());
+    to_create_.clear();
+    to_send_.clear();
+    for (auto& job : waiting) {
+      job->failure = FailureClass::kCancelled;
+      job->last_status = MakeError(ErrorKind::kCancelled, "agent is stopping");
+      Finish(job);
+    }
+    for (const auto& job : std::vector<JobPtr>(in_flight_.begin(), in_flight_.end())) {
+      if (job->upload) job->upload->Cancel();
+    }
+    for (auto& [name, client] : clients_) client.http->CancelAll();
   }
-  ahead_changed_.notify_all();
-  creators_.join();  // before the transfers: a creator may still hand a job to them
-  transfers_.join();
+  journal_worker_.join();
+  read_worker_.join();
 }
 
 void Uploader::UploadChunk(const std::string& scan_uid, std::uint32_t index, Done done) {
@@ -149,265 +197,81 @@ void Uploader::UploadManifest(const std::string& scan_uid, Done done) {
 
 void Uploader::SetPaused(bool paused) {
   paused_ = paused;
-  if (paused) return;
-  std::vector<std::shared_ptr<Job>> held;
+  if (paused) {
+    // Not started yet: held. Sending: cancelled (the completion holds them, see Finish).
+    // Creations in flight finish their POST and journal, then are held (Prepared).
+    for (auto& job : to_send_) {
+      --ahead_;
+      held_.push_back(std::move(job));
+    }
+    for (auto& job : to_create_) held_.push_back(std::move(job));
+    to_send_.clear();
+    to_create_.clear();
+    for (const auto& job : std::vector<JobPtr>(in_flight_.begin(), in_flight_.end())) {
+      if (job->upload) {
+        job->paused_out = true;
+        job->upload->Cancel();
+      }
+    }
+    return;
+  }
+  std::vector<JobPtr> held;
   held.swap(held_);
   for (auto& job : held) Start(std::move(job));  // in the order they were held
 }
 
-void Uploader::Requeue(std::shared_ptr<Job> job) {
-  boost::asio::post(io_, [this, job = std::move(job)] { Start(job); });
-}
-
 void Uploader::PrepareManifest(const std::string& scan_uid) {
   // Optional (UploadManifest creates the upload when it is not there): skipped while paused.
-  if (paused_) return;
+  if (paused_ || stopping_) return;
   auto job = std::make_shared<Job>();
   job->scan_uid = scan_uid;
   job->manifest = true;
+  job->prepare_only = true;
   // Its creation waits for discovery like every other: start the warm-ups that do it.
   StartWarmUp();
-  // Not counted against the creators' lead (WaitForRoomAhead): it has no transfer stage.
-  boost::asio::post(creators_, [this, job] {
-    if (stopping_ || paused_) return;
-    Attempt(*job, /*prepare=*/true);
-    if (!job->last_status) {
-      log::Debug("upload", job->Name() + ": not created ahead (" + job->last_status.error().message() +
-                               "); it is created when it is sent");
-    }
-  });
+  // Not counted against the creations ahead: it has no byte stage.
+  Prepare(std::move(job));
 }
 
-void Uploader::WarmUp() {
-  std::optional<transport::tus::ServerCapabilities> discovered;
-  LinkLease lease;
-  // Paused: no OPTIONS either; the first job after the resume asks the server itself.
-  bool leased = !stopping_ && !paused_;
-  if (leased && links_ != nullptr) {
-    auto acquired = links_->Acquire();
-    leased = acquired.has_value();  // if not, the jobs' own attempts report it
-    if (leased) lease = std::move(*acquired);
-  }
-  if (leased) {
-    auto client = TakeClient(lease);
-    transport::tus::Client tus(*client, cloud_.upload_url);
-    auto answer = tus.Discover();
-    if (answer) discovered = *answer;
-    ReturnClient(lease.link_name, std::move(client));
-    if (links_ != nullptr) {
-      links_->Report(lease.link_name, answer || !IsLinkFailure(tus.last_failure()) ? Ok() : Status(MakeError(answer.error())));
-    }
-  }
-  {
-    std::lock_guard lock(clients_mutex_);
-    if (discovered && !capabilities_) {
-      if (discovered->version_inferred) LogVersionInferred();
-      capabilities_ = std::move(discovered);
-    }
-    --discoveries_in_flight_;
-  }
-  capabilities_changed_.notify_all();
-}
-
-void Uploader::LogVersionInferred() const {
-  log::Info("upload", "the tus server at " + RedactUrl(cloud_.upload_url) +
-                          " sends no Tus-Version; using tus 1.0.0, which its Tus-Resumable names");
-}
-
-bool Uploader::TakeFresh(const std::string& url, std::uint64_t length) {
-  std::lock_guard lock(fresh_mutex_);
-  const auto it = fresh_uploads_.find(url);
-  if (it == fresh_uploads_.end()) return false;
-  const bool fresh = it->second == length;
-  fresh_uploads_.erase(it);
-  return fresh;
-}
-
-std::unique_ptr<transport::HttpClient> Uploader::TakeClient(const LinkLease& lease) {
-  std::lock_guard lock(clients_mutex_);
-  auto& idle = idle_clients_[lease.link_name];
-  if (!idle.empty()) {
-    auto client = std::move(idle.back());
-    idle.pop_back();
-    return client;
-  }
-  auto options = MakeHttpOptions(cloud_);
-  options.interface_name = lease.interface_name;
-  options.source_address = lease.source_address;
-  options.share = share_;
-  return std::make_unique<transport::HttpClient>(std::move(options));
-}
-
-void Uploader::ReturnClient(const std::string& link_name, std::unique_ptr<transport::HttpClient> client) {
-  std::lock_guard lock(clients_mutex_);
-  idle_clients_[link_name].push_back(std::move(client));
-}
-
-Status Uploader::Journal(const std::string& scan_uid, spool::Spool::UploadChange change) {
-  std::uint64_t ticket = 0;
-  {
-    std::lock_guard lock(journal_queue_mutex_);
-    ticket = ++journal_next_ticket_;
-    journal_queue_.push_back({ticket, scan_uid, std::move(change)});
-  }
-  std::lock_guard commit(journal_commit_mutex_);
-  std::vector<PendingChange> batch;
-  {
-    std::lock_guard lock(journal_queue_mutex_);
-    if (const auto it = journal_results_.find(ticket); it != journal_results_.end()) {
-      Status done = it->second;  // committed by another thread's batch while we waited
-      journal_results_.erase(it);
-      return done;
-    }
-    batch.swap(journal_queue_);  // holds our change: nobody took it
-  }
-  std::map<std::string, std::vector<const PendingChange*>> by_scan;
-  for (const auto& p : batch) by_scan[p.scan_uid].push_back(&p);
-  Status mine = Ok();
-  std::map<std::uint64_t, Status> others;
-  for (const auto& [uid, changes] : by_scan) {
-    std::vector<spool::Spool::UploadChange> upload_changes;
-    upload_changes.reserve(changes.size());
-    for (const auto* p : changes) upload_changes.push_back(p->change);
-    const Status st = spool_.SetUploads(uid, upload_changes);
-    for (const auto* p : changes) {
-      if (p->ticket == ticket) {
-        mine = st;
-      } else {
-        others.emplace(p->ticket, st);
-      }
-    }
-  }
-  std::lock_guard lock(journal_queue_mutex_);
-  journal_results_.merge(others);
-  return mine;
-}
-
-bool Uploader::NeedsCreation(const Job& job) {
-  auto upload = SpooledUploadOf(spool_, job.scan_uid, job.manifest, job.index);
-  if (!upload) return true;  // Prepare() reports the spool's error
-  return upload->state.url.empty() && !upload->state.complete;
-}
-
-void Uploader::Attempt(Job& job, bool prepare) {
-  std::unique_lock<std::mutex> manifest_creation;
-  if (prepare && job.manifest) manifest_creation = std::unique_lock(manifest_creation_mutex_);
-  if (prepare && !NeedsCreation(job)) {
-    // Done, or an upload of an earlier attempt or run: Transfer() asks the server where it stands
-    // (or, for one created ahead and not yet sent, starts its PATCH).
-    job.failure = FailureClass::kNone;
-    job.last_status = Ok();
-    return;
-  }
-  LinkLease lease;
-  if (links_ != nullptr) {
-    auto acquired = links_->Acquire();
-    if (!acquired) {
-      job.failure = FailureClass::kLinkDown;
-      job.last_status = MakeError(acquired.error());
-      return;
-    }
-    lease = std::move(*acquired);
-  }
-  auto client = TakeClient(lease);
-  job.failure = FailureClass::kNone;
-  job.label.clear();
-  // Stop() ends a PATCH in flight at its next block instead of waiting for all its bytes (a
-  // shutdown, or a daemon pausing for a scan): the server keeps what it got, the next run resumes.
-  // A pause ends it the same way; the job is then held, not failed (Finish).
-  job.paused_out = false;
-  const std::function<bool(std::size_t)> before_send = [this, &lease, &job](std::size_t n) {
-    if (paused_) job.paused_out = true;
-    return !stopping_ && !paused_ && (!lease.before_send || lease.before_send(n));
-  };
-  job.last_status = prepare ? Prepare(job, *client) : Transfer(job, *client, before_send);
-  ReturnClient(lease.link_name, std::move(client));
-  if (links_ != nullptr) {
-    // HTTP answers and local problems say the link works; only network failures count against it.
-    links_->Report(lease.link_name, job.last_status || !IsLinkFailure(job.failure) ? Ok() : job.last_status);
-  }
-}
-
-void Uploader::StartWarmUp() {
-  bool warm_up = false;
-  {
-    std::lock_guard lock(clients_mutex_);
-    if (!warm_up_started_) {
-      warm_up_started_ = true;
-      warm_up = true;
-      discoveries_in_flight_ = cloud_.parallel_uploads;
-    }
-  }
-  // Posted before any job, so every transfer thread runs its warm-up before any transfer.
-  for (std::uint32_t i = 0; warm_up && i < cloud_.parallel_uploads; ++i) boost::asio::post(transfers_, [this] { WarmUp(); });
-}
-
-void Uploader::Start(std::shared_ptr<Job> job) {
-  // Two stages, each on its own threads because they block in libcurl: a creator makes the
-  // upload (POST) and journals its URL, then a transfer thread sends the bytes (PATCH). So the
-  // creation round trip of the next uploads overlaps the PATCHes in flight instead of leaving
-  // a transfer connection idle for it. Creators stay at most `parallel_uploads` uploads ahead.
-  // Paused (on the loop, like every caller of Start): the job waits in held_ for SetPaused(false).
+void Uploader::Start(JobPtr job) {
+  // Paused: the job waits in held_ for SetPaused(false).
   if (paused_) {
     held_.push_back(std::move(job));
     return;
   }
-  StartWarmUp();
-  boost::asio::post(creators_, [this, job] {
-    if (!WaitForRoomAhead()) {
-      job->failure = FailureClass::kCancelled;
-      job->last_status = MakeError(ErrorKind::kCancelled, "agent is stopping");
-      Finish(job);
-      return;
-    }
-    if (paused_) {  // paused while it waited for a creator: no POST
-      LeaveAhead();
-      Requeue(job);
-      return;
-    }
-    Attempt(*job, /*prepare=*/true);
-    if (!job->last_status) {
-      LeaveAhead();
-      Finish(job);
-      return;
-    }
-    boost::asio::post(transfers_, [this, job] {
-      LeaveAhead();
-      if (paused_ && !stopping_) {  // paused while it waited for a transfer thread: no HEAD, no PATCH
-        Requeue(job);
-        return;
-      }
-      if (stopping_) {
-        job->failure = FailureClass::kCancelled;
-        job->last_status = MakeError(ErrorKind::kCancelled, "agent is stopping");
-      } else {
-        Attempt(*job, /*prepare=*/false);
-      }
-      Finish(job);
-    });
-  });
-}
-
-bool Uploader::WaitForRoomAhead() {
-  std::unique_lock lock(ahead_mutex_);
-  // Bounded by Stop(), which sets stopping_ under this mutex and wakes every waiter.
-  ahead_changed_.wait(lock, [this] { return stopping_ || ahead_ < cloud_.parallel_uploads; });
-  if (stopping_) return false;
-  ++ahead_;
-  return true;
-}
-
-void Uploader::LeaveAhead() {
-  {
-    std::lock_guard lock(ahead_mutex_);
-    --ahead_;
+  if (stopping_) {
+    job->failure = FailureClass::kCancelled;
+    job->last_status = MakeError(ErrorKind::kCancelled, "agent is stopping");
+    Finish(job);
+    return;
   }
-  ahead_changed_.notify_one();
+  StartWarmUp();
+  to_create_.push_back(std::move(job));
+  Pump();
 }
 
-void Uploader::Finish(std::shared_ptr<Job> job) {
-  // The outcome is handled on the event loop, which also owns the retry timers.
-  boost::asio::post(io_, [this, job] {
+void Uploader::Pump() {
+  // Two stages, so the creation round trip of the next uploads overlaps the PATCHes in flight
+  // instead of leaving a connection idle for it; each bounded by parallel_uploads.
+  // Each round takes one job off a queue, so the loops end.
+  while (!paused_ && !stopping_ && sending_ < cloud_.parallel_uploads && !to_send_.empty()) {
+    JobPtr job = std::move(to_send_.front());
+    to_send_.pop_front();
+    --ahead_;
+    ++sending_;
+    Transfer(std::move(job));
+  }
+  while (!paused_ && !stopping_ && ahead_ < cloud_.parallel_uploads && !to_create_.empty()) {
+    JobPtr job = std::move(to_create_.front());
+    to_create_.pop_front();
+    ++ahead_;
+    Prepare(std::move(job));
+  }
+}
+
+void Uploader::Finish(JobPtr job) {
+  // Posted: `done` never runs inside the call that ended the job (SetPaused, Stop, Start).
+  Post([this, job] {
     const Status status = job->last_status;
     if (status) {
       job->done(status);
@@ -440,8 +304,14 @@ void Uploader::Finish(std::shared_ptr<Job> job) {
     ++counters_.retries_by_class[transport::ToString(job->failure)];
     log::Warn("upload", job->Name() + ": " + status.error().message() + " [" + label + "]; retry " +
                             std::to_string(job->attempt) + " in " + std::to_string(delay.count()) + " ms");
+    if (delay.count() <= 0) {  // posted, not an expired timer (see AsyncHttp's curl timer)
+      Post([this, job] { Start(job); });
+      return;
+    }
     auto timer = std::make_shared<boost::asio::steady_timer>(io_, delay);
-    timer->async_wait([this, job, timer](const boost::system::error_code&) { Start(job); });
+    timer->async_wait([this, weak = std::weak_ptr<char>(alive_), job, timer](const boost::system::error_code&) {
+      if (weak.lock()) Start(job);
+    });
   });
 }
 
@@ -449,12 +319,10 @@ void Uploader::CountConfirmed(const Job& job, std::uint64_t bytes) {
   if (bytes == 0) return;
   counters_.bytes_sent += bytes;
   if (job.manifest) counters_.manifest_bytes_sent += bytes;
-  std::lock_guard lock(scan_bytes_mutex_);
   scan_bytes_[job.scan_uid] += bytes;
 }
 
 std::uint64_t Uploader::TakeScanBytes(const std::string& scan_uid) {
-  std::lock_guard lock(scan_bytes_mutex_);
   const auto it = scan_bytes_.find(scan_uid);
   if (it == scan_bytes_.end()) return 0;
   const std::uint64_t bytes = it->second;
@@ -462,214 +330,558 @@ std::uint64_t Uploader::TakeScanBytes(const std::string& scan_uid) {
   return bytes;
 }
 
-Expected<transport::tus::ServerCapabilities> Uploader::Capabilities(transport::tus::Client& tus) {
-  {
-    std::unique_lock lock(clients_mutex_);
+void Uploader::LogVersionInferred() const {
+  log::Info("upload", "the tus server at " + RedactUrl(cloud_.upload_url) +
+                          " sends no Tus-Version; using tus 1.0.0, which its Tus-Resumable names");
+}
+
+bool Uploader::TakeFresh(const std::string& url, std::uint64_t length) {
+  const auto it = fresh_uploads_.find(url);
+  if (it == fresh_uploads_.end()) return false;
+  const bool fresh = it->second == length;
+  fresh_uploads_.erase(it);
+  return fresh;
+}
+
+transport::tus::AsyncClient& Uploader::ClientFor(const LinkLease& lease) {
+  LinkClient& client = clients_[lease.link_name];
+  if (!client.http) {
+    auto options = MakeHttpOptions(cloud_);
+    options.interface_name = lease.interface_name;
+    options.source_address = lease.source_address;
+    options.share = share_;
+    client.http = std::make_unique<transport::AsyncHttp>(io_, std::move(options));
+    client.tus = std::make_unique<transport::tus::AsyncClient>(io_, *client.http, cloud_.upload_url);
+    client.tus->protocol().SetAllowedOrigins(allowed_origins_);
+  }
+  if (capabilities_) client.tus->protocol().SetCapabilities(*capabilities_);
+  return *client.tus;
+}
+
+bool Uploader::Lease(Job& job) {
+  job.lease = LinkLease{};
+  job.leased = false;
+  if (links_ != nullptr) {
+    auto acquired = links_->Acquire();
+    if (!acquired) {
+      job.failure = FailureClass::kLinkDown;
+      job.label.clear();
+      job.last_status = MakeError(acquired.error());
+      return false;
+    }
+    job.lease = std::move(*acquired);
+    job.leased = true;
+  }
+  job.client = &ClientFor(job.lease);
+  job.failure = FailureClass::kNone;
+  job.label.clear();
+  job.last_status = Ok();
+  return true;
+}
+
+void Uploader::Report(Job& job) {
+  if (!job.leased || links_ == nullptr) return;
+  job.leased = false;
+  // HTTP answers and local problems say the link works; only network failures count against it.
+  links_->Report(job.lease.link_name, job.last_status || !IsLinkFailure(job.failure) ? Ok() : job.last_status);
+}
+
+void Uploader::StartWarmUp() {
+  if (warm_up_started_) return;
+  warm_up_started_ = true;
+  // Paused: no OPTIONS either; the first job after the resume asks the server itself.
+  if (paused_ || stopping_) return;
+  for (std::uint32_t i = 0; i < cloud_.parallel_uploads; ++i) {
+    LinkLease lease;
+    std::string link_name;
+    if (links_ != nullptr) {
+      auto acquired = links_->Acquire();
+      if (!acquired) continue;  // the jobs' own attempts report it
+      lease = std::move(*acquired);
+      link_name = lease.link_name;
+    }
+    ++discoveries_in_flight_;
+    ClientFor(lease).Discover([this, weak = std::weak_ptr<char>(alive_), link_name](
+                                  Expected<transport::tus::ServerCapabilities> answer, transport::tus::Failure failure) {
+      if (!weak.lock()) return;  // completions run on the loop; the Uploader may be gone
+      if (links_ != nullptr) {
+        links_->Report(link_name, answer || !IsLinkFailure(failure.failure) ? Ok() : Status(MakeError(answer.error())));
+      }
+      if (answer && !capabilities_) {
+        if (answer->version_inferred) LogVersionInferred();
+        capabilities_ = *answer;
+      }
+      --discoveries_in_flight_;
+      DiscoveryEnded();
+    });
+  }
+}
+
+void Uploader::DiscoveryEnded() {
+  if (!capabilities_ && discoveries_in_flight_ > 0) return;
+  std::vector<std::function<void()>> waiters;
+  waiters.swap(capability_waiters_);
+  for (auto& waiter : waiters) waiter();
+}
+
+void Uploader::WithCapabilities(
+    transport::tus::AsyncClient& client,
+    std::function<void(Expected<transport::tus::ServerCapabilities>, transport::tus::Failure)> then) {
+  if (capabilities_) {
+    client.protocol().SetCapabilities(*capabilities_);
+    then(*capabilities_, {});
+    return;
+  }
+  if (discoveries_in_flight_ > 0) {
     // Bounded: every warm-up ends (each request has connect and stall timeouts) and counts down.
-    capabilities_changed_.wait(lock, [this] { return capabilities_.has_value() || discoveries_in_flight_ == 0; });
-    if (capabilities_) return *capabilities_;
+    capability_waiters_.push_back([this, &client, then = std::move(then)]() mutable {
+      WithCapabilities(client, std::move(then));
+    });
+    return;
   }
   // No upload is created, and no byte sent, before discovery said the server speaks tus 1.0.0:
   // a failure here ends the attempt (the tus client says what the answer really was).
-  auto discovered = tus.Discover();
-  if (!discovered) return discovered;
-  std::lock_guard lock(clients_mutex_);
-  if (discovered->version_inferred && !capabilities_) LogVersionInferred();
-  capabilities_ = *discovered;
-  return *discovered;
+  ++discoveries_in_flight_;
+  client.Discover([this, weak = std::weak_ptr<char>(alive_), then = std::move(then)](
+                      Expected<transport::tus::ServerCapabilities> answer, transport::tus::Failure failure) {
+    if (!weak.lock()) return;
+    --discoveries_in_flight_;
+    if (answer && !capabilities_) {
+      if (answer->version_inferred) LogVersionInferred();
+      capabilities_ = *answer;
+    }
+    then(std::move(answer), std::move(failure));
+    DiscoveryEnded();
+  });
 }
 
-Expected<spool::UploadState> Uploader::CreateUpload(Job& job, transport::tus::Client& tus, std::uint64_t length,
-                                                    const std::string& sha256) {
-  transport::tus::Metadata metadata = {{"kind", job.manifest ? "manifest" : "chunk"},
-                                       {"scan_uid", job.scan_uid},
+void Uploader::Journal(const std::string& scan_uid, spool::Spool::UploadChange change,
+                       std::function<void(Status)> then) {
+  if (stopping_) {  // the worker is joined: nothing more is journaled
+    if (then) Post([then] { then(MakeError(ErrorKind::kCancelled, "agent is stopping")); });
+    return;
+  }
+  if (!then) {
+    // Progress only: a queued progress record of the same upload is superseded by this one.
+    for (auto& pending : journal_queue_) {
+      if (!pending.then && pending.scan_uid == scan_uid && pending.change.chunk_index == change.chunk_index) {
+        pending.change = std::move(change);
+        return;
+      }
+    }
+  }
+  journal_queue_.push_back({scan_uid, std::move(change), std::move(then)});
+  CommitJournal();
+}
+
+void Uploader::CommitJournal() {
+  if (journal_committing_ || journal_queue_.empty()) return;
+  journal_committing_ = true;
+  auto batch = std::make_shared<std::vector<PendingChange>>();
+  batch->swap(journal_queue_);
+  // On the worker: one Spool::SetUploads (one synced record) per scan for the whole batch.
+  boost::asio::post(journal_worker_, [this, weak = std::weak_ptr<char>(alive_), batch] {
+    std::map<std::string, std::vector<spool::Spool::UploadChange>> by_scan;
+    for (const auto& p : *batch) by_scan[p.scan_uid].push_back(p.change);
+    auto results = std::make_shared<std::map<std::string, Status>>();
+    for (const auto& [uid, changes] : by_scan) results->emplace(uid, spool_.SetUploads(uid, changes));
+    boost::asio::post(io_, [this, weak, batch, results] {
+      if (!weak.lock()) return;
+      journal_committing_ = false;
+      for (auto& p : *batch) {
+        if (p.then) p.then(results->at(p.scan_uid));
+      }
+      CommitJournal();  // what was queued meanwhile
+    });
+  });
+}
+
+bool Uploader::NeedsCreation(const Job& job) {
+  auto upload = SpooledUploadOf(spool_, job.scan_uid, job.manifest, job.index);
+  if (!upload) return true;  // Prepare() reports the spool's error
+  return upload->state.url.empty() && !upload->state.complete;
+}
+
+void Uploader::CreateUpload(JobPtr job, std::uint64_t length, const std::string& sha256,
+                            std::function<void(Expected<spool::UploadState>)> then) {
+  transport::tus::Metadata metadata = {{"kind", job->manifest ? "manifest" : "chunk"},
+                                       {"scan_uid", job->scan_uid},
                                        {"sha256", sha256},
-                                       {"filename", job.manifest ? "manifest.json"
-                                                                 : "chunk-" + std::to_string(job.index) + ".ctc"}};
-  if (!job.manifest) metadata.push_back({"chunk_index", std::to_string(job.index)});
+                                       {"filename", job->manifest ? "manifest.json"
+                                                                  : "chunk-" + std::to_string(job->index) + ".ctc"}};
+  if (!job->manifest) metadata.push_back({"chunk_index", std::to_string(job->index)});
   // No creation-with-upload here, even when offered: the contract is to journal the URL
   // before sending any byte. Bytes in the POST would make a crash between the POST and the
   // journal leave a second, complete copy of the chunk on the server (the soak test sees it).
-  auto created = tus.CreateWithUpload(length, metadata, {});
-  if (!created) {
-    job.failure = tus.last_failure() == FailureClass::kNone ? FailureClass::kProtocol : tus.last_failure();
-    job.label = tus.last_failure_label();
-    return MakeError(created.error());
-  }
-  spool::UploadState state;
-  state.url = created->url;
-  state.confirmed_offset = created->offset;
-  // Journal the URL before sending (more) bytes, so a restart resumes this upload, not a new one.
-  if (auto st = JournalUpload(job, state); !st) {
-    job.failure = FailureClass::kLocal;
-    return MakeError(st.error());
-  }
-  return state;
+  job->client->Create(length, metadata, [this, weak = std::weak_ptr<char>(alive_), job, then = std::move(then)](
+                                            Expected<transport::tus::Created> created, transport::tus::Failure why) {
+    if (!weak.lock()) return;
+    if (!created) {
+      job->Fail(created.error(), why);
+      then(MakeError(created.error()));
+      return;
+    }
+    spool::UploadState state;
+    state.url = created->url;
+    state.confirmed_offset = created->offset;
+    // Journal the URL before sending (more) bytes, so a restart resumes this upload, not a new one.
+    Journal(job->scan_uid, {job->manifest ? -1 : static_cast<std::int64_t>(job->index), state},
+            [job, state, then](Status st) {
+              if (!st) {
+                job->FailLocal(st.error());
+                then(MakeError(st.error()));
+                return;
+              }
+              then(state);
+            });
+  });
 }
 
-Status Uploader::JournalUpload(const Job& job, const spool::UploadState& state) {
-  return Journal(job.scan_uid, {job.manifest ? -1 : static_cast<std::int64_t>(job.index), state});
-}
-
-Status Uploader::Prepare(Job& job, transport::HttpClient& http) {
-  job.failure = FailureClass::kLocal;  // until the spool answered
-  auto upload = SpooledUploadOf(spool_, job.scan_uid, job.manifest, job.index);
-  if (!upload) return MakeError(upload.error());
-  const spool::UploadState& state = upload->state;
+void Uploader::Prepare(JobPtr job) {
+  if (job->manifest) {
+    const auto it = manifest_creations_.find(job->scan_uid);
+    if (it != manifest_creations_.end()) {
+      // Its creation is under way (PrepareManifest or another attempt): decide once it ended.
+      it->second.push_back(std::move(job));
+      return;
+    }
+  }
+  job->failure = FailureClass::kNone;
+  job->label.clear();
+  job->last_status = Ok();
+  if (!NeedsCreation(*job)) {
+    // Done, or an upload of an earlier attempt or run: Transfer() asks the server where it stands
+    // (or, for one created ahead and not yet sent, starts its PATCH).
+    Prepared(std::move(job));
+    return;
+  }
+  if (job->manifest) manifest_creations_[job->scan_uid];
+  in_flight_.insert(job);
+  if (!Lease(*job)) {
+    Prepared(std::move(job));
+    return;
+  }
+  job->failure = FailureClass::kLocal;  // until the spool answered
+  auto upload = SpooledUploadOf(spool_, job->scan_uid, job->manifest, job->index);
+  if (!upload) {
+    job->FailLocal(upload.error());
+    Prepared(std::move(job));
+    return;
+  }
+  if (upload->state.complete || !upload->state.url.empty()) {
+    job->failure = FailureClass::kNone;
+    Prepared(std::move(job));
+    return;
+  }
   std::string sha256 = upload->sha256;
   std::uint64_t length = upload->length;
-  // Done, or an upload of an earlier attempt or run: Transfer() asks the server where it stands.
-  if (state.complete || !state.url.empty()) {
-    job.failure = FailureClass::kNone;
-    return Ok();
-  }
-  if (job.manifest) {
-    auto bytes = spool_.ReadManifest(job.scan_uid);
-    if (!bytes) return MakeError(bytes.error());
+  if (job->manifest) {
+    // A manifest is small (a few KiB per chunk): read on the loop.
+    auto bytes = spool_.ReadManifest(job->scan_uid);
+    if (!bytes) {
+      job->FailLocal(bytes.error());
+      Prepared(std::move(job));
+      return;
+    }
     sha256 = Sha256Hex(*bytes);
     length = bytes->size();
   }
-  transport::tus::Client tus(http, cloud_.upload_url);
-  tus.SetAllowedOrigins(allowed_origins_);
   // No upload is created before discovery said the server is usable: a server that is not tus
   // 1.0.0 must not be left with empty uploads. The warm-ups' OPTIONS are usually answered by
   // now; otherwise this waits for them (or asks itself).
-  auto capabilities = Capabilities(tus);
-  if (!capabilities) {
-    job.failure = tus.last_failure() == FailureClass::kNone ? FailureClass::kProtocol : tus.last_failure();
-    job.label = tus.last_failure_label();
-    return MakeError(capabilities.error());
-  }
-  tus.SetCapabilities(*capabilities);
-  auto created = CreateUpload(job, tus, length, sha256);
-  if (!created) return MakeError(created.error());
-  {
-    std::lock_guard lock(fresh_mutex_);
-    // Entries are taken by the upload's transfer; one left by a scan that stopped early is only
-    // a missed shortcut, so the map is simply cleared if it ever grows large.
-    if (fresh_uploads_.size() >= 4096) fresh_uploads_.clear();
-    fresh_uploads_[created->url] = length;
-  }
-  job.failure = FailureClass::kNone;
-  return Ok();
+  WithCapabilities(*job->client, [this, job, length, sha256](Expected<transport::tus::ServerCapabilities> caps,
+                                                             transport::tus::Failure why) {
+    if (!caps) {
+      job->Fail(caps.error(), why);
+      Prepared(job);
+      return;
+    }
+    CreateUpload(job, length, sha256, [this, job, length](Expected<spool::UploadState> created) {
+      if (created) {
+        // Entries are taken by the upload's transfer; one left by a scan that stopped early is
+        // only a missed shortcut, so the map is simply cleared if it ever grows large.
+        if (fresh_uploads_.size() >= 4096) fresh_uploads_.clear();
+        fresh_uploads_[created->url] = length;
+        job->failure = FailureClass::kNone;
+        job->last_status = Ok();
+      }
+      Prepared(job);
+    });
+  });
 }
 
-Status Uploader::Transfer(Job& job, transport::HttpClient& http, const std::function<bool(std::size_t)>& before_send) {
-  job.failure = FailureClass::kLocal;  // until the spool answered
-  // What to send: a chunk file (checked against its recorded SHA-256) or the manifest.
-  auto bytes = job.manifest ? spool_.ReadManifest(job.scan_uid) : spool_.ReadChunk(job.scan_uid, job.index);
-  if (!bytes) return MakeError(bytes.error());
-  auto upload = SpooledUploadOf(spool_, job.scan_uid, job.manifest, job.index);
-  if (!upload) return MakeError(upload.error());
-  spool::UploadState state = upload->state;
-  std::string sha256 = upload->sha256;
-  if (state.complete) return Ok();
-  if (job.manifest) sha256 = Sha256Hex(*bytes);
-
-  auto journal = [&](const spool::UploadState& s) { return JournalUpload(job, s); };
-
-  transport::tus::Client tus(http, cloud_.upload_url);
-  tus.SetBeforeSend(before_send);
-  tus.SetAllowedOrigins(allowed_origins_);
-  // Every failure below comes from the tus client, which knows its class.
-  auto fail = [&](const Error& error) -> Status {
-    job.failure = tus.last_failure() == FailureClass::kNone ? FailureClass::kProtocol : tus.last_failure();
-    job.label = tus.last_failure_label();
-    return MakeError(error);
-  };
-  auto capabilities = Capabilities(tus);
-  if (!capabilities) return fail(capabilities.error());
-  tus.SetCapabilities(*capabilities);
-
-  // A URL journaled off the upload origin (by a run before the origin check, or before
-  // cloud.upload_origins_allowed lost that origin) gets nothing: the upload is created again here.
-  if (!state.url.empty() && !tus.OriginAllowed(state.url)) {
-    log::Warn("upload", job.Name() + ": the journaled upload URL " + RedactUrl(state.url) +
-                            " is not on the upload origin nor allowed by cloud.upload_origins_allowed; creating the "
-                            "upload again at " + RedactUrl(cloud_.upload_url));
-    state = {};
+void Uploader::Prepared(JobPtr job) {
+  in_flight_.erase(job);
+  Report(*job);
+  if (job->manifest) {
+    const auto it = manifest_creations_.find(job->scan_uid);
+    if (it != manifest_creations_.end()) {
+      std::vector<JobPtr> waiting = std::move(it->second);
+      manifest_creations_.erase(it);
+      for (auto& other : waiting) Prepare(std::move(other));
+    }
   }
-  std::uint64_t offset = 0;
-  // Created by Prepare() for exactly these bytes and not sent since: the server holds none yet.
-  const bool fresh = !state.url.empty() && TakeFresh(state.url, bytes->size()) && state.confirmed_offset == 0;
-  if (!state.url.empty() && !fresh) {
-    auto server = tus.Query(state.url);
-    if (server) {
-      offset = server->offset;
-      if (offset < state.confirmed_offset) {
-        log::Warn("upload", job.Name() + ": server has " + std::to_string(offset) + " bytes, fewer than the " +
-                                std::to_string(state.confirmed_offset) + " it confirmed before; continuing from its offset");
+  if (job->prepare_only) {
+    if (!job->last_status) {
+      log::Debug("upload", job->Name() + ": not created ahead (" + job->last_status.error().message() +
+                               "); it is created when it is sent");
+    }
+    return;
+  }
+  if (!job->last_status) {
+    --ahead_;
+    Finish(std::move(job));
+    Pump();
+    return;
+  }
+  if (paused_ || stopping_) {
+    --ahead_;
+    Start(std::move(job));  // held (paused) or cancelled (stopping)
+    return;
+  }
+  to_send_.push_back(std::move(job));
+  Pump();
+}
+
+void Uploader::Transfer(JobPtr job) {
+  in_flight_.insert(job);
+  job->paused_out = false;
+  job->attempt_body_bytes = 0;
+  if (!Lease(*job)) {
+    Transferred(std::move(job));
+    return;
+  }
+  job->failure = FailureClass::kLocal;  // until the spool answered
+  // What to send, read and checked on the worker: a chunk file (against its recorded SHA-256)
+  // or the manifest, and where its upload stands.
+  boost::asio::post(read_worker_, [this, weak = std::weak_ptr<char>(alive_), job] {
+    auto bytes = job->manifest ? spool_.ReadManifest(job->scan_uid) : spool_.ReadChunk(job->scan_uid, job->index);
+    Expected<SpooledUpload> upload = bytes ? SpooledUploadOf(spool_, job->scan_uid, job->manifest, job->index)
+                                           : Expected<SpooledUpload>(MakeError(bytes.error()));
+    std::string sha256;
+    if (bytes && upload && job->manifest) sha256 = Sha256Hex(*bytes);
+    auto read = std::make_shared<std::pair<decltype(bytes), decltype(upload)>>(std::move(bytes), std::move(upload));
+    boost::asio::post(io_, [this, weak, job, read, sha256] {
+      if (!weak.lock()) return;
+      auto& [data, spooled] = *read;
+      if (!data) {
+        job->FailLocal(data.error());
+        Transferred(job);
+        return;
+      }
+      if (!spooled) {
+        job->FailLocal(spooled.error());
+        Transferred(job);
+        return;
+      }
+      job->bytes = std::make_shared<const std::vector<std::uint8_t>>(std::move(*data));
+      job->state = spooled->state;
+      job->sha256 = job->manifest ? sha256 : spooled->sha256;
+      TransferRead(job);
+    });
+  });
+}
+
+void Uploader::TransferRead(JobPtr job) {
+  if (job->state.complete) {
+    job->failure = FailureClass::kNone;
+    job->last_status = Ok();
+    Transferred(std::move(job));
+    return;
+  }
+  if (paused_ || stopping_) {
+    job->paused_out = paused_ && !stopping_;
+    job->failure = FailureClass::kCancelled;
+    job->last_status = MakeError(ErrorKind::kCancelled, paused_ ? "uploads are paused" : "agent is stopping");
+    Transferred(std::move(job));
+    return;
+  }
+  WithCapabilities(*job->client, [this, job](Expected<transport::tus::ServerCapabilities> caps,
+                                             transport::tus::Failure why) {
+    if (!caps) {
+      job->Fail(caps.error(), why);
+      Transferred(job);
+      return;
+    }
+    auto& protocol = job->client->protocol();
+    // A URL journaled off the upload origin (by a run before the origin check, or before
+    // cloud.upload_origins_allowed lost that origin) gets nothing: the upload is created again here.
+    if (!job->state.url.empty() && !protocol.OriginAllowed(job->state.url)) {
+      log::Warn("upload", job->Name() + ": the journaled upload URL " + RedactUrl(job->state.url) +
+                              " is not on the upload origin nor allowed by cloud.upload_origins_allowed; creating the "
+                              "upload again at " + RedactUrl(cloud_.upload_url));
+      job->state = {};
+    }
+    const std::uint64_t size = job->bytes->size();
+    job->offset = 0;
+    // Created by Prepare() for exactly these bytes and not sent since: the server holds none yet.
+    const bool fresh =
+        !job->state.url.empty() && TakeFresh(job->state.url, size) && job->state.confirmed_offset == 0;
+    if (job->state.url.empty() || fresh) {
+      TransferCreated(job);
+      return;
+    }
+    const bool can_terminate = caps->Has("termination");
+    job->client->Query(job->state.url, [this, weak = std::weak_ptr<char>(alive_), job, size, can_terminate](
+                                           Expected<transport::tus::UploadInfo> server,
+                                           transport::tus::Failure query_failure) {
+      if (!weak.lock()) return;
+      if (!server) {
+        if (query_failure.failure == FailureClass::kUploadGone) {
+          log::Warn("upload", job->Name() + ": the server no longer knows " + RedactUrl(job->state.url) +
+                                  " (expired or removed); creating the upload again");
+          job->state = {};
+          TransferCreated(job);
+          return;
+        }
+        job->Fail(server.error(), query_failure);
+        Transferred(job);
+        return;
+      }
+      job->offset = server->offset;
+      if (job->offset < job->state.confirmed_offset) {
+        log::Warn("upload", job->Name() + ": server has " + std::to_string(job->offset) + " bytes, fewer than the " +
+                                std::to_string(job->state.confirmed_offset) +
+                                " it confirmed before; continuing from its offset");
       }
       // An upload that cannot be this data (other length, or more bytes than we have) is
       // superseded: free it on the server (termination) and create the upload again.
-      if (offset > bytes->size() || (server->length && *server->length != bytes->size())) {
-        log::Warn("upload", job.Name() + ": the server's upload " + RedactUrl(state.url) + " does not match the spooled " +
-                                std::to_string(bytes->size()) + " bytes; terminating it and creating it again");
-        if (capabilities->Has("termination")) {
-          if (auto st = tus.Terminate(state.url); !st) {
-            log::Warn("upload", job.Name() + ": " + st.error().message() + " (continuing with a new upload)");
-          }
+      if (job->offset > size || (server->length && *server->length != size)) {
+        log::Warn("upload", job->Name() + ": the server's upload " + RedactUrl(job->state.url) +
+                                " does not match the spooled " + std::to_string(size) +
+                                " bytes; terminating it and creating it again");
+        const std::string old_url = job->state.url;
+        job->state = {};
+        job->offset = 0;
+        if (!can_terminate) {
+          TransferCreated(job);
+          return;
         }
-        state = {};
+        job->client->Terminate(old_url, [this, weak, job](Status st, transport::tus::Failure) {
+          if (!weak.lock()) return;
+          if (!st) log::Warn("upload", job->Name() + ": " + st.error().message() + " (continuing with a new upload)");
+          TransferCreated(job);
+        });
+        return;
       }
-    } else if (tus.last_failure() == FailureClass::kUploadGone) {
-      log::Warn("upload", job.Name() + ": the server no longer knows " + RedactUrl(state.url) +
-                              " (expired or removed); creating the upload again");
-      state = {};
-    } else {
-      return fail(server.error());
-    }
+      TransferCreated(job);
+    });
+  });
+}
+
+void Uploader::TransferCreated(JobPtr job) {
+  if (!job->state.url.empty()) {
+    TransferSend(std::move(job));
+    return;
   }
-  if (state.url.empty()) {
-    auto created = CreateUpload(job, tus, bytes->size(), sha256);
-    if (!created) return MakeError(created.error());
-    state = *created;
-    offset = state.confirmed_offset;
-    CountConfirmed(job, offset);
-  }
-  const std::uint64_t start_offset = offset;
-  std::uint64_t last_journaled = offset;
-  // Counted however the attempt ends: an interrupted PATCH's bytes may be sent again.
-  struct CountBodyBytes {
-    Job& job;
-    transport::tus::Client& tus;
-    UploadCounters& counters;
-    ~CountBodyBytes() {
-      if (tus.body_bytes_sent() == 0) return;
-      job.body_bytes_sent += tus.body_bytes_sent();
-      ++job.sending_attempts;
-      counters.body_bytes_sent += tus.body_bytes_sent();
+  CreateUpload(job, job->bytes->size(), job->sha256, [this, job](Expected<spool::UploadState> created) {
+    if (!created) {
+      Transferred(job);
+      return;
     }
-  } count_body_bytes{job, tus, counters_};
-  auto final_offset = tus.UploadFrom(state.url, *bytes, offset, cloud_.patch_bytes, [&](std::uint64_t confirmed) {
+    job->state = *created;
+    job->offset = job->state.confirmed_offset;
+    CountConfirmed(*job, job->offset);
+    TransferSend(job);
+  });
+}
+
+void Uploader::TransferSend(JobPtr job) {
+  if (paused_ || stopping_) {
+    job->paused_out = paused_ && !stopping_;
+    job->failure = FailureClass::kCancelled;
+    job->last_status = MakeError(ErrorKind::kCancelled, paused_ ? "uploads are paused" : "agent is stopping");
+    Transferred(std::move(job));
+    return;
+  }
+  job->start_offset = job->offset;
+  job->last_journaled = job->offset;
+  transport::tus::AsyncUploadOptions options;
+  // The gate, asked before each block and at each progress check, answers at once: a pause or
+  // a stop ends the PATCH (the server keeps what it got), and so does a revoked lease. A capped
+  // link's pacing is a hold the engine times, never a wait here.
+  const LinkLease& lease = job->lease;
+  options.before_send = [this, job](std::size_t n) {
+    if (paused_) job->paused_out = true;
+    if (stopping_ || paused_) return false;
+    if (job->lease.reserve) return job->lease.reserve(0).has_value();
+    return !job->lease.before_send || job->lease.before_send(n);
+  };
+  if (lease.reserve) {
+    options.pace = [job](std::size_t n) {
+      const auto hold = job->lease.reserve(n);
+      return hold ? *hold : std::chrono::nanoseconds(0);  // revoked: the gate ends the request
+    };
+  }
+  options.on_body_bytes = [this, job](std::uint64_t n) {
+    // Counted however the PATCH ends: an interrupted PATCH's bytes may be sent again.
+    job->attempt_body_bytes += n;
+    counters_.body_bytes_sent += n;
+  };
+  options.on_progress = [this, job](std::uint64_t confirmed) {
     // After a 409 the server's offset may be lower than what we counted.
-    if (confirmed > last_journaled) CountConfirmed(job, confirmed - last_journaled);
-    last_journaled = confirmed;
-    state.confirmed_offset = confirmed;
+    if (confirmed > job->last_journaled) CountConfirmed(*job, confirmed - job->last_journaled);
+    job->last_journaled = confirmed;
+    job->state.confirmed_offset = confirmed;
     // Progress only (the server's offset stays the authority on resume), and not after the last
     // PATCH: the completion record follows at once, and every synced record costs a disk sync.
-    if (confirmed < bytes->size()) (void)journal(state);
-  });
-  if (!final_offset) return fail(final_offset.error());
-  state.confirmed_offset = *final_offset;
-  state.complete = true;
-  if (auto st = journal(state); !st) {
-    job.failure = FailureClass::kLocal;
-    return st;
+    if (confirmed < job->bytes->size()) {
+      Journal(job->scan_uid, {job->manifest ? -1 : static_cast<std::int64_t>(job->index), job->state}, {});
+    }
+  };
+  job->upload = job->client->UploadBytes(
+      job->state.url, job->bytes, job->offset, cloud_.patch_bytes, std::move(options),
+      [this, weak = std::weak_ptr<char>(alive_), job](Expected<std::uint64_t> final_offset,
+                                                      transport::tus::Failure why) {
+        if (!weak.lock()) return;
+        job->upload.reset();
+        if (!final_offset) {
+          job->Fail(final_offset.error(), why);
+          Transferred(job);
+          return;
+        }
+        job->state.confirmed_offset = *final_offset;
+        job->state.complete = true;
+        Journal(job->scan_uid, {job->manifest ? -1 : static_cast<std::int64_t>(job->index), job->state},
+                [this, job](Status st) {
+                  if (!st) {
+                    job->FailLocal(st.error());
+                    Transferred(job);
+                    return;
+                  }
+                  job->failure = FailureClass::kNone;
+                  job->last_status = Ok();
+                  ++counters_.uploads_done;
+                  const std::uint64_t size = job->bytes->size();
+                  const std::uint64_t body_sent = job->body_bytes_sent + job->attempt_body_bytes;
+                  if (job->sending_attempts > 0) {
+                    // Resumed after an interruption: say what it cost (the bound is one request's worth).
+                    log::Info("upload", job->Name() + ": complete after " + std::to_string(job->sending_attempts + 1) +
+                                            " sending attempts; " + std::to_string(body_sent) + " body bytes sent for " +
+                                            std::to_string(size) + ", re-sent " +
+                                            std::to_string(body_sent > size ? body_sent - size : 0) + " bytes");
+                  } else {
+                    log::Debug("upload", job->Name() + ": complete (" + std::to_string(size - job->start_offset) +
+                                             " bytes sent)");
+                  }
+                  Transferred(job);
+                });
+      });
+}
+
+void Uploader::Transferred(JobPtr job) {
+  in_flight_.erase(job);
+  job->upload.reset();
+  job->bytes.reset();  // at most parallel_uploads jobs hold their bytes
+  if (job->attempt_body_bytes > 0) {
+    job->body_bytes_sent += job->attempt_body_bytes;
+    ++job->sending_attempts;
+    job->attempt_body_bytes = 0;
   }
-  job.failure = FailureClass::kNone;
-  ++counters_.uploads_done;
-  const std::uint64_t body_sent = job.body_bytes_sent + tus.body_bytes_sent();
-  if (job.sending_attempts > 0) {
-    // Resumed after an interruption: say what it cost (the bound is one request's worth).
-    log::Info("upload", job.Name() + ": complete after " + std::to_string(job.sending_attempts + 1) +
-                            " sending attempts; " + std::to_string(body_sent) + " body bytes sent for " +
-                            std::to_string(bytes->size()) + ", re-sent " +
-                            std::to_string(body_sent > bytes->size() ? body_sent - bytes->size() : 0) + " bytes");
-  } else {
-    log::Debug("upload", job.Name() + ": complete (" + std::to_string(bytes->size() - start_offset) + " bytes sent)");
-  }
-  return Ok();
+  Report(*job);
+  --sending_;
+  Finish(std::move(job));
+  Pump();
 }
 
 }  // namespace ctagent::core

@@ -1,21 +1,24 @@
 // The uploader: moves spooled chunks and manifests to the imaging center with tus, and
 // journals progress in the spool so that any interruption resumes from the server's offset.
-// Two bounded pools of threads (one HTTPS connection each): creators make the next uploads
-// (POST, URL journaled) while transfer threads send the bytes of earlier ones (PATCH).
+// Every request runs on the event loop (tus::AsyncClient on one AsyncHttp per link: libcurl's
+// multi interface, no thread per upload): up to parallel_uploads uploads are created ahead
+// (POST, URL journaled) while up to parallel_uploads others send their bytes (PATCH). What may
+// wait for a disk runs on two one-thread workers that post back: the journal's synced records
+// (group-committed) and reading and checking a chunk or manifest before it is sent.
 #pragma once
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/thread_pool.hpp>
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -25,7 +28,9 @@
 #include "agent/spool/spool.hpp"
 #include "config/config.hpp"
 #include "transport/http.hpp"
+#include "transport/http_async.hpp"
 #include "transport/tus.hpp"
+#include "transport/tus_async.hpp"
 
 namespace ctagent::core {
 
@@ -50,14 +55,15 @@ class Uploader {
   // its bytes; nullptr: the system's routing, no pacing. It must outlive the Uploader.
   // `counters`: where to count (the daemon's, kept across its Uploaders for its metrics);
   // nullptr: this Uploader's own. It must outlive the Uploader.
+  // Everything but Stop() and the destructor is called on the io_context's thread.
   Uploader(boost::asio::io_context& io, spool::Spool& spool, const config::CloudConfig& cloud,
            RetryPolicy retry = {}, LinkProvider* links = nullptr, UploadCounters* counters = nullptr);
   ~Uploader();
 
-  // Both run the blocking transfer on a transfer thread and call `done` on the io_context,
-  // after retrying with the backoff of the failure's class (RetryPolicy). Permanent failures
-  // (certificate rejected, 401/403, 412, 413, corrupt spool file) are not retried: `done` gets
-  // an error naming the problem and what to do; the data stays spooled.
+  // Both run the upload's requests on the event loop and call `done` there, after retrying with
+  // the backoff of the failure's class (RetryPolicy). Permanent failures (certificate rejected,
+  // 401/403, 412, 413, corrupt spool file) are not retried: `done` gets an error naming the
+  // problem and what to do; the data stays spooled.
   void UploadChunk(const std::string& scan_uid, std::uint32_t index, Done done);
   void UploadManifest(const std::string& scan_uid, Done done);
   // Creates the manifest's upload ahead of time (POST, URL journaled, no byte sent), so that
@@ -70,103 +76,119 @@ class Uploader {
   // The bytes the server confirmed for this scan's uploads (chunks and manifest) since the last
   // call for it; the scan's entry is then forgotten (a scan's summary takes it once, at its end).
   std::uint64_t TakeScanBytes(const std::string& scan_uid);
+  // Ends every request in flight and fails the jobs not started with kCancelled (their `done`
+  // runs on the loop if it still runs); waits for the workers. On the loop's thread, or once
+  // the loop no longer runs.
   void Stop();
 
-  // Pausing (the daemon's `ctagent pause`; on the io_context's thread only): no request of an
-  // upload starts while paused. Jobs asked for, retried, or waiting for a thread are held (one
-  // small record each, no bytes) until SetPaused(false) starts them again; a PATCH in flight is
-  // cancelled at its next block or progress tick (the server keeps what it received, and the
-  // resumed job asks it for the offset, so nothing is lost and nothing but that block is re-sent).
+  // Pausing (the daemon's `ctagent pause`): no request of an upload starts while paused. Jobs
+  // asked for, retried, or waiting for their turn are held (one small record each, no bytes)
+  // until SetPaused(false) starts them again; a PATCH in flight is cancelled at once (the server
+  // keeps what it received, and the resumed job asks it for the offset, so nothing is lost and
+  // nothing but that request's unconfirmed bytes is re-sent).
   void SetPaused(bool paused);
   bool paused() const { return paused_; }
 
  private:
   struct Job;
-  void Start(std::shared_ptr<Job> job);
-  void Finish(std::shared_ptr<Job> job);
-  // From a pool thread that found the uploader paused: hands the job back to the loop, where
-  // Start() holds it (or starts it again if a resume came in between).
-  void Requeue(std::shared_ptr<Job> job);
-  // Blocks a creator until fewer than parallel_uploads prepared jobs wait for a transfer thread;
-  // false when stopping.
-  bool WaitForRoomAhead();
-  void LeaveAhead();
-  // One attempt on a leased link: the creation stage (Prepare) or the byte stage (Transfer).
-  void Attempt(Job& job, bool prepare);
+  using JobPtr = std::shared_ptr<Job>;
+  void Start(JobPtr job);
+  // Starts what the limits allow: creations while fewer than parallel_uploads jobs are created
+  // or being created ahead of a transfer, transfers while fewer than parallel_uploads send.
+  void Pump();
+  void Finish(JobPtr job);
+  // The creation stage: POST and the URL journaled, unless the upload exists already.
+  void Prepare(JobPtr job);
+  void Prepared(JobPtr job);
+  // The byte stage: read and check the data (worker), ask the server's offset unless the upload
+  // is fresh, create it again if it was forgotten, PATCH the rest, journal completion.
+  void Transfer(JobPtr job);
+  void TransferRead(JobPtr job);
+  void TransferCreated(JobPtr job);
+  void TransferSend(JobPtr job);
+  void Transferred(JobPtr job);
   bool NeedsCreation(const Job& job);  // no upload URL journaled yet, not complete
-  // Before the first job's transfer: each transfer thread opens its connection with an OPTIONS
-  // request while the creators POST, so neither the TLS handshake nor discovery is a round trip
-  // in front of the first PATCH.
-  void WarmUp();
-  void StartWarmUp();  // posts the warm-ups, once per Uploader
+  // Before the first job: parallel_uploads OPTIONS requests open connections and learn the
+  // server's capabilities while the first creations wait for them.
+  void StartWarmUp();
   void LogVersionInferred() const;  // once, when a server without Tus-Version is first used
-  Status Prepare(Job& job, transport::HttpClient& http);
-  Status Transfer(Job& job, transport::HttpClient& http, const std::function<bool(std::size_t)>& before_send);
+  // Calls `then` with the server's capabilities: known, or learned by a warm-up in flight
+  // (waited for), or asked for now with OPTIONS through `client`.
+  void WithCapabilities(transport::tus::AsyncClient& client,
+                        std::function<void(Expected<transport::tus::ServerCapabilities>, transport::tus::Failure)> then);
+  void DiscoveryEnded();
   // POST for a new upload, then its URL journaled (before any of its bytes is sent).
-  Expected<spool::UploadState> CreateUpload(Job& job, transport::tus::Client& tus, std::uint64_t length,
-                                            const std::string& sha256);
-  Status JournalUpload(const Job& job, const spool::UploadState& state);
+  void CreateUpload(JobPtr job, std::uint64_t length, const std::string& sha256,
+                    std::function<void(Expected<spool::UploadState>)> then);
+  // The link lease for this attempt and its client; false (job failed with kLinkDown) when no
+  // link is usable.
+  bool Lease(Job& job);
+  void Report(Job& job);  // how the attempt went, to the link manager
+  transport::tus::AsyncClient& ClientFor(const LinkLease& lease);
   // Bytes the server confirmed for `job`: counters (with manifests apart) and the scan's share.
   void CountConfirmed(const Job& job, std::uint64_t bytes);
-  // The server's capabilities: known, or learned by a warm-up in flight (waited for), or asked
-  // for now with OPTIONS.
-  Expected<transport::tus::ServerCapabilities> Capabilities(transport::tus::Client& tus);
   // An upload Prepare() created and journaled whose bytes nobody has started sending: the
   // server holds 0 of them, so its PATCH needs no HEAD first. Removes the entry (true if it was
   // one, of `length` bytes).
   bool TakeFresh(const std::string& url, std::uint64_t length);
-  std::unique_ptr<transport::HttpClient> TakeClient(const LinkLease& lease);
-  // Sets an upload's new state in the scan's record durably. Concurrent calls from transfer
-  // threads are group-committed: one Spool::SetUploads (one synced journal record) per scan for
-  // all changes queued while the previous batch was syncing. Returns once this change is durable.
-  Status Journal(const std::string& scan_uid, spool::Spool::UploadChange change);
-  void ReturnClient(const std::string& link_name, std::unique_ptr<transport::HttpClient> client);
+  // Sets an upload's new state in the scan's record durably, on the journal worker: changes
+  // queued while a batch syncs go together in the next (one Spool::SetUploads, one synced
+  // record, per scan). `then` (optional) runs on the loop once the change is durable. A change
+  // without `then` (progress) replaces a queued one for the same upload, so the queue holds at
+  // most one entry per upload.
+  void Journal(const std::string& scan_uid, spool::Spool::UploadChange change, std::function<void(Status)> then);
+  void CommitJournal();
+  // Posts `fn` to the loop; it does not run once the Uploader is gone.
+  void Post(std::function<void()> fn);
 
   boost::asio::io_context& io_;
   spool::Spool& spool_;
   config::CloudConfig cloud_;
   RetryPolicy retry_;
   LinkProvider* links_;
-  // TLS sessions and DNS answers shared by every transfer client.
+  // TLS sessions and DNS answers shared by every link's engine.
   std::shared_ptr<transport::HttpShare> share_;
   // Origins besides upload_url's that a tus Location may name (cloud.upload_origins_allowed).
   std::vector<transport::tus::Origin> allowed_origins_;
-  std::mutex clients_mutex_;
-  // Idle clients per link name ("" without a link manager): a client is bound to its link.
-  std::map<std::string, std::vector<std::unique_ptr<transport::HttpClient>>> idle_clients_;
-  std::optional<transport::tus::ServerCapabilities> capabilities_;  // guarded by clients_mutex_
-  std::uint32_t discoveries_in_flight_ = 0;                         // guarded by clients_mutex_
-  std::condition_variable capabilities_changed_;
-  bool warm_up_started_ = false;  // guarded by clients_mutex_
-  std::mutex fresh_mutex_;
+  // One engine and tus client per link name ("" without a link manager): a link's binding is an
+  // engine option, so its connections stay on that link.
+  struct LinkClient {
+    std::unique_ptr<transport::AsyncHttp> http;
+    std::unique_ptr<transport::tus::AsyncClient> tus;
+  };
+  std::map<std::string, LinkClient> clients_;
+  std::optional<transport::tus::ServerCapabilities> capabilities_;
+  std::uint32_t discoveries_in_flight_ = 0;
+  std::vector<std::function<void()>> capability_waiters_;
+  bool warm_up_started_ = false;
   std::map<std::string, std::uint64_t> fresh_uploads_;  // URL -> length; see TakeFresh
-  // Held while a manifest's upload is created, so that PrepareManifest and UploadManifest never
-  // both create one for the same scan.
-  std::mutex manifest_creation_mutex_;
+  // Scans whose manifest upload is being created, and the jobs waiting for that, so that
+  // PrepareManifest and UploadManifest never both create one for the same scan.
+  std::map<std::string, std::vector<JobPtr>> manifest_creations_;
   struct PendingChange {
-    std::uint64_t ticket = 0;
     std::string scan_uid;
     spool::Spool::UploadChange change;
+    std::function<void(Status)> then;
   };
-  std::mutex journal_queue_mutex_;  // guards the three below
   std::vector<PendingChange> journal_queue_;
-  std::uint64_t journal_next_ticket_ = 0;
-  std::map<std::uint64_t, Status> journal_results_;  // of changes another thread committed
-  std::mutex journal_commit_mutex_;  // held by the thread committing a batch
-  std::mutex ahead_mutex_;
-  std::condition_variable ahead_changed_;
-  std::uint32_t ahead_ = 0;  // jobs prepared or being prepared, not yet on a transfer thread
-  boost::asio::thread_pool creators_;   // POST + journal (parallel_uploads threads)
-  boost::asio::thread_pool transfers_;  // PATCH (parallel_uploads threads)
+  bool journal_committing_ = false;
+  std::deque<JobPtr> to_create_;  // waiting for a creation slot
+  std::deque<JobPtr> to_send_;    // created, waiting for a transfer slot
+  std::uint32_t ahead_ = 0;       // jobs created or being created, not yet sending
+  std::uint32_t sending_ = 0;     // jobs in the byte stage
+  std::set<JobPtr> in_flight_;    // jobs with a request or worker task under way
   UploadCounters own_counters_;
   UploadCounters& counters_;  // own_counters_ or the caller's
-  // Confirmed bytes per scan not yet taken by TakeScanBytes (transfer threads add to it).
-  std::mutex scan_bytes_mutex_;
-  std::map<std::string, std::uint64_t> scan_bytes_;
+  std::map<std::string, std::uint64_t> scan_bytes_;  // confirmed bytes per scan not yet taken
   std::mt19937_64 rng_{std::random_device{}()};
-  std::atomic<bool> stopping_{false};
-  std::atomic<bool> paused_{false};         // written on the loop; read by the pools' threads
-  std::vector<std::shared_ptr<Job>> held_;  // loop thread only: jobs waiting for SetPaused(false)
+  bool stopping_ = false;
+  bool paused_ = false;
+  std::vector<JobPtr> held_;  // jobs waiting for SetPaused(false)
+  // Disk work off the loop: the journal's synced records, and reading and checking the data.
+  boost::asio::thread_pool journal_worker_{1};
+  boost::asio::thread_pool read_worker_{1};
+  // Posted work holds a weak reference: it does nothing once the Uploader is gone.
+  std::shared_ptr<char> alive_ = std::make_shared<char>();
 };
 
 }  // namespace ctagent::core

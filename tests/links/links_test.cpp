@@ -318,6 +318,51 @@ TEST_CASE("links: the cap is shared by all transfers, and leases on a link that 
   CHECK(!links.Acquire());
 }
 
+TEST_CASE("links: reserve() books the shared bucket without waiting (for the event loop), and says when the lease "
+          "is revoked",
+          "[links]") {
+  FakeClock clock;
+  auto prober_owned = std::make_unique<FakeProber>();
+  FakeProber& prober = *prober_owned;
+  // 8 Mbit/s = 1 MB/s on the wired link; the fake clock stands still unless moved.
+  LinkManager links(TwoLinks(8'000'000), std::move(prober_owned), clock.Make(), {});
+  auto a = links.Acquire();
+  auto b = links.Acquire();
+  REQUIRE(a);
+  REQUIRE(b);
+  REQUIRE(a->reserve);
+  REQUIRE(a->reserve(0) == std::chrono::nanoseconds(0));  // the lease holds; nothing booked
+
+  // Drain what the bucket holds (at most its 50 ms burst), then every booking says how long to
+  // hold, at once: with a clock that does not move the blocking before_send would wait for ever.
+  std::size_t burst = 0;
+  for (int i = 0; i < 1000 && a->reserve(16 * 1024) == std::chrono::nanoseconds(0); ++i) burst += 16 * 1024;
+  CHECK(burst <= 2 * 64 * 1024);
+  // The bucket is shared: 500 KB booked on b and 500 KB on a are one second's worth in all.
+  const auto hold_b = b->reserve(500'000);
+  const auto hold_a = a->reserve(500'000);
+  REQUIRE(hold_b);
+  REQUIRE(hold_a);
+  CHECK(*hold_a > *hold_b);
+  const double seconds = std::chrono::duration<double>(*hold_a).count();
+  CHECK(seconds == Approx(1.0).margin(0.05));
+  // Once the clock has moved past the hold, nothing is owed.
+  clock.now += std::chrono::seconds(2);
+  CHECK(a->reserve(1) == std::chrono::nanoseconds(0));
+
+  // The link goes down: both leases are revoked, and reserve() says so without booking.
+  prober.Set("wired", false);
+  links.Report("wired", MakeError(ErrorKind::kNetwork, "reset"));
+  links.Report("wired", MakeError(ErrorKind::kNetwork, "reset"));
+  links.Tick();
+  CHECK_FALSE(a->reserve(0));
+  CHECK_FALSE(b->reserve(16 * 1024));
+  auto c = links.Acquire();
+  REQUIRE(c);
+  CHECK(c->link_name == "5g");
+  CHECK_FALSE(c->reserve);  // uncapped
+}
+
 TEST_CASE("links: with no links configured, one default lease over the system's routing", "[links]") {
   LinkManager links({}, std::make_unique<FakeProber>());
   auto lease = links.Acquire();

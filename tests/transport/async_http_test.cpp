@@ -251,6 +251,89 @@ TEST_CASE("async http: a PATCH body streamed from a byte range of a file arrives
   }
 }
 
+TEST_CASE("async http: a paced body is held by timers, not waits: the loop runs meanwhile, a hold longer than the "
+          "stall timeout is no stall, and the body arrives bit-exact",
+          "[transport][async][pace][integration]") {
+  TusFixture f;
+  boost::asio::io_context io;
+  HttpOptions options = f.Options();
+  options.stall_timeout_s = 1;
+  options.upload_buffer_bytes = 64 * 1024;  // blocks of at most 64 KiB: several holds per body
+  AsyncHttp http(io, options);
+  const auto data = RandomBytes(512 * 1024 + 77, 21);
+  Outcome created;
+  http.Start(Creation(f.server.endpoint, data.size()), Record(&created));
+  REQUIRE(RunUntil(io, [&] { return created.done(); }));
+  REQUIRE(*created.result);
+  REQUIRE((*created.result)->status == 201);
+  const std::string url = ctagent::transport::ResolveUrl(f.server.endpoint, (*created.result)->Header("location"));
+
+  // The pacer holds the 2nd block 300 ms and the 4th 1500 ms (longer than the 1 s stall
+  // timeout); a 20 ms timer on the same loop counts its ticks while the 4th block is held.
+  int blocks = 0;
+  std::uint64_t booked = 0;
+  bool holding = false;
+  int ticks_while_holding = 0;
+  std::thread::id pace_thread;
+  AsyncRequest patch = Patch(url, 0);
+  patch.request.body = data;
+  patch.pace = [&](std::size_t n) -> std::chrono::nanoseconds {
+    pace_thread = std::this_thread::get_id();
+    holding = false;
+    ++blocks;
+    booked += n;
+    if (blocks == 2) return std::chrono::milliseconds(300);
+    if (blocks == 4) {
+      holding = true;
+      return std::chrono::milliseconds(1500);
+    }
+    return std::chrono::nanoseconds(0);
+  };
+  Outcome patched;
+  http.Start(std::move(patch), Record(&patched));
+  boost::asio::steady_timer ticker(io);
+  std::function<void(const boost::system::error_code&)> tick = [&](const boost::system::error_code& ec) {
+    if (ec || patched.done()) return;
+    if (holding) ++ticks_while_holding;
+    ticker.expires_after(std::chrono::milliseconds(20));
+    ticker.async_wait(tick);
+  };
+  ticker.expires_after(std::chrono::milliseconds(20));
+  ticker.async_wait(tick);
+  REQUIRE(RunUntil(io, [&] { return patched.done(); }));
+  ticker.cancel();
+  INFO((*patched.result ? std::string("answered") : patched.result->error().message()));
+  REQUIRE(*patched.result);
+  CHECK(patched.failure == FailureClass::kNone);  // the holds were not stalls
+  CHECK((*patched.result)->status == 204);
+  CHECK(blocks >= 5);
+  CHECK(booked == data.size());  // each block booked once: a resumed block is not asked for again
+  CHECK(pace_thread == std::this_thread::get_id());
+  CHECK(ticks_while_holding > 0);  // the loop ran other work while the block was held
+  CHECK(ReadBytes(f.store / UploadId(url)) == data);
+
+  SECTION("a refusing gate ends a held request (kLinkDown) without waiting for the hold") {
+    Outcome second;
+    http.Start(Creation(f.server.endpoint, data.size()), Record(&second));
+    REQUIRE(RunUntil(io, [&] { return second.done(); }));
+    REQUIRE(*second.result);
+    const std::string url2 = ctagent::transport::ResolveUrl(f.server.endpoint, (*second.result)->Header("location"));
+    bool held = false;
+    AsyncRequest paced = Patch(url2, 0);
+    paced.request.body = data;
+    paced.pace = [&](std::size_t) -> std::chrono::nanoseconds {
+      held = true;
+      return std::chrono::seconds(120);  // longer than the loop's bound below
+    };
+    paced.request.before_send = [&](std::size_t) { return !held; };
+    Outcome refused;
+    http.Start(std::move(paced), Record(&refused));
+    REQUIRE(RunUntil(io, [&] { return refused.done(); }, std::chrono::seconds(30)));
+    REQUIRE_FALSE(*refused.result);
+    CHECK(refused.failure == FailureClass::kLinkDown);
+  }
+}
+
 TEST_CASE("async http: requests to a peer that never answers end as stalled, each with kStall",
           "[transport][async][integration]") {
   SilentListener silent;

@@ -85,6 +85,9 @@ struct AsyncHttp::Impl : std::enable_shared_from_this<AsyncHttp::Impl> {
     std::optional<curl::DerivedDeadline> derived;
     std::chrono::steady_clock::time_point started;
     bool resent = false;
+    // Resumes the transfer when the pacer's hold ends (armed while transfer.paused).
+    std::unique_ptr<boost::asio::steady_timer> resume_timer;
+    bool resume_armed = false;
   };
 
   Impl(boost::asio::io_context& context, HttpOptions http_options, AsyncHttpLimits async_limits)
@@ -204,7 +207,18 @@ struct AsyncHttp::Impl : std::enable_shared_from_this<AsyncHttp::Impl> {
       return;
     }
     // Not curl_multi_socket_action from here (libcurl forbids it inside its callback): a 0 ms
-    // timeout runs from the loop at once.
+    // timeout runs from the loop at once, posted rather than as a timer already expired (under
+    // libfaketime with a positive offset, Asio's timerfd never fires for an expired deadline:
+    // the clock test of tests/durability saw the uploads stop).
+    if (timeout_ms == 0) {
+      curl_timer.cancel();
+      boost::asio::post(io, [weak = weak_from_this()] {
+        const auto self = weak.lock();
+        if (!self || self->multi == nullptr) return;
+        self->Action(CURL_SOCKET_TIMEOUT, 0);
+      });
+      return;
+    }
     curl_timer.expires_after(std::chrono::milliseconds(timeout_ms));
     curl_timer.async_wait([weak = weak_from_this()](const boost::system::error_code& ec) {
       const auto self = weak.lock();
@@ -217,6 +231,51 @@ struct AsyncHttp::Impl : std::enable_shared_from_this<AsyncHttp::Impl> {
     int running = 0;
     curl_multi_socket_action(multi, fd, flags, &running);
     CollectFinished();
+    ArmResumes();
+  }
+
+  // A request whose pacer held its next block paused itself in the read callback: a timer
+  // resumes it when the hold ends (the loop runs everything else meanwhile).
+  void ArmResumes() {
+    for (auto& [id, request] : requests) {
+      if (!request->transfer.paused || request->resume_armed) continue;
+      if (!request->resume_timer) request->resume_timer = std::make_unique<boost::asio::steady_timer>(io);
+      request->resume_armed = true;
+      if (request->transfer.resume_at <= std::chrono::steady_clock::now()) {
+        // Due already: posted, not a timer that expired before it was set (see SetCurlTimer).
+        boost::asio::post(io, [weak = weak_from_this(), request_id = id] {
+          const auto self = weak.lock();
+          if (!self || self->multi == nullptr) return;
+          self->Resume(request_id);
+        });
+        continue;
+      }
+      request->resume_timer->expires_at(request->transfer.resume_at);
+      request->resume_timer->async_wait([weak = weak_from_this(), request_id = id](const boost::system::error_code& ec) {
+        const auto self = weak.lock();
+        if (!self || ec || self->multi == nullptr) return;
+        self->Resume(request_id);
+      });
+    }
+  }
+
+  void Resume(RequestId id) {
+    const auto it = requests.find(id);
+    if (it == requests.end()) return;  // ended meanwhile (cancelled, gate refused, deadline)
+    Request& request = *it->second;
+    request.resume_armed = false;
+    curl::Transfer& transfer = request.transfer;
+    if (!transfer.paused) return;
+    transfer.paused = false;
+    const auto now = std::chrono::steady_clock::now();
+    // The hold was our pacing, not the network's slowness: it moves the size-derived deadline on
+    // (as the blocking client's pacer time does) and is not a stall.
+    if (transfer.derived_deadline != std::chrono::steady_clock::time_point::max()) {
+      transfer.derived_deadline += now - transfer.paused_at;
+    }
+    transfer.last_motion = now;
+    curl_easy_pause(request.easy, CURLPAUSE_CONT);
+    Action(CURL_SOCKET_TIMEOUT, 0);
   }
 
   void CollectFinished() {
@@ -234,6 +293,7 @@ struct AsyncHttp::Impl : std::enable_shared_from_this<AsyncHttp::Impl> {
     curl::Transfer transfer = curl::MakeTransfer(options, request.request.request, request.body_length,
                                                  request.request.max_response_bytes, request.started, request.derived);
     transfer.body_fd = request.body_fd;
+    transfer.pace = &request.request.pace;
     transfer.body_file_offset = request.request.file_body ? request.request.file_body->offset : 0;
     return transfer;
   }
@@ -254,6 +314,8 @@ struct AsyncHttp::Impl : std::enable_shared_from_this<AsyncHttp::Impl> {
       log::Debug("http", "connection to " + request.shown_url + " closed by the server as it was reused (" +
                              std::string(request.error_buffer) + "); sending the request again on a new connection");
       request.resent = true;
+      request.resume_armed = false;
+      if (request.resume_timer) request.resume_timer->cancel();
       request.transfer = NewTransfer(request);  // same address: the handle's callbacks still point at it
       request.error_buffer[0] = '\0';
       curl_easy_setopt(request.easy, CURLOPT_FRESH_CONNECT, 1L);

@@ -90,11 +90,26 @@ size_t OnRead(char* buffer, size_t size, size_t count, void* user) {
   auto* transfer = static_cast<Transfer*>(user);
   const std::size_t room = size * count;
   if (transfer->body_sent >= transfer->body_length || room == 0) return 0;
-  const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(room, transfer->body_length - transfer->body_sent));
+  std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(room, transfer->body_length - transfer->body_sent));
   const auto paced_from = std::chrono::steady_clock::now();
   if (transfer->before_send != nullptr && *transfer->before_send && !(*transfer->before_send)(n)) {
     transfer->send_refused = true;
     return CURL_READFUNC_ABORT;
+  }
+  if (transfer->pace != nullptr && *transfer->pace) {
+    // The event loop's pacing: book the block once, and if it must wait, pause the transfer
+    // (the engine's timer resumes it; libcurl then asks for the block again).
+    if (transfer->paced_bytes == 0) {
+      const std::chrono::nanoseconds hold = (*transfer->pace)(n);
+      transfer->paced_bytes = n;
+      if (hold.count() > 0) {
+        transfer->paused = true;
+        transfer->paused_at = paced_from;
+        transfer->resume_at = paced_from + hold;
+        return CURL_READFUNC_PAUSE;
+      }
+    }
+    n = static_cast<std::size_t>(std::min<std::uint64_t>(n, transfer->paced_bytes));
   }
   // Time spent waiting in the pacer (a link's bandwidth cap) is ours, not the network's: it
   // counts neither as a stall nor against the size-derived deadline.
@@ -105,6 +120,7 @@ size_t OnRead(char* buffer, size_t size, size_t count, void* user) {
   const std::size_t copied = CopyBody(*transfer, buffer, n);
   if (transfer->body_read_failed) return CURL_READFUNC_ABORT;
   transfer->body_sent += copied;
+  transfer->paced_bytes -= std::min<std::uint64_t>(transfer->paced_bytes, copied);
   return copied;
 }
 
@@ -235,7 +251,10 @@ bool MustEnd(Transfer& transfer, curl_off_t dlnow, curl_off_t ulnow, std::chrono
       return true;
     }
   }
-  if (dlnow != transfer.seen_down || ulnow != transfer.seen_up) {
+  if (transfer.paused) {
+    // Held by our own pacer (AsyncRequest::pace), not by the network: not a stall.
+    transfer.last_motion = now;
+  } else if (dlnow != transfer.seen_down || ulnow != transfer.seen_up) {
     transfer.seen_down = dlnow;
     transfer.seen_up = ulnow;
     transfer.last_motion = now;

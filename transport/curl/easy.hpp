@@ -65,6 +65,14 @@ struct Transfer {
   bool body_read_failed = false;
   const std::function<bool(std::size_t)>* before_send = nullptr;
   bool send_refused = false;
+  // The event loop's pacer (AsyncRequest::pace): asked once per block for how long to hold it.
+  // A hold pauses the transfer (CURL_READFUNC_PAUSE) until `resume_at`; the engine's timer
+  // resumes it and the block, booked already, goes without being asked for again.
+  const std::function<std::chrono::nanoseconds(std::size_t)>* pace = nullptr;
+  std::uint64_t paced_bytes = 0;  // booked by `pace` and not yet sent
+  bool paused = false;
+  std::chrono::steady_clock::time_point paused_at{};
+  std::chrono::steady_clock::time_point resume_at{};
   std::chrono::steady_clock::time_point last_gate_check{};  // before_send(0) from the progress check
   // Stall detection: the time any byte last moved (either direction), and the counters seen
   // then. curl's own low-speed check averages over ~5 s and so fires seconds late; this fires

@@ -1,0 +1,92 @@
+// The uploader on the event loop (issue 13): a scan of many chunks, each in several PATCHes, with
+// parallel_uploads 4, uploaded to the real tus server over HTTPS with no thread per upload. The
+// process's threads (/proc/self/task) are counted before the uploader exists and throughout the
+// upload: only its two one-thread workers (journal, reading) may be added, where the uploader on
+// two pools of parallel_uploads threads each added eight.
+#include <catch2/catch.hpp>
+
+#include <boost/asio/steady_timer.hpp>
+
+#include <dirent.h>
+
+#include <algorithm>
+#include <atomic>
+#include <functional>
+#include <string>
+
+#include "agent/core/uploader.hpp"
+#include "tests/support/process.hpp"
+#include "tests/transport/shared_pki.hpp"
+#include "tests/transport/tus_scan_fixture.hpp"
+
+namespace {
+
+using namespace ctagent;  // NOLINT(google-build-using-namespace): test file
+
+// Threads of this process now.
+int ThreadCount() {
+  DIR* dir = ::opendir("/proc/self/task");
+  if (dir == nullptr) return -1;
+  int count = 0;
+  while (const dirent* entry = ::readdir(dir)) {
+    if (entry->d_name[0] != '.') ++count;
+  }
+  ::closedir(dir);
+  return count;
+}
+
+}  // namespace
+
+TEST_CASE("uploader on the loop: 12 chunks in 3 PATCHes each with parallel_uploads 4 arrive bit-exact, and the "
+          "upload adds only the uploader's two workers to the process's threads",
+          "[transport][upload][integration]") {
+  test::TusScan scan(12, 250000);
+  const auto pki = test::SharedTransportPki();
+  const auto store = scan.dir.path() / "store";
+  auto server = test::StartTusServer(pki, store, scan.dir.path() / "tus-server.log");
+
+  config::CloudConfig cloud;
+  cloud.upload_url = server.endpoint;
+  cloud.tls.ca_file = pki / "ca.pem";
+  cloud.parallel_uploads = 4;
+  cloud.patch_bytes = 100000;  // 3 PATCHes per chunk
+  cloud.connect_timeout_s = 5;
+  cloud.stall_timeout_s = 10;
+
+  const int before = ThreadCount();
+  REQUIRE(before > 0);
+  int most = before;
+  std::uint32_t done_uploads = 0;
+  {
+    core::Uploader uploader(scan.io, *scan.spool, cloud, test::TusScan::FastRetries());
+    // Sampled on the loop every 2 ms while the scan uploads.
+    boost::asio::steady_timer sampler(scan.io);
+    bool sampling = true;
+    std::function<void(const boost::system::error_code&)> sample = [&](const boost::system::error_code& ec) {
+      if (ec || !sampling) return;
+      most = std::max(most, ThreadCount());
+      sampler.expires_after(std::chrono::milliseconds(2));
+      sampler.async_wait(sample);
+    };
+    sampler.expires_after(std::chrono::milliseconds(1));
+    sampler.async_wait(sample);
+    const auto result = scan.Upload(uploader);
+    sampling = false;
+    sampler.cancel();
+    REQUIRE(result);
+    INFO((*result ? std::string("uploaded") : result->error().message()));
+    REQUIRE(*result);
+    done_uploads = uploader.counters().uploads_done;
+    CHECK(uploader.counters().bytes_sent > 12u * 250000u);
+    CHECK(uploader.counters().retries == 0);
+  }
+  CHECK(done_uploads == 13);  // 12 chunks and the manifest
+  for (const auto& sent : scan.SentUploads()) {
+    const auto id = sent.url.substr(sent.url.rfind('/') + 1);
+    CHECK(test::ReadText(store / id) == sent.bytes);
+  }
+  INFO("threads before: " << before << ", most during the upload: " << most);
+  // The journal worker and the reading worker; no thread per upload or per connection.
+  CHECK(most - before <= 2);
+  CHECK(most > before);  // the sampler saw the workers: it really counted during the upload
+}
