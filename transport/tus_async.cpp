@@ -53,12 +53,21 @@ Expected<std::vector<std::uint8_t>> ReadRange(const FileBody& body) {
   return bytes;
 }
 
+}  // namespace
+
 // What a request needs once its client may be gone: the loop, the engine, the protocol state.
+// Not in the anonymous namespace: AsyncClient::Upload, a class with external linkage, holds one
+// (GCC's -Wsubobject-linkage, an error in a unity build where this file is an included one).
+namespace async_detail {
 struct Context {
   boost::asio::io_context& io;
   AsyncHttp& http;
   std::shared_ptr<Protocol> protocol;
 };
+}  // namespace async_detail
+using async_detail::Context;
+
+namespace {
 
 // A PATCH body: a file range, or bytes in memory that `owner` keeps alive.
 struct PatchBody {
