@@ -36,7 +36,6 @@ constexpr unsigned kDirectTokens = 16;
 // Context of a sample: the intensity of the same channel in the previous view in quarter
 // octaves (the Poisson noise of the residual grows with the counts), 0..59; 60 for the first
 // view of the chunk, which has no previous view.
-constexpr unsigned kIntensityContexts = 60;
 constexpr unsigned kFirstViewContext = 60;
 constexpr unsigned kContexts = 61;
 
@@ -110,14 +109,6 @@ inline std::uint16_t ZigZag16(std::uint16_t e) {
 }
 CTAGENT_INLINE inline std::uint16_t UnZigZag16(std::uint32_t z) {
   return static_cast<std::uint16_t>((z >> 1) ^ (0u - (z & 1u)));
-}
-
-// The `predict` filter's rule (docs/wire-format.md §1) for channel c of a row whose previous
-// view's row is `up` (nullptr in the first view).
-inline std::uint16_t Predict(const std::uint16_t* cur, const std::uint16_t* up, std::size_t c, std::size_t channels) {
-  if (up == nullptr) return c == 0 ? 0 : cur[c - 1];
-  if (c == 0 || c + 1 == channels) return up[c];
-  return static_cast<std::uint16_t>((2u * cur[c - 1] + up[c - 1] + 3u * up[c] + 2u * up[c + 1] + 4u) >> 3);
 }
 
 inline std::uint64_t MulHi64(std::uint64_t a, std::uint64_t b) {
