@@ -24,9 +24,9 @@ struct DriverConfig {
 struct CodecConfig {
   int zstd_level = 3;
   std::string filter = "predict";    // agent/codec/filter.hpp; chosen by measurement (docs/codec.md)
-  // agent/codec/chunk.hpp Codec. zstd until context_rans decodes at >= 270 MB/s per core on the
-  // bench (docs/codec.md, "How the defaults were chosen"); context_rans has the better ratio.
-  std::string coder = "zstd";
+  // agent/codec/chunk.hpp Codec: context_rans (codec 2) has the better ratio and codes at
+  // >= 270 MB/s per core both ways on the bench (docs/codec.md, "How the defaults were chosen").
+  std::string coder = "context_rans";
   std::uint32_t views_per_chunk = 64;
   std::uint32_t threads = 2;         // compression workers
   std::uint64_t queue_bytes = 64ull << 20;  // raw chunks waiting for the workers (agent/codec/chunk_stage.hpp)

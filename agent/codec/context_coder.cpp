@@ -4,11 +4,20 @@
 #include <array>
 #include <bit>
 #include <cstring>
-#include <memory>
 #include <string>
 
 namespace ctagent::codec {
 namespace {
+
+// The decoder's hot loops are built from small functions and lambdas; GCC's inliner gives up
+// on some of them in a function this large (measured: the four rANS states then live in memory).
+#if defined(__GNUC__)
+#define CTAGENT_INLINE __attribute__((always_inline))
+#define CTAGENT_NOINLINE __attribute__((noinline))
+#else
+#define CTAGENT_INLINE
+#define CTAGENT_NOINLINE
+#endif
 
 // rANS with 64-bit states and 32-bit renormalisation (F. Giesen's rans64), probabilities in
 // 12 bits, four states interleaved by channel (channel c uses state c % 4) so that the decoder
@@ -27,15 +36,34 @@ constexpr unsigned kDirectTokens = 16;
 // Context of a sample: the intensity of the same channel in the previous view in quarter
 // octaves (the Poisson noise of the residual grows with the counts), 0..59; 60 for the first
 // view of the chunk, which has no previous view.
-constexpr unsigned kIntensityContexts = 60;
 constexpr unsigned kFirstViewContext = 60;
 constexpr unsigned kContexts = 61;
 
-inline unsigned IntensityContext(std::uint32_t up) {
+// Top bit of a non-zero value (std::bit_width - 1, which GCC does not always inline in the
+// decoder's loop).
+CTAGENT_INLINE inline unsigned TopBit(std::uint32_t v) {
+#if defined(__GNUC__)
+  return 31u - static_cast<unsigned>(__builtin_clz(v));
+#else
+  return static_cast<unsigned>(std::bit_width(v)) - 1;
+#endif
+}
+
+CTAGENT_INLINE inline unsigned IntensityContext(std::uint32_t up) {
   if (up < 8) return up;
-  const unsigned top = static_cast<unsigned>(std::bit_width(up)) - 1;  // 3..15
+  const unsigned top = TopBit(up);  // 3..15
   return top * 4 - 4 + ((up >> (top - 2)) & 3u);
 }
+
+// IntensityContext of every 16-bit value: one load instead of a dozen instructions per sample.
+// The previous view's intensities change slowly along a row, so the loads hit a few cache lines.
+struct IntensityContextTable {
+  std::array<std::uint8_t, 65536> context{};
+  IntensityContextTable() {
+    for (std::uint32_t u = 0; u < context.size(); ++u) context[u] = static_cast<std::uint8_t>(IntensityContext(u));
+  }
+};
+const IntensityContextTable kIntensityContextOf;
 
 inline unsigned Token(std::uint32_t z, unsigned& extra_bits) {
   if (z < kDirectTokens) {
@@ -60,19 +88,17 @@ struct TokenTable {
 };
 const TokenTable kTokenTable;
 
-// Decoder side: the top bits of z and the raw bit count of each token.
+// Decoder side: the top bits of z and the raw bit count of each token, base | bits << 16.
 struct TokenBase {
-  std::array<std::uint16_t, kTokens> base{};
-  std::array<std::uint8_t, kTokens> bits{};
+  std::array<std::uint32_t, kTokens> entry{};
   TokenBase() {
     for (unsigned s = 0; s < kTokens; ++s) {
       if (s < kDirectTokens) {
-        base[s] = static_cast<std::uint16_t>(s);
+        entry[s] = s;
         continue;
       }
       const unsigned top = ((s - kDirectTokens) >> 2) + 4;
-      bits[s] = static_cast<std::uint8_t>(top - 2);
-      base[s] = static_cast<std::uint16_t>((4u | (s & 3u)) << (top - 2));
+      entry[s] = ((4u | (s & 3u)) << (top - 2)) | (top - 2) << 16;
     }
   }
 };
@@ -81,16 +107,8 @@ const TokenBase kTokenBase;
 inline std::uint16_t ZigZag16(std::uint16_t e) {
   return static_cast<std::uint16_t>((e << 1) ^ ((e & 0x8000u) ? 0xffffu : 0u));
 }
-inline std::uint16_t UnZigZag16(std::uint32_t z) {
+CTAGENT_INLINE inline std::uint16_t UnZigZag16(std::uint32_t z) {
   return static_cast<std::uint16_t>((z >> 1) ^ (0u - (z & 1u)));
-}
-
-// The `predict` filter's rule (docs/wire-format.md §1) for channel c of a row whose previous
-// view's row is `up` (nullptr in the first view).
-inline std::uint16_t Predict(const std::uint16_t* cur, const std::uint16_t* up, std::size_t c, std::size_t channels) {
-  if (up == nullptr) return c == 0 ? 0 : cur[c - 1];
-  if (c == 0 || c + 1 == channels) return up[c];
-  return static_cast<std::uint16_t>((2u * cur[c - 1] + up[c - 1] + 3u * up[c] + 2u * up[c + 1] + 4u) >> 3);
 }
 
 inline std::uint64_t MulHi64(std::uint64_t a, std::uint64_t b) {
@@ -200,29 +218,96 @@ void PutVarint(std::vector<std::uint8_t>& out, std::uint32_t v) {
   out.push_back(static_cast<std::uint8_t>(v));
 }
 
-// Decoder side of one context's table.
+// Decoder side of one context's table: one 32-bit entry per slot, symbol | (slot - start) << 6 |
+// freq << 18, so that a token costs one load instead of three dependent ones (symbol, then its
+// frequency and start).
+constexpr unsigned kEntryOffsetShift = 6;
+constexpr unsigned kEntryFreqShift = 18;
 struct DecTable {
-  std::array<std::uint16_t, kTokens> freq{};
-  std::array<std::uint16_t, kTokens> start{};
-  std::array<std::uint8_t, kTotal> symbol{};
+  std::array<std::uint32_t, kTotal> slot;
 };
+
+// Reads the raw bits of the residuals, LSB first, refilled to 56..63 bits before each residual
+// (F. Giesen's branchless refill), so that the bits of one residual (at most 13) are there. Reads
+// up to 8 bytes past its position: the caller pads the buffer.
+struct BitReader {
+  const std::uint8_t* p;
+  std::uint64_t acc = 0;
+  unsigned avail = 0;
+
+  // The residual of `token`: its top bits and its raw bits.
+  CTAGENT_INLINE std::uint32_t Residual(std::uint32_t token) {
+    std::uint64_t w;
+    std::memcpy(&w, p, 8);
+    acc |= w << avail;
+    p += (63 - avail) >> 3;
+    avail |= 56;
+    const std::uint32_t base = kTokenBase.entry[token];
+    const unsigned n_bits = base >> 16;
+    const auto low = static_cast<std::uint32_t>(acc & ((1u << n_bits) - 1u));
+    acc >>= n_bits;
+    avail -= n_bits;
+    return UnZigZag16((base & 0xffffu) | low);
+  }
+};
+
+// The samples of one row from its tokens, raw bits and the previous view's row `up` (nullptr in
+// the first view), by the predict rule. Not inlined: in its own function it gets the registers
+// its two serial chains (bits, left neighbour) need; inlined in the decoder, where the four rANS
+// states stay live, GCC spilled `left` and the bit buffer to the stack (measured ~10 % slower).
+CTAGENT_NOINLINE void ReconstructRow(BitReader& bits, const std::uint8_t* tok, const std::uint8_t* up, std::uint8_t* cur,
+                                     std::size_t channels) {
+  auto load = [](const std::uint8_t* q, std::size_t i) {
+    std::uint16_t w;
+    std::memcpy(&w, q + 2 * i, 2);
+    return static_cast<std::uint32_t>(w);
+  };
+  auto store = [](std::uint8_t* q, std::size_t i, std::uint32_t w) {
+    const auto v = static_cast<std::uint16_t>(w);
+    std::memcpy(q + 2 * i, &v, 2);
+  };
+  BitReader b = bits;
+  if (up == nullptr) {
+    std::uint32_t left = 0;
+    for (std::size_t k = 0; k < channels; ++k) {
+      left = static_cast<std::uint16_t>(left + b.Residual(tok[k]));
+      store(cur, k, left);
+    }
+  } else {
+    std::uint32_t left = static_cast<std::uint16_t>(load(up, 0) + b.Residual(tok[0]));
+    store(cur, 0, left);
+    if (channels > 1) {
+      std::uint32_t ul = load(up, 0);
+      std::uint32_t u = load(up, 1);
+      for (std::size_t k = 1; k + 1 < channels; ++k) {
+        const std::uint32_t ur = load(up, k + 1);
+        left = static_cast<std::uint16_t>(((2u * left + ul + 3u * u + 2u * ur + 4u) >> 3) + b.Residual(tok[k]));
+        store(cur, k, left);
+        ul = u;
+        u = ur;
+      }
+      store(cur, channels - 1, u + b.Residual(tok[channels - 1]));
+    }
+  }
+  bits = b;
+}
 
 Unexpected Corrupt(const std::string& what) {
   return MakeError(ErrorKind::kCorrupt, "corrupt chunk: context rANS payload: " + what);
 }
 
-// One rANS step: the token of `x` in table `t`, `x` advanced and renormalised from `rp`
-// without a branch (the renormalisation happens about once every three symbols, unpredictably).
-inline std::uint8_t DecodeToken(std::uint64_t& x, const DecTable& t, const std::uint8_t*& rp) {
-  const auto slot = static_cast<std::uint32_t>(x & (kTotal - 1));
-  const std::uint8_t s = t.symbol[slot];
-  x = t.freq[s] * (x >> kScaleBits) + slot - t.start[s];
+// One rANS step: the token of `x` in table `t`, `x` advanced and renormalised from `rp`.
+CTAGENT_INLINE inline std::uint32_t DecodeToken(std::uint64_t& x, const DecTable& t, const std::uint8_t*& rp) {
+  const std::uint32_t e = t.slot[x & (kTotal - 1)];
+  x = (e >> kEntryFreqShift) * (x >> kScaleBits) + ((e >> kEntryOffsetShift) & (kTotal - 1));
   std::uint32_t w;
   std::memcpy(&w, rp, 4);
+  // GCC makes this a branch. Keep it one: predicted, it keeps the comparison off the state's
+  // dependency chain; a branchless mask measured a third slower.
   const bool refill = x < kRansLow;
   x = refill ? (x << 32) | w : x;
   rp += refill ? 4 : 0;
-  return s;
+  return e & (kTokens - 1);
 }
 
 }  // namespace
@@ -275,13 +360,13 @@ void EncodeContextRans(const SampleShape& shape, std::span<const std::uint8_t> s
       continue;
     }
     const std::uint8_t* up = cur - view_bytes;
-    emit(0, load(up, 0), IntensityContext(load(up, 0)));
+    emit(0, load(up, 0), kIntensityContextOf.context[load(up, 0)]);
     if (channels == 1) continue;
     for (std::size_t c = 1; c + 1 < channels; ++c) {
       const std::uint32_t u = load(up, c);
-      emit(c, (2u * load(cur, c - 1) + load(up, c - 1) + 3u * u + 2u * load(up, c + 1) + 4u) >> 3, IntensityContext(u));
+      emit(c, (2u * load(cur, c - 1) + load(up, c - 1) + 3u * u + 2u * load(up, c + 1) + 4u) >> 3, kIntensityContextOf.context[u]);
     }
-    emit(channels - 1, load(up, channels - 1), IntensityContext(load(up, channels - 1)));
+    emit(channels - 1, load(up, channels - 1), kIntensityContextOf.context[load(up, channels - 1)]);
   }
   const std::size_t extra_bytes = bits.Finish();
 
@@ -381,9 +466,12 @@ Status DecodeContextRans(const SampleShape& shape, std::span<const std::uint8_t>
   }
   // Contexts without a table decode through a valid dummy table (one symbol): a payload that
   // uses one is malformed and fails the final state check or the raw hash, never memory safety.
-  auto tables = std::make_unique<DecTable[]>(static_cast<std::size_t>(table_count) + 1);
+  // Scratch reused by each codec worker thread (1 MB at most): fresh tables of this size would
+  // cost page faults on every chunk.
+  thread_local std::vector<DecTable> tables;
+  if (tables.size() < static_cast<std::size_t>(table_count) + 1) tables.resize(static_cast<std::size_t>(table_count) + 1);
   DecTable& dummy = tables[static_cast<std::size_t>(table_count)];
-  dummy.freq[0] = kTotal;
+  for (std::uint32_t k = 0; k < kTotal; ++k) dummy.slot[k] = k << kEntryOffsetShift | kTotal << kEntryFreqShift;
   std::array<const DecTable*, kContexts> by_context;
   by_context.fill(&dummy);
   int previous = -1;
@@ -406,9 +494,8 @@ Status DecodeContextRans(const SampleShape& shape, std::span<const std::uint8_t>
         if ((b & 0x80) == 0) break;
       }
       if (f > kTotal - start) return Corrupt("table frequencies exceed " + std::to_string(kTotal));
-      table.freq[static_cast<std::size_t>(s)] = static_cast<std::uint16_t>(f);
-      table.start[static_cast<std::size_t>(s)] = static_cast<std::uint16_t>(start);
-      std::memset(table.symbol.data() + start, s, f);
+      const std::uint32_t entry = static_cast<std::uint32_t>(s) | f << kEntryFreqShift;
+      for (std::uint32_t k = 0; k < f; ++k) table.slot[start + k] = entry | k << kEntryOffsetShift;
       start += f;
     }
     if (start != kTotal) return Corrupt("table frequencies sum to " + std::to_string(start) + ", not " + std::to_string(kTotal));
@@ -439,108 +526,57 @@ Status DecodeContextRans(const SampleShape& shape, std::span<const std::uint8_t>
   std::memcpy(&s2, rp + 16, 8);
   std::memcpy(&s3, rp + 24, 8);
   rp += 32;
-  const std::uint8_t* bp = rend;  // raw bits
-  std::uint64_t bit_acc = 0;
-  unsigned bit_avail = 0;
 
+  // Per row, two loops: the tokens (four independent rANS chains, channel c on state c % 4),
+  // then raw bits and the predict rule (two serial chains). One fused loop measured slower: the
+  // four states no longer fit in registers beside the bit reader and the predictor.
   thread_local std::vector<std::uint8_t> tokens;
-  thread_local std::vector<std::uint16_t> residuals;
-  thread_local std::vector<const DecTable*> row_tables;
   if (tokens.size() < channels) tokens.resize(channels);
-  if (residuals.size() < channels) residuals.resize(channels);
-  if (row_tables.size() < channels) row_tables.resize(channels);
+  std::uint8_t* const tok = tokens.data();
+  auto load = [](const std::uint8_t* q, std::size_t i) {
+    std::uint16_t w;
+    std::memcpy(&w, q + 2 * i, 2);
+    return static_cast<std::uint32_t>(w);
+  };
+  BitReader bits{rend};
   auto* samples = out.data();
   for (std::size_t row = 0; row < row_count; ++row) {
-    std::uint8_t* cur_bytes = samples + row * channels * 2;
+    std::uint8_t* cur = samples + row * channels * 2;
     const bool first_view = row * channels < view_samples;
-    const std::uint8_t* up_bytes = first_view ? nullptr : cur_bytes - view_samples * 2;
-    if (first_view) {
-      std::fill(row_tables.begin(), row_tables.begin() + static_cast<std::ptrdiff_t>(channels), by_context[kFirstViewContext]);
-    } else {
-      for (std::size_t c = 0; c < channels; ++c) {
-        std::uint16_t u;
-        std::memcpy(&u, up_bytes + 2 * c, 2);
-        row_tables[c] = by_context[IntensityContext(u)];
+    const std::uint8_t* up = first_view ? nullptr : cur - view_samples * 2;
+    // The tokens of the row, table by table(c): the previous view's intensity, or the first
+    // view's table (two copies of the loop, so that the choice is not made per token).
+    auto tokens_of_row = [&](auto table) CTAGENT_INLINE {
+      std::size_t c = 0;
+      for (; c + 4 <= channels; c += 4) {
+        tok[c] = static_cast<std::uint8_t>(DecodeToken(s0, table(c), rp));
+        tok[c + 1] = static_cast<std::uint8_t>(DecodeToken(s1, table(c + 1), rp));
+        tok[c + 2] = static_cast<std::uint8_t>(DecodeToken(s2, table(c + 2), rp));
+        tok[c + 3] = static_cast<std::uint8_t>(DecodeToken(s3, table(c + 3), rp));
       }
+      if (c < channels) tok[c] = static_cast<std::uint8_t>(DecodeToken(s0, table(c), rp)), ++c;
+      if (c < channels) tok[c] = static_cast<std::uint8_t>(DecodeToken(s1, table(c), rp)), ++c;
+      if (c < channels) tok[c] = static_cast<std::uint8_t>(DecodeToken(s2, table(c), rp)), ++c;
+    };
+    if (first_view) {
+      const DecTable& t = *by_context[kFirstViewContext];
+      tokens_of_row([&](std::size_t) CTAGENT_INLINE -> const DecTable& { return t; });
+    } else {
+      tokens_of_row([&](std::size_t c) CTAGENT_INLINE -> const DecTable& {
+        return *by_context[kIntensityContextOf.context[load(up, c)]];
+      });
     }
-    // Tokens: four independent rANS chains.
-    std::uint8_t* tok = tokens.data();
-    std::size_t c = 0;
-    for (; c + 4 <= channels; c += 4) {
-      tok[c] = DecodeToken(s0, *row_tables[c], rp);
-      tok[c + 1] = DecodeToken(s1, *row_tables[c + 1], rp);
-      tok[c + 2] = DecodeToken(s2, *row_tables[c + 2], rp);
-      tok[c + 3] = DecodeToken(s3, *row_tables[c + 3], rp);
-    }
-    if (c < channels) tok[c] = DecodeToken(s0, *row_tables[c], rp), ++c;
-    if (c < channels) tok[c] = DecodeToken(s1, *row_tables[c], rp), ++c;
-    if (c < channels) tok[c] = DecodeToken(s2, *row_tables[c], rp), ++c;
 
-    // Residuals: token + raw bits, LSB first, refilled to 56..63 bits before each residual
-    // (F. Giesen's branchless refill), so the bits of one residual (at most 13) are there.
-    std::uint16_t* res = residuals.data();
-    {
-      std::uint64_t acc = bit_acc;
-      unsigned avail = bit_avail;
-      const std::uint8_t* p = bp;
-      for (std::size_t k = 0; k < channels; ++k) {
-        std::uint64_t w;
-        std::memcpy(&w, p, 8);
-        acc |= w << avail;
-        p += (63 - avail) >> 3;
-        avail |= 56;
-        const std::uint32_t s = tok[k];
-        const unsigned n_bits = kTokenBase.bits[s];
-        const auto low = static_cast<std::uint32_t>(acc & ((1u << n_bits) - 1u));
-        acc >>= n_bits;
-        avail -= n_bits;
-        res[k] = UnZigZag16(kTokenBase.base[s] | low);
-      }
-      bit_acc = acc;
-      bit_avail = avail;
-      bp = p;
-    }
-    // The predict rule with the residuals.
-    auto load = [](const std::uint8_t* q, std::size_t i) {
-      std::uint16_t w;
-      std::memcpy(&w, q + 2 * i, 2);
-      return static_cast<std::uint32_t>(w);
-    };
-    auto store = [](std::uint8_t* q, std::size_t i, std::uint32_t w) {
-      const auto v = static_cast<std::uint16_t>(w);
-      std::memcpy(q + 2 * i, &v, 2);
-    };
-    if (first_view) {
-      std::uint32_t left = 0;
-      for (std::size_t k = 0; k < channels; ++k) {
-        left = static_cast<std::uint16_t>(left + res[k]);
-        store(cur_bytes, k, left);
-      }
-    } else {
-      std::uint32_t left = static_cast<std::uint16_t>(load(up_bytes, 0) + res[0]);
-      store(cur_bytes, 0, left);
-      if (channels > 1) {
-        std::uint32_t ul = load(up_bytes, 0);
-        std::uint32_t u = load(up_bytes, 1);
-        for (std::size_t k = 1; k + 1 < channels; ++k) {
-          const std::uint32_t ur = load(up_bytes, k + 1);
-          left = static_cast<std::uint16_t>(((2u * left + ul + 3u * u + 2u * ur + 4u) >> 3) + res[k]);
-          store(cur_bytes, k, left);
-          ul = u;
-          u = ur;
-        }
-        store(cur_bytes, channels - 1, static_cast<std::uint16_t>(load(up_bytes, channels - 1) + res[channels - 1]));
-      }
-    }
+    ReconstructRow(bits, tok, up, cur, channels);
     if (rp > rend) return Corrupt("the rANS stream ended early");
-    if (bp > bend + 8) return Corrupt("the raw bit stream ended early");  // bp runs up to 8 bytes ahead
+    if (bits.p > bend + 8) return Corrupt("the raw bit stream ended early");  // bp runs up to 8 bytes ahead
   }
   if (rp != rend) return Corrupt("the rANS stream has unread words");
   if (s0 != kRansLow || s1 != kRansLow || s2 != kRansLow || s3 != kRansLow) return Corrupt("rANS final states do not match");
   const auto extra_bytes = static_cast<std::uint64_t>(bend - rend);
-  const std::uint64_t loaded_bits = static_cast<std::uint64_t>(bp - rend) * 8;
-  if (loaded_bits < bit_avail) return Corrupt("raw bit stream length does not match");
-  const std::uint64_t bits_read = loaded_bits - bit_avail;
+  const std::uint64_t loaded_bits = static_cast<std::uint64_t>(bits.p - rend) * 8;
+  if (loaded_bits < bits.avail) return Corrupt("raw bit stream length does not match");
+  const std::uint64_t bits_read = loaded_bits - bits.avail;
   if ((bits_read + 7) / 8 != extra_bytes) return Corrupt("raw bit stream length does not match");
   return Ok();
 }

@@ -78,7 +78,7 @@ TEST_CASE("config: minimal example loads and takes every default from the struct
   CHECK(ctagent::drivers::ToJson(c->protocol) == ctagent::drivers::ToJson(defaults.protocol));
   CHECK(c->codec.zstd_level == 3);
   CHECK(c->codec.filter == "predict");
-  CHECK(c->codec.coder == "zstd");
+  CHECK(c->codec.coder == "context_rans");
   CHECK(c->codec.views_per_chunk == 64);
   CHECK(c->spool.directory == "/var/spool/ctagent");
   CHECK(c->spool.max_bytes == (64ull << 30));

@@ -49,6 +49,9 @@ struct ScanCase {
   std::uint32_t views_per_chunk = 32;
   std::uint64_t patch_bytes = 65536;
   std::size_t images = 0;
+  // The agent's default codec (filter predict, coder context_rans: codec 2) instead of shuffle +
+  // zstd, so that the reference center decodes codec 2 chunks end to end.
+  bool default_codec = false;
 };
 
 void RunScanEndToEnd(const ScanCase& scan_case) {
@@ -68,8 +71,10 @@ void RunScanEndToEnd(const ScanCase& scan_case) {
       {"driver", {{"name", "sim"}, {"options", nlohmann::json::object()}}},
       {"scan", scan_case.scan},
       {"study", {{"patient_id", "E2E-1"}, {"patient_name", "E2E^TEST"}, {"study_description", "E2E"}}},
-      {"codec",
-       {{"zstd_level", 3}, {"filter", "shuffle"}, {"views_per_chunk", scan_case.views_per_chunk}, {"threads", 2}}},
+      {"codec", scan_case.default_codec
+                    ? nlohmann::json{{"views_per_chunk", scan_case.views_per_chunk}}
+                    : nlohmann::json{{"zstd_level", 3}, {"filter", "shuffle"}, {"views_per_chunk", scan_case.views_per_chunk},
+                                     {"threads", 2}}},
       {"spool", {{"directory", (work.path() / "spool").string()}, {"max_bytes", "1 GiB"}, {"min_free_bytes", 0}}},
       {"cloud", center->CloudSection({{"parallel_uploads", 2}, {"patch_bytes", scan_case.patch_bytes}})},
       {"results", {{"enabled", true}, {"poll_interval_ms", 300}, {"poll_max_interval_ms", 2000}, {"timeout_s", 240}}},
@@ -259,8 +264,9 @@ TEST_CASE("the default 16-slice fan-beam scan travels end to end and its images 
           "[e2e][fan]") {
   // Every scan key but the seed and the pacing is the default (config/config.hpp): fan beam,
   // 16 x 896 channels, 1160 views in one axial rotation -> 16 slices 0.75 mm apart around
-  // z = 0, each checked in every ROI of the chest.
+  // z = 0, each checked in every ROI of the chest. The codec is the default too (codec 2).
   ScanCase c;
+  c.default_codec = true;
   c.scan = {{"seed", 78}, {"real_time", false}};
   c.views = 1160;
   c.views_per_chunk = 64;
