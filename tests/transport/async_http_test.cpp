@@ -24,6 +24,7 @@
 #include "tests/support/hostile_server.hpp"
 #include "tests/support/process.hpp"
 #include "tests/transport/shared_pki.hpp"
+#include "tests/transport/test_http.hpp"
 #include "transport/http.hpp"
 #include "transport/http_async.hpp"
 #include "transport/tus.hpp"
@@ -43,16 +44,7 @@ namespace fs = std::filesystem;
 
 using ctagent::test::RandomBytes;
 
-// Runs the loop until `done` or `limit` (every test's loop is bounded in time).
-bool RunUntil(boost::asio::io_context& io, const std::function<bool()>& done,
-              std::chrono::seconds limit = std::chrono::seconds(60)) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (!done() && std::chrono::steady_clock::now() < end) {
-    io.restart();
-    if (io.run_for(std::chrono::milliseconds(50)) == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return done();
-}
+using ctagent::test::RunUntil;
 
 struct Outcome {
   std::optional<Expected<HttpResponse>> result;
@@ -88,12 +80,7 @@ struct TusFixture {
   }
 
   HttpOptions Options() const {
-    HttpOptions options;
-    options.tls.ca_file = pki / "ca.pem";
-    options.connect_timeout_s = 5;
-    options.stall_timeout_s = 10;
-    options.request_timeout_s = 60;
-    return options;
+    return ctagent::test::TestHttpOptions(pki / "ca.pem");
   }
 };
 

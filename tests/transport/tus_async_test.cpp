@@ -19,6 +19,7 @@
 #include "tests/support/process.hpp"
 #include "tests/transport/fake_tus_server.hpp"
 #include "tests/transport/shared_pki.hpp"
+#include "tests/transport/test_http.hpp"
 #include "transport/http.hpp"
 #include "transport/http_async.hpp"
 #include "transport/tus.hpp"
@@ -36,16 +37,7 @@ using ctagent::transport::HttpOptions;
 namespace tus = ctagent::transport::tus;
 namespace fs = std::filesystem;
 
-// Runs the loop until `done` or `limit` (every test's loop is bounded in time).
-bool RunUntil(boost::asio::io_context& io, const std::function<bool()>& done,
-              std::chrono::seconds limit = std::chrono::seconds(60)) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (!done() && std::chrono::steady_clock::now() < end) {
-    io.restart();
-    if (io.run_for(std::chrono::milliseconds(50)) == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return done();
-}
+using ctagent::test::RunUntil;
 
 // A completion's result, failure and thread, recorded for the test to read.
 template <typename T>
@@ -85,12 +77,7 @@ struct TusFixture {
   boost::asio::io_context io;
 
   HttpOptions Options() const {
-    HttpOptions options;
-    options.tls.ca_file = pki / "ca.pem";
-    options.connect_timeout_s = 5;
-    options.stall_timeout_s = 10;
-    options.request_timeout_s = 60;
-    return options;
+    return ctagent::test::TestHttpOptions(pki / "ca.pem");
   }
 };
 
@@ -290,7 +277,7 @@ TEST_CASE("tus async: refusals before sending (foreign URL, metadata, Tus-Max-Si
   CHECK((!fs::exists(f.store) || fs::is_empty(f.store)));
 }
 
-TEST_CASE("tus async: a checksum server gets Upload-Checksum over the file range; a 460 resends, a 409 resyncs by "
+TEST_CASE("tus async: a checksum server gets Upload-Checksum over the file range: a 460 resends, a 409 resyncs by "
           "HEAD, each bounded",
           "[transport][tus][async]") {
   ctagent::test::FakeTusServer server;

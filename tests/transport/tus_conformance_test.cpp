@@ -13,6 +13,7 @@
 #include "tests/support/process.hpp"
 #include "tests/transport/fake_tus_server.hpp"
 #include "tests/transport/shared_pki.hpp"
+#include "tests/transport/test_http.hpp"
 #include "transport/http.hpp"
 #include "transport/tus.hpp"
 
@@ -43,12 +44,7 @@ struct RealServer {
     server = ctagent::test::StartTusServer(pki, store, dir.path() / "tus-server.log", "server", extra);
   }
   HttpOptions Options() const {
-    HttpOptions options;
-    options.tls.ca_file = pki / "ca.pem";
-    options.connect_timeout_s = 5;
-    options.stall_timeout_s = 10;
-    options.request_timeout_s = 60;
-    return options;
+    return ctagent::test::TestHttpOptions(pki / "ca.pem");
   }
   std::string Stored(const std::string& url) const {
     return ctagent::test::ReadText(store / url.substr(url.rfind('/') + 1));

@@ -11,6 +11,7 @@
 
 #include "tests/support/process.hpp"
 #include "tests/transport/shared_pki.hpp"
+#include "tests/transport/test_http.hpp"
 #include "transport/http.hpp"
 #include "transport/tus.hpp"
 
@@ -44,12 +45,7 @@ struct TusFixture {
   }
 
   HttpOptions Options() const {
-    HttpOptions options;
-    options.tls.ca_file = pki / "ca.pem";
-    options.connect_timeout_s = 5;
-    options.stall_timeout_s = 10;
-    options.request_timeout_s = 60;
-    return options;
+    return ctagent::test::TestHttpOptions(pki / "ca.pem");
   }
 };
 

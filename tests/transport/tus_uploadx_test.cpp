@@ -11,6 +11,7 @@
 
 #include "tests/support/process.hpp"
 #include "tests/transport/shared_pki.hpp"
+#include "tests/transport/test_http.hpp"
 #include "tests/transport/tus_scan_fixture.hpp"
 #include "transport/http.hpp"
 #include "transport/tus.hpp"
@@ -53,12 +54,7 @@ struct UploadxServer {
   std::string Stored(const std::string& url) const { return test::ReadText(store / url.substr(url.rfind('/') + 1)); }
 
   transport::HttpOptions Options() const {
-    transport::HttpOptions options;
-    options.tls.ca_file = pki / "ca.pem";
-    options.connect_timeout_s = 5;
-    options.stall_timeout_s = 10;
-    options.request_timeout_s = 60;
-    return options;
+    return ctagent::test::TestHttpOptions(pki / "ca.pem");
   }
   config::CloudConfig Cloud(std::uint32_t parallel, std::uint64_t patch_bytes) const {
     config::CloudConfig cloud;
