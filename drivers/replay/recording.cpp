@@ -34,6 +34,16 @@ std::string Number(double v) {
   return text;
 }
 
+// A string member of `j`, or "" when `j` is not an object or the member is absent or not a string.
+// Not nlohmann's value(key, ""): it throws on a member of another type (a damaged protocol.json
+// must be an error value, not an exception), and GCC 12 at -O2 reports a null dereference inside
+// it when this file is compiled in a unity batch.
+std::string RecordingString(const nlohmann::json& j, const char* key) {
+  if (!j.is_object()) return {};
+  const auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
 }  // namespace
 
 Expected<ReplaySource> ParseReplayOptions(const nlohmann::json& options) {
@@ -144,7 +154,7 @@ Expected<RecordingInfo> ReadRecordingInfo(const fs::path& directory) {
     return MakeError(ErrorKind::kCorrupt, file.string() + ": " + what);
   };
   if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
-  if (j.value("format", "") != kRecordingFormat) return bad(std::string("\"format\" is not \"") + kRecordingFormat + "\"");
+  if (RecordingString(j, "format") != kRecordingFormat) return bad(std::string("\"format\" is not \"") + kRecordingFormat + "\"");
   if (!j.contains("version") || !j["version"].is_number_integer() || j["version"].get<int>() != kRecordingVersion) {
     return MakeError(ErrorKind::kUnsupported, file.string() + ": recording version " +
                                                   (j.contains("version") ? j["version"].dump() : "(none)") +
@@ -160,9 +170,11 @@ Expected<RecordingInfo> ReadRecordingInfo(const fs::path& directory) {
     return bad("\"views\" is " + std::to_string(info.views) + " but the protocol has " +
                std::to_string(info.protocol.TotalViews()) + " views");
   }
-  const nlohmann::json detector = j.value("detector", nlohmann::json::object());
-  info.detector_name = detector.value("name", "");
-  info.detector_model = detector.value("model", "");
+  const auto detector = j.find("detector");
+  if (detector != j.end()) {
+    info.detector_name = RecordingString(*detector, "name");
+    info.detector_model = RecordingString(*detector, "model");
+  }
   return info;
 }
 
