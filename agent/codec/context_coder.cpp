@@ -292,7 +292,8 @@ CTAGENT_NOINLINE void ReconstructRow(BitReader& bits, const std::uint8_t* tok, c
   bits = b;
 }
 
-Unexpected Corrupt(const std::string& what) {
+// A damaged context rANS payload: the message names the part of the chunk that failed.
+Unexpected CorruptPayload(const std::string& what) {
   return MakeError(ErrorKind::kCorrupt, "corrupt chunk: context rANS payload: " + what);
 }
 
@@ -455,14 +456,14 @@ Status DecodeContextRans(const SampleShape& shape, std::span<const std::uint8_t>
   const std::size_t row_count = shape.views * shape.rows;
   const std::size_t n = row_count * channels;
   const std::size_t view_samples = shape.rows * channels;
-  if (n == 0 || out.size() != n * 2) return Corrupt("output size does not match the shape");
+  if (n == 0 || out.size() != n * 2) return CorruptPayload("output size does not match the shape");
 
   // Tables.
   std::size_t pos = 0;
   auto byte = [&]() -> int { return pos < payload.size() ? payload[pos++] : -1; };
   const int table_count = byte();
   if (table_count < 1 || table_count > static_cast<int>(kContexts)) {
-    return Corrupt("table count " + std::to_string(table_count) + " is outside 1.." + std::to_string(kContexts));
+    return CorruptPayload("table count " + std::to_string(table_count) + " is outside 1.." + std::to_string(kContexts));
   }
   // Contexts without a table decode through a valid dummy table (one symbol): a payload that
   // uses one is malformed and fails the final state check or the raw hash, never memory safety.
@@ -478,8 +479,8 @@ Status DecodeContextRans(const SampleShape& shape, std::span<const std::uint8_t>
   for (int t = 0; t < table_count; ++t) {
     const int ctx = byte();
     const int used = byte();
-    if (ctx <= previous || ctx >= static_cast<int>(kContexts)) return Corrupt("table contexts out of order or range");
-    if (used < 1 || used > static_cast<int>(kTokens)) return Corrupt("table symbol count out of range");
+    if (ctx <= previous || ctx >= static_cast<int>(kContexts)) return CorruptPayload("table contexts out of order or range");
+    if (used < 1 || used > static_cast<int>(kTokens)) return CorruptPayload("table symbol count out of range");
     previous = ctx;
     DecTable& table = tables[static_cast<std::size_t>(t)];
     std::uint32_t start = 0;
@@ -488,25 +489,25 @@ Status DecodeContextRans(const SampleShape& shape, std::span<const std::uint8_t>
       int shift = 0;
       for (;;) {
         const int b = byte();
-        if (b < 0 || shift > 14) return Corrupt("table truncated or frequency too long");
+        if (b < 0 || shift > 14) return CorruptPayload("table truncated or frequency too long");
         f |= static_cast<std::uint32_t>(b & 0x7f) << shift;
         shift += 7;
         if ((b & 0x80) == 0) break;
       }
-      if (f > kTotal - start) return Corrupt("table frequencies exceed " + std::to_string(kTotal));
+      if (f > kTotal - start) return CorruptPayload("table frequencies exceed " + std::to_string(kTotal));
       const std::uint32_t entry = static_cast<std::uint32_t>(s) | f << kEntryFreqShift;
       for (std::uint32_t k = 0; k < f; ++k) table.slot[start + k] = entry | k << kEntryOffsetShift;
       start += f;
     }
-    if (start != kTotal) return Corrupt("table frequencies sum to " + std::to_string(start) + ", not " + std::to_string(kTotal));
+    if (start != kTotal) return CorruptPayload("table frequencies sum to " + std::to_string(start) + ", not " + std::to_string(kTotal));
     by_context[static_cast<std::size_t>(ctx)] = &table;
   }
-  if (payload.size() - pos < 4) return Corrupt("truncated before the rANS stream length");
+  if (payload.size() - pos < 4) return CorruptPayload("truncated before the rANS stream length");
   std::uint32_t rans_bytes = 0;
   std::memcpy(&rans_bytes, payload.data() + pos, 4);
   pos += 4;
   if (rans_bytes % 4 != 0 || rans_bytes < 8 * kStates || rans_bytes > payload.size() - pos) {
-    return Corrupt("rANS stream length " + std::to_string(rans_bytes) + " does not fit the payload");
+    return CorruptPayload("rANS stream length " + std::to_string(rans_bytes) + " does not fit the payload");
   }
   // The streams are copied into a buffer with zero padding behind them, so that the loops
   // below read without bounds checks: within one row neither stream advances by more than 4
@@ -568,16 +569,16 @@ Status DecodeContextRans(const SampleShape& shape, std::span<const std::uint8_t>
     }
 
     ReconstructRow(bits, tok, up, cur, channels);
-    if (rp > rend) return Corrupt("the rANS stream ended early");
-    if (bits.p > bend + 8) return Corrupt("the raw bit stream ended early");  // bp runs up to 8 bytes ahead
+    if (rp > rend) return CorruptPayload("the rANS stream ended early");
+    if (bits.p > bend + 8) return CorruptPayload("the raw bit stream ended early");  // bp runs up to 8 bytes ahead
   }
-  if (rp != rend) return Corrupt("the rANS stream has unread words");
-  if (s0 != kRansLow || s1 != kRansLow || s2 != kRansLow || s3 != kRansLow) return Corrupt("rANS final states do not match");
+  if (rp != rend) return CorruptPayload("the rANS stream has unread words");
+  if (s0 != kRansLow || s1 != kRansLow || s2 != kRansLow || s3 != kRansLow) return CorruptPayload("rANS final states do not match");
   const auto extra_bytes = static_cast<std::uint64_t>(bend - rend);
   const std::uint64_t loaded_bits = static_cast<std::uint64_t>(bits.p - rend) * 8;
-  if (loaded_bits < bits.avail) return Corrupt("raw bit stream length does not match");
+  if (loaded_bits < bits.avail) return CorruptPayload("raw bit stream length does not match");
   const std::uint64_t bits_read = loaded_bits - bits.avail;
-  if ((bits_read + 7) / 8 != extra_bytes) return Corrupt("raw bit stream length does not match");
+  if ((bits_read + 7) / 8 != extra_bytes) return CorruptPayload("raw bit stream length does not match");
   return Ok();
 }
 
