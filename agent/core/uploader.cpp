@@ -689,13 +689,7 @@ void Uploader::TransferRead(JobPtr job) {
     Transferred(std::move(job));
     return;
   }
-  if (paused_ || stopping_) {
-    job->paused_out = paused_ && !stopping_;
-    job->failure = FailureClass::kCancelled;
-    job->last_status = MakeError(ErrorKind::kCancelled, paused_ ? "uploads are paused" : "agent is stopping");
-    Transferred(std::move(job));
-    return;
-  }
+  if (EndedByPauseOrStop(job)) return;
   WithCapabilities(*job->client, [this, job](Expected<transport::tus::ServerCapabilities> caps,
                                              transport::tus::Failure why) {
     if (!caps) {
@@ -786,14 +780,17 @@ void Uploader::TransferCreated(JobPtr job) {
   });
 }
 
+bool Uploader::EndedByPauseOrStop(JobPtr& job) {
+  if (!paused_ && !stopping_) return false;
+  job->paused_out = paused_ && !stopping_;
+  job->failure = FailureClass::kCancelled;
+  job->last_status = MakeError(ErrorKind::kCancelled, paused_ ? "uploads are paused" : "agent is stopping");
+  Transferred(std::move(job));
+  return true;
+}
+
 void Uploader::TransferSend(JobPtr job) {
-  if (paused_ || stopping_) {
-    job->paused_out = paused_ && !stopping_;
-    job->failure = FailureClass::kCancelled;
-    job->last_status = MakeError(ErrorKind::kCancelled, paused_ ? "uploads are paused" : "agent is stopping");
-    Transferred(std::move(job));
-    return;
-  }
+  if (EndedByPauseOrStop(job)) return;
   job->start_offset = job->offset;
   job->last_journaled = job->offset;
   transport::tus::AsyncUploadOptions options;

@@ -106,6 +106,9 @@ class Uploader {
   void TransferRead(JobPtr job);
   void TransferCreated(JobPtr job);
   void TransferSend(JobPtr job);
+  // Between the byte stage's steps: when paused or stopping, ends the job's attempt as cancelled
+  // (a paused one is held for SetPaused(false)) and returns true; `job` is then moved from.
+  bool EndedByPauseOrStop(JobPtr& job);
   void Transferred(JobPtr job);
   bool NeedsCreation(const Job& job);  // no upload URL journaled yet, not complete
   // Before the first job: parallel_uploads OPTIONS requests open connections and learn the
