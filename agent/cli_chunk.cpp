@@ -9,7 +9,7 @@
 
 #include "agent/cli.hpp"
 #include "agent/codec/chunk.hpp"
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 
 namespace ctagent::cli {
 namespace {

@@ -29,10 +29,10 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/cli.hpp"
-#include "agent/common/allocator.hpp"
-#include "agent/common/clock.hpp"
-#include "agent/common/log.hpp"
-#include "agent/common/service_notify.hpp"
+#include "base/allocator.hpp"
+#include "base/clock.hpp"
+#include "base/log.hpp"
+#include "base/service_notify.hpp"
 #include "agent/control/control.hpp"
 #include "agent/control/status.hpp"
 #include "agent/core/agent.hpp"

@@ -15,7 +15,7 @@
 #include <system_error>
 #include <utility>
 
-#include "agent/common/private_file.hpp"
+#include "base/private_file.hpp"
 #include "config/schema.hpp"
 
 namespace ctagent::config {

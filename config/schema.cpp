@@ -10,8 +10,8 @@
 #include <type_traits>
 #include <utility>
 
-#include "agent/common/uid.hpp"
-#include "agent/common/url.hpp"
+#include "base/uid.hpp"
+#include "base/url.hpp"
 
 namespace ctagent::config::schema {
 

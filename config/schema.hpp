@@ -42,7 +42,7 @@ struct Entry {
   std::vector<std::string_view> choices = {};
   bool (*string_ok)(const std::string&) = nullptr;
   std::string_view string_rule = {};  // what string_ok accepts, for "expected ..."
-  bool url = false;  // an http(s) URL: checked by UrlProblem, shown redacted by RedactUrl (agent/common/url.hpp)
+  bool url = false;  // an http(s) URL: checked by UrlProblem, shown redacted by RedactUrl (base/url.hpp)
   void (*set)(AgentConfig&, const nlohmann::json&) = nullptr;  // value already checked and normalised
   nlohmann::json (*get)(const AgentConfig&) = nullptr;         // for defaults in the docs
 };

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 #include "drivers/detector.hpp"
 
 namespace ctagent::drivers {

@@ -11,7 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 
 namespace ctagent::drivers {
 

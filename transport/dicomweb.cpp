@@ -6,7 +6,7 @@
 #include <charconv>
 #include <string_view>
 
-#include "agent/common/url.hpp"
+#include "base/url.hpp"
 #include "transport/text.hpp"
 
 namespace ctagent::transport::dicomweb {

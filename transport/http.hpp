@@ -14,7 +14,7 @@
 #include <utility>
 #include <vector>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 
 namespace ctagent::transport {
 

@@ -16,7 +16,7 @@
 #include <memory>
 #include <optional>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 #include "transport/http.hpp"
 
 namespace ctagent::transport {

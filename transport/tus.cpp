@@ -14,7 +14,7 @@
 #include <sstream>
 #include <string_view>
 
-#include "agent/common/url.hpp"
+#include "base/url.hpp"
 
 namespace ctagent::transport::tus {
 namespace {

@@ -13,7 +13,7 @@
 #include <utility>
 #include <vector>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 #include "transport/http.hpp"
 
 namespace ctagent::transport::tus {

@@ -13,7 +13,7 @@
 #include <utility>
 #include <vector>
 
-#include "agent/common/url.hpp"
+#include "base/url.hpp"
 
 namespace ctagent::transport::tus {
 namespace {

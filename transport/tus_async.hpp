@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 #include "transport/http_async.hpp"
 #include "transport/tus.hpp"
 

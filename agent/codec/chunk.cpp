@@ -12,7 +12,7 @@
 #include <memory>
 
 #include "agent/codec/context_coder.hpp"
-#include "agent/common/sha256.hpp"
+#include "base/sha256.hpp"
 
 namespace ctagent::codec {
 namespace {

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <utility>
 
-#include "agent/common/sha256.hpp"
+#include "base/sha256.hpp"
 
 namespace ctagent::codec {
 

@@ -24,7 +24,7 @@
 
 #include "agent/codec/chunk.hpp"
 #include "agent/codec/manifest.hpp"
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 #include "drivers/detector.hpp"
 
 namespace ctagent::codec {

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "agent/codec/filter.hpp"
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 
 namespace ctagent::codec {
 

@@ -9,7 +9,7 @@
 #include <memory>
 
 #include "agent/control/check.hpp"
-#include "agent/common/durable_file.hpp"
+#include "base/durable_file.hpp"
 #include "agent/core/http_options.hpp"
 #include "agent/core/links.hpp"
 #include "agent/results/results.hpp"

@@ -20,7 +20,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 
-#include "agent/common/log.hpp"
+#include "base/log.hpp"
 #include "agent/control/control.hpp"
 #include "agent/control/unix_path.hpp"
 

@@ -8,7 +8,7 @@
 #include <cstdio>
 #include <fstream>
 
-#include "agent/common/clock.hpp"
+#include "base/clock.hpp"
 #include "agent/results/result_set.hpp"
 
 namespace ctagent::control {

@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/common/durable_file.hpp"
+#include "base/durable_file.hpp"
 #include "agent/core/exam_context.hpp"
 #include "agent/core/heartbeat.hpp"
 #include "agent/core/uploader.hpp"

@@ -1,6 +1,6 @@
 #include "agent/core/exam_context.hpp"
 
-#include "agent/common/uid.hpp"
+#include "base/uid.hpp"
 #include "agent/worklist/worklist.hpp"
 
 namespace ctagent::core {

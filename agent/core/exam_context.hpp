@@ -6,7 +6,7 @@
 #include <chrono>
 #include <string>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 #include "agent/privacy/privacy.hpp"
 #include "config/config.hpp"
 

@@ -2,7 +2,7 @@
 // fetcher and the diagnostics.
 #pragma once
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 #include "config/config.hpp"
 #include "transport/http.hpp"
 

@@ -10,7 +10,7 @@
 #include <optional>
 #include <string>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 
 namespace ctagent::core {
 

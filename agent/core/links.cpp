@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "agent/common/log.hpp"
+#include "base/log.hpp"
 #include "transport/http.hpp"
 
 namespace ctagent::core {

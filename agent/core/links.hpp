@@ -18,7 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 #include "agent/core/link_provider.hpp"
 #include "transport/http.hpp"
 

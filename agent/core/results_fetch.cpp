@@ -11,7 +11,7 @@
 #include <map>
 #include <set>
 
-#include "agent/common/log.hpp"
+#include "base/log.hpp"
 #include "agent/core/http_options.hpp"
 #include "transport/dicomweb.hpp"
 

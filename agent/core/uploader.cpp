@@ -6,9 +6,9 @@
 #include <algorithm>
 #include <utility>
 
-#include "agent/common/log.hpp"
-#include "agent/common/sha256.hpp"
-#include "agent/common/url.hpp"
+#include "base/log.hpp"
+#include "base/sha256.hpp"
+#include "base/url.hpp"
 #include "transport/tus.hpp"
 #include "transport/tus_async.hpp"
 

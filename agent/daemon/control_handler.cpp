@@ -5,7 +5,7 @@
 #include <utility>
 #include <vector>
 
-#include "agent/common/clock.hpp"
+#include "base/clock.hpp"
 #include "agent/control/check.hpp"
 #include "agent/control/status.hpp"
 #include "agent/privacy/privacy.hpp"

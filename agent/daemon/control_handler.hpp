@@ -13,7 +13,7 @@
 #include <thread>
 
 #include "agent/control/control.hpp"
-#include "agent/common/durable_file.hpp"
+#include "base/durable_file.hpp"
 #include "agent/core/agent.hpp"
 #include "agent/daemon/upload_pause.hpp"
 #include "config/config.hpp"

@@ -5,7 +5,7 @@
 #include <optional>
 #include <set>
 
-#include "agent/common/log.hpp"
+#include "base/log.hpp"
 #include "agent/control/control.hpp"
 #include "agent/control/status.hpp"
 #include "agent/daemon/control_handler.hpp"

@@ -11,7 +11,7 @@
 #include <functional>
 #include <string>
 
-#include "agent/common/durable_file.hpp"
+#include "base/durable_file.hpp"
 #include "agent/core/agent.hpp"
 #include "agent/core/heartbeat.hpp"
 #include "agent/spool/spool.hpp"

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <map>
 
-#include "agent/common/log.hpp"
+#include "base/log.hpp"
 #include "agent/control/status.hpp"
 
 namespace ctagent::daemon {

@@ -7,8 +7,8 @@
 #include <optional>
 #include <string>
 
-#include "agent/common/durable_file.hpp"
-#include "agent/common/error.hpp"
+#include "base/durable_file.hpp"
+#include "base/error.hpp"
 
 namespace ctagent::daemon {
 

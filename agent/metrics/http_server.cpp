@@ -12,7 +12,7 @@
 #include <istream>
 #include <set>
 
-#include "agent/common/tcp_listener.hpp"
+#include "base/tcp_listener.hpp"
 #include "agent/metrics/metrics.hpp"
 
 namespace ctagent::metrics {

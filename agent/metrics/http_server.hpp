@@ -16,7 +16,7 @@
 #include <memory>
 #include <string>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 
 namespace ctagent::metrics {
 

@@ -15,7 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/common/uid.hpp"
+#include "base/uid.hpp"
 
 namespace ctagent::privacy {
 namespace {

@@ -16,8 +16,8 @@
 #include <string_view>
 #include <vector>
 
-#include "agent/common/durable_file.hpp"
-#include "agent/common/error.hpp"
+#include "base/durable_file.hpp"
+#include "base/error.hpp"
 
 namespace ctagent::privacy {
 

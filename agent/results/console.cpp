@@ -22,9 +22,9 @@
 #include <map>
 #include <string_view>
 
-#include "agent/common/dcmnet_support.hpp"
-#include "agent/common/dcmtk_logging.hpp"
-#include "agent/common/log.hpp"
+#include "base/dcmnet_support.hpp"
+#include "base/dcmtk_logging.hpp"
+#include "base/log.hpp"
 
 namespace ctagent::results {
 namespace {

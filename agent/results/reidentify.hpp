@@ -8,7 +8,7 @@
 #include <span>
 #include <vector>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 #include "agent/privacy/privacy.hpp"
 
 class DcmDataset;

@@ -25,8 +25,8 @@
 #include <sstream>
 #include <system_error>
 
-#include "agent/common/dcmtk_logging.hpp"
-#include "agent/common/log.hpp"
+#include "base/dcmtk_logging.hpp"
+#include "base/log.hpp"
 #include "agent/results/results.hpp"
 
 namespace ctagent::results {

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 
 namespace ctagent::results {
 

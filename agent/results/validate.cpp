@@ -24,8 +24,8 @@
 #include <string_view>
 #include <system_error>
 
-#include "agent/common/dcmtk_logging.hpp"
-#include "agent/common/log.hpp"
+#include "base/dcmtk_logging.hpp"
+#include "base/log.hpp"
 
 namespace ctagent::results {
 namespace {

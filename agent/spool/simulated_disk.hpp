@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/common/durable_file.hpp"
+#include "base/durable_file.hpp"
 
 namespace ctagent {
 

@@ -5,9 +5,9 @@
 #include <set>
 #include <utility>
 
-#include "agent/common/log.hpp"
-#include "agent/common/sha256.hpp"
-#include "agent/common/uid.hpp"
+#include "base/log.hpp"
+#include "base/sha256.hpp"
+#include "base/uid.hpp"
 #include "agent/spool/journal.hpp"
 
 namespace ctagent::spool {

@@ -31,8 +31,8 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/codec/manifest.hpp"
-#include "agent/common/durable_file.hpp"
-#include "agent/common/error.hpp"
+#include "base/durable_file.hpp"
+#include "base/error.hpp"
 
 namespace ctagent::spool {
 

@@ -11,7 +11,7 @@
 #include <cstring>
 #include <fstream>
 
-#include "agent/common/private_file.hpp"
+#include "base/private_file.hpp"
 
 namespace ctagent::ui {
 namespace {

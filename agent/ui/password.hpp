@@ -9,7 +9,7 @@
 #include <string_view>
 #include <vector>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 
 namespace ctagent::ui {
 

@@ -27,7 +27,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 #include "agent/ui/server.hpp"
 
 namespace ctagent::ui {

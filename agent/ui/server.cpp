@@ -33,9 +33,9 @@
 #include <string_view>
 #include <type_traits>
 
-#include "agent/common/log.hpp"
-#include "agent/common/private_file.hpp"
-#include "agent/common/tcp_listener.hpp"
+#include "base/log.hpp"
+#include "base/private_file.hpp"
+#include "base/tcp_listener.hpp"
 #include "agent/ui/assets.hpp"
 #include "agent/ui/password.hpp"
 

@@ -47,7 +47,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 
 namespace ctagent::ui {
 

@@ -22,10 +22,10 @@
 #include <limits>
 #include <optional>
 
-#include "agent/common/dcmnet_support.hpp"
-#include "agent/common/dcmtk_logging.hpp"
-#include "agent/common/log.hpp"
-#include "agent/common/uid.hpp"
+#include "base/dcmnet_support.hpp"
+#include "base/dcmtk_logging.hpp"
+#include "base/log.hpp"
+#include "base/uid.hpp"
 
 namespace ctagent::worklist {
 namespace {

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 
 namespace ctagent::worklist {
 

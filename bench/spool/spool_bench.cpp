@@ -33,9 +33,9 @@
 #include <vector>
 
 #include "agent/codec/chunk_stage.hpp"
-#include "agent/common/log.hpp"
-#include "agent/common/sha256.hpp"
-#include "agent/common/uid.hpp"
+#include "base/log.hpp"
+#include "base/sha256.hpp"
+#include "base/uid.hpp"
 #include "agent/spool/batched_ingest.hpp"
 #include "agent/spool/spool.hpp"
 #include "config/config.hpp"

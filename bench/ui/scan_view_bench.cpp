@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/common/uid.hpp"
+#include "base/uid.hpp"
 #include "agent/ui/scan_view.hpp"
 #include "cloud/worker/analysis.hpp"
 #include "cloud/worker/dicom_writer.hpp"

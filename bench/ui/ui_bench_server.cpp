@@ -12,7 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/common/clock.hpp"
+#include "base/clock.hpp"
 #include "agent/ui/server.hpp"
 
 namespace {

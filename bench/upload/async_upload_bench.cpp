@@ -30,9 +30,9 @@
 #include <string>
 #include <vector>
 
-#include "agent/common/allocator.hpp"
-#include "agent/common/log.hpp"
-#include "agent/common/sha256.hpp"
+#include "base/allocator.hpp"
+#include "base/log.hpp"
+#include "base/sha256.hpp"
 #include "bench/upload/bench_spool.hpp"
 #include "transport/http_async.hpp"
 #include "transport/tus.hpp"

@@ -16,7 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/codec/manifest.hpp"
-#include "agent/common/durable_file.hpp"
+#include "base/durable_file.hpp"
 #include "agent/spool/spool.hpp"
 
 namespace ctagent::bench {

@@ -17,9 +17,9 @@
 #include <filesystem>
 #include <string>
 
-#include "agent/common/allocator.hpp"
-#include "agent/common/durable_file.hpp"
-#include "agent/common/log.hpp"
+#include "base/allocator.hpp"
+#include "base/durable_file.hpp"
+#include "base/log.hpp"
 #include "agent/core/uploader.hpp"
 #include "bench/upload/bench_spool.hpp"
 #include "config/config.hpp"

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 #include "cloud/worker/recon.hpp"
 
 namespace ctagent::cloud {

@@ -12,9 +12,9 @@
 #include <limits>
 #include <vector>
 
-#include "agent/common/durable_file.hpp"
-#include "agent/common/sha256.hpp"
-#include "agent/common/uid.hpp"
+#include "base/durable_file.hpp"
+#include "base/sha256.hpp"
+#include "base/uid.hpp"
 
 namespace ctagent::cloud {
 namespace {

@@ -11,7 +11,7 @@
 #include <span>
 #include <vector>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 
 namespace ctagent::cloud {
 

@@ -23,8 +23,8 @@
 #include <ctime>
 #include <memory>
 
-#include "agent/common/durable_file.hpp"
-#include "agent/common/uid.hpp"
+#include "base/durable_file.hpp"
+#include "base/uid.hpp"
 #include "cloud/worker/result_encoding_internal.hpp"
 
 namespace ctagent::cloud {

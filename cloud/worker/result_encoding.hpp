@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 #include "cloud/worker/analysis.hpp"
 #include "cloud/worker/dicom_writer.hpp"
 #include "cloud/worker/recon.hpp"

@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <string>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 #include "cloud/worker/result_encoding.hpp"
 
 namespace ctagent::cloud::encoding {

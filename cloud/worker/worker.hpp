@@ -24,7 +24,7 @@
 #include <set>
 #include <string>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 #include "cloud/worker/recon.hpp"
 #include "transport/http.hpp"
 

@@ -7,8 +7,8 @@
 #include <string_view>
 #include <thread>
 
-#include "agent/common/durable_file.hpp"
-#include "agent/common/log.hpp"
+#include "base/durable_file.hpp"
+#include "base/log.hpp"
 #include "cloud/worker/worker.hpp"
 
 namespace {

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 #include "drivers/include/ctagent_driver.h"
 
 namespace ctagent::drivers::host {

@@ -15,7 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 #include "drivers/include/ctagent_driver.h"
 
 namespace ctagent::drivers::plugin {

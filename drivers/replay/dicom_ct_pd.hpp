@@ -60,7 +60,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 #include "drivers/detector.hpp"
 #include "drivers/replay/recording.hpp"
 

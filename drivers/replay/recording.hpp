@@ -18,7 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 #include "drivers/detector.hpp"
 
 namespace ctagent::drivers::replay {

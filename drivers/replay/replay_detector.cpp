@@ -2,7 +2,7 @@
 
 #include <string>
 
-#include "agent/common/log.hpp"
+#include "base/log.hpp"
 
 namespace ctagent::drivers::replay {
 

@@ -15,7 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 #include "drivers/detector.hpp"
 #include "drivers/replay/dicom_ct_pd.hpp"
 #include "drivers/replay/recording.hpp"

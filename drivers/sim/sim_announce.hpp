@@ -15,7 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 #include "drivers/detector.hpp"
 
 namespace ctagent::drivers::sim {

@@ -17,7 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 #include "drivers/detector.hpp"
 #include "drivers/sim/lesion_draw.hpp"
 #include "drivers/sim/phantom.hpp"

@@ -18,7 +18,7 @@
 #include <boost/asio/post.hpp>
 #include <nlohmann/json.hpp>
 
-#include "agent/common/durable_file.hpp"
+#include "base/durable_file.hpp"
 #include "agent/control/control.hpp"
 #include "agent/control/status.hpp"
 #include "agent/privacy/privacy.hpp"

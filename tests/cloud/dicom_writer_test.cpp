@@ -9,7 +9,7 @@
 
 #include <limits>
 
-#include "agent/common/uid.hpp"
+#include "base/uid.hpp"
 #include "cloud/worker/dicom_writer.hpp"
 #include "tests/support/process.hpp"
 

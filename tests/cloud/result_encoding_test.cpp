@@ -18,7 +18,7 @@
 #include <map>
 #include <set>
 
-#include "agent/common/uid.hpp"
+#include "base/uid.hpp"
 #include "agent/results/result_set.hpp"
 #include "agent/results/results.hpp"
 #include "cloud/worker/dicom_writer.hpp"

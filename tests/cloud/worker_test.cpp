@@ -19,9 +19,9 @@
 
 #include "agent/codec/chunk.hpp"
 #include "agent/codec/manifest.hpp"
-#include "agent/common/durable_file.hpp"
-#include "agent/common/sha256.hpp"
-#include "agent/common/uid.hpp"
+#include "base/durable_file.hpp"
+#include "base/sha256.hpp"
+#include "base/uid.hpp"
 #include "drivers/sim/phantom.hpp"
 #include "tests/support/process.hpp"
 

@@ -6,7 +6,7 @@
 
 #include "agent/codec/chunk.hpp"
 #include "agent/codec/manifest.hpp"
-#include "agent/common/sha256.hpp"
+#include "base/sha256.hpp"
 #include "tests/codec/chunk_info.hpp"
 
 using namespace ctagent;

@@ -9,7 +9,7 @@
 #include <fstream>
 #include <set>
 
-#include "agent/common/url.hpp"
+#include "base/url.hpp"
 #include "config/config.hpp"
 #include "config/schema.hpp"
 #include "tests/support/process.hpp"

@@ -13,8 +13,8 @@
 #include <set>
 #include <thread>
 
-#include "agent/common/log.hpp"
-#include "agent/common/sha256.hpp"
+#include "base/log.hpp"
+#include "base/sha256.hpp"
 #include "agent/core/agent.hpp"
 #include "config/config.hpp"
 #include "agent/spool/spool.hpp"

@@ -14,7 +14,7 @@
 #include <set>
 
 #include "agent/codec/manifest.hpp"
-#include "agent/common/log.hpp"
+#include "base/log.hpp"
 #include "agent/control/status.hpp"
 #include "agent/core/agent.hpp"
 #include "agent/privacy/privacy.hpp"

@@ -8,7 +8,7 @@
 #include <cstdio>
 #include <fstream>
 
-#include "agent/common/durable_file.hpp"
+#include "base/durable_file.hpp"
 #include "agent/spool/spool.hpp"
 #include "tests/durability/harness.hpp"
 

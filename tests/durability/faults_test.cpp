@@ -14,7 +14,7 @@
 #include <fstream>
 #include <thread>
 
-#include "agent/common/durable_file.hpp"
+#include "base/durable_file.hpp"
 #include "agent/spool/spool.hpp"
 #include "tests/durability/harness.hpp"
 
@@ -177,7 +177,7 @@ TEST_CASE("a read error on a spooled chunk flags that scan loudly and the other 
     const fs::path probe = work.path() / "probe.log";
     RunCtagent({"status", "--config", refusing_cfg.string()}, probe, 60s);
     if (test::ReadText(probe).find("Input/output error") == std::string::npos) {
-      Skip("CTAGENT_FAULT_EIO_READ is not in this build's PosixFileStore (agent/common/durable_file.cpp)");
+      Skip("CTAGENT_FAULT_EIO_READ is not in this build's PosixFileStore (base/durable_file.cpp)");
       return;
     }
   }

@@ -14,8 +14,8 @@
 
 #include "agent/codec/chunk.hpp"
 #include "agent/codec/manifest.hpp"
-#include "agent/common/durable_file.hpp"
-#include "agent/common/sha256.hpp"
+#include "base/durable_file.hpp"
+#include "base/sha256.hpp"
 #include "agent/spool/spool.hpp"
 #include "drivers/detector.hpp"
 #include "transport/http.hpp"

@@ -21,7 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/codec/manifest.hpp"
-#include "agent/common/durable_file.hpp"
+#include "base/durable_file.hpp"
 #include "agent/spool/spool.hpp"
 #include "tests/support/process.hpp"
 

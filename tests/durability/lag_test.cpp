@@ -6,7 +6,7 @@
 #include <regex>
 #include <thread>
 
-#include "agent/common/durable_file.hpp"
+#include "base/durable_file.hpp"
 #include "agent/spool/spool.hpp"
 #include "tests/durability/harness.hpp"
 

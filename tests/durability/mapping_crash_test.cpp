@@ -15,7 +15,7 @@
 
 #include <set>
 
-#include "agent/common/durable_file.hpp"
+#include "base/durable_file.hpp"
 #include "agent/privacy/privacy.hpp"
 #include "agent/spool/spool.hpp"
 #include "tests/durability/harness.hpp"

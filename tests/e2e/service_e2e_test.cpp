@@ -22,7 +22,7 @@
 
 #include "agent/codec/chunk.hpp"
 #include "agent/codec/manifest.hpp"
-#include "agent/common/sha256.hpp"
+#include "base/sha256.hpp"
 #include "drivers/detector.hpp"
 #include "tests/metrics/exposition_parser.hpp"
 #include "tests/e2e/imaging_center.hpp"

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "agent/codec/chunk.hpp"
-#include "agent/common/sha256.hpp"
+#include "base/sha256.hpp"
 
 namespace {
 

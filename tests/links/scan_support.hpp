@@ -16,7 +16,7 @@
 
 #include "agent/codec/chunk.hpp"
 #include "agent/codec/manifest.hpp"
-#include "agent/common/sha256.hpp"
+#include "base/sha256.hpp"
 #include "config/config.hpp"
 #include "drivers/detector.hpp"
 #include "tests/support/process.hpp"

@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "agent/common/durable_file.hpp"
-#include "agent/common/uid.hpp"
+#include "base/durable_file.hpp"
+#include "base/uid.hpp"
 #include "tests/support/process.hpp"
 
 namespace fs = std::filesystem;

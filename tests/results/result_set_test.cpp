@@ -14,7 +14,7 @@
 #include <set>
 #include <string>
 
-#include "agent/common/uid.hpp"
+#include "base/uid.hpp"
 #include "tests/results/result_objects.hpp"
 #include "tests/support/process.hpp"
 

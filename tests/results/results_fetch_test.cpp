@@ -30,9 +30,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/common/durable_file.hpp"
-#include "agent/common/sha256.hpp"
-#include "agent/common/uid.hpp"
+#include "base/durable_file.hpp"
+#include "base/sha256.hpp"
+#include "base/uid.hpp"
 #include "agent/core/results_fetch.hpp"
 #include "agent/privacy/privacy.hpp"
 #include "agent/results/result_set.hpp"

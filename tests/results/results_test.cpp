@@ -19,7 +19,7 @@
 #include <random>
 #include <string>
 
-#include "agent/common/uid.hpp"
+#include "base/uid.hpp"
 #include "tests/results/result_objects.hpp"
 #include "tests/support/process.hpp"
 

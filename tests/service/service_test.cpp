@@ -28,7 +28,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <nlohmann/json.hpp>
 
-#include "agent/common/service_notify.hpp"
+#include "base/service_notify.hpp"
 #include "agent/core/heartbeat.hpp"
 #include "tests/support/process.hpp"
 

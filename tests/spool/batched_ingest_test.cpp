@@ -8,9 +8,9 @@
 #include <map>
 #include <set>
 
-#include "agent/common/log.hpp"
-#include "agent/common/sha256.hpp"
-#include "agent/common/uid.hpp"
+#include "base/log.hpp"
+#include "base/sha256.hpp"
+#include "base/uid.hpp"
 #include "agent/spool/batched_ingest.hpp"
 #include "agent/spool/simulated_disk.hpp"
 #include "agent/spool/spool.hpp"

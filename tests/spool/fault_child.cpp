@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/common/sha256.hpp"
+#include "base/sha256.hpp"
 #include "agent/spool/spool.hpp"
 
 using namespace ctagent;

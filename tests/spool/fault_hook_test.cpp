@@ -6,7 +6,7 @@
 #include <set>
 #include <sstream>
 
-#include "agent/common/uid.hpp"
+#include "base/uid.hpp"
 #include "agent/spool/spool.hpp"
 #include "tests/support/process.hpp"
 

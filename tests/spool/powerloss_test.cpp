@@ -13,8 +13,8 @@
 #include <random>
 #include <set>
 
-#include "agent/common/log.hpp"
-#include "agent/common/sha256.hpp"
+#include "base/log.hpp"
+#include "base/sha256.hpp"
 #include "agent/spool/simulated_disk.hpp"
 #include "agent/spool/spool.hpp"
 

@@ -11,7 +11,7 @@
 #include <thread>
 #include <vector>
 
-#include "agent/common/durable_file.hpp"
+#include "base/durable_file.hpp"
 
 namespace ctagent::test {
 

@@ -10,8 +10,8 @@
 #include <cstdlib>
 #include <new>
 
-#include "agent/common/sha256.hpp"
-#include "agent/common/uid.hpp"
+#include "base/sha256.hpp"
+#include "base/uid.hpp"
 #include "agent/spool/spool.hpp"
 #include "tests/support/process.hpp"
 

@@ -3,7 +3,7 @@
 // message naming the setting, and write nothing when they refuse.
 #include <catch2/catch.hpp>
 
-#include "agent/common/uid.hpp"
+#include "base/uid.hpp"
 #include "agent/spool/simulated_disk.hpp"
 #include "agent/spool/spool.hpp"
 

@@ -6,8 +6,8 @@
 #include <fstream>
 #include <map>
 
-#include "agent/common/sha256.hpp"
-#include "agent/common/uid.hpp"
+#include "base/sha256.hpp"
+#include "base/uid.hpp"
 #include "agent/spool/simulated_disk.hpp"
 #include "agent/spool/spool.hpp"
 #include "tests/support/process.hpp"

@@ -23,7 +23,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 
 namespace ctagent::test {
 

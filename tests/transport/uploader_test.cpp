@@ -15,9 +15,9 @@
 #include <string>
 #include <vector>
 
-#include "agent/common/durable_file.hpp"
-#include "agent/common/sha256.hpp"
-#include "agent/common/uid.hpp"
+#include "base/durable_file.hpp"
+#include "base/sha256.hpp"
+#include "base/uid.hpp"
 #include "agent/core/link_provider.hpp"
 #include "agent/core/retry.hpp"
 #include "agent/core/uploader.hpp"

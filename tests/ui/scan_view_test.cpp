@@ -21,7 +21,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/common/uid.hpp"
+#include "base/uid.hpp"
 #include "agent/results/result_set.hpp"
 #include "agent/ui/scan_view.hpp"
 #include "agent/ui/server.hpp"

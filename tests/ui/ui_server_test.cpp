@@ -23,7 +23,7 @@
 #include <boost/asio/post.hpp>
 #include <nlohmann/json.hpp>
 
-#include "agent/common/durable_file.hpp"
+#include "base/durable_file.hpp"
 #include "agent/control/status.hpp"
 #include "agent/results/result_set.hpp"
 #include "agent/spool/spool.hpp"

@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/common/log.hpp"
+#include "base/log.hpp"
 #include "tests/support/process.hpp"
 #include "tests/worklist/worklist_server.hpp"
 

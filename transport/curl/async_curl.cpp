@@ -31,8 +31,8 @@
 #include <string>
 #include <utility>
 
-#include "agent/common/log.hpp"
-#include "agent/common/url.hpp"
+#include "base/log.hpp"
+#include "base/url.hpp"
 #include "transport/curl/easy.hpp"
 #include "transport/http_async.hpp"
 

@@ -14,8 +14,8 @@
 #include <mutex>
 #include <string_view>
 
-#include "agent/common/log.hpp"
-#include "agent/common/url.hpp"
+#include "base/log.hpp"
+#include "base/url.hpp"
 #include "transport/text.hpp"
 
 namespace ctagent::transport {

@@ -15,7 +15,7 @@
 #include <span>
 #include <string>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 #include "transport/http.hpp"
 
 namespace ctagent::transport {

@@ -12,8 +12,8 @@
 #include <string>
 #include <string_view>
 
-#include "agent/common/log.hpp"
-#include "agent/common/url.hpp"
+#include "base/log.hpp"
+#include "base/url.hpp"
 #include "transport/curl/easy.hpp"
 #include "transport/http.hpp"
 #include "transport/text.hpp"

@@ -8,7 +8,7 @@
 #include <dcmtk/oflog/logger.h>
 #include <dcmtk/oflog/loglevel.h>
 
-#include "agent/common/log.hpp"
+#include "base/log.hpp"
 
 namespace ctagent::dcmtk_support {
 

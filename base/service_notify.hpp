@@ -13,7 +13,7 @@
 #include <string>
 #include <string_view>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 
 namespace ctagent::service {
 

@@ -12,7 +12,7 @@
 #include <filesystem>
 #include <string>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 
 namespace ctagent {
 

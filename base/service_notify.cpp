@@ -1,4 +1,4 @@
-#include "agent/common/service_notify.hpp"
+#include "base/service_notify.hpp"
 
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -11,7 +11,7 @@
 #include <string>
 #include <utility>
 
-#include "agent/common/log.hpp"
+#include "base/log.hpp"
 
 namespace ctagent::service {
 

@@ -1,4 +1,4 @@
-#include "agent/common/allocator.hpp"
+#include "base/allocator.hpp"
 
 #if defined(__GLIBC__)
 #include <malloc.h>

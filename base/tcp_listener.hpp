@@ -10,7 +10,7 @@
 #include <string>
 #include <string_view>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 
 namespace ctagent::net {
 

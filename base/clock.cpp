@@ -1,4 +1,4 @@
-#include "agent/common/clock.hpp"
+#include "base/clock.hpp"
 
 #include <ctime>
 

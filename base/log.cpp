@@ -1,4 +1,4 @@
-#include "agent/common/log.hpp"
+#include "base/log.hpp"
 
 #include <atomic>
 #include <chrono>

@@ -1,4 +1,4 @@
-#include "agent/common/uid.hpp"
+#include "base/uid.hpp"
 
 #include <openssl/rand.h>
 

@@ -1,7 +1,7 @@
 // Durable file operations for the spool: a file is on stable storage only after
 // write -> fsync(file) -> rename -> fsync(directory). Everything the spool writes goes
 // through this one small layer so that a test can substitute a simulated disk
-// (agent/common/simulated_disk.hpp) that loses or tears unsynced state at a crash.
+// (base/simulated_disk.hpp) that loses or tears unsynced state at a crash.
 #pragma once
 
 #include <cstdint>
@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 
 namespace ctagent {
 

@@ -1,4 +1,4 @@
-#include "agent/common/url.hpp"
+#include "base/url.hpp"
 
 #include <cstdio>
 

@@ -1,4 +1,4 @@
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 
 namespace ctagent {
 

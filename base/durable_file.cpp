@@ -1,4 +1,4 @@
-#include "agent/common/durable_file.hpp"
+#include "base/durable_file.hpp"
 
 #include <fcntl.h>
 #include <sys/file.h>

@@ -8,7 +8,7 @@
 #include <span>
 #include <string>
 
-#include "agent/common/error.hpp"
+#include "base/error.hpp"
 
 namespace ctagent {
 
