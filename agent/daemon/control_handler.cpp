@@ -5,6 +5,8 @@
 #include <utility>
 #include <vector>
 
+#include <boost/asio/post.hpp>
+
 #include "base/clock.hpp"
 #include "agent/control/check.hpp"
 #include "agent/control/status.hpp"
@@ -13,16 +15,32 @@
 
 namespace ctagent::daemon {
 
-ControlHandler::ControlHandler(core::Agent& agent, const config::AgentConfig& config, std::filesystem::path config_path,
-                               FileStore& files, std::optional<UploadPause> pause)
-    : agent_(agent),
+ControlHandler::ControlHandler(boost::asio::io_context& io, core::Agent& agent, const config::AgentConfig& config,
+                               std::filesystem::path config_path, FileStore& files, std::optional<UploadPause> pause)
+    : io_(io),
+      agent_(agent),
       config_(config),
       config_path_(std::move(config_path)),
       files_(files),
       pause_(std::move(pause)) {}
 
 ControlHandler::~ControlHandler() {
+  records_.join();  // what was asked is recorded (or has failed) before the handler goes
   if (check_.joinable()) check_.join();
+}
+
+void ControlHandler::OffLoop(std::function<Expected<nlohmann::json>()> work,
+                             std::function<void(Expected<nlohmann::json>)> done) {
+  if (records_waiting_.fetch_add(1) >= kMaxRecordsWaiting) {
+    records_waiting_.fetch_sub(1);
+    done(MakeError(ErrorKind::kBusy, "the agent is still writing earlier requests to disk; ask again in a moment"));
+    return;
+  }
+  boost::asio::post(records_, [this, work = std::move(work), done = std::move(done)] {
+    Expected<nlohmann::json> result = work();
+    records_waiting_.fetch_sub(1);
+    done(std::move(result));
+  });
 }
 
 nlohmann::json ControlHandler::StatusNow() const {
@@ -96,66 +114,101 @@ void ControlHandler::Acknowledge(const std::string& scan_uid, control::Reply rep
                                                   ", not failed: only a failed scan needs acknowledging"));
     return;
   }
-  std::string when = record->acknowledged_utc;
-  if (when.empty()) {
-    // With the scan's record (one synced journal record: a rare, small write on the loop), so
-    // the daemon stops reporting the scan as needing attention across restarts too.
-    when = UtcNowIso8601();
-    if (auto st = agent_.spool().Update(scan_uid, [&](spool::ScanRecord& r) { r.acknowledged_utc = when; }); !st) {
-      reply(MakeError(st.error().WithContext("recording the acknowledgement of scan " + scan_uid)));
-      return;
-    }
+  const std::string state = spool::ToString(record->state);
+  if (!record->acknowledged_utc.empty()) {
+    reply(nlohmann::json{{"scan_uid", scan_uid}, {"state", state}, {"acknowledged_utc", record->acknowledged_utc}});
+    return;
   }
-  reply(nlohmann::json{{"scan_uid", scan_uid}, {"state", spool::ToString(record->state)}, {"acknowledged_utc", when}});
+  // With the scan's record (one synced journal record, on the records worker), so the daemon
+  // stops reporting the scan as needing attention across restarts too.
+  OffLoop(
+      [this, scan_uid, state]() -> Expected<nlohmann::json> {
+        const std::string when = UtcNowIso8601();
+        if (auto st = agent_.spool().Update(scan_uid, [&](spool::ScanRecord& r) { r.acknowledged_utc = when; });
+            !st) {
+          return MakeError(st.error().WithContext("recording the acknowledgement of scan " + scan_uid));
+        }
+        return nlohmann::json{{"scan_uid", scan_uid}, {"state", state}, {"acknowledged_utc", when}};
+      },
+      std::move(reply));
 }
 
-Expected<nlohmann::json> ControlHandler::ConfirmHighRisk(const std::string& scan_uid, const std::string& by) const {
-  // One synced journal record: a rare, small write on the loop, as for an acknowledgement.
+void ControlHandler::ConfirmHighRisk(const std::string& scan_uid, const std::string& by,
+                                     std::function<void(Expected<nlohmann::json>)> done) {
   const std::string who = !by.empty() ? by : !config_.ui.console_user.empty() ? config_.ui.console_user
                                                                               : std::string("operator at this terminal");
-  return control::ConfirmHighRisk(agent_.spool(), scan_uid, who);
+  // One synced journal record, on the records worker.
+  OffLoop([this, scan_uid, who] { return control::ConfirmHighRisk(agent_.spool(), scan_uid, who); }, std::move(done));
 }
 
 void ControlHandler::Confirm(const std::string& scan_uid, const std::string& by, control::Reply reply) {
-  reply(ConfirmHighRisk(scan_uid, by));
+  ConfirmHighRisk(scan_uid, by, std::move(reply));
 }
 
-nlohmann::json ControlHandler::PatientsNow() const {
-  nlohmann::json patients = nlohmann::json::object();
-  for (const spool::ScanRecord& r : agent_.spool().AllScans()) {
-    auto mapping = privacy::ReadMapping(files_, agent_.spool().MappingPath(r.scan_uid));
-    if (!mapping) continue;  // no record (no identity, or an older scan): the page shows none
-    patients[r.scan_uid] = {{"name", mapping->patient_name}, {"id", mapping->patient_id.real}};
-  }
-  return patients;
+void ControlHandler::Patients(std::function<void(nlohmann::json)> done) {
+  OffLoop(
+      [this]() -> Expected<nlohmann::json> {
+        nlohmann::json patients = nlohmann::json::object();
+        for (const spool::ScanRecord& r : agent_.spool().AllScans()) {
+          auto mapping = privacy::ReadMapping(files_, agent_.spool().MappingPath(r.scan_uid));
+          if (!mapping) continue;  // no record (no identity, or an older scan): the page shows none
+          patients[r.scan_uid] = {{"name", mapping->patient_name}, {"id", mapping->patient_id.real}};
+        }
+        return patients;
+      },
+      [done = std::move(done)](Expected<nlohmann::json> patients) {
+        // Busy: the page shows no names this time and asks again when the next scan appears.
+        done(patients ? std::move(*patients) : nlohmann::json::object());
+      });
 }
 
 void ControlHandler::Pause(control::Reply reply) {
-  if (!pause_) {
-    // Recorded before it takes effect: if the record cannot be written, nothing changed and the
-    // technician is told (a pause a restart would silently undo is not offered).
-    UploadPause pause{UtcNowIso8601()};
-    if (auto st = RecordUploadPause(files_, config_.spool.directory, pause); !st) {
-      reply(MakeError(st.error().WithContext("uploads were not paused")));
-      return;
-    }
-    pause_ = pause;
-    agent_.SetUploadsPaused(true);
+  if (pause_) {
+    reply(nlohmann::json{{"paused", true}, {"since_utc", pause_->since_utc}});
+    return;
   }
-  reply(nlohmann::json{{"paused", true}, {"since_utc", pause_->since_utc}});
+  // Recorded before it takes effect: if the record cannot be written, nothing changed and the
+  // technician is told (a pause a restart would silently undo is not offered). The record is
+  // written on the records worker; the pause takes effect on the loop.
+  OffLoop(
+      [this]() -> Expected<nlohmann::json> {
+        UploadPause pause{UtcNowIso8601()};
+        if (auto st = RecordUploadPause(files_, config_.spool.directory, pause); !st) {
+          return MakeError(st.error().WithContext("uploads were not paused"));
+        }
+        return nlohmann::json{{"paused", true}, {"since_utc", pause.since_utc}};
+      },
+      [this, alive = std::weak_ptr<int>(alive_), reply = std::move(reply)](Expected<nlohmann::json> recorded) {
+        boost::asio::post(io_, [this, alive, reply, recorded = std::move(recorded)] {
+          if (recorded && !alive.expired()) {
+            if (!pause_) pause_ = UploadPause{(*recorded)["since_utc"].get<std::string>()};
+            agent_.SetUploadsPaused(true);
+          }
+          reply(recorded);
+        });
+      });
 }
 
 void ControlHandler::Resume(control::Reply reply) {
-  if (pause_) {
-    // The record goes first: a resume that a restart would undo is not reported as done.
-    if (auto st = ClearUploadPause(files_, config_.spool.directory); !st) {
-      reply(MakeError(st.error().WithContext("uploads stay paused")));
-      return;
-    }
-    pause_.reset();
-    agent_.SetUploadsPaused(false);
-  }
-  reply(nlohmann::json{{"paused", false}});
+  // The record goes first: a resume that a restart would undo is not reported as done. Always
+  // through the records worker, even when not paused, so it comes after a pause still being
+  // recorded there.
+  OffLoop(
+      [this]() -> Expected<nlohmann::json> {
+        if (auto st = ClearUploadPause(files_, config_.spool.directory); !st) {
+          return MakeError(st.error().WithContext("uploads stay paused"));
+        }
+        return nlohmann::json{{"paused", false}};
+      },
+      [this, alive = std::weak_ptr<int>(alive_), reply = std::move(reply)](Expected<nlohmann::json> recorded) {
+        boost::asio::post(io_, [this, alive, reply, recorded = std::move(recorded)] {
+          if (recorded && !alive.expired()) {
+            pause_.reset();
+            agent_.SetUploadsPaused(false);
+          }
+          reply(recorded);
+        });
+      });
 }
 
 }  // namespace ctagent::daemon

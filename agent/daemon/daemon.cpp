@@ -60,7 +60,7 @@ int CountFailed(spool::Spool& spool, std::set<std::string>& failed_seen) {
 // scan's images and report (ui::ScanView, from the spool's scan folders); a port that cannot be
 // opened is logged and the daemon goes on without the page.
 std::unique_ptr<ui::Server> StartOperatorPage(boost::asio::io_context& io, const config::UiConfig& config,
-                                              const ControlHandler& handler, core::Agent& agent) {
+                                              ControlHandler& handler, core::Agent& agent) {
   ui::ServerSettings settings;
   settings.address = config.address;
   settings.port = config.port;
@@ -88,8 +88,10 @@ std::unique_ptr<ui::Server> StartOperatorPage(boost::asio::io_context& io, const
     return nullptr;
   }
   // The page's Confirm button takes the same way as `ctagent confirm` (by the console user).
-  (*server)->OnConfirm([&handler](const std::string& scan_uid) { return handler.ConfirmHighRisk(scan_uid, ""); });
-  (*server)->OnPatients([&handler] { return handler.PatientsNow(); });
+  (*server)->OnConfirm([&handler](const std::string& scan_uid, ui::Server::ConfirmDone done) {
+    handler.ConfirmHighRisk(scan_uid, "", std::move(done));
+  });
+  (*server)->OnPatients([&handler](ui::Server::PatientsDone done) { handler.Patients(std::move(done)); });
   const std::string address = config.server_name.empty() ? config.address : config.server_name;
   const std::string host = address.find(':') != std::string::npos ? "[" + address + "]" : address;
   log::Info("ui", std::string("the operator's page is at ") + (config.tls.cert_file.empty() ? "http://" : "https://") + host + ":" + std::to_string((*server)->port()) + "/");
@@ -197,7 +199,7 @@ int Run(const config::AgentConfig& config, FileStore& files, const Options& opti
           std::unique_ptr<control::Server> server;  // declared last: closed before the handler goes
         };
         auto c = std::make_shared<Control>();
-        c->handler = std::make_unique<ControlHandler>(*agent, config, options.config_path, files, pause);
+        c->handler = std::make_unique<ControlHandler>(io, *agent, config, options.config_path, files, pause);
         auto server = control::Server::Open(io, control::ServerSettingsFor(config), *c->handler);
         if (!server) {
           log::Warn("agent", "the control socket is not available (`ctagent status`, `scan` and `check` work on "

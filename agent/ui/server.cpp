@@ -432,9 +432,12 @@ class Connection : public ConnectionBase, public std::enable_shared_from_this<Co
       if (!SameSecret(View(request["X-CTAgent-Token"]), server->token_)) {
         return Answer(Plain(403, "Forbidden", "refused: this page's token is missing or stale; reload the page"));
       }
-      const nlohmann::json patients = server->patients_ ? server->patients_() : nlohmann::json::object();
-      return Answer(Response(200, "OK", "application/json",
-                             patients.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n"));
+      auto answer = [self = this->shared_from_this()](const nlohmann::json& patients) {
+        self->Answer(Response(200, "OK", "application/json",
+                              patients.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n"));
+      };
+      if (!server->patients_) return answer(nlohmann::json::object());
+      return server->patients_(OnThisLoop<nlohmann::json>(std::move(answer)));
     }
     if (server->event_clients_.size() >= server->settings_.max_event_clients) {
       return Answer(Plain(503, "Service Unavailable", "too many live pages open; close one and reload",
@@ -463,7 +466,13 @@ class Connection : public ConnectionBase, public std::enable_shared_from_this<Co
     if (!LooksLikeUid(scan_uid) || !server.confirm_) {
       return Answer(Plain(404, "Not Found", "no such scan here"));
     }
-    auto confirmed = server.confirm_(scan_uid);
+    server.confirm_(scan_uid, OnThisLoop<Expected<nlohmann::json>>([self = this->shared_from_this(), scan_uid](
+                                              const Expected<nlohmann::json>& confirmed) {
+      self->AnswerConfirmation(scan_uid, confirmed);
+    }));
+  }
+
+  void AnswerConfirmation(const std::string& scan_uid, const Expected<nlohmann::json>& confirmed) {
     if (!confirmed) {
       const ErrorKind kind = confirmed.error().kind();
       if (kind == ErrorKind::kNotFound) return Answer(Plain(404, "Not Found", "no such scan here"));
@@ -474,6 +483,14 @@ class Connection : public ConnectionBase, public std::enable_shared_from_this<Co
     log::Info("ui", "scan " + scan_uid + "'s high-risk finding confirmed on the operator's page by " +
                         confirmed->value("high_risk_confirmed_by", std::string()));
     return Answer(Response(200, "OK", "application/json", confirmed->dump() + "\n"));
+  }
+
+  // `done` called from any thread (a daemon's worker) answers on this connection's executor.
+  template <typename Value>
+  std::function<void(Value)> OnThisLoop(std::function<void(const Value&)> done) {
+    return [executor = stream_.get_executor(), done = std::move(done)](Value value) {
+      boost::asio::post(executor, [done, value = std::move(value)] { done(value); });
+    };
   }
 
   // A whole response, then the connection ends. Plain: the sending side first, and what the peer

@@ -97,13 +97,17 @@ class Server {
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  // What POST /api/scans/<uid>/confirm does (on the io_context's thread): the answer's JSON, or
-  // an error (kNotFound: 404, kInvalidInput: 409, others 500). Not set: 404.
-  using ConfirmAction = std::function<Expected<nlohmann::json>(const std::string& scan_uid)>;
+  // What POST /api/scans/<uid>/confirm does: called on the io_context's thread, it answers
+  // through `done` (at once or later, from any thread: the server answers on the io_context's
+  // thread) with the answer's JSON, or an error (kNotFound: 404, kInvalidInput: 409, others 500).
+  // Not set: 404. The daemon records a confirmation durably off the loop, hence the callback.
+  using ConfirmDone = std::function<void(Expected<nlohmann::json>)>;
+  using ConfirmAction = std::function<void(const std::string& scan_uid, ConfirmDone done)>;
   void OnConfirm(ConfirmAction confirm);
-  // What GET /api/patients answers (on the io_context's thread): {"<scan uid>": {"name", "id"}}.
-  // Not set: {}.
-  using PatientsSource = std::function<nlohmann::json()>;
+  // What GET /api/patients answers: {"<scan uid>": {"name", "id"}}, through `done` as above (the
+  // daemon reads the mapping files off the loop). Not set: {}.
+  using PatientsDone = std::function<void(nlohmann::json)>;
+  using PatientsSource = std::function<void(PatientsDone done)>;
   void OnPatients(PatientsSource patients);
   // The token GET /api/token gives the page (64 hex digits; new at each Open).
   const std::string& token() const;

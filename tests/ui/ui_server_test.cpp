@@ -344,9 +344,11 @@ TEST_CASE("ui server: POST /api/scans/<uid>/confirm with this page's Origin and 
   std::atomic<int> confirm_calls{0};
   ServerOnLoop server({.address = "127.0.0.1", .port = 0}, [&](ui::Server& s) {
     // As the daemon wires it: the spool's one confirmation function, by the console user.
-    s.OnConfirm([&](const std::string& uid) {
+    s.OnConfirm([&](const std::string& uid, ui::Server::ConfirmDone done) {
       ++confirm_calls;
-      return control::ConfirmHighRisk(spool, uid, "Nurse Wang");
+      // From another thread, as the daemon's records worker answers.
+      std::thread([&spool, uid, done = std::move(done)] { done(control::ConfirmHighRisk(spool, uid, "Nurse Wang")); })
+          .join();
     });
   });
   const std::uint16_t port = server.port();
@@ -437,9 +439,11 @@ TEST_CASE("ui server: POST /api/scans/<uid>/confirm with this page's Origin and 
 TEST_CASE("ui server: /api/patients answers the page's token only, and a server without the action says 404") {
   std::atomic<int> patient_calls{0};
   ServerOnLoop server({.address = "127.0.0.1", .port = 0}, [&](ui::Server& s) {
-    s.OnPatients([&] {
+    s.OnPatients([&](ui::Server::PatientsDone done) {
       ++patient_calls;
-      return nlohmann::json{{"2.25.702", {{"name", "WANG^XIAOMING"}, {"id", "PID-7"}}}};
+      std::thread([done = std::move(done)] {
+        done(nlohmann::json{{"2.25.702", {{"name", "WANG^XIAOMING"}, {"id", "PID-7"}}}});
+      }).join();
     });
   });
   const std::uint16_t port = server.port();
