@@ -22,9 +22,12 @@ ControlHandler::ControlHandler(boost::asio::io_context& io, core::Agent& agent, 
       config_(config),
       config_path_(std::move(config_path)),
       files_(files),
-      pause_(std::move(pause)) {}
+      pause_(std::move(pause)),
+      // Once, as the daemon starts serving: the page's first status then has its spool part.
+      spool_status_(control::StatusFromSpool(agent_.spool(), {"daemon", config_.spool.max_bytes})) {}
 
 ControlHandler::~ControlHandler() {
+  status_timer_.cancel();
   records_.join();  // what was asked is recorded (or has failed) before the handler goes
   if (check_.joinable()) check_.join();
 }
@@ -44,7 +47,7 @@ void ControlHandler::OffLoop(std::function<Expected<nlohmann::json>()> work,
 }
 
 nlohmann::json ControlHandler::StatusNow() const {
-  nlohmann::json status = control::StatusFromSpool(agent_.spool(), {"daemon", config_.spool.max_bytes});
+  nlohmann::json status = spool_status_;
   control::SetDaemon(status, static_cast<long>(::getpid()), pause_.has_value());
   if (pause_) status["daemon"]["uploads_paused_since_utc"] = pause_->since_utc;
   for (const core::ActiveScan& scan : agent_.ActiveScans()) {
@@ -57,7 +60,33 @@ nlohmann::json ControlHandler::StatusNow() const {
   return status;
 }
 
-void ControlHandler::Status(control::Reply reply) { reply(StatusNow()); }
+void ControlHandler::RefreshSpoolStatus(std::function<void()> then) {
+  boost::asio::post(records_, [this, alive = std::weak_ptr<int>(alive_), then = std::move(then)] {
+    nlohmann::json status = control::StatusFromSpool(agent_.spool(), {"daemon", config_.spool.max_bytes});
+    boost::asio::post(io_, [this, alive, then, status = std::move(status)]() mutable {
+      if (alive.expired()) return;
+      spool_status_ = std::move(status);
+      then();
+    });
+  });
+}
+
+void ControlHandler::KeepStatusFresh(std::chrono::milliseconds every) {
+  status_timer_.expires_after(every);
+  status_timer_.async_wait([this, every](const boost::system::error_code& ec) {
+    if (ec) return;  // cancelled: the handler is going
+    if (!refreshing_status_) {
+      refreshing_status_ = true;
+      RefreshSpoolStatus([this] { refreshing_status_ = false; });
+    }
+    KeepStatusFresh(every);
+  });
+}
+
+void ControlHandler::Status(control::Reply reply) {
+  // A person asked: the spool as it is now, read on the records worker.
+  RefreshSpoolStatus([this, reply = std::move(reply)] { reply(StatusNow()); });
+}
 
 void ControlHandler::Check(control::Reply reply) {
   if (checking_.exchange(true)) {

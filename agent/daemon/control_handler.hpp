@@ -9,6 +9,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -17,6 +18,7 @@
 #include <thread>
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 
 #include "agent/control/control.hpp"
@@ -37,9 +39,12 @@ class ControlHandler final : public control::Handler {
   // Waits for a check in progress (bounded by its network deadlines) and for the records worker.
   ~ControlHandler() override;
 
-  // The status object with the daemon's part and each active scan's live progress: what
-  // `status` answers, and what the operator's page shows (agent/ui).
+  // The status object with the daemon's part and each active scan's live progress: what the
+  // operator's page shows (agent/ui). Its spool part (a walk of the spool's directories, the
+  // rate record) is the one last read on the records worker, never read on the loop: at most
+  // `every` old once KeepStatusFresh runs, and read once when the handler is made.
   nlohmann::json StatusNow() const;
+  void KeepStatusFresh(std::chrono::milliseconds every);
 
   void Status(control::Reply reply) override;
   void Check(control::Reply reply) override;
@@ -67,6 +72,10 @@ class ControlHandler final : public control::Handler {
   static constexpr int kMaxRecordsWaiting = 16;
   void OffLoop(std::function<Expected<nlohmann::json>()> work, std::function<void(Expected<nlohmann::json>)> done);
 
+  // Reads the spool's part of the status on the records worker, then on the loop keeps it and
+  // calls `then` (not called if the handler is gone by then).
+  void RefreshSpoolStatus(std::function<void()> then);
+
   boost::asio::io_context& io_;
   core::Agent& agent_;
   const config::AgentConfig& config_;
@@ -76,6 +85,9 @@ class ControlHandler final : public control::Handler {
   FileStore& files_;
   std::optional<UploadPause> pause_;  // loop thread only; set while uploads are paused
   std::atomic<int> records_waiting_{0};
+  nlohmann::json spool_status_;         // loop thread only: the last spool part read
+  bool refreshing_status_ = false;      // loop thread only: a periodic refresh is on the worker
+  boost::asio::steady_timer status_timer_{io_};
   // Work on the loop that a record's completion posts checks this first: a handler already gone
   // (the daemon stopping) is not touched.
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);

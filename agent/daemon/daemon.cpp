@@ -1,5 +1,6 @@
 #include "agent/daemon/daemon.hpp"
 
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <optional>
@@ -92,6 +93,8 @@ std::unique_ptr<ui::Server> StartOperatorPage(boost::asio::io_context& io, const
     handler.ConfirmHighRisk(scan_uid, "", std::move(done));
   });
   (*server)->OnPatients([&handler](ui::Server::PatientsDone done) { handler.Patients(std::move(done)); });
+  // The page shows the status as it changes; its spool part is read on the handler's worker.
+  handler.KeepStatusFresh(settings.event_interval);
   const std::string address = config.server_name.empty() ? config.address : config.server_name;
   const std::string host = address.find(':') != std::string::npos ? "[" + address + "]" : address;
   log::Info("ui", std::string("the operator's page is at ") + (config.tls.cert_file.empty() ? "http://" : "https://") + host + ":" + std::to_string((*server)->port()) + "/");
