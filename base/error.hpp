@@ -27,23 +27,77 @@ enum class ErrorKind {
 
 const char* ToString(ErrorKind kind);
 
+// What kind of failure ended an operation, as the retry policy sees it: the one failure model of
+// the agent. The transport sets the class when it builds an error from curl or an HTTP status;
+// elsewhere it follows from the ErrorKind (DefaultFailureClass). Whether and how a class is
+// retried is said in one place only: the retry table in base/retry.hpp.
+enum class FailureClass {
+  kNone,
+  kDns,             // host name did not resolve
+  kConnect,         // TCP connect refused or timed out
+  kTlsHandshake,    // handshake broke off (reset, EOF): transient
+  kTlsRejected,     // certificate, host name, pin or client certificate refused: needs a person
+  kClockSkew,       // the server certificate is not yet valid: this terminal's clock is behind;
+                    // retried, because NTP or the operator may correct the clock
+  kStall,           // no byte sent or received for stall_timeout_s
+  kTimeout,         // the request's overall deadline passed (see HttpOptions::floor_rate_bits_per_s)
+  kConnectionLost,  // reset or closed mid-request (also a network error without a finer class)
+  kServerError,     // HTTP 5xx
+  kConflict,        // HTTP 409: offset mismatch (tus)
+  kLocked,          // HTTP 423: upload locked by another request (tus)
+  kChecksum,        // HTTP 460: checksum mismatch (tus checksum extension)
+  kUploadGone,      // HTTP 404/410 on an upload URL: create it again
+  kAuth,            // HTTP 401/403
+  kVersion,         // HTTP 412: protocol version not supported
+  kTooLarge,        // HTTP 413
+  kEndpoint,        // the configured endpoint does not exist (404 on tus creation or DICOMweb)
+  kProtocol,        // an answer the contract does not allow
+  kLinkDown,        // no network link usable, or the link's lease was revoked mid-transfer
+  kCancelled,       // stopped on request
+  kLocal,           // local problem: refused URL, unreadable file, spool error, a bug
+};
+// The class's name in logs, error labels and the metric label ctagent_retries_total{class}.
+const char* ToString(FailureClass failure);
+
+// The class of an error built without one: kNetwork is a lost connection (retried), kTls a
+// rejected certificate, kProtocol a bad answer, kCancelled a stop; everything else (files,
+// configuration, permissions on this machine, bugs) is local and needs a person.
+constexpr FailureClass DefaultFailureClass(ErrorKind kind) {
+  switch (kind) {
+    case ErrorKind::kNetwork: return FailureClass::kConnectionLost;
+    case ErrorKind::kTls: return FailureClass::kTlsRejected;
+    case ErrorKind::kProtocol: return FailureClass::kProtocol;
+    case ErrorKind::kCancelled: return FailureClass::kCancelled;
+    default: return FailureClass::kLocal;
+  }
+}
+
 class Error {
  public:
-  Error(ErrorKind kind, std::string message) : kind_(kind), message_(std::move(message)) {}
+  Error(ErrorKind kind, std::string message)
+      : kind_(kind), failure_(DefaultFailureClass(kind)), message_(std::move(message)) {}
+  Error(ErrorKind kind, std::string message, FailureClass failure)
+      : kind_(kind), failure_(failure), message_(std::move(message)) {}
 
   ErrorKind kind() const { return kind_; }
+  // The retry class (base/retry.hpp keys on it).
+  FailureClass failure() const { return failure_; }
   const std::string& message() const { return message_; }
 
   // Prefixes the message with where the error happened, as it rises through layers.
   Error WithContext(const std::string& context) const {
-    return Error(kind_, context + ": " + message_);
+    return Error(kind_, context + ": " + message_, failure_);
   }
+  // The same error with another retry class (a layer that knows better, e.g. an HTTP status).
+  Error WithFailure(FailureClass failure) const { return Error(kind_, message_, failure); }
 
-  // Transient errors are worth retrying with backoff; the others need a person.
-  bool IsTransient() const { return kind_ == ErrorKind::kNetwork; }
+  // Worth retrying with backoff: the retry table (base/retry.hpp) does not call the error's class
+  // permanent. The others need a person.
+  bool IsTransient() const;
 
  private:
   ErrorKind kind_;
+  FailureClass failure_;
   std::string message_;
 };
 
@@ -53,6 +107,9 @@ struct Unexpected {
 
 inline Unexpected MakeError(ErrorKind kind, std::string message) {
   return Unexpected{Error(kind, std::move(message))};
+}
+inline Unexpected MakeError(ErrorKind kind, std::string message, FailureClass failure) {
+  return Unexpected{Error(kind, std::move(message), failure)};
 }
 inline Unexpected MakeError(Error error) { return Unexpected{std::move(error)}; }
 

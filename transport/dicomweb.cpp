@@ -38,14 +38,22 @@ Unexpected StatusError(const std::string& what, const std::string& raw_url, long
   const std::string url = RedactUrl(raw_url);
   const std::string text = "HTTP " + std::to_string(status);
   if (status == 401 || status == 403) {
-    return MakeError(ErrorKind::kPermission, what + " " + url + " refused (" + text +
-                                                 "); check the DICOMweb credentials");
+    return MakeError(ErrorKind::kPermission, what + " " + url + " refused (" + text + "); check the DICOMweb credentials",
+                     FailureClass::kAuth);
   }
-  if (status == 404) return MakeError(ErrorKind::kNotFound, what + " " + url + ": not found (" + text + ")");
+  if (status == 404) {
+    // A search that finds no endpoint is a wrong cloud.dicomweb_url (a study the center does not
+    // know is an empty answer); an instance its own search listed and then not found is an answer
+    // the contract does not allow, retried like one.
+    const bool search = what.rfind("QIDO", 0) == 0;
+    return MakeError(ErrorKind::kNotFound, what + " " + url + ": not found (" + text + ")",
+                     search ? FailureClass::kEndpoint : FailureClass::kProtocol);
+  }
   if (status >= 500) {
-    return MakeError(ErrorKind::kNetwork, what + " " + url + ": temporary server failure (" + text + "); retry later");
+    return MakeError(ErrorKind::kNetwork, what + " " + url + ": temporary server failure (" + text + "); retry later",
+                     FailureClass::kServerError);
   }
-  return MakeError(ErrorKind::kProtocol, what + " " + url + ": unexpected " + text);
+  return MakeError(ErrorKind::kProtocol, what + " " + url + ": unexpected " + text, FailureClass::kProtocol);
 }
 
 // SAX handler for a QIDO-RS answer: checks the shape (an array of objects) and the limits at
@@ -402,7 +410,8 @@ Expected<HttpResponse> Client::Get(const std::string& what, const std::string& u
                                    std::uint64_t max_bytes) {
   const auto expired = [this] { return std::chrono::steady_clock::now() >= deadline_; };
   if (expired()) {
-    return MakeError(ErrorKind::kNetwork, what + " " + RedactUrl(url) + " not started: the deadline has passed");
+    return MakeError(ErrorKind::kNetwork, what + " " + RedactUrl(url) + " not started: the deadline has passed",
+                     FailureClass::kTimeout);
   }
   HttpRequest request;
   request.url = url;
@@ -412,10 +421,12 @@ Expected<HttpResponse> Client::Get(const std::string& what, const std::string& u
   if (deadline_ != std::chrono::steady_clock::time_point::max()) request.deadline = deadline_;
   if (keep_going_) request.cancel = [this] { return !keep_going_(); };
   auto response = http_.Perform(request, max_bytes);
-  if (!response && http_.last_failure() == FailureClass::kTimeout && expired()) {
-    return MakeError(ErrorKind::kNetwork, what + " " + RedactUrl(url) +
-                                              " stopped: the answer did not arrive before the deadline (the server "
-                                              "sends it too slowly or not at all)");
+  if (!response && response.error().failure() == FailureClass::kTimeout && expired()) {
+    return MakeError(ErrorKind::kNetwork,
+                     what + " " + RedactUrl(url) +
+                         " stopped: the answer did not arrive before the deadline (the server sends it too slowly or "
+                         "not at all)",
+                     FailureClass::kTimeout);
   }
   if (!response && response.error().kind() == ErrorKind::kCancelled && keep_going_ && !keep_going_()) {
     return MakeError(ErrorKind::kCancelled, what + " " + RedactUrl(url) + " stopped: the agent is stopping");

@@ -27,34 +27,12 @@ struct TlsOptions {
   std::string pinned_public_key;
 };
 
-// What kind of failure ended a request: the retry policy is chosen per class (see
-// agent/core/retry.hpp). Set by HttpClient (no usable response) and by tus::Client (status).
-enum class FailureClass {
-  kNone,
-  kDns,             // host name did not resolve
-  kConnect,         // TCP connect refused or timed out
-  kTlsHandshake,    // handshake broke off (reset, EOF): transient
-  kTlsRejected,     // certificate, host name, pin or client certificate refused: needs a person
-  kClockSkew,       // the server certificate is not yet valid: this terminal's clock is behind;
-                    // retried, because NTP or the operator may correct the clock
-  kStall,           // no byte sent or received for stall_timeout_s
-  kTimeout,         // the request's overall deadline passed (see HttpOptions::floor_rate_bits_per_s)
-  kConnectionLost,  // reset or closed mid-request
-  kServerError,     // HTTP 5xx
-  kConflict,        // HTTP 409: offset mismatch (tus)
-  kLocked,          // HTTP 423: upload locked by another request (tus)
-  kChecksum,        // HTTP 460: checksum mismatch (tus checksum extension)
-  kUploadGone,      // HTTP 404/410 on an upload URL: create it again
-  kAuth,            // HTTP 401/403
-  kVersion,         // HTTP 412: protocol version not supported
-  kTooLarge,        // HTTP 413
-  kEndpoint,        // the configured endpoint does not exist (404 on creation)
-  kProtocol,        // an answer the contract does not allow
-  kLinkDown,        // no network link usable, or the link's lease was revoked mid-transfer
-  kCancelled,       // stopped on request
-  kLocal,           // local problem: refused URL, unreadable file, spool error
-};
-const char* ToString(FailureClass failure);
+// The failure classes are the agent's one failure model (base/error.hpp): every Error this module
+// returns carries its class (Error::failure()), set from the curl result or the HTTP status, and
+// the retry policy (base/retry.hpp) keys on it. Named here too for the code that says
+// transport::FailureClass.
+using FailureClass = ::ctagent::FailureClass;
+using ::ctagent::ToString;
 
 // TLS sessions and DNS answers shared by several HttpClients (one per transfer
 // thread), so a new client resumes the TLS session another one negotiated. Thread-safe.
@@ -151,12 +129,11 @@ class HttpClient {
   // kNetwork for DNS/connect/reset/stall, kTls for certificate and handshake failures,
   // kInvalidInput for a refused URL or unreadable certificate file, kProtocol for a body over
   // `max_response_bytes`, kCancelled for an aborted transfer, kInternal for out-of-memory, and
-  // kNetwork with last_failure() kTimeout for a request past its overall deadline (see
+  // kNetwork with the class kTimeout for a request past its overall deadline (see
   // HttpOptions::floor_rate_bits_per_s; `max_response_bytes` counts in it, so a caller expecting
-  // a small answer gets a short deadline by passing a small cap).
+  // a small answer gets a short deadline by passing a small cap). The error's failure() is its
+  // retry class (kDns, kConnect, kTlsHandshake, kTlsRejected, kClockSkew, kStall, kTimeout, ...).
   Expected<HttpResponse> Perform(const HttpRequest& request, std::uint64_t max_response_bytes = 256ull << 20);
-  // The class of the last Perform()'s error (kNone after a response).
-  FailureClass last_failure() const;
 
  private:
   struct Impl;

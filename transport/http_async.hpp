@@ -49,9 +49,9 @@ struct AsyncRequest {
 };
 
 // The completion of one request, always called on the event loop (posted, never from inside
-// Start): the response for any HTTP status, or an Error (kinds as HttpClient::Perform) and the
-// failure's class (kNone with a response).
-using AsyncCompletion = std::function<void(Expected<HttpResponse>, FailureClass)>;
+// Start): the response for any HTTP status, or an Error (kinds and failure classes as
+// HttpClient::Perform).
+using AsyncCompletion = std::function<void(Expected<HttpResponse>)>;
 
 struct AsyncHttpLimits {
   // Connections open at once to one host (CURLMOPT_MAX_HOST_CONNECTIONS); requests beyond wait

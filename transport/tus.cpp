@@ -206,7 +206,7 @@ Expected<ServerCapabilities> ParseDiscovery(long status, const HeaderList& heade
   auto fail = [&](FailureClass f, std::string l, Error error) -> Expected<ServerCapabilities> {
     *failure = f;
     *label = std::move(l);
-    return MakeError(std::move(error));
+    return MakeError(error.WithFailure(f));
   };
   ServerCapabilities caps;
   const bool success = status == 200 || status == 204;
@@ -362,16 +362,16 @@ std::string Failure::Label() const { return label.empty() ? std::string(ToString
 
 namespace {
 
-// Sets `*failure` and hands the error on.
+// Sets `*failure` and hands the error on, carrying the same class.
 Unexpected Fail(Failure* failure, FailureClass failure_class, Unexpected error, std::string label = {}) {
   failure->failure = failure_class;
   failure->label = std::move(label);
-  return error;
+  return MakeError(error.error.WithFailure(failure_class));
 }
 
 // No usable answer: the HTTP layer's error, in the request's words, with its class.
-Unexpected FromHttp(const Error& error, FailureClass http_failure, const std::string& context, Failure* failure) {
-  return Fail(failure, http_failure, MakeError(error.WithContext(context)));
+Unexpected FromHttp(const Error& error, const std::string& context, Failure* failure) {
+  return Fail(failure, error.failure(), MakeError(error.WithContext(context)));
 }
 
 void Succeeded(Failure* failure) {
@@ -478,9 +478,9 @@ HttpRequest Protocol::DiscoverRequest() const {
   return request;
 }
 
-Expected<ServerCapabilities> Protocol::ReadDiscover(const Expected<HttpResponse>& response, FailureClass http_failure,
+Expected<ServerCapabilities> Protocol::ReadDiscover(const Expected<HttpResponse>& response,
                                                     Failure* failure) const {
-  if (!response) return FromHttp(response.error(), http_failure, "tus discovery (OPTIONS)", failure);
+  if (!response) return FromHttp(response.error(), "tus discovery (OPTIONS)", failure);
   const long s = response->status;
   if (s == 404) {
     return Fail(failure, FailureClass::kEndpoint,
@@ -530,9 +530,9 @@ Expected<HttpRequest> Protocol::CreateRequest(std::uint64_t length, const Metada
   return request;
 }
 
-Expected<Created> Protocol::ReadCreate(const Expected<HttpResponse>& response, FailureClass http_failure,
+Expected<Created> Protocol::ReadCreate(const Expected<HttpResponse>& response,
                                        std::uint64_t length, std::size_t body_size, Failure* failure) const {
-  if (!response) return FromHttp(response.error(), http_failure, "tus create", failure);
+  if (!response) return FromHttp(response.error(), "tus create", failure);
   if (response->status == 404) {
     return Fail(failure, FailureClass::kEndpoint,
                 MakeError(ErrorKind::kNotFound, "tus create: no upload endpoint at " + Shown(endpoint_) +
@@ -582,9 +582,9 @@ Expected<HttpRequest> Protocol::QueryRequest(const std::string& upload_url, Fail
   return request;
 }
 
-Expected<UploadInfo> Protocol::ReadQuery(const Expected<HttpResponse>& response, FailureClass http_failure,
+Expected<UploadInfo> Protocol::ReadQuery(const Expected<HttpResponse>& response,
                                          const std::string& upload_url, Failure* failure) const {
-  if (!response) return FromHttp(response.error(), http_failure, "tus offset query", failure);
+  if (!response) return FromHttp(response.error(), "tus offset query", failure);
   if (response->status != 200 && response->status != 204) {
     return StatusError("tus offset query", upload_url, *response, 0, failure);
   }
@@ -622,10 +622,10 @@ Expected<HttpRequest> Protocol::PatchRequest(const std::string& upload_url, std:
   return request;
 }
 
-Expected<std::uint64_t> Protocol::ReadPatch(const Expected<HttpResponse>& response, FailureClass http_failure,
+Expected<std::uint64_t> Protocol::ReadPatch(const Expected<HttpResponse>& response,
                                             const std::string& upload_url, std::uint64_t offset, std::uint64_t size,
                                             Failure* failure, std::optional<std::int64_t>* expires) const {
-  if (!response) return FromHttp(response.error(), http_failure, "tus patch at offset " + std::to_string(offset), failure);
+  if (!response) return FromHttp(response.error(), "tus patch at offset " + std::to_string(offset), failure);
   const std::string shown = Shown(upload_url);
   if (response->status == 409) {
     const std::string server_offset = response->Header("Upload-Offset");
@@ -669,9 +669,9 @@ Expected<HttpRequest> Protocol::TerminateRequest(const std::string& upload_url, 
   return request;
 }
 
-Status Protocol::ReadTerminate(const Expected<HttpResponse>& response, FailureClass http_failure,
+Status Protocol::ReadTerminate(const Expected<HttpResponse>& response,
                                const std::string& upload_url, Failure* failure) const {
-  if (!response) return FromHttp(response.error(), http_failure, "tus termination", failure);
+  if (!response) return FromHttp(response.error(), "tus termination", failure);
   if (response->status == 204 || response->status == 404 || response->status == 410) {
     Succeeded(failure);
     return Ok();
@@ -701,17 +701,12 @@ PatchRecovery::Step PatchRecovery::After(FailureClass failure) {
 
 Client::Client(HttpClient& http, std::string endpoint) : http_(http), protocol_(std::move(endpoint)) {}
 
-Expected<HttpResponse> Client::Send(const HttpRequest& request, FailureClass* http_failure) {
-  auto response = http_.Perform(request, 1 << 20);
-  *http_failure = response ? FailureClass::kNone : http_.last_failure();
-  return response;
-}
+Expected<HttpResponse> Client::Send(const HttpRequest& request) { return http_.Perform(request, 1 << 20); }
 
 Expected<ServerCapabilities> Client::Discover() {
-  FailureClass http_failure = FailureClass::kNone;
-  const auto response = Send(protocol_.DiscoverRequest(), &http_failure);
+  const auto response = Send(protocol_.DiscoverRequest());
   Failure failure;
-  auto caps = protocol_.ReadDiscover(response, http_failure, &failure);
+  auto caps = protocol_.ReadDiscover(response, &failure);
   if (caps) protocol_.SetCapabilities(*caps);
   return Note(std::move(caps), failure);
 }
@@ -728,9 +723,8 @@ Expected<Created> Client::CreateWithUpload(std::uint64_t length, const Metadata&
   auto request = protocol_.CreateRequest(length, metadata, first_bytes, &failure);
   if (!request) return Note<Created>(MakeError(request.error()), failure);
   if (!request->body.empty()) request->before_send = before_send_;
-  FailureClass http_failure = FailureClass::kNone;
-  const auto response = Send(*request, &http_failure);
-  auto created = protocol_.ReadCreate(response, http_failure, length, request->body.size(), &failure);
+  const auto response = Send(*request);
+  auto created = protocol_.ReadCreate(response, length, request->body.size(), &failure);
   if (created && created->expires) last_expires_ = created->expires;
   return Note(std::move(created), failure);
 }
@@ -745,9 +739,8 @@ Expected<UploadInfo> Client::Query(const std::string& upload_url) {
   Failure failure;
   auto request = protocol_.QueryRequest(upload_url, &failure);
   if (!request) return Note<UploadInfo>(MakeError(request.error()), failure);
-  FailureClass http_failure = FailureClass::kNone;
-  const auto response = Send(*request, &http_failure);
-  auto info = protocol_.ReadQuery(response, http_failure, upload_url, &failure);
+  const auto response = Send(*request);
+  auto info = protocol_.ReadQuery(response, upload_url, &failure);
   if (info && info->expires) last_expires_ = info->expires;
   return Note(std::move(info), failure);
 }
@@ -761,10 +754,9 @@ Expected<std::uint64_t> Client::Patch(const std::string& upload_url, std::uint64
   request->before_send = before_send_;
   std::uint64_t sent = 0;
   request->on_upload_progress = [&sent](std::uint64_t n) { sent = n; };
-  FailureClass http_failure = FailureClass::kNone;
-  const auto response = Send(*request, &http_failure);
+  const auto response = Send(*request);
   body_bytes_sent_ += sent;
-  return Note(protocol_.ReadPatch(response, http_failure, upload_url, offset, bytes.size(), &failure, &last_expires_),
+  return Note(protocol_.ReadPatch(response, upload_url, offset, bytes.size(), &failure, &last_expires_),
               failure);
 }
 
@@ -772,9 +764,8 @@ Status Client::Terminate(const std::string& upload_url) {
   Failure failure;
   auto request = protocol_.TerminateRequest(upload_url, &failure);
   if (!request) return Note<void>(MakeError(request.error()), failure);
-  FailureClass http_failure = FailureClass::kNone;
-  const auto response = Send(*request, &http_failure);
-  return Note(protocol_.ReadTerminate(response, http_failure, upload_url, &failure), failure);
+  const auto response = Send(*request);
+  return Note(protocol_.ReadTerminate(response, upload_url, &failure), failure);
 }
 
 Expected<std::uint64_t> Client::UploadFrom(const std::string& upload_url, std::span<const std::uint8_t> data,

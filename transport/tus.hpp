@@ -115,8 +115,8 @@ struct Failure {
 // shared by the blocking Client and AsyncClient (transport/tus_async.hpp) so the two cannot
 // drift. The Make* functions return the request to send, or an error for a request that must not
 // be sent (foreign upload URL, invalid metadata, length over Tus-Max-Size). The Read* functions
-// take what the HTTP layer returned (a response, or its error and failure class) and return the
-// result or the error; both set `*failure`.
+// take what the HTTP layer returned (a response, or its error) and return the result or the
+// error; both set `*failure` (the class the returned error carries, and a label).
 class Protocol {
  public:
   // `endpoint`: the creation URL, e.g. https://127.0.0.1:1080/files/
@@ -129,16 +129,16 @@ class Protocol {
   bool OriginAllowed(const std::string& upload_url) const;
 
   HttpRequest DiscoverRequest() const;
-  Expected<ServerCapabilities> ReadDiscover(const Expected<HttpResponse>& response, FailureClass http_failure,
+  Expected<ServerCapabilities> ReadDiscover(const Expected<HttpResponse>& response,
                                             Failure* failure) const;
   // POST; with creation-with-upload (offered and `first_bytes` not empty) the body is the first
   // bytes (the caller keeps them alive until the answer).
   Expected<HttpRequest> CreateRequest(std::uint64_t length, const Metadata& metadata,
                                       std::span<const std::uint8_t> first_bytes, Failure* failure) const;
-  Expected<Created> ReadCreate(const Expected<HttpResponse>& response, FailureClass http_failure,
+  Expected<Created> ReadCreate(const Expected<HttpResponse>& response,
                                std::uint64_t length, std::size_t body_size, Failure* failure) const;
   Expected<HttpRequest> QueryRequest(const std::string& upload_url, Failure* failure) const;
-  Expected<UploadInfo> ReadQuery(const Expected<HttpResponse>& response, FailureClass http_failure,
+  Expected<UploadInfo> ReadQuery(const Expected<HttpResponse>& response,
                                  const std::string& upload_url, Failure* failure) const;
   // PATCH of `size` bytes at `offset`. `bytes` (the body's bytes) is needed only for the
   // Upload-Checksum header, sent when a checksum algorithm is known from discovery; the body
@@ -147,11 +147,11 @@ class Protocol {
                                      std::span<const std::uint8_t> bytes, Failure* failure) const;
   bool PatchNeedsBytes() const;  // whether PatchRequest computes a checksum from `bytes`
   // The new offset; `*expires` gets Upload-Expires when the answer carries one.
-  Expected<std::uint64_t> ReadPatch(const Expected<HttpResponse>& response, FailureClass http_failure,
+  Expected<std::uint64_t> ReadPatch(const Expected<HttpResponse>& response,
                                     const std::string& upload_url, std::uint64_t offset, std::uint64_t size,
                                     Failure* failure, std::optional<std::int64_t>* expires) const;
   Expected<HttpRequest> TerminateRequest(const std::string& upload_url, Failure* failure) const;
-  Status ReadTerminate(const Expected<HttpResponse>& response, FailureClass http_failure,
+  Status ReadTerminate(const Expected<HttpResponse>& response,
                        const std::string& upload_url, Failure* failure) const;
 
  private:
@@ -229,13 +229,11 @@ class Client {
   // Called before each block of request body bytes (see HttpRequest::before_send).
   void SetBeforeSend(std::function<bool(std::size_t)> before_send) { before_send_ = std::move(before_send); }
 
-  // The class of the last failed call's error (kNone after a success): what the retry policy
-  // keys on.
-  FailureClass last_failure() const { return last_failure_.failure; }
+  // A failed call's error carries its class (Error::failure(): what the retry policy keys on).
   // What happened, for logs and error labels: "http-412" only when a 412 arrived; "tus-version"
   // when the server named other versions, "not-tus" for an answer without tus headers,
   // "foreign-location" for a Location off the upload origin, "tus-max-size" for a length over an
-  // announced Tus-Max-Size... and transport::ToString(last_failure()) otherwise. "none" after success.
+  // announced Tus-Max-Size... and the class's name (ToString) otherwise. "none" after success.
   std::string last_failure_label() const { return last_failure_.Label(); }
   // Upload-Expires of the last response that carried one (Unix seconds).
   std::optional<std::int64_t> last_expires() const { return last_expires_; }
@@ -249,13 +247,14 @@ class Client {
   static constexpr int kMaxLostResyncs = PatchRecovery::kMaxLostResyncs;
 
  private:
-  // Keeps `failure` as the last failure and hands `result` on.
+  // Keeps `failure` as the last failure and hands `result` on, its error carrying that class.
   template <typename T>
   Expected<T> Note(Expected<T> result, const Failure& failure) {
     last_failure_ = failure;
+    if (!result && failure.failure != FailureClass::kNone) return MakeError(result.error().WithFailure(failure.failure));
     return result;
   }
-  Expected<HttpResponse> Send(const HttpRequest& request, FailureClass* http_failure);
+  Expected<HttpResponse> Send(const HttpRequest& request);
 
   HttpClient& http_;
   Protocol protocol_;

@@ -25,7 +25,7 @@ constexpr std::uint64_t kMaxAnswerBytes = 1 << 20;
 template <typename T>
 void PostFailure(boost::asio::io_context& io, AsyncDone<T> done, const Error& error, Failure failure) {
   boost::asio::post(io, [done = std::move(done), error, failure = std::move(failure)] {
-    done(MakeError(error), failure);
+    done(MakeError(failure.failure == FailureClass::kNone ? error : error.WithFailure(failure.failure)), failure);
   });
 }
 
@@ -112,11 +112,11 @@ AsyncHttp::RequestId SendPatch(const Context& ctx, const std::string& upload_url
   return ctx.http.Start(
       std::move(async), [protocol = ctx.protocol, upload_url, offset, size, sent,
                          on_body_bytes = options.on_body_bytes,
-                         done = std::move(done)](Expected<HttpResponse> response, FailureClass http_failure) {
+                         done = std::move(done)](Expected<HttpResponse> response) {
         if (on_body_bytes) on_body_bytes(*sent);
         Failure failure;
         std::optional<std::int64_t> expires;
-        auto next = protocol->ReadPatch(response, http_failure, upload_url, offset, size, &failure, &expires);
+        auto next = protocol->ReadPatch(response, upload_url, offset, size, &failure, &expires);
         done(std::move(next), std::move(failure));
       });
 }
@@ -132,9 +132,9 @@ AsyncHttp::RequestId SendQuery(const Context& ctx, const std::string& upload_url
   async.request = std::move(*request);
   async.max_response_bytes = kMaxAnswerBytes;
   return ctx.http.Start(std::move(async), [protocol = ctx.protocol, upload_url, done = std::move(done)](
-                                              Expected<HttpResponse> response, FailureClass http_failure) {
+                                              Expected<HttpResponse> response) {
     Failure failure;
-    auto info = protocol->ReadQuery(response, http_failure, upload_url, &failure);
+    auto info = protocol->ReadQuery(response, upload_url, &failure);
     done(std::move(info), std::move(failure));
   });
 }
@@ -152,10 +152,9 @@ AsyncHttp::RequestId AsyncClient::Send(AsyncRequest request, AsyncCompletion don
 void AsyncClient::Discover(AsyncDone<ServerCapabilities> done) {
   AsyncRequest request;
   request.request = protocol_->DiscoverRequest();
-  Send(std::move(request), [protocol = protocol_, done = std::move(done)](Expected<HttpResponse> response,
-                                                                         FailureClass http_failure) {
+  Send(std::move(request), [protocol = protocol_, done = std::move(done)](Expected<HttpResponse> response) {
     Failure failure;
-    auto caps = protocol->ReadDiscover(response, http_failure, &failure);
+    auto caps = protocol->ReadDiscover(response, &failure);
     if (caps) protocol->SetCapabilities(*caps);
     done(std::move(caps), std::move(failure));
   });
@@ -170,10 +169,9 @@ void AsyncClient::Create(std::uint64_t length, const Metadata& metadata, AsyncDo
   }
   AsyncRequest async;
   async.request = std::move(*request);
-  Send(std::move(async), [protocol = protocol_, length, done = std::move(done)](Expected<HttpResponse> response,
-                                                                               FailureClass http_failure) {
+  Send(std::move(async), [protocol = protocol_, length, done = std::move(done)](Expected<HttpResponse> response) {
     Failure failure;
-    auto created = protocol->ReadCreate(response, http_failure, length, 0, &failure);
+    auto created = protocol->ReadCreate(response, length, 0, &failure);
     done(std::move(created), std::move(failure));
   });
 }
@@ -191,10 +189,9 @@ void AsyncClient::Terminate(const std::string& upload_url, AsyncDone<void> done)
   }
   AsyncRequest async;
   async.request = std::move(*request);
-  Send(std::move(async), [protocol = protocol_, upload_url, done = std::move(done)](Expected<HttpResponse> response,
-                                                                                   FailureClass http_failure) {
+  Send(std::move(async), [protocol = protocol_, upload_url, done = std::move(done)](Expected<HttpResponse> response) {
     Failure failure;
-    auto status = protocol->ReadTerminate(response, http_failure, upload_url, &failure);
+    auto status = protocol->ReadTerminate(response, upload_url, &failure);
     done(std::move(status), std::move(failure));
   });
 }

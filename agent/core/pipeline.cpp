@@ -371,13 +371,13 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress, const ExamIdentity& exa
   auto run = std::make_unique<Run>(config_, *spool_, progress);
   // Everything that can be refused is checked before space is reserved and the detector armed.
   if (config_.results.enabled) {
-    auto fetcher = ResultsFetcher::Create(run->io, *spool_, config_);
+    auto fetcher = ResultsFetcher::Create(run->io, *spool_, config_, RetryPolicy::Shared());
     if (!fetcher) return MakeError(fetcher.error());
     run->results = std::move(*fetcher);
   }
   if (auto st = BeginAcquisition(*run, *protocol, **detector, /*armed=*/false, exam); !st) return MakeError(st.error());
 
-  run->uploader = std::make_unique<Uploader>(run->io, *spool_, config_.cloud, RetryPolicy{}, links_.get());
+  run->uploader = std::make_unique<Uploader>(run->io, *spool_, config_.cloud, RetryPolicy::Shared(), links_.get());
   {
     std::lock_guard lock(stop_mutex_);
     Run* raw = run.get();
@@ -654,7 +654,7 @@ std::vector<ScanSummary> Agent::ResumeAll(Progress* progress) {
       awaiting_results.push_back(std::move(run));
       continue;
     }
-    run->uploader = std::make_unique<Uploader>(run->io, *spool_, config_.cloud, RetryPolicy{}, links_.get());
+    run->uploader = std::make_unique<Uploader>(run->io, *spool_, config_.cloud, RetryPolicy::Shared(), links_.get());
     run->results_later = true;
     boost::asio::post(run->io, [r = run.get(), &record] { r->ResumeUpload(record); });
     RunLoop(run->io);
@@ -678,7 +678,7 @@ std::vector<ScanSummary> Agent::ResumeAll(Progress* progress) {
 // scan whose results never come (a failed reconstruction) holds up no other scan's images.
 void Agent::AwaitResults(std::vector<std::unique_ptr<Run>>& runs, std::vector<ScanSummary>& summaries) {
   boost::asio::io_context io;
-  auto fetcher = ResultsFetcher::Create(io, *spool_, config_);
+  auto fetcher = ResultsFetcher::Create(io, *spool_, config_, RetryPolicy::Shared());
   if (!fetcher) {
     for (auto& run : runs) {
       ScanSummary s;
@@ -927,11 +927,11 @@ Status Agent::Serve(const ServiceHooks& hooks) {
     log::Error("agent", "the detector cannot be opened, so no scan can be acquired until the daemon restarts: " +
                             detector.error().WithContext("driver \"" + config_.driver.name + "\"").message());
   }
-  sv.uploader = std::make_unique<Uploader>(sv.io, *spool_, config_.cloud, RetryPolicy{}, links_.get(),
+  sv.uploader = std::make_unique<Uploader>(sv.io, *spool_, config_.cloud, RetryPolicy::Shared(), links_.get(),
                                            hooks.counters != nullptr ? &hooks.counters->upload : nullptr);
   sv.uploader->SetPaused(uploads_paused_);  // before any scan is resumed: a recorded pause holds from the start
   if (config_.results.enabled) {
-    auto fetcher = ResultsFetcher::Create(sv.io, *spool_, config_);
+    auto fetcher = ResultsFetcher::Create(sv.io, *spool_, config_, RetryPolicy::Shared());
     if (!fetcher) return MakeError(fetcher.error());
     sv.results = std::move(*fetcher);
     if (hooks.counters != nullptr) sv.results->SetRetryCounts(&hooks.counters->results_retries_by_class);

@@ -71,6 +71,7 @@ struct ResultsFetcher::Job {
   std::set<std::string> refused;
   std::string first_refusal;  // the first refusal's message, for the outcome
   std::string last_problem;   // the last transient error, for the timeout message
+  std::uint32_t failed_polls = 0;  // failed polls in a row (RetryPolicy's max_attempts bounds them)
   std::set<std::string> duplicates_logged;  // instances listed twice, logged once per job
   bool progress = false;                    // the last round stored something new
   // When a CT series was first seen complete without an SR (the report wait counts from here).
@@ -108,21 +109,23 @@ void ResultsFetcher::Complete(Job& job, Status status) {
 }
 
 Expected<std::unique_ptr<ResultsFetcher>> ResultsFetcher::Create(boost::asio::io_context& io, spool::Spool& spool,
-                                                                  const config::AgentConfig& config) {
+                                                                  const config::AgentConfig& config, RetryPolicy retry) {
   auto options = MakeDicomWebHttpOptions(config.cloud);
   if (!options) return MakeError(options.error());
   options->request_timeout_s = 300;
-  return std::unique_ptr<ResultsFetcher>(new ResultsFetcher(io, spool, config, std::move(*options)));
+  return std::unique_ptr<ResultsFetcher>(
+      new ResultsFetcher(io, spool, config, std::move(*options), std::move(retry)));
 }
 
 ResultsFetcher::ResultsFetcher(boost::asio::io_context& io, spool::Spool& spool, const config::AgentConfig& config,
-                               transport::HttpOptions http_options)
+                               transport::HttpOptions http_options, RetryPolicy retry)
     : io_(io),
       spool_(spool),
       results_(config.results),
       console_(config.console),
       dicomweb_url_(config.cloud.dicomweb_url),
-      http_options_(std::move(http_options)) {}
+      http_options_(std::move(http_options)),
+      retry_(std::move(retry)) {}
 
 ResultsFetcher::~ResultsFetcher() { Stop(); }
 
@@ -151,16 +154,39 @@ void ResultsFetcher::Poll(std::shared_ptr<Job> job) {
         Deliver(job);
         return;
       }
-      if (!complete && !complete.error().IsTransient()) {
-        Complete(*job, MakeError(complete.error().WithContext("fetching results of scan " + job->scan_uid)));
-        return;
-      }
+      // A failed poll: retried by its class, as uploads are (one policy, base/retry.hpp).
+      std::chrono::milliseconds wait = job->interval;
       if (!complete) {
-        job->last_problem = complete.error().message();
-        log::Warn("results", "scan " + job->scan_uid + ": " + job->last_problem + "; will retry");
-        if (retry_counts_ != nullptr) ++(*retry_counts_)[ToString(complete.error().kind())];
+        const Error& error = complete.error();
+        const FailureClass failure = error.failure();
+        const ClassRetry rule = retry_.For(failure);
+        const std::string context = "fetching results of scan " + job->scan_uid;
+        if (failure == FailureClass::kCancelled) {
+          Complete(*job, MakeError(error.WithContext(context)));
+          return;
+        }
+        if (rule.permanent || job->failed_polls + 1 >= rule.max_attempts) {
+          const std::string advice = PermanentAdvice(failure);
+          const std::string why =
+              rule.permanent ? (advice.empty() ? std::string("not retried") : "not retried: " + advice)
+                             : "gave up after " + std::to_string(job->failed_polls + 1) +
+                                   " failed polls in a row; the agent asks again on its next run";
+          const Error ended = error.WithContext(context + " [" + ToString(failure) + ", " + why + "]");
+          log::Error("results", ended.message());
+          Complete(*job, MakeError(ended));
+          return;
+        }
+        wait = retry_.Delay(failure, job->failed_polls, rng_);
+        ++job->failed_polls;
+        job->last_problem = error.message();
+        log::Warn("results", "scan " + job->scan_uid + ": " + job->last_problem + " [" + ToString(failure) +
+                                 "]; retry " + std::to_string(job->failed_polls) + " in " +
+                                 std::to_string(wait.count()) + " ms");
+        if (retry_counts_ != nullptr) ++(*retry_counts_)[ToString(failure)];
+      } else {
+        job->failed_polls = 0;
       }
-      if (std::chrono::steady_clock::now() + job->interval > job->deadline) {
+      if (std::chrono::steady_clock::now() + wait > job->deadline) {
         const std::string problem = job->last_problem.empty() ? "" : " (last problem: " + job->last_problem + ")";
         Complete(*job, MakeError(ErrorKind::kNetwork,
                                  "no complete result series for scan " + job->scan_uid + " within " +
@@ -169,11 +195,15 @@ void ResultsFetcher::Poll(std::shared_ptr<Job> job) {
                                      "next run"));
         return;
       }
-      // Something new arrived: the rest of the set is likely close behind, so the backoff
-      // starts over (the SR follows the CT series within seconds).
-      if (job->progress) job->interval = std::chrono::milliseconds(results_.poll_interval_ms);
-      auto timer = std::make_shared<boost::asio::steady_timer>(io_, job->interval);
-      job->interval = std::min(job->interval * 2, std::chrono::milliseconds(results_.poll_max_interval_ms));
+      if (complete) {
+        // Not complete yet: wait the poll interval. Something new arrived: the rest of the set
+        // is likely close behind, so the interval starts over (the SR follows the CT series
+        // within seconds).
+        if (job->progress) job->interval = std::chrono::milliseconds(results_.poll_interval_ms);
+        wait = job->interval;
+        job->interval = std::min(job->interval * 2, std::chrono::milliseconds(results_.poll_max_interval_ms));
+      }
+      auto timer = std::make_shared<boost::asio::steady_timer>(io_, wait);
       timer->async_wait([this, job, timer](const boost::system::error_code&) { Poll(job); });
     });
   });

@@ -12,12 +12,14 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "agent/results/result_set.hpp"
 #include "agent/results/results.hpp"
 #include "agent/spool/spool.hpp"
+#include "base/retry.hpp"
 #include "config/config.hpp"
 #include "transport/dicomweb.hpp"
 #include "transport/http.hpp"
@@ -46,9 +48,11 @@ class ResultsFetcher {
  public:
   using Done = std::function<void(const ResultsOutcome&)>;
 
-  // Fails (kInvalidInput) when the DICOMweb password file cannot be read.
+  // Fails (kInvalidInput) when the DICOMweb password file cannot be read. `retry`: how failed
+  // polls are retried (the agent's one policy, as for uploads; tests scale its delays).
   static Expected<std::unique_ptr<ResultsFetcher>> Create(boost::asio::io_context& io, spool::Spool& spool,
-                                                          const config::AgentConfig& config);
+                                                          const config::AgentConfig& config,
+                                                          RetryPolicy retry = RetryPolicy::Shared());
   ~ResultsFetcher();
 
   // Polls until the result set is complete (or results.timeout_s passed), then delivers it to
@@ -62,6 +66,11 @@ class ResultsFetcher {
   // server that trickles its answers cannot hold the scan longer. Each downloaded instance must
   // be the one its QIDO-RS entry names (SOP instance, series and study UIDs); an instance listed
   // twice counts once; results count against the spool budget (Spool::ResultsRoom).
+  // A set not complete yet is asked for again at the poll interval (results.poll_interval_ms
+  // doubling to results.poll_max_interval_ms): that is waiting, not a failure. A failed poll is
+  // retried by the error's class (RetryPolicy: backoff with jitter, at most max_attempts failed
+  // polls in a row); a permanent class (a rejected certificate, 401/403, a missing endpoint, a
+  // local error) ends the job at once with an error that says what to do.
   void FetchAndDeliver(const std::string& scan_uid, const std::string& study_uid, Done done);
 
   void Stop();
@@ -71,15 +80,17 @@ class ResultsFetcher {
   void SetReportWait(std::chrono::milliseconds wait) { report_wait_ = wait; }
   static constexpr std::chrono::milliseconds kDefaultReportWait{20000};
 
-  // Where to count polls retried after a transient error, by ErrorKind name ("network"): the
-  // daemon's metrics. Changed on the io_context's thread; must outlive the fetcher. Call before
-  // FetchAndDeliver.
+  // Where to count failed polls that are retried, by failure class (ToString(FailureClass), the
+  // names the uploader counts by): the daemon's metrics. Changed on the io_context's thread; must
+  // outlive the fetcher. Call before FetchAndDeliver.
   void SetRetryCounts(std::map<std::string, std::uint64_t>* counts) { retry_counts_ = counts; }
+
+  const RetryPolicy& retry_policy() const { return retry_; }
 
  private:
   struct Job;
   ResultsFetcher(boost::asio::io_context& io, spool::Spool& spool, const config::AgentConfig& config,
-                 transport::HttpOptions http_options);
+                 transport::HttpOptions http_options, RetryPolicy retry);
   void Poll(std::shared_ptr<Job> job);
   void Deliver(std::shared_ptr<Job> job);
   static void Complete(Job& job, Status status);  // on the io_context
@@ -125,6 +136,8 @@ class ResultsFetcher {
   std::atomic<bool> stopping_{false};
   std::chrono::milliseconds report_wait_ = kDefaultReportWait;
   std::map<std::string, std::uint64_t>* retry_counts_ = nullptr;
+  RetryPolicy retry_;
+  std::mt19937_64 rng_{std::random_device{}()};  // the retries' jitter; used on the io_context's thread
 };
 
 }  // namespace ctagent::core

@@ -34,25 +34,6 @@ bool IsLinkFailure(FailureClass failure) {
   }
 }
 
-// What the operator reads when a class is not retried.
-std::string PermanentAdvice(FailureClass failure) {
-  switch (failure) {
-    case FailureClass::kTlsRejected:
-      return "TLS was refused (certificate, host name, pin or client certificate): fix the certificate or "
-             "cloud.tls settings";
-    case FailureClass::kAuth:
-      return "the imaging center refused this terminal: fix its credentials or client certificate";
-    case FailureClass::kVersion:
-      return "the server does not speak tus 1.0.0: the imaging center must update its endpoint";
-    case FailureClass::kTooLarge:
-      return "the upload is larger than the server accepts: raise the server's limit or lower the chunk size";
-    case FailureClass::kEndpoint:
-      return "the upload endpoint does not exist or is not a tus endpoint: fix cloud.upload_url";
-    default:
-      return "";
-  }
-}
-
 // Where an upload stands in the spool's record: its tus state and, for a chunk, the SHA-256 and
 // size recorded when it was written (a manifest's come from its bytes).
 struct SpooledUpload {
@@ -120,9 +101,9 @@ struct Uploader::Job {
   std::string Name() const {
     return manifest ? "manifest of scan " + scan_uid : "chunk " + std::to_string(index) + " of scan " + scan_uid;
   }
-  // Ends this attempt with the tus client's failure (its class and label).
+  // Ends this attempt with the tus client's error (its class) and the client's label for it.
   void Fail(const Error& error, const transport::tus::Failure& why) {
-    failure = why.failure == FailureClass::kNone ? FailureClass::kProtocol : why.failure;
+    failure = error.failure() == FailureClass::kNone ? FailureClass::kProtocol : error.failure();
     label = why.label;
     last_status = MakeError(error);
   }

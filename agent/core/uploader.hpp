@@ -24,8 +24,8 @@
 
 #include "agent/core/http_options.hpp"
 #include "agent/core/link_provider.hpp"
-#include "agent/core/retry.hpp"
 #include "agent/spool/spool.hpp"
+#include "base/retry.hpp"
 #include "config/config.hpp"
 #include "transport/http.hpp"
 #include "transport/http_async.hpp"
@@ -42,7 +42,7 @@ struct UploadCounters {
   // bytes_sent is what interruptions cost.
   std::atomic<std::uint64_t> body_bytes_sent{0};
   std::atomic<std::uint64_t> manifest_bytes_sent{0};  // the part of bytes_sent that were manifests
-  // Retries by failure class (transport::ToString names: "connect", "stall", ...); changed and
+  // Retries by failure class (ToString(FailureClass) names: "connect", "stall", ...); changed and
   // read on the io_context's thread only.
   std::map<std::string, std::uint64_t> retries_by_class;
 };
@@ -65,6 +65,8 @@ class Uploader {
   // 401/403, 412, 413, corrupt spool file) are not retried: `done` gets an error naming the
   // problem and what to do; the data stays spooled.
   void UploadChunk(const std::string& scan_uid, std::uint32_t index, Done done);
+  // The policy its retries follow (the agent passes RetryPolicy::Shared(), as to the results fetch).
+  const RetryPolicy& retry_policy() const { return retry_; }
   void UploadManifest(const std::string& scan_uid, Done done);
   // Creates the manifest's upload ahead of time (POST, URL journaled, no byte sent), so that
   // UploadManifest, which must wait until every chunk is uploaded, starts with its PATCH and the

@@ -70,11 +70,14 @@ Error AssociationError(const ConsoleNode& node, const OFCondition& cond) {
     return Error(ErrorKind::kProtocol, NodeLabel(node) + " rejected the association from calling AE '" +
                                            node.calling_ae + "' to called AE '" + node.called_ae + "' (" + reason +
                                            "); check that the console's AE title is really '" + node.called_ae +
-                                           "' and that the console accepts calling AE '" + node.calling_ae + "'");
+                                           "' and that the console accepts calling AE '" + node.calling_ae + "'",
+                 FailureClass::kEndpoint);  // a configuration to fix, not a retry
   }
   if (cond == NET_EC_NoAcceptablePresentationContexts) {
-    return Error(ErrorKind::kProtocol, NodeLabel(node) + " accepted none of the proposed SOP classes and transfer "
-                                                         "syntaxes; check the console's storage configuration");
+    return Error(ErrorKind::kProtocol,
+                 NodeLabel(node) + " accepted none of the proposed SOP classes and transfer "
+                                   "syntaxes; check the console's storage configuration",
+                 FailureClass::kEndpoint);
   }
   if (IsNetworkCondition(cond)) {
     return Error(ErrorKind::kNetwork, NodeLabel(node) + " is not reachable: " + reason +

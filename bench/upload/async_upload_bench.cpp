@@ -74,7 +74,7 @@ class AsyncUploads {
     discovery.request.url = endpoint_;
     discovery.request.headers = {{"Tus-Resumable", "1.0.0"}};
     discovery.max_response_bytes = 64 << 10;
-    http_.Start(std::move(discovery), [this](Expected<transport::HttpResponse> answer, transport::FailureClass) {
+    http_.Start(std::move(discovery), [this](Expected<transport::HttpResponse> answer) {
       if (!answer) return End(MakeError(answer.error()));
       transport::FailureClass failure{};
       std::string label;
@@ -174,8 +174,7 @@ class AsyncUploads {
                             {"Upload-Metadata", tus::EncodeMetadata(metadata)}};
     post.max_response_bytes = 64 << 10;
     upload->posted = Clock::now();
-    http_.Start(std::move(post), [this, upload, next = std::move(next)](Expected<transport::HttpResponse> answer,
-                                                                       transport::FailureClass) {
+    http_.Start(std::move(post), [this, upload, next = std::move(next)](Expected<transport::HttpResponse> answer) {
       if (!answer) return End(MakeError(answer.error()));
       if (answer->status != 201) {
         return End(MakeError(ErrorKind::kProtocol, "creation answered " + std::to_string(answer->status)));
@@ -217,7 +216,7 @@ class AsyncUploads {
     patch.request.body = *upload->bytes;
     patch.keep_alive = upload->bytes;
     patch.max_response_bytes = 1 << 20;
-    http_.Start(std::move(patch), [this, upload](Expected<transport::HttpResponse> answer, transport::FailureClass) {
+    http_.Start(std::move(patch), [this, upload](Expected<transport::HttpResponse> answer) {
       if (!answer) return End(MakeError(answer.error()));
       if (answer->status != 204 || tus::ParseUploadOffset(answer->Header("upload-offset")) != upload->length) {
         return End(MakeError(ErrorKind::kProtocol, "PATCH answered " + std::to_string(answer->status) + " offset " +

@@ -70,7 +70,7 @@ StallRun PatchThroughStall(const fs::path& dir, const std::string& proxy_control
   run.silent_for = Clock::now() - last_progress;
   run.sent_before = sent;
   run.failed = !response;
-  run.failure = http.last_failure();
+  run.failure = response ? transport::FailureClass::kNone : response.error().failure();
   if (!response) run.message = response.error().message();
   return run;
 }

@@ -27,6 +27,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <type_traits>
 
 #include <nlohmann/json.hpp>
 
@@ -34,6 +35,8 @@
 #include "base/sha256.hpp"
 #include "base/uid.hpp"
 #include "agent/core/results_fetch.hpp"
+#include "agent/core/uploader.hpp"
+#include "base/retry.hpp"
 #include "agent/privacy/privacy.hpp"
 #include "agent/results/result_set.hpp"
 #include "agent/spool/simulated_disk.hpp"
@@ -203,12 +206,16 @@ std::int64_t UnixMsNow() {
 // Runs one FetchAndDeliver to its end, or until `bound` passes (then `outcome` is empty).
 // `report_wait`: how long the fetcher waits for an SR after a complete CT series; 0 for the cases
 // whose imaging center sends CT only.
+// `retry`: the policy failed polls follow; `retries`: where they are counted by class.
 FetchRun Fetch(spool::Spool& sp, const config::AgentConfig& config, const spool::ScanRecord& scan,
-               std::chrono::seconds bound, std::chrono::milliseconds report_wait = std::chrono::milliseconds(0)) {
+               std::chrono::seconds bound, std::chrono::milliseconds report_wait = std::chrono::milliseconds(0),
+               const RetryPolicy& retry = RetryPolicy::Shared(),
+               std::map<std::string, std::uint64_t>* retries = nullptr) {
   boost::asio::io_context io;
-  auto fetcher = core::ResultsFetcher::Create(io, sp, config);
+  auto fetcher = core::ResultsFetcher::Create(io, sp, config, retry);
   REQUIRE(fetcher);
   (*fetcher)->SetReportWait(report_wait);
+  if (retries != nullptr) (*fetcher)->SetRetryCounts(retries);
   FetchRun run;
   const auto started = std::chrono::steady_clock::now();
   run.started_unix_ms = UnixMsNow();
@@ -543,6 +550,97 @@ TEST_CASE("results fetch: a trickled QIDO-RS answer ends the results phase at re
     CHECK(took < std::chrono::seconds(10));  // the answer alone would take over a minute
     scan.CheckDataKept();
   }
+}
+
+TEST_CASE("results fetch: failures follow the one retry policy: a clock behind is retried, a rejected certificate "
+          "ends the job at once",
+          "[results][fetch][hostile][retry]") {
+  TempDir dir("results-fetch-retry");
+  Cloud cloud;
+  PosixFileStore files;
+  ScanInSpool scan(files, {dir.path() / "spool", 1ull << 30, 0}, cloud.study);
+  RetryPolicy fast;
+  fast.delay_scale = 0.001;  // the table's classes and attempt caps, with delays in ms not s
+  std::map<std::string, std::uint64_t> retries;
+  test::HostileOptions options;
+
+  SECTION("a server certificate not yet valid (this terminal's clock is behind) is retried as clock-skew") {
+    // The uploads retry the same class the same way (tests/transport: uploader and TLS tests).
+    options.certificate = "not-yet-valid";
+    auto server = HostileServer::Start(cloud.Rules(dir.path()), options);
+    const auto run = Fetch(*scan.spool, ConfigFor(*server, 600), scan.record, std::chrono::seconds(120),
+                           std::chrono::milliseconds(0), fast, &retries);
+    REQUIRE(run.outcome);
+    const std::string message = Message(*run.outcome);
+    INFO(message);
+    REQUIRE_FALSE(run.outcome->status);
+    const auto attempts = fast.For(FailureClass::kClockSkew).max_attempts;
+    // Every failed poll but the last was retried, counted under the uploads' class name.
+    CHECK(retries == std::map<std::string, std::uint64_t>{{"clock-skew", attempts - 1}});
+    CHECK(run.outcome->status.error().failure() == FailureClass::kClockSkew);
+    CHECK_THAT(message, Catch::Contains("[clock-skew, gave up after " + std::to_string(attempts) +
+                                        " failed polls in a row") &&
+                            Catch::Contains("not yet valid") && Catch::Contains("clock"));
+    CHECK(scan.Now().state == spool::ScanState::kUploaded);
+    scan.CheckDataKept();
+  }
+  SECTION("an expired server certificate is tls-rejected: not retried, and the error says what to fix") {
+    options.certificate = "expired";
+    auto server = HostileServer::Start(cloud.Rules(dir.path()), options);
+    const auto run = Fetch(*scan.spool, ConfigFor(*server, 600), scan.record, std::chrono::seconds(120),
+                           std::chrono::milliseconds(0), fast, &retries);
+    REQUIRE(run.outcome);
+    const std::string message = Message(*run.outcome);
+    INFO(message);
+    REQUIRE_FALSE(run.outcome->status);
+    CHECK(retries.empty());
+    CHECK(run.outcome->status.error().failure() == FailureClass::kTlsRejected);
+    CHECK_FALSE(run.outcome->status.error().IsTransient());
+    CHECK_THAT(message, Catch::Contains("[tls-rejected, not retried: TLS was refused") &&
+                            Catch::Contains("cloud.tls") && Catch::Contains("has expired"));
+    CHECK(scan.Now().state == spool::ScanState::kUploaded);
+    scan.CheckDataKept();
+  }
+}
+
+TEST_CASE("retry policy: uploads and results retry by the same table, and Error::IsTransient reads it",
+          "[results][fetch][retry]") {
+  TempDir dir("results-fetch-policy");
+  PosixFileStore files;
+  auto opened = spool::Spool::Open({dir.path() / "spool", 1ull << 30, 0}, files);
+  REQUIRE(opened);
+  boost::asio::io_context io;
+  config::AgentConfig config;
+  config.cloud.upload_url = "https://127.0.0.1:9/files/";
+  config.cloud.dicomweb_url = "https://127.0.0.1:9/dicom-web";
+  auto fetcher = core::ResultsFetcher::Create(io, **opened, config);
+  REQUIRE(fetcher);
+  core::Uploader uploader(io, **opened, config.cloud);
+  // One type (base/retry.hpp), and by default both hold the process's one policy.
+  static_assert(std::is_same_v<std::remove_cvref_t<decltype(uploader.retry_policy())>,
+                               std::remove_cvref_t<decltype((*fetcher)->retry_policy())>>);
+  const RetryPolicy& shared = RetryPolicy::Shared();
+  CHECK(uploader.retry_policy().table == shared.table);
+  CHECK((*fetcher)->retry_policy().table == shared.table);
+  CHECK(uploader.retry_policy().delay_scale == shared.delay_scale);
+  CHECK((*fetcher)->retry_policy().delay_scale == shared.delay_scale);
+  CHECK(shared.table == DefaultRetryTable());
+  // Every class has its row, and an error of that class is transient exactly when the row
+  // retries it: there is no second rule.
+  for (int c = static_cast<int>(FailureClass::kNone); c <= static_cast<int>(FailureClass::kLocal); ++c) {
+    const auto failure = static_cast<FailureClass>(c);
+    INFO(ToString(failure));
+    CHECK(shared.table.count(failure) == 1);
+    CHECK(Error(ErrorKind::kNetwork, "x", failure).IsTransient() == !shared.For(failure).permanent);
+  }
+  // The ones the two paths used to disagree on, and the defaults by kind.
+  CHECK(Error(ErrorKind::kTls, "x", FailureClass::kClockSkew).IsTransient());
+  CHECK_FALSE(Error(ErrorKind::kTls, "x").IsTransient());
+  CHECK(Error(ErrorKind::kNetwork, "x").failure() == FailureClass::kConnectionLost);
+  CHECK(Error(ErrorKind::kIo, "x").failure() == FailureClass::kLocal);
+  CHECK(Error(ErrorKind::kIo, "x", FailureClass::kStall).WithContext("ctx").failure() == FailureClass::kStall);
+  uploader.Stop();
+  (*fetcher)->Stop();
 }
 
 namespace {

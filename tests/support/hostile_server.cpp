@@ -58,8 +58,8 @@ std::unique_ptr<HostileServer> HostileServer::Start(const nlohmann::json& rules,
     argv.push_back("--plain-http");
   } else {
     s->pki_ = HostilePki();
-    argv.insert(argv.end(), {"--cert", (s->pki_ / "hostile-server.pem").string(), "--key",
-                             (s->pki_ / "hostile-server.key").string()});
+    argv.insert(argv.end(), {"--cert", (s->pki_ / (options.certificate + ".pem")).string(), "--key",
+                             (s->pki_ / (options.certificate + ".key")).string()});
   }
   if (!options.tls_max.empty()) argv.insert(argv.end(), {"--tls-max", options.tls_max});
   s->process_ = std::make_unique<ChildProcess>(argv, s->log_file());

@@ -25,6 +25,9 @@ struct HostileOptions {
   std::string upstream;                    // "http://127.0.0.1:PORT": unmatched requests are forwarded there
   bool plain_http = false;                 // serve plain HTTP instead of HTTPS
   std::string tls_max;                     // "1.1": offer only TLS 1.0/1.1
+  // The server's certificate, by name in the PKI folder (tests/support/make_pki.sh): "expired",
+  // "not-yet-valid"... all signed by ca_file().
+  std::string certificate = "hostile-server";
   std::filesystem::path work_dir;          // where rules, log and port file go (a temp dir by default)
 };
 

@@ -3,7 +3,8 @@
 # 127.0.0.1/localhost, and a client certificate (mTLS), all signed by the CA.
 # Also: "hostile-server", for 127.0.0.1, 127.0.0.2 and localhost (tests/support/hostile_server);
 # a second, unrelated CA ("other-ca") and a server certificate signed by it, an expired
-# server certificate, and one for the wrong host name, for TLS error tests.
+# server certificate, one not valid before 2099 (a terminal clock that is behind), and one for
+# the wrong host name, for TLS error tests.
 # Usage: make_pki.sh DIR      (idempotent: existing files are kept)
 set -euo pipefail
 dir=${1:?usage: make_pki.sh DIR}
@@ -51,12 +52,40 @@ make_cert() {  # $1 = name, $2 = CA name, $3 = subjectAltName, $4 = days (may be
   rm -f "$1.csr" "$1.cnf"
 }
 
+# A server certificate signed by the CA, valid from $2 to $3 (openssl ca dates, YYYYMMDDHHMMSSZ):
+# openssl x509 has no -not_before in 3.0, so sign with a throwaway 'ca' database.
+make_dated_cert() {  # $1 = name, $2 = start, $3 = end
+  sslconf "IP:127.0.0.1,IP:127.0.0.2,DNS:localhost" > "$1.cnf"
+  openssl req -new -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -config "$1.cnf" 2>/dev/null
+  local db="$1-db"
+  rm -rf "$db" && mkdir -p "$db" && : > "$db/index.txt" && echo 01 > "$db/serial"
+  cat > "$db/ca.cnf" <<CONF
+[ca]
+default_ca = test
+[test]
+database = $db/index.txt
+serial = $db/serial
+new_certs_dir = $db
+default_md = sha256
+policy = any
+copy_extensions = copy
+[any]
+commonName = supplied
+CONF
+  openssl ca -batch -config "$db/ca.cnf" -cert ca.pem -keyfile ca.key -in "$1.csr" -out "$1.pem" \
+    -startdate "$2" -enddate "$3" -extfile "$1.cnf" -extensions ext -notext 2>/dev/null
+  rm -rf "$1.csr" "$1.cnf" "$db"
+  chmod 600 "$1.key"
+}
+
 if [ -f server-with-key.pem ]; then
-  # A folder made before the hostile server's certificate existed gets just that one.
+  # A folder made before the hostile server's certificate existed gets just that one (and the
+  # not-yet-valid one likewise).
   if [ ! -f hostile-server.pem ]; then
     make_cert hostile-server ca "IP:127.0.0.1,IP:127.0.0.2,DNS:localhost" 825
     chmod 600 hostile-server.key
   fi
+  [ -f not-yet-valid.pem ] || make_dated_cert not-yet-valid 20990101000000Z 20991231000000Z
   exit 0
 fi
 
@@ -88,6 +117,8 @@ CONF
 openssl ca -batch -config ca-db/ca.cnf -cert ca.pem -keyfile ca.key -in expired.csr -out expired.pem \
   -startdate 20200101000000Z -enddate 20200102000000Z -extfile expired.cnf -extensions ext -notext 2>/dev/null
 rm -f expired.csr expired.cnf
+# Not yet valid: from 2099 on, as a terminal whose clock is far behind sees a good certificate.
+make_dated_cert not-yet-valid 20990101000000Z 20991231000000Z
 # Orthanc wants certificate and key in one PEM.
 cat server.pem server.key > server-with-key.pem
 chmod 600 ./*.key server-with-key.pem

@@ -1,5 +1,6 @@
-// HTTP client failure modes, each against a real peer on loopback: TLS certificate problems
-// (unknown CA, wrong host, expired), plain http:// refused or allowed, connection refused, stall,
+// HTTP client failure modes, each against a real peer on loopback, and the retry class each error
+// carries: TLS certificate problems (unknown CA, wrong host, expired, not yet valid), a name that
+// does not resolve, plain http:// refused or allowed, connection refused, stall,
 // a kept-alive connection closed by the server as a request goes out on it, an answer that
 // trickles in (overall deadline, the caller's deadline and cancel check; issue 18).
 #include <catch2/catch.hpp>
@@ -26,6 +27,7 @@
 namespace {
 
 using ctagent::ErrorKind;
+using ctagent::FailureClass;
 using ctagent::transport::HttpClient;
 using ctagent::transport::HttpOptions;
 using ctagent::transport::HttpRequest;
@@ -250,12 +252,17 @@ TEST_CASE("http: a request whose kept-alive connection the server closed as it w
 TEST_CASE("TLS: a server certificate from an unknown CA is kTls naming the CA", "[transport][tls][integration]") {
   const auto error = TlsFailure("other-ca-server");
   CHECK(error.kind() == ErrorKind::kTls);
+  // The error carries its retry class: a person must act, no retry.
+  CHECK(error.failure() == FailureClass::kTlsRejected);
+  CHECK_FALSE(error.IsTransient());
   CHECK_THAT(error.message(), Catch::Contains("not signed by a trusted CA") && Catch::Contains("ca.pem"));
 }
 
 TEST_CASE("TLS: a certificate for another host is kTls naming the host mismatch", "[transport][tls][integration]") {
   const auto error = TlsFailure("wrong-host");
   CHECK(error.kind() == ErrorKind::kTls);
+  CHECK(error.failure() == FailureClass::kTlsRejected);
+  CHECK_FALSE(error.IsTransient());
   CHECK_THAT(error.message(), Catch::Contains("host name mismatch"));
   CHECK_THAT(error.message(), !Catch::Contains("expired") && !Catch::Contains("trusted CA"));
 }
@@ -263,8 +270,35 @@ TEST_CASE("TLS: a certificate for another host is kTls naming the host mismatch"
 TEST_CASE("TLS: an expired server certificate is kTls saying it expired", "[transport][tls][integration]") {
   const auto error = TlsFailure("expired");
   CHECK(error.kind() == ErrorKind::kTls);
+  CHECK(error.failure() == FailureClass::kTlsRejected);
+  CHECK_FALSE(error.IsTransient());
   CHECK_THAT(error.message(), Catch::Contains("has expired"));
   CHECK_THAT(error.message(), !Catch::Contains("host name mismatch") && !Catch::Contains("trusted CA"));
+}
+
+TEST_CASE("TLS: a server certificate not yet valid is clock skew, retried, saying to check the clock",
+          "[transport][tls][integration]") {
+  // A certificate valid from 2099 is what a terminal whose clock is far behind sees.
+  const auto error = TlsFailure("not-yet-valid");
+  CHECK(error.kind() == ErrorKind::kTls);
+  CHECK(error.failure() == FailureClass::kClockSkew);
+  CHECK(error.IsTransient());  // NTP or the operator may correct the clock: the same policy retries it
+  CHECK_THAT(error.message(), Catch::Contains("not yet valid") && Catch::Contains("clock"));
+}
+
+TEST_CASE("http: a host name that does not resolve is the dns class, retried", "[transport][http][integration]") {
+  HttpOptions options;
+  options.connect_timeout_s = 5;
+  options.request_timeout_s = 30;
+  HttpClient http(options);
+  HttpRequest request;
+  request.url = "https://no-such-host.invalid/files/";  // .invalid never resolves (RFC 6761)
+  auto response = http.Perform(request);
+  REQUIRE_FALSE(response);
+  INFO(response.error().message());
+  CHECK(response.error().kind() == ErrorKind::kNetwork);
+  CHECK(response.error().failure() == FailureClass::kDns);
+  CHECK(response.error().IsTransient());
 }
 
 TEST_CASE("TLS: a CA file that does not exist is named in the error", "[transport][tls][integration]") {
@@ -288,6 +322,8 @@ TEST_CASE("http: plain http:// URLs are refused unless allowed", "[transport][ht
   auto error = refused.Create(10, {});
   REQUIRE_FALSE(error);
   CHECK(error.error().kind() == ErrorKind::kInvalidInput);
+  CHECK(error.error().failure() == FailureClass::kLocal);
+  CHECK_FALSE(error.error().IsTransient());
   CHECK_THAT(error.error().message(), Catch::Contains("development-only") && Catch::Contains("http://127.0.0.1:9/files/"));
 
   HttpRequest ftp;
@@ -329,6 +365,7 @@ TEST_CASE("http: connection refused is kNetwork", "[transport][http][integration
   auto response = http.Perform(request);
   REQUIRE_FALSE(response);
   CHECK(response.error().kind() == ErrorKind::kNetwork);
+  CHECK(response.error().failure() == FailureClass::kConnect);
   CHECK(response.error().IsTransient());
   CHECK_THAT(response.error().message(), Catch::Contains("cannot connect") && Catch::Contains(request.url));
 }
@@ -370,7 +407,7 @@ TEST_CASE("http: every method is bounded by the stall timeout (HEAD, OPTIONS, DE
     const auto started = std::chrono::steady_clock::now();
     auto response = http.Perform(request);
     REQUIRE_FALSE(response);
-    CHECK(http.last_failure() == ctagent::transport::FailureClass::kStall);
+    CHECK(response.error().failure() == ctagent::transport::FailureClass::kStall);
     CHECK(std::chrono::steady_clock::now() - started < std::chrono::seconds(10));
   }
 }
@@ -390,7 +427,7 @@ TEST_CASE("http: an answer that trickles in ends at the request's size-derived d
   auto response = http.Perform(request, 1000);
   const auto elapsed = std::chrono::steady_clock::now() - started;
   REQUIRE_FALSE(response);
-  CHECK(http.last_failure() == ctagent::transport::FailureClass::kTimeout);
+  CHECK(response.error().failure() == ctagent::transport::FailureClass::kTimeout);
   CHECK(response.error().kind() == ErrorKind::kNetwork);  // transient: retried, the data stays spooled
   const std::string message = response.error().message();
   INFO(message);
@@ -421,7 +458,7 @@ TEST_CASE("http: the request body counts in the deadline, and without a floor ra
   request.body = body;
   auto response = http.Perform(request, 1000);
   REQUIRE_FALSE(response);
-  CHECK(http.last_failure() == ctagent::transport::FailureClass::kTimeout);
+  CHECK(response.error().failure() == ctagent::transport::FailureClass::kTimeout);
   CHECK_THAT(response.error().message(), Catch::Contains("deadline: 4.0 s = ") && Catch::Contains("1000 body bytes"));
 }
 
@@ -439,7 +476,7 @@ TEST_CASE("http: a caller's deadline ends a trickling request before the size-de
   auto response = http.Perform(request);
   const auto elapsed = std::chrono::steady_clock::now() - started;
   REQUIRE_FALSE(response);
-  CHECK(http.last_failure() == ctagent::transport::FailureClass::kTimeout);
+  CHECK(response.error().failure() == ctagent::transport::FailureClass::kTimeout);
   CHECK_THAT(response.error().message(), Catch::Contains("the caller's deadline, 1.5 s after it started"));
   CHECK(elapsed < std::chrono::seconds(20));
 
@@ -447,7 +484,7 @@ TEST_CASE("http: a caller's deadline ends a trickling request before the size-de
   request.deadline = std::chrono::steady_clock::now() - std::chrono::seconds(1);
   auto late = http.Perform(request);
   REQUIRE_FALSE(late);
-  CHECK(http.last_failure() == ctagent::transport::FailureClass::kTimeout);
+  CHECK(late.error().failure() == ctagent::transport::FailureClass::kTimeout);
 }
 
 TEST_CASE("http: a cancel check ends a trickling request with kCancelled", "[transport][http][integration][deadline]") {
@@ -468,7 +505,7 @@ TEST_CASE("http: a cancel check ends a trickling request with kCancelled", "[tra
   auto response = http.Perform(request);
   stopper.join();
   REQUIRE_FALSE(response);
-  CHECK(http.last_failure() == ctagent::transport::FailureClass::kCancelled);
+  CHECK(response.error().failure() == ctagent::transport::FailureClass::kCancelled);
   CHECK(response.error().kind() == ErrorKind::kCancelled);
   CHECK_THAT(response.error().message(), Catch::Contains("cancelled: the agent is stopping"));
   // Ended by the check, not by the answer: the server was still trickling.

@@ -58,13 +58,13 @@ struct Server {
     options.request_timeout_s = 30;
     return options;
   }
-  // Creates an upload; returns the error (or nullopt on success) and the client's failure class.
+  // Creates an upload; returns the error (or nullopt on success) and the class it carries.
   std::pair<std::optional<ctagent::Error>, FailureClass> Try(const HttpOptions& options) const {
     HttpClient http(options);
     tus::Client client(http, server.endpoint);
     auto created = client.Create(10, {});
-    if (created) return {std::nullopt, client.last_failure()};
-    return {created.error(), client.last_failure()};
+    if (created) return {std::nullopt, FailureClass::kNone};
+    return {created.error(), created.error().failure()};
   }
 };
 
@@ -138,7 +138,7 @@ TEST_CASE("TLS: expired, wrong host, unknown CA, missing client certificate and 
     tus::Client client(http, server.endpoint);
     auto created = client.Create(10, {});
     REQUIRE_FALSE(created);
-    CHECK(client.last_failure() == FailureClass::kTlsRejected);
+    CHECK(created.error().failure() == FailureClass::kTlsRejected);
     messages.push_back(created.error().message());
   }
   messages.push_back(MissingClientCertMessage());

@@ -45,7 +45,7 @@ TEST_CASE("a server offering only TLS 1.0/1.1 is refused before any request, wit
   INFO(message);
   CHECK(answer.error().kind() == ErrorKind::kTls);
   // Needs a person (the server's TLS configuration), not a retry.
-  CHECK(http.last_failure() == FailureClass::kTlsRejected);
+  CHECK(answer.error().failure() == FailureClass::kTlsRejected);
   // The message names the server and says what is wrong and what the server must do: its TLS
   // versions are older than 1.2, the minimum, and it must enable TLS 1.2 or 1.3 (before a9a9415
   // it said only OpenSSL's "alert protocol version" and "the server may require TLS settings

@@ -270,7 +270,7 @@ TEST_CASE("tus async: refusals before sending (foreign URL, metadata, Tus-Max-Si
   REQUIRE_FALSE(*async_unknown.result);
   REQUIRE_FALSE(blocking_unknown);
   CHECK(async_unknown.failure.failure == FailureClass::kUploadGone);
-  CHECK(blocking.last_failure() == FailureClass::kUploadGone);
+  CHECK(blocking_unknown.error().failure() == FailureClass::kUploadGone);
   CHECK(async_unknown.result->error().message() == blocking_unknown.error().message());
 
   // No files were made by any of this (the store holds nothing).

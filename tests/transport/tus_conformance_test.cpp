@@ -110,7 +110,7 @@ TEST_CASE("tus termination: DELETE frees the upload and the server then answers 
   auto gone = client.QueryOffset(*url);
   REQUIRE_FALSE(gone);
   CHECK(gone.error().kind() == ErrorKind::kNotFound);
-  CHECK(client.last_failure() == FailureClass::kUploadGone);
+  CHECK(gone.error().failure() == FailureClass::kUploadGone);
   CHECK(client.Terminate(*url));  // terminating an unknown upload is not an error
 }
 
@@ -132,7 +132,7 @@ TEST_CASE("tus expiration: Upload-Expires is parsed and an expired upload is gon
   auto expired = client.Patch(*url, 1000, std::span(data).subspan(1000));
   REQUIRE_FALSE(expired);
   CHECK(expired.error().kind() == ErrorKind::kNotFound);
-  CHECK(client.last_failure() == FailureClass::kUploadGone);
+  CHECK(expired.error().failure() == FailureClass::kUploadGone);
 }
 
 TEST_CASE("tus 409: a PATCH at a stale offset is resolved by HEAD and resumed from the server's offset",
@@ -147,7 +147,7 @@ TEST_CASE("tus 409: a PATCH at a stale offset is resolved by HEAD and resumed fr
   // A single PATCH at the wrong offset is the 409 class.
   auto conflict = client.Patch(*url, 0, std::span(data).subspan(0, 10));
   REQUIRE_FALSE(conflict);
-  CHECK(client.last_failure() == FailureClass::kConflict);
+  CHECK(conflict.error().failure() == FailureClass::kConflict);
   CHECK_THAT(conflict.error().message(), Catch::Contains("409"));
   // UploadFrom told the wrong offset recovers by itself and sends nothing twice after the HEAD.
   std::vector<std::uint64_t> progress;
@@ -189,11 +189,11 @@ TEST_CASE("tus 412: the real server refuses a request without Tus-Resumable, and
   auto created = client.Create(10, {});
   REQUIRE_FALSE(created);
   CHECK(created.error().kind() == ErrorKind::kUnsupported);
-  CHECK(client.last_failure() == FailureClass::kVersion);
+  CHECK(created.error().failure() == FailureClass::kVersion);
   CHECK_THAT(created.error().message(), Catch::Contains("2.0.0") && Catch::Contains("1.0.0"));
   auto caps = client.Discover();
   REQUIRE_FALSE(caps);
-  CHECK(client.last_failure() == FailureClass::kVersion);
+  CHECK(caps.error().failure() == FailureClass::kVersion);
   CHECK_THAT(caps.error().message(), Catch::Contains("2.0.0,1.1.0"));
 }
 
@@ -204,13 +204,13 @@ TEST_CASE("tus 413: an upload over the server's max size is permanent and names 
   tus::Client client(http, f.server.endpoint);
   auto refused = client.Create(2000, {});
   REQUIRE_FALSE(refused);
-  CHECK(client.last_failure() == FailureClass::kTooLarge);
+  CHECK(refused.error().failure() == FailureClass::kTooLarge);
   CHECK_THAT(refused.error().message(), Catch::Contains("413") && Catch::Contains("2000"));
   // After discovery the client knows the limit (Tus-Max-Size) and says so without sending.
   REQUIRE(client.Discover());
   auto local = client.Create(2000, {});
   REQUIRE_FALSE(local);
-  CHECK(client.last_failure() == FailureClass::kTooLarge);
+  CHECK(local.error().failure() == FailureClass::kTooLarge);
   CHECK_THAT(local.error().message(), Catch::Contains("at most 1000") && Catch::Contains("2000"));
   CHECK(client.Create(1000, {}));  // exactly the limit is fine
 }
@@ -257,7 +257,7 @@ TEST_CASE("tus checksum: Upload-Checksum (sha1) is sent when offered and a 460 r
   REQUIRE(url2);
   auto failed = client.UploadFrom(*url2, data, 0, 4096);
   REQUIRE_FALSE(failed);
-  CHECK(client.last_failure() == FailureClass::kChecksum);
+  CHECK(failed.error().failure() == FailureClass::kChecksum);
   CHECK(failed.error().IsTransient());
 }
 
@@ -274,7 +274,7 @@ TEST_CASE("tus 423: a locked upload is a transient failure of its own class", "[
   const std::vector<std::uint8_t> data(10, 1);
   auto locked = client.Patch(*url, 0, data);
   REQUIRE_FALSE(locked);
-  CHECK(client.last_failure() == FailureClass::kLocked);
+  CHECK(locked.error().failure() == FailureClass::kLocked);
   CHECK(locked.error().IsTransient());
   CHECK_THAT(locked.error().message(), Catch::Contains("locked"));
 }
@@ -314,7 +314,7 @@ TEST_CASE("http before_send paces every body byte and a refusal aborts the trans
   auto aborted = client.Patch(*url2, 0, data);
   REQUIRE_FALSE(aborted);
   CHECK(aborted.error().kind() == ErrorKind::kCancelled);
-  CHECK(client.last_failure() == FailureClass::kLinkDown);
+  CHECK(aborted.error().failure() == FailureClass::kLinkDown);
   CHECK_THAT(aborted.error().message(), Catch::Contains("revoked"));
   CHECK(fake.Data(*url2).empty());  // the fake stores a PATCH only when its body is complete
 }

@@ -24,7 +24,7 @@
 #include "base/log.hpp"
 #include "base/sha256.hpp"
 #include "base/uid.hpp"
-#include "agent/core/retry.hpp"
+#include "base/retry.hpp"
 #include "agent/core/uploader.hpp"
 #include "agent/spool/spool.hpp"
 #include "tests/support/process.hpp"
@@ -67,8 +67,8 @@ struct TusScan {
     REQUIRE(spool->FinishAcquisition(scan_uid, manifest));
   }
 
-  static core::RetryPolicy FastRetries() {
-    core::RetryPolicy retry;
+  static RetryPolicy FastRetries() {
+    RetryPolicy retry;
     retry.delay_scale = 0.001;  // the table's classes and attempt caps, with delays in ms not s
     return retry;
   }

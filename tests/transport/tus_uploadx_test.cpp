@@ -141,5 +141,5 @@ TEST_CASE("uploadx tus server: an interrupted upload resumes from the offset HEA
   REQUIRE(second.Terminate(url));
   auto gone = second.Query(url);
   REQUIRE_FALSE(gone);
-  CHECK(second.last_failure() == FailureClass::kUploadGone);
+  CHECK(gone.error().failure() == FailureClass::kUploadGone);
 }

@@ -19,7 +19,7 @@
 #include "base/sha256.hpp"
 #include "base/uid.hpp"
 #include "agent/core/link_provider.hpp"
-#include "agent/core/retry.hpp"
+#include "base/retry.hpp"
 #include "agent/core/uploader.hpp"
 #include "agent/spool/spool.hpp"
 #include "tests/support/process.hpp"
@@ -82,8 +82,8 @@ struct Fixture {
     cloud = FakeCloud(fake, 1, 64 * 1024);
   }
 
-  static core::RetryPolicy FastRetries() {
-    core::RetryPolicy retry;
+  static RetryPolicy FastRetries() {
+    RetryPolicy retry;
     retry.delay_scale = 0.001;  // the table's classes and attempt caps, with delays in ms not s
     return retry;
   }
@@ -156,7 +156,7 @@ class FakeLinks : public core::LinkProvider {
 
 TEST_CASE("retry table: permanent classes are never retried, transient ones back off within their caps",
           "[transport][upload][retry]") {
-  const core::RetryPolicy policy;
+  const RetryPolicy policy;
   for (auto permanent : {FailureClass::kTlsRejected, FailureClass::kAuth, FailureClass::kVersion,
                          FailureClass::kTooLarge, FailureClass::kEndpoint, FailureClass::kLocal}) {
     INFO(transport::ToString(permanent));

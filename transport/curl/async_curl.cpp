@@ -321,34 +321,33 @@ struct AsyncHttp::Impl : std::enable_shared_from_this<AsyncHttp::Impl> {
       curl_easy_setopt(request.easy, CURLOPT_FRESH_CONNECT, 1L);
       if (curl_multi_add_handle(multi, request.easy) == CURLM_OK) return;
     }
-    FailureClass failure = FailureClass::kNone;
     Expected<HttpResponse> result = HttpResponse{};
     if (code == CURLE_OK) {
       curl::FinishResponse(request.easy, request.transfer);
       result = std::move(request.transfer.response);
     } else {
-      result = curl::FailureMapper(options, request.easy, request.error_buffer, &failure)
+      result = curl::FailureMapper(options, request.easy, request.error_buffer)
                    .Map(code, request.shown_url, request.transfer);
     }
-    Complete(request.id, std::move(result), failure);
+    Complete(request.id, std::move(result));
   }
 
   // Removes the request and posts its completion.
-  void Complete(RequestId id, Expected<HttpResponse> result, FailureClass failure) {
+  void Complete(RequestId id, Expected<HttpResponse> result) {
     const auto it = requests.find(id);
     if (it == requests.end()) return;
     std::unique_ptr<Request> request = std::move(it->second);
     requests.erase(it);
-    Post(std::move(request->done), std::move(result), failure, std::move(request->request.keep_alive));
+    Post(std::move(request->done), std::move(result), std::move(request->request.keep_alive));
   }
 
-  void Post(AsyncCompletion done, Expected<HttpResponse> result, FailureClass failure, std::shared_ptr<const void> keep) {
-    boost::asio::post(io, [weak = weak_from_this(), done = std::move(done), result = std::move(result), failure,
+  void Post(AsyncCompletion done, Expected<HttpResponse> result, std::shared_ptr<const void> keep) {
+    boost::asio::post(io, [weak = weak_from_this(), done = std::move(done), result = std::move(result),
                            keep = std::move(keep)]() mutable {
       const auto self = weak.lock();
       if (!self) return;  // the engine is gone: no completion (see ~AsyncHttp)
       --self->outstanding;
-      if (done) done(std::move(result), failure);
+      if (done) done(std::move(result));
     });
   }
 
@@ -389,23 +388,22 @@ struct AsyncHttp::Impl : std::enable_shared_from_this<AsyncHttp::Impl> {
     request->request = std::move(async_request);
     request->done = std::move(done);
     request->shown_url = RedactUrl(request->request.request.url);
-    const auto fail_now = [&](Unexpected error, FailureClass failure) {
-      Post(std::move(request->done), std::move(error), failure, std::move(request->request.keep_alive));
+    // Errors made here carry the class of their kind (kLocal, kCancelled) or the mapper's.
+    const auto fail_now = [&](Unexpected error) {
+      Post(std::move(request->done), std::move(error), std::move(request->request.keep_alive));
       return id;
     };
     if (auto checked = curl::CheckUrl(options, request->request.request.url, &warned_plain_http); !checked) {
-      return fail_now(MakeError(checked.error()), FailureClass::kLocal);
+      return fail_now(MakeError(checked.error()));
     }
     if (multi == nullptr) {
-      return fail_now(MakeError(ErrorKind::kInternal, "libcurl could not be initialised (curl_multi_init failed)"),
-                      FailureClass::kLocal);
+      return fail_now(MakeError(ErrorKind::kInternal, "libcurl could not be initialised (curl_multi_init failed)"));
     }
     if (const auto& file = request->request.file_body) {
       request->body_fd = ::open(file->path.c_str(), O_RDONLY | O_CLOEXEC);
       if (request->body_fd < 0) {
         return fail_now(MakeError(ErrorKind::kIo, "cannot open the request body " + file->path.string() + " for " +
-                                                      request->shown_url + ": " + std::strerror(errno)),
-                        FailureClass::kLocal);
+                                                      request->shown_url + ": " + std::strerror(errno)));
       }
       request->body_length = file->length;
     } else {
@@ -413,30 +411,26 @@ struct AsyncHttp::Impl : std::enable_shared_from_this<AsyncHttp::Impl> {
     }
     request->easy = curl_easy_init();
     if (request->easy == nullptr) {
-      return fail_now(MakeError(ErrorKind::kInternal, "libcurl could not make a handle for " + request->shown_url),
-                      FailureClass::kLocal);
+      return fail_now(MakeError(ErrorKind::kInternal, "libcurl could not make a handle for " + request->shown_url));
     }
     request->started = std::chrono::steady_clock::now();
     request->derived = curl::DeriveDeadline(options, request->body_length, request->request.max_response_bytes);
     request->transfer = NewTransfer(*request);
-    FailureClass failure = FailureClass::kNone;
-    const curl::FailureMapper mapper(options, request->easy, request->error_buffer, &failure);
-    if (curl::ShouldCancel(request->transfer)) return fail_now(mapper.Cancelled(request->shown_url), failure);
+    const curl::FailureMapper mapper(options, request->easy, request->error_buffer);
+    if (curl::ShouldCancel(request->transfer)) return fail_now(mapper.Cancelled(request->shown_url));
     if (curl::PastDeadline(request->transfer, request->started)) {
-      auto error = mapper.DeadlineError(request->shown_url, request->transfer);
-      return fail_now(std::move(error), failure);
+      return fail_now(mapper.DeadlineError(request->shown_url, request->transfer));
     }
     if (auto configured = curl::ConfigureEasy(request->easy, options, request->request.request, request->transfer,
                                               &request->headers, request->error_buffer);
         !configured) {
-      return fail_now(MakeError(configured.error()), FailureClass::kLocal);
+      return fail_now(MakeError(configured.error()));
     }
     curl_easy_setopt(request->easy, CURLOPT_PRIVATE, request.get());
     Request* const started = request.get();
     requests.emplace(id, std::move(request));
     if (curl_multi_add_handle(multi, started->easy) != CURLM_OK) {
-      Complete(id, MakeError(ErrorKind::kInternal, "libcurl refused a request to " + started->shown_url),
-               FailureClass::kLocal);
+      Complete(id, MakeError(ErrorKind::kInternal, "libcurl refused a request to " + started->shown_url));
       return id;
     }
     ArmCheck();

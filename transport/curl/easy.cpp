@@ -441,8 +441,7 @@ void FinishResponse(CURL* easy, Transfer& transfer) {
 
 
 Unexpected FailureMapper::Fail(FailureClass failure, ErrorKind kind, std::string message) const {
-  *failure_ = failure;
-  return MakeError(kind, std::move(message));
+  return MakeError(kind, std::move(message), failure);
 }
 
 Unexpected FailureMapper::ClientCertificateError(const std::string& url, const std::string& detail) const {
@@ -459,37 +458,38 @@ Unexpected FailureMapper::ClientCertificateError(const std::string& url, const s
 }
 
 Unexpected FailureMapper::CertificateError(const std::string& url) const {
-  *failure_ = FailureClass::kTlsRejected;
   long verify_result = X509_V_OK;
   curl_easy_getinfo(easy_, CURLINFO_SSL_VERIFYRESULT, &verify_result);
   const std::string detail = error_buffer_[0] != '\0' ? std::string(error_buffer_) : "";
-  const std::string ca = options_.tls.ca_file.empty() ? std::string("the system CA store")
-                                                    : "CA file " + options_.tls.ca_file.string();
+  const std::string ca =
+      options_.tls.ca_file.empty() ? std::string("the system CA store") : "CA file " + options_.tls.ca_file.string();
   if (verify_result == X509_V_ERR_CERT_HAS_EXPIRED) {
-    return MakeError(ErrorKind::kTls, "TLS: the server certificate of " + url +
-                                          " has expired; the imaging center must renew it (" + detail + ")");
+    return Fail(
+        FailureClass::kTlsRejected, ErrorKind::kTls,
+        "TLS: the server certificate of " + url + " has expired; the imaging center must renew it (" + detail + ")");
   }
   if (verify_result == X509_V_ERR_CERT_NOT_YET_VALID) {
-    *failure_ = FailureClass::kClockSkew;
-    return MakeError(ErrorKind::kTls, "TLS: the server certificate of " + url +
-                                          " is not yet valid; check this terminal's clock (" + detail + ")");
+    return Fail(
+        FailureClass::kClockSkew, ErrorKind::kTls,
+        "TLS: the server certificate of " + url + " is not yet valid; check this terminal's clock (" + detail + ")");
   }
   if (IsUnknownIssuer(verify_result)) {
-    return MakeError(ErrorKind::kTls, "TLS: the server certificate of " + url +
-                                          " is not signed by a trusted CA (unknown or self-signed issuer: " +
-                                          X509_verify_cert_error_string(verify_result) + "); check that " + ca +
-                                          " holds the imaging center's CA");
+    return Fail(
+        FailureClass::kTlsRejected, ErrorKind::kTls,
+        "TLS: the server certificate of " + url + " is not signed by a trusted CA (unknown or self-signed issuer: " +
+            X509_verify_cert_error_string(verify_result) + "); check that " + ca + " holds the imaging center's CA");
   }
   // curl checks the host name itself after the chain verified, and then reports no specific
   // OpenSSL code (X509_V_OK or "unspecified"): its message names the host name.
   if (verify_result == X509_V_ERR_HOSTNAME_MISMATCH || verify_result == X509_V_ERR_IP_ADDRESS_MISMATCH ||
       detail.find("host name") != std::string::npos) {
-    return MakeError(ErrorKind::kTls, "TLS: host name mismatch: the server certificate of " + url +
-                                          " was not issued for this host; check the URL's host name (" +
-                                          detail + ")");
+    return Fail(FailureClass::kTlsRejected, ErrorKind::kTls,
+                "TLS: host name mismatch: the server certificate of " + url +
+                    " was not issued for this host; check the URL's host name (" + detail + ")");
   }
-  return MakeError(ErrorKind::kTls, "TLS: the server certificate of " + url + " failed verification: " +
-                                        X509_verify_cert_error_string(verify_result) + " (" + detail + ")");
+  return Fail(FailureClass::kTlsRejected, ErrorKind::kTls,
+              "TLS: the server certificate of " + url +
+                  " failed verification: " + X509_verify_cert_error_string(verify_result) + " (" + detail + ")");
 }
 
 Unexpected FailureMapper::Cancelled(const std::string& url) const {

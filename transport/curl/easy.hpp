@@ -134,12 +134,12 @@ bool ReusedWithoutAnswer(CURL* easy);
 // Fills status and HTTP version of a finished request.
 void FinishResponse(CURL* easy, Transfer& transfer);
 
-// Turns the outcome of one request into an Error with a message a person can act on, and its
-// FailureClass into *failure. `url` is the redacted URL named in messages.
+// Turns the outcome of one request into an Error with a message a person can act on and its
+// FailureClass (Error::failure()). `url` is the redacted URL named in messages.
 class FailureMapper {
  public:
-  FailureMapper(const HttpOptions& options, CURL* easy, const char* error_buffer, FailureClass* failure)
-      : options_(options), easy_(easy), error_buffer_(error_buffer), failure_(failure) {}
+  FailureMapper(const HttpOptions& options, CURL* easy, const char* error_buffer)
+      : options_(options), easy_(easy), error_buffer_(error_buffer) {}
   Unexpected Map(CURLcode code, const std::string& url, const Transfer& transfer) const;
   Unexpected Cancelled(const std::string& url) const;
   Unexpected DeadlineError(const std::string& url, const Transfer& transfer) const;
@@ -152,7 +152,6 @@ class FailureMapper {
   const HttpOptions& options_;
   CURL* easy_;
   const char* error_buffer_;
-  FailureClass* failure_;
 };
 
 }  // namespace ctagent::transport::curl

@@ -22,34 +22,6 @@ namespace ctagent::transport {
 
 using detail::ToLower;
 
-const char* ToString(FailureClass failure) {
-  switch (failure) {
-    case FailureClass::kNone: return "none";
-    case FailureClass::kDns: return "dns";
-    case FailureClass::kConnect: return "connect";
-    case FailureClass::kTlsHandshake: return "tls-handshake";
-    case FailureClass::kTlsRejected: return "tls-rejected";
-    case FailureClass::kClockSkew: return "clock-skew";
-    case FailureClass::kStall: return "stall";
-    case FailureClass::kTimeout: return "timeout";
-    case FailureClass::kConnectionLost: return "connection-lost";
-    case FailureClass::kServerError: return "http-5xx";
-    case FailureClass::kConflict: return "http-409";
-    case FailureClass::kLocked: return "http-423";
-    case FailureClass::kChecksum: return "http-460";
-    case FailureClass::kUploadGone: return "upload-gone";
-    case FailureClass::kAuth: return "http-401/403";
-    case FailureClass::kVersion: return "http-412";
-    case FailureClass::kTooLarge: return "http-413";
-    case FailureClass::kEndpoint: return "endpoint-missing";
-    case FailureClass::kProtocol: return "protocol";
-    case FailureClass::kLinkDown: return "link-down";
-    case FailureClass::kCancelled: return "cancelled";
-    case FailureClass::kLocal: return "local";
-  }
-  return "unknown";
-}
-
 // HttpShare::Impl is in curl/easy.hpp (ConfigureEasy hands its CURLSH to each handle).
 
 HttpShare::HttpShare() : impl_(std::make_unique<Impl>()) {
@@ -77,7 +49,6 @@ struct HttpClient::Impl {
   CURL* easy = nullptr;
   bool warned_plain_http = false;
   char error_buffer[CURL_ERROR_SIZE] = {};
-  FailureClass last_failure = FailureClass::kNone;
 };
 
 HttpClient::HttpClient(HttpOptions options) : impl_(std::make_unique<Impl>()) {
@@ -89,11 +60,8 @@ HttpClient::~HttpClient() {
   if (impl_->easy != nullptr) curl_easy_cleanup(impl_->easy);
 }
 
-FailureClass HttpClient::last_failure() const { return impl_->last_failure; }
-
 Expected<HttpResponse> HttpClient::Perform(const HttpRequest& request, std::uint64_t max_response_bytes) {
   Impl& impl = *impl_;
-  impl.last_failure = FailureClass::kLocal;  // until the request reaches libcurl
   const std::string shown_url = RedactUrl(request.url);
   if (auto checked = curl::CheckUrl(impl.options, request.url, &impl.warned_plain_http); !checked) {
     return MakeError(checked.error());
@@ -105,7 +73,7 @@ Expected<HttpResponse> HttpClient::Perform(const HttpRequest& request, std::uint
   CURL* easy = impl.easy;
   curl_easy_reset(easy);
   impl.error_buffer[0] = '\0';
-  const curl::FailureMapper mapper(impl.options, easy, impl.error_buffer, &impl.last_failure);
+  const curl::FailureMapper mapper(impl.options, easy, impl.error_buffer);
 
   // The deadlines count from here, and hold across the one resend below (same time points).
   const auto started = std::chrono::steady_clock::now();
@@ -144,7 +112,6 @@ Expected<HttpResponse> HttpClient::Perform(const HttpRequest& request, std::uint
   curl_easy_setopt(easy, CURLOPT_SEEKDATA, nullptr);
   if (code != CURLE_OK) return mapper.Map(code, shown_url, transfer);
   curl::FinishResponse(easy, transfer);
-  impl.last_failure = FailureClass::kNone;
   return std::move(transfer.response);
 }
 
