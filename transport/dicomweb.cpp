@@ -415,9 +415,9 @@ Expected<PreparedGet> Protocol::Prepare(std::string what, std::string url, Heade
   return get;
 }
 
-Expected<HttpResponse> Protocol::ReadGet(const PreparedGet& get, const Expected<HttpResponse>& response,
-                                         FailureClass http_failure) const {
-  if (response) return response;
+Status Protocol::CheckGet(const PreparedGet& get, const Expected<HttpResponse>& response,
+                          FailureClass http_failure) const {
+  if (response) return Ok();
   if (http_failure == FailureClass::kTimeout && std::chrono::steady_clock::now() >= deadline_) {
     return MakeError(ErrorKind::kNetwork, get.what + " " + RedactUrl(get.url) +
                                               " stopped: the answer did not arrive before the deadline (the server "
@@ -433,8 +433,8 @@ Expected<HttpResponse> Protocol::ReadGet(const PreparedGet& get, const Expected<
 Expected<std::vector<QidoDataset>> Protocol::ReadQido(const PreparedGet& get, const Expected<HttpResponse>& answer,
                                                       FailureClass http_failure,
                                                       const std::vector<std::string>& tags) const {
-  auto response = ReadGet(get, answer, http_failure);
-  if (!response) return MakeError(response.error());
+  if (Status got = CheckGet(get, answer, http_failure); !got) return MakeError(got.error());
+  const HttpResponse* response = &*answer;
   if (response->status == 204) return std::vector<QidoDataset>{};
   if (response->status != 200) return StatusError(get.what, get.url, response->status);
   if (response->body.empty()) return std::vector<QidoDataset>{};
@@ -538,12 +538,12 @@ Expected<std::vector<std::uint8_t>> Protocol::ReadRetrieve(const PreparedGet& ge
                                                            FailureClass http_failure, bool* over_limit) const {
   if (over_limit != nullptr) *over_limit = false;
   const std::string shown = RedactUrl(get.url);
-  auto response = ReadGet(get, answer, http_failure);
-  if (!response) {
+  if (Status got = CheckGet(get, answer, http_failure); !got) {
     // The HTTP layer's only kProtocol error is a body over the cap it was given.
-    if (response.error().kind() == ErrorKind::kProtocol && over_limit != nullptr) *over_limit = true;
-    return MakeError(response.error());
+    if (got.error().kind() == ErrorKind::kProtocol && over_limit != nullptr) *over_limit = true;
+    return MakeError(got.error());
   }
+  const HttpResponse* response = &*answer;
   if (response->status != 200) return StatusError(get.what, get.url, response->status);
   // One instance was asked for: a second part is refused before it is copied.
   auto parts = ParseMultipartRelated(response->Header("Content-Type"), response->body, 1);

@@ -90,9 +90,9 @@ class Protocol {
 
  private:
   Expected<PreparedGet> Prepare(std::string what, std::string url, HeaderList headers, std::uint64_t max_bytes) const;
-  // The HTTP outcome with the deadline and stop told apart, and `what` added to other errors.
-  Expected<HttpResponse> ReadGet(const PreparedGet& get, const Expected<HttpResponse>& response,
-                                 FailureClass http_failure) const;
+  // Ok when a response arrived; else the error with the deadline and stop told apart, and
+  // `what` added to other errors. (The response is read in place: a body is never copied.)
+  Status CheckGet(const PreparedGet& get, const Expected<HttpResponse>& response, FailureClass http_failure) const;
   Expected<std::vector<QidoDataset>> ReadQido(const PreparedGet& get, const Expected<HttpResponse>& response,
                                               FailureClass http_failure, const std::vector<std::string>& tags) const;
 
