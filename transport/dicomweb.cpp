@@ -396,55 +396,60 @@ Expected<std::vector<QidoDataset>> ParseQidoDatasets(std::string_view body, cons
   return std::move(sax.datasets());
 }
 
-Client::Client(HttpClient& http, std::string root, JsonLimits limits)
-    : http_(http), root_(std::move(root)), limits_(limits) {
+Protocol::Protocol(std::string root, JsonLimits limits) : root_(std::move(root)), limits_(limits) {
   while (root_.ends_with('/')) root_.pop_back();
 }
 
-void Client::SetDeadline(std::chrono::steady_clock::time_point deadline, std::function<bool()> keep_going) {
+void Protocol::SetDeadline(std::chrono::steady_clock::time_point deadline, std::function<bool()> keep_going) {
   deadline_ = deadline;
   keep_going_ = std::move(keep_going);
 }
 
-Expected<HttpResponse> Client::Get(const std::string& what, const std::string& url, HeaderList headers,
-                                   std::uint64_t max_bytes) {
-  const auto expired = [this] { return std::chrono::steady_clock::now() >= deadline_; };
-  if (expired()) {
+Expected<PreparedGet> Protocol::Prepare(std::string what, std::string url, HeaderList headers,
+                                        std::uint64_t max_bytes) const {
+  if (std::chrono::steady_clock::now() >= deadline_) {
     return MakeError(ErrorKind::kNetwork, what + " " + RedactUrl(url) + " not started: the deadline has passed",
                      FailureClass::kTimeout);
   }
-  HttpRequest request;
-  request.url = url;
-  request.headers = std::move(headers);
+  PreparedGet get;
+  get.what = std::move(what);
+  get.url = std::move(url);
+  get.request.url = get.url;
+  get.request.headers = std::move(headers);
   // The HTTP layer checks both at every progress call (at least once a second, bytes moving or
   // not), so they bound the whole request, not just the silences the stall check sees.
-  if (deadline_ != std::chrono::steady_clock::time_point::max()) request.deadline = deadline_;
-  if (keep_going_) request.cancel = [this] { return !keep_going_(); };
-  auto response = http_.Perform(request, max_bytes);
-  if (!response && response.error().failure() == FailureClass::kTimeout && expired()) {
+  if (deadline_ != std::chrono::steady_clock::time_point::max()) get.request.deadline = deadline_;
+  if (keep_going_) get.request.cancel = [keep_going = keep_going_] { return !keep_going(); };
+  get.max_response_bytes = max_bytes;
+  return get;
+}
+
+Status Protocol::CheckGet(const PreparedGet& get, const Expected<HttpResponse>& response) const {
+  if (response) return Ok();
+  if (response.error().failure() == FailureClass::kTimeout && std::chrono::steady_clock::now() >= deadline_) {
     return MakeError(ErrorKind::kNetwork,
-                     what + " " + RedactUrl(url) +
+                     get.what + " " + RedactUrl(get.url) +
                          " stopped: the answer did not arrive before the deadline (the server sends it too slowly or "
                          "not at all)",
                      FailureClass::kTimeout);
   }
-  if (!response && response.error().kind() == ErrorKind::kCancelled && keep_going_ && !keep_going_()) {
-    return MakeError(ErrorKind::kCancelled, what + " " + RedactUrl(url) + " stopped: the agent is stopping");
+  if (response.error().kind() == ErrorKind::kCancelled && keep_going_ && !keep_going_()) {
+    return MakeError(ErrorKind::kCancelled, get.what + " " + RedactUrl(get.url) + " stopped: the agent is stopping");
   }
-  if (!response) return MakeError(response.error().WithContext(what));
-  return response;
+  return MakeError(response.error().WithContext(get.what));
 }
 
-// GET a QIDO-RS URL and return its entries (none for 204 or an empty body).
-Expected<std::vector<QidoDataset>> Client::Qido(const std::string& url, const std::vector<std::string>& tags) {
-  auto response = Get("QIDO-RS search", url, {{"Accept", kDicomJson}}, kMaxQidoBytes);
-  if (!response) return MakeError(response.error());
+// The entries of a QIDO-RS answer (none for 204 or an empty body).
+Expected<std::vector<QidoDataset>> Protocol::ReadQido(const PreparedGet& get, const Expected<HttpResponse>& answer,
+                                                      const std::vector<std::string>& tags) const {
+  if (Status got = CheckGet(get, answer); !got) return MakeError(got.error());
+  const HttpResponse* response = &*answer;
   if (response->status == 204) return std::vector<QidoDataset>{};
-  if (response->status != 200) return StatusError("QIDO-RS search", url, response->status);
+  if (response->status != 200) return StatusError(get.what, get.url, response->status);
   if (response->body.empty()) return std::vector<QidoDataset>{};
   auto datasets = ParseQidoDatasets(response->body, tags, limits_);
   if (!datasets) {
-    return MakeError(ErrorKind::kProtocol, "QIDO-RS search " + RedactUrl(url) + ": " + datasets.error().message() +
+    return MakeError(ErrorKind::kProtocol, get.what + " " + RedactUrl(get.url) + ": " + datasets.error().message() +
                                                "; answer refused (limits in docs/results.md)");
   }
   return datasets;
@@ -455,13 +460,27 @@ std::string Lookup(const QidoDataset& dataset, const char* tag) {
   const auto it = dataset.find(tag);
   return it == dataset.end() ? std::string() : it->second;
 }
+const std::vector<std::string>& SeriesTags() {
+  static const std::vector<std::string> tags{"0020000E", "00080060", "00201209"};
+  return tags;
+}
+const std::vector<std::string>& InstanceTags() {
+  static const std::vector<std::string> tags{"00080018", "00080016"};
+  return tags;
+}
 }  // namespace
 
-Expected<std::vector<SeriesRef>> Client::SearchSeries(const std::string& study_uid) {
+Expected<PreparedGet> Protocol::SearchSeriesRequest(const std::string& study_uid) const {
   if (auto ok = CheckUid(study_uid, "the study"); !ok) return MakeError(ok.error());
-  const std::string url = root_ + "/studies/" + study_uid + "/series";
-  auto datasets = Qido(url, {"0020000E", "00080060", "00201209"});
+  return Prepare("QIDO-RS search", root_ + "/studies/" + study_uid + "/series", {{"Accept", kDicomJson}},
+                 kMaxQidoBytes);
+}
+
+Expected<std::vector<SeriesRef>> Protocol::ReadSearchSeries(const PreparedGet& get,
+                                                            const Expected<HttpResponse>& response) const {
+  auto datasets = ReadQido(get, response, SeriesTags());
   if (!datasets) return MakeError(datasets.error());
+  const std::string url = RedactUrl(get.url);
   std::vector<SeriesRef> out;
   out.reserve(datasets->size());
   for (const auto& dataset : *datasets) {
@@ -469,13 +488,13 @@ Expected<std::vector<SeriesRef>> Client::SearchSeries(const std::string& study_u
     ref.series_uid = Lookup(dataset, "0020000E");
     ref.modality = Lookup(dataset, "00080060");
     if (ref.series_uid.empty()) {
-      return MakeError(ErrorKind::kProtocol, "QIDO-RS search " + RedactUrl(url) + ": a series has no SeriesInstanceUID");
+      return MakeError(ErrorKind::kProtocol, "QIDO-RS search " + url + ": a series has no SeriesInstanceUID");
     }
     const std::string count = Lookup(dataset, "00201209");
     if (!count.empty()) {
       const auto [end, ec] = std::from_chars(count.data(), count.data() + count.size(), ref.instance_count);
       if (ec != std::errc() || end != count.data() + count.size()) {
-        return MakeError(ErrorKind::kProtocol, "QIDO-RS search " + RedactUrl(url) + ": series " + ref.series_uid +
+        return MakeError(ErrorKind::kProtocol, "QIDO-RS search " + url + ": series " + ref.series_uid +
                                                    " has an invalid NumberOfSeriesRelatedInstances \"" + count + "\"");
       }
     }
@@ -484,43 +503,55 @@ Expected<std::vector<SeriesRef>> Client::SearchSeries(const std::string& study_u
   return out;
 }
 
-Expected<std::vector<InstanceRef>> Client::SearchInstances(const std::string& study_uid,
-                                                           const std::string& series_uid) {
+Expected<PreparedGet> Protocol::SearchInstancesRequest(const std::string& study_uid,
+                                                       const std::string& series_uid) const {
   if (auto ok = CheckUid(study_uid, "the study"); !ok) return MakeError(ok.error());
   if (auto ok = CheckUid(series_uid, "the series"); !ok) return MakeError(ok.error());
-  const std::string url = root_ + "/studies/" + study_uid + "/series/" + series_uid + "/instances";
-  auto datasets = Qido(url, {"00080018", "00080016"});
+  return Prepare("QIDO-RS search", root_ + "/studies/" + study_uid + "/series/" + series_uid + "/instances",
+                 {{"Accept", kDicomJson}}, kMaxQidoBytes);
+}
+
+Expected<std::vector<InstanceRef>> Protocol::ReadSearchInstances(const PreparedGet& get,
+                                                                 const Expected<HttpResponse>& response) const {
+  auto datasets = ReadQido(get, response, InstanceTags());
   if (!datasets) return MakeError(datasets.error());
   std::vector<InstanceRef> out;
   out.reserve(datasets->size());
   for (const auto& dataset : *datasets) {
     InstanceRef ref{Lookup(dataset, "00080018"), Lookup(dataset, "00080016")};
     if (ref.sop_instance_uid.empty()) {
-      return MakeError(ErrorKind::kProtocol, "QIDO-RS search " + RedactUrl(url) + ": an instance has no SOPInstanceUID");
+      return MakeError(ErrorKind::kProtocol,
+                       "QIDO-RS search " + RedactUrl(get.url) + ": an instance has no SOPInstanceUID");
     }
     out.push_back(std::move(ref));
   }
   return out;
 }
 
-Expected<std::vector<std::uint8_t>> Client::RetrieveInstance(const std::string& study_uid,
-                                                             const std::string& series_uid,
-                                                             const std::string& sop_instance_uid,
-                                                             std::uint64_t max_bytes, bool* over_limit) {
-  if (over_limit != nullptr) *over_limit = false;
+Expected<PreparedGet> Protocol::RetrieveRequest(const std::string& study_uid, const std::string& series_uid,
+                                                const std::string& sop_instance_uid, std::uint64_t max_bytes) const {
   if (auto ok = CheckUid(study_uid, "the study"); !ok) return MakeError(ok.error());
   if (auto ok = CheckUid(series_uid, "the series"); !ok) return MakeError(ok.error());
   if (auto ok = CheckUid(sop_instance_uid, "the instance"); !ok) return MakeError(ok.error());
-  const std::string url = root_ + "/studies/" + study_uid + "/series/" + series_uid + "/instances/" + sop_instance_uid;
-  const std::string shown = RedactUrl(url);
-  auto response = Get("WADO-RS retrieve", url, {{"Accept", "multipart/related; type=\"application/dicom\""}},
-                      max_bytes + kMultipartOverhead);
-  if (!response) {
+  auto get = Prepare("WADO-RS retrieve",
+                     root_ + "/studies/" + study_uid + "/series/" + series_uid + "/instances/" + sop_instance_uid,
+                     {{"Accept", "multipart/related; type=\"application/dicom\""}}, max_bytes + kMultipartOverhead);
+  if (get) get->max_instance_bytes = max_bytes;
+  return get;
+}
+
+Expected<std::vector<std::uint8_t>> Protocol::ReadRetrieve(const PreparedGet& get,
+                                                           const Expected<HttpResponse>& answer,
+                                                           bool* over_limit) const {
+  if (over_limit != nullptr) *over_limit = false;
+  const std::string shown = RedactUrl(get.url);
+  if (Status got = CheckGet(get, answer); !got) {
     // The HTTP layer's only kProtocol error is a body over the cap it was given.
-    if (response.error().kind() == ErrorKind::kProtocol && over_limit != nullptr) *over_limit = true;
-    return MakeError(response.error());
+    if (got.error().kind() == ErrorKind::kProtocol && over_limit != nullptr) *over_limit = true;
+    return MakeError(got.error());
   }
-  if (response->status != 200) return StatusError("WADO-RS retrieve", url, response->status);
+  const HttpResponse* response = &*answer;
+  if (response->status != 200) return StatusError(get.what, get.url, response->status);
   // One instance was asked for: a second part is refused before it is copied.
   auto parts = ParseMultipartRelated(response->Header("Content-Type"), response->body, 1);
   if (!parts) return MakeError(parts.error().WithContext("WADO-RS retrieve " + shown + " (expected exactly one instance)"));
@@ -529,13 +560,50 @@ Expected<std::vector<std::uint8_t>> Client::RetrieveInstance(const std::string& 
                                                std::to_string(parts->size()) + " parts");
   }
   const std::string& part = parts->front();
-  if (part.size() > max_bytes) {
+  if (part.size() > get.max_instance_bytes) {
     if (over_limit != nullptr) *over_limit = true;
     return MakeError(ErrorKind::kProtocol, "WADO-RS retrieve " + shown + ": the instance has " +
                                                std::to_string(part.size()) + " bytes, more than the limit of " +
-                                               std::to_string(max_bytes));
+                                               std::to_string(get.max_instance_bytes));
   }
   return std::vector<std::uint8_t>(part.begin(), part.end());
+}
+
+Client::Client(HttpClient& http, std::string root, JsonLimits limits)
+    : http_(http), protocol_(std::move(root), limits) {}
+
+void Client::SetDeadline(std::chrono::steady_clock::time_point deadline, std::function<bool()> keep_going) {
+  protocol_.SetDeadline(deadline, std::move(keep_going));
+}
+
+Expected<HttpResponse> Client::Send(const PreparedGet& get) {
+  return http_.Perform(get.request, get.max_response_bytes);
+}
+
+Expected<std::vector<SeriesRef>> Client::SearchSeries(const std::string& study_uid) {
+  auto get = protocol_.SearchSeriesRequest(study_uid);
+  if (!get) return MakeError(get.error());
+  auto response = Send(*get);
+  return protocol_.ReadSearchSeries(*get, response);
+}
+
+Expected<std::vector<InstanceRef>> Client::SearchInstances(const std::string& study_uid,
+                                                           const std::string& series_uid) {
+  auto get = protocol_.SearchInstancesRequest(study_uid, series_uid);
+  if (!get) return MakeError(get.error());
+  auto response = Send(*get);
+  return protocol_.ReadSearchInstances(*get, response);
+}
+
+Expected<std::vector<std::uint8_t>> Client::RetrieveInstance(const std::string& study_uid,
+                                                             const std::string& series_uid,
+                                                             const std::string& sop_instance_uid,
+                                                             std::uint64_t max_bytes, bool* over_limit) {
+  if (over_limit != nullptr) *over_limit = false;
+  auto get = protocol_.RetrieveRequest(study_uid, series_uid, sop_instance_uid, max_bytes);
+  if (!get) return MakeError(get.error());
+  auto response = Send(*get);
+  return protocol_.ReadRetrieve(*get, response, over_limit);
 }
 
 }  // namespace ctagent::transport::dicomweb

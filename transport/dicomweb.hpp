@@ -49,15 +49,67 @@ using QidoDataset = std::map<std::string, std::string>;
 Expected<std::vector<QidoDataset>> ParseQidoDatasets(std::string_view body, const std::vector<std::string>& tags,
                                                      const JsonLimits& limits = {});
 
+// One DICOMweb GET as both clients send it: built by Protocol, sent by the caller's HTTP engine
+// (HttpClient::Perform or AsyncHttp::Start), and its answer read by Protocol again.
+struct PreparedGet {
+  std::string what;  // names the request in errors: "QIDO-RS search", "WADO-RS retrieve"
+  std::string url;
+  HttpRequest request;  // url, Accept, and the deadline and cancel check of SetDeadline
+  std::uint64_t max_response_bytes = 0;
+  std::uint64_t max_instance_bytes = 0;  // WADO-RS: the cap asked for (the answer may add framing)
+};
+
+// How DICOMweb requests are built and their answers read, shared by the blocking Client and the
+// AsyncClient (dicomweb_async.hpp) so both send the same requests and give the same errors.
+// Holds no connection and does no I/O.
+class Protocol {
+ public:
+  // `root`: e.g. https://127.0.0.1:8042/dicom-web (no trailing slash needed)
+  explicit Protocol(std::string root, JsonLimits limits = {});
+
+  // Every later request ends (kNetwork, "deadline") once `deadline` passes, and (kCancelled)
+  // as soon as `keep_going` returns false (HttpRequest::deadline and ::cancel, checked at least
+  // once a second while a request runs); one built after the deadline is refused unsent.
+  void SetDeadline(std::chrono::steady_clock::time_point deadline, std::function<bool()> keep_going = {});
+
+  // QIDO-RS GET {root}/studies/{study}/series. An unknown study is an empty list, not an error.
+  Expected<PreparedGet> SearchSeriesRequest(const std::string& study_uid) const;
+  Expected<std::vector<SeriesRef>> ReadSearchSeries(const PreparedGet& get,
+                                                    const Expected<HttpResponse>& response) const;
+  // QIDO-RS GET {root}/studies/{study}/series/{series}/instances
+  Expected<PreparedGet> SearchInstancesRequest(const std::string& study_uid, const std::string& series_uid) const;
+  Expected<std::vector<InstanceRef>> ReadSearchInstances(const PreparedGet& get,
+                                                         const Expected<HttpResponse>& response) const;
+  // WADO-RS GET {root}/studies/{s}/series/{se}/instances/{i}: the instance's DICOM Part 10 bytes.
+  // An instance over `max_bytes` is refused (kProtocol) and `*over_limit` (if given) set to true.
+  Expected<PreparedGet> RetrieveRequest(const std::string& study_uid, const std::string& series_uid,
+                                        const std::string& sop_instance_uid, std::uint64_t max_bytes) const;
+  Expected<std::vector<std::uint8_t>> ReadRetrieve(const PreparedGet& get, const Expected<HttpResponse>& response,
+                                                   bool* over_limit = nullptr) const;
+
+ private:
+  Expected<PreparedGet> Prepare(std::string what, std::string url, HeaderList headers, std::uint64_t max_bytes) const;
+  // Ok when a response arrived; else the error with the deadline and stop told apart, and
+  // `what` added to other errors; each keeps its failure class (Error::failure()). (The
+  // response is read in place: a body is never copied.)
+  Status CheckGet(const PreparedGet& get, const Expected<HttpResponse>& response) const;
+  Expected<std::vector<QidoDataset>> ReadQido(const PreparedGet& get, const Expected<HttpResponse>& response,
+                                              const std::vector<std::string>& tags) const;
+
+  std::string root_;
+  JsonLimits limits_;
+  std::chrono::steady_clock::time_point deadline_ = std::chrono::steady_clock::time_point::max();
+  std::function<bool()> keep_going_;
+};
+
+// The blocking client: Protocol's requests sent with HttpClient::Perform on the caller's thread
+// (ctagent check's DICOMweb probe). The results fetch uses AsyncClient.
 class Client {
  public:
   // `root`: e.g. https://127.0.0.1:8042/dicom-web (no trailing slash needed)
   Client(HttpClient& http, std::string root, JsonLimits limits = {});
 
-  // Every later request ends (kNetwork, "deadline") once `deadline` passes, and (kCancelled)
-  // as soon as `keep_going` returns false (HttpRequest::deadline and ::cancel, checked at least
-  // once a second while a request runs), so a server that trickles its answer cannot hold the
-  // caller past its deadline.
+  // As Protocol::SetDeadline: a server that trickles its answer cannot hold the caller past it.
   void SetDeadline(std::chrono::steady_clock::time_point deadline, std::function<bool()> keep_going = {});
 
   // QIDO-RS GET {root}/studies/{study}/series. An unknown study is an empty list, not an error.
@@ -72,16 +124,10 @@ class Client {
                                                        std::uint64_t max_bytes, bool* over_limit = nullptr);
 
  private:
-  // GETs `url` with the deadline and cancel check applied; `what` names the request in errors.
-  Expected<HttpResponse> Get(const std::string& what, const std::string& url, HeaderList headers,
-                             std::uint64_t max_bytes);
-  Expected<std::vector<QidoDataset>> Qido(const std::string& url, const std::vector<std::string>& tags);
+  Expected<HttpResponse> Send(const PreparedGet& get);
 
   HttpClient& http_;
-  std::string root_;
-  JsonLimits limits_;
-  std::chrono::steady_clock::time_point deadline_ = std::chrono::steady_clock::time_point::max();
-  std::function<bool()> keep_going_;
+  Protocol protocol_;
 };
 
 // Splits a multipart/related body into its parts' bodies. `content_type` is the response's

@@ -7,13 +7,12 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <algorithm>
-#include <latch>
 #include <map>
 #include <set>
 
 #include "base/log.hpp"
 #include "agent/core/http_options.hpp"
-#include "transport/dicomweb.hpp"
+#include "transport/dicomweb_async.hpp"
 
 namespace ctagent::core {
 
@@ -46,6 +45,26 @@ std::string RefusalOf(const Expected<results::InstanceInfo>& info, const std::st
   return {};
 }
 
+// One connection per retrieve in flight and two for QIDO-RS searches besides: every scan's
+// requests share these; more wait in libcurl's queue for a free one.
+transport::AsyncHttpLimits EngineLimits() {
+  transport::AsyncHttpLimits limits;
+  limits.max_host_connections = static_cast<std::uint32_t>(ResultsFetcher::kParallelFetches) + 2;
+  limits.max_cached_connections = limits.max_host_connections;
+  limits.multiplex = false;
+  return limits;
+}
+
+// Runs `work` on the worker and `then` with its result on the loop: how the loop hands a blocking
+// step (a file, DCMTK, an fsync) away without waiting for it.
+template <typename Work, typename Then>
+void OnWorker(boost::asio::thread_pool& worker, boost::asio::io_context& io, Work work, Then then) {
+  boost::asio::post(worker, [&io, work = std::move(work), then = std::move(then)]() mutable {
+    auto result = work();
+    boost::asio::post(io, [then = std::move(then), result = std::move(result)]() mutable { then(std::move(result)); });
+  });
+}
+
 }  // namespace
 
 struct ResultsFetcher::Job {
@@ -60,11 +79,11 @@ struct ResultsFetcher::Job {
   std::chrono::steady_clock::time_point deadline;
   std::chrono::milliseconds interval{1000};
   Done done;
-  std::unique_ptr<transport::HttpClient> http;  // used on the worker thread only
-  // One per download thread slot (FetchBatch), made at the first batch; slot i is used by one
-  // download at a time.
-  std::vector<std::unique_ptr<transport::HttpClient>> download_http;
-  std::uint32_t received = 0;                   // counted on the worker thread
+  // The job's requests, on the loop, each ending by `deadline` or when the fetcher stops.
+  std::unique_ptr<transport::dicomweb::AsyncClient> dicomweb;
+  // The fields below are used by one step at a time: a step on the loop or the worker hands the
+  // job on (posts) and does not touch it afterwards.
+  std::uint32_t received = 0;
   std::uint32_t delivered = 0;
   // Instances refused by this job (by the UID QIDO listed): not downloaded again while the job
   // runs, so a server that keeps sending the wrong bytes costs one download per instance.
@@ -85,6 +104,39 @@ struct ResultsFetcher::Job {
   results::ScanFindings::Timeline timeline;
   std::string set_refusal;  // why the AI result set was refused (logged once)
   std::string console_refusal;  // what the console refused, for the outcome
+};
+
+// One poll round: the series QIDO-RS listed, read one after the other.
+struct ResultsFetcher::Round {
+  std::vector<transport::dicomweb::SeriesRef> series;
+  std::size_t index = 0;  // the series being read
+  std::set<std::string> have;     // stored results of the scan
+  std::set<std::string> have_ct;  // stored CT images: only they carry ImagesInAcquisition
+  std::set<std::string> series_seen;
+  std::set<std::string> listed;
+  bool any_complete = false;
+  // The series being read: stored and expected images, what is new (in the order listed) and
+  // where its next batch starts.
+  std::uint32_t stored = 0;
+  std::uint32_t expected = 0;
+  std::vector<std::string> to_fetch;
+  std::size_t next_batch = 0;
+};
+
+struct ResultsFetcher::Download {
+  std::optional<Expected<std::vector<std::uint8_t>>> bytes;
+  bool over_limit = false;
+  std::optional<Expected<results::InstanceInfo>> info;
+};
+
+// Up to kBatchInstances instances of one series, downloaded kParallelFetches at a time.
+struct ResultsFetcher::Batch {
+  std::string series_uid;
+  std::vector<std::string> uids;
+  std::uint64_t cap = 0;  // per download: its share of max_instance_bytes, within the room left
+  std::vector<Download> downloads;  // sized once before the first download starts
+  std::size_t next = 0;      // the next download to start
+  std::size_t finished = 0;  // downloads ended (and, when they brought bytes, checked)
 };
 
 void ResultsFetcher::Complete(Job& job, Status status) {
@@ -125,14 +177,17 @@ ResultsFetcher::ResultsFetcher(boost::asio::io_context& io, spool::Spool& spool,
       console_(config.console),
       dicomweb_url_(config.cloud.dicomweb_url),
       http_options_(std::move(http_options)),
+      http_(std::make_unique<transport::AsyncHttp>(io, http_options_, EngineLimits())),
       retry_(std::move(retry)) {}
 
 ResultsFetcher::~ResultsFetcher() { Stop(); }
 
 void ResultsFetcher::Stop() {
   stopping_ = true;
-  worker_.join();  // a round waits for its downloads, so none is left after this
-  downloads_.join();
+  // On the loop, the requests in flight end now; otherwise at their next progress check (within
+  // about a second of the loop running), or with the engine once the loop no longer runs.
+  if (io_.get_executor().running_in_this_thread()) http_->CancelAll();
+  worker_.join();  // the blocking step under way ends; no new one starts
 }
 
 void ResultsFetcher::FetchAndDeliver(const std::string& scan_uid, const std::string& study_uid, Done done) {
@@ -142,170 +197,379 @@ void ResultsFetcher::FetchAndDeliver(const std::string& scan_uid, const std::str
   job->deadline = std::chrono::steady_clock::now() + std::chrono::seconds(results_.timeout_s);
   job->interval = std::chrono::milliseconds(results_.poll_interval_ms);
   job->done = std::move(done);
-  job->http = std::make_unique<transport::HttpClient>(http_options_);
+  job->dicomweb = std::make_unique<transport::dicomweb::AsyncClient>(io_, *http_, dicomweb_url_);
+  // Each request ends by the job's deadline or when the fetcher stops, whatever the server does.
+  job->dicomweb->SetDeadline(job->deadline, [this] { return !stopping_.load(); });
   Poll(std::move(job));
 }
 
+// What a round's outcome leads to: delivery, the end of the job, or the next round after the
+// backoff. On the io_context.
+void ResultsFetcher::RoundDone(std::shared_ptr<Job> job, Expected<bool> complete) {
+  if (complete && *complete) {
+    Deliver(job);
+    return;
+  }
+  // A failed poll: retried by its class, as uploads are (one policy, base/retry.hpp).
+  std::chrono::milliseconds wait = job->interval;
+  if (!complete) {
+    const Error& error = complete.error();
+    const FailureClass failure = error.failure();
+    const ClassRetry rule = retry_.For(failure);
+    const std::string context = "fetching results of scan " + job->scan_uid;
+    if (failure == FailureClass::kCancelled) {
+      Complete(*job, MakeError(error.WithContext(context)));
+      return;
+    }
+    if (rule.permanent || job->failed_polls + 1 >= rule.max_attempts) {
+      const std::string advice = PermanentAdvice(failure);
+      const std::string why =
+          rule.permanent ? (advice.empty() ? std::string("not retried") : "not retried: " + advice)
+                         : "gave up after " + std::to_string(job->failed_polls + 1) +
+                               " failed polls in a row; the agent asks again on its next run";
+      const Error ended = error.WithContext(context + " [" + ToString(failure) + ", " + why + "]");
+      log::Error("results", ended.message());
+      Complete(*job, MakeError(ended));
+      return;
+    }
+    wait = retry_.Delay(failure, job->failed_polls, rng_);
+    ++job->failed_polls;
+    job->last_problem = error.message();
+    log::Warn("results", "scan " + job->scan_uid + ": " + job->last_problem + " [" + ToString(failure) +
+                             "]; retry " + std::to_string(job->failed_polls) + " in " +
+                             std::to_string(wait.count()) + " ms");
+    if (retry_counts_ != nullptr) ++(*retry_counts_)[ToString(failure)];
+  } else {
+    job->failed_polls = 0;
+  }
+  if (std::chrono::steady_clock::now() + wait > job->deadline) {
+    const std::string problem = job->last_problem.empty() ? "" : " (last problem: " + job->last_problem + ")";
+    Complete(*job, MakeError(ErrorKind::kNetwork,
+                             "no complete result series for scan " + job->scan_uid + " within " +
+                                 std::to_string(results_.timeout_s) + " s (results.timeout_s)" + problem +
+                                 "; the raw data is safe in the spool and the agent keeps asking on its "
+                                 "next run"));
+    return;
+  }
+  if (complete) {
+    // Not complete yet: wait the poll interval. Something new arrived: the rest of the set is
+    // likely close behind, so the interval starts over (the SR follows the CT series within
+    // seconds).
+    if (job->progress) job->interval = std::chrono::milliseconds(results_.poll_interval_ms);
+    wait = job->interval;
+    job->interval = std::min(job->interval * 2, std::chrono::milliseconds(results_.poll_max_interval_ms));
+  }
+  auto timer = std::make_shared<boost::asio::steady_timer>(io_, wait);
+  timer->async_wait([this, job, timer](const boost::system::error_code&) { Poll(job); });
+}
+
+void ResultsFetcher::AcquireBatchSlot(std::function<void()> start) {
+  if (!batch_running_) {
+    batch_running_ = true;
+    start();
+    return;
+  }
+  batch_waiting_.push_back(std::move(start));  // at most one per job: a job waits for one batch at a time
+}
+
+void ResultsFetcher::ReleaseBatchSlot() {
+  if (batch_waiting_.empty()) {
+    batch_running_ = false;
+    return;
+  }
+  auto next = std::move(batch_waiting_.front());
+  batch_waiting_.pop_front();
+  boost::asio::post(io_, std::move(next));  // the slot passes on, never re-entered from a completion
+}
+
 void ResultsFetcher::Poll(std::shared_ptr<Job> job) {
-  boost::asio::post(worker_, [this, job] {
-    auto complete = stopping_ ? Expected<bool>(MakeError(ErrorKind::kCancelled, "agent is stopping")) : PollOnce(*job);
-    boost::asio::post(io_, [this, job, complete] {
-      if (complete && *complete) {
-        Deliver(job);
-        return;
-      }
-      // A failed poll: retried by its class, as uploads are (one policy, base/retry.hpp).
-      std::chrono::milliseconds wait = job->interval;
-      if (!complete) {
-        const Error& error = complete.error();
-        const FailureClass failure = error.failure();
-        const ClassRetry rule = retry_.For(failure);
-        const std::string context = "fetching results of scan " + job->scan_uid;
-        if (failure == FailureClass::kCancelled) {
-          Complete(*job, MakeError(error.WithContext(context)));
+  if (stopping_) {
+    RoundDone(std::move(job), MakeError(ErrorKind::kCancelled, "agent is stopping"));
+    return;
+  }
+  // The mapping is a file: read on the worker, once per job.
+  OnWorker(
+      worker_, io_, [this, job] { return ReadMappingOnce(*job); },
+      [this, job](Status mapping) {
+        if (!mapping) {
+          RoundDone(job, MakeError(mapping.error()));
           return;
         }
-        if (rule.permanent || job->failed_polls + 1 >= rule.max_attempts) {
-          const std::string advice = PermanentAdvice(failure);
-          const std::string why =
-              rule.permanent ? (advice.empty() ? std::string("not retried") : "not retried: " + advice)
-                             : "gave up after " + std::to_string(job->failed_polls + 1) +
-                                   " failed polls in a row; the agent asks again on its next run";
-          const Error ended = error.WithContext(context + " [" + ToString(failure) + ", " + why + "]");
-          log::Error("results", ended.message());
-          Complete(*job, MakeError(ended));
+        job->dicomweb->SearchSeries(job->study_uid, [this, job](Expected<std::vector<transport::dicomweb::SeriesRef>> series) {
+          if (!series) {
+            RoundDone(job, MakeError(series.error()));
+            return;
+          }
+          // When the SR was first seen listed (its series' modality, or its instance's SOP class below).
+          if (job->timeline.discovered == 0 &&
+              std::any_of(series->begin(), series->end(), [](const auto& s) { return s.modality == "SR"; })) {
+            job->timeline.discovered = UnixMsNow();
+          }
+          auto round = std::make_shared<Round>();
+          round->series = std::move(*series);
+          OnWorker(
+              worker_, io_, [this, job, round] { return StartRound(*job, *round); },
+              [this, job, round](Status started) {
+                if (!started) {
+                  RoundDone(job, MakeError(started.error()));
+                  return;
+                }
+                NextSeries(job, round);
+              });
+        });
+      });
+}
+
+Status ResultsFetcher::ReadMappingOnce(Job& job) {
+  if (job.mapping_read) return Ok();
+  const auto path = spool_.MappingPath(job.scan_uid);
+  job.local_study_uid = job.study_uid;
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec)) {
+    PosixFileStore files;
+    auto mapping = privacy::ReadMapping(files, path);
+    if (!mapping) return MakeError(mapping.error().WithContext("scan " + job.scan_uid + "'s results"));
+    job.local_study_uid = mapping->study_instance_uid.real;
+    job.mapping = std::move(*mapping);
+  }
+  job.mapping_read = true;
+  return Ok();
+}
+
+Status ResultsFetcher::StartRound(Job& job, Round& round) {
+  auto record = spool_.Get(job.scan_uid);
+  if (!record) return MakeError(record.error());
+  for (const auto& r : record->results) {
+    round.have.insert(r.sop_instance_uid);
+    if (results::IsCtImage(r.sop_class_uid)) round.have_ct.insert(r.sop_instance_uid);
+  }
+  job.progress = false;
+  return Ok();
+}
+
+void ResultsFetcher::NextSeries(std::shared_ptr<Job> job, std::shared_ptr<Round> round) {
+  // Distinct UIDs only: a series listed twice is one series.
+  while (round->index < round->series.size() && !round->series_seen.insert(round->series[round->index].series_uid).second) {
+    ++round->index;
+  }
+  if (round->index == round->series.size()) {
+    OnWorker(
+        worker_, io_, [this, job, round] { return EndRound(*job, *round); },
+        [this, job](Expected<bool> complete) { RoundDone(job, std::move(complete)); });
+    return;
+  }
+  const std::string& series_uid = round->series[round->index].series_uid;
+  job->dicomweb->SearchInstances(
+      job->study_uid, series_uid, [this, job, round](Expected<std::vector<transport::dicomweb::InstanceRef>> instances) {
+        if (!instances) {
+          RoundDone(job, MakeError(instances.error()));
           return;
         }
-        wait = retry_.Delay(failure, job->failed_polls, rng_);
-        ++job->failed_polls;
-        job->last_problem = error.message();
-        log::Warn("results", "scan " + job->scan_uid + ": " + job->last_problem + " [" + ToString(failure) +
-                                 "]; retry " + std::to_string(job->failed_polls) + " in " +
-                                 std::to_string(wait.count()) + " ms");
-        if (retry_counts_ != nullptr) ++(*retry_counts_)[ToString(failure)];
-      } else {
-        job->failed_polls = 0;
+        if (job->timeline.discovered == 0 &&
+            std::any_of(instances->begin(), instances->end(),
+                        [](const auto& inst) { return results::IsStructuredReport(inst.sop_class_uid); })) {
+          job->timeline.discovered = UnixMsNow();
+        }
+        auto listed = std::make_shared<std::vector<transport::dicomweb::InstanceRef>>(std::move(*instances));
+        OnWorker(
+            worker_, io_, [this, job, round, listed] { return SortInstances(*job, *round, *listed); },
+            [this, job, round](Status sorted) {
+              if (!sorted) {
+                RoundDone(job, MakeError(sorted.error()));
+                return;
+              }
+              NextBatch(job, round);
+            });
+      });
+}
+
+Status ResultsFetcher::SortInstances(Job& job, Round& round,
+                                     const std::vector<transport::dicomweb::InstanceRef>& instances) {
+  // Distinct UIDs only: an instance listed twice is one image, so completeness and the counts
+  // never rest on a repeated entry.
+  round.stored = 0;
+  round.expected = 0;
+  round.to_fetch.clear();
+  round.next_batch = 0;
+  for (const auto& inst : instances) {
+    if (!round.listed.insert(inst.sop_instance_uid).second) {
+      if (job.duplicates_logged.insert(inst.sop_instance_uid).second) {
+        log::Warn("results", "scan " + job.scan_uid + ": instance " + inst.sop_instance_uid +
+                                 " is listed more than once by the imaging center; counted once");
       }
-      if (std::chrono::steady_clock::now() + wait > job->deadline) {
-        const std::string problem = job->last_problem.empty() ? "" : " (last problem: " + job->last_problem + ")";
-        Complete(*job, MakeError(ErrorKind::kNetwork,
-                                 "no complete result series for scan " + job->scan_uid + " within " +
-                                     std::to_string(results_.timeout_s) + " s (results.timeout_s)" + problem +
-                                     "; the raw data is safe in the spool and the agent keeps asking on its "
-                                     "next run"));
-        return;
-      }
-      if (complete) {
-        // Not complete yet: wait the poll interval. Something new arrived: the rest of the set
-        // is likely close behind, so the interval starts over (the SR follows the CT series
-        // within seconds).
-        if (job->progress) job->interval = std::chrono::milliseconds(results_.poll_interval_ms);
-        wait = job->interval;
-        job->interval = std::min(job->interval * 2, std::chrono::milliseconds(results_.poll_max_interval_ms));
-      }
-      auto timer = std::make_shared<boost::asio::steady_timer>(io_, wait);
-      timer->async_wait([this, job, timer](const boost::system::error_code&) { Poll(job); });
-    });
+      continue;
+    }
+    if (job.refused.count(inst.sop_instance_uid)) continue;
+    if (!round.have.count(inst.sop_instance_uid)) {
+      round.to_fetch.push_back(inst.sop_instance_uid);
+      continue;
+    }
+    if (round.expected == 0 && round.have_ct.count(inst.sop_instance_uid)) {
+      auto info = results::ValidateInstanceFile(spool_.ResultPath(job.scan_uid, inst.sop_instance_uid),
+                                                job.local_study_uid, results::DefaultAllowedSopClasses());
+      if (info) round.expected = info->images_in_acquisition;
+    }
+    ++round.stored;
+  }
+  return Ok();
+}
+
+void ResultsFetcher::Kept(Job& job, Round& round, const results::InstanceInfo& info) {
+  round.have.insert(info.sop_instance_uid);
+  ++job.received;
+  job.progress = true;
+  round.expected = std::max(round.expected, info.images_in_acquisition);
+  ++round.stored;
+}
+
+void ResultsFetcher::NextBatch(std::shared_ptr<Job> job, std::shared_ptr<Round> round) {
+  if (round->next_batch >= round->to_fetch.size()) {
+    if (round->expected > 0 && round->stored >= round->expected) round->any_complete = true;
+    ++round->index;
+    NextSeries(std::move(job), std::move(round));
+    return;
+  }
+  auto batch = std::make_shared<Batch>();
+  batch->series_uid = round->series[round->index].series_uid;
+  const std::size_t first = round->next_batch;
+  batch->uids.assign(round->to_fetch.begin() + static_cast<std::ptrdiff_t>(first),
+                     round->to_fetch.begin() + static_cast<std::ptrdiff_t>(std::min(round->to_fetch.size(), first + kBatchInstances)));
+  round->next_batch += kBatchInstances;
+  AcquireBatchSlot([this, job, round, batch] {
+    OnWorker(
+        worker_, io_, [this, job, batch] { return BatchCap(*job, *batch); },
+        [this, job, round, batch](Status room) {
+          if (!room) {
+            ReleaseBatchSlot();
+            RoundDone(job, MakeError(room.error()));
+            return;
+          }
+          batch->downloads.resize(batch->uids.size());
+          const std::size_t parallel = std::min(kParallelFetches, batch->uids.size());
+          for (std::size_t i = 0; i < parallel; ++i) StartDownload(job, round, batch);
+        });
   });
 }
 
-Expected<bool> ResultsFetcher::PollOnce(Job& job) {
-  if (!job.mapping_read) {
-    const auto path = spool_.MappingPath(job.scan_uid);
-    job.local_study_uid = job.study_uid;
-    std::error_code ec;
-    if (std::filesystem::exists(path, ec)) {
-      PosixFileStore files;
-      auto mapping = privacy::ReadMapping(files, path);
-      if (!mapping) return MakeError(mapping.error().WithContext("scan " + job.scan_uid + "'s results"));
-      job.local_study_uid = mapping->study_instance_uid.real;
-      job.mapping = std::move(*mapping);
-    }
-    job.mapping_read = true;
+Status ResultsFetcher::BatchCap(Job& job, Batch& batch) {
+  const std::uint64_t room = spool_.ResultsRoom();
+  if (room == 0) {
+    const std::string label = "result instance " + batch.uids.front() + " of scan " + job.scan_uid;
+    auto st = spool_.CheckResultsRoom(1, label);
+    return MakeError(st ? Error(ErrorKind::kNoSpace, label + " not downloaded: the spool has no room left") : st.error());
   }
-  transport::dicomweb::Client dicomweb(*job.http, dicomweb_url_);
-  // Each request ends by the job's deadline or when the fetcher stops, whatever the server does.
-  dicomweb.SetDeadline(job.deadline, [this] { return !stopping_.load(); });
-  auto series = dicomweb.SearchSeries(job.study_uid);
-  if (!series) return MakeError(series.error());
-  // When the SR was first seen listed (its series' modality, or its instance's SOP class below).
-  if (job.timeline.discovered == 0 &&
-      std::any_of(series->begin(), series->end(), [](const auto& s) { return s.modality == "SR"; })) {
-    job.timeline.discovered = UnixMsNow();
-  }
-  auto record = spool_.Get(job.scan_uid);
-  if (!record) return MakeError(record.error());
-  std::set<std::string> have;
-  std::set<std::string> have_ct;  // stored CT images: only they carry ImagesInAcquisition
-  for (const auto& r : record->results) {
-    have.insert(r.sop_instance_uid);
-    if (results::IsCtImage(r.sop_class_uid)) have_ct.insert(r.sop_instance_uid);
-  }
+  // Each download of the batch gets its share of max_instance_bytes (so the batch holds no more
+  // than one download at a time did) and no more than the room left; one past its cap is fetched
+  // again alone after the batch, where KeepInstance tells a too-large instance from a full spool.
+  batch.cap = std::min<std::uint64_t>(results_.max_instance_bytes / kBatchInstances, room);
+  return Ok();
+}
 
-  // Distinct UIDs only: a series or an instance listed twice is one series or one image, so
-  // completeness and the counts never rest on a repeated entry.
-  std::set<std::string> series_seen;
-  std::set<std::string> listed;
-  bool any_complete = false;
-  job.progress = false;
-  for (const auto& s : *series) {
-    if (!series_seen.insert(s.series_uid).second) continue;
-    auto instances = dicomweb.SearchInstances(job.study_uid, s.series_uid);
-    if (!instances) return MakeError(instances.error());
-    if (job.timeline.discovered == 0 &&
-        std::any_of(instances->begin(), instances->end(),
-                    [](const auto& inst) { return results::IsStructuredReport(inst.sop_class_uid); })) {
-      job.timeline.discovered = UnixMsNow();
-    }
-    std::uint32_t stored = 0;
-    std::uint32_t expected = 0;
-    std::vector<std::string> to_fetch;  // listed, new, not refused; in the order listed
-    for (const auto& inst : *instances) {
-      if (!listed.insert(inst.sop_instance_uid).second) {
-        if (job.duplicates_logged.insert(inst.sop_instance_uid).second) {
-          log::Warn("results", "scan " + job.scan_uid + ": instance " + inst.sop_instance_uid +
-                                   " is listed more than once by the imaging center; counted once");
+void ResultsFetcher::StartDownload(std::shared_ptr<Job> job, std::shared_ptr<Round> round, std::shared_ptr<Batch> batch) {
+  const std::size_t i = batch->next++;
+  job->dicomweb->RetrieveInstance(
+      job->study_uid, batch->series_uid, batch->uids[i], batch->cap,
+      [this, job, round, batch, i](Expected<std::vector<std::uint8_t>> bytes, bool over_limit) {
+        Download& d = batch->downloads[i];
+        d.over_limit = over_limit;
+        d.bytes = std::move(bytes);
+        if (batch->next < batch->uids.size()) StartDownload(job, round, batch);
+        if (!*d.bytes) {
+          DownloadChecked(job, round, batch);
+          return;
         }
-        continue;
-      }
-      if (job.refused.count(inst.sop_instance_uid)) continue;
-      if (!have.count(inst.sop_instance_uid)) {
-        to_fetch.push_back(inst.sop_instance_uid);
-        continue;
-      }
-      if (expected == 0 && have_ct.count(inst.sop_instance_uid)) {
-        auto info = results::ValidateInstanceFile(spool_.ResultPath(job.scan_uid, inst.sop_instance_uid),
-                                                  job.local_study_uid, results::DefaultAllowedSopClasses());
-        if (info) expected = info->images_in_acquisition;
-      }
-      ++stored;
-    }
-    for (std::size_t first = 0; first < to_fetch.size(); first += kBatchInstances) {
-      const std::vector<std::string> batch(
-          to_fetch.begin() + static_cast<std::ptrdiff_t>(first),
-          to_fetch.begin() + static_cast<std::ptrdiff_t>(std::min(to_fetch.size(), first + kBatchInstances)));
-      std::vector<results::InstanceInfo> kept;
-      const Status fetched = FetchBatch(job, dicomweb, s.series_uid, batch, kept);
-      // Counted also when the batch ended in an error: they are stored and in the record.
-      for (const auto& info : kept) {
-        have.insert(info.sop_instance_uid);
-        ++job.received;
-        job.progress = true;
-        expected = std::max(expected, info.images_in_acquisition);
-        ++stored;
-      }
-      if (!fetched) return MakeError(fetched.error());
-    }
-    if (expected > 0 && stored >= expected) any_complete = true;
+        // DCMTK's check on the worker while the next download runs; it touches only this entry.
+        OnWorker(
+            worker_, io_,
+            [job, batch, i] {
+              Download& mine = batch->downloads[i];
+              mine.info = results::ValidateInstance(**mine.bytes, job->study_uid, results::DefaultAllowedSopClasses());
+              return Ok();
+            },
+            [this, job, round, batch](Status) { DownloadChecked(job, round, batch); });
+      });
+}
+
+void ResultsFetcher::DownloadChecked(std::shared_ptr<Job> job, std::shared_ptr<Round> round, std::shared_ptr<Batch> batch) {
+  if (++batch->finished < batch->uids.size()) return;
+  auto alone = std::make_shared<std::vector<std::string>>();
+  auto kept = std::make_shared<std::vector<results::InstanceInfo>>();
+  OnWorker(
+      worker_, io_, [this, job, batch, alone, kept] { return KeepBatch(*job, *batch, *kept, *alone); },
+      [this, job, round, batch, alone, kept](Status stored) {
+        // Counted also when the batch ended in an error: they are stored and in the record.
+        for (const auto& info : *kept) Kept(*job, *round, info);
+        batch->downloads.clear();  // the batch's bytes are freed before one is fetched alone
+        batch->downloads.shrink_to_fit();
+        if (!stored) {
+          ReleaseBatchSlot();
+          RoundDone(job, MakeError(stored.error()));
+          return;
+        }
+        FetchAlone(job, round, batch->series_uid, alone, 0);
+      });
+}
+
+void ResultsFetcher::FetchAlone(std::shared_ptr<Job> job, std::shared_ptr<Round> round, std::string series_uid,
+                                std::shared_ptr<std::vector<std::string>> alone, std::size_t k) {
+  if (k == alone->size()) {
+    ReleaseBatchSlot();
+    NextBatch(std::move(job), std::move(round));
+    return;
   }
+  const std::string uid = (*alone)[k];
+  const std::string label = "result instance " + uid + " of scan " + job->scan_uid;
+  // The spool budget bounds the download: none starts without room, and one larger than the
+  // room left stops there (nothing of it reaches the disk).
+  OnWorker(
+      worker_, io_,
+      [this, label]() -> Expected<std::uint64_t> {
+        const std::uint64_t room = spool_.ResultsRoom();
+        if (room == 0) {
+          auto st = spool_.CheckResultsRoom(1, label);
+          return MakeError(st ? Error(ErrorKind::kNoSpace, label + " not downloaded: the spool has no room left")
+                              : st.error());
+        }
+        return std::min<std::uint64_t>(results_.max_instance_bytes, room);
+      },
+      [this, job, round, series_uid, alone, k, uid](Expected<std::uint64_t> cap) {
+        if (!cap) {
+          ReleaseBatchSlot();
+          RoundDone(job, MakeError(cap.error()));
+          return;
+        }
+        job->dicomweb->RetrieveInstance(
+            job->study_uid, series_uid, uid, *cap,
+            [this, job, round, series_uid, alone, k, uid, cap = *cap](Expected<std::vector<std::uint8_t>> bytes,
+                                                                      bool over_limit) {
+              auto downloaded = std::make_shared<Expected<std::vector<std::uint8_t>>>(std::move(bytes));
+              OnWorker(
+                  worker_, io_,
+                  [this, job, series_uid, uid, cap, over_limit, downloaded] {
+                    return KeepInstance(*job, series_uid, uid, cap, over_limit, *downloaded);
+                  },
+                  [this, job, round, series_uid, alone, k](Expected<std::optional<results::InstanceInfo>> info) {
+                    if (!info) {
+                      ReleaseBatchSlot();
+                      RoundDone(job, MakeError(info.error()));
+                      return;
+                    }
+                    if (*info) Kept(*job, *round, **info);
+                    FetchAlone(job, round, series_uid, alone, k + 1);
+                  });
+            });
+      });
+}
+
+Expected<bool> ResultsFetcher::EndRound(Job& job, const Round& round) {
   std::set<std::string> pending;
-  for (const auto& uid : listed) {
-    if (!have.count(uid) && !job.refused.count(uid)) pending.insert(uid);
+  for (const auto& uid : round.listed) {
+    if (!round.have.count(uid) && !job.refused.count(uid)) pending.insert(uid);
   }
   const std::int64_t retrieved = UnixMsNow();
   auto updated = spool_.Get(job.scan_uid);
   if (!updated) return MakeError(updated.error());
-  auto complete = EvaluateSet(job, *updated, pending, any_complete);
+  auto complete = EvaluateSet(job, *updated, pending, round.any_complete);
   if (!complete || !*complete) return complete;
   job.timeline.retrieved = retrieved;
   job.timeline.validated = UnixMsNow();
@@ -413,21 +677,14 @@ Expected<bool> ResultsFetcher::EvaluateSet(Job& job, const spool::ScanRecord& re
   return true;
 }
 
-Expected<std::optional<results::InstanceInfo>> ResultsFetcher::FetchInstance(Job& job,
-                                                                             transport::dicomweb::Client& dicomweb,
-                                                                             const std::string& series_uid,
-                                                                             const std::string& sop_instance_uid) {
+// Checks and stores one instance fetched alone (past its share of a batch's memory). Empty when
+// it was refused (recorded in the job); an error ends the round (kNoSpace: the spool budget is
+// exhausted, or the instance is larger than the room left).
+Expected<std::optional<results::InstanceInfo>> ResultsFetcher::KeepInstance(Job& job, const std::string& series_uid,
+                                                                            const std::string& sop_instance_uid,
+                                                                            std::uint64_t cap, bool over_limit,
+                                                                            Expected<std::vector<std::uint8_t>>& bytes) {
   const std::string label = "result instance " + sop_instance_uid + " of scan " + job.scan_uid;
-  // The spool budget bounds the download: none starts without room, and one larger than the
-  // room left stops there (nothing of it reaches the disk).
-  const std::uint64_t room = spool_.ResultsRoom();
-  if (room == 0) {
-    auto st = spool_.CheckResultsRoom(1, label);
-    return MakeError(st ? Error(ErrorKind::kNoSpace, label + " not downloaded: the spool has no room left") : st.error());
-  }
-  const std::uint64_t cap = std::min<std::uint64_t>(results_.max_instance_bytes, room);
-  bool over_limit = false;
-  auto bytes = dicomweb.RetrieveInstance(job.study_uid, series_uid, sop_instance_uid, cap, &over_limit);
   if (!bytes && over_limit && cap < results_.max_instance_bytes) {
     auto st = spool_.CheckResultsRoom(cap + 1, label);
     return MakeError(ErrorKind::kNoSpace,
@@ -436,7 +693,6 @@ Expected<std::optional<results::InstanceInfo>> ResultsFetcher::FetchInstance(Job
                          " (download stopped at that size)");
   }
   if (!bytes) return MakeError(bytes.error());
-
   // A bad instance from the cloud is refused: never stored, never delivered, and it does not
   // count towards a complete series.
   const auto refuse = [&](const std::string& why) -> Expected<std::optional<results::InstanceInfo>> {
@@ -463,57 +719,19 @@ Expected<std::optional<results::InstanceInfo>> ResultsFetcher::FetchInstance(Job
   return std::optional<results::InstanceInfo>(std::move(*info));
 }
 
-Status ResultsFetcher::FetchBatch(Job& job, transport::dicomweb::Client& dicomweb, const std::string& series_uid,
-                                  const std::vector<std::string>& sop_instance_uids,
-                                  std::vector<results::InstanceInfo>& kept) {
-  if (sop_instance_uids.empty()) return Ok();
-  const std::uint64_t room = spool_.ResultsRoom();
-  if (room == 0) {
-    const std::string label = "result instance " + sop_instance_uids.front() + " of scan " + job.scan_uid;
-    auto st = spool_.CheckResultsRoom(1, label);
-    return MakeError(st ? Error(ErrorKind::kNoSpace, label + " not downloaded: the spool has no room left") : st.error());
-  }
-  // Each download of the batch gets its share of max_instance_bytes (so the batch holds no more
-  // than one download at a time did) and no more than the room left; one past its cap is fetched
-  // again alone below, where FetchInstance tells a too-large instance from a full spool.
-  const std::uint64_t cap = std::min<std::uint64_t>(results_.max_instance_bytes / kBatchInstances, room);
-  while (job.download_http.size() < kParallelFetches) {
-    job.download_http.push_back(std::make_unique<transport::HttpClient>(http_options_));
-  }
-  struct Download {
-    std::optional<Expected<std::vector<std::uint8_t>>> bytes;
-    bool over_limit = false;
-    std::optional<Expected<results::InstanceInfo>> info;
-  };
-  std::vector<Download> downloads(sop_instance_uids.size());
-  // Each download thread takes the next instance of the batch until none is left.
-  std::atomic<std::size_t> next{0};
-  const std::size_t threads = std::min(kParallelFetches, sop_instance_uids.size());
-  std::latch finished(static_cast<std::ptrdiff_t>(threads));
-  for (std::size_t t = 0; t < threads; ++t) {
-    boost::asio::post(downloads_, [&, t] {
-      transport::dicomweb::Client client(*job.download_http[t], dicomweb_url_);
-      client.SetDeadline(job.deadline, [this] { return !stopping_.load(); });
-      for (std::size_t i = next++; i < sop_instance_uids.size(); i = next++) {
-        Download& d = downloads[i];
-        d.bytes = client.RetrieveInstance(job.study_uid, series_uid, sop_instance_uids[i], cap, &d.over_limit);
-        if (*d.bytes) {
-          d.info = results::ValidateInstance(**d.bytes, job.study_uid, results::DefaultAllowedSopClasses());
-        }
-      }
-      finished.count_down();
-    });
-  }
-  finished.wait();
 
+// The checked downloads of a batch: refusals recorded, the accepted ones stored as one durable
+// batch and the scan record updated once. What was kept (stored and recorded) is appended to
+// `kept` also when an error ends the round; instances past their share of memory go to `alone`.
+Status ResultsFetcher::KeepBatch(Job& job, Batch& batch, std::vector<results::InstanceInfo>& kept,
+                                 std::vector<std::string>& alone) {
   // In the order listed: refusals recorded, the accepted ones kept together, the first
   // download error returned once they are.
   Status first_error = Ok();
-  std::vector<std::string> alone;  // past the parallel cap: fetched one at a time
   std::vector<std::size_t> accepted;
-  for (std::size_t i = 0; i < downloads.size(); ++i) {
-    const std::string& uid = sop_instance_uids[i];
-    Download& d = downloads[i];
+  for (std::size_t i = 0; i < batch.downloads.size(); ++i) {
+    const std::string& uid = batch.uids[i];
+    Download& d = batch.downloads[i];
     if (!*d.bytes) {
       if (d.over_limit) {
         alone.push_back(uid);
@@ -524,7 +742,7 @@ Status ResultsFetcher::FetchBatch(Job& job, transport::dicomweb::Client& dicomwe
     }
     // A bad instance from the cloud is refused: never stored, never delivered, and it does not
     // count towards a complete series.
-    const std::string refusal = RefusalOf(*d.info, uid, series_uid, job.mapping, **d.bytes);
+    const std::string refusal = RefusalOf(*d.info, uid, batch.series_uid, job.mapping, **d.bytes);
     if (!refusal.empty()) {
       log::Error("results", "scan " + job.scan_uid + ": refused " + refusal);
       if (job.refused.empty()) job.first_refusal = refusal;
@@ -539,14 +757,14 @@ Status ResultsFetcher::FetchBatch(Job& job, transport::dicomweb::Client& dicomwe
   Status store_error = Ok();
   if (!accepted.empty()) {
     std::vector<spool::Spool::ResultToStore> items;
-    for (std::size_t i : accepted) items.push_back({sop_instance_uids[i], **downloads[i].bytes});
+    for (std::size_t i : accepted) items.push_back({batch.uids[i], **batch.downloads[i].bytes});
     auto paths = spool_.StoreResults(job.scan_uid, items);
     if (paths) {
       stored = accepted;
     } else if (paths.error().kind() == ErrorKind::kNoSpace) {
       // Not all of them fit: one at a time, as many as there is room for.
       for (std::size_t i : accepted) {
-        auto path = spool_.StoreResult(job.scan_uid, sop_instance_uids[i], **downloads[i].bytes);
+        auto path = spool_.StoreResult(job.scan_uid, batch.uids[i], **batch.downloads[i].bytes);
         if (!path) {
           store_error = MakeError(path.error());
           break;
@@ -560,7 +778,7 @@ Status ResultsFetcher::FetchBatch(Job& job, transport::dicomweb::Client& dicomwe
   if (!stored.empty()) {
     if (auto st = spool_.Update(job.scan_uid, [&](spool::ScanRecord& r) {
           for (std::size_t i : stored) {
-            const results::InstanceInfo& info = **downloads[i].info;
+            const results::InstanceInfo& info = **batch.downloads[i].info;
             const bool known = std::any_of(r.results.begin(), r.results.end(), [&](const spool::ResultRecord& e) {
               return e.sop_instance_uid == info.sop_instance_uid;
             });
@@ -570,17 +788,10 @@ Status ResultsFetcher::FetchBatch(Job& job, transport::dicomweb::Client& dicomwe
         !st) {
       return MakeError(st.error());
     }
-    for (std::size_t i : stored) kept.push_back(std::move(**downloads[i].info));
+    for (std::size_t i : stored) kept.push_back(std::move(**batch.downloads[i].info));
   }
   if (!store_error) return store_error;
   if (!first_error) return first_error;
-  downloads.clear();  // the batch's bytes are freed before one is fetched alone
-  downloads.shrink_to_fit();
-  for (const auto& uid : alone) {
-    auto info = FetchInstance(job, dicomweb, series_uid, uid);
-    if (!info) return MakeError(info.error());
-    if (*info) kept.push_back(std::move(**info));
-  }
   return Ok();
 }
 

@@ -1,6 +1,8 @@
 // Results path: poll the imaging center's DICOMweb (QIDO-RS) for the scan's study with
 // backoff, retrieve new instances (WADO-RS), validate each with DCMTK, store it durably in the
-// spool, and deliver the set to the console by C-STORE.
+// spool, and deliver the set to the console by C-STORE. The requests run on the event loop
+// (dicomweb::AsyncClient on AsyncHttp); the blocking steps run on one worker thread that posts
+// back.
 #pragma once
 
 #include <boost/asio/io_context.hpp>
@@ -8,6 +10,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -23,6 +26,7 @@
 #include "config/config.hpp"
 #include "transport/dicomweb.hpp"
 #include "transport/http.hpp"
+#include "transport/http_async.hpp"
 
 namespace ctagent::core {
 
@@ -41,9 +45,11 @@ struct ResultsOutcome {
 };
 
 // One fetcher serves any number of scans at once on one event loop: each FetchAndDeliver is an
-// independent job (its own backoff, deadline and HTTP clients); the blocking DICOMweb and
-// C-STORE calls of all jobs take turns on one worker thread, which hands a round's downloads to
-// kParallelFetches download threads and waits for them.
+// independent job (its own backoff and deadline). The QIDO-RS and WADO-RS requests of all jobs
+// run on the loop through one AsyncHttp engine; the blocking steps (reading the privacy mapping
+// and stored results, the DCMTK check of each download, durable storage, the record update and
+// C-STORE) take turns on one worker thread, which posts each result back to the loop. One batch
+// of downloads (of any job) is in flight at a time, kParallelFetches requests at once.
 class ResultsFetcher {
  public:
   using Done = std::function<void(const ResultsOutcome&)>;
@@ -71,8 +77,14 @@ class ResultsFetcher {
   // retried by the error's class (RetryPolicy: backoff with jitter, at most max_attempts failed
   // polls in a row); a permanent class (a rejected certificate, 401/403, a missing endpoint, a
   // local error) ends the job at once with an error that says what to do.
+  // Call on the io_context's thread (or before it runs).
   void FetchAndDeliver(const std::string& scan_uid, const std::string& study_uid, Done done);
 
+  // No new step starts; requests in flight end with kCancelled (at once when called on the loop's
+  // thread, else at their next progress check, within about a second of the loop running) and
+  // the worker's step under way is waited for. A job whose request ended so completes with
+  // kCancelled while the loop runs; one waiting for the worker does not complete. Destroy the
+  // fetcher on the loop's thread or once the loop no longer runs.
   void Stop();
 
   // How long to wait for the SR once a CT series is complete (default kDefaultReportWait).
@@ -89,35 +101,59 @@ class ResultsFetcher {
 
  private:
   struct Job;
+  struct Round;
+  struct Download;
+  struct Batch;
   ResultsFetcher(boost::asio::io_context& io, spool::Spool& spool, const config::AgentConfig& config,
                  transport::HttpOptions http_options, RetryPolicy retry);
-  void Poll(std::shared_ptr<Job> job);
-  void Deliver(std::shared_ptr<Job> job);
   static void Complete(Job& job, Status status);  // on the io_context
-  // Blocking: one QIDO/WADO round. True when the result set (or, without an SR, a CT series)
-  // is complete and stored locally; the job then knows what to deliver.
-  Expected<bool> PollOnce(Job& job);
-  // Blocking: decides from what is stored whether the set is complete (see FetchAndDeliver).
+
+  // On the loop: the steps of one round, each starting the next from its completion.
+  void Poll(std::shared_ptr<Job> job);  // starts a round: QIDO-RS of the study's series
+  void NextSeries(std::shared_ptr<Job> job, std::shared_ptr<Round> round);  // QIDO-RS of its instances
+  void NextBatch(std::shared_ptr<Job> job, std::shared_ptr<Round> round);   // its new instances, a batch at a time
+  void StartDownload(std::shared_ptr<Job> job, std::shared_ptr<Round> round, std::shared_ptr<Batch> batch);
+  void DownloadChecked(std::shared_ptr<Job> job, std::shared_ptr<Round> round, std::shared_ptr<Batch> batch);
+  // Instances past their share of a batch's memory, one at a time once the batch's bytes are freed.
+  void FetchAlone(std::shared_ptr<Job> job, std::shared_ptr<Round> round, std::string series_uid,
+                  std::shared_ptr<std::vector<std::string>> alone, std::size_t k);
+  // The round's outcome: delivery, the job's end, or the next round after the backoff.
+  void RoundDone(std::shared_ptr<Job> job, Expected<bool> complete);
+  void Deliver(std::shared_ptr<Job> job);
+  static void Kept(Job& job, Round& round, const results::InstanceInfo& info);
+  // One batch of downloads in flight at a time over all jobs (memory: max_instance_bytes); the
+  // others wait in order, at most one per job.
+  void AcquireBatchSlot(std::function<void()> start);
+  void ReleaseBatchSlot();
+
+  // On the worker (blocking):
+  Status ReadMappingOnce(Job& job);
+  Status StartRound(Job& job, Round& round);  // what is stored already
+  // What of a series' listed instances is stored (and how many images it expects) and what is new.
+  Status SortInstances(Job& job, Round& round, const std::vector<transport::dicomweb::InstanceRef>& instances);
+  Status BatchCap(Job& job, Batch& batch);  // refuses a batch when the spool has no room
+  // The checked downloads of a batch: refusals recorded, the accepted ones stored as one durable
+  // batch and the record updated once. What was kept is appended to `kept` also when an error
+  // ends the round; downloads past their cap go to `alone`.
+  Status KeepBatch(Job& job, Batch& batch, std::vector<results::InstanceInfo>& kept, std::vector<std::string>& alone);
+  // Checks and stores one instance fetched alone. Empty when it was refused (recorded in the
+  // job); an error ends the round (kNoSpace: the spool budget is exhausted).
+  Expected<std::optional<results::InstanceInfo>> KeepInstance(Job& job, const std::string& series_uid,
+                                                              const std::string& sop_instance_uid, std::uint64_t cap,
+                                                              bool over_limit,
+                                                              Expected<std::vector<std::uint8_t>>& bytes);
+  // True when the result set (or, without an SR, a CT series) is complete and stored locally;
+  // the job then knows what to deliver.
+  Expected<bool> EndRound(Job& job, const Round& round);
+  // Decides from what is stored whether the set is complete (see FetchAndDeliver).
   Expected<bool> EvaluateSet(Job& job, const spool::ScanRecord& record, const std::set<std::string>& pending,
                              bool ct_complete);
-  // Blocking: downloads, checks and stores one listed instance. Empty when it was refused
-  // (recorded in the job); an error ends the round (kNoSpace: the spool budget is exhausted).
-  Expected<std::optional<results::InstanceInfo>> FetchInstance(Job& job, transport::dicomweb::Client& dicomweb,
-                                                               const std::string& series_uid,
-                                                               const std::string& sop_instance_uid);
-  // Blocking: up to kBatchInstances listed instances of one series, downloaded and checked
-  // kParallelFetches at a time (each download thread on its own connection), then the accepted
-  // ones stored as one durable batch and the scan record updated once. What was kept (stored and
-  // recorded) is appended to `kept` also when an error ends the round. An instance larger than
-  // its share of memory (max_instance_bytes / kBatchInstances) is fetched again alone by
-  // FetchInstance once the batch's bytes are freed.
-  Status FetchBatch(Job& job, transport::dicomweb::Client& dicomweb, const std::string& series_uid,
-                    const std::vector<std::string>& sop_instance_uids, std::vector<results::InstanceInfo>& kept);
 
  public:
   // Downloads in flight at once, and instances kept per durable batch (one sync of their files
-  // and folder, one record update). Memory: a batch holds at most max_instance_bytes (each of
-  // its downloads is capped at its share), as one download at a time did.
+  // and folder, one record update). Memory: the one batch in flight holds at most
+  // max_instance_bytes (each of its downloads is capped at its share), as one download at a time
+  // did.
   static constexpr std::size_t kParallelFetches = 4;
   static constexpr std::size_t kBatchInstances = 16;
 
@@ -129,10 +165,10 @@ class ResultsFetcher {
   config::ConsoleConfig console_;
   std::string dicomweb_url_;
   transport::HttpOptions http_options_;
+  std::unique_ptr<transport::AsyncHttp> http_;  // every job's requests, on the loop
   boost::asio::thread_pool worker_{1};
-  // The downloads (and DCMTK checks) of the one round the worker runs; never more than
-  // kParallelFetches tasks queued, each working through the batch on its own connection.
-  boost::asio::thread_pool downloads_{kParallelFetches};
+  bool batch_running_ = false;  // on the loop
+  std::deque<std::function<void()>> batch_waiting_;
   std::atomic<bool> stopping_{false};
   std::chrono::milliseconds report_wait_ = kDefaultReportWait;
   std::map<std::string, std::uint64_t>* retry_counts_ = nullptr;

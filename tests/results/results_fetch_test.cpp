@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <fstream>
 #include <map>
+#include <functional>
 #include <optional>
 #include <set>
 #include <string>
@@ -538,16 +539,34 @@ TEST_CASE("results fetch: a trickled QIDO-RS answer ends the results phase at re
     scan.CheckDataKept();
   }
   SECTION("Stop() ends the request in flight") {
+    // The request runs on the loop: the loop runs until the server has it, then Stop() is
+    // called and the job must end (its completion says the agent is stopping) long before the
+    // trickled answer could.
     boost::asio::io_context io;
     auto fetcher = core::ResultsFetcher::Create(io, *scan.spool, ConfigFor(*server, 600));
     REQUIRE(fetcher);
-    (*fetcher)->FetchAndDeliver(scan.record.scan_uid, scan.record.study_uid, [](const core::ResultsOutcome&) {});
-    REQUIRE(test::WaitFor([&] { return !server->Requests().empty(); }, std::chrono::seconds(20)));
+    std::optional<core::ResultsOutcome> outcome;
+    (*fetcher)->FetchAndDeliver(scan.record.scan_uid, scan.record.study_uid,
+                                [&](const core::ResultsOutcome& done) { outcome = done; });
+    const auto run_until = [&](const std::function<bool()>& done, std::chrono::seconds bound) {
+      const auto give_up = std::chrono::steady_clock::now() + bound;
+      while (!done() && std::chrono::steady_clock::now() < give_up) {
+        io.restart();
+        io.run_for(std::chrono::milliseconds(50));
+      }
+      return done();
+    };
+    REQUIRE(run_until([&] { return !server->Requests().empty(); }, std::chrono::seconds(20)));
     const auto asked = std::chrono::steady_clock::now();
-    (*fetcher)->Stop();  // joins the worker: returns once the trickled request has ended
+    (*fetcher)->Stop();
+    REQUIRE(run_until([&] { return outcome.has_value(); }, std::chrono::seconds(20)));
     const auto took = std::chrono::steady_clock::now() - asked;
-    INFO("Stop() took " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms");
+    INFO("the job ended " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+                          << " ms after Stop()");
     CHECK(took < std::chrono::seconds(10));  // the answer alone would take over a minute
+    REQUIRE_FALSE(outcome->status);
+    CHECK(outcome->status.error().kind() == ErrorKind::kCancelled);
+    CHECK_THAT(Message(*outcome), Catch::Contains("stopping"));
     scan.CheckDataKept();
   }
 }

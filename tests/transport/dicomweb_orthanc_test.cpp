@@ -1,6 +1,8 @@
 // DICOMweb client against the real Orthanc with its DICOMweb plugin on loopback: an instance
 // built here is stored through Orthanc's REST API, then found with QIDO-RS and retrieved with
-// WADO-RS; the retrieved bytes must equal the stored ones.
+// WADO-RS; the retrieved bytes must equal the stored ones. The same through the asynchronous
+// client (AsyncHttp on one io_context): several retrieves in flight at once on the test's thread,
+// and the same errors as the blocking client for the same refusals, deadline and stop.
 // Orthanc runs over plain HTTP (with the client's development flag): Debian 12's Orthanc crashes
 // on its first HTTPS connection, and TLS itself is covered by the tus tests.
 #include <catch2/catch.hpp>
@@ -10,6 +12,7 @@
 #include <dcmtk/dcmdata/dcfilefo.h>
 #include <dcmtk/dcmdata/dcuid.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <string>
@@ -19,7 +22,13 @@
 
 #include "tests/support/process.hpp"
 #include "transport/dicomweb.hpp"
+#include "transport/dicomweb_async.hpp"
 #include "transport/http.hpp"
+#include "transport/http_async.hpp"
+
+#include <boost/asio/io_context.hpp>
+
+#include <optional>
 
 namespace {
 
@@ -42,6 +51,18 @@ struct Ids {
   std::string series = NewUid();
   std::string instance = NewUid();
 };
+
+// Runs `io` until `done` holds, at most 30 s (a lost completion fails the test, never hangs it).
+template <typename Pred>
+bool RunUntil(boost::asio::io_context& io, Pred done) {
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  io.restart();
+  while (!done() && std::chrono::steady_clock::now() < give_up) {
+    io.run_for(std::chrono::milliseconds(50));
+    io.restart();
+  }
+  return done();
+}
 
 // A small CT image as DICOM Part 10 bytes (no patient data beyond a placeholder ID).
 std::vector<std::uint8_t> MakeCtInstance(const Ids& ids, const fs::path& scratch) {
@@ -176,4 +197,146 @@ TEST_CASE("DICOMweb: unknown studies are empty, unknown instances kNotFound, bad
   auto injected = client.SearchSeries("1.2.3/../../instances");
   REQUIRE_FALSE(injected);
   CHECK(injected.error().kind() == ErrorKind::kInvalidInput);
+}
+
+TEST_CASE("DICOMweb async: QIDO-RS and several WADO-RS retrieves in flight on one thread, byte for byte",
+          "[transport][dicomweb][async][integration]") {
+  if (!fs::exists(kOrthancDicomWebPlugin)) FAIL("Orthanc's DICOMweb plugin is missing: apt-get install orthanc-dicomweb");
+  OrthancFixture f;
+  HttpClient http(OrthancFixture::Options());
+  constexpr std::size_t kInstances = 4;
+  Ids ids;
+  std::vector<std::string> uids;
+  std::vector<std::vector<std::uint8_t>> stored;
+  for (std::size_t i = 0; i < kInstances; ++i) {
+    if (i > 0) ids.instance = NewUid();
+    uids.push_back(ids.instance);
+    stored.push_back(MakeCtInstance(ids, f.dir.path()));
+    f.Store(http, stored.back());
+  }
+
+  boost::asio::io_context io;
+  ctagent::transport::AsyncHttp engine(io, OrthancFixture::Options());
+  dicomweb::AsyncClient client(io, engine, f.base + "/dicom-web/");
+
+  std::optional<ctagent::Expected<std::vector<dicomweb::SeriesRef>>> series;
+  CHECK(client.SearchSeries(ids.study, [&](auto result) { series = std::move(result); }) != 0);
+  CHECK_FALSE(series);  // never from inside the call that started it
+  REQUIRE(RunUntil(io, [&] { return series.has_value(); }));
+  REQUIRE(*series);
+  REQUIRE((*series)->size() == 1);
+  CHECK((*series)->front().series_uid == ids.series);
+  CHECK((*series)->front().modality == "CT");
+  CHECK((*series)->front().instance_count == kInstances);
+
+  std::optional<ctagent::Expected<std::vector<dicomweb::InstanceRef>>> instances;
+  client.SearchInstances(ids.study, ids.series, [&](auto result) { instances = std::move(result); });
+  REQUIRE(RunUntil(io, [&] { return instances.has_value(); }));
+  REQUIRE(*instances);
+  REQUIRE((*instances)->size() == kInstances);
+  std::vector<std::string> listed;
+  for (const auto& inst : **instances) {
+    listed.push_back(inst.sop_instance_uid);
+    CHECK(inst.sop_class_uid == UID_CTImageStorage);
+  }
+  std::sort(listed.begin(), listed.end());
+  std::vector<std::string> expected_uids = uids;
+  std::sort(expected_uids.begin(), expected_uids.end());
+  CHECK(listed == expected_uids);
+
+  // All retrieves started before the loop runs: they are in flight together on this thread.
+  std::vector<std::optional<ctagent::Expected<std::vector<std::uint8_t>>>> bytes(kInstances);
+  std::size_t finished = 0;
+  for (std::size_t i = 0; i < kInstances; ++i) {
+    client.RetrieveInstance(ids.study, ids.series, uids[i], 1 << 20, [&, i](auto result, bool over_limit) {
+      CHECK_FALSE(over_limit);
+      bytes[i] = std::move(result);
+      ++finished;
+    });
+  }
+  CHECK(engine.in_flight() == kInstances);
+  REQUIRE(RunUntil(io, [&] { return finished == kInstances; }));
+  for (std::size_t i = 0; i < kInstances; ++i) {
+    REQUIRE(*bytes[i]);
+    CHECK(**bytes[i] == stored[i]);
+  }
+
+  // Over the cap: refused as the blocking client refuses it, over_limit set.
+  std::optional<ctagent::Expected<std::vector<std::uint8_t>>> too_big;
+  bool too_big_over = false;
+  client.RetrieveInstance(ids.study, ids.series, uids[0], 100, [&](auto result, bool over_limit) {
+    too_big = std::move(result);
+    too_big_over = over_limit;
+  });
+  REQUIRE(RunUntil(io, [&] { return too_big.has_value(); }));
+  REQUIRE_FALSE(*too_big);
+  CHECK(too_big->error().kind() == ErrorKind::kProtocol);
+  CHECK(too_big_over);
+  bool blocking_over = false;
+  dicomweb::Client blocking(http, f.base + "/dicom-web/");
+  auto blocking_too_big = blocking.RetrieveInstance(ids.study, ids.series, uids[0], 100, &blocking_over);
+  REQUIRE_FALSE(blocking_too_big);
+  CHECK(blocking_over);
+  CHECK(too_big->error().message() == blocking_too_big.error().message());
+}
+
+TEST_CASE("DICOMweb async: the blocking client's errors for unknown instances, bad UIDs, deadline and stop",
+          "[transport][dicomweb][async][integration]") {
+  if (!fs::exists(kOrthancDicomWebPlugin)) FAIL("Orthanc's DICOMweb plugin is missing: apt-get install orthanc-dicomweb");
+  OrthancFixture f;
+  HttpClient http(OrthancFixture::Options());
+  dicomweb::Client blocking(http, f.base + "/dicom-web");
+  boost::asio::io_context io;
+  ctagent::transport::AsyncHttp engine(io, OrthancFixture::Options());
+  dicomweb::AsyncClient client(io, engine, f.base + "/dicom-web");
+  const Ids ids;
+
+  std::optional<ctagent::Expected<std::vector<dicomweb::SeriesRef>>> series;
+  client.SearchSeries(ids.study, [&](auto result) { series = std::move(result); });
+  REQUIRE(RunUntil(io, [&] { return series.has_value(); }));
+  REQUIRE(*series);
+  CHECK((*series)->empty());
+
+  std::optional<ctagent::Expected<std::vector<std::uint8_t>>> missing;
+  client.RetrieveInstance(ids.study, ids.series, ids.instance, 1 << 20,
+                          [&](auto result, bool) { missing = std::move(result); });
+  REQUIRE(RunUntil(io, [&] { return missing.has_value(); }));
+  REQUIRE_FALSE(*missing);
+  CHECK(missing->error().kind() == ErrorKind::kNotFound);
+  auto blocking_missing = blocking.RetrieveInstance(ids.study, ids.series, ids.instance, 1 << 20);
+  REQUIRE_FALSE(blocking_missing);
+  CHECK(missing->error().message() == blocking_missing.error().message());
+
+  // Refused before sending: no request id, the completion still runs on the loop.
+  std::optional<ctagent::Expected<std::vector<dicomweb::SeriesRef>>> injected;
+  CHECK(client.SearchSeries("1.2.3/../../instances", [&](auto result) { injected = std::move(result); }) == 0);
+  CHECK_FALSE(injected);
+  REQUIRE(RunUntil(io, [&] { return injected.has_value(); }));
+  REQUIRE_FALSE(*injected);
+  CHECK(injected->error().kind() == ErrorKind::kInvalidInput);
+  CHECK(injected->error().message() == blocking.SearchSeries("1.2.3/../../instances").error().message());
+
+  // A deadline already passed: not started, as the blocking client says.
+  const auto past = std::chrono::steady_clock::now() - std::chrono::seconds(1);
+  client.SetDeadline(past);
+  blocking.SetDeadline(past);
+  std::optional<ctagent::Expected<std::vector<dicomweb::InstanceRef>>> late;
+  CHECK(client.SearchInstances(ids.study, ids.series, [&](auto result) { late = std::move(result); }) == 0);
+  REQUIRE(RunUntil(io, [&] { return late.has_value(); }));
+  REQUIRE_FALSE(*late);
+  CHECK(late->error().kind() == ErrorKind::kNetwork);
+  CHECK(late->error().message().find("not started: the deadline has passed") != std::string::npos);
+  CHECK(late->error().message() == blocking.SearchInstances(ids.study, ids.series).error().message());
+
+  // Stopping: the request is sent but ends kCancelled with the blocking client's message.
+  const auto later = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  client.SetDeadline(later, [] { return false; });
+  blocking.SetDeadline(later, [] { return false; });
+  std::optional<ctagent::Expected<std::vector<dicomweb::SeriesRef>>> stopped;
+  CHECK(client.SearchSeries(ids.study, [&](auto result) { stopped = std::move(result); }) != 0);
+  REQUIRE(RunUntil(io, [&] { return stopped.has_value(); }));
+  REQUIRE_FALSE(*stopped);
+  CHECK(stopped->error().kind() == ErrorKind::kCancelled);
+  CHECK(stopped->error().message().find("stopped: the agent is stopping") != std::string::npos);
+  CHECK(stopped->error().message() == blocking.SearchSeries(ids.study).error().message());
 }
