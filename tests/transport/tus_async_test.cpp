@@ -156,6 +156,7 @@ TEST_CASE("tus async: discovery, creation and a multi-PATCH upload from a file r
   REQUIRE(RunUntil(f.io, [&] { return gone.done(); }));
   REQUIRE_FALSE(*gone.result);
   CHECK(gone.failure.failure == FailureClass::kUploadGone);
+  CHECK(gone.result->error().failure() == FailureClass::kUploadGone);  // the error carries it too
 }
 
 TEST_CASE("tus async: a refusing gate ends the PATCH (kLinkDown, as HttpClient), and the upload resumes from the "
@@ -348,6 +349,7 @@ TEST_CASE("tus async: a checksum server gets Upload-Checksum over the file range
     REQUIRE(RunUntil(io, [&] { return failed.done(); }));
     REQUIRE_FALSE(*failed.result);
     CHECK(failed.failure.failure == FailureClass::kChecksum);
+    CHECK(failed.result->error().failure() == FailureClass::kChecksum);
     CHECK(server.Count("PATCH") - before == 1 + tus::PatchRecovery::kMaxChecksumResends);
   }
 }
