@@ -251,7 +251,7 @@ run_curl() {  # $1 dir $2 ns $3 url
   mbits "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" "$bytes"
 }
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (v[1] == "fail") print "fail"; else print v[int((NR + 1) / 2)] }'; }
+median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (v[1] == "fail") print "fail"; else print v[int((NR + 1) / 2)] }'; }
 
 # The ceiling: curl to the server over the cloud's own loopback (no link, no proxy).
 ceiling_file=$(payload_file "$max_mib")
