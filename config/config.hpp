@@ -56,7 +56,10 @@ struct CloudConfig {
   std::filesystem::path password_file;  // file holding the password (never inline in config)
   TlsConfig tls;
   bool allow_plain_http = false;     // development only; loudly logged
+  // Uploads sending at once: at least parallel_uploads, more while the link's measured rate x
+  // round trip asks for them, at most max_uploads_in_flight (each holds its chunk in memory).
   std::uint32_t parallel_uploads = 8;
+  std::uint32_t max_uploads_in_flight = 32;
   std::uint64_t patch_bytes = 4ull << 20;  // bytes per PATCH request
   std::uint32_t connect_timeout_s = 10;
   std::uint32_t stall_timeout_s = 30;  // abort a request that moves no byte for this long

@@ -354,8 +354,13 @@ std::vector<Entry> MakeEntries() {
       {.path = "/cloud/allow_plain_http", .type = Type::kBool,
        .description = "Allow http:// URLs. Development only; loudly logged.", CTAGENT_TARGET(cloud.allow_plain_http)},
       {.path = "/cloud/parallel_uploads", .type = Type::kInteger,
-       .description = "Chunks uploaded at once, each on its own connection; about 1 + link rate x round-trip time / chunk size.",
+       .description = "Chunks always let upload at once, each on its own connection; more are admitted while the "
+                      "measured link rate x round trip asks for them, up to max_uploads_in_flight.",
        .min = 1, .max = 64, CTAGENT_TARGET(cloud.parallel_uploads)},
+      {.path = "/cloud/max_uploads_in_flight", .type = Type::kInteger,
+       .description = "The most chunks uploading at once however long the round trip; each holds its compressed "
+                      "chunk in memory. Below parallel_uploads it counts as parallel_uploads.",
+       .min = 1, .max = 256, CTAGENT_TARGET(cloud.max_uploads_in_flight)},
       {.path = "/cloud/patch_bytes", .type = Type::kBytes, .description = "Bytes per tus PATCH request.",
        .min = 64 * kKiB, .max = 256 * kMiB, CTAGENT_TARGET(cloud.patch_bytes)},
       {.path = "/cloud/connect_timeout_s", .type = Type::kInteger, .description = "TCP + TLS connect timeout [s].",

@@ -17,6 +17,8 @@ namespace {
 
 using transport::FailureClass;
 
+constexpr std::uint32_t kUploadBufferBytes = 256u << 10;
+
 // Failures that say something about the network link (reported against it to the link manager);
 // HTTP answers and local problems say the link works.
 bool IsLinkFailure(FailureClass failure) {
@@ -123,6 +125,7 @@ Uploader::Uploader(boost::asio::io_context& io, spool::Spool& spool, const confi
       links_(links),
       share_(std::make_shared<transport::HttpShare>()),
       allowed_origins_(transport::tus::ParseOriginList(cloud.upload_origins_allowed)),
+      admitted_(cloud.parallel_uploads),
       counters_(counters != nullptr ? *counters : own_counters_) {}
 
 Uploader::~Uploader() {
@@ -233,16 +236,17 @@ void Uploader::Start(JobPtr job) {
 
 void Uploader::Pump() {
   // Two stages, so the creation round trip of the next uploads overlaps the PATCHes in flight
-  // instead of leaving a connection idle for it; each bounded by parallel_uploads.
+  // instead of leaving a connection idle for it; each bounded by the admitted count.
   // Each round takes one job off a queue, so the loops end.
-  while (!paused_ && !stopping_ && sending_ < cloud_.parallel_uploads && !to_send_.empty()) {
+  while (!paused_ && !stopping_ && sending_ < admitted_ && !to_send_.empty()) {
     JobPtr job = std::move(to_send_.front());
     to_send_.pop_front();
     --ahead_;
     ++sending_;
+    most_sending_ = std::max(most_sending_, sending_);
     Transfer(std::move(job));
   }
-  while (!paused_ && !stopping_ && ahead_ < cloud_.parallel_uploads && !to_create_.empty()) {
+  while (!paused_ && !stopping_ && ahead_ < admitted_ && !to_create_.empty()) {
     JobPtr job = std::move(to_create_.front());
     to_create_.pop_front();
     ++ahead_;
@@ -301,6 +305,24 @@ void Uploader::CountConfirmed(const Job& job, std::uint64_t bytes) {
   counters_.bytes_sent += bytes;
   if (job.manifest) counters_.manifest_bytes_sent += bytes;
   scan_bytes_[job.scan_uid] += bytes;
+  EstimatorFor(job.lease.link_name).NoteConfirmed(bytes, AdmissionEstimator::Clock::now());
+  UpdateAdmission(job.lease.link_name);
+}
+
+AdmissionEstimator& Uploader::EstimatorFor(const std::string& link) { return estimators_[link]; }
+
+void Uploader::UpdateAdmission(const std::string& link) {
+  const std::uint32_t before = admitted_;
+  const AdmissionEstimator& estimator = EstimatorFor(link);
+  admitted_ = estimator.Admit(cloud_.parallel_uploads, cloud_.max_uploads_in_flight);
+  if (admitted_ == before) return;
+  log::Debug("upload", "uploads admitted at once: " + std::to_string(admitted_) + " (link rate " +
+                           std::to_string(static_cast<std::uint64_t>(estimator.rate_bytes_per_s() * 8 / 1e6)) +
+                           " Mbit/s, round trip " +
+                           std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(estimator.round_trip())
+                                              .count()) + " us)");
+  // Posted: this runs inside completions, which end their own job first.
+  if (admitted_ > before) Post([this] { Pump(); });
 }
 
 std::uint64_t Uploader::TakeScanBytes(const std::string& scan_uid) {
@@ -331,7 +353,16 @@ transport::tus::AsyncClient& Uploader::ClientFor(const LinkLease& lease) {
     options.interface_name = lease.interface_name;
     options.source_address = lease.source_address;
     options.share = share_;
-    client.http = std::make_unique<transport::AsyncHttp>(io_, std::move(options));
+    // libcurl's buffer for a PATCH body, one per request sending (a ~1 MiB chunk filled 2 MiB
+    // buffers to its length): 256 KiB refills are as cheap per byte and keep it off the bound
+    // of docs/configuration.md, "Memory".
+    options.upload_buffer_bytes = kUploadBufferBytes;
+    // A connection per request in flight: both stages at the most admitted, and a manifest's.
+    transport::AsyncHttpLimits limits;
+    const std::uint32_t most = std::max(cloud_.parallel_uploads, cloud_.max_uploads_in_flight);
+    limits.max_host_connections = std::max(limits.max_host_connections, 2 * most + 1);
+    limits.max_cached_connections = std::max(limits.max_cached_connections, 2 * most + 1);
+    client.http = std::make_unique<transport::AsyncHttp>(io_, std::move(options), limits);
     client.tus = std::make_unique<transport::tus::AsyncClient>(io_, *client.http, cloud_.upload_url);
     client.tus->protocol().SetAllowedOrigins(allowed_origins_);
   }
@@ -491,17 +522,24 @@ void Uploader::CreateUpload(JobPtr job, std::uint64_t length, const std::string&
                                        {"filename", job->manifest ? "manifest.json"
                                                                   : "chunk-" + std::to_string(job->index) + ".ctc"}};
   if (!job->manifest) metadata.push_back({"chunk_index", std::to_string(job->index)});
+  const auto asked = AdmissionEstimator::Clock::now();
   // No creation-with-upload here, even when offered: the contract is to journal the URL
   // before sending any byte. Bytes in the POST would make a crash between the POST and the
   // journal leave a second, complete copy of the chunk on the server (the soak test sees it).
-  job->client->Create(length, metadata, [this, weak = std::weak_ptr<char>(alive_), job, then = std::move(then)](
-                                            Expected<transport::tus::Created> created, transport::tus::Failure why) {
+  job->client->Create(length, metadata, [this, weak = std::weak_ptr<char>(alive_), job, asked,
+                                         then = std::move(then)](Expected<transport::tus::Created> created,
+                                                                 transport::tus::Failure why) {
     if (!weak.lock()) return;
     if (!created) {
       job->Fail(created.error(), why);
       then(MakeError(created.error()));
       return;
     }
+    // A request without a body: its answer time is the path's round trip (plus the server's
+    // work, and a connection's set-up the first time, which the estimator's minimum drops).
+    const auto answered = AdmissionEstimator::Clock::now();
+    EstimatorFor(job->lease.link_name).NoteRoundTrip(answered - asked, answered);
+    UpdateAdmission(job->lease.link_name);
     spool::UploadState state;
     state.url = created->url;
     state.confirmed_offset = created->offset;
@@ -697,10 +735,15 @@ void Uploader::TransferRead(JobPtr job) {
       return;
     }
     const bool can_terminate = caps->Has("termination");
-    job->client->Query(job->state.url, [this, weak = std::weak_ptr<char>(alive_), job, size, can_terminate](
+    const auto asked = AdmissionEstimator::Clock::now();
+    job->client->Query(job->state.url, [this, weak = std::weak_ptr<char>(alive_), job, size, can_terminate, asked](
                                            Expected<transport::tus::UploadInfo> server,
                                            transport::tus::Failure query_failure) {
       if (!weak.lock()) return;
+      if (server) {
+        const auto answered = AdmissionEstimator::Clock::now();
+        EstimatorFor(job->lease.link_name).NoteRoundTrip(answered - asked, answered);
+      }
       if (!server) {
         if (query_failure.failure == FailureClass::kUploadGone) {
           log::Warn("upload", job->Name() + ": the server no longer knows " + RedactUrl(job->state.url) +
@@ -774,6 +817,11 @@ void Uploader::TransferSend(JobPtr job) {
   if (EndedByPauseOrStop(job)) return;
   job->start_offset = job->offset;
   job->last_journaled = job->offset;
+  if (!job->manifest) {  // a scan's one small manifest says nothing of the chunks' PATCHes
+    EstimatorFor(job->lease.link_name)
+        .NotePatch(std::min<std::uint64_t>(job->bytes->size() - std::min<std::uint64_t>(job->offset, job->bytes->size()),
+                                           cloud_.patch_bytes));
+  }
   transport::tus::AsyncUploadOptions options;
   // The gate, asked before each block and at each progress check, answers at once: a pause or
   // a stop ends the PATCH (the server keeps what it got), and so does a revoked lease. A capped
@@ -850,7 +898,7 @@ void Uploader::TransferSend(JobPtr job) {
 void Uploader::Transferred(JobPtr job) {
   in_flight_.erase(job);
   job->upload.reset();
-  job->bytes.reset();  // at most parallel_uploads jobs hold their bytes
+  job->bytes.reset();  // at most max_uploads_in_flight jobs hold their bytes
   if (job->attempt_body_bytes > 0) {
     job->body_bytes_sent += job->attempt_body_bytes;
     ++job->sending_attempts;

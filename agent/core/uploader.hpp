@@ -1,8 +1,10 @@
 // The uploader: moves spooled chunks and manifests to the imaging center with tus, and
 // journals progress in the spool so that any interruption resumes from the server's offset.
 // Every request runs on the event loop (tus::AsyncClient on one AsyncHttp per link: libcurl's
-// multi interface, no thread per upload): up to parallel_uploads uploads are created ahead
-// (POST, URL journaled) while up to parallel_uploads others send their bytes (PATCH). What may
+// multi interface, no thread per upload): up to N uploads are created ahead (POST, URL
+// journaled) while up to N others send their bytes (PATCH), N following the link's measured
+// rate x round trip between cloud.parallel_uploads and cloud.max_uploads_in_flight
+// (agent/core/admission.hpp). What may
 // wait for a disk runs on two one-thread workers that post back: the journal's synced records
 // (group-committed) and reading and checking a chunk or manifest before it is sent.
 #pragma once
@@ -22,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/core/admission.hpp"
 #include "agent/core/http_options.hpp"
 #include "agent/core/link_provider.hpp"
 #include "agent/spool/spool.hpp"
@@ -91,6 +94,12 @@ class Uploader {
   void SetPaused(bool paused);
   bool paused() const { return paused_; }
 
+  // How many uploads may send at once now (and be created ahead): the admission rule's answer
+  // for the link in use, from its measured rate and round trip (agent/core/admission.hpp).
+  std::uint32_t admitted() const { return admitted_; }
+  // The most uploads that were in the byte stage at once so far.
+  std::uint32_t most_sending() const { return most_sending_; }
+
  private:
   struct Job;
   using JobPtr = std::shared_ptr<Job>;
@@ -132,6 +141,9 @@ class Uploader {
   transport::tus::AsyncClient& ClientFor(const LinkLease& lease);
   // Bytes the server confirmed for `job`: counters (with manifests apart) and the scan's share.
   void CountConfirmed(const Job& job, std::uint64_t bytes);
+  // A measurement of `link` changed: the admitted count follows (and more jobs start if it grew).
+  AdmissionEstimator& EstimatorFor(const std::string& link);
+  void UpdateAdmission(const std::string& link);
   // An upload Prepare() created and journaled whose bytes nobody has started sending: the
   // server holds 0 of them, so its PATCH needs no HEAD first. Removes the entry (true if it was
   // one, of `length` bytes).
@@ -181,6 +193,11 @@ class Uploader {
   std::deque<JobPtr> to_send_;    // created, waiting for a transfer slot
   std::uint32_t ahead_ = 0;       // jobs created or being created, not yet sending
   std::uint32_t sending_ = 0;     // jobs in the byte stage
+  std::uint32_t most_sending_ = 0;
+  // Both stages' bound (see admitted()); the estimator of each link measured so far, and the
+  // link whose estimate sets it (the one most recently measured: one link is in use at a time).
+  std::uint32_t admitted_;
+  std::map<std::string, AdmissionEstimator> estimators_;
   std::set<JobPtr> in_flight_;    // jobs with a request or worker task under way
   UploadCounters own_counters_;
   UploadCounters& counters_;  // own_counters_ or the caller's

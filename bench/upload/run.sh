@@ -26,7 +26,9 @@
 # 16-slice chest scan is ~500 MiB compressed), because each scan's upload pays ~4 round trips
 # that no tus client with a journal can overlap (docs/links.md); --seconds 4 shows them.
 # "agent CPU %" is the agent client's CPU time (all threads, user + system) during its upload, in %
-# of one core: the median over the repeats. --delays are added round-trip times [ms], half each way. --repeat runs every client R times per
+# of one core: the median over the repeats; "agent window" the most uploads it let send at once
+# (admitted by the measured rate x round trip, between cloud.parallel_uploads and
+# cloud.max_uploads_in_flight; --parallel sets the first), the median over the repeats. --delays are added round-trip times [ms], half each way. --repeat runs every client R times per
 # cell, interleaved (agent, tusjs, curl, agent, ...), and reports each client's median.
 # --agent-spool puts the agent's spool elsewhere (default: under /tmp, a real disk here; a tmpfs
 # shows what the journal's disk syncs cost). --agent-b adds a client "agentb": another build of
@@ -212,12 +214,12 @@ run_agent_exe() {  # $1 upload_bench $2 dir $3 ns $4 url
         --parallel "$parallel"  --spool "$agent_spool" ${AGENT_LOG:+--log $AGENT_LOG} 2>>"$work/clients.log") || { echo fail; return; }
   seconds=$(sed -n 's/^seconds=\([0-9.]*\).*/\1/p' <<<"$out")
   # The client's CPU during the upload, in % of one core (the agent's own cost per byte).
-  local cpu_file=$work/agent.cpu
-  [ "$exe" = "$bench_exe" ] || cpu_file=$work/agentb.cpu
+  local cpu_file=$work/agent.cpu window_file=$work/agent.window
+  [ "$exe" = "$bench_exe" ] || { cpu_file=$work/agentb.cpu; window_file=$work/agentb.window; }
   awk -v c="$(sed -n 's/.*cpu_seconds=\([0-9.]*\).*/\1/p' <<<"$out")" -v s="$seconds" \
     'BEGIN { printf "%.0f\n", 100 * c / s }' >> "$cpu_file"
-  # upload_bench_async also says how many uploads it let in flight at most.
-  sed -n 's/.*max_window=\([0-9]*\).*/\1/p' <<<"$out" >> "$work/agentb.window"
+  # Both say how many uploads they let send at once at most (admitted by rate x round trip).
+  sed -n 's/.*max_window=\([0-9]*\).*/\1/p' <<<"$out" >> "$window_file"
   mbits "$seconds" "$(sed -n 's/.*bytes=\([0-9]*\).*/\1/p' <<<"$out")"
 }
 run_tusjs() {
@@ -249,7 +251,7 @@ run_curl() {  # $1 dir $2 ns $3 url
   mbits "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" "$bytes"
 }
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (v[1] == "fail") print "fail"; else print v[int((NR + 1) / 2)] }'; }
+median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (v[1] == "fail") print "fail"; else print v[int((NR + 1) / 2)] }'; }
 
 # The ceiling: curl to the server over the cloud's own loopback (no link, no proxy).
 ceiling_file=$(payload_file "$max_mib")
@@ -268,8 +270,8 @@ IFS=, read -r -a client_list <<<"$clients"
 
 bcol=""; bsep=""
 [ -z "$bench_exe_b" ] || { bcol=" agent-b Mbit/s | agent-b/cap | agent-b CPU % | agent-b window |"; bsep="---|---|---|---|"; }
-printf '\n| link Mbit/s | added RTT ms | MiB | chunks | agent Mbit/s | tus-js Mbit/s | curl Mbit/s | agent/cap | tus-js/cap | curl/cap | agent/tus-js |%s agent CPU %% | load |\n' "$bcol"
-printf '|---|---|---|---|---|---|---|---|---|---|---|%s---|---|\n' "$bsep"
+printf '\n| link Mbit/s | added RTT ms | MiB | chunks | agent Mbit/s | tus-js Mbit/s | curl Mbit/s | agent/cap | tus-js/cap | curl/cap | agent/tus-js |%s agent CPU %% | agent window | load |\n' "$bcol"
+printf '|---|---|---|---|---|---|---|---|---|---|---|%s---|---|---|\n' "$bsep"
 for rate in "${rate_list[@]}"; do
   burst=$(( rate * 1000000 / 8 / 100 ))  # 10 ms of the rate
   [ $burst -ge 32768 ] || burst=32768
@@ -286,7 +288,7 @@ for rate in "${rate_list[@]}"; do
     mv "$work/proxy.control.tmp" "$work/proxy.control"
     sleep 0.2
     declare -A got=()
-    : > "$work/agent.cpu"; : > "$work/agentb.cpu"; : > "$work/agentb.window"
+    : > "$work/agent.cpu"; : > "$work/agentb.cpu"; : > "$work/agent.window"; : > "$work/agentb.window"
     for _ in $(seq 1 "$repeat"); do
       for c in "${client_list[@]}"; do
         got[$c]="${got[$c]:-} $(run_"$c" "$dir" "$scan" "$url")"
@@ -298,10 +300,10 @@ for rate in "${rate_list[@]}"; do
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "fail" || b == "fail" || a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
     bval=""
     [ -z "$bench_exe_b" ] || bval=" ${got[agentb]:--} | $(ratio "${got[agentb]:-}" "$cap") | $(median < "$work/agentb.cpu") | $(median < "$work/agentb.window") |"
-    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |%s %s | %s |\n' "$rate" "$delay" "$cell_mib" "$nchunks" \
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |%s %s | %s | %s |\n' "$rate" "$delay" "$cell_mib" "$nchunks" \
       "${got[agent]:--}" "${got[tusjs]:--}" "${got[curl]:--}" \
       "$(ratio "${got[agent]:-}" "$cap")" "$(ratio "${got[tusjs]:-}" "$cap")" "$(ratio "${got[curl]:-}" "$cap")" \
-      "$(ratio "${got[agent]:-}" "${got[tusjs]:-}")" "$bval" "$(median < "$work/agent.cpu")" "$(cut -d' ' -f1 /proc/loadavg)"
+      "$(ratio "${got[agent]:-}" "${got[tusjs]:-}")" "$bval" "$(median < "$work/agent.cpu")" "$(median < "$work/agent.window")" "$(cut -d' ' -f1 /proc/loadavg)"
     unset got
   done
 done

@@ -2,11 +2,14 @@
 // (the files `ctagent scan` produced, see run.sh) and the agent's Uploader (core::Uploader, the
 // same class `ctagent run` uses: tus over HTTPS, `parallel_uploads` transfers, each chunk one
 // upload journaled before its first byte, the manifest last) sends them all. Used by run.sh;
-// prints "seconds=<s> bytes=<n> uploads=<n> cpu_seconds=<s>" on success (cpu_seconds: the
-// process's user + system CPU time during the timed upload, all threads).
+// prints "seconds=<s> bytes=<n> uploads=<n> cpu_seconds=<s> max_window=<n>" on success
+// (cpu_seconds: the process's user + system CPU time during the timed upload, all threads;
+// max_window: the most uploads that sent at once, as admitted by rate x round trip).
 //
 //   upload_bench --url https://HOST:PORT/files/ --dir CHUNKS --ca CA.pem
-//                [--parallel N] [--patch-bytes N] [--spool DIR] [--log debug]
+//                [--parallel N] [--max-in-flight N] [--patch-bytes N] [--spool DIR] [--log debug]
+// --parallel is cloud.parallel_uploads, --max-in-flight cloud.max_uploads_in_flight (default: the
+// configuration's defaults).
 // CHUNKS holds manifest.json and the chunk files it lists (NNNNNN.ctc, by chunk index).
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -46,6 +49,7 @@ int main(int argc, char** argv) {
     else if (a == "--dir") dir = argv[i + 1];
     else if (a == "--ca") cloud.tls.ca_file = argv[i + 1];
     else if (a == "--parallel") cloud.parallel_uploads = static_cast<std::uint32_t>(std::strtoul(argv[i + 1], nullptr, 10));
+    else if (a == "--max-in-flight") cloud.max_uploads_in_flight = static_cast<std::uint32_t>(std::strtoul(argv[i + 1], nullptr, 10));
     else if (a == "--patch-bytes") cloud.patch_bytes = std::strtoull(argv[i + 1], nullptr, 10);
     else if (a == "--spool") spool_dir = argv[i + 1];
     else if (a == "--log") {
@@ -101,10 +105,11 @@ int main(int argc, char** argv) {
   io.run();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const double cpu_seconds = bench::CpuSeconds() - cpu0;
+  const std::uint32_t max_window = uploader.most_sending();
   uploader.Stop();
   fs::remove_all(spool_dir);
   if (failed > 0) return 1;
-  std::printf("seconds=%.4f bytes=%llu uploads=%zu cpu_seconds=%.3f\n", seconds,
-              static_cast<unsigned long long>(total), manifest.chunks.size() + 1, cpu_seconds);
+  std::printf("seconds=%.4f bytes=%llu uploads=%zu cpu_seconds=%.3f max_window=%u\n", seconds,
+              static_cast<unsigned long long>(total), manifest.chunks.size() + 1, cpu_seconds, max_window);
   return 0;
 }

@@ -94,6 +94,9 @@ nlohmann::json SmallScanConfig(const fs::path& spool_dir, const std::string& upl
        {{"upload_url", upload_url},
         {"tls", {{"ca_file", ca_file.string()}}},
         {"parallel_uploads", 2},
+        // Pinned: the soak's bound on re-sent bytes counts 2 transfers per kill, whatever the
+        // loaded loopback's rate x round trip would admit.
+        {"max_uploads_in_flight", 2},
         {"patch_bytes", 65536},
         {"connect_timeout_s", 5},
         {"stall_timeout_s", 10}}},

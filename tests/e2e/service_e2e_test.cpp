@@ -36,7 +36,7 @@ namespace {
 
 constexpr int kScans = 5;
 // The bound of docs/architecture.md ("The daemon's threads") for this configuration:
-// parallel_uploads 2 and codec.threads 2, no link manager: 13 + 2 + 2 x 2.
+// parallel_uploads and max_uploads_in_flight 2, codec.threads 2, no link manager: 13 + 2 + 2 x 2.
 constexpr int kThreadBound = 19;
 
 // Seconds since the epoch of a log line's "2026-12-05T07:24:38.132Z" prefix.
@@ -117,7 +117,7 @@ TEST_CASE("ctagent run takes 5 announced scans back to back while it uploads and
       {"study", {{"patient_id", "SVC-1"}, {"patient_name", "SERVICE^TEST"}, {"study_description", "SERVICE"}}},
       {"codec", {{"zstd_level", 3}, {"filter", "shuffle"}, {"views_per_chunk", 32}, {"threads", 2}}},
       {"spool", {{"directory", (work.path() / "spool").string()}, {"max_bytes", "1 GiB"}, {"min_free_bytes", 0}}},
-      {"cloud", center->CloudSection({{"parallel_uploads", 2}, {"patch_bytes", 65536}})},
+      {"cloud", center->CloudSection({{"parallel_uploads", 2}, {"max_uploads_in_flight", 2}, {"patch_bytes", 65536}})},
       {"results", {{"enabled", true}, {"poll_interval_ms", 300}, {"poll_max_interval_ms", 2000}, {"timeout_s", 240}}},
       {"console",
        {{"enabled", true}, {"host", "127.0.0.1"}, {"port", console_port}, {"called_ae", "CONSOLE"},

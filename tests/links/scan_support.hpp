@@ -42,6 +42,9 @@ inline nlohmann::json ScanConfig(const std::filesystem::path& spool_dir, const s
        {{"upload_url", upload_url},
         {"tls", {{"ca_file", ca_file.string()}}},
         {"parallel_uploads", 2},
+        // Pinned: the proxy tests bound what a reset or stall re-sends by 2 uploads in flight,
+        // whatever the loaded loopback's rate x round trip would admit.
+        {"max_uploads_in_flight", 2},
         {"patch_bytes", patch_bytes},
         {"connect_timeout_s", 3},
         {"stall_timeout_s", stall_timeout_s}}},
