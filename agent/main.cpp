@@ -771,7 +771,8 @@ int CmdScan(const Args& args) {
   auto cfg = LoadOrExplain(args, kScanHelp, &code);
   if (!cfg) return code;
   if (args.Has("--no-results")) cfg->results.enabled = false;
-  PosixFileStore files;
+  const auto file_store = MakeProcessFileStore();
+  FileStore& files = *file_store;
   core::Agent agent(*cfg, files);
   // Before the spool is opened: a scan waiting for the daemon to pause must stop on SIGTERM too.
   SignalWatcher signals(&agent);
@@ -799,7 +800,8 @@ int CmdRun(const Args& args) {
   int code = 0;
   auto cfg = LoadOrExplain(args, kRunHelp, &code);
   if (!cfg) return code;
-  PosixFileStore files;
+  const auto file_store = MakeProcessFileStore();
+  FileStore& files = *file_store;
   // Under systemd (Type=notify): READY=1 once serving, WATCHDOG=1 from the event loop, STOPPING=1.
   // Read before any thread starts: it also clears the variables from the environment.
   const auto notifier = service::ServiceNotifier::FromEnvironment();
@@ -923,7 +925,8 @@ int CmdStatus(const Args& args) {
     }
   }
   if (!status) {
-    PosixFileStore files;
+    const auto file_store = MakeProcessFileStore();
+    FileStore& files = *file_store;
     core::Agent agent(*cfg, files);
     if (!OpenOrExplain(agent, /*read_only=*/true)) return cli::kExitNotCompleted;  // alongside a scan or the daemon
     status = control::StatusFromSpool(agent.spool(), {.source = "spool", .budget_bytes = cfg->spool.max_bytes});
@@ -1044,7 +1047,8 @@ int CmdRotateKey(const Args& args) {
   if (!args.Has("--yes")) {
     return Usage("rotating " + key_file.string() + " cannot be undone; add --yes to do it", kRotateKeyHelp);
   }
-  PosixFileStore files;
+  const auto file_store = MakeProcessFileStore();
+  FileStore& files = *file_store;
   auto rotation = privacy::SiteKey::Rotate(key_file, files);
   if (!rotation) {
     std::fprintf(stderr, "ctagent: %s\n", rotation.error().message().c_str());

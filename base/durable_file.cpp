@@ -7,10 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
-#include <csignal>
-#include <cstdlib>
 #include <cstring>
 #include <fstream>
 
@@ -26,47 +23,13 @@ Unexpected Unsupported(const char* what) {
   return MakeError(ErrorKind::kUnsupported, std::string("this file store does not implement ") + what);
 }
 
-// ---- Test-only fault hooks (docs/durability.md) -------------------------------------------
-// Compiled only where the tests are built (CMake option CTAGENT_FAULT_HOOKS); in what ships they
-// are empty functions and no environment variable is read.
-
-#if defined(CTAGENT_FAULT_HOOKS)
-struct FaultHooks {
-  std::uint64_t kill_at_op = 0;  // 0: off
-  std::string eio_read_substring;
-  std::atomic<std::uint64_t> mutating_ops{0};
-};
-
-FaultHooks& Hooks() {
-  static FaultHooks* hooks = [] {
-    auto* h = new FaultHooks;  // never destroyed: used until the process ends
-    if (const char* v = std::getenv("CTAGENT_FAULT_KILL_AT_OP"); v && *v) h->kill_at_op = std::strtoull(v, nullptr, 10);
-    if (const char* v = std::getenv("CTAGENT_FAULT_EIO_READ"); v && *v) h->eio_read_substring = v;
-    return h;
-  }();
-  return *hooks;
+// Tells the observer (if any) about a step just before it is taken.
+void Before(FileStepObserver* observer, FileStep step, const std::filesystem::path& path) {
+  if (observer != nullptr) observer->BeforeStep(step, path);
 }
 
-// Called immediately before every mutating operation, so a kill lands between, say, the
-// fsync of a file and its rename.
-void BeforeMutation() {
-  FaultHooks& h = Hooks();
-  if (h.kill_at_op == 0) return;
-  if (h.mutating_ops.fetch_add(1) + 1 == h.kill_at_op) std::raise(SIGKILL);
-}
-
-bool ReadFails(const std::filesystem::path& path) {
-  const FaultHooks& h = Hooks();
-  return !h.eio_read_substring.empty() && path.string().find(h.eio_read_substring) != std::string::npos;
-}
-#else
-void BeforeMutation() {}
-bool ReadFails(const std::filesystem::path&) { return false; }
-#endif
-
-// Opens `path` for reading (kNotFound if it does not exist); honours the EIO test hook.
+// Opens `path` for reading (kNotFound if it does not exist).
 Expected<int> OpenForReading(const std::filesystem::path& path) {
-  if (ReadFails(path)) return ErrnoError("cannot read", path, EIO);
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     const int err = errno;
@@ -97,10 +60,10 @@ Expected<std::vector<std::uint8_t>> ReadAndClose(int fd, const std::filesystem::
   return data;
 }
 
-Status FsyncDirectory(const std::filesystem::path& dir) {
+Status FsyncDirectory(const std::filesystem::path& dir, FileStepObserver* observer) {
   const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return ErrnoError("cannot open directory", dir, errno);
-  BeforeMutation();
+  Before(observer, FileStep::kSyncDirectory, dir);
   const int rc = ::fsync(fd);
   const int err = errno;
   ::close(fd);
@@ -108,10 +71,11 @@ Status FsyncDirectory(const std::filesystem::path& dir) {
   return Ok();
 }
 
-Status WriteAll(int fd, const std::filesystem::path& path, std::span<const std::uint8_t> bytes) {
+Status WriteAll(int fd, const std::filesystem::path& path, std::span<const std::uint8_t> bytes,
+                FileStepObserver* observer) {
   std::size_t written = 0;
   while (written < bytes.size()) {
-    BeforeMutation();
+    Before(observer, FileStep::kWrite, path);
     const ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -140,7 +104,8 @@ void KeepAppendSlack(int fd) {
 // With `owner_only` the file is mode 0600 before any byte is written, also when an older file
 // of that name (a temporary left by a crash) had a wider mode.
 Expected<int> CreateWithBytes(const std::filesystem::path& path, std::span<const std::uint8_t> bytes,
-                              bool owner_only = false) {
+                              FileStepObserver* observer, bool owner_only = false) {
+  Before(observer, FileStep::kCreate, path);
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, owner_only ? 0600 : 0640);
   if (fd < 0) return ErrnoError("cannot create", path, errno);
   if (owner_only && ::fchmod(fd, 0600) != 0) {
@@ -149,7 +114,7 @@ Expected<int> CreateWithBytes(const std::filesystem::path& path, std::span<const
     ::unlink(path.c_str());
     return ErrnoError("cannot make owner-only (chmod 600)", path, err);
   }
-  if (auto st = WriteAll(fd, path, bytes); !st) {
+  if (auto st = WriteAll(fd, path, bytes, observer); !st) {
     ::close(fd);
     ::unlink(path.c_str());
     return MakeError(st.error());
@@ -252,11 +217,10 @@ Status PosixFileStore::WriteDurablyOwnerOnly(const std::filesystem::path& path, 
 Status PosixFileStore::WriteDurablyWithMode(const std::filesystem::path& path, std::span<const std::uint8_t> bytes,
                                             bool owner_only) {
   const std::filesystem::path tmp = path.string() + ".tmp";
-  BeforeMutation();
-  auto created = CreateWithBytes(tmp, bytes, owner_only);
+  auto created = CreateWithBytes(tmp, bytes, observer_, owner_only);
   if (!created) return MakeError(created.error());
   const int fd = *created;
-  if (durable()) BeforeMutation();
+  if (durable()) Before(observer_, FileStep::kSync, tmp);
   if (durable() && ::fsync(fd) != 0) {
     const int err = errno;
     ::close(fd);
@@ -264,13 +228,13 @@ Status PosixFileStore::WriteDurablyWithMode(const std::filesystem::path& path, s
     return ErrnoError("cannot fsync", tmp, err);
   }
   if (::close(fd) != 0) return ErrnoError("cannot close", tmp, errno);
-  BeforeMutation();
+  Before(observer_, FileStep::kRename, path);
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     const int err = errno;
     ::unlink(tmp.c_str());
     return ErrnoError("cannot rename into place", path, err);
   }
-  return durable() ? FsyncDirectory(path.parent_path()) : Ok();
+  return durable() ? FsyncDirectory(path.parent_path(), observer_) : Ok();
 }
 
 Expected<std::vector<std::uint8_t>> PosixFileStore::ReadAll(const std::filesystem::path& path,
@@ -306,30 +270,30 @@ Status PosixFileStore::CreateDirectories(const std::filesystem::path& path) {
   }
   std::reverse(missing.begin(), missing.end());
   for (const auto& dir : missing) {
-    BeforeMutation();
+    Before(observer_, FileStep::kMakeDirectory, dir);
     if (::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) return ErrnoError("cannot create directory", dir, errno);
     if (!durable()) continue;
-    if (auto st = FsyncDirectory(dir.parent_path()); !st) return st;
+    if (auto st = FsyncDirectory(dir.parent_path(), observer_); !st) return st;
   }
-  return durable() ? FsyncDirectory(path) : Ok();
+  return durable() ? FsyncDirectory(path, observer_) : Ok();
 }
 
 Status PosixFileStore::Remove(const std::filesystem::path& path) {
   std::error_code ec;
-  BeforeMutation();
+  Before(observer_, FileStep::kRemove, path);
   std::filesystem::remove_all(path, ec);
   if (ec) return MakeError(ErrorKind::kIo, "cannot remove " + path.string() + ": " + ec.message());
-  return durable() ? FsyncDirectory(path.parent_path()) : Ok();
+  return durable() ? FsyncDirectory(path.parent_path(), observer_) : Ok();
 }
 
 Status PosixFileStore::AppendDurably(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
   if (fd < 0) return ErrnoError("cannot open for appending", path, errno);
-  if (auto st = WriteAll(fd, path, bytes); !st) {
+  if (auto st = WriteAll(fd, path, bytes, observer_); !st) {
     ::close(fd);
     return st;
   }
-  if (durable()) BeforeMutation();
+  if (durable()) Before(observer_, FileStep::kSync, path);
   // fdatasync: the size change is data-relevant metadata, so it is synced too.
   if (durable() && ::fdatasync(fd) != 0) {
     const int err = errno;
@@ -344,13 +308,13 @@ Status PosixFileStore::AppendDurably(const std::filesystem::path& path, std::spa
 Status PosixFileStore::Truncate(const std::filesystem::path& path, std::uint64_t size_bytes) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
   if (fd < 0) return ErrnoError("cannot open for truncating", path, errno);
-  BeforeMutation();
+  Before(observer_, FileStep::kTruncate, path);
   if (::ftruncate(fd, static_cast<off_t>(size_bytes)) != 0) {
     const int err = errno;
     ::close(fd);
     return ErrnoError("cannot truncate", path, err);
   }
-  if (durable()) BeforeMutation();
+  if (durable()) Before(observer_, FileStep::kSync, path);
   if (durable() && ::fsync(fd) != 0) {
     const int err = errno;
     ::close(fd);
@@ -390,8 +354,7 @@ Expected<std::vector<DirEntry>> PosixFileStore::List(const std::filesystem::path
 }
 
 Status PosixFileStore::WriteUnsynced(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) {
-  BeforeMutation();
-  auto fd = CreateWithBytes(path, bytes);
+  auto fd = CreateWithBytes(path, bytes, observer_);
   if (!fd) return MakeError(fd.error());
   // Start the writeback now, while the batch fills: the batch's fdatasync then mostly waits for
   // I/O already under way instead of starting all of it at once. Best effort, and no
@@ -409,14 +372,14 @@ Status PosixFileStore::SyncBatch(const std::vector<std::filesystem::path>& files
   for (const auto& path : files) {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return ErrnoError("cannot open for syncing", path, errno);
-    BeforeMutation();
+    Before(observer_, FileStep::kSync, path);
     const int rc = ::fdatasync(fd);
     const int err = errno;
     ::close(fd);
     if (rc != 0) return ErrnoError("cannot fdatasync", path, err);
   }
   for (const auto& dir : directories) {
-    if (auto st = FsyncDirectory(dir); !st) return st;
+    if (auto st = FsyncDirectory(dir, observer_); !st) return st;
   }
   return Ok();
 }

@@ -85,23 +85,41 @@ int LockHolderPid(const std::filesystem::path& path);
 // The command line of process `pid` ("" if it is gone or unreadable), arguments joined by spaces.
 std::string ProcessCommandLine(int pid);
 
+// The primitive steps by which PosixFileStore changes what is on disk, each reported to its
+// observer (if any) immediately before it is taken. A durable write is kCreate, kWrite (one per
+// write(2) call), kSync, kRename, kSyncDirectory; an append is kWrite then kSync; a batch sync is
+// one kSync per file, then one kSyncDirectory per directory.
+enum class FileStep {
+  kCreate,         // open(O_CREAT | O_TRUNC) of a file (a temporary or an unsynced chunk file)
+  kWrite,          // one write(2)
+  kSync,           // fsync or fdatasync of a file
+  kRename,         // a temporary renamed into place
+  kSyncDirectory,  // fsync of a directory
+  kRemove,         // a file or a tree removed
+  kMakeDirectory,  // mkdir
+  kTruncate,       // ftruncate
+};
+
+// Sees every step of a PosixFileStore: the seam that lets a test build stop a process between
+// any two of them (base/fault_injecting_file_store.hpp, compiled only into test builds).
+// Production code passes none.
+class FileStepObserver {
+ public:
+  virtual ~FileStepObserver() = default;
+  // Called on the thread taking the step (any thread), before it is taken.
+  virtual void BeforeStep(FileStep step, const std::filesystem::path& path) = 0;
+};
+
 // The real POSIX implementation.
-//
-// Test-only fault hooks, read once from the environment at the first file operation:
-//   CTAGENT_FAULT_KILL_AT_OP=N       raise(SIGKILL) immediately before the N-th mutating file
-//                                    operation (write, fsync, rename, directory fsync, unlink,
-//                                    mkdir, truncate, journal append), counting from 1
-//   CTAGENT_FAULT_EIO_READ=<text>    reads of files whose path contains <text> fail with EIO
-// They exist for the process-kill soak harness (docs/durability.md); unset, they cost one branch.
-// Only builds with the CMake option CTAGENT_FAULT_HOOKS have them (on where the tests are built,
-// off in the firmware presets and the Debian package).
 class PosixFileStore final : public FileStore {
  public:
   // Whether anything is ever flushed to stable storage. kNone is for benches and tests that
   // measure what syncing costs (bench/spool): every fsync, fdatasync, directory fsync and
   // early writeback is skipped, so nothing it writes survives a power cut. Never configurable.
   enum class Sync { kDurable, kNone };
-  explicit PosixFileStore(Sync sync = Sync::kDurable) : sync_(sync) {}
+  // `observer` (optional) must outlive the store.
+  explicit PosixFileStore(Sync sync = Sync::kDurable, FileStepObserver* observer = nullptr)
+      : sync_(sync), observer_(observer) {}
 
   Status WriteDurably(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) override;
   Status WriteDurablyOwnerOnly(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) override;
@@ -127,7 +145,15 @@ class PosixFileStore final : public FileStore {
   bool durable() const { return sync_ == Sync::kDurable; }
   Status WriteDurablyWithMode(const std::filesystem::path& path, std::span<const std::uint8_t> bytes, bool owner_only);
   Sync sync_;
+  FileStepObserver* observer_;
 };
+
+// The file store a process of the agent (and of the reference worker) writes its files
+// through: a PosixFileStore, or in builds with the CMake option CTAGENT_FAULT_HOOKS (the test
+// builds) one decorated with the test-only fault injection when the test asked for it
+// (base/fault_injecting_file_store.hpp). Defined by the library ctagent_process_file_store,
+// which compiles one or the other.
+std::unique_ptr<FileStore> MakeProcessFileStore();
 
 inline std::span<const std::uint8_t> AsBytes(const std::string& text) {
   return {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()};

@@ -125,7 +125,8 @@ CheckReport RunChecks(const std::filesystem::path& config_path, const std::vecto
     }
   }
 
-  PosixFileStore files;
+  const auto file_store = MakeProcessFileStore();
+  FileStore& files = *file_store;
   std::unique_ptr<spool::Spool> spool;
   if (want("disk") || want("queue")) {
     // Read-only: a check may run while `ctagent scan` or `ctagent run` writes the spool.

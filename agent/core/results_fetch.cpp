@@ -326,7 +326,8 @@ Status ResultsFetcher::ReadMappingOnce(Job& job) {
   job.local_study_uid = job.study_uid;
   std::error_code ec;
   if (std::filesystem::exists(path, ec)) {
-    PosixFileStore files;
+    const auto file_store = MakeProcessFileStore();
+    FileStore& files = *file_store;
     auto mapping = privacy::ReadMapping(files, path);
     if (!mapping) return MakeError(mapping.error().WithContext("scan " + job.scan_uid + "'s results"));
     job.local_study_uid = mapping->study_instance_uid.real;

@@ -209,7 +209,8 @@ Expected<std::string> WriteCtSlice(const std::filesystem::path& path, const Seri
     return MakeError(ErrorKind::kIo, "cannot write DICOM slice " + temp.string() + ": " + saved.text() +
                                          " (check free space and permissions of the work directory)");
   }
-  PosixFileStore store;
+  const auto file_store = MakeProcessFileStore();
+  FileStore& store = *file_store;
   auto bytes = store.ReadAll(temp, 1ull << 30);
   if (!bytes) return MakeError(bytes.error().WithContext("reading back DICOM slice"));
   if (auto st = store.WriteDurably(path, *bytes); !st) return MakeError(st.error().WithContext("DICOM slice"));

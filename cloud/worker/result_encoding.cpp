@@ -99,7 +99,8 @@ Status SaveDurably(DcmFileFormat& file, const fs::path& path) {
     return MakeError(ErrorKind::kIo, "cannot write " + temp.string() + ": " + saved.text() +
                                          " (check free space and permissions of the work directory)");
   }
-  PosixFileStore store;
+  const auto file_store = MakeProcessFileStore();
+  FileStore& store = *file_store;
   auto bytes = store.ReadAll(temp, 1ull << 30);
   if (!bytes) return MakeError(bytes.error().WithContext("reading back " + temp.string()));
   if (auto st = store.WriteDurably(path, *bytes); !st) return MakeError(st.error().WithContext(path.string()));

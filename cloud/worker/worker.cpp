@@ -65,7 +65,8 @@ nlohmann::json AnalysisSummary(const AnalysisResult& analysis) {
 }
 
 Expected<nlohmann::json> ReadJsonFile(const fs::path& path, std::uint64_t max_bytes) {
-  PosixFileStore store;
+  const auto file_store = MakeProcessFileStore();
+  FileStore& store = *file_store;
   auto bytes = store.ReadAll(path, max_bytes);
   if (!bytes) return MakeError(bytes.error());
   auto parsed = nlohmann::json::parse(bytes->begin(), bytes->end(), nullptr, /*allow_exceptions=*/false);
@@ -74,7 +75,8 @@ Expected<nlohmann::json> ReadJsonFile(const fs::path& path, std::uint64_t max_by
 }
 
 Status WriteJsonDurably(const fs::path& path, const nlohmann::json& j) {
-  PosixFileStore store;
+  const auto file_store = MakeProcessFileStore();
+  FileStore& store = *file_store;
   return store.WriteDurably(path, AsBytes(j.dump(2) + "\n"));
 }
 
@@ -92,7 +94,8 @@ struct ChunkData {
 
 Expected<ChunkData> DecodeChunkFile(const fs::path& path, const codec::Manifest& manifest,
                                     const codec::ManifestChunk& entry) {
-  PosixFileStore store;
+  const auto file_store = MakeProcessFileStore();
+  FileStore& store = *file_store;
   auto bytes = store.ReadAll(path, kMaxChunkFileBytes);
   if (!bytes) return MakeError(bytes.error());
   auto decoded = codec::DecodeChunk(*bytes, manifest.protocol.RawBytes() + 1);
@@ -178,7 +181,8 @@ Worker::Worker(WorkerConfig config) : config_(std::move(config)) {
 Worker::~Worker() = default;
 
 Status Worker::Init() {
-  PosixFileStore store;
+  const auto file_store = MakeProcessFileStore();
+  FileStore& store = *file_store;
   for (const char* sub : {"series", "done", "failed"}) {
     if (auto st = store.CreateDirectories(config_.work_dir / sub); !st) {
       return MakeError(st.error().WithContext("work directory (check --work)"));
@@ -234,7 +238,8 @@ Expected<std::string> Worker::HashOf(const Upload& upload) {
 }
 
 Worker::StoreAttempt Worker::StoreInstance(transport::HttpClient& http, const std::string& url, const fs::path& file) {
-  PosixFileStore store;
+  const auto file_store = MakeProcessFileStore();
+  FileStore& store = *file_store;
   auto bytes = store.ReadAll(file, 1ull << 30);
   if (!bytes) return {StoreAttempt::kRejected, "instance to store is missing: " + bytes.error().message(), {}};
   transport::HttpRequest request;
@@ -456,7 +461,8 @@ Worker::Outcome Worker::ProcessManifest(const Upload& manifest_upload, const std
 
     // A half-written series from an interrupted run is discarded: nothing of it was stored.
     fs::remove_all(series_dir, ec);
-    PosixFileStore store;
+    const auto file_store = MakeProcessFileStore();
+    FileStore& store = *file_store;
     if (auto st = store.CreateDirectories(series_dir); !st) {
       log::Error(kLog, "scan " + scan_uid + ": " + st.error().message());
       return Outcome::kRetry;

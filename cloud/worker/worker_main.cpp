@@ -99,7 +99,8 @@ int main(int argc, char** argv) {
     return Usage("--store, --work, --orthanc, --orthanc-user, --orthanc-password-file and --ca are required");
   }
   {
-    PosixFileStore files;
+    const auto file_store = MakeProcessFileStore();
+    FileStore& files = *file_store;
     auto password = files.ReadAll(password_file, 4096);
     if (!password) {
       std::fprintf(stderr, "ctcloud-worker: cannot read the Orthanc password: %s\n", password.error().message().c_str());

@@ -177,7 +177,7 @@ TEST_CASE("a read error on a spooled chunk flags that scan loudly and the other 
     const fs::path probe = work.path() / "probe.log";
     RunCtagent({"status", "--config", refusing_cfg.string()}, probe, 60s);
     if (test::ReadText(probe).find("Input/output error") == std::string::npos) {
-      Skip("CTAGENT_FAULT_EIO_READ is not in this build's PosixFileStore (base/durable_file.cpp)");
+      Skip("CTAGENT_FAULT_EIO_READ is not in this build (no FaultInjectingFileStore: CMake option CTAGENT_FAULT_HOOKS off)");
       return;
     }
   }

@@ -212,8 +212,9 @@ std::vector<std::size_t> SeriesOfScan(OrthancPeer& orthanc, const std::string& s
 // `partial_series` counts the visible series that are (still) short of their count.
 std::vector<std::string> CheckVisibleSeries(OrthancPeer& orthanc, std::size_t* partial_series);
 
-// True if this build's PosixFileStore has the test hook `name` (CTAGENT_FAULT_KILL_AT_OP): probed
-// by running `ctagent status` on a fresh spool with the hook armed at the first operation.
+// True if this build's ctagent has the test-only kill (CTAGENT_FAULT_KILL_AT_OP, the
+// FaultInjectingFileStore of test builds): probed by running `ctagent run --once` on a fresh
+// spool with the kill armed at the first file step.
 bool HasKillAtOpHook(const fs::path& scratch);
 
 // Chunk files under the spool's scans/ (journaled or not), counted without opening the spool.

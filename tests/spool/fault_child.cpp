@@ -1,4 +1,5 @@
-// Helper process for the PosixFileStore fault-hook tests: opens a spool and either adds chunks
+// Helper process for the fault-injection tests (MakeProcessFileStore(), whose test builds
+// decorate the PosixFileStore: base/fault_injecting_file_store.hpp): opens a spool and either adds chunks
 // to a new scan (printing "ok <index>" after each AddChunk that returned OK) or reads a chunk
 // back ("read <index>" / "error <message>").
 //   spool_fault_child <dir> write <scan_uid> <chunks>
@@ -15,7 +16,8 @@ using namespace ctagent;
 
 int main(int argc, char** argv) {
   if (argc != 5) return 2;
-  PosixFileStore files;
+  const auto file_store = MakeProcessFileStore();
+  FileStore& files = *file_store;
   auto s = spool::Spool::Open({argv[1], 1ull << 30, 0}, files);
   if (!s) return std::printf("error %s\n", s.error().message().c_str()), 1;
   const std::string mode = argv[2];

@@ -1,6 +1,7 @@
-// The test-only fault hooks of PosixFileStore, in a real process: CTAGENT_FAULT_KILL_AT_OP
-// kills it deterministically before its N-th mutating file operation, and the spool it leaves
-// behind recovers every chunk it reported; CTAGENT_FAULT_EIO_READ fails reads by path.
+// The test-only fault injection of the file store (base/fault_injecting_file_store.hpp), in a
+// real process: CTAGENT_FAULT_KILL_AT_OP kills it deterministically before its N-th file step,
+// and the spool it leaves behind recovers every chunk it reported; CTAGENT_FAULT_EIO_READ fails
+// reads by path.
 #include <catch2/catch.hpp>
 
 #include <set>
