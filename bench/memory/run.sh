@@ -151,8 +151,8 @@ node -e '
   const queue = size(c.queue_bytes, 4 << 20), parallel = cl.parallel_uploads ?? 8;
   const MiB = (b) => (b / 1048576).toFixed(1);
   const compressed = chunk * 0.55;  // this protocol at 1/5 dose compresses about 1.8:1
-  const base = 14 << 20, acquisition = 2 * chunk, encoding = (threads + 1) * (3 * chunk + (1 << 20));
-  const uploads = parallel * (compressed + (256 << 10));  // libcurl's upload buffer: 256 KiB (transport/http.hpp)
+  const base = 19 << 20, acquisition = 2 * chunk, encoding = (threads + 1) * (3 * chunk + (1 << 20));
+  const uploads = parallel * (compressed + (256 << 10));  // the libcurl upload buffer: 256 KiB (transport/http.hpp)
   console.log(`# bound from the config (docs/configuration.md, "Memory"): ${MiB(base)} base + ${MiB(acquisition)} acquisition` +
               ` + ${MiB(encoding)} encoding + ${MiB(uploads)} uploads = ${MiB(base + acquisition + encoding + uploads)} MiB` +
               ` while compression keeps up; + up to ${MiB(2 * queue)} MiB (2 x codec.queue_bytes) when it falls behind;` +
