@@ -29,7 +29,7 @@ struct CodecConfig {
   std::string coder = "context_rans";
   std::uint32_t views_per_chunk = 64;
   std::uint32_t threads = 2;         // compression workers
-  std::uint64_t queue_bytes = 64ull << 20;  // raw chunks waiting for the workers (agent/codec/chunk_stage.hpp)
+  std::uint64_t queue_bytes = 4ull << 20;  // raw chunks waiting for the workers (agent/codec/chunk_stage.hpp)
 };
 
 struct SpoolConfig {

@@ -77,7 +77,12 @@ struct HttpOptions {
   // HTTP/2 over TLS when the server offers it by ALPN (HTTP/1.1 otherwise; plain http:// stays 1.1).
   bool http2 = true;
   // Bytes libcurl hands the connection per send (CURLOPT_UPLOAD_BUFFERSIZE; 16 KiB to 2 MiB).
-  std::uint32_t upload_buffer_bytes = 2u << 20;
+  // Every request's handle allocates one when it sends a body, and the agent has up to
+  // cloud.parallel_uploads PATCHes plus creations in flight: at 2 MiB they were ~30 MiB of a
+  // 1 GiB scan's 62 MiB peak heap (heaptrack, docs/configuration.md "Memory"). 256 KiB is still
+  // 16 TLS records per callback; the kernel's socket buffer, not this one, covers the link's
+  // bandwidth x round trip.
+  std::uint32_t upload_buffer_bytes = 256u << 10;
   // Optional: share TLS sessions and DNS answers with other clients (each keeps its own connection).
   std::shared_ptr<HttpShare> share;
 };

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "base/allocator.hpp"
 #include "base/sha256.hpp"
 
 namespace ctagent::codec {
@@ -91,6 +92,8 @@ void ChunkStage::Worker(bool overflow) {
     auto encoded = overflow ? EncodeChunk(chunk.info, chunk.samples, options_.overflow)
                             : encode_(chunk.info, chunk.samples, options_.encode);
     store_(chunk, std::move(encoded));
+    chunk = RawChunk();  // its samples freed before the heap's free pages are handed back
+    ReleaseFreeHeapPages();
   }
 }
 

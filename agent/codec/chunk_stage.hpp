@@ -54,7 +54,7 @@ ChunkInfo ScanChunkInfo(const std::string& scan_uid, const drivers::ScanProtocol
 struct ChunkStageOptions {
   std::uint32_t views_per_chunk = 64;
   std::uint32_t threads = 2;
-  std::uint64_t queue_bytes = 64ull << 20;  // raw bytes waiting for the workers (and, separately, for the overflow thread)
+  std::uint64_t queue_bytes = 4ull << 20;  // raw bytes waiting for the workers (and, separately, for the overflow thread)
   EncodeOptions encode{Filter::kPredict, 3};
   EncodeOptions overflow{Filter::kNone, 1};
 };

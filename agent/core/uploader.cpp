@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "base/allocator.hpp"
 #include "base/log.hpp"
 #include "base/sha256.hpp"
 #include "base/url.hpp"
@@ -899,6 +900,7 @@ void Uploader::Transferred(JobPtr job) {
   in_flight_.erase(job);
   job->upload.reset();
   job->bytes.reset();  // at most max_uploads_in_flight jobs hold their bytes
+  ReleaseFreeHeapPages();
   if (job->attempt_body_bytes > 0) {
     job->body_bytes_sent += job->attempt_body_bytes;
     ++job->sending_attempts;

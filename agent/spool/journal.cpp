@@ -35,12 +35,13 @@ std::uint32_t Crc32c(std::span<const std::uint8_t> bytes) {
   return c ^ 0xFFFFFFFFu;
 }
 
-std::vector<std::uint8_t> Frame(const nlohmann::json& payload) {
-  const std::string text = payload.dump();
+std::vector<std::uint8_t> Frame(const nlohmann::json& payload) { return FrameText(payload.dump()); }
+
+std::vector<std::uint8_t> FrameText(std::string_view text) {
   std::vector<std::uint8_t> out;
   out.reserve(kHeaderBytes + text.size());
   PutU32(out, static_cast<std::uint32_t>(text.size()));
-  PutU32(out, Crc32c(AsBytes(text)));
+  PutU32(out, Crc32c(std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(text.data()), text.size())));
   out.insert(out.end(), text.begin(), text.end());
   return out;
 }

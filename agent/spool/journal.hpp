@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -26,6 +27,8 @@ std::uint32_t Crc32c(std::span<const std::uint8_t> bytes);
 
 // One framed record.
 std::vector<std::uint8_t> Frame(const nlohmann::json& payload);
+// The same for a payload already written as JSON text (built piece by piece, see the snapshot).
+std::vector<std::uint8_t> FrameText(std::string_view payload);
 
 struct ReadSummary {
   std::uint64_t records = 0;

@@ -332,6 +332,29 @@ nlohmann::json ToJson(const ScanRecord& r) {
   return j;
 }
 
+// The snapshot's record of one scan, {"type":"scan","scan":{...}}, as JSON text built a chunk at
+// a time: ToJson(r) as one tree costs a few KiB a chunk, which at every compaction during a long
+// scan made the agent's peak memory grow with the scan (tens of MiB at 8 GiB raw;
+// docs/configuration.md, "Memory"). Reads back exactly as ToJson(r) does.
+std::string ScanSnapshotText(const ScanRecord& r) {
+  nlohmann::json head = ScalarsToJson(r);
+  nlohmann::json results = nlohmann::json::array();
+  for (const auto& res : r.results) results.push_back(ResultToJson(res));
+  head["scan_uid"] = r.scan_uid;
+  head["manifest_upload"] = UploadToJson(r.manifest_upload);
+  head["results"] = std::move(results);
+  std::string text = R"({"type":"scan","scan":)";
+  text += head.dump();
+  text.pop_back();  // the closing brace: "chunks" follows (head is never empty: it has scan_uid)
+  text += R"(,"chunks":[)";
+  for (std::size_t i = 0; i < r.chunks.size(); ++i) {
+    if (i > 0) text += ',';
+    text += ChunkToJson(r.chunks[i]).dump();
+  }
+  text += "]}}";
+  return text;
+}
+
 Expected<ScanRecord> ScanRecordFromJson(const nlohmann::json& j) {
   try {
     ScanRecord r;
@@ -672,7 +695,7 @@ Status Spool::CompactLocked() {
   const std::uint64_t next = generation_ + 1;
   std::vector<std::uint8_t> snapshot = journal::Frame({{"type", "snapshot"}, {"format", kSpoolFormat}, {"generation", next}});
   for (const auto& [uid, r] : scans_) {
-    const auto frame = journal::Frame({{"type", "scan"}, {"scan", ToJson(r)}});
+    const auto frame = journal::FrameText(ScanSnapshotText(r));
     snapshot.insert(snapshot.end(), frame.begin(), frame.end());
   }
   const auto end = journal::Frame({{"type", "end"}, {"scans", scans_.size()}});

@@ -148,11 +148,11 @@ node -e '
     const m = /^(\d+)\s*(B|KiB|MiB|GiB)$/.exec(v); return Number(m[1]) * { B: 1, KiB: 1024, MiB: 1 << 20, GiB: 1 << 30 }[m[2]]; };
   const s = cfg.scan, viewBytes = s.rows * s.channels * 2;
   const chunk = (c.views_per_chunk ?? 64) * viewBytes, threads = c.threads ?? 2;
-  const queue = size(c.queue_bytes, 64 << 20), parallel = cl.parallel_uploads ?? 8;
+  const queue = size(c.queue_bytes, 4 << 20), parallel = cl.parallel_uploads ?? 8;
   const MiB = (b) => (b / 1048576).toFixed(1);
   const compressed = chunk * 0.55;  // this protocol at 1/5 dose compresses about 1.8:1
-  const base = 14 << 20, acquisition = 2 * chunk, encoding = (threads + 1) * (3 * chunk + (1 << 20));
-  const uploads = parallel * (compressed + (2 << 20));
+  const base = 19 << 20, acquisition = 2 * chunk, encoding = (threads + 1) * (3 * chunk + (1 << 20));
+  const uploads = parallel * (compressed + (256 << 10));  // the libcurl upload buffer: 256 KiB (transport/http.hpp)
   console.log(`# bound from the config (docs/configuration.md, "Memory"): ${MiB(base)} base + ${MiB(acquisition)} acquisition` +
               ` + ${MiB(encoding)} encoding + ${MiB(uploads)} uploads = ${MiB(base + acquisition + encoding + uploads)} MiB` +
               ` while compression keeps up; + up to ${MiB(2 * queue)} MiB (2 x codec.queue_bytes) when it falls behind;` +

@@ -80,6 +80,7 @@ TEST_CASE("config: minimal example loads and takes every default from the struct
   CHECK(c->codec.filter == "predict");
   CHECK(c->codec.coder == "context_rans");
   CHECK(c->codec.views_per_chunk == 64);
+  CHECK(c->codec.queue_bytes == (4ull << 20));  // docs/configuration.md, "Memory"
   CHECK(c->spool.directory == "/var/spool/ctagent");
   CHECK(c->spool.max_bytes == (64ull << 30));
   CHECK(c->cloud.parallel_uploads == 8);
