@@ -29,6 +29,7 @@
 #endif
 #endif
 
+#if CTAGENT_GLIBC_HEAP
 namespace {
 
 std::uint64_t RssAnonKiB() {
@@ -47,6 +48,7 @@ std::uint64_t RssAnonKiB() {
 }
 
 }  // namespace
+#endif
 
 TEST_CASE("ReleaseFreeHeapPages returns freed buffers inside the heap, at most once per interval") {
 #if !CTAGENT_GLIBC_HEAP
