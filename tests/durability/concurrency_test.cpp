@@ -63,16 +63,17 @@ std::size_t UploadedInSpool(const fs::path& spool_dir) {
 TEST_CASE("status and check while a scan runs change nothing in its spool, and the scan arrives bit-exact",
           "[durability][concurrency]") {
   LocalCloud cloud("concurrent-status");
-  // Paced like a gantry (240 views over 3 s): chunk files are written, synced in batches and
-  // journaled while the technician looks.
+  // Paced like a gantry (240 views over 8 s): chunk files are written, synced in batches and
+  // journaled while the technician looks. Long enough for two rounds of status and check under
+  // the sanitizers on a loaded CI machine (one round took more than the 3 s scan there).
   const fs::path cfg_path = cloud.work.path() / "agent.json";
-  WriteJson(cfg_path, PacedScanConfig(cloud.spool_dir, cloud.tus.endpoint(), cloud.pki / "ca.pem", 31, 3.0));
+  WriteJson(cfg_path, PacedScanConfig(cloud.spool_dir, cloud.tus.endpoint(), cloud.pki / "ca.pem", 31, 8.0));
   const fs::path log = cloud.work.path() / "agent.log";
   test::ChildProcess agent(ScanCommand(cfg_path), log);
   REQUIRE(test::WaitFor([&] { return CountChunkFiles(cloud.spool_dir) >= 1 || !agent.Running(); }, 60s));
   int looks = 0;
   std::string seen;
-  // Bounded: 30 rounds; the scan ends after ~3 s.
+  // Bounded: 30 rounds; the scan ends after ~8 s.
   for (int i = 0; i < 30 && agent.Running(); ++i) {
     const fs::path out = cloud.work.path() / ("look-" + std::to_string(i) + ".log");
     CHECK(RunCtagent({"status", "--config", cfg_path.string()}, out, 60s) != -1);
