@@ -2,34 +2,42 @@
 # The reference imaging center on one machine, for ctagent demos and tests only (not a diagnostic
 # product): the tus upload server, Orthanc (DICOMweb, behind TLS) and the reconstruction worker.
 #
-# Usage: imaging-center.sh start|stop|status RUNDIR [--tus-port N] [--orthanc-port N] [--image-size N]
+# Usage: imaging-center.sh start|stop|status RUNDIR [--tus-port N] [--orthanc-port N]
+#                                                 [--orthanc-internal-port N] [--image-size N]
 #   start   makes the PKI (RUNDIR/pki) if missing, starts the three services in the background
 #           (logs in RUNDIR/logs, PIDs in RUNDIR/pids), waits until each answers, then writes and
 #           prints RUNDIR/center.env. Already running: says so and exits 0.
 #   stop    stops exactly the recorded PIDs (TERM, up to 10 s, then KILL).
 #   status  prints each service's state; exit 0 when all run, 3 otherwise.
-# Ports: tus 18080, Orthanc 18042 (HTTPS; Orthanc's own plain-HTTP port is that + 1) by default.
+# Ports: tus 18080, Orthanc 18042 (HTTPS) by default; Orthanc's own plain-HTTP port behind the TLS
+# proxy is --orthanc-internal-port, by default the Orthanc port + 1. Orthanc binds it on every
+# interface, so a caller that picks ports at random should pick this one too, free on 0.0.0.0
+# (the kernel gives bind(0) odd ports and outgoing connections even ones, so "a free port + 1"
+# is often a loopback client's port at that moment).
 # --image-size: the worker's reconstruction matrix (N x N; the worker's default, 512, without it).
 # The worker binary: $CTCLOUD_WORKER, else the newest build/*/cloud/worker/ctcloud-worker.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
-usage="usage: imaging-center.sh start|stop|status RUNDIR [--tus-port N] [--orthanc-port N] [--image-size N]"
+usage="usage: imaging-center.sh start|stop|status RUNDIR [--tus-port N] [--orthanc-port N] [--orthanc-internal-port N] [--image-size N]"
 action=${1:-}
 rundir=${2:-}
 [ -n "$action" ] && [ -n "$rundir" ] || { echo "$usage" >&2; exit 2; }
 shift 2
 tus_port=18080
 orthanc_port=18042
+orthanc_internal_port=""
 worker_args=()
 while [ $# -gt 0 ]; do
   case $1 in
     --tus-port) tus_port=${2:?--tus-port needs a value}; shift 2 ;;
     --orthanc-port) orthanc_port=${2:?--orthanc-port needs a value}; shift 2 ;;
+    --orthanc-internal-port) orthanc_internal_port=${2:?--orthanc-internal-port needs a value}; shift 2 ;;
     --image-size) worker_args+=(--image-size "${2:?--image-size needs a value}"); shift 2 ;;
     *) echo "imaging-center.sh: unknown argument $1" >&2; echo "$usage" >&2; exit 2 ;;
   esac
 done
+[ -n "$orthanc_internal_port" ] || orthanc_internal_port=$((orthanc_port + 1))
 mkdir -p "$rundir"
 rundir=$(cd "$rundir" && pwd)
 services="tus orthanc worker"
@@ -145,7 +153,7 @@ start() {
     --cert "$rundir/pki/server.pem" --key "$rundir/pki/server.key" \
     >> "$rundir/logs/tus.log" 2>&1 < /dev/null &
   echo $! > "$rundir/pids/tus.pid"
-  nohup bash "$here/orthanc/start-orthanc.sh" "$rundir/orthanc" "$orthanc_port" "$rundir/pki" \
+  nohup bash "$here/orthanc/start-orthanc.sh" "$rundir/orthanc" "$orthanc_port" "$rundir/pki" "$orthanc_internal_port" \
     >> "$rundir/logs/orthanc.log" 2>&1 < /dev/null &
   echo $! > "$rundir/pids/orthanc.pid"
 

@@ -75,23 +75,24 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Free loopback ports: tus, Orthanc's HTTPS port and the one above it (Orthanc's own), console.
-free_port() {
-  node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close();});'
+# Free ports: tus, Orthanc's HTTPS port and console on loopback; Orthanc's own HTTP port free on
+# every interface, where Orthanc binds it (cloud/imaging-center.sh says why not "that + 1").
+free_port() {  # $1 = address
+  node -e 'const s=require("net").createServer().listen(0,process.argv[1],()=>{console.log(s.address().port);s.close();});' "$1"
 }
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-tus_port=$(free_port)
+tus_port=$(free_port 127.0.0.1)
 for _ in $(seq 1 50); do
-  orthanc_port=$(free_port)
-  if [ "$orthanc_port" != "$tus_port" ] && [ $((orthanc_port + 1)) != "$tus_port" ] && [ "$orthanc_port" -lt 65535 ] &&
-     ! port_busy $((orthanc_port + 1)); then
+  orthanc_port=$(free_port 127.0.0.1)
+  orthanc_internal_port=$(free_port 0.0.0.0)
+  if [ "$orthanc_port" != "$tus_port" ] && [ "$orthanc_internal_port" != "$tus_port" ] &&
+     [ "$orthanc_internal_port" != "$orthanc_port" ]; then
     break
   fi
 done
-console_port=$(free_port)
+console_port=$(free_port 127.0.0.1)
 
 CTCLOUD_WORKER=$worker_exe "$src/cloud/imaging-center.sh" start "$center" --tus-port "$tus_port" \
-  --orthanc-port "$orthanc_port" --image-size "$image_size" > "$work/center-start.log" 2>&1 \
+  --orthanc-port "$orthanc_port" --orthanc-internal-port "$orthanc_internal_port" --image-size "$image_size" > "$work/center-start.log" 2>&1 \
   || { echo "run.sh: the imaging center did not start:" >&2; cat "$work/center-start.log" >&2; exit 1; }
 # shellcheck disable=SC1091
 . "$center/center.env"

@@ -83,8 +83,9 @@ struct Center {
     fs::create_directories(store);
     tus = ctagent::test::StartTusServer(pki, store, root.path() / "tus.log");
     orthanc_port = ctagent::test::FreeLoopbackPort();
-    std::uint16_t internal_port = ctagent::test::FreeLoopbackPort();
-    for (int i = 0; i < 10 && internal_port == orthanc_port; ++i) internal_port = ctagent::test::FreeLoopbackPort();
+    // Orthanc binds its own port on every interface: FreeWildcardPort.
+    std::uint16_t internal_port = ctagent::test::FreeWildcardPort();
+    for (int i = 0; i < 10 && internal_port == orthanc_port; ++i) internal_port = ctagent::test::FreeWildcardPort();
     orthanc = std::make_unique<ChildProcess>(
         std::vector<std::string>{"bash", std::string(CTAGENT_SOURCE_DIR) + "/cloud/orthanc/start-orthanc.sh",
                                  orthanc_dir.string(), std::to_string(orthanc_port), pki.string(),

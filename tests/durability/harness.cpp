@@ -429,8 +429,9 @@ OrthancPeer::~OrthancPeer() = default;  // ChildProcess: SIGTERM to the supervis
 
 void OrthancPeer::Start() {
   port_ = FreeLoopbackPort();
-  std::uint16_t internal_port = FreeLoopbackPort();
-  for (int i = 0; i < 10 && internal_port == port_; ++i) internal_port = FreeLoopbackPort();
+  // Orthanc binds its own port on every interface: FreeWildcardPort.
+  std::uint16_t internal_port = FreeWildcardPort();
+  for (int i = 0; i < 10 && internal_port == port_; ++i) internal_port = FreeWildcardPort();
   process_ = std::make_unique<ChildProcess>(
       std::vector<std::string>{"bash", std::string(CTAGENT_SOURCE_DIR) + "/cloud/orthanc/start-orthanc.sh",
                                dir_.string(), std::to_string(port_), pki_.string(), std::to_string(internal_port)},

@@ -70,28 +70,33 @@ inline std::unique_ptr<ImagingCenter> StartImagingCenter(const std::filesystem::
   ::setenv("CTCLOUD_WORKER", (std::filesystem::path(CTAGENT_BINARY_DIR) / "cloud/worker/ctcloud-worker").c_str(), 1);
   const std::string start_log = run_dir.string() + "-start.log";
   int rc = -1;
-  // The ports are free when chosen, but not reserved: another test's outgoing connection or
-  // server may take one before a service binds it (Orthanc's internal port, orthanc_port + 1, is
-  // not even bound to choose it). A start that failed on a port in use is tried once more on new
-  // ports; any other failure fails the test.
+  // The ports are free when chosen, but not reserved: another test's server or outgoing
+  // connection may take one before a service binds it. A start that failed on a port in use (in
+  // this attempt's part of the log) is tried once more on new ports; any other failure fails the
+  // test. Orthanc's own HTTP port, behind the TLS proxy, is bound on every interface, so it is
+  // chosen free there (FreeWildcardPort says why not "the Orthanc port + 1").
   for (int attempt = 0; attempt < 2; ++attempt) {
+    const auto log_before = ReadText(start_log).size();
     const auto tus_port = FreeLoopbackPort();
-    // Orthanc itself listens on orthanc_port + 1 behind the TLS proxy (docs/reference-imaging-center.md).
     auto orthanc_port = FreeLoopbackPort();
-    for (int i = 0; i < 100 && (orthanc_port == tus_port || orthanc_port + 1 == tus_port || orthanc_port == 65535 ||
-                                PortAcceptsConnections(static_cast<std::uint16_t>(orthanc_port + 1)));
+    auto internal_port = FreeWildcardPort();
+    for (int i = 0; i < 100 && (orthanc_port == tus_port || internal_port == tus_port || internal_port == orthanc_port);
          ++i) {
       orthanc_port = FreeLoopbackPort();
+      internal_port = FreeWildcardPort();
     }
     const std::string cmd = std::string("'") + CTAGENT_SOURCE_DIR + "/cloud/imaging-center.sh' start '" +
                             run_dir.string() + "' --tus-port " + std::to_string(tus_port) + " --orthanc-port " +
-                            std::to_string(orthanc_port) + (extra_args.empty() ? "" : " " + extra_args) + " >> '" +
-                            start_log + "' 2>&1";
+                            std::to_string(orthanc_port) + " --orthanc-internal-port " + std::to_string(internal_port) +
+                            (extra_args.empty() ? "" : " " + extra_args) + " >> '" + start_log + "' 2>&1";
     rc = std::system(cmd.c_str());
     if (rc == 0) break;
-    const std::string log = ReadText(start_log);
-    if (log.find("already in use") == std::string::npos && log.find("EADDRINUSE") == std::string::npos) break;
-    WARN("the reference center's start found a port taken; starting it again on other ports:\n" << log);
+    const std::string attempt_log = ReadText(start_log).substr(log_before);
+    if (attempt_log.find("already in use") == std::string::npos &&
+        attempt_log.find("EADDRINUSE") == std::string::npos) {
+      break;
+    }
+    WARN("the reference center's start found a port taken; starting it again on other ports:\n" << attempt_log);
   }
   INFO(ReadText(start_log));
   REQUIRE(rc == 0);

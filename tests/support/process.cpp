@@ -72,21 +72,28 @@ void ChildProcess::Stop() {
   }
 }
 
-std::uint16_t FreeLoopbackPort() {
+namespace {
+std::uint16_t FreePortOn(std::uint32_t address) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) throw std::runtime_error("cannot make a TCP socket");
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_addr.s_addr = htonl(address);
   addr.sin_port = 0;
   if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
     ::close(fd);
-    throw std::runtime_error("cannot bind a loopback port");
+    throw std::runtime_error("cannot bind a free TCP port");
   }
   socklen_t len = sizeof addr;
   ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
   ::close(fd);
   return ntohs(addr.sin_port);
 }
+}  // namespace
+
+std::uint16_t FreeLoopbackPort() { return FreePortOn(INADDR_LOOPBACK); }
+
+std::uint16_t FreeWildcardPort() { return FreePortOn(INADDR_ANY); }
 
 int ListenOnLoopback(std::uint16_t* port, int backlog) {
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -39,6 +39,12 @@ class ChildProcess {
 // A TCP port on 127.0.0.1 that was free a moment ago.
 std::uint16_t FreeLoopbackPort();
 
+// A TCP port free on every interface (bind to 0.0.0.0, port 0), for a peer that binds the
+// wildcard address (Orthanc's own HTTP port). Not "a free port + 1": the kernel gives bind(0)
+// odd ports and outgoing connections even ones, so the port after a free one is often a loopback
+// client's (or a TIME_WAIT) port, and a wildcard bind on it fails with "address in use".
+std::uint16_t FreeWildcardPort();
+
 // A listening TCP socket (close-on-exec) on a free 127.0.0.1 port, written to *port; the caller
 // closes it. Throws when the socket cannot be made.
 int ListenOnLoopback(std::uint16_t* port, int backlog = 8);
