@@ -26,7 +26,9 @@
 # 16-slice chest scan is ~500 MiB compressed), because each scan's upload pays ~4 round trips
 # that no tus client with a journal can overlap (docs/links.md); --seconds 4 shows them.
 # "agent CPU %" is the agent client's CPU time (all threads, user + system) during its upload, in %
-# of one core: the median over the repeats; "agent window" the most uploads it let send at once
+# of one core: the median over the repeats; "server CPU %" and "proxy CPU %" the tus server's
+# and the fault proxy's over the same upload (the peers share this machine's cores: near 100 %
+# for the single-threaded server means the server, not the link, set the figure); "agent window" the most uploads it let send at once
 # (admitted by the measured rate x round trip, between cloud.parallel_uploads and
 # cloud.max_uploads_in_flight; --parallel sets the first), the median over the repeats. --delays are added round-trip times [ms], half each way. --repeat runs every client R times per
 # cell, interleaved (agent, tusjs, curl, agent, ...), and reports each client's median.
@@ -134,12 +136,14 @@ wait_file() {  # $1 file, $2 what
 ip netns exec "$cloud" node "$src/cloud/tus-server/server.mjs" --host 0.0.0.0 --port 0 --dir "$work/store" \
   --cert "$work/svc.pem" --key "$work/svc.key" --ready-file "$work/tus.port" > "$work/tus.log" 2>&1 &
 pids+=($!)
+tus_pid=$!  # ip netns exec execs node: the same PID
 wait_file "$work/tus.port" "tus server"
 tus_port=$(cat "$work/tus.port")
 echo "# start" > "$work/proxy.control"
 ip netns exec "$cloud" "$proxy_exe" --listen-host 10.78.1.1 --listen-port 0 --target 127.0.0.1:$tus_port \
   --ready-file "$work/proxy.port" --control-file "$work/proxy.control" > "$work/proxy.log" 2>&1 &
 pids+=($!)
+proxy_pid=$!
 wait_file "$work/proxy.port" "fault proxy"
 url=https://10.78.1.1:$(cat "$work/proxy.port")/files/
 patch_bytes=$((patch_mib * 1048576))
@@ -207,9 +211,12 @@ mbits() { awk -v s="$1" -v b="$2" 'BEGIN { printf "%.1f", b * 8 / s / 1e6 }'; }
 # Each prints Mbit/s (or "fail").
 run_agent() { run_agent_exe "$bench_exe" "$@"; }
 run_agentb() { run_agent_exe "$bench_exe_b" "$@"; }
+clk_tck=$(getconf CLK_TCK)
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }  # user + system
 run_agent_exe() {  # $1 upload_bench $2 dir $3 ns $4 url
-  local exe=$1 out seconds
+  local exe=$1 out seconds server0 proxy0
   shift
+  server0=$(cpu_ticks "$tus_pid"); proxy0=$(cpu_ticks "$proxy_pid")
   out=$(ip netns exec "$2" ${AGENT_WRAP:-} "$exe" --url "$3" --dir "$1" --ca "$pki/ca.pem" --patch-bytes $patch_bytes \
         --parallel "$parallel"  --spool "$agent_spool" ${AGENT_LOG:+--log $AGENT_LOG} 2>>"$work/clients.log") || { echo fail; return; }
   seconds=$(sed -n 's/^seconds=\([0-9.]*\).*/\1/p' <<<"$out")
@@ -218,6 +225,12 @@ run_agent_exe() {  # $1 upload_bench $2 dir $3 ns $4 url
   [ "$exe" = "$bench_exe" ] || { cpu_file=$work/agentb.cpu; window_file=$work/agentb.window; }
   awk -v c="$(sed -n 's/.*cpu_seconds=\([0-9.]*\).*/\1/p' <<<"$out")" -v s="$seconds" \
     'BEGIN { printf "%.0f\n", 100 * c / s }' >> "$cpu_file"
+  if [ "$exe" = "$bench_exe" ]; then  # the peers' CPU over the agent's upload (start-up included)
+    awk -v a="$server0" -v b="$(cpu_ticks "$tus_pid")" -v t="$clk_tck" -v s="$seconds" \
+      'BEGIN { printf "%.0f\n", 100 * (b - a) / t / s }' >> "$work/server.cpu"
+    awk -v a="$proxy0" -v b="$(cpu_ticks "$proxy_pid")" -v t="$clk_tck" -v s="$seconds" \
+      'BEGIN { printf "%.0f\n", 100 * (b - a) / t / s }' >> "$work/proxy.cpu"
+  fi
   # Both say how many uploads they let send at once at most (admitted by rate x round trip).
   sed -n 's/.*max_window=\([0-9]*\).*/\1/p' <<<"$out" >> "$window_file"
   mbits "$seconds" "$(sed -n 's/.*bytes=\([0-9]*\).*/\1/p' <<<"$out")"
@@ -270,8 +283,8 @@ IFS=, read -r -a client_list <<<"$clients"
 
 bcol=""; bsep=""
 [ -z "$bench_exe_b" ] || { bcol=" agent-b Mbit/s | agent-b/cap | agent-b CPU % | agent-b window |"; bsep="---|---|---|---|"; }
-printf '\n| link Mbit/s | added RTT ms | MiB | chunks | agent Mbit/s | tus-js Mbit/s | curl Mbit/s | agent/cap | tus-js/cap | curl/cap | agent/tus-js |%s agent CPU %% | agent window | load |\n' "$bcol"
-printf '|---|---|---|---|---|---|---|---|---|---|---|%s---|---|---|\n' "$bsep"
+printf '\n| link Mbit/s | added RTT ms | MiB | chunks | agent Mbit/s | tus-js Mbit/s | curl Mbit/s | agent/cap | tus-js/cap | curl/cap | agent/tus-js |%s agent CPU %% | server CPU %% | proxy CPU %% | agent window | load |\n' "$bcol"
+printf '|---|---|---|---|---|---|---|---|---|---|---|%s---|---|---|---|---|\n' "$bsep"
 for rate in "${rate_list[@]}"; do
   burst=$(( rate * 1000000 / 8 / 100 ))  # 10 ms of the rate
   [ $burst -ge 32768 ] || burst=32768
@@ -288,7 +301,7 @@ for rate in "${rate_list[@]}"; do
     mv "$work/proxy.control.tmp" "$work/proxy.control"
     sleep 0.2
     declare -A got=()
-    : > "$work/agent.cpu"; : > "$work/agentb.cpu"; : > "$work/agent.window"; : > "$work/agentb.window"
+    : > "$work/agent.cpu"; : > "$work/agentb.cpu"; : > "$work/server.cpu"; : > "$work/proxy.cpu"; : > "$work/agent.window"; : > "$work/agentb.window"
     for _ in $(seq 1 "$repeat"); do
       for c in "${client_list[@]}"; do
         got[$c]="${got[$c]:-} $(run_"$c" "$dir" "$scan" "$url")"
@@ -300,10 +313,10 @@ for rate in "${rate_list[@]}"; do
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "fail" || b == "fail" || a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
     bval=""
     [ -z "$bench_exe_b" ] || bval=" ${got[agentb]:--} | $(ratio "${got[agentb]:-}" "$cap") | $(median < "$work/agentb.cpu") | $(median < "$work/agentb.window") |"
-    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |%s %s | %s | %s |\n' "$rate" "$delay" "$cell_mib" "$nchunks" \
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |%s %s | %s | %s | %s | %s |\n' "$rate" "$delay" "$cell_mib" "$nchunks" \
       "${got[agent]:--}" "${got[tusjs]:--}" "${got[curl]:--}" \
       "$(ratio "${got[agent]:-}" "$cap")" "$(ratio "${got[tusjs]:-}" "$cap")" "$(ratio "${got[curl]:-}" "$cap")" \
-      "$(ratio "${got[agent]:-}" "${got[tusjs]:-}")" "$bval" "$(median < "$work/agent.cpu")" "$(median < "$work/agent.window")" "$(cut -d' ' -f1 /proc/loadavg)"
+      "$(ratio "${got[agent]:-}" "${got[tusjs]:-}")" "$bval" "$(median < "$work/agent.cpu")" "$(median < "$work/server.cpu")" "$(median < "$work/proxy.cpu")" "$(median < "$work/agent.window")" "$(cut -d' ' -f1 /proc/loadavg)"
     unset got
   done
 done
