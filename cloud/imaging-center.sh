@@ -74,6 +74,17 @@ stop_service() {
   rm -f "$rundir/pids/$name.pid"
 }
 
+running_since_start() {  # $1 = service just started by this script: alive and not a zombie
+  # Not pid_of: between the fork and the exec the child still has this script's command line, so
+  # the signature check would call a service that is starting "exited".
+  local file="$rundir/pids/$1.pid" pid state
+  [ -s "$file" ] || return 1
+  pid=$(cat "$file")
+  kill -0 "$pid" 2>/dev/null || return 1
+  state=$(sed 's/^.*) \([A-Za-z]\).*/\1/' "/proc/$pid/stat" 2>/dev/null) || return 1
+  [ "$state" != Z ]
+}
+
 status() {
   local all=0 name pid
   for name in $services; do
@@ -89,7 +100,7 @@ wait_until() {  # $1 = service (tus, orthanc, worker), $2 = what, $3 = seconds, 
     if "$@" >/dev/null 2>&1; then return 0; fi
     # A service that exited will not answer: say why at once (its log's last lines; e.g. a port
     # another program took since it was chosen) instead of waiting out the time.
-    if ! pid_of "$name" >/dev/null; then
+    if ! running_since_start "$name"; then
       echo "imaging-center: $what exited before it answered; the end of $rundir/logs/$name.log:" >&2
       tail -n 8 "$rundir/logs/$name.log" >&2 || true
       return 1
@@ -168,7 +179,7 @@ start() {
     >> "$rundir/logs/worker.log" 2>&1 < /dev/null &
   echo $! > "$rundir/pids/worker.pid"
   wait_until worker "ctcloud-worker" 30 grep -q "watching $rundir/tus-store" "$rundir/logs/worker.log" || return 1
-  pid_of worker >/dev/null || { echo "imaging-center: ctcloud-worker exited; see $rundir/logs/worker.log" >&2; return 1; }
+  running_since_start worker || { echo "imaging-center: ctcloud-worker exited; see $rundir/logs/worker.log" >&2; return 1; }
 
   echo "imaging-center: running in $rundir (reference center for demos and tests; not a diagnostic product)"
   write_env
