@@ -119,20 +119,22 @@ ChunkStage::AcquireResult ChunkStage::Acquire(drivers::Detector& detector, const
                                               const ChunkInfo& chunk_template, std::atomic<std::uint64_t>* views_read) {
   AcquireResult result;
   RawChunk current;
-  current.info = chunk_template;
-  current.info.views.clear();
   const std::uint64_t view_bytes = protocol.BytesPerView();
-  auto submit = [&] {
-    if (current.info.views.empty()) return;
-    RawChunk next;
-    next.info = chunk_template;
-    next.info.views.clear();
-    next.info.views.reserve(options_.views_per_chunk);
-    next.samples.reserve(options_.views_per_chunk * view_bytes);
-    Submit(std::exchange(current, std::move(next)));
-    ++result.chunks;
+  // The next chunk's buffer is made once the full one is queued, not before: while Submit()
+  // waits for room, one chunk's samples wait with it, not two (docs/configuration.md, "Memory").
+  auto start_chunk = [&] {
+    current.info = chunk_template;
+    current.info.views.clear();
+    current.info.views.reserve(options_.views_per_chunk);
+    current.samples.reserve(options_.views_per_chunk * view_bytes);
   };
-  current.samples.reserve(options_.views_per_chunk * view_bytes);
+  auto submit = [&](bool more) {
+    if (current.info.views.empty()) return;
+    Submit(std::exchange(current, RawChunk()));
+    ++result.chunks;
+    if (more) start_chunk();
+  };
+  start_chunk();
   while (true) {
     auto view = detector.NextView();
     if (!view) {
@@ -152,9 +154,9 @@ ChunkStage::AcquireResult ChunkStage::Acquire(drivers::Detector& detector, const
     current.samples.insert(current.samples.end(), v.samples.begin(), v.samples.end());
     ++result.views;
     if (views_read != nullptr) views_read->store(result.views);
-    if (current.info.views.size() >= options_.views_per_chunk) submit();
+    if (current.info.views.size() >= options_.views_per_chunk) submit(true);
   }
-  submit();
+  submit(false);
   std::lock_guard lock(mutex_);
   counters_.views += result.views;
   return result;

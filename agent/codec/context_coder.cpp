@@ -319,20 +319,26 @@ void EncodeContextRans(const SampleShape& shape, std::span<const std::uint8_t> s
   const std::size_t n = row_count * channels;
   const std::size_t view_bytes = shape.rows * channels * 2;
   // Scratch reused by each codec worker thread (chunks of one scan have one size): fresh
-  // buffers of this size cost a page fault per 4 KiB on every chunk.
+  // buffers of this size cost a page fault per 4 KiB on every chunk. The raw bits (pass 1,
+  // forwards from the start, at most 2 bytes a sample) and the rANS words (pass 2, backwards
+  // from the end) share one buffer the size of the samples: a payload that needs more is larger
+  // than the samples and EncodeChunk stores codec 1 instead, so only such data (random, never a
+  // detector's) takes the worst-case buffer below, freed again after the chunk. A buffer for
+  // each at its worst case (4 bytes a sample for the words alone) held 7 MiB per codec thread
+  // for chunks of 1.75 MiB (docs/configuration.md, "Memory").
   thread_local std::vector<std::uint16_t> symbols;
-  thread_local std::vector<std::uint32_t> words;
-  thread_local std::vector<std::uint8_t> extra;
+  thread_local std::vector<std::uint32_t> shared;
   if (symbols.size() < n) symbols.resize(n);
-  if (words.size() < n + 2 * kStates) words.resize(n + 2 * kStates);
-  if (extra.size() < 2 * n + 16) extra.resize(2 * n + 16);
+  const std::size_t shared_words = (2 * n + 16 + 3) / 4 + 2 * kStates;
+  if (shared.size() < shared_words) shared.resize(shared_words);
+  std::uint8_t* const extra = reinterpret_cast<std::uint8_t*>(shared.data());
 
   // Pass 1: residuals -> (context, token) indices, raw bits, histograms.
   // Four histograms, by channel % 4: consecutive samples mostly hit the same few bins, and one
   // histogram would make each increment wait for the previous one's store.
   thread_local std::vector<std::uint32_t> counts4;
   counts4.assign(4 * kContexts * kTokens, 0);
-  BitWriter bits(extra.data());
+  BitWriter bits(extra);
   auto load = [](const std::uint8_t* p, std::size_t i) {
     std::uint16_t w;
     std::memcpy(&w, p + 2 * i, 2);
@@ -402,14 +408,12 @@ void EncodeContextRans(const SampleShape& shape, std::span<const std::uint8_t> s
   }
   out.push_back(static_cast<std::uint8_t>(table_count));
   out.insert(out.end(), tables.begin(), tables.end());
-  out.reserve(out.size() + 4 + 4 * (n + 2 * kStates) + extra_bytes);
 
-  // Pass 2: rANS, backwards, so that the decoder reads forwards. At most one 32-bit word per symbol.
-  std::uint32_t* const words_end = words.data() + n + 2 * kStates;
-  std::uint32_t* ptr = words_end;
+  // Pass 2: rANS, backwards, so that the decoder reads forwards. At most one 32-bit word per
+  // symbol, so a row writes at most `channels` words below where it starts: each row checks
+  // that they stay above the raw bits (`floor`), and the final states need 2 x kStates more.
   // The renormalisation stores its word unconditionally and keeps it only when needed: it
-  // happens about once every three symbols, unpredictably. ptr[-1] stays inside `words` (at most
-  // n words plus the 8 of the final states).
+  // happens about once every three symbols, unpredictably. ptr[-1] stays inside the buffer.
   auto put = [](std::uint64_t& x, const EncSymbol& s, std::uint32_t*& p) {
     const bool flush = x >= s.x_max;
     p[-1] = static_cast<std::uint32_t>(x);
@@ -418,37 +422,57 @@ void EncodeContextRans(const SampleShape& shape, std::span<const std::uint8_t> s
     const std::uint64_t q = MulHi64(x, s.rcp_freq) >> s.rcp_shift;
     x = x + s.bias + q * s.cmpl_freq;
   };
-  std::uint64_t x0 = kRansLow, x1 = kRansLow, x2 = kRansLow, x3 = kRansLow;
   const EncSymbol* table = enc.data();
-  for (std::size_t row = row_count; row-- > 0;) {
-    const std::uint16_t* sym = symbols.data() + row * channels;
-    std::size_t c = channels;
-    // The channels past the last multiple of 4 first (their states are c % 4).
-    while (c % 4 != 0) {
-      --c;
-      std::uint64_t& x = c % 4 == 0 ? x0 : c % 4 == 1 ? x1 : x2;
-      put(x, table[sym[c]], ptr);
+  // Encodes every symbol into the words below `words_end`; returns where they start, or nullptr
+  // when they would come within 2 x kStates words of `floor`.
+  auto encode_words = [&](std::uint32_t* const words_end, const std::uint32_t* const floor) -> std::uint32_t* {
+    std::uint32_t* ptr = words_end;
+    std::uint64_t x0 = kRansLow, x1 = kRansLow, x2 = kRansLow, x3 = kRansLow;
+    for (std::size_t row = row_count; row-- > 0;) {
+      if (static_cast<std::size_t>(ptr - floor) < channels + 2 * kStates) return nullptr;
+      const std::uint16_t* sym = symbols.data() + row * channels;
+      std::size_t c = channels;
+      // The channels past the last multiple of 4 first (their states are c % 4).
+      while (c % 4 != 0) {
+        --c;
+        std::uint64_t& x = c % 4 == 0 ? x0 : c % 4 == 1 ? x1 : x2;
+        put(x, table[sym[c]], ptr);
+      }
+      while (c != 0) {
+        c -= 4;
+        put(x3, table[sym[c + 3]], ptr);
+        put(x2, table[sym[c + 2]], ptr);
+        put(x1, table[sym[c + 1]], ptr);
+        put(x0, table[sym[c]], ptr);
+      }
     }
-    while (c != 0) {
-      c -= 4;
-      put(x3, table[sym[c + 3]], ptr);
-      put(x2, table[sym[c + 2]], ptr);
-      put(x1, table[sym[c + 1]], ptr);
-      put(x0, table[sym[c]], ptr);
+    if (static_cast<std::size_t>(ptr - floor) < 2 * kStates) return nullptr;
+    const std::uint64_t final_states[kStates] = {x0, x1, x2, x3};
+    for (unsigned k = kStates; k-- > 0;) {
+      ptr -= 2;
+      ptr[0] = static_cast<std::uint32_t>(final_states[k]);
+      ptr[1] = static_cast<std::uint32_t>(final_states[k] >> 32);
     }
-  }
-  const std::uint64_t final_states[kStates] = {x0, x1, x2, x3};
-  for (unsigned k = kStates; k-- > 0;) {
-    ptr -= 2;
-    ptr[0] = static_cast<std::uint32_t>(final_states[k]);
-    ptr[1] = static_cast<std::uint32_t>(final_states[k] >> 32);
+    return ptr;
+  };
+  std::uint32_t* words_end = shared.data() + shared_words;
+  std::uint32_t* ptr = encode_words(words_end, shared.data() + (extra_bytes + 3) / 4);
+  std::vector<std::uint32_t> worst_case;  // n + 2 x kStates words always suffice
+  if (ptr == nullptr) {
+    worst_case.resize(n + 2 * kStates);
+    words_end = worst_case.data() + worst_case.size();
+    ptr = encode_words(words_end, worst_case.data());
   }
   const auto rans_bytes = static_cast<std::uint32_t>((words_end - ptr) * 4);
   const std::size_t at = out.size();
+  // Sized once, to what is written: reserving for the worst case (4 bytes a sample, about 4 x a
+  // detector's payload) held ~4 MiB of heap per chunk from its encoding until it was stored
+  // (docs/configuration.md, "Memory").
+  out.reserve(at + 4 + rans_bytes + extra_bytes);
   out.resize(at + 4 + rans_bytes + extra_bytes);
   std::memcpy(out.data() + at, &rans_bytes, 4);
   std::memcpy(out.data() + at + 4, ptr, rans_bytes);
-  if (extra_bytes != 0) std::memcpy(out.data() + at + 4 + rans_bytes, extra.data(), extra_bytes);
+  if (extra_bytes != 0) std::memcpy(out.data() + at + 4 + rans_bytes, extra, extra_bytes);
 }
 
 Status DecodeContextRans(const SampleShape& shape, std::span<const std::uint8_t> payload, std::span<std::uint8_t> out) {

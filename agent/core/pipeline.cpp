@@ -63,7 +63,10 @@ struct Agent::Run {
 
   std::string scan_uid;
   std::string study_uid;
-  std::vector<codec::ManifestChunk> stored_chunks;
+  // How many chunks reached the spool. The chunks themselves (indices, sizes, checksums) are in
+  // the spool's record, where the manifest takes them from at scan end: a second list here held
+  // ~0.25 KiB a chunk for the whole scan (docs/configuration.md, "Memory").
+  std::uint32_t stored_chunks = 0;
   std::uint32_t chunks_expected = 0;
   std::uint32_t chunks_uploaded = 0;
   std::uint32_t chunks_failed = 0;        // uploads that failed (the chunk stays spooled)
@@ -130,7 +133,7 @@ struct Agent::Run {
       }
       return;
     }
-    stored_chunks.push_back(*chunk);
+    ++stored_chunks;
     if (progress) ++progress->chunks_stored;
     if (counters != nullptr) {
       counters->acquired_bytes += chunk->raw_bytes;
@@ -176,7 +179,7 @@ struct Agent::Run {
   // Called whenever a chunk lands: once acquisition has ended and every chunk is on disk, the
   // manifest is written (closing the scan in the spool).
   void MaybeWriteManifest() {
-    if (!acquisition_done || manifest_written || stored_chunks.size() + chunks_not_stored < chunks_expected) return;
+    if (!acquisition_done || manifest_written || stored_chunks + chunks_not_stored < chunks_expected) return;
     if (!acquisition_failure) {
       Stop();
       return;
@@ -193,9 +196,10 @@ struct Agent::Run {
       Stop();
       return;
     }
-    std::sort(stored_chunks.begin(), stored_chunks.end(),
+    manifest->chunks.reserve(record->chunks.size());
+    for (spool::ChunkRecord& c : record->chunks) manifest->chunks.push_back(std::move(c.chunk));
+    std::sort(manifest->chunks.begin(), manifest->chunks.end(),
               [](const auto& a, const auto& b) { return a.index < b.index; });
-    manifest->chunks = stored_chunks;
     manifest->views_acquired = views;
     manifest->acquisition_end_utc = UtcNowIso8601();
     manifest->complete = incomplete_reason.empty();
@@ -217,7 +221,7 @@ struct Agent::Run {
   // While chunk uploads still run, the manifest's upload is created ahead, so that the scan's
   // last request (the manifest, which must wait for every chunk) is a PATCH, not a POST + PATCH.
   void MaybePrepareManifest() {
-    if (manifest_written && chunks_uploaded + chunks_failed < stored_chunks.size()) Up().PrepareManifest(scan_uid);
+    if (manifest_written && chunks_uploaded + chunks_failed < stored_chunks) Up().PrepareManifest(scan_uid);
   }
 
   void MaybeUploadManifest() {
@@ -225,7 +229,7 @@ struct Agent::Run {
       MaybeWriteManifest();
       return;
     }
-    if (chunks_uploaded + chunks_failed < stored_chunks.size()) return;  // uploads still running
+    if (chunks_uploaded + chunks_failed < stored_chunks) return;  // uploads still running
     if (chunks_failed > 0) {
       Stop();  // the data stays in the spool; the next run resumes these uploads
       return;
@@ -254,10 +258,8 @@ struct Agent::Run {
   void ContinueFrom(const spool::ScanRecord& record) {
     scan_uid = record.scan_uid;
     study_uid = record.study_uid;
-    for (const auto& c : record.chunks) {
-      stored_chunks.push_back(c.chunk);
-      views += c.chunk.view_count;
-    }
+    for (const auto& c : record.chunks) views += c.chunk.view_count;
+    stored_chunks = static_cast<std::uint32_t>(record.chunks.size());
     chunks_expected = static_cast<std::uint32_t>(record.chunks.size());
     acquisition_done = true;
     manifest_written = record.manifest_written;
@@ -998,9 +1000,9 @@ std::vector<ActiveScan> Agent::ActiveScans() const {
     ActiveScan a;
     a.scan_uid = run->scan_uid;
     a.phase = run->scan_uid == service_->acquiring ? "acquiring"
-              : run->chunks_uploaded < run->stored_chunks.size() || !run->manifest_written ? "uploading"
+              : run->chunks_uploaded < run->stored_chunks || !run->manifest_written ? "uploading"
                                                                                           : "waiting for images";
-    a.chunks_stored = static_cast<std::uint32_t>(run->stored_chunks.size());
+    a.chunks_stored = run->stored_chunks;
     a.chunks_uploaded = run->chunks_uploaded;
     scans.push_back(std::move(a));
   }

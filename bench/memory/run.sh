@@ -14,8 +14,10 @@
 # configuration sets (docs/configuration.md, "Memory"). Prints figures; asserts nothing.
 #
 # Usage: bench/memory/run.sh [--build DIR] [--sizes 64,4096,8192] [--cloud tus|none]
-#                            [--work DIR] [--keep] [--set KEY=JSON]...
+#                            [--work DIR] [--keep] [--sample] [--set KEY=JSON]...
 #   --set codec.threads=4   overrides one config key (dotted path, JSON value) for every size
+#   --sample                also reads the process's VmRSS every 50 ms and prints its median
+#                           (the peak is a spike; the median shows the level it rises from)
 # Disk: each size needs about half its raw size in the spool and, with --cloud tus, the same
 # again in the tus store; both are deleted after each size. 64 MiB, 4 GiB and 8 GiB take about
 # 4 minutes on 2 idle cores.
@@ -28,6 +30,7 @@ sizes=64,4096,8192
 cloud=tus
 work=""
 keep=0
+sample=0
 sets=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -36,8 +39,9 @@ while [ $# -gt 0 ]; do
     --cloud) cloud=$2; shift 2 ;;
     --work) work=$2; shift 2 ;;
     --keep) keep=1; shift ;;
+    --sample) sample=1; shift ;;
     --set) sets+=("$2"); shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -110,7 +114,9 @@ config_for() {  # $1 raw MiB, $2 out file, $3 spool dir
 
 echo "# ctagent scan --no-results, $(basename "$protocol") unpaced, cloud: $cloud, $(nproc) CPUs, $(date -u +%FT%TZ)"
 [ ${#sets[@]} -gt 0 ] && echo "# overrides: ${sets[*]}"
-printf '%10s %10s %8s %10s %14s %8s %8s\n' "raw_MiB" "rotations" "chunks" "seconds" "peak_RSS_MiB" "ratio" "exit"
+printf '%10s %10s %8s %10s %14s %8s %8s' "raw_MiB" "rotations" "chunks" "seconds" "peak_RSS_MiB" "ratio" "exit"
+[ "$sample" = 1 ] && printf ' %16s' "median_RSS_MiB"
+printf '\n'
 first_rss=""
 IFS=, read -r -a size_list <<< "$sizes"
 for mib in "${size_list[@]}"; do
@@ -119,7 +125,20 @@ for mib in "${size_list[@]}"; do
   start=$(date +%s.%N)
   set +e
   /usr/bin/time -v -o "$work/time-$mib.txt" "$agent_exe" scan --config "$work/scan-$mib.json" --quiet --no-results \
-    > "$work/scan-$mib.log" 2>&1
+    > "$work/scan-$mib.log" 2>&1 &
+  time_pid=$!
+  : > "$work/rss-$mib.txt"
+  if [ "$sample" = 1 ]; then
+    agent_pid=""
+    for _ in $(seq 1 100); do agent_pid=$(pgrep -P "$time_pid" | head -1); [ -n "$agent_pid" ] && break; sleep 0.02; done
+    # Bounded: at most 2 hours of samples.
+    for _ in $(seq 1 144000); do
+      [ -n "$agent_pid" ] && [ -r "/proc/$agent_pid/status" ] || break
+      awk '/^VmRSS/ { print $2 }' "/proc/$agent_pid/status" >> "$work/rss-$mib.txt" 2>/dev/null || break
+      sleep 0.05
+    done
+  fi
+  wait "$time_pid"
   rc=$?
   set -e
   end=$(date +%s.%N)
@@ -131,7 +150,11 @@ for mib in "${size_list[@]}"; do
   [ -z "$first_rss" ] && first_rss=$rss_mib
   ratio=$(awk -v a="$rss_mib" -v b="$first_rss" 'BEGIN { printf "%.3f", a / b }')
   secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.0f", b - a }')
-  printf '%10s %10s %8s %10s %14s %8s %8s\n' "$raw" "$rotations" "$chunks" "$secs" "$rss_mib" "$ratio" "$rc"
+  printf '%10s %10s %8s %10s %14s %8s %8s' "$raw" "$rotations" "$chunks" "$secs" "$rss_mib" "$ratio" "$rc"
+  if [ "$sample" = 1 ]; then
+    printf ' %16s' "$(sort -n "$work/rss-$mib.txt" | awk '{ v[NR] = $1 } END { if (NR) printf "%.1f", v[int((NR + 1) / 2)] / 1024; else print "-" }')"
+  fi
+  printf '\n'
   if [ "$rc" != 0 ] && [ "$cloud" = tus ]; then
     echo "# scan of $mib MiB exited $rc:" >&2; tail -5 "$work/scan-$mib.log" >&2
   fi
@@ -151,10 +174,15 @@ node -e '
   const queue = size(c.queue_bytes, 4 << 20), parallel = cl.parallel_uploads ?? 8;
   const MiB = (b) => (b / 1048576).toFixed(1);
   const compressed = chunk * 0.55;  // this protocol at 1/5 dose compresses about 1.8:1
-  const base = 19 << 20, acquisition = 2 * chunk, encoding = (threads + 1) * (3 * chunk + (1 << 20));
-  const uploads = parallel * (compressed + (256 << 10));  // the libcurl upload buffer: 256 KiB (transport/http.hpp)
+  // Code and libraries (file-backed, ~19 MiB) and the rest of the heap (TLS, libcurl, the spool
+  // state, ~5 MiB); one chunk being filled; per codec worker (context_rans) its samples, two
+  // chunk-sized scratch buffers and the output; the overflow thread: samples, zstd bound and
+  // context; per upload its chunk and the 256 KiB libcurl buffer (transport/http.hpp).
+  const base = 24 << 20, acquisition = chunk;
+  const encoding = threads * (3 * chunk + compressed) + 2 * chunk + (1 << 20);
+  const uploads = parallel * (compressed + (256 << 10));
   console.log(`# bound from the config (docs/configuration.md, "Memory"): ${MiB(base)} base + ${MiB(acquisition)} acquisition` +
               ` + ${MiB(encoding)} encoding + ${MiB(uploads)} uploads = ${MiB(base + acquisition + encoding + uploads)} MiB` +
               ` while compression keeps up; + up to ${MiB(2 * queue)} MiB (2 x codec.queue_bytes) when it falls behind;` +
-              ` + ~0.7 KiB a chunk`);' \
+              ` + ~0.4 KiB a chunk; + free heap pages not yet returned (at most 0.5 s of frees)`);' \
   "$work/scan-${size_list[0]}.json"
