@@ -35,6 +35,7 @@
 #include "agent/codec/chunk.hpp"
 #include "agent/codec/context_coder.hpp"
 #include "agent/codec/filter.hpp"
+#include "base/allocator.hpp"
 #include "drivers/detector.hpp"
 #include "drivers/record.hpp"
 #include "drivers/replay/dicom_ct_pd.hpp"
@@ -779,6 +780,11 @@ bool ParseArgs(int argc, char** argv, Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // The agent's allocator settings (ctagent's main does the same): without them glibc serves
+  // each chunk-sized buffer from a fresh mmap, and the page faults of every chunk's decode
+  // buffer showed as a codec slower than the agent's (context_rans decode about 85 instead of
+  // about 220 MB/s per core, docs/configuration.md, "Memory").
+  ctagent::KeepLargeBuffersInHeap();
   Options o;
   if (!ParseArgs(argc, argv, o)) {
     std::fprintf(stderr,
