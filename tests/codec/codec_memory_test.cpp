@@ -46,9 +46,13 @@ thread_local std::uint64_t counted_bytes = 0;
 // Blocks of exactly `tracked_size` bytes (a raw chunk's samples) live at once, on any thread.
 std::atomic<std::size_t> tracked_size{0};
 std::mutex tracked_mutex;
-std::array<void*, 64> tracked{};
 int tracked_live = 0;
 int tracked_peak = 0;
+
+// Only the replacements below use these; under the sanitizers they are not compiled (unused
+// functions are errors there).
+#if CTAGENT_COUNTS_ALLOCATIONS
+std::array<void*, 64> tracked{};
 
 void Track(void* p) {
   std::lock_guard lock(tracked_mutex);
@@ -73,6 +77,7 @@ void Untrack(void* p) {
     }
   }
 }
+#endif
 
 }  // namespace
 

@@ -14,6 +14,7 @@
 #include "agent/codec/chunk.hpp"
 #include "agent/codec/filter.hpp"
 #include "base/sha256.hpp"
+#include "drivers/detector.hpp"
 #include "tests/codec/chunk_info.hpp"
 
 using namespace ctagent;
