@@ -186,7 +186,11 @@ TEST_CASE("isolation: a driver error mid-scan passes its last_error text through
 TEST_CASE("isolation: Abort from another thread ends a blocked NextView, killing a host that does not answer") {
   ScanProtocol p = SmallIsolationProtocol();
   p.real_time = true;
-  p.rotation_time_s = 10.0;  // 18 views/s: NextView blocks most of the time
+  // 90 views in 3,600 s: view 0 is due at the start, view 1 40 s later (within the 60 s stall
+  // timeout), so the NextView below is blocked when the abort comes 100 ms after it starts.
+  // (At 9 views/s view 2 came due 222 ms after the start; under the sanitizers beside other
+  // tests the first views took that long, and the view, not the abort, ended the call.)
+  p.rotation_time_s = 3600.0;
   for (const bool answers : {true, false}) {
     INFO((answers ? "C example (honours abort)" : "stall driver (ignores abort)"));
     // The stall driver blocks at view 40 until killed; the stall timeout is far, so abort decides.
@@ -194,7 +198,7 @@ TEST_CASE("isolation: Abort from another thread ends a blocked NextView, killing
     ScanProtocol q = p;
     if (!answers) q.real_time = false;  // reach view 40 at once
     REQUIRE(d->Arm(q));
-    const std::uint64_t before = answers ? 2 : kFaultView;
+    const std::uint64_t before = answers ? 1 : kFaultView;
     for (std::uint64_t i = 0; i < before; ++i) REQUIRE(d->NextView());
     Clock::time_point aborted_at;
     std::thread aborter([&] {
