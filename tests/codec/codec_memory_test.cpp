@@ -25,17 +25,8 @@
 #include "agent/codec/chunk.hpp"
 #include "agent/codec/chunk_stage.hpp"
 #include "drivers/detector.hpp"
+#include "tests/support/counts_allocations.hpp"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define CTAGENT_COUNTS_ALLOCATIONS 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define CTAGENT_COUNTS_ALLOCATIONS 0
-#endif
-#endif
-#ifndef CTAGENT_COUNTS_ALLOCATIONS
-#define CTAGENT_COUNTS_ALLOCATIONS 1
-#endif
 
 namespace {
 
