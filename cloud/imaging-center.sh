@@ -51,11 +51,17 @@ signature() {
   esac
 }
 
-pid_of() {  # prints the recorded PID if that process is alive and is ours
+recorded_pid() {  # prints the recorded PID of $1 if that process is alive (maybe not ours)
   local file="$rundir/pids/$1.pid" pid
   [ -s "$file" ] || return 1
   pid=$(cat "$file")
   kill -0 "$pid" 2>/dev/null || return 1
+  echo "$pid"
+}
+
+pid_of() {  # prints the recorded PID if that process is alive and is ours
+  local pid
+  pid=$(recorded_pid "$1") || return 1
   tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$(signature "$1")" || return 1
   echo "$pid"
 }
@@ -77,10 +83,8 @@ stop_service() {
 running_since_start() {  # $1 = service just started by this script: alive and not a zombie
   # Not pid_of: between the fork and the exec the child still has this script's command line, so
   # the signature check would call a service that is starting "exited".
-  local file="$rundir/pids/$1.pid" pid state
-  [ -s "$file" ] || return 1
-  pid=$(cat "$file")
-  kill -0 "$pid" 2>/dev/null || return 1
+  local pid state
+  pid=$(recorded_pid "$1") || return 1
   state=$(sed 's/^.*) \([A-Za-z]\).*/\1/' "/proc/$pid/stat" 2>/dev/null) || return 1
   [ "$state" != Z ]
 }
