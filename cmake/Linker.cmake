@@ -5,8 +5,9 @@
 # presets and the cross toolchains leave it empty: what ships is linked by the OEM's toolchain.
 set(CTAGENT_LINKER "" CACHE STRING "Linker for gcc's -fuse-ld= (bfd, gold, lld); empty: the toolchain's default")
 if(CTAGENT_LINKER)
-  find_program(ctagent_linker_program NAMES "ld.${CTAGENT_LINKER}")
-  if(NOT ctagent_linker_program)
+  # One cached result per linker name, so that changing CTAGENT_LINKER looks for the new one.
+  find_program(CTAGENT_LD_${CTAGENT_LINKER} NAMES "ld.${CTAGENT_LINKER}")
+  if(NOT CTAGENT_LD_${CTAGENT_LINKER})
     message(FATAL_ERROR "CTAGENT_LINKER is '${CTAGENT_LINKER}' but ld.${CTAGENT_LINKER} is not installed: "
                         "install it (Debian: apt-get install lld for lld; scripts/bootstrap does) "
                         "or configure with -DCTAGENT_LINKER= to use the default linker")
