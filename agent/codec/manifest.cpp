@@ -1,5 +1,8 @@
 #include "agent/codec/manifest.hpp"
 
+#include <string_view>
+#include <utility>
+
 namespace ctagent::codec {
 namespace {
 
@@ -19,17 +22,19 @@ Status Read(const nlohmann::json& obj, const std::string& key, const std::string
 
 }  // namespace
 
-nlohmann::json ToJson(const Manifest& m) {
-  nlohmann::json chunks = nlohmann::json::array();
-  for (const auto& c : m.chunks) {
-    chunks.push_back({{"index", c.index},
-                      {"first_view", c.first_view},
-                      {"view_count", c.view_count},
-                      {"raw_bytes", c.raw_bytes},
-                      {"compressed_bytes", c.compressed_bytes},
-                      {"raw_sha256", c.raw_sha256},
-                      {"sha256", c.sha256}});
-  }
+namespace {
+
+nlohmann::json ChunkToJson(const ManifestChunk& c) {
+  return {{"index", c.index},
+          {"first_view", c.first_view},
+          {"view_count", c.view_count},
+          {"raw_bytes", c.raw_bytes},
+          {"compressed_bytes", c.compressed_bytes},
+          {"raw_sha256", c.raw_sha256},
+          {"sha256", c.sha256}};
+}
+
+nlohmann::json ToJsonWithChunks(const Manifest& m, nlohmann::json chunks) {
   nlohmann::json patient = {{"id", m.patient_id}, {"name", m.patient_name}};
   if (!m.accession_number.empty()) patient["accession"] = m.accession_number;
   if (!m.patient_age.empty()) patient["age"] = m.patient_age;
@@ -47,7 +52,54 @@ nlohmann::json ToJson(const Manifest& m) {
                            {"complete", m.complete},
                            {"incomplete_reason", m.incomplete_reason}}},
           {"protocol", drivers::ToJson(m.protocol)},
-          {"chunks", chunks}};
+          {"chunks", std::move(chunks)}};
+}
+
+}  // namespace
+
+nlohmann::json ToJson(const Manifest& m) {
+  nlohmann::json chunks = nlohmann::json::array();
+  for (const auto& c : m.chunks) chunks.push_back(ChunkToJson(c));
+  return ToJsonWithChunks(m, std::move(chunks));
+}
+
+std::string ManifestText(const Manifest& head, std::span<const ManifestChunk* const> chunks) {
+  const std::string text_without = ToJsonWithChunks(head, nlohmann::json::array()).dump(1);
+  // The top level's "chunks" member, empty: at indent 1 it is the only line that starts with one
+  // space and this key (a line break inside a string value is escaped, so cannot match).
+  constexpr std::string_view kEmptyChunks = "\n \"chunks\": []";
+  const std::size_t at = text_without.find(kEmptyChunks);
+  if (chunks.empty() || at == std::string::npos) {
+    Manifest whole = head;
+    whole.chunks.clear();
+    for (const ManifestChunk* c : chunks) whole.chunks.push_back(*c);
+    return ToJson(whole).dump(1);  // npos is not reached: dump(1)'s layout is fixed
+  }
+  const std::size_t open_bracket = at + kEmptyChunks.size() - 2;
+  std::string text;
+  text.reserve(text_without.size() + chunks.size() * 330);
+  text.append(text_without, 0, open_bracket);
+  text += '[';
+  for (std::size_t i = 0; i < chunks.size(); ++i) {
+    const std::string one = ChunkToJson(*chunks[i]).dump(1);
+    text += i == 0 ? "\n  " : ",\n  ";
+    // Dumped alone the chunk's object starts at indent 0; in the file it is two levels deeper
+    // (the top-level object's and the array's).
+    for (const char ch : one) {
+      text += ch;
+      if (ch == '\n') text += "  ";
+    }
+  }
+  text += "\n ]";
+  text.append(text_without, open_bracket + 2);
+  return text;
+}
+
+std::string ManifestText(const Manifest& manifest) {
+  std::vector<const ManifestChunk*> chunks;
+  chunks.reserve(manifest.chunks.size());
+  for (const auto& c : manifest.chunks) chunks.push_back(&c);
+  return ManifestText(manifest, chunks);
 }
 
 Expected<Manifest> ManifestFromJson(const nlohmann::json& j) {

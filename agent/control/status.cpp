@@ -194,12 +194,12 @@ Expected<Json> ConfirmHighRisk(spool::Spool& spool, const std::string& scan_uid,
     }
     const std::string now = UtcNowIso8601();
     // Set only if still unset: a confirmation that came first (another caller) is kept.
-    if (auto st = spool.Update(scan_uid,
-                               [&](spool::ScanRecord& r) {
-                                 if (!r.high_risk_confirmed_utc.empty()) return;
-                                 r.high_risk_confirmed_utc = now;
-                                 r.high_risk_confirmed_by = by;
-                               });
+    if (auto st = spool.UpdateFields(scan_uid,
+                                     [&](spool::ScanRecord& r) {
+                                       if (!r.high_risk_confirmed_utc.empty()) return;
+                                       r.high_risk_confirmed_utc = now;
+                                       r.high_risk_confirmed_by = by;
+                                     });
         !st) {
       return MakeError(st.error().WithContext("recording the confirmation of scan " + scan_uid + "'s high-risk finding"));
     }

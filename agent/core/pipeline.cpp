@@ -126,7 +126,7 @@ struct Agent::Run {
                             chunk.error().message() + "; the chunks stored before it are kept and sent";
         log::Error("scan", "scan " + scan_uid + ": " + incomplete_reason);
         if (detector) detector->Abort();
-        if (auto st = spool.Update(scan_uid, [&](spool::ScanRecord& r) { r.incomplete_reason = incomplete_reason; });
+        if (auto st = spool.UpdateFields(scan_uid, [&](spool::ScanRecord& r) { r.incomplete_reason = incomplete_reason; });
             !st) {
           log::Error("scan", "scan " + scan_uid + ": could not record why it is incomplete: " + st.error().message());
         }
@@ -184,29 +184,27 @@ struct Agent::Run {
       Stop();
       return;
     }
-    auto record = spool.Get(scan_uid);
-    if (!record) {
-      acquisition_failure = MakeError(record.error());
+    // Only the manifest's head: the spool writes the chunk list from its record (a copy of the
+    // record and of the list would be ~4 MiB at the end of an 8 GiB scan).
+    auto base = spool.GetManifestBase(scan_uid);
+    if (!base) {
+      acquisition_failure = MakeError(base.error());
       Stop();
       return;
     }
-    auto manifest = codec::ManifestFromJson(record->manifest_base);
+    auto manifest = codec::ManifestFromJson(*base);
     if (!manifest) {
       acquisition_failure = MakeError(manifest.error());
       Stop();
       return;
     }
-    manifest->chunks.reserve(record->chunks.size());
-    for (spool::ChunkRecord& c : record->chunks) manifest->chunks.push_back(std::move(c.chunk));
-    std::sort(manifest->chunks.begin(), manifest->chunks.end(),
-              [](const auto& a, const auto& b) { return a.index < b.index; });
     manifest->views_acquired = views;
     manifest->acquisition_end_utc = UtcNowIso8601();
     manifest->complete = incomplete_reason.empty();
     manifest->incomplete_reason = incomplete_reason;
     if (!incomplete_reason.empty()) {
       // The record says it too, so `ctagent status` can show it without reading the manifest.
-      (void)spool.Update(scan_uid, [&](spool::ScanRecord& r) { r.incomplete_reason = incomplete_reason; });
+      (void)spool.UpdateFields(scan_uid, [&](spool::ScanRecord& r) { r.incomplete_reason = incomplete_reason; });
     }
     if (auto st = spool.FinishAcquisition(scan_uid, *manifest); !st) {
       acquisition_failure = st;
@@ -243,7 +241,7 @@ struct Agent::Run {
         Stop();
         return;
       }
-      (void)spool.Update(scan_uid, [](spool::ScanRecord& r) {
+      (void)spool.UpdateFields(scan_uid, [](spool::ScanRecord& r) {
         if (r.state == spool::ScanState::kAcquired) r.state = spool::ScanState::kUploaded;
       });
       if (results_later) {
@@ -497,7 +495,7 @@ Status Agent::BeginAcquisition(Run& run, const drivers::ScanProtocol& protocol, 
   }
   if (!armed) {
     if (auto st = detector.Arm(protocol); !st) {
-      (void)spool_->Update(run.scan_uid, [&](spool::ScanRecord& r) {
+      (void)spool_->UpdateFields(run.scan_uid, [&](spool::ScanRecord& r) {
         r.state = spool::ScanState::kFailed;
         r.failure_reason = "the driver refused to arm: " + st.error().message();
         r.reserved_bytes = 0;

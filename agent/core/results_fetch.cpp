@@ -575,7 +575,7 @@ Expected<bool> ResultsFetcher::EndRound(Job& job, const Round& round) {
   job.timeline.retrieved = retrieved;
   job.timeline.validated = UnixMsNow();
   job.findings.timeline_unix_ms = job.timeline;
-  if (auto st = spool_.Update(job.scan_uid, [](spool::ScanRecord& r) {
+  if (auto st = spool_.UpdateFields(job.scan_uid, [](spool::ScanRecord& r) {
         if (r.state == spool::ScanState::kUploaded) r.state = spool::ScanState::kResultsReceived;
       });
       !st) {
@@ -708,7 +708,7 @@ Expected<std::optional<results::InstanceInfo>> ResultsFetcher::KeepInstance(Job&
   }
   auto stored_path = spool_.StoreResult(job.scan_uid, sop_instance_uid, *bytes);
   if (!stored_path) return MakeError(stored_path.error());
-  if (auto st = spool_.Update(job.scan_uid, [&](spool::ScanRecord& r) {
+  if (auto st = spool_.UpdateFields(job.scan_uid, [&](spool::ScanRecord& r) {
         for (const auto& existing : r.results) {
           if (existing.sop_instance_uid == sop_instance_uid) return;
         }
@@ -777,7 +777,7 @@ Status ResultsFetcher::KeepBatch(Job& job, Batch& batch, std::vector<results::In
     }
   }
   if (!stored.empty()) {
-    if (auto st = spool_.Update(job.scan_uid, [&](spool::ScanRecord& r) {
+    if (auto st = spool_.UpdateFields(job.scan_uid, [&](spool::ScanRecord& r) {
           for (std::size_t i : stored) {
             const results::InstanceInfo& info = **batch.downloads[i].info;
             const bool known = std::any_of(r.results.begin(), r.results.end(), [&](const spool::ResultRecord& e) {
@@ -857,7 +857,7 @@ void ResultsFetcher::Deliver(std::shared_ptr<Job> job) {
           log::Warn("results", "scan " + job->scan_uid + ": findings not recorded for status: " + st.error().message());
         }
         const bool all_done = failed_status.empty();
-        status = spool_.Update(job->scan_uid, [&](spool::ScanRecord& r) {
+        status = spool_.UpdateFields(job->scan_uid, [&](spool::ScanRecord& r) {
           for (auto& res : r.results) {
             if (delivered.count(res.sop_instance_uid)) res.delivered = true;
           }

@@ -153,7 +153,7 @@ void ControlHandler::Acknowledge(const std::string& scan_uid, control::Reply rep
   OffLoop(
       [this, scan_uid, state]() -> Expected<nlohmann::json> {
         const std::string when = UtcNowIso8601();
-        if (auto st = agent_.spool().Update(scan_uid, [&](spool::ScanRecord& r) { r.acknowledged_utc = when; });
+        if (auto st = agent_.spool().UpdateFields(scan_uid, [&](spool::ScanRecord& r) { r.acknowledged_utc = when; });
             !st) {
           return MakeError(st.error().WithContext("recording the acknowledgement of scan " + scan_uid));
         }

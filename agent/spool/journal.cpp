@@ -46,6 +46,22 @@ std::vector<std::uint8_t> FrameText(std::string_view text) {
   return out;
 }
 
+std::size_t BeginFrame(std::vector<std::uint8_t>& out) {
+  const std::size_t at = out.size();
+  out.resize(at + kHeaderBytes);
+  return at;
+}
+
+void EndFrame(std::vector<std::uint8_t>& out, std::size_t begun_at) {
+  const std::size_t payload_at = begun_at + kHeaderBytes;
+  const std::size_t length = out.size() - payload_at;
+  const std::uint32_t crc = Crc32c(std::span<const std::uint8_t>(out.data() + payload_at, length));
+  for (int i = 0; i < 4; ++i) {
+    out[begun_at + static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(length >> (8 * i));
+    out[begun_at + 4 + static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(crc >> (8 * i));
+  }
+}
+
 Expected<ReadSummary> Read(FileStore& files, const std::filesystem::path& path,
                            const std::function<Status(nlohmann::json&&)>& record, std::uint64_t piece_bytes) {
   ReadSummary summary;

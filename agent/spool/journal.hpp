@@ -29,6 +29,11 @@ std::uint32_t Crc32c(std::span<const std::uint8_t> bytes);
 std::vector<std::uint8_t> Frame(const nlohmann::json& payload);
 // The same for a payload already written as JSON text (built piece by piece, see the snapshot).
 std::vector<std::uint8_t> FrameText(std::string_view payload);
+// A record framed in place at the end of `out`, for payloads built piece by piece without a
+// copy of their own (the snapshot of a long scan's record is ~2 MiB): BeginFrame leaves room for
+// the header and returns where it is; the caller appends the payload; EndFrame fills the header.
+std::size_t BeginFrame(std::vector<std::uint8_t>& out);
+void EndFrame(std::vector<std::uint8_t>& out, std::size_t begun_at);
 
 struct ReadSummary {
   std::uint64_t records = 0;

@@ -230,11 +230,18 @@ Status ApplyOp(std::map<std::string, ScanRecord>& scans, const nlohmann::json& o
 
 // The journal operations that turn `before` into `after`: small ones for the hot paths (an
 // upload offset is one "up" of ~150 bytes), a whole-record "put" for rare shapes of change.
-nlohmann::json Diff(const ScanRecord& before, const ScanRecord& after) {
+// With `compare_chunks` false, `after` holds no chunks and they are taken as unchanged (UpdateFields).
+nlohmann::json Diff(const ScanRecord& before, const ScanRecord& after, bool compare_chunks = true) {
   const std::string& uid = after.scan_uid;
   nlohmann::json ops = nlohmann::json::array();
-  const auto put_all = [&] { return nlohmann::json::array({{{"op", "put"}, {"scan", ToJson(after)}}}); };
+  const auto put_all = [&] {
+    if (compare_chunks) return nlohmann::json::array({{{"op", "put"}, {"scan", ToJson(after)}}});
+    ScanRecord whole = after;
+    whole.chunks = before.chunks;
+    return nlohmann::json::array({{{"op", "put"}, {"scan", ToJson(whole)}}});
+  };
 
+  if (compare_chunks) {
   std::map<std::uint32_t, const ChunkRecord*> old_chunks;
   for (const auto& c : before.chunks) old_chunks[c.chunk.index] = &c;
   std::set<std::uint32_t> seen;
@@ -250,6 +257,7 @@ nlohmann::json Diff(const ScanRecord& before, const ScanRecord& after) {
   }
   for (const auto& [index, c] : old_chunks) {
     if (!seen.count(index)) return put_all();  // a chunk was removed
+  }
   }
   if (!SameUpload(before.manifest_upload, after.manifest_upload)) {
     ops.push_back({{"op", "up"}, {"uid", uid}, {"i", -1}, {"url", after.manifest_upload.url},
@@ -332,27 +340,31 @@ nlohmann::json ToJson(const ScanRecord& r) {
   return j;
 }
 
-// The snapshot's record of one scan, {"type":"scan","scan":{...}}, as JSON text built a chunk at
-// a time: ToJson(r) as one tree costs a few KiB a chunk, which at every compaction during a long
-// scan made the agent's peak memory grow with the scan (tens of MiB at 8 GiB raw;
-// docs/configuration.md, "Memory"). Reads back exactly as ToJson(r) does.
-std::string ScanSnapshotText(const ScanRecord& r) {
+// The snapshot's record of one scan, {"type":"scan","scan":{...}}, framed at the end of `out`,
+// its JSON text written there a chunk at a time: ToJson(r) as one tree costs a few KiB a chunk,
+// and a string of the text then a framed copy of it were two more copies of ~0.35 KiB a chunk;
+// at every compaction during a long scan each made the agent's peak memory grow with the scan
+// (docs/configuration.md, "Memory"). Reads back exactly as ToJson(r) does.
+void AppendScanSnapshotRecord(std::vector<std::uint8_t>& out, const ScanRecord& r) {
+  const auto append = [&out](std::string_view text) { out.insert(out.end(), text.begin(), text.end()); };
   nlohmann::json head = ScalarsToJson(r);
   nlohmann::json results = nlohmann::json::array();
   for (const auto& res : r.results) results.push_back(ResultToJson(res));
   head["scan_uid"] = r.scan_uid;
   head["manifest_upload"] = UploadToJson(r.manifest_upload);
   head["results"] = std::move(results);
-  std::string text = R"({"type":"scan","scan":)";
-  text += head.dump();
-  text.pop_back();  // the closing brace: "chunks" follows (head is never empty: it has scan_uid)
-  text += R"(,"chunks":[)";
+  const std::size_t frame = journal::BeginFrame(out);
+  append(R"({"type":"scan","scan":)");
+  const std::string head_text = head.dump();
+  // Without its closing brace: "chunks" follows (head is never empty: it has scan_uid).
+  append(std::string_view(head_text).substr(0, head_text.size() - 1));
+  append(R"(,"chunks":[)");
   for (std::size_t i = 0; i < r.chunks.size(); ++i) {
-    if (i > 0) text += ',';
-    text += ChunkToJson(r.chunks[i]).dump();
+    if (i > 0) append(",");
+    append(ChunkToJson(r.chunks[i]).dump());
   }
-  text += "]}}";
-  return text;
+  append("]}}");
+  journal::EndFrame(out, frame);
 }
 
 Expected<ScanRecord> ScanRecordFromJson(const nlohmann::json& j) {
@@ -694,10 +706,12 @@ Status Spool::CompactLocked() {
   if (broken_) return MakeError(*broken_);
   const std::uint64_t next = generation_ + 1;
   std::vector<std::uint8_t> snapshot = journal::Frame({{"type", "snapshot"}, {"format", kSpoolFormat}, {"generation", next}});
-  for (const auto& [uid, r] : scans_) {
-    const auto frame = journal::FrameText(ScanSnapshotText(r));
-    snapshot.insert(snapshot.end(), frame.begin(), frame.end());
-  }
+  // Reserved for what the records will take (a chunk's is ~0.35 KiB; the estimate is generous),
+  // so the buffer does not double past it while growing.
+  std::size_t estimate = snapshot.size() + 64;
+  for (const auto& [uid, r] : scans_) estimate += 4096 + 1024 * r.results.size() + 512 * r.chunks.size();
+  snapshot.reserve(estimate);
+  for (const auto& [uid, r] : scans_) AppendScanSnapshotRecord(snapshot, r);
   const auto end = journal::Frame({{"type", "end"}, {"scans", scans_.size()}});
   snapshot.insert(snapshot.end(), end.begin(), end.end());
   // The snapshot's rename is the commit point: from then on the old journal is stale.
@@ -956,10 +970,22 @@ Status Spool::FinishAcquisition(const std::string& scan_uid, const codec::Manife
                                              "the caller: sync first)");
     }
   }
-  const std::string text = codec::ToJson(manifest).dump(1);
+  std::string text;
+  {
+    std::lock_guard lock(mutex_);
+    const auto it = scans_.find(scan_uid);
+    if (it == scans_.end()) {
+      return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
+    }
+    std::vector<const codec::ManifestChunk*> chunks;  // the record keeps them by index
+    chunks.reserve(it->second.chunks.size());
+    for (const ChunkRecord& c : it->second.chunks) chunks.push_back(&c.chunk);
+    text = codec::ManifestText(manifest, chunks);
+  }
   if (auto st = files_.WriteDurably(ScanDir(scan_uid) / "manifest.json", AsBytes(text)); !st) return st;
   const std::string sha = Sha256Hex(AsBytes(text));
-  return Update(scan_uid, [&](ScanRecord& r) {
+  text = {};  // not held through the journal write below
+  return UpdateFields(scan_uid, [&](ScanRecord& r) {
     r.manifest_written = true;
     r.manifest_sha256 = sha;
     // Kept past retention (which deletes manifest.json): the operator's page times scan end -> report.
@@ -983,6 +1009,35 @@ Status Spool::Update(const std::string& scan_uid, const std::function<void(ScanR
   }
   if (after.confirmed_unix_s == 0 && FullyConfirmed(after)) after.confirmed_unix_s = NowUnixSeconds();
   return Commit(Diff(it->second, after));
+}
+
+Status Spool::UpdateFields(const std::string& scan_uid, const std::function<void(ScanRecord&)>& change) {
+  std::lock_guard lock(mutex_);
+  const auto it = scans_.find(scan_uid);
+  if (it == scans_.end()) {
+    return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
+  }
+  ScanRecord& before = it->second;
+  // The copy without the chunk list: moved out of the record for the copy and back at once.
+  std::vector<ChunkRecord> chunks = std::move(before.chunks);
+  before.chunks.clear();
+  ScanRecord after = before;
+  before.chunks = std::move(chunks);
+  change(after);
+  if (after.scan_uid != scan_uid) {
+    return MakeError(ErrorKind::kInvalidInput, "a change may not rename scan " + scan_uid);
+  }
+  if (!after.chunks.empty()) {
+    return MakeError(ErrorKind::kInternal, "UpdateFields of scan " + scan_uid + " was given a change of its chunks "
+                                           "(a bug in the caller: use Update)");
+  }
+  if (after.confirmed_unix_s == 0) {
+    std::swap(after.chunks, before.chunks);  // FullyConfirmed reads the chunks' uploads
+    const bool confirmed = FullyConfirmed(after);
+    std::swap(after.chunks, before.chunks);
+    if (confirmed) after.confirmed_unix_s = NowUnixSeconds();
+  }
+  return Commit(Diff(before, after, /*compare_chunks=*/false));
 }
 
 Status Spool::SetUploads(const std::string& scan_uid, const std::vector<UploadChange>& changes) {
@@ -1034,6 +1089,15 @@ Expected<ScanRecord> Spool::Get(const std::string& scan_uid) {
     return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
   }
   return it->second;
+}
+
+Expected<nlohmann::json> Spool::GetManifestBase(const std::string& scan_uid) {
+  std::lock_guard lock(mutex_);
+  const auto it = scans_.find(scan_uid);
+  if (it == scans_.end()) {
+    return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
+  }
+  return it->second.manifest_base;
 }
 
 std::vector<ScanRecord> Spool::AllScans() {

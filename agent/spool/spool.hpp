@@ -189,15 +189,24 @@ class Spool {
   SyncedBatch SyncPending();
   std::uint64_t pending_bytes();  // written by AddChunkDeferred, not yet taken by SyncPending
   // Writes the manifest durably, then marks the scan acquired and releases its reservation.
+  // The manifest is `manifest` with the record's chunks as its chunk list (every accepted
+  // chunk, by index; manifest.chunks is not read), written without copying the record.
   // Refused while chunks of the scan are still queued: sync them first (the manifest lists
   // only accepted chunks, and no chunk may be accepted after it).
   Status FinishAcquisition(const std::string& scan_uid, const codec::Manifest& manifest);
 
-  // Applies `change` to the scan's record and persists it durably.
+  // Applies `change` to the scan's record and persists it durably. It works on a copy of the
+  // whole record; a change of the scan's own fields or results only uses UpdateFields.
   Status Update(const std::string& scan_uid, const std::function<void(ScanRecord&)>& change);
+  // Applies `change` to the record's fields and results, not its chunks: `change` sees the
+  // record with an empty chunk list (and an error is returned if it adds one), so an 8 GiB
+  // scan's ~2 MiB of chunk records are not copied for a state change at its end.
+  Status UpdateFields(const std::string& scan_uid, const std::function<void(ScanRecord&)>& change);
   // A copy of the scan's whole record: it grows with the scan (~0.4 KiB a chunk), so paths that
   // run per chunk use GetChunk / GetManifestUpload, which copy only what they return.
   Expected<ScanRecord> Get(const std::string& scan_uid);
+  // The record's manifest_base (the manifest without its chunks, recorded when armed).
+  Expected<nlohmann::json> GetManifestBase(const std::string& scan_uid);
   Expected<ChunkRecord> GetChunk(const std::string& scan_uid, std::uint32_t index);
   Expected<UploadState> GetManifestUpload(const std::string& scan_uid);
   std::vector<ScanRecord> AllScans();

@@ -204,3 +204,30 @@ TEST_CASE("codec: manifest JSON round-trips and names the path of a bad field", 
   REQUIRE_FALSE(bad);
   CHECK_THAT(bad.error().message(), Catch::Contains("/chunks/1/view_count"));
 }
+
+TEST_CASE("codec: ManifestText is the manifest JSON's text, byte for byte", "[codec]") {
+  codec::Manifest m;
+  m.scan_uid = "2.25.1";
+  m.study_uid = "2.25.2";
+  m.patient_id = "P";
+  m.patient_name = "N \n \"chunks\": [] ";  // the key's text inside a value does not mislead it
+  m.accession_number = "A1";
+  m.incomplete_reason = "line\nbreak";
+  m.views_acquired = 720;
+  CHECK(codec::ManifestText(m) == codec::ToJson(m).dump(1));  // no chunks
+  for (std::uint32_t i = 0; i < 5; ++i) {
+    m.chunks.push_back({i, 64ull * i, 64, 131072, 5000u + i, std::string(64, 'a'), std::string(64, 'b')});
+  }
+  const std::string text = codec::ManifestText(m);
+  CHECK(text == codec::ToJson(m).dump(1));
+  auto back = codec::ManifestFromJson(nlohmann::json::parse(text));
+  REQUIRE(back);
+  REQUIRE(back->chunks.size() == 5);
+  CHECK(back->chunks[4].compressed_bytes == 5004);
+  // From a head and a list of chunks held elsewhere (the spool's record): the same text.
+  codec::Manifest head = m;
+  head.chunks.clear();
+  std::vector<const codec::ManifestChunk*> list;
+  for (const auto& c : m.chunks) list.push_back(&c);
+  CHECK(codec::ManifestText(head, list) == text);
+}

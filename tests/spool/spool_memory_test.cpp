@@ -7,6 +7,9 @@
 // meet this one's delete, so there the test says so and checks nothing (the release suite runs it).
 #include <catch2/catch.hpp>
 
+#include <malloc.h>
+
+#include <algorithm>
 #include <cstdlib>
 #include <new>
 
@@ -20,6 +23,11 @@
 namespace {
 thread_local bool counting = false;
 thread_local std::uint64_t counted_bytes = 0;
+// Live bytes (malloc_usable_size) of blocks allocated and freed on this thread while counting,
+// and their highest value: a block allocated before counting began and freed during it only
+// lowers `live`, so `peak_live` is an upper bound of how far the call raised the heap.
+thread_local std::int64_t live = 0;
+thread_local std::int64_t peak_live = 0;
 }  // namespace
 
 #if CTAGENT_COUNTS_ALLOCATIONS
@@ -28,12 +36,21 @@ thread_local std::uint64_t counted_bytes = 0;
 // -Wmismatched-new-delete that only the release build sees).
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 void* operator new(std::size_t size) {
-  if (counting) counted_bytes += size;
-  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
+  if (void* p = std::malloc(size == 0 ? 1 : size)) {
+    if (counting) {
+      counted_bytes += size;
+      live += static_cast<std::int64_t>(malloc_usable_size(p));
+      peak_live = std::max(peak_live, live);
+    }
+    return p;
+  }
   throw std::bad_alloc();
 }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p) noexcept {
+  if (counting && p != nullptr) live -= static_cast<std::int64_t>(malloc_usable_size(p));
+  std::free(p);
+}
+void operator delete(void* p, std::size_t) noexcept { operator delete(p); }
 #endif
 
 using namespace ctagent;
@@ -50,12 +67,29 @@ std::uint64_t BytesAllocatedBy(F&& f) {
   return counted_bytes;
 }
 
+// The most the heap grew (live bytes) while `f` ran on this thread.
+template <typename F>
+std::uint64_t PeakHeapGrowthOf(F&& f) {
+  live = 0;
+  peak_live = 0;
+  counting = true;
+  f();
+  counting = false;
+  return static_cast<std::uint64_t>(peak_live);
+}
+
 struct Allocations {
   std::uint64_t read_chunk = 0;
   std::uint64_t get_chunk = 0;
   std::uint64_t manifest_upload = 0;
   std::uint64_t set_uploads = 0;
   std::uint64_t whole_record = 0;
+  std::uint64_t update_fields = 0;   // peak heap growth, as are the three below
+  std::uint64_t manifest_base = 0;
+  std::uint64_t finish_acquisition = 0;
+  std::uint64_t manifest_file_bytes = 0;
+  std::uint64_t compaction = 0;
+  std::uint64_t snapshot_file_bytes = 0;
 };
 
 // A scan of `chunks` chunk records with upload URLs, of which chunk 0 has a real file.
@@ -102,6 +136,21 @@ Allocations MeasureWith(std::uint32_t chunks) {
   a.set_uploads = BytesAllocatedBy([&] { REQUIRE(sp.SetUploads(record.scan_uid, changes)); });
   CHECK(sp.GetChunk(record.scan_uid, chunks - 1)->upload.complete);
   a.whole_record = BytesAllocatedBy([&] { REQUIRE(sp.Get(record.scan_uid)); });
+  // A state change of the scan (acknowledged, results, ...): not a copy of its chunk list.
+  a.update_fields = PeakHeapGrowthOf([&] {
+    REQUIRE(sp.UpdateFields(record.scan_uid, [](spool::ScanRecord& r) { r.acknowledged_utc = "2026-12-06T12:00:00Z"; }));
+  });
+  CHECK(sp.Get(record.scan_uid)->chunks.size() == chunks);  // and the chunks are all still there
+  a.manifest_base = PeakHeapGrowthOf([&] { REQUIRE(sp.GetManifestBase(record.scan_uid)); });
+  // The scan's end: manifest.json of every chunk, written from the record.
+  codec::Manifest head;
+  head.scan_uid = record.scan_uid;
+  head.study_uid = record.study_uid;
+  a.finish_acquisition = PeakHeapGrowthOf([&] { REQUIRE(sp.FinishAcquisition(record.scan_uid, head)); });
+  a.manifest_file_bytes = std::filesystem::file_size(sp.MappingPath(record.scan_uid).parent_path() / "manifest.json");
+  // A compaction writes the whole record, by design: once, not as a tree, a string and a frame.
+  a.compaction = PeakHeapGrowthOf([&] { REQUIRE(sp.Compact()); });
+  a.snapshot_file_bytes = std::filesystem::file_size(dir.path() / "state.snapshot");
   return a;
 }
 
@@ -126,4 +175,16 @@ TEST_CASE("reading a chunk back and journaling its upload allocate the same for 
   CHECK(large.read_chunk < (64u << 10) + (8u << 10));  // the chunk's bytes, its paths and checksums (5.5 KiB)
   CHECK(large.get_chunk < 1024);
   CHECK(large.set_uploads < 8 * 1024);  // the journal record (JSON and its frame), not the scan's
+  // A change of the scan's fields and its manifest's head: the same for 8 chunks as for 8000.
+  CHECK(large.update_fields <= small.update_fields + 1024);
+  CHECK(large.manifest_base <= small.manifest_base + 256);
+  // The scan's end holds manifest.json's text (and a pointer a chunk), not a copy of the record
+  // and a JSON tree of every chunk besides (~3 times the text, as it was).
+  INFO("manifest.json " << large.manifest_file_bytes << " bytes, peak heap growth " << large.finish_acquisition);
+  CHECK(large.manifest_file_bytes > 8000u * 256);
+  CHECK(large.finish_acquisition < large.manifest_file_bytes * 3 / 2);
+  // A compaction holds the snapshot's bytes once (a record of ~0.35 KiB a chunk; 0.5 KiB reserved).
+  INFO("snapshot " << large.snapshot_file_bytes << " bytes, peak heap growth " << large.compaction);
+  CHECK(large.snapshot_file_bytes > 8000u * 256);
+  CHECK(large.compaction < large.snapshot_file_bytes * 3 / 2);
 }

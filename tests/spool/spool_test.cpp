@@ -211,6 +211,60 @@ TEST_CASE("a confirmed-offset update appends a small journal record, not the who
   CHECK(spool::ToJson(*(*s)->Get(record.scan_uid)).dump().size() > 8 * grew);
 }
 
+TEST_CASE("UpdateFields changes a scan's fields in a small record, keeps its chunks, confirms it and refuses a chunk change",
+          "[spool]") {
+  test::TempDir dir("spool");
+  PosixFileStore files;
+  {
+    auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+    REQUIRE(s);
+    auto record = AddScan(**s, 40, false);
+    // The manifest lists the record's chunks, by index, though the caller gave none.
+    auto manifest = codec::ManifestFromJson(nlohmann::json::parse(test::ReadText(
+        (*s)->MappingPath(record.scan_uid).parent_path() / "manifest.json")));
+    REQUIRE(manifest);
+    REQUIRE(manifest->chunks.size() == 40);
+    for (std::uint32_t i = 0; i < 40; ++i) CHECK(manifest->chunks[i].index == i);
+    CHECK(manifest->chunks[39].compressed_bytes == (*s)->GetChunk(record.scan_uid, 39)->chunk.compressed_bytes);
+
+    const auto journal = dir.path() / "journal.log";
+    const auto before = FileSize(journal);
+    REQUIRE((*s)->UpdateFields(record.scan_uid, [](spool::ScanRecord& r) {
+      CHECK(r.chunks.empty());  // not copied
+      r.acknowledged_utc = "2026-12-06T12:00:00Z";
+    }));
+    CHECK(FileSize(journal) - before < 250);  // a "set" of one field, not the whole record
+    auto changed = (*s)->Get(record.scan_uid);
+    REQUIRE(changed);
+    CHECK(changed->acknowledged_utc == "2026-12-06T12:00:00Z");
+    CHECK(changed->chunks.size() == 40);
+
+    const auto refused = (*s)->UpdateFields(record.scan_uid, [](spool::ScanRecord& r) { r.chunks.emplace_back(); });
+    REQUIRE_FALSE(refused);
+    CHECK_THAT(refused.error().message(), Catch::Contains("use Update"));
+    CHECK((*s)->Get(record.scan_uid)->chunks.size() == 40);
+
+    // Every chunk confirmed; the manifest's confirmation through UpdateFields confirms the scan.
+    std::vector<spool::Spool::UploadChange> chunks_done;
+    for (std::uint32_t i = 0; i < 40; ++i) chunks_done.push_back({i, {"https://cloud.invalid/files/c", 1, true}});
+    REQUIRE((*s)->SetUploads(record.scan_uid, chunks_done));
+    CHECK((*s)->Get(record.scan_uid)->confirmed_unix_s == 0);
+    REQUIRE((*s)->UpdateFields(record.scan_uid, [](spool::ScanRecord& r) {
+      r.manifest_upload = {"https://cloud.invalid/files/m", 10, true};
+    }));
+    CHECK((*s)->Get(record.scan_uid)->confirmed_unix_s > 0);
+  }
+  // All of it journaled: a reopened spool reads the same.
+  auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+  REQUIRE(s);
+  const auto scans = (*s)->AllScans();
+  REQUIRE(scans.size() == 1);
+  CHECK(scans[0].acknowledged_utc == "2026-12-06T12:00:00Z");
+  CHECK(scans[0].chunks.size() == 40);
+  CHECK(scans[0].manifest_upload.complete);
+  CHECK(scans[0].confirmed_unix_s > 0);
+}
+
 TEST_CASE("SetUploads journals upload states like Update, survives reopening, and confirms the scan with its last upload",
           "[spool]") {
   SimulatedDisk disk;
