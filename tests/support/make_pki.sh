@@ -38,15 +38,42 @@ signing_openssl() {
   if command -v faketime >/dev/null; then faketime -f -40d openssl "$@"; else openssl "$@"; fi
 }
 
+# The RSA private key of $1 in $1.key (mode 0600). With CTAGENT_TEST_KEY_POOL=DIR (set by the
+# tests' MakeTestPki to a folder of the build tree) a certificate's key is a copy of DIR/$1.key,
+# generated there the first time: one key per name for all the PKIs of a build tree, since
+# generating them was most of the suites' openssl time (2.7 s of CPU a PKI, ~50 PKIs a suite).
+# A CA's key is always new: a test trusts "another PKI" to mean another trust root, and the
+# certificates of one must not verify against the CA of the other. Without the
+# pool (the demo, the benches) every key is new.
+new_key() {  # $1 = name, [$2 = "ca": always a new key]
+  if [ -n "${CTAGENT_TEST_KEY_POOL:-}" ] && [ "${2:-}" != ca ]; then
+    mkdir -p "$CTAGENT_TEST_KEY_POOL"
+    (
+      flock 8
+      if [ ! -s "$CTAGENT_TEST_KEY_POOL/$1.key" ]; then
+        openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$CTAGENT_TEST_KEY_POOL/$1.key.new" 2>/dev/null
+        chmod 600 "$CTAGENT_TEST_KEY_POOL/$1.key.new"
+        mv "$CTAGENT_TEST_KEY_POOL/$1.key.new" "$CTAGENT_TEST_KEY_POOL/$1.key"
+      fi
+    ) 8>"$CTAGENT_TEST_KEY_POOL/.lock"
+    cp "$CTAGENT_TEST_KEY_POOL/$1.key" "$1.key"
+  else
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$1.key" 2>/dev/null
+  fi
+  chmod 600 "$1.key"
+}
+
 make_ca() {  # $1 = name
-  signing_openssl req -x509 -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.pem" -days 3650 \
+  new_key "$1" ca
+  signing_openssl req -x509 -key "$1.key" -out "$1.pem" -days 3650 \
     -subj "/CN=ctagent test $1" -addext "basicConstraints=critical,CA:TRUE" \
     -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
 }
 
 make_cert() {  # $1 = name, $2 = CA name, $3 = subjectAltName, $4 = days (may be negative via -not_after)
   sslconf "$3" > "$1.cnf"
-  openssl req -new -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -config "$1.cnf" 2>/dev/null
+  new_key "$1"
+  openssl req -new -key "$1.key" -out "$1.csr" -config "$1.cnf" 2>/dev/null
   signing_openssl x509 -req -in "$1.csr" -CA "$2.pem" -CAkey "$2.key" -CAcreateserial -out "$1.pem" \
     -days "$4" -extfile "$1.cnf" -extensions ext 2>/dev/null
   rm -f "$1.csr" "$1.cnf"
@@ -56,7 +83,8 @@ make_cert() {  # $1 = name, $2 = CA name, $3 = subjectAltName, $4 = days (may be
 # openssl x509 has no -not_before in 3.0, so sign with a throwaway 'ca' database.
 make_dated_cert() {  # $1 = name, $2 = start, $3 = end
   sslconf "IP:127.0.0.1,IP:127.0.0.2,DNS:localhost" > "$1.cnf"
-  openssl req -new -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -config "$1.cnf" 2>/dev/null
+  new_key "$1"
+  openssl req -new -key "$1.key" -out "$1.csr" -config "$1.cnf" 2>/dev/null
   local db="$1-db"
   rm -rf "$db" && mkdir -p "$db" && : > "$db/index.txt" && echo 01 > "$db/serial"
   cat > "$db/ca.cnf" <<CONF
@@ -99,7 +127,8 @@ make_cert other-ca-server other-ca "IP:127.0.0.1,DNS:localhost" 825
 # Expired: valid for one day, starting two days ago (openssl x509 has no -not_before in 3.0,
 # so sign with a backdated CA request via the 'ca' command's -startdate/-enddate).
 sslconf "IP:127.0.0.1,DNS:localhost" > expired.cnf
-openssl req -new -newkey rsa:2048 -nodes -keyout expired.key -out expired.csr -config expired.cnf 2>/dev/null
+new_key expired
+openssl req -new -key expired.key -out expired.csr -config expired.cnf 2>/dev/null
 mkdir -p ca-db && : > ca-db/index.txt && echo 01 > ca-db/serial
 cat > ca-db/ca.cnf <<CONF
 [ca]
