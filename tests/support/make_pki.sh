@@ -7,12 +7,36 @@
 # the wrong host name, for TLS error tests.
 # Usage: make_pki.sh DIR      (idempotent: existing files are kept)
 set -euo pipefail
+self=$(readlink -f "$0")
 dir=${1:?usage: make_pki.sh DIR}
 mkdir -p "$dir"
 cd "$dir"
 # Tests running in parallel share one PKI folder: one makes it while the others wait.
 exec 9>"$dir/.make_pki.lock"
 flock 9
+
+# In the tests, a whole PKI is made once per build tree and folder name, then copied. With
+# CTAGENT_TEST_KEY_POOL=POOL (set by the tests' MakeTestPki to a folder of the build tree) the PKI
+# of a folder named NAME is made in POOL/pki/NAME the first time and copied from there: making
+# one is 17 openssl runs (~1.8 s of CPU), and each suite made ~50. Folders of different names
+# ("pki" and "other-pki") are still different trust roots, as the tests that trust "another PKI"
+# need; two tests' folders of the same name get the same PKI, which no test can tell apart (each
+# runs its own servers). A pooled PKI older than 30 days is made again: its certificates were
+# issued 40 days back and are valid for 825 days.
+if [ -n "${CTAGENT_TEST_KEY_POOL:-}" ] && [ -z "${CTAGENT_MAKE_PKI_POOLED:-}" ] && [ ! -f server-with-key.pem ]; then
+  pooled="$CTAGENT_TEST_KEY_POOL/pki/$(basename "$PWD")"
+  mkdir -p "$CTAGENT_TEST_KEY_POOL/pki"
+  (
+    flock 7
+    if [ ! -f "$pooled/server-with-key.pem" ] || [ -n "$(find "$pooled/server-with-key.pem" -mtime +30)" ]; then
+      rm -rf "$pooled" "$pooled.new"
+      CTAGENT_MAKE_PKI_POOLED=1 bash "$self" "$pooled.new"
+      mv "$pooled.new" "$pooled"
+    fi
+    find "$pooled" -mindepth 1 -maxdepth 1 ! -name .make_pki.lock -exec cp -a -t . {} +
+  ) 7>"$CTAGENT_TEST_KEY_POOL/pki/.lock"
+  exit 0
+fi
 
 sslconf() {  # $1 = subjectAltName
   cat <<CONF

@@ -152,7 +152,8 @@ TempDir::~TempDir() {
 }
 
 void MakeTestPki(const std::filesystem::path& dir) {
-  // The private keys come from one pool per build tree (make_pki.sh, CTAGENT_TEST_KEY_POOL).
+  // The PKI of a folder of this name, and the private keys, come from one pool per build tree
+  // (make_pki.sh, CTAGENT_TEST_KEY_POOL).
   const std::string cmd = std::string("CTAGENT_TEST_KEY_POOL='") + CTAGENT_BINARY_DIR + "/test-key-pool' bash '" +
                           CTAGENT_SOURCE_DIR + "/tests/support/make_pki.sh' '" + dir.string() + "' >/dev/null";
   if (std::system(cmd.c_str()) != 0) throw std::runtime_error("make_pki.sh failed for " + dir.string());
