@@ -134,9 +134,15 @@ Status ScalarsFromJson(const nlohmann::json& j, ScanRecord& r) {
   return Ok();
 }
 
-bool FullyConfirmed(const ScanRecord& r) {
+// `chunks` is the record's chunk list (UpdateFields passes it beside a record copied without it).
+bool FullyConfirmed(const ScanRecord& r, const std::vector<ChunkRecord>& chunks) {
   if (!r.manifest_written || !r.manifest_upload.complete) return false;
-  return std::all_of(r.chunks.begin(), r.chunks.end(), [](const ChunkRecord& c) { return c.upload.complete; });
+  return std::all_of(chunks.begin(), chunks.end(), [](const ChunkRecord& c) { return c.upload.complete; });
+}
+bool FullyConfirmed(const ScanRecord& r) { return FullyConfirmed(r, r.chunks); }
+
+Unexpected ScanNotFound(const std::string& scan_uid, const std::filesystem::path& spool_dir) {
+  return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + spool_dir.string());
 }
 
 std::string ChunkFileName(std::uint32_t index) {
@@ -862,7 +868,7 @@ Status Spool::AddChunk(const std::string& scan_uid, const codec::ManifestChunk& 
   {
     std::lock_guard lock(mutex_);
     if (!scans_.count(scan_uid)) {
-      return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
+      return ScanNotFound(scan_uid, options_.directory);
     }
   }
   // The file goes to stable storage first (outside the lock: codec workers write in
@@ -885,7 +891,7 @@ Status Spool::AddChunkDeferred(const std::string& scan_uid, const codec::Manifes
     std::lock_guard lock(mutex_);
     const auto it = scans_.find(scan_uid);
     if (it == scans_.end()) {
-      return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
+      return ScanNotFound(scan_uid, options_.directory);
     }
     const bool recorded = std::any_of(it->second.chunks.begin(), it->second.chunks.end(),
                                       [&](const ChunkRecord& c) { return c.chunk.index == chunk.index; });
@@ -975,7 +981,7 @@ Status Spool::FinishAcquisition(const std::string& scan_uid, const codec::Manife
     std::lock_guard lock(mutex_);
     const auto it = scans_.find(scan_uid);
     if (it == scans_.end()) {
-      return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
+      return ScanNotFound(scan_uid, options_.directory);
     }
     std::vector<const codec::ManifestChunk*> chunks;  // the record keeps them by index
     chunks.reserve(it->second.chunks.size());
@@ -1000,7 +1006,7 @@ Status Spool::Update(const std::string& scan_uid, const std::function<void(ScanR
   std::lock_guard lock(mutex_);
   const auto it = scans_.find(scan_uid);
   if (it == scans_.end()) {
-    return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
+    return ScanNotFound(scan_uid, options_.directory);
   }
   ScanRecord after = it->second;
   change(after);
@@ -1015,7 +1021,7 @@ Status Spool::UpdateFields(const std::string& scan_uid, const std::function<void
   std::lock_guard lock(mutex_);
   const auto it = scans_.find(scan_uid);
   if (it == scans_.end()) {
-    return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
+    return ScanNotFound(scan_uid, options_.directory);
   }
   ScanRecord& before = it->second;
   // The copy without the chunk list: moved out of the record for the copy and back at once.
@@ -1031,12 +1037,7 @@ Status Spool::UpdateFields(const std::string& scan_uid, const std::function<void
     return MakeError(ErrorKind::kInternal, "UpdateFields of scan " + scan_uid + " was given a change of its chunks "
                                            "(a bug in the caller: use Update)");
   }
-  if (after.confirmed_unix_s == 0) {
-    std::swap(after.chunks, before.chunks);  // FullyConfirmed reads the chunks' uploads
-    const bool confirmed = FullyConfirmed(after);
-    std::swap(after.chunks, before.chunks);
-    if (confirmed) after.confirmed_unix_s = NowUnixSeconds();
-  }
+  if (after.confirmed_unix_s == 0 && FullyConfirmed(after, before.chunks)) after.confirmed_unix_s = NowUnixSeconds();
   return Commit(Diff(before, after, /*compare_chunks=*/false));
 }
 
@@ -1044,7 +1045,7 @@ Status Spool::SetUploads(const std::string& scan_uid, const std::vector<UploadCh
   std::lock_guard lock(mutex_);
   const auto it = scans_.find(scan_uid);
   if (it == scans_.end()) {
-    return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
+    return ScanNotFound(scan_uid, options_.directory);
   }
   const ScanRecord& r = it->second;
   // The last change of each upload wins, as if applied in order; unchanged ones write nothing.
@@ -1086,7 +1087,7 @@ Expected<ScanRecord> Spool::Get(const std::string& scan_uid) {
   std::lock_guard lock(mutex_);
   const auto it = scans_.find(scan_uid);
   if (it == scans_.end()) {
-    return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
+    return ScanNotFound(scan_uid, options_.directory);
   }
   return it->second;
 }
@@ -1095,7 +1096,7 @@ Expected<nlohmann::json> Spool::GetManifestBase(const std::string& scan_uid) {
   std::lock_guard lock(mutex_);
   const auto it = scans_.find(scan_uid);
   if (it == scans_.end()) {
-    return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
+    return ScanNotFound(scan_uid, options_.directory);
   }
   return it->second.manifest_base;
 }
@@ -1124,7 +1125,7 @@ Expected<Spool::FileCheck> Spool::CheckOf(const std::string& scan_uid, std::int6
   std::lock_guard lock(mutex_);
   const auto it = scans_.find(scan_uid);
   if (it == scans_.end()) {
-    return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
+    return ScanNotFound(scan_uid, options_.directory);
   }
   const ScanRecord& r = it->second;
   FileCheck check;
@@ -1148,7 +1149,7 @@ Expected<ChunkRecord> Spool::GetChunk(const std::string& scan_uid, std::uint32_t
   std::lock_guard lock(mutex_);
   const auto it = scans_.find(scan_uid);
   if (it == scans_.end()) {
-    return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
+    return ScanNotFound(scan_uid, options_.directory);
   }
   const ChunkRecord* chunk = FindChunk(it->second, index);
   if (chunk == nullptr) {
@@ -1162,7 +1163,7 @@ Expected<UploadState> Spool::GetManifestUpload(const std::string& scan_uid) {
   std::lock_guard lock(mutex_);
   const auto it = scans_.find(scan_uid);
   if (it == scans_.end()) {
-    return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " is not in spool " + options_.directory.string());
+    return ScanNotFound(scan_uid, options_.directory);
   }
   return it->second.manifest_upload;
 }
