@@ -68,12 +68,13 @@ std::string ManifestText(const Manifest& head, std::span<const ManifestChunk* co
   // The top level's "chunks" member, empty: at indent 1 it is the only line that starts with one
   // space and this key (a line break inside a string value is escaped, so cannot match).
   constexpr std::string_view kEmptyChunks = "\n \"chunks\": []";
+  if (chunks.empty()) return text_without;
   const std::size_t at = text_without.find(kEmptyChunks);
-  if (chunks.empty() || at == std::string::npos) {
+  if (at == std::string::npos) {  // not reached: dump(1)'s layout is fixed
     Manifest whole = head;
     whole.chunks.clear();
     for (const ManifestChunk* c : chunks) whole.chunks.push_back(*c);
-    return ToJson(whole).dump(1);  // npos is not reached: dump(1)'s layout is fixed
+    return ToJson(whole).dump(1);
   }
   const std::size_t open_bracket = at + kEmptyChunks.size() - 2;
   std::string text;
