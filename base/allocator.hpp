@@ -16,10 +16,13 @@ namespace ctagent {
 // own arenas (up to 8 per CPU), a buffer freed by another thread goes back to the arena that
 // made it, and each arena keeps its own free space and holes. With the agent's ~25 threads
 // that made the resident size creep with the length of a scan (docs/configuration.md,
-// "Memory": 55 MiB after 64 MiB of raw data, ~100 MiB after 4 GiB). So the number of arenas is
-// bounded (kMallocArenas); allocation is not the agent's bottleneck (a few thousand buffers a
-// second), so sharing arenas costs nothing measurable. No effect outside glibc.
-inline constexpr int kMallocArenas = 2;
+// "Memory": 55 MiB after 64 MiB of raw data, ~100 MiB after 4 GiB). Two arenas still let each
+// grow to its own high-water mark (a chunk buffer made by one thread in one, its compressed
+// form and its read-back in the other): at the peaks of 4 and 8 GiB bench scans the heap held
+// 10 to 18 MiB free with two, 2 to 13 MiB with one. So there is one (kMallocArenas);
+// allocation is not the agent's bottleneck (a few thousand buffers a second).
+// No effect outside glibc.
+inline constexpr int kMallocArenas = 1;
 inline constexpr int kTrimThresholdBytes = 4 << 20;
 void KeepLargeBuffersInHeap();
 

@@ -30,6 +30,9 @@ struct CodecConfig {
   std::uint32_t views_per_chunk = 64;
   std::uint32_t threads = 2;         // compression workers
   std::uint64_t queue_bytes = 4ull << 20;  // raw chunks waiting for the workers (agent/codec/chunk_stage.hpp)
+  // Chunk buffers held at once: raw chunks from acquisition until stored, chunks read back for
+  // upload (base/byte_budget.hpp, docs/configuration.md "Memory"); 0: no such bound.
+  std::uint64_t buffer_bytes = 12ull << 20;
 };
 
 struct SpoolConfig {

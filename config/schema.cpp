@@ -300,6 +300,11 @@ std::vector<Entry> MakeEntries() {
        .description = "Most raw bytes of chunks waiting for the compression workers; beyond it, chunks are "
                       "compressed with a cheap setting on a separate thread so acquisition never waits.",
        .min = kMiB, .max = kPiB, CTAGENT_TARGET(codec.queue_bytes)},
+      {.path = "/codec/buffer_bytes", .type = Type::kBytes,
+       .description = "Most bytes of chunk buffers held at once: raw chunks from acquisition until they are "
+                      "stored, and stored chunks read back for upload (acquisition waits for room first, "
+                      "uploads after it). 0: no bound beyond the queues and the uploads in flight.",
+       .min = 0, .max = kPiB, CTAGENT_TARGET(codec.buffer_bytes)},
 
       {.path = "/spool", .type = Type::kSection, .description = "Local durable spool."},
       {.path = "/spool/directory", .type = Type::kPath, .description = "Spool directory.", .required = true,

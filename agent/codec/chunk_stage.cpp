@@ -92,7 +92,14 @@ void ChunkStage::Worker(bool overflow) {
     auto encoded = overflow ? EncodeChunk(chunk.info, chunk.samples, options_.overflow)
                             : encode_(chunk.info, chunk.samples, options_.encode);
     store_(chunk, std::move(encoded));
-    chunk = RawChunk();  // its samples freed before the heap's free pages are handed back
+    {
+      std::lock_guard lock(mutex_);
+      if (spare_buffers_.size() < kSpareBuffers && chunk.samples.capacity() > 0) {
+        chunk.samples.clear();
+        spare_buffers_.push_back(std::move(chunk.samples));
+      }
+    }
+    chunk = RawChunk();  // its samples freed (or kept) before the heap's free pages are handed back
     ReleaseFreeHeapPages();
   }
 }
@@ -122,11 +129,27 @@ ChunkStage::AcquireResult ChunkStage::Acquire(drivers::Detector& detector, const
   const std::uint64_t view_bytes = protocol.BytesPerView();
   // The next chunk's buffer is made once the full one is queued, not before: while Submit()
   // waits for room, one chunk's samples wait with it, not two (docs/configuration.md, "Memory").
+  const std::uint64_t chunk_bytes = std::uint64_t{options_.views_per_chunk} * view_bytes;
   auto start_chunk = [&] {
+    if (options_.memory) {
+      bool waited = false;
+      current.memory = options_.memory->Take(chunk_bytes, &waited);
+      if (waited) {
+        std::lock_guard lock(mutex_);
+        ++counters_.stalls;
+      }
+    }
     current.info = chunk_template;
     current.info.views.clear();
     current.info.views.reserve(options_.views_per_chunk);
-    current.samples.reserve(options_.views_per_chunk * view_bytes);
+    {
+      std::lock_guard lock(mutex_);
+      if (!spare_buffers_.empty()) {
+        current.samples = std::move(spare_buffers_.back());
+        spare_buffers_.pop_back();
+      }
+    }
+    current.samples.reserve(chunk_bytes);
   };
   auto submit = [&](bool more) {
     if (current.info.views.empty()) return;

@@ -24,12 +24,16 @@
 
 #include "agent/codec/chunk.hpp"
 #include "agent/codec/manifest.hpp"
+#include "base/byte_budget.hpp"
 #include "base/error.hpp"
 #include "drivers/detector.hpp"
 
 namespace ctagent::codec {
 
 struct RawChunk {
+  // Its samples' share of the agent's chunk-buffer budget (none without one); declared first,
+  // so it is handed back after the samples are freed.
+  ByteBudget::Lease memory;
   ChunkInfo info;  // identity, shape, views, descriptor (lengths and hashes not yet filled in)
   std::vector<std::uint8_t> samples;
 };
@@ -57,13 +61,17 @@ struct ChunkStageOptions {
   std::uint64_t queue_bytes = 4ull << 20;  // raw bytes waiting for the workers (and, separately, for the overflow thread)
   EncodeOptions encode{Filter::kPredict, 3};
   EncodeOptions overflow{Filter::kNone, 1};
+  // Where Acquire() takes each chunk's raw bytes from before it fills the chunk (waiting, and
+  // counting a stall, while the budget is spent); they go back once the chunk is stored. Shared
+  // with the uploader's read-backs (docs/configuration.md, "Memory"). nullptr: no budget.
+  std::shared_ptr<ByteBudget> memory;
 };
 
 struct ChunkStageCounters {
   std::uint64_t views = 0;
   std::uint32_t chunks = 0;           // chunks submitted (indices 0 .. chunks - 1)
   std::uint32_t overflow_chunks = 0;  // encoded with the cheap setting because the workers were behind
-  std::uint32_t stalls = 0;           // times the acquisition thread had to wait (both queues full)
+  std::uint32_t stalls = 0;           // times the acquisition thread had to wait (both queues full, or the memory budget spent)
   std::uint64_t queue_high_water_bytes = 0;     // most raw bytes ever waiting for the workers
   std::uint64_t overflow_high_water_bytes = 0;  // the same for the overflow thread
 };
@@ -109,6 +117,11 @@ class ChunkStage {
   std::deque<RawChunk> overflow_queue_;
   std::uint64_t queue_bytes_ = 0;
   std::uint64_t overflow_bytes_ = 0;
+  // Sample buffers of stored chunks, kept for the next chunks (at most kSpareBuffers): every
+  // raw chunk has the same size, and a long scan that freed and allocated one per chunk left
+  // the heap fragmented, its resident size creeping up (docs/configuration.md, "Memory").
+  static constexpr std::size_t kSpareBuffers = 2;
+  std::vector<std::vector<std::uint8_t>> spare_buffers_;
   bool draining_ = false;
   ChunkStageCounters counters_;
   std::vector<std::thread> threads_;

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "base/byte_budget.hpp"
 #include "base/durable_file.hpp"
 #include "agent/core/exam_context.hpp"
 #include "agent/core/heartbeat.hpp"
@@ -180,6 +181,9 @@ class Agent {
 
   config::AgentConfig config_;
   FileStore& files_;
+  // One budget for every chunk buffer of every scan: acquisition's raw chunks and the
+  // uploader's read-backs (config codec.buffer_bytes; null when 0).
+  std::shared_ptr<ByteBudget> chunk_memory_;
   std::unique_ptr<spool::Spool> spool_;
   std::unique_ptr<LinkManager> links_;  // null when cloud.links is empty (the system's routing)
   std::atomic<bool> stop_requested_{false};

@@ -319,7 +319,10 @@ struct Agent::Run {
   }
 };
 
-Agent::Agent(config::AgentConfig config, FileStore& files) : config_(std::move(config)), files_(files) {}
+Agent::Agent(config::AgentConfig config, FileStore& files)
+    : config_(std::move(config)),
+      files_(files),
+      chunk_memory_(config_.codec.buffer_bytes > 0 ? ByteBudget::Make(config_.codec.buffer_bytes) : nullptr) {}
 Agent::~Agent() = default;
 
 Status Agent::Open(bool read_only) {
@@ -378,6 +381,7 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress, const ExamIdentity& exa
   if (auto st = BeginAcquisition(*run, *protocol, **detector, /*armed=*/false, exam); !st) return MakeError(st.error());
 
   run->uploader = std::make_unique<Uploader>(run->io, *spool_, config_.cloud, RetryPolicy::Shared(), links_.get());
+  run->uploader->SetMemoryBudget(chunk_memory_);
   {
     std::lock_guard lock(stop_mutex_);
     Run* raw = run.get();
@@ -542,6 +546,7 @@ Status Agent::BeginAcquisition(Run& run, const drivers::ScanProtocol& protocol, 
   stage_options.views_per_chunk = config_.codec.views_per_chunk;
   stage_options.threads = config_.codec.threads;
   stage_options.queue_bytes = config_.codec.queue_bytes;
+  stage_options.memory = chunk_memory_;
   stage_options.encode = {*filter, config_.codec.zstd_level, *coder};
   run.chunk_stage = std::make_unique<codec::ChunkStage>(
       stage_options, [r = &run](const codec::RawChunk& raw, Expected<std::vector<std::uint8_t>> bytes) {
@@ -655,6 +660,7 @@ std::vector<ScanSummary> Agent::ResumeAll(Progress* progress) {
       continue;
     }
     run->uploader = std::make_unique<Uploader>(run->io, *spool_, config_.cloud, RetryPolicy::Shared(), links_.get());
+    run->uploader->SetMemoryBudget(chunk_memory_);
     run->results_later = true;
     boost::asio::post(run->io, [r = run.get(), &record] { r->ResumeUpload(record); });
     RunLoop(run->io);
@@ -929,6 +935,7 @@ Status Agent::Serve(const ServiceHooks& hooks) {
   }
   sv.uploader = std::make_unique<Uploader>(sv.io, *spool_, config_.cloud, RetryPolicy::Shared(), links_.get(),
                                            hooks.counters != nullptr ? &hooks.counters->upload : nullptr);
+  sv.uploader->SetMemoryBudget(chunk_memory_);
   sv.uploader->SetPaused(uploads_paused_);  // before any scan is resumed: a recorded pause holds from the start
   if (config_.results.enabled) {
     auto fetcher = ResultsFetcher::Create(sv.io, *spool_, config_, RetryPolicy::Shared());

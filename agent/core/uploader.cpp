@@ -92,6 +92,8 @@ struct Uploader::Job {
   LinkLease lease;
   bool leased = false;
   transport::tus::AsyncClient* client = nullptr;
+  ByteBudget::Lease memory;  // the read-back's share of the chunk-buffer budget, while it holds it
+  std::uint64_t memory_bytes = 0;  // what it asks of the budget: the chunk file's size
   std::shared_ptr<const std::vector<std::uint8_t>> bytes;
   spool::UploadState state;
   std::string sha256;
@@ -130,6 +132,7 @@ Uploader::Uploader(boost::asio::io_context& io, spool::Spool& spool, const confi
       counters_(counters != nullptr ? *counters : own_counters_) {}
 
 Uploader::~Uploader() {
+  memory_watch_.reset();  // before anything its callback uses
   Stop();
   alive_.reset();
   clients_.clear();  // ends what is left in flight without completions
@@ -155,6 +158,7 @@ void Uploader::Stop() {
       job->last_status = MakeError(ErrorKind::kCancelled, "agent is stopping");
       Finish(job);
     }
+    EndMemoryWaiting();
     for (const auto& job : std::vector<JobPtr>(in_flight_.begin(), in_flight_.end())) {
       if (job->upload) job->upload->Cancel();
     }
@@ -192,6 +196,7 @@ void Uploader::SetPaused(bool paused) {
     for (auto& job : to_create_) held_.push_back(std::move(job));
     to_send_.clear();
     to_create_.clear();
+    EndMemoryWaiting();
     for (const auto& job : std::vector<JobPtr>(in_flight_.begin(), in_flight_.end())) {
       if (job->upload) {
         job->paused_out = true;
@@ -672,6 +677,51 @@ void Uploader::Transfer(JobPtr job) {
     return;
   }
   job->failure = FailureClass::kLocal;  // until the spool answered
+  if (memory_ == nullptr || job->manifest) {
+    TransferReadBack(std::move(job));
+    return;
+  }
+  // The chunk is read only once its bytes fit the budget: while acquisition and the codec hold
+  // it, the transfer waits here (with a link lease and a sending slot, but no buffer).
+  auto length = SpooledUploadOf(spool_, job->scan_uid, false, job->index);
+  job->memory_bytes = length ? length->length : 0;
+  memory_waiting_.push_back(std::move(job));
+  TakeMemoryForWaiting();
+}
+
+void Uploader::SetMemoryBudget(std::shared_ptr<ByteBudget> budget) {
+  memory_watch_.reset();
+  memory_ = std::move(budget);
+  if (memory_ == nullptr) return;
+  // Called on whichever thread handed bytes back, under the budget's lock: one post at a time.
+  memory_watch_ = memory_->OnRoom([this, weak = std::weak_ptr<char>(alive_)] {
+    if (memory_room_posted_.exchange(true)) return;
+    boost::asio::post(io_, [this, weak] {
+      if (!weak.lock()) return;
+      memory_room_posted_ = false;
+      TakeMemoryForWaiting();
+    });
+  });
+}
+
+void Uploader::TakeMemoryForWaiting() {
+  while (!memory_waiting_.empty()) {
+    auto lease = memory_->TryTake(memory_waiting_.front()->memory_bytes);
+    if (!lease) return;
+    JobPtr job = std::move(memory_waiting_.front());
+    memory_waiting_.pop_front();
+    job->memory = std::move(*lease);
+    TransferReadBack(std::move(job));
+  }
+}
+
+void Uploader::EndMemoryWaiting() {
+  std::deque<JobPtr> waiting;
+  waiting.swap(memory_waiting_);
+  for (auto& job : waiting) EndedByPauseOrStop(job);
+}
+
+void Uploader::TransferReadBack(JobPtr job) {
   // What to send, read and checked on the worker: a chunk file (against its recorded SHA-256)
   // or the manifest, and where its upload stands.
   boost::asio::post(read_worker_, [this, weak = std::weak_ptr<char>(alive_), job] {
@@ -900,6 +950,7 @@ void Uploader::Transferred(JobPtr job) {
   in_flight_.erase(job);
   job->upload.reset();
   job->bytes.reset();  // at most max_uploads_in_flight jobs hold their bytes
+  job->memory.reset();
   ReleaseFreeHeapPages();
   if (job->attempt_body_bytes > 0) {
     job->body_bytes_sent += job->attempt_body_bytes;

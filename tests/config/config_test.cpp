@@ -285,7 +285,7 @@ TEST_CASE("config: an unknown key is named, with the closest known key suggested
         "site/agent.json: /spoool: unknown key; did you mean \"spool\"?");
   CHECK(ErrorOf(With("/cloud/tls/ca_fle", "x")) == "site/agent.json: /cloud/tls/ca_fle: unknown key; did you mean \"ca_file\"?");
   CHECK(ErrorOf(With("/codec/banana", 1)) ==
-        "site/agent.json: /codec/banana: unknown key; known keys here: zstd_level, filter, coder, views_per_chunk, threads, queue_bytes");
+        "site/agent.json: /codec/banana: unknown key; known keys here: zstd_level, filter, coder, views_per_chunk, threads, queue_bytes, buffer_bytes");
 }
 
 TEST_CASE("config: a missing required key is named with what it expects") {
