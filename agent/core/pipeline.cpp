@@ -588,7 +588,7 @@ codec::ChunkStage::AcquireResult Agent::Acquire(Run& r, drivers::Detector& detec
                           std::to_string(counters.overflow_chunks) + " of " + std::to_string(counters.chunks) +
                           " chunks were stored with the cheap setting (none + zstd -1), " +
                           std::to_string(counters.stalls) +
-                          " times acquisition waited for storage; more codec.threads or a faster spool disk help");
+                          " times acquisition waited for storage or for room in codec.buffer_bytes; more codec.threads, a faster spool disk or a larger codec.buffer_bytes help");
   }
   return acquired;
 }

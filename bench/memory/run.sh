@@ -174,15 +174,20 @@ node -e '
   const queue = size(c.queue_bytes, 4 << 20), parallel = cl.parallel_uploads ?? 8;
   const MiB = (b) => (b / 1048576).toFixed(1);
   const compressed = chunk * 0.55;  // this protocol at 1/5 dose compresses about 1.8:1
+  const budget = size(c.buffer_bytes, 12 << 20);
   // Code and libraries (file-backed, ~19 MiB) and the rest of the heap (TLS, libcurl, the spool
-  // state, ~5 MiB); one chunk being filled; per codec worker (context_rans) its samples, two
-  // chunk-sized scratch buffers and the output; the overflow thread: samples, zstd bound and
-  // context; per upload its chunk and the 256 KiB libcurl buffer (transport/http.hpp).
-  const base = 24 << 20, acquisition = chunk;
-  const encoding = threads * (3 * chunk + compressed) + 2 * chunk + (1 << 20);
-  const uploads = parallel * (compressed + (256 << 10));
-  console.log(`# bound from the config (docs/configuration.md, "Memory"): ${MiB(base)} base + ${MiB(acquisition)} acquisition` +
-              ` + ${MiB(encoding)} encoding + ${MiB(uploads)} uploads = ${MiB(base + acquisition + encoding + uploads)} MiB` +
-              ` while compression keeps up; + up to ${MiB(2 * queue)} MiB (2 x codec.queue_bytes) when it falls behind;` +
+  // state, ~5 MiB). The budget (codec.buffer_bytes) holds every raw chunk from the start of its
+  // acquisition until it is stored and every chunk read back for upload; without one (0), their
+  // counts bound them: the chunk being filled, both queues, one per codec thread and the
+  // overflow thread, one per upload. Outside it: per codec worker (context_rans) two chunk-sized
+  // scratch buffers and its output; the overflow thread its zstd output and context; two spare
+  // sample buffers kept for reuse; per upload the 256 KiB libcurl buffer (transport/http.hpp).
+  const base = 24 << 20;
+  const counted = chunk + 2 * queue + (threads + 1) * chunk + parallel * compressed;
+  const buffers = budget > 0 ? Math.min(budget, counted) : counted;
+  const outside = threads * (2 * chunk + compressed) + chunk + (1 << 20) + 2 * chunk + parallel * (256 << 10);
+  console.log(`# bound from the config (docs/configuration.md, "Memory"): ${MiB(base)} base + ${MiB(buffers)} chunk buffers` +
+              ` (codec.buffer_bytes ${MiB(budget)} MiB${budget > 0 ? "" : ": none, so their counts"}) + ${MiB(outside)} outside it` +
+              ` (codec scratch and outputs, spare sample buffers, libcurl buffers) = ${MiB(base + buffers + outside)} MiB;` +
               ` + ~0.4 KiB a chunk; + free heap pages not yet returned (at most 0.5 s of frees)`);' \
   "$work/scan-${size_list[0]}.json"
