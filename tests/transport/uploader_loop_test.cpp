@@ -2,7 +2,8 @@
 // parallel_uploads 4, uploaded to the real tus server over HTTPS with no thread per upload. The
 // process's threads (/proc/self/task) are counted before the uploader exists and throughout the
 // upload: only its two one-thread workers (journal, reading) may be added, where the uploader on
-// two pools of parallel_uploads threads each added eight.
+// two pools of parallel_uploads threads each added eight. And with the agent's memory budget:
+// transfers wait for it without sending, and each read-back takes from it and hands it back.
 #include <catch2/catch.hpp>
 
 #include <boost/asio/steady_timer.hpp>
@@ -89,4 +90,57 @@ TEST_CASE("uploader on the loop: 12 chunks in 3 PATCHes each with parallel_uploa
   // The journal worker and the reading worker; no thread per upload or per connection.
   CHECK(most - before <= 2);
   CHECK(most > before);  // the sampler saw the workers: it really counted during the upload
+}
+
+TEST_CASE("uploader with a memory budget: transfers send nothing while the budget is spent, then all arrive "
+          "bit-exact, each read-back taking from the budget and handing it back",
+          "[transport][upload][integration]") {
+  test::TusScan scan(8, 250000);
+  const auto pki = test::SharedTransportPki();
+  const auto store = scan.dir.path() / "store";
+  auto server = test::StartTusServer(pki, store, scan.dir.path() / "tus-server.log");
+
+  config::CloudConfig cloud;
+  cloud.upload_url = server.endpoint;
+  cloud.tls.ca_file = pki / "ca.pem";
+  cloud.parallel_uploads = 4;
+  cloud.connect_timeout_s = 5;
+  cloud.stall_timeout_s = 10;
+
+  // Room for two chunks' read-backs; at first all of it is held, as acquisition would hold it.
+  const std::uint64_t chunk_bytes = scan.chunks.at(0).size();
+  const std::uint64_t capacity = 2 * chunk_bytes + chunk_bytes / 2;
+  auto budget = ByteBudget::Make(capacity);
+  auto held = budget->Take(capacity);
+  // Every hand-back while no Take() waits tells the watchers: the test's counts them.
+  std::atomic<int> hand_backs{0};
+  auto watch = budget->OnRoom([&] { ++hand_backs; });
+  std::uint64_t body_bytes_while_held = 0;
+  {
+    core::Uploader uploader(scan.io, *scan.spool, cloud, test::TusScan::FastRetries());
+    uploader.SetMemoryBudget(budget);
+    // After 300 ms of the upload (discovery and creations done, transfers waiting for the
+    // budget) it is handed back.
+    boost::asio::steady_timer release(scan.io);
+    release.expires_after(std::chrono::milliseconds(300));
+    release.async_wait([&](const boost::system::error_code& ec) {
+      if (ec) return;
+      body_bytes_while_held = uploader.counters().body_bytes_sent;
+      held.reset();
+    });
+    const auto result = scan.Upload(uploader);
+    REQUIRE(result);
+    INFO((*result ? std::string("uploaded") : result->error().message()));
+    REQUIRE(*result);
+    CHECK(uploader.counters().uploads_done == 9);  // 8 chunks and the manifest
+  }
+  CHECK_FALSE(held);                  // the release ran: nothing could finish before it
+  CHECK(body_bytes_while_held == 0);  // no chunk was read back or sent while the budget was spent
+  CHECK(hand_backs.load() >= 1 + 8);  // the test's hold, then each chunk's read-back
+  CHECK(budget->high_water() <= capacity);  // never more than two chunks' read-backs at once
+  CHECK(budget->in_use() == 0);             // every share handed back
+  for (const auto& sent : scan.SentUploads()) {
+    const auto id = sent.url.substr(sent.url.rfind('/') + 1);
+    CHECK(test::ReadText(store / id) == sent.bytes);
+  }
 }
