@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <filesystem>
 #include <functional>
 #include <string>
 
@@ -36,6 +37,17 @@ int ThreadCount() {
   return count;
 }
 
+// The uploads' settings for the tus server on loopback: 4 uploads at once, short timeouts.
+config::CloudConfig LoopbackCloud(const std::string& endpoint, const std::filesystem::path& pki) {
+  config::CloudConfig cloud;
+  cloud.upload_url = endpoint;
+  cloud.tls.ca_file = pki / "ca.pem";
+  cloud.parallel_uploads = 4;
+  cloud.connect_timeout_s = 5;
+  cloud.stall_timeout_s = 10;
+  return cloud;
+}
+
 }  // namespace
 
 TEST_CASE("uploader on the loop: 12 chunks in 3 PATCHes each with parallel_uploads 4 arrive bit-exact, and the "
@@ -45,14 +57,8 @@ TEST_CASE("uploader on the loop: 12 chunks in 3 PATCHes each with parallel_uploa
   const auto pki = test::SharedTransportPki();
   const auto store = scan.dir.path() / "store";
   auto server = test::StartTusServer(pki, store, scan.dir.path() / "tus-server.log");
-
-  config::CloudConfig cloud;
-  cloud.upload_url = server.endpoint;
-  cloud.tls.ca_file = pki / "ca.pem";
-  cloud.parallel_uploads = 4;
+  config::CloudConfig cloud = LoopbackCloud(server.endpoint, pki);
   cloud.patch_bytes = 100000;  // 3 PATCHes per chunk
-  cloud.connect_timeout_s = 5;
-  cloud.stall_timeout_s = 10;
 
   const int before = ThreadCount();
   REQUIRE(before > 0);
@@ -99,13 +105,7 @@ TEST_CASE("uploader with a memory budget: transfers send nothing while the budge
   const auto pki = test::SharedTransportPki();
   const auto store = scan.dir.path() / "store";
   auto server = test::StartTusServer(pki, store, scan.dir.path() / "tus-server.log");
-
-  config::CloudConfig cloud;
-  cloud.upload_url = server.endpoint;
-  cloud.tls.ca_file = pki / "ca.pem";
-  cloud.parallel_uploads = 4;
-  cloud.connect_timeout_s = 5;
-  cloud.stall_timeout_s = 10;
+  const config::CloudConfig cloud = LoopbackCloud(server.endpoint, pki);
 
   // Room for two chunks' read-backs; at first all of it is held, as acquisition would hold it.
   const std::uint64_t chunk_bytes = scan.chunks.at(0).size();
