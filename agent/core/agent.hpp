@@ -163,6 +163,9 @@ class Agent {
   struct Run;
   struct Service;
   Expected<ScanSummary> Finish(Run& run);
+  // An uploader on `io` with the agent's spool, cloud settings, retry policy, links and chunk-
+  // buffer budget; `counters` as Uploader's.
+  std::unique_ptr<Uploader> NewUploader(boost::asio::io_context& io, UploadCounters* counters = nullptr);
   // The configured protocol (a replayed recording's own shape, with its changes logged).
   Expected<drivers::ScanProtocol> ConfiguredProtocol() const;
   // A new scan: its patient resolved (blocking on the worklist: never on the event loop) and

@@ -325,6 +325,12 @@ Agent::Agent(config::AgentConfig config, FileStore& files)
       chunk_memory_(config_.codec.buffer_bytes > 0 ? ByteBudget::Make(config_.codec.buffer_bytes) : nullptr) {}
 Agent::~Agent() = default;
 
+std::unique_ptr<Uploader> Agent::NewUploader(boost::asio::io_context& io, UploadCounters* counters) {
+  auto uploader = std::make_unique<Uploader>(io, *spool_, config_.cloud, RetryPolicy::Shared(), links_.get(), counters);
+  uploader->SetMemoryBudget(chunk_memory_);
+  return uploader;
+}
+
 Status Agent::Open(bool read_only) {
   spool::SpoolOptions options{config_.spool.directory, config_.spool.max_bytes, config_.spool.min_free_bytes};
   options.read_only = read_only;
@@ -380,8 +386,7 @@ Expected<ScanSummary> Agent::RunScan(Progress* progress, const ExamIdentity& exa
   }
   if (auto st = BeginAcquisition(*run, *protocol, **detector, /*armed=*/false, exam); !st) return MakeError(st.error());
 
-  run->uploader = std::make_unique<Uploader>(run->io, *spool_, config_.cloud, RetryPolicy::Shared(), links_.get());
-  run->uploader->SetMemoryBudget(chunk_memory_);
+  run->uploader = NewUploader(run->io);
   {
     std::lock_guard lock(stop_mutex_);
     Run* raw = run.get();
@@ -659,8 +664,7 @@ std::vector<ScanSummary> Agent::ResumeAll(Progress* progress) {
       awaiting_results.push_back(std::move(run));
       continue;
     }
-    run->uploader = std::make_unique<Uploader>(run->io, *spool_, config_.cloud, RetryPolicy::Shared(), links_.get());
-    run->uploader->SetMemoryBudget(chunk_memory_);
+    run->uploader = NewUploader(run->io);
     run->results_later = true;
     boost::asio::post(run->io, [r = run.get(), &record] { r->ResumeUpload(record); });
     RunLoop(run->io);
@@ -933,9 +937,7 @@ Status Agent::Serve(const ServiceHooks& hooks) {
     log::Error("agent", "the detector cannot be opened, so no scan can be acquired until the daemon restarts: " +
                             detector.error().WithContext("driver \"" + config_.driver.name + "\"").message());
   }
-  sv.uploader = std::make_unique<Uploader>(sv.io, *spool_, config_.cloud, RetryPolicy::Shared(), links_.get(),
-                                           hooks.counters != nullptr ? &hooks.counters->upload : nullptr);
-  sv.uploader->SetMemoryBudget(chunk_memory_);
+  sv.uploader = NewUploader(sv.io, hooks.counters != nullptr ? &hooks.counters->upload : nullptr);
   sv.uploader->SetPaused(uploads_paused_);  // before any scan is resumed: a recorded pause holds from the start
   if (config_.results.enabled) {
     auto fetcher = ResultsFetcher::Create(sv.io, *spool_, config_, RetryPolicy::Shared());
