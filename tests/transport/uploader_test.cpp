@@ -385,9 +385,12 @@ TEST_CASE("uploader: PrepareManifest racing UploadManifest still creates one man
 
 TEST_CASE("uploader: each transfer and creation thread keeps one connection for all its requests",
           "[transport][upload][fake]") {
-  // 40 uploads over 4 creators and 4 transfer threads. libcurl's shared connection cache (5
-  // slots for all handles) once closed a connection after nearly every request; now each
-  // client keeps its own, so at most one connection per thread is opened.
+  // 40 uploads with 4 creations and 4 transfers at once. libcurl's shared connection cache (5
+  // slots for all handles) once closed a connection after nearly every request (~80 for the 86
+  // requests here); now connections are kept and reused, so no more are opened than requests are
+  // ever in flight at once: both stages full and the manifest's creation, which PrepareManifest
+  // starts beside them (Uploader::ClientFor's limit, 2 x 4 + 1). Under load that creation was
+  // seen still in flight as both stages filled (9 connections, once in 80 runs).
   ScanFixture f(40, 4);
   core::Uploader uploader(f.io, *f.spool, f.cloud, Fixture::FastRetries());
   uploader.PrepareManifest(f.scan_uid);
@@ -398,5 +401,5 @@ TEST_CASE("uploader: each transfer and creation thread keeps one connection for 
   CHECK(f.fake.Count("POST") == 41);
   CHECK(f.fake.Count("PATCH") == 41);
   CHECK(f.fake.Count("OPTIONS") == 4);  // one warm-up per transfer thread
-  CHECK(f.fake.ConnectionCount() <= 8);
+  CHECK(f.fake.ConnectionCount() <= 2 * 4 + 1);
 }
