@@ -870,6 +870,14 @@ void PrintStatus(const nlohmann::json& status) {
                                " (scans are acquired and wait in the spool; `ctagent resume` resumes uploads)";
     std::printf("daemon pid %lld: uploads %s\n", d.value("pid", 0LL),
                 d.value("uploads_paused", false) ? paused.c_str() : "running");
+    if (d.contains("chunk_buffers") && d["chunk_buffers"].is_object()) {
+      const auto& c = d["chunk_buffers"];
+      std::printf("chunk buffers (codec.buffer_bytes): %s in use of %s, at most %s so far; waits: acquisition %llu, "
+                  "uploads %llu\n",
+                  Mib(c.value("in_use_bytes", 0ULL)).c_str(), Mib(c.value("capacity_bytes", 0ULL)).c_str(),
+                  Mib(c.value("high_water_bytes", 0ULL)).c_str(), c.value("acquisition_waits", 0ULL),
+                  c.value("upload_waits", 0ULL));
+    }
   }
   const nlohmann::json scans = status.value("scans", nlohmann::json::array());
   if (scans.empty()) std::printf("no scans in the spool\n");

@@ -54,6 +54,7 @@ ByteBudget::Lease ByteBudget::Take(std::uint64_t bytes, bool* waited) {
   const bool wait = !FitsLocked(bytes);
   if (waited != nullptr) *waited = wait;
   if (wait) {
+    ++blocked_takes_;
     ++blocked_takers_;
     room_.wait(lock, [&] { return FitsLocked(bytes); });
     --blocked_takers_;
@@ -64,9 +65,12 @@ ByteBudget::Lease ByteBudget::Take(std::uint64_t bytes, bool* waited) {
   return Lease(shared_from_this(), bytes);
 }
 
-std::optional<ByteBudget::Lease> ByteBudget::TryTake(std::uint64_t bytes) {
+std::optional<ByteBudget::Lease> ByteBudget::TryTake(std::uint64_t bytes, bool count_refusal) {
   std::lock_guard lock(mutex_);
-  if (blocked_takers_ > 0 || !FitsLocked(bytes)) return std::nullopt;
+  if (blocked_takers_ > 0 || !FitsLocked(bytes)) {
+    if (count_refusal) ++refused_tries_;
+    return std::nullopt;
+  }
   HoldLocked(bytes);
   return Lease(shared_from_this(), bytes);
 }
@@ -97,6 +101,11 @@ std::uint64_t ByteBudget::in_use() const {
 std::uint64_t ByteBudget::high_water() const {
   std::lock_guard lock(mutex_);
   return high_water_;
+}
+
+ByteBudget::Usage ByteBudget::usage() const {
+  std::lock_guard lock(mutex_);
+  return Usage{capacity_, in_use_, high_water_, blocked_takes_, refused_tries_};
 }
 
 }  // namespace ctagent

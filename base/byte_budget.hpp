@@ -67,7 +67,9 @@ class ByteBudget : public std::enable_shared_from_this<ByteBudget> {
   // Waits until the bytes fit; `waited` (optional) says whether it had to.
   Lease Take(std::uint64_t bytes, bool* waited = nullptr);
   // Never waits: the lease if the bytes fit and no Take() is waiting, otherwise nothing.
-  std::optional<Lease> TryTake(std::uint64_t bytes);
+  // `count_refusal`: a refusal counts in Usage::refused_tries (a caller that tries again for the
+  // same request passes false, so each request that had to wait counts once).
+  std::optional<Lease> TryTake(std::uint64_t bytes, bool count_refusal = true);
   // `room` is called whenever bytes may have become free for TryTake(): after every hand-back
   // while no Take() waits, and after a waiting Take() got its bytes.
   Watch OnRoom(std::function<void()> room);
@@ -75,6 +77,16 @@ class ByteBudget : public std::enable_shared_from_this<ByteBudget> {
   std::uint64_t capacity() const { return capacity_; }
   std::uint64_t in_use() const;
   std::uint64_t high_water() const;  // the most ever held at once
+
+  // What a person looks at to tell whether the budget holds work back (docs/metrics.md).
+  struct Usage {
+    std::uint64_t capacity = 0;
+    std::uint64_t in_use = 0;
+    std::uint64_t high_water = 0;
+    std::uint64_t blocked_takes = 0;  // Take() calls that had to wait
+    std::uint64_t refused_tries = 0;  // TryTake() calls that got nothing (and counted it)
+  };
+  Usage usage() const;
 
  private:
   explicit ByteBudget(std::uint64_t capacity_bytes) : capacity_(capacity_bytes) {}
@@ -89,6 +101,8 @@ class ByteBudget : public std::enable_shared_from_this<ByteBudget> {
   std::uint64_t in_use_ = 0;
   std::uint64_t high_water_ = 0;
   std::uint32_t blocked_takers_ = 0;
+  std::uint64_t blocked_takes_ = 0;
+  std::uint64_t refused_tries_ = 0;
   std::list<std::function<void()>> watchers_;
 };
 

@@ -215,6 +215,14 @@ void SetDaemon(Json& status, long pid, bool uploads_paused) {
   status["daemon"] = {{"pid", pid}, {"uploads_paused", uploads_paused}};
 }
 
+void SetChunkBuffers(Json& status, const ByteBudget::Usage& usage) {
+  status["daemon"]["chunk_buffers"] = {{"capacity_bytes", usage.capacity},
+                                       {"in_use_bytes", usage.in_use},
+                                       {"high_water_bytes", usage.high_water},
+                                       {"acquisition_waits", usage.blocked_takes},
+                                       {"upload_waits", usage.refused_tries}};
+}
+
 void SetScanProgress(Json& status, const std::string& scan_uid, const ScanProgress& progress) {
   Json& scans = status["scans"];
   if (!scans.is_array()) scans = Json::array();

@@ -13,6 +13,7 @@
 
 #include "agent/control/control.hpp"
 #include "agent/spool/spool.hpp"
+#include "base/byte_budget.hpp"
 #include "config/config.hpp"
 
 namespace ctagent::control {
@@ -76,6 +77,9 @@ std::string FindingsCategory(spool::Spool& spool, const spool::ScanRecord& recor
 
 // {"daemon": {"pid": ..., "uploads_paused": ...}}
 void SetDaemon(nlohmann::json& status, long pid, bool uploads_paused);
+// {"daemon": {"chunk_buffers": {...}}}: the chunk-buffer budget's use (codec.buffer_bytes), as
+// the daemon's agent measures it (core::Agent::chunk_buffer_usage). After SetDaemon.
+void SetChunkBuffers(nlohmann::json& status, const ByteBudget::Usage& usage);
 // Adds "progress" to the scan `scan_uid` in status["scans"] (a scan not there yet is added with
 // state "acquiring").
 void SetScanProgress(nlohmann::json& status, const std::string& scan_uid, const ScanProgress& progress);

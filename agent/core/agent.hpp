@@ -156,6 +156,13 @@ class Agent {
   void SetHeartbeat(HeartbeatSettings heartbeat) { heartbeat_ = std::move(heartbeat); }
 
   spool::Spool& spool() { return *spool_; }
+  // The chunk-buffer budget's use now (codec.buffer_bytes; docs/configuration.md, "Memory"):
+  // acquisition takes with ByteBudget::Take (its waits: blocked_takes), uploads with TryTake
+  // (refused_tries: transfers that waited). Empty when the budget is off. Any thread.
+  std::optional<ByteBudget::Usage> chunk_buffer_usage() const {
+    if (chunk_memory_ == nullptr) return std::nullopt;
+    return chunk_memory_->usage();
+  }
   // The link manager (cloud.links), or null with the system's routing. After Open().
   LinkManager* link_manager() { return links_.get(); }
 

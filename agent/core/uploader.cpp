@@ -94,6 +94,7 @@ struct Uploader::Job {
   transport::tus::AsyncClient* client = nullptr;
   ByteBudget::Lease memory;  // the read-back's share of the chunk-buffer budget, while it holds it
   std::uint64_t memory_bytes = 0;  // what it asks of the budget: the chunk file's size
+  bool memory_refused = false;     // the budget said no once (counted once in its usage)
   std::shared_ptr<const std::vector<std::uint8_t>> bytes;
   spool::UploadState state;
   std::string sha256;
@@ -685,6 +686,7 @@ void Uploader::Transfer(JobPtr job) {
   // it, the transfer waits here (with a link lease and a sending slot, but no buffer).
   auto length = SpooledUploadOf(spool_, job->scan_uid, false, job->index);
   job->memory_bytes = length ? length->length : 0;
+  job->memory_refused = false;
   memory_waiting_.push_back(std::move(job));
   TakeMemoryForWaiting();
 }
@@ -706,8 +708,12 @@ void Uploader::SetMemoryBudget(std::shared_ptr<ByteBudget> budget) {
 
 void Uploader::TakeMemoryForWaiting() {
   while (!memory_waiting_.empty()) {
-    auto lease = memory_->TryTake(memory_waiting_.front()->memory_bytes);
-    if (!lease) return;
+    Job& front = *memory_waiting_.front();
+    auto lease = memory_->TryTake(front.memory_bytes, !front.memory_refused);
+    if (!lease) {
+      front.memory_refused = true;
+      return;
+    }
     JobPtr job = std::move(memory_waiting_.front());
     memory_waiting_.pop_front();
     job->memory = std::move(*lease);

@@ -50,6 +50,7 @@ nlohmann::json ControlHandler::StatusNow() const {
   nlohmann::json status = spool_status_;
   control::SetDaemon(status, static_cast<long>(::getpid()), pause_.has_value());
   if (pause_) status["daemon"]["uploads_paused_since_utc"] = pause_->since_utc;
+  if (auto usage = agent_.chunk_buffer_usage()) control::SetChunkBuffers(status, *usage);
   for (const core::ActiveScan& scan : agent_.ActiveScans()) {
     control::ScanProgress progress;
     progress.phase = scan.phase;

@@ -43,7 +43,8 @@ double MetricsCollector::UploadRate() const {
   return seconds > 0 && b1 >= b0 ? static_cast<double>(b1 - b0) / seconds : 0;
 }
 
-std::string MetricsCollector::Page(spool::Spool& spool, core::LinkManager* links) {
+std::string MetricsCollector::Page(spool::Spool& spool, core::LinkManager* links,
+                                   const std::optional<ByteBudget::Usage>& chunk_buffers) {
   metrics::Registry r;
 
   // Scans by state: every state, 0 included, so a query never misses a series.
@@ -103,6 +104,20 @@ std::string MetricsCollector::Page(spool::Spool& spool, core::LinkManager* links
     retries.Add({{"stage", "results"}, {"class", kind}}, static_cast<double>(n));
   }
 
+  if (chunk_buffers) {
+    // The budget of codec.buffer_bytes (docs/configuration.md, "Memory"): how full, and whether
+    // it held acquisition or uploads back.
+    r.Gauge("ctagent_chunk_buffer_capacity_bytes", "codec.buffer_bytes: the budget of raw and read-back chunk buffers.")
+        .Add({}, static_cast<double>(chunk_buffers->capacity));
+    r.Gauge("ctagent_chunk_buffer_bytes", "Chunk-buffer bytes held now (raw chunks being acquired or compressed, chunks read back for upload).")
+        .Add({}, static_cast<double>(chunk_buffers->in_use));
+    r.Gauge("ctagent_chunk_buffer_high_water_bytes", "The most chunk-buffer bytes held at once since the agent started.")
+        .Add({}, static_cast<double>(chunk_buffers->high_water));
+    r.Counter("ctagent_chunk_buffer_waits_total", "Requests that waited for room in the chunk-buffer budget, by who asked.")
+        .Add({{"stage", "acquisition"}}, static_cast<double>(chunk_buffers->blocked_takes))
+        .Add({{"stage", "upload"}}, static_cast<double>(chunk_buffers->refused_tries));
+  }
+
   images_latency_.AppendTo(r.HistogramFamily(
       "ctagent_scan_images_latency_seconds",
       "From a scan's acquisition end to its results stored and delivered (scans acquired by this daemon)."));
@@ -129,7 +144,7 @@ std::shared_ptr<void> StartMetricsEndpoint(boost::asio::io_context& io, const co
   settings.address = config.address;
   settings.port = config.port;
   auto server = metrics::Server::Open(io, settings, [&collector, &agent] {
-    return collector.Page(agent.spool(), agent.link_manager());
+    return collector.Page(agent.spool(), agent.link_manager(), agent.chunk_buffer_usage());
   });
   if (!server) {
     log::Warn("metrics", server.error().message() + "; the daemon goes on without metrics");

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -41,7 +42,9 @@ class MetricsCollector {
   double UploadRate() const;
 
   // The exposition text. On the loop thread: it reads the spool and the loop-only counters.
-  std::string Page(spool::Spool& spool, core::LinkManager* links);
+  // `chunk_buffers`: the agent's chunk-buffer budget (none when codec.buffer_bytes is 0).
+  std::string Page(spool::Spool& spool, core::LinkManager* links,
+                   const std::optional<ByteBudget::Usage>& chunk_buffers = std::nullopt);
 
   static constexpr std::chrono::seconds kRateWindow{30};
 

@@ -156,7 +156,12 @@ class FakeDaemon : public control::Handler {
                 {{"bytes", 0}, {"scans", 0}, {"failed_scans", 0}, {"rate_bytes_per_second", 1.5e6},
                  {"rate_age_s", 12.0}, {"rate_window_s", 60.0}, {"rate_measured_utc", "2026-12-05T00:00:00Z"},
                  {"eta_s", 0.0}}},
-               {"daemon", {{"pid", 4242}, {"uploads_paused", paused.load()}}},
+               {"daemon",
+                {{"pid", 4242},
+                 {"uploads_paused", paused.load()},
+                 {"chunk_buffers",
+                  {{"capacity_bytes", 12 << 20}, {"in_use_bytes", 3 << 20}, {"high_water_bytes", 12 << 20},
+                   {"acquisition_waits", 2}, {"upload_waits", 57}}}}},
                {"scans", scans}});
   }
   void Check(control::Reply reply) override {
@@ -491,6 +496,8 @@ TEST_CASE("with a daemon on the control socket, status, check, pause, resume, ac
   CHECK_THAT(r.out, Catch::Contains("uploads paused"));
   const auto paused_status = Run(dir.path(), {"status", "--config", cfg});
   CHECK_THAT(paused_status.out, Catch::Contains("daemon pid 4242: uploads PAUSED"));
+  CHECK_THAT(paused_status.out, Catch::Contains("chunk buffers (codec.buffer_bytes): 3.00 MiB in use of 12.00 MiB, at "
+                                                "most 12.00 MiB so far; waits: acquisition 2, uploads 57"));
   r = Run(dir.path(), {"resume", "--config", cfg});
   CHECK(r.exit_code == 0);
   CHECK_FALSE(d.daemon.paused);

@@ -91,6 +91,33 @@ TEST_CASE("a waiting Take() is served before TryTake(), and watchers hear of roo
   CHECK(budget->high_water() == 10);
 }
 
+TEST_CASE("usage counts the Take() calls that waited and the TryTake() refusals asked to be counted") {
+  auto budget = ByteBudget::Make(10);
+  auto held = budget->Take(9);
+  CHECK_FALSE(budget->TryTake(2).has_value());         // counted
+  CHECK_FALSE(budget->TryTake(2, false).has_value());  // the same request again: not counted
+  ByteBudget::Usage usage = budget->usage();
+  CHECK(usage.capacity == 10);
+  CHECK(usage.in_use == 9);
+  CHECK(usage.high_water == 9);
+  CHECK(usage.blocked_takes == 0);
+  CHECK(usage.refused_tries == 1);
+
+  bool waited = false;
+  std::thread taker([&] { auto lease = budget->Take(5, &waited); });
+  REQUIRE(WaitFor([&] { return !budget->TryTake(1, false).has_value(); }));
+  held.reset();
+  taker.join();
+  CHECK(waited);
+  auto granted = budget->TryTake(10);  // nothing held: granted, not counted
+  REQUIRE(granted.has_value());
+  usage = budget->usage();
+  CHECK(usage.blocked_takes == 1);
+  CHECK(usage.refused_tries == 1);
+  CHECK(usage.in_use == 10);
+  CHECK(usage.high_water == 10);
+}
+
 TEST_CASE("a removed watcher is not called") {
   auto budget = ByteBudget::Make(4);
   std::atomic<int> rooms{0};

@@ -1,7 +1,8 @@
 // The metrics endpoint of the real `ctagent run` (issue 13 item 6, docs/metrics.md): a sim
 // scanner that announces scans, the official tus server over HTTPS, and /metrics scraped over
 // loopback and read by a strict parser. The bytes it says were uploaded are the bytes the
-// spool holds and the tus server stored; the scans by state are the spool's. And without a
+// spool holds and the tus server stored; the scans by state are the spool's; the chunk-buffer
+// budget's figures are the ones the control socket's status gives. And without a
 // metrics section the daemon opens no TCP port at all.
 #include <catch2/catch.hpp>
 
@@ -16,6 +17,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/control/control.hpp"
+#include "config/config.hpp"
+#include "tests/cli/json_schema.hpp"
 #include "tests/metrics/exposition_parser.hpp"
 #include "tests/support/process.hpp"
 
@@ -161,6 +165,39 @@ TEST_CASE("ctagent run serves /metrics: bytes uploaded equal the bytes spooled a
   // No scan UID, patient or study in any label.
   CHECK(text.find("scan_uid") == std::string::npos);
   CHECK(text.find("1.2.") == std::string::npos);
+
+  // The chunk-buffer budget (codec.buffer_bytes, default 12 MiB): every raw chunk (32 views of
+  // 4 x 128 uint16, 32 KiB) was held in it, none is any more, and it never held more than it has.
+  const double raw_chunk_bytes = 32.0 * kRows * kChannels * 2;
+  CHECK(page.types["ctagent_chunk_buffer_capacity_bytes"] == "gauge");
+  CHECK(page.types["ctagent_chunk_buffer_bytes"] == "gauge");
+  CHECK(page.types["ctagent_chunk_buffer_high_water_bytes"] == "gauge");
+  CHECK(page.types["ctagent_chunk_buffer_waits_total"] == "counter");
+  CHECK(page.Value("ctagent_chunk_buffer_capacity_bytes") == static_cast<double>(12 << 20));
+  CHECK(page.Value("ctagent_chunk_buffer_bytes") == 0.0);
+  const double high_water = page.Value("ctagent_chunk_buffer_high_water_bytes").value_or(-1);
+  CHECK(high_water >= raw_chunk_bytes);
+  CHECK(high_water <= static_cast<double>(12 << 20));
+  CHECK(page.Value("ctagent_chunk_buffer_waits_total", {{"stage", "acquisition"}}).has_value());
+  CHECK(page.Value("ctagent_chunk_buffer_waits_total", {{"stage", "upload"}}).has_value());
+  // The same figures in the control socket's status, by its schema.
+  {
+    auto loaded = config::LoadConfig(cfg_path);
+    REQUIRE(loaded.has_value());
+    auto client = control::Client::Connect(config::ControlSocketPath(*loaded));
+    REQUIRE(client.has_value());
+    auto status = client->Call("status");
+    REQUIRE(status.has_value());
+    const nlohmann::json schema = nlohmann::json::parse(
+        test::ReadText(fs::path(CTAGENT_SOURCE_DIR) / "docs" / "schemas" / "status.schema.json"));
+    const auto errors = test::SchemaErrors(schema, *status);
+    for (const auto& e : errors) UNSCOPED_INFO(e);
+    CHECK(errors.empty());
+    const nlohmann::json buffers = (*status)["daemon"].value("chunk_buffers", nlohmann::json::object());
+    CHECK(buffers.value("capacity_bytes", 0ULL) == (12ULL << 20));
+    CHECK(buffers.value("in_use_bytes", 1ULL) == 0ULL);
+    CHECK(static_cast<double>(buffers.value("high_water_bytes", 0ULL)) == high_water);
+  }
 
   // The daemon's scan summaries now carry the bytes the cloud confirmed (they said 0), so the
   // daemon records the measured rate for `ctagent status` as a scan ends.
