@@ -471,14 +471,23 @@ TEST_CASE("isolation: ctagent scan against a faulty driver keeps what arrived an
 TEST_CASE("isolation: SIGTERM to ctagent scan while the driver stalls and ignores abort ends the scan promptly") {
   ctagent::test::TempDir work("isolation-scan-sigterm");
   const std::string driver = Fault("stall");
+  // The driver creates this file as its stall begins (at view 40). Two chunk files in the spool
+  // alone did not say so: under load the signal once came while the driver was still delivering
+  // views 32-39, it answered abort() at once, and the scan ended with 32 views, correctly, but
+  // not as this test means to see (a driver that ignores abort()).
+  const fs::path stalled = work.path() / "driver-stalled";
+  REQUIRE(::setenv("CTAGENT_FAULT_STALL_FILE", stalled.c_str(), 1) == 0);
   Clock::time_point signalled;
   // A long stall timeout, so that only the abort (from the agent's signal thread) can end it.
   const AgentRun run = RunAgentScan(work, driver, 60, [&](ctagent::test::ChildProcess& agent, const AgentRun& r) {
-    // Views 0-31 are in two chunks; 32-39 wait in the acquisition thread for a full chunk.
-    REQUIRE(ctagent::test::WaitFor([&] { return ChunkFiles(r.spool) == 2; }, std::chrono::seconds(30)));
+    // Views 0-31 are in two chunks; 32-39 wait in the acquisition thread for a full chunk; the
+    // driver stalls in view 40.
+    REQUIRE(ctagent::test::WaitFor([&] { return ChunkFiles(r.spool) == 2 && fs::exists(stalled); },
+                                   std::chrono::seconds(30)));
     signalled = Clock::now();
     agent.Kill(SIGTERM);
   });
+  ::unsetenv("CTAGENT_FAULT_STALL_FILE");
   const double took_s = std::chrono::duration<double>(Clock::now() - signalled).count();
   INFO("agent output:\n" << run.output << "\nstatus:\n" << run.status);
   CHECK(run.exit_code == 1);  // a summary with a problem, not a crash
