@@ -93,16 +93,6 @@ void ByteBudget::Release(std::uint64_t bytes) {
   NotifyWatchersLocked();
 }
 
-std::uint64_t ByteBudget::in_use() const {
-  std::lock_guard lock(mutex_);
-  return in_use_;
-}
-
-std::uint64_t ByteBudget::high_water() const {
-  std::lock_guard lock(mutex_);
-  return high_water_;
-}
-
 ByteBudget::Usage ByteBudget::usage() const {
   std::lock_guard lock(mutex_);
   return Usage{capacity_, in_use_, high_water_, blocked_takes_, refused_tries_};

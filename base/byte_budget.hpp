@@ -75,18 +75,17 @@ class ByteBudget : public std::enable_shared_from_this<ByteBudget> {
   Watch OnRoom(std::function<void()> room);
 
   std::uint64_t capacity() const { return capacity_; }
-  std::uint64_t in_use() const;
-  std::uint64_t high_water() const;  // the most ever held at once
-
   // What a person looks at to tell whether the budget holds work back (docs/metrics.md).
   struct Usage {
     std::uint64_t capacity = 0;
     std::uint64_t in_use = 0;
-    std::uint64_t high_water = 0;
+    std::uint64_t high_water = 0;     // the most ever held at once
     std::uint64_t blocked_takes = 0;  // Take() calls that had to wait
     std::uint64_t refused_tries = 0;  // TryTake() calls that got nothing (and counted it)
   };
-  Usage usage() const;
+  Usage usage() const;  // one consistent reading of all of them
+  std::uint64_t in_use() const { return usage().in_use; }
+  std::uint64_t high_water() const { return usage().high_water; }
 
  private:
   explicit ByteBudget(std::uint64_t capacity_bytes) : capacity_(capacity_bytes) {}

@@ -44,7 +44,7 @@ class MetricsCollector {
   // The exposition text. On the loop thread: it reads the spool and the loop-only counters.
   // `chunk_buffers`: the agent's chunk-buffer budget (none when codec.buffer_bytes is 0).
   std::string Page(spool::Spool& spool, core::LinkManager* links,
-                   const std::optional<ByteBudget::Usage>& chunk_buffers = std::nullopt);
+                   const std::optional<ByteBudget::Usage>& chunk_buffers);
 
   static constexpr std::chrono::seconds kRateWindow{30};
 
