@@ -205,6 +205,41 @@ TEST_CASE("codec: manifest JSON round-trips and names the path of a bad field", 
   CHECK_THAT(bad.error().message(), Catch::Contains("/chunks/1/view_count"));
 }
 
+TEST_CASE("codec: a manifest count that is a fraction, negative or beyond its type is refused, never cast",
+          "[codec]") {
+  codec::Manifest m;
+  m.scan_uid = "2.25.1";
+  m.study_uid = "2.25.2";
+  m.chunks.push_back({0, 0, 64, 131072, 5000, std::string(64, 'a'), std::string(64, 'b')});
+  const auto good = codec::ToJson(m);
+  struct Case {
+    nlohmann::json::json_pointer where;
+    nlohmann::json value;
+  };
+  const std::vector<Case> cases = {
+      {"/chunks/0/raw_bytes"_json_pointer, 3.00111e128},  // the input the fuzzer found: UB in a cast
+      {"/chunks/0/raw_bytes"_json_pointer, 1.5},
+      {"/chunks/0/first_view"_json_pointer, -1},
+      {"/chunks/0/view_count"_json_pointer, 4294967296ULL},  // 2^32 into a uint32_t
+      {"/chunks/0/index"_json_pointer, -4294967296LL},
+      {"/acquisition/views"_json_pointer, -9.0e18},
+      {"/version"_json_pointer, 1.0},
+  };
+  for (const auto& c : cases) {
+    auto j = good;
+    j[c.where] = c.value;
+    CAPTURE(c.where.to_string(), c.value.dump());
+    auto bad = codec::ManifestFromJson(j);
+    REQUIRE_FALSE(bad);
+    CHECK_THAT(bad.error().message(), Catch::Contains(c.where.to_string()) && Catch::Contains("integer"));
+  }
+  auto j = good;
+  j["chunks"][0]["raw_bytes"] = 18446744073709551615ULL;  // the largest uint64_t still reads
+  auto back = codec::ManifestFromJson(j);
+  REQUIRE(back);
+  CHECK(back->chunks[0].raw_bytes == 18446744073709551615ULL);
+}
+
 TEST_CASE("codec: ManifestText is the manifest JSON's text, byte for byte", "[codec]") {
   codec::Manifest m;
   m.scan_uid = "2.25.1";
