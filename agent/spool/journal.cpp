@@ -90,7 +90,15 @@ Expected<ReadSummary> Read(FileStore& files, const std::filesystem::path& path,
         summary.tail_problem = "record is not JSON";
         break;
       }
-      if (auto st = record(std::move(j)); !st) return MakeError(st.error());
+      // A record that passed its CRC but has not the shape the reader expects (a missing member, a
+      // wrong type: nlohmann throws) is damage the caller reports, not an exception out of Open.
+      Status st = Ok();
+      try {
+        st = record(std::move(j));
+      } catch (const nlohmann::json::exception& e) {
+        st = MakeError(ErrorKind::kCorrupt, std::string("malformed record: ") + e.what());
+      }
+      if (!st) return MakeError(st.error());
       pos += kHeaderBytes + length;
       ++summary.records;
       summary.valid_bytes = buffer_offset + pos;

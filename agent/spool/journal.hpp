@@ -43,7 +43,8 @@ struct ReadSummary {
 };
 
 // Calls `record` for every good record in order; reads at most `piece_bytes` at a time (plus
-// one record). A `record` returning an error stops the read with that error.
+// one record). A `record` returning an error, or throwing nlohmann::json::exception (a member
+// missing or of another type), stops the read with that error (kCorrupt for a throw).
 Expected<ReadSummary> Read(FileStore& files, const std::filesystem::path& path,
                            const std::function<Status(nlohmann::json&&)>& record,
                            std::uint64_t piece_bytes = 1u << 20);

@@ -1,7 +1,9 @@
 #include "agent/spool/spool.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <set>
 #include <utility>
 
@@ -23,6 +25,27 @@ constexpr const char* kJournalName = "journal.log";
 const ScanState kAllStates[] = {ScanState::kAcquiring, ScanState::kAcquired,  ScanState::kUploaded,
                                 ScanState::kResultsReceived, ScanState::kDelivered, ScanState::kFailed};
 
+// A count or index read back from the spool's own records: only an integer that fits T.
+// nlohmann's get<T>() casts any number (a fraction is truncated, a negative one wraps, a float
+// beyond T's range is undefined behaviour), and a record that passed its CRC but is not what
+// this code writes (another version's, or a bug's) must be refused as corrupt, never read as
+// some other count. Throws as get<T>() does on a wrong type; the readers turn that into kCorrupt.
+template <typename T>
+T CountAt(const nlohmann::json& j, const char* key) {
+  const nlohmann::json& v = j.at(key);
+  if (v.is_number_unsigned()) {
+    const auto n = v.get<std::uint64_t>();
+    if (n <= static_cast<std::uint64_t>(std::numeric_limits<T>::max())) return static_cast<T>(n);
+  } else if (v.is_number_integer()) {
+    const auto n = v.get<std::int64_t>();
+    if (std::in_range<T>(n)) return static_cast<T>(n);
+  }
+  throw nlohmann::json::type_error::create(
+      302, std::string(key) + " is " + (v.is_number() ? v.dump() : std::string(v.type_name())) + ", not an integer from " +
+               std::to_string(std::numeric_limits<T>::min()) + " to " + std::to_string(std::numeric_limits<T>::max()),
+      &v);
+}
+
 nlohmann::json UploadToJson(const UploadState& u) {
   return {{"url", u.url}, {"confirmed_offset", u.confirmed_offset}, {"complete", u.complete}};
 }
@@ -30,7 +53,7 @@ nlohmann::json UploadToJson(const UploadState& u) {
 UploadState UploadFromJson(const nlohmann::json& j) {
   UploadState u;
   u.url = j.at("url").get<std::string>();
-  u.confirmed_offset = j.at("confirmed_offset").get<std::uint64_t>();
+  u.confirmed_offset = CountAt<std::uint64_t>(j, "confirmed_offset");
   u.complete = j.at("complete").get<bool>();
   return u;
 }
@@ -53,11 +76,11 @@ nlohmann::json ChunkToJson(const ChunkRecord& c) {
 
 ChunkRecord ChunkFromJson(const nlohmann::json& c) {
   ChunkRecord cr;
-  cr.chunk.index = c.at("index").get<std::uint32_t>();
-  cr.chunk.first_view = c.at("first_view").get<std::uint64_t>();
-  cr.chunk.view_count = c.at("view_count").get<std::uint32_t>();
-  cr.chunk.raw_bytes = c.at("raw_bytes").get<std::uint64_t>();
-  cr.chunk.compressed_bytes = c.at("compressed_bytes").get<std::uint64_t>();
+  cr.chunk.index = CountAt<std::uint32_t>(c, "index");
+  cr.chunk.first_view = CountAt<std::uint64_t>(c, "first_view");
+  cr.chunk.view_count = CountAt<std::uint32_t>(c, "view_count");
+  cr.chunk.raw_bytes = CountAt<std::uint64_t>(c, "raw_bytes");
+  cr.chunk.compressed_bytes = CountAt<std::uint64_t>(c, "compressed_bytes");
   cr.chunk.raw_sha256 = c.at("raw_sha256").get<std::string>();
   cr.chunk.sha256 = c.at("sha256").get<std::string>();
   cr.upload = UploadFromJson(c.at("upload"));
@@ -119,13 +142,13 @@ Status ScalarsFromJson(const nlohmann::json& j, ScanRecord& r) {
   if (!known) return MakeError(ErrorKind::kCorrupt, "unknown scan state \"" + state + "\"");
   r.failure_reason = j.at("failure_reason").get<std::string>();
   r.incomplete_reason = j.value("incomplete_reason", std::string());
-  r.reserved_bytes = j.at("reserved_bytes").get<std::uint64_t>();
-  r.views_acquired = j.at("views_acquired").get<std::uint64_t>();
+  r.reserved_bytes = CountAt<std::uint64_t>(j, "reserved_bytes");
+  r.views_acquired = CountAt<std::uint64_t>(j, "views_acquired");
   r.manifest_written = j.at("manifest_written").get<bool>();
   r.created_utc = j.at("created_utc").get<std::string>();
   r.manifest_base = j.at("manifest_base");
   r.manifest_sha256 = j.value("manifest_sha256", std::string());
-  r.confirmed_unix_s = j.value("confirmed_unix_s", std::int64_t{0});
+  r.confirmed_unix_s = j.contains("confirmed_unix_s") ? CountAt<std::int64_t>(j, "confirmed_unix_s") : 0;
   r.raw_deleted = j.value("raw_deleted", false);
   r.acknowledged_utc = j.value("acknowledged_utc", std::string());  // absent in records written before it
   r.patient_source = j.value("patient_source", std::string());      // likewise
@@ -204,11 +227,15 @@ Status ApplyOp(std::map<std::string, ScanRecord>& scans, const nlohmann::json& o
       return Ok();
     }
     if (kind == "up") {
-      const UploadState u{op.at("url").get<std::string>(), op.at("off").get<std::uint64_t>(), op.at("done").get<bool>()};
-      const auto index = op.at("i").get<std::int64_t>();
+      const UploadState u{op.at("url").get<std::string>(), CountAt<std::uint64_t>(op, "off"), op.at("done").get<bool>()};
+      const auto index = CountAt<std::int64_t>(op, "i");
       if (index < 0) {
         r.manifest_upload = u;
         return Ok();
+      }
+      if (!std::in_range<std::uint32_t>(index)) {
+        return MakeError(ErrorKind::kCorrupt, "journal upload state for chunk " + std::to_string(index) + " of scan " +
+                                                  uid + ": not a chunk index");
       }
       if (ChunkRecord* c = FindChunk(r, static_cast<std::uint32_t>(index)); c != nullptr) {
         c->upload = u;
@@ -468,10 +495,10 @@ Status Spool::LoadSnapshot() {
   auto summary = journal::Read(files_, path, [&](nlohmann::json&& j) -> Status {
     const std::string type = j.value("type", "");
     if (!header) {
-      if (type != "snapshot" || j.value("format", 0) != kSpoolFormat) {
+      if (type != "snapshot" || !j.contains("format") || CountAt<int>(j, "format") != kSpoolFormat) {
         return MakeError(ErrorKind::kCorrupt, "does not start with a snapshot header of format 2");
       }
-      generation_ = j.at("generation").get<std::uint64_t>();
+      generation_ = CountAt<std::uint64_t>(j, "generation");
       header = true;
       return Ok();
     }
@@ -482,7 +509,7 @@ Status Spool::LoadSnapshot() {
       ++count;
       return Ok();
     }
-    if (type == "end" && j.value("scans", std::uint64_t{0}) == count) {
+    if (type == "end" && j.contains("scans") && CountAt<std::uint64_t>(j, "scans") == count) {
       end = true;
       return Ok();
     }
@@ -507,7 +534,7 @@ Status Spool::ReplayJournal() {
   auto summary = journal::Read(files_, path, [&](nlohmann::json&& j) -> Status {
     if (!header) {
       if (j.value("type", "") != "journal") return MakeError(ErrorKind::kCorrupt, "no journal header");
-      const auto gen = j.at("generation").get<std::uint64_t>();
+      const auto gen = CountAt<std::uint64_t>(j, "generation");
       if (gen < generation_) stale = true;  // a compaction finished its snapshot: all of it is in there
       if (gen > generation_) {
         return MakeError(ErrorKind::kCorrupt, "journal generation " + std::to_string(gen) +

@@ -8,6 +8,7 @@
 
 #include "base/sha256.hpp"
 #include "base/uid.hpp"
+#include "agent/spool/journal.hpp"
 #include "agent/spool/simulated_disk.hpp"
 #include "agent/spool/spool.hpp"
 #include "tests/support/process.hpp"
@@ -382,6 +383,56 @@ TEST_CASE("a record with a bad checksum ends the journal, and nothing after it i
   REQUIRE(s);
   CHECK((*s)->Get(record.scan_uid)->chunks[0].upload.url.empty());
   CHECK((*s)->recovery().torn_tail_bytes > 0);
+}
+
+TEST_CASE("a journal operation whose count is not an integer that fits is skipped, never cast", "[spool]") {
+  test::TempDir dir("spool");
+  PosixFileStore files;
+  spool::ScanRecord record;
+  {
+    auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+    REQUIRE(s);
+    record = AddScan(**s, 2, false);
+    REQUIRE((*s)->Update(record.scan_uid, [](spool::ScanRecord& r) { r.chunks[1].upload = {"u1", 77, false}; }));
+  }
+  // Records with a good CRC that this code never writes: an offset beyond uint64_t (a cast of
+  // it is undefined behaviour), a fraction, a negative one, and a chunk index past uint32_t
+  // (2^32 + 1 would wrap to chunk 1).
+  for (const nlohmann::json& op : {
+           nlohmann::json{{"op", "up"}, {"uid", record.scan_uid}, {"i", 1}, {"url", "u1"}, {"off", 1e300}, {"done", false}},
+           nlohmann::json{{"op", "up"}, {"uid", record.scan_uid}, {"i", 1}, {"url", "u1"}, {"off", 88.5}, {"done", false}},
+           nlohmann::json{{"op", "up"}, {"uid", record.scan_uid}, {"i", 1}, {"url", "u1"}, {"off", -5}, {"done", false}},
+           nlohmann::json{{"op", "up"}, {"uid", record.scan_uid}, {"i", 4294967297LL}, {"url", "u2"}, {"off", 99}, {"done", true}},
+       }) {
+    const auto framed = spool::journal::Frame(nlohmann::json{{"ops", nlohmann::json::array({op})}});
+    std::ofstream(dir.path() / "journal.log", std::ios::binary | std::ios::app)
+        .write(reinterpret_cast<const char*>(framed.data()), static_cast<std::streamsize>(framed.size()));
+  }
+  auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+  REQUIRE(s);
+  const auto back = (*s)->Get(record.scan_uid);
+  REQUIRE(back);
+  CHECK(back->chunks[1].upload.url == "u1");
+  CHECK(back->chunks[1].upload.confirmed_offset == 77);
+  CHECK_FALSE(back->chunks[1].upload.complete);
+  CHECK(back->chunks[0].upload.url.empty());
+}
+
+TEST_CASE("a snapshot whose header lacks its generation is reported as damage, not thrown", "[spool]") {
+  test::TempDir dir("spool");
+  PosixFileStore files;
+  {
+    auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+    REQUIRE(s);
+    AddScan(**s, 1, false);
+  }
+  const auto framed = spool::journal::Frame(nlohmann::json{{"type", "snapshot"}, {"format", 2}});
+  std::ofstream(dir.path() / "state.snapshot", std::ios::binary | std::ios::trunc)
+      .write(reinterpret_cast<const char*>(framed.data()), static_cast<std::streamsize>(framed.size()));
+  auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+  REQUIRE_FALSE(s);
+  CHECK(s.error().kind() == ErrorKind::kCorrupt);
+  CHECK_THAT(s.error().message(), Catch::Contains("state.snapshot") && Catch::Contains("generation"));
 }
 
 TEST_CASE("recovery removes temp files and chunk files no record refers to", "[spool]") {
