@@ -333,17 +333,23 @@ TEST_CASE("the journal stays bounded: compaction writes a snapshot and starts a 
   CHECK((*again)->Get(record.scan_uid)->chunks[0].upload.confirmed_offset == 500);
 }
 
+// A spool in `dir` holding one finished scan of two chunks whose chunk 1 was uploaded to "u1",
+// its confirmed offset journaled once for each of `offsets` in turn; closed again.
+spool::ScanRecord ScanWithChunkOneUploadedTo(const std::filesystem::path& dir, PosixFileStore& files,
+                                             std::initializer_list<std::uint64_t> offsets) {
+  auto s = spool::Spool::Open({dir, 1ull << 30, 0}, files);
+  REQUIRE(s);
+  const spool::ScanRecord record = AddScan(**s, 2, false);
+  for (const std::uint64_t offset : offsets) {
+    REQUIRE((*s)->Update(record.scan_uid, [&](spool::ScanRecord& r) { r.chunks[1].upload = {"u1", offset, false}; }));
+  }
+  return record;
+}
+
 TEST_CASE("a torn journal tail is cut at start-up and the records before it are intact", "[spool]") {
   test::TempDir dir("spool");
   PosixFileStore files;
-  spool::ScanRecord record;
-  {
-    auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
-    REQUIRE(s);
-    record = AddScan(**s, 2, false);
-    REQUIRE((*s)->Update(record.scan_uid, [](spool::ScanRecord& r) { r.chunks[1].upload = {"u1", 77, false}; }));
-    REQUIRE((*s)->Update(record.scan_uid, [](spool::ScanRecord& r) { r.chunks[1].upload = {"u1", 99, false}; }));
-  }
+  const spool::ScanRecord record = ScanWithChunkOneUploadedTo(dir.path(), files, {77, 99});
   // The last record loses its end (a write cut by power loss), then garbage follows.
   const auto journal = dir.path() / "journal.log";
   const auto size = FileSize(journal);
@@ -388,13 +394,7 @@ TEST_CASE("a record with a bad checksum ends the journal, and nothing after it i
 TEST_CASE("a journal operation whose count is not an integer that fits is skipped, never cast", "[spool]") {
   test::TempDir dir("spool");
   PosixFileStore files;
-  spool::ScanRecord record;
-  {
-    auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
-    REQUIRE(s);
-    record = AddScan(**s, 2, false);
-    REQUIRE((*s)->Update(record.scan_uid, [](spool::ScanRecord& r) { r.chunks[1].upload = {"u1", 77, false}; }));
-  }
+  const spool::ScanRecord record = ScanWithChunkOneUploadedTo(dir.path(), files, {77});
   // Records with a good CRC that this code never writes: an offset beyond uint64_t (a cast of
   // it is undefined behaviour), a fraction, a negative one, and a chunk index past uint32_t
   // (2^32 + 1 would wrap to chunk 1).
