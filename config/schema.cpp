@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "base/json_integer.hpp"
 #include "base/uid.hpp"
 #include "base/url.hpp"
 
@@ -709,17 +710,14 @@ bool CheckValue(const Entry& e, const json& v, const fs::path& base_dir, json* n
       *normalised = v;
       return true;
     case Type::kInteger: {
-      if (!v.is_number_integer() || (!v.is_number_unsigned() && v.get<std::int64_t>() < 0)) return fail();
-      const auto n = v.get<std::uint64_t>();
-      if (n < e.min || n > e.max) return fail();
-      *normalised = n;
+      const std::optional<std::uint64_t> n = IntegerAs<std::uint64_t>(v);
+      if (!n || *n < e.min || *n > e.max) return fail();
+      *normalised = *n;
       return true;
     }
     case Type::kBytes: {
-      std::optional<std::uint64_t> n;
-      if (v.is_number_integer() && (v.is_number_unsigned() || v.get<std::int64_t>() >= 0)) {
-        n = v.get<std::uint64_t>();
-      } else if (v.is_string()) {
+      std::optional<std::uint64_t> n = IntegerAs<std::uint64_t>(v);
+      if (!n && v.is_string()) {
         n = ParseByteSize(v.get<std::string>());
       }
       if (!n || *n < e.min || *n > e.max) return fail();

@@ -7,6 +7,8 @@
 #include <utility>
 #include <vector>
 
+#include "base/json_integer.hpp"
+
 namespace ctagent::drivers {
 
 namespace {
@@ -33,15 +35,9 @@ Unexpected FieldError(std::string_view key, const std::string& expected, const n
 Status ReadUint(const nlohmann::json& v, std::string_view key, std::uint64_t min, std::uint64_t max,
                 std::uint64_t* out) {
   const std::string expected = "an integer from " + std::to_string(min) + " to " + std::to_string(max);
-  if (!v.is_number_integer()) return FieldError(key, expected, v);
-  if (v.is_number_unsigned()) {
-    *out = v.get<std::uint64_t>();
-  } else {
-    const auto s = v.get<std::int64_t>();
-    if (s < 0) return FieldError(key, expected, v);
-    *out = static_cast<std::uint64_t>(s);
-  }
-  if (*out < min || *out > max) return FieldError(key, expected, v);
+  const std::optional<std::uint64_t> n = IntegerAs<std::uint64_t>(v);
+  if (!n || *n < min || *n > max) return FieldError(key, expected, v);
+  *out = *n;
   return Ok();
 }
 

@@ -1,10 +1,12 @@
 #include "agent/codec/manifest.hpp"
 
-#include <cstdint>
 #include <limits>
+#include <optional>
 #include <string_view>
 #include <type_traits>
 #include <utility>
+
+#include "base/json_integer.hpp"
 
 namespace ctagent::codec {
 namespace {
@@ -15,9 +17,7 @@ Status Read(const nlohmann::json& obj, const std::string& key, const std::string
   const auto it = obj.find(key);
   if (it == obj.end()) return MakeError(ErrorKind::kInvalidInput, "manifest " + path + "/" + key + ": missing");
   if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
-    // nlohmann's get<T>() casts whatever number it holds: a fraction is truncated, a negative
-    // number wraps and a float beyond T's range is undefined behaviour. Only an integer that fits
-    // is a count or an index.
+    // Only an integer that fits is a count or an index (base/json_integer.hpp says why).
     const auto out_of_range = [&] {
       return MakeError(ErrorKind::kInvalidInput, "manifest " + path + "/" + key + ": " + it->dump() +
                                                      " is not an integer from " +
@@ -28,19 +28,9 @@ Status Read(const nlohmann::json& obj, const std::string& key, const std::string
       return MakeError(ErrorKind::kInvalidInput, "manifest " + path + "/" + key + ": wrong type (found " +
                                                      std::string(it->type_name()) + ")");
     }
-    if (!it->is_number_integer()) return out_of_range();
-    if (it->is_number_unsigned()) {
-      const auto n = it->template get<std::uint64_t>();
-      if (n > static_cast<std::uint64_t>(std::numeric_limits<T>::max())) return out_of_range();
-      *out = static_cast<T>(n);
-    } else {
-      const auto n = it->template get<std::int64_t>();
-      if (n < 0 && std::is_unsigned_v<T>) return out_of_range();
-      if (std::cmp_less(n, std::numeric_limits<T>::min()) || std::cmp_greater(n, std::numeric_limits<T>::max())) {
-        return out_of_range();
-      }
-      *out = static_cast<T>(n);
-    }
+    const std::optional<T> n = IntegerAs<T>(*it);
+    if (!n) return out_of_range();
+    *out = *n;
     return Ok();
   }
   try {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "base/json_integer.hpp"
 #include "base/log.hpp"
 #include "transport/http.hpp"
 
@@ -33,11 +34,9 @@ Unexpected Bad(const std::string& where, const std::string& expected, const json
 }
 
 bool UInt(const json& v, std::uint64_t min, std::uint64_t max, std::uint64_t* out) {
-  if (!v.is_number_integer()) return false;
-  if (!v.is_number_unsigned() && v.get<std::int64_t>() < 0) return false;
-  const auto n = v.get<std::uint64_t>();
-  if (n < min || n > max) return false;
-  *out = n;
+  const std::optional<std::uint64_t> n = IntegerAs<std::uint64_t>(v);
+  if (!n || *n < min || *n > max) return false;
+  *out = *n;
   return true;
 }
 

@@ -1,12 +1,13 @@
 #include "agent/spool/spool.hpp"
 
 #include <algorithm>
-#include <cstdint>
 #include <cstdio>
 #include <limits>
+#include <optional>
 #include <set>
 #include <utility>
 
+#include "base/json_integer.hpp"
 #include "base/log.hpp"
 #include "base/sha256.hpp"
 #include "base/uid.hpp"
@@ -25,21 +26,14 @@ constexpr const char* kJournalName = "journal.log";
 const ScanState kAllStates[] = {ScanState::kAcquiring, ScanState::kAcquired,  ScanState::kUploaded,
                                 ScanState::kResultsReceived, ScanState::kDelivered, ScanState::kFailed};
 
-// A count or index read back from the spool's own records: only an integer that fits T.
-// nlohmann's get<T>() casts any number (a fraction is truncated, a negative one wraps, a float
-// beyond T's range is undefined behaviour), and a record that passed its CRC but is not what
-// this code writes (another version's, or a bug's) must be refused as corrupt, never read as
-// some other count. Throws as get<T>() does on a wrong type; the readers turn that into kCorrupt.
+// A count or index read back from the spool's own records: only an integer that fits T
+// (base/json_integer.hpp). A record that passed its CRC but is not what this code writes
+// (another version's, or a bug's) must be refused as corrupt, never read as some other count.
+// Throws as get<T>() does on a wrong type; the readers turn that into kCorrupt.
 template <typename T>
 T CountAt(const nlohmann::json& j, const char* key) {
   const nlohmann::json& v = j.at(key);
-  if (v.is_number_unsigned()) {
-    const auto n = v.get<std::uint64_t>();
-    if (n <= static_cast<std::uint64_t>(std::numeric_limits<T>::max())) return static_cast<T>(n);
-  } else if (v.is_number_integer()) {
-    const auto n = v.get<std::int64_t>();
-    if (std::in_range<T>(n)) return static_cast<T>(n);
-  }
+  if (const std::optional<T> n = IntegerAs<T>(v)) return *n;
   throw nlohmann::json::type_error::create(
       302, std::string(key) + " is " + (v.is_number() ? v.dump() : std::string(v.type_name())) + ", not an integer from " +
                std::to_string(std::numeric_limits<T>::min()) + " to " + std::to_string(std::numeric_limits<T>::max()),
