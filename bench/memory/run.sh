@@ -12,8 +12,11 @@
 #
 # Prints a table (raw MiB, chunks, peak RSS MiB, ratio to the first size) and the bound the
 # configuration sets (docs/configuration.md, "Memory"). Prints figures; asserts nothing.
+# A single run's peak moves by a few percent from run to run: --repeat N runs every size N
+# times (the sizes in turn, so that a slow drift of the machine touches each alike) and prints
+# each size's mean, lowest and highest peak and the ratio of the means.
 #
-# Usage: bench/memory/run.sh [--build DIR] [--sizes 64,4096,8192] [--cloud tus|none]
+# Usage: bench/memory/run.sh [--build DIR] [--sizes 64,4096,8192] [--cloud tus|none] [--repeat N]
 #                            [--work DIR] [--keep] [--sample] [--set KEY=JSON]...
 #   --set codec.threads=4   overrides one config key (dotted path, JSON value) for every size
 #   --sample                also reads the process's VmRSS every 50 ms and prints its median
@@ -31,6 +34,7 @@ cloud=tus
 work=""
 keep=0
 sample=0
+repeat=1
 sets=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -40,12 +44,14 @@ while [ $# -gt 0 ]; do
     --work) work=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     --sample) sample=1; shift ;;
+    --repeat) repeat=$2; shift 2 ;;
     --set) sets+=("$2"); shift 2 ;;
-    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 case "$cloud" in tus|none) ;; *) echo "run.sh: --cloud is tus or none, not $cloud" >&2; exit 2 ;; esac
+[[ "$repeat" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --repeat takes a count of runs, not $repeat" >&2; exit 2; }
 
 protocol=$src/config/examples/sixteen-slice-helical.json
 agent_exe=$build/agent/ctagent
@@ -114,11 +120,13 @@ config_for() {  # $1 raw MiB, $2 out file, $3 spool dir
 
 echo "# ctagent scan --no-results, $(basename "$protocol") unpaced, cloud: $cloud, $(nproc) CPUs, $(date -u +%FT%TZ)"
 [ ${#sets[@]} -gt 0 ] && echo "# overrides: ${sets[*]}"
-printf '%10s %10s %8s %10s %14s %8s %8s' "raw_MiB" "rotations" "chunks" "seconds" "peak_RSS_MiB" "ratio" "exit"
+printf '%4s %10s %10s %8s %10s %14s %8s %8s' "run" "raw_MiB" "rotations" "chunks" "seconds" "peak_RSS_MiB" "ratio" "exit"
 [ "$sample" = 1 ] && printf ' %16s' "median_RSS_MiB"
 printf '\n'
 first_rss=""
 IFS=, read -r -a size_list <<< "$sizes"
+declare -A peaks  # raw MiB asked for -> the peaks of its runs, space-separated
+for run in $(seq 1 "$repeat"); do
 for mib in "${size_list[@]}"; do
   spool=$work/spool-$mib
   rotations=$(config_for "$mib" "$work/scan-$mib.json" "$spool")
@@ -150,7 +158,8 @@ for mib in "${size_list[@]}"; do
   [ -z "$first_rss" ] && first_rss=$rss_mib
   ratio=$(awk -v a="$rss_mib" -v b="$first_rss" 'BEGIN { printf "%.3f", a / b }')
   secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.0f", b - a }')
-  printf '%10s %10s %8s %10s %14s %8s %8s' "$raw" "$rotations" "$chunks" "$secs" "$rss_mib" "$ratio" "$rc"
+  peaks[$mib]="${peaks[$mib]:-} $rss_mib"
+  printf '%4s %10s %10s %8s %10s %14s %8s %8s' "$run" "$raw" "$rotations" "$chunks" "$secs" "$rss_mib" "$ratio" "$rc"
   if [ "$sample" = 1 ]; then
     printf ' %16s' "$(sort -n "$work/rss-$mib.txt" | awk '{ v[NR] = $1 } END { if (NR) printf "%.1f", v[int((NR + 1) / 2)] / 1024; else print "-" }')"
   fi
@@ -161,6 +170,19 @@ for mib in "${size_list[@]}"; do
   rm -rf "$spool"
   [ "$cloud" = tus ] && find "$work/store" -mindepth 1 -delete
 done
+done
+
+if [ "$repeat" -gt 1 ]; then
+  echo "# over $repeat runs: peak RSS MiB mean (lowest - highest), and the ratio of the means to the first size's"
+  first_mean=""
+  for mib in "${size_list[@]}"; do
+    read -r mean low high <<< "$(tr ' ' '\n' <<< "${peaks[$mib]}" | awk 'NF { s += $1; n++; if (n == 1 || $1 < lo) lo = $1; if (n == 1 || $1 > hi) hi = $1 }
+      END { printf "%.1f %.1f %.1f", s / n, lo, hi }')"
+    [ -z "$first_mean" ] && first_mean=$mean
+    printf '# %6s MiB asked: %6s (%s - %s)  ratio %s\n' "$mib" "$mean" "$low" "$high" \
+      "$(awk -v a="$mean" -v b="$first_mean" 'BEGIN { printf "%.3f", a / b }')"
+  done
+fi
 
 # The configured bound (docs/configuration.md, "Memory"), from the config the runs used.
 node -e '
