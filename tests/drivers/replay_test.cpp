@@ -142,25 +142,18 @@ TEST_CASE("replay: refuses another shape, reports damage, paces in real time, ab
   // would break (sleeping a rotation per view would take a minute), not to the schedule.
   ScanProtocol paced = p;
   paced.real_time = true;
-  REQUIRE((*d)->Arm(paced));
-  const auto before_first = std::chrono::steady_clock::now();
+  const auto before_first = std::chrono::steady_clock::now();  // before Arm(): no later than pacing starts
   std::optional<std::int64_t> first_timestamp_us;
-  std::uint64_t delivered = 0;
   int early = 0;
   double elapsed = 0;
   double last_due = 0;
-  for (std::uint64_t i = 0; i <= p.TotalViews(); ++i) {
-    auto v = (*d)->NextView();
-    REQUIRE(v);
-    if (!v->has_value()) break;
+  const auto views = ReadAll(**d, paced, [&](const View& v) {
     elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - before_first).count();
-    if (!first_timestamp_us) first_timestamp_us = (**v).timestamp_us;
-    const double due = static_cast<double>((**v).timestamp_us - *first_timestamp_us) / 1e6;
-    if (elapsed < due) ++early;
-    last_due = due;
-    ++delivered;
-  }
-  CHECK(delivered == p.TotalViews());
+    if (!first_timestamp_us) first_timestamp_us = v.timestamp_us;
+    last_due = static_cast<double>(v.timestamp_us - *first_timestamp_us) / 1e6;
+    if (elapsed < last_due) ++early;
+  });
+  CHECK(views.size() == p.TotalViews());
   INFO("the last view after " << elapsed << " s");
   CHECK(early == 0);
   CHECK(std::abs(last_due - 59.0 / 30.0) < 0.001);  // the recording's spacing, to its microseconds
