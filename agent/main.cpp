@@ -872,11 +872,10 @@ void PrintStatus(const nlohmann::json& status) {
                 d.value("uploads_paused", false) ? paused.c_str() : "running");
     if (d.contains("chunk_buffers") && d["chunk_buffers"].is_object()) {
       const auto& c = d["chunk_buffers"];
-      std::printf("chunk buffers (codec.buffer_bytes): %s in use of %s, at most %s so far; waits: acquisition %llu, "
-                  "uploads %llu\n",
+      std::printf("chunk buffers (codec.buffer_bytes): %s in use of %s, at most %s so far; acquisition waited %llu "
+                  "times\n",
                   Mib(c.value("in_use_bytes", 0ULL)).c_str(), Mib(c.value("capacity_bytes", 0ULL)).c_str(),
-                  Mib(c.value("high_water_bytes", 0ULL)).c_str(), c.value("acquisition_waits", 0ULL),
-                  c.value("upload_waits", 0ULL));
+                  Mib(c.value("high_water_bytes", 0ULL)).c_str(), c.value("acquisition_waits", 0ULL));
     }
   }
   const nlohmann::json scans = status.value("scans", nlohmann::json::array());

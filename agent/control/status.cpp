@@ -220,7 +220,9 @@ void SetChunkBuffers(Json& status, const ByteBudget::Usage& usage) {
                                        {"in_use_bytes", usage.in_use},
                                        {"high_water_bytes", usage.high_water},
                                        {"acquisition_waits", usage.blocked_takes},
-                                       {"upload_waits", usage.refused_tries}};
+                                       // Version 1 of the schema has it; uploads no longer take
+                                       // from the budget (they send from the spool file).
+                                       {"upload_waits", 0}};
 }
 
 void SetScanProgress(Json& status, const std::string& scan_uid, const ScanProgress& progress) {

@@ -157,8 +157,8 @@ class Agent {
 
   spool::Spool& spool() { return *spool_; }
   // The chunk-buffer budget's use now (codec.buffer_bytes; docs/configuration.md, "Memory"):
-  // acquisition takes with ByteBudget::Take (its waits: blocked_takes), uploads with TryTake
-  // (refused_tries: transfers that waited). Empty when the budget is off. Any thread.
+  // acquisition takes with ByteBudget::Take (its waits: blocked_takes). Uploads take nothing:
+  // they send each chunk from its spool file. Empty when the budget is off. Any thread.
   std::optional<ByteBudget::Usage> chunk_buffer_usage() const {
     if (chunk_memory_ == nullptr) return std::nullopt;
     return chunk_memory_->usage();

@@ -326,9 +326,7 @@ Agent::Agent(config::AgentConfig config, FileStore& files)
 Agent::~Agent() = default;
 
 std::unique_ptr<Uploader> Agent::NewUploader(boost::asio::io_context& io, UploadCounters* counters) {
-  auto uploader = std::make_unique<Uploader>(io, *spool_, config_.cloud, RetryPolicy::Shared(), links_.get(), counters);
-  uploader->SetMemoryBudget(chunk_memory_);
-  return uploader;
+  return std::make_unique<Uploader>(io, *spool_, config_.cloud, RetryPolicy::Shared(), links_.get(), counters);
 }
 
 Status Agent::Open(bool read_only) {

@@ -92,10 +92,11 @@ struct Uploader::Job {
   LinkLease lease;
   bool leased = false;
   transport::tus::AsyncClient* client = nullptr;
-  ByteBudget::Lease memory;  // the read-back's share of the chunk-buffer budget, while it holds it
-  std::uint64_t memory_bytes = 0;  // what it asks of the budget: the chunk file's size
-  bool memory_refused = false;     // the budget said no once (counted once in its usage)
+  // What is sent: a chunk from its spool file, checked just before (`file`), or the manifest
+  // from memory (`bytes`); `size` is its length either way.
+  std::optional<transport::FileBody> file;
   std::shared_ptr<const std::vector<std::uint8_t>> bytes;
+  std::uint64_t size = 0;
   spool::UploadState state;
   std::string sha256;
   std::uint64_t offset = 0;
@@ -133,7 +134,6 @@ Uploader::Uploader(boost::asio::io_context& io, spool::Spool& spool, const confi
       counters_(counters != nullptr ? *counters : own_counters_) {}
 
 Uploader::~Uploader() {
-  memory_watch_.reset();  // before anything its callback uses
   Stop();
   alive_.reset();
   clients_.clear();  // ends what is left in flight without completions
@@ -159,7 +159,6 @@ void Uploader::Stop() {
       job->last_status = MakeError(ErrorKind::kCancelled, "agent is stopping");
       Finish(job);
     }
-    EndMemoryWaiting();
     for (const auto& job : std::vector<JobPtr>(in_flight_.begin(), in_flight_.end())) {
       if (job->upload) job->upload->Cancel();
     }
@@ -197,7 +196,6 @@ void Uploader::SetPaused(bool paused) {
     for (auto& job : to_create_) held_.push_back(std::move(job));
     to_send_.clear();
     to_create_.clear();
-    EndMemoryWaiting();
     for (const auto& job : std::vector<JobPtr>(in_flight_.begin(), in_flight_.end())) {
       if (job->upload) {
         job->paused_out = true;
@@ -678,81 +676,49 @@ void Uploader::Transfer(JobPtr job) {
     return;
   }
   job->failure = FailureClass::kLocal;  // until the spool answered
-  if (memory_ == nullptr || job->manifest) {
-    TransferReadBack(std::move(job));
-    return;
-  }
-  // The chunk is read only once its bytes fit the budget: while acquisition and the codec hold
-  // it, the transfer waits here (with a link lease and a sending slot, but no buffer).
-  auto length = SpooledUploadOf(spool_, job->scan_uid, false, job->index);
-  job->memory_bytes = length ? length->length : 0;
-  job->memory_refused = false;
-  memory_waiting_.push_back(std::move(job));
-  TakeMemoryForWaiting();
+  TransferCheck(std::move(job));
 }
 
-void Uploader::SetMemoryBudget(std::shared_ptr<ByteBudget> budget) {
-  memory_watch_.reset();
-  memory_ = std::move(budget);
-  if (memory_ == nullptr) return;
-  // Called on whichever thread handed bytes back, under the budget's lock: one post at a time.
-  memory_watch_ = memory_->OnRoom([this, weak = std::weak_ptr<char>(alive_)] {
-    if (memory_room_posted_.exchange(true)) return;
-    boost::asio::post(io_, [this, weak] {
-      if (!weak.lock()) return;
-      memory_room_posted_ = false;
-      TakeMemoryForWaiting();
-    });
-  });
-}
-
-void Uploader::TakeMemoryForWaiting() {
-  while (!memory_waiting_.empty()) {
-    Job& front = *memory_waiting_.front();
-    auto lease = memory_->TryTake(front.memory_bytes, !front.memory_refused);
-    if (!lease) {
-      front.memory_refused = true;
-      return;
-    }
-    JobPtr job = std::move(memory_waiting_.front());
-    memory_waiting_.pop_front();
-    job->memory = std::move(*lease);
-    TransferReadBack(std::move(job));
-  }
-}
-
-void Uploader::EndMemoryWaiting() {
-  std::deque<JobPtr> waiting;
-  waiting.swap(memory_waiting_);
-  for (auto& job : waiting) EndedByPauseOrStop(job);
-}
-
-void Uploader::TransferReadBack(JobPtr job) {
-  // What to send, read and checked on the worker: a chunk file (against its recorded SHA-256)
-  // or the manifest, and where its upload stands.
+void Uploader::TransferCheck(JobPtr job) {
+  // On the worker: a chunk file checked against its recorded size and SHA-256 (read in pieces,
+  // then sent from the file: an upload in flight holds no copy of its chunk), or the manifest
+  // read and hashed (it is sent from memory); and where the upload stands.
   boost::asio::post(read_worker_, [this, weak = std::weak_ptr<char>(alive_), job] {
-    auto bytes = job->manifest ? spool_.ReadManifest(job->scan_uid) : spool_.ReadChunk(job->scan_uid, job->index);
-    Expected<SpooledUpload> upload = bytes ? SpooledUploadOf(spool_, job->scan_uid, job->manifest, job->index)
-                                           : Expected<SpooledUpload>(MakeError(bytes.error()));
-    std::string sha256;
-    if (bytes && upload && job->manifest) sha256 = Sha256Hex(*bytes);
-    auto read = std::make_shared<std::pair<decltype(bytes), decltype(upload)>>(std::move(bytes), std::move(upload));
-    boost::asio::post(io_, [this, weak, job, read, sha256] {
+    struct Checked {
+      Expected<std::vector<std::uint8_t>> manifest = std::vector<std::uint8_t>();
+      Expected<spool::Spool::CheckedChunkFile> chunk = spool::Spool::CheckedChunkFile();
+      Expected<SpooledUpload> upload = SpooledUpload();
+      std::string manifest_sha256;
+    };
+    auto checked = std::make_shared<Checked>();
+    Status read = Ok();
+    if (job->manifest) {
+      checked->manifest = spool_.ReadManifest(job->scan_uid);
+      if (!checked->manifest) read = MakeError(checked->manifest.error());
+    } else {
+      checked->chunk = spool_.CheckChunkFile(job->scan_uid, job->index);
+      if (!checked->chunk) read = MakeError(checked->chunk.error());
+    }
+    checked->upload = read ? SpooledUploadOf(spool_, job->scan_uid, job->manifest, job->index)
+                           : Expected<SpooledUpload>(MakeError(read.error()));
+    if (read && checked->upload && job->manifest) checked->manifest_sha256 = Sha256Hex(*checked->manifest);
+    boost::asio::post(io_, [this, weak, job, checked] {
       if (!weak.lock()) return;
-      auto& [data, spooled] = *read;
-      if (!data) {
-        job->FailLocal(data.error());
+      if (!checked->upload) {
+        job->FailLocal(checked->upload.error());
         Transferred(job);
         return;
       }
-      if (!spooled) {
-        job->FailLocal(spooled.error());
-        Transferred(job);
-        return;
+      if (job->manifest) {
+        job->bytes = std::make_shared<const std::vector<std::uint8_t>>(std::move(*checked->manifest));
+        job->size = job->bytes->size();
+        job->sha256 = checked->manifest_sha256;
+      } else {
+        job->file = transport::FileBody{std::move(checked->chunk->path), 0, checked->chunk->length};
+        job->size = checked->chunk->length;
+        job->sha256 = checked->upload->sha256;
       }
-      job->bytes = std::make_shared<const std::vector<std::uint8_t>>(std::move(*data));
-      job->state = spooled->state;
-      job->sha256 = job->manifest ? sha256 : spooled->sha256;
+      job->state = checked->upload->state;
       TransferRead(job);
     });
   });
@@ -782,7 +748,7 @@ void Uploader::TransferRead(JobPtr job) {
                               "upload again at " + RedactUrl(cloud_.upload_url));
       job->state = {};
     }
-    const std::uint64_t size = job->bytes->size();
+    const std::uint64_t size = job->size;
     job->offset = 0;
     // Created by Prepare() for exactly these bytes and not sent since: the server holds none yet.
     const bool fresh =
@@ -849,7 +815,7 @@ void Uploader::TransferCreated(JobPtr job) {
     TransferSend(std::move(job));
     return;
   }
-  CreateUpload(job, job->bytes->size(), job->sha256, [this, job](Expected<spool::UploadState> created) {
+  CreateUpload(job, job->size, job->sha256, [this, job](Expected<spool::UploadState> created) {
     if (!created) {
       Transferred(job);
       return;
@@ -876,8 +842,7 @@ void Uploader::TransferSend(JobPtr job) {
   job->last_journaled = job->offset;
   if (!job->manifest) {  // a scan's one small manifest says nothing of the chunks' PATCHes
     EstimatorFor(job->lease.link_name)
-        .NotePatch(std::min<std::uint64_t>(job->bytes->size() - std::min<std::uint64_t>(job->offset, job->bytes->size()),
-                                           cloud_.patch_bytes));
+        .NotePatch(std::min<std::uint64_t>(job->size - std::min<std::uint64_t>(job->offset, job->size), cloud_.patch_bytes));
   }
   transport::tus::AsyncUploadOptions options;
   // The gate, asked before each block and at each progress check, answers at once: a pause or
@@ -908,14 +873,12 @@ void Uploader::TransferSend(JobPtr job) {
     job->state.confirmed_offset = confirmed;
     // Progress only (the server's offset stays the authority on resume), and not after the last
     // PATCH: the completion record follows at once, and every synced record costs a disk sync.
-    if (confirmed < job->bytes->size()) {
+    if (confirmed < job->size) {
       Journal(job->scan_uid, {job->manifest ? -1 : static_cast<std::int64_t>(job->index), job->state}, {});
     }
   };
-  job->upload = job->client->UploadBytes(
-      job->state.url, job->bytes, job->offset, cloud_.patch_bytes, std::move(options),
-      [this, weak = std::weak_ptr<char>(alive_), job](Expected<std::uint64_t> final_offset,
-                                                      transport::tus::Failure why) {
+  auto sent = [this, weak = std::weak_ptr<char>(alive_), job](Expected<std::uint64_t> final_offset,
+                                                              transport::tus::Failure why) {
         if (!weak.lock()) return;
         job->upload.reset();
         if (!final_offset) {
@@ -935,7 +898,7 @@ void Uploader::TransferSend(JobPtr job) {
                   job->failure = FailureClass::kNone;
                   job->last_status = Ok();
                   ++counters_.uploads_done;
-                  const std::uint64_t size = job->bytes->size();
+                  const std::uint64_t size = job->size;
                   const std::uint64_t body_sent = job->body_bytes_sent + job->attempt_body_bytes;
                   if (job->sending_attempts > 0) {
                     // Resumed after an interruption: say what it cost (the bound is one request's worth).
@@ -949,15 +912,23 @@ void Uploader::TransferSend(JobPtr job) {
                   }
                   Transferred(job);
                 });
-      });
+  };
+  // A chunk's bytes are read from its file as libcurl sends them (the page cache has them: the
+  // check just read them); the manifest's from memory.
+  job->upload = job->file ? job->client->UploadFile(job->state.url, *job->file, job->offset, cloud_.patch_bytes,
+                                                    std::move(options), std::move(sent))
+                          : job->client->UploadBytes(job->state.url, job->bytes, job->offset, cloud_.patch_bytes,
+                                                     std::move(options), std::move(sent));
 }
 
 void Uploader::Transferred(JobPtr job) {
   in_flight_.erase(job);
   job->upload.reset();
-  job->bytes.reset();  // at most max_uploads_in_flight jobs hold their bytes
-  job->memory.reset();
-  ReleaseFreeHeapPages();
+  job->file.reset();
+  if (job->bytes) {
+    job->bytes.reset();  // a manifest (up to a few MB for a long scan)
+    ReleaseFreeHeapPages();
+  }
   if (job->attempt_body_bytes > 0) {
     job->body_bytes_sent += job->attempt_body_bytes;
     ++job->sending_attempts;

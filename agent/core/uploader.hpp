@@ -28,7 +28,6 @@
 #include "agent/core/http_options.hpp"
 #include "agent/core/link_provider.hpp"
 #include "agent/spool/spool.hpp"
-#include "base/byte_budget.hpp"
 #include "base/retry.hpp"
 #include "config/config.hpp"
 #include "transport/http.hpp"
@@ -78,11 +77,6 @@ class Uploader {
   // a failure here is only logged; UploadManifest creates the upload then and reports errors.
   void PrepareManifest(const std::string& scan_uid);
 
-  // The budget each chunk's read-back takes its bytes from before it is read (from the
-  // event loop, never waiting: the transfer starts once they fit), shared with acquisition
-  // (docs/configuration.md, "Memory"). Call before the first upload; nullptr: none.
-  void SetMemoryBudget(std::shared_ptr<ByteBudget> budget);
-
   const UploadCounters& counters() const { return counters_; }
   // The bytes the server confirmed for this scan's uploads (chunks and manifest) since the last
   // call for it; the scan's entry is then forgotten (a scan's summary takes it once, at its end).
@@ -120,9 +114,7 @@ class Uploader {
   // The byte stage: read and check the data (worker), ask the server's offset unless the upload
   // is fresh, create it again if it was forgotten, PATCH the rest, journal completion.
   void Transfer(JobPtr job);
-  void TakeMemoryForWaiting();  // transfers waiting for the budget, in order, while their bytes fit
-  void EndMemoryWaiting();      // ... or all of them ended as cancelled (pause, stop)
-  void TransferReadBack(JobPtr job);  // on the read worker, then TransferRead on the loop
+  void TransferCheck(JobPtr job);  // on the read worker, then TransferRead on the loop
   void TransferRead(JobPtr job);
   void TransferCreated(JobPtr job);
   void TransferSend(JobPtr job);
@@ -218,10 +210,6 @@ class Uploader {
   // Disk work off the loop: the journal's synced records, and reading and checking the data.
   boost::asio::thread_pool journal_worker_{1};
   boost::asio::thread_pool read_worker_{1};
-  std::shared_ptr<ByteBudget> memory_;
-  ByteBudget::Watch memory_watch_;
-  std::atomic<bool> memory_room_posted_{false};
-  std::deque<JobPtr> memory_waiting_;  // transfers (in in_flight_) waiting for their bytes to fit
   // Posted work holds a weak reference: it does nothing once the Uploader is gone.
   std::shared_ptr<char> alive_ = std::make_shared<char>();
 };

@@ -106,16 +106,15 @@ std::string MetricsCollector::Page(spool::Spool& spool, core::LinkManager* links
 
   if (chunk_buffers) {
     // The budget of codec.buffer_bytes (docs/configuration.md, "Memory"): how full, and whether
-    // it held acquisition or uploads back.
-    r.Gauge("ctagent_chunk_buffer_capacity_bytes", "codec.buffer_bytes: the budget of raw and read-back chunk buffers.")
+    // it held acquisition back.
+    r.Gauge("ctagent_chunk_buffer_capacity_bytes", "codec.buffer_bytes: the budget of raw chunk buffers.")
         .Add({}, static_cast<double>(chunk_buffers->capacity));
-    r.Gauge("ctagent_chunk_buffer_bytes", "Chunk-buffer bytes held now (raw chunks being acquired or compressed, chunks read back for upload).")
+    r.Gauge("ctagent_chunk_buffer_bytes", "Chunk-buffer bytes held now (raw chunks being acquired or compressed).")
         .Add({}, static_cast<double>(chunk_buffers->in_use));
     r.Gauge("ctagent_chunk_buffer_high_water_bytes", "The most chunk-buffer bytes held at once since the agent started.")
         .Add({}, static_cast<double>(chunk_buffers->high_water));
     r.Counter("ctagent_chunk_buffer_waits_total", "Requests that waited for room in the chunk-buffer budget, by who asked.")
-        .Add({{"stage", "acquisition"}}, static_cast<double>(chunk_buffers->blocked_takes))
-        .Add({{"stage", "upload"}}, static_cast<double>(chunk_buffers->refused_tries));
+        .Add({{"stage", "acquisition"}}, static_cast<double>(chunk_buffers->blocked_takes));
   }
 
   images_latency_.AppendTo(r.HistogramFamily(

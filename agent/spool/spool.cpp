@@ -19,6 +19,9 @@ namespace {
 constexpr int kSpoolFormat = 2;
 constexpr std::uint64_t kMaxRecordBytes = 64ull << 20;
 constexpr std::uint64_t kMaxChunkBytes = 1ull << 30;
+// What CheckChunkFile reads at a time: libcurl's upload buffer (transport/http.hpp), so a check
+// holds no more than one request handle does.
+constexpr std::uint64_t kCheckPieceBytes = 256 * 1024;
 constexpr std::uint64_t kHashPieceBytes = 1ull << 20;
 constexpr const char* kSnapshotName = "state.snapshot";
 constexpr const char* kJournalName = "journal.log";
@@ -1136,6 +1139,7 @@ std::vector<ScanRecord> Spool::AllScans() {
 // reads its chunk back, up to cloud.parallel_uploads at once (docs/configuration.md, "Memory").
 struct Spool::FileCheck {
   std::string sha256;
+  std::uint64_t length = 0;  // a chunk file's size as written (not known for the manifest)
   bool damaged = false;
   bool raw_deleted = false;
   bool manifest_written = false;
@@ -1161,6 +1165,7 @@ Expected<Spool::FileCheck> Spool::CheckOf(const std::string& scan_uid, std::int6
     return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " has no chunk " + std::to_string(chunk_index));
   }
   check.sha256 = chunk->chunk.sha256;
+  check.length = chunk->chunk.compressed_bytes;
   check.damaged = chunk->damaged;
   return check;
 }
@@ -1189,10 +1194,12 @@ Expected<UploadState> Spool::GetManifestUpload(const std::string& scan_uid) {
   return it->second.manifest_upload;
 }
 
-Expected<std::vector<std::uint8_t>> Spool::ReadChunk(const std::string& scan_uid, std::uint32_t index) {
-  auto check = CheckOf(scan_uid, index);
-  if (!check) return MakeError(check.error());
-  const auto path = ChunkPath(scan_uid, index);
+Expected<std::filesystem::path> Spool::ChunkFileToRead(const std::string& scan_uid, std::uint32_t index,
+                                                      FileCheck* check) {
+  auto found = CheckOf(scan_uid, index);
+  if (!found) return MakeError(found.error());
+  *check = std::move(*found);
+  auto path = ChunkPath(scan_uid, index);
   if (check->raw_deleted) {
     return MakeError(ErrorKind::kNotFound, "chunk file " + path.string() +
                                                " was deleted by retention after the cloud confirmed it");
@@ -1202,24 +1209,62 @@ Expected<std::vector<std::uint8_t>> Spool::ReadChunk(const std::string& scan_uid
                                               " was found damaged; it will not be uploaded. The scan needs attention "
                                               "(see docs/durability.md)");
   }
-  auto bytes = files_.ReadAll(path, kMaxChunkBytes);
-  std::string why;
-  if (!bytes) {
-    why = bytes.error().message();
-  } else if (const auto found = Sha256Hex(*bytes); found != check->sha256) {
-    why = "expected SHA-256 " + check->sha256 + ", found " + found;
-  }
-  if (why.empty()) return bytes;
+  return path;
+}
+
+Error Spool::ChunkFileDamaged(const std::string& scan_uid, std::uint32_t index, const std::filesystem::path& path,
+                              const std::string& why, ErrorKind kind) {
   {
     std::lock_guard lock(mutex_);
     if (auto st = MarkDamaged(scan_uid, index, why); !st) {
       log::Error("spool", "cannot record the damage of " + path.string() + ": " + st.error().message());
     }
   }
-  const ErrorKind kind = bytes ? ErrorKind::kCorrupt : bytes.error().kind();
-  return MakeError(kind, "spool file " + path.string() + " (" + why +
-                             ") does not match the SHA-256 recorded when it was written or cannot be read; it will not "
-                             "be uploaded. The scan needs attention (see docs/durability.md)");
+  return Error(kind, "spool file " + path.string() + " (" + why +
+                         ") does not match the SHA-256 recorded when it was written or cannot be read; it will not "
+                         "be uploaded. The scan needs attention (see docs/durability.md)");
+}
+
+Expected<std::vector<std::uint8_t>> Spool::ReadChunk(const std::string& scan_uid, std::uint32_t index) {
+  FileCheck check;
+  auto path = ChunkFileToRead(scan_uid, index, &check);
+  if (!path) return MakeError(path.error());
+  auto bytes = files_.ReadAll(*path, kMaxChunkBytes);
+  if (!bytes) return MakeError(ChunkFileDamaged(scan_uid, index, *path, bytes.error().message(), bytes.error().kind()));
+  if (const auto found = Sha256Hex(*bytes); found != check.sha256) {
+    return MakeError(ChunkFileDamaged(scan_uid, index, *path, "expected SHA-256 " + check.sha256 + ", found " + found,
+                                      ErrorKind::kCorrupt));
+  }
+  return bytes;
+}
+
+Expected<Spool::CheckedChunkFile> Spool::CheckChunkFile(const std::string& scan_uid, std::uint32_t index) {
+  FileCheck check;
+  auto path = ChunkFileToRead(scan_uid, index, &check);
+  if (!path) return MakeError(path.error());
+  // In pieces, so what a check holds is one piece however large the chunk: the uploader checks
+  // every chunk this way and then sends it from the file (docs/configuration.md, "Memory").
+  Sha256 hash;
+  std::uint64_t length = 0;
+  for (;;) {
+    auto piece = files_.ReadRange(*path, length, kCheckPieceBytes);
+    if (!piece) return MakeError(ChunkFileDamaged(scan_uid, index, *path, piece.error().message(), piece.error().kind()));
+    if (piece->empty()) break;
+    length += piece->size();
+    if (length > check.length) break;  // longer than recorded: the hash cannot match, and no need to read on
+    hash.Update(*piece);
+  }
+  if (length != check.length) {
+    return MakeError(ChunkFileDamaged(scan_uid, index, *path,
+                                      "expected " + std::to_string(check.length) + " bytes, found " +
+                                          (length > check.length ? "more" : std::to_string(length)),
+                                      ErrorKind::kCorrupt));
+  }
+  if (const auto found = hash.FinalHex(); found != check.sha256) {
+    return MakeError(ChunkFileDamaged(scan_uid, index, *path, "expected SHA-256 " + check.sha256 + ", found " + found,
+                                      ErrorKind::kCorrupt));
+  }
+  return CheckedChunkFile{std::move(*path), length};
 }
 
 Expected<std::vector<std::uint8_t>> Spool::ReadManifest(const std::string& scan_uid) {

@@ -227,6 +227,15 @@ class Spool {
 
   // Reads a chunk file and checks it against the SHA-256 recorded when it was written.
   Expected<std::vector<std::uint8_t>> ReadChunk(const std::string& scan_uid, std::uint32_t index);
+  // Checks a chunk file as ReadChunk does (its size and SHA-256 as recorded) without holding it:
+  // read in pieces of 256 KiB. The uploader checks each chunk so and then sends it from the file.
+  // A file that does not match, or cannot be read, is recorded damaged (kCorrupt, or the read's
+  // kind) and never sent; one deleted by retention is kNotFound.
+  struct CheckedChunkFile {
+    std::filesystem::path path;
+    std::uint64_t length = 0;
+  };
+  Expected<CheckedChunkFile> CheckChunkFile(const std::string& scan_uid, std::uint32_t index);
   Expected<std::vector<std::uint8_t>> ReadManifest(const std::string& scan_uid);
   // Results count against the same budget as chunks (docs/durability.md, "Results and the spool
   // budget"): ResultsRoom() is how many bytes of results the spool can take now, the least of
@@ -272,6 +281,12 @@ class Spool {
   std::filesystem::path ChunkPath(const std::string& scan_uid, std::uint32_t index) const;
   struct FileCheck;  // what ReadChunk / ReadManifest check a file against
   Expected<FileCheck> CheckOf(const std::string& scan_uid, std::int64_t chunk_index);  // -1: the manifest
+  // A chunk's file and what it must match, unless it is deleted or already found damaged.
+  Expected<std::filesystem::path> ChunkFileToRead(const std::string& scan_uid, std::uint32_t index,
+                                                  FileCheck* check);
+  // Records the chunk damaged (`why`) and returns the error that says so.
+  Error ChunkFileDamaged(const std::string& scan_uid, std::uint32_t index, const std::filesystem::path& path,
+                         const std::string& why, ErrorKind kind);
   Status Recover();
   Status Writable() const;  // refuses changes to a read-only spool
   Status LoadSnapshot();

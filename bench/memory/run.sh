@@ -199,15 +199,16 @@ node -e '
   const budget = size(c.buffer_bytes, 12 << 20);
   // Code and libraries (file-backed, ~19 MiB) and the rest of the heap (TLS, libcurl, the spool
   // state, ~5 MiB). The budget (codec.buffer_bytes) holds every raw chunk from the start of its
-  // acquisition until it is stored and every chunk read back for upload; without one (0), their
-  // counts bound them: the chunk being filled, both queues, one per codec thread and the
-  // overflow thread, one per upload. Outside it: per codec worker (context_rans) two chunk-sized
-  // scratch buffers and its output; the overflow thread its zstd output and context; two spare
-  // sample buffers kept for reuse; per upload the 256 KiB libcurl buffer (transport/http.hpp).
+  // acquisition until it is stored; without one (0), their counts bound them: the chunk being
+  // filled, both queues, one per codec thread and the overflow thread. Outside it: per codec
+  // worker (context_rans) two chunk-sized scratch buffers and its output; the overflow thread
+  // its zstd output and context; two spare sample buffers kept for reuse; per upload the 256 KiB
+  // libcurl buffer (transport/http.hpp); the 256 KiB piece a chunk file is checked in before its
+  // upload (uploads send from the file and hold no chunk).
   const base = 24 << 20;
-  const counted = chunk + 2 * queue + (threads + 1) * chunk + parallel * compressed;
+  const counted = chunk + 2 * queue + (threads + 1) * chunk;
   const buffers = budget > 0 ? Math.min(budget, counted) : counted;
-  const outside = threads * (2 * chunk + compressed) + chunk + (1 << 20) + 2 * chunk + parallel * (256 << 10);
+  const outside = threads * (2 * chunk + compressed) + chunk + (1 << 20) + 2 * chunk + (parallel + 1) * (256 << 10);
   console.log(`# bound from the config (docs/configuration.md, "Memory"): ${MiB(base)} base + ${MiB(buffers)} chunk buffers` +
               ` (codec.buffer_bytes ${MiB(budget)} MiB${budget > 0 ? "" : ": none, so their counts"}) + ${MiB(outside)} outside it` +
               ` (codec scratch and outputs, spare sample buffers, libcurl buffers) = ${MiB(base + buffers + outside)} MiB;` +

@@ -43,9 +43,6 @@ int main(int argc, char** argv) {
   KeepLargeBuffersInHeap();  // as ctagent's main does
   fs::path dir, spool_dir;
   config::CloudConfig cloud;
-  // The agent's chunk-buffer budget (config codec.buffer_bytes), which its read-backs share
-  // with acquisition; here nothing else takes from it. 0: none.
-  std::uint64_t buffer_bytes = config::CodecConfig{}.buffer_bytes;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--url") cloud.upload_url = argv[i + 1];
@@ -55,7 +52,6 @@ int main(int argc, char** argv) {
     else if (a == "--max-in-flight") cloud.max_uploads_in_flight = static_cast<std::uint32_t>(std::strtoul(argv[i + 1], nullptr, 10));
     else if (a == "--patch-bytes") cloud.patch_bytes = std::strtoull(argv[i + 1], nullptr, 10);
     else if (a == "--spool") spool_dir = argv[i + 1];
-    else if (a == "--buffer-bytes") buffer_bytes = std::strtoull(argv[i + 1], nullptr, 10);
     else if (a == "--log") {
       log::Level level;
       if (!log::ParseLevel(argv[i + 1], &level)) return Fail(std::string("unknown log level ") + argv[i + 1]);
@@ -68,7 +64,7 @@ int main(int argc, char** argv) {
   }
   if (cloud.upload_url.empty() || dir.empty()) {
     std::fprintf(stderr, "usage: upload_bench --url URL --dir CHUNKS --ca CA.pem [--parallel N] [--patch-bytes N] "
-                         "[--spool DIR] [--buffer-bytes N]\n");
+                         "[--spool DIR]\n");
     return 2;
   }
   if (spool_dir.empty()) spool_dir = dir / "bench-spool";
@@ -84,7 +80,6 @@ int main(int argc, char** argv) {
   boost::asio::io_context io;
   auto work = boost::asio::make_work_guard(io);
   core::Uploader uploader(io, *spool, cloud);
-  if (buffer_bytes > 0) uploader.SetMemoryBudget(ByteBudget::Make(buffer_bytes));
   std::size_t chunks_left = manifest.chunks.size();
   int failed = 0;
   const double cpu0 = bench::CpuSeconds();

@@ -497,7 +497,7 @@ TEST_CASE("with a daemon on the control socket, status, check, pause, resume, ac
   const auto paused_status = Run(dir.path(), {"status", "--config", cfg});
   CHECK_THAT(paused_status.out, Catch::Contains("daemon pid 4242: uploads PAUSED"));
   CHECK_THAT(paused_status.out, Catch::Contains("chunk buffers (codec.buffer_bytes): 3.00 MiB in use of 12.00 MiB, at "
-                                                "most 12.00 MiB so far; waits: acquisition 2, uploads 57"));
+                                                "most 12.00 MiB so far; acquisition waited 2 times"));
   r = Run(dir.path(), {"resume", "--config", cfg});
   CHECK(r.exit_code == 0);
   CHECK_FALSE(d.daemon.paused);

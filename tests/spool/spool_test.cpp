@@ -866,3 +866,89 @@ TEST_CASE("a high-risk finding's confirmation (when, by whom) is kept with its r
   CHECK(parsed->high_risk_confirmed_utc.empty());
   CHECK(parsed->high_risk_confirmed_by.empty());
 }
+
+TEST_CASE("CheckChunkFile: a chunk checked in pieces against its recorded size and SHA-256, without reading it "
+          "whole, and a file changed after it was stored is recorded damaged", "[spool]") {
+  test::TempDir dir("spool");
+  PosixFileStore files;
+  auto s = spool::Spool::Open({dir.path(), 1ull << 30, 0}, files);
+  REQUIRE(s);
+  auto record = NewRecord();
+  REQUIRE((*s)->BeginScan(record, 64ull << 20));
+  // Chunks of ~700 KiB: three pieces of the check's 256 KiB each.
+  std::vector<std::vector<std::uint8_t>> chunks;
+  for (std::uint32_t i = 0; i < 5; ++i) {
+    chunks.push_back(test::RandomBytes((700u << 10) + i, 70 + i));
+    REQUIRE((*s)->AddChunk(record.scan_uid, ChunkFor(i, chunks.back()), chunks.back()));
+  }
+  const auto chunk_dir = dir.path() / "scans" / record.scan_uid / "chunks";
+  auto path_of = [&](int i) { return chunk_dir / ("00000" + std::to_string(i) + ".ctc"); };
+
+  // Intact: its path and length, and the bytes there are the chunk's.
+  auto ok = (*s)->CheckChunkFile(record.scan_uid, 0);
+  REQUIRE(ok);
+  CHECK(ok->path == path_of(0));
+  CHECK(ok->length == chunks[0].size());
+  CHECK(test::ReadText(ok->path) == std::string(chunks[0].begin(), chunks[0].end()));
+
+  // One bit flipped in the last piece; cut short; one byte longer.
+  {
+    std::fstream f(path_of(1), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(chunks[1].size() - 3));
+    f.put(static_cast<char>(chunks[1][chunks[1].size() - 3] ^ 0x10));
+  }
+  std::filesystem::resize_file(path_of(2), 512u << 10);
+  {
+    std::ofstream f(path_of(3), std::ios::binary | std::ios::app);
+    f.put('x');
+  }
+  auto flipped = (*s)->CheckChunkFile(record.scan_uid, 1);
+  REQUIRE_FALSE(flipped);
+  CHECK(flipped.error().kind() == ErrorKind::kCorrupt);
+  CHECK_THAT(flipped.error().message(), Catch::Contains("000001.ctc") && Catch::Contains("expected SHA-256") &&
+                                            Catch::Contains("will not be uploaded"));
+  auto cut = (*s)->CheckChunkFile(record.scan_uid, 2);
+  REQUIRE_FALSE(cut);
+  CHECK(cut.error().kind() == ErrorKind::kCorrupt);
+  CHECK_THAT(cut.error().message(),
+             Catch::Contains("expected " + std::to_string(chunks[2].size()) + " bytes, found " + std::to_string(512u << 10)));
+  auto longer = (*s)->CheckChunkFile(record.scan_uid, 3);
+  REQUIRE_FALSE(longer);
+  CHECK_THAT(longer.error().message(), Catch::Contains("found more"));
+
+  // Each is recorded damaged: asked again, it is refused without reading, as ReadChunk refuses it.
+  for (std::uint32_t i = 1; i <= 3; ++i) {
+    INFO("chunk " << i);
+    CHECK((*s)->GetChunk(record.scan_uid, i)->damaged);
+    auto again = (*s)->CheckChunkFile(record.scan_uid, i);
+    REQUIRE_FALSE(again);
+    CHECK_THAT(again.error().message(), Catch::Contains("was found damaged"));
+    CHECK_FALSE((*s)->ReadChunk(record.scan_uid, i));
+  }
+  // Missing: an error naming the file, recorded damaged too.
+  std::filesystem::remove(path_of(4));
+  auto missing = (*s)->CheckChunkFile(record.scan_uid, 4);
+  REQUIRE_FALSE(missing);
+  CHECK_THAT(missing.error().message(), Catch::Contains("000004.ctc"));
+  CHECK((*s)->GetChunk(record.scan_uid, 4)->damaged);
+  // A chunk the scan does not have.
+  auto none = (*s)->CheckChunkFile(record.scan_uid, 9);
+  REQUIRE_FALSE(none);
+  CHECK(none.error().kind() == ErrorKind::kNotFound);
+}
+
+TEST_CASE("CheckChunkFile: EIO on a piece is the read's error, the chunk recorded damaged", "[spool]") {
+  SimulatedDisk disk;
+  auto s = spool::Spool::Open(SimOptions(), disk);
+  REQUIRE(s);
+  auto bad = AddScan(**s, 2, false);
+  disk.FailReadsContaining(bad.scan_uid + "/chunks/000001");
+  auto checked = (*s)->CheckChunkFile(bad.scan_uid, 1);
+  REQUIRE_FALSE(checked);
+  CHECK(checked.error().kind() == ErrorKind::kIo);
+  CHECK_THAT(checked.error().message(), Catch::Contains("000001.ctc") && Catch::Contains("Input/output error"));
+  CHECK((*s)->Get(bad.scan_uid)->chunks[1].damaged);
+  auto good = (*s)->CheckChunkFile(bad.scan_uid, 0);
+  REQUIRE(good);
+  CHECK(good->length == 500);
+}

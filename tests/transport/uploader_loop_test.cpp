@@ -2,8 +2,8 @@
 // parallel_uploads 4, uploaded to the real tus server over HTTPS with no thread per upload. The
 // process's threads (/proc/self/task) are counted before the uploader exists and throughout the
 // upload: only its two one-thread workers (journal, reading) may be added, where the uploader on
-// two pools of parallel_uploads threads each added eight. And with the agent's memory budget:
-// transfers wait for it without sending, and each read-back takes from it and hands it back.
+// two pools of parallel_uploads threads each added eight. And a chunk file damaged on disk after
+// it was stored: the check before its upload stops it (chunks are sent from their files).
 #include <catch2/catch.hpp>
 
 #include <boost/asio/steady_timer.hpp>
@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <string>
 
@@ -98,49 +99,76 @@ TEST_CASE("uploader on the loop: 12 chunks in 3 PATCHes each with parallel_uploa
   CHECK(most > before);  // the sampler saw the workers: it really counted during the upload
 }
 
-TEST_CASE("uploader with a memory budget: transfers send nothing while the budget is spent, then all arrive "
-          "bit-exact, each read-back taking from the budget and handing it back",
+TEST_CASE("uploader: a chunk file changed on disk after it was stored is recorded damaged and none of its bytes "
+          "is sent, while the scan's other chunks arrive bit-exact",
           "[transport][upload][integration]") {
-  test::TusScan scan(8, 250000);
+  test::TusScan scan(4, 250000);
   const auto pki = test::SharedTransportPki();
   const auto store = scan.dir.path() / "store";
   auto server = test::StartTusServer(pki, store, scan.dir.path() / "tus-server.log");
   const config::CloudConfig cloud = LoopbackCloud(server.endpoint, pki);
 
-  // Room for two chunks' read-backs; at first all of it is held, as acquisition would hold it.
-  const std::uint64_t chunk_bytes = scan.chunks.at(0).size();
-  const std::uint64_t capacity = 2 * chunk_bytes + chunk_bytes / 2;
-  auto budget = ByteBudget::Make(capacity);
-  auto held = budget->Take(capacity);
-  // Every hand-back while no Take() waits tells the watchers: the test's counts them.
-  std::atomic<int> hand_backs{0};
-  auto watch = budget->OnRoom([&] { ++hand_backs; });
-  std::uint64_t body_bytes_while_held = 0;
+  // One bit of chunk 2 flipped on disk (the spool's check before the upload must catch it: the
+  // uploader sends from the file, so a missed check would send the damaged bytes).
+  auto file = scan.spool->CheckChunkFile(scan.scan_uid, 2);
+  REQUIRE(file);
+  std::string damaged = test::ReadText(file->path);
+  REQUIRE(damaged.size() == scan.chunks.at(2).size());
+  damaged[damaged.size() / 2] = static_cast<char>(damaged[damaged.size() / 2] ^ 0x01);
+  {
+    std::ofstream out(file->path, std::ios::binary | std::ios::trunc);
+    out << damaged;
+    REQUIRE(out.good());
+  }
+
+  std::vector<Status> results(4, Ok());
   {
     core::Uploader uploader(scan.io, *scan.spool, cloud, test::TusScan::FastRetries());
-    uploader.SetMemoryBudget(budget);
-    // After 300 ms of the upload (discovery and creations done, transfers waiting for the
-    // budget) it is handed back.
-    boost::asio::steady_timer release(scan.io);
-    release.expires_after(std::chrono::milliseconds(300));
-    release.async_wait([&](const boost::system::error_code& ec) {
-      if (ec) return;
-      body_bytes_while_held = uploader.counters().body_bytes_sent;
-      held.reset();
-    });
-    const auto result = scan.Upload(uploader);
-    REQUIRE(result);
-    INFO((*result ? std::string("uploaded") : result->error().message()));
-    REQUIRE(*result);
-    CHECK(uploader.counters().uploads_done == 9);  // 8 chunks and the manifest
+    std::size_t left = 4;
+    for (std::uint32_t i = 0; i < 4; ++i) {
+      uploader.UploadChunk(scan.scan_uid, i, [&, i](Status st) {
+        results[i] = st;
+        --left;
+      });
+    }
+    scan.RunUntil([&] { return left == 0; });
+    REQUIRE(left == 0);
   }
-  CHECK_FALSE(held);                  // the release ran: nothing could finish before it
-  CHECK(body_bytes_while_held == 0);  // no chunk was read back or sent while the budget was spent
-  CHECK(hand_backs.load() >= 1 + 8);  // the test's hold, then each chunk's read-back
-  CHECK(budget->high_water() <= capacity);  // never more than two chunks' read-backs at once
-  CHECK(budget->in_use() == 0);             // every share handed back
-  for (const auto& sent : scan.SentUploads()) {
-    const auto id = sent.url.substr(sent.url.rfind('/') + 1);
-    CHECK(test::ReadText(store / id) == sent.bytes);
+  for (std::uint32_t i = 0; i < 4; ++i) {
+    INFO("chunk " << i);
+    if (i == 2) {
+      REQUIRE_FALSE(results[i]);
+      CHECK(results[i].error().kind() == ErrorKind::kCorrupt);
+      CHECK_THAT(results[i].error().message(), Catch::Contains("it will not be uploaded"));
+    } else {
+      CHECK(results[i]);
+    }
   }
+  auto chunk2 = scan.spool->GetChunk(scan.scan_uid, 2);
+  REQUIRE(chunk2);
+  CHECK(chunk2->damaged);
+  CHECK_FALSE(chunk2->upload.complete);
+  // What the server stored: the three good chunks, bit-exact, and nothing of chunk 2 (not its
+  // damaged bytes, nor any part of them).
+  auto record = scan.spool->Get(scan.scan_uid);
+  REQUIRE(record);
+  int good = 0;
+  for (const auto& c : record->chunks) {
+    if (c.chunk.index == 2 || !c.upload.complete) continue;
+    const auto id = c.upload.url.substr(c.upload.url.rfind('/') + 1);
+    const auto& bytes = scan.chunks.at(c.chunk.index);
+    CHECK(test::ReadText(store / id) == std::string(bytes.begin(), bytes.end()));
+    ++good;
+  }
+  CHECK(good == 3);
+  // Any PATCH of chunk 2 would start at offset 0: no stored upload begins with its first bytes.
+  const std::string chunk2_start(scan.chunks.at(2).begin(), scan.chunks.at(2).begin() + 4096);
+  int stored_files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(store)) {
+    if (!entry.is_regular_file() || entry.path().extension() == ".json") continue;
+    ++stored_files;
+    INFO(entry.path());
+    CHECK(test::ReadText(entry.path()).rfind(chunk2_start, 0) == std::string::npos);
+  }
+  CHECK(stored_files >= 3);
 }
