@@ -4,6 +4,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <algorithm>
+#include <optional>
 #include <utility>
 
 #include "base/allocator.hpp"
@@ -879,39 +880,39 @@ void Uploader::TransferSend(JobPtr job) {
   };
   auto sent = [this, weak = std::weak_ptr<char>(alive_), job](Expected<std::uint64_t> final_offset,
                                                               transport::tus::Failure why) {
-        if (!weak.lock()) return;
-        job->upload.reset();
-        if (!final_offset) {
-          job->Fail(final_offset.error(), why);
-          Transferred(job);
-          return;
-        }
-        job->state.confirmed_offset = *final_offset;
-        job->state.complete = true;
-        Journal(job->scan_uid, {job->manifest ? -1 : static_cast<std::int64_t>(job->index), job->state},
-                [this, job](Status st) {
-                  if (!st) {
-                    job->FailLocal(st.error());
-                    Transferred(job);
-                    return;
-                  }
-                  job->failure = FailureClass::kNone;
-                  job->last_status = Ok();
-                  ++counters_.uploads_done;
-                  const std::uint64_t size = job->size;
-                  const std::uint64_t body_sent = job->body_bytes_sent + job->attempt_body_bytes;
-                  if (job->sending_attempts > 0) {
-                    // Resumed after an interruption: say what it cost (the bound is one request's worth).
-                    log::Info("upload", job->Name() + ": complete after " + std::to_string(job->sending_attempts + 1) +
-                                            " sending attempts; " + std::to_string(body_sent) + " body bytes sent for " +
-                                            std::to_string(size) + ", re-sent " +
-                                            std::to_string(body_sent > size ? body_sent - size : 0) + " bytes");
-                  } else {
-                    log::Debug("upload", job->Name() + ": complete (" + std::to_string(size - job->start_offset) +
-                                             " bytes sent)");
-                  }
-                  Transferred(job);
-                });
+    if (!weak.lock()) return;
+    job->upload.reset();
+    if (!final_offset) {
+      job->Fail(final_offset.error(), why);
+      Transferred(job);
+      return;
+    }
+    job->state.confirmed_offset = *final_offset;
+    job->state.complete = true;
+    Journal(job->scan_uid, {job->manifest ? -1 : static_cast<std::int64_t>(job->index), job->state},
+            [this, job](Status st) {
+              if (!st) {
+                job->FailLocal(st.error());
+                Transferred(job);
+                return;
+              }
+              job->failure = FailureClass::kNone;
+              job->last_status = Ok();
+              ++counters_.uploads_done;
+              const std::uint64_t size = job->size;
+              const std::uint64_t body_sent = job->body_bytes_sent + job->attempt_body_bytes;
+              if (job->sending_attempts > 0) {
+                // Resumed after an interruption: say what it cost (the bound is one request's worth).
+                log::Info("upload", job->Name() + ": complete after " + std::to_string(job->sending_attempts + 1) +
+                                        " sending attempts; " + std::to_string(body_sent) + " body bytes sent for " +
+                                        std::to_string(size) + ", re-sent " +
+                                        std::to_string(body_sent > size ? body_sent - size : 0) + " bytes");
+              } else {
+                log::Debug("upload", job->Name() + ": complete (" + std::to_string(size - job->start_offset) +
+                                         " bytes sent)");
+              }
+              Transferred(job);
+            });
   };
   // A chunk's bytes are read from its file as libcurl sends them (the page cache has them: the
   // check just read them); the manifest's from memory.
