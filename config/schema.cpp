@@ -302,9 +302,9 @@ std::vector<Entry> MakeEntries() {
                       "compressed with a cheap setting on a separate thread so acquisition never waits.",
        .min = kMiB, .max = kPiB, CTAGENT_TARGET(codec.queue_bytes)},
       {.path = "/codec/buffer_bytes", .type = Type::kBytes,
-       .description = "Most bytes of chunk buffers held at once: raw chunks from acquisition until they are "
-                      "stored, and stored chunks read back for upload (acquisition waits for room first, "
-                      "uploads after it). 0: no bound beyond the queues and the uploads in flight.",
+       .description = "Most bytes of raw chunk buffers held at once, from the start of a chunk's acquisition "
+                      "until it is stored (acquisition waits for room). Uploads take nothing from it: each "
+                      "chunk is sent from its spool file. 0: no bound beyond the queues.",
        .min = 0, .max = kPiB, CTAGENT_TARGET(codec.buffer_bytes)},
 
       {.path = "/spool", .type = Type::kSection, .description = "Local durable spool."},
@@ -364,8 +364,9 @@ std::vector<Entry> MakeEntries() {
                       "measured link rate x round trip asks for them, up to max_uploads_in_flight.",
        .min = 1, .max = 64, CTAGENT_TARGET(cloud.parallel_uploads)},
       {.path = "/cloud/max_uploads_in_flight", .type = Type::kInteger,
-       .description = "The most chunks uploading at once however long the round trip; each holds its compressed "
-                      "chunk in memory. Below parallel_uploads it counts as parallel_uploads.",
+       .description = "The most chunks uploading at once however long the round trip; each holds a request "
+                      "handle with a 256 KiB upload buffer (its chunk is sent from the spool file). Below "
+                      "parallel_uploads it counts as parallel_uploads.",
        .min = 1, .max = 256, CTAGENT_TARGET(cloud.max_uploads_in_flight)},
       {.path = "/cloud/patch_bytes", .type = Type::kBytes, .description = "Bytes per tus PATCH request.",
        .min = 64 * kKiB, .max = 256 * kMiB, CTAGENT_TARGET(cloud.patch_bytes)},
