@@ -636,17 +636,20 @@ Status Spool::RemoveOrphans() {
 
 namespace {
 
-// SHA-256 of a file read in bounded pieces (a chunk may be large; memory must not be).
-Expected<std::string> HashFile(FileStore& files, const std::filesystem::path& path) {
+// SHA-256 of a file read in pieces of `piece_bytes` (a chunk may be large; memory must not be),
+// and its length in `length` (optional).
+Expected<std::string> HashFile(FileStore& files, const std::filesystem::path& path,
+                               std::uint64_t piece_bytes = kHashPieceBytes, std::uint64_t* length = nullptr) {
   Sha256 hash;
   std::uint64_t offset = 0;
   while (true) {
-    auto piece = files.ReadRange(path, offset, kHashPieceBytes);
+    auto piece = files.ReadRange(path, offset, piece_bytes);
     if (!piece) return MakeError(piece.error());
     if (piece->empty()) break;
     hash.Update(*piece);
     offset += piece->size();
   }
+  if (length != nullptr) *length = offset;
   return hash.FinalHex();
 }
 
@@ -1244,24 +1247,16 @@ Expected<Spool::CheckedChunkFile> Spool::CheckChunkFile(const std::string& scan_
   if (!path) return MakeError(path.error());
   // In pieces, so what a check holds is one piece however large the chunk: the uploader checks
   // every chunk this way and then sends it from the file (docs/configuration.md, "Memory").
-  Sha256 hash;
   std::uint64_t length = 0;
-  for (;;) {
-    auto piece = files_.ReadRange(*path, length, kCheckPieceBytes);
-    if (!piece) return MakeError(ChunkFileDamaged(scan_uid, index, *path, piece.error().message(), piece.error().kind()));
-    if (piece->empty()) break;
-    length += piece->size();
-    if (length > check.length) break;  // longer than recorded: the hash cannot match, and no need to read on
-    hash.Update(*piece);
-  }
+  const auto found = HashFile(files_, *path, kCheckPieceBytes, &length);
+  if (!found) return MakeError(ChunkFileDamaged(scan_uid, index, *path, found.error().message(), found.error().kind()));
   if (length != check.length) {
-    return MakeError(ChunkFileDamaged(scan_uid, index, *path,
-                                      "expected " + std::to_string(check.length) + " bytes, found " +
-                                          (length > check.length ? "more" : std::to_string(length)),
-                                      ErrorKind::kCorrupt));
+    return MakeError(ChunkFileDamaged(
+        scan_uid, index, *path, "expected " + std::to_string(check.length) + " bytes, found " + std::to_string(length),
+        ErrorKind::kCorrupt));
   }
-  if (const auto found = hash.FinalHex(); found != check.sha256) {
-    return MakeError(ChunkFileDamaged(scan_uid, index, *path, "expected SHA-256 " + check.sha256 + ", found " + found,
+  if (*found != check.sha256) {
+    return MakeError(ChunkFileDamaged(scan_uid, index, *path, "expected SHA-256 " + check.sha256 + ", found " + *found,
                                       ErrorKind::kCorrupt));
   }
   return CheckedChunkFile{std::move(*path), length};

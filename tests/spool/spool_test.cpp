@@ -914,7 +914,8 @@ TEST_CASE("CheckChunkFile: a chunk checked in pieces against its recorded size a
              Catch::Contains("expected " + std::to_string(chunks[2].size()) + " bytes, found " + std::to_string(512u << 10)));
   auto longer = (*s)->CheckChunkFile(record.scan_uid, 3);
   REQUIRE_FALSE(longer);
-  CHECK_THAT(longer.error().message(), Catch::Contains("found more"));
+  CHECK_THAT(longer.error().message(), Catch::Contains("expected " + std::to_string(chunks[3].size()) + " bytes, found " +
+                                                        std::to_string(chunks[3].size() + 1)));
 
   // Each is recorded damaged: asked again, it is refused without reading, as ReadChunk refuses it.
   for (std::uint32_t i = 1; i <= 3; ++i) {

@@ -67,6 +67,17 @@ struct TusScan {
     REQUIRE(spool->FinishAcquisition(scan_uid, manifest));
   }
 
+  // The uploads' settings for the tus server on loopback: 4 uploads at once, short timeouts.
+  static config::CloudConfig LoopbackCloud(const std::string& endpoint, const std::filesystem::path& pki) {
+    config::CloudConfig cloud;
+    cloud.upload_url = endpoint;
+    cloud.tls.ca_file = pki / "ca.pem";
+    cloud.parallel_uploads = 4;
+    cloud.connect_timeout_s = 5;
+    cloud.stall_timeout_s = 10;
+    return cloud;
+  }
+
   static RetryPolicy FastRetries() {
     RetryPolicy retry;
     retry.delay_scale = 0.001;  // the table's classes and attempt caps, with delays in ms not s

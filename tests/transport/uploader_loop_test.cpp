@@ -38,17 +38,6 @@ int ThreadCount() {
   return count;
 }
 
-// The uploads' settings for the tus server on loopback: 4 uploads at once, short timeouts.
-config::CloudConfig LoopbackCloud(const std::string& endpoint, const std::filesystem::path& pki) {
-  config::CloudConfig cloud;
-  cloud.upload_url = endpoint;
-  cloud.tls.ca_file = pki / "ca.pem";
-  cloud.parallel_uploads = 4;
-  cloud.connect_timeout_s = 5;
-  cloud.stall_timeout_s = 10;
-  return cloud;
-}
-
 }  // namespace
 
 TEST_CASE("uploader on the loop: 12 chunks in 3 PATCHes each with parallel_uploads 4 arrive bit-exact, and the "
@@ -58,7 +47,7 @@ TEST_CASE("uploader on the loop: 12 chunks in 3 PATCHes each with parallel_uploa
   const auto pki = test::SharedTransportPki();
   const auto store = scan.dir.path() / "store";
   auto server = test::StartTusServer(pki, store, scan.dir.path() / "tus-server.log");
-  config::CloudConfig cloud = LoopbackCloud(server.endpoint, pki);
+  config::CloudConfig cloud = test::TusScan::LoopbackCloud(server.endpoint, pki);
   cloud.patch_bytes = 100000;  // 3 PATCHes per chunk
 
   const int before = ThreadCount();
@@ -106,7 +95,7 @@ TEST_CASE("uploader: a chunk file changed on disk after it was stored is recorde
   const auto pki = test::SharedTransportPki();
   const auto store = scan.dir.path() / "store";
   auto server = test::StartTusServer(pki, store, scan.dir.path() / "tus-server.log");
-  const config::CloudConfig cloud = LoopbackCloud(server.endpoint, pki);
+  const config::CloudConfig cloud = test::TusScan::LoopbackCloud(server.endpoint, pki);
 
   // One bit of chunk 2 flipped on disk (the spool's check before the upload must catch it: the
   // uploader sends from the file, so a missed check would send the damaged bytes).

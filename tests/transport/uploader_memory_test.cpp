@@ -57,12 +57,7 @@ TEST_CASE("uploader: 6 chunks of 3 MiB, 4 in flight, arrive bit-exact while no a
   const auto pki = test::SharedTransportPki();
   const auto store = scan.dir.path() / "store";
   auto server = test::StartTusServer(pki, store, scan.dir.path() / "tus-server.log");
-  config::CloudConfig cloud;
-  cloud.upload_url = server.endpoint;
-  cloud.tls.ca_file = pki / "ca.pem";
-  cloud.parallel_uploads = 4;
-  cloud.connect_timeout_s = 5;
-  cloud.stall_timeout_s = 10;
+  const config::CloudConfig cloud = test::TusScan::LoopbackCloud(server.endpoint, pki);
 
   std::optional<Status> result;
   {
