@@ -155,12 +155,17 @@ struct Center {
     return url;
   }
 
+  // One pass of the worker. Its log (every pass so far) goes with the next assertion whenever the
+  // pass did not end well, so a failure in CI says why the worker gave up, not only its exit code.
   int RunWorker() const {
-    return Run({CTCLOUD_WORKER_PATH, "--store", store.string(), "--work", work.string(), "--orthanc", orthanc_url,
-                "--orthanc-user", "ctcloud", "--orthanc-password-file",
-                (orthanc_dir / "orthanc-ctcloud-password").string(), "--ca", (pki / "ca.pem").string(), "--once",
-                "--image-size", "128"},
-               root.path() / "worker.log", 120s);
+    const fs::path worker_log = root.path() / "worker.log";
+    const int code =
+        Run({CTCLOUD_WORKER_PATH, "--store", store.string(), "--work", work.string(), "--orthanc", orthanc_url,
+             "--orthanc-user", "ctcloud", "--orthanc-password-file", (orthanc_dir / "orthanc-ctcloud-password").string(),
+             "--ca", (pki / "ca.pem").string(), "--once", "--image-size", "128"},
+            worker_log, 120s);
+    if (code != 0) UNSCOPED_INFO("ctcloud-worker --once exited " << code << "; worker.log:\n" << ctagent::test::ReadText(worker_log));
+    return code;
   }
 };
 
@@ -297,7 +302,6 @@ TEST_CASE("cloud worker: a complete scan is reconstructed and stored in Orthanc 
   CHECK(OrthancInstanceCount(center) == 0);
 
   UploadScan(center, scan);  // the chunks again (a retry creates new uploads) and the manifest
-  INFO(ctagent::test::ReadText(center.root.path() / "worker.log"));
   REQUIRE(center.RunWorker() == 0);
 
   const fs::path done = center.work / "done" / (scan.manifest.scan_uid + ".json");
@@ -391,8 +395,9 @@ TEST_CASE("cloud worker: the polling worker picks a scan up when its manifest ar
                       center.root.path() / "worker.log");
   UploadScan(center, scan);
   const fs::path done = center.work / "done" / (scan.manifest.scan_uid + ".json");
-  INFO(ctagent::test::ReadText(center.root.path() / "worker.log"));
-  REQUIRE(ctagent::test::WaitFor([&] { return fs::exists(done) || !worker.Running(); }, 60s));
+  const bool ended = ctagent::test::WaitFor([&] { return fs::exists(done) || !worker.Running(); }, 60s);
+  INFO(ctagent::test::ReadText(center.root.path() / "worker.log"));  // read once the worker had its time
+  REQUIRE(ended);
   REQUIRE(fs::exists(done));
   CHECK(OrthancInstanceCount(center) == 4);
 
@@ -406,7 +411,6 @@ TEST_CASE("cloud worker: a chest volume gets its result set stored after the CT,
   Center center;
   const Scan scan = MakeScan(24);  // 120 mm of chest: the analysis runs
   UploadScan(center, scan);
-  INFO(ctagent::test::ReadText(center.root.path() / "worker.log"));
   REQUIRE(center.RunWorker() == 0);
   const fs::path done = center.work / "done" / (scan.manifest.scan_uid + ".json");
   REQUIRE(fs::exists(done));
