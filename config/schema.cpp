@@ -303,8 +303,10 @@ std::vector<Entry> MakeEntries() {
        .min = kMiB, .max = kPiB, CTAGENT_TARGET(codec.queue_bytes)},
       {.path = "/codec/buffer_bytes", .type = Type::kBytes,
        .description = "Most bytes of raw chunk buffers held at once, from the start of a chunk's acquisition "
-                      "until it is stored (acquisition waits for room). Uploads take nothing from it: each "
-                      "chunk is sent from its spool file. 0: no bound beyond the queues.",
+                      "until it is stored (acquisition waits for room). A scan makes the buffers of as many "
+                      "whole chunks as it holds when it starts, and frees them when acquisition ends. Uploads "
+                      "take nothing from it: each chunk is sent from its spool file. 0: no bound beyond the "
+                      "queues.",
        .min = 0, .max = kPiB, CTAGENT_TARGET(codec.buffer_bytes)},
 
       {.path = "/spool", .type = Type::kSection, .description = "Local durable spool."},

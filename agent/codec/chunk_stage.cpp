@@ -94,7 +94,7 @@ void ChunkStage::Worker(bool overflow) {
     store_(chunk, std::move(encoded));
     {
       std::lock_guard lock(mutex_);
-      if (spare_buffers_.size() < kSpareBuffers && chunk.samples.capacity() > 0) {
+      if (spare_buffers_.size() < spare_limit_ && chunk.samples.capacity() > 0) {
         chunk.samples.clear();
         spare_buffers_.push_back(std::move(chunk.samples));
       }
@@ -115,6 +115,37 @@ void ChunkStage::Drain() {
     if (t.joinable()) t.join();
   }
   threads_.clear();
+  std::vector<std::vector<std::uint8_t>> kept;
+  {
+    std::lock_guard lock(mutex_);
+    kept.swap(spare_buffers_);
+  }
+  kept.clear();
+  ReleaseFreeHeapPages();
+}
+
+void ChunkStage::MakeChunkBuffers(std::uint64_t chunk_bytes) {
+  if (!options_.memory || chunk_bytes == 0) return;
+  // The most raw chunks that can exist at once: what the budget grants (a chunk larger than it
+  // is granted alone), and never more than the counts allow: one being filled, each queue's
+  // bound, one per worker and the overflow thread.
+  const std::uint64_t per_queue = std::max<std::uint64_t>(1, options_.queue_bytes / chunk_bytes);
+  const std::uint64_t by_counts = 1 + 2 * per_queue + options_.threads + 1;
+  const std::uint64_t by_budget = std::max<std::uint64_t>(1, options_.memory->capacity() / chunk_bytes);
+  const auto count = static_cast<std::size_t>(std::min(by_budget, by_counts));
+  std::vector<std::vector<std::uint8_t>> made;
+  made.reserve(count);
+  for (std::size_t i = 0; i < count; ++i) {
+    // Zero-filled, so its pages are resident now, not faulted in one by one while views arrive.
+    std::vector<std::uint8_t> buffer(chunk_bytes);
+    buffer.clear();
+    made.push_back(std::move(buffer));
+  }
+  std::lock_guard lock(mutex_);
+  spare_limit_ = std::max(count, kSpareBuffers);
+  for (auto& buffer : made) {
+    if (spare_buffers_.size() < spare_limit_) spare_buffers_.push_back(std::move(buffer));
+  }
 }
 
 ChunkStageCounters ChunkStage::counters() const {
@@ -130,6 +161,7 @@ ChunkStage::AcquireResult ChunkStage::Acquire(drivers::Detector& detector, const
   // The next chunk's buffer is made once the full one is queued, not before: while Submit()
   // waits for room, one chunk's samples wait with it, not two (docs/configuration.md, "Memory").
   const std::uint64_t chunk_bytes = std::uint64_t{options_.views_per_chunk} * view_bytes;
+  MakeChunkBuffers(chunk_bytes);
   auto start_chunk = [&] {
     if (options_.memory) {
       bool waited = false;

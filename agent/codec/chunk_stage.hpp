@@ -92,13 +92,18 @@ class ChunkStage {
   // Reads views until the driver ends the scan, fails or is aborted, submitting a chunk every
   // views_per_chunk views (and the rest at the end). `chunk_template` supplies the scan UID,
   // shape and descriptor. `views_read` (optional) is updated after every view.
+  // With a memory budget, the sample buffers of every raw chunk the budget (and the queues'
+  // bounds) let exist at once are made, and their pages touched, before the first view is read:
+  // the scan's raw chunk memory is taken at its start, and neither grows nor is allocated again
+  // while the detector delivers (docs/configuration.md, "Memory").
   AcquireResult Acquire(drivers::Detector& detector, const drivers::ScanProtocol& protocol,
                         const ChunkInfo& chunk_template, std::atomic<std::uint64_t>* views_read = nullptr);
 
   // Hands a chunk over; its index is the next one. Waits only when both queues are full.
   void Submit(RawChunk chunk);
 
-  // Waits until every submitted chunk was stored, then stops the threads. Idempotent.
+  // Waits until every submitted chunk was stored, then stops the threads and frees the kept
+  // sample buffers (the scan's upload and results wait hold none). Idempotent.
   void Drain();
 
   ChunkStageCounters counters() const;
@@ -117,10 +122,17 @@ class ChunkStage {
   std::deque<RawChunk> overflow_queue_;
   std::uint64_t queue_bytes_ = 0;
   std::uint64_t overflow_bytes_ = 0;
-  // Sample buffers of stored chunks, kept for the next chunks (at most kSpareBuffers): every
-  // raw chunk has the same size, and a long scan that freed and allocated one per chunk left
-  // the heap fragmented, its resident size creeping up (docs/configuration.md, "Memory").
+  // Makes the sample buffers the scan's raw chunks will use, before its first view (with a
+  // budget; see Acquire()).
+  void MakeChunkBuffers(std::uint64_t chunk_bytes);
+
+  // Sample buffers of stored chunks, kept for the next chunks: every raw chunk of a scan has the
+  // same size, and a long scan that freed and allocated one per chunk left the heap fragmented,
+  // its resident size creeping up (docs/configuration.md, "Memory"). With a budget the stage
+  // makes them all at the scan's start and keeps every one (spare_limit_ = the most raw chunks
+  // the budget and the queues let exist at once); without one it keeps kSpareBuffers.
   static constexpr std::size_t kSpareBuffers = 2;
+  std::size_t spare_limit_ = kSpareBuffers;
   std::vector<std::vector<std::uint8_t>> spare_buffers_;
   bool draining_ = false;
   ChunkStageCounters counters_;

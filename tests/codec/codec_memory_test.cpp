@@ -4,7 +4,9 @@
 //   detector chunk's payload, held from its encoding until it was stored);
 // - a codec thread's scratch is two buffers the size of the raw chunk (it was four), made once;
 // - while the acquisition thread waits for room in the full queues it holds one chunk's samples,
-//   not two (the next chunk's buffer was made before the full one was queued).
+//   not two (the next chunk's buffer was made before the full one was queued);
+// - with a memory budget, a scan's raw chunk buffers are all made before its first view, none
+//   while the views arrive, and they are freed when the stage drains.
 // Not under AddressSanitizer, whose own operator new would meet this one's delete: there the test
 // says so and checks nothing (the release suite runs it).
 #include <catch2/catch.hpp>
@@ -24,6 +26,7 @@
 
 #include "agent/codec/chunk.hpp"
 #include "agent/codec/chunk_stage.hpp"
+#include "base/byte_budget.hpp"
 #include "drivers/detector.hpp"
 #include "tests/support/counts_allocations.hpp"
 
@@ -39,6 +42,7 @@ std::atomic<std::size_t> tracked_size{0};
 std::mutex tracked_mutex;
 int tracked_live = 0;
 int tracked_peak = 0;
+int tracked_made = 0;  // blocks of that size ever handed out
 
 // Only the replacements below use these; under the sanitizers they are not compiled (unused
 // functions are errors there).
@@ -50,6 +54,7 @@ void Track(void* p) {
   for (void*& slot : tracked) {
     if (slot == nullptr) {
       slot = p;
+      ++tracked_made;
       tracked_peak = std::max(tracked_peak, ++tracked_live);
       return;
     }
@@ -297,4 +302,75 @@ TEST_CASE("codec memory: waiting for room in the full queues, acquisition holds 
   // 2 in the store (worker and overflow thread), 1 in each queue, 1 waiting in Submit(); the
   // next chunk's buffer is made only after that one is queued.
   CHECK(peak == 5);
+}
+
+TEST_CASE("codec memory: with a budget, a scan's raw chunk buffers are made before its first view, none while views arrive") {
+  if (!CTAGENT_COUNTS_ALLOCATIONS) {
+    WARN("built with AddressSanitizer: allocations are not counted, nothing checked");
+    return;
+  }
+  // The defaults of the 16-slice example: 2 workers, 4 MiB queues, a 12 MiB budget, 1.75 MiB
+  // chunks. The budget lets 6 raw chunks exist at once (the queues' counts would let 8).
+  codec::ChunkStageOptions options;
+  options.views_per_chunk = kViews;
+  options.threads = 2;
+  options.queue_bytes = 4u << 20;
+  options.memory = ByteBudget::Make(12u << 20);
+  std::atomic<int> stored{0};
+  auto store = [&](const codec::RawChunk&, Expected<std::vector<std::uint8_t>>) { ++stored; };
+  auto encode = [](const codec::ChunkInfo&, std::span<const std::uint8_t>, const codec::EncodeOptions&)
+      -> Expected<std::vector<std::uint8_t>> { return std::vector<std::uint8_t>(16); };
+
+  // Reads how many chunk-sized blocks were made when the first view is asked for.
+  class CountingDetector final : public drivers::Detector {
+   public:
+    explicit CountingDetector(std::uint64_t views) : inner_(views) {}
+    drivers::DetectorInfo Info() const override { return inner_.Info(); }
+    Status Arm(const drivers::ScanProtocol& p) override { return inner_.Arm(p); }
+    Expected<std::optional<drivers::View>> NextView() override {
+      if (made_before_first_view < 0) {
+        std::lock_guard lock(tracked_mutex);
+        made_before_first_view = tracked_made;
+      }
+      return inner_.NextView();
+    }
+    void Abort() override { inner_.Abort(); }
+    int made_before_first_view = -1;
+
+   private:
+    FastDetector inner_;
+  };
+
+  {
+    std::lock_guard lock(tracked_mutex);
+    tracked_live = 0;
+    tracked_peak = 0;
+    tracked_made = 0;
+  }
+  tracked_size = kChunkBytes;
+  constexpr std::uint32_t kChunks = 12;
+  CountingDetector detector(std::uint64_t{kChunks} * kViews);
+  drivers::ScanProtocol protocol;
+  protocol.rows = kRows;
+  protocol.channels = kChannels;
+  protocol.views_per_rotation = kChunks * kViews;
+  codec::ChunkInfo chunk_template = Info(0);
+  chunk_template.views.clear();
+  codec::ChunkStage stage(options, store, encode);
+  const auto acquired = stage.Acquire(detector, protocol, chunk_template);
+  stage.Drain();
+  tracked_size = 0;
+  int made = 0, peak = 0, live = 0;
+  {
+    std::lock_guard lock(tracked_mutex);
+    made = tracked_made;
+    peak = tracked_peak;
+    live = tracked_live;
+  }
+  CHECK(acquired.chunks == kChunks);
+  CHECK(stored.load() == static_cast<int>(kChunks));
+  CHECK(detector.made_before_first_view == 6);
+  CHECK(made == 6);   // none made while the views arrived
+  CHECK(peak == 6);
+  CHECK(live == 0);   // freed when the stage drained, not when it is destroyed
 }
