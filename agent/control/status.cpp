@@ -54,6 +54,7 @@ Backlog MeasureBacklog(spool::Spool& spool) {
       continue;
     }
     std::uint64_t left = 0;
+    b.confirmed += r.dropped_chunks.compressed_bytes;  // a list dropped once delivered: every chunk confirmed
     for (const auto& c : r.chunks) {
       const std::uint64_t done = c.upload.complete ? c.chunk.compressed_bytes
                                                    : std::min(c.chunk.compressed_bytes, c.upload.confirmed_offset);
@@ -132,7 +133,7 @@ Json StatusFromSpool(spool::Spool& spool, const StatusSource& source) {
     status["backlog"]["eta_s"] = static_cast<double>(backlog.bytes) / rate->bytes_per_second;
   }
   for (const auto& r : spool.AllScans()) {
-    std::size_t uploaded = 0;
+    std::size_t uploaded = r.dropped_chunks.count;  // a list dropped once delivered: every chunk confirmed
     std::uint64_t to_upload = 0;
     for (const auto& c : r.chunks) {
       if (c.upload.complete) {
@@ -146,7 +147,7 @@ Json StatusFromSpool(spool::Spool& spool, const StatusSource& source) {
                  {"state", spool::ToString(r.state)},
                  {"created_utc", r.created_utc},
                  {"views_acquired", r.views_acquired},
-                 {"chunks_total", r.chunks.size()},
+                 {"chunks_total", spool::TotalsOf(r).count},
                  {"chunks_uploaded", uploaded},
                  {"bytes_to_upload", to_upload + ManifestLeft(spool, r)},
                  {"manifest", r.manifest_upload.complete ? "sent" : (r.manifest_written ? "written" : "none")},

@@ -613,11 +613,11 @@ Expected<ScanSummary> Agent::Finish(Run& run) {
   auto record = spool_->Get(run.scan_uid);
   if (record) {
     s.views = record->views_acquired;
-    s.chunks = static_cast<std::uint32_t>(record->chunks.size());
-    for (const auto& c : record->chunks) {
-      s.raw_bytes += c.chunk.raw_bytes;
-      s.compressed_bytes += c.chunk.compressed_bytes;
-    }
+    // Totals, not the list: another scan's retention may have dropped this one's list already.
+    const spool::ChunkTotals totals = spool::TotalsOf(*record);
+    s.chunks = totals.count;
+    s.raw_bytes = totals.raw_bytes;
+    s.compressed_bytes = totals.compressed_bytes;
     s.state = spool::ToString(record->state);
     if (!record->results.empty()) s.results_dir = spool_->ResultPath(run.scan_uid, "x").parent_path();
   }

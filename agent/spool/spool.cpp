@@ -120,6 +120,11 @@ nlohmann::json ScalarsToJson(const ScanRecord& r) {
           {"manifest_sha256", r.manifest_sha256},
           {"confirmed_unix_s", r.confirmed_unix_s},
           {"raw_deleted", r.raw_deleted},
+          {"dropped_chunks",
+           {{"count", r.dropped_chunks.count},
+            {"views", r.dropped_chunks.views},
+            {"raw_bytes", r.dropped_chunks.raw_bytes},
+            {"compressed_bytes", r.dropped_chunks.compressed_bytes}}},
           {"acknowledged_utc", r.acknowledged_utc},
           {"high_risk_confirmed_utc", r.high_risk_confirmed_utc},
           {"high_risk_confirmed_by", r.high_risk_confirmed_by},
@@ -147,6 +152,15 @@ Status ScalarsFromJson(const nlohmann::json& j, ScanRecord& r) {
   r.manifest_sha256 = j.value("manifest_sha256", std::string());
   r.confirmed_unix_s = j.contains("confirmed_unix_s") ? CountAt<std::int64_t>(j, "confirmed_unix_s") : 0;
   r.raw_deleted = j.value("raw_deleted", false);
+  r.dropped_chunks = {};
+  if (const auto dropped = j.find("dropped_chunks"); dropped != j.end()) {  // absent in records written before it
+    const auto count = CountAt<std::uint64_t>(*dropped, "count");
+    if (!std::in_range<std::uint32_t>(count)) return MakeError(ErrorKind::kCorrupt, "dropped_chunks.count out of range");
+    r.dropped_chunks.count = static_cast<std::uint32_t>(count);
+    r.dropped_chunks.views = CountAt<std::uint64_t>(*dropped, "views");
+    r.dropped_chunks.raw_bytes = CountAt<std::uint64_t>(*dropped, "raw_bytes");
+    r.dropped_chunks.compressed_bytes = CountAt<std::uint64_t>(*dropped, "compressed_bytes");
+  }
   r.acknowledged_utc = j.value("acknowledged_utc", std::string());  // absent in records written before it
   r.patient_source = j.value("patient_source", std::string());      // likewise
   r.high_risk_confirmed_utc = j.value("high_risk_confirmed_utc", std::string());  // likewise
@@ -195,6 +209,20 @@ ChunkRecord* FindChunk(ScanRecord& r, std::uint32_t index) {
   return const_cast<ChunkRecord*>(FindChunk(std::as_const(r), index));
 }
 
+// A delivered scan whose raw data is gone gives up its chunk list for its totals
+// (ScanRecord::dropped_chunks). Called wherever a record changes or is read back (ApplyOp,
+// ScanRecordFromJson), so the live state and the state replayed after a restart agree.
+void DropChunkListOnceDone(ScanRecord& r) {
+  if (!r.raw_deleted || r.state != ScanState::kDelivered || r.chunks.empty()) return;
+  for (const ChunkRecord& c : r.chunks) {
+    ++r.dropped_chunks.count;
+    r.dropped_chunks.views += c.chunk.view_count;
+    r.dropped_chunks.raw_bytes += c.chunk.raw_bytes;
+    r.dropped_chunks.compressed_bytes += c.chunk.compressed_bytes;
+  }
+  std::vector<ChunkRecord>().swap(r.chunks);  // its capacity too
+}
+
 // Applies one journal operation to the in-memory state. Used both live and on replay, so
 // the state after a restart is exactly the state before it.
 Status ApplyOp(std::map<std::string, ScanRecord>& scans, const nlohmann::json& op) {
@@ -217,7 +245,9 @@ Status ApplyOp(std::map<std::string, ScanRecord>& scans, const nlohmann::json& o
     if (kind == "set") {
       nlohmann::json scalars = ScalarsToJson(r);
       scalars.update(op.at("fields"));
-      return ScalarsFromJson(scalars, r);
+      if (auto st = ScalarsFromJson(scalars, r); !st) return st;
+      DropChunkListOnceDone(r);
+      return Ok();
     }
     if (kind == "chunk") {
       PutChunk(r, ChunkFromJson(op.at("chunk")));
@@ -238,6 +268,9 @@ Status ApplyOp(std::map<std::string, ScanRecord>& scans, const nlohmann::json& o
         c->upload = u;
         return Ok();
       }
+      // The list went with the raw data of a delivered scan, whose every upload was confirmed
+      // before: nothing left to update (and never a reason to refuse the journal).
+      if (r.dropped_chunks.count > 0) return Ok();
       return MakeError(ErrorKind::kCorrupt, "journal upload state for unknown chunk " + std::to_string(index) +
                                                 " of scan " + uid);
     }
@@ -357,6 +390,17 @@ Expected<RetentionPolicy> ParseRetentionPolicy(const std::string& text) {
                                                  "keep_days");
 }
 
+ChunkTotals TotalsOf(const ScanRecord& r) {
+  ChunkTotals totals = r.dropped_chunks;
+  for (const ChunkRecord& c : r.chunks) {
+    ++totals.count;
+    totals.views += c.chunk.view_count;
+    totals.raw_bytes += c.chunk.raw_bytes;
+    totals.compressed_bytes += c.chunk.compressed_bytes;
+  }
+  return totals;
+}
+
 nlohmann::json ToJson(const ScanRecord& r) {
   nlohmann::json j = ScalarsToJson(r);
   nlohmann::json chunks = nlohmann::json::array();
@@ -405,6 +449,7 @@ Expected<ScanRecord> ScanRecordFromJson(const nlohmann::json& j) {
     for (const auto& c : j.at("chunks")) PutChunk(r, ChunkFromJson(c));
     r.manifest_upload = UploadFromJson(j.at("manifest_upload"));
     for (const auto& res : j.at("results")) r.results.push_back(ResultFromJson(res));
+    DropChunkListOnceDone(r);
     return r;
   } catch (const nlohmann::json::exception& e) {
     return MakeError(ErrorKind::kCorrupt, std::string("scan record: ") + e.what());

@@ -65,6 +65,14 @@ struct ResultRecord {
   bool delivered = false;
 };
 
+// What a scan's chunk list held, kept when the list itself is dropped (ScanRecord::dropped_chunks).
+struct ChunkTotals {
+  std::uint32_t count = 0;
+  std::uint64_t views = 0;
+  std::uint64_t raw_bytes = 0;
+  std::uint64_t compressed_bytes = 0;
+};
+
 struct ScanRecord {
   std::string scan_uid;
   std::string study_uid;
@@ -88,6 +96,13 @@ struct ScanRecord {
   // 0: not yet). Retention "keep_days" counts from here.
   std::int64_t confirmed_unix_s = 0;
   bool raw_deleted = false;       // retention removed the chunk files and the manifest
+  // A delivered scan whose raw data retention removed keeps no chunk list: nothing reads it any
+  // more (its uploads are confirmed, its files gone), and the records of the scans kept for
+  // spool.keep_days, ~0.4 KiB a chunk, would otherwise hold ~200 KiB per 500 MiB scan in memory,
+  // in every snapshot and in every copy AllScans() makes (docs/configuration.md, "Memory"). The
+  // list is emptied as the record reaches that state (live and on replay alike) and these totals
+  // say what it held; all zero while the list is kept. TotalsOf() gives them either way.
+  ChunkTotals dropped_chunks;
   // When a person acknowledged this failed scan (`ctagent acknowledge`; UTC, ISO 8601); empty:
   // not acknowledged. Kept with the record, so the daemon stops reporting it across restarts.
   std::string acknowledged_utc;
@@ -102,6 +117,9 @@ struct ScanRecord {
   // records written before it was kept. Never the identity itself: that is only in mapping.json.
   std::string patient_source;
 };
+
+// The scan's chunks counted and summed: from its list, or what was kept when the list was dropped.
+ChunkTotals TotalsOf(const ScanRecord& record);
 
 nlohmann::json ToJson(const ScanRecord& record);
 Expected<ScanRecord> ScanRecordFromJson(const nlohmann::json& j);

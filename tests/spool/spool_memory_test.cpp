@@ -205,3 +205,60 @@ TEST_CASE("reading a chunk back and journaling its upload allocate the same for 
   CHECK(large.snapshot_file_bytes > 8000u * 256);
   CHECK(large.compaction < large.snapshot_file_bytes * 3 / 2);
 }
+
+TEST_CASE("a delivered scan whose raw data is gone gives its chunk records back, and AllScans() stops copying them",
+          "[spool][memory]") {
+  if (!CTAGENT_COUNTS_ALLOCATIONS) {
+    WARN("built with AddressSanitizer: allocations are not counted, nothing checked (run the release build)");
+    return;
+  }
+  // A 16-slice chest scan is ~550 chunks; scans stay keep_days (7) after delivery, so a terminal
+  // doing 100 a day keeps ~700 records. One of 8,000 chunks here, every upload confirmed.
+  test::TempDir dir("spool-memory");
+  PosixFileStore files;
+  spool::SpoolOptions options{dir.path(), 1ull << 30, 0};
+  options.retention = spool::RetentionPolicy::kAfterDelivery;
+  options.journal_compact_bytes = 1ull << 30;
+  auto s = spool::Spool::Open(options, files);
+  REQUIRE(s);
+  spool::Spool& sp = **s;
+  constexpr std::uint32_t kChunks = 8000;
+  spool::ScanRecord record;
+  record.scan_uid = MintDicomUid();
+  record.study_uid = MintDicomUid();
+  record.created_utc = "2026-12-07T07:00:00Z";
+  const std::string hash = Sha256Hex(std::vector<std::uint8_t>(16, 1));
+  for (std::uint32_t i = 0; i < kChunks; ++i) {
+    spool::ChunkRecord c;
+    c.chunk = {i, i * 64ull, 64, 1835008, 950000, hash, hash};
+    c.upload = {"https://imaging.example.org/files/" + std::string(32, 'a') + std::to_string(i), 950000, true};
+    record.chunks.push_back(c);
+  }
+  REQUIRE(sp.BeginScan(record, 1 << 20));
+  REQUIRE(sp.Update(record.scan_uid, [](spool::ScanRecord& r) {
+    r.manifest_written = true;
+    r.manifest_upload = {"https://imaging.example.org/files/m", 4000, true};
+    r.state = spool::ScanState::kDelivered;
+  }));
+  bool copied = false;
+  const std::uint64_t copy_before = BytesAllocatedBy([&] { copied = sp.AllScans().size() == 1; });
+  REQUIRE(copied);
+  bool retained = false;
+  live = 0;
+  counting = true;
+  {
+    auto report = sp.ApplyRetention(std::chrono::system_clock::now());
+    retained = report && report->raw_deleted.size() == 1;
+  }
+  counting = false;
+  const std::int64_t heap_change = live;  // negative: what the record gave back
+  REQUIRE(retained);
+  const std::uint64_t copy_after = BytesAllocatedBy([&] { copied = sp.AllScans().size() == 1; });
+  REQUIRE(copied);
+  INFO("AllScans() before " << copy_before << " bytes, after " << copy_after << "; retention changed the heap by "
+                            << heap_change << " bytes");
+  CHECK(copy_before > kChunks * 300ull);  // ~0.4 KiB a chunk: both SHA-256 in hex, the upload URL
+  CHECK(copy_after < 16u << 10);
+  CHECK(heap_change < -static_cast<std::int64_t>(kChunks) * 300);
+  CHECK(spool::TotalsOf(*sp.Get(record.scan_uid)).count == kChunks);
+}

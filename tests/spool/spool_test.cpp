@@ -651,6 +651,67 @@ TEST_CASE("retention after_results and after_delivery wait for the results", "[s
   }
 }
 
+TEST_CASE("a delivered scan whose raw data is gone keeps its chunk totals, not its list, across restarts and a compaction",
+          "[spool]") {
+  SimulatedDisk disk;
+  const spool::SpoolOptions o = SimOptions(spool::RetentionPolicy::kAfterDelivery);
+  std::string done_uid, pending_uid;
+  spool::ChunkTotals expected;
+  std::size_t record_text_before = 0;
+  {
+    auto s = spool::Spool::Open(o, disk);
+    REQUIRE(s);
+    done_uid = AddScan(**s, 40, true).scan_uid;
+    pending_uid = AddScan(**s, 3, false).scan_uid;
+    expected = spool::TotalsOf(*(*s)->Get(done_uid));
+    REQUIRE(expected.count == 40);
+    CHECK(expected.compressed_bytes == 40 * 500 + 39 * 40 / 2);  // chunk i holds 500 + i bytes
+    record_text_before = spool::ToJson(*(*s)->Get(done_uid)).dump().size();
+    REQUIRE((*s)->Update(done_uid, [](spool::ScanRecord& r) { r.state = spool::ScanState::kResultsReceived; }));
+    CHECK((*s)->Get(done_uid)->chunks.size() == 40);  // kept until delivered and its raw data gone
+    REQUIRE((*s)->Update(done_uid, [](spool::ScanRecord& r) { r.state = spool::ScanState::kDelivered; }));
+    CHECK((*s)->Get(done_uid)->chunks.size() == 40);
+    REQUIRE((*s)->ApplyRetention(kT0)->raw_deleted == std::vector<std::string>{done_uid});
+  }
+  const auto check = [&](spool::Spool& s, const char* when) {
+    INFO(when);
+    const auto done = s.Get(done_uid);
+    REQUIRE(done);
+    CHECK(done->chunks.empty());
+    CHECK(done->raw_deleted);
+    const spool::ChunkTotals totals = spool::TotalsOf(*done);
+    CHECK(totals.count == expected.count);
+    CHECK(totals.views == expected.views);
+    CHECK(totals.raw_bytes == expected.raw_bytes);
+    CHECK(totals.compressed_bytes == expected.compressed_bytes);
+    // What every snapshot and every AllScans() copy carries of it: a few hundred bytes, not 40 chunks.
+    CHECK(spool::ToJson(*done).dump().size() * 4 < record_text_before);
+    const auto pending = s.Get(pending_uid);
+    REQUIRE(pending);
+    CHECK(pending->chunks.size() == 3);  // a scan still being uploaded keeps its list
+    CHECK(pending->dropped_chunks.count == 0);
+  };
+  {
+    auto s = spool::Spool::Open(o, disk);  // the journal replayed
+    REQUIRE(s);
+    check(**s, "after a restart (journal)");
+    // A later change of the delivered scan (a person confirming its finding) keeps it so.
+    REQUIRE((*s)->UpdateFields(done_uid, [](spool::ScanRecord& r) { r.high_risk_confirmed_utc = "2026-12-07T10:00:00Z"; }));
+    REQUIRE((*s)->Update(done_uid, [](spool::ScanRecord& r) { r.acknowledged_utc = "2026-12-07T10:01:00Z"; }));
+    check(**s, "after two more changes");
+    REQUIRE((*s)->Compact());
+  }
+  {
+    auto s = spool::Spool::Open(o, disk);  // the snapshot read back
+    REQUIRE(s);
+    check(**s, "after a compaction and a restart (snapshot)");
+    CHECK((*s)->Get(done_uid)->high_risk_confirmed_utc == "2026-12-07T10:00:00Z");
+    // keep_days later the record goes as before.
+    CHECK((*s)->ApplyRetention(kT0 + std::chrono::hours(24 * 7))->scans_removed == std::vector<std::string>{done_uid});
+    CHECK_FALSE((*s)->Get(done_uid));
+  }
+}
+
 TEST_CASE("keep_days: a clock jumping back deletes nothing early, a jump forward deletes only confirmed data",
           "[spool]") {
   SimulatedDisk disk;
