@@ -48,10 +48,17 @@ std::uint64_t ManifestLeft(spool::Spool& spool, const spool::ScanRecord& r) {
 
 Backlog MeasureBacklog(spool::Spool& spool) {
   Backlog b;
-  for (const auto& r : spool.AllScans()) {
+  // Counted in place (a copy of every chunk list would be made for these sums); the manifests
+  // still to send are sized after, outside the spool's lock (a file's size each).
+  struct PendingManifest {
+    spool::ScanRecord head;    // the fields ManifestLeft reads; no chunks
+    std::uint64_t chunks_left;
+  };
+  std::vector<PendingManifest> manifests;
+  spool.VisitScans([&b, &manifests](const spool::ScanRecord& r) {
     if (r.state == spool::ScanState::kFailed) {  // needs a person, not the uploader
       ++b.failed;
-      continue;
+      return;
     }
     std::uint64_t left = 0;
     b.confirmed += r.dropped_chunks.compressed_bytes;  // a list dropped once delivered: every chunk confirmed
@@ -61,7 +68,19 @@ Backlog MeasureBacklog(spool::Spool& spool) {
       b.confirmed += done;
       left += c.chunk.compressed_bytes - done;
     }
-    left += ManifestLeft(spool, r);
+    if (r.manifest_written && !r.manifest_upload.complete) {
+      PendingManifest pending{{}, left};
+      pending.head.scan_uid = r.scan_uid;
+      pending.head.manifest_written = true;
+      pending.head.manifest_upload = r.manifest_upload;
+      manifests.push_back(std::move(pending));
+      return;
+    }
+    if (left > 0) ++b.scans;
+    b.bytes += left;
+  });
+  for (const PendingManifest& pending : manifests) {
+    const std::uint64_t left = pending.chunks_left + ManifestLeft(spool, pending.head);
     if (left > 0) ++b.scans;
     b.bytes += left;
   }

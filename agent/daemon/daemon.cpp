@@ -45,16 +45,16 @@ void LogSummary(const core::ScanSummary& s, int* problems) {
 // it needs a person, so each one is an error, logged when first seen, and a problem, until a
 // person acknowledges it (`ctagent acknowledge`, recorded with the scan in the spool).
 int CountFailed(spool::Spool& spool, std::set<std::string>& failed_seen) {
-  int failed = 0;
-  for (const auto& r : spool.AllScans()) {
-    if (r.state != spool::ScanState::kFailed || !r.acknowledged_utc.empty()) continue;
-    ++failed;
-    if (failed_seen.insert(r.scan_uid).second) {
-      log::Error("agent", "scan " + r.scan_uid + " FAILED and needs attention (see `ctagent status`): " +
-                              r.failure_reason);
+  std::vector<std::pair<std::string, std::string>> failed;  // scan UID, reason: logged outside the spool's lock
+  spool.VisitScans([&failed](const spool::ScanRecord& r) {
+    if (r.state == spool::ScanState::kFailed && r.acknowledged_utc.empty()) failed.emplace_back(r.scan_uid, r.failure_reason);
+  });
+  for (const auto& [uid, reason] : failed) {
+    if (failed_seen.insert(uid).second) {
+      log::Error("agent", "scan " + uid + " FAILED and needs attention (see `ctagent status`): " + reason);
     }
   }
-  return failed;
+  return static_cast<int>(failed.size());
 }
 
 // The operator's page (config section "ui") on Serve's loop, showing what `status` answers and a

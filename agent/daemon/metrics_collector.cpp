@@ -51,7 +51,7 @@ std::string MetricsCollector::Page(spool::Spool& spool, core::LinkManager* links
   std::map<spool::ScanState, std::uint64_t> by_state = {
       {spool::ScanState::kAcquiring, 0}, {spool::ScanState::kAcquired, 0},  {spool::ScanState::kUploaded, 0},
       {spool::ScanState::kResultsReceived, 0}, {spool::ScanState::kDelivered, 0}, {spool::ScanState::kFailed, 0}};
-  for (const auto& record : spool.AllScans()) ++by_state[record.state];
+  spool.VisitScans([&by_state](const spool::ScanRecord& record) { ++by_state[record.state]; });
   auto& scans = r.Gauge("ctagent_scans", "Scans in the spool by state (docs/durability.md).");
   for (const auto& [state, n] : by_state) scans.Add({{"state", StateLabel(state)}}, static_cast<double>(n));
 

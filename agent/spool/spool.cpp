@@ -1182,6 +1182,11 @@ std::vector<ScanRecord> Spool::AllScans() {
   return scans;
 }
 
+void Spool::VisitScans(const std::function<void(const ScanRecord&)>& visit) {
+  std::lock_guard lock(mutex_);
+  for (const auto& [uid, r] : scans_) visit(r);
+}
+
 // What reading a file back needs from a scan's record, copied under the lock. Only these few
 // fields: a copy of the whole record grows with the scan (~0.4 KiB a chunk), and every upload
 // reads its chunk back, up to cloud.parallel_uploads at once (docs/configuration.md, "Memory").
