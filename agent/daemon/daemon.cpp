@@ -1,5 +1,6 @@
 #include "agent/daemon/daemon.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -71,12 +72,15 @@ std::unique_ptr<ui::Server> StartOperatorPage(boost::asio::io_context& io, const
   settings.tls_client_ca_file = config.tls.client_ca_file;
   settings.password_file = config.password_file;
   auto scan_view = std::make_shared<ui::ScanView>(io, [&agent] {
+    // The few fields the page lists, read in place (no copy of any chunk list); oldest first.
     std::vector<ui::ScanEntry> scans;
-    for (const auto& r : agent.spool().AllScans()) {
-      scans.push_back({r.scan_uid, spool::ToString(r.state), r.created_utc,
-                       agent.spool().MappingPath(r.scan_uid).parent_path(),
+    spool::Spool& sp = agent.spool();
+    sp.VisitScans([&scans, &sp](const spool::ScanRecord& r) {
+      scans.push_back({r.scan_uid, spool::ToString(r.state), r.created_utc, sp.MappingPath(r.scan_uid).parent_path(),
                        r.manifest_base.is_object() ? r.manifest_base.value("acquisition_end_utc", "") : ""});
-    }
+    });
+    std::stable_sort(scans.begin(), scans.end(),
+                     [](const ui::ScanEntry& a, const ui::ScanEntry& b) { return a.created_utc < b.created_utc; });
     return scans;
   });
   auto server = ui::Server::Open(
