@@ -162,13 +162,12 @@ CheckReport RunChecks(const std::filesystem::path& config_path, const std::vecto
   if (spool && want("queue")) {
     int pending = 0, failed = 0;
     std::uint64_t to_send = 0;
-    for (const auto& r : spool->AllScans()) {
-      if (r.state == spool::ScanState::kFailed) ++failed;
-      if (r.state == spool::ScanState::kDelivered || r.state == spool::ScanState::kFailed) continue;
+    for (const spool::ScanHead& head : spool->ScanHeads()) {
+      const spool::ScanState state = head.record.state;
+      if (state == spool::ScanState::kFailed) ++failed;
+      if (state == spool::ScanState::kDelivered || state == spool::ScanState::kFailed) continue;
       ++pending;
-      for (const auto& c : r.chunks) {
-        if (!c.upload.complete) to_send += c.chunk.compressed_bytes - std::min(c.chunk.compressed_bytes, c.upload.confirmed_offset);
-      }
+      to_send += head.chunk_bytes_to_upload;
     }
     const std::string text = std::to_string(pending) + " scan(s) in progress, " + Mib(to_send) + " still to upload, " +
                              std::to_string(failed) + " failed";

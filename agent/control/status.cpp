@@ -151,24 +151,18 @@ Json StatusFromSpool(spool::Spool& spool, const StatusSource& source) {
     status["backlog"]["rate_measured_utc"] = rate->measured_utc;
     status["backlog"]["eta_s"] = static_cast<double>(backlog.bytes) / rate->bytes_per_second;
   }
-  for (const auto& r : spool.AllScans()) {
-    std::size_t uploaded = r.dropped_chunks.count;  // a list dropped once delivered: every chunk confirmed
-    std::uint64_t to_upload = 0;
-    for (const auto& c : r.chunks) {
-      if (c.upload.complete) {
-        ++uploaded;
-      } else {
-        to_upload += c.chunk.compressed_bytes - std::min(c.chunk.compressed_bytes, c.upload.confirmed_offset);
-      }
-    }
+  // Each record without its chunk list (the daemon rebuilds this every event_interval while the
+  // operator's page is open; a copy of every list would be made each time for these sums).
+  for (const spool::ScanHead& head : spool.ScanHeads()) {
+    const spool::ScanRecord& r = head.record;
     Json scan = {{"scan_uid", r.scan_uid},
                  {"study_uid", r.study_uid},
                  {"state", spool::ToString(r.state)},
                  {"created_utc", r.created_utc},
                  {"views_acquired", r.views_acquired},
-                 {"chunks_total", spool::TotalsOf(r).count},
-                 {"chunks_uploaded", uploaded},
-                 {"bytes_to_upload", to_upload + ManifestLeft(spool, r)},
+                 {"chunks_total", head.totals.count},
+                 {"chunks_uploaded", head.chunks_uploaded},
+                 {"bytes_to_upload", head.chunk_bytes_to_upload + ManifestLeft(spool, r)},
                  {"manifest", r.manifest_upload.complete ? "sent" : (r.manifest_written ? "written" : "none")},
                  {"results", r.results.size()}};
     if (!r.failure_reason.empty()) scan["failure_reason"] = r.failure_reason;

@@ -183,6 +183,9 @@ class Agent {
   // On the acquisition thread: every view into the spool, ending with the last batch synced.
   codec::ChunkStage::AcquireResult Acquire(Run& run, drivers::Detector& detector, const drivers::ScanProtocol& protocol);
   bool NeedsWork(const spool::ScanRecord& record) const;  // unfinished, and this config finishes it
+  // The UIDs of the spool's scans that NeedsWork(), oldest first, found without copying any
+  // record (the caller copies the few it takes up; delivered ones are most of a spool).
+  std::vector<std::string> ScansNeedingWork();
   // Runs `io` until it stops; meanwhile RequestStop() stops it from another thread.
   void RunLoop(boost::asio::io_context& io);
   // ResumeAll's second pass: results for every uploaded scan, all scans at once.

@@ -649,12 +649,27 @@ bool Agent::NeedsWork(const spool::ScanRecord& record) const {
   return true;
 }
 
+std::vector<std::string> Agent::ScansNeedingWork() {
+  std::vector<std::pair<std::string, std::string>> found;  // created, UID
+  spool_->VisitScans([&](const spool::ScanRecord& r) {
+    if (NeedsWork(r)) found.emplace_back(r.created_utc, r.scan_uid);
+  });
+  std::stable_sort(found.begin(), found.end());  // oldest first, as they were taken up before
+  std::vector<std::string> uids;
+  uids.reserve(found.size());
+  for (auto& [created, uid] : found) uids.push_back(std::move(uid));
+  return uids;
+}
+
 std::vector<ScanSummary> Agent::ResumeAll(Progress* progress) {
   std::vector<ScanSummary> summaries;
   std::vector<std::unique_ptr<Run>> awaiting_results;
-  for (const spool::ScanRecord& record : spool_->AllScans()) {
+  // The records of the scans with work left, each copied whole (with its chunk list) only then.
+  for (const std::string& uid : ScansNeedingWork()) {
     if (stop_requested_) break;
-    if (!NeedsWork(record)) continue;
+    auto full = spool_->Get(uid);
+    if (!full || !NeedsWork(*full)) continue;
+    const spool::ScanRecord& record = *full;
     log::Info("resume", "scan " + record.scan_uid + " is " + spool::ToString(record.state) + "; continuing it");
     auto run = std::make_unique<Run>(config_, *spool_, progress);
     run->ContinueFrom(record);
@@ -801,12 +816,17 @@ struct Agent::Service {
   // Every unfinished scan of the spool that no Run works on: at start, and every retry period
   // for scans whose upload or results failed for now. Loop thread.
   void ResumeUnfinished() {
-    for (const spool::ScanRecord& record : agent.spool_->AllScans()) {
-      if (!agent.NeedsWork(record)) continue;
+    for (const std::string& uid : agent.ScansNeedingWork()) {
       {
         std::lock_guard lock(mutex);
-        if (claimed.count(record.scan_uid) > 0) continue;
-        claimed.insert(record.scan_uid);
+        if (claimed.count(uid) > 0) continue;
+      }
+      auto full = agent.spool_->Get(uid);  // the whole record (its chunk list) only for these
+      if (!full || !agent.NeedsWork(*full)) continue;
+      const spool::ScanRecord& record = *full;
+      {
+        std::lock_guard lock(mutex);
+        if (!claimed.insert(uid).second) continue;
       }
       log::Info("resume", "scan " + record.scan_uid + " is " + spool::ToString(record.state) + "; continuing it");
       Run* run = NewRun();

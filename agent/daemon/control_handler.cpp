@@ -179,10 +179,12 @@ void ControlHandler::Patients(std::function<void(nlohmann::json)> done) {
   OffLoop(
       [this]() -> Expected<nlohmann::json> {
         nlohmann::json patients = nlohmann::json::object();
-        for (const spool::ScanRecord& r : agent_.spool().AllScans()) {
-          auto mapping = privacy::ReadMapping(files_, agent_.spool().MappingPath(r.scan_uid));
+        std::vector<std::string> uids;  // found in place; the mapping files are read after the lock
+        agent_.spool().VisitScans([&uids](const spool::ScanRecord& r) { uids.push_back(r.scan_uid); });
+        for (const std::string& uid : uids) {
+          auto mapping = privacy::ReadMapping(files_, agent_.spool().MappingPath(uid));
           if (!mapping) continue;  // no record (no identity, or an older scan): the page shows none
-          patients[r.scan_uid] = {{"name", mapping->patient_name}, {"id", mapping->patient_id.real}};
+          patients[uid] = {{"name", mapping->patient_name}, {"id", mapping->patient_id.real}};
         }
         return patients;
       },

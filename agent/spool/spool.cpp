@@ -1182,6 +1182,34 @@ std::vector<ScanRecord> Spool::AllScans() {
   return scans;
 }
 
+std::vector<ScanHead> Spool::ScanHeads() {
+  std::lock_guard lock(mutex_);
+  std::vector<ScanHead> heads;
+  heads.reserve(scans_.size());
+  for (auto& [uid, r] : scans_) {
+    ScanHead head;
+    head.totals = TotalsOf(r);
+    head.chunks_uploaded = r.dropped_chunks.count;  // a dropped list: every chunk was confirmed
+    for (const ChunkRecord& c : r.chunks) {
+      if (c.upload.complete) {
+        ++head.chunks_uploaded;
+      } else {
+        head.chunk_bytes_to_upload +=
+            c.chunk.compressed_bytes - std::min(c.chunk.compressed_bytes, c.upload.confirmed_offset);
+      }
+    }
+    // The copy without the chunk list: moved out of the record for the copy and back at once.
+    std::vector<ChunkRecord> chunks = std::move(r.chunks);
+    r.chunks.clear();
+    head.record = r;
+    r.chunks = std::move(chunks);
+    heads.push_back(std::move(head));
+  }
+  std::stable_sort(heads.begin(), heads.end(),
+                   [](const ScanHead& a, const ScanHead& b) { return a.record.created_utc < b.record.created_utc; });
+  return heads;
+}
+
 void Spool::VisitScans(const std::function<void(const ScanRecord&)>& visit) {
   std::lock_guard lock(mutex_);
   for (const auto& [uid, r] : scans_) visit(r);

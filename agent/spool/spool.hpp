@@ -121,6 +121,14 @@ struct ScanRecord {
 // The scan's chunks counted and summed: from its list, or what was kept when the list was dropped.
 ChunkTotals TotalsOf(const ScanRecord& record);
 
+// A scan's record without its chunk list, and what a summary needs of the list (ScanHeads()).
+struct ScanHead {
+  ScanRecord record;                        // chunks empty; everything else as recorded
+  ChunkTotals totals;                       // TotalsOf() the whole record
+  std::uint32_t chunks_uploaded = 0;        // confirmed complete (a dropped list: all of it)
+  std::uint64_t chunk_bytes_to_upload = 0;  // compressed bytes the cloud has not confirmed
+};
+
 nlohmann::json ToJson(const ScanRecord& record);
 Expected<ScanRecord> ScanRecordFromJson(const nlohmann::json& j);
 
@@ -227,8 +235,13 @@ class Spool {
   Expected<nlohmann::json> GetManifestBase(const std::string& scan_uid);
   Expected<ChunkRecord> GetChunk(const std::string& scan_uid, std::uint32_t index);
   Expected<UploadState> GetManifestUpload(const std::string& scan_uid);
-  // A copy of every record (oldest first), chunk lists included: what `ctagent status` shows.
+  // A copy of every record (oldest first), chunk lists included (~0.4 KiB a chunk): for tests
+  // and tools. The agent reads the spool with ScanHeads() and VisitScans(), and Get()s the
+  // whole record only of a scan it takes up.
   std::vector<ScanRecord> AllScans();
+  // Every record without its chunk list, with the list's sums (oldest first): what a status
+  // answer needs, at a few hundred bytes a scan however many chunks it has.
+  std::vector<ScanHead> ScanHeads();
   // Calls `visit` with every record in place, under the spool's lock, copying nothing: for
   // callers that count or pick a few fields (metrics, the daemon's failed-scan count, the
   // backlog), where a copy of a large backlog's chunk lists (~0.4 KiB a chunk) would be made

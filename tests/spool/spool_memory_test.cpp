@@ -206,7 +206,7 @@ TEST_CASE("reading a chunk back and journaling its upload allocate the same for 
   CHECK(large.compaction < large.snapshot_file_bytes * 3 / 2);
 }
 
-TEST_CASE("a delivered scan whose raw data is gone gives its chunk records back, AllScans() stops copying them, VisitScans() never does",
+TEST_CASE("a delivered scan whose raw data is gone gives its chunk records back, AllScans() stops copying them; VisitScans() and ScanHeads() never do",
           "[spool][memory]") {
   if (!CTAGENT_COUNTS_ALLOCATIONS) {
     WARN("built with AddressSanitizer: allocations are not counted, nothing checked (run the release build)");
@@ -250,6 +250,17 @@ TEST_CASE("a delivered scan whose raw data is gone gives its chunk records back,
   });
   CHECK(chunks_seen == kChunks);
   CHECK(visit_bytes == 0);
+  // What a status answer takes (every 500 ms while the operator's page is open): the record
+  // without its list, and the list's sums.
+  std::vector<spool::ScanHead> heads;
+  const std::uint64_t heads_bytes = BytesAllocatedBy([&] { heads = sp.ScanHeads(); });
+  REQUIRE(heads.size() == 1);
+  CHECK(heads_bytes < 16u << 10);
+  CHECK(heads[0].record.chunks.empty());
+  CHECK(heads[0].totals.count == kChunks);
+  CHECK(heads[0].chunks_uploaded == kChunks);
+  CHECK(heads[0].chunk_bytes_to_upload == 0);
+  CHECK(sp.Get(record.scan_uid)->chunks.size() == kChunks);  // the record keeps its list
   bool retained = false;
   live = 0;
   counting = true;

@@ -712,6 +712,35 @@ TEST_CASE("a delivered scan whose raw data is gone keeps its chunk totals, not i
   }
 }
 
+TEST_CASE("ScanHeads gives every scan without its chunk list, with the list's sums, oldest first", "[spool]") {
+  SimulatedDisk disk;
+  auto s = spool::Spool::Open(SimOptions(), disk);
+  REQUIRE(s);
+  auto first = NewRecord();
+  first.created_utc = "2026-12-07T09:00:00Z";
+  REQUIRE((*s)->BeginScan(first, 1 << 20));
+  auto second = AddScan(**s, 6, false);  // created 2026-11-23: the older one
+  // Chunk 1 confirmed, chunk 4 half confirmed (chunk i holds 500 + i bytes).
+  REQUIRE((*s)->Update(second.scan_uid, [](spool::ScanRecord& r) {
+    r.chunks[1].upload = {"https://cloud.invalid/files/1", r.chunks[1].chunk.compressed_bytes, true};
+    r.chunks[4].upload = {"https://cloud.invalid/files/4", 250, false};
+  }));
+  const auto heads = (*s)->ScanHeads();
+  REQUIRE(heads.size() == 2);
+  CHECK(heads[0].record.scan_uid == second.scan_uid);
+  CHECK(heads[1].record.scan_uid == first.scan_uid);
+  const spool::ScanHead& h = heads[0];
+  CHECK(h.record.chunks.empty());
+  CHECK(h.record.study_uid == second.study_uid);
+  CHECK(h.totals.count == 6);
+  CHECK(h.totals.compressed_bytes == 6 * 500 + 15);
+  CHECK(h.totals.views == 60);
+  CHECK(h.chunks_uploaded == 1);
+  CHECK(h.chunk_bytes_to_upload == 6 * 500 + 15 - 501 - 250);
+  CHECK(heads[1].totals.count == 0);
+  CHECK((*s)->Get(second.scan_uid)->chunks.size() == 6);  // the spool's record keeps its list
+}
+
 TEST_CASE("keep_days: a clock jumping back deletes nothing early, a jump forward deletes only confirmed data",
           "[spool]") {
   SimulatedDisk disk;
