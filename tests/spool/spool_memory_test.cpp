@@ -206,7 +206,7 @@ TEST_CASE("reading a chunk back and journaling its upload allocate the same for 
   CHECK(large.compaction < large.snapshot_file_bytes * 3 / 2);
 }
 
-TEST_CASE("a delivered scan whose raw data is gone gives its chunk records back, AllScans() stops copying them; VisitScans() and ScanHeads() never do",
+TEST_CASE("a delivered scan whose raw data is gone gives its chunk records back, AllScans() stops copying them, and VisitScans() and ScanHeads() never do",
           "[spool][memory]") {
   if (!CTAGENT_COUNTS_ALLOCATIONS) {
     WARN("built with AddressSanitizer: allocations are not counted, nothing checked (run the release build)");
