@@ -44,48 +44,25 @@ std::uint64_t ManifestLeft(spool::Spool& spool, const spool::ScanRecord& r) {
   return size - std::min<std::uint64_t>(size, r.manifest_upload.confirmed_offset);
 }
 
-}  // namespace
-
-Backlog MeasureBacklog(spool::Spool& spool) {
+// The backlog from the records' heads (ScanHeads(): no chunk list copied, its sums given).
+Backlog BacklogOf(spool::Spool& spool, const std::vector<spool::ScanHead>& heads) {
   Backlog b;
-  // Counted in place (a copy of every chunk list would be made for these sums); the manifests
-  // still to send are sized after, outside the spool's lock (a file's size each).
-  struct PendingManifest {
-    spool::ScanRecord head;    // the fields ManifestLeft reads; no chunks
-    std::uint64_t chunks_left;
-  };
-  std::vector<PendingManifest> manifests;
-  spool.VisitScans([&b, &manifests](const spool::ScanRecord& r) {
-    if (r.state == spool::ScanState::kFailed) {  // needs a person, not the uploader
+  for (const spool::ScanHead& head : heads) {
+    if (head.record.state == spool::ScanState::kFailed) {  // needs a person, not the uploader
       ++b.failed;
-      return;
+      continue;
     }
-    std::uint64_t left = 0;
-    b.confirmed += r.dropped_chunks.compressed_bytes;  // a list dropped once delivered: every chunk confirmed
-    for (const auto& c : r.chunks) {
-      const std::uint64_t done = c.upload.complete ? c.chunk.compressed_bytes
-                                                   : std::min(c.chunk.compressed_bytes, c.upload.confirmed_offset);
-      b.confirmed += done;
-      left += c.chunk.compressed_bytes - done;
-    }
-    if (r.manifest_written && !r.manifest_upload.complete) {
-      PendingManifest pending{{}, left};
-      pending.head.scan_uid = r.scan_uid;
-      pending.head.manifest_written = true;
-      pending.head.manifest_upload = r.manifest_upload;
-      manifests.push_back(std::move(pending));
-      return;
-    }
-    if (left > 0) ++b.scans;
-    b.bytes += left;
-  });
-  for (const PendingManifest& pending : manifests) {
-    const std::uint64_t left = pending.chunks_left + ManifestLeft(spool, pending.head);
+    b.confirmed += head.totals.compressed_bytes - head.chunk_bytes_to_upload;
+    const std::uint64_t left = head.chunk_bytes_to_upload + ManifestLeft(spool, head.record);
     if (left > 0) ++b.scans;
     b.bytes += left;
   }
   return b;
 }
+
+}  // namespace
+
+Backlog MeasureBacklog(spool::Spool& spool) { return BacklogOf(spool, spool.ScanHeads()); }
 
 void WriteRateRecord(const std::filesystem::path& spool_dir, double bytes_per_second, double window_s,
                      std::uint64_t bytes) {
@@ -123,7 +100,10 @@ std::optional<RateRecord> ReadRateRecord(const std::filesystem::path& spool_dir)
 
 Json StatusFromSpool(spool::Spool& spool, const StatusSource& source) {
   const auto space = spool.Space();
-  const Backlog backlog = MeasureBacklog(spool);
+  // Each record without its chunk list (the daemon rebuilds this every event_interval while the
+  // operator's page is open; a copy of every list would be made each time for these sums).
+  const std::vector<spool::ScanHead> heads = spool.ScanHeads();
+  const Backlog backlog = BacklogOf(spool, heads);
   const auto rate = ReadRateRecord(spool.directory());
   Json status = {
       {"source", source.source},
@@ -151,9 +131,7 @@ Json StatusFromSpool(spool::Spool& spool, const StatusSource& source) {
     status["backlog"]["rate_measured_utc"] = rate->measured_utc;
     status["backlog"]["eta_s"] = static_cast<double>(backlog.bytes) / rate->bytes_per_second;
   }
-  // Each record without its chunk list (the daemon rebuilds this every event_interval while the
-  // operator's page is open; a copy of every list would be made each time for these sums).
-  for (const spool::ScanHead& head : spool.ScanHeads()) {
+  for (const spool::ScanHead& head : heads) {
     const spool::ScanRecord& r = head.record;
     Json scan = {{"scan_uid", r.scan_uid},
                  {"study_uid", r.study_uid},

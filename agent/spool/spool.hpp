@@ -244,8 +244,8 @@ class Spool {
   std::vector<ScanHead> ScanHeads();
   // Calls `visit` with every record in place, under the spool's lock, copying nothing: for
   // callers that count or pick a few fields (metrics, the daemon's failed-scan count, the
-  // backlog), where a copy of a large backlog's chunk lists (~0.4 KiB a chunk) would be made
-  // for nothing. `visit` must be short and must not call the spool. No order.
+  // operator page's lists), where a copy of a large backlog's chunk lists (~0.4 KiB a chunk)
+  // would be made for nothing. `visit` must be short and must not call the spool. No order.
   void VisitScans(const std::function<void(const ScanRecord&)>& visit);
 
   // One upload's new state: a chunk's (`chunk_index` >= 0) or the manifest's (-1).

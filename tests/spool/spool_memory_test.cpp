@@ -243,7 +243,7 @@ TEST_CASE("a delivered scan whose raw data is gone gives its chunk records back,
   bool copied = false;
   const std::uint64_t copy_before = BytesAllocatedBy([&] { copied = sp.AllScans().size() == 1; });
   REQUIRE(copied);
-  // What the metrics page, the daemon's failed-scan count and the backlog use: no copy at all.
+  // What the metrics page's counts, the daemon's failed-scan count and the page's lists use: no copy at all.
   std::uint64_t chunks_seen = 0;
   const std::uint64_t visit_bytes = BytesAllocatedBy([&] {
     sp.VisitScans([&](const spool::ScanRecord& r) { chunks_seen += r.chunks.size(); });
