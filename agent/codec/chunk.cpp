@@ -191,8 +191,21 @@ Expected<std::size_t> CompressFiltered(std::span<const std::uint8_t> filtered, s
   return csize;
 }
 
+std::size_t EncodedChunkCapacity(const ChunkInfo& info, std::uint64_t view_count, std::uint64_t raw_bytes) {
+  const std::size_t header_length = kFixedHeaderBytes + kViewRecordBytes * view_count + info.descriptor.dump().size();
+  return header_length + CompressBound(static_cast<std::size_t>(raw_bytes));
+}
+
 Expected<std::vector<std::uint8_t>> EncodeChunk(ChunkInfo info, std::span<const std::uint8_t> samples,
                                                 const EncodeOptions& options) {
+  std::vector<std::uint8_t> out;
+  if (auto st = EncodeChunkInto(std::move(info), samples, options, out); !st) return MakeError(st.error());
+  return out;
+}
+
+Status EncodeChunkInto(ChunkInfo info, std::span<const std::uint8_t> samples, const EncodeOptions& options,
+                       std::vector<std::uint8_t>& out) {
+  out.clear();
   const std::size_t width = drivers::SampleSize(info.sample_type);
   const std::uint64_t view_count = info.views.size();
   if (view_count == 0 || view_count > kMaxViewsPerChunk) {
@@ -236,7 +249,6 @@ Expected<std::vector<std::uint8_t>> EncodeChunk(ChunkInfo info, std::span<const 
   }
   const std::size_t header_length = kFixedHeaderBytes + kViewRecordBytes * view_count + descriptor.size();
   const SampleShape shape{view_count, info.rows, info.channels};
-  std::vector<std::uint8_t> out;
   std::size_t payload_size = 0;
 
   // Codec 2 where it applies and pays; codec 1 otherwise.
@@ -304,7 +316,7 @@ Expected<std::vector<std::uint8_t>> EncodeChunk(ChunkInfo info, std::span<const 
   std::memcpy(out.data() + pos, descriptor.data(), descriptor.size());
   const std::string header_hash = HeaderHash({out.data(), header_length});
   HexToBytes(header_hash, out.data() + kOffHeaderSha, 32);
-  return out;
+  return Ok();
 }
 
 Expected<ChunkInfo> ParseChunkHeader(std::span<const std::uint8_t> bytes) {

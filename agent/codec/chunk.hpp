@@ -76,6 +76,18 @@ struct EncodeOptions {
 Expected<std::vector<std::uint8_t>> EncodeChunk(ChunkInfo info, std::span<const std::uint8_t> samples,
                                                 const EncodeOptions& options);
 
+// EncodeChunk into `out`, which is cleared first and whose capacity is used: a codec thread that
+// keeps one output buffer of EncodedChunkCapacity() bytes allocates none per chunk. On an
+// error `out`'s contents are unspecified.
+Status EncodeChunkInto(ChunkInfo info, std::span<const std::uint8_t> samples, const EncodeOptions& options,
+                       std::vector<std::uint8_t>& out);
+
+// The most bytes a chunk of `view_count` views and `raw_bytes` of samples, with the scan UID and
+// descriptor of `info`, takes through codec 1 (header plus zstd's bound): what any chunk takes,
+// but one whose codec 2 payload came out larger than the samples (noise-like data) while it was
+// tried, before the chunk falls back to codec 1.
+std::size_t EncodedChunkCapacity(const ChunkInfo& info, std::uint64_t view_count, std::uint64_t raw_bytes);
+
 // The compression step of EncodeChunk on its own, for measuring it: compresses `filtered`
 // (samples already passed through options.filter) into one standard zstd frame in `out`
 // (at least CompressBound(filtered.size()) bytes) with the parameters EncodeChunk uses, and

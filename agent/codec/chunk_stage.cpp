@@ -1,6 +1,8 @@
 #include "agent/codec/chunk_stage.hpp"
 
 #include <algorithm>
+#include <cstdlib>
+#include <memory>
 #include <utility>
 
 #include "base/allocator.hpp"
@@ -78,20 +80,42 @@ void ChunkStage::Submit(RawChunk chunk) {
 void ChunkStage::Worker(bool overflow) {
   std::deque<RawChunk>& queue = overflow ? overflow_queue_ : queue_;
   std::uint64_t& queued_bytes = overflow ? overflow_bytes_ : queue_bytes_;
+  // This thread's encoded chunks, one at a time: the buffer is kept from chunk to chunk (with a
+  // budget, made before the scan's first view), so that a long scan does not allocate and free
+  // a ~1 MiB output per chunk among the record's small allocations (docs/configuration.md,
+  // "Memory"). Freed when the thread ends (Drain()).
+  std::vector<std::uint8_t> output;
+  std::uint64_t generation = 0;
   while (true) {
     RawChunk chunk;
     {
       std::unique_lock lock(mutex_);
-      work_.wait(lock, [&] { return !queue.empty() || draining_; });
+      work_.wait(lock, [&] { return !queue.empty() || draining_ || prepare_generation_ != generation; });
+      if (prepare_generation_ != generation) {
+        generation = prepare_generation_;
+        const std::uint64_t chunk_bytes = prepare_chunk_bytes_;
+        const std::size_t output_bytes = prepare_output_bytes_;
+        lock.unlock();
+        PrepareThread(overflow, chunk_bytes, output_bytes, output);
+        lock.lock();
+        ++threads_prepared_;
+        prepared_.notify_all();
+        continue;
+      }
       if (queue.empty()) return;  // draining and nothing left
       chunk = std::move(queue.front());
       queue.pop_front();
       queued_bytes -= chunk.samples.size();
     }
     space_.notify_all();
-    auto encoded = overflow ? EncodeChunk(chunk.info, chunk.samples, options_.overflow)
-                            : encode_(chunk.info, chunk.samples, options_.encode);
-    store_(chunk, std::move(encoded));
+    const Status encoded = overflow ? EncodeChunkInto(chunk.info, chunk.samples, options_.overflow, output)
+                                    : encode_(chunk.info, chunk.samples, options_.encode, output);
+    if (encoded) {
+      store_(chunk, std::span<const std::uint8_t>(output));
+    } else {
+      store_(chunk, MakeError(encoded.error()));
+    }
+    output.clear();
     {
       std::lock_guard lock(mutex_);
       if (spare_buffers_.size() < spare_limit_ && chunk.samples.capacity() > 0) {
@@ -102,6 +126,27 @@ void ChunkStage::Worker(bool overflow) {
     chunk = RawChunk();  // its samples freed (or kept) before the heap's free pages are handed back
     ReleaseFreeHeapPages();
   }
+}
+
+void ChunkStage::PrepareThread(bool overflow, std::uint64_t chunk_bytes, std::size_t output_bytes,
+                               std::vector<std::uint8_t>& output) {
+  if (output.capacity() < output_bytes) {
+    std::vector<std::uint8_t>().swap(output);
+    output.resize(output_bytes);  // zero-filled: its pages are resident now
+  }
+  if (overflow && chunk_bytes > 0) {
+    // zstd sizes a context's tables for the source it is given: compressing one chunk's worth of
+    // zeros (cheap: a few RLE blocks) makes the overflow thread's context what every chunk of the
+    // scan needs. The zeros come from calloc (pages the kernel hands out zeroed, freed at once):
+    // they are not a chunk buffer.
+    std::unique_ptr<void, decltype(&std::free)> zeros(std::calloc(static_cast<std::size_t>(chunk_bytes), 1), &std::free);
+    output.resize(std::max(output.size(), CompressBound(static_cast<std::size_t>(chunk_bytes))));
+    if (zeros != nullptr) {
+      (void)CompressFiltered({static_cast<const std::uint8_t*>(zeros.get()), static_cast<std::size_t>(chunk_bytes)},
+                             output, options_.overflow);
+    }
+  }
+  output.clear();
 }
 
 void ChunkStage::Drain() {
@@ -124,8 +169,20 @@ void ChunkStage::Drain() {
   ReleaseFreeHeapPages();
 }
 
-void ChunkStage::MakeChunkBuffers(std::uint64_t chunk_bytes) {
+void ChunkStage::MakeChunkBuffers(std::uint64_t chunk_bytes, std::size_t output_bytes) {
   if (!options_.memory || chunk_bytes == 0) return;
+  // Every codec thread makes its output buffer (and the overflow thread its zstd context) first,
+  // while no raw chunk buffer exists yet, and this thread waits for all of them.
+  {
+    std::unique_lock lock(mutex_);
+    ++prepare_generation_;
+    prepare_chunk_bytes_ = chunk_bytes;
+    prepare_output_bytes_ = output_bytes;
+    threads_prepared_ = 0;
+    const std::size_t thread_count = std::size_t{options_.threads} + 1;  // the workers and the overflow thread
+    work_.notify_all();
+    prepared_.wait(lock, [&] { return threads_prepared_ >= thread_count || draining_; });
+  }
   // The most raw chunks that can exist at once: what the budget grants (a chunk larger than it
   // is granted alone), and never more than the counts allow: one being filled, each queue's
   // bound, one per worker and the overflow thread.
@@ -161,7 +218,7 @@ ChunkStage::AcquireResult ChunkStage::Acquire(drivers::Detector& detector, const
   // The next chunk's buffer is made once the full one is queued, not before: while Submit()
   // waits for room, one chunk's samples wait with it, not two (docs/configuration.md, "Memory").
   const std::uint64_t chunk_bytes = std::uint64_t{options_.views_per_chunk} * view_bytes;
-  MakeChunkBuffers(chunk_bytes);
+  MakeChunkBuffers(chunk_bytes, EncodedChunkCapacity(chunk_template, options_.views_per_chunk, chunk_bytes));
   auto start_chunk = [&] {
     if (options_.memory) {
       bool waited = false;

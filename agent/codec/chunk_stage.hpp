@@ -38,14 +38,16 @@ struct RawChunk {
   std::vector<std::uint8_t> samples;
 };
 
-// Encodes one chunk (EncodeChunk by default; tests inject a slow one).
-using EncodeFunction =
-    std::function<Expected<std::vector<std::uint8_t>>(const ChunkInfo&, std::span<const std::uint8_t>, const EncodeOptions&)>;
+// Encodes one chunk into `out`, the calling thread's output buffer, kept from chunk to chunk
+// (EncodeChunkInto by default; tests inject a slow one).
+using EncodeFunction = std::function<Status(const ChunkInfo&, std::span<const std::uint8_t>, const EncodeOptions&,
+                                            std::vector<std::uint8_t>& out)>;
 // Receives every chunk once, encoded or with the reason it could not be, on a worker thread,
 // in no particular order. Stores it before returning (the agent: writes the chunk file and
 // queues it for the spool's next batch sync, agent/spool/batched_ingest.hpp; the fsyncs run on
-// the batch's own thread, so a worker is not held up by them).
-using StoreFunction = std::function<void(const RawChunk& raw, Expected<std::vector<std::uint8_t>> encoded)>;
+// the batch's own thread, so a worker is not held up by them). The encoded bytes are the
+// worker's output buffer: they are valid until the call returns.
+using StoreFunction = std::function<void(const RawChunk& raw, Expected<std::span<const std::uint8_t>> encoded)>;
 
 // The manifest entry of an encoded chunk: index, view range, sizes and both SHA-256 (the raw
 // one taken from the sealed header EncodeChunk wrote, so the samples are not hashed twice).
@@ -78,8 +80,8 @@ struct ChunkStageCounters {
 
 class ChunkStage {
  public:
-  // `encode` is used by the workers; the overflow thread always uses EncodeChunk.
-  ChunkStage(ChunkStageOptions options, StoreFunction store, EncodeFunction encode = EncodeChunk);
+  // `encode` is used by the workers; the overflow thread always uses EncodeChunkInto.
+  ChunkStage(ChunkStageOptions options, StoreFunction store, EncodeFunction encode = EncodeChunkInto);
   ~ChunkStage();  // Drain()s
   ChunkStage(const ChunkStage&) = delete;
   ChunkStage& operator=(const ChunkStage&) = delete;
@@ -93,9 +95,10 @@ class ChunkStage {
   // views_per_chunk views (and the rest at the end). `chunk_template` supplies the scan UID,
   // shape and descriptor. `views_read` (optional) is updated after every view.
   // With a memory budget, the sample buffers of every raw chunk the budget (and the queues'
-  // bounds) let exist at once are made, and their pages touched, before the first view is read:
-  // the scan's raw chunk memory is taken at its start, and neither grows nor is allocated again
-  // while the detector delivers (docs/configuration.md, "Memory").
+  // bounds) let exist at once are made, and their pages touched, before the first view is read,
+  // and so are each codec thread's output buffer (EncodedChunkCapacity) and the overflow
+  // thread's zstd context: the scan's chunk memory is taken at its start, and neither grows nor
+  // is allocated again while the detector delivers (docs/configuration.md, "Memory").
   AcquireResult Acquire(drivers::Detector& detector, const drivers::ScanProtocol& protocol,
                         const ChunkInfo& chunk_template, std::atomic<std::uint64_t>* views_read = nullptr);
 
@@ -103,7 +106,7 @@ class ChunkStage {
   void Submit(RawChunk chunk);
 
   // Waits until every submitted chunk was stored, then stops the threads and frees the kept
-  // sample buffers (the scan's upload and results wait hold none). Idempotent.
+  // sample and output buffers (the scan's upload and results wait hold none). Idempotent.
   void Drain();
 
   ChunkStageCounters counters() const;
@@ -122,9 +125,21 @@ class ChunkStage {
   std::deque<RawChunk> overflow_queue_;
   std::uint64_t queue_bytes_ = 0;
   std::uint64_t overflow_bytes_ = 0;
-  // Makes the sample buffers the scan's raw chunks will use, before its first view (with a
+  // Makes the sample buffers the scan's raw chunks will use and has every codec thread make its
+  // output buffer (and the overflow thread its zstd context), before the first view (with a
   // budget; see Acquire()).
-  void MakeChunkBuffers(std::uint64_t chunk_bytes);
+  void MakeChunkBuffers(std::uint64_t chunk_bytes, std::size_t output_bytes);
+  // On a codec thread: makes its output buffer of `output_bytes`, pages touched, and on the
+  // overflow thread the zstd context for a chunk of `chunk_bytes`.
+  void PrepareThread(bool overflow, std::uint64_t chunk_bytes, std::size_t output_bytes, std::vector<std::uint8_t>& output);
+
+  // A request to the codec threads to prepare for the scan's chunks (MakeChunkBuffers): each
+  // thread answers a new generation once, and MakeChunkBuffers waits for all of them.
+  std::uint64_t prepare_generation_ = 0;
+  std::uint64_t prepare_chunk_bytes_ = 0;
+  std::size_t prepare_output_bytes_ = 0;
+  std::size_t threads_prepared_ = 0;
+  std::condition_variable prepared_;
 
   // Sample buffers of stored chunks, kept for the next chunks: every raw chunk of a scan has the
   // same size, and a long scan that freed and allocated one per chunk left the heap fragmented,

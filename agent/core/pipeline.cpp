@@ -552,7 +552,7 @@ Status Agent::BeginAcquisition(Run& run, const drivers::ScanProtocol& protocol, 
   stage_options.memory = chunk_memory_;
   stage_options.encode = {*filter, config_.codec.zstd_level, *coder};
   run.chunk_stage = std::make_unique<codec::ChunkStage>(
-      stage_options, [r = &run](const codec::RawChunk& raw, Expected<std::vector<std::uint8_t>> bytes) {
+      stage_options, [r = &run](const codec::RawChunk& raw, Expected<std::span<const std::uint8_t>> bytes) {
         Status st = Ok();
         if (!bytes) {
           st = MakeError(bytes.error());

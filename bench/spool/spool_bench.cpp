@@ -135,7 +135,7 @@ IngestResult RunIngest(Store store, const std::filesystem::path& dir, const driv
     accepted_bytes += b.bytes;
   });
   std::atomic<std::uint64_t> dropped_bytes{0};
-  codec::ChunkStage stage(stage_options, [&](const codec::RawChunk& raw, Expected<std::vector<std::uint8_t>> bytes) {
+  codec::ChunkStage stage(stage_options, [&](const codec::RawChunk& raw, Expected<std::span<const std::uint8_t>> bytes) {
     if (!bytes) Die(bytes.error().message());
     const auto mc = codec::DescribeEncoded(raw, *bytes);
     if (store == Store::kDrop) {

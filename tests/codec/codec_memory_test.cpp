@@ -6,7 +6,9 @@
 // - while the acquisition thread waits for room in the full queues it holds one chunk's samples,
 //   not two (the next chunk's buffer was made before the full one was queued);
 // - with a memory budget, a scan's raw chunk buffers are all made before its first view, none
-//   while the views arrive, and they are freed when the stage drains.
+//   while the views arrive, and they are freed when the stage drains;
+// - with a memory budget, the codec threads' output buffers are made before the first view too,
+//   and reused: no large block is allocated while the views arrive, on any path.
 // Not under AddressSanitizer, whose own operator new would meet this one's delete: there the test
 // says so and checks nothing (the release suite runs it).
 #include <catch2/catch.hpp>
@@ -43,6 +45,11 @@ std::mutex tracked_mutex;
 int tracked_live = 0;
 int tracked_peak = 0;
 int tracked_made = 0;  // blocks of that size ever handed out
+
+// Blocks of at least kLargeBlock bytes handed out, on any thread, while `counting_large` is set.
+constexpr std::size_t kLargeBlock = 256u << 10;
+std::atomic<bool> counting_large{false};
+std::atomic<int> large_made{0};
 
 // Only the replacements below use these; under the sanitizers they are not compiled (unused
 // functions are errors there).
@@ -84,6 +91,7 @@ void Untrack(void* p) {
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 void* operator new(std::size_t size) {
   if (counting) counted_bytes += size;
+  if (size >= kLargeBlock && counting_large.load(std::memory_order_relaxed)) ++large_made;
   void* p = std::malloc(size == 0 ? 1 : size);
   if (p == nullptr) throw std::bad_alloc();
   const std::size_t tracking = tracked_size.load(std::memory_order_relaxed);
@@ -250,14 +258,17 @@ TEST_CASE("codec memory: waiting for room in the full queues, acquisition holds 
   std::condition_variable gate_cv;
   bool open = false;
   std::atomic<int> in_store{0};
-  auto store = [&](const codec::RawChunk&, Expected<std::vector<std::uint8_t>>) {
+  auto store = [&](const codec::RawChunk&, Expected<std::span<const std::uint8_t>>) {
     ++in_store;
     std::unique_lock lock(gate_mutex);
     gate_cv.wait(lock, [&] { return open; });
   };
   // The workers' encoder: small output, so that the only chunk-sized blocks are raw samples.
-  auto encode = [](const codec::ChunkInfo&, std::span<const std::uint8_t>, const codec::EncodeOptions&)
-      -> Expected<std::vector<std::uint8_t>> { return std::vector<std::uint8_t>(16); };
+  auto encode = [](const codec::ChunkInfo&, std::span<const std::uint8_t>, const codec::EncodeOptions&,
+                   std::vector<std::uint8_t>& out) -> Status {
+    out.assign(16, 0);
+    return Ok();
+  };
   // The overflow thread's zstd -1 allocates its bound (more than the chunk), so it is not counted.
   {
     std::lock_guard lock(tracked_mutex);
@@ -317,9 +328,12 @@ TEST_CASE("codec memory: with a budget, a scan's raw chunk buffers are made befo
   options.queue_bytes = 4u << 20;
   options.memory = ByteBudget::Make(12u << 20);
   std::atomic<int> stored{0};
-  auto store = [&](const codec::RawChunk&, Expected<std::vector<std::uint8_t>>) { ++stored; };
-  auto encode = [](const codec::ChunkInfo&, std::span<const std::uint8_t>, const codec::EncodeOptions&)
-      -> Expected<std::vector<std::uint8_t>> { return std::vector<std::uint8_t>(16); };
+  auto store = [&](const codec::RawChunk&, Expected<std::span<const std::uint8_t>>) { ++stored; };
+  auto encode = [](const codec::ChunkInfo&, std::span<const std::uint8_t>, const codec::EncodeOptions&,
+                   std::vector<std::uint8_t>& out) -> Status {
+    out.assign(16, 0);
+    return Ok();
+  };
 
   // Reads how many chunk-sized blocks were made when the first view is asked for.
   class CountingDetector final : public drivers::Detector {
@@ -373,4 +387,73 @@ TEST_CASE("codec memory: with a budget, a scan's raw chunk buffers are made befo
   CHECK(made == 6);   // none made while the views arrived
   CHECK(peak == 6);
   CHECK(live == 0);   // freed when the stage drained, not when it is destroyed
+}
+
+TEST_CASE("codec memory: with a budget, the codec threads' output buffers are made before the first view and reused") {
+  if (!CTAGENT_COUNTS_ALLOCATIONS) {
+    WARN("built with AddressSanitizer: allocations are not counted, nothing checked");
+    return;
+  }
+  // One slow worker (its output half a chunk) and the real overflow encoder (zstd -1, whose
+  // output takes its bound, more than the chunk): the detector outruns the worker, so chunks
+  // take both paths. Before this, every chunk's output was a new buffer of ~1 to 1.75 MiB.
+  codec::ChunkStageOptions options;
+  options.views_per_chunk = kViews;
+  options.threads = 1;
+  options.queue_bytes = 2 * kChunkBytes;
+  options.memory = ByteBudget::Make(12u << 20);
+  std::atomic<int> stored{0};
+  std::atomic<int> failed{0};
+  auto store = [&](const codec::RawChunk&, Expected<std::span<const std::uint8_t>> bytes) {
+    if (bytes && !bytes->empty()) {
+      ++stored;
+    } else {
+      ++failed;
+    }
+  };
+  auto encode = [](const codec::ChunkInfo&, std::span<const std::uint8_t> samples, const codec::EncodeOptions&,
+                   std::vector<std::uint8_t>& out) -> Status {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    out.resize(samples.size() / 2);
+    return Ok();
+  };
+  // Starts counting large blocks when the first view is asked for.
+  class CountingDetector final : public drivers::Detector {
+   public:
+    explicit CountingDetector(std::uint64_t views) : inner_(views) {}
+    drivers::DetectorInfo Info() const override { return inner_.Info(); }
+    Status Arm(const drivers::ScanProtocol& p) override { return inner_.Arm(p); }
+    Expected<std::optional<drivers::View>> NextView() override {
+      counting_large = true;
+      return inner_.NextView();
+    }
+    void Abort() override { inner_.Abort(); }
+
+   private:
+    FastDetector inner_;
+  };
+  constexpr std::uint32_t kChunks = 12;
+  CountingDetector detector(std::uint64_t{kChunks} * kViews);
+  drivers::ScanProtocol protocol;
+  protocol.rows = kRows;
+  protocol.channels = kChannels;
+  protocol.views_per_rotation = kChunks * kViews;
+  codec::ChunkInfo chunk_template = Info(0);
+  chunk_template.views.clear();
+  large_made = 0;
+  codec::ChunkStageCounters counters;
+  {
+    codec::ChunkStage stage(options, store, encode);
+    const auto acquired = stage.Acquire(detector, protocol, chunk_template);
+    stage.Drain();
+    counting_large = false;
+    counters = stage.counters();
+    CHECK(acquired.chunks == kChunks);
+  }
+  CHECK(stored.load() == static_cast<int>(kChunks));
+  CHECK(failed.load() == 0);
+  INFO("chunks on the overflow path: " << counters.overflow_chunks);
+  REQUIRE(counters.overflow_chunks > 0);
+  REQUIRE(counters.overflow_chunks < kChunks);
+  CHECK(large_made.load() == 0);
 }

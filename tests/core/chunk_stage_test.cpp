@@ -105,18 +105,18 @@ TEST_CASE("core: a codec slower than the view rate never makes the driver wait, 
   // The pool's codec takes 100 ms per chunk: 10 chunks/s against 75 chunks/s of views. With the
   // former design (the acquisition thread waiting for a codec slot) reads were seconds late.
   auto slow_encode = [](const codec::ChunkInfo& info, std::span<const std::uint8_t> samples,
-                        const codec::EncodeOptions& encode) {
+                        const codec::EncodeOptions& encode, std::vector<std::uint8_t>& out) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    return codec::EncodeChunk(info, samples, encode);
+    return codec::EncodeChunkInto(info, samples, encode, out);
   };
   Stored stored;
-  auto store = [&stored](const codec::RawChunk& raw, Expected<std::vector<std::uint8_t>> bytes) {
+  auto store = [&stored](const codec::RawChunk& raw, Expected<std::span<const std::uint8_t>> bytes) {
     std::lock_guard lock(stored.mutex);
     if (!bytes) {
       ++stored.failures;
       return;
     }
-    stored.chunks[raw.info.chunk_index] = std::move(*bytes);
+    stored.chunks[raw.info.chunk_index].assign(bytes->begin(), bytes->end());
   };
   codec::ChunkStageCounters counters;
   codec::ChunkStage::AcquireResult acquired;
@@ -182,9 +182,9 @@ TEST_CASE("core: with a fast codec nothing overflows and everything is encoded w
   options.queue_bytes = 64ull << 20;
   Stored stored;
   {
-    codec::ChunkStage stage(options, [&stored](const codec::RawChunk& raw, Expected<std::vector<std::uint8_t>> bytes) {
+    codec::ChunkStage stage(options, [&stored](const codec::RawChunk& raw, Expected<std::span<const std::uint8_t>> bytes) {
       std::lock_guard lock(stored.mutex);
-      if (bytes) stored.chunks[raw.info.chunk_index] = std::move(*bytes);
+      if (bytes) stored.chunks[raw.info.chunk_index].assign(bytes->begin(), bytes->end());
     });
     const auto acquired = stage.Acquire(detector, protocol, Template(protocol));
     stage.Drain();
@@ -215,17 +215,17 @@ TEST_CASE("core: with a memory budget, the raw chunks held never exceed it and e
   const std::uint64_t chunk_bytes = 16 * protocol.BytesPerView();
   options.memory = ByteBudget::Make(3 * chunk_bytes);
   auto slow_encode = [](const codec::ChunkInfo& info, std::span<const std::uint8_t> samples,
-                        const codec::EncodeOptions& encode) {
+                        const codec::EncodeOptions& encode, std::vector<std::uint8_t>& out) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    return codec::EncodeChunk(info, samples, encode);
+    return codec::EncodeChunkInto(info, samples, encode, out);
   };
   Stored stored;
   std::uint64_t most_held = 0;
-  auto store = [&](const codec::RawChunk& raw, Expected<std::vector<std::uint8_t>> bytes) {
+  auto store = [&](const codec::RawChunk& raw, Expected<std::span<const std::uint8_t>> bytes) {
     std::lock_guard lock(stored.mutex);
     most_held = std::max(most_held, options.memory->in_use());
     CHECK(raw.memory.bytes() == chunk_bytes);
-    if (bytes) stored.chunks[raw.info.chunk_index] = std::move(*bytes);
+    if (bytes) stored.chunks[raw.info.chunk_index].assign(bytes->begin(), bytes->end());
   };
   codec::ChunkStageCounters counters;
   {
