@@ -28,8 +28,9 @@ ManifestChunk DescribeEncoded(const RawChunk& raw, std::span<const std::uint8_t>
   mc.raw_bytes = raw.samples.size();
   mc.compressed_bytes = encoded.size();
   auto header = ParseChunkHeader(encoded);
-  mc.raw_sha256 = header ? header->raw_sha256 : Sha256Hex(raw.samples);
-  mc.sha256 = Sha256Hex(encoded);
+  const auto from_header = header ? Sha256Digest::FromHex(header->raw_sha256) : std::nullopt;
+  mc.raw_sha256 = from_header ? *from_header : Sha256Of(raw.samples);
+  mc.sha256 = Sha256Of(encoded);
   return mc;
 }
 

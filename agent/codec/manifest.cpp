@@ -52,8 +52,8 @@ nlohmann::json ChunkToJson(const ManifestChunk& c) {
           {"view_count", c.view_count},
           {"raw_bytes", c.raw_bytes},
           {"compressed_bytes", c.compressed_bytes},
-          {"raw_sha256", c.raw_sha256},
-          {"sha256", c.sha256}};
+          {"raw_sha256", c.raw_sha256.Hex()},
+          {"sha256", c.sha256.Hex()}};
 }
 
 nlohmann::json ToJsonWithChunks(const Manifest& m, nlohmann::json chunks) {
@@ -173,8 +173,17 @@ Expected<Manifest> ManifestFromJson(const nlohmann::json& j) {
     chain(Read(chunks[i], "view_count", path, &c.view_count));
     chain(Read(chunks[i], "raw_bytes", path, &c.raw_bytes));
     chain(Read(chunks[i], "compressed_bytes", path, &c.compressed_bytes));
-    chain(Read(chunks[i], "raw_sha256", path, &c.raw_sha256));
-    chain(Read(chunks[i], "sha256", path, &c.sha256));
+    for (auto [key, out] : {std::pair{"raw_sha256", &c.raw_sha256}, std::pair{"sha256", &c.sha256}}) {
+      std::string hex;
+      chain(Read(chunks[i], key, path, &hex));
+      if (!st) break;
+      const auto digest = Sha256Digest::FromHex(hex);
+      if (!digest) {
+        return MakeError(ErrorKind::kInvalidInput, "manifest " + path + "/" + key +
+                                                       ": not a SHA-256 (64 lowercase hex digits)");
+      }
+      *out = *digest;
+    }
     if (!st) return MakeError(st.error());
     // A complete scan lists chunks 0, 1, 2, ... An incomplete one may have gaps: chunks are
     // compressed in parallel, so a crash or a full disk can leave chunk N missing after N+1 was

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.hpp"
+#include "base/sha256.hpp"
 #include "drivers/scan_types.hpp"
 
 namespace ctagent::codec {
@@ -23,8 +24,8 @@ struct ManifestChunk {
   std::uint32_t view_count = 0;
   std::uint64_t raw_bytes = 0;
   std::uint64_t compressed_bytes = 0;
-  std::string raw_sha256;  // of the decoded samples
-  std::string sha256;      // of the chunk file as uploaded (header + payload)
+  Sha256Digest raw_sha256;  // of the decoded samples
+  Sha256Digest sha256;      // of the chunk file as uploaded (header + payload)
 };
 
 struct Manifest {

@@ -64,7 +64,7 @@ Expected<SpooledUpload> SpooledUploadOf(spool::Spool& spool, const std::string& 
     return MakeError(chunk.error());
   }
   upload.state = std::move(chunk->upload);
-  upload.sha256 = std::move(chunk->chunk.sha256);
+  upload.sha256 = chunk->chunk.sha256.Hex();
   upload.length = chunk->chunk.compressed_bytes;  // the chunk file's size
   return upload;
 }

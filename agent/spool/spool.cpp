@@ -43,6 +43,17 @@ T CountAt(const nlohmann::json& j, const char* key) {
       &v);
 }
 
+Sha256Digest DigestAt(const nlohmann::json& j, const char* key) {
+  const nlohmann::json& v = j.at(key);
+  if (v.is_string()) {
+    if (auto digest = Sha256Digest::FromHex(v.get_ref<const std::string&>())) return *digest;
+  }
+  throw nlohmann::json::type_error::create(
+      302, std::string(key) + " is " + (v.is_string() ? v.dump() : std::string(v.type_name())) +
+               ", not a SHA-256 (64 lowercase hex digits)",
+      &v);
+}
+
 nlohmann::json UploadToJson(const UploadState& u) {
   return {{"url", u.url}, {"confirmed_offset", u.confirmed_offset}, {"complete", u.complete}};
 }
@@ -65,8 +76,8 @@ nlohmann::json ChunkToJson(const ChunkRecord& c) {
           {"view_count", c.chunk.view_count},
           {"raw_bytes", c.chunk.raw_bytes},
           {"compressed_bytes", c.chunk.compressed_bytes},
-          {"raw_sha256", c.chunk.raw_sha256},
-          {"sha256", c.chunk.sha256},
+          {"raw_sha256", c.chunk.raw_sha256.Hex()},
+          {"sha256", c.chunk.sha256.Hex()},
           {"upload", UploadToJson(c.upload)},
           {"damaged", c.damaged}};
 }
@@ -78,8 +89,8 @@ ChunkRecord ChunkFromJson(const nlohmann::json& c) {
   cr.chunk.view_count = CountAt<std::uint32_t>(c, "view_count");
   cr.chunk.raw_bytes = CountAt<std::uint64_t>(c, "raw_bytes");
   cr.chunk.compressed_bytes = CountAt<std::uint64_t>(c, "compressed_bytes");
-  cr.chunk.raw_sha256 = c.at("raw_sha256").get<std::string>();
-  cr.chunk.sha256 = c.at("sha256").get<std::string>();
+  cr.chunk.raw_sha256 = DigestAt(c, "raw_sha256");
+  cr.chunk.sha256 = DigestAt(c, "sha256");
   cr.upload = UploadFromJson(c.at("upload"));
   cr.damaged = c.value("damaged", false);
   return cr;
@@ -719,7 +730,7 @@ Status Spool::VerifyFiles() {
       if (!why.empty()) damaged.emplace_back(uid, index, why);
     };
     for (const auto& c : r.chunks) {
-      if (!c.upload.complete && !c.damaged) check(c.chunk.index, ChunkPath(uid, c.chunk.index), c.chunk.sha256);
+      if (!c.upload.complete && !c.damaged) check(c.chunk.index, ChunkPath(uid, c.chunk.index), c.chunk.sha256.Hex());
     }
     if (r.manifest_written && !r.manifest_upload.complete && !r.manifest_sha256.empty()) {
       check(-1, ScanDir(uid) / "manifest.json", r.manifest_sha256);
@@ -1216,7 +1227,7 @@ void Spool::VisitScans(const std::function<void(const ScanRecord&)>& visit) {
 }
 
 // What reading a file back needs from a scan's record, copied under the lock. Only these few
-// fields: a copy of the whole record grows with the scan (~0.4 KiB a chunk), and every upload
+// fields: a copy of the whole record grows with the scan (~0.25 KiB a chunk), and every upload
 // reads its chunk back, up to cloud.parallel_uploads at once (docs/configuration.md, "Memory").
 struct Spool::FileCheck {
   std::string sha256;
@@ -1245,7 +1256,7 @@ Expected<Spool::FileCheck> Spool::CheckOf(const std::string& scan_uid, std::int6
   if (chunk == nullptr) {
     return MakeError(ErrorKind::kNotFound, "scan " + scan_uid + " has no chunk " + std::to_string(chunk_index));
   }
-  check.sha256 = chunk->chunk.sha256;
+  check.sha256 = chunk->chunk.sha256.Hex();
   check.length = chunk->chunk.compressed_bytes;
   check.damaged = chunk->damaged;
   return check;

@@ -98,7 +98,7 @@ struct ScanRecord {
   bool raw_deleted = false;       // retention removed the chunk files and the manifest
   // A delivered scan whose raw data retention removed keeps no chunk list: nothing reads it any
   // more (its uploads are confirmed, its files gone), and the records of the scans kept for
-  // spool.keep_days, ~0.4 KiB a chunk, would otherwise hold ~200 KiB per 500 MiB scan in memory,
+  // spool.keep_days, ~0.25 KiB a chunk, would otherwise hold ~200 KiB per 500 MiB scan in memory,
   // in every snapshot and in every copy AllScans() makes (docs/configuration.md, "Memory"). The
   // list is emptied as the record reaches that state (live and on replay alike) and these totals
   // say what it held; all zero while the list is kept. TotalsOf() gives them either way.
@@ -228,14 +228,14 @@ class Spool {
   // record with an empty chunk list (and an error is returned if it adds one), so an 8 GiB
   // scan's ~2 MiB of chunk records are not copied for a state change at its end.
   Status UpdateFields(const std::string& scan_uid, const std::function<void(ScanRecord&)>& change);
-  // A copy of the scan's whole record: it grows with the scan (~0.4 KiB a chunk), so paths that
+  // A copy of the scan's whole record: it grows with the scan (~0.25 KiB a chunk), so paths that
   // run per chunk use GetChunk / GetManifestUpload, which copy only what they return.
   Expected<ScanRecord> Get(const std::string& scan_uid);
   // The record's manifest_base (the manifest without its chunks, recorded when armed).
   Expected<nlohmann::json> GetManifestBase(const std::string& scan_uid);
   Expected<ChunkRecord> GetChunk(const std::string& scan_uid, std::uint32_t index);
   Expected<UploadState> GetManifestUpload(const std::string& scan_uid);
-  // A copy of every record (oldest first), chunk lists included (~0.4 KiB a chunk): for tests
+  // A copy of every record (oldest first), chunk lists included (~0.25 KiB a chunk): for tests
   // and tools. The agent reads the spool with ScanHeads() and VisitScans(), and Get()s the
   // whole record only of a scan it takes up.
   std::vector<ScanRecord> AllScans();
@@ -244,7 +244,7 @@ class Spool {
   std::vector<ScanHead> ScanHeads();
   // Calls `visit` with every record in place, under the spool's lock, copying nothing: for
   // callers that count or pick a few fields (metrics, the daemon's failed-scan count, the
-  // operator page's lists), where a copy of a large backlog's chunk lists (~0.4 KiB a chunk)
+  // operator page's lists), where a copy of a large backlog's chunk lists (~0.25 KiB a chunk)
   // would be made for nothing. `visit` must be short and must not call the spool. No order.
   void VisitScans(const std::function<void(const ScanRecord&)>& visit);
 

@@ -203,7 +203,7 @@ void StoreOnly(const std::filesystem::path& dir, std::uint64_t store_mib, std::u
   std::vector<std::uint8_t> bytes(chunk_bytes);
   std::mt19937_64 rng(1);
   for (auto& b : bytes) b = static_cast<std::uint8_t>(rng());
-  const std::string sha = Sha256Hex(bytes);
+  const Sha256Digest sha = Sha256Of(bytes);
   const double mb = static_cast<double>(chunks) * static_cast<double>(chunk_bytes) / 1e6;
   const auto plain_dir = dir / "plain";
   const auto write_plain = [&](std::uint32_t i) {

@@ -152,7 +152,7 @@ class AsyncUploads {
       for (const auto& c : manifest_.chunks) {
         if (c.index == index) {
           upload->length = c.compressed_bytes;
-          upload->sha256 = c.sha256;
+          upload->sha256 = c.sha256.Hex();
         }
       }
       Create(upload, [this, upload] { Read(upload); });

@@ -235,8 +235,8 @@ Scan MakeScan(std::uint32_t rows = 2) {
     entry.view_count = kViewsPerChunk;
     entry.raw_bytes = raw.size();
     entry.compressed_bytes = encoded->size();
-    entry.raw_sha256 = ctagent::Sha256Hex(raw);
-    entry.sha256 = ctagent::Sha256Hex(*encoded);
+    entry.raw_sha256 = ctagent::Sha256Of(raw);
+    entry.sha256 = ctagent::Sha256Of(*encoded);
     m.chunks.push_back(entry);
     scan.chunks.push_back(std::move(*encoded));
   }

@@ -1,6 +1,7 @@
 // Chunk container: bit-exact round trips and rejection of damaged input.
 #include <catch2/catch.hpp>
 
+#include <cctype>
 #include <cstring>
 #include <random>
 
@@ -36,7 +37,32 @@ std::vector<std::uint8_t> Samples(std::size_t bytes, std::mt19937_64& rng, int k
   return s;
 }
 
+// A digest whose hex is 64 times `digit` (a lowercase hex digit).
+Sha256Digest Digest(char digit) { return Sha256Digest::FromHex(std::string(64, digit)).value(); }
+
 }  // namespace
+
+TEST_CASE("codec: a SHA-256 digest is held as its bytes and written as the lowercase hex it was read from", "[codec]") {
+  const std::vector<std::uint8_t> bytes = {'c', 't', 'a', 'g', 'e', 'n', 't'};
+  const std::string hex = Sha256Hex(bytes);
+  const Sha256Digest digest = Sha256Of(bytes);
+  CHECK(digest.Hex() == hex);
+  CHECK(digest == hex);
+  CHECK_FALSE(digest.empty());
+  const auto back = Sha256Digest::FromHex(hex);
+  REQUIRE(back);
+  CHECK(*back == digest);
+  CHECK(Sha256Digest() != digest);
+  CHECK(Sha256Digest().Hex().empty());
+  REQUIRE(Sha256Digest::FromHex(""));
+  CHECK(Sha256Digest::FromHex("")->empty());
+  std::string upper = hex;
+  for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  CHECK_FALSE(Sha256Digest::FromHex(upper));  // not the text Hex() writes: refused, not silently changed
+  CHECK_FALSE(Sha256Digest::FromHex(hex.substr(1)));
+  CHECK_FALSE(Sha256Digest::FromHex(hex + "0"));
+  CHECK_FALSE(Sha256Digest::FromHex(std::string(63, 'a') + "g"));
+}
 
 TEST_CASE("codec: chunks round-trip bit-exactly for every filter, sample type and shape", "[codec]") {
   std::mt19937_64 rng(42);
@@ -190,8 +216,8 @@ TEST_CASE("codec: manifest JSON round-trips and names the path of a bad field", 
   m.patient_id = "P";
   m.patient_name = "N";
   m.views_acquired = 720;
-  m.chunks.push_back({0, 0, 64, 131072, 5000, std::string(64, 'a'), std::string(64, 'b')});
-  m.chunks.push_back({1, 64, 64, 131072, 5100, std::string(64, 'c'), std::string(64, 'd')});
+  m.chunks.push_back({0, 0, 64, 131072, 5000, Digest('a'), Digest('b')});
+  m.chunks.push_back({1, 64, 64, 131072, 5100, Digest('c'), Digest('d')});
   auto j = codec::ToJson(m);
   auto back = codec::ManifestFromJson(j);
   REQUIRE(back);
@@ -203,6 +229,15 @@ TEST_CASE("codec: manifest JSON round-trips and names the path of a bad field", 
   auto bad = codec::ManifestFromJson(j);
   REQUIRE_FALSE(bad);
   CHECK_THAT(bad.error().message(), Catch::Contains("/chunks/1/view_count"));
+
+  // A chunk's SHA-256 is 64 lowercase hex digits, or the manifest is refused naming it.
+  for (const char* bad_hash : {"abc", "ABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABAB"}) {
+    auto k = codec::ToJson(m);
+    k["chunks"][0]["sha256"] = bad_hash;
+    auto refused = codec::ManifestFromJson(k);
+    REQUIRE_FALSE(refused);
+    CHECK_THAT(refused.error().message(), Catch::Contains("/chunks/0/sha256") && Catch::Contains("64 lowercase hex"));
+  }
 }
 
 TEST_CASE("codec: a manifest count that is a fraction, negative or beyond its type is refused, never cast",
@@ -210,7 +245,7 @@ TEST_CASE("codec: a manifest count that is a fraction, negative or beyond its ty
   codec::Manifest m;
   m.scan_uid = "2.25.1";
   m.study_uid = "2.25.2";
-  m.chunks.push_back({0, 0, 64, 131072, 5000, std::string(64, 'a'), std::string(64, 'b')});
+  m.chunks.push_back({0, 0, 64, 131072, 5000, Digest('a'), Digest('b')});
   const auto good = codec::ToJson(m);
   struct Case {
     nlohmann::json::json_pointer where;
@@ -251,7 +286,7 @@ TEST_CASE("codec: ManifestText is the manifest JSON's text, byte for byte", "[co
   m.views_acquired = 720;
   CHECK(codec::ManifestText(m) == codec::ToJson(m).dump(1));  // no chunks
   for (std::uint32_t i = 0; i < 5; ++i) {
-    m.chunks.push_back({i, 64ull * i, 64, 131072, 5000u + i, std::string(64, 'a'), std::string(64, 'b')});
+    m.chunks.push_back({i, 64ull * i, 64, 131072, 5000u + i, Digest('a'), Digest('b')});
   }
   const std::string text = codec::ManifestText(m);
   CHECK(text == codec::ToJson(m).dump(1));

@@ -121,7 +121,7 @@ TEST_CASE("pipeline: chunks are synced in batches before they are journaled, and
   const std::set<std::string> stored = StoredHashes(cloud.dir.path() / "store");
   for (const auto& c : record->chunks) {
     INFO("chunk " << c.chunk.index);
-    CHECK(stored.count(c.chunk.sha256) == 1);
+    CHECK(stored.count(c.chunk.sha256.Hex()) == 1);
     auto bytes = agent.spool().ReadChunk(summary->scan_uid, c.chunk.index);
     REQUIRE(bytes);
     CHECK(Sha256Hex(*bytes) == c.chunk.sha256);
@@ -243,7 +243,7 @@ TEST_CASE("pipeline: resuming uploads every pending scan first, then waits for a
     CHECK_THAT(s.problem, Catch::StartsWith("results: no complete result series"));
     auto record = agent.spool().Get(s.scan_uid);
     REQUIRE(record);
-    for (const auto& c : record->chunks) CHECK(stored.count(c.chunk.sha256) == 1);
+    for (const auto& c : record->chunks) CHECK(stored.count(c.chunk.sha256.Hex()) == 1);
     CHECK(stored.count(record->manifest_sha256) == 1);
   }
   // The ordering: when the agent first asked the cloud for results, every scan was uploaded;

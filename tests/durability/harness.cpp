@@ -287,7 +287,7 @@ Verdict Verify(const fs::path& spool_dir, const fs::path& tus_store, bool requir
     }
     {
       CloudScan cloud{uid, *manifest, {}};
-      for (const auto& rc : record.chunks) cloud.recorded_sha256[rc.chunk.index] = rc.chunk.sha256;
+      for (const auto& rc : record.chunks) cloud.recorded_sha256[rc.chunk.index] = rc.chunk.sha256.Hex();
       v.cloud_scans.push_back(std::move(cloud));
     }
     const auto total_views = manifest->protocol.TotalViews();

@@ -161,7 +161,7 @@ struct ScanInSpool {
     record.study_uid = study;
     record.created_utc = "2026-12-05T04:00:00Z";
     REQUIRE(spool->BeginScan(record, 0));
-    const codec::ManifestChunk c{0, 0, 16, chunk.size() * 2, chunk.size(), Sha256Hex(chunk), Sha256Hex(chunk)};
+    const codec::ManifestChunk c{0, 0, 16, chunk.size() * 2, chunk.size(), Sha256Of(chunk), Sha256Of(chunk)};
     REQUIRE(spool->AddChunk(record.scan_uid, c, chunk));
     REQUIRE(spool->Update(record.scan_uid, [](spool::ScanRecord& r) { r.state = spool::ScanState::kUploaded; }));
   }

@@ -23,7 +23,7 @@ using namespace std::chrono_literals;
 namespace {
 
 codec::ManifestChunk ChunkFor(std::uint32_t index, const std::vector<std::uint8_t>& bytes) {
-  return {index, index * 10ull, 10, bytes.size() * 2, bytes.size(), Sha256Hex(bytes), Sha256Hex(bytes)};
+  return {index, index * 10ull, 10, bytes.size() * 2, bytes.size(), Sha256Of(bytes), Sha256Of(bytes)};
 }
 
 spool::ScanRecord NewScan() {

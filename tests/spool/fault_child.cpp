@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
   if (auto st = (*s)->BeginScan(r, 1 << 20); !st) return std::printf("error %s\n", st.error().message().c_str()), 1;
   for (std::uint32_t i = 0; i < n; ++i) {
     const std::vector<std::uint8_t> bytes(3000 + i, static_cast<std::uint8_t>(i));
-    const codec::ManifestChunk mc{i, i * 64ull, 64, bytes.size(), bytes.size(), Sha256Hex(bytes), Sha256Hex(bytes)};
+    const codec::ManifestChunk mc{i, i * 64ull, 64, bytes.size(), bytes.size(), Sha256Of(bytes), Sha256Of(bytes)};
     if (auto st = (*s)->AddChunk(uid, mc, bytes); !st) return std::printf("error %s\n", st.error().message().c_str()), 1;
     std::printf("ok %u\n", i);
     std::fflush(stdout);

@@ -41,7 +41,7 @@ Workload MakeWorkload() {
     std::vector<std::uint8_t> bytes(200 + rng() % 1800);
     for (auto& b : bytes) b = static_cast<std::uint8_t>(rng());
     w.chunk_bytes[{uid, index}] = bytes;
-    codec::ManifestChunk mc{index, index * 64ull, 64, bytes.size() * 3, bytes.size(), Sha256Hex(bytes), Sha256Hex(bytes)};
+    codec::ManifestChunk mc{index, index * 64ull, 64, bytes.size() * 3, bytes.size(), Sha256Of(bytes), Sha256Of(bytes)};
     w.steps.push_back({"add chunk " + std::to_string(index), [uid, mc, bytes](spool::Spool& sp) {
                          return sp.AddChunk(uid, mc, bytes);
                        }});
@@ -50,7 +50,7 @@ Workload MakeWorkload() {
     std::vector<std::uint8_t> bytes(200 + rng() % 1800);
     for (auto& b : bytes) b = static_cast<std::uint8_t>(rng());
     w.chunk_bytes[{uid, index}] = bytes;
-    codec::ManifestChunk mc{index, index * 64ull, 64, bytes.size() * 3, bytes.size(), Sha256Hex(bytes), Sha256Hex(bytes)};
+    codec::ManifestChunk mc{index, index * 64ull, 64, bytes.size() * 3, bytes.size(), Sha256Of(bytes), Sha256Of(bytes)};
     w.steps.push_back({"add chunk deferred " + std::to_string(index), [uid, mc, bytes](spool::Spool& sp) {
                          return sp.AddChunkDeferred(uid, mc, bytes);
                        }});

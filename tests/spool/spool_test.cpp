@@ -26,7 +26,7 @@ spool::ScanRecord NewRecord() {
 }
 
 codec::ManifestChunk ChunkFor(std::uint32_t index, const std::vector<std::uint8_t>& bytes) {
-  return {index, index * 10ull, 10, bytes.size() * 2, bytes.size(), Sha256Hex(bytes), Sha256Hex(bytes)};
+  return {index, index * 10ull, 10, bytes.size() * 2, bytes.size(), Sha256Of(bytes), Sha256Of(bytes)};
 }
 
 }  // namespace

@@ -59,7 +59,7 @@ struct TusScan {
     for (std::uint32_t i = 0; i < chunk_count; ++i) {
       chunks.push_back(RandomBytes(chunk_bytes + 1000 * i, 500 + i));
       const auto& bytes = chunks.back();
-      const codec::ManifestChunk meta{i, i * 10, 10, bytes.size() * 2, bytes.size(), Sha256Hex(bytes), Sha256Hex(bytes)};
+      const codec::ManifestChunk meta{i, i * 10, 10, bytes.size() * 2, bytes.size(), Sha256Of(bytes), Sha256Of(bytes)};
       REQUIRE(spool->AddChunk(scan_uid, meta, bytes));
       manifest.chunks.push_back(meta);
       manifest.views_acquired += 10;

@@ -80,7 +80,7 @@ struct Fixture {
 
   Fixture() {
     spool = SpoolWithScan(dir, files, scan_uid, 1 << 20);
-    const codec::ManifestChunk meta{0, 0, 10, chunk.size() * 2, chunk.size(), Sha256Hex(chunk), Sha256Hex(chunk)};
+    const codec::ManifestChunk meta{0, 0, 10, chunk.size() * 2, chunk.size(), Sha256Of(chunk), Sha256Of(chunk)};
     REQUIRE(spool->AddChunk(scan_uid, meta, chunk));
     cloud = FakeCloud(fake, 1, 64 * 1024);
   }
@@ -285,7 +285,7 @@ struct ScanFixture {
     for (std::uint32_t i = 0; i < chunk_count; ++i) {
       chunks.push_back(RandomBytes(100000 + 1000 * i, 40 + i));
       const auto& bytes = chunks.back();
-      const codec::ManifestChunk meta{i, i * 10, 10, bytes.size() * 2, bytes.size(), Sha256Hex(bytes), Sha256Hex(bytes)};
+      const codec::ManifestChunk meta{i, i * 10, 10, bytes.size() * 2, bytes.size(), Sha256Of(bytes), Sha256Of(bytes)};
       REQUIRE(spool->AddChunk(scan_uid, meta, bytes));
       manifest.chunks.push_back(meta);
       manifest.views_acquired += 10;
