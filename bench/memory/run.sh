@@ -195,7 +195,7 @@ node -e '
   const chunk = (c.views_per_chunk ?? 64) * viewBytes, threads = c.threads ?? 2;
   const queue = size(c.queue_bytes, 4 << 20), parallel = cl.parallel_uploads ?? 8;
   const MiB = (b) => (b / 1048576).toFixed(1);
-  const compressed = chunk * 0.55;  // this protocol at 1/5 dose compresses about 1.8:1
+  const output = chunk + Math.ceil(chunk / 256) + (16 << 10);  // header (views, descriptor) and zstd bound
   const budget = size(c.buffer_bytes, 12 << 20);
   // Code and libraries (file-backed, ~19 MiB) and the rest of the heap (TLS, libcurl, the spool
   // state, ~5 MiB). With a budget (codec.buffer_bytes) the scan makes, at its start, a sample
@@ -203,8 +203,10 @@ node -e '
   // (at least one), and no more than the counts allow (the chunk being filled, both queues, one
   // per codec thread and the overflow thread; agent/codec/chunk_stage.cpp, MakeChunkBuffers);
   // without one (0), those counts bound them and two freed buffers are kept for reuse besides.
-  // Outside them: per codec worker (context_rans) two chunk-sized scratch buffers and its output;
-  // the overflow thread its zstd output and context; per upload the 256 KiB libcurl buffer
+  // Outside them: per codec worker (context_rans) two chunk-sized scratch buffers and its output
+  // buffer; the overflow thread its output buffer and zstd context (with a budget all made when
+  // the scan starts; an output buffer holds the header and zstd bound of a chunk, a little more
+  // than the chunk: agent/codec/chunk.hpp, EncodedChunkCapacity); per upload the 256 KiB libcurl buffer
   // (transport/http.hpp); the 256 KiB piece a chunk file is checked in before its upload
   // (uploads send from the file and hold no chunk).
   const base = 24 << 20;
@@ -212,9 +214,9 @@ node -e '
   const byCounts = 1 + 2 * perQueue + threads + 1;
   const buffers = budget > 0 ? Math.min(Math.max(1, Math.floor(budget / chunk)), byCounts) * chunk
                              : chunk + 2 * queue + (threads + 1) * chunk + 2 * chunk;
-  const outside = threads * (2 * chunk + compressed) + chunk + (1 << 20) + (parallel + 1) * (256 << 10);
+  const outside = threads * (2 * chunk + output) + output + (1 << 20) + (parallel + 1) * (256 << 10);
   console.log(`# bound from the config (docs/configuration.md, "Memory"): ${MiB(base)} base + ${MiB(buffers)} raw chunk buffers` +
               ` (codec.buffer_bytes ${MiB(budget)} MiB${budget > 0 ? ": the whole chunks it holds, made when the scan starts" : ": none, so their counts and two kept for reuse"})` +
               ` + ${MiB(outside)} outside them (codec scratch and outputs, libcurl buffers) = ${MiB(base + buffers + outside)} MiB;` +
-              ` + ~0.4 KiB a chunk; + free heap pages not yet returned (at most 0.5 s of frees)`);' \
+              ` + ~0.25 KiB a chunk; + free heap pages not yet returned (at most 0.5 s of frees)`);' \
   "$work/scan-${size_list[0]}.json"
