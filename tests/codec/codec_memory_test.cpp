@@ -394,9 +394,10 @@ TEST_CASE("codec memory: with a budget, the codec threads' output buffers are ma
     WARN("built with AddressSanitizer: allocations are not counted, nothing checked");
     return;
   }
-  // One slow worker (its output half a chunk) and the real overflow encoder (zstd -1, whose
-  // output takes its bound, more than the chunk): the detector outruns the worker, so chunks
-  // take both paths. Before this, every chunk's output was a new buffer of ~1 to 1.75 MiB.
+  // One worker (its output half a chunk) and the real overflow encoder (zstd -1, whose output
+  // takes its bound, more than the chunk): the worker holds its first chunk until the overflow
+  // thread has stored one, so chunks take both paths whatever the machine's load. Before this,
+  // every chunk's output was a new buffer of ~1 to 1.75 MiB.
   codec::ChunkStageOptions options;
   options.views_per_chunk = kViews;
   options.threads = 1;
@@ -404,16 +405,30 @@ TEST_CASE("codec memory: with a budget, the codec threads' output buffers are ma
   options.memory = ByteBudget::Make(12u << 20);
   std::atomic<int> stored{0};
   std::atomic<int> failed{0};
+  std::mutex gate_mutex;
+  std::condition_variable gate_cv;
+  bool overflow_stored = false;
+  static thread_local bool on_worker = false;  // set by the workers' encoder: the overflow thread never calls it
   auto store = [&](const codec::RawChunk&, Expected<std::span<const std::uint8_t>> bytes) {
     if (bytes && !bytes->empty()) {
       ++stored;
     } else {
       ++failed;
     }
+    if (!on_worker) {
+      std::lock_guard lock(gate_mutex);
+      overflow_stored = true;
+      gate_cv.notify_all();
+    }
   };
-  auto encode = [](const codec::ChunkInfo&, std::span<const std::uint8_t> samples, const codec::EncodeOptions&,
-                   std::vector<std::uint8_t>& out) -> Status {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto encode = [&](const codec::ChunkInfo&, std::span<const std::uint8_t> samples, const codec::EncodeOptions&,
+                    std::vector<std::uint8_t>& out) -> Status {
+    on_worker = true;
+    {
+      // Bounded: the overflow thread stores a chunk within a second on any machine.
+      std::unique_lock lock(gate_mutex);
+      gate_cv.wait_for(lock, std::chrono::seconds(20), [&] { return overflow_stored; });
+    }
     out.resize(samples.size() / 2);
     return Ok();
   };
