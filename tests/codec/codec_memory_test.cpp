@@ -21,10 +21,12 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <new>
 #include <random>
 #include <thread>
+#include <utility>
 
 #include "agent/codec/chunk.hpp"
 #include "agent/codec/chunk_stage.hpp"
@@ -181,6 +183,49 @@ class FastDetector final : public drivers::Detector {
   std::mt19937_64 rng_{7};
 };
 
+// A FastDetector that calls `on_first_view` when its first view is asked for (after the chunk
+// stage made what it makes before a scan's first view).
+class FirstViewDetector final : public drivers::Detector {
+ public:
+  FirstViewDetector(std::uint64_t views, std::function<void()> on_first_view)
+      : inner_(views), on_first_view_(std::move(on_first_view)) {}
+  drivers::DetectorInfo Info() const override { return inner_.Info(); }
+  Status Arm(const drivers::ScanProtocol& p) override { return inner_.Arm(p); }
+  Expected<std::optional<drivers::View>> NextView() override {
+    if (on_first_view_) std::exchange(on_first_view_, nullptr)();
+    return inner_.NextView();
+  }
+  void Abort() override { inner_.Abort(); }
+
+ private:
+  FastDetector inner_;
+  std::function<void()> on_first_view_;
+};
+
+// A scan of `chunks` chunks of kViews views: its protocol and the chunk template Acquire() takes.
+struct TestScan {
+  drivers::ScanProtocol protocol;
+  codec::ChunkInfo chunk_template;
+};
+TestScan ScanOf(std::uint32_t chunks) {
+  TestScan scan;
+  scan.protocol.rows = kRows;
+  scan.protocol.channels = kChannels;
+  scan.protocol.views_per_rotation = chunks * kViews;
+  scan.chunk_template = Info(0);
+  scan.chunk_template.views.clear();
+  return scan;
+}
+
+// The stage's options with one worker (and the overflow thread) and queues of `queue_bytes`.
+codec::ChunkStageOptions OneWorker(std::uint64_t queue_bytes) {
+  codec::ChunkStageOptions options;
+  options.views_per_chunk = kViews;
+  options.threads = 1;
+  options.queue_bytes = queue_bytes;
+  return options;
+}
+
 }  // namespace
 
 TEST_CASE("codec memory: a codec 2 chunk is returned with the capacity it uses, whatever the chunk") {
@@ -250,10 +295,7 @@ TEST_CASE("codec memory: waiting for room in the full queues, acquisition holds 
   // One worker and the overflow thread, each queue holding one chunk, and a store that waits for
   // the test: both threads stop in the store with a chunk each, both queues fill, and the
   // acquisition thread waits in Submit() with the fifth chunk.
-  codec::ChunkStageOptions options;
-  options.views_per_chunk = kViews;
-  options.threads = 1;
-  options.queue_bytes = kChunkBytes;
+  const codec::ChunkStageOptions options = OneWorker(kChunkBytes);
   std::mutex gate_mutex;
   std::condition_variable gate_cv;
   bool open = false;
@@ -278,13 +320,8 @@ TEST_CASE("codec memory: waiting for room in the full queues, acquisition holds 
   tracked_size = kChunkBytes;
   codec::ChunkStage stage(options, store, encode);
   FastDetector detector(8 * kViews);
-  drivers::ScanProtocol protocol;
-  protocol.rows = kRows;
-  protocol.channels = kChannels;
-  protocol.views_per_rotation = 8 * kViews;
-  codec::ChunkInfo chunk_template = Info(0);
-  chunk_template.views.clear();
-  std::thread acquisition([&] { (void)stage.Acquire(detector, protocol, chunk_template); });
+  const TestScan scan = ScanOf(8);
+  std::thread acquisition([&] { (void)stage.Acquire(detector, scan.protocol, scan.chunk_template); });
   // Bounded wait (the state is reached in well under a second; 2,000 x 10 ms is generous).
   bool reached = false;
   for (int i = 0; i < 2000 && !reached; ++i) {
@@ -335,25 +372,6 @@ TEST_CASE("codec memory: with a budget, a scan's raw chunk buffers are made befo
     return Ok();
   };
 
-  // Reads how many chunk-sized blocks were made when the first view is asked for.
-  class CountingDetector final : public drivers::Detector {
-   public:
-    explicit CountingDetector(std::uint64_t views) : inner_(views) {}
-    drivers::DetectorInfo Info() const override { return inner_.Info(); }
-    Status Arm(const drivers::ScanProtocol& p) override { return inner_.Arm(p); }
-    Expected<std::optional<drivers::View>> NextView() override {
-      if (made_before_first_view < 0) {
-        std::lock_guard lock(tracked_mutex);
-        made_before_first_view = tracked_made;
-      }
-      return inner_.NextView();
-    }
-    void Abort() override { inner_.Abort(); }
-    int made_before_first_view = -1;
-
-   private:
-    FastDetector inner_;
-  };
 
   {
     std::lock_guard lock(tracked_mutex);
@@ -363,15 +381,15 @@ TEST_CASE("codec memory: with a budget, a scan's raw chunk buffers are made befo
   }
   tracked_size = kChunkBytes;
   constexpr std::uint32_t kChunks = 12;
-  CountingDetector detector(std::uint64_t{kChunks} * kViews);
-  drivers::ScanProtocol protocol;
-  protocol.rows = kRows;
-  protocol.channels = kChannels;
-  protocol.views_per_rotation = kChunks * kViews;
-  codec::ChunkInfo chunk_template = Info(0);
-  chunk_template.views.clear();
+  // How many chunk-sized blocks were made when the first view is asked for.
+  int made_before_first_view = -1;
+  FirstViewDetector detector(std::uint64_t{kChunks} * kViews, [&] {
+    std::lock_guard lock(tracked_mutex);
+    made_before_first_view = tracked_made;
+  });
+  const TestScan scan = ScanOf(kChunks);
   codec::ChunkStage stage(options, store, encode);
-  const auto acquired = stage.Acquire(detector, protocol, chunk_template);
+  const auto acquired = stage.Acquire(detector, scan.protocol, scan.chunk_template);
   stage.Drain();
   tracked_size = 0;
   int made = 0, peak = 0, live = 0;
@@ -383,7 +401,7 @@ TEST_CASE("codec memory: with a budget, a scan's raw chunk buffers are made befo
   }
   CHECK(acquired.chunks == kChunks);
   CHECK(stored.load() == static_cast<int>(kChunks));
-  CHECK(detector.made_before_first_view == 6);
+  CHECK(made_before_first_view == 6);
   CHECK(made == 6);   // none made while the views arrived
   CHECK(peak == 6);
   CHECK(live == 0);   // freed when the stage drained, not when it is destroyed
@@ -398,10 +416,7 @@ TEST_CASE("codec memory: with a budget, the codec threads' output buffers are ma
   // takes its bound, more than the chunk): the worker holds its first chunk until the overflow
   // thread has stored one, so chunks take both paths whatever the machine's load. Before this,
   // every chunk's output was a new buffer of ~1 to 1.75 MiB.
-  codec::ChunkStageOptions options;
-  options.views_per_chunk = kViews;
-  options.threads = 1;
-  options.queue_bytes = 2 * kChunkBytes;
+  codec::ChunkStageOptions options = OneWorker(2 * kChunkBytes);
   options.memory = ByteBudget::Make(12u << 20);
   std::atomic<int> stored{0};
   std::atomic<int> failed{0};
@@ -432,34 +447,15 @@ TEST_CASE("codec memory: with a budget, the codec threads' output buffers are ma
     out.resize(samples.size() / 2);
     return Ok();
   };
-  // Starts counting large blocks when the first view is asked for.
-  class CountingDetector final : public drivers::Detector {
-   public:
-    explicit CountingDetector(std::uint64_t views) : inner_(views) {}
-    drivers::DetectorInfo Info() const override { return inner_.Info(); }
-    Status Arm(const drivers::ScanProtocol& p) override { return inner_.Arm(p); }
-    Expected<std::optional<drivers::View>> NextView() override {
-      counting_large = true;
-      return inner_.NextView();
-    }
-    void Abort() override { inner_.Abort(); }
-
-   private:
-    FastDetector inner_;
-  };
   constexpr std::uint32_t kChunks = 12;
-  CountingDetector detector(std::uint64_t{kChunks} * kViews);
-  drivers::ScanProtocol protocol;
-  protocol.rows = kRows;
-  protocol.channels = kChannels;
-  protocol.views_per_rotation = kChunks * kViews;
-  codec::ChunkInfo chunk_template = Info(0);
-  chunk_template.views.clear();
+  // Large blocks are counted from the first view on.
+  FirstViewDetector detector(std::uint64_t{kChunks} * kViews, [] { counting_large = true; });
+  const TestScan scan = ScanOf(kChunks);
   large_made = 0;
   codec::ChunkStageCounters counters;
   {
     codec::ChunkStage stage(options, store, encode);
-    const auto acquired = stage.Acquire(detector, protocol, chunk_template);
+    const auto acquired = stage.Acquire(detector, scan.protocol, scan.chunk_template);
     stage.Drain();
     counting_large = false;
     counters = stage.counters();
