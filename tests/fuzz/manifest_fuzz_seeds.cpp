@@ -30,9 +30,10 @@ int main(int argc, char** argv) {
       m.views_acquired = 300;
       m.complete = complete;
       if (!complete) m.incomplete_reason = "disk full";
+      const auto digest = [](char digit) { return ctagent::Sha256Digest::FromHex(std::string(64, digit)).value(); };
       for (std::uint32_t i = 0; i < 3; ++i) {
         if (!complete && i == 1) continue;  // a gap, as an interrupted scan may leave
-        m.chunks.push_back({i, 100ull * i, 100, 1000000, 400000, std::string(64, 'a'), std::string(64, 'b')});
+        m.chunks.push_back({i, 100ull * i, 100, 1000000, 400000, digest('a'), digest('b')});
       }
       const std::string path = std::string(argv[1]) + "/manifest-" + std::to_string(written++) + ".json";
       std::ofstream(path) << ctagent::codec::ToJson(m).dump(1);
