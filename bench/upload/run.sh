@@ -21,7 +21,7 @@
 # `npm ci` in this folder. Usage:
 #   bench/upload/run.sh --build build/links-release [--rates 20,100,1000] [--delays 0,30,80]
 #        [--clients agent,tusjs,curl] [--seconds 10] [--patch-mib 4] [--max-mib 256] [--parallel N]
-#        [--repeat R] [--agent-spool DIR] [--agent-b UPLOAD_BENCH]
+#        [--repeat R] [--agent-spool DIR] [--agent-b UPLOAD_BENCH] [--server-workers N]
 # A cell is --seconds of the link's time (10 s: shorter than one real scan at 20 or 100 Mbit/s; a
 # 16-slice chest scan is ~500 MiB compressed), because each scan's upload pays ~4 round trips
 # that no tus client with a journal can overlap (docs/links.md); --seconds 4 shows them.
@@ -37,6 +37,9 @@
 # upload_bench (a variant to compare within one run; build/.../bench/upload/upload_bench_async is the
 # uploads on AsyncHttp, one event loop); list it in --clients, read the "agent-b" columns (Mbit/s,
 # ratio, CPU % as for the agent, and the most uploads in flight upload_bench_async allowed).
+# --server-workers N runs the tus server as N node processes sharing its port (server.mjs
+# --workers; default 1): one process holds about 1 Gbit/s of TLS uploads on a core, so in the
+# 1000 Mbit/s cells it, not the client, sets the figure; "server CPU %" is then all N processes'.
 # Environment: AGENT_LOG=debug logs the agent client's uploads (printed under "client errors");
 # AGENT_WRAP="strace -f -tt -o FILE" (or perf ...) runs the agent client under that command.
 set -euo pipefail
@@ -54,6 +57,7 @@ parallel=""
 repeat=1
 agent_spool=""
 bench_exe_b=""
+server_workers=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --build) build=$2; shift 2 ;;
@@ -67,6 +71,7 @@ while [ $# -gt 0 ]; do
     --repeat) repeat=$2; shift 2 ;;
     --agent-spool) agent_spool=$2; shift 2 ;;
     --agent-b) bench_exe_b=$2; shift 2 ;;
+    --server-workers) server_workers=$2; shift 2 ;;
     *) echo "run.sh: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
@@ -134,7 +139,7 @@ wait_file() {  # $1 file, $2 what
 }
 
 ip netns exec "$cloud" node "$src/cloud/tus-server/server.mjs" --host 0.0.0.0 --port 0 --dir "$work/store" \
-  --cert "$work/svc.pem" --key "$work/svc.key" --ready-file "$work/tus.port" > "$work/tus.log" 2>&1 &
+  --cert "$work/svc.pem" --key "$work/svc.key" --ready-file "$work/tus.port" --workers "$server_workers" > "$work/tus.log" 2>&1 &
 pids+=($!)
 tus_pid=$!  # ip netns exec execs node: the same PID
 wait_file "$work/tus.port" "tus server"
@@ -213,10 +218,16 @@ run_agent() { run_agent_exe "$bench_exe" "$@"; }
 run_agentb() { run_agent_exe "$bench_exe_b" "$@"; }
 clk_tck=$(getconf CLK_TCK)
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }  # user + system
+server_ticks() {  # the tus server's, its worker processes' included (--server-workers)
+  local total pid
+  total=$(cpu_ticks "$tus_pid")
+  for pid in $(cat /proc/"$tus_pid"/task/*/children 2>/dev/null); do total=$((total + $(cpu_ticks "$pid"))); done
+  echo "$total"
+}
 run_agent_exe() {  # $1 upload_bench $2 dir $3 ns $4 url
   local exe=$1 out seconds server0 proxy0
   shift
-  server0=$(cpu_ticks "$tus_pid"); proxy0=$(cpu_ticks "$proxy_pid")
+  server0=$(server_ticks); proxy0=$(cpu_ticks "$proxy_pid")
   out=$(ip netns exec "$2" ${AGENT_WRAP:-} "$exe" --url "$3" --dir "$1" --ca "$pki/ca.pem" --patch-bytes $patch_bytes \
         --parallel "$parallel"  --spool "$agent_spool" ${AGENT_LOG:+--log $AGENT_LOG} 2>>"$work/clients.log") || { echo fail; return; }
   seconds=$(sed -n 's/^seconds=\([0-9.]*\).*/\1/p' <<<"$out")
@@ -226,7 +237,7 @@ run_agent_exe() {  # $1 upload_bench $2 dir $3 ns $4 url
   awk -v c="$(sed -n 's/.*cpu_seconds=\([0-9.]*\).*/\1/p' <<<"$out")" -v s="$seconds" \
     'BEGIN { printf "%.0f\n", 100 * c / s }' >> "$cpu_file"
   if [ "$exe" = "$bench_exe" ]; then  # the peers' CPU over the agent's upload (start-up included)
-    awk -v a="$server0" -v b="$(cpu_ticks "$tus_pid")" -v t="$clk_tck" -v s="$seconds" \
+    awk -v a="$server0" -v b="$(server_ticks)" -v t="$clk_tck" -v s="$seconds" \
       'BEGIN { printf "%.0f\n", 100 * (b - a) / t / s }' >> "$work/server.cpu"
     awk -v a="$proxy0" -v b="$(cpu_ticks "$proxy_pid")" -v t="$clk_tck" -v s="$seconds" \
       'BEGIN { printf "%.0f\n", 100 * (b - a) / t / s }' >> "$work/proxy.cpu"
@@ -274,7 +285,7 @@ if curl_one "$ceiling_file" "$cloud" "https://127.0.0.1:$tus_port/files/"; then
 else
   ceiling=fail
 fi
-echo "ceiling (curl over loopback, $max_mib MiB): $ceiling Mbit/s; parallel uploads $parallel, PATCH $patch_mib MiB, repeat $repeat; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "ceiling (curl over loopback, $max_mib MiB): $ceiling Mbit/s; parallel uploads $parallel, PATCH $patch_mib MiB, repeat $repeat, tus server processes $server_workers; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 rm -rf "$work/store"/*
 
 IFS=, read -r -a rate_list <<<"$rates"
