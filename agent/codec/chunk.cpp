@@ -64,31 +64,19 @@ T Get(std::span<const std::uint8_t> in, std::size_t offset) {
   return value;
 }
 
-bool HexToBytes(const std::string& hex, std::uint8_t* out, std::size_t n) {
-  if (hex.size() != 2 * n) return false;
-  auto nibble = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    return -1;
-  };
-  for (std::size_t i = 0; i < n; ++i) {
-    const int hi = nibble(hex[2 * i]);
-    const int lo = nibble(hex[2 * i + 1]);
-    if (hi < 0 || lo < 0) return false;
-    out[i] = static_cast<std::uint8_t>(hi * 16 + lo);
-  }
+// A header's SHA-256 fields hold the digest's 32 bytes; ChunkInfo holds it as hex
+// (Sha256Digest converts both ways). False if `hex` is not a digest.
+bool HexToBytes(const std::string& hex, std::uint8_t* out) {
+  const auto digest = Sha256Digest::FromHex(hex);
+  if (!digest || digest->empty()) return false;
+  std::memcpy(out, digest->bytes().data(), digest->bytes().size());
   return true;
 }
 
-std::string BytesToHex(const std::uint8_t* bytes, std::size_t n) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string s;
-  s.reserve(2 * n);
-  for (std::size_t i = 0; i < n; ++i) {
-    s.push_back(kHex[bytes[i] >> 4]);
-    s.push_back(kHex[bytes[i] & 0x0f]);
-  }
-  return s;
+std::string BytesToHex(const std::uint8_t* bytes) {
+  std::array<std::uint8_t, 32> digest{};
+  std::memcpy(digest.data(), bytes, digest.size());
+  return Sha256Digest(digest).Hex();
 }
 
 // Header hash: SHA-256 over the header with the hash field itself zeroed.
@@ -299,8 +287,8 @@ Status EncodeChunkInto(ChunkInfo info, std::span<const std::uint8_t> samples, co
   Put<std::uint32_t>(out, kOffDescriptorLength, static_cast<std::uint32_t>(descriptor.size()));
   Put<std::uint64_t>(out, kOffRawLength, info.raw_length);
   Put<std::uint64_t>(out, kOffCompressedLength, info.compressed_length);
-  HexToBytes(info.raw_sha256, out.data() + kOffRawSha, 32);
-  HexToBytes(info.compressed_sha256, out.data() + kOffCompressedSha, 32);
+  HexToBytes(info.raw_sha256, out.data() + kOffRawSha);
+  HexToBytes(info.compressed_sha256, out.data() + kOffCompressedSha);
   std::memset(out.data() + kOffScanUid, 0, kScanUidBytes);
   std::memcpy(out.data() + kOffScanUid, info.scan_uid.data(), info.scan_uid.size());
   std::size_t pos = kFixedHeaderBytes;
@@ -315,7 +303,7 @@ Status EncodeChunkInto(ChunkInfo info, std::span<const std::uint8_t> samples, co
   }
   std::memcpy(out.data() + pos, descriptor.data(), descriptor.size());
   const std::string header_hash = HeaderHash({out.data(), header_length});
-  HexToBytes(header_hash, out.data() + kOffHeaderSha, 32);
+  HexToBytes(header_hash, out.data() + kOffHeaderSha);
   return Ok();
 }
 
@@ -350,7 +338,7 @@ Expected<ChunkInfo> ParseChunkHeader(std::span<const std::uint8_t> bytes) {
                    std::to_string(min_header) + ", file has " + std::to_string(bytes.size()) + " bytes)");
   }
   const auto header = bytes.subspan(0, header_length);
-  if (HeaderHash(header) != BytesToHex(bytes.data() + kOffHeaderSha, 32)) {
+  if (HeaderHash(header) != BytesToHex(bytes.data() + kOffHeaderSha)) {
     return Corrupt("header checksum mismatch");
   }
   info.header_length = header_length;
@@ -385,8 +373,8 @@ Expected<ChunkInfo> ParseChunkHeader(std::span<const std::uint8_t> bytes) {
   info.zstd_level = Get<std::int8_t>(bytes, kOffZstdLevel);
   info.raw_length = Get<std::uint64_t>(bytes, kOffRawLength);
   info.compressed_length = Get<std::uint64_t>(bytes, kOffCompressedLength);
-  info.raw_sha256 = BytesToHex(bytes.data() + kOffRawSha, 32);
-  info.compressed_sha256 = BytesToHex(bytes.data() + kOffCompressedSha, 32);
+  info.raw_sha256 = BytesToHex(bytes.data() + kOffRawSha);
+  info.compressed_sha256 = BytesToHex(bytes.data() + kOffCompressedSha);
   if (info.rows == 0 || info.channels == 0 || info.rows > 4096 || info.channels > 65536) {
     return Corrupt("implausible shape " + std::to_string(info.rows) + " rows x " + std::to_string(info.channels) + " channels");
   }
