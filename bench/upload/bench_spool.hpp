@@ -44,13 +44,20 @@ inline double CpuSeconds() {
 
 struct BenchSpool {
   std::unique_ptr<spool::Spool> spool;
-  codec::Manifest manifest;
-  std::uint64_t total_bytes = 0;  // chunks and the stored manifest
+  codec::Manifest manifest;  // the first scan's
+  std::uint64_t total_bytes = 0;  // one scan's chunks and its stored manifest
+  // Every scan's manifest, the first one's first: the same chunks under another scan UID each
+  // (FillSpool's `scans`), as consecutive scans of the same size would be spooled.
+  std::vector<codec::Manifest> scans;
+  std::vector<std::uint64_t> scan_bytes;  // each scan's chunks and its stored manifest
 };
 
-// `dir` holds manifest.json and the chunk files it lists (NNNNNN.ctc, by chunk index).
+// `dir` holds manifest.json and the chunk files it lists (NNNNNN.ctc, by chunk index). With
+// `scans` above 1, the same chunks are spooled again as further scans, each with the first's UID
+// and ".2", ".3"... appended (the bytes keep the first's UID in their header: the reference tus
+// server does not read them, the cloud's worker would refuse them).
 inline Expected<BenchSpool> FillSpool(const std::filesystem::path& dir, const std::filesystem::path& spool_dir,
-                                      FileStore& files) {
+                                      FileStore& files, int scans = 1) {
   std::filesystem::remove_all(spool_dir);
   const auto manifest_bytes = ReadFile(dir / "manifest.json");
   auto manifest_json = nlohmann::json::parse(manifest_bytes.begin(), manifest_bytes.end(), nullptr, false);
@@ -62,22 +69,29 @@ inline Expected<BenchSpool> FillSpool(const std::filesystem::path& dir, const st
   options.min_free_bytes = 0;
   auto spool = spool::Spool::Open(options, files);
   if (!spool) return MakeError(spool.error());
-  spool::ScanRecord record;
-  record.scan_uid = manifest->scan_uid;
-  record.study_uid = manifest->study_uid;
   BenchSpool out;
-  for (const auto& c : manifest->chunks) out.total_bytes += c.compressed_bytes;
-  if (auto st = (*spool)->BeginScan(record, out.total_bytes + (1u << 20)); !st) return MakeError(st.error());
-  for (const auto& c : manifest->chunks) {
-    const auto bytes = ReadFile(dir / ChunkName(c.index));
-    if (auto st = (*spool)->AddChunk(manifest->scan_uid, c, bytes); !st) return MakeError(st.error());
+  std::uint64_t chunk_bytes = 0;
+  for (const auto& c : manifest->chunks) chunk_bytes += c.compressed_bytes;
+  for (int k = 0; k < scans; ++k) {
+    codec::Manifest scan = *manifest;
+    if (k > 0) scan.scan_uid += "." + std::to_string(k + 1);
+    spool::ScanRecord record;
+    record.scan_uid = scan.scan_uid;
+    record.study_uid = scan.study_uid;
+    if (auto st = (*spool)->BeginScan(record, chunk_bytes + (1u << 20)); !st) return MakeError(st.error());
+    for (const auto& c : scan.chunks) {
+      const auto bytes = ReadFile(dir / ChunkName(c.index));
+      if (auto st = (*spool)->AddChunk(scan.scan_uid, c, bytes); !st) return MakeError(st.error());
+    }
+    if (auto st = (*spool)->FinishAcquisition(scan.scan_uid, scan); !st) return MakeError(st.error());
+    auto stored_manifest = (*spool)->ReadManifest(scan.scan_uid);
+    if (!stored_manifest) return MakeError(stored_manifest.error());
+    out.scan_bytes.push_back(chunk_bytes + stored_manifest->size());
+    out.scans.push_back(std::move(scan));
   }
-  if (auto st = (*spool)->FinishAcquisition(manifest->scan_uid, *manifest); !st) return MakeError(st.error());
-  auto stored_manifest = (*spool)->ReadManifest(manifest->scan_uid);
-  if (!stored_manifest) return MakeError(stored_manifest.error());
-  out.total_bytes += stored_manifest->size();
   out.spool = std::move(*spool);
-  out.manifest = std::move(*manifest);
+  out.manifest = out.scans.front();
+  out.total_bytes = out.scan_bytes.front();
   return out;
 }
 

@@ -21,7 +21,7 @@
 # `npm ci` in this folder. Usage:
 #   bench/upload/run.sh --build build/links-release [--rates 20,100,1000] [--delays 0,30,80]
 #        [--clients agent,tusjs,curl] [--seconds 10] [--patch-mib 4] [--max-mib 256] [--parallel N]
-#        [--repeat R] [--agent-spool DIR] [--agent-b UPLOAD_BENCH] [--server-workers N]
+#        [--repeat R] [--agent-spool DIR] [--agent-b UPLOAD_BENCH] [--server-workers N] [--warm]
 # A cell is --seconds of the link's time (10 s: shorter than one real scan at 20 or 100 Mbit/s; a
 # 16-slice chest scan is ~500 MiB compressed), because each scan's upload pays ~4 round trips
 # that no tus client with a journal can overlap (docs/links.md); --seconds 4 shows them.
@@ -40,6 +40,12 @@
 # --server-workers N runs the tus server as N node processes sharing its port (server.mjs
 # --workers; default 1): one process holds about 1 Gbit/s of TLS uploads on a core, so in the
 # 1000 Mbit/s cells it, not the client, sets the figure; "server CPU %" is then all N processes'.
+# --warm has the agent client (upload_bench --scans 2) upload the cell's chunks as two scans, one
+# after the other, with the same Uploader: the "agent Mbit/s" column stays the first (a fresh
+# process: TLS handshakes, the first creation, the window grown from cloud.parallel_uploads by
+# the rate it measures), and "warm Mbit/s" is the second, begun once the first is confirmed, as
+# the daemon takes a scan that follows another (its connections open, its link measured).
+# "agent CPU %" stays the first scan's; "server CPU %" and "proxy CPU %" are then over both.
 # Environment: AGENT_LOG=debug logs the agent client's uploads (printed under "client errors");
 # AGENT_WRAP="strace -f -tt -o FILE" (or perf ...) runs the agent client under that command.
 set -euo pipefail
@@ -58,6 +64,7 @@ repeat=1
 agent_spool=""
 bench_exe_b=""
 server_workers=1
+warm=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --build) build=$2; shift 2 ;;
@@ -72,6 +79,7 @@ while [ $# -gt 0 ]; do
     --agent-spool) agent_spool=$2; shift 2 ;;
     --agent-b) bench_exe_b=$2; shift 2 ;;
     --server-workers) server_workers=$2; shift 2 ;;
+    --warm) warm=1; shift ;;
     *) echo "run.sh: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
@@ -229,7 +237,8 @@ run_agent_exe() {  # $1 upload_bench $2 dir $3 ns $4 url
   shift
   server0=$(server_ticks); proxy0=$(cpu_ticks "$proxy_pid")
   out=$(ip netns exec "$2" ${AGENT_WRAP:-} "$exe" --url "$3" --dir "$1" --ca "$pki/ca.pem" --patch-bytes $patch_bytes \
-        --parallel "$parallel"  --spool "$agent_spool" ${AGENT_LOG:+--log $AGENT_LOG} 2>>"$work/clients.log") || { echo fail; return; }
+        --parallel "$parallel"  --spool "$agent_spool" ${AGENT_LOG:+--log $AGENT_LOG} \
+        $([ "$warm" = 0 ] || [ "$exe" != "$bench_exe" ] || echo --scans 2) 2>>"$work/clients.log") || { echo fail; return; }
   seconds=$(sed -n 's/^seconds=\([0-9.]*\).*/\1/p' <<<"$out")
   # The client's CPU during the upload, in % of one core (the agent's own cost per byte).
   local cpu_file=$work/agent.cpu window_file=$work/agent.window
@@ -237,10 +246,17 @@ run_agent_exe() {  # $1 upload_bench $2 dir $3 ns $4 url
   awk -v c="$(sed -n 's/.*cpu_seconds=\([0-9.]*\).*/\1/p' <<<"$out")" -v s="$seconds" \
     'BEGIN { printf "%.0f\n", 100 * c / s }' >> "$cpu_file"
   if [ "$exe" = "$bench_exe" ]; then  # the peers' CPU over the agent's upload (start-up included)
-    awk -v a="$server0" -v b="$(server_ticks)" -v t="$clk_tck" -v s="$seconds" \
+    local all_seconds  # with --warm, both scans'
+    all_seconds=$(sed -n 's/.*all_seconds=\([0-9.]*\).*/\1/p' <<<"$out")
+    [ -n "$all_seconds" ] || all_seconds=$seconds
+    awk -v a="$server0" -v b="$(server_ticks)" -v t="$clk_tck" -v s="$all_seconds" \
       'BEGIN { printf "%.0f\n", 100 * (b - a) / t / s }' >> "$work/server.cpu"
-    awk -v a="$proxy0" -v b="$(cpu_ticks "$proxy_pid")" -v t="$clk_tck" -v s="$seconds" \
+    awk -v a="$proxy0" -v b="$(cpu_ticks "$proxy_pid")" -v t="$clk_tck" -v s="$all_seconds" \
       'BEGIN { printf "%.0f\n", 100 * (b - a) / t / s }' >> "$work/proxy.cpu"
+  fi
+  if [ "$warm" = 1 ] && [ "$exe" = "$bench_exe" ]; then  # the second scan, on the warm uploader
+    mbits "$(sed -n 's/.*warm_seconds=\([0-9.]*\).*/\1/p' <<<"$out")" "$(sed -n 's/.*warm_bytes=\([0-9]*\).*/\1/p' <<<"$out")" >> "$work/agent.warm"
+    echo >> "$work/agent.warm"
   fi
   # Both say how many uploads they let send at once at most (admitted by rate x round trip).
   sed -n 's/.*max_window=\([0-9]*\).*/\1/p' <<<"$out" >> "$window_file"
@@ -293,7 +309,8 @@ IFS=, read -r -a delay_list <<<"$delays"
 IFS=, read -r -a client_list <<<"$clients"
 
 bcol=""; bsep=""
-[ -z "$bench_exe_b" ] || { bcol=" agent-b Mbit/s | agent-b/cap | agent-b CPU % | agent-b window |"; bsep="---|---|---|---|"; }
+if [ "$warm" = 1 ]; then bcol=" warm Mbit/s | warm/cap |"; bsep="---|---|"; fi
+[ -z "$bench_exe_b" ] || { bcol+=" agent-b Mbit/s | agent-b/cap | agent-b CPU % | agent-b window |"; bsep+="---|---|---|---|"; }
 printf '\n| link Mbit/s | added RTT ms | MiB | chunks | agent Mbit/s | tus-js Mbit/s | curl Mbit/s | agent/cap | tus-js/cap | curl/cap | agent/tus-js |%s agent CPU %% | server CPU %% | proxy CPU %% | agent window | load |\n' "$bcol"
 printf '|---|---|---|---|---|---|---|---|---|---|---|%s---|---|---|---|---|\n' "$bsep"
 for rate in "${rate_list[@]}"; do
@@ -312,7 +329,7 @@ for rate in "${rate_list[@]}"; do
     mv "$work/proxy.control.tmp" "$work/proxy.control"
     sleep 0.2
     declare -A got=()
-    : > "$work/agent.cpu"; : > "$work/agentb.cpu"; : > "$work/server.cpu"; : > "$work/proxy.cpu"; : > "$work/agent.window"; : > "$work/agentb.window"
+    : > "$work/agent.cpu"; : > "$work/agent.warm"; : > "$work/agentb.cpu"; : > "$work/server.cpu"; : > "$work/proxy.cpu"; : > "$work/agent.window"; : > "$work/agentb.window"
     for _ in $(seq 1 "$repeat"); do
       for c in "${client_list[@]}"; do
         got[$c]="${got[$c]:-} $(run_"$c" "$dir" "$scan" "$url")"
@@ -323,7 +340,11 @@ for rate in "${rate_list[@]}"; do
     cap=$(awk -v r="$rate" -v c="$ceiling" 'BEGIN { if (c == "fail" || c + 0 > r) print r; else print c }')
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "fail" || b == "fail" || a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
     bval=""
-    [ -z "$bench_exe_b" ] || bval=" ${got[agentb]:--} | $(ratio "${got[agentb]:-}" "$cap") | $(median < "$work/agentb.cpu") | $(median < "$work/agentb.window") |"
+    if [ "$warm" = 1 ]; then
+      warm_mbits=$(median < "$work/agent.warm")
+      bval=" $warm_mbits | $(ratio "$warm_mbits" "$cap") |"
+    fi
+    [ -z "$bench_exe_b" ] || bval+=" ${got[agentb]:--} | $(ratio "${got[agentb]:-}" "$cap") | $(median < "$work/agentb.cpu") | $(median < "$work/agentb.window") |"
     printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |%s %s | %s | %s | %s | %s |\n' "$rate" "$delay" "$cell_mib" "$nchunks" \
       "${got[agent]:--}" "${got[tusjs]:--}" "${got[curl]:--}" \
       "$(ratio "${got[agent]:-}" "$cap")" "$(ratio "${got[tusjs]:-}" "$cap")" "$(ratio "${got[curl]:-}" "$cap")" \
