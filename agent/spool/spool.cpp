@@ -715,7 +715,11 @@ Status Spool::VerifyFiles() {
   // Chunks the cloud has not confirmed, and the manifest until it is confirmed: these will
   // still be uploaded, so they must be exactly what was recorded when they were written.
   std::vector<std::tuple<std::string, std::int64_t, std::string>> damaged;  // scan, chunk (-1: manifest), why
-  for (const auto& [uid, r] : scans_) {
+  for (const auto& scan : scans_) {
+    // Named, not a structured binding: clang before 16 (Debian 12's is 14) cannot capture one
+    // in a lambda, and an OEM's toolchain may be clang.
+    const std::string& uid = scan.first;
+    const ScanRecord& r = scan.second;
     if (r.state == ScanState::kFailed || r.raw_deleted) continue;
     const auto check = [&](std::int64_t index, const std::filesystem::path& path, const std::string& expected) {
       ++recovery_.files_verified;
