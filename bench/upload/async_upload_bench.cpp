@@ -399,7 +399,7 @@ int main(int argc, char** argv) {
   const double cpu0 = bench::CpuSeconds();
   const auto t0 = Clock::now();
   {
-    AsyncUploads uploads(io, *filled->spool, filled->manifest, url, options, min_window, max_window);
+    AsyncUploads uploads(io, *filled->spool, filled->manifest(), url, options, min_window, max_window);
     uploads.Run([&](Status st) {
       if (!st) {
         ++failed;
@@ -416,7 +416,7 @@ int main(int argc, char** argv) {
   fs::remove_all(spool_dir);
   if (failed > 0) return 1;
   std::printf("seconds=%.4f bytes=%llu uploads=%zu cpu_seconds=%.3f max_window=%u\n", seconds,
-              static_cast<unsigned long long>(filled->total_bytes), filled->manifest.chunks.size() + 1, cpu_seconds,
+              static_cast<unsigned long long>(filled->total_bytes()), filled->manifest().chunks.size() + 1, cpu_seconds,
               max_window_seen);
   return 0;
 }

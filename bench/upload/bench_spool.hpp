@@ -44,12 +44,13 @@ inline double CpuSeconds() {
 
 struct BenchSpool {
   std::unique_ptr<spool::Spool> spool;
-  codec::Manifest manifest;  // the first scan's
-  std::uint64_t total_bytes = 0;  // one scan's chunks and its stored manifest
   // Every scan's manifest, the first one's first: the same chunks under another scan UID each
   // (FillSpool's `scans`), as consecutive scans of the same size would be spooled.
   std::vector<codec::Manifest> scans;
   std::vector<std::uint64_t> scan_bytes;  // each scan's chunks and its stored manifest
+
+  const codec::Manifest& manifest() const { return scans.front(); }
+  std::uint64_t total_bytes() const { return scan_bytes.front(); }  // the first scan's
 };
 
 // `dir` holds manifest.json and the chunk files it lists (NNNNNN.ctc, by chunk index). With
@@ -79,19 +80,21 @@ inline Expected<BenchSpool> FillSpool(const std::filesystem::path& dir, const st
     record.scan_uid = scan.scan_uid;
     record.study_uid = scan.study_uid;
     if (auto st = (*spool)->BeginScan(record, chunk_bytes + (1u << 20)); !st) return MakeError(st.error());
-    for (const auto& c : scan.chunks) {
-      const auto bytes = ReadFile(dir / ChunkName(c.index));
+    out.scans.push_back(std::move(scan));
+  }
+  for (const auto& c : manifest->chunks) {  // each chunk file read once, whatever the scans
+    const auto bytes = ReadFile(dir / ChunkName(c.index));
+    for (const auto& scan : out.scans) {
       if (auto st = (*spool)->AddChunk(scan.scan_uid, c, bytes); !st) return MakeError(st.error());
     }
+  }
+  for (const auto& scan : out.scans) {
     if (auto st = (*spool)->FinishAcquisition(scan.scan_uid, scan); !st) return MakeError(st.error());
     auto stored_manifest = (*spool)->ReadManifest(scan.scan_uid);
     if (!stored_manifest) return MakeError(stored_manifest.error());
     out.scan_bytes.push_back(chunk_bytes + stored_manifest->size());
-    out.scans.push_back(std::move(scan));
   }
   out.spool = std::move(*spool);
-  out.manifest = out.scans.front();
-  out.total_bytes = out.scan_bytes.front();
   return out;
 }
 

@@ -94,6 +94,11 @@ int main(int argc, char** argv) {
   auto work = boost::asio::make_work_guard(io);
   core::Uploader uploader(io, *spool, cloud);
   int failed = 0;
+  const auto note = [&failed](const Status& st) {
+    if (st) return;
+    ++failed;
+    std::fprintf(stderr, "upload_bench: %s\n", st.error().message().c_str());
+  };
   std::vector<double> seconds(static_cast<std::size_t>(scans), 0.0);
   double first_cpu_seconds = 0;
   const double cpu0 = bench::CpuSeconds();
@@ -103,10 +108,7 @@ int main(int argc, char** argv) {
     const auto t0 = std::chrono::steady_clock::now();
     auto chunks_left = std::make_shared<std::size_t>(manifest.chunks.size());
     auto finish = [&, k, t0](Status st) {
-      if (!st) {
-        ++failed;
-        std::fprintf(stderr, "upload_bench: %s\n", st.error().message().c_str());
-      }
+      note(st);
       seconds[k] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (k == 0) first_cpu_seconds = bench::CpuSeconds() - cpu0;
       if (failed == 0 && k + 1 < filled->scans.size()) {
@@ -117,10 +119,7 @@ int main(int argc, char** argv) {
     };
     for (const auto& c : manifest.chunks) {
       uploader.UploadChunk(manifest.scan_uid, c.index, [&, chunks_left, uid = manifest.scan_uid, finish](Status st) {
-        if (!st) {
-          ++failed;
-          std::fprintf(stderr, "upload_bench: %s\n", st.error().message().c_str());
-        }
+        note(st);
         if (--*chunks_left == 0) uploader.UploadManifest(uid, finish);
       });
     }
@@ -135,7 +134,7 @@ int main(int argc, char** argv) {
   fs::remove_all(spool_dir);
   if (failed > 0) return 1;
   std::printf("seconds=%.4f bytes=%llu uploads=%zu cpu_seconds=%.3f max_window=%u", seconds.front(),
-              static_cast<unsigned long long>(filled->scan_bytes.front()), filled->manifest.chunks.size() + 1,
+              static_cast<unsigned long long>(filled->total_bytes()), filled->manifest().chunks.size() + 1,
               first_cpu_seconds, max_window);
   if (scans > 1) {
     std::printf(" warm_seconds=%.4f warm_bytes=%llu all_seconds=%.4f", seconds.back(),
