@@ -43,7 +43,7 @@ void AdmissionEstimator::NoteConfirmed(std::uint64_t bytes, Clock::time_point no
     mark_bytes_ = confirmed_;  // the first period starts here: bytes confirmed now were sent before it
     return;
   }
-  const auto period = std::max<Clock::duration>(std::chrono::milliseconds(250), 2 * round_trip());
+  const auto period = std::max<Clock::duration>(kShortestRatePeriod, 2 * round_trip());
   const auto span = now - mark_time_;
   if (span < period) return;
   rates_[next_rate_] =

@@ -10,8 +10,8 @@
 namespace ctagent::core {
 
 // An upload's cycle on a path of round trip T spends about 2 T beyond its bytes (the PATCH
-// going out while the sender's window opens, and its answer coming back; then the completion is
-// journaled). Admitting rate x (2 x 2 T) / bytes per upload covers that cycle twice over: while
+// going out while the sender's window opens, and its answer coming back; its completion is then
+// journaled without holding its place). Admitting rate x (2 x 2 T) / bytes per upload covers that cycle twice over: while
 // the number in flight is what limits the rate, each new measurement raises it (by up to half);
 // once the link is full it settles at 4 x rate x T / bytes, and the maximum caps it.
 inline constexpr double kRoundTripsPerAdmission = 4.0;
@@ -35,7 +35,7 @@ class AdmissionEstimator {
   // connection, or waited behind a full queue, does not count, and a path that got longer is
   // seen within 10 s.
   void NoteRoundTrip(std::chrono::nanoseconds sample, Clock::time_point now);
-  // The delivered rate is measured over periods of at least max(250 ms, 2 round trips); the
+  // The delivered rate is measured over periods of at least max(100 ms, 2 round trips); the
   // estimate is the best of the last 4 periods, so that a gap between scans or one slow period
   // does not drop the count at once.
   void NoteConfirmed(std::uint64_t bytes, Clock::time_point now);
@@ -48,6 +48,11 @@ class AdmissionEstimator {
 
  private:
   static constexpr auto kRoundTripBucket = std::chrono::seconds(5);
+  // A fresh uploader's count grows by up to half per period while it is what limits the rate,
+  // so the period sets how soon a long fat path is full. Two round trips hold an upload's cycle;
+  // the floor keeps a short path's periods from being so short that one PATCH's answer more or
+  // less swings the rate (at 100 ms, ~13 answers of ~0.9 MiB at 1 Gbit/s).
+  static constexpr auto kShortestRatePeriod = std::chrono::milliseconds(100);
   static constexpr int kRatePeriods = 4;
   std::chrono::nanoseconds rtt_current_{0};   // min of the current bucket (0: none)
   std::chrono::nanoseconds rtt_previous_{0};  // min of the bucket before

@@ -70,7 +70,7 @@ TEST_CASE("admission estimator: the shortest recent round trip, the best recent 
   e.NoteRoundTrip(milliseconds(95), t0 + milliseconds(400));
   CHECK(e.round_trip() == milliseconds(80));
   e.NotePatch(kMiB);
-  // 12.5 MB every 100 ms (1 Gbit/s), in periods of max(250 ms, 2 x 80 ms).
+  // 12.5 MB every 100 ms (1 Gbit/s), in periods of max(100 ms, 2 x 80 ms).
   for (int i = 0; i <= 10; ++i) e.NoteConfirmed(12'500'000, t0 + milliseconds(100 * i));
   CHECK(e.rate_bytes_per_s() == Approx(kGigabit).epsilon(0.01));
   CHECK(e.Admit(8, 64) == 40);
@@ -88,4 +88,29 @@ TEST_CASE("admission estimator: the shortest recent round trip, the best recent 
   e.NoteRoundTrip(milliseconds(200), t0 + std::chrono::seconds(8));
   e.NoteRoundTrip(milliseconds(200), t0 + std::chrono::seconds(14));
   CHECK(e.round_trip() == milliseconds(200));
+}
+
+TEST_CASE("admission estimator: a period is two round trips, and never shorter than 100 ms", "[core][admission]") {
+  const auto t0 = AdmissionEstimator::Clock::time_point{} + std::chrono::hours(1);
+  {
+    // 80 ms round trip: 21 MB confirmed 150 ms after the first answer is not a period yet; at
+    // 170 ms it is one, at the 1 Gbit/s the bytes say.
+    AdmissionEstimator e;
+    e.NoteRoundTrip(milliseconds(80), t0);
+    e.NoteConfirmed(1'000'000, t0);
+    e.NoteConfirmed(21'250'000, t0 + milliseconds(150));
+    CHECK(e.rate_bytes_per_s() == 0);
+    e.NoteConfirmed(0, t0 + milliseconds(170));
+    CHECK(e.rate_bytes_per_s() == Approx(kGigabit).epsilon(0.01));
+  }
+  {
+    // 20 ms round trip: the 100 ms floor, not 40 ms.
+    AdmissionEstimator e;
+    e.NoteRoundTrip(milliseconds(20), t0);
+    e.NoteConfirmed(1'000'000, t0);
+    e.NoteConfirmed(5'000'000, t0 + milliseconds(60));
+    CHECK(e.rate_bytes_per_s() == 0);
+    e.NoteConfirmed(7'500'000, t0 + milliseconds(100));
+    CHECK(e.rate_bytes_per_s() == Approx(kGigabit).epsilon(0.01));
+  }
 }
