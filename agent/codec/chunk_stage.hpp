@@ -64,8 +64,9 @@ struct ChunkStageOptions {
   EncodeOptions encode{Filter::kPredict, 3};
   EncodeOptions overflow{Filter::kNone, 1};
   // Where Acquire() takes each chunk's raw bytes from before it fills the chunk (waiting, and
-  // counting a stall, while the budget is spent); they go back once the chunk is stored. Shared
-  // with the uploader's read-backs (docs/configuration.md, "Memory"). nullptr: no budget.
+  // counting a stall, while the budget is spent); they go back once the chunk is stored. Uploads
+  // take nothing from it: they send each chunk from its spool file (docs/configuration.md,
+  // "Memory"). nullptr: no budget.
   std::shared_ptr<ByteBudget> memory;
 };
 

@@ -88,6 +88,8 @@ struct Uploader::Job {
   std::uint32_t sending_attempts = 0;
   // The last attempt was cut short by a pause (not a failure): it is held, not retried.
   bool paused_out = false;
+  // Holds one of the byte stage's admitted places (counted in sending_).
+  bool sending_place = false;
 
   // This attempt's lease (leased: Report() is owed) and what its stages carry between requests.
   LinkLease lease;
@@ -249,6 +251,7 @@ void Uploader::Pump() {
     to_send_.pop_front();
     --ahead_;
     ++sending_;
+    job->sending_place = true;
     most_sending_ = std::max(most_sending_, sending_);
     Transfer(std::move(job));
   }
@@ -889,6 +892,12 @@ void Uploader::TransferSend(JobPtr job) {
     }
     job->state.confirmed_offset = *final_offset;
     job->state.complete = true;
+    // The server has every byte: the next upload may send while this completion is journaled.
+    // Holding the place through the journal's disk sync made each upload's cycle that much
+    // longer, and at cloud.max_uploads_in_flight on a long fat path the link then went idle
+    // (a crash before the record only means the next run asks the server, which says complete).
+    ReleaseSendingPlace(*job);
+    Post([this] { Pump(); });
     Journal(job->scan_uid, {job->manifest ? -1 : static_cast<std::int64_t>(job->index), job->state},
             [this, job](Status st) {
               if (!st) {
@@ -936,9 +945,15 @@ void Uploader::Transferred(JobPtr job) {
     job->attempt_body_bytes = 0;
   }
   Report(*job);
-  --sending_;
+  ReleaseSendingPlace(*job);
   Finish(std::move(job));
   Pump();
+}
+
+void Uploader::ReleaseSendingPlace(Job& job) {
+  if (!job.sending_place) return;
+  job.sending_place = false;
+  --sending_;
 }
 
 }  // namespace ctagent::core

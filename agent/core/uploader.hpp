@@ -122,6 +122,9 @@ class Uploader {
   // (a paused one is held for SetPaused(false)) and returns true; `job` is then moved from.
   bool EndedByPauseOrStop(JobPtr& job);
   void Transferred(JobPtr job);
+  // Gives back the job's place in the byte stage (once; a no-op after): at the server's final
+  // answer, before the completion is journaled, or when the attempt ends otherwise.
+  void ReleaseSendingPlace(Job& job);
   bool NeedsCreation(const Job& job);  // no upload URL journaled yet, not complete
   // Before the first job: parallel_uploads OPTIONS requests open connections and learn the
   // server's capabilities while the first creations wait for them.
@@ -193,7 +196,7 @@ class Uploader {
   std::deque<JobPtr> to_create_;  // waiting for a creation slot
   std::deque<JobPtr> to_send_;    // created, waiting for a transfer slot
   std::uint32_t ahead_ = 0;       // jobs created or being created, not yet sending
-  std::uint32_t sending_ = 0;     // jobs in the byte stage
+  std::uint32_t sending_ = 0;     // jobs in the byte stage (holding a place: Job::sending_place)
   std::uint32_t most_sending_ = 0;
   // Both stages' bound (see admitted()); the estimator of each link measured so far, and the
   // link whose estimate sets it (the one most recently measured: one link is in use at a time).
