@@ -21,7 +21,8 @@
 # `npm ci` in this folder. Usage:
 #   bench/upload/run.sh --build build/links-release [--rates 20,100,1000] [--delays 0,30,80]
 #        [--clients agent,tusjs,curl] [--seconds 10] [--patch-mib 4] [--max-mib 256] [--parallel N]
-#        [--repeat R] [--agent-spool DIR] [--agent-b UPLOAD_BENCH] [--server-workers N] [--warm]
+#        [--repeat R] [--agent-spool DIR] [--server-store DIR] [--agent-b UPLOAD_BENCH] [--server-workers N]
+#        [--warm]
 # A cell is --seconds of the link's time (10 s: shorter than one real scan at 20 or 100 Mbit/s; a
 # 16-slice chest scan is ~500 MiB compressed), because each scan's upload pays ~4 round trips
 # that no tus client with a journal can overlap (docs/links.md); --seconds 4 shows them.
@@ -33,7 +34,9 @@
 # cloud.max_uploads_in_flight; --parallel sets the first), the median over the repeats. --delays are added round-trip times [ms], half each way. --repeat runs every client R times per
 # cell, interleaved (agent, tusjs, curl, agent, ...), and reports each client's median.
 # --agent-spool puts the agent's spool elsewhere (default: under /tmp, a real disk here; a tmpfs
-# shows what the journal's disk syncs cost). --agent-b adds a client "agentb": another build of
+# shows what the journal's disk syncs cost). --server-store DIR keeps the tus server's uploads in a
+# folder made inside DIR (default: under /tmp; a tmpfs such as /dev/shm takes this machine's disk
+# out of the server's side: cells of several GiB otherwise wait for its writeback). --agent-b adds a client "agentb": another build of
 # upload_bench (a variant to compare within one run; build/.../bench/upload/upload_bench_async is the
 # uploads on AsyncHttp, one event loop); list it in --clients, read the "agent-b" columns (Mbit/s,
 # ratio, CPU % as for the agent, and the most uploads in flight upload_bench_async allowed).
@@ -62,6 +65,7 @@ max_mib=256
 parallel=""
 repeat=1
 agent_spool=""
+server_store_parent=""
 bench_exe_b=""
 server_workers=1
 warm=0
@@ -77,6 +81,7 @@ while [ $# -gt 0 ]; do
     --parallel) parallel=$2; shift 2 ;;
     --repeat) repeat=$2; shift 2 ;;
     --agent-spool) agent_spool=$2; shift 2 ;;
+    --server-store) server_store_parent=$2; shift 2 ;;
     --agent-b) bench_exe_b=$2; shift 2 ;;
     --server-workers) server_workers=$2; shift 2 ;;
     --warm) warm=1; shift ;;
@@ -101,6 +106,11 @@ scan=bench-scan-$id
 cloud=bench-cloud-$id
 work=$(mktemp -d /tmp/ctagent-bench-upload.XXXXXX)
 [ -n "$agent_spool" ] || agent_spool=$work/agent-spool
+store=$work/store
+if [ -n "$server_store_parent" ]; then
+  [ -d "$server_store_parent" ] || { echo "run.sh: --server-store $server_store_parent is not a folder" >&2; exit 2; }
+  store=$(mktemp -d "$server_store_parent/ctagent-bench-store.XXXXXX")
+fi
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -108,6 +118,7 @@ cleanup() {
   ip netns del "$scan" 2>/dev/null || true
   ip netns del "$cloud" 2>/dev/null || true
   rm -rf "$work"
+  [ -z "$server_store_parent" ] || rm -rf "$store"
 }
 trap cleanup EXIT
 
@@ -146,7 +157,7 @@ wait_file() {  # $1 file, $2 what
   echo "run.sh: $2 did not start" >&2; exit 1
 }
 
-ip netns exec "$cloud" node "$src/cloud/tus-server/server.mjs" --host 0.0.0.0 --port 0 --dir "$work/store" \
+ip netns exec "$cloud" node "$src/cloud/tus-server/server.mjs" --host 0.0.0.0 --port 0 --dir "$store" \
   --cert "$work/svc.pem" --key "$work/svc.key" --ready-file "$work/tus.port" --workers "$server_workers" > "$work/tus.log" 2>&1 &
 pids+=($!)
 tus_pid=$!  # ip netns exec execs node: the same PID
@@ -190,8 +201,8 @@ node -e '
     const data = path.join(store, f.slice(0, -5));
     if (md.kind === "chunk") fs.copyFileSync(data, path.join(out, String(md.chunk_index).padStart(6, "0") + ".ctc"));
     if (md.kind === "manifest") fs.copyFileSync(data, path.join(out, "manifest-full.json"));
-  }' "$work/store" "$work/scan"
-rm -rf "$work/store"/* "$work/scan-spool"
+  }' "$store" "$work/scan"
+rm -rf "$store"/* "$work/scan-spool"
 
 # A cell's payload: the first chunks of the scan worth at least $1 MiB, and a manifest listing them.
 cell_dir() {  # $1 MiB -> directory
@@ -302,7 +313,7 @@ else
   ceiling=fail
 fi
 echo "ceiling (curl over loopback, $max_mib MiB): $ceiling Mbit/s; parallel uploads $parallel, PATCH $patch_mib MiB, repeat $repeat, tus server processes $server_workers; load: $(cut -d' ' -f1-3 /proc/loadavg)"
-rm -rf "$work/store"/*
+rm -rf "$store"/*
 
 IFS=, read -r -a rate_list <<<"$rates"
 IFS=, read -r -a delay_list <<<"$delays"
@@ -333,7 +344,7 @@ for rate in "${rate_list[@]}"; do
     for _ in $(seq 1 "$repeat"); do
       for c in "${client_list[@]}"; do
         got[$c]="${got[$c]:-} $(run_"$c" "$dir" "$scan" "$url")"
-        rm -rf "$work/store"/*
+        rm -rf "$store"/*
       done
     done
     for c in "${client_list[@]}"; do got[$c]=$(median <<<"${got[$c]}"); done
