@@ -11,9 +11,10 @@ namespace ctagent::core {
 
 // An upload's cycle on a path of round trip T spends about 2 T beyond its bytes (the PATCH
 // going out while the sender's window opens, and its answer coming back; its completion is then
-// journaled without holding its place). Admitting rate x (2 x 2 T) / bytes per upload covers that cycle twice over: while
-// the number in flight is what limits the rate, each new measurement raises it (by up to half);
-// once the link is full it settles at 4 x rate x T / bytes, and the maximum caps it.
+// journaled without holding its place). Admitting rate x (2 x 2 T) / bytes per upload covers
+// that cycle twice over: while the number in flight is what limits the rate, each new
+// measurement raises it (by up to half); once the link is full it settles at
+// 4 x rate x T / bytes, and the maximum caps it.
 inline constexpr double kRoundTripsPerAdmission = 4.0;
 
 // `rate_bytes_per_s`: what the link delivered recently (bytes the server confirmed per second);

@@ -36,9 +36,10 @@
 # --agent-spool puts the agent's spool elsewhere (default: under /tmp, a real disk here; a tmpfs
 # shows what the journal's disk syncs cost). --server-store DIR keeps the tus server's uploads in a
 # folder made inside DIR (default: under /tmp; a tmpfs such as /dev/shm takes this machine's disk
-# out of the server's side: cells of several GiB otherwise wait for its writeback). --agent-b adds a client "agentb": another build of
-# upload_bench (a variant to compare within one run; build/.../bench/upload/upload_bench_async is the
-# uploads on AsyncHttp, one event loop); list it in --clients, read the "agent-b" columns (Mbit/s,
+# out of the server's side: cells of several GiB otherwise wait for its writeback).
+# --agent-b adds a client "agentb": another build of upload_bench (a variant to compare within
+# one run; build/.../bench/upload/upload_bench_async is the uploads on AsyncHttp, one event
+# loop); list it in --clients, read the "agent-b" columns (Mbit/s,
 # ratio, CPU % as for the agent, and the most uploads in flight upload_bench_async allowed).
 # --server-workers N runs the tus server as N node processes sharing its port (server.mjs
 # --workers; default 1): one process holds about 1 Gbit/s of TLS uploads on a core, so in the
